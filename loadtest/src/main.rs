@@ -1,0 +1,4 @@
+fn main() {
+    eprintln!("ringway-load: not built yet");
+    std::process::exit(2);
+}

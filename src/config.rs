@@ -1,0 +1,476 @@
+//! Configuration: a TOML file, command-line flags over it, and an embedded
+//! default that needs neither.
+//!
+//! Every key is documented in `ringway.example.toml`. Loading is two steps:
+//! [`FileConfig`] is what the TOML says (unknown keys are errors), and
+//! [`Config::resolve`] checks values and produces the runtime [`Config`].
+//! Each error names the key and the file (or the flag) it came from.
+
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// The config file as written. All sections and keys are optional.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FileConfig {
+    pub server: ServerSection,
+    pub tls: TlsSection,
+    pub limits: LimitsSection,
+    pub pool: PoolSection,
+    pub node: Vec<NodeSection>,
+    pub log: LogSection,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerSection {
+    /// Address to listen on.
+    pub listen: String,
+    /// Worker threads, one runtime each; 0 means one per CPU core.
+    pub workers: usize,
+    /// Pin each worker to a core.
+    pub pin_workers: bool,
+}
+
+impl Default for ServerSection {
+    fn default() -> Self {
+        ServerSection {
+            listen: "127.0.0.1:8443".into(),
+            workers: 0,
+            pin_workers: true,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsSection {
+    /// Terminate TLS (wss://). False serves plain ws:// (behind another proxy).
+    pub enabled: bool,
+    /// PEM certificate chain (certbot's fullchain.pem). Empty: self-signed.
+    pub cert: String,
+    /// PEM private key (certbot's privkey.pem): PKCS#8, PKCS#1 or SEC1.
+    pub key: String,
+    /// Where to write the self-signed certificate; empty: next to the config file, else a temp dir.
+    pub self_signed_dir: String,
+}
+
+impl Default for TlsSection {
+    fn default() -> Self {
+        TlsSection {
+            enabled: true,
+            cert: String::new(),
+            key: String::new(),
+            self_signed_dir: String::new(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsSection {
+    pub max_head_bytes: usize,
+    pub max_headers: usize,
+    pub handshake_timeout_ms: u64,
+    pub idle_timeout_s: u64,
+    pub close_timeout_ms: u64,
+    pub max_frame_bytes: u64,
+    pub max_message_bytes: u64,
+    pub max_buffered_bytes: usize,
+}
+
+impl Default for LimitsSection {
+    fn default() -> Self {
+        LimitsSection {
+            max_head_bytes: 16 * 1024,
+            max_headers: 64,
+            handshake_timeout_ms: 10_000,
+            idle_timeout_s: 300,
+            close_timeout_ms: 3_000,
+            max_frame_bytes: 16 << 20,
+            max_message_bytes: 64 << 20,
+            max_buffered_bytes: 256 * 1024,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PoolSection {
+    pub connect_timeout_ms: u64,
+    pub keepalive_interval_s: u64,
+}
+
+impl Default for PoolSection {
+    fn default() -> Self {
+        PoolSection {
+            connect_timeout_ms: 5_000,
+            keepalive_interval_s: 30,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeSection {
+    /// `ws://host:port/path` or `unix:/path/to/socket`.
+    pub url: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogSection {
+    /// error, warn, info, debug.
+    pub level: String,
+}
+
+impl Default for LogSection {
+    fn default() -> Self {
+        LogSection { level: "info".into() }
+    }
+}
+
+/// The node the seeds' nginx config proxies to.
+pub const DEFAULT_NODE: &str = "ws://127.0.0.1:9944";
+
+/// How TLS is set up.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TlsMode {
+    /// PEM files.
+    Files { cert: PathBuf, key: PathBuf },
+    /// Make a self-signed certificate at start, written into this directory.
+    SelfSigned { dir: PathBuf },
+    /// Plain ws://.
+    Off,
+}
+
+/// Where a node listens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NodeAddr {
+    /// Every address the host name resolved to, tried in order.
+    Tcp(Vec<SocketAddr>),
+    Unix(PathBuf),
+}
+
+/// One upstream node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeConfig {
+    /// As written, for logs and error bodies.
+    pub url: String,
+    pub addr: NodeAddr,
+    /// Path prefix from the URL ("" when the URL has none).
+    pub path: String,
+}
+
+/// Runtime limits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    pub max_head_bytes: usize,
+    pub max_headers: usize,
+    pub handshake_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub close_timeout: Duration,
+    pub max_frame_bytes: u64,
+    pub max_message_bytes: u64,
+    pub max_buffered_bytes: usize,
+}
+
+/// The resolved configuration every worker reads.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub workers: usize,
+    pub pin_workers: bool,
+    pub tls: TlsMode,
+    pub limits: Limits,
+    pub connect_timeout: Duration,
+    pub keepalive_interval: Duration,
+    pub nodes: Vec<NodeConfig>,
+    pub log_level: crate::log::Level,
+    /// The file it came from, if any.
+    pub source: Option<PathBuf>,
+}
+
+/// A configuration error: where (file or flags), which key, what is wrong.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub origin: String,
+    pub key: String,
+    pub message: String,
+}
+
+impl std::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.key.is_empty() {
+            write!(f, "{}: {}", self.origin, self.message)
+        } else {
+            write!(f, "{}: key `{}`: {}", self.origin, self.key, self.message)
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+impl FileConfig {
+    /// Read and parse a TOML file; syntax errors and unknown keys name the file and the key.
+    pub fn load(path: &Path) -> Result<FileConfig, ConfigError> {
+        let origin = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            origin: origin.clone(),
+            key: String::new(),
+            message: format!("cannot read: {e}"),
+        })?;
+        Self::parse(&text, &origin)
+    }
+
+    pub fn parse(text: &str, origin: &str) -> Result<FileConfig, ConfigError> {
+        toml::from_str(text).map_err(|e| ConfigError {
+            origin: origin.to_string(),
+            key: String::new(),
+            message: e.to_string().trim_end().replace('\n', "\n  "),
+        })
+    }
+}
+
+impl Config {
+    /// Check values and build the runtime config. `origin` names the file, or "flags".
+    pub fn resolve(file: FileConfig, source: Option<PathBuf>) -> Result<Config, ConfigError> {
+        let origin = source
+            .as_ref()
+            .map(|p| p.display().to_string())
+            .unwrap_or_else(|| "command line".into());
+        let err = |key: &str, message: String| ConfigError {
+            origin: origin.clone(),
+            key: key.into(),
+            message,
+        };
+
+        let listen = file
+            .server
+            .listen
+            .to_socket_addrs()
+            .ok()
+            .and_then(|mut a| a.next())
+            .ok_or_else(|| {
+                err(
+                    "server.listen",
+                    format!("`{}` is not an address like 127.0.0.1:8443", file.server.listen),
+                )
+            })?;
+        let workers = match file.server.workers {
+            0 => std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+            n if n > 1024 => return Err(err("server.workers", format!("{n} is more than 1024"))),
+            n => n,
+        };
+
+        let tls = if !file.tls.enabled {
+            TlsMode::Off
+        } else {
+            match (file.tls.cert.is_empty(), file.tls.key.is_empty()) {
+                (false, false) => TlsMode::Files {
+                    cert: PathBuf::from(&file.tls.cert),
+                    key: PathBuf::from(&file.tls.key),
+                },
+                (true, true) => {
+                    let dir = if !file.tls.self_signed_dir.is_empty() {
+                        PathBuf::from(&file.tls.self_signed_dir)
+                    } else if let Some(parent) = source.as_ref().and_then(|p| p.parent()) {
+                        if parent.as_os_str().is_empty() {
+                            PathBuf::from(".")
+                        } else {
+                            parent.to_path_buf()
+                        }
+                    } else {
+                        std::env::temp_dir().join(format!("ringway-{}", std::process::id()))
+                    };
+                    TlsMode::SelfSigned { dir }
+                }
+                (true, false) => return Err(err("tls.cert", "tls.key is set but tls.cert is not".into())),
+                (false, true) => return Err(err("tls.key", "tls.cert is set but tls.key is not".into())),
+            }
+        };
+
+        let l = &file.limits;
+        if !(256..=1 << 20).contains(&l.max_head_bytes) {
+            return Err(err("limits.max_head_bytes", format!("{} is outside 256..=1048576", l.max_head_bytes)));
+        }
+        if !(1..=crate::ws::handshake::HEADER_ARRAY).contains(&l.max_headers) {
+            return Err(err(
+                "limits.max_headers",
+                format!("{} is outside 1..={}", l.max_headers, crate::ws::handshake::HEADER_ARRAY),
+            ));
+        }
+        if l.max_frame_bytes == 0 || l.max_frame_bytes > l.max_message_bytes {
+            return Err(err(
+                "limits.max_frame_bytes",
+                format!("must be between 1 and limits.max_message_bytes ({})", l.max_message_bytes),
+            ));
+        }
+        for (key, v) in [
+            ("limits.handshake_timeout_ms", l.handshake_timeout_ms),
+            ("limits.idle_timeout_s", l.idle_timeout_s),
+            ("limits.close_timeout_ms", l.close_timeout_ms),
+            ("pool.connect_timeout_ms", file.pool.connect_timeout_ms),
+            ("pool.keepalive_interval_s", file.pool.keepalive_interval_s),
+        ] {
+            if v == 0 {
+                return Err(err(key, "must be greater than 0".into()));
+            }
+        }
+        if l.max_buffered_bytes < 16 * 1024 {
+            return Err(err("limits.max_buffered_bytes", "must be at least 16384".into()));
+        }
+        let limits = Limits {
+            max_head_bytes: l.max_head_bytes,
+            max_headers: l.max_headers,
+            handshake_timeout: Duration::from_millis(l.handshake_timeout_ms),
+            idle_timeout: Duration::from_secs(l.idle_timeout_s),
+            close_timeout: Duration::from_millis(l.close_timeout_ms),
+            max_frame_bytes: l.max_frame_bytes,
+            max_message_bytes: l.max_message_bytes,
+            max_buffered_bytes: l.max_buffered_bytes,
+        };
+
+        let mut nodes = Vec::new();
+        if file.node.is_empty() {
+            nodes.push(parse_node_url(DEFAULT_NODE).expect("default node URL is valid"));
+        }
+        for (i, n) in file.node.iter().enumerate() {
+            nodes.push(parse_node_url(&n.url).map_err(|m| err(&format!("node[{i}].url"), m))?);
+        }
+
+        let log_level = crate::log::Level::parse(&file.log.level)
+            .ok_or_else(|| err("log.level", format!("`{}` is not one of error, warn, info, debug", file.log.level)))?;
+
+        Ok(Config {
+            listen,
+            workers,
+            pin_workers: file.server.pin_workers,
+            tls,
+            limits,
+            connect_timeout: Duration::from_millis(file.pool.connect_timeout_ms),
+            keepalive_interval: Duration::from_secs(file.pool.keepalive_interval_s),
+            nodes,
+            log_level,
+            source,
+        })
+    }
+}
+
+/// Parse a node URL: `ws://host:port/path` or `unix:/path/to/socket`.
+pub fn parse_node_url(url: &str) -> Result<NodeConfig, String> {
+    if let Some(path) = url.strip_prefix("unix:") {
+        let path = path.trim_start_matches("//");
+        if !path.starts_with('/') {
+            return Err(format!("`{url}`: a unix socket path must be absolute (unix:/run/node.sock)"));
+        }
+        return Ok(NodeConfig {
+            url: url.into(),
+            addr: NodeAddr::Unix(PathBuf::from(path)),
+            path: String::new(),
+        });
+    }
+    let rest = if let Some(rest) = url.strip_prefix("ws://") {
+        rest
+    } else if url.starts_with("wss://") {
+        return Err(format!("`{url}`: wss:// nodes are not supported; nodes are reached over ws:// or unix:"));
+    } else {
+        return Err(format!("`{url}`: expected ws://host:port/path or unix:/path"));
+    };
+    let (authority, path) = match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, ""),
+    };
+    if authority.is_empty() {
+        return Err(format!("`{url}`: no host"));
+    }
+    let has_port = if authority.starts_with('[') {
+        authority.contains("]:")
+    } else {
+        authority.contains(':')
+    };
+    let with_port = if has_port {
+        authority.to_string()
+    } else {
+        format!("{authority}:80")
+    };
+    let addrs: Vec<SocketAddr> = with_port
+        .to_socket_addrs()
+        .map_err(|e| format!("`{url}`: cannot resolve `{authority}`: {e}"))?
+        .collect();
+    if addrs.is_empty() {
+        return Err(format!("`{url}`: `{authority}` resolves to no address"));
+    }
+    let path = path.trim_end_matches('/');
+    Ok(NodeConfig {
+        url: url.into(),
+        addr: NodeAddr::Tcp(addrs),
+        path: path.into(),
+    })
+}
+
+/// Join a node's path prefix and the client's request target.
+///
+/// With no prefix the client's target passes unchanged, as nginx's
+/// `proxy_pass http://localhost:9944;` does.
+pub fn join_path(prefix: &str, client: &str) -> String {
+    if prefix.is_empty() {
+        return client.to_string();
+    }
+    match client {
+        "" | "/" => prefix.to_string(),
+        c if c.starts_with("/?") => format!("{prefix}{}", &c[1..]),
+        c => format!("{prefix}{c}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn embedded_default_listens_on_8443_in_front_of_9944() {
+        let c = Config::resolve(FileConfig::default(), None).unwrap();
+        assert_eq!(c.listen, "127.0.0.1:8443".parse().unwrap());
+        assert_eq!(c.nodes[0].url, DEFAULT_NODE);
+        assert!(matches!(c.tls, TlsMode::SelfSigned { .. }));
+    }
+
+    #[test]
+    fn errors_name_the_file_and_key() {
+        let f = FileConfig::parse("[[node]]\nurl = \"http://x:1\"\n", "/etc/ringway.toml").unwrap();
+        let e = Config::resolve(f, Some("/etc/ringway.toml".into())).unwrap_err();
+        assert_eq!(e.origin, "/etc/ringway.toml");
+        assert_eq!(e.key, "node[0].url");
+        let e = FileConfig::parse("[limits]\nmax_frame = 3\n", "/etc/ringway.toml").unwrap_err();
+        assert!(e.to_string().contains("/etc/ringway.toml"), "{e}");
+        assert!(e.to_string().contains("max_frame"), "{e}");
+        let f = FileConfig::parse("[limits]\nmax_headers = 0\n", "a.toml").unwrap();
+        let e = Config::resolve(f, Some("a.toml".into())).unwrap_err();
+        assert_eq!(e.key, "limits.max_headers");
+    }
+
+    #[test]
+    fn node_urls() {
+        let n = parse_node_url("ws://127.0.0.1:9944/rpc/").unwrap();
+        assert_eq!(n.path, "/rpc");
+        assert_eq!(n.addr, NodeAddr::Tcp(vec!["127.0.0.1:9944".parse().unwrap()]));
+        let n = parse_node_url("ws://[::1]:9944").unwrap();
+        assert_eq!(n.addr, NodeAddr::Tcp(vec!["[::1]:9944".parse().unwrap()]));
+        let n = parse_node_url("unix:/run/node.sock").unwrap();
+        assert_eq!(n.addr, NodeAddr::Unix("/run/node.sock".into()));
+        assert!(parse_node_url("wss://x:1").is_err());
+        assert!(parse_node_url("unix:relative").is_err());
+    }
+
+    #[test]
+    fn paths_join_like_nginx_proxy_pass() {
+        assert_eq!(join_path("", "/a?b"), "/a?b");
+        assert_eq!(join_path("/rpc", "/"), "/rpc");
+        assert_eq!(join_path("/rpc", "/?k=1"), "/rpc?k=1");
+        assert_eq!(join_path("/rpc", "/x"), "/rpc/x");
+    }
+}

@@ -1,0 +1,84 @@
+//! Minimal leveled logging to stderr, one line per event.
+//!
+//! The level is process-wide and set once at start; checking it is one
+//! relaxed atomic load, so disabled debug lines cost nothing on the hot path.
+
+use std::sync::atomic::{AtomicU8, Ordering};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Level {
+    Error = 0,
+    Warn = 1,
+    Info = 2,
+    Debug = 3,
+}
+
+impl Level {
+    pub fn parse(s: &str) -> Option<Level> {
+        match s.to_ascii_lowercase().as_str() {
+            "error" => Some(Level::Error),
+            "warn" | "warning" => Some(Level::Warn),
+            "info" => Some(Level::Info),
+            "debug" | "trace" => Some(Level::Debug),
+            _ => None,
+        }
+    }
+
+    fn label(self) -> &'static str {
+        match self {
+            Level::Error => "ERROR",
+            Level::Warn => "WARN",
+            Level::Info => "INFO",
+            Level::Debug => "DEBUG",
+        }
+    }
+}
+
+static LEVEL: AtomicU8 = AtomicU8::new(Level::Info as u8);
+
+pub fn set_level(level: Level) {
+    LEVEL.store(level as u8, Ordering::Relaxed);
+}
+
+#[inline]
+pub fn enabled(level: Level) -> bool {
+    level as u8 <= LEVEL.load(Ordering::Relaxed)
+}
+
+#[doc(hidden)]
+pub fn write(level: Level, args: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    let thread = std::thread::current();
+    let name = thread.name().unwrap_or("main");
+    let mut err = std::io::stderr().lock();
+    let _ = writeln!(
+        err,
+        "{}.{:03} {:5} [{}] {}",
+        now.as_secs(),
+        now.subsec_millis(),
+        level.label(),
+        name,
+        args
+    );
+}
+
+#[macro_export]
+macro_rules! log {
+    ($level:expr, $($arg:tt)+) => {
+        if $crate::log::enabled($level) {
+            $crate::log::write($level, format_args!($($arg)+));
+        }
+    };
+}
+
+#[macro_export]
+macro_rules! error { ($($arg:tt)+) => { $crate::log!($crate::log::Level::Error, $($arg)+) }; }
+#[macro_export]
+macro_rules! warn { ($($arg:tt)+) => { $crate::log!($crate::log::Level::Warn, $($arg)+) }; }
+#[macro_export]
+macro_rules! info { ($($arg:tt)+) => { $crate::log!($crate::log::Level::Info, $($arg)+) }; }
+#[macro_export]
+macro_rules! debug { ($($arg:tt)+) => { $crate::log!($crate::log::Level::Debug, $($arg)+) }; }

@@ -1,0 +1,227 @@
+//! The `ringway` command: flags, config file, start-up checks, workers.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use ringway::config::{parse_node_url, Config, FileConfig, NodeAddr, TlsMode};
+use ringway::{info, warn};
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+const USAGE: &str = "\
+ringway: WSS gateway for JSON-RPC node pools
+
+USAGE:
+    ringway [--config FILE] [--check] [flags]
+
+With no flags and no file: listen on 127.0.0.1:8443 with a self-signed
+certificate, in front of the node at ws://127.0.0.1:9944.
+
+FLAGS (override the file):
+    --config FILE        TOML config (every key: ringway.example.toml)
+    --check              validate the configuration and exit
+    --listen ADDR        address to listen on (server.listen)
+    --cert FILE          PEM certificate chain, e.g. fullchain.pem (tls.cert)
+    --key FILE           PEM private key, e.g. privkey.pem (tls.key)
+    --plaintext          serve ws:// without TLS, behind another proxy (tls.enabled = false)
+    --upstream URL       a node, ws://host:port/path or unix:/path; repeat for a pool
+    --workers N          worker threads (default: one per core)
+    --log-level LEVEL    error, warn, info, debug
+    -h, --help           this text
+    -V, --version        version
+";
+
+struct Flags {
+    config: Option<PathBuf>,
+    check: bool,
+    listen: Option<String>,
+    cert: Option<String>,
+    key: Option<String>,
+    plaintext: bool,
+    upstreams: Vec<String>,
+    workers: Option<usize>,
+    log_level: Option<String>,
+}
+
+fn parse_flags(args: Vec<String>) -> Result<Option<Flags>, String> {
+    let mut f = Flags {
+        config: None,
+        check: false,
+        listen: None,
+        cert: None,
+        key: None,
+        plaintext: false,
+        upstreams: Vec::new(),
+        workers: None,
+        log_level: None,
+    };
+    let mut it = args.into_iter();
+    while let Some(arg) = it.next() {
+        let (name, inline) = match arg.split_once('=') {
+            Some((n, v)) if n.starts_with("--") => (n.to_string(), Some(v.to_string())),
+            _ => (arg.clone(), None),
+        };
+        let mut value = |flag: &str| -> Result<String, String> {
+            inline
+                .clone()
+                .or_else(|| it.next())
+                .ok_or_else(|| format!("flag {flag} needs a value"))
+        };
+        match name.as_str() {
+            "-h" | "--help" => {
+                print!("{USAGE}");
+                return Ok(None);
+            }
+            "-V" | "--version" => {
+                println!("ringway {}", env!("CARGO_PKG_VERSION"));
+                return Ok(None);
+            }
+            "--config" | "-c" => f.config = Some(PathBuf::from(value("--config")?)),
+            "--check" => f.check = true,
+            "--listen" => f.listen = Some(value("--listen")?),
+            "--cert" => f.cert = Some(value("--cert")?),
+            "--key" => f.key = Some(value("--key")?),
+            "--plaintext" => f.plaintext = true,
+            "--upstream" => f.upstreams.push(value("--upstream")?),
+            "--workers" => {
+                let v = value("--workers")?;
+                f.workers = Some(v.parse().map_err(|_| format!("flag --workers: `{v}` is not a number"))?);
+            }
+            "--log-level" => f.log_level = Some(value("--log-level")?),
+            other => return Err(format!("unknown flag `{other}` (see --help)")),
+        }
+    }
+    Ok(Some(f))
+}
+
+fn load(flags: &Flags) -> Result<Config, String> {
+    let mut file = match &flags.config {
+        Some(path) => FileConfig::load(path).map_err(|e| format!("config error: {e}"))?,
+        None => FileConfig::default(),
+    };
+    if let Some(v) = &flags.listen {
+        file.server.listen = v.clone();
+    }
+    if let Some(v) = &flags.cert {
+        file.tls.cert = v.clone();
+    }
+    if let Some(v) = &flags.key {
+        file.tls.key = v.clone();
+    }
+    if flags.plaintext {
+        file.tls.enabled = false;
+    }
+    if let Some(v) = flags.workers {
+        file.server.workers = v;
+    }
+    if let Some(v) = &flags.log_level {
+        file.log.level = v.clone();
+    }
+    if !flags.upstreams.is_empty() {
+        for u in &flags.upstreams {
+            parse_node_url(u).map_err(|e| format!("config error: flag --upstream: {e}"))?;
+        }
+        file.node = flags
+            .upstreams
+            .iter()
+            .map(|u| ringway::config::NodeSection { url: u.clone() })
+            .collect();
+    }
+    Config::resolve(file, flags.config.clone()).map_err(|e| format!("config error: {e}"))
+}
+
+/// Say plainly at start when a node is not there, rather than at the first client.
+fn probe_nodes(config: &Config) {
+    for node in &config.nodes {
+        let reachable = match &node.addr {
+            NodeAddr::Tcp(addrs) => addrs
+                .iter()
+                .any(|a| std::net::TcpStream::connect_timeout(a, std::time::Duration::from_secs(1)).is_ok()),
+            NodeAddr::Unix(p) => std::os::unix::net::UnixStream::connect(p).is_ok(),
+        };
+        if !reachable {
+            warn!(
+                "node {} is not reachable now; clients will get 502 until it is up (start the node, or pass --upstream URL)",
+                node.url
+            );
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let flags = match parse_flags(std::env::args().skip(1).collect()) {
+        Ok(Some(f)) => f,
+        Ok(None) => return ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("ringway: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let config = match load(&flags) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("ringway: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    ringway::log::set_level(config.log_level);
+    if flags.check {
+        if let TlsMode::Files { cert, key } = &config.tls {
+            let loaded = ringway::tls::load_or_generate(&config.tls)
+                .and_then(|ck| ck.map(|ck| ringway::tls::server_config(&ck).map(|_| ())).unwrap_or(Ok(())));
+            if let Err(e) = loaded {
+                eprintln!("ringway: config error: {e} ({} / {})", cert.display(), key.display());
+                return ExitCode::from(2);
+            }
+        }
+        println!(
+            "ringway: configuration OK ({})",
+            config.source.as_ref().map(|p| p.display().to_string()).unwrap_or_else(|| "flags and defaults".into())
+        );
+        return ExitCode::SUCCESS;
+    }
+
+    let tls = match ringway::tls::load_or_generate(&config.tls) {
+        Ok(ck) => ck,
+        Err(e) => {
+            eprintln!("ringway: config error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let server_config = match tls.as_ref().map(ringway::tls::server_config).transpose() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("ringway: config error: tls: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if let Some(path) = tls.as_ref().and_then(|t| t.self_signed_path.as_ref()) {
+        println!("ringway: no certificate configured; made a self-signed one: {}", path.display());
+    }
+    probe_nodes(&config);
+    let scheme = if tls.is_some() { "wss" } else { "ws" };
+    let workers = config.workers;
+    let nodes: Vec<String> = config.nodes.iter().map(|n| n.url.clone()).collect();
+    let running = match ringway::server::start(config, server_config) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("ringway: cannot listen: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    if !running.io_uring {
+        warn!("io_uring is not available (Linux 5.11+ needed, or it is disabled); using the epoll driver");
+    }
+    println!(
+        "ringway: listening on {scheme}://{} ({workers} workers, {}) -> {}",
+        running.local_addr,
+        if running.io_uring { "io_uring" } else { "epoll" },
+        nodes.join(", ")
+    );
+    info!("ready");
+    for w in running.workers {
+        let _ = w.join();
+    }
+    ExitCode::SUCCESS
+}

@@ -1,0 +1,339 @@
+//! TLS termination: certificates, the rustls server config, and a TLS stream
+//! split into a read half and a write half for the relay.
+//!
+//! Why not monoio-rustls' stream: the relay reads and writes one connection
+//! concurrently (two directions), and monoio-rustls' split shares one
+//! `&mut Stream` between both halves; its read error path writes an alert
+//! through the write buffer, which a concurrent write may have taken (a
+//! panic). It also fixes 2 x 16 KiB of buffers per connection for life. Here
+//! the rustls connection sits in an `Rc<RefCell<_>>` borrowed only between
+//! awaits, each half owns its socket half, and ciphertext buffers come from
+//! the per-core pool.
+//!
+//! Certificates: PEM chain and key as certbot writes them (RSA or ECDSA;
+//! PKCS#8, PKCS#1 or SEC1 keys). Without one, a self-signed ECDSA P-256
+//! certificate for localhost/127.0.0.1/::1 is made at start.
+
+use std::cell::RefCell;
+use std::io::{self, BufRead, Write};
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+use std::sync::Arc;
+
+use monoio::io::{
+    CancelHandle, CancelableAsyncWriteRentExt, OwnedReadHalf, OwnedWriteHalf,
+    Splitable,
+};
+use monoio::net::TcpStream;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::ServerSessionMemoryCache;
+use rustls::{ServerConfig, ServerConnection};
+
+use crate::config::TlsMode;
+use crate::io::{give_buf, read_append, take_buf, ReadHalf, WriteHalf};
+
+/// Certificate chain and key, loaded once in `main` and shared by all workers.
+pub struct CertifiedKey {
+    pub chain: Vec<CertificateDer<'static>>,
+    pub key: PrivateKeyDer<'static>,
+    /// Where the self-signed certificate was written, if one was made.
+    pub self_signed_path: Option<PathBuf>,
+}
+
+/// Load the PEM files, or make a self-signed certificate.
+pub fn load_or_generate(mode: &TlsMode) -> Result<Option<CertifiedKey>, String> {
+    match mode {
+        TlsMode::Off => Ok(None),
+        TlsMode::Files { cert, key } => load_pem(cert, key).map(Some),
+        TlsMode::SelfSigned { dir } => generate_self_signed(dir).map(Some),
+    }
+}
+
+fn load_pem(cert: &Path, key: &Path) -> Result<CertifiedKey, String> {
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
+        .map_err(|e| format!("tls.cert {}: {e}", cert.display()))?
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("tls.cert {}: {e}", cert.display()))?;
+    if chain.is_empty() {
+        return Err(format!("tls.cert {}: no CERTIFICATE block found", cert.display()));
+    }
+    let key_der = PrivateKeyDer::from_pem_file(key)
+        .map_err(|e| format!("tls.key {}: no usable private key (PKCS#8, PKCS#1 or SEC1 PEM): {e}", key.display()))?;
+    Ok(CertifiedKey {
+        chain,
+        key: key_der,
+        self_signed_path: None,
+    })
+}
+
+fn generate_self_signed(dir: &Path) -> Result<CertifiedKey, String> {
+    let names = vec!["localhost".to_string(), "127.0.0.1".to_string(), "::1".to_string()];
+    let ck = rcgen::generate_simple_self_signed(names).map_err(|e| format!("self-signed certificate: {e}"))?;
+    std::fs::create_dir_all(dir).map_err(|e| format!("tls.self_signed_dir {}: {e}", dir.display()))?;
+    let cert_path = dir.join("ringway-selfsigned.crt");
+    let key_path = dir.join("ringway-selfsigned.key");
+    let cert_pem = ck.cert.pem();
+    let key_pem = ck.key_pair.serialize_pem();
+    std::fs::write(&cert_path, &cert_pem).map_err(|e| format!("writing {}: {e}", cert_path.display()))?;
+    write_private(&key_path, key_pem.as_bytes()).map_err(|e| format!("writing {}: {e}", key_path.display()))?;
+    let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).map_err(|e| e.to_string())?;
+    Ok(CertifiedKey {
+        chain: vec![ck.cert.der().clone()],
+        key,
+        self_signed_path: Some(cert_path),
+    })
+}
+
+fn write_private(path: &Path, data: &[u8]) -> io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?;
+    f.write_all(data)
+}
+
+/// The shared server config: TLS 1.2 and 1.3 (all rustls offers), ALPN http/1.1.
+pub fn server_config(ck: &CertifiedKey) -> Result<ServerConfig, String> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .map_err(|e| e.to_string())?
+        .with_no_client_auth()
+        .with_single_cert(ck.chain.clone(), ck.key.clone_key())
+        .map_err(|e| format!("certificate and key do not match or are unsupported: {e}"))?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(config)
+}
+
+/// A worker's own copy of the config, with its own session cache so that
+/// resumption never takes a lock another core holds.
+pub fn per_worker(base: &ServerConfig) -> Arc<ServerConfig> {
+    let mut c = base.clone();
+    c.session_storage = ServerSessionMemoryCache::new(4096);
+    Arc::new(c)
+}
+
+type Shared = Rc<RefCell<ServerConnection>>;
+
+/// Run the server handshake on `tcp`. Reads are cancelable through `cancel`
+/// (the handshake timeout cancels them).
+pub async fn accept(
+    mut tcp: TcpStream,
+    config: Arc<ServerConfig>,
+    cancel: &CancelHandle,
+) -> io::Result<(TlsReader, TlsWriter)> {
+    let mut conn = ServerConnection::new(config).map_err(io::Error::other)?;
+    conn.set_buffer_limit(None);
+    let mut cipher = take_buf();
+    let mut out = Vec::new();
+    let result = async {
+        loop {
+            while conn.wants_write() {
+                conn.write_tls(&mut out)?;
+                let (r, o) =
+                    CancelableAsyncWriteRentExt::write_all(&mut tcp, std::mem::take(&mut out), cancel.clone()).await;
+                out = o;
+                out.clear();
+                r?;
+            }
+            if !conn.is_handshaking() {
+                return Ok(());
+            }
+            cipher.clear();
+            let (r, c) = read_append(&mut tcp, std::mem::take(&mut cipher), cancel).await;
+            cipher = c;
+            if r? == 0 {
+                return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "peer closed during TLS handshake"));
+            }
+            let mut rd = &cipher[..];
+            while !rd.is_empty() {
+                conn.read_tls(&mut rd)?;
+                if let Err(e) = conn.process_new_packets() {
+                    // Send the alert rustls queued, then fail.
+                    let _ = conn.write_tls(&mut out);
+                    let _ =
+                        CancelableAsyncWriteRentExt::write_all(&mut tcp, std::mem::take(&mut out), cancel.clone()).await;
+                    return Err(io::Error::new(io::ErrorKind::InvalidData, e));
+                }
+            }
+        }
+    }
+    .await;
+    give_buf(cipher);
+    result?;
+    let (r, w) = tcp.into_split();
+    let shared = Rc::new(RefCell::new(conn));
+    Ok((
+        TlsReader {
+            tcp: r,
+            conn: shared.clone(),
+            cipher: None,
+            cipher_pos: 0,
+            eof: false,
+        },
+        TlsWriter {
+            tcp: w,
+            conn: shared,
+            out: Vec::new(),
+        },
+    ))
+}
+
+/// The receiving half of a TLS connection: ciphertext in, plaintext out.
+pub struct TlsReader {
+    tcp: OwnedReadHalf<TcpStream>,
+    conn: Shared,
+    /// Ciphertext received but not yet given to rustls (rustls stops taking
+    /// input while decrypted plaintext waits to be read). Pooled; `None` when empty.
+    cipher: Option<Vec<u8>>,
+    cipher_pos: usize,
+    eof: bool,
+}
+
+impl TlsReader {
+    /// The negotiated ALPN protocol, if any.
+    pub fn alpn(&self) -> Option<Vec<u8>> {
+        self.conn.borrow().alpn_protocol().map(|p| p.to_vec())
+    }
+
+    /// Copy available plaintext into `buf`. `Ok(None)`: none yet.
+    fn take_plaintext(&mut self, buf: &mut Vec<u8>) -> io::Result<Option<usize>> {
+        let mut conn = self.conn.borrow_mut();
+        if buf.len() == buf.capacity() {
+            return Err(io::Error::other("read buffer full"));
+        }
+        let mut reader = conn.reader();
+        match reader.fill_buf() {
+            Ok(chunk) => {
+                let n = chunk.len().min(buf.capacity() - buf.len());
+                buf.extend_from_slice(&chunk[..n]);
+                reader.consume(n);
+                Ok(Some(n))
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(None),
+            // TCP closed without close_notify: the same as a close for a WebSocket relay,
+            // whose own close handshake says whether the end was clean.
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => Ok(Some(0)),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Hand buffered ciphertext to rustls until it has plaintext or wants more.
+    fn feed(&mut self) -> io::Result<()> {
+        let Some(cipher) = &self.cipher else { return Ok(()) };
+        let mut conn = self.conn.borrow_mut();
+        while self.cipher_pos < cipher.len() {
+            let n = conn.read_tls(&mut &cipher[self.cipher_pos..])?;
+            self.cipher_pos += n;
+            let state = conn
+                .process_new_packets()
+                .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+            if n == 0 || state.plaintext_bytes_to_read() > 0 || state.peer_has_closed() {
+                break;
+            }
+        }
+        if self.cipher_pos == cipher.len() {
+            give_buf(self.cipher.take().expect("checked above"));
+            self.cipher_pos = 0;
+        }
+        Ok(())
+    }
+}
+
+impl ReadHalf for TlsReader {
+    async fn read_more(&mut self, mut buf: Vec<u8>, cancel: &CancelHandle) -> (io::Result<usize>, Vec<u8>) {
+        loop {
+            match self.take_plaintext(&mut buf) {
+                Ok(Some(n)) => return (Ok(n), buf),
+                Ok(None) => {}
+                Err(e) => return (Err(e), buf),
+            }
+            if self.cipher.is_some() {
+                if let Err(e) = self.feed() {
+                    return (Err(e), buf);
+                }
+                continue;
+            }
+            if self.eof {
+                return (Ok(0), buf);
+            }
+            let (r, cipher) = read_append(&mut self.tcp, take_buf(), cancel).await;
+            match r {
+                Ok(0) => {
+                    give_buf(cipher);
+                    self.eof = true;
+                    // Tell rustls the transport ended, so the reader reports it.
+                    let _ = self.conn.borrow_mut().read_tls(&mut &[][..]);
+                }
+                Ok(_) => {
+                    self.cipher = Some(cipher);
+                    self.cipher_pos = 0;
+                    if let Err(e) = self.feed() {
+                        return (Err(e), buf);
+                    }
+                }
+                Err(e) => {
+                    give_buf(cipher);
+                    return (Err(e), buf);
+                }
+            }
+        }
+    }
+}
+
+impl Drop for TlsReader {
+    fn drop(&mut self) {
+        if let Some(c) = self.cipher.take() {
+            give_buf(c);
+        }
+    }
+}
+
+/// The sending half of a TLS connection: plaintext in, ciphertext out.
+pub struct TlsWriter {
+    tcp: OwnedWriteHalf<TcpStream>,
+    conn: Shared,
+    out: Vec<u8>,
+}
+
+impl TlsWriter {
+    async fn flush_tls(&mut self, cancel: &CancelHandle) -> io::Result<()> {
+        loop {
+            {
+                let mut conn = self.conn.borrow_mut();
+                while conn.wants_write() {
+                    conn.write_tls(&mut self.out)?;
+                }
+            }
+            if self.out.is_empty() {
+                return Ok(());
+            }
+            let (r, mut out) =
+                CancelableAsyncWriteRentExt::write_all(&mut self.tcp, std::mem::take(&mut self.out), cancel.clone())
+                    .await;
+            out.clear();
+            self.out = out;
+            r?;
+        }
+    }
+}
+
+impl WriteHalf for TlsWriter {
+    async fn write_all(&mut self, buf: Vec<u8>, cancel: &CancelHandle) -> (io::Result<()>, Vec<u8>) {
+        // The buffer limit is off (set at accept), so rustls takes all of it.
+        if let Err(e) = self.conn.borrow_mut().writer().write_all(&buf) {
+            return (Err(e), buf);
+        }
+        (self.flush_tls(cancel).await, buf)
+    }
+
+    async fn shutdown(&mut self, cancel: &CancelHandle) {
+        self.conn.borrow_mut().send_close_notify();
+        let _ = self.flush_tls(cancel).await;
+        let _ = monoio::io::AsyncWriteRent::shutdown(&mut self.tcp).await;
+    }
+}

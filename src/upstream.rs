@@ -1,0 +1,311 @@
+//! Upstream nodes: choosing one for a new session, connecting, and the
+//! gateway's client handshake towards it.
+//!
+//! Balancing is least connections with the power of two choices: pick two
+//! nodes at random, take the one with fewer sessions. Counts are per core
+//! (each worker balances its own sessions, with no shared counters); with
+//! `SO_REUSEPORT` spreading connections evenly over cores, the sum is balanced
+//! too. A node that refuses is skipped and another tried, until none is left.
+
+use std::cell::Cell;
+use std::io;
+use std::rc::Rc;
+use std::time::Duration;
+
+use monoio::io::{CancelHandle, OwnedReadHalf, OwnedWriteHalf, Splitable};
+use monoio::net::{TcpStream, UnixStream};
+
+use crate::config::{join_path, NodeAddr, NodeConfig};
+use crate::io::{give_buf, read_append, take_buf, ReadHalf, WriteHalf};
+use crate::ws::frame::Parse;
+use crate::ws::handshake::{
+    parse_upstream_response, write_upstream_request, Forwarded, Head, Upgrade, UpstreamAccepted,
+    UpstreamRefusal,
+};
+
+/// This core's view of the node pool.
+pub struct Pool {
+    nodes: Vec<NodeConfig>,
+    active: Vec<Cell<u32>>,
+}
+
+/// Holds one session's place on a node; the count drops with it.
+pub struct NodeLease {
+    pool: Rc<Pool>,
+    index: usize,
+}
+
+impl Drop for NodeLease {
+    fn drop(&mut self) {
+        let c = &self.pool.active[self.index];
+        c.set(c.get().saturating_sub(1));
+    }
+}
+
+impl NodeLease {
+    pub fn node(&self) -> &NodeConfig {
+        &self.pool.nodes[self.index]
+    }
+}
+
+impl Pool {
+    pub fn new(nodes: Vec<NodeConfig>) -> Rc<Pool> {
+        let active = nodes.iter().map(|_| Cell::new(0)).collect();
+        Rc::new(Pool { nodes, active })
+    }
+
+    pub fn nodes(&self) -> &[NodeConfig] {
+        &self.nodes
+    }
+
+    /// Sessions this core has open on each node.
+    pub fn active(&self, index: usize) -> u32 {
+        self.active[index].get()
+    }
+
+    /// Power of two choices among the nodes not yet `tried`.
+    pub fn pick(&self, tried: &[bool]) -> Option<usize> {
+        let left: usize = tried.iter().filter(|t| !**t).count();
+        let nth = |k: usize| (0..self.nodes.len()).filter(|&i| !tried[i]).nth(k);
+        match left {
+            0 => None,
+            1 => nth(0),
+            _ => {
+                let a = crate::rng::below(left);
+                let mut b = crate::rng::below(left - 1);
+                if b >= a {
+                    b += 1;
+                }
+                let (a, b) = (nth(a)?, nth(b)?);
+                Some(if self.active[b].get() < self.active[a].get() { b } else { a })
+            }
+        }
+    }
+
+    fn lease(self: &Rc<Self>, index: usize) -> NodeLease {
+        let c = &self.active[index];
+        c.set(c.get() + 1);
+        NodeLease {
+            pool: self.clone(),
+            index,
+        }
+    }
+}
+
+/// A connection to a node.
+pub enum NodeStream {
+    Tcp(TcpStream),
+    Unix(UnixStream),
+}
+
+/// Receive half of a node connection.
+pub enum NodeReader {
+    Tcp(OwnedReadHalf<TcpStream>),
+    Unix(OwnedReadHalf<UnixStream>),
+}
+
+/// Send half of a node connection.
+pub enum NodeWriter {
+    Tcp(OwnedWriteHalf<TcpStream>),
+    Unix(OwnedWriteHalf<UnixStream>),
+}
+
+impl NodeStream {
+    pub fn into_split(self) -> (NodeReader, NodeWriter) {
+        match self {
+            NodeStream::Tcp(s) => {
+                let (r, w) = s.into_split();
+                (NodeReader::Tcp(r), NodeWriter::Tcp(w))
+            }
+            NodeStream::Unix(s) => {
+                let (r, w) = s.into_split();
+                (NodeReader::Unix(r), NodeWriter::Unix(w))
+            }
+        }
+    }
+
+    async fn write_all(&mut self, buf: Vec<u8>) -> io::Result<()> {
+        use monoio::io::AsyncWriteRentExt;
+        match self {
+            NodeStream::Tcp(s) => s.write_all(buf).await.0.map(|_| ()),
+            NodeStream::Unix(s) => s.write_all(buf).await.0.map(|_| ()),
+        }
+    }
+
+    async fn read_more(&mut self, buf: Vec<u8>, cancel: &CancelHandle) -> (io::Result<usize>, Vec<u8>) {
+        match self {
+            NodeStream::Tcp(s) => read_append(s, buf, cancel).await,
+            NodeStream::Unix(s) => read_append(s, buf, cancel).await,
+        }
+    }
+}
+
+impl ReadHalf for NodeReader {
+    async fn read_more(&mut self, buf: Vec<u8>, cancel: &CancelHandle) -> (io::Result<usize>, Vec<u8>) {
+        match self {
+            NodeReader::Tcp(r) => r.read_more(buf, cancel).await,
+            NodeReader::Unix(r) => r.read_more(buf, cancel).await,
+        }
+    }
+}
+
+impl WriteHalf for NodeWriter {
+    async fn write_all(&mut self, buf: Vec<u8>, cancel: &CancelHandle) -> (io::Result<()>, Vec<u8>) {
+        match self {
+            NodeWriter::Tcp(w) => w.write_all(buf, cancel).await,
+            NodeWriter::Unix(w) => w.write_all(buf, cancel).await,
+        }
+    }
+
+    async fn shutdown(&mut self, cancel: &CancelHandle) {
+        match self {
+            NodeWriter::Tcp(w) => w.shutdown(cancel).await,
+            NodeWriter::Unix(w) => w.shutdown(cancel).await,
+        }
+    }
+}
+
+/// Open a transport connection to a node, trying each resolved address.
+pub async fn connect(node: &NodeConfig) -> io::Result<NodeStream> {
+    match &node.addr {
+        NodeAddr::Unix(path) => UnixStream::connect(path).await.map(NodeStream::Unix),
+        NodeAddr::Tcp(addrs) => {
+            let mut last = io::Error::new(io::ErrorKind::NotFound, "no address");
+            for addr in addrs {
+                match TcpStream::connect_addr(*addr).await {
+                    Ok(s) => {
+                        s.set_nodelay(true)?;
+                        return Ok(NodeStream::Tcp(s));
+                    }
+                    Err(e) => last = e,
+                }
+            }
+            Err(last)
+        }
+    }
+}
+
+/// Why no node took the session: an HTTP status and a body for the client.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NoUpstream {
+    pub status: u16,
+    pub body: String,
+}
+
+/// An upgraded connection to a node, ready to relay.
+pub struct UpstreamSession {
+    pub stream: NodeStream,
+    pub accepted: UpstreamAccepted,
+    /// Bytes the node sent right after its 101 (frames already on their way).
+    pub early: Vec<u8>,
+    pub lease: NodeLease,
+}
+
+/// Pick a node, connect and upgrade; on refusal, try the next node.
+///
+/// A node that answers the upgrade with a 4xx status passes that status to the
+/// client (another node would refuse the same request); connection failures,
+/// timeouts, 5xx and invalid answers move on to the next node, and when none
+/// is left the client gets 502 with the reason for each.
+pub async fn open(
+    pool: &Rc<Pool>,
+    head: &Head<'_, '_>,
+    upgrade: &Upgrade<'_>,
+    fwd: Forwarded<'_>,
+    timeout: Duration,
+    max_head: usize,
+) -> Result<UpstreamSession, NoUpstream> {
+    let mut tried = vec![false; pool.nodes.len()];
+    let mut failures = Vec::new();
+    while let Some(index) = pool.pick(&tried) {
+        tried[index] = true;
+        let node = &pool.nodes[index];
+        let path = join_path(&node.path, upgrade.path);
+        let attempt = monoio::time::timeout(timeout, handshake(node, &path, head, upgrade, fwd, max_head)).await;
+        match attempt {
+            Ok(Ok((stream, accepted, early))) => {
+                return Ok(UpstreamSession {
+                    stream,
+                    accepted,
+                    early,
+                    lease: pool.lease(index),
+                })
+            }
+            Ok(Err(Attempt::Refused(UpstreamRefusal::Status(code, reason)))) if (400..500).contains(&code) => {
+                return Err(NoUpstream {
+                    status: code,
+                    body: format!("the node refused the WebSocket upgrade: {code} {reason}"),
+                });
+            }
+            Ok(Err(e)) => failures.push(format!("{}: {e}", node.url)),
+            Err(_) => failures.push(format!("{}: no answer within {} ms", node.url, timeout.as_millis())),
+        }
+        crate::warn!("upstream {}", failures.last().map(String::as_str).unwrap_or(""));
+    }
+    Err(NoUpstream {
+        status: 502,
+        body: format!("no upstream node accepted the connection ({})", failures.join("; ")),
+    })
+}
+
+enum Attempt {
+    Io(io::Error),
+    Refused(UpstreamRefusal),
+}
+
+impl std::fmt::Display for Attempt {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Attempt::Io(e) => write!(f, "{e}"),
+            Attempt::Refused(r) => write!(f, "{r}"),
+        }
+    }
+}
+
+async fn handshake(
+    node: &NodeConfig,
+    path: &str,
+    head: &Head<'_, '_>,
+    upgrade: &Upgrade<'_>,
+    fwd: Forwarded<'_>,
+    max_head: usize,
+) -> Result<(NodeStream, UpstreamAccepted, Vec<u8>), Attempt> {
+    let mut stream = connect(node).await.map_err(Attempt::Io)?;
+    let key = crate::rng::ws_key();
+    let mut req = Vec::with_capacity(512);
+    write_upstream_request(&mut req, path, &key, head, upgrade, fwd);
+    stream.write_all(req).await.map_err(Attempt::Io)?;
+    // Timeouts here come from the caller's `timeout`, which drops this future:
+    // the connection is abandoned then, so a read it cancels loses nothing.
+    let never = monoio::io::Canceller::new();
+    let mut buf = take_buf();
+    loop {
+        let (r, b) = stream.read_more(buf, &never.handle()).await;
+        buf = b;
+        match r {
+            Ok(0) => {
+                give_buf(buf);
+                return Err(Attempt::Io(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "closed the connection during the handshake",
+                )));
+            }
+            Ok(_) => {}
+            Err(e) => {
+                give_buf(buf);
+                return Err(Attempt::Io(e));
+            }
+        }
+        match parse_upstream_response(&buf, &key, upgrade.protocols, max_head.min(buf.capacity())) {
+            Ok(Parse::Done(accepted, len)) => {
+                buf.drain(..len);
+                return Ok((stream, accepted, buf));
+            }
+            Ok(Parse::NeedMore(_)) => {}
+            Err(r) => {
+                give_buf(buf);
+                return Err(Attempt::Refused(r));
+            }
+        }
+    }
+}
