@@ -170,7 +170,7 @@ async fn serve(listener: std::net::TcpListener, config: Arc<Config>, tls: Option
         match listener.accept().await {
             Ok((stream, peer)) => {
                 let _ = stream.set_nodelay(true);
-                monoio::spawn(connection(stream, peer, worker.clone()));
+                monoio::spawn(CatchUnwind(connection(stream, peer, worker.clone())));
             }
             Err(e) => {
                 // EMFILE and friends: back off instead of spinning.
@@ -425,4 +425,24 @@ async fn respond_and_close<R: ReadHalf, W: WriteHalf>(r: &mut R, w: &mut W, out:
         give_buf(buf);
     })
     .await;
+}
+
+/// Runs a connection's future, turning a panic into a log line: a bug in one
+/// session must not take the worker and every other session with it.
+struct CatchUnwind<F>(F);
+
+impl<F: Future<Output = ()>> Future for CatchUnwind<F> {
+    type Output = ();
+
+    fn poll(self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<()> {
+        // SAFETY: the inner future is structurally pinned; it is never moved out.
+        let inner = unsafe { self.map_unchecked_mut(|s| &mut s.0) };
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| inner.poll(cx))) {
+            Ok(poll) => poll,
+            Err(_) => {
+                crate::error!("a connection task panicked; it was closed (this is a bug: please report it)");
+                std::task::Poll::Ready(())
+            }
+        }
+    }
 }

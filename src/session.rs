@@ -73,7 +73,8 @@ struct Signal {
 impl Signal {
     fn notify(&self) {
         self.set.set(true);
-        if let Some(w) = self.waker.borrow_mut().take() {
+        let waker = self.waker.borrow_mut().take();
+        if let Some(w) = waker {
             w.wake();
         }
     }
@@ -96,8 +97,10 @@ impl Signal {
 struct Outbox {
     /// Data-frame bytes, and whether each buffer ends on a frame boundary.
     data: RefCell<VecDeque<(Vec<u8>, bool)>>,
-    /// Whole control frames, written at the next frame boundary.
+    /// Pings and pongs, written at the next frame boundary.
     control: RefCell<VecDeque<Vec<u8>>>,
+    /// The close frame, written after all queued data.
+    close: RefCell<Option<Vec<u8>>>,
     queued: Cell<usize>,
     /// Nothing more will be queued: drain, then shut the transport down.
     finished: Cell<bool>,
@@ -116,6 +119,9 @@ struct Side {
     /// Transport closed or failed, or the peer broke the protocol: nothing more to expect.
     dead: Cell<bool>,
     close_code_sent: Cell<Option<u16>>,
+    /// A close owed to this side for its protocol error, sent once the other
+    /// side has answered what this side sent before the error.
+    owed_close: Cell<Option<ProtocolError>>,
     /// Cancels this side's pending read when the session ends.
     read_cancel: RefCell<Canceller>,
     /// Cancels this side's pending write when the close deadline passes.
@@ -132,6 +138,7 @@ impl Side {
             got_close: Cell::new(false),
             dead: Cell::new(false),
             close_code_sent: Cell::new(None),
+            owed_close: Cell::new(None),
             read_cancel: RefCell::new(Canceller::new()),
             write_cancel: RefCell::new(Canceller::new()),
         }
@@ -170,15 +177,20 @@ impl Side {
         self.out.writer_wake.notify();
     }
 
-    /// Queue a close frame (once) and stop queueing data.
+    /// Queue a close frame (once) and stop queueing data. A close owed for a
+    /// protocol error takes precedence over the code given.
     fn send_close(&self, code: Option<u16>, reason: &str) {
         if self.sent_close.get() || self.dead.get() {
             return;
         }
+        let (code, reason) = match self.owed_close.get() {
+            Some(e) => (Some(e.close_code()), e.reason()),
+            None => (code, reason),
+        };
         let mut frame = Vec::with_capacity(reason.len().min(123) + 8);
         let mask = self.masked.then(crate::rng::mask_key);
         write_close(&mut frame, code, reason, mask);
-        self.out.control.borrow_mut().push_back(frame);
+        *self.out.close.borrow_mut() = Some(frame);
         self.sent_close.set(true);
         self.close_code_sent.set(code);
         self.out.writer_wake.notify();
@@ -273,19 +285,37 @@ impl Session {
     }
 
     /// `from` broke RFC 6455 or a limit: fail its connection, close the other side.
-    fn on_protocol_error(&self, from: Which, e: ProtocolError) {
+    ///
+    /// A client at fault stops being read at once, but its close (1002, 1007,
+    /// 1009) waits until the node has answered the close sent to it, so that
+    /// responses to the requests the client sent before the bad frame still
+    /// reach it. A node at fault is closed at once; its client gets 1014.
+    ///
+    /// `boundary` says whether what was forwarded ends between frames; if not,
+    /// the node's stream is cut inside a frame and can only be dropped.
+    fn on_protocol_error(&self, from: Which, e: ProtocolError, boundary: bool) {
         let (a, b) = self.sides(from);
         crate::debug!("{} protocol error: {e}", a.name);
-        a.send_close(Some(e.close_code()), e.reason());
-        a.dead.set(true);
-        a.finish();
         match from {
             Which::Client => {
                 self.set_reason("client protocol error");
-                b.send_close(Some(close_code::GOING_AWAY), "client protocol error");
+                a.owed_close.set(Some(e));
+                a.got_close.set(true);
+                if boundary {
+                    b.send_close(Some(close_code::GOING_AWAY), "client protocol error");
+                } else {
+                    b.dead.set(true);
+                    b.finish();
+                }
+                if b.dead.get() {
+                    a.send_close(None, "");
+                }
             }
             Which::Upstream => {
                 self.set_reason("node protocol error");
+                a.send_close(Some(e.close_code()), e.reason());
+                a.dead.set(true);
+                a.finish();
                 b.send_close(Some(1014), "upstream node protocol error");
             }
         }
@@ -302,6 +332,10 @@ impl Session {
     }
 
     fn check_end(&self) {
+        // A close owed to the client goes out once the node side is finished.
+        if self.client.owed_close.get().is_some() && self.upstream.done() {
+            self.client.send_close(None, "");
+        }
         if self.client.done() {
             self.client.finish();
         }
@@ -336,6 +370,7 @@ impl Session {
             side.dead.set(true);
             side.out.data.borrow_mut().clear();
             side.out.control.borrow_mut().clear();
+            side.out.close.borrow_mut().take();
             side.out.queued.set(0);
             let old = std::mem::take(&mut *side.write_cancel.borrow_mut());
             drop(old.cancel());
@@ -481,8 +516,9 @@ fn process(s: &Session, from: Which, dec: &mut Decoder, buf: &mut Vec<u8>) -> Fl
             }
             Ok(Step::NeedMore) => break,
             Err(e) => {
-                forward(s, from, buf, keep, pos, false);
-                s.on_protocol_error(from, e);
+                let boundary = dec.at_frame_boundary();
+                forward(s, from, buf, keep, pos, boundary);
+                s.on_protocol_error(from, e, boundary);
                 return Flow::Stop;
             }
         }
@@ -525,16 +561,23 @@ async fn writer<W: WriteHalf>(s: &Session, which: Which, mut io: W) {
         } else {
             side.out.control.borrow_mut().pop_front()
         };
-        let (buf, data_boundary) = match control {
-            Some(frame) => (frame, None),
-            None => match side.out.data.borrow_mut().pop_front() {
-                Some((buf, boundary)) => (buf, Some(boundary)),
-                None if side.out.finished.get() => break,
-                None => {
-                    side.out.writer_wake.wait().await;
-                    continue;
+        let next = match control {
+            Some(frame) => Some((frame, None)),
+            None => {
+                let data = side.out.data.borrow_mut().pop_front();
+                match data {
+                    Some((buf, boundary)) => Some((buf, Some(boundary))),
+                    None if !mid_frame => side.out.close.borrow_mut().take().map(|f| (f, None)),
+                    None => None,
                 }
-            },
+            }
+        };
+        let Some((buf, data_boundary)) = next else {
+            if side.out.finished.get() {
+                break;
+            }
+            side.out.writer_wake.wait().await;
+            continue;
         };
         let len = buf.len();
         let handle = side.write_handle();

@@ -160,6 +160,11 @@ impl Decoder {
             let n = (p.remaining.min(buf.len() as u64)) as usize;
             if p.text {
                 validate_text(&mut self.utf8, &buf[..n], p.mask, p.offset)?;
+                // Check the end of the message before any state changes, so that
+                // after an error the decoder still says it is inside this frame.
+                if p.fin && p.remaining == n as u64 && !self.utf8.is_complete() {
+                    return Err(ProtocolError::InvalidUtf8);
+                }
             }
             p.remaining -= n as u64;
             p.offset += n;
@@ -422,6 +427,18 @@ mod tests {
         // A message ending inside a code point is not.
         let cut = frame(OpCode::Text, true, &euro[..2], None);
         assert_eq!(run(Role::Server, &cut, 3).2, Some(ProtocolError::InvalidUtf8));
+    }
+
+    #[test]
+    fn after_an_error_inside_a_frame_the_decoder_is_not_at_a_boundary() {
+        // Regression: a text frame ending inside a code point (Autobahn 6.14.7)
+        // used to leave the decoder "between frames" though only the header had
+        // been forwarded, so a close frame was written inside the payload.
+        let f = frame(OpCode::Text, true, b"\xef\xbf", KEY);
+        let mut d = Decoder::new(Role::Client, Limits::default());
+        let Ok(Step::Forward(n)) = d.step(&f) else { panic!() };
+        assert_eq!(d.step(&f[n..]).unwrap_err(), ProtocolError::InvalidUtf8);
+        assert!(!d.at_frame_boundary());
     }
 
     #[test]
