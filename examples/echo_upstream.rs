@@ -10,17 +10,23 @@ use tungstenite::protocol::WebSocketConfig;
 use tungstenite::{accept_with_config, Message};
 
 fn main() {
-    let addr = std::env::args().nth(1).unwrap_or_else(|| "127.0.0.1:9001".into());
+    let addr = std::env::args()
+        .nth(1)
+        .unwrap_or_else(|| "127.0.0.1:9001".into());
     let listener = TcpListener::bind(&addr).expect("bind");
     println!("echo upstream on ws://{}", listener.local_addr().unwrap());
     for stream in listener.incoming() {
         let Ok(stream) = stream else { continue };
         let _ = stream.set_nodelay(true);
         thread::spawn(move || {
-            let mut cfg = WebSocketConfig::default();
-            cfg.max_message_size = Some(64 << 20);
-            cfg.max_frame_size = Some(16 << 20);
-            let Ok(mut ws) = accept_with_config(stream, Some(cfg)) else { return };
+            let cfg = WebSocketConfig {
+                max_message_size: Some(64 << 20),
+                max_frame_size: Some(16 << 20),
+                ..Default::default()
+            };
+            let Ok(mut ws) = accept_with_config(stream, Some(cfg)) else {
+                return;
+            };
             loop {
                 match ws.read() {
                     Ok(msg @ (Message::Text(_) | Message::Binary(_))) => {

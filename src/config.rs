@@ -129,7 +129,9 @@ pub struct LogSection {
 
 impl Default for LogSection {
     fn default() -> Self {
-        LogSection { level: "info".into() }
+        LogSection {
+            level: "info".into(),
+        }
     }
 }
 
@@ -257,11 +259,16 @@ impl Config {
             .ok_or_else(|| {
                 err(
                     "server.listen",
-                    format!("`{}` is not an address like 127.0.0.1:8443", file.server.listen),
+                    format!(
+                        "`{}` is not an address like 127.0.0.1:8443",
+                        file.server.listen
+                    ),
                 )
             })?;
         let workers = match file.server.workers {
-            0 => std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+            0 => std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1),
             n if n > 1024 => return Err(err("server.workers", format!("{n} is more than 1024"))),
             n => n,
         };
@@ -288,25 +295,39 @@ impl Config {
                     };
                     TlsMode::SelfSigned { dir }
                 }
-                (true, false) => return Err(err("tls.cert", "tls.key is set but tls.cert is not".into())),
-                (false, true) => return Err(err("tls.key", "tls.cert is set but tls.key is not".into())),
+                (true, false) => {
+                    return Err(err("tls.cert", "tls.key is set but tls.cert is not".into()))
+                }
+                (false, true) => {
+                    return Err(err("tls.key", "tls.cert is set but tls.key is not".into()))
+                }
             }
         };
 
         let l = &file.limits;
         if !(256..=1 << 20).contains(&l.max_head_bytes) {
-            return Err(err("limits.max_head_bytes", format!("{} is outside 256..=1048576", l.max_head_bytes)));
+            return Err(err(
+                "limits.max_head_bytes",
+                format!("{} is outside 256..=1048576", l.max_head_bytes),
+            ));
         }
         if !(1..=crate::ws::handshake::HEADER_ARRAY).contains(&l.max_headers) {
             return Err(err(
                 "limits.max_headers",
-                format!("{} is outside 1..={}", l.max_headers, crate::ws::handshake::HEADER_ARRAY),
+                format!(
+                    "{} is outside 1..={}",
+                    l.max_headers,
+                    crate::ws::handshake::HEADER_ARRAY
+                ),
             ));
         }
         if l.max_frame_bytes == 0 || l.max_frame_bytes > l.max_message_bytes {
             return Err(err(
                 "limits.max_frame_bytes",
-                format!("must be between 1 and limits.max_message_bytes ({})", l.max_message_bytes),
+                format!(
+                    "must be between 1 and limits.max_message_bytes ({})",
+                    l.max_message_bytes
+                ),
             ));
         }
         for (key, v) in [
@@ -321,7 +342,10 @@ impl Config {
             }
         }
         if l.max_buffered_bytes < 16 * 1024 {
-            return Err(err("limits.max_buffered_bytes", "must be at least 16384".into()));
+            return Err(err(
+                "limits.max_buffered_bytes",
+                "must be at least 16384".into(),
+            ));
         }
         let limits = Limits {
             max_head_bytes: l.max_head_bytes,
@@ -342,8 +366,15 @@ impl Config {
             nodes.push(parse_node_url(&n.url).map_err(|m| err(&format!("node[{i}].url"), m))?);
         }
 
-        let log_level = crate::log::Level::parse(&file.log.level)
-            .ok_or_else(|| err("log.level", format!("`{}` is not one of error, warn, info, debug", file.log.level)))?;
+        let log_level = crate::log::Level::parse(&file.log.level).ok_or_else(|| {
+            err(
+                "log.level",
+                format!(
+                    "`{}` is not one of error, warn, info, debug",
+                    file.log.level
+                ),
+            )
+        })?;
 
         Ok(Config {
             listen,
@@ -365,7 +396,9 @@ pub fn parse_node_url(url: &str) -> Result<NodeConfig, String> {
     if let Some(path) = url.strip_prefix("unix:") {
         let path = path.trim_start_matches("//");
         if !path.starts_with('/') {
-            return Err(format!("`{url}`: a unix socket path must be absolute (unix:/run/node.sock)"));
+            return Err(format!(
+                "`{url}`: a unix socket path must be absolute (unix:/run/node.sock)"
+            ));
         }
         return Ok(NodeConfig {
             url: url.into(),
@@ -376,9 +409,13 @@ pub fn parse_node_url(url: &str) -> Result<NodeConfig, String> {
     let rest = if let Some(rest) = url.strip_prefix("ws://") {
         rest
     } else if url.starts_with("wss://") {
-        return Err(format!("`{url}`: wss:// nodes are not supported; nodes are reached over ws:// or unix:"));
+        return Err(format!(
+            "`{url}`: wss:// nodes are not supported; nodes are reached over ws:// or unix:"
+        ));
     } else {
-        return Err(format!("`{url}`: expected ws://host:port/path or unix:/path"));
+        return Err(format!(
+            "`{url}`: expected ws://host:port/path or unix:/path"
+        ));
     };
     let (authority, path) = match rest.find('/') {
         Some(i) => (&rest[..i], &rest[i..]),
@@ -457,7 +494,10 @@ mod tests {
     fn node_urls() {
         let n = parse_node_url("ws://127.0.0.1:9944/rpc/").unwrap();
         assert_eq!(n.path, "/rpc");
-        assert_eq!(n.addr, NodeAddr::Tcp(vec!["127.0.0.1:9944".parse().unwrap()]));
+        assert_eq!(
+            n.addr,
+            NodeAddr::Tcp(vec!["127.0.0.1:9944".parse().unwrap()])
+        );
         let n = parse_node_url("ws://[::1]:9944").unwrap();
         assert_eq!(n.addr, NodeAddr::Tcp(vec!["[::1]:9944".parse().unwrap()]));
         let n = parse_node_url("unix:/run/node.sock").unwrap();

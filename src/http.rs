@@ -60,7 +60,13 @@ mod tests {
     #[test]
     fn content_length_counts_the_body_and_newline() {
         let mut out = Vec::new();
-        write_response(&mut out, 426, &[("Sec-WebSocket-Version", "13")], "why", true);
+        write_response(
+            &mut out,
+            426,
+            &[("Sec-WebSocket-Version", "13")],
+            "why",
+            true,
+        );
         let text = String::from_utf8(out).unwrap();
         assert!(text.starts_with("HTTP/1.1 426 Upgrade Required\r\nSec-WebSocket-Version: 13\r\n"));
         assert!(text.contains("Content-Length: 4\r\n"));

@@ -25,7 +25,11 @@ use monoio::net::{TcpStream, UnixStream};
 pub trait ReadHalf {
     /// Receive into the spare capacity of `buf`, after its current contents.
     /// `Ok(0)` means the peer closed its side.
-    async fn read_more(&mut self, buf: Vec<u8>, cancel: &CancelHandle) -> (io::Result<usize>, Vec<u8>);
+    async fn read_more(
+        &mut self,
+        buf: Vec<u8>,
+        cancel: &CancelHandle,
+    ) -> (io::Result<usize>, Vec<u8>);
 }
 
 /// A send half the relay writes to.
@@ -33,7 +37,8 @@ pub trait ReadHalf {
 pub trait WriteHalf {
     /// Send all of `buf`; cancelable like reads (a peer that stops reading must
     /// not hold a session past its close deadline).
-    async fn write_all(&mut self, buf: Vec<u8>, cancel: &CancelHandle) -> (io::Result<()>, Vec<u8>);
+    async fn write_all(&mut self, buf: Vec<u8>, cancel: &CancelHandle)
+        -> (io::Result<()>, Vec<u8>);
     /// Finish the stream (TLS close_notify, then TCP FIN). Errors are of no interest by then.
     async fn shutdown(&mut self, cancel: &CancelHandle);
 }
@@ -71,7 +76,8 @@ macro_rules! plain_halves {
                 buf: Vec<u8>,
                 cancel: &CancelHandle,
             ) -> (io::Result<()>, Vec<u8>) {
-                let (res, buf) = CancelableAsyncWriteRentExt::write_all(self, buf, cancel.clone()).await;
+                let (res, buf) =
+                    CancelableAsyncWriteRentExt::write_all(self, buf, cancel.clone()).await;
                 (res.map(|_| ()), buf)
             }
 

@@ -86,7 +86,10 @@ fn parse_flags(args: Vec<String>) -> Result<Option<Flags>, String> {
             "--upstream" => f.upstreams.push(value("--upstream")?),
             "--workers" => {
                 let v = value("--workers")?;
-                f.workers = Some(v.parse().map_err(|_| format!("flag --workers: `{v}` is not a number"))?);
+                f.workers = Some(
+                    v.parse()
+                        .map_err(|_| format!("flag --workers: `{v}` is not a number"))?,
+                );
             }
             "--log-level" => f.log_level = Some(value("--log-level")?),
             other => return Err(format!("unknown flag `{other}` (see --help)")),
@@ -135,9 +138,9 @@ fn load(flags: &Flags) -> Result<Config, String> {
 fn probe_nodes(config: &Config) {
     for node in &config.nodes {
         let reachable = match &node.addr {
-            NodeAddr::Tcp(addrs) => addrs
-                .iter()
-                .any(|a| std::net::TcpStream::connect_timeout(a, std::time::Duration::from_secs(1)).is_ok()),
+            NodeAddr::Tcp(addrs) => addrs.iter().any(|a| {
+                std::net::TcpStream::connect_timeout(a, std::time::Duration::from_secs(1)).is_ok()
+            }),
             NodeAddr::Unix(p) => std::os::unix::net::UnixStream::connect(p).is_ok(),
         };
         if !reachable {
@@ -168,16 +171,26 @@ fn main() -> ExitCode {
     ringway::log::set_level(config.log_level);
     if flags.check {
         if let TlsMode::Files { cert, key } = &config.tls {
-            let loaded = ringway::tls::load_or_generate(&config.tls)
-                .and_then(|ck| ck.map(|ck| ringway::tls::server_config(&ck).map(|_| ())).unwrap_or(Ok(())));
+            let loaded = ringway::tls::load_or_generate(&config.tls).and_then(|ck| {
+                ck.map(|ck| ringway::tls::server_config(&ck).map(|_| ()))
+                    .unwrap_or(Ok(()))
+            });
             if let Err(e) = loaded {
-                eprintln!("ringway: config error: {e} ({} / {})", cert.display(), key.display());
+                eprintln!(
+                    "ringway: config error: {e} ({} / {})",
+                    cert.display(),
+                    key.display()
+                );
                 return ExitCode::from(2);
             }
         }
         println!(
             "ringway: configuration OK ({})",
-            config.source.as_ref().map(|p| p.display().to_string()).unwrap_or_else(|| "flags and defaults".into())
+            config
+                .source
+                .as_ref()
+                .map(|p| p.display().to_string())
+                .unwrap_or_else(|| "flags and defaults".into())
         );
         return ExitCode::SUCCESS;
     }
@@ -197,7 +210,10 @@ fn main() -> ExitCode {
         }
     };
     if let Some(path) = tls.as_ref().and_then(|t| t.self_signed_path.as_ref()) {
-        println!("ringway: no certificate configured; made a self-signed one: {}", path.display());
+        println!(
+            "ringway: no certificate configured; made a self-signed one: {}",
+            path.display()
+        );
     }
     probe_nodes(&config);
     let scheme = if tls.is_some() { "wss" } else { "ws" };
@@ -216,7 +232,11 @@ fn main() -> ExitCode {
     println!(
         "ringway: listening on {scheme}://{} ({workers} workers, {}) -> {}",
         running.local_addr,
-        if running.io_uring { "io_uring" } else { "epoll" },
+        if running.io_uring {
+            "io_uring"
+        } else {
+            "epoll"
+        },
         nodes.join(", ")
     );
     info!("ready");

@@ -33,7 +33,7 @@ pub fn next_u64() -> u64 {
 
 /// A uniform-enough index below `n` (n > 0).
 pub fn below(n: usize) -> usize {
-    ((next_u64() >> 32) * n as u64 >> 32) as usize
+    (((next_u64() >> 32) * n as u64) >> 32) as usize
 }
 
 /// A mask key for a frame the gateway writes to a node.

@@ -73,7 +73,9 @@ pub fn start(config: Config, tls: Option<ServerConfig>) -> io::Result<Running> {
     let io_uring = monoio::utils::detect_uring();
     let config = Arc::new(config);
     let tls = tls.map(Arc::new);
-    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
     let mut workers = Vec::new();
     for (i, listener) in listeners.into_iter().enumerate() {
         let config = config.clone();
@@ -102,7 +104,10 @@ fn pin_to_core(core: usize) {
         let mut set: libc::cpu_set_t = std::mem::zeroed();
         libc::CPU_SET(core, &mut set);
         if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
-            crate::warn!("could not pin to core {core}: {}", io::Error::last_os_error());
+            crate::warn!(
+                "could not pin to core {core}: {}",
+                io::Error::last_os_error()
+            );
         }
     }
 }
@@ -120,7 +125,9 @@ fn run_worker(
             .build()
         {
             Ok(mut rt) => return rt.block_on(serve(listener, config, tls)),
-            Err(e) => crate::warn!("io_uring runtime failed to start ({e}); using the epoll driver"),
+            Err(e) => {
+                crate::warn!("io_uring runtime failed to start ({e}); using the epoll driver")
+            }
         }
     }
     match monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
@@ -141,7 +148,11 @@ struct Worker {
     active: Cell<u64>,
 }
 
-async fn serve(listener: std::net::TcpListener, config: Arc<Config>, tls: Option<Arc<ServerConfig>>) {
+async fn serve(
+    listener: std::net::TcpListener,
+    config: Arc<Config>,
+    tls: Option<Arc<ServerConfig>>,
+) {
     let listener = match monoio::net::TcpListener::from_std(listener) {
         Ok(l) => l,
         Err(e) => {
@@ -188,7 +199,8 @@ async fn connection(tcp: TcpStream, peer: SocketAddr, worker: Rc<Worker>) {
             let cancel = RefCell::new(Canceller::new());
             let handle = cancel.borrow().handle();
             let timeout = worker.config.limits.handshake_timeout;
-            let accepted = with_deadline(timeout, &cancel, crate::tls::accept(tcp, cfg, &handle)).await;
+            let accepted =
+                with_deadline(timeout, &cancel, crate::tls::accept(tcp, cfg, &handle)).await;
             match accepted {
                 Ok((r, w)) => client(r, w, peer, &worker, "https", cancel).await,
                 Err(e) => crate::debug!("TLS handshake with {peer} failed: {e}"),
@@ -249,7 +261,14 @@ async fn client<R: ReadHalf, W: WriteHalf>(
             upstream_early,
             _lease,
         } => {
-            let summary = relay((r, w), client_early, upstream, upstream_early, worker.session).await;
+            let summary = relay(
+                (r, w),
+                client_early,
+                upstream,
+                upstream_early,
+                worker.session,
+            )
+            .await;
             crate::debug!(
                 "session {peer} ended: {} ({} messages in, {} out)",
                 summary.reason,
@@ -287,7 +306,7 @@ async fn handshake<R: ReadHalf, W: WriteHalf>(
             }
             Ok(_) => {}
             Err(e) if e.raw_os_error() == Some(libc::ECANCELED) => {
-                refuse(r, w, HandshakeError::Timeout, cancel).await;
+                refuse(r, w, HandshakeError::Timeout).await;
                 give_buf(buf);
                 return Handshake::Done;
             }
@@ -297,35 +316,46 @@ async fn handshake<R: ReadHalf, W: WriteHalf>(
             }
         }
         let mut scratch = [httparse::EMPTY_HEADER; HEADER_ARRAY];
-        match parse_head(&buf, &mut scratch, limits.max_head_bytes, limits.max_headers) {
+        match parse_head(
+            &buf,
+            &mut scratch,
+            limits.max_head_bytes,
+            limits.max_headers,
+        ) {
             Ok(Parse::Done(_, len)) => break len,
             Ok(Parse::NeedMore(_)) if buf.len() == buf.capacity() => {
-                refuse(r, w, HandshakeError::HeadTooLarge, cancel).await;
+                refuse(r, w, HandshakeError::HeadTooLarge).await;
                 give_buf(buf);
                 return Handshake::Done;
             }
             Ok(Parse::NeedMore(_)) => {}
             Err(e) => {
                 crate::debug!("bad request from {peer}: {e}");
-                refuse(r, w, e, cancel).await;
+                refuse(r, w, e).await;
                 give_buf(buf);
                 return Handshake::Done;
             }
         }
     };
-    let Ok(Parse::Done(head, _)) = parse_head(&buf, &mut headers, limits.max_head_bytes, limits.max_headers)
-    else {
+    let Ok(Parse::Done(head, _)) = parse_head(
+        &buf,
+        &mut headers,
+        limits.max_head_bytes,
+        limits.max_headers,
+    ) else {
         unreachable!("the same bytes parsed a moment ago");
     };
 
     if !head.wants_websocket() {
-        let err = if head.method.eq_ignore_ascii_case("GET") || head.method.eq_ignore_ascii_case("HEAD") {
+        let err = if head.method.eq_ignore_ascii_case("GET")
+            || head.method.eq_ignore_ascii_case("HEAD")
+        {
             None
         } else {
             Some(HandshakeError::NotAGet)
         };
         match err {
-            Some(e) => refuse(r, w, e, cancel).await,
+            Some(e) => refuse(r, w, e).await,
             None => {
                 let mut out = Vec::new();
                 write_response(
@@ -335,7 +365,7 @@ async fn handshake<R: ReadHalf, W: WriteHalf>(
                     "ringway: this endpoint serves JSON-RPC over WebSocket; connect with a WebSocket client (wss://host:port/)",
                     false,
                 );
-                respond_and_close(r, w, out, cancel).await;
+                respond_and_close(r, w, out).await;
             }
         }
         give_buf(buf);
@@ -345,7 +375,7 @@ async fn handshake<R: ReadHalf, W: WriteHalf>(
         Ok(u) => u,
         Err(e) => {
             crate::debug!("bad upgrade from {peer}: {e}");
-            refuse(r, w, e, cancel).await;
+            refuse(r, w, e).await;
             give_buf(buf);
             return Handshake::Done;
         }
@@ -371,14 +401,13 @@ async fn handshake<R: ReadHalf, W: WriteHalf>(
             crate::warn!("{peer}: {}", no.body);
             let mut out = Vec::new();
             write_response(&mut out, no.status, &[], &no.body, true);
-            respond_and_close(r, w, out, cancel).await;
+            respond_and_close(r, w, out).await;
             give_buf(buf);
             return Handshake::Done;
         }
     };
     let mut out = Vec::with_capacity(256);
     write_switching_protocols(&mut out, upgrade.key, session.accepted.protocol.as_deref());
-    drop(head);
     let (res, _) = w.write_all(out, cancel).await;
     if res.is_err() {
         give_buf(buf);
@@ -395,24 +424,28 @@ async fn handshake<R: ReadHalf, W: WriteHalf>(
     }
 }
 
-async fn refuse<R: ReadHalf, W: WriteHalf>(r: &mut R, w: &mut W, e: HandshakeError, cancel: &CancelHandle) {
+async fn refuse<R: ReadHalf, W: WriteHalf>(r: &mut R, w: &mut W, e: HandshakeError) {
     let mut out = Vec::new();
     write_response(&mut out, e.status(), e.extra_headers(), e.reason(), true);
-    respond_and_close(r, w, out, cancel).await;
+    respond_and_close(r, w, out).await;
 }
+
+/// How long a final response and the lingering read after it may take.
+const LINGER: Duration = Duration::from_millis(1000);
 
 /// Send a final response, end our side, and read what the client still sends
 /// for a moment, so that closing does not reset the connection before the
-/// client has read the response (RFC 7230 §6.6).
-async fn respond_and_close<R: ReadHalf, W: WriteHalf>(r: &mut R, w: &mut W, out: Vec<u8>, cancel: &CancelHandle) {
-    let (res, _) = w.write_all(out, cancel).await;
-    if res.is_err() {
-        return;
-    }
-    w.shutdown(cancel).await;
-    let linger = RefCell::new(Canceller::new());
-    let handle = linger.borrow().handle();
-    with_deadline(Duration::from_millis(500), &linger, async {
+/// client has read the response (RFC 7230 §6.6). Runs on its own deadline:
+/// it is also how a handshake that timed out gets its 408.
+async fn respond_and_close<R: ReadHalf, W: WriteHalf>(r: &mut R, w: &mut W, out: Vec<u8>) {
+    let cancel = RefCell::new(Canceller::new());
+    let handle = cancel.borrow().handle();
+    with_deadline(LINGER, &cancel, async {
+        let (res, _) = w.write_all(out, &handle).await;
+        if res.is_err() {
+            return;
+        }
+        w.shutdown(&handle).await;
         let mut buf = take_buf();
         for _ in 0..16 {
             buf.clear();
@@ -434,13 +467,18 @@ struct CatchUnwind<F>(F);
 impl<F: Future<Output = ()>> Future for CatchUnwind<F> {
     type Output = ();
 
-    fn poll(self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<()> {
+    fn poll(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<()> {
         // SAFETY: the inner future is structurally pinned; it is never moved out.
         let inner = unsafe { self.map_unchecked_mut(|s| &mut s.0) };
         match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| inner.poll(cx))) {
             Ok(poll) => poll,
             Err(_) => {
-                crate::error!("a connection task panicked; it was closed (this is a bug: please report it)");
+                crate::error!(
+                    "a connection task panicked; it was closed (this is a bug: please report it)"
+                );
                 std::task::Poll::Ready(())
             }
         }

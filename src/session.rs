@@ -231,7 +231,8 @@ impl Session {
 
     fn start_close_deadline(&self) {
         if self.close_deadline.get().is_none() {
-            self.close_deadline.set(Some(Instant::now() + self.cfg.close_timeout));
+            self.close_deadline
+                .set(Some(Instant::now() + self.cfg.close_timeout));
             self.timer_wake.notify();
         }
     }
@@ -276,7 +277,10 @@ impl Session {
                 }
                 Which::Upstream => {
                     self.set_reason("node connection lost");
-                    b.send_close(Some(close_code::SERVICE_RESTART), "upstream node connection lost");
+                    b.send_close(
+                        Some(close_code::SERVICE_RESTART),
+                        "upstream node connection lost",
+                    );
                 }
             }
         }
@@ -459,7 +463,8 @@ async fn pump<R: ReadHalf>(s: &Session, from: Which, mut io: R, early: Vec<u8>) 
             break;
         }
         // Backpressure: wait for the other side's writer to catch up.
-        while dst.out.queued.get() > s.cfg.max_buffered && !dst.out.finished.get() && !s.ended.get() {
+        while dst.out.queued.get() > s.cfg.max_buffered && !dst.out.finished.get() && !s.ended.get()
+        {
             dst.out.space_wake.wait().await;
         }
         let handle = src.read_handle();
@@ -585,7 +590,9 @@ async fn writer<W: WriteHalf>(s: &Session, which: Which, mut io: W) {
         match data_boundary {
             Some(boundary) => {
                 mid_frame = !boundary;
-                side.out.queued.set(side.out.queued.get().saturating_sub(len));
+                side.out
+                    .queued
+                    .set(side.out.queued.get().saturating_sub(len));
                 side.out.space_wake.notify();
                 give_buf(buf);
             }
@@ -623,10 +630,11 @@ async fn timer(s: &Session) {
                 return;
             }
         }
+        // While closing, only the close deadline matters.
         let mut wake = s.close_deadline.get();
-        if !s.ended.get() {
+        if wake.is_none() {
             let idle_at = s.last_activity.get() + s.cfg.idle_timeout;
-            if now >= idle_at && s.close_deadline.get().is_none() {
+            if now >= idle_at {
                 s.close_both(close_code::GOING_AWAY, "idle timeout");
                 continue;
             }
@@ -634,8 +642,7 @@ async fn timer(s: &Session) {
                 s.upstream.push_control(OpCode::Ping, b"");
                 next_ping = now + s.cfg.keepalive;
             }
-            let soonest = idle_at.min(next_ping);
-            wake = Some(wake.map_or(soonest, |w| w.min(soonest)));
+            wake = Some(idle_at.min(next_ping));
         }
         match wake {
             Some(at) => {

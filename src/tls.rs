@@ -21,8 +21,7 @@ use std::rc::Rc;
 use std::sync::Arc;
 
 use monoio::io::{
-    CancelHandle, CancelableAsyncWriteRentExt, OwnedReadHalf, OwnedWriteHalf,
-    Splitable,
+    CancelHandle, CancelableAsyncWriteRentExt, OwnedReadHalf, OwnedWriteHalf, Splitable,
 };
 use monoio::net::TcpStream;
 use rustls::pki_types::pem::PemObject;
@@ -56,10 +55,17 @@ fn load_pem(cert: &Path, key: &Path) -> Result<CertifiedKey, String> {
         .collect::<Result<_, _>>()
         .map_err(|e| format!("tls.cert {}: {e}", cert.display()))?;
     if chain.is_empty() {
-        return Err(format!("tls.cert {}: no CERTIFICATE block found", cert.display()));
+        return Err(format!(
+            "tls.cert {}: no CERTIFICATE block found",
+            cert.display()
+        ));
     }
-    let key_der = PrivateKeyDer::from_pem_file(key)
-        .map_err(|e| format!("tls.key {}: no usable private key (PKCS#8, PKCS#1 or SEC1 PEM): {e}", key.display()))?;
+    let key_der = PrivateKeyDer::from_pem_file(key).map_err(|e| {
+        format!(
+            "tls.key {}: no usable private key (PKCS#8, PKCS#1 or SEC1 PEM): {e}",
+            key.display()
+        )
+    })?;
     Ok(CertifiedKey {
         chain,
         key: key_der,
@@ -68,15 +74,23 @@ fn load_pem(cert: &Path, key: &Path) -> Result<CertifiedKey, String> {
 }
 
 fn generate_self_signed(dir: &Path) -> Result<CertifiedKey, String> {
-    let names = vec!["localhost".to_string(), "127.0.0.1".to_string(), "::1".to_string()];
-    let ck = rcgen::generate_simple_self_signed(names).map_err(|e| format!("self-signed certificate: {e}"))?;
-    std::fs::create_dir_all(dir).map_err(|e| format!("tls.self_signed_dir {}: {e}", dir.display()))?;
+    let names = vec![
+        "localhost".to_string(),
+        "127.0.0.1".to_string(),
+        "::1".to_string(),
+    ];
+    let ck = rcgen::generate_simple_self_signed(names)
+        .map_err(|e| format!("self-signed certificate: {e}"))?;
+    std::fs::create_dir_all(dir)
+        .map_err(|e| format!("tls.self_signed_dir {}: {e}", dir.display()))?;
     let cert_path = dir.join("ringway-selfsigned.crt");
     let key_path = dir.join("ringway-selfsigned.key");
     let cert_pem = ck.cert.pem();
     let key_pem = ck.key_pair.serialize_pem();
-    std::fs::write(&cert_path, &cert_pem).map_err(|e| format!("writing {}: {e}", cert_path.display()))?;
-    write_private(&key_path, key_pem.as_bytes()).map_err(|e| format!("writing {}: {e}", key_path.display()))?;
+    std::fs::write(&cert_path, &cert_pem)
+        .map_err(|e| format!("writing {}: {e}", cert_path.display()))?;
+    write_private(&key_path, key_pem.as_bytes())
+        .map_err(|e| format!("writing {}: {e}", key_path.display()))?;
     let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).map_err(|e| e.to_string())?;
     Ok(CertifiedKey {
         chain: vec![ck.cert.der().clone()],
@@ -134,8 +148,12 @@ pub async fn accept(
         loop {
             while conn.wants_write() {
                 conn.write_tls(&mut out)?;
-                let (r, o) =
-                    CancelableAsyncWriteRentExt::write_all(&mut tcp, std::mem::take(&mut out), cancel.clone()).await;
+                let (r, o) = CancelableAsyncWriteRentExt::write_all(
+                    &mut tcp,
+                    std::mem::take(&mut out),
+                    cancel.clone(),
+                )
+                .await;
                 out = o;
                 out.clear();
                 r?;
@@ -147,7 +165,10 @@ pub async fn accept(
             let (r, c) = read_append(&mut tcp, std::mem::take(&mut cipher), cancel).await;
             cipher = c;
             if r? == 0 {
-                return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "peer closed during TLS handshake"));
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "peer closed during TLS handshake",
+                ));
             }
             let mut rd = &cipher[..];
             while !rd.is_empty() {
@@ -155,8 +176,12 @@ pub async fn accept(
                 if let Err(e) = conn.process_new_packets() {
                     // Send the alert rustls queued, then fail.
                     let _ = conn.write_tls(&mut out);
-                    let _ =
-                        CancelableAsyncWriteRentExt::write_all(&mut tcp, std::mem::take(&mut out), cancel.clone()).await;
+                    let _ = CancelableAsyncWriteRentExt::write_all(
+                        &mut tcp,
+                        std::mem::take(&mut out),
+                        cancel.clone(),
+                    )
+                    .await;
                     return Err(io::Error::new(io::ErrorKind::InvalidData, e));
                 }
             }
@@ -224,7 +249,9 @@ impl TlsReader {
 
     /// Hand buffered ciphertext to rustls until it has plaintext or wants more.
     fn feed(&mut self) -> io::Result<()> {
-        let Some(cipher) = &self.cipher else { return Ok(()) };
+        let Some(cipher) = &self.cipher else {
+            return Ok(());
+        };
         let mut conn = self.conn.borrow_mut();
         while self.cipher_pos < cipher.len() {
             let n = conn.read_tls(&mut &cipher[self.cipher_pos..])?;
@@ -245,7 +272,11 @@ impl TlsReader {
 }
 
 impl ReadHalf for TlsReader {
-    async fn read_more(&mut self, mut buf: Vec<u8>, cancel: &CancelHandle) -> (io::Result<usize>, Vec<u8>) {
+    async fn read_more(
+        &mut self,
+        mut buf: Vec<u8>,
+        cancel: &CancelHandle,
+    ) -> (io::Result<usize>, Vec<u8>) {
         loop {
             match self.take_plaintext(&mut buf) {
                 Ok(Some(n)) => return (Ok(n), buf),
@@ -312,9 +343,12 @@ impl TlsWriter {
             if self.out.is_empty() {
                 return Ok(());
             }
-            let (r, mut out) =
-                CancelableAsyncWriteRentExt::write_all(&mut self.tcp, std::mem::take(&mut self.out), cancel.clone())
-                    .await;
+            let (r, mut out) = CancelableAsyncWriteRentExt::write_all(
+                &mut self.tcp,
+                std::mem::take(&mut self.out),
+                cancel.clone(),
+            )
+            .await;
             out.clear();
             self.out = out;
             r?;
@@ -323,7 +357,11 @@ impl TlsWriter {
 }
 
 impl WriteHalf for TlsWriter {
-    async fn write_all(&mut self, buf: Vec<u8>, cancel: &CancelHandle) -> (io::Result<()>, Vec<u8>) {
+    async fn write_all(
+        &mut self,
+        buf: Vec<u8>,
+        cancel: &CancelHandle,
+    ) -> (io::Result<()>, Vec<u8>) {
         // The buffer limit is off (set at accept), so rustls takes all of it.
         if let Err(e) = self.conn.borrow_mut().writer().write_all(&buf) {
             return (Err(e), buf);

@@ -77,7 +77,11 @@ impl Pool {
                     b += 1;
                 }
                 let (a, b) = (nth(a)?, nth(b)?);
-                Some(if self.active[b].get() < self.active[a].get() { b } else { a })
+                Some(if self.active[b].get() < self.active[a].get() {
+                    b
+                } else {
+                    a
+                })
             }
         }
     }
@@ -132,7 +136,11 @@ impl NodeStream {
         }
     }
 
-    async fn read_more(&mut self, buf: Vec<u8>, cancel: &CancelHandle) -> (io::Result<usize>, Vec<u8>) {
+    async fn read_more(
+        &mut self,
+        buf: Vec<u8>,
+        cancel: &CancelHandle,
+    ) -> (io::Result<usize>, Vec<u8>) {
         match self {
             NodeStream::Tcp(s) => read_append(s, buf, cancel).await,
             NodeStream::Unix(s) => read_append(s, buf, cancel).await,
@@ -141,7 +149,11 @@ impl NodeStream {
 }
 
 impl ReadHalf for NodeReader {
-    async fn read_more(&mut self, buf: Vec<u8>, cancel: &CancelHandle) -> (io::Result<usize>, Vec<u8>) {
+    async fn read_more(
+        &mut self,
+        buf: Vec<u8>,
+        cancel: &CancelHandle,
+    ) -> (io::Result<usize>, Vec<u8>) {
         match self {
             NodeReader::Tcp(r) => r.read_more(buf, cancel).await,
             NodeReader::Unix(r) => r.read_more(buf, cancel).await,
@@ -150,7 +162,11 @@ impl ReadHalf for NodeReader {
 }
 
 impl WriteHalf for NodeWriter {
-    async fn write_all(&mut self, buf: Vec<u8>, cancel: &CancelHandle) -> (io::Result<()>, Vec<u8>) {
+    async fn write_all(
+        &mut self,
+        buf: Vec<u8>,
+        cancel: &CancelHandle,
+    ) -> (io::Result<()>, Vec<u8>) {
         match self {
             NodeWriter::Tcp(w) => w.write_all(buf, cancel).await,
             NodeWriter::Unix(w) => w.write_all(buf, cancel).await,
@@ -221,7 +237,11 @@ pub async fn open(
         tried[index] = true;
         let node = &pool.nodes[index];
         let path = join_path(&node.path, upgrade.path);
-        let attempt = monoio::time::timeout(timeout, handshake(node, &path, head, upgrade, fwd, max_head)).await;
+        let attempt = monoio::time::timeout(
+            timeout,
+            handshake(node, &path, head, upgrade, fwd, max_head),
+        )
+        .await;
         match attempt {
             Ok(Ok((stream, accepted, early))) => {
                 return Ok(UpstreamSession {
@@ -231,20 +251,32 @@ pub async fn open(
                     lease: pool.lease(index),
                 })
             }
-            Ok(Err(Attempt::Refused(UpstreamRefusal::Status(code, reason)))) if (400..500).contains(&code) => {
+            Ok(Err(Attempt::Refused(UpstreamRefusal::Status(code, reason))))
+                if (400..500).contains(&code) =>
+            {
                 return Err(NoUpstream {
                     status: code,
                     body: format!("the node refused the WebSocket upgrade: {code} {reason}"),
                 });
             }
             Ok(Err(e)) => failures.push(format!("{}: {e}", node.url)),
-            Err(_) => failures.push(format!("{}: no answer within {} ms", node.url, timeout.as_millis())),
+            Err(_) => failures.push(format!(
+                "{}: no answer within {} ms",
+                node.url,
+                timeout.as_millis()
+            )),
         }
-        crate::warn!("upstream {}", failures.last().map(String::as_str).unwrap_or(""));
+        crate::warn!(
+            "upstream {}",
+            failures.last().map(String::as_str).unwrap_or("")
+        );
     }
     Err(NoUpstream {
         status: 502,
-        body: format!("no upstream node accepted the connection ({})", failures.join("; ")),
+        body: format!(
+            "no upstream node accepted the connection ({})",
+            failures.join("; ")
+        ),
     })
 }
 

@@ -257,7 +257,10 @@ impl Decoder {
     }
 
     fn finish_message(&mut self) -> Result<(), ProtocolError> {
-        let message = self.message.take().expect("a data frame belongs to a message");
+        let message = self
+            .message
+            .take()
+            .expect("a data frame belongs to a message");
         if message.text && !self.utf8.is_complete() {
             return Err(ProtocolError::InvalidUtf8);
         }
@@ -280,7 +283,8 @@ fn validate_text(
     while at < data.len() {
         let n = (data.len() - at).min(SCRATCH);
         unmask_into(&mut scratch[..n], &data[at..at + n], key, offset + at);
-        utf8.feed(&scratch[..n]).map_err(|_| ProtocolError::InvalidUtf8)?;
+        utf8.feed(&scratch[..n])
+            .map_err(|_| ProtocolError::InvalidUtf8)?;
         at += n;
     }
     Ok(())
@@ -317,15 +321,20 @@ mod tests {
         out
     }
 
+    /// Forwarded bytes, control frames, first error.
+    type Run = (Vec<u8>, Vec<(OpCode, Vec<u8>)>, Option<ProtocolError>);
+
     /// Run the decoder over `input` fed in pieces of `chunk` bytes, the way the
     /// relay does (unconsumed bytes carried over). Returns the forwarded bytes,
     /// the control frames, and the first error.
-    fn run(
-        role: Role,
-        input: &[u8],
-        chunk: usize,
-    ) -> (Vec<u8>, Vec<(OpCode, Vec<u8>)>, Option<ProtocolError>) {
-        let mut d = Decoder::new(role, Limits { max_frame: 1 << 20, max_message: 1 << 21 });
+    fn run(role: Role, input: &[u8], chunk: usize) -> Run {
+        let mut d = Decoder::new(
+            role,
+            Limits {
+                max_frame: 1 << 20,
+                max_message: 1 << 21,
+            },
+        );
         let mut fwd = Vec::new();
         let mut ctl = Vec::new();
         let mut pending: Vec<u8> = Vec::new();
@@ -378,37 +387,61 @@ mod tests {
     #[test]
     fn masking_is_enforced_by_role() {
         let unmasked = frame(OpCode::Text, true, b"x", None);
-        assert_eq!(run(Role::Client, &unmasked, 64).2, Some(ProtocolError::UnmaskedClientFrame));
+        assert_eq!(
+            run(Role::Client, &unmasked, 64).2,
+            Some(ProtocolError::UnmaskedClientFrame)
+        );
         let masked = frame(OpCode::Text, true, b"x", KEY);
-        assert_eq!(run(Role::Server, &masked, 64).2, Some(ProtocolError::MaskedServerFrame));
+        assert_eq!(
+            run(Role::Server, &masked, 64).2,
+            Some(ProtocolError::MaskedServerFrame)
+        );
     }
 
     #[test]
     fn reserved_bits_and_opcodes_are_rejected() {
         let mut f = frame(OpCode::Text, true, b"x", KEY);
         f[0] |= 0x40;
-        assert_eq!(run(Role::Client, &f, 64).2, Some(ProtocolError::ReservedBits));
+        assert_eq!(
+            run(Role::Client, &f, 64).2,
+            Some(ProtocolError::ReservedBits)
+        );
         for op in [3u8, 7, 0xb, 0xf] {
             let f = frame(OpCode::Reserved(op), true, b"", KEY);
-            assert_eq!(run(Role::Client, &f, 64).2, Some(ProtocolError::ReservedOpcode));
+            assert_eq!(
+                run(Role::Client, &f, 64).2,
+                Some(ProtocolError::ReservedOpcode)
+            );
         }
     }
 
     #[test]
     fn control_frame_rules() {
         let long = frame(OpCode::Ping, true, &[0; 126], KEY);
-        assert_eq!(run(Role::Client, &long, 200).2, Some(ProtocolError::ControlFrameTooLong));
+        assert_eq!(
+            run(Role::Client, &long, 200).2,
+            Some(ProtocolError::ControlFrameTooLong)
+        );
         let fragmented = frame(OpCode::Ping, false, b"", KEY);
-        assert_eq!(run(Role::Client, &fragmented, 64).2, Some(ProtocolError::FragmentedControlFrame));
+        assert_eq!(
+            run(Role::Client, &fragmented, 64).2,
+            Some(ProtocolError::FragmentedControlFrame)
+        );
     }
 
     #[test]
     fn fragmentation_order_is_enforced() {
         let cont = frame(OpCode::Continuation, true, b"x", KEY);
-        assert_eq!(run(Role::Client, &cont, 64).2, Some(ProtocolError::UnexpectedContinuation));
+        assert_eq!(
+            run(Role::Client, &cont, 64).2,
+            Some(ProtocolError::UnexpectedContinuation)
+        );
         let mut two = frame(OpCode::Text, false, b"a", KEY);
         two.extend(frame(OpCode::Text, true, b"b", KEY));
-        assert_eq!(run(Role::Client, &two, 64).2, Some(ProtocolError::ExpectedContinuation));
+        assert_eq!(
+            run(Role::Client, &two, 64).2,
+            Some(ProtocolError::ExpectedContinuation)
+        );
     }
 
     #[test]
@@ -426,7 +459,10 @@ mod tests {
         assert_eq!(run(Role::Client, &ok, 3).2, None);
         // A message ending inside a code point is not.
         let cut = frame(OpCode::Text, true, &euro[..2], None);
-        assert_eq!(run(Role::Server, &cut, 3).2, Some(ProtocolError::InvalidUtf8));
+        assert_eq!(
+            run(Role::Server, &cut, 3).2,
+            Some(ProtocolError::InvalidUtf8)
+        );
     }
 
     #[test]
@@ -436,7 +472,9 @@ mod tests {
         // been forwarded, so a close frame was written inside the payload.
         let f = frame(OpCode::Text, true, b"\xef\xbf", KEY);
         let mut d = Decoder::new(Role::Client, Limits::default());
-        let Ok(Step::Forward(n)) = d.step(&f) else { panic!() };
+        let Ok(Step::Forward(n)) = d.step(&f) else {
+            panic!()
+        };
         assert_eq!(d.step(&f[n..]).unwrap_err(), ProtocolError::InvalidUtf8);
         assert!(!d.at_frame_boundary());
     }
@@ -453,25 +491,40 @@ mod tests {
         };
         let mut b = [0u8; 14];
         let n = h.encode(&mut b);
-        assert_eq!(run(Role::Client, &b[..n], 64).2, Some(ProtocolError::FrameTooLarge));
+        assert_eq!(
+            run(Role::Client, &b[..n], 64).2,
+            Some(ProtocolError::FrameTooLarge)
+        );
         // Three 1 MiB fragments exceed the 2 MiB message limit.
         let mut three = frame(OpCode::Binary, false, &[0; 1 << 20], KEY);
         three.extend(frame(OpCode::Continuation, false, &[0; 1 << 20], KEY));
         three.extend(frame(OpCode::Continuation, true, &[0; 1 << 20], KEY));
-        assert_eq!(run(Role::Client, &three, 1 << 16).2, Some(ProtocolError::MessageTooLarge));
+        assert_eq!(
+            run(Role::Client, &three, 1 << 16).2,
+            Some(ProtocolError::MessageTooLarge)
+        );
     }
 
     #[test]
     fn close_payloads_are_checked() {
         let mut one = Vec::new();
         write_frame(&mut one, OpCode::Close, &[3], KEY);
-        assert_eq!(run(Role::Client, &one, 64).2, Some(ProtocolError::InvalidCloseFrame));
+        assert_eq!(
+            run(Role::Client, &one, 64).2,
+            Some(ProtocolError::InvalidCloseFrame)
+        );
         let mut bad_code = Vec::new();
         write_close(&mut bad_code, Some(1005), "", KEY);
-        assert_eq!(run(Role::Client, &bad_code, 64).2, Some(ProtocolError::InvalidCloseFrame));
+        assert_eq!(
+            run(Role::Client, &bad_code, 64).2,
+            Some(ProtocolError::InvalidCloseFrame)
+        );
         let mut bad_reason = Vec::new();
         write_frame(&mut bad_reason, OpCode::Close, b"\x03\xe8\xff", KEY);
-        assert_eq!(run(Role::Client, &bad_reason, 64).2, Some(ProtocolError::InvalidUtf8));
+        assert_eq!(
+            run(Role::Client, &bad_reason, 64).2,
+            Some(ProtocolError::InvalidUtf8)
+        );
         let mut good = Vec::new();
         write_close(&mut good, Some(1000), "bye", KEY);
         let (_, ctl, err) = run(Role::Client, &good, 2);

@@ -289,7 +289,9 @@ mod tests {
         write_frame(&mut out, OpCode::Binary, &[7u8; 300], Some([1, 2, 3, 4]));
         assert_eq!(FrameHeader::parse(&out[..1]), Ok(Parse::NeedMore(2)));
         assert_eq!(FrameHeader::parse(&out[..3]), Ok(Parse::NeedMore(8)));
-        let Ok(Parse::Done(h, n)) = FrameHeader::parse(&out) else { panic!() };
+        let Ok(Parse::Done(h, n)) = FrameHeader::parse(&out) else {
+            panic!()
+        };
         assert_eq!(n, 8);
         assert_eq!(h.payload_len, 300);
         assert_eq!(h.mask, Some([1, 2, 3, 4]));
@@ -301,7 +303,13 @@ mod tests {
     fn encode_round_trips_every_length_form() {
         for len in [0u64, 125, 126, 65535, 65536, 1 << 40] {
             for mask in [None, Some([9, 8, 7, 6])] {
-                let h = FrameHeader { fin: false, rsv: 0, opcode: OpCode::Text, mask, payload_len: len };
+                let h = FrameHeader {
+                    fin: false,
+                    rsv: 0,
+                    opcode: OpCode::Text,
+                    mask,
+                    payload_len: len,
+                };
                 let mut b = [0u8; MAX_HEADER_LEN];
                 let n = h.encode(&mut b);
                 assert_eq!(FrameHeader::parse(&b[..n]), Ok(Parse::Done(h, n)));
@@ -318,10 +326,14 @@ mod tests {
 
     #[test]
     fn close_codes_allowed_on_the_wire() {
-        for ok in [1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 1012, 3000, 3999, 4000, 4999] {
+        for ok in [
+            1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 1012, 3000, 3999, 4000, 4999,
+        ] {
             assert!(is_valid_close_code(ok), "{ok}");
         }
-        for bad in [0, 999, 1004, 1005, 1006, 1015, 1016, 1100, 2000, 2999, 5000, 65535] {
+        for bad in [
+            0, 999, 1004, 1005, 1006, 1015, 1016, 1100, 2000, 2999, 5000, 65535,
+        ] {
             assert!(!is_valid_close_code(bad), "{bad}");
         }
     }

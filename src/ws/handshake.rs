@@ -225,7 +225,9 @@ pub fn validate_upgrade<'b>(head: &Head<'_, 'b>) -> Result<Upgrade<'b>, Handshak
     if !head.has_token("connection", "upgrade") {
         return Err(HandshakeError::MissingConnectionUpgrade);
     }
-    let key = head.single("sec-websocket-key").ok_or(HandshakeError::BadKey)?;
+    let key = head
+        .single("sec-websocket-key")
+        .ok_or(HandshakeError::BadKey)?;
     match B64.decode(trim(key)) {
         Ok(raw) if raw.len() == 16 => {}
         _ => return Err(HandshakeError::BadKey),
@@ -393,7 +395,10 @@ pub fn parse_upstream_response(
     };
     let code = res.code.unwrap_or(0);
     if code != 101 {
-        return Err(UpstreamRefusal::Status(code, res.reason.unwrap_or("").to_string()));
+        return Err(UpstreamRefusal::Status(
+            code,
+            res.reason.unwrap_or("").to_string(),
+        ));
     }
     let head = Head {
         method: "",
@@ -404,11 +409,14 @@ pub fn parse_upstream_response(
     if !head.has_token("upgrade", "websocket") || !head.has_token("connection", "upgrade") {
         return Err(UpstreamRefusal::Invalid("101 without Upgrade: websocket"));
     }
-    if head.single("sec-websocket-accept").map(trim) != Some(accept_key(key.as_bytes()).as_bytes()) {
+    if head.single("sec-websocket-accept").map(trim) != Some(accept_key(key.as_bytes()).as_bytes())
+    {
         return Err(UpstreamRefusal::Invalid("wrong Sec-WebSocket-Accept"));
     }
     if head.values("sec-websocket-extensions").next().is_some() {
-        return Err(UpstreamRefusal::Invalid("node negotiated an extension nobody offered"));
+        return Err(UpstreamRefusal::Invalid(
+            "node negotiated an extension nobody offered",
+        ));
     }
     let protocol = match head.single("sec-websocket-protocol").map(trim) {
         None => None,
@@ -417,7 +425,9 @@ pub fn parse_upstream_response(
                 .map(|o| o.split(|&b| b == b',').any(|t| trim(t) == p))
                 .unwrap_or(false);
             if !offered_it {
-                return Err(UpstreamRefusal::Invalid("node chose a subprotocol the client did not offer"));
+                return Err(UpstreamRefusal::Invalid(
+                    "node chose a subprotocol the client did not offer",
+                ));
             }
             Some(p.to_vec())
         }
@@ -443,7 +453,10 @@ mod tests {
 
     #[test]
     fn accept_key_matches_rfc_example() {
-        assert_eq!(accept_key(b"dGhlIHNhbXBsZSBub25jZQ=="), "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
+        assert_eq!(
+            accept_key(b"dGhlIHNhbXBsZSBub25jZQ=="),
+            "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
+        );
     }
 
     #[test]
@@ -511,10 +524,17 @@ mod tests {
         };
         let up = validate_upgrade(&head).unwrap();
         let mut out = Vec::new();
-        write_upstream_request(&mut out, "/chat?x=1", "AAAAAAAAAAAAAAAAAAAAAA==", &head, &up, Forwarded {
-            client_ip: "192.0.2.7",
-            proto: "https",
-        });
+        write_upstream_request(
+            &mut out,
+            "/chat?x=1",
+            "AAAAAAAAAAAAAAAAAAAAAA==",
+            &head,
+            &up,
+            Forwarded {
+                client_ip: "192.0.2.7",
+                proto: "https",
+            },
+        );
         let text = String::from_utf8(out).unwrap();
         assert!(text.starts_with("GET /chat?x=1 HTTP/1.1\r\nHost: example.com:8443\r\n"));
         assert!(text.contains("\r\nX-Forwarded-For: 10.0.0.1, 192.0.2.7\r\n"));
@@ -531,7 +551,15 @@ mod tests {
         let key = "dGhlIHNhbXBsZSBub25jZQ==";
         let ok = "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\nSec-WebSocket-Protocol: b\r\n\r\nFRAME";
         let r = parse_upstream_response(ok.as_bytes(), key, Some(b"a, b"), 4096).unwrap();
-        assert_eq!(r, Parse::Done(UpstreamAccepted { protocol: Some(b"b".to_vec()) }, ok.len() - 5));
+        assert_eq!(
+            r,
+            Parse::Done(
+                UpstreamAccepted {
+                    protocol: Some(b"b".to_vec())
+                },
+                ok.len() - 5
+            )
+        );
         assert!(parse_upstream_response(ok.as_bytes(), key, Some(b"a"), 4096).is_err());
         let wrong = ok.replace("s3pP", "AAAA");
         assert_eq!(

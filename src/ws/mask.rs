@@ -51,7 +51,24 @@ mod tests {
         let key = [0x37, 0xfa, 0x21, 0x3d];
         let data: Vec<u8> = (0..300u32).map(|i| (i * 7 + 3) as u8).collect();
         for start in 0..9 {
-            for len in [0, 1, 2, 3, 4, 5, 7, 8, 9, 15, 16, 17, 31, 64, 100, 291 - start] {
+            for len in [
+                0,
+                1,
+                2,
+                3,
+                4,
+                5,
+                7,
+                8,
+                9,
+                15,
+                16,
+                17,
+                31,
+                64,
+                100,
+                291 - start,
+            ] {
                 for offset in 0..5 {
                     let mut fast = data[start..start + len].to_vec();
                     let mut slow = fast.clone();

@@ -95,7 +95,12 @@ mod tests {
     #[test]
     fn rejects_invalid_sequences_split_everywhere() {
         // Surrogate, overlong, code point above U+10FFFF, stray continuation.
-        for bad in [&b"ab\xed\xa0\x80cd"[..], b"\xc0\xaf", b"\xf4\x90\x80\x80", b"x\x80"] {
+        for bad in [
+            &b"ab\xed\xa0\x80cd"[..],
+            b"\xc0\xaf",
+            b"\xf4\x90\x80\x80",
+            b"x\x80",
+        ] {
             for i in 0..=bad.len() {
                 assert_eq!(feed_split(bad, &[i]), Err(InvalidUtf8), "{bad:?} cut {i}");
             }

@@ -1,0 +1,495 @@
+//! Test harness: the real `ringway` binary on 127.0.0.1:0 with a test CA,
+//! real WebSocket upstreams (tungstenite servers on threads), and clients:
+//! tungstenite over rustls, and a raw TLS client for malformed input.
+#![allow(dead_code)] // each test binary uses a different part of the harness
+#![allow(clippy::result_large_err)] // tungstenite's handshake callback signature
+#![allow(clippy::zombie_processes)] // the child is waited for in Gateway's Drop
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::thread;
+use std::time::Duration;
+
+use rustls::pki_types::ServerName;
+use rustls::{ClientConnection, RootCertStore, StreamOwned};
+use tungstenite::handshake::server::{Request, Response};
+use tungstenite::protocol::WebSocketConfig;
+use tungstenite::{Message, WebSocket};
+
+pub const TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A CA and a leaf certificate for localhost/127.0.0.1 signed by it, as PEM files.
+pub struct TestPki {
+    pub dir: PathBuf,
+    pub ca_pem: String,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+impl TestPki {
+    pub fn new() -> TestPki {
+        use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
+        let dir = std::env::temp_dir().join(format!(
+            "ringway-test-{}-{}",
+            std::process::id(),
+            COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let ca_key = KeyPair::generate().unwrap();
+        let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let ca = ca_params.self_signed(&ca_key).unwrap();
+        let leaf_key = KeyPair::generate().unwrap();
+        let leaf_params =
+            CertificateParams::new(vec!["localhost".into(), "127.0.0.1".into()]).unwrap();
+        let leaf = leaf_params.signed_by(&leaf_key, &ca, &ca_key).unwrap();
+        let cert = dir.join("fullchain.pem");
+        let key = dir.join("privkey.pem");
+        std::fs::write(&cert, format!("{}{}", leaf.pem(), ca.pem())).unwrap();
+        std::fs::write(&key, leaf_key.serialize_pem()).unwrap();
+        TestPki {
+            dir,
+            ca_pem: ca.pem(),
+            cert,
+            key,
+        }
+    }
+
+    pub fn client_config(&self) -> Arc<rustls::ClientConfig> {
+        client_config_trusting(self.ca_pem.as_bytes())
+    }
+}
+
+static COUNTER: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+pub fn client_config_trusting(pem: &[u8]) -> Arc<rustls::ClientConfig> {
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = RootCertStore::empty();
+    for c in rustls::pki_types::CertificateDer::pem_slice_iter(pem) {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut cfg = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Arc::new(cfg)
+}
+
+/// The gateway binary, killed on drop (and checked for panics).
+pub struct Gateway {
+    child: Child,
+    pub addr: SocketAddr,
+    pub stdout_lines: Vec<String>,
+    stderr: Option<thread::JoinHandle<String>>,
+}
+
+impl Gateway {
+    /// Start with TLS from `pki`, in front of `upstreams`, plus extra flags.
+    pub fn start(pki: &TestPki, upstreams: &[String], extra: &[&str]) -> Gateway {
+        let mut args: Vec<String> = vec![
+            "--listen".into(),
+            "127.0.0.1:0".into(),
+            "--cert".into(),
+            pki.cert.display().to_string(),
+            "--key".into(),
+            pki.key.display().to_string(),
+            "--workers".into(),
+            "2".into(),
+        ];
+        for u in upstreams {
+            args.push("--upstream".into());
+            args.push(u.clone());
+        }
+        args.extend(extra.iter().map(|s| s.to_string()));
+        Gateway::start_args(&args)
+    }
+
+    pub fn start_args(args: &[String]) -> Gateway {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_ringway"))
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start ringway");
+        let stdout = child.stdout.take().unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let err_thread = thread::spawn(move || {
+            let mut s = String::new();
+            let _ = BufReader::new(stderr).read_to_string(&mut s);
+            s
+        });
+        let (tx, rx) = mpsc::channel();
+        thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut lines = Vec::new();
+        loop {
+            match rx.recv_timeout(TIMEOUT) {
+                Ok(line) => {
+                    let found = line
+                        .split("listening on ")
+                        .nth(1)
+                        .and_then(|rest| rest.split("://").nth(1))
+                        .and_then(|rest| rest.split_whitespace().next())
+                        .and_then(|a| a.parse().ok());
+                    lines.push(line);
+                    if let Some(addr) = found {
+                        return Gateway {
+                            child,
+                            addr,
+                            stdout_lines: lines,
+                            stderr: Some(err_thread),
+                        };
+                    }
+                }
+                Err(_) => {
+                    let _ = child.kill();
+                    panic!(
+                        "gateway did not start; stdout {lines:?}; stderr {}",
+                        err_thread.join().unwrap_or_default()
+                    );
+                }
+            }
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("wss://localhost:{}{}", self.addr.port(), path)
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if let Some(t) = self.stderr.take() {
+            let err = t.join().unwrap_or_default();
+            if err.contains("panicked") && !thread::panicking() {
+                panic!("the gateway panicked:\n{err}");
+            }
+        }
+    }
+}
+
+/// What an upstream saw of one handshake.
+#[derive(Debug, Clone)]
+pub struct SeenRequest {
+    pub path: String,
+    pub headers: Vec<(String, String)>,
+}
+
+impl SeenRequest {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// How a test upstream behaves after the handshake.
+#[derive(Clone, Copy, Debug)]
+pub enum Behaviour {
+    /// Echo text and binary messages.
+    Echo,
+    /// Send `n` text notifications right away, then echo.
+    Push(usize),
+    /// Answer each message with `n` bytes of text.
+    Large(usize),
+    /// Drop the TCP connection after the first message, without a close frame.
+    DieAfterFirst,
+    /// Close with this code after the first message.
+    CloseAfterFirst(u16),
+}
+
+/// A tungstenite WebSocket server on a thread, one thread per connection.
+pub struct Upstream {
+    pub addr: SocketAddr,
+    pub seen: mpsc::Receiver<SeenRequest>,
+    pub closes: mpsc::Receiver<Option<u16>>,
+}
+
+impl Upstream {
+    pub fn start(behaviour: Behaviour) -> Upstream {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (seen_tx, seen) = mpsc::channel();
+        let (close_tx, closes) = mpsc::channel();
+        thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(stream) = stream else { continue };
+                let seen_tx = seen_tx.clone();
+                let close_tx = close_tx.clone();
+                thread::spawn(move || serve(stream, behaviour, seen_tx, close_tx));
+            }
+        });
+        Upstream { addr, seen, closes }
+    }
+
+    pub fn url(&self) -> String {
+        format!("ws://{}", self.addr)
+    }
+}
+
+fn serve(
+    stream: TcpStream,
+    behaviour: Behaviour,
+    seen_tx: mpsc::Sender<SeenRequest>,
+    close_tx: mpsc::Sender<Option<u16>>,
+) {
+    let _ = stream.set_nodelay(true);
+    let raw = stream.try_clone().unwrap();
+    let callback = |req: &Request, mut resp: Response| {
+        let headers = req
+            .headers()
+            .iter()
+            .map(|(n, v)| (n.as_str().to_string(), v.to_str().unwrap_or("").to_string()))
+            .collect();
+        if let Some(p) = req.headers().get("sec-websocket-protocol") {
+            let first = p
+                .to_str()
+                .unwrap()
+                .split(',')
+                .next()
+                .unwrap()
+                .trim()
+                .to_string();
+            resp.headers_mut()
+                .insert("sec-websocket-protocol", first.parse().unwrap());
+        }
+        let _ = seen_tx.send(SeenRequest {
+            path: req.uri().to_string(),
+            headers,
+        });
+        Ok(resp)
+    };
+    let cfg = WebSocketConfig {
+        max_message_size: Some(64 << 20),
+        ..Default::default()
+    };
+    let Ok(mut ws) = tungstenite::accept_hdr_with_config(stream, callback, Some(cfg)) else {
+        return;
+    };
+    if let Behaviour::Push(n) = behaviour {
+        for i in 0..n {
+            let note = format!(
+                r#"{{"jsonrpc":"2.0","method":"chain_newHead","params":{{"subscription":"s1","result":{{"number":{i}}}}}}}"#
+            );
+            if ws.send(Message::Text(note)).is_err() {
+                return;
+            }
+        }
+    }
+    loop {
+        match ws.read() {
+            Ok(msg @ (Message::Text(_) | Message::Binary(_))) => {
+                let reply = match behaviour {
+                    Behaviour::Large(n) => Message::Text("x".repeat(n)),
+                    Behaviour::DieAfterFirst => {
+                        let _ = raw.shutdown(std::net::Shutdown::Both);
+                        return;
+                    }
+                    Behaviour::CloseAfterFirst(code) => {
+                        let _ = ws.close(Some(tungstenite::protocol::CloseFrame {
+                            code: code.into(),
+                            reason: "bye".into(),
+                        }));
+                        let _ = ws.flush();
+                        // Wait for the close reply.
+                        while ws.read().is_ok() {}
+                        let _ = close_tx.send(Some(code));
+                        return;
+                    }
+                    _ => msg,
+                };
+                if ws.send(reply).is_err() {
+                    return;
+                }
+            }
+            Ok(Message::Close(frame)) => {
+                let _ = close_tx.send(frame.map(|f| u16::from(f.code)));
+                // tungstenite queues the reply; flush it.
+                let _ = ws.flush();
+            }
+            Ok(_) => {}
+            Err(_) => return,
+        }
+    }
+}
+
+pub type TlsStream = StreamOwned<ClientConnection, TcpStream>;
+
+/// A TLS connection to the gateway, trusting `cfg`.
+pub fn tls_connect(addr: SocketAddr, cfg: Arc<rustls::ClientConfig>) -> TlsStream {
+    let tcp = TcpStream::connect(addr).unwrap();
+    tcp.set_nodelay(true).unwrap();
+    tcp.set_read_timeout(Some(TIMEOUT)).unwrap();
+    tcp.set_write_timeout(Some(TIMEOUT)).unwrap();
+    let conn = ClientConnection::new(cfg, ServerName::try_from("localhost").unwrap()).unwrap();
+    StreamOwned::new(conn, tcp)
+}
+
+/// A tungstenite client over TLS through the gateway.
+pub fn ws_connect(
+    gw: &Gateway,
+    cfg: Arc<rustls::ClientConfig>,
+    path: &str,
+) -> WebSocket<TlsStream> {
+    let stream = tls_connect(gw.addr, cfg);
+    let ws_cfg = WebSocketConfig {
+        max_message_size: Some(64 << 20),
+        ..Default::default()
+    };
+    let (ws, resp) = tungstenite::client::client_with_config(gw.url(path), stream, Some(ws_cfg))
+        .expect("upgrade");
+    assert_eq!(resp.status(), 101);
+    ws
+}
+
+/// Read an HTTP response: status, head, body (by Content-Length).
+pub fn read_response(s: &mut impl Read) -> (u16, String, String) {
+    let mut data = Vec::new();
+    let mut byte = [0u8; 1];
+    while !data.ends_with(b"\r\n\r\n") {
+        match s.read(&mut byte) {
+            Ok(1) => data.push(byte[0]),
+            _ => break,
+        }
+    }
+    let head = String::from_utf8_lossy(&data).to_string();
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let len: usize = head
+        .lines()
+        .find_map(|l| {
+            let (n, v) = l.split_once(':')?;
+            n.eq_ignore_ascii_case("content-length")
+                .then(|| v.trim().parse().ok())?
+        })
+        .unwrap_or(0);
+    let mut body = vec![0u8; len];
+    let _ = s.read_exact(&mut body);
+    (status, head, String::from_utf8_lossy(&body).to_string())
+}
+
+/// A valid upgrade request head with one header replaced or removed.
+pub fn upgrade_request(path: &str, edit: impl Fn(&mut Vec<(String, String)>)) -> String {
+    let mut headers: Vec<(String, String)> = vec![
+        ("Host".into(), "localhost".into()),
+        ("Upgrade".into(), "websocket".into()),
+        ("Connection".into(), "Upgrade".into()),
+        (
+            "Sec-WebSocket-Key".into(),
+            "dGhlIHNhbXBsZSBub25jZQ==".into(),
+        ),
+        ("Sec-WebSocket-Version".into(), "13".into()),
+    ];
+    edit(&mut headers);
+    let mut out = format!("GET {path} HTTP/1.1\r\n");
+    for (n, v) in headers {
+        out.push_str(&format!("{n}: {v}\r\n"));
+    }
+    out.push_str("\r\n");
+    out
+}
+
+/// A client frame built by hand (masked unless `mask` is None).
+pub fn client_frame(first_byte: u8, payload: &[u8], mask: Option<[u8; 4]>) -> Vec<u8> {
+    let mut out = vec![first_byte];
+    let m = if mask.is_some() { 0x80 } else { 0 };
+    if payload.len() < 126 {
+        out.push(m | payload.len() as u8);
+    } else if payload.len() <= 65535 {
+        out.push(m | 126);
+        out.extend_from_slice(&(payload.len() as u16).to_be_bytes());
+    } else {
+        out.push(m | 127);
+        out.extend_from_slice(&(payload.len() as u64).to_be_bytes());
+    }
+    match mask {
+        Some(k) => {
+            out.extend_from_slice(&k);
+            out.extend(payload.iter().enumerate().map(|(i, b)| b ^ k[i % 4]));
+        }
+        None => out.extend_from_slice(payload),
+    }
+    out
+}
+
+/// Read one server frame: (first byte, payload). None on EOF.
+pub fn read_frame(s: &mut impl Read) -> Option<(u8, Vec<u8>)> {
+    let mut h = [0u8; 2];
+    s.read_exact(&mut h).ok()?;
+    let len = match h[1] & 0x7f {
+        126 => {
+            let mut b = [0u8; 2];
+            s.read_exact(&mut b).ok()?;
+            u16::from_be_bytes(b) as usize
+        }
+        127 => {
+            let mut b = [0u8; 8];
+            s.read_exact(&mut b).ok()?;
+            u64::from_be_bytes(b) as usize
+        }
+        n => n as usize,
+    };
+    let mut payload = vec![0u8; len];
+    s.read_exact(&mut payload).ok()?;
+    Some((h[0], payload))
+}
+
+/// Upgrade a raw TLS stream; panics unless the answer is 101.
+pub fn raw_upgrade(gw: &Gateway, pki: &TestPki) -> TlsStream {
+    let mut s = tls_connect(gw.addr, pki.client_config());
+    s.write_all(upgrade_request("/", |_| {}).as_bytes())
+        .unwrap();
+    let (status, head, _) = read_response(&mut s);
+    assert_eq!(status, 101, "{head}");
+    s
+}
+
+/// Read frames until a close frame; return its code (None for an empty close,
+/// Some(0) if the connection ended without one).
+pub fn read_close_code(s: &mut impl Read) -> Option<u16> {
+    loop {
+        match read_frame(s) {
+            Some((b0, payload)) if b0 & 0x0f == 0x8 => {
+                return if payload.len() >= 2 {
+                    Some(u16::from_be_bytes([payload[0], payload[1]]))
+                } else {
+                    None
+                };
+            }
+            Some(_) => continue,
+            None => return Some(0),
+        }
+    }
+}
+
+/// Write `text` to a file in `pki.dir` and return its path.
+pub fn write_config(pki: &TestPki, name: &str, text: &str) -> PathBuf {
+    let p = pki.dir.join(name);
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+/// A port nothing listens on (bound then released).
+pub fn dead_port() -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().port()
+}

@@ -1,0 +1,147 @@
+//! Start-up, configuration and listener modes of the real binary.
+
+mod common;
+
+use std::process::Command;
+
+use common::*;
+use tungstenite::Message;
+
+#[test]
+fn without_a_certificate_a_self_signed_one_is_made_and_printed() {
+    let up = Upstream::start(Behaviour::Echo);
+    let dir = std::env::temp_dir().join(format!("ringway-selfsigned-{}", std::process::id()));
+    let cfg = dir.join("ringway.toml");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        &cfg,
+        format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\n\n[[node]]\nurl = \"{}\"\n",
+            up.url()
+        ),
+    )
+    .unwrap();
+    let gw = Gateway::start_args(&["--config".into(), cfg.display().to_string()]);
+    let line = gw
+        .stdout_lines
+        .iter()
+        .find(|l| l.contains("self-signed"))
+        .expect("path printed");
+    let path = line.rsplit(' ').next().unwrap();
+    assert!(
+        path.starts_with(dir.to_str().unwrap()),
+        "written next to the config: {path}"
+    );
+    let pem = std::fs::read(path).unwrap();
+    let stream = tls_connect(gw.addr, client_config_trusting(&pem));
+    let (mut ws, _) = tungstenite::client(gw.url("/"), stream).unwrap();
+    ws.send(Message::Text("ok".into())).unwrap();
+    assert_eq!(ws.read().unwrap(), Message::Text("ok".into()));
+}
+
+#[test]
+fn plaintext_listener_serves_ws() {
+    let up = Upstream::start(Behaviour::Echo);
+    let gw = Gateway::start_args(&[
+        "--listen".into(),
+        "127.0.0.1:0".into(),
+        "--plaintext".into(),
+        "--upstream".into(),
+        up.url(),
+    ]);
+    let (mut ws, _) = tungstenite::connect(format!("ws://{}/", gw.addr)).unwrap();
+    ws.send(Message::Text("plain".into())).unwrap();
+    assert_eq!(ws.read().unwrap(), Message::Text("plain".into()));
+    let seen = up.seen.recv_timeout(TIMEOUT).unwrap();
+    assert_eq!(seen.header("x-forwarded-proto"), Some("http"));
+}
+
+#[test]
+fn unix_socket_nodes_work() {
+    use std::os::unix::net::UnixListener;
+    let pki = TestPki::new();
+    let path = pki.dir.join("node.sock");
+    let listener = UnixListener::bind(&path).unwrap();
+    std::thread::spawn(move || {
+        for s in listener.incoming() {
+            let Ok(s) = s else { continue };
+            std::thread::spawn(move || {
+                let mut ws = tungstenite::accept(s).unwrap();
+                while let Ok(m) = ws.read() {
+                    if m.is_text() && ws.send(m).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    let gw = Gateway::start(&pki, &[format!("unix:{}", path.display())], &[]);
+    let mut ws = ws_connect(&gw, pki.client_config(), "/");
+    ws.send(Message::Text("over unix".into())).unwrap();
+    assert_eq!(ws.read().unwrap(), Message::Text("over unix".into()));
+}
+
+#[test]
+fn check_names_the_file_and_key_of_a_config_error() {
+    let pki = TestPki::new();
+    let bad = write_config(&pki, "bad.toml", "[limits]\nmax_frame_bytes = 0\n");
+    let out = Command::new(env!("CARGO_BIN_EXE_ringway"))
+        .args(["--check", "--config", bad.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(bad.to_str().unwrap()) && err.contains("limits.max_frame_bytes"),
+        "{err}"
+    );
+
+    let unknown = write_config(
+        &pki,
+        "unknown.toml",
+        "[server]\nlisten = \"127.0.0.1:1\"\nlsiten = 3\n",
+    );
+    let out = Command::new(env!("CARGO_BIN_EXE_ringway"))
+        .args(["--check", "--config", unknown.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("unknown.toml") && err.contains("lsiten"),
+        "{err}"
+    );
+
+    let good = write_config(
+        &pki,
+        "good.toml",
+        &format!(
+            "[tls]\ncert = \"{}\"\nkey = \"{}\"\n",
+            pki.cert.display(),
+            pki.key.display()
+        ),
+    );
+    let out = Command::new(env!("CARGO_BIN_EXE_ringway"))
+        .args(["--check", "--config", good.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn the_example_config_is_valid() {
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/ringway.example.toml");
+    let out = Command::new(env!("CARGO_BIN_EXE_ringway"))
+        .args(["--check", "--config", example])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
