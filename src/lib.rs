@@ -20,6 +20,8 @@
 //! buffers and timers, per core, with no locks on the hot path.
 
 pub mod config;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod http;
 pub mod io;
 pub mod log;

@@ -1,0 +1,117 @@
+//! Properties checked by the fuzz targets (`fuzz/`) and by the seed replay
+//! test (`tests/fuzz_seeds.rs`). Each panics when the property fails.
+//!
+//! Kept in the library so a fuzz target is three lines and the same checks
+//! run on stable in the ordinary test suite.
+
+use crate::ws::codec::{Decoder, Limits, Role, Step};
+use crate::ws::frame::{FrameHeader, Parse};
+use crate::ws::handshake::{self, parse_head, validate_upgrade, HEADER_ARRAY};
+
+/// Frame header parsing never panics, and a parsed header re-encodes to the same bytes
+/// (when its length used the minimal encoding).
+pub fn frame_header(data: &[u8]) {
+    if let Ok(Parse::Done(h, n)) = FrameHeader::parse(data) {
+        assert!(n <= data.len() && n <= 14);
+        let mut out = [0u8; 14];
+        let m = h.encode(&mut out);
+        if m == n {
+            assert_eq!(&out[..m], &data[..n]);
+        }
+    }
+}
+
+/// The relay decoder gives the same control frames and error whether its
+/// input comes whole or in pieces of any size, and the same forwarded bytes
+/// (after an error, one forwarded stream is a prefix of the other: payload
+/// streams through as it arrives, so more pieces may mean more of the frame
+/// went out before the bad byte); it never claims more bytes than it was given.
+pub fn decoder(data: &[u8]) {
+    let Some((&split, rest)) = data.split_first() else {
+        return;
+    };
+    let role = if split & 1 == 0 {
+        Role::Client
+    } else {
+        Role::Server
+    };
+    let limits = Limits {
+        max_frame: 4096,
+        max_message: 8192,
+    };
+    let whole = run(role, limits, rest, rest.len().max(1));
+    let pieces = run(role, limits, rest, (split as usize >> 1) % 17 + 1);
+    assert_eq!(whole.1, pieces.1);
+    assert_eq!(whole.2, pieces.2);
+    if whole.2.is_none() {
+        assert_eq!(whole.0, pieces.0);
+    } else {
+        let (short, long) = if whole.0.len() <= pieces.0.len() {
+            (&whole.0, &pieces.0)
+        } else {
+            (&pieces.0, &whole.0)
+        };
+        assert!(long.starts_with(short));
+    }
+}
+
+type Outcome = (
+    Vec<u8>,
+    Vec<Vec<u8>>,
+    Option<crate::ws::frame::ProtocolError>,
+);
+
+fn run(role: Role, limits: Limits, input: &[u8], chunk: usize) -> Outcome {
+    let mut d = Decoder::new(role, limits);
+    let mut fwd = Vec::new();
+    let mut ctl = Vec::new();
+    let mut pending = Vec::new();
+    for piece in input.chunks(chunk) {
+        pending.extend_from_slice(piece);
+        let mut at = 0;
+        loop {
+            match d.step(&pending[at..]) {
+                Ok(Step::Forward(n)) => {
+                    assert!(n > 0 && at + n <= pending.len());
+                    fwd.extend_from_slice(&pending[at..at + n]);
+                    at += n;
+                }
+                Ok(Step::Control(c, n)) => {
+                    assert!(at + n <= pending.len());
+                    ctl.push(c.payload().to_vec());
+                    at += n;
+                }
+                Ok(Step::NeedMore) => break,
+                Err(e) => return (fwd, ctl, Some(e)),
+            }
+        }
+        pending.drain(..at);
+        assert!(pending.len() <= 14 + 125, "carry-over stays bounded");
+    }
+    (fwd, ctl, None)
+}
+
+/// Request head parsing and upgrade validation never panic, and a refusal
+/// always maps to a 4xx status.
+pub fn request_head(data: &[u8]) {
+    let mut headers = [httparse::EMPTY_HEADER; HEADER_ARRAY];
+    match parse_head(data, &mut headers, 16384, 64) {
+        Ok(Parse::Done(head, n)) => {
+            assert!(n <= data.len());
+            match validate_upgrade(&head) {
+                Ok(up) => {
+                    let _ = handshake::accept_key(up.key);
+                }
+                Err(e) => assert!((400..500).contains(&e.status())),
+            }
+        }
+        Ok(Parse::NeedMore(_)) => {}
+        Err(e) => assert!((400..500).contains(&e.status())),
+    }
+}
+
+/// A node's response parser never panics.
+pub fn upstream_response(data: &[u8]) {
+    let _ =
+        handshake::parse_upstream_response(data, "dGhlIHNhbXBsZSBub25jZQ==", Some(b"a, b"), 16384);
+}
