@@ -127,7 +127,9 @@ pub struct Decoder {
     messages: u64,
 }
 
-const SCRATCH: usize = 4096;
+/// Stack scratch for unmasking text before UTF-8 validation: small, because it
+/// is zeroed on every call and most JSON-RPC requests are a few hundred bytes.
+const SCRATCH: usize = 512;
 
 impl Decoder {
     pub fn new(role: Role, limits: Limits) -> Decoder {
