@@ -15,6 +15,8 @@ fn main() {
         .unwrap_or_else(|| "127.0.0.1:9001".into());
     let listener = TcpListener::bind(&addr).expect("bind");
     println!("echo upstream on ws://{}", listener.local_addr().unwrap());
+    use std::io::Write;
+    let _ = std::io::stdout().flush();
     for stream in listener.incoming() {
         let Ok(stream) = stream else { continue };
         let _ = stream.set_nodelay(true);
