@@ -12,7 +12,9 @@ use ringway::ws::utf8::Utf8Validator;
 const KEY: [u8; 4] = [0x37, 0xfa, 0x21, 0x3d];
 
 fn json_request(id: u32) -> String {
-    format!(r#"{{"jsonrpc":"2.0","id":{id},"method":"state_getStorage","params":["0x26aa394eea5630e07c48ae0c9558cef7b99d880ec681799c0cf30e8886371da9de1e86a9a8c739864cf3cc5ec2bea59fd43593c715fdd31c61141abd04a99fd6822c8558854ccde39a5684e7a56da27d"]}}"#)
+    format!(
+        r#"{{"jsonrpc":"2.0","id":{id},"method":"state_getStorage","params":["0x26aa394eea5630e07c48ae0c9558cef7b99d880ec681799c0cf30e8886371da9de1e86a9a8c739864cf3cc5ec2bea59fd43593c715fdd31c61141abd04a99fd6822c8558854ccde39a5684e7a56da27d"]}}"#
+    )
 }
 
 fn frame_header(c: &mut Criterion) {
@@ -40,7 +42,11 @@ fn unmask(c: &mut Criterion) {
 
 fn utf8(c: &mut Criterion) {
     let mut g = c.benchmark_group("utf8_validate");
-    let text: String = (0..).map(json_request).take(1500).collect::<Vec<_>>().concat();
+    let text: String = (0..)
+        .map(json_request)
+        .take(1500)
+        .collect::<Vec<_>>()
+        .concat();
     let text = &text.as_bytes()[..300 * 1024];
     g.throughput(Throughput::Bytes(text.len() as u64));
     g.bench_function("300KB_in_16KB_pieces", |b| {
@@ -62,7 +68,12 @@ fn decoder(c: &mut Criterion) {
     let mut client = Vec::new();
     let mut i = 0;
     while client.len() < 16 * 1024 - 400 {
-        write_frame(&mut client, OpCode::Text, json_request(i).as_bytes(), Some(KEY));
+        write_frame(
+            &mut client,
+            OpCode::Text,
+            json_request(i).as_bytes(),
+            Some(KEY),
+        );
         i += 1;
     }
     let frames = i as u64;
@@ -71,7 +82,10 @@ fn decoder(c: &mut Criterion) {
         b.iter(|| walk(Role::Client, black_box(&client)))
     });
     // Node side: one 300 KB response (state_getMetadata), in 16 KiB reads.
-    let body: String = format!(r#"{{"jsonrpc":"2.0","id":1,"result":"0x{}"}}"#, "6d".repeat(150_000));
+    let body: String = format!(
+        r#"{{"jsonrpc":"2.0","id":1,"result":"0x{}"}}"#,
+        "6d".repeat(150_000)
+    );
     let mut server = Vec::new();
     write_frame(&mut server, OpCode::Text, body.as_bytes(), None);
     g.throughput(Throughput::Bytes(server.len() as u64));
@@ -115,7 +129,8 @@ Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\nAccept-E
     g.bench_function("parse_validate_accept", |b| {
         b.iter(|| {
             let mut headers = [httparse::EMPTY_HEADER; HEADER_ARRAY];
-            let Ok(ringway::ws::frame::Parse::Done(head, _)) = parse_head(black_box(req), &mut headers, 16384, 64)
+            let Ok(ringway::ws::frame::Parse::Done(head, _)) =
+                parse_head(black_box(req), &mut headers, 16384, 64)
             else {
                 unreachable!()
             };

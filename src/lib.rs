@@ -24,6 +24,7 @@ pub mod config;
 pub mod fuzzing;
 pub mod http;
 pub mod io;
+pub mod jsonrpc;
 pub mod log;
 pub mod rng;
 pub mod server;

@@ -27,7 +27,10 @@ use monoio::net::TcpStream;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::ServerSessionMemoryCache;
-use rustls::{ServerConfig, ServerConnection};
+use rustls::{
+    ClientConfig, ClientConnection, ConnectionCommon, ServerConfig, ServerConnection, SideData,
+};
+use std::ops::DerefMut;
 
 use crate::config::TlsMode;
 use crate::io::{give_buf, read_append, take_buf, ReadHalf, WriteHalf};
@@ -131,16 +134,46 @@ pub fn per_worker(base: &ServerConfig) -> Arc<ServerConfig> {
     Arc::new(c)
 }
 
-type Shared = Rc<RefCell<ServerConnection>>;
+/// A rustls connection of either side: both deref to `ConnectionCommon`.
+pub trait TlsSide: DerefMut<Target = ConnectionCommon<Self::Data>> + 'static {
+    type Data: SideData;
+}
+
+impl TlsSide for ServerConnection {
+    type Data = rustls::server::ServerConnectionData;
+}
+
+impl TlsSide for ClientConnection {
+    type Data = rustls::client::ClientConnectionData;
+}
 
 /// Run the server handshake on `tcp`. Reads are cancelable through `cancel`
 /// (the handshake timeout cancels them).
 pub async fn accept(
-    mut tcp: TcpStream,
+    tcp: TcpStream,
     config: Arc<ServerConfig>,
     cancel: &CancelHandle,
 ) -> io::Result<(TlsReader, TlsWriter)> {
-    let mut conn = ServerConnection::new(config).map_err(io::Error::other)?;
+    let conn = ServerConnection::new(config).map_err(io::Error::other)?;
+    handshake(tcp, conn, cancel).await
+}
+
+/// Run the client handshake on `tcp` (the load generator; wss:// nodes).
+pub async fn connect(
+    tcp: TcpStream,
+    config: Arc<ClientConfig>,
+    server_name: rustls::pki_types::ServerName<'static>,
+    cancel: &CancelHandle,
+) -> io::Result<(TlsReader<ClientConnection>, TlsWriter<ClientConnection>)> {
+    let conn = ClientConnection::new(config, server_name).map_err(io::Error::other)?;
+    handshake(tcp, conn, cancel).await
+}
+
+async fn handshake<C: TlsSide>(
+    mut tcp: TcpStream,
+    mut conn: C,
+    cancel: &CancelHandle,
+) -> io::Result<(TlsReader<C>, TlsWriter<C>)> {
     conn.set_buffer_limit(None);
     let mut cipher = take_buf();
     let mut out = Vec::new();
@@ -209,9 +242,9 @@ pub async fn accept(
 }
 
 /// The receiving half of a TLS connection: ciphertext in, plaintext out.
-pub struct TlsReader {
+pub struct TlsReader<C: TlsSide = ServerConnection> {
     tcp: OwnedReadHalf<TcpStream>,
-    conn: Shared,
+    conn: Rc<RefCell<C>>,
     /// Ciphertext received but not yet given to rustls (rustls stops taking
     /// input while decrypted plaintext waits to be read). Pooled; `None` when empty.
     cipher: Option<Vec<u8>>,
@@ -219,7 +252,7 @@ pub struct TlsReader {
     eof: bool,
 }
 
-impl TlsReader {
+impl<C: TlsSide> TlsReader<C> {
     /// The negotiated ALPN protocol, if any.
     pub fn alpn(&self) -> Option<Vec<u8>> {
         self.conn.borrow().alpn_protocol().map(|p| p.to_vec())
@@ -271,7 +304,7 @@ impl TlsReader {
     }
 }
 
-impl ReadHalf for TlsReader {
+impl<C: TlsSide> ReadHalf for TlsReader<C> {
     async fn read_more(
         &mut self,
         mut buf: Vec<u8>,
@@ -316,7 +349,7 @@ impl ReadHalf for TlsReader {
     }
 }
 
-impl Drop for TlsReader {
+impl<C: TlsSide> Drop for TlsReader<C> {
     fn drop(&mut self) {
         if let Some(c) = self.cipher.take() {
             give_buf(c);
@@ -325,13 +358,13 @@ impl Drop for TlsReader {
 }
 
 /// The sending half of a TLS connection: plaintext in, ciphertext out.
-pub struct TlsWriter {
+pub struct TlsWriter<C: TlsSide = ServerConnection> {
     tcp: OwnedWriteHalf<TcpStream>,
-    conn: Shared,
+    conn: Rc<RefCell<C>>,
     out: Vec<u8>,
 }
 
-impl TlsWriter {
+impl<C: TlsSide> TlsWriter<C> {
     async fn flush_tls(&mut self, cancel: &CancelHandle) -> io::Result<()> {
         loop {
             {
@@ -356,7 +389,7 @@ impl TlsWriter {
     }
 }
 
-impl WriteHalf for TlsWriter {
+impl<C: TlsSide> WriteHalf for TlsWriter<C> {
     async fn write_all(
         &mut self,
         buf: Vec<u8>,
