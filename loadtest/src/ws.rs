@@ -1,0 +1,412 @@
+//! WebSocket endpoints for the load generator and the mock node, on
+//! ringway's sans-io codec: a message reader that reassembles frames, the
+//! client connect (TCP or TLS, then upgrade), and the server-side accept.
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use monoio::io::{CancelHandle, Canceller, Splitable};
+use monoio::net::TcpStream;
+use ringway::io::{give_buf, take_buf, ReadHalf, WriteHalf};
+use ringway::tls::{TlsReader, TlsWriter};
+use ringway::ws::frame::{FrameHeader, OpCode, Parse};
+use ringway::ws::mask::apply_mask;
+use rustls::ClientConnection;
+
+/// A complete message or a control frame.
+#[derive(Debug)]
+pub enum Incoming {
+    Text(Vec<u8>),
+    Binary(Vec<u8>),
+    Ping(Vec<u8>),
+    Pong,
+    Close(Option<u16>),
+}
+
+/// Reassembles messages from a byte stream (either role; unmasks when masked).
+pub struct MessageReader<R> {
+    io: R,
+    buf: Vec<u8>,
+    pos: usize,
+    partial: Vec<u8>,
+    partial_op: Option<OpCode>,
+    max_message: usize,
+    cancel: Canceller,
+}
+
+impl<R: ReadHalf> MessageReader<R> {
+    pub fn new(io: R, early: Vec<u8>, max_message: usize) -> Self {
+        let mut buf = take_buf();
+        buf.extend_from_slice(&early);
+        MessageReader {
+            io,
+            buf,
+            pos: 0,
+            partial: Vec::new(),
+            partial_op: None,
+            max_message,
+            cancel: Canceller::new(),
+        }
+    }
+
+    /// The next message; `Ok(None)` at end of stream.
+    pub async fn next(&mut self) -> io::Result<Option<Incoming>> {
+        loop {
+            if let Some(m) = self.parse()? {
+                return Ok(Some(m));
+            }
+            // Keep unparsed bytes at the front and read more.
+            if self.pos > 0 {
+                self.buf.drain(..self.pos);
+                self.pos = 0;
+            }
+            if self.buf.len() == self.buf.capacity() {
+                self.buf.reserve(self.buf.capacity());
+            }
+            let handle = self.cancel.handle();
+            let (r, b) = self
+                .io
+                .read_more(std::mem::take(&mut self.buf), &handle)
+                .await;
+            self.buf = b;
+            if r? == 0 {
+                return Ok(None);
+            }
+        }
+    }
+
+    /// The next message if one is already buffered (no I/O).
+    pub fn try_next(&mut self) -> Option<Incoming> {
+        self.parse().ok().flatten()
+    }
+
+    fn parse(&mut self) -> io::Result<Option<Incoming>> {
+        loop {
+            let data = &mut self.buf[self.pos..];
+            let (h, hl) = match FrameHeader::parse(data) {
+                Ok(Parse::Done(h, n)) => (h, n),
+                Ok(Parse::NeedMore(_)) => return Ok(None),
+                Err(e) => return Err(io::Error::new(io::ErrorKind::InvalidData, e)),
+            };
+            let len = h.payload_len as usize;
+            if h.payload_len as usize > self.max_message {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    "message too large",
+                ));
+            }
+            if data.len() < hl + len {
+                let need = self.pos + hl + len;
+                if need > self.buf.capacity() {
+                    self.buf.reserve(need - self.buf.len());
+                }
+                return Ok(None);
+            }
+            let payload = &mut data[hl..hl + len];
+            if let Some(key) = h.mask {
+                apply_mask(payload, key, 0);
+            }
+            let payload = payload.to_vec();
+            self.pos += hl + len;
+            match h.opcode {
+                OpCode::Ping => return Ok(Some(Incoming::Ping(payload))),
+                OpCode::Pong => return Ok(Some(Incoming::Pong)),
+                OpCode::Close => {
+                    let code =
+                        (payload.len() >= 2).then(|| u16::from_be_bytes([payload[0], payload[1]]));
+                    return Ok(Some(Incoming::Close(code)));
+                }
+                OpCode::Continuation | OpCode::Text | OpCode::Binary => {
+                    if h.opcode != OpCode::Continuation {
+                        self.partial_op = Some(h.opcode);
+                        self.partial.clear();
+                    }
+                    if h.fin && self.partial.is_empty() {
+                        let op = self.partial_op.take().unwrap_or(h.opcode);
+                        return Ok(Some(wrap(op, payload)));
+                    }
+                    self.partial.extend_from_slice(&payload);
+                    if h.fin {
+                        let op = self.partial_op.take().unwrap_or(OpCode::Binary);
+                        return Ok(Some(wrap(op, std::mem::take(&mut self.partial))));
+                    }
+                }
+                OpCode::Reserved(_) => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        "reserved opcode",
+                    ));
+                }
+            }
+        }
+    }
+}
+
+impl<R> Drop for MessageReader<R> {
+    fn drop(&mut self) {
+        give_buf(std::mem::take(&mut self.buf));
+    }
+}
+
+fn wrap(op: OpCode, payload: Vec<u8>) -> Incoming {
+    if op == OpCode::Text {
+        Incoming::Text(payload)
+    } else {
+        Incoming::Binary(payload)
+    }
+}
+
+/// Either transport, for the client.
+pub enum ClientRead {
+    Plain(monoio::io::OwnedReadHalf<TcpStream>),
+    Tls(TlsReader<ClientConnection>),
+}
+
+pub enum ClientWrite {
+    Plain(monoio::io::OwnedWriteHalf<TcpStream>),
+    Tls(TlsWriter<ClientConnection>),
+}
+
+impl ReadHalf for ClientRead {
+    async fn read_more(
+        &mut self,
+        buf: Vec<u8>,
+        cancel: &CancelHandle,
+    ) -> (io::Result<usize>, Vec<u8>) {
+        match self {
+            ClientRead::Plain(r) => r.read_more(buf, cancel).await,
+            ClientRead::Tls(r) => r.read_more(buf, cancel).await,
+        }
+    }
+}
+
+impl WriteHalf for ClientWrite {
+    async fn write_all(
+        &mut self,
+        buf: Vec<u8>,
+        cancel: &CancelHandle,
+    ) -> (io::Result<()>, Vec<u8>) {
+        match self {
+            ClientWrite::Plain(w) => w.write_all(buf, cancel).await,
+            ClientWrite::Tls(w) => w.write_all(buf, cancel).await,
+        }
+    }
+
+    async fn shutdown(&mut self, cancel: &CancelHandle) {
+        match self {
+            ClientWrite::Plain(w) => w.shutdown(cancel).await,
+            ClientWrite::Tls(w) => w.shutdown(cancel).await,
+        }
+    }
+}
+
+/// Where and how to connect.
+#[derive(Clone)]
+pub struct Target {
+    pub addr: SocketAddr,
+    pub host: String,
+    pub path: String,
+    pub tls: Option<Arc<rustls::ClientConfig>>,
+}
+
+impl Target {
+    /// Parse `ws://host:port/path` or `wss://...`.
+    pub fn parse(
+        url: &str,
+        tls: impl FnOnce() -> Result<Arc<rustls::ClientConfig>, String>,
+    ) -> Result<Target, String> {
+        let (secure, rest) = if let Some(r) = url.strip_prefix("wss://") {
+            (true, r)
+        } else if let Some(r) = url.strip_prefix("ws://") {
+            (false, r)
+        } else {
+            return Err(format!("`{url}`: expected ws:// or wss://"));
+        };
+        let (authority, path) = match rest.find('/') {
+            Some(i) => (&rest[..i], &rest[i..]),
+            None => (rest, "/"),
+        };
+        let with_port = if authority
+            .rsplit_once(':')
+            .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
+        {
+            authority.to_string()
+        } else {
+            format!("{authority}:{}", if secure { 443 } else { 80 })
+        };
+        use std::net::ToSocketAddrs;
+        let addr = with_port
+            .to_socket_addrs()
+            .map_err(|e| format!("`{url}`: {e}"))?
+            .next()
+            .ok_or_else(|| format!("`{url}`: no address"))?;
+        let host = authority
+            .rsplit_once(':')
+            .map(|(h, _)| h)
+            .unwrap_or(authority);
+        Ok(Target {
+            addr,
+            host: host.trim_matches(|c| c == '[' || c == ']').to_string(),
+            path: path.to_string(),
+            tls: if secure { Some(tls()?) } else { None },
+        })
+    }
+}
+
+/// Failure kinds, counted separately.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ConnectError {
+    Tcp,
+    Tls,
+    Upgrade,
+}
+
+impl ConnectError {
+    pub fn name(self) -> &'static str {
+        match self {
+            ConnectError::Tcp => "connect",
+            ConnectError::Tls => "tls",
+            ConnectError::Upgrade => "upgrade",
+        }
+    }
+}
+
+/// An open client WebSocket.
+pub struct Client {
+    pub reader: MessageReader<ClientRead>,
+    pub writer: ClientWrite,
+}
+
+/// Connect, TLS if asked, and upgrade.
+pub async fn connect(t: &Target) -> Result<Client, (ConnectError, String)> {
+    let tcp = TcpStream::connect_addr(t.addr)
+        .await
+        .map_err(|e| (ConnectError::Tcp, e.to_string()))?;
+    let _ = tcp.set_nodelay(true);
+    let never = Canceller::new();
+    let (mut r, mut w) = match &t.tls {
+        Some(cfg) => {
+            let name = rustls::pki_types::ServerName::try_from(t.host.clone())
+                .map_err(|e| (ConnectError::Tls, e.to_string()))?;
+            let (r, w) = ringway::tls::connect(tcp, cfg.clone(), name, &never.handle())
+                .await
+                .map_err(|e| (ConnectError::Tls, e.to_string()))?;
+            (ClientRead::Tls(r), ClientWrite::Tls(w))
+        }
+        None => {
+            let (r, w) = tcp.into_split();
+            (ClientRead::Plain(r), ClientWrite::Plain(w))
+        }
+    };
+    let key = ringway::rng::ws_key();
+    let req = format!(
+        "GET {} HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n",
+        t.path, t.host
+    );
+    let (res, _) = w.write_all(req.into_bytes(), &never.handle()).await;
+    res.map_err(|e| (ConnectError::Upgrade, e.to_string()))?;
+    let mut buf = take_buf();
+    loop {
+        let (res, b) = r.read_more(buf, &never.handle()).await;
+        buf = b;
+        match res {
+            Ok(0) => return Err((ConnectError::Upgrade, "closed during upgrade".into())),
+            Ok(_) => {}
+            Err(e) => return Err((ConnectError::Upgrade, e.to_string())),
+        }
+        match ringway::ws::handshake::parse_upstream_response(&buf, &key, None, buf.capacity()) {
+            Ok(Parse::Done(_, n)) => {
+                buf.drain(..n);
+                let reader = MessageReader::new(r, buf, 64 << 20);
+                return Ok(Client { reader, writer: w });
+            }
+            Ok(Parse::NeedMore(_)) => {}
+            Err(e) => return Err((ConnectError::Upgrade, e.to_string())),
+        }
+    }
+}
+
+/// Append a masked client text frame.
+pub fn text_frame(out: &mut Vec<u8>, payload: &[u8]) {
+    ringway::ws::frame::write_frame(out, OpCode::Text, payload, Some(ringway::rng::mask_key()));
+}
+
+/// A client TLS config trusting `ca` (PEM file), or anything (`insecure`).
+pub fn client_tls(ca: Option<&str>, insecure: bool) -> Result<Arc<rustls::ClientConfig>, String> {
+    use rustls::pki_types::pem::PemObject;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?;
+    let mut cfg = if insecure {
+        builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(NoVerify(provider)))
+            .with_no_client_auth()
+    } else {
+        let mut roots = rustls::RootCertStore::empty();
+        let path =
+            ca.ok_or("wss:// needs --ca FILE (the server's CA or certificate) or --insecure")?;
+        for c in rustls::pki_types::CertificateDer::pem_file_iter(path)
+            .map_err(|e| format!("--ca {path}: {e}"))?
+        {
+            roots
+                .add(c.map_err(|e| format!("--ca {path}: {e}"))?)
+                .map_err(|e| e.to_string())?;
+        }
+        builder.with_root_certificates(roots).with_no_client_auth()
+    };
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    // New sessions every connection: the connect benchmark measures full handshakes.
+    cfg.resumption = rustls::client::Resumption::disabled();
+    Ok(Arc::new(cfg))
+}
+
+#[derive(Debug)]
+struct NoVerify(Arc<rustls::crypto::CryptoProvider>);
+
+impl rustls::client::danger::ServerCertVerifier for NoVerify {
+    fn verify_server_cert(
+        &self,
+        _: &rustls::pki_types::CertificateDer<'_>,
+        _: &[rustls::pki_types::CertificateDer<'_>],
+        _: &rustls::pki_types::ServerName<'_>,
+        _: &[u8],
+        _: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
