@@ -119,16 +119,23 @@ fn run_worker(
     io_uring: bool,
 ) {
     if io_uring {
-        match monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
-            .with_entries(4096)
-            .enable_timer()
-            .build()
-        {
-            Ok(mut rt) => return rt.block_on(serve(listener, config, tls)),
-            Err(e) => {
-                crate::warn!("io_uring runtime failed to start ({e}); using the epoll driver")
+        // Each ring is used by its one worker thread only: completions run as
+        // task work when the worker asks for events (DEFER_TASKRUN), with no
+        // interrupts to signal them (COOP_TASKRUN). Older kernels lack the
+        // flags; then the plain ring is used.
+        let mut tuned = io_uring::IoUring::builder();
+        tuned.setup_coop_taskrun().setup_single_issuer().setup_defer_taskrun();
+        for urb in [Some(tuned), None] {
+            let mut b = monoio::RuntimeBuilder::<monoio::IoUringDriver>::new().with_entries(4096);
+            if let Some(urb) = urb {
+                b = b.uring_builder(urb);
+            }
+            match b.enable_timer().build() {
+                Ok(mut rt) => return rt.block_on(serve(listener, config, tls)),
+                Err(e) => crate::debug!("io_uring setup: {e}"),
             }
         }
+        crate::warn!("io_uring runtime failed to start; using the epoll driver");
     }
     match monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
         .enable_timer()

@@ -1,0 +1,171 @@
+#!/usr/bin/env bash
+# ringway vs nginx 1.22, side by side, same machine, same run, alternating.
+#
+# Both proxies terminate TLS with the same ECDSA P-256 certificate in front of
+# the same mock node (ringway-load node), with one worker per core. nginx is
+# configured like the server block of the Polkadot wiki (seed 000): the same
+# proxy_set_header lines, proxy_http_version 1.1, proxy_buffering off,
+# ssl_protocols TLSv1 TLSv1.1 TLSv1.2, its cipher list, a shared session cache.
+#
+#   loadtest/bench.sh [ROUNDS]        (default 3; needs nginx: apt-get install nginx-light)
+#
+# Prints one markdown table per benchmark, medians of ROUNDS alternated runs.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROUNDS=${1:-3}
+DUR=${DUR:-8}
+WORK=$PWD/target/bench
+mkdir -p "$WORK"
+NODE_PORT=19944 RW_PORT=18443 NGX_PORT=18444
+WORKERS=$(nproc)
+
+command -v nginx >/dev/null || { echo "bench: nginx not found (apt-get install nginx-light)"; exit 1; }
+cargo build --release --quiet --bin ringway -p ringway -p ringway-load
+LOAD=target/release/ringway-load
+ulimit -n 20000 || true
+
+pids=()
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  [ -f "$WORK/nginx.pid" ] && kill "$(cat "$WORK/nginx.pid")" 2>/dev/null || true
+}
+trap cleanup EXIT
+
+# --- certificate (ECDSA P-256, SAN localhost/127.0.0.1) ---
+if [ ! -f "$WORK/cert.pem" ]; then
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 30 \
+    -keyout "$WORK/key.pem" -out "$WORK/cert.pem" -subj /CN=localhost \
+    -addext "subjectAltName=DNS:localhost,IP:127.0.0.1" 2>/dev/null
+fi
+
+# --- the mock node ---
+$LOAD node --listen 127.0.0.1:$NODE_PORT --block-ms 1000 --workers 1 >"$WORK/node.log" 2>&1 &
+pids+=($!)
+
+# --- nginx, as in the seed ---
+cat >"$WORK/nginx.conf" <<NGINX
+worker_processes $WORKERS;
+worker_rlimit_nofile 20000;
+pid $WORK/nginx.pid;
+error_log $WORK/nginx-error.log warn;
+events { worker_connections 20000; }
+http {
+    access_log off;
+    server {
+        server_name localhost;
+        location / {
+          proxy_buffering off;
+          proxy_pass http://127.0.0.1:$NODE_PORT;
+          proxy_set_header X-Real-IP \$remote_addr;
+          proxy_set_header Host \$host;
+          proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
+          proxy_http_version 1.1;
+          proxy_set_header Upgrade \$http_upgrade;
+          proxy_set_header Connection "upgrade";
+        }
+        listen 127.0.0.1:$NGX_PORT ssl;
+        ssl_certificate $WORK/cert.pem;
+        ssl_certificate_key $WORK/key.pem;
+        ssl_session_cache shared:cache_nginx_SSL:1m;
+        ssl_session_timeout 1440m;
+        ssl_protocols TLSv1 TLSv1.1 TLSv1.2;
+        ssl_prefer_server_ciphers on;
+        ssl_ciphers "ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305:ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-RSA-AES256-GCM-SHA384:DHE-RSA-AES128-GCM-SHA256:DHE-RSA-AES256-GCM-SHA384:ECDHE-ECDSA-AES128-SHA256:ECDHE-RSA-AES128-SHA256:ECDHE-ECDSA-AES128-SHA:ECDHE-RSA-AES256-SHA384:ECDHE-RSA-AES128-SHA:ECDHE-ECDSA-AES256-SHA384:ECDHE-ECDSA-AES256-SHA:ECDHE-RSA-AES256-SHA:DHE-RSA-AES128-SHA256:DHE-RSA-AES128-SHA:DHE-RSA-AES256-SHA256:DHE-RSA-AES256-SHA:ECDHE-ECDSA-DES-CBC3-SHA:ECDHE-RSA-DES-CBC3-SHA:EDH-RSA-DES-CBC3-SHA:AES128-GCM-SHA256:AES256-GCM-SHA384:AES128-SHA256:AES256-SHA256:AES128-SHA:AES256-SHA:DES-CBC3-SHA:!DSS";
+    }
+}
+NGINX
+nginx -c "$WORK/nginx.conf" -p "$WORK"
+
+# --- ringway ---
+target/release/ringway --listen 127.0.0.1:$RW_PORT --cert "$WORK/cert.pem" --key "$WORK/key.pem" \
+  --upstream ws://127.0.0.1:$NODE_PORT --workers "$WORKERS" --log-level warn >"$WORK/ringway.log" 2>&1 &
+RW_PID=$!
+pids+=($RW_PID)
+sleep 1
+
+ngx_pids() { pgrep -f "nginx: (master|worker) process" | tr '\n' ' '; }
+proxy_pids() { if [ "$1" = ringway ]; then echo "$RW_PID"; else ngx_pids; fi; }
+url() { if [ "$1" = ringway ]; then echo "wss://127.0.0.1:$RW_PORT/"; else echo "wss://127.0.0.1:$NGX_PORT/"; fi; }
+# CPU seconds (user+sys) of a set of processes, all threads.
+cpu() { local t=0; for p in $1; do read -r -a f < "/proc/$p/stat"; t=$((t + f[13] + f[14])); done; echo "$t $(getconf CLK_TCK)" | awk '{printf "%.3f", $1/$2}'; }
+# Proportional set size (KiB) of a set of processes (shared pages split fairly).
+pss() { local t=0; for p in $1; do v=$(awk '/^Pss:/{print $2}' "/proc/$p/smaps_rollup"); t=$((t + v)); done; echo $t; }
+field() { python3 -c "import json,sys; print(json.loads(sys.argv[1])[sys.argv[2]])" "$1" "$2"; }
+median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{a[NR]=$1} END{print a[int((NR+1)/2)]}'; }
+
+declare -A R
+record() { R["$1|$2"]="${R["$1|$2"]:-} $3"; }
+
+for round in $(seq "$ROUNDS"); do
+  for p in ringway nginx; do
+    P=$(proxy_pids $p); U=$(url $p)
+    # B1 + B2: throughput and CPU per request/response pair, closed loop.
+    c0=$(cpu "$P")
+    out=$($LOAD run "$U" --insecure --connections 100 --depth 1 --duration "$DUR" --json)
+    c1=$(cpu "$P")
+    ok=$(field "$out" ok); rate=$(field "$out" rate)
+    record b1 $p "$rate"
+    record b2 $p "$(echo "$c0 $c1 $ok" | awk '{printf "%.2f", ($2-$1)/$3*1e6}')"
+    echo "round $round $p B1 $rate/s errors $(field "$out" errors), CPU $(echo "$c0 $c1" | awk '{print $2-$1}') s" >&2
+  done
+done
+# B3 at a rate both sustain: half of nginx's median B1.
+B3_RATE=${B3_RATE:-$(echo "${R[b1|nginx]}" | median | awk '{printf "%d", $1/2}')}
+for round in $(seq "$ROUNDS"); do
+  for p in ringway nginx; do
+    out=$($LOAD run "$(url $p)" --insecure --connections 100 --rate "$B3_RATE" --duration "$DUR" --json)
+    record b3p50 $p "$(field "$out" p50_ms)"; record b3p99 $p "$(field "$out" p99_ms)"; record b3p999 $p "$(field "$out" p999_ms)"
+    echo "round $round $p B3 @$B3_RATE/s p99 $(field "$out" p99_ms) ms" >&2
+    # B5: new TLS + WebSocket sessions per second, and proxy CPU per session.
+    P=$(proxy_pids $p); c0=$(cpu "$P")
+    out=$($LOAD connect "$(url $p)" --insecure --count 3000 --concurrency 64 --duration 30 --json)
+    c1=$(cpu "$P"); ok=$(field "$out" ok)
+    record b5 $p "$(field "$out" rate)"
+    record b5cpu $p "$(echo "$c0 $c1 $ok" | awk '{printf "%.1f", ($2-$1)/$3*1e6}')"
+    echo "round $round $p B5 $(field "$out" rate)/s" >&2
+    # B6: 300 KB responses.
+    out=$($LOAD run "$(url $p)" --insecure --connections 10 --method state_getMetadata --duration "$DUR" --json)
+    record b6 $p "$(field "$out" bytes | awk -v d="$DUR" '{printf "%.1f", $1/1e6/d}')"
+    echo "round $round $p B6 done" >&2
+  done
+done
+# B4: memory per idle WSS connection (PSS of all proxy processes), 2,000 and 8,000.
+for n in 2000 8000; do
+  for round in $(seq "$ROUNDS"); do
+    for p in ringway nginx; do
+      P=$(proxy_pids $p); m0=$(pss "$P")
+      $LOAD connect "$(url $p)" --insecure --count $n --concurrency 64 --hold --duration 25 --json >"$WORK/hold.json" &
+      lp=$!
+      # wait until every connection is open
+      for _ in $(seq 40); do
+        est=$(ss -Htn state established "( dport = :$([ $p = ringway ] && echo $RW_PORT || echo $NGX_PORT) )" | wc -l)
+        [ "$est" -ge "$n" ] && break; sleep 0.5
+      done
+      sleep 1; m1=$(pss "$(proxy_pids $p)")
+      record "b4_$n" $p "$(echo "$m0 $m1 $n" | awk '{printf "%.1f", ($2-$1)/$3}')"
+      echo "round $round $p B4 $n conns ($est open): $(( (m1-m0) )) KiB" >&2
+      wait $lp || true
+      sleep 2
+    done
+  done
+done
+
+row() { # name key unit better(higher|lower)
+  local a b; a=$(echo "${R[$2|ringway]}" | median); b=$(echo "${R[$2|nginx]}" | median)
+  echo "| $1 | $a | $b | $(echo "$a $b" | awk '{ if ($2 > 0) printf "%.2f", $1/$2; else print "-" }') | $3 |"
+}
+echo
+echo "machine: $(nproc) cores, $(awk '/MemTotal/{printf "%.0f GiB", $2/1048576}' /proc/meminfo), $(uname -r); rounds: $ROUNDS, ${DUR}s each; $(date -u +%F)"
+echo
+echo "| benchmark | ringway | nginx 1.22 | ringway/nginx | unit |"
+echo "|---|---|---|---|---|"
+row "B1 throughput, 100 conns, closed loop" b1 "req/s (higher is better)"
+row "B2 proxy CPU per request/response" b2 "µs (lower is better)"
+row "B3 p50 @ $B3_RATE req/s" b3p50 "ms"
+row "B3 p99 @ $B3_RATE req/s" b3p99 "ms"
+row "B3 p99.9 @ $B3_RATE req/s" b3p999 "ms"
+row "B4 memory per idle WSS conn, 2,000" b4_2000 "KiB (lower is better)"
+row "B4 memory per idle WSS conn, 8,000" b4_8000 "KiB (lower is better)"
+row "B5 new TLS+WS sessions" b5 "sessions/s (higher is better)"
+row "B5 proxy CPU per session" b5cpu "µs (lower is better)"
+row "B6 300 KB responses, 10 conns" b6 "MB/s (higher is better)"
