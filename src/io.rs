@@ -1,87 +1,158 @@
-//! The two I/O operations the relay needs, over any transport, and the
-//! per-core buffer pool.
+//! The two I/O operations the relay needs, over any transport; read sizing;
+//! and how pending I/O is stopped.
 //!
 //! [`ReadHalf::read_more`] appends received bytes after what a buffer already
-//! holds (so a partial frame header carried over stays in front), and can be
-//! cancelled: a session that ends cancels its pending reads instead of
-//! dropping in-flight io_uring operations. [`WriteHalf::write_all`] takes the
-//! buffer by value and gives it back, as monoio's owned-buffer I/O requires.
+//! holds (so a partial frame header carried over stays in front). A buffer
+//! with no spare room gets some from the reader, sized by a [`ReadSizer`]:
+//! small while a connection is quiet, growing while reads come back full. An
+//! idle session therefore holds about 1 KiB per pending read, not 16.
+//!
+//! Pending operations are ended with `shutdown(2)` on the socket ([`stop`])
+//! rather than io_uring cancellation: a receive then completes with 0 bytes
+//! and a send with an error, the in-flight operation finishes normally (no
+//! future is dropped), and the hot path pays nothing per operation for the
+//! ability.
 //!
 //! Implemented for plain TCP and Unix stream halves here, and for TLS in
 //! [`crate::tls`].
 
 use std::cell::RefCell;
 use std::io;
+use std::os::fd::RawFd;
 
 use monoio::buf::IoBufMut;
-use monoio::io::{
-    AsyncWriteRent, CancelHandle, CancelableAsyncReadRent, CancelableAsyncWriteRentExt,
-    OwnedReadHalf, OwnedWriteHalf,
-};
+use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt, OwnedReadHalf, OwnedWriteHalf};
 use monoio::net::{TcpStream, UnixStream};
 
 /// A receive half the relay reads from.
 #[allow(async_fn_in_trait)]
 pub trait ReadHalf {
-    /// Receive into the spare capacity of `buf`, after its current contents.
-    /// `Ok(0)` means the peer closed its side.
-    async fn read_more(
-        &mut self,
-        buf: Vec<u8>,
-        cancel: &CancelHandle,
-    ) -> (io::Result<usize>, Vec<u8>);
+    /// Receive into the spare capacity of `buf`, after its current contents
+    /// (reserving some first if it has none). `Ok(0)` means the peer closed
+    /// its side, or the socket was [`stop`]ped.
+    async fn read_more(&mut self, buf: Vec<u8>) -> (io::Result<usize>, Vec<u8>);
 }
 
 /// A send half the relay writes to.
 #[allow(async_fn_in_trait)]
 pub trait WriteHalf {
-    /// Send all of `buf`; cancelable like reads (a peer that stops reading must
-    /// not hold a session past its close deadline).
-    async fn write_all(&mut self, buf: Vec<u8>, cancel: &CancelHandle)
-        -> (io::Result<()>, Vec<u8>);
+    /// Send all of `buf`.
+    async fn write_all(&mut self, buf: Vec<u8>) -> (io::Result<()>, Vec<u8>);
     /// Finish the stream (TLS close_notify, then TCP FIN). Errors are of no interest by then.
-    async fn shutdown(&mut self, cancel: &CancelHandle);
+    async fn shutdown(&mut self);
 }
 
-/// Read into `buf[len..capacity]` with a cancelable read.
-pub async fn read_append<R: CancelableAsyncReadRent>(
+/// How to stop a socket's pending I/O.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stop {
+    /// Pending and future receives return 0 bytes.
+    Reads,
+    /// Receives return 0 and sends fail.
+    All,
+}
+
+/// End pending I/O on `fd` with `shutdown(2)`. The descriptor stays open
+/// (its owner closes it); errors (already shut, not connected) do not matter.
+pub fn stop(fd: RawFd, how: Stop) {
+    let how = match how {
+        Stop::Reads => libc::SHUT_RD,
+        Stop::All => libc::SHUT_RDWR,
+    };
+    // SAFETY: shutdown(2) on a descriptor this process owns; it does not close it.
+    unsafe {
+        libc::shutdown(fd, how);
+    }
+}
+
+/// Adaptive read size: starts small, quadruples after a read that filled its
+/// buffer, halves after reads that used less than an eighth.
+#[derive(Debug, Clone, Copy)]
+pub struct ReadSizer {
+    next: usize,
+}
+
+impl ReadSizer {
+    pub const MIN: usize = 1024;
+    pub const MAX: usize = 64 * 1024;
+
+    pub fn new() -> ReadSizer {
+        ReadSizer { next: Self::MIN }
+    }
+
+    pub fn size(&self) -> usize {
+        self.next
+    }
+
+    /// Learn from a read of `n` bytes into `room` bytes of space.
+    pub fn update(&mut self, n: usize, room: usize) {
+        if n >= room {
+            self.next = (self.next * 4).min(Self::MAX);
+        } else if n <= self.next / 8 {
+            self.next = (self.next / 2).max(Self::MIN);
+        }
+    }
+}
+
+impl Default for ReadSizer {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Make sure `buf` has spare room: reserve `want` bytes if it has none.
+pub fn ensure_room(buf: &mut Vec<u8>, want: usize) {
+    if buf.len() == buf.capacity() {
+        buf.reserve_exact(want);
+    }
+}
+
+/// Read into `buf[len..capacity]`.
+pub async fn read_append<R: AsyncReadRent>(
     io: &mut R,
     buf: Vec<u8>,
-    cancel: &CancelHandle,
 ) -> (io::Result<usize>, Vec<u8>) {
     let len = buf.len();
-    if len == buf.capacity() {
-        return (Err(io::Error::other("read buffer full")), buf);
-    }
     let slice = buf.slice_mut(len..);
-    let (res, slice) = io.cancelable_read(slice, cancel.clone()).await;
+    let (res, slice) = io.read(slice).await;
     (res, slice.into_inner())
+}
+
+/// A plain stream's receive half with adaptive read sizes.
+pub struct PlainReader<S> {
+    half: OwnedReadHalf<S>,
+    sizer: ReadSizer,
+}
+
+impl<S> PlainReader<S> {
+    pub fn new(half: OwnedReadHalf<S>) -> Self {
+        PlainReader {
+            half,
+            sizer: ReadSizer::new(),
+        }
+    }
 }
 
 macro_rules! plain_halves {
     ($stream:ty) => {
-        impl ReadHalf for OwnedReadHalf<$stream> {
-            async fn read_more(
-                &mut self,
-                buf: Vec<u8>,
-                cancel: &CancelHandle,
-            ) -> (io::Result<usize>, Vec<u8>) {
-                read_append(self, buf, cancel).await
+        impl ReadHalf for PlainReader<$stream> {
+            async fn read_more(&mut self, mut buf: Vec<u8>) -> (io::Result<usize>, Vec<u8>) {
+                ensure_room(&mut buf, self.sizer.size());
+                let room = buf.capacity() - buf.len();
+                let (res, buf) = read_append(&mut self.half, buf).await;
+                if let Ok(n) = res {
+                    self.sizer.update(n, room);
+                }
+                (res, buf)
             }
         }
 
         impl WriteHalf for OwnedWriteHalf<$stream> {
-            async fn write_all(
-                &mut self,
-                buf: Vec<u8>,
-                cancel: &CancelHandle,
-            ) -> (io::Result<()>, Vec<u8>) {
-                let (res, buf) =
-                    CancelableAsyncWriteRentExt::write_all(self, buf, cancel.clone()).await;
+            async fn write_all(&mut self, buf: Vec<u8>) -> (io::Result<()>, Vec<u8>) {
+                let (res, buf) = AsyncWriteRentExt::write_all(self, buf).await;
                 (res.map(|_| ()), buf)
             }
 
-            async fn shutdown(&mut self, _cancel: &CancelHandle) {
+            async fn shutdown(&mut self) {
                 let _ = AsyncWriteRent::shutdown(self).await;
             }
         }
@@ -91,10 +162,10 @@ macro_rules! plain_halves {
 plain_halves!(TcpStream);
 plain_halves!(UnixStream);
 
-/// Size of a relay read buffer: one TLS record of plaintext.
+/// Size of the handshake-phase read buffers.
 pub const BUF_SIZE: usize = 16 * 1024;
 /// Buffers kept per core for reuse; more are freed.
-const POOL_MAX: usize = 4096;
+const POOL_MAX: usize = 1024;
 
 thread_local! {
     static POOL: RefCell<Vec<Vec<u8>>> = const { RefCell::new(Vec::new()) };
@@ -118,4 +189,25 @@ pub fn give_buf(mut buf: Vec<u8>) {
             p.push(buf);
         }
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn read_sizes_grow_under_load_and_shrink_when_quiet() {
+        let mut s = ReadSizer::new();
+        assert_eq!(s.size(), 1024);
+        s.update(1024, 1024);
+        assert_eq!(s.size(), 4096);
+        s.update(4096, 4096);
+        s.update(16384, 16384);
+        s.update(65536, 65536);
+        assert_eq!(s.size(), ReadSizer::MAX);
+        for _ in 0..10 {
+            s.update(100, s.size());
+        }
+        assert_eq!(s.size(), ReadSizer::MIN);
+    }
 }

@@ -13,7 +13,7 @@
 //! relay starts, so an established session keeps none of the handshake's
 //! memory (header array, head buffer).
 
-use std::cell::{Cell, RefCell};
+use std::cell::Cell;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
@@ -21,13 +21,15 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
 
-use monoio::io::{CancelHandle, Canceller, Splitable};
+use std::os::fd::{AsRawFd, RawFd};
+
+use monoio::io::Splitable;
 use monoio::net::TcpStream;
 use rustls::ServerConfig;
 
 use crate::config::Config;
 use crate::http::write_response;
-use crate::io::{give_buf, take_buf, ReadHalf, WriteHalf, BUF_SIZE};
+use crate::io::{give_buf, stop, take_buf, PlainReader, ReadHalf, Stop, WriteHalf, BUF_SIZE};
 use crate::session::{relay, SessionConfig};
 use crate::upstream::{self, Pool};
 use crate::ws::codec::Limits as CodecLimits;
@@ -124,7 +126,10 @@ fn run_worker(
         // interrupts to signal them (COOP_TASKRUN). Older kernels lack the
         // flags; then the plain ring is used.
         let mut tuned = io_uring::IoUring::builder();
-        tuned.setup_coop_taskrun().setup_single_issuer().setup_defer_taskrun();
+        tuned
+            .setup_coop_taskrun()
+            .setup_single_issuer()
+            .setup_defer_taskrun();
         for urb in [Some(tuned), None] {
             let mut b = monoio::RuntimeBuilder::<monoio::IoUringDriver>::new().with_entries(4096);
             if let Some(urb) = urb {
@@ -201,37 +206,39 @@ async fn serve(
 
 async fn connection(tcp: TcpStream, peer: SocketAddr, worker: Rc<Worker>) {
     worker.active.set(worker.active.get() + 1);
+    let fd = tcp.as_raw_fd();
     match worker.tls.clone() {
         Some(cfg) => {
-            let cancel = RefCell::new(Canceller::new());
-            let handle = cancel.borrow().handle();
             let timeout = worker.config.limits.handshake_timeout;
-            let accepted =
-                with_deadline(timeout, &cancel, crate::tls::accept(tcp, cfg, &handle)).await;
+            let accepted = with_deadline(
+                timeout,
+                || stop(fd, Stop::All),
+                crate::tls::accept(tcp, cfg),
+            )
+            .await;
             match accepted {
-                Ok((r, w)) => client(r, w, peer, &worker, "https", cancel).await,
+                Ok((r, w)) => client(r, w, fd, peer, &worker, "https").await,
                 Err(e) => crate::debug!("TLS handshake with {peer} failed: {e}"),
             }
         }
         None => {
             let (r, w) = tcp.into_split();
-            client(r, w, peer, &worker, "http", RefCell::new(Canceller::new())).await;
+            client(PlainReader::new(r), w, fd, peer, &worker, "http").await;
         }
     }
     worker.active.set(worker.active.get() - 1);
 }
 
-/// Run `fut`; at the deadline, cancel its I/O through `cancel` and let it finish
-/// (with cancellation errors) instead of dropping in-flight operations.
-async fn with_deadline<F: Future>(dur: Duration, cancel: &RefCell<Canceller>, fut: F) -> F::Output {
+/// Run `fut`; at the deadline, call `expire` (which stops the socket's I/O)
+/// and let `fut` finish on its own, instead of dropping in-flight operations.
+async fn with_deadline<F: Future>(dur: Duration, expire: impl FnOnce(), fut: F) -> F::Output {
     let mut fut = std::pin::pin!(fut);
     let sleep = monoio::time::sleep(dur);
     monoio::select! {
         out = &mut fut => return out,
         _ = sleep => {}
     }
-    let c = std::mem::take(&mut *cancel.borrow_mut());
-    drop(c.cancel());
+    expire();
     fut.await
 }
 
@@ -242,6 +249,7 @@ enum Handshake<UR, UW> {
         client_early: Vec<u8>,
         upstream: (UR, UW),
         upstream_early: Vec<u8>,
+        upstream_fd: RawFd,
         _lease: upstream::NodeLease,
     },
     /// A response was sent (or the client left): close.
@@ -251,21 +259,28 @@ enum Handshake<UR, UW> {
 async fn client<R: ReadHalf, W: WriteHalf>(
     mut r: R,
     mut w: W,
+    fd: RawFd,
     peer: SocketAddr,
     worker: &Rc<Worker>,
     proto: &'static str,
-    cancel: RefCell<Canceller>,
 ) {
     let timeout = worker.config.limits.handshake_timeout;
-    let handle = cancel.borrow().handle();
+    let timed_out = Cell::new(false);
+    let expire = || {
+        timed_out.set(true);
+        stop(fd, Stop::Reads);
+    };
     // Boxed so that its memory is freed before the long-lived relay starts.
-    let phase = Box::pin(handshake(&mut r, &mut w, peer, worker, proto, &handle));
-    let outcome = with_deadline(timeout, &cancel, phase).await;
+    let phase = Box::pin(handshake(
+        &mut r, &mut w, fd, peer, worker, proto, &timed_out,
+    ));
+    let outcome = with_deadline(timeout, expire, phase).await;
     match outcome {
         Handshake::Relay {
             client_early,
             upstream,
             upstream_early,
+            upstream_fd,
             _lease,
         } => {
             let summary = relay(
@@ -273,6 +288,7 @@ async fn client<R: ReadHalf, W: WriteHalf>(
                 client_early,
                 upstream,
                 upstream_early,
+                (fd, upstream_fd),
                 worker.session,
             )
             .await;
@@ -290,10 +306,11 @@ async fn client<R: ReadHalf, W: WriteHalf>(
 async fn handshake<R: ReadHalf, W: WriteHalf>(
     r: &mut R,
     w: &mut W,
+    fd: RawFd,
     peer: SocketAddr,
     worker: &Rc<Worker>,
     proto: &'static str,
-    cancel: &CancelHandle,
+    timed_out: &Cell<bool>,
 ) -> Handshake<upstream::NodeReader, upstream::NodeWriter> {
     let limits = &worker.config.limits;
     let mut buf = if limits.max_head_bytes <= BUF_SIZE {
@@ -304,19 +321,19 @@ async fn handshake<R: ReadHalf, W: WriteHalf>(
     let mut headers = [httparse::EMPTY_HEADER; HEADER_ARRAY];
     // Read until the head is complete.
     let head_len = loop {
-        let (res, b) = r.read_more(buf, cancel).await;
+        let (res, b) = r.read_more(buf).await;
         buf = b;
         match res {
+            Ok(0) if timed_out.get() => {
+                refuse(r, w, fd, HandshakeError::Timeout).await;
+                give_buf(buf);
+                return Handshake::Done;
+            }
             Ok(0) => {
                 give_buf(buf);
                 return Handshake::Done;
             }
             Ok(_) => {}
-            Err(e) if e.raw_os_error() == Some(libc::ECANCELED) => {
-                refuse(r, w, HandshakeError::Timeout).await;
-                give_buf(buf);
-                return Handshake::Done;
-            }
             Err(_) => {
                 give_buf(buf);
                 return Handshake::Done;
@@ -331,14 +348,14 @@ async fn handshake<R: ReadHalf, W: WriteHalf>(
         ) {
             Ok(Parse::Done(_, len)) => break len,
             Ok(Parse::NeedMore(_)) if buf.len() == buf.capacity() => {
-                refuse(r, w, HandshakeError::HeadTooLarge).await;
+                refuse(r, w, fd, HandshakeError::HeadTooLarge).await;
                 give_buf(buf);
                 return Handshake::Done;
             }
             Ok(Parse::NeedMore(_)) => {}
             Err(e) => {
                 crate::debug!("bad request from {peer}: {e}");
-                refuse(r, w, e).await;
+                refuse(r, w, fd, e).await;
                 give_buf(buf);
                 return Handshake::Done;
             }
@@ -362,7 +379,7 @@ async fn handshake<R: ReadHalf, W: WriteHalf>(
             Some(HandshakeError::NotAGet)
         };
         match err {
-            Some(e) => refuse(r, w, e).await,
+            Some(e) => refuse(r, w, fd, e).await,
             None => {
                 let mut out = Vec::new();
                 write_response(
@@ -372,7 +389,7 @@ async fn handshake<R: ReadHalf, W: WriteHalf>(
                     "ringway: this endpoint serves JSON-RPC over WebSocket; connect with a WebSocket client (wss://host:port/)",
                     false,
                 );
-                respond_and_close(r, w, out).await;
+                respond_and_close(r, w, fd, out).await;
             }
         }
         give_buf(buf);
@@ -382,7 +399,7 @@ async fn handshake<R: ReadHalf, W: WriteHalf>(
         Ok(u) => u,
         Err(e) => {
             crate::debug!("bad upgrade from {peer}: {e}");
-            refuse(r, w, e).await;
+            refuse(r, w, fd, e).await;
             give_buf(buf);
             return Handshake::Done;
         }
@@ -408,33 +425,37 @@ async fn handshake<R: ReadHalf, W: WriteHalf>(
             crate::warn!("{peer}: {}", no.body);
             let mut out = Vec::new();
             write_response(&mut out, no.status, &[], &no.body, true);
-            respond_and_close(r, w, out).await;
+            respond_and_close(r, w, fd, out).await;
             give_buf(buf);
             return Handshake::Done;
         }
     };
     let mut out = Vec::with_capacity(256);
     write_switching_protocols(&mut out, upgrade.key, session.accepted.protocol.as_deref());
-    let (res, _) = w.write_all(out, cancel).await;
+    let (res, _) = w.write_all(out).await;
     if res.is_err() {
         give_buf(buf);
         return Handshake::Done;
     }
     crate::debug!("session {peer} -> {}", session.lease.node().url);
-    buf.drain(..head_len);
+    // Only what the client sent after its head stays: the pooled head buffer goes back.
+    let client_early = buf[head_len..].to_vec();
+    give_buf(buf);
+    let upstream_fd = session.stream.raw_fd();
     let (ur, uw) = session.stream.into_split();
     Handshake::Relay {
-        client_early: buf,
+        client_early,
         upstream: (ur, uw),
         upstream_early: session.early,
+        upstream_fd,
         _lease: session.lease,
     }
 }
 
-async fn refuse<R: ReadHalf, W: WriteHalf>(r: &mut R, w: &mut W, e: HandshakeError) {
+async fn refuse<R: ReadHalf, W: WriteHalf>(r: &mut R, w: &mut W, fd: RawFd, e: HandshakeError) {
     let mut out = Vec::new();
     write_response(&mut out, e.status(), e.extra_headers(), e.reason(), true);
-    respond_and_close(r, w, out).await;
+    respond_and_close(r, w, fd, out).await;
 }
 
 /// How long a final response and the lingering read after it may take.
@@ -444,25 +465,24 @@ const LINGER: Duration = Duration::from_millis(1000);
 /// for a moment, so that closing does not reset the connection before the
 /// client has read the response (RFC 7230 §6.6). Runs on its own deadline:
 /// it is also how a handshake that timed out gets its 408.
-async fn respond_and_close<R: ReadHalf, W: WriteHalf>(r: &mut R, w: &mut W, out: Vec<u8>) {
-    let cancel = RefCell::new(Canceller::new());
-    let handle = cancel.borrow().handle();
-    with_deadline(LINGER, &cancel, async {
-        let (res, _) = w.write_all(out, &handle).await;
+async fn respond_and_close<R: ReadHalf, W: WriteHalf>(
+    r: &mut R,
+    w: &mut W,
+    fd: RawFd,
+    out: Vec<u8>,
+) {
+    with_deadline(LINGER, || stop(fd, Stop::All), async {
+        let (res, _) = w.write_all(out).await;
         if res.is_err() {
             return;
         }
-        w.shutdown(&handle).await;
-        let mut buf = take_buf();
+        w.shutdown().await;
         for _ in 0..16 {
-            buf.clear();
-            let (res, b) = r.read_more(buf, &handle).await;
-            buf = b;
+            let (res, _) = r.read_more(Vec::new()).await;
             if !matches!(res, Ok(n) if n > 0) {
                 break;
             }
         }
-        give_buf(buf);
     })
     .await;
 }

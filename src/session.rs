@@ -24,7 +24,8 @@
 //! 1001 to the node when its client is. A protocol violation closes the
 //! offender with the code its error maps to (1002/1007/1009) and the other
 //! side with 1001 (client at fault) or 1014 (node at fault). A close deadline
-//! bounds all of it; after it, pending reads and writes are cancelled.
+//! bounds all of it; after it, pending reads and writes are stopped with
+//! `shutdown(2)` ([`crate::io::stop`]).
 //!
 //! Backpressure: a pump stops reading while the outbox it feeds holds more
 //! than `max_buffered` bytes, so a slow reader slows its sender instead of
@@ -36,10 +37,10 @@ use std::future::poll_fn;
 use std::task::{Poll, Waker};
 use std::time::Duration;
 
-use monoio::io::Canceller;
 use monoio::time::Instant;
+use std::os::fd::RawFd;
 
-use crate::io::{give_buf, take_buf, ReadHalf, WriteHalf, BUF_SIZE};
+use crate::io::{stop, ReadHalf, Stop, WriteHalf};
 use crate::ws::codec::{Decoder, Limits as CodecLimits, Role, Step};
 use crate::ws::frame::{close_code, write_close, write_frame, OpCode, ProtocolError};
 
@@ -122,14 +123,12 @@ struct Side {
     /// A close owed to this side for its protocol error, sent once the other
     /// side has answered what this side sent before the error.
     owed_close: Cell<Option<ProtocolError>>,
-    /// Cancels this side's pending read when the session ends.
-    read_cancel: RefCell<Canceller>,
-    /// Cancels this side's pending write when the close deadline passes.
-    write_cancel: RefCell<Canceller>,
+    /// The socket, to stop pending I/O when the session ends.
+    fd: RawFd,
 }
 
 impl Side {
-    fn new(name: &'static str, masked: bool) -> Side {
+    fn new(name: &'static str, masked: bool, fd: RawFd) -> Side {
         Side {
             name,
             masked,
@@ -139,8 +138,7 @@ impl Side {
             dead: Cell::new(false),
             close_code_sent: Cell::new(None),
             owed_close: Cell::new(None),
-            read_cancel: RefCell::new(Canceller::new()),
-            write_cancel: RefCell::new(Canceller::new()),
+            fd,
         }
     }
 
@@ -148,17 +146,8 @@ impl Side {
         self.dead.get() || (self.sent_close.get() && self.got_close.get())
     }
 
-    fn read_handle(&self) -> monoio::io::CancelHandle {
-        self.read_cancel.borrow().handle()
-    }
-
-    fn write_handle(&self) -> monoio::io::CancelHandle {
-        self.write_cancel.borrow().handle()
-    }
-
     fn push_data(&self, buf: Vec<u8>, boundary: bool) {
         if self.sent_close.get() || self.dead.get() {
-            give_buf(buf);
             return;
         }
         self.out.queued.set(self.out.queued.get() + buf.len());
@@ -359,14 +348,13 @@ impl Session {
         }
         for side in [&self.client, &self.upstream] {
             side.finish();
-            let old = std::mem::take(&mut *side.read_cancel.borrow_mut());
-            drop(old.cancel());
+            stop(side.fd, Stop::Reads);
         }
         self.start_close_deadline();
         self.timer_wake.notify();
     }
 
-    /// The close deadline passed: drop what is queued and cancel every pending
+    /// The close deadline passed: drop what is queued and stop every pending
     /// read and write.
     fn force_end(&self) {
         self.set_reason("close deadline passed");
@@ -376,14 +364,9 @@ impl Session {
             side.out.control.borrow_mut().clear();
             side.out.close.borrow_mut().take();
             side.out.queued.set(0);
-            let old = std::mem::take(&mut *side.write_cancel.borrow_mut());
-            drop(old.cancel());
+            stop(side.fd, Stop::All);
         }
         self.end();
-        for side in [&self.client, &self.upstream] {
-            let old = std::mem::take(&mut *side.read_cancel.borrow_mut());
-            drop(old.cancel());
-        }
     }
 }
 
@@ -396,6 +379,7 @@ pub async fn relay<CR, CW, UR, UW>(
     client_early: Vec<u8>,
     (upstream_r, upstream_w): (UR, UW),
     upstream_early: Vec<u8>,
+    (client_fd, upstream_fd): (RawFd, RawFd),
     cfg: SessionConfig,
 ) -> SessionSummary
 where
@@ -406,8 +390,8 @@ where
 {
     let s = Session {
         cfg,
-        client: Side::new("client", false),
-        upstream: Side::new("node", true),
+        client: Side::new("client", false, client_fd),
+        upstream: Side::new("node", true, upstream_fd),
         last_activity: Cell::new(Instant::now()),
         close_deadline: Cell::new(None),
         ended: Cell::new(false),
@@ -415,11 +399,16 @@ where
         reason: Cell::new(""),
         timer_wake: Signal::default(),
     };
+    // The halves live here, not in the futures, so that both sockets stay open
+    // until every future is done: `stop` must never reach a descriptor that
+    // was closed and reused by another connection.
+    let (mut client_r, mut client_w, mut upstream_r, mut upstream_w) =
+        (client_r, client_w, upstream_r, upstream_w);
     let (client_msgs, upstream_msgs, _, _, _) = monoio::join!(
-        pump(&s, Which::Client, client_r, client_early),
-        pump(&s, Which::Upstream, upstream_r, upstream_early),
-        writer(&s, Which::Client, client_w),
-        writer(&s, Which::Upstream, upstream_w),
+        pump(&s, Which::Client, &mut client_r, client_early),
+        pump(&s, Which::Upstream, &mut upstream_r, upstream_early),
+        writer(&s, Which::Client, &mut client_w),
+        writer(&s, Which::Upstream, &mut upstream_w),
         timer(&s),
     );
     SessionSummary {
@@ -437,22 +426,16 @@ enum Flow {
 }
 
 /// Read from `from`, forward data to the other side. Returns messages seen.
-async fn pump<R: ReadHalf>(s: &Session, from: Which, mut io: R, early: Vec<u8>) -> u64 {
+async fn pump<R: ReadHalf>(s: &Session, from: Which, io: &mut R, early: Vec<u8>) -> u64 {
     let (src, dst) = s.sides(from);
     let role = match from {
         Which::Client => Role::Client,
         Which::Upstream => Role::Server,
     };
     let mut dec = Decoder::new(role, s.cfg.codec);
-    // Bytes that came with the handshake are the first buffer; a small one is
-    // swapped for a pooled buffer with room to read into.
-    let mut buf = if early.capacity() >= BUF_SIZE {
-        early
-    } else {
-        let mut b = take_buf();
-        b.extend_from_slice(&early);
-        b
-    };
+    // Bytes that came with the handshake are the first buffer. Later buffers
+    // start empty and get room from the reader, sized to the traffic.
+    let mut buf = early;
     loop {
         if !buf.is_empty() {
             if let Flow::Stop = process(s, from, &mut dec, &mut buf) {
@@ -467,12 +450,13 @@ async fn pump<R: ReadHalf>(s: &Session, from: Which, mut io: R, early: Vec<u8>) 
         {
             dst.out.space_wake.wait().await;
         }
-        let handle = src.read_handle();
-        let (r, b) = io.read_more(buf, &handle).await;
+        let (r, b) = io.read_more(buf).await;
         buf = b;
         match r {
             Ok(0) => {
-                s.on_gone(from);
+                if !s.ended.get() {
+                    s.on_gone(from);
+                }
                 break;
             }
             Ok(_) => {
@@ -489,7 +473,6 @@ async fn pump<R: ReadHalf>(s: &Session, from: Which, mut io: R, early: Vec<u8>) 
             }
         }
     }
-    give_buf(buf);
     dec.messages()
 }
 
@@ -545,15 +528,14 @@ fn forward(s: &Session, from: Which, buf: &mut Vec<u8>, keep: usize, pos: usize,
         buf.drain(..pos);
         return;
     }
-    let mut next = take_buf();
-    next.extend_from_slice(&buf[pos..]);
+    let next = buf[pos..].to_vec();
     let mut out = std::mem::replace(buf, next);
     out.truncate(keep);
     dst.push_data(out, boundary);
 }
 
 /// Write queued frames to one side, control frames only between data frames.
-async fn writer<W: WriteHalf>(s: &Session, which: Which, mut io: W) {
+async fn writer<W: WriteHalf>(s: &Session, which: Which, io: &mut W) {
     let side = match which {
         Which::Client => &s.client,
         Which::Upstream => &s.upstream,
@@ -585,8 +567,7 @@ async fn writer<W: WriteHalf>(s: &Session, which: Which, mut io: W) {
             continue;
         };
         let len = buf.len();
-        let handle = side.write_handle();
-        let (r, buf) = io.write_all(buf, &handle).await;
+        let (r, buf) = io.write_all(buf).await;
         match data_boundary {
             Some(boundary) => {
                 mid_frame = !boundary;
@@ -594,7 +575,7 @@ async fn writer<W: WriteHalf>(s: &Session, which: Which, mut io: W) {
                     .queued
                     .set(side.out.queued.get().saturating_sub(len));
                 side.out.space_wake.notify();
-                give_buf(buf);
+                drop(buf);
             }
             None => drop(buf),
         }
@@ -612,7 +593,7 @@ async fn writer<W: WriteHalf>(s: &Session, which: Which, mut io: W) {
         }
     }
     if !failed {
-        io.shutdown(&side.write_handle()).await;
+        io.shutdown().await;
     }
     s.writers_left.set(s.writers_left.get() - 1);
     s.timer_wake.notify();

@@ -20,9 +20,7 @@ use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::sync::Arc;
 
-use monoio::io::{
-    CancelHandle, CancelableAsyncWriteRentExt, OwnedReadHalf, OwnedWriteHalf, Splitable,
-};
+use monoio::io::{AsyncWriteRentExt, OwnedReadHalf, OwnedWriteHalf, Splitable};
 use monoio::net::TcpStream;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
@@ -33,7 +31,7 @@ use rustls::{
 use std::ops::DerefMut;
 
 use crate::config::TlsMode;
-use crate::io::{give_buf, read_append, take_buf, ReadHalf, WriteHalf};
+use crate::io::{ensure_room, give_buf, read_append, take_buf, ReadHalf, ReadSizer, WriteHalf};
 
 /// Certificate chain and key, loaded once in `main` and shared by all workers.
 pub struct CertifiedKey {
@@ -147,15 +145,14 @@ impl TlsSide for ClientConnection {
     type Data = rustls::client::ClientConnectionData;
 }
 
-/// Run the server handshake on `tcp`. Reads are cancelable through `cancel`
-/// (the handshake timeout cancels them).
+/// Run the server handshake on `tcp`. A timeout is the caller's: it stops
+/// the socket ([`crate::io::stop`]), which ends this with an error.
 pub async fn accept(
     tcp: TcpStream,
     config: Arc<ServerConfig>,
-    cancel: &CancelHandle,
 ) -> io::Result<(TlsReader, TlsWriter)> {
     let conn = ServerConnection::new(config).map_err(io::Error::other)?;
-    handshake(tcp, conn, cancel).await
+    handshake(tcp, conn).await
 }
 
 /// Run the client handshake on `tcp` (the load generator; wss:// nodes).
@@ -163,16 +160,14 @@ pub async fn connect(
     tcp: TcpStream,
     config: Arc<ClientConfig>,
     server_name: rustls::pki_types::ServerName<'static>,
-    cancel: &CancelHandle,
 ) -> io::Result<(TlsReader<ClientConnection>, TlsWriter<ClientConnection>)> {
     let conn = ClientConnection::new(config, server_name).map_err(io::Error::other)?;
-    handshake(tcp, conn, cancel).await
+    handshake(tcp, conn).await
 }
 
 async fn handshake<C: TlsSide>(
     mut tcp: TcpStream,
     mut conn: C,
-    cancel: &CancelHandle,
 ) -> io::Result<(TlsReader<C>, TlsWriter<C>)> {
     conn.set_buffer_limit(None);
     let mut cipher = take_buf();
@@ -181,12 +176,7 @@ async fn handshake<C: TlsSide>(
         loop {
             while conn.wants_write() {
                 conn.write_tls(&mut out)?;
-                let (r, o) = CancelableAsyncWriteRentExt::write_all(
-                    &mut tcp,
-                    std::mem::take(&mut out),
-                    cancel.clone(),
-                )
-                .await;
+                let (r, o) = tcp.write_all(std::mem::take(&mut out)).await;
                 out = o;
                 out.clear();
                 r?;
@@ -195,7 +185,7 @@ async fn handshake<C: TlsSide>(
                 return Ok(());
             }
             cipher.clear();
-            let (r, c) = read_append(&mut tcp, std::mem::take(&mut cipher), cancel).await;
+            let (r, c) = read_append(&mut tcp, std::mem::take(&mut cipher)).await;
             cipher = c;
             if r? == 0 {
                 return Err(io::Error::new(
@@ -209,12 +199,7 @@ async fn handshake<C: TlsSide>(
                 if let Err(e) = conn.process_new_packets() {
                     // Send the alert rustls queued, then fail.
                     let _ = conn.write_tls(&mut out);
-                    let _ = CancelableAsyncWriteRentExt::write_all(
-                        &mut tcp,
-                        std::mem::take(&mut out),
-                        cancel.clone(),
-                    )
-                    .await;
+                    let _ = tcp.write_all(std::mem::take(&mut out)).await;
                     return Err(io::Error::new(io::ErrorKind::InvalidData, e));
                 }
             }
@@ -232,6 +217,7 @@ async fn handshake<C: TlsSide>(
             cipher: None,
             cipher_pos: 0,
             eof: false,
+            sizer: ReadSizer::new(),
         },
         TlsWriter {
             tcp: w,
@@ -250,6 +236,7 @@ pub struct TlsReader<C: TlsSide = ServerConnection> {
     cipher: Option<Vec<u8>>,
     cipher_pos: usize,
     eof: bool,
+    sizer: ReadSizer,
 }
 
 impl<C: TlsSide> TlsReader<C> {
@@ -261,12 +248,10 @@ impl<C: TlsSide> TlsReader<C> {
     /// Copy available plaintext into `buf`. `Ok(None)`: none yet.
     fn take_plaintext(&mut self, buf: &mut Vec<u8>) -> io::Result<Option<usize>> {
         let mut conn = self.conn.borrow_mut();
-        if buf.len() == buf.capacity() {
-            return Err(io::Error::other("read buffer full"));
-        }
         let mut reader = conn.reader();
         match reader.fill_buf() {
             Ok(chunk) => {
+                ensure_room(buf, chunk.len().min(ReadSizer::MAX));
                 let n = chunk.len().min(buf.capacity() - buf.len());
                 buf.extend_from_slice(&chunk[..n]);
                 reader.consume(n);
@@ -297,7 +282,7 @@ impl<C: TlsSide> TlsReader<C> {
             }
         }
         if self.cipher_pos == cipher.len() {
-            give_buf(self.cipher.take().expect("checked above"));
+            self.cipher = None;
             self.cipher_pos = 0;
         }
         Ok(())
@@ -305,11 +290,7 @@ impl<C: TlsSide> TlsReader<C> {
 }
 
 impl<C: TlsSide> ReadHalf for TlsReader<C> {
-    async fn read_more(
-        &mut self,
-        mut buf: Vec<u8>,
-        cancel: &CancelHandle,
-    ) -> (io::Result<usize>, Vec<u8>) {
+    async fn read_more(&mut self, mut buf: Vec<u8>) -> (io::Result<usize>, Vec<u8>) {
         loop {
             match self.take_plaintext(&mut buf) {
                 Ok(Some(n)) => return (Ok(n), buf),
@@ -325,34 +306,24 @@ impl<C: TlsSide> ReadHalf for TlsReader<C> {
             if self.eof {
                 return (Ok(0), buf);
             }
-            let (r, cipher) = read_append(&mut self.tcp, take_buf(), cancel).await;
+            let room = self.sizer.size();
+            let (r, cipher) = read_append(&mut self.tcp, Vec::with_capacity(room)).await;
             match r {
                 Ok(0) => {
-                    give_buf(cipher);
                     self.eof = true;
                     // Tell rustls the transport ended, so the reader reports it.
                     let _ = self.conn.borrow_mut().read_tls(&mut &[][..]);
                 }
-                Ok(_) => {
+                Ok(n) => {
+                    self.sizer.update(n, room);
                     self.cipher = Some(cipher);
                     self.cipher_pos = 0;
                     if let Err(e) = self.feed() {
                         return (Err(e), buf);
                     }
                 }
-                Err(e) => {
-                    give_buf(cipher);
-                    return (Err(e), buf);
-                }
+                Err(e) => return (Err(e), buf),
             }
-        }
-    }
-}
-
-impl<C: TlsSide> Drop for TlsReader<C> {
-    fn drop(&mut self) {
-        if let Some(c) = self.cipher.take() {
-            give_buf(c);
         }
     }
 }
@@ -365,7 +336,7 @@ pub struct TlsWriter<C: TlsSide = ServerConnection> {
 }
 
 impl<C: TlsSide> TlsWriter<C> {
-    async fn flush_tls(&mut self, cancel: &CancelHandle) -> io::Result<()> {
+    async fn flush_tls(&mut self) -> io::Result<()> {
         loop {
             {
                 let mut conn = self.conn.borrow_mut();
@@ -376,35 +347,31 @@ impl<C: TlsSide> TlsWriter<C> {
             if self.out.is_empty() {
                 return Ok(());
             }
-            let (r, mut out) = CancelableAsyncWriteRentExt::write_all(
-                &mut self.tcp,
-                std::mem::take(&mut self.out),
-                cancel.clone(),
-            )
-            .await;
-            out.clear();
-            self.out = out;
+            let (r, mut out) =
+                AsyncWriteRentExt::write_all(&mut self.tcp, std::mem::take(&mut self.out)).await;
+            // Keep a small buffer for the next write; let a large one go, so an
+            // idle connection does not hold its largest message's worth.
+            if out.capacity() <= 4096 {
+                out.clear();
+                self.out = out;
+            }
             r?;
         }
     }
 }
 
 impl<C: TlsSide> WriteHalf for TlsWriter<C> {
-    async fn write_all(
-        &mut self,
-        buf: Vec<u8>,
-        cancel: &CancelHandle,
-    ) -> (io::Result<()>, Vec<u8>) {
+    async fn write_all(&mut self, buf: Vec<u8>) -> (io::Result<()>, Vec<u8>) {
         // The buffer limit is off (set at accept), so rustls takes all of it.
         if let Err(e) = self.conn.borrow_mut().writer().write_all(&buf) {
             return (Err(e), buf);
         }
-        (self.flush_tls(cancel).await, buf)
+        (self.flush_tls().await, buf)
     }
 
-    async fn shutdown(&mut self, cancel: &CancelHandle) {
+    async fn shutdown(&mut self) {
         self.conn.borrow_mut().send_close_notify();
-        let _ = self.flush_tls(cancel).await;
+        let _ = self.flush_tls().await;
         let _ = monoio::io::AsyncWriteRent::shutdown(&mut self.tcp).await;
     }
 }

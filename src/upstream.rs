@@ -12,11 +12,13 @@ use std::io;
 use std::rc::Rc;
 use std::time::Duration;
 
-use monoio::io::{CancelHandle, OwnedReadHalf, OwnedWriteHalf, Splitable};
+use std::os::fd::{AsRawFd, RawFd};
+
+use monoio::io::{OwnedWriteHalf, Splitable};
 use monoio::net::{TcpStream, UnixStream};
 
 use crate::config::{join_path, NodeAddr, NodeConfig};
-use crate::io::{give_buf, read_append, take_buf, ReadHalf, WriteHalf};
+use crate::io::{give_buf, read_append, take_buf, PlainReader, ReadHalf, WriteHalf};
 use crate::ws::frame::Parse;
 use crate::ws::handshake::{
     parse_upstream_response, write_upstream_request, Forwarded, Head, Upgrade, UpstreamAccepted,
@@ -104,8 +106,8 @@ pub enum NodeStream {
 
 /// Receive half of a node connection.
 pub enum NodeReader {
-    Tcp(OwnedReadHalf<TcpStream>),
-    Unix(OwnedReadHalf<UnixStream>),
+    Tcp(PlainReader<TcpStream>),
+    Unix(PlainReader<UnixStream>),
 }
 
 /// Send half of a node connection.
@@ -119,12 +121,20 @@ impl NodeStream {
         match self {
             NodeStream::Tcp(s) => {
                 let (r, w) = s.into_split();
-                (NodeReader::Tcp(r), NodeWriter::Tcp(w))
+                (NodeReader::Tcp(PlainReader::new(r)), NodeWriter::Tcp(w))
             }
             NodeStream::Unix(s) => {
                 let (r, w) = s.into_split();
-                (NodeReader::Unix(r), NodeWriter::Unix(w))
+                (NodeReader::Unix(PlainReader::new(r)), NodeWriter::Unix(w))
             }
+        }
+    }
+
+    /// The socket, for [`crate::io::stop`].
+    pub fn raw_fd(&self) -> RawFd {
+        match self {
+            NodeStream::Tcp(s) => s.as_raw_fd(),
+            NodeStream::Unix(s) => s.as_raw_fd(),
         }
     }
 
@@ -136,47 +146,35 @@ impl NodeStream {
         }
     }
 
-    async fn read_more(
-        &mut self,
-        buf: Vec<u8>,
-        cancel: &CancelHandle,
-    ) -> (io::Result<usize>, Vec<u8>) {
+    async fn read_more(&mut self, buf: Vec<u8>) -> (io::Result<usize>, Vec<u8>) {
         match self {
-            NodeStream::Tcp(s) => read_append(s, buf, cancel).await,
-            NodeStream::Unix(s) => read_append(s, buf, cancel).await,
+            NodeStream::Tcp(s) => read_append(s, buf).await,
+            NodeStream::Unix(s) => read_append(s, buf).await,
         }
     }
 }
 
 impl ReadHalf for NodeReader {
-    async fn read_more(
-        &mut self,
-        buf: Vec<u8>,
-        cancel: &CancelHandle,
-    ) -> (io::Result<usize>, Vec<u8>) {
+    async fn read_more(&mut self, buf: Vec<u8>) -> (io::Result<usize>, Vec<u8>) {
         match self {
-            NodeReader::Tcp(r) => r.read_more(buf, cancel).await,
-            NodeReader::Unix(r) => r.read_more(buf, cancel).await,
+            NodeReader::Tcp(r) => r.read_more(buf).await,
+            NodeReader::Unix(r) => r.read_more(buf).await,
         }
     }
 }
 
 impl WriteHalf for NodeWriter {
-    async fn write_all(
-        &mut self,
-        buf: Vec<u8>,
-        cancel: &CancelHandle,
-    ) -> (io::Result<()>, Vec<u8>) {
+    async fn write_all(&mut self, buf: Vec<u8>) -> (io::Result<()>, Vec<u8>) {
         match self {
-            NodeWriter::Tcp(w) => w.write_all(buf, cancel).await,
-            NodeWriter::Unix(w) => w.write_all(buf, cancel).await,
+            NodeWriter::Tcp(w) => w.write_all(buf).await,
+            NodeWriter::Unix(w) => w.write_all(buf).await,
         }
     }
 
-    async fn shutdown(&mut self, cancel: &CancelHandle) {
+    async fn shutdown(&mut self) {
         match self {
-            NodeWriter::Tcp(w) => w.shutdown(cancel).await,
-            NodeWriter::Unix(w) => w.shutdown(cancel).await,
+            NodeWriter::Tcp(w) => w.shutdown().await,
+            NodeWriter::Unix(w) => w.shutdown().await,
         }
     }
 }
@@ -309,10 +307,9 @@ async fn handshake(
     stream.write_all(req).await.map_err(Attempt::Io)?;
     // Timeouts here come from the caller's `timeout`, which drops this future:
     // the connection is abandoned then, so a read it cancels loses nothing.
-    let never = monoio::io::Canceller::new();
     let mut buf = take_buf();
     loop {
-        let (r, b) = stream.read_more(buf, &never.handle()).await;
+        let (r, b) = stream.read_more(buf).await;
         buf = b;
         match r {
             Ok(0) => {
@@ -330,8 +327,9 @@ async fn handshake(
         }
         match parse_upstream_response(&buf, &key, upgrade.protocols, max_head.min(buf.capacity())) {
             Ok(Parse::Done(accepted, len)) => {
-                buf.drain(..len);
-                return Ok((stream, accepted, buf));
+                let early = buf[len..].to_vec();
+                give_buf(buf);
+                return Ok((stream, accepted, early));
             }
             Ok(Parse::NeedMore(_)) => {}
             Err(r) => {

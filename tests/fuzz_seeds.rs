@@ -10,7 +10,13 @@ fn seeds(target: &str) -> Vec<Vec<u8>> {
         .join(target);
     let mut out: Vec<Vec<u8>> = std::fs::read_dir(&dir)
         .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
-        .map(|e| std::fs::read(e.unwrap().path()).unwrap())
+        .map(|e| e.unwrap().path())
+        // Only the committed seeds: a local fuzz run leaves its corpus here too.
+        .filter(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("seed-"))
+        })
+        .map(|p| std::fs::read(p).unwrap())
         .collect();
     out.sort();
     assert!(!out.is_empty(), "no seeds in {}", dir.display());

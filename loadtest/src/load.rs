@@ -10,7 +10,6 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use ahash::AHashMap;
-use monoio::io::Canceller;
 use ringway::io::WriteHalf;
 use ringway::jsonrpc;
 
@@ -271,7 +270,6 @@ async fn one_connection(
     };
     c.borrow_mut().open += 1;
     let total: u32 = calls.iter().map(|c| c.weight).sum();
-    let never = Canceller::new();
     let inflight: RefCell<AHashMap<u64, Instant>> = RefCell::new(AHashMap::new());
     let mut next_id = 1u64;
 
@@ -290,7 +288,7 @@ async fn one_connection(
                 inflight.borrow_mut().insert(next_id, at);
                 next_id += 1;
                 sent += 1;
-                let (res, _) = client.writer.write_all(out, &never.handle()).await;
+                let (res, _) = client.writer.write_all(out).await;
                 if res.is_err() {
                     c.borrow_mut().error("write");
                     return;
@@ -324,7 +322,7 @@ async fn one_connection(
             next_id += 1;
             sent += 1;
         }
-        let (res, _) = client.writer.write_all(out, &never.handle()).await;
+        let (res, _) = client.writer.write_all(out).await;
         if res.is_err() {
             c.borrow_mut().error("write");
             return;
@@ -358,7 +356,7 @@ async fn one_connection(
                 handle(m, &mut out);
             }
             if !out.is_empty() {
-                let (res, _) = client.writer.write_all(out, &never.handle()).await;
+                let (res, _) = client.writer.write_all(out).await;
                 if res.is_err() {
                     c.borrow_mut().error("write");
                     break;
@@ -368,8 +366,8 @@ async fn one_connection(
     }
     let mut close = Vec::new();
     ringway::ws::frame::write_close(&mut close, Some(1000), "", Some(ringway::rng::mask_key()));
-    let _ = client.writer.write_all(close, &never.handle()).await;
-    client.writer.shutdown(&never.handle()).await;
+    let _ = client.writer.write_all(close).await;
+    client.writer.shutdown().await;
     c.borrow_mut().open -= 1;
 }
 
@@ -449,7 +447,6 @@ pub fn connect(args: &Args) -> Result<u8, String> {
                                     kept.borrow_mut().push(client);
                                 } else {
                                     let mut client = client;
-                                    let never = Canceller::new();
                                     let mut close = Vec::new();
                                     ringway::ws::frame::write_close(
                                         &mut close,
@@ -457,8 +454,8 @@ pub fn connect(args: &Args) -> Result<u8, String> {
                                         "",
                                         Some(ringway::rng::mask_key()),
                                     );
-                                    let _ = client.writer.write_all(close, &never.handle()).await;
-                                    client.writer.shutdown(&never.handle()).await;
+                                    let _ = client.writer.write_all(close).await;
+                                    client.writer.shutdown().await;
                                     c.borrow_mut().open -= 1;
                                 }
                             }
@@ -532,13 +529,12 @@ async fn subscription(t: &Target, method: &str, c: &RefCell<Counters>) {
         }
     };
     c.borrow_mut().open += 1;
-    let never = Canceller::new();
     let mut out = Vec::new();
     text_frame(
         &mut out,
         format!(r#"{{"jsonrpc":"2.0","id":1,"method":"{method}","params":[]}}"#).as_bytes(),
     );
-    let (res, _) = client.writer.write_all(out, &never.handle()).await;
+    let (res, _) = client.writer.write_all(out).await;
     if res.is_err() {
         c.borrow_mut().error("write");
         return;

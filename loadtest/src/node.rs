@@ -13,9 +13,9 @@ use std::sync::Arc;
 use std::task::{Poll, Waker};
 use std::time::{Duration, Instant, SystemTime};
 
-use monoio::io::{Canceller, OwnedReadHalf, OwnedWriteHalf, Splitable};
+use monoio::io::{OwnedWriteHalf, Splitable};
 use monoio::net::TcpStream;
-use ringway::io::{give_buf, take_buf, ReadHalf, WriteHalf};
+use ringway::io::{give_buf, take_buf, PlainReader, ReadHalf, WriteHalf};
 use ringway::jsonrpc::{self, Kind};
 use ringway::ws::frame::{write_close, write_frame, OpCode, Parse};
 use ringway::ws::handshake::{
@@ -329,8 +329,8 @@ async fn serve(listener: std::net::TcpListener, chain: Arc<Chain>) {
 }
 
 async fn connection(tcp: TcpStream, chain: Arc<Chain>) {
-    let (mut r, mut w) = tcp.into_split();
-    let never = Canceller::new();
+    let (r, mut w) = tcp.into_split();
+    let mut r = PlainReader::new(r);
     let mut buf = take_buf();
     loop {
         // One HTTP request (or the upgrade) per iteration.
@@ -352,7 +352,6 @@ async fn connection(tcp: TcpStream, chain: Arc<Chain>) {
                     let _ = w
                         .write_all(
                             b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n".to_vec(),
-                            &never.handle(),
                         )
                         .await;
                     give_buf(buf);
@@ -362,7 +361,7 @@ async fn connection(tcp: TcpStream, chain: Arc<Chain>) {
             if buf.len() == buf.capacity() {
                 buf.reserve(buf.capacity());
             }
-            let (res, b) = r.read_more(buf, &never.handle()).await;
+            let (res, b) = r.read_more(buf).await;
             buf = b;
             if !matches!(res, Ok(n) if n > 0) {
                 give_buf(buf);
@@ -372,17 +371,14 @@ async fn connection(tcp: TcpStream, chain: Arc<Chain>) {
         if upgrade {
             let Some(key) = key else {
                 let _ = w
-                    .write_all(
-                        b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n".to_vec(),
-                        &never.handle(),
-                    )
+                    .write_all(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n".to_vec())
                     .await;
                 give_buf(buf);
                 return;
             };
             let mut out = Vec::new();
             write_switching_protocols(&mut out, &key, None);
-            let (res, _) = w.write_all(out, &never.handle()).await;
+            let (res, _) = w.write_all(out).await;
             if res.is_err() {
                 return;
             }
@@ -393,7 +389,7 @@ async fn connection(tcp: TcpStream, chain: Arc<Chain>) {
         if !path_ok {
             let body = "the mock node answers POST JSON-RPC and WebSocket upgrades\n";
             let resp = format!("HTTP/1.1 405 Method Not Allowed\r\nAllow: POST\r\nContent-Length: {}\r\n\r\n{body}", body.len());
-            let _ = w.write_all(resp.into_bytes(), &never.handle()).await;
+            let _ = w.write_all(resp.into_bytes()).await;
             give_buf(buf);
             return;
         }
@@ -402,7 +398,7 @@ async fn connection(tcp: TcpStream, chain: Arc<Chain>) {
             if buf.len() == buf.capacity() {
                 buf.reserve(head_len + content_length - buf.len());
             }
-            let (res, b) = r.read_more(buf, &never.handle()).await;
+            let (res, b) = r.read_more(buf).await;
             buf = b;
             if !matches!(res, Ok(n) if n > 0) {
                 give_buf(buf);
@@ -420,7 +416,7 @@ async fn connection(tcp: TcpStream, chain: Arc<Chain>) {
             "HTTP/1.1 200 OK\r\nContent-Type: application/json; charset=utf-8\r\nContent-Length: {}\r\n\r\n{body}",
             body.len()
         );
-        let (res, _) = w.write_all(resp.into_bytes(), &never.handle()).await;
+        let (res, _) = w.write_all(resp.into_bytes()).await;
         if res.is_err() {
             give_buf(buf);
             return;
@@ -430,7 +426,7 @@ async fn connection(tcp: TcpStream, chain: Arc<Chain>) {
 }
 
 async fn websocket(
-    r: OwnedReadHalf<TcpStream>,
+    r: PlainReader<TcpStream>,
     mut w: OwnedWriteHalf<TcpStream>,
     early: Vec<u8>,
     chain: Arc<Chain>,
@@ -470,12 +466,11 @@ async fn websocket(
         subs.changed.notify();
     };
     let write_loop = async {
-        let never = Canceller::new();
         loop {
             let next = out.frames.borrow_mut().pop_front();
             match next {
                 Some(f) => {
-                    let (res, _) = w.write_all(f, &never.handle()).await;
+                    let (res, _) = w.write_all(f).await;
                     if res.is_err() {
                         break;
                     }
@@ -484,7 +479,7 @@ async fn websocket(
                 None => out.wake.wait().await,
             }
         }
-        w.shutdown(&never.handle()).await;
+        w.shutdown().await;
     };
     let notify_loop = async {
         while !done.get() {

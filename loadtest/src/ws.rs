@@ -6,9 +6,9 @@ use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use monoio::io::{CancelHandle, Canceller, Splitable};
+use monoio::io::Splitable;
 use monoio::net::TcpStream;
-use ringway::io::{give_buf, take_buf, ReadHalf, WriteHalf};
+use ringway::io::{give_buf, take_buf, PlainReader, ReadHalf, WriteHalf};
 use ringway::tls::{TlsReader, TlsWriter};
 use ringway::ws::frame::{FrameHeader, OpCode, Parse};
 use ringway::ws::mask::apply_mask;
@@ -32,7 +32,6 @@ pub struct MessageReader<R> {
     partial: Vec<u8>,
     partial_op: Option<OpCode>,
     max_message: usize,
-    cancel: Canceller,
 }
 
 impl<R: ReadHalf> MessageReader<R> {
@@ -46,7 +45,6 @@ impl<R: ReadHalf> MessageReader<R> {
             partial: Vec::new(),
             partial_op: None,
             max_message,
-            cancel: Canceller::new(),
         }
     }
 
@@ -64,11 +62,7 @@ impl<R: ReadHalf> MessageReader<R> {
             if self.buf.len() == self.buf.capacity() {
                 self.buf.reserve(self.buf.capacity());
             }
-            let handle = self.cancel.handle();
-            let (r, b) = self
-                .io
-                .read_more(std::mem::take(&mut self.buf), &handle)
-                .await;
+            let (r, b) = self.io.read_more(std::mem::take(&mut self.buf)).await;
             self.buf = b;
             if r? == 0 {
                 return Ok(None);
@@ -159,7 +153,7 @@ fn wrap(op: OpCode, payload: Vec<u8>) -> Incoming {
 
 /// Either transport, for the client.
 pub enum ClientRead {
-    Plain(monoio::io::OwnedReadHalf<TcpStream>),
+    Plain(PlainReader<TcpStream>),
     Tls(TlsReader<ClientConnection>),
 }
 
@@ -169,34 +163,26 @@ pub enum ClientWrite {
 }
 
 impl ReadHalf for ClientRead {
-    async fn read_more(
-        &mut self,
-        buf: Vec<u8>,
-        cancel: &CancelHandle,
-    ) -> (io::Result<usize>, Vec<u8>) {
+    async fn read_more(&mut self, buf: Vec<u8>) -> (io::Result<usize>, Vec<u8>) {
         match self {
-            ClientRead::Plain(r) => r.read_more(buf, cancel).await,
-            ClientRead::Tls(r) => r.read_more(buf, cancel).await,
+            ClientRead::Plain(r) => r.read_more(buf).await,
+            ClientRead::Tls(r) => r.read_more(buf).await,
         }
     }
 }
 
 impl WriteHalf for ClientWrite {
-    async fn write_all(
-        &mut self,
-        buf: Vec<u8>,
-        cancel: &CancelHandle,
-    ) -> (io::Result<()>, Vec<u8>) {
+    async fn write_all(&mut self, buf: Vec<u8>) -> (io::Result<()>, Vec<u8>) {
         match self {
-            ClientWrite::Plain(w) => w.write_all(buf, cancel).await,
-            ClientWrite::Tls(w) => w.write_all(buf, cancel).await,
+            ClientWrite::Plain(w) => w.write_all(buf).await,
+            ClientWrite::Tls(w) => w.write_all(buf).await,
         }
     }
 
-    async fn shutdown(&mut self, cancel: &CancelHandle) {
+    async fn shutdown(&mut self) {
         match self {
-            ClientWrite::Plain(w) => w.shutdown(cancel).await,
-            ClientWrite::Tls(w) => w.shutdown(cancel).await,
+            ClientWrite::Plain(w) => w.shutdown().await,
+            ClientWrite::Tls(w) => w.shutdown().await,
         }
     }
 }
@@ -284,19 +270,21 @@ pub async fn connect(t: &Target) -> Result<Client, (ConnectError, String)> {
         .await
         .map_err(|e| (ConnectError::Tcp, e.to_string()))?;
     let _ = tcp.set_nodelay(true);
-    let never = Canceller::new();
     let (mut r, mut w) = match &t.tls {
         Some(cfg) => {
             let name = rustls::pki_types::ServerName::try_from(t.host.clone())
                 .map_err(|e| (ConnectError::Tls, e.to_string()))?;
-            let (r, w) = ringway::tls::connect(tcp, cfg.clone(), name, &never.handle())
+            let (r, w) = ringway::tls::connect(tcp, cfg.clone(), name)
                 .await
                 .map_err(|e| (ConnectError::Tls, e.to_string()))?;
             (ClientRead::Tls(r), ClientWrite::Tls(w))
         }
         None => {
             let (r, w) = tcp.into_split();
-            (ClientRead::Plain(r), ClientWrite::Plain(w))
+            (
+                ClientRead::Plain(PlainReader::new(r)),
+                ClientWrite::Plain(w),
+            )
         }
     };
     let key = ringway::rng::ws_key();
@@ -304,11 +292,11 @@ pub async fn connect(t: &Target) -> Result<Client, (ConnectError, String)> {
         "GET {} HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n",
         t.path, t.host
     );
-    let (res, _) = w.write_all(req.into_bytes(), &never.handle()).await;
+    let (res, _) = w.write_all(req.into_bytes()).await;
     res.map_err(|e| (ConnectError::Upgrade, e.to_string()))?;
     let mut buf = take_buf();
     loop {
-        let (res, b) = r.read_more(buf, &never.handle()).await;
+        let (res, b) = r.read_more(buf).await;
         buf = b;
         match res {
             Ok(0) => return Err((ConnectError::Upgrade, "closed during upgrade".into())),

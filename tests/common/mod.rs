@@ -176,6 +176,9 @@ impl Drop for Gateway {
         let _ = self.child.wait();
         if let Some(t) = self.stderr.take() {
             let err = t.join().unwrap_or_default();
+            if std::env::var_os("RINGWAY_TEST_LOG").is_some() {
+                eprintln!("--- gateway stderr ---\n{err}");
+            }
             if err.contains("panicked") && !thread::panicking() {
                 panic!("the gateway panicked:\n{err}");
             }
