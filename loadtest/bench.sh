@@ -77,7 +77,7 @@ NGINX
 nginx -c "$WORK/nginx.conf" -p "$WORK"
 
 # --- ringway ---
-target/release/ringway --listen 127.0.0.1:$RW_PORT --cert "$WORK/cert.pem" --key "$WORK/key.pem" \
+target/release/ringway --listen 127.0.0.1:$RW_PORT --no-pin --cert "$WORK/cert.pem" --key "$WORK/key.pem" \
   --upstream ws://127.0.0.1:$NODE_PORT --workers "$WORKERS" --log-level warn >"$WORK/ringway.log" 2>&1 &
 RW_PID=$!
 pids+=($RW_PID)
@@ -134,7 +134,7 @@ for n in 2000 8000; do
   for round in $(seq "$ROUNDS"); do
     for p in ringway nginx; do
       P=$(proxy_pids $p); m0=$(pss "$P")
-      $LOAD connect "$(url $p)" --insecure --count $n --concurrency 64 --hold --duration 25 --json >"$WORK/hold.json" &
+      $LOAD connect "$(url $p)" --insecure --count $n --concurrency 64 --hold --duration 15 --json >"$WORK/hold.json" &
       lp=$!
       # wait until every connection is open
       for _ in $(seq 40); do

@@ -27,6 +27,7 @@ FLAGS (override the file):
     --plaintext          serve ws:// without TLS, behind another proxy (tls.enabled = false)
     --upstream URL       a node, ws://host:port/path or unix:/path; repeat for a pool
     --workers N          worker threads (default: one per core)
+    --no-pin             do not pin workers to cores (server.pin_workers = false)
     --log-level LEVEL    error, warn, info, debug
     -h, --help           this text
     -V, --version        version
@@ -41,6 +42,7 @@ struct Flags {
     plaintext: bool,
     upstreams: Vec<String>,
     workers: Option<usize>,
+    no_pin: bool,
     log_level: Option<String>,
 }
 
@@ -54,6 +56,7 @@ fn parse_flags(args: Vec<String>) -> Result<Option<Flags>, String> {
         plaintext: false,
         upstreams: Vec::new(),
         workers: None,
+        no_pin: false,
         log_level: None,
     };
     let mut it = args.into_iter();
@@ -83,6 +86,7 @@ fn parse_flags(args: Vec<String>) -> Result<Option<Flags>, String> {
             "--cert" => f.cert = Some(value("--cert")?),
             "--key" => f.key = Some(value("--key")?),
             "--plaintext" => f.plaintext = true,
+            "--no-pin" => f.no_pin = true,
             "--upstream" => f.upstreams.push(value("--upstream")?),
             "--workers" => {
                 let v = value("--workers")?;
@@ -117,6 +121,9 @@ fn load(flags: &Flags) -> Result<Config, String> {
     }
     if let Some(v) = flags.workers {
         file.server.workers = v;
+    }
+    if flags.no_pin {
+        file.server.pin_workers = false;
     }
     if let Some(v) = &flags.log_level {
         file.log.level = v.clone();

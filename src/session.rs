@@ -125,6 +125,8 @@ struct Side {
     owed_close: Cell<Option<ProtocolError>>,
     /// The socket, to stop pending I/O when the session ends.
     fd: RawFd,
+    /// A read is pending on this side (so ending the session must stop it).
+    reading: Cell<bool>,
 }
 
 impl Side {
@@ -139,6 +141,7 @@ impl Side {
             close_code_sent: Cell::new(None),
             owed_close: Cell::new(None),
             fd,
+            reading: Cell::new(false),
         }
     }
 
@@ -348,7 +351,10 @@ impl Session {
         }
         for side in [&self.client, &self.upstream] {
             side.finish();
-            stop(side.fd, Stop::Reads);
+            // Usually both pumps have stopped reading by now (each got its close).
+            if side.reading.get() {
+                stop(side.fd, Stop::Reads);
+            }
         }
         self.start_close_deadline();
         self.timer_wake.notify();
@@ -450,7 +456,9 @@ async fn pump<R: ReadHalf>(s: &Session, from: Which, io: &mut R, early: Vec<u8>)
         {
             dst.out.space_wake.wait().await;
         }
+        src.reading.set(true);
         let (r, b) = io.read_more(buf).await;
+        src.reading.set(false);
         buf = b;
         match r {
             Ok(0) => {

@@ -219,14 +219,30 @@ fn run_summary(args: &Args) -> Result<Summary, String> {
                 let c = c2.clone();
                 async move {
                     let conn_rate = if rate > 0.0 { rate / conns as f64 } else { 0.0 };
-                    let work =
-                        one_connection(&t, &calls, depth, conn_rate, per_conn_limit, deadline, &c);
+                    let inflight = RefCell::new(AHashMap::new());
+                    let work = one_connection(
+                        &t,
+                        &calls,
+                        depth,
+                        conn_rate,
+                        per_conn_limit,
+                        deadline,
+                        &c,
+                        &inflight,
+                    );
+                    // Requests still unanswered two seconds after the end are counted, each.
                     let cutoff = monoio::time::sleep_until(monoio::time::Instant::from_std(
                         deadline + Duration::from_secs(2),
                     ));
                     monoio::select! {
                         _ = work => {}
-                        _ = cutoff => { c.borrow_mut().error("unanswered"); }
+                        _ = cutoff => {
+                            let n = inflight.borrow().len();
+                            let mut c = c.borrow_mut();
+                            for _ in 0..n {
+                                c.error("unanswered");
+                            }
+                        }
                     }
                 }
             })
@@ -260,6 +276,7 @@ async fn one_connection(
     limit: u64,
     deadline: Instant,
     c: &RefCell<Counters>,
+    inflight: &RefCell<AHashMap<u64, Instant>>,
 ) {
     let mut client = match ws_connect(t).await {
         Ok(cl) => cl,
@@ -270,12 +287,13 @@ async fn one_connection(
     };
     c.borrow_mut().open += 1;
     let total: u32 = calls.iter().map(|c| c.weight).sum();
-    let inflight: RefCell<AHashMap<u64, Instant>> = RefCell::new(AHashMap::new());
     let mut next_id = 1u64;
 
     if conn_rate > 0.0 {
         // Open loop: a sender on a schedule, a receiver beside it.
         let interval = Duration::from_secs_f64(1.0 / conn_rate);
+        let sender_done = std::cell::Cell::new(false);
+        let finished = crate::node::Signal::default();
         let sender = async {
             // Spread connections' first sends over one interval.
             let mut at =
@@ -295,23 +313,34 @@ async fn one_connection(
                 }
                 at += interval;
             }
+            sender_done.set(true);
+            if inflight.borrow().is_empty() {
+                finished.notify();
+            }
         };
         let receiver = async {
             loop {
-                if Instant::now() > deadline && inflight.borrow().is_empty() {
-                    return;
-                }
                 match client.reader.next().await {
-                    Ok(Some(Incoming::Text(m))) => handle_response(&m, &inflight, c),
+                    Ok(Some(Incoming::Text(m))) => handle_response(&m, inflight, c),
                     Ok(Some(_)) => {}
                     Ok(None) | Err(_) => {
                         c.borrow_mut().error("closed");
+                        finished.notify();
                         return;
                     }
                 }
+                if sender_done.get() && inflight.borrow().is_empty() {
+                    finished.notify();
+                    return;
+                }
             }
         };
-        monoio::join!(sender, receiver);
+        // Done when everything sent was answered (or the connection ended).
+        let both = async { monoio::join!(sender, receiver) };
+        monoio::select! {
+            _ = both => {}
+            _ = finished.wait() => {}
+        }
     } else {
         // Closed loop: keep `depth` requests in flight.
         let mut out = Vec::new();
@@ -339,7 +368,7 @@ async fn one_connection(
             let mut handle = |m: Incoming, out: &mut Vec<u8>| {
                 if let Incoming::Text(m) = m {
                     let before = inflight.borrow().len();
-                    handle_response(&m, &inflight, c);
+                    handle_response(&m, inflight, c);
                     let answered = before - inflight.borrow().len();
                     for _ in 0..answered {
                         if Instant::now() < deadline && sent < limit {

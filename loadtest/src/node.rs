@@ -219,14 +219,15 @@ impl Subscriptions {
     }
 }
 
+/// A one-waiter wake-up flag for futures of one task.
 #[derive(Default)]
-struct Signal {
+pub struct Signal {
     set: Cell<bool>,
     waker: RefCell<Option<Waker>>,
 }
 
 impl Signal {
-    fn notify(&self) {
+    pub fn notify(&self) {
         self.set.set(true);
         let w = self.waker.borrow_mut().take();
         if let Some(w) = w {
@@ -234,7 +235,7 @@ impl Signal {
         }
     }
 
-    async fn wait(&self) {
+    pub async fn wait(&self) {
         poll_fn(|cx| {
             if self.set.replace(false) {
                 Poll::Ready(())
