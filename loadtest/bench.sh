@@ -74,14 +74,18 @@ http {
     }
 }
 NGINX
-nginx -c "$WORK/nginx.conf" -p "$WORK"
-
-# --- ringway ---
-target/release/ringway --listen 127.0.0.1:$RW_PORT --no-pin --cert "$WORK/cert.pem" --key "$WORK/key.pem" \
-  --upstream ws://127.0.0.1:$NODE_PORT --workers "$WORKERS" --log-level warn >"$WORK/ringway.log" 2>&1 &
-RW_PID=$!
-pids+=($RW_PID)
-sleep 1
+start_nginx() { nginx -c "$WORK/nginx.conf" -p "$WORK"; sleep 0.5; }
+stop_nginx() { nginx -c "$WORK/nginx.conf" -p "$WORK" -s stop 2>/dev/null || true; sleep 0.5; }
+start_ringway() {
+  target/release/ringway --listen 127.0.0.1:$RW_PORT --no-pin --cert "$WORK/cert.pem" --key "$WORK/key.pem" \
+    --upstream ws://127.0.0.1:$NODE_PORT --workers "$WORKERS" --log-level warn >"$WORK/ringway.log" 2>&1 &
+  RW_PID=$!
+  pids+=($RW_PID)
+  sleep 1
+}
+stop_ringway() { kill "$RW_PID" 2>/dev/null || true; wait "$RW_PID" 2>/dev/null || true; sleep 0.5; }
+start_nginx
+start_ringway
 
 ngx_pids() { pgrep -f "nginx: (master|worker) process" | tr '\n' ' '; }
 proxy_pids() { if [ "$1" = ringway ]; then echo "$RW_PID"; else ngx_pids; fi; }
@@ -96,7 +100,8 @@ median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{a[NR]=$1} END{print a[in
 declare -A R
 record() { R["$1|$2"]="${R["$1|$2"]:-} $3"; }
 
-for round in $(seq "$ROUNDS"); do
+[ -n "${ONLY_B4:-}" ] && ROUNDS_LOAD=0 || ROUNDS_LOAD=$ROUNDS
+for round in $(seq "$ROUNDS_LOAD"); do
   for p in ringway nginx; do
     P=$(proxy_pids $p); U=$(url $p)
     # B1 + B2: throughput and CPU per request/response pair, closed loop.
@@ -110,8 +115,8 @@ for round in $(seq "$ROUNDS"); do
   done
 done
 # B3 at a rate both sustain: half of nginx's median B1.
-B3_RATE=${B3_RATE:-$(echo "${R[b1|nginx]}" | median | awk '{printf "%d", $1/2}')}
-for round in $(seq "$ROUNDS"); do
+B3_RATE=${B3_RATE:-$(echo "${R[b1|nginx]:-0}" | median | awk '{printf "%d", $1/2}')}
+for round in $(seq "$ROUNDS_LOAD"); do
   for p in ringway nginx; do
     out=$($LOAD run "$(url $p)" --insecure --connections 100 --rate "$B3_RATE" --duration "$DUR" --json)
     record b3p50 $p "$(field "$out" p50_ms)"; record b3p99 $p "$(field "$out" p99_ms)"; record b3p999 $p "$(field "$out" p999_ms)"
@@ -129,10 +134,15 @@ for round in $(seq "$ROUNDS"); do
     echo "round $round $p B6 done" >&2
   done
 done
-# B4: memory per idle WSS connection (PSS of all proxy processes), 2,000 and 8,000.
+# B4: memory per idle WSS connection (PSS of all proxy processes), 2,000 and
+# 8,000. Each measurement starts a fresh proxy: memory freed by an earlier run
+# may stay mapped, which would hide this run's growth.
 for n in 2000 8000; do
   for round in $(seq "$ROUNDS"); do
     for p in ringway nginx; do
+      if [ $p = ringway ]; then stop_ringway; start_ringway; else stop_nginx; start_nginx; fi
+      # One session first, so one-time allocations (TLS config, pools) are in the baseline.
+      $LOAD connect "$(url $p)" --insecure --count 1 --json >/dev/null
       P=$(proxy_pids $p); m0=$(pss "$P")
       $LOAD connect "$(url $p)" --insecure --count $n --concurrency 64 --hold --duration 15 --json >"$WORK/hold.json" &
       lp=$!

@@ -20,8 +20,30 @@ pub struct FileConfig {
     pub tls: TlsSection,
     pub limits: LimitsSection,
     pub pool: PoolSection,
+    pub routing: RoutingSection,
+    pub health: HealthSection,
+    pub http: HttpSection,
     pub node: Vec<NodeSection>,
     pub log: LogSection,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpSection {
+    /// Origins whose browsers may call the HTTP JSON-RPC endpoint (CORS), like a
+    /// node's `--rpc-cors`: exact origins, `*.example.com`, or `*` for all.
+    pub cors_origins: Vec<String>,
+    /// Largest HTTP request body; larger gets 413.
+    pub max_body_bytes: usize,
+}
+
+impl Default for HttpSection {
+    fn default() -> Self {
+        HttpSection {
+            cors_origins: vec!["*".into()],
+            max_body_bytes: 10 << 20,
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -113,11 +135,70 @@ impl Default for PoolSection {
     }
 }
 
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RoutingSection {
+    /// `substrate` or `ethereum`: selects the built-in method tables.
+    pub chain: String,
+    /// Methods that always go to archive nodes (`*` suffix wildcards). Replaces the defaults.
+    pub archive_methods: Option<Vec<String>>,
+    /// More methods with a block argument: method = zero-based position in params.
+    pub block_args: std::collections::BTreeMap<String, usize>,
+    /// Error texts meaning "this pruned node no longer has that state". Replaces the defaults.
+    pub pruned_errors: Option<Vec<String>>,
+}
+
+impl Default for RoutingSection {
+    fn default() -> Self {
+        RoutingSection {
+            chain: "substrate".into(),
+            archive_methods: None,
+            block_args: Default::default(),
+            pruned_errors: None,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HealthSection {
+    pub interval_ms: u64,
+    pub timeout_ms: u64,
+    /// Consecutive failures that mark a node down.
+    pub fall: u32,
+    /// Consecutive successes that mark it up again.
+    pub rise: u32,
+    /// Blocks behind the best head before a node counts as down.
+    pub max_lag: u64,
+}
+
+impl Default for HealthSection {
+    fn default() -> Self {
+        let d = crate::health::HealthConfig::default();
+        HealthSection {
+            interval_ms: d.interval.as_millis() as u64,
+            timeout_ms: d.timeout.as_millis() as u64,
+            fall: d.fall,
+            rise: d.rise,
+            max_lag: d.max_lag,
+        }
+    }
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NodeSection {
     /// `ws://host:port/path` or `unix:/path/to/socket`.
     pub url: String,
+    /// `pruned` (recent state only; also for full nodes) or `archive`.
+    #[serde(default)]
+    pub role: Option<String>,
+    /// For pruned nodes: how many blocks of state they keep (`--state-pruning`).
+    #[serde(default)]
+    pub pruning: Option<u64>,
+    /// Relative share of sessions.
+    #[serde(default)]
+    pub weight: Option<u32>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -157,6 +238,24 @@ pub enum NodeAddr {
     Unix(PathBuf),
 }
 
+/// What a node can answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// Recent state only (a full node with `--state-pruning N`).
+    Pruned,
+    /// All history.
+    Archive,
+}
+
+impl Role {
+    pub fn name(self) -> &'static str {
+        match self {
+            Role::Pruned => "pruned",
+            Role::Archive => "archive",
+        }
+    }
+}
+
 /// One upstream node.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NodeConfig {
@@ -165,6 +264,10 @@ pub struct NodeConfig {
     pub addr: NodeAddr,
     /// Path prefix from the URL ("" when the URL has none).
     pub path: String,
+    pub role: Role,
+    /// Blocks of state kept (pruned nodes); `u64::MAX` for archive nodes.
+    pub pruning: u64,
+    pub weight: u32,
 }
 
 /// Runtime limits.
@@ -191,6 +294,10 @@ pub struct Config {
     pub connect_timeout: Duration,
     pub keepalive_interval: Duration,
     pub nodes: Vec<NodeConfig>,
+    pub flavour: crate::route::Flavour,
+    pub routing: RoutingSection,
+    pub health: crate::health::HealthConfig,
+    pub http: HttpSection,
     pub log_level: crate::log::Level,
     /// The file it came from, if any.
     pub source: Option<PathBuf>,
@@ -358,13 +465,65 @@ impl Config {
             max_buffered_bytes: l.max_buffered_bytes,
         };
 
+        let flavour = crate::route::Flavour::parse(&file.routing.chain).ok_or_else(|| {
+            err(
+                "routing.chain",
+                format!("`{}` is not one of substrate, ethereum", file.routing.chain),
+            )
+        })?;
+        // Polkadot's default --state-pruning is 256 blocks; geth keeps 128.
+        let default_pruning = match flavour {
+            crate::route::Flavour::Substrate => 256,
+            crate::route::Flavour::Ethereum => 128,
+        };
         let mut nodes = Vec::new();
         if file.node.is_empty() {
-            nodes.push(parse_node_url(DEFAULT_NODE).expect("default node URL is valid"));
+            let mut n = parse_node_url(DEFAULT_NODE).expect("default node URL is valid");
+            n.pruning = default_pruning;
+            nodes.push(n);
         }
         for (i, n) in file.node.iter().enumerate() {
-            nodes.push(parse_node_url(&n.url).map_err(|m| err(&format!("node[{i}].url"), m))?);
+            let mut node = parse_node_url(&n.url).map_err(|m| err(&format!("node[{i}].url"), m))?;
+            node.role = match n.role.as_deref() {
+                None | Some("pruned") | Some("full") => Role::Pruned,
+                Some("archive") => Role::Archive,
+                Some(other) => {
+                    return Err(err(
+                        &format!("node[{i}].role"),
+                        format!("`{other}` is not pruned or archive"),
+                    ))
+                }
+            };
+            node.pruning = match node.role {
+                Role::Archive => u64::MAX,
+                Role::Pruned => n.pruning.unwrap_or(default_pruning),
+            };
+            node.weight = match n.weight {
+                Some(0) => {
+                    return Err(err(
+                        &format!("node[{i}].weight"),
+                        "must be at least 1".into(),
+                    ))
+                }
+                Some(w) => w,
+                None => 1,
+            };
+            nodes.push(node);
         }
+        let hs = &file.health;
+        if hs.interval_ms == 0 || hs.timeout_ms == 0 {
+            return Err(err(
+                "health.interval_ms",
+                "interval and timeout must be greater than 0".into(),
+            ));
+        }
+        let health = crate::health::HealthConfig {
+            interval: Duration::from_millis(hs.interval_ms),
+            timeout: Duration::from_millis(hs.timeout_ms),
+            fall: hs.fall.max(1),
+            rise: hs.rise.max(1),
+            max_lag: hs.max_lag,
+        };
 
         let log_level = crate::log::Level::parse(&file.log.level).ok_or_else(|| {
             err(
@@ -385,6 +544,10 @@ impl Config {
             connect_timeout: Duration::from_millis(file.pool.connect_timeout_ms),
             keepalive_interval: Duration::from_secs(file.pool.keepalive_interval_s),
             nodes,
+            flavour,
+            routing: file.routing,
+            health,
+            http: file.http,
             log_level,
             source,
         })
@@ -404,6 +567,9 @@ pub fn parse_node_url(url: &str) -> Result<NodeConfig, String> {
             url: url.into(),
             addr: NodeAddr::Unix(PathBuf::from(path)),
             path: String::new(),
+            role: Role::Pruned,
+            pruning: 256,
+            weight: 1,
         });
     }
     let rest = if let Some(rest) = url.strip_prefix("ws://") {
@@ -446,6 +612,9 @@ pub fn parse_node_url(url: &str) -> Result<NodeConfig, String> {
         url: url.into(),
         addr: NodeAddr::Tcp(addrs),
         path: path.into(),
+        role: Role::Pruned,
+        pruning: 256,
+        weight: 1,
     })
 }
 

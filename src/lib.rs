@@ -22,11 +22,15 @@
 pub mod config;
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod health;
 pub mod http;
 pub mod io;
 pub mod jsonrpc;
 pub mod log;
+pub mod probe;
 pub mod rng;
+pub mod route;
+pub mod rpc_http;
 pub mod server;
 pub mod session;
 pub mod tls;

@@ -25,7 +25,9 @@ FLAGS (override the file):
     --cert FILE          PEM certificate chain, e.g. fullchain.pem (tls.cert)
     --key FILE           PEM private key, e.g. privkey.pem (tls.key)
     --plaintext          serve ws:// without TLS, behind another proxy (tls.enabled = false)
-    --upstream URL       a node, ws://host:port/path or unix:/path; repeat for a pool
+    --upstream URL       a pruned (or full) node, ws://host:port/path or unix:/path; repeat for a pool
+    --archive URL        an archive node; repeat for more
+    --chain NAME         substrate (default) or ethereum: method tables and health probes
     --workers N          worker threads (default: one per core)
     --no-pin             do not pin workers to cores (server.pin_workers = false)
     --log-level LEVEL    error, warn, info, debug
@@ -41,6 +43,8 @@ struct Flags {
     key: Option<String>,
     plaintext: bool,
     upstreams: Vec<String>,
+    archives: Vec<String>,
+    chain: Option<String>,
     workers: Option<usize>,
     no_pin: bool,
     log_level: Option<String>,
@@ -55,6 +59,8 @@ fn parse_flags(args: Vec<String>) -> Result<Option<Flags>, String> {
         key: None,
         plaintext: false,
         upstreams: Vec::new(),
+        archives: Vec::new(),
+        chain: None,
         workers: None,
         no_pin: false,
         log_level: None,
@@ -88,6 +94,8 @@ fn parse_flags(args: Vec<String>) -> Result<Option<Flags>, String> {
             "--plaintext" => f.plaintext = true,
             "--no-pin" => f.no_pin = true,
             "--upstream" => f.upstreams.push(value("--upstream")?),
+            "--archive" => f.archives.push(value("--archive")?),
+            "--chain" => f.chain = Some(value("--chain")?),
             "--workers" => {
                 let v = value("--workers")?;
                 f.workers = Some(
@@ -128,15 +136,26 @@ fn load(flags: &Flags) -> Result<Config, String> {
     if let Some(v) = &flags.log_level {
         file.log.level = v.clone();
     }
-    if !flags.upstreams.is_empty() {
-        for u in &flags.upstreams {
-            parse_node_url(u).map_err(|e| format!("config error: flag --upstream: {e}"))?;
+    if let Some(c) = &flags.chain {
+        file.routing.chain = c.clone();
+    }
+    if !flags.upstreams.is_empty() || !flags.archives.is_empty() {
+        let mut nodes = Vec::new();
+        for (urls, role, flag) in [
+            (&flags.upstreams, None, "--upstream"),
+            (&flags.archives, Some("archive"), "--archive"),
+        ] {
+            for u in urls {
+                parse_node_url(u).map_err(|e| format!("config error: flag {flag}: {e}"))?;
+                nodes.push(ringway::config::NodeSection {
+                    url: u.clone(),
+                    role: role.map(String::from),
+                    pruning: None,
+                    weight: None,
+                });
+            }
         }
-        file.node = flags
-            .upstreams
-            .iter()
-            .map(|u| ringway::config::NodeSection { url: u.clone() })
-            .collect();
+        file.node = nodes;
     }
     Config::resolve(file, flags.config.clone()).map_err(|e| format!("config error: {e}"))
 }

@@ -28,9 +28,12 @@ use monoio::net::TcpStream;
 use rustls::ServerConfig;
 
 use crate::config::Config;
+use crate::health::Health;
 use crate::http::write_response;
 use crate::io::{give_buf, stop, take_buf, PlainReader, ReadHalf, Stop, WriteHalf, BUF_SIZE};
-use crate::session::{relay, SessionConfig};
+use crate::route::{ChainView, HashWindow, Router};
+use crate::rpc_http::{self, HttpPool};
+use crate::session::{relay, NodeWatch, SessionConfig};
 use crate::upstream::{self, Pool};
 use crate::ws::codec::Limits as CodecLimits;
 use crate::ws::frame::Parse;
@@ -73,6 +76,13 @@ pub fn start(config: Config, tls: Option<ServerConfig>) -> io::Result<Running> {
     let listeners = bind_listeners(config.listen, config.workers)?;
     let local_addr = listeners[0].local_addr()?;
     let io_uring = monoio::utils::detect_uring();
+    let health = Health::new(config.nodes.len());
+    crate::probe::spawn(
+        config.nodes.clone(),
+        config.flavour,
+        config.health,
+        health.clone(),
+    );
     let config = Arc::new(config);
     let tls = tls.map(Arc::new);
     let cores = std::thread::available_parallelism()
@@ -82,6 +92,7 @@ pub fn start(config: Config, tls: Option<ServerConfig>) -> io::Result<Running> {
     for (i, listener) in listeners.into_iter().enumerate() {
         let config = config.clone();
         let tls = tls.clone();
+        let health = health.clone();
         let handle = std::thread::Builder::new()
             .name(format!("worker-{i}"))
             .spawn(move || {
@@ -89,7 +100,7 @@ pub fn start(config: Config, tls: Option<ServerConfig>) -> io::Result<Running> {
                     pin_to_core(i % cores);
                 }
                 let tls = tls.map(|base| crate::tls::per_worker(&base));
-                run_worker(listener, config, tls, io_uring);
+                run_worker(listener, config, tls, health, io_uring);
             })?;
         workers.push(handle);
     }
@@ -118,6 +129,7 @@ fn run_worker(
     listener: std::net::TcpListener,
     config: Arc<Config>,
     tls: Option<Arc<ServerConfig>>,
+    health: Arc<Health>,
     io_uring: bool,
 ) {
     if io_uring {
@@ -136,7 +148,7 @@ fn run_worker(
                 b = b.uring_builder(urb);
             }
             match b.enable_timer().build() {
-                Ok(mut rt) => return rt.block_on(serve(listener, config, tls)),
+                Ok(mut rt) => return rt.block_on(serve(listener, config, tls, health)),
                 Err(e) => crate::debug!("io_uring setup: {e}"),
             }
         }
@@ -146,7 +158,7 @@ fn run_worker(
         .enable_timer()
         .build()
     {
-        Ok(mut rt) => rt.block_on(serve(listener, config, tls)),
+        Ok(mut rt) => rt.block_on(serve(listener, config, tls, health)),
         Err(e) => crate::error!("cannot start a runtime: {e}"),
     }
 }
@@ -158,12 +170,39 @@ struct Worker {
     pool: Rc<Pool>,
     session: SessionConfig,
     active: Cell<u64>,
+    router: Router,
+    chain: WorkerChain,
+    http: HttpPool,
+}
+
+/// This worker's view of the chain for routing: the best head (atomic, from
+/// the health thread) and its own window of recent block hashes, filled from
+/// its channel when a decision needs it.
+struct WorkerChain {
+    health: Arc<Health>,
+    window: std::cell::RefCell<HashWindow>,
+    hashes: std::sync::mpsc::Receiver<(String, u64)>,
+}
+
+impl ChainView for WorkerChain {
+    fn head(&self) -> u64 {
+        self.health.best()
+    }
+
+    fn height_of(&self, hash: &[u8]) -> Option<u64> {
+        let mut w = self.window.borrow_mut();
+        while let Ok((h, n)) = self.hashes.try_recv() {
+            w.insert(h.as_bytes(), n);
+        }
+        w.get(hash)
+    }
 }
 
 async fn serve(
     listener: std::net::TcpListener,
     config: Arc<Config>,
     tls: Option<Arc<ServerConfig>>,
+    health: Arc<Health>,
 ) {
     let listener = match monoio::net::TcpListener::from_std(listener) {
         Ok(l) => l,
@@ -173,8 +212,36 @@ async fn serve(
         }
     };
     let l = &config.limits;
+    let depth = config
+        .nodes
+        .iter()
+        .filter(|n| n.role == crate::config::Role::Pruned)
+        .map(|n| n.pruning)
+        .min()
+        .unwrap_or(u64::MAX);
+    let extra: Vec<(String, usize)> = config
+        .routing
+        .block_args
+        .iter()
+        .map(|(m, i)| (m.clone(), *i))
+        .collect();
+    let router = Router::new(
+        config.flavour,
+        depth,
+        config.routing.archive_methods.as_deref(),
+        &extra,
+        config.routing.pruned_errors.as_deref(),
+    );
+    let chain = WorkerChain {
+        hashes: health.subscribe_hashes(),
+        health: health.clone(),
+        window: std::cell::RefCell::new(HashWindow::new(4096)),
+    };
     let worker = Rc::new(Worker {
-        pool: Pool::new(config.nodes.clone()),
+        router,
+        chain,
+        http: HttpPool::new(config.nodes.len()),
+        pool: Pool::new(config.nodes.clone(), health),
         session: SessionConfig {
             codec: CodecLimits {
                 max_frame: l.max_frame_bytes,
@@ -252,6 +319,8 @@ enum Handshake<UR, UW> {
         upstream_fd: RawFd,
         _lease: upstream::NodeLease,
     },
+    /// HTTP requests (JSON-RPC POST, CORS preflight): `buf` starts with the first head.
+    Http { buf: Vec<u8> },
     /// A response was sent (or the client left): close.
     Done,
 }
@@ -283,6 +352,11 @@ async fn client<R: ReadHalf, W: WriteHalf>(
             upstream_fd,
             _lease,
         } => {
+            let watch = NodeWatch {
+                health: worker.pool.health().clone(),
+                index: _lease.index(),
+                every: worker.config.health.interval,
+            };
             let summary = relay(
                 (r, w),
                 client_early,
@@ -290,6 +364,7 @@ async fn client<R: ReadHalf, W: WriteHalf>(
                 upstream_early,
                 (fd, upstream_fd),
                 worker.session,
+                Some(watch),
             )
             .await;
             crate::debug!(
@@ -299,6 +374,7 @@ async fn client<R: ReadHalf, W: WriteHalf>(
                 summary.upstream_messages
             );
         }
+        Handshake::Http { buf } => http_loop(&mut r, &mut w, fd, peer, worker, buf).await,
         Handshake::Done => {}
     }
 }
@@ -370,6 +446,9 @@ async fn handshake<R: ReadHalf, W: WriteHalf>(
         unreachable!("the same bytes parsed a moment ago");
     };
 
+    if !head.wants_websocket() && (head.method == "POST" || head.method == "OPTIONS") {
+        return Handshake::Http { buf };
+    }
     if !head.wants_websocket() {
         let err = if head.method.eq_ignore_ascii_case("GET")
             || head.method.eq_ignore_ascii_case("HEAD")
@@ -380,6 +459,12 @@ async fn handshake<R: ReadHalf, W: WriteHalf>(
         };
         match err {
             Some(e) => refuse(r, w, fd, e).await,
+            None if head.path == "/health" || head.path.starts_with("/health?") => {
+                let (status, body) = health_report(&worker.pool);
+                let mut out = Vec::new();
+                write_json(&mut out, status, &body);
+                respond_and_close(r, w, fd, out).await;
+            }
             None => {
                 let mut out = Vec::new();
                 write_response(
@@ -510,4 +595,307 @@ impl<F: Future<Output = ()>> Future for CatchUnwind<F> {
             }
         }
     }
+}
+
+/// `GET /health`: every node's state as JSON; 200 when a node can serve, else 503.
+fn health_report(pool: &crate::upstream::Pool) -> (u16, String) {
+    use std::fmt::Write;
+    let h = pool.health();
+    let best = h.best();
+    let mut nodes = String::new();
+    let mut any_up = false;
+    for (i, n) in pool.nodes().iter().enumerate() {
+        let up = h.is_up(i);
+        any_up |= up;
+        let head = h.head(i);
+        let _ = write!(
+            nodes,
+            r#"{}{{"url":"{}","role":"{}","up":{},"head":{},"lag":{},"probes":{}}}"#,
+            if i > 0 { "," } else { "" },
+            n.url.replace('\\', "\\\\").replace('"', "\\\""),
+            n.role.name(),
+            up,
+            head,
+            if head == 0 {
+                0
+            } else {
+                best.saturating_sub(head)
+            },
+            h.probes(i)
+        );
+    }
+    let status = if any_up { "ok" } else { "unavailable" };
+    (
+        if any_up { 200 } else { 503 },
+        format!(r#"{{"status":"{status}","best_head":{best},"nodes":[{nodes}]}}"#),
+    )
+}
+
+fn write_json(out: &mut Vec<u8>, status: u16, body: &str) {
+    use std::io::Write;
+    let _ = write!(
+        out,
+        "HTTP/1.1 {} {}\r\nContent-Type: application/json\r\nCache-Control: no-store\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{}",
+        status,
+        crate::http::reason_phrase(status),
+        body.len(),
+        body
+    );
+}
+
+/// Serve HTTP JSON-RPC requests on a kept-alive client connection until the
+/// client closes, asks to close, or stays silent for the handshake timeout.
+async fn http_loop<R: ReadHalf, W: WriteHalf>(
+    r: &mut R,
+    w: &mut W,
+    fd: RawFd,
+    peer: SocketAddr,
+    worker: &Rc<Worker>,
+    mut buf: Vec<u8>,
+) {
+    let limits = &worker.config.limits;
+    let http = &worker.config.http;
+    let ip = peer.ip().to_string();
+    loop {
+        // The head: already buffered, or read within the timeout.
+        let timed_out = Cell::new(false);
+        let expire = || {
+            timed_out.set(true);
+            stop(fd, Stop::Reads);
+        };
+        let got = with_deadline(limits.handshake_timeout, expire, async {
+            loop {
+                let mut headers = [httparse::EMPTY_HEADER; HEADER_ARRAY];
+                match parse_head(
+                    &buf,
+                    &mut headers,
+                    limits.max_head_bytes,
+                    limits.max_headers,
+                ) {
+                    Ok(Parse::Done(_, n)) => return Ok(Some(n)),
+                    Ok(Parse::NeedMore(_)) => {}
+                    Err(e) => return Err(e),
+                }
+                let (res, b) = r.read_more(std::mem::take(&mut buf)).await;
+                buf = b;
+                if !matches!(res, Ok(n) if n > 0) {
+                    return Ok(None);
+                }
+            }
+        })
+        .await;
+        let head_len = match got {
+            Ok(Some(n)) => n,
+            Ok(None) if timed_out.get() && !buf.is_empty() => {
+                return refuse(r, w, fd, HandshakeError::Timeout).await
+            }
+            Ok(None) => return,
+            Err(e) => return refuse(r, w, fd, e).await,
+        };
+        let mut headers = [httparse::EMPTY_HEADER; HEADER_ARRAY];
+        let Ok(Parse::Done(head, _)) = parse_head(
+            &buf,
+            &mut headers,
+            limits.max_head_bytes,
+            limits.max_headers,
+        ) else {
+            return;
+        };
+        let keep_alive = head.minor_version >= 1 && !head.has_token("connection", "close");
+        let origin = head.single("origin").map(<[u8]>::to_vec);
+        let cors = origin
+            .as_deref()
+            .filter(|o| rpc_http::origin_allowed(&http.cors_origins, o))
+            .map(|o| String::from_utf8_lossy(o).into_owned());
+        let mut extra: Vec<(&str, &str)> = Vec::new();
+        if let Some(o) = cors.as_deref() {
+            extra.push(("Access-Control-Allow-Origin", o));
+            extra.push(("Vary", "Origin"));
+        }
+        if head.method == "OPTIONS" {
+            // CORS preflight.
+            let mut out = b"HTTP/1.1 204 No Content\r\nAllow: GET, POST, OPTIONS\r\n".to_vec();
+            if cors.is_some() {
+                out.extend_from_slice(b"Access-Control-Allow-Methods: POST, GET, OPTIONS\r\nAccess-Control-Allow-Headers: content-type\r\nAccess-Control-Max-Age: 86400\r\n");
+            }
+            for (n, v) in &extra {
+                out.extend_from_slice(format!("{n}: {v}\r\n").as_bytes());
+            }
+            out.extend_from_slice(b"Content-Length: 0\r\n\r\n");
+            let (res, _) = w.write_all(out).await;
+            buf.drain(..head_len);
+            if res.is_err() || !keep_alive {
+                return;
+            }
+            continue;
+        }
+        if head.method != "POST" {
+            return refuse(r, w, fd, HandshakeError::NotAGet).await;
+        }
+        let json = head
+            .single("content-type")
+            .and_then(|v| std::str::from_utf8(v).ok())
+            .is_some_and(|v| {
+                v.split(';')
+                    .next()
+                    .unwrap_or("")
+                    .trim()
+                    .eq_ignore_ascii_case("application/json")
+            });
+        if !json {
+            let mut out = Vec::new();
+            write_response(
+                &mut out,
+                415,
+                &extra,
+                "JSON-RPC over HTTP needs Content-Type: application/json",
+                true,
+            );
+            return respond_and_close(r, w, fd, out).await;
+        }
+        let kind = match rpc_http::body_kind(&head, false) {
+            Ok(k) => k,
+            Err(why) => {
+                let mut out = Vec::new();
+                write_response(&mut out, 400, &extra, why, true);
+                return respond_and_close(r, w, fd, out).await;
+            }
+        };
+        if let rpc_http::BodyKind::Length(n) = kind {
+            if n > http.max_body_bytes {
+                let mut out = Vec::new();
+                let why = format!("request body over {} bytes", http.max_body_bytes);
+                write_response(&mut out, 413, &extra, &why, true);
+                return respond_and_close(r, w, fd, out).await;
+            }
+        }
+        let path = head.path.to_string();
+        let extra: Vec<(String, String)> = extra
+            .iter()
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+            .collect();
+        // The body.
+        let body = loop {
+            let rest = &buf[head_len..];
+            let done = match kind {
+                rpc_http::BodyKind::Length(n) if rest.len() >= n => {
+                    Ok(Some((rest[..n].to_vec(), n)))
+                }
+                rpc_http::BodyKind::Chunked => {
+                    match rpc_http::decode_chunked(rest, http.max_body_bytes) {
+                        Ok(Parse::Done(b, used)) => Ok(Some((b, used))),
+                        Ok(Parse::NeedMore(_)) => Ok(None),
+                        Err(e) => Err(e),
+                    }
+                }
+                _ => Ok(None),
+            };
+            match done {
+                Ok(Some(b)) => break b,
+                Ok(None) => {}
+                Err(why) => {
+                    let status = if why == "body too large" { 413 } else { 400 };
+                    let mut out = Vec::new();
+                    write_response(&mut out, status, &[], why, true);
+                    return respond_and_close(r, w, fd, out).await;
+                }
+            }
+            let (res, b) = r.read_more(std::mem::take(&mut buf)).await;
+            buf = b;
+            if !matches!(res, Ok(n) if n > 0) {
+                return;
+            }
+        };
+        let (body, used) = body;
+        buf.drain(..head_len + used);
+
+        let (status, answer) = answer_rpc(worker, &path, &body, &ip).await;
+        let mut out = format!(
+            "HTTP/1.1 {status} {}\r\nContent-Type: application/json; charset=utf-8\r\nContent-Length: {}\r\n",
+            crate::http::reason_phrase(status),
+            answer.len()
+        )
+        .into_bytes();
+        for (n, v) in &extra {
+            out.extend_from_slice(format!("{n}: {v}\r\n").as_bytes());
+        }
+        if !keep_alive {
+            out.extend_from_slice(b"Connection: close\r\n");
+        }
+        out.extend_from_slice(b"\r\n");
+        out.extend_from_slice(&answer);
+        let (res, _) = w.write_all(out).await;
+        if res.is_err() {
+            return;
+        }
+        if !keep_alive {
+            w.shutdown().await;
+            return;
+        }
+    }
+}
+
+/// Route one HTTP JSON-RPC body and forward it; retry a pruned node's
+/// "state is gone" answer once on an archive node. Returns status and body.
+async fn answer_rpc(worker: &Rc<Worker>, path: &str, body: &[u8], ip: &str) -> (u16, Vec<u8>) {
+    let pool = &worker.pool;
+    let target = worker.router.route(body, &worker.chain);
+    let role = rpc_http::role_for(target);
+    let max = worker
+        .config
+        .http
+        .max_body_bytes
+        .max(worker.config.limits.max_message_bytes as usize);
+    let mut tried = vec![false; pool.nodes().len()];
+    let mut last_err = String::from("no healthy upstream node");
+    while let Some(index) = pool.pick_role(role, &tried) {
+        tried[index] = true;
+        match rpc_http::forward(pool, &worker.http, index, path, body, ip, max).await {
+            Ok(a) => {
+                let on_pruned = pool.nodes()[index].role == crate::config::Role::Pruned;
+                if on_pruned && a.status == 200 && worker.router.is_pruned_error(&a.body) {
+                    let archive: Vec<bool> = (0..tried.len())
+                        .map(|i| tried[i] || pool.nodes()[i].role != crate::config::Role::Archive)
+                        .collect();
+                    if let Some(ai) = pool.pick(&archive) {
+                        if let Ok(retry) =
+                            rpc_http::forward(pool, &worker.http, ai, path, body, ip, max).await
+                        {
+                            return (retry.status, retry.body);
+                        }
+                    }
+                }
+                return (a.status, a.body);
+            }
+            Err(e) => last_err = format!("{}: {e}", pool.nodes()[index].url),
+        }
+    }
+    // Every node failed: a JSON-RPC error for each request, with its id.
+    let msg = format!("upstream unavailable ({last_err})").replace('"', "'");
+    let error = |id: &[u8]| {
+        format!(
+            r#"{{"jsonrpc":"2.0","error":{{"code":-32603,"message":"{msg}"}},"id":{}}}"#,
+            String::from_utf8_lossy(id)
+        )
+    };
+    let out = match crate::jsonrpc::kind(body) {
+        crate::jsonrpc::Kind::Batch => {
+            let parts: Vec<String> = crate::jsonrpc::elements(body)
+                .map(|e| {
+                    error(
+                        crate::jsonrpc::peek(e)
+                            .and_then(|p| p.id)
+                            .unwrap_or(b"null"),
+                    )
+                })
+                .collect();
+            format!("[{}]", parts.join(","))
+        }
+        _ => error(
+            crate::jsonrpc::peek(body)
+                .and_then(|p| p.id)
+                .unwrap_or(b"null"),
+        ),
+    };
+    (502, out.into_bytes())
 }

@@ -54,6 +54,15 @@ pub struct SessionConfig {
     pub keepalive: Duration,
 }
 
+/// The node a session is on, watched so that the session moves away (close
+/// 1012, clients reconnect to a healthy node) when health checks mark it down.
+#[derive(Debug, Clone)]
+pub struct NodeWatch {
+    pub health: std::sync::Arc<crate::health::Health>,
+    pub index: usize,
+    pub every: Duration,
+}
+
 /// How a session ended, for logs and counters.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct SessionSummary {
@@ -319,6 +328,18 @@ impl Session {
         self.check_end();
     }
 
+    /// The session's node failed its health checks.
+    fn node_down(&self) {
+        self.set_reason("node unhealthy");
+        self.client.send_close(
+            Some(close_code::SERVICE_RESTART),
+            "upstream node unhealthy, reconnect",
+        );
+        self.upstream
+            .send_close(Some(close_code::GOING_AWAY), "going away");
+        self.start_close_deadline();
+    }
+
     /// Close both sides on the gateway's own account (idle timeout, shutdown).
     fn close_both(&self, code: u16, reason: &'static str) {
         self.set_reason(reason);
@@ -387,6 +408,7 @@ pub async fn relay<CR, CW, UR, UW>(
     upstream_early: Vec<u8>,
     (client_fd, upstream_fd): (RawFd, RawFd),
     cfg: SessionConfig,
+    watch: Option<NodeWatch>,
 ) -> SessionSummary
 where
     CR: ReadHalf,
@@ -415,7 +437,7 @@ where
         pump(&s, Which::Upstream, &mut upstream_r, upstream_early),
         writer(&s, Which::Client, &mut client_w),
         writer(&s, Which::Upstream, &mut upstream_w),
-        timer(&s),
+        timer(&s, watch.as_ref()),
     );
     SessionSummary {
         client_messages: client_msgs,
@@ -609,8 +631,9 @@ async fn writer<W: WriteHalf>(s: &Session, which: Which, io: &mut W) {
 
 /// Idle timeout, node keepalive pings, and the close deadline. Runs until
 /// both writers have finished.
-async fn timer(s: &Session) {
+async fn timer(s: &Session, watch: Option<&NodeWatch>) {
     let mut next_ping = Instant::now() + s.cfg.keepalive;
+    let mut next_check = watch.map(|w| Instant::now() + w.every);
     while s.writers_left.get() > 0 {
         let now = Instant::now();
         if let Some(deadline) = s.close_deadline.get() {
@@ -631,7 +654,17 @@ async fn timer(s: &Session) {
                 s.upstream.push_control(OpCode::Ping, b"");
                 next_ping = now + s.cfg.keepalive;
             }
-            wake = Some(idle_at.min(next_ping));
+            if let (Some(w), Some(at)) = (watch, next_check) {
+                if now >= at {
+                    if !w.health.is_up(w.index) {
+                        s.node_down();
+                        continue;
+                    }
+                    next_check = Some(now + w.every);
+                }
+            }
+            let soonest = next_check.map_or(next_ping, |c| c.min(next_ping));
+            wake = Some(idle_at.min(soonest));
         }
         match wake {
             Some(at) => {

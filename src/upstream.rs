@@ -2,14 +2,17 @@
 //! gateway's client handshake towards it.
 //!
 //! Balancing is least connections with the power of two choices: pick two
-//! nodes at random, take the one with fewer sessions. Counts are per core
-//! (each worker balances its own sessions, with no shared counters); with
-//! `SO_REUSEPORT` spreading connections evenly over cores, the sum is balanced
-//! too. A node that refuses is skipped and another tried, until none is left.
+//! healthy nodes at random, take the one with fewer sessions per unit of
+//! weight. Counts are per core (each worker balances its own sessions, with
+//! no shared counters); with `SO_REUSEPORT` spreading connections evenly over
+//! cores, the sum is balanced too. Sessions go to pruned nodes; archive nodes
+//! take them only when no pruned node is up. A node that refuses is skipped
+//! (and reported to the health checks) and another tried, until none is left.
 
 use std::cell::Cell;
 use std::io;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::Duration;
 
 use std::os::fd::{AsRawFd, RawFd};
@@ -17,7 +20,8 @@ use std::os::fd::{AsRawFd, RawFd};
 use monoio::io::{OwnedWriteHalf, Splitable};
 use monoio::net::{TcpStream, UnixStream};
 
-use crate::config::{join_path, NodeAddr, NodeConfig};
+use crate::config::{join_path, NodeAddr, NodeConfig, Role};
+use crate::health::Health;
 use crate::io::{give_buf, read_append, take_buf, PlainReader, ReadHalf, WriteHalf};
 use crate::ws::frame::Parse;
 use crate::ws::handshake::{
@@ -29,6 +33,7 @@ use crate::ws::handshake::{
 pub struct Pool {
     nodes: Vec<NodeConfig>,
     active: Vec<Cell<u32>>,
+    health: Arc<Health>,
 }
 
 /// Holds one session's place on a node; the count drops with it.
@@ -48,16 +53,28 @@ impl NodeLease {
     pub fn node(&self) -> &NodeConfig {
         &self.pool.nodes[self.index]
     }
+
+    pub fn index(&self) -> usize {
+        self.index
+    }
 }
 
 impl Pool {
-    pub fn new(nodes: Vec<NodeConfig>) -> Rc<Pool> {
+    pub fn new(nodes: Vec<NodeConfig>, health: Arc<Health>) -> Rc<Pool> {
         let active = nodes.iter().map(|_| Cell::new(0)).collect();
-        Rc::new(Pool { nodes, active })
+        Rc::new(Pool {
+            nodes,
+            active,
+            health,
+        })
     }
 
     pub fn nodes(&self) -> &[NodeConfig] {
         &self.nodes
+    }
+
+    pub fn health(&self) -> &Arc<Health> {
+        &self.health
     }
 
     /// Sessions this core has open on each node.
@@ -65,26 +82,44 @@ impl Pool {
         self.active[index].get()
     }
 
-    /// Power of two choices among the nodes not yet `tried`.
+    /// Power of two choices among healthy pruned nodes not yet `tried`
+    /// (archive nodes when no pruned node is left), by sessions per weight.
     pub fn pick(&self, tried: &[bool]) -> Option<usize> {
-        let left: usize = tried.iter().filter(|t| !**t).count();
-        let nth = |k: usize| (0..self.nodes.len()).filter(|&i| !tried[i]).nth(k);
-        match left {
+        let usable = |i: &usize| !tried[*i] && self.health.is_up(*i);
+        let mut candidates: Vec<usize> = (0..self.nodes.len())
+            .filter(usable)
+            .filter(|&i| self.nodes[i].role == Role::Pruned)
+            .collect();
+        if candidates.is_empty() {
+            candidates = (0..self.nodes.len()).filter(usable).collect();
+        }
+        match candidates.len() {
             0 => None,
-            1 => nth(0),
-            _ => {
-                let a = crate::rng::below(left);
-                let mut b = crate::rng::below(left - 1);
+            1 => Some(candidates[0]),
+            n => {
+                let a = crate::rng::below(n);
+                let mut b = crate::rng::below(n - 1);
                 if b >= a {
                     b += 1;
                 }
-                let (a, b) = (nth(a)?, nth(b)?);
-                Some(if self.active[b].get() < self.active[a].get() {
-                    b
-                } else {
-                    a
-                })
+                let (a, b) = (candidates[a], candidates[b]);
+                let (wa, wb) = (self.nodes[a].weight as u64, self.nodes[b].weight as u64);
+                let (la, lb) = (self.active[a].get() as u64, self.active[b].get() as u64);
+                // lb / wb < la / wa, without division.
+                Some(if lb * wa < la * wb { b } else { a })
             }
+        }
+    }
+
+    /// A healthy node of `role` not yet `tried` (by P2C), else any healthy node.
+    pub fn pick_role(&self, role: Role, tried: &[bool]) -> Option<usize> {
+        let of_role: Vec<bool> = (0..self.nodes.len())
+            .map(|i| tried[i] || self.nodes[i].role != role)
+            .collect();
+        match role {
+            // pick() already prefers pruned nodes and falls back to archive.
+            Role::Pruned => self.pick(tried),
+            Role::Archive => self.pick(&of_role).or_else(|| self.pick(tried)),
         }
     }
 
@@ -231,6 +266,15 @@ pub async fn open(
 ) -> Result<UpstreamSession, NoUpstream> {
     let mut tried = vec![false; pool.nodes.len()];
     let mut failures = Vec::new();
+    if pool.pick(&tried).is_none() {
+        return Err(NoUpstream {
+            status: 503,
+            body: format!(
+                "no healthy upstream node ({} configured, all failing health checks)",
+                pool.nodes.len()
+            ),
+        });
+    }
     while let Some(index) = pool.pick(&tried) {
         tried[index] = true;
         let node = &pool.nodes[index];

@@ -204,8 +204,8 @@ fn sessions_are_balanced_over_nodes() {
     let conns: Vec<_> = (0..10)
         .map(|_| ws_connect(&gw, pki.client_config(), "/"))
         .collect();
-    let on_a = a.seen.try_iter().count();
-    let on_b = b.seen.try_iter().count();
+    let on_a = a.session_count();
+    let on_b = b.session_count();
     assert_eq!(on_a + on_b, 10);
     assert!((4..=6).contains(&on_a), "a {on_a} b {on_b}");
     drop(conns);
@@ -233,7 +233,7 @@ fn node_sees_path_subprotocol_and_forwarding_headers() {
         head.contains("Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n"),
         "{head}"
     );
-    let seen = up.seen.recv_timeout(TIMEOUT).unwrap();
+    let seen = up.next_session();
     assert_eq!(seen.path, "/rpc?apikey=1");
     assert_eq!(
         seen.header("x-forwarded-for"),
@@ -319,8 +319,14 @@ fn bad_handshakes_get_their_status() {
             "Upgrade: websocket",
         ),
         (
-            "POST without upgrade",
+            "JSON-RPC POST without a JSON content type",
             "POST / HTTP/1.1\r\nHost: localhost\r\nContent-Length: 2\r\n\r\n{}".to_string(),
+            415,
+            "",
+        ),
+        (
+            "PUT",
+            "PUT / HTTP/1.1\r\nHost: localhost\r\nContent-Length: 2\r\n\r\n{}".to_string(),
             405,
             "Allow: GET",
         ),

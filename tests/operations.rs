@@ -52,7 +52,7 @@ fn plaintext_listener_serves_ws() {
     let (mut ws, _) = tungstenite::connect(format!("ws://{}/", gw.addr)).unwrap();
     ws.send(Message::Text("plain".into())).unwrap();
     assert_eq!(ws.read().unwrap(), Message::Text("plain".into()));
-    let seen = up.seen.recv_timeout(TIMEOUT).unwrap();
+    let seen = up.next_session();
     assert_eq!(seen.header("x-forwarded-proto"), Some("http"));
 }
 

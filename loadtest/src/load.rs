@@ -220,16 +220,14 @@ fn run_summary(args: &Args) -> Result<Summary, String> {
                 async move {
                     let conn_rate = if rate > 0.0 { rate / conns as f64 } else { 0.0 };
                     let inflight = RefCell::new(AHashMap::new());
-                    let work = one_connection(
-                        &t,
-                        &calls,
+                    let plan = Plan {
+                        calls: &calls,
                         depth,
                         conn_rate,
-                        per_conn_limit,
+                        limit: per_conn_limit,
                         deadline,
-                        &c,
-                        &inflight,
-                    );
+                    };
+                    let work = one_connection(&t, &plan, &c, &inflight);
                     // Requests still unanswered two seconds after the end are counted, each.
                     let cutoff = monoio::time::sleep_until(monoio::time::Instant::from_std(
                         deadline + Duration::from_secs(2),
@@ -268,16 +266,31 @@ fn response_id(m: &[u8]) -> Option<(u64, bool)> {
     Some((id, p.error.is_some()))
 }
 
-async fn one_connection(
-    t: &Target,
-    calls: &[Call],
+/// What one connection of `run` does.
+struct Plan<'a> {
+    calls: &'a [Call],
+    /// Requests kept in flight (closed loop).
     depth: usize,
+    /// Messages per second (open loop); 0 for closed loop.
     conn_rate: f64,
+    /// Most requests to send.
     limit: u64,
     deadline: Instant,
+}
+
+async fn one_connection(
+    t: &Target,
+    plan: &Plan<'_>,
     c: &RefCell<Counters>,
     inflight: &RefCell<AHashMap<u64, Instant>>,
 ) {
+    let Plan {
+        calls,
+        depth,
+        conn_rate,
+        limit,
+        deadline,
+    } = *plan;
     let mut client = match ws_connect(t).await {
         Ok(cl) => cl,
         Err((kind, _)) => {

@@ -194,6 +194,11 @@ pub struct SeenRequest {
 }
 
 impl SeenRequest {
+    /// The gateway's own health check connection.
+    pub fn is_probe(&self) -> bool {
+        self.header("user-agent") == Some("ringway-health")
+    }
+
     pub fn header(&self, name: &str) -> Option<&str> {
         self.headers
             .iter()
@@ -203,7 +208,7 @@ impl SeenRequest {
 }
 
 /// How a test upstream behaves after the handshake.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub enum Behaviour {
     /// Echo text and binary messages.
     Echo,
@@ -215,6 +220,49 @@ pub enum Behaviour {
     DieAfterFirst,
     /// Close with this code after the first message.
     CloseAfterFirst(u16),
+    /// A Substrate-like node for health checks: answers `system_health`,
+    /// `chain_getHeader` (at `chain.head`) and `chain_getBlockHash`; echoes
+    /// anything else. Refuses and drops connections while `chain.dead` is set.
+    Substrate(Arc<FakeChain>),
+}
+
+/// Knobs of a [`Behaviour::Substrate`] node, shared with the test.
+#[derive(Debug, Default)]
+pub struct FakeChain {
+    pub head: std::sync::atomic::AtomicU64,
+    pub dead: std::sync::atomic::AtomicBool,
+}
+
+impl FakeChain {
+    pub fn new(head: u64) -> Arc<FakeChain> {
+        Arc::new(FakeChain {
+            head: head.into(),
+            dead: false.into(),
+        })
+    }
+
+    fn answer(&self, req: &str) -> String {
+        use std::sync::atomic::Ordering::Relaxed;
+        let p = ringway::jsonrpc::peek(req.as_bytes()).expect("json-rpc");
+        let id = String::from_utf8_lossy(p.id.unwrap_or(b"null")).to_string();
+        let head = self.head.load(Relaxed);
+        let result = match p.method.unwrap_or(b"") {
+            b"system_health" => {
+                r#"{"peers":3,"isSyncing":false,"shouldHavePeers":true}"#.to_string()
+            }
+            b"chain_getHeader" => format!(r#"{{"number":"0x{head:x}","parentHash":"0x00"}}"#),
+            b"chain_getBlockHash" => {
+                let n: u64 = p
+                    .params
+                    .and_then(|ps| ringway::jsonrpc::param(ps, 0))
+                    .and_then(|v| std::str::from_utf8(v).ok()?.parse().ok())
+                    .unwrap_or(head);
+                format!(r#""0x{n:064x}""#)
+            }
+            _ => return req.to_string(),
+        };
+        format!(r#"{{"jsonrpc":"2.0","result":{result},"id":{id}}}"#)
+    }
 }
 
 /// A tungstenite WebSocket server on a thread, one thread per connection.
@@ -235,6 +283,7 @@ impl Upstream {
                 let Ok(stream) = stream else { continue };
                 let seen_tx = seen_tx.clone();
                 let close_tx = close_tx.clone();
+                let behaviour = behaviour.clone();
                 thread::spawn(move || serve(stream, behaviour, seen_tx, close_tx));
             }
         });
@@ -243,6 +292,21 @@ impl Upstream {
 
     pub fn url(&self) -> String {
         format!("ws://{}", self.addr)
+    }
+
+    /// The next client session's handshake (skipping the gateway's health probes).
+    pub fn next_session(&self) -> SeenRequest {
+        loop {
+            let r = self.seen.recv_timeout(TIMEOUT).expect("a session");
+            if !r.is_probe() {
+                return r;
+            }
+        }
+    }
+
+    /// Client sessions seen so far (not counting health probes).
+    pub fn session_count(&self) -> usize {
+        self.seen.try_iter().filter(|r| !r.is_probe()).count()
     }
 }
 
@@ -253,6 +317,13 @@ fn serve(
     close_tx: mpsc::Sender<Option<u16>>,
 ) {
     let _ = stream.set_nodelay(true);
+    if let Behaviour::Substrate(chain) = &behaviour {
+        if chain.dead.load(std::sync::atomic::Ordering::Relaxed) {
+            let _ = stream.shutdown(std::net::Shutdown::Both);
+            return;
+        }
+        let _ = stream.set_read_timeout(Some(Duration::from_millis(100)));
+    }
     let raw = stream.try_clone().unwrap();
     let callback = |req: &Request, mut resp: Response| {
         let headers = req
@@ -296,15 +367,38 @@ fn serve(
         }
     }
     loop {
+        if let Behaviour::Substrate(chain) = &behaviour {
+            if chain.dead.load(std::sync::atomic::Ordering::Relaxed) {
+                let _ = raw.shutdown(std::net::Shutdown::Both);
+                return;
+            }
+        }
         match ws.read() {
+            Ok(Message::Text(t)) if matches!(behaviour, Behaviour::Substrate(_)) => {
+                let Behaviour::Substrate(chain) = &behaviour else {
+                    unreachable!()
+                };
+                if ws.send(Message::Text(chain.answer(&t))).is_err() {
+                    return;
+                }
+            }
+            Err(tungstenite::Error::Io(e))
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                continue;
+            }
             Ok(msg @ (Message::Text(_) | Message::Binary(_))) => {
-                let reply = match behaviour {
-                    Behaviour::Large(n) => Message::Text("x".repeat(n)),
+                let reply = match &behaviour {
+                    Behaviour::Large(n) => Message::Text("x".repeat(*n)),
                     Behaviour::DieAfterFirst => {
                         let _ = raw.shutdown(std::net::Shutdown::Both);
                         return;
                     }
                     Behaviour::CloseAfterFirst(code) => {
+                        let code = *code;
                         let _ = ws.close(Some(tungstenite::protocol::CloseFrame {
                             code: code.into(),
                             reason: "bye".into(),

@@ -1,0 +1,257 @@
+//! Node health: active probes, hysteresis, lag, and the lock-free state every
+//! worker reads.
+//!
+//! One thread ("health", its own monoio runtime) probes every node each
+//! interval over a kept-open WebSocket: Substrate `system_health` and
+//! `chain_getHeader`; Ethereum `eth_syncing` and `eth_blockNumber`. A node is
+//! marked down after `fall` consecutive failures and up after `rise`
+//! successes ([`Hysteresis`], a pure function with no clock inside), and is
+//! down while its head lags the best head by more than `max_lag` blocks.
+//! Workers also report failed connects ([`Health::report_connect_failure`]),
+//! which count as failed probes.
+//!
+//! The state is atomics in an `Arc`: workers read it on every new session
+//! and every session's timer checks its node, with no lock anywhere. New block
+//! hashes go to each worker through its own channel, drained when a worker
+//! needs its [`crate::route::HashWindow`].
+
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// Consecutive-result hysteresis for one node. Pure: feed it results.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Hysteresis {
+    pub up: bool,
+    fails: u32,
+    oks: u32,
+}
+
+impl Hysteresis {
+    /// Nodes start up, so a gateway serves at once, before the first probe.
+    pub fn new() -> Hysteresis {
+        Hysteresis {
+            up: true,
+            fails: 0,
+            oks: 0,
+        }
+    }
+
+    /// The state after one more probe result.
+    pub fn observe(self, ok: bool, fall: u32, rise: u32) -> Hysteresis {
+        let (fails, oks) = if ok {
+            (0, self.oks + 1)
+        } else {
+            (self.fails + 1, 0)
+        };
+        let up = if self.up {
+            fails < fall.max(1)
+        } else {
+            oks >= rise.max(1)
+        };
+        Hysteresis { up, fails, oks }
+    }
+}
+
+impl Default for Hysteresis {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// True when a node at `head` is too far behind the `best` head.
+pub fn lagging(head: u64, best: u64, max_lag: u64) -> bool {
+    best.saturating_sub(head) > max_lag
+}
+
+/// What every worker can read about one node.
+#[derive(Debug)]
+pub struct NodeStatus {
+    up: AtomicBool,
+    /// Up by the probes' hysteresis (before the lag rule).
+    alive: AtomicBool,
+    head: AtomicU64,
+    passive_failures: AtomicU32,
+    probes: AtomicU64,
+}
+
+impl NodeStatus {
+    fn new() -> NodeStatus {
+        NodeStatus {
+            up: AtomicBool::new(true),
+            alive: AtomicBool::new(true),
+            head: AtomicU64::new(0),
+            passive_failures: AtomicU32::new(0),
+            probes: AtomicU64::new(0),
+        }
+    }
+}
+
+/// Shared health state of the pool.
+#[derive(Debug)]
+pub struct Health {
+    nodes: Vec<NodeStatus>,
+    best: AtomicU64,
+    /// Each worker's receiving end of new (hash, height) pairs.
+    hash_senders: Mutex<Vec<mpsc::Sender<(String, u64)>>>,
+}
+
+impl Health {
+    pub fn new(nodes: usize) -> Arc<Health> {
+        Arc::new(Health {
+            nodes: (0..nodes).map(|_| NodeStatus::new()).collect(),
+            best: AtomicU64::new(0),
+            hash_senders: Mutex::new(Vec::new()),
+        })
+    }
+
+    /// Can this node take sessions and requests?
+    pub fn is_up(&self, i: usize) -> bool {
+        self.nodes[i].up.load(Ordering::Relaxed)
+    }
+
+    pub fn head(&self, i: usize) -> u64 {
+        self.nodes[i].head.load(Ordering::Relaxed)
+    }
+
+    /// The best head seen across nodes.
+    pub fn best(&self) -> u64 {
+        self.best.load(Ordering::Relaxed)
+    }
+
+    /// Probes run on this node so far.
+    pub fn probes(&self, i: usize) -> u64 {
+        self.nodes[i].probes.load(Ordering::Relaxed)
+    }
+
+    /// A worker could not connect to node `i` (counts as a failed probe).
+    pub fn report_connect_failure(&self, i: usize) {
+        self.nodes[i]
+            .passive_failures
+            .fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A channel on which this worker receives new block hashes. Setup only.
+    pub fn subscribe_hashes(&self) -> mpsc::Receiver<(String, u64)> {
+        let (tx, rx) = mpsc::channel();
+        self.hash_senders.lock().expect("not poisoned").push(tx);
+        rx
+    }
+
+    pub fn publish_hash(&self, hash: &str, height: u64) {
+        for tx in self.hash_senders.lock().expect("not poisoned").iter() {
+            let _ = tx.send((hash.to_string(), height));
+        }
+    }
+
+    /// Apply one probe result for node `i`, then the lag rule to every node.
+    pub fn record(
+        &self,
+        i: usize,
+        h: &mut Hysteresis,
+        ok: bool,
+        head: Option<u64>,
+        cfg: &HealthConfig,
+    ) {
+        let passive = self.nodes[i].passive_failures.swap(0, Ordering::Relaxed);
+        for _ in 0..passive {
+            *h = h.observe(false, cfg.fall, cfg.rise);
+        }
+        *h = h.observe(ok, cfg.fall, cfg.rise);
+        let n = &self.nodes[i];
+        n.probes.fetch_add(1, Ordering::Relaxed);
+        n.alive.store(h.up, Ordering::Relaxed);
+        if let Some(head) = head {
+            n.head.store(head, Ordering::Relaxed);
+            self.best.fetch_max(head, Ordering::Relaxed);
+        }
+        self.apply_lag(cfg.max_lag);
+    }
+
+    fn apply_lag(&self, max_lag: u64) {
+        let best = self.best();
+        for n in &self.nodes {
+            let alive = n.alive.load(Ordering::Relaxed);
+            let head = n.head.load(Ordering::Relaxed);
+            // A node whose head is unknown yet (0) is judged by its probes alone.
+            let lag = head > 0 && lagging(head, best, max_lag);
+            n.up.store(alive && !lag, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Probe settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HealthConfig {
+    pub interval: Duration,
+    pub timeout: Duration,
+    pub fall: u32,
+    pub rise: u32,
+    pub max_lag: u64,
+}
+
+impl Default for HealthConfig {
+    fn default() -> Self {
+        HealthConfig {
+            interval: Duration::from_secs(2),
+            timeout: Duration::from_secs(2),
+            fall: 3,
+            rise: 2,
+            max_lag: 10,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn down_after_fall_failures_up_after_rise_successes() {
+        let mut h = Hysteresis::new();
+        assert!(h.up);
+        h = h.observe(false, 3, 2);
+        h = h.observe(false, 3, 2);
+        assert!(h.up, "two failures are not three");
+        h = h.observe(true, 3, 2);
+        h = h.observe(false, 3, 2);
+        h = h.observe(false, 3, 2);
+        assert!(h.up, "a success resets the count");
+        h = h.observe(false, 3, 2);
+        assert!(!h.up);
+        h = h.observe(true, 3, 2);
+        assert!(!h.up, "one success is not two");
+        h = h.observe(true, 3, 2);
+        assert!(h.up);
+    }
+
+    #[test]
+    fn lag_marks_a_node_down_while_it_lasts() {
+        let health = Health::new(2);
+        let cfg = HealthConfig {
+            max_lag: 5,
+            ..HealthConfig::default()
+        };
+        let (mut a, mut b) = (Hysteresis::new(), Hysteresis::new());
+        health.record(0, &mut a, true, Some(100), &cfg);
+        health.record(1, &mut b, true, Some(99), &cfg);
+        assert!(health.is_up(0) && health.is_up(1));
+        health.record(0, &mut a, true, Some(110), &cfg);
+        assert!(!health.is_up(1), "10 blocks behind");
+        health.record(1, &mut b, true, Some(108), &cfg);
+        assert!(health.is_up(1), "caught up");
+        assert_eq!(health.best(), 110);
+    }
+
+    #[test]
+    fn connect_failures_count_as_failed_probes() {
+        let health = Health::new(1);
+        let cfg = HealthConfig::default();
+        let mut h = Hysteresis::new();
+        health.report_connect_failure(0);
+        health.report_connect_failure(0);
+        health.record(0, &mut h, false, None, &cfg);
+        assert!(!health.is_up(0));
+    }
+}

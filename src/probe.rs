@@ -1,0 +1,295 @@
+//! The health thread: probes every node over a kept-open WebSocket and
+//! records the results in [`Health`].
+
+use std::sync::Arc;
+
+use monoio::io::AsyncWriteRentExt;
+
+use crate::config::NodeConfig;
+use crate::health::{Health, HealthConfig, Hysteresis};
+use crate::io::{ReadHalf, WriteHalf};
+use crate::jsonrpc;
+use crate::route::Flavour;
+use crate::upstream::{connect, NodeReader, NodeWriter};
+use crate::ws::frame::{write_frame, FrameHeader, OpCode, Parse};
+use crate::ws::handshake::parse_upstream_response;
+
+/// Start the health thread. It runs until the process ends.
+pub fn spawn(nodes: Vec<NodeConfig>, flavour: Flavour, cfg: HealthConfig, health: Arc<Health>) {
+    let _ = std::thread::Builder::new()
+        .name("health".into())
+        .spawn(move || {
+            let mut rt = match monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
+                .enable_timer()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    crate::error!("health checks cannot start: {e}");
+                    return;
+                }
+            };
+            rt.block_on(async move {
+                let mut tasks = Vec::new();
+                for (i, node) in nodes.into_iter().enumerate() {
+                    let health = health.clone();
+                    tasks.push(monoio::spawn(probe_node(i, node, flavour, cfg, health)));
+                }
+                for t in tasks {
+                    t.await;
+                }
+            });
+        });
+}
+
+/// A probe connection to one node.
+struct Probe {
+    r: NodeReader,
+    w: NodeWriter,
+    buf: Vec<u8>,
+    next_id: u64,
+}
+
+async fn probe_node(
+    i: usize,
+    node: NodeConfig,
+    flavour: Flavour,
+    cfg: HealthConfig,
+    health: Arc<Health>,
+) {
+    let mut h = Hysteresis::new();
+    let mut conn: Option<Probe> = None;
+    let mut last_hashed: u64 = 0;
+    loop {
+        let result =
+            monoio::time::timeout(cfg.timeout, probe_once(&node, flavour, &mut conn)).await;
+        let (ok, head) = match result {
+            Ok(Ok(head)) => (true, Some(head)),
+            Ok(Err(e)) => {
+                crate::debug!("health: {} failed: {e}", node.url);
+                conn = None;
+                (false, None)
+            }
+            Err(_) => {
+                crate::debug!(
+                    "health: {} did not answer in {} ms",
+                    node.url,
+                    cfg.timeout.as_millis()
+                );
+                conn = None;
+                (false, None)
+            }
+        };
+        let was_up = health.is_up(i);
+        health.record(i, &mut h, ok, head, &cfg);
+        if was_up != health.is_up(i) {
+            if health.is_up(i) {
+                crate::info!("node {} is up (head {})", node.url, health.head(i));
+            } else {
+                crate::warn!(
+                    "node {} is down ({})",
+                    node.url,
+                    if ok {
+                        "lagging behind the best head"
+                    } else {
+                        "failed health checks"
+                    }
+                );
+            }
+        }
+        // Feed the routers' recent-hash window from this node's new heads.
+        if let (Some(head), Flavour::Substrate, Some(c)) = (head, flavour, conn.as_mut()) {
+            if head > last_hashed {
+                let from = head.saturating_sub(64).max(last_hashed + 1);
+                let fetched =
+                    monoio::time::timeout(cfg.timeout, fetch_hashes(c, from, head, &health)).await;
+                if let Ok(Ok(())) = fetched {
+                    last_hashed = head;
+                }
+            }
+        }
+        monoio::time::sleep(cfg.interval).await;
+    }
+}
+
+/// One probe: returns the node's head, or why it failed.
+async fn probe_once(
+    node: &NodeConfig,
+    flavour: Flavour,
+    conn: &mut Option<Probe>,
+) -> Result<u64, String> {
+    if conn.is_none() {
+        *conn = Some(open(node).await?);
+    }
+    let c = conn.as_mut().expect("just opened");
+    let (health_method, head_method) = match flavour {
+        Flavour::Substrate => ("system_health", "chain_getHeader"),
+        Flavour::Ethereum => ("eth_syncing", "eth_blockNumber"),
+    };
+    let status = c.call(health_method, "[]").await?;
+    let syncing = match flavour {
+        Flavour::Substrate => status.windows(17).any(|w| w == b"\"isSyncing\":true"),
+        Flavour::Ethereum => status != b"false",
+    };
+    if syncing {
+        return Err("node reports it is syncing".into());
+    }
+    let head = c.call(head_method, "[]").await?;
+    let hex = match flavour {
+        Flavour::Substrate => find_string_member(&head, b"number"),
+        Flavour::Ethereum => jsonrpc::unquote(&head),
+    }
+    .ok_or("no block number in the answer")?;
+    let digits = hex.strip_prefix(b"0x").unwrap_or(hex);
+    std::str::from_utf8(digits)
+        .ok()
+        .and_then(|d| u64::from_str_radix(d, 16).ok())
+        .ok_or_else(|| "unparsable block number".to_string())
+}
+
+async fn fetch_hashes(c: &mut Probe, from: u64, to: u64, health: &Health) -> Result<(), String> {
+    for n in from..=to {
+        let result = c.call("chain_getBlockHash", &format!("[{n}]")).await?;
+        if let Some(hash) = jsonrpc::unquote(&result) {
+            health.publish_hash(&String::from_utf8_lossy(hash), n);
+        }
+    }
+    Ok(())
+}
+
+fn find_string_member<'a>(obj: &'a [u8], key: &[u8]) -> Option<&'a [u8]> {
+    let mut pat = Vec::with_capacity(key.len() + 3);
+    pat.push(b'"');
+    pat.extend_from_slice(key);
+    pat.extend_from_slice(b"\":");
+    let at = obj.windows(pat.len()).position(|w| w == pat.as_slice())? + pat.len();
+    let rest = &obj[at..];
+    let start = rest.iter().position(|&b| b == b'"')? + 1;
+    let len = rest[start..].iter().position(|&b| b == b'"')?;
+    Some(&rest[start..start + len])
+}
+
+async fn open(node: &NodeConfig) -> Result<Probe, String> {
+    let mut stream = connect(node).await.map_err(|e| format!("connect: {e}"))?;
+    let key = crate::rng::ws_key();
+    let host = match &node.addr {
+        crate::config::NodeAddr::Tcp(a) => a[0].to_string(),
+        crate::config::NodeAddr::Unix(_) => "localhost".into(),
+    };
+    let path = if node.path.is_empty() {
+        "/"
+    } else {
+        node.path.as_str()
+    };
+    let req = format!(
+        "GET {path} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\nUser-Agent: ringway-health\r\n\r\n"
+    );
+    let res = match &mut stream {
+        crate::upstream::NodeStream::Tcp(s) => s.write_all(req.into_bytes()).await.0,
+        crate::upstream::NodeStream::Unix(s) => s.write_all(req.into_bytes()).await.0,
+    };
+    res.map_err(|e| format!("write: {e}"))?;
+    let (mut r, w) = stream.into_split();
+    let mut buf = Vec::new();
+    loop {
+        let (res, b) = r.read_more(buf).await;
+        buf = b;
+        match res {
+            Ok(0) => return Err("closed during the upgrade".into()),
+            Ok(_) => {}
+            Err(e) => return Err(format!("read: {e}")),
+        }
+        match parse_upstream_response(&buf, &key, None, 16384) {
+            Ok(Parse::Done(_, n)) => {
+                buf.drain(..n);
+                return Ok(Probe {
+                    r,
+                    w,
+                    buf,
+                    next_id: 1,
+                });
+            }
+            Ok(Parse::NeedMore(_)) => {}
+            Err(e) => return Err(format!("upgrade refused: {e}")),
+        }
+    }
+}
+
+impl Probe {
+    /// Send a request and return the raw `result` of its answer (an error answer is an error).
+    async fn call(&mut self, method: &str, params: &str) -> Result<Vec<u8>, String> {
+        let id = self.next_id;
+        self.next_id += 1;
+        let body =
+            format!(r#"{{"jsonrpc":"2.0","id":{id},"method":"{method}","params":{params}}}"#);
+        let mut frame = Vec::with_capacity(body.len() + 14);
+        write_frame(
+            &mut frame,
+            OpCode::Text,
+            body.as_bytes(),
+            Some(crate::rng::mask_key()),
+        );
+        let (res, _) = self.w.write_all(frame).await;
+        res.map_err(|e| format!("write: {e}"))?;
+        loop {
+            let msg = self.next_message().await?;
+            let Some(p) = jsonrpc::peek(&msg) else {
+                continue;
+            };
+            if p.id != Some(id.to_string().as_bytes()) {
+                continue; // a notification or a late answer
+            }
+            if let Some(err) = p.error {
+                return Err(format!(
+                    "{method} answered {}",
+                    String::from_utf8_lossy(err)
+                ));
+            }
+            return p
+                .result
+                .map(|r| r.to_vec())
+                .ok_or_else(|| format!("{method}: no result"));
+        }
+    }
+
+    /// The next text message (unfragmented frames are all a node sends here).
+    async fn next_message(&mut self) -> Result<Vec<u8>, String> {
+        loop {
+            match FrameHeader::parse(&self.buf) {
+                Ok(Parse::Done(h, hl)) if self.buf.len() >= hl + h.payload_len as usize => {
+                    let end = hl + h.payload_len as usize;
+                    let payload = self.buf[hl..end].to_vec();
+                    self.buf.drain(..end);
+                    match h.opcode {
+                        OpCode::Text | OpCode::Binary if h.fin => return Ok(payload),
+                        OpCode::Close => return Err("node closed the probe connection".into()),
+                        OpCode::Ping => {
+                            let mut pong = Vec::new();
+                            write_frame(
+                                &mut pong,
+                                OpCode::Pong,
+                                &payload,
+                                Some(crate::rng::mask_key()),
+                            );
+                            let _ = self.w.write_all(pong).await;
+                        }
+                        _ => {}
+                    }
+                    continue;
+                }
+                Ok(_) => {}
+                Err(e) => return Err(format!("bad frame: {e}")),
+            }
+            if self.buf.len() > 64 << 20 {
+                return Err("answer too large".into());
+            }
+            let (res, b) = self.r.read_more(std::mem::take(&mut self.buf)).await;
+            self.buf = b;
+            match res {
+                Ok(0) => return Err("node closed the connection".into()),
+                Ok(_) => {}
+                Err(e) => return Err(format!("read: {e}")),
+            }
+        }
+    }
+}
