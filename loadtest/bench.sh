@@ -161,7 +161,7 @@ for n in 2000 8000; do
 done
 
 row() { # name key unit better(higher|lower)
-  local a b; a=$(echo "${R[$2|ringway]}" | median); b=$(echo "${R[$2|nginx]}" | median)
+  local a b; a=$(echo "${R[$2|ringway]:-}" | median); b=$(echo "${R[$2|nginx]:-}" | median)
   echo "| $1 | $a | $b | $(echo "$a $b" | awk '{ if ($2 > 0) printf "%.2f", $1/$2; else print "-" }') | $3 |"
 }
 echo

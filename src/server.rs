@@ -260,7 +260,8 @@ async fn serve(
         match listener.accept().await {
             Ok((stream, peer)) => {
                 let _ = stream.set_nodelay(true);
-                monoio::spawn(CatchUnwind(connection(stream, peer, worker.clone())));
+                let fut = CatchUnwind(connection(stream, peer, worker.clone()));
+                monoio::spawn(fut);
             }
             Err(e) => {
                 // EMFILE and friends: back off instead of spinning.
@@ -277,12 +278,9 @@ async fn connection(tcp: TcpStream, peer: SocketAddr, worker: Rc<Worker>) {
     match worker.tls.clone() {
         Some(cfg) => {
             let timeout = worker.config.limits.handshake_timeout;
-            let accepted = with_deadline(
-                timeout,
-                || stop(fd, Stop::All),
-                crate::tls::accept(tcp, cfg),
-            )
-            .await;
+            // Boxed, like the HTTP phase: its memory is freed before the session starts.
+            let accept = Box::pin(crate::tls::accept(tcp, cfg));
+            let accepted = with_deadline(timeout, || stop(fd, Stop::All), accept).await;
             match accepted {
                 Ok((r, w)) => client(r, w, fd, peer, &worker, "https").await,
                 Err(e) => crate::debug!("TLS handshake with {peer} failed: {e}"),
@@ -374,7 +372,8 @@ async fn client<R: ReadHalf, W: WriteHalf>(
                 summary.upstream_messages
             );
         }
-        Handshake::Http { buf } => http_loop(&mut r, &mut w, fd, peer, worker, buf).await,
+        // Boxed: its header arrays must not size every WebSocket session's task.
+        Handshake::Http { buf } => Box::pin(http_loop(&mut r, &mut w, fd, peer, worker, buf)).await,
         Handshake::Done => {}
     }
 }
@@ -899,3 +898,4 @@ async fn answer_rpc(worker: &Rc<Worker>, path: &str, body: &[u8], ip: &str) -> (
     };
     (502, out.into_bytes())
 }
+
