@@ -898,4 +898,3 @@ async fn answer_rpc(worker: &Rc<Worker>, path: &str, body: &[u8], ip: &str) -> (
     };
     (502, out.into_bytes())
 }
-

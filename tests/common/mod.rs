@@ -231,14 +231,37 @@ pub enum Behaviour {
 pub struct FakeChain {
     pub head: std::sync::atomic::AtomicU64,
     pub dead: std::sync::atomic::AtomicBool,
+    /// Blocks of state kept; `u64::MAX` for an archive node.
+    pub pruning: std::sync::atomic::AtomicU64,
+    /// Put in `state_getStorage` results, to tell which node answered.
+    pub label: std::sync::Mutex<String>,
 }
 
 impl FakeChain {
     pub fn new(head: u64) -> Arc<FakeChain> {
+        Self::node(head, u64::MAX, "node")
+    }
+
+    /// A node keeping `pruning` blocks of state, labelled `label`.
+    pub fn node(head: u64, pruning: u64, label: &str) -> Arc<FakeChain> {
         Arc::new(FakeChain {
             head: head.into(),
             dead: false.into(),
+            pruning: pruning.into(),
+            label: std::sync::Mutex::new(label.into()),
         })
+    }
+
+    /// Answer a message (object or batch).
+    pub fn answer_all(&self, msg: &str) -> String {
+        if msg.trim_start().starts_with('[') {
+            let parts: Vec<String> = ringway::jsonrpc::elements(msg.as_bytes())
+                .map(|e| self.answer(std::str::from_utf8(e).unwrap()))
+                .collect();
+            format!("[{}]", parts.join(","))
+        } else {
+            self.answer(msg)
+        }
     }
 
     fn answer(&self, req: &str) -> String {
@@ -251,6 +274,23 @@ impl FakeChain {
                 r#"{"peers":3,"isSyncing":false,"shouldHavePeers":true}"#.to_string()
             }
             b"chain_getHeader" => format!(r#"{{"number":"0x{head:x}","parentHash":"0x00"}}"#),
+            b"state_getStorage" => {
+                let at = p
+                    .params
+                    .and_then(|ps| ringway::jsonrpc::param(ps, 1))
+                    .and_then(ringway::jsonrpc::unquote)
+                    .and_then(|h| {
+                        u64::from_str_radix(std::str::from_utf8(h.strip_prefix(b"0x")?).ok()?, 16)
+                            .ok()
+                    })
+                    .unwrap_or(head);
+                if head.saturating_sub(at) > self.pruning.load(Relaxed) {
+                    return format!(
+                        r#"{{"jsonrpc":"2.0","error":{{"code":4003,"message":"Client error: State already discarded for 0x{at:064x}"}},"id":{id}}}"#
+                    );
+                }
+                format!(r#""{}@{at}""#, self.label.lock().unwrap())
+            }
             b"chain_getBlockHash" => {
                 let n: u64 = p
                     .params
@@ -321,6 +361,10 @@ fn serve(
         if chain.dead.load(std::sync::atomic::Ordering::Relaxed) {
             let _ = stream.shutdown(std::net::Shutdown::Both);
             return;
+        }
+        let mut first = [0u8; 4];
+        if stream.peek(&mut first).is_ok() && &first == b"POST" {
+            return serve_http(stream, chain, seen_tx);
         }
         let _ = stream.set_read_timeout(Some(Duration::from_millis(100)));
     }
@@ -589,4 +633,54 @@ pub fn write_config(pki: &TestPki, name: &str, text: &str) -> PathBuf {
 pub fn dead_port() -> u16 {
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
     l.local_addr().unwrap().port()
+}
+
+/// HTTP JSON-RPC for a [`Behaviour::Substrate`] node: keep-alive, Content-Length bodies.
+fn serve_http(stream: TcpStream, chain: &FakeChain, seen_tx: mpsc::Sender<SeenRequest>) {
+    let mut reader = BufReader::new(stream.try_clone().unwrap());
+    let mut out = stream;
+    loop {
+        let mut request_line = String::new();
+        if reader.read_line(&mut request_line).unwrap_or(0) == 0 {
+            return;
+        }
+        let mut headers = Vec::new();
+        let mut length = 0usize;
+        loop {
+            let mut line = String::new();
+            if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                return;
+            }
+            let line = line.trim_end();
+            if line.is_empty() {
+                break;
+            }
+            if let Some((n, v)) = line.split_once(':') {
+                if n.eq_ignore_ascii_case("content-length") {
+                    length = v.trim().parse().unwrap_or(0);
+                }
+                headers.push((n.to_string(), v.trim().to_string()));
+            }
+        }
+        let mut body = vec![0u8; length];
+        if reader.read_exact(&mut body).is_err() {
+            return;
+        }
+        let _ = seen_tx.send(SeenRequest {
+            path: request_line
+                .split_whitespace()
+                .nth(1)
+                .unwrap_or("")
+                .to_string(),
+            headers,
+        });
+        let answer = chain.answer_all(std::str::from_utf8(&body).unwrap_or(""));
+        let resp = format!(
+            "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{answer}",
+            answer.len()
+        );
+        if out.write_all(resp.as_bytes()).is_err() {
+            return;
+        }
+    }
 }
