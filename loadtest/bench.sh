@@ -95,7 +95,7 @@ cpu() { local t=0; for p in $1; do read -r -a f < "/proc/$p/stat"; t=$((t + f[13
 # Proportional set size (KiB) of a set of processes (shared pages split fairly).
 pss() { local t=0; for p in $1; do v=$(awk '/^Pss:/{print $2}' "/proc/$p/smaps_rollup"); t=$((t + v)); done; echo $t; }
 field() { python3 -c "import json,sys; print(json.loads(sys.argv[1])[sys.argv[2]])" "$1" "$2"; }
-median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{a[NR]=$1} END{print a[int((NR+1)/2)]}'; }
+median() { tr ' ' '\n' | { grep -v '^$' || true; } | sort -g | awk '{a[NR]=$1} END{print a[int((NR+1)/2)]}'; }
 
 declare -A R
 record() { R["$1|$2"]="${R["$1|$2"]:-} $3"; }

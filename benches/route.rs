@@ -1,0 +1,56 @@
+//! Method peek and the routing decision, per message: small requests, a
+//! block-argument request, a batch, and a 300 KB message.
+//! Run: `cargo bench --bench route`.
+
+use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
+use ringway::jsonrpc;
+use ringway::route::{ChainView, Flavour, HashWindow, Router};
+
+struct View(HashWindow);
+
+impl ChainView for View {
+    fn head(&self) -> u64 {
+        10_000
+    }
+    fn height_of(&self, hash: &[u8]) -> Option<u64> {
+        self.0.get(hash)
+    }
+}
+
+fn routing(c: &mut Criterion) {
+    let mut window = HashWindow::new(4096);
+    for n in 6_000..=10_000u64 {
+        window.insert(format!("0x{n:064x}").as_bytes(), n);
+    }
+    let view = View(window);
+    let router = Router::new(Flavour::Substrate, 256, None, &[], None);
+    let health = br#"{"jsonrpc":"2.0","id":42,"method":"system_health","params":[]}"#.to_vec();
+    let storage = format!(
+        r#"{{"jsonrpc":"2.0","id":43,"method":"state_getStorage","params":["0x26aa394eea5630e07c48ae0c9558cef7b99d880ec681799c0cf30e8886371da9","0x{:064x}"]}}"#,
+        9_000
+    )
+    .into_bytes();
+    let batch = format!("[{}]", vec![String::from_utf8(storage.clone()).unwrap(); 10].join(",")).into_bytes();
+    let big = format!(
+        r#"{{"jsonrpc":"2.0","id":44,"method":"author_submitExtrinsic","params":["0x{}"]}}"#,
+        "ab".repeat(150_000)
+    )
+    .into_bytes();
+
+    let mut g = c.benchmark_group("route");
+    for (name, msg) in [("system_health", &health), ("state_getStorage_at_hash", &storage), ("batch_of_10", &batch), ("300KB", &big)] {
+        g.throughput(Throughput::Elements(1));
+        g.bench_function(name, |b| b.iter(|| router.route(black_box(msg), &view)));
+    }
+    g.finish();
+
+    let mut g = c.benchmark_group("peek");
+    for (name, msg) in [("system_health", &health), ("300KB", &big)] {
+        g.throughput(Throughput::Bytes(msg.len() as u64));
+        g.bench_function(name, |b| b.iter(|| jsonrpc::peek(black_box(msg))));
+    }
+    g.finish();
+}
+
+criterion_group!(benches, routing);
+criterion_main!(benches);
