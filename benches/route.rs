@@ -30,7 +30,11 @@ fn routing(c: &mut Criterion) {
         9_000
     )
     .into_bytes();
-    let batch = format!("[{}]", vec![String::from_utf8(storage.clone()).unwrap(); 10].join(",")).into_bytes();
+    let batch = format!(
+        "[{}]",
+        vec![String::from_utf8(storage.clone()).unwrap(); 10].join(",")
+    )
+    .into_bytes();
     let big = format!(
         r#"{{"jsonrpc":"2.0","id":44,"method":"author_submitExtrinsic","params":["0x{}"]}}"#,
         "ab".repeat(150_000)
@@ -38,7 +42,12 @@ fn routing(c: &mut Criterion) {
     .into_bytes();
 
     let mut g = c.benchmark_group("route");
-    for (name, msg) in [("system_health", &health), ("state_getStorage_at_hash", &storage), ("batch_of_10", &batch), ("300KB", &big)] {
+    for (name, msg) in [
+        ("system_health", &health),
+        ("state_getStorage_at_hash", &storage),
+        ("batch_of_10", &batch),
+        ("300KB", &big),
+    ] {
         g.throughput(Throughput::Elements(1));
         g.bench_function(name, |b| b.iter(|| router.route(black_box(msg), &view)));
     }
