@@ -162,6 +162,8 @@ impl Default for RoutingSection {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct HealthSection {
+    /// `rpc` (health and head methods), `connect` (a WebSocket upgrade only), or `off`.
+    pub probe: String,
     pub interval_ms: u64,
     pub timeout_ms: u64,
     /// Consecutive failures that mark a node down.
@@ -176,6 +178,7 @@ impl Default for HealthSection {
     fn default() -> Self {
         let d = crate::health::HealthConfig::default();
         HealthSection {
+            probe: "rpc".into(),
             interval_ms: d.interval.as_millis() as u64,
             timeout_ms: d.timeout.as_millis() as u64,
             fall: d.fall,
@@ -517,7 +520,14 @@ impl Config {
                 "interval and timeout must be greater than 0".into(),
             ));
         }
+        let mode = crate::health::ProbeMode::parse(&hs.probe).ok_or_else(|| {
+            err(
+                "health.probe",
+                format!("`{}` is not one of rpc, connect, off", hs.probe),
+            )
+        })?;
         let health = crate::health::HealthConfig {
+            mode,
             interval: Duration::from_millis(hs.interval_ms),
             timeout: Duration::from_millis(hs.timeout_ms),
             fall: hs.fall.max(1),

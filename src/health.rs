@@ -181,9 +181,32 @@ impl Health {
     }
 }
 
+/// How nodes are probed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProbeMode {
+    /// JSON-RPC health and head methods of the chain flavour (the default).
+    Rpc,
+    /// Only a WebSocket upgrade (for backends that are not blockchain nodes).
+    Connect,
+    /// No probes: every node counts as up (connect failures still move sessions on).
+    Off,
+}
+
+impl ProbeMode {
+    pub fn parse(s: &str) -> Option<ProbeMode> {
+        match s {
+            "rpc" => Some(ProbeMode::Rpc),
+            "connect" => Some(ProbeMode::Connect),
+            "off" => Some(ProbeMode::Off),
+            _ => None,
+        }
+    }
+}
+
 /// Probe settings.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct HealthConfig {
+    pub mode: ProbeMode,
     pub interval: Duration,
     pub timeout: Duration,
     pub fall: u32,
@@ -194,6 +217,7 @@ pub struct HealthConfig {
 impl Default for HealthConfig {
     fn default() -> Self {
         HealthConfig {
+            mode: ProbeMode::Rpc,
             interval: Duration::from_secs(2),
             timeout: Duration::from_secs(2),
             fall: 3,

@@ -28,6 +28,7 @@ FLAGS (override the file):
     --upstream URL       a pruned (or full) node, ws://host:port/path or unix:/path; repeat for a pool
     --archive URL        an archive node; repeat for more
     --chain NAME         substrate (default) or ethereum: method tables and health probes
+    --health-probe MODE  rpc (default), connect (upgrade only, for non-node backends) or off
     --workers N          worker threads (default: one per core)
     --no-pin             do not pin workers to cores (server.pin_workers = false)
     --log-level LEVEL    error, warn, info, debug
@@ -45,6 +46,7 @@ struct Flags {
     upstreams: Vec<String>,
     archives: Vec<String>,
     chain: Option<String>,
+    health_probe: Option<String>,
     workers: Option<usize>,
     no_pin: bool,
     log_level: Option<String>,
@@ -61,6 +63,7 @@ fn parse_flags(args: Vec<String>) -> Result<Option<Flags>, String> {
         upstreams: Vec::new(),
         archives: Vec::new(),
         chain: None,
+        health_probe: None,
         workers: None,
         no_pin: false,
         log_level: None,
@@ -96,6 +99,7 @@ fn parse_flags(args: Vec<String>) -> Result<Option<Flags>, String> {
             "--upstream" => f.upstreams.push(value("--upstream")?),
             "--archive" => f.archives.push(value("--archive")?),
             "--chain" => f.chain = Some(value("--chain")?),
+            "--health-probe" => f.health_probe = Some(value("--health-probe")?),
             "--workers" => {
                 let v = value("--workers")?;
                 f.workers = Some(
@@ -138,6 +142,9 @@ fn load(flags: &Flags) -> Result<Config, String> {
     }
     if let Some(c) = &flags.chain {
         file.routing.chain = c.clone();
+    }
+    if let Some(p) = &flags.health_probe {
+        file.health.probe = p.clone();
     }
     if !flags.upstreams.is_empty() || !flags.archives.is_empty() {
         let mut nodes = Vec::new();

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use monoio::io::AsyncWriteRentExt;
 
 use crate::config::NodeConfig;
-use crate::health::{Health, HealthConfig, Hysteresis};
+use crate::health::{Health, HealthConfig, Hysteresis, ProbeMode};
 use crate::io::{ReadHalf, WriteHalf};
 use crate::jsonrpc;
 use crate::route::Flavour;
@@ -16,6 +16,9 @@ use crate::ws::handshake::parse_upstream_response;
 
 /// Start the health thread. It runs until the process ends.
 pub fn spawn(nodes: Vec<NodeConfig>, flavour: Flavour, cfg: HealthConfig, health: Arc<Health>) {
+    if cfg.mode == ProbeMode::Off {
+        return;
+    }
     let _ = std::thread::Builder::new()
         .name("health".into())
         .spawn(move || {
@@ -61,10 +64,16 @@ async fn probe_node(
     let mut conn: Option<Probe> = None;
     let mut last_hashed: u64 = 0;
     loop {
-        let result =
-            monoio::time::timeout(cfg.timeout, probe_once(&node, flavour, &mut conn)).await;
+        let once = async {
+            match cfg.mode {
+                // A fresh upgrade each time; the node's head stays unknown.
+                ProbeMode::Connect => open(&node).await.map(|_| None),
+                _ => probe_once(&node, flavour, &mut conn).await.map(Some),
+            }
+        };
+        let result = monoio::time::timeout(cfg.timeout, once).await;
         let (ok, head) = match result {
-            Ok(Ok(head)) => (true, Some(head)),
+            Ok(Ok(head)) => (true, head),
             Ok(Err(e)) => {
                 crate::debug!("health: {} failed: {e}", node.url);
                 conn = None;

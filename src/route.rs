@@ -209,7 +209,7 @@ impl Router {
     }
 
     /// Route a whole message (an object or a batch). Non-JSON goes to pruned.
-    pub fn route(&self, msg: &[u8], chain: &impl ChainView) -> Target {
+    pub fn route(&self, msg: &[u8], chain: &(impl ChainView + ?Sized)) -> Target {
         match jsonrpc::kind(msg) {
             Kind::Object => {
                 jsonrpc::peek(msg).map_or(Target::Pruned, |p| self.route_one(&p, chain))
@@ -228,7 +228,7 @@ impl Router {
         }
     }
 
-    fn route_one(&self, p: &jsonrpc::Peek<'_>, chain: &impl ChainView) -> Target {
+    fn route_one(&self, p: &jsonrpc::Peek<'_>, chain: &(impl ChainView + ?Sized)) -> Target {
         let Some(method) = p.method else {
             return Target::Pruned;
         };
@@ -248,7 +248,7 @@ impl Router {
         }
     }
 
-    fn block_height(&self, arg: &[u8], chain: &impl ChainView) -> BlockRef {
+    fn block_height(&self, arg: &[u8], chain: &(impl ChainView + ?Sized)) -> BlockRef {
         if arg == b"null" {
             return BlockRef::Recent;
         }
@@ -288,6 +288,14 @@ impl Router {
                 .map_or(BlockRef::Unknown, BlockRef::Height),
             _ => BlockRef::Unknown,
         }
+    }
+
+    /// True for a single request whose method takes a block argument: its
+    /// answer from a pruned node may be "state is gone", worth a retry.
+    pub fn retryable(&self, msg: &[u8]) -> bool {
+        jsonrpc::peek(msg)
+            .and_then(|p| p.method)
+            .is_some_and(|m| self.block_args.contains_key(m))
     }
 
     /// True when a response says the pruned node no longer has the state asked for.

@@ -33,7 +33,7 @@ use crate::http::write_response;
 use crate::io::{give_buf, stop, take_buf, PlainReader, ReadHalf, Stop, WriteHalf, BUF_SIZE};
 use crate::route::{ChainView, HashWindow, Router};
 use crate::rpc_http::{self, HttpPool};
-use crate::session::{relay, NodeWatch, SessionConfig};
+use crate::session::{relay, NodeWatch, Peer, SessionConfig};
 use crate::upstream::{self, Pool};
 use crate::ws::codec::Limits as CodecLimits;
 use crate::ws::frame::Parse;
@@ -316,6 +316,7 @@ enum Handshake<UR, UW> {
         upstream_early: Vec<u8>,
         upstream_fd: RawFd,
         _lease: upstream::NodeLease,
+        template: upstream::UpgradeTemplate,
     },
     /// HTTP requests (JSON-RPC POST, CORS preflight): `buf` starts with the first head.
     Http { buf: Vec<u8> },
@@ -349,22 +350,44 @@ async fn client<R: ReadHalf, W: WriteHalf>(
             upstream_early,
             upstream_fd,
             _lease,
+            template,
         } => {
+            // Per-message routing when this session is on a pruned node and the
+            // pool has archive nodes.
+            let has_archive = worker
+                .pool
+                .nodes()
+                .iter()
+                .any(|n| n.role == crate::config::Role::Archive);
+            let routed =
+                (has_archive && _lease.node().role == crate::config::Role::Pruned).then(|| {
+                    crate::session::Routed {
+                        router: &worker.router,
+                        chain: &worker.chain,
+                        pool: worker.pool.clone(),
+                        template,
+                        connect_timeout: worker.config.connect_timeout,
+                    }
+                });
             let watch = NodeWatch {
                 health: worker.pool.health().clone(),
                 index: _lease.index(),
                 every: worker.config.health.interval,
             };
-            let summary = relay(
-                (r, w),
-                client_early,
-                upstream,
-                upstream_early,
-                (fd, upstream_fd),
-                worker.session,
-                Some(watch),
-            )
-            .await;
+            let client = Peer {
+                r,
+                w,
+                early: client_early,
+                fd,
+            };
+            let (ur, uw) = upstream;
+            let node = Peer {
+                r: ur,
+                w: uw,
+                early: upstream_early,
+                fd: upstream_fd,
+            };
+            let summary = relay(client, node, worker.session, Some(watch), routed).await;
             crate::debug!(
                 "session {peer} ended: {} ({} messages in, {} out)",
                 summary.reason,
@@ -533,6 +556,7 @@ async fn handshake<R: ReadHalf, W: WriteHalf>(
         upstream_early: session.early,
         upstream_fd,
         _lease: session.lease,
+        template: session.template,
     }
 }
 

@@ -40,9 +40,15 @@ use std::time::Duration;
 use monoio::time::Instant;
 use std::os::fd::RawFd;
 
+use std::rc::Rc;
+
 use crate::io::{stop, ReadHalf, Stop, WriteHalf};
+use crate::jsonrpc;
+use crate::route::{ChainView, Router, Target};
+use crate::upstream::{NodeReader, NodeWriter, Pool, UpgradeTemplate};
 use crate::ws::codec::{Decoder, Limits as CodecLimits, Role, Step};
 use crate::ws::frame::{close_code, write_close, write_frame, OpCode, ProtocolError};
+use crate::ws::mask::apply_mask;
 
 /// Limits and timers of a session.
 #[derive(Debug, Clone, Copy)]
@@ -102,11 +108,23 @@ impl Signal {
     }
 }
 
+/// A piece of the relayed stream, and where it ends.
+struct Chunk {
+    buf: Vec<u8>,
+    /// Ends between frames (a control frame may follow).
+    frame_end: bool,
+    /// Ends between messages (another source's message may follow).
+    message_end: bool,
+}
+
 /// Frames waiting for one side's writer.
 #[derive(Default)]
 struct Outbox {
-    /// Data-frame bytes, and whether each buffer ends on a frame boundary.
-    data: RefCell<VecDeque<(Vec<u8>, bool)>>,
+    /// Data-frame bytes relayed from the other side.
+    data: RefCell<VecDeque<Chunk>>,
+    /// Whole messages from elsewhere (an archive node's answers, the gateway's
+    /// own JSON-RPC errors), written between two messages of `data`.
+    injected: RefCell<VecDeque<Vec<u8>>>,
     /// Pings and pongs, written at the next frame boundary.
     control: RefCell<VecDeque<Vec<u8>>>,
     /// The close frame, written after all queued data.
@@ -158,12 +176,26 @@ impl Side {
         self.dead.get() || (self.sent_close.get() && self.got_close.get())
     }
 
-    fn push_data(&self, buf: Vec<u8>, boundary: bool) {
+    fn push_data(&self, buf: Vec<u8>, frame_end: bool, message_end: bool) {
         if self.sent_close.get() || self.dead.get() {
             return;
         }
         self.out.queued.set(self.out.queued.get() + buf.len());
-        self.out.data.borrow_mut().push_back((buf, boundary));
+        self.out.data.borrow_mut().push_back(Chunk {
+            buf,
+            frame_end,
+            message_end,
+        });
+        self.out.writer_wake.notify();
+    }
+
+    /// Queue a whole message from elsewhere (frames included).
+    fn inject(&self, message: Vec<u8>) {
+        if self.sent_close.get() || self.dead.get() {
+            return;
+        }
+        self.out.queued.set(self.out.queued.get() + message.len());
+        self.out.injected.borrow_mut().push_back(message);
         self.out.writer_wake.notify();
     }
 
@@ -214,6 +246,7 @@ struct Session {
     writers_left: Cell<u8>,
     reason: Cell<&'static str>,
     timer_wake: Signal,
+    archive: Archive,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -377,6 +410,11 @@ impl Session {
                 stop(side.fd, Stop::Reads);
             }
         }
+        if let (true, Some(fd)) = (self.archive.reading.get(), self.archive.fd.get()) {
+            stop(fd, Stop::Reads);
+        }
+        self.archive.wake_writer.notify();
+        self.archive.wake_reader.notify();
         self.start_close_deadline();
         self.timer_wake.notify();
     }
@@ -393,8 +431,21 @@ impl Session {
             side.out.queued.set(0);
             stop(side.fd, Stop::All);
         }
+        if let Some(fd) = self.archive.fd.get() {
+            stop(fd, Stop::All);
+        }
         self.end();
     }
+}
+
+/// One side's connection as the relay gets it.
+pub struct Peer<R, W> {
+    pub r: R,
+    pub w: W,
+    /// Bytes it sent right after its handshake; decoded first.
+    pub early: Vec<u8>,
+    /// Its socket, to stop pending I/O when the session ends.
+    pub fd: RawFd,
 }
 
 /// Relay frames between a client and a node until both sides are closed.
@@ -402,13 +453,11 @@ impl Session {
 /// `client_early` and `upstream_early` are bytes each side sent right after
 /// its handshake; they are decoded first.
 pub async fn relay<CR, CW, UR, UW>(
-    (client_r, client_w): (CR, CW),
-    client_early: Vec<u8>,
-    (upstream_r, upstream_w): (UR, UW),
-    upstream_early: Vec<u8>,
-    (client_fd, upstream_fd): (RawFd, RawFd),
+    client: Peer<CR, CW>,
+    upstream: Peer<UR, UW>,
     cfg: SessionConfig,
     watch: Option<NodeWatch>,
+    routed: Option<Routed<'_>>,
 ) -> SessionSummary
 where
     CR: ReadHalf,
@@ -416,6 +465,18 @@ where
     UR: ReadHalf,
     UW: WriteHalf,
 {
+    let Peer {
+        r: client_r,
+        w: client_w,
+        early: client_early,
+        fd: client_fd,
+    } = client;
+    let Peer {
+        r: upstream_r,
+        w: upstream_w,
+        early: upstream_early,
+        fd: upstream_fd,
+    } = upstream;
     let s = Session {
         cfg,
         client: Side::new("client", false, client_fd),
@@ -426,18 +487,26 @@ where
         writers_left: Cell::new(2),
         reason: Cell::new(""),
         timer_wake: Signal::default(),
+        archive: Archive::default(),
     };
     // The halves live here, not in the futures, so that both sockets stay open
     // until every future is done: `stop` must never reach a descriptor that
     // was closed and reused by another connection.
     let (mut client_r, mut client_w, mut upstream_r, mut upstream_w) =
         (client_r, client_w, upstream_r, upstream_w);
-    let (client_msgs, upstream_msgs, _, _, _) = monoio::join!(
-        pump(&s, Which::Client, &mut client_r, client_early),
-        pump(&s, Which::Upstream, &mut upstream_r, upstream_early),
+    // The archive connection, opened on first need, also lives here.
+    let archive_r: RefCell<Option<NodeReader>> = RefCell::new(None);
+    let archive_w: RefCell<Option<NodeWriter>> = RefCell::new(None);
+    let archive_early: RefCell<Vec<u8>> = RefCell::new(Vec::new());
+    let routed = routed.as_ref();
+    let (client_msgs, upstream_msgs, _, _, _, _, _) = monoio::join!(
+        pump(&s, Which::Client, &mut client_r, client_early, routed),
+        pump(&s, Which::Upstream, &mut upstream_r, upstream_early, routed),
         writer(&s, Which::Client, &mut client_w),
         writer(&s, Which::Upstream, &mut upstream_w),
         timer(&s, watch.as_ref()),
+        archive_writer(&s, routed, &archive_r, &archive_w, &archive_early),
+        archive_reader(&s, routed, &archive_r, &archive_early),
     );
     SessionSummary {
         client_messages: client_msgs,
@@ -454,7 +523,13 @@ enum Flow {
 }
 
 /// Read from `from`, forward data to the other side. Returns messages seen.
-async fn pump<R: ReadHalf>(s: &Session, from: Which, io: &mut R, early: Vec<u8>) -> u64 {
+async fn pump<R: ReadHalf>(
+    s: &Session,
+    from: Which,
+    io: &mut R,
+    early: Vec<u8>,
+    routed: Option<&Routed<'_>>,
+) -> u64 {
     let (src, dst) = s.sides(from);
     let role = match from {
         Which::Client => Role::Client,
@@ -464,9 +539,14 @@ async fn pump<R: ReadHalf>(s: &Session, from: Which, io: &mut R, early: Vec<u8>)
     // Bytes that came with the handshake are the first buffer. Later buffers
     // start empty and get room from the reader, sized to the traffic.
     let mut buf = early;
+    let mut hold = Hold::default();
     loop {
         if !buf.is_empty() {
-            if let Flow::Stop = process(s, from, &mut dec, &mut buf) {
+            let flow = match routed {
+                None => process(s, from, &mut dec, &mut buf),
+                Some(r) => process_held(s, from, &mut dec, &mut buf, &mut hold, r),
+            };
+            if let Flow::Stop = flow {
                 break;
             }
         }
@@ -526,7 +606,7 @@ fn process(s: &Session, from: Which, dec: &mut Decoder, buf: &mut Vec<u8>) -> Fl
                     OpCode::Ping => src.push_control(OpCode::Pong, frame.payload()),
                     OpCode::Pong => {}
                     _ => {
-                        forward(s, from, buf, keep, pos, dec.at_frame_boundary());
+                        forward(s, from, buf, keep, pos, boundaries(dec));
                         s.on_close(from, frame.close_code(), frame.close_reason());
                         return Flow::Stop;
                     }
@@ -535,7 +615,7 @@ fn process(s: &Session, from: Which, dec: &mut Decoder, buf: &mut Vec<u8>) -> Fl
             Ok(Step::NeedMore) => break,
             Err(e) => {
                 let boundary = dec.at_frame_boundary();
-                forward(s, from, buf, keep, pos, boundary);
+                forward(s, from, buf, keep, pos, (boundary, false));
                 s.on_protocol_error(from, e, boundary);
                 return Flow::Stop;
             }
@@ -547,12 +627,23 @@ fn process(s: &Session, from: Which, dec: &mut Decoder, buf: &mut Vec<u8>) -> Fl
     if keep > 0 && from == Which::Upstream {
         s.last_activity.set(Instant::now());
     }
-    forward(s, from, buf, keep, pos, dec.at_frame_boundary());
+    forward(s, from, buf, keep, pos, boundaries(dec));
     Flow::Continue
 }
 
+fn boundaries(dec: &Decoder) -> (bool, bool) {
+    (dec.at_frame_boundary(), dec.at_message_boundary())
+}
+
 /// Send `buf[..keep]` to the other side and leave `buf` holding only `buf[pos..]`.
-fn forward(s: &Session, from: Which, buf: &mut Vec<u8>, keep: usize, pos: usize, boundary: bool) {
+fn forward(
+    s: &Session,
+    from: Which,
+    buf: &mut Vec<u8>,
+    keep: usize,
+    pos: usize,
+    boundary: (bool, bool),
+) {
     let (_, dst) = s.sides(from);
     if keep == 0 {
         buf.drain(..pos);
@@ -561,7 +652,7 @@ fn forward(s: &Session, from: Which, buf: &mut Vec<u8>, keep: usize, pos: usize,
     let next = buf[pos..].to_vec();
     let mut out = std::mem::replace(buf, next);
     out.truncate(keep);
-    dst.push_data(out, boundary);
+    dst.push_data(out, boundary.0, boundary.1);
 }
 
 /// Write queued frames to one side, control frames only between data frames.
@@ -571,25 +662,11 @@ async fn writer<W: WriteHalf>(s: &Session, which: Which, io: &mut W) {
         Which::Upstream => &s.upstream,
     };
     let mut mid_frame = false;
+    let mut mid_message = false;
     let mut failed = false;
     loop {
-        let control = if mid_frame {
-            None
-        } else {
-            side.out.control.borrow_mut().pop_front()
-        };
-        let next = match control {
-            Some(frame) => Some((frame, None)),
-            None => {
-                let data = side.out.data.borrow_mut().pop_front();
-                match data {
-                    Some((buf, boundary)) => Some((buf, Some(boundary))),
-                    None if !mid_frame => side.out.close.borrow_mut().take().map(|f| (f, None)),
-                    None => None,
-                }
-            }
-        };
-        let Some((buf, data_boundary)) = next else {
+        let Some(NextWrite { buf, counted, ends }) = next_write(&side.out, mid_frame, mid_message)
+        else {
             if side.out.finished.get() {
                 break;
             }
@@ -597,23 +674,23 @@ async fn writer<W: WriteHalf>(s: &Session, which: Which, io: &mut W) {
             continue;
         };
         let len = buf.len();
-        let (r, buf) = io.write_all(buf).await;
-        match data_boundary {
-            Some(boundary) => {
-                mid_frame = !boundary;
-                side.out
-                    .queued
-                    .set(side.out.queued.get().saturating_sub(len));
-                side.out.space_wake.notify();
-                drop(buf);
-            }
-            None => drop(buf),
+        let (r, _) = io.write_all(buf).await;
+        if let Some((frame_end, message_end)) = ends {
+            mid_frame = !frame_end;
+            mid_message = !message_end;
+        }
+        if counted {
+            side.out
+                .queued
+                .set(side.out.queued.get().saturating_sub(len));
+            side.out.space_wake.notify();
         }
         if let Err(e) = r {
             if !s.ended.get() {
                 crate::debug!("{} write error: {e}", side.name);
             }
             side.out.data.borrow_mut().clear();
+            side.out.injected.borrow_mut().clear();
             side.out.control.borrow_mut().clear();
             side.out.queued.set(0);
             side.out.space_wake.notify();
@@ -627,6 +704,42 @@ async fn writer<W: WriteHalf>(s: &Session, which: Which, io: &mut W) {
     }
     s.writers_left.set(s.writers_left.get() - 1);
     s.timer_wake.notify();
+}
+
+/// The next bytes for a writer.
+struct NextWrite {
+    buf: Vec<u8>,
+    /// Counted against the backpressure limit (data, not control frames).
+    counted: bool,
+    /// For relayed data: whether it ends between frames and between messages.
+    ends: Option<(bool, bool)>,
+}
+
+/// What to write next: control frames between frames, injected messages
+/// between messages, relayed data, and the close after everything.
+fn next_write(out: &Outbox, mid_frame: bool, mid_message: bool) -> Option<NextWrite> {
+    let w = |buf, counted, ends| Some(NextWrite { buf, counted, ends });
+    if !mid_frame {
+        if let Some(frame) = out.control.borrow_mut().pop_front() {
+            return w(frame, false, None);
+        }
+    }
+    if !mid_message {
+        if let Some(message) = out.injected.borrow_mut().pop_front() {
+            return w(message, true, None);
+        }
+    }
+    if let Some(c) = out.data.borrow_mut().pop_front() {
+        return w(c.buf, true, Some((c.frame_end, c.message_end)));
+    }
+    if !mid_frame && out.injected.borrow().is_empty() {
+        return out
+            .close
+            .borrow_mut()
+            .take()
+            .and_then(|f| w(f, false, None));
+    }
+    None
 }
 
 /// Idle timeout, node keepalive pings, and the close deadline. Runs until
@@ -675,6 +788,471 @@ async fn timer(s: &Session, watch: Option<&NodeWatch>) {
                 }
             }
             None => s.timer_wake.wait().await,
+        }
+    }
+}
+
+/// Per-message routing inside a session whose node is pruned, when the pool
+/// has archive nodes (rules in [`crate::route`]). Each client message is held
+/// until it is whole (up to [`HOLD_MAX`]; larger ones stream to the pruned
+/// node), then sent as it came (still masked) to the pruned node or to the
+/// session's archive connection, which is opened on first need. The pruned
+/// node's answers are held the same way, so that a "state is gone" answer to
+/// a request with a block argument is replaced by the archive node's answer
+/// to the same request. Archive answers reach the client as whole messages,
+/// between the pruned node's messages. Request ids are never rewritten.
+pub struct Routed<'r> {
+    pub router: &'r Router,
+    pub chain: &'r dyn ChainView,
+    pub pool: Rc<Pool>,
+    pub template: UpgradeTemplate,
+    pub connect_timeout: Duration,
+}
+
+/// Messages larger than this are not held: they stream to the pruned node.
+const HOLD_MAX: usize = 64 * 1024;
+/// Requests kept for a possible retry on archive.
+const RETRY_MAX: usize = 256;
+
+/// A message being held: its frames as received, and its payload unmasked.
+#[derive(Default)]
+struct Hold {
+    raw: Vec<u8>,
+    peek: Vec<u8>,
+    /// Decided for a large message whose first part already went out.
+    target: Option<Target>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Default, Debug)]
+enum ArchiveState {
+    #[default]
+    Idle,
+    Connecting,
+    Up,
+    Failed,
+}
+
+/// A message sent to the archive node and not answered yet.
+struct Pending {
+    ids: Vec<Vec<u8>>,
+    batch: bool,
+}
+
+/// The session's archive connection and what waits on it.
+#[derive(Default)]
+struct Archive {
+    /// Whole client messages (masked frames) to write.
+    queue: RefCell<VecDeque<(Pending, Vec<u8>)>>,
+    pending: RefCell<Vec<Pending>>,
+    /// Pongs and the close for the archive node.
+    control: RefCell<VecDeque<Vec<u8>>>,
+    state: Cell<ArchiveState>,
+    fd: Cell<Option<RawFd>>,
+    reading: Cell<bool>,
+    wake_writer: Signal,
+    wake_reader: Signal,
+    /// Requests sent to the pruned node that may come back "state is gone".
+    retry: RefCell<VecDeque<(Vec<u8>, Vec<u8>)>>,
+}
+
+impl Archive {
+    fn send(&self, message: Vec<u8>, peek: &[u8]) {
+        let pending = ids_of(peek);
+        self.queue.borrow_mut().push_back((pending, message));
+        self.wake_writer.notify();
+    }
+}
+
+/// The ids of a request or batch (raw JSON), for error answers.
+fn ids_of(msg: &[u8]) -> Pending {
+    match jsonrpc::kind(msg) {
+        jsonrpc::Kind::Batch => Pending {
+            ids: jsonrpc::elements(msg)
+                .filter_map(|e| jsonrpc::peek(e)?.id.map(<[u8]>::to_vec))
+                .collect(),
+            batch: true,
+        },
+        _ => Pending {
+            ids: jsonrpc::peek(msg)
+                .and_then(|p| p.id)
+                .map(|id| vec![id.to_vec()])
+                .unwrap_or_default(),
+            batch: false,
+        },
+    }
+}
+
+/// A text frame (server to client) with JSON-RPC errors for `p`'s ids.
+fn error_frame(p: &Pending, why: &str) -> Option<Vec<u8>> {
+    if p.ids.is_empty() {
+        return None;
+    }
+    let one = |id: &[u8]| {
+        format!(
+            r#"{{"jsonrpc":"2.0","error":{{"code":-32603,"message":"archive node unavailable: {why}"}},"id":{}}}"#,
+            String::from_utf8_lossy(id)
+        )
+    };
+    let body = if p.batch {
+        format!(
+            "[{}]",
+            p.ids.iter().map(|i| one(i)).collect::<Vec<_>>().join(",")
+        )
+    } else {
+        one(&p.ids[0])
+    };
+    let mut f = Vec::with_capacity(body.len() + 10);
+    write_frame(&mut f, OpCode::Text, body.as_bytes(), None);
+    Some(f)
+}
+
+impl Session {
+    /// The archive connection failed: every request waiting on it gets an error.
+    fn fail_archive(&self, why: &str) {
+        let a = &self.archive;
+        a.state.set(ArchiveState::Failed);
+        let waiting: Vec<Pending> = a
+            .pending
+            .borrow_mut()
+            .drain(..)
+            .chain(a.queue.borrow_mut().drain(..).map(|(p, _)| p))
+            .collect();
+        for p in &waiting {
+            if let Some(f) = error_frame(p, why) {
+                self.client.inject(f);
+            }
+        }
+        a.retry.borrow_mut().clear();
+    }
+
+    /// Can a message go to the archive connection now?
+    fn archive_usable(&self, r: &Routed<'_>) -> bool {
+        match self.archive.state.get() {
+            ArchiveState::Failed => false,
+            ArchiveState::Up | ArchiveState::Connecting => true,
+            ArchiveState::Idle => {
+                let not_archive: Vec<bool> = r
+                    .pool
+                    .nodes()
+                    .iter()
+                    .map(|n| n.role != crate::config::Role::Archive)
+                    .collect();
+                r.pool.pick(&not_archive).is_some()
+            }
+        }
+    }
+}
+
+/// [`process`] for routed sessions: hold each message until whole, then route it.
+fn process_held(
+    s: &Session,
+    from: Which,
+    dec: &mut Decoder,
+    buf: &mut Vec<u8>,
+    hold: &mut Hold,
+    r: &Routed<'_>,
+) -> Flow {
+    let (src, _) = s.sides(from);
+    let mut pos = 0;
+    let mut flow = Flow::Continue;
+    while pos < buf.len() {
+        let payload = dec.payload_position();
+        match dec.step(&buf[pos..]) {
+            Ok(Step::Forward(n)) => {
+                let bytes = &buf[pos..pos + n];
+                hold.raw.extend_from_slice(bytes);
+                if let Some((mask, offset)) = payload {
+                    let take = n.min(HOLD_MAX.saturating_sub(hold.peek.len()));
+                    let start = hold.peek.len();
+                    hold.peek.extend_from_slice(&bytes[..take]);
+                    if let Some(key) = mask {
+                        apply_mask(&mut hold.peek[start..], key, offset);
+                    }
+                }
+                pos += n;
+                if dec.at_message_boundary() {
+                    on_held(s, from, hold, r, dec, true);
+                } else if hold.raw.len() >= HOLD_MAX {
+                    on_held(s, from, hold, r, dec, false);
+                }
+            }
+            Ok(Step::Control(frame, n)) => {
+                pos += n;
+                match frame.opcode {
+                    OpCode::Ping => src.push_control(OpCode::Pong, frame.payload()),
+                    OpCode::Pong => {}
+                    _ => {
+                        if !hold.raw.is_empty() {
+                            on_held(s, from, hold, r, dec, false);
+                        }
+                        s.on_close(from, frame.close_code(), frame.close_reason());
+                        flow = Flow::Stop;
+                        break;
+                    }
+                }
+            }
+            Ok(Step::NeedMore) => break,
+            Err(e) => {
+                // A held message never went out: the other side is between messages.
+                let boundary = hold.target.is_none() || dec.at_frame_boundary();
+                s.on_protocol_error(from, e, boundary);
+                flow = Flow::Stop;
+                break;
+            }
+        }
+    }
+    if from == Which::Upstream && pos > 0 {
+        s.last_activity.set(Instant::now());
+    }
+    buf.drain(..pos);
+    flow
+}
+
+/// A held message (or, `whole == false`, the first part of a large one) is ready.
+fn on_held(s: &Session, from: Which, hold: &mut Hold, r: &Routed<'_>, dec: &Decoder, whole: bool) {
+    let raw = std::mem::take(&mut hold.raw);
+    let frame_end = dec.at_frame_boundary();
+    let message_end = whole && dec.at_message_boundary();
+    match from {
+        Which::Client => {
+            let target = *hold.target.get_or_insert_with(|| {
+                if whole
+                    && r.router.route(&hold.peek, r.chain) == Target::Archive
+                    && s.archive_usable(r)
+                {
+                    Target::Archive
+                } else {
+                    Target::Pruned
+                }
+            });
+            match target {
+                Target::Archive => s.archive.send(raw, &hold.peek),
+                Target::Pruned => {
+                    if whole && r.router.retryable(&hold.peek) && s.archive_usable(r) {
+                        if let Some(id) = jsonrpc::peek(&hold.peek).and_then(|p| p.id) {
+                            let mut retry = s.archive.retry.borrow_mut();
+                            if retry.len() == RETRY_MAX {
+                                retry.pop_front();
+                            }
+                            retry.push_back((id.to_vec(), raw.clone()));
+                        }
+                    }
+                    s.upstream.push_data(raw, frame_end, message_end);
+                }
+            }
+        }
+        Which::Upstream => {
+            let first_part = hold.target.is_none();
+            if whole && first_part && !s.archive.retry.borrow().is_empty() {
+                if let Some(id) = jsonrpc::peek(&hold.peek).and_then(|p| p.id) {
+                    let mut retry = s.archive.retry.borrow_mut();
+                    if let Some(i) = retry.iter().position(|(rid, _)| rid.as_slice() == id) {
+                        let (_, request) = retry.remove(i).expect("index from position");
+                        drop(retry);
+                        if r.router.is_pruned_error(&hold.peek)
+                            && s.archive.state.get() != ArchiveState::Failed
+                        {
+                            crate::debug!("pruned node lacks the state; retrying on archive");
+                            s.archive.send(request, &hold.peek);
+                            hold.peek.clear();
+                            return;
+                        }
+                    }
+                }
+            }
+            s.client.push_data(raw, frame_end, message_end);
+        }
+    }
+    if whole {
+        hold.peek.clear();
+        hold.target = None;
+    } else {
+        hold.target.get_or_insert(Target::Pruned);
+    }
+}
+
+/// Write to the archive node: opens the connection on the first message.
+async fn archive_writer(
+    s: &Session,
+    r: Option<&Routed<'_>>,
+    slot_r: &RefCell<Option<NodeReader>>,
+    slot_w: &RefCell<Option<NodeWriter>>,
+    early: &RefCell<Vec<u8>>,
+) {
+    let Some(r) = r else { return };
+    let a = &s.archive;
+    let mut w: Option<NodeWriter> = None;
+    let mut _lease = None;
+    loop {
+        if s.ended.get() || s.client.done() {
+            break;
+        }
+        let has_work = !a.control.borrow().is_empty() || !a.queue.borrow().is_empty();
+        if !has_work || a.state.get() == ArchiveState::Failed {
+            a.wake_writer.wait().await;
+            continue;
+        }
+        if w.is_none() {
+            a.state.set(ArchiveState::Connecting);
+            match crate::upstream::open_archive(&r.pool, &r.template, r.connect_timeout).await {
+                Ok((stream, first, lease)) => {
+                    crate::debug!(
+                        "session opened an archive connection to {}",
+                        lease.node().url
+                    );
+                    a.fd.set(Some(stream.raw_fd()));
+                    let (rd, wr) = stream.into_split();
+                    *slot_r.borrow_mut() = Some(rd);
+                    *early.borrow_mut() = first;
+                    w = Some(wr);
+                    _lease = Some(lease);
+                    a.state.set(ArchiveState::Up);
+                    a.wake_reader.notify();
+                }
+                Err(e) => {
+                    crate::warn!("archive connection failed: {e}");
+                    s.fail_archive("no archive node accepted the connection");
+                    continue;
+                }
+            }
+        }
+        let item = a.control.borrow_mut().pop_front().or_else(|| {
+            let (p, raw) = a.queue.borrow_mut().pop_front()?;
+            a.pending.borrow_mut().push(p);
+            Some(raw)
+        });
+        let Some(item) = item else { continue };
+        let (res, _) = w.as_mut().expect("connected above").write_all(item).await;
+        if res.is_err() {
+            s.fail_archive("connection lost");
+        }
+    }
+    if let Some(mut w) = w {
+        if a.state.get() == ArchiveState::Up {
+            let mut close = Vec::new();
+            write_close(
+                &mut close,
+                Some(close_code::NORMAL),
+                "",
+                Some(crate::rng::mask_key()),
+            );
+            let _ = w.write_all(close).await;
+        }
+        w.shutdown().await;
+        // The socket stays open (in the slot) until the session returns.
+        *slot_w.borrow_mut() = Some(w);
+    }
+}
+
+/// Read the archive node's answers; each whole message goes to the client.
+async fn archive_reader(
+    s: &Session,
+    r: Option<&Routed<'_>>,
+    slot_r: &RefCell<Option<NodeReader>>,
+    early: &RefCell<Vec<u8>>,
+) {
+    if r.is_none() {
+        return;
+    }
+    let a = &s.archive;
+    loop {
+        if s.ended.get() || s.client.done() || a.state.get() == ArchiveState::Failed {
+            return;
+        }
+        if a.state.get() == ArchiveState::Up {
+            break;
+        }
+        a.wake_reader.wait().await;
+    }
+    let Some(mut io) = slot_r.borrow_mut().take() else {
+        return;
+    };
+    let mut buf = std::mem::take(&mut *early.borrow_mut());
+    let mut dec = Decoder::new(Role::Server, s.cfg.codec);
+    let mut message = Vec::new();
+    'outer: loop {
+        let mut pos = 0;
+        while pos < buf.len() {
+            let payload = dec.payload_position();
+            match dec.step(&buf[pos..]) {
+                Ok(Step::Forward(n)) => {
+                    message.extend_from_slice(&buf[pos..pos + n]);
+                    let _ = payload;
+                    pos += n;
+                    if dec.at_message_boundary() {
+                        let done = std::mem::take(&mut message);
+                        answered(a, &done);
+                        s.client.inject(done);
+                    }
+                }
+                Ok(Step::Control(frame, n)) => {
+                    pos += n;
+                    match frame.opcode {
+                        OpCode::Ping => {
+                            let mut pong = Vec::new();
+                            write_frame(
+                                &mut pong,
+                                OpCode::Pong,
+                                frame.payload(),
+                                Some(crate::rng::mask_key()),
+                            );
+                            a.control.borrow_mut().push_back(pong);
+                            a.wake_writer.notify();
+                        }
+                        OpCode::Pong => {}
+                        _ => {
+                            s.fail_archive("the archive node closed the connection");
+                            break 'outer;
+                        }
+                    }
+                }
+                Ok(Step::NeedMore) => break,
+                Err(e) => {
+                    crate::debug!("archive protocol error: {e}");
+                    s.fail_archive("archive node protocol error");
+                    break 'outer;
+                }
+            }
+        }
+        buf.drain(..pos);
+        if s.ended.get() || s.client.done() {
+            break;
+        }
+        a.reading.set(true);
+        let (res, b) = io.read_more(buf).await;
+        a.reading.set(false);
+        buf = b;
+        if !matches!(res, Ok(n) if n > 0) {
+            if !s.ended.get() && !s.client.done() {
+                s.fail_archive("connection lost");
+            }
+            break;
+        }
+    }
+    *slot_r.borrow_mut() = Some(io);
+}
+
+/// An archive answer arrived: forget the request it answers.
+fn answered(a: &Archive, frames: &[u8]) {
+    // Server frames are unmasked: the payload of a single-frame message starts
+    // after its header; that is all a JSON-RPC id lookup needs.
+    let payload = match crate::ws::frame::FrameHeader::parse(frames) {
+        Ok(crate::ws::frame::Parse::Done(_, n)) => &frames[n..],
+        _ => return,
+    };
+    let first_id = match jsonrpc::kind(payload) {
+        jsonrpc::Kind::Batch => jsonrpc::elements(payload)
+            .next()
+            .and_then(|e| jsonrpc::peek(e)?.id),
+        _ => jsonrpc::peek(payload).and_then(|p| p.id),
+    };
+    if let Some(id) = first_id {
+        let mut pending = a.pending.borrow_mut();
+        if let Some(i) = pending
+            .iter()
+            .position(|p| p.ids.first().map(Vec::as_slice) == Some(id))
+        {
+            pending.remove(i);
         }
     }
 }

@@ -25,8 +25,7 @@ use crate::health::Health;
 use crate::io::{give_buf, read_append, take_buf, PlainReader, ReadHalf, WriteHalf};
 use crate::ws::frame::Parse;
 use crate::ws::handshake::{
-    parse_upstream_response, write_upstream_request, Forwarded, Head, Upgrade, UpstreamAccepted,
-    UpstreamRefusal,
+    parse_upstream_response, Forwarded, Head, Upgrade, UpstreamAccepted, UpstreamRefusal,
 };
 
 /// This core's view of the node pool.
@@ -248,6 +247,20 @@ pub struct UpstreamSession {
     /// Bytes the node sent right after its 101 (frames already on their way).
     pub early: Vec<u8>,
     pub lease: NodeLease,
+    /// How to upgrade another connection for the same client (its archive node).
+    pub template: UpgradeTemplate,
+}
+
+/// The client-specific part of an upgrade request towards nodes.
+#[derive(Debug, Clone)]
+pub struct UpgradeTemplate {
+    /// The client's request target.
+    pub client_path: String,
+    /// Header fields, CRLF-terminated, without the key (see `write_upstream_fields`).
+    pub fields: Vec<u8>,
+    /// The subprotocols the client offered.
+    pub offered: Option<Vec<u8>>,
+    pub max_head: usize,
 }
 
 /// Pick a node, connect and upgrade; on refusal, try the next node.
@@ -264,8 +277,15 @@ pub async fn open(
     timeout: Duration,
     max_head: usize,
 ) -> Result<UpstreamSession, NoUpstream> {
-    let mut tried = vec![false; pool.nodes.len()];
-    let mut failures = Vec::new();
+    let mut fields = Vec::with_capacity(512);
+    crate::ws::handshake::write_upstream_fields(&mut fields, head, upgrade, fwd);
+    let template = UpgradeTemplate {
+        client_path: upgrade.path.to_string(),
+        fields,
+        offered: upgrade.protocols.map(<[u8]>::to_vec),
+        max_head,
+    };
+    let tried = vec![false; pool.nodes.len()];
     if pool.pick(&tried).is_none() {
         return Err(NoUpstream {
             status: 503,
@@ -275,23 +295,49 @@ pub async fn open(
             ),
         });
     }
+    match open_with(pool, &template, tried, timeout).await {
+        Ok((stream, accepted, early, lease)) => Ok(UpstreamSession {
+            stream,
+            accepted,
+            early,
+            lease,
+            template,
+        }),
+        Err(e) => Err(e),
+    }
+}
+
+/// Open an archive connection for a session, from its template. Only archive
+/// nodes that are up are tried.
+pub async fn open_archive(
+    pool: &Rc<Pool>,
+    template: &UpgradeTemplate,
+    timeout: Duration,
+) -> Result<(NodeStream, Vec<u8>, NodeLease), String> {
+    let not_archive: Vec<bool> = pool.nodes.iter().map(|n| n.role != Role::Archive).collect();
+    if pool.pick(&not_archive).is_none() {
+        return Err("no archive node is up".into());
+    }
+    match open_with(pool, template, not_archive, timeout).await {
+        Ok((stream, _, early, lease)) => Ok((stream, early, lease)),
+        Err(e) => Err(e.body),
+    }
+}
+
+async fn open_with(
+    pool: &Rc<Pool>,
+    template: &UpgradeTemplate,
+    mut tried: Vec<bool>,
+    timeout: Duration,
+) -> Result<(NodeStream, UpstreamAccepted, Vec<u8>, NodeLease), NoUpstream> {
+    let mut failures = Vec::new();
     while let Some(index) = pool.pick(&tried) {
         tried[index] = true;
         let node = &pool.nodes[index];
-        let path = join_path(&node.path, upgrade.path);
-        let attempt = monoio::time::timeout(
-            timeout,
-            handshake(node, &path, head, upgrade, fwd, max_head),
-        )
-        .await;
+        let attempt = monoio::time::timeout(timeout, handshake(node, template)).await;
         match attempt {
             Ok(Ok((stream, accepted, early))) => {
-                return Ok(UpstreamSession {
-                    stream,
-                    accepted,
-                    early,
-                    lease: pool.lease(index),
-                })
+                return Ok((stream, accepted, early, pool.lease(index)))
             }
             Ok(Err(Attempt::Refused(UpstreamRefusal::Status(code, reason))))
                 if (400..500).contains(&code) =>
@@ -301,12 +347,18 @@ pub async fn open(
                     body: format!("the node refused the WebSocket upgrade: {code} {reason}"),
                 });
             }
-            Ok(Err(e)) => failures.push(format!("{}: {e}", node.url)),
-            Err(_) => failures.push(format!(
-                "{}: no answer within {} ms",
-                node.url,
-                timeout.as_millis()
-            )),
+            Ok(Err(e)) => {
+                pool.health.report_connect_failure(index);
+                failures.push(format!("{}: {e}", node.url));
+            }
+            Err(_) => {
+                pool.health.report_connect_failure(index);
+                failures.push(format!(
+                    "{}: no answer within {} ms",
+                    node.url,
+                    timeout.as_millis()
+                ));
+            }
         }
         crate::warn!(
             "upstream {}",
@@ -338,17 +390,16 @@ impl std::fmt::Display for Attempt {
 
 async fn handshake(
     node: &NodeConfig,
-    path: &str,
-    head: &Head<'_, '_>,
-    upgrade: &Upgrade<'_>,
-    fwd: Forwarded<'_>,
-    max_head: usize,
+    template: &UpgradeTemplate,
 ) -> Result<(NodeStream, UpstreamAccepted, Vec<u8>), Attempt> {
     let mut stream = connect(node).await.map_err(Attempt::Io)?;
     let key = crate::rng::ws_key();
-    let mut req = Vec::with_capacity(512);
-    write_upstream_request(&mut req, path, &key, head, upgrade, fwd);
+    let mut req = Vec::with_capacity(template.fields.len() + 128);
+    let path = join_path(&node.path, &template.client_path);
+    crate::ws::handshake::finish_upstream_request(&mut req, &path, &template.fields, &key);
     stream.write_all(req).await.map_err(Attempt::Io)?;
+    let max_head = template.max_head;
+    let offered = template.offered.as_deref();
     // Timeouts here come from the caller's `timeout`, which drops this future:
     // the connection is abandoned then, so a read it cancels loses nothing.
     let mut buf = take_buf();
@@ -369,7 +420,7 @@ async fn handshake(
                 return Err(Attempt::Io(e));
             }
         }
-        match parse_upstream_response(&buf, &key, upgrade.protocols, max_head.min(buf.capacity())) {
+        match parse_upstream_response(&buf, &key, offered, max_head.min(buf.capacity())) {
             Ok(Parse::Done(accepted, len)) => {
                 let early = buf[len..].to_vec();
                 give_buf(buf);

@@ -26,12 +26,14 @@ fn storage_at(height: u64) -> String {
 /// A pruned node that keeps 16 blocks (the gateway is told 256, so it will
 /// route some old blocks to it and must retry), and an archive node.
 fn two_tier(pki: &TestPki) -> (Gateway, Upstream, Upstream) {
+    let (gw, pruned, archive, _) = two_tier_with_chain(pki);
+    (gw, pruned, archive)
+}
+
+fn two_tier_with_chain(pki: &TestPki) -> (Gateway, Upstream, Upstream, std::sync::Arc<FakeChain>) {
+    let archive_chain = FakeChain::node(1000, u64::MAX, "archive");
     let pruned = Upstream::start(Behaviour::Substrate(FakeChain::node(1000, 16, "pruned")));
-    let archive = Upstream::start(Behaviour::Substrate(FakeChain::node(
-        1000,
-        u64::MAX,
-        "archive",
-    )));
+    let archive = Upstream::start(Behaviour::Substrate(archive_chain.clone()));
     let cfg = write_config(
         pki,
         "tier.toml",
@@ -69,7 +71,7 @@ fn two_tier(pki: &TestPki) -> (Gateway, Upstream, Upstream) {
         std::thread::sleep(Duration::from_millis(50));
     }
     std::thread::sleep(Duration::from_millis(300));
-    (gw, pruned, archive)
+    (gw, pruned, archive, archive_chain)
 }
 
 #[test]
@@ -162,4 +164,120 @@ fn http_limits_and_cors() {
     let (status, _, body) = read_response(&mut s);
     assert_eq!(status, 200);
     assert!(body.contains(r#""id":3"#), "{body}");
+}
+
+mod websocket {
+    use super::*;
+    use std::collections::HashMap;
+    use tungstenite::Message;
+
+    fn text(m: Message) -> String {
+        match m {
+            Message::Text(t) => t,
+            other => panic!("expected text, got {other:?}"),
+        }
+    }
+
+    fn storage(id: u64, height: u64) -> String {
+        format!(
+            r#"{{"jsonrpc":"2.0","id":{id},"method":"state_getStorage","params":["0x26aa","0x{height:064x}"]}}"#
+        )
+    }
+
+    #[test]
+    fn each_message_goes_to_the_node_that_can_answer_it() {
+        let pki = TestPki::new();
+        let (gw, pruned, archive) = two_tier(&pki);
+        let mut ws = ws_connect(&gw, pki.client_config(), "/");
+        assert_eq!(pruned.session_count(), 1);
+        assert_eq!(
+            archive.session_count(),
+            0,
+            "the archive connection is opened lazily"
+        );
+        ws.send(Message::Text(storage(1, 995))).unwrap();
+        assert!(text(ws.read().unwrap()).contains("pruned@995"));
+        assert_eq!(archive.session_count(), 0);
+        // Old block: archive (connection opened now).
+        ws.send(Message::Text(storage(2, 10))).unwrap();
+        let answer = text(ws.read().unwrap());
+        assert!(
+            answer.contains("archive@10") && answer.contains(r#""id":2"#),
+            "{answer}"
+        );
+        assert_eq!(archive.session_count(), 1);
+        // Routed to pruned, refused there ("State already discarded"), retried on archive.
+        ws.send(Message::Text(storage(3, 950))).unwrap();
+        let answer = text(ws.read().unwrap());
+        assert!(
+            answer.contains("archive@950") && !answer.contains("discarded"),
+            "{answer}"
+        );
+        // Pipelined, mixed: every id answered once, by the right node.
+        let plan: Vec<(u64, u64)> = (10..40)
+            .map(|i| (i, if i % 3 == 0 { 5 + i } else { 990 + i % 10 }))
+            .collect();
+        for (id, h) in &plan {
+            ws.send(Message::Text(storage(*id, *h))).unwrap();
+        }
+        let mut got = HashMap::new();
+        while got.len() < plan.len() {
+            let a = text(ws.read().unwrap());
+            let p = ringway::jsonrpc::peek(a.as_bytes()).unwrap();
+            let id: u64 = std::str::from_utf8(p.id.unwrap()).unwrap().parse().unwrap();
+            assert!(got.insert(id, a).is_none(), "id {id} answered twice");
+        }
+        for (id, h) in &plan {
+            let want = if *h < 500 {
+                format!("archive@{h}")
+            } else {
+                format!("pruned@{h}")
+            };
+            assert!(got[id].contains(&want), "id {id}: {}", got[id]);
+        }
+        // A batch with one old element goes to archive whole.
+        ws.send(Message::Text(format!(
+            "[{},{}]",
+            storage(50, 999),
+            storage(51, 30)
+        )))
+        .unwrap();
+        let answer = text(ws.read().unwrap());
+        assert!(
+            answer.starts_with('[')
+                && answer.contains("archive@999")
+                && answer.contains("archive@30"),
+            "{answer}"
+        );
+        // Other methods: pruned.
+        ws.send(Message::Text(
+            r#"{"jsonrpc":"2.0","id":60,"method":"system_health","params":[]}"#.into(),
+        ))
+        .unwrap();
+        assert!(text(ws.read().unwrap()).contains("isSyncing"));
+    }
+
+    #[test]
+    fn a_lost_archive_node_answers_with_errors_and_the_session_goes_on() {
+        use std::sync::atomic::Ordering::Relaxed;
+        let pki = TestPki::new();
+        let (gw, _pruned, _archive, archive_chain) = two_tier_with_chain(&pki);
+        let mut ws = ws_connect(&gw, pki.client_config(), "/");
+        ws.send(Message::Text(storage(1, 10))).unwrap();
+        assert!(text(ws.read().unwrap()).contains("archive@10"));
+        // The archive node drops its connections (its server checks between reads).
+        archive_chain.dead.store(true, Relaxed);
+        std::thread::sleep(Duration::from_millis(400));
+        // An archive-bound request still gets an answer with its id: an error
+        // (the pruned node's "state discarded", as no archive is reachable).
+        ws.send(Message::Text(storage(2, 20))).unwrap();
+        let answer = text(ws.read().unwrap());
+        assert!(
+            answer.contains(r#""id":2"#) && answer.contains(r#""error""#),
+            "{answer}"
+        );
+        // The session itself goes on with the pruned node.
+        ws.send(Message::Text(storage(3, 999))).unwrap();
+        assert!(text(ws.read().unwrap()).contains("pruned@999"));
+    }
 }

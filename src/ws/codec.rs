@@ -148,6 +148,17 @@ impl Decoder {
         self.payload.is_none()
     }
 
+    /// True between messages: no frame and no fragmented message in progress.
+    pub fn at_message_boundary(&self) -> bool {
+        self.payload.is_none() && self.message.is_none()
+    }
+
+    /// When the next bytes are payload: its mask key and its offset in the
+    /// frame's payload (to unmask a copy of them).
+    pub fn payload_position(&self) -> Option<(Option<[u8; 4]>, usize)> {
+        self.payload.as_ref().map(|p| (p.mask, p.offset))
+    }
+
     /// Number of complete data messages seen.
     pub fn messages(&self) -> u64 {
         self.messages

@@ -317,12 +317,25 @@ pub fn write_upstream_request(
     upgrade: &Upgrade<'_>,
     fwd: Forwarded<'_>,
 ) {
-    out.extend_from_slice(b"GET ");
-    out.extend_from_slice(path.as_bytes());
-    out.extend_from_slice(b" HTTP/1.1\r\nHost: ");
+    let mut fields = Vec::with_capacity(256);
+    write_upstream_fields(&mut fields, client, upgrade, fwd);
+    finish_upstream_request(out, path, &fields, key);
+}
+
+/// The header fields of the upgrade request towards a node, without the
+/// request line and the key: kept by a session to open more connections
+/// for the same client (its archive node) later.
+pub fn write_upstream_fields(
+    out: &mut Vec<u8>,
+    client: &Head<'_, '_>,
+    upgrade: &Upgrade<'_>,
+    fwd: Forwarded<'_>,
+) {
+    out.extend_from_slice(b"Host: ");
     out.extend_from_slice(upgrade.host);
-    out.extend_from_slice(b"\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: ");
-    out.extend_from_slice(key.as_bytes());
+    out.extend_from_slice(
+        b"\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13",
+    );
     if let Some(p) = upgrade.protocols {
         out.extend_from_slice(b"\r\nSec-WebSocket-Protocol: ");
         out.extend_from_slice(p);
@@ -348,6 +361,17 @@ pub fn write_upstream_request(
             out.extend_from_slice(h.value);
         }
     }
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Request line + `fields` (from [`write_upstream_fields`]) + the key.
+pub fn finish_upstream_request(out: &mut Vec<u8>, path: &str, fields: &[u8], key: &str) {
+    out.extend_from_slice(b"GET ");
+    out.extend_from_slice(path.as_bytes());
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    out.extend_from_slice(fields);
+    out.extend_from_slice(b"Sec-WebSocket-Key: ");
+    out.extend_from_slice(key.as_bytes());
     out.extend_from_slice(b"\r\n\r\n");
 }
 

@@ -48,10 +48,11 @@ start() {
 }
 
 echo_addr=$(start "$out/echo.log" target/release/examples/echo_upstream 127.0.0.1:0)
+# The echo node is not a JSON-RPC node: health checks only test its upgrade.
 ws_addr=$(start "$out/ringway-ws.log" target/release/ringway --listen 127.0.0.1:0 --plaintext \
-  --upstream "ws://$echo_addr" --log-level warn)
+  --upstream "ws://$echo_addr" --health-probe connect --log-level warn)
 wss_addr=$(start "$out/ringway-wss.log" target/release/ringway --listen 127.0.0.1:0 \
-  --upstream "ws://$echo_addr" --log-level warn)
+  --upstream "ws://$echo_addr" --health-probe connect --log-level warn)
 
 cat >"$out/fuzzingclient.json" <<JSON
 {

@@ -422,7 +422,7 @@ fn serve(
                 let Behaviour::Substrate(chain) = &behaviour else {
                     unreachable!()
                 };
-                if ws.send(Message::Text(chain.answer(&t))).is_err() {
+                if ws.send(Message::Text(chain.answer_all(&t))).is_err() {
                     return;
                 }
             }
