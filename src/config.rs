@@ -23,8 +23,56 @@ pub struct FileConfig {
     pub routing: RoutingSection,
     pub health: HealthSection,
     pub http: HttpSection,
+    pub admission: AdmissionSection,
     pub node: Vec<NodeSection>,
     pub log: LogSection,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdmissionSection {
+    /// JSON-RPC calls per second per client address (WebSocket messages and
+    /// HTTP requests alike); 0 turns rate limiting off.
+    pub rate: f64,
+    /// Calls allowed at once above the rate; 0 means the same as `rate`.
+    pub burst: f64,
+    /// What a call costs in tokens, by method (others cost 1).
+    pub method_costs: std::collections::BTreeMap<String, f64>,
+    /// Open connections in total; 0 = no limit (503 beyond it).
+    pub max_connections: usize,
+    /// Open connections per client address; 0 = no limit (429 beyond it).
+    pub max_connections_per_ip: usize,
+    /// Browser origins allowed to open WebSocket sessions (exact, `*.example.com`,
+    /// or scheme-less `example.com`); empty admits any. Others get 403.
+    pub origins: Vec<String>,
+    /// `all`, or `safe` to refuse what a node's `--rpc-methods Safe` refuses.
+    pub methods: String,
+    /// If not empty, only these methods (exact or `prefix*`).
+    pub allow_methods: Vec<String>,
+    /// Methods refused (exact or `prefix*`), with JSON-RPC error -32601.
+    pub deny_methods: Vec<String>,
+    /// Proxies in front of ringway whose X-Forwarded-For entries are trusted.
+    pub trusted_proxy_hops: usize,
+    /// Most requests in one batch; 0 = no limit.
+    pub max_batch: usize,
+}
+
+impl Default for AdmissionSection {
+    fn default() -> Self {
+        AdmissionSection {
+            rate: 0.0,
+            burst: 0.0,
+            method_costs: Default::default(),
+            max_connections: 0,
+            max_connections_per_ip: 0,
+            origins: Vec::new(),
+            methods: "all".into(),
+            allow_methods: Vec::new(),
+            deny_methods: Vec::new(),
+            trusted_proxy_hops: 0,
+            max_batch: 0,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -301,6 +349,7 @@ pub struct Config {
     pub routing: RoutingSection,
     pub health: crate::health::HealthConfig,
     pub http: HttpSection,
+    pub admission: AdmissionSection,
     pub log_level: crate::log::Level,
     /// The file it came from, if any.
     pub source: Option<PathBuf>,
@@ -513,6 +562,19 @@ impl Config {
             };
             nodes.push(node);
         }
+        let ad = &file.admission;
+        if ad.rate < 0.0 || ad.burst < 0.0 {
+            return Err(err(
+                "admission.rate",
+                "rate and burst cannot be negative".into(),
+            ));
+        }
+        if ad.methods != "all" && ad.methods != "safe" {
+            return Err(err(
+                "admission.methods",
+                format!("`{}` is not all or safe", ad.methods),
+            ));
+        }
         let hs = &file.health;
         if hs.interval_ms == 0 || hs.timeout_ms == 0 {
             return Err(err(
@@ -558,6 +620,7 @@ impl Config {
             routing: file.routing,
             health,
             http: file.http,
+            admission: file.admission,
             log_level,
             source,
         })

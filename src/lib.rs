@@ -19,6 +19,7 @@
 //! runtime modules (`server`, `session`, `tls`, `upstream`, `io`) own sockets,
 //! buffers and timers, per core, with no locks on the hot path.
 
+pub mod admission;
 pub mod config;
 #[doc(hidden)]
 pub mod fuzzing;

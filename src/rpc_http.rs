@@ -100,23 +100,35 @@ pub fn body_kind(head: &Head<'_, '_>, is_response: bool) -> Result<BodyKind, &'s
     }
 }
 
-/// Is `origin` allowed by `list` (`*`, exact origins, or `*.example.com`)?
+/// Is `origin` allowed by `list`? Entries: `*`, exact origins
+/// (`https://app.example.com`), scheme-less ones that match any scheme
+/// (`example.com`, `localhost:3000`), and `*.example.com` (any scheme) or
+/// `https://*.example.com` for any subdomain.
 pub fn origin_allowed(list: &[String], origin: &[u8]) -> bool {
     let Ok(origin) = std::str::from_utf8(origin) else {
         return false;
     };
+    let (scheme, authority) = origin.split_once("://").unwrap_or(("", origin));
+    let host = authority.split(':').next().unwrap_or(authority);
     list.iter().any(|entry| {
         if entry == "*" || entry.eq_ignore_ascii_case(origin) {
             return true;
         }
-        if let Some(suffix) = entry.strip_prefix("*.") {
-            let host = origin.split("://").nth(1).unwrap_or(origin);
-            let host = host.split(':').next().unwrap_or(host);
-            return host.len() > suffix.len() + 1
-                && host.ends_with(suffix)
-                && host.as_bytes()[host.len() - suffix.len() - 1] == b'.';
+        let (escheme, epattern) = match entry.split_once("://") {
+            Some((s, p)) => (Some(s), p),
+            None => (None, entry.as_str()),
+        };
+        if escheme.is_some_and(|s| !s.eq_ignore_ascii_case(scheme)) {
+            return false;
         }
-        false
+        match epattern.strip_prefix("*.") {
+            Some(suffix) => {
+                host.len() > suffix.len() + 1
+                    && host.ends_with(suffix)
+                    && host.as_bytes()[host.len() - suffix.len() - 1] == b'.'
+            }
+            None => epattern.eq_ignore_ascii_case(authority),
+        }
     })
 }
 
@@ -323,5 +335,14 @@ mod tests {
         assert!(!origin_allowed(&list, b"https://evilexample.com"));
         assert!(!origin_allowed(&list, b"https://polkadot.js.org.evil.net"));
         assert!(origin_allowed(&["*".to_string()], b"https://anything"));
+        let agnostic = vec![
+            "example.com".to_string(),
+            "https://*.secure.com".to_string(),
+        ];
+        assert!(origin_allowed(&agnostic, b"http://example.com"));
+        assert!(origin_allowed(&agnostic, b"https://example.com"));
+        assert!(!origin_allowed(&agnostic, b"https://api.example.com"));
+        assert!(origin_allowed(&agnostic, b"https://a.secure.com"));
+        assert!(!origin_allowed(&agnostic, b"http://a.secure.com"));
     }
 }

@@ -75,6 +75,17 @@ pub fn bind_listeners(addr: SocketAddr, n: usize) -> io::Result<Vec<std::net::Tc
 pub fn start(config: Config, tls: Option<ServerConfig>) -> io::Result<Running> {
     let listeners = bind_listeners(config.listen, config.workers)?;
     let local_addr = listeners[0].local_addr()?;
+    // Per-address limits hold exactly when an address always lands on one core.
+    if crate::admission::AdmissionCtx::per_ip(&config.admission) {
+        if let Err(e) =
+            crate::admission::steer_by_source(&listeners[0], listeners.len(), local_addr.is_ipv6())
+        {
+            crate::warn!(
+                "cannot steer connections by source address ({e}); per-address limits are per core"
+            );
+        }
+    }
+    let total = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let io_uring = monoio::utils::detect_uring();
     let health = Health::new(config.nodes.len());
     crate::probe::spawn(
@@ -93,6 +104,7 @@ pub fn start(config: Config, tls: Option<ServerConfig>) -> io::Result<Running> {
         let config = config.clone();
         let tls = tls.clone();
         let health = health.clone();
+        let total = total.clone();
         let handle = std::thread::Builder::new()
             .name(format!("worker-{i}"))
             .spawn(move || {
@@ -100,7 +112,7 @@ pub fn start(config: Config, tls: Option<ServerConfig>) -> io::Result<Running> {
                     pin_to_core(i % cores);
                 }
                 let tls = tls.map(|base| crate::tls::per_worker(&base));
-                run_worker(listener, config, tls, health, io_uring);
+                run_worker(listener, config, tls, health, total, io_uring);
             })?;
         workers.push(handle);
     }
@@ -130,6 +142,7 @@ fn run_worker(
     config: Arc<Config>,
     tls: Option<Arc<ServerConfig>>,
     health: Arc<Health>,
+    total: Arc<std::sync::atomic::AtomicUsize>,
     io_uring: bool,
 ) {
     if io_uring {
@@ -148,7 +161,9 @@ fn run_worker(
                 b = b.uring_builder(urb);
             }
             match b.enable_timer().build() {
-                Ok(mut rt) => return rt.block_on(serve(listener, config, tls, health)),
+                Ok(mut rt) => {
+                    return rt.block_on(serve(listener, config, tls, health, total.clone()))
+                }
                 Err(e) => crate::debug!("io_uring setup: {e}"),
             }
         }
@@ -158,7 +173,7 @@ fn run_worker(
         .enable_timer()
         .build()
     {
-        Ok(mut rt) => rt.block_on(serve(listener, config, tls, health)),
+        Ok(mut rt) => rt.block_on(serve(listener, config, tls, health, total.clone())),
         Err(e) => crate::error!("cannot start a runtime: {e}"),
     }
 }
@@ -173,6 +188,7 @@ struct Worker {
     router: Router,
     chain: WorkerChain,
     http: HttpPool,
+    admission: Rc<crate::admission::AdmissionCtx>,
 }
 
 /// This worker's view of the chain for routing: the best head (atomic, from
@@ -203,6 +219,7 @@ async fn serve(
     config: Arc<Config>,
     tls: Option<Arc<ServerConfig>>,
     health: Arc<Health>,
+    total: Arc<std::sync::atomic::AtomicUsize>,
 ) {
     let listener = match monoio::net::TcpListener::from_std(listener) {
         Ok(l) => l,
@@ -238,6 +255,10 @@ async fn serve(
         window: std::cell::RefCell::new(HashWindow::new(4096)),
     };
     let worker = Rc::new(Worker {
+        admission: Rc::new(crate::admission::AdmissionCtx::new(
+            &config.admission,
+            total,
+        )),
         router,
         chain,
         http: HttpPool::new(config.nodes.len()),
@@ -307,6 +328,12 @@ async fn with_deadline<F: Future>(dur: Duration, expire: impl FnOnce(), fut: F) 
     fut.await
 }
 
+/// A connection's place in the admission counts, and its client address.
+struct Admitted {
+    _guard: crate::admission::ConnGuard,
+    ip: std::net::IpAddr,
+}
+
 /// What the handshake phase produced.
 enum Handshake<UR, UW> {
     /// Relay with these node halves, after these early bytes.
@@ -317,9 +344,10 @@ enum Handshake<UR, UW> {
         upstream_fd: RawFd,
         _lease: upstream::NodeLease,
         template: upstream::UpgradeTemplate,
+        admitted: Admitted,
     },
     /// HTTP requests (JSON-RPC POST, CORS preflight): `buf` starts with the first head.
-    Http { buf: Vec<u8> },
+    Http { buf: Vec<u8>, admitted: Admitted },
     /// A response was sent (or the client left): close.
     Done,
 }
@@ -351,24 +379,27 @@ async fn client<R: ReadHalf, W: WriteHalf>(
             upstream_fd,
             _lease,
             template,
+            admitted,
         } => {
-            // Per-message routing when this session is on a pruned node and the
-            // pool has archive nodes.
+            // Messages are looked at one by one when this session is on a
+            // pruned node and the pool has archive nodes (routing), or when
+            // admission limits apply to each call.
             let has_archive = worker
                 .pool
                 .nodes()
                 .iter()
                 .any(|n| n.role == crate::config::Role::Archive);
-            let routed =
-                (has_archive && _lease.node().role == crate::config::Role::Pruned).then(|| {
-                    crate::session::Routed {
-                        router: &worker.router,
-                        chain: &worker.chain,
-                        pool: worker.pool.clone(),
-                        template,
-                        connect_timeout: worker.config.connect_timeout,
-                    }
-                });
+            let route = has_archive && _lease.node().role == crate::config::Role::Pruned;
+            let inspect = worker.admission.inspects();
+            let routed = (route || inspect).then(|| crate::session::Routed {
+                router: &worker.router,
+                chain: &worker.chain,
+                pool: worker.pool.clone(),
+                template,
+                connect_timeout: worker.config.connect_timeout,
+                route,
+                admission: inspect.then_some((&*worker.admission, admitted.ip)),
+            });
             let watch = NodeWatch {
                 health: worker.pool.health().clone(),
                 index: _lease.index(),
@@ -396,7 +427,9 @@ async fn client<R: ReadHalf, W: WriteHalf>(
             );
         }
         // Boxed: its header arrays must not size every WebSocket session's task.
-        Handshake::Http { buf } => Box::pin(http_loop(&mut r, &mut w, fd, peer, worker, buf)).await,
+        Handshake::Http { buf, admitted } => {
+            Box::pin(http_loop(&mut r, &mut w, fd, peer, worker, buf, &admitted)).await
+        }
         Handshake::Done => {}
     }
 }
@@ -468,8 +501,33 @@ async fn handshake<R: ReadHalf, W: WriteHalf>(
         unreachable!("the same bytes parsed a moment ago");
     };
 
+    // Admission: the client's address, then the connection caps.
+    let client_ip = crate::admission::client_ip(
+        peer.ip(),
+        head.single("x-forwarded-for"),
+        worker.admission.trusted_hops,
+    );
+    let admitted = match worker.admission.admit(client_ip) {
+        Ok(guard) => Admitted {
+            _guard: guard,
+            ip: client_ip,
+        },
+        Err((status, why)) => {
+            crate::debug!("refused {peer}: {why}");
+            let mut out = Vec::new();
+            let retry: &[(&str, &str)] = if status == 429 {
+                &[("Retry-After", "1")]
+            } else {
+                &[]
+            };
+            write_response(&mut out, status, retry, why, true);
+            respond_and_close(r, w, fd, out).await;
+            give_buf(buf);
+            return Handshake::Done;
+        }
+    };
     if !head.wants_websocket() && (head.method == "POST" || head.method == "OPTIONS") {
-        return Handshake::Http { buf };
+        return Handshake::Http { buf, admitted };
     }
     if !head.wants_websocket() {
         let err = if head.method.eq_ignore_ascii_case("GET")
@@ -511,6 +569,22 @@ async fn handshake<R: ReadHalf, W: WriteHalf>(
             return Handshake::Done;
         }
     };
+    let origins = &worker.admission.origins;
+    if let (false, Some(origin)) = (origins.is_empty(), head.single("origin")) {
+        if !rpc_http::origin_allowed(origins, origin) {
+            let mut out = Vec::new();
+            write_response(
+                &mut out,
+                403,
+                &[],
+                "origin not allowed (admission.origins)",
+                true,
+            );
+            respond_and_close(r, w, fd, out).await;
+            give_buf(buf);
+            return Handshake::Done;
+        }
+    }
 
     let ip = peer.ip().to_string();
     let fwd = Forwarded {
@@ -557,6 +631,7 @@ async fn handshake<R: ReadHalf, W: WriteHalf>(
         upstream_fd,
         _lease: session.lease,
         template: session.template,
+        admitted,
     }
 }
 
@@ -675,6 +750,7 @@ async fn http_loop<R: ReadHalf, W: WriteHalf>(
     peer: SocketAddr,
     worker: &Rc<Worker>,
     mut buf: Vec<u8>,
+    admitted: &Admitted,
 ) {
     let limits = &worker.config.limits;
     let http = &worker.config.http;
@@ -832,7 +908,30 @@ async fn http_loop<R: ReadHalf, W: WriteHalf>(
         let (body, used) = body;
         buf.drain(..head_len + used);
 
-        let (status, answer) = answer_rpc(worker, &path, &body, &ip).await;
+        let now = std::time::Instant::now();
+        let (status, answer, retry_after) =
+            match worker.admission.check_call(admitted.ip, &body, now) {
+                Ok(()) => {
+                    let (status, answer) = answer_rpc(worker, &path, &body, &ip).await;
+                    (status, answer, None)
+                }
+                Err((refusal, answer)) => {
+                    crate::debug!("refused a call from {}: {refusal:?}", admitted.ip);
+                    let retry = match refusal {
+                        crate::admission::Refusal::RateLimited(wait) => Some(wait.as_secs().max(1)),
+                        _ => None,
+                    };
+                    (
+                        refusal.http_status(),
+                        answer.unwrap_or_default().into_bytes(),
+                        retry,
+                    )
+                }
+            };
+        let mut extra = extra;
+        if let Some(secs) = retry_after {
+            extra.push(("Retry-After".into(), secs.to_string()));
+        }
         let mut out = format!(
             "HTTP/1.1 {status} {}\r\nContent-Type: application/json; charset=utf-8\r\nContent-Length: {}\r\n",
             crate::http::reason_phrase(status),

@@ -807,6 +807,10 @@ pub struct Routed<'r> {
     pub pool: Rc<Pool>,
     pub template: UpgradeTemplate,
     pub connect_timeout: Duration,
+    /// Route messages to archive (else all go to the session's node).
+    pub route: bool,
+    /// Check each call against admission limits, for this client address.
+    pub admission: Option<(&'r crate::admission::AdmissionCtx, std::net::IpAddr)>,
 }
 
 /// Messages larger than this are not held: they stream to the pruned node.
@@ -1015,8 +1019,23 @@ fn on_held(s: &Session, from: Which, hold: &mut Hold, r: &Routed<'_>, dec: &Deco
     let message_end = whole && dec.at_message_boundary();
     match from {
         Which::Client => {
+            if let (true, true, Some((adm, ip))) = (whole, hold.target.is_none(), r.admission) {
+                if let Err((refusal, answer)) =
+                    adm.check_call(ip, &hold.peek, std::time::Instant::now())
+                {
+                    crate::debug!("refused a call from {ip}: {refusal:?}");
+                    if let Some(answer) = answer {
+                        let mut f = Vec::with_capacity(answer.len() + 10);
+                        write_frame(&mut f, OpCode::Text, answer.as_bytes(), None);
+                        s.client.inject(f);
+                    }
+                    hold.peek.clear();
+                    return;
+                }
+            }
             let target = *hold.target.get_or_insert_with(|| {
                 if whole
+                    && r.route
                     && r.router.route(&hold.peek, r.chain) == Target::Archive
                     && s.archive_usable(r)
                 {
@@ -1028,7 +1047,7 @@ fn on_held(s: &Session, from: Which, hold: &mut Hold, r: &Routed<'_>, dec: &Deco
             match target {
                 Target::Archive => s.archive.send(raw, &hold.peek),
                 Target::Pruned => {
-                    if whole && r.router.retryable(&hold.peek) && s.archive_usable(r) {
+                    if whole && r.route && r.router.retryable(&hold.peek) && s.archive_usable(r) {
                         if let Some(id) = jsonrpc::peek(&hold.peek).and_then(|p| p.id) {
                             let mut retry = s.archive.retry.borrow_mut();
                             if retry.len() == RETRY_MAX {

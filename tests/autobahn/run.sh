@@ -34,25 +34,29 @@ pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; }
 trap cleanup EXIT
 
-# Start a program that prints "... ws[s]://ADDR ..." on stdout; echo ADDR.
+# Start a program that prints "... ws[s]://ADDR ..." on stdout; set ADDR.
+# (Not in a command substitution: the pid must reach the cleanup list.)
 start() {
   local log=$1; shift
   "$@" >"$log" 2>&1 &
   pids+=($!)
   for _ in $(seq 100); do
-    addr=$(grep -o 'wss\?://[0-9.:]*' "$log" | head -1 | sed 's#wss\?://##')
-    if [ -n "$addr" ]; then echo "$addr"; return; fi
+    ADDR=$(grep -o 'wss\?://[0-9.:]*' "$log" | head -1 | sed 's#wss\?://##')
+    if [ -n "$ADDR" ]; then return; fi
     sleep 0.1
   done
   echo "autobahn: $* did not start:" >&2; cat "$log" >&2; exit 1
 }
 
-echo_addr=$(start "$out/echo.log" target/release/examples/echo_upstream 127.0.0.1:0)
+start "$out/echo.log" target/release/examples/echo_upstream 127.0.0.1:0
+echo_addr=$ADDR
 # The echo node is not a JSON-RPC node: health checks only test its upgrade.
-ws_addr=$(start "$out/ringway-ws.log" target/release/ringway --listen 127.0.0.1:0 --plaintext \
-  --upstream "ws://$echo_addr" --health-probe connect --log-level warn)
-wss_addr=$(start "$out/ringway-wss.log" target/release/ringway --listen 127.0.0.1:0 \
-  --upstream "ws://$echo_addr" --health-probe connect --log-level warn)
+start "$out/ringway-ws.log" target/release/ringway --listen 127.0.0.1:0 --plaintext \
+  --upstream "ws://$echo_addr" --health-probe connect --log-level warn
+ws_addr=$ADDR
+start "$out/ringway-wss.log" target/release/ringway --listen 127.0.0.1:0 \
+  --upstream "ws://$echo_addr" --health-probe connect --log-level warn
+wss_addr=$ADDR
 
 cat >"$out/fuzzingclient.json" <<JSON
 {

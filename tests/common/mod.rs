@@ -474,7 +474,25 @@ pub type TlsStream = StreamOwned<ClientConnection, TcpStream>;
 
 /// A TLS connection to the gateway, trusting `cfg`.
 pub fn tls_connect(addr: SocketAddr, cfg: Arc<rustls::ClientConfig>) -> TlsStream {
-    let tcp = TcpStream::connect(addr).unwrap();
+    tls_connect_from(None, addr, cfg)
+}
+
+/// The same from a given local address (127.x.y.z: another client address).
+pub fn tls_connect_from(
+    from: Option<std::net::IpAddr>,
+    addr: SocketAddr,
+    cfg: Arc<rustls::ClientConfig>,
+) -> TlsStream {
+    let tcp = match from {
+        None => TcpStream::connect(addr).unwrap(),
+        Some(ip) => {
+            let sock =
+                socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+            sock.bind(&SocketAddr::new(ip, 0).into()).unwrap();
+            sock.connect(&addr.into()).unwrap();
+            sock.into()
+        }
+    };
     tcp.set_nodelay(true).unwrap();
     tcp.set_read_timeout(Some(TIMEOUT)).unwrap();
     tcp.set_write_timeout(Some(TIMEOUT)).unwrap();
@@ -488,7 +506,17 @@ pub fn ws_connect(
     cfg: Arc<rustls::ClientConfig>,
     path: &str,
 ) -> WebSocket<TlsStream> {
-    let stream = tls_connect(gw.addr, cfg);
+    ws_connect_from(None, gw, cfg, path)
+}
+
+/// The same from a given local address.
+pub fn ws_connect_from(
+    from: Option<std::net::IpAddr>,
+    gw: &Gateway,
+    cfg: Arc<rustls::ClientConfig>,
+    path: &str,
+) -> WebSocket<TlsStream> {
+    let stream = tls_connect_from(from, gw.addr, cfg);
     let ws_cfg = WebSocketConfig {
         max_message_size: Some(64 << 20),
         ..Default::default()

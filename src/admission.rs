@@ -1,0 +1,594 @@
+//! Admission control: who may connect, which methods they may call, and how
+//! fast, per core and without locks.
+//!
+//! - Rate limits are token buckets per client IP in each worker's own
+//!   [`Shard`] (an ahash map, never shared). Each source address is steered
+//!   to one worker at accept time ([`steer_by_source`], a reuseport BPF
+//!   program hashing the source address), so a direct client's bucket lives in
+//!   exactly one shard and the limit holds exactly whatever core its
+//!   connections land on. Behind a trusted proxy the client address comes
+//!   from `X-Forwarded-For` and connections from one proxy all land on one
+//!   core, so the limit still holds; it is per core only if several proxies
+//!   with different addresses carry one client.
+//! - Buckets expire: a bucket that has refilled is forgotten, and the map is
+//!   swept when it grows, so address spraying cannot grow memory without bound.
+//! - Methods: a `safe` preset like a node's `--rpc-methods Safe`, plus exact
+//!   names and `*` prefixes to allow or deny.
+//! - The client address: the socket's, or `X-Forwarded-For` only through the
+//!   configured number of trusted proxy hops.
+
+use std::net::IpAddr;
+use std::time::Instant;
+
+use ahash::AHashMap;
+
+/// A token bucket: `rate` tokens per second, at most `burst`.
+#[derive(Debug, Clone, Copy)]
+pub struct Bucket {
+    tokens: f64,
+    last: Instant,
+}
+
+/// Rate and burst of a bucket kind.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RateLimit {
+    pub rate: f64,
+    pub burst: f64,
+}
+
+impl Bucket {
+    pub fn full(limit: RateLimit, now: Instant) -> Bucket {
+        Bucket {
+            tokens: limit.burst,
+            last: now,
+        }
+    }
+
+    /// Refill for the time passed, then take `cost` if there is that much.
+    /// `Err(wait)`: how long until there would be.
+    pub fn take(
+        &mut self,
+        cost: f64,
+        limit: RateLimit,
+        now: Instant,
+    ) -> Result<(), std::time::Duration> {
+        let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
+        self.tokens = (self.tokens + elapsed * limit.rate).min(limit.burst);
+        self.last = now;
+        if self.tokens >= cost {
+            self.tokens -= cost;
+            Ok(())
+        } else {
+            let missing = cost - self.tokens;
+            Err(std::time::Duration::from_secs_f64(
+                missing / limit.rate.max(1e-9),
+            ))
+        }
+    }
+
+    /// True when the bucket would be full by `now` (so it can be forgotten).
+    fn refilled(&self, limit: RateLimit, now: Instant) -> bool {
+        let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
+        self.tokens + elapsed * limit.rate >= limit.burst
+    }
+}
+
+/// One worker's buckets, keyed by client IP. Never shared across cores.
+#[derive(Debug)]
+pub struct Shard {
+    limit: RateLimit,
+    buckets: AHashMap<IpAddr, Bucket>,
+    /// Sweep refilled buckets when the map reaches this size.
+    sweep_at: usize,
+}
+
+/// Buckets kept before refilled ones are swept out.
+const SWEEP_MIN: usize = 4096;
+
+impl Shard {
+    pub fn new(limit: RateLimit) -> Shard {
+        Shard {
+            limit,
+            buckets: AHashMap::new(),
+            sweep_at: SWEEP_MIN,
+        }
+    }
+
+    /// Charge `cost` to `ip`.
+    pub fn take(&mut self, ip: IpAddr, cost: f64, now: Instant) -> Result<(), std::time::Duration> {
+        if self.buckets.len() >= self.sweep_at {
+            let limit = self.limit;
+            self.buckets.retain(|_, b| !b.refilled(limit, now));
+            // Amortized: sweep again when the live set has doubled.
+            self.sweep_at = (self.buckets.len() * 2).max(SWEEP_MIN);
+        }
+        let limit = self.limit;
+        self.buckets
+            .entry(ip)
+            .or_insert_with(|| Bucket::full(limit, now))
+            .take(cost, limit, now)
+    }
+
+    /// Buckets held now.
+    pub fn len(&self) -> usize {
+        self.buckets.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.buckets.is_empty()
+    }
+}
+
+/// Methods a node's `--rpc-methods Safe` refuses (Substrate), and the
+/// namespaces an Ethereum endpoint should not expose publicly.
+pub const UNSAFE_METHODS: &[&str] = &[
+    "author_insertKey",
+    "author_rotateKeys",
+    "author_removeExtrinsic",
+    "author_hasKey",
+    "author_hasSessionKeys",
+    "system_addReservedPeer",
+    "system_removeReservedPeer",
+    "system_reservedPeers",
+    "system_nodeRoles",
+    "system_networkState",
+    "system_peers",
+    "system_addLogFilter",
+    "system_resetLogFilter",
+    "system_unstable_networkState",
+    "offchain_localStorageGet",
+    "offchain_localStorageSet",
+    "sync_state_genSyncSpec",
+    "dev_*",
+    "admin_*",
+    "personal_*",
+    "debug_*",
+    "miner_*",
+    "clique_*",
+    "txpool_*",
+    "engine_*",
+    "anvil_*",
+    "hardhat_*",
+    "evm_*",
+];
+
+/// Which methods may be called.
+#[derive(Debug, Clone, Default)]
+pub struct MethodPolicy {
+    allow: Vec<String>,
+    deny: Vec<String>,
+}
+
+fn matches(pattern: &str, method: &[u8]) -> bool {
+    match pattern.strip_suffix('*') {
+        Some(prefix) => method.starts_with(prefix.as_bytes()),
+        None => pattern.as_bytes() == method,
+    }
+}
+
+impl MethodPolicy {
+    /// `safe` adds [`UNSAFE_METHODS`] to `deny`. A non-empty `allow` admits only those.
+    pub fn new(safe: bool, allow: Vec<String>, mut deny: Vec<String>) -> MethodPolicy {
+        if safe {
+            deny.extend(UNSAFE_METHODS.iter().map(|m| m.to_string()));
+        }
+        MethodPolicy { allow, deny }
+    }
+
+    pub fn is_open(&self) -> bool {
+        self.allow.is_empty() && self.deny.is_empty()
+    }
+
+    pub fn allows(&self, method: &[u8]) -> bool {
+        if !self.allow.is_empty() && !self.allow.iter().any(|p| matches(p, method)) {
+            return false;
+        }
+        !self.deny.iter().any(|p| matches(p, method))
+    }
+}
+
+/// The client's address: the socket's, or taken from `X-Forwarded-For` through
+/// `trusted_hops` proxies we trust (the last `trusted_hops` entries were added
+/// by them; the one before is the client). Never from an untrusted header.
+pub fn client_ip(socket: IpAddr, xff: Option<&[u8]>, trusted_hops: usize) -> IpAddr {
+    if trusted_hops == 0 {
+        return socket;
+    }
+    let Some(list) = xff.and_then(|v| std::str::from_utf8(v).ok()) else {
+        return socket;
+    };
+    let entries: Vec<&str> = list
+        .split(',')
+        .map(str::trim)
+        .filter(|e| !e.is_empty())
+        .collect();
+    // Our trusted proxy appended the address it saw; hops - 1 more trusted ones before it.
+    if entries.len() < trusted_hops {
+        return socket;
+    }
+    entries[entries.len() - trusted_hops]
+        .parse()
+        .unwrap_or(socket)
+}
+
+/// Steer each source address to one socket of a `SO_REUSEPORT` group of `n`
+/// listeners (a classic BPF program: source address modulo `n`), so that a
+/// client's connections, and its rate-limit bucket, stay on one core.
+pub fn steer_by_source(
+    listener: &std::net::TcpListener,
+    n: usize,
+    ipv6: bool,
+) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    if n <= 1 {
+        return Ok(());
+    }
+    // SKF_NET_OFF: loads relative to the network header.
+    const SKF_NET_OFF: u32 = (-0x100000i32) as u32;
+    // IPv4: the source address is at offset 12; IPv6: its last 4 bytes at 8 + 12.
+    let offset = if ipv6 { 20 } else { 12 };
+    let code = [
+        libc::sock_filter {
+            code: (libc::BPF_LD | libc::BPF_W | libc::BPF_ABS) as u16,
+            jt: 0,
+            jf: 0,
+            k: SKF_NET_OFF.wrapping_add(offset),
+        },
+        libc::sock_filter {
+            code: (libc::BPF_ALU | libc::BPF_MOD | libc::BPF_K) as u16,
+            jt: 0,
+            jf: 0,
+            k: n as u32,
+        },
+        libc::sock_filter {
+            code: (libc::BPF_RET | libc::BPF_A) as u16,
+            jt: 0,
+            jf: 0,
+            k: 0,
+        },
+    ];
+    let prog = libc::sock_fprog {
+        len: code.len() as u16,
+        filter: code.as_ptr() as *mut libc::sock_filter,
+    };
+    // SAFETY: a valid socket and a BPF program that outlives the call (the
+    // kernel copies it).
+    let rc = unsafe {
+        libc::setsockopt(
+            listener.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_ATTACH_REUSEPORT_CBPF,
+            &prog as *const _ as *const libc::c_void,
+            std::mem::size_of::<libc::sock_fprog>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+/// A JSON-RPC error answer for one id.
+pub fn rpc_error(id: &[u8], code: i32, message: &str, data: Option<&str>) -> String {
+    match data {
+        Some(d) => format!(
+            r#"{{"jsonrpc":"2.0","error":{{"code":{code},"message":"{message}","data":{d}}},"id":{}}}"#,
+            String::from_utf8_lossy(id)
+        ),
+        None => format!(
+            r#"{{"jsonrpc":"2.0","error":{{"code":{code},"message":"{message}"}},"id":{}}}"#,
+            String::from_utf8_lossy(id)
+        ),
+    }
+}
+
+/// Why a call is refused, and the status an HTTP client gets for it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Refusal {
+    /// Over the rate limit; try again after this long.
+    RateLimited(std::time::Duration),
+    /// A method the policy refuses.
+    Denied,
+    /// More requests in one batch than allowed.
+    BatchTooLarge,
+}
+
+impl Refusal {
+    pub fn http_status(self) -> u16 {
+        match self {
+            Refusal::RateLimited(_) => 429,
+            Refusal::Denied | Refusal::BatchTooLarge => 200,
+        }
+    }
+}
+
+/// One worker's admission state: its rate-limit shard and connection counts.
+pub struct AdmissionCtx {
+    limit: Option<RateLimit>,
+    costs: AHashMap<Vec<u8>, f64>,
+    policy: MethodPolicy,
+    max_batch: usize,
+    shard: std::cell::RefCell<Shard>,
+    max_connections: usize,
+    max_connections_per_ip: usize,
+    conns_by_ip: std::cell::RefCell<AHashMap<IpAddr, u32>>,
+    total: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    pub origins: Vec<String>,
+    pub trusted_hops: usize,
+}
+
+impl AdmissionCtx {
+    /// Build a worker's state; `total` is shared by all workers (touched once
+    /// per connection, never per message).
+    pub fn new(
+        cfg: &crate::config::AdmissionSection,
+        total: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    ) -> AdmissionCtx {
+        let limit = (cfg.rate > 0.0).then_some(RateLimit {
+            rate: cfg.rate,
+            burst: if cfg.burst > 0.0 { cfg.burst } else { cfg.rate },
+        });
+        AdmissionCtx {
+            limit,
+            costs: cfg
+                .method_costs
+                .iter()
+                .map(|(m, c)| (m.as_bytes().to_vec(), *c))
+                .collect(),
+            policy: MethodPolicy::new(
+                cfg.methods == "safe",
+                cfg.allow_methods.clone(),
+                cfg.deny_methods.clone(),
+            ),
+            max_batch: cfg.max_batch,
+            shard: std::cell::RefCell::new(Shard::new(limit.unwrap_or(RateLimit {
+                rate: 1.0,
+                burst: 1.0,
+            }))),
+            max_connections: cfg.max_connections,
+            max_connections_per_ip: cfg.max_connections_per_ip,
+            conns_by_ip: Default::default(),
+            total,
+            origins: cfg.origins.clone(),
+            trusted_hops: cfg.trusted_proxy_hops,
+        }
+    }
+
+    /// True when each message must be looked at (a rate limit, a method
+    /// policy or a batch limit is on).
+    pub fn inspects(&self) -> bool {
+        self.limit.is_some() || !self.policy.is_open() || self.max_batch > 0
+    }
+
+    /// True when limits are kept per client address (so steering matters).
+    pub fn per_ip(cfg: &crate::config::AdmissionSection) -> bool {
+        cfg.rate > 0.0 || cfg.max_connections_per_ip > 0
+    }
+
+    /// Admit a new connection from `ip`, or say which limit refuses it.
+    pub fn admit(self: &std::rc::Rc<Self>, ip: IpAddr) -> Result<ConnGuard, (u16, &'static str)> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let total = self.total.fetch_add(1, Relaxed) + 1;
+        let guard = ConnGuard {
+            ctx: self.clone(),
+            ip,
+        };
+        let mut by_ip = self.conns_by_ip.borrow_mut();
+        let n = by_ip.entry(ip).or_insert(0);
+        *n += 1;
+        let n = *n;
+        drop(by_ip);
+        if self.max_connections > 0 && total > self.max_connections {
+            return Err((
+                503,
+                "the gateway's connection limit is reached (admission.max_connections)",
+            ));
+        }
+        if self.max_connections_per_ip > 0 && n as usize > self.max_connections_per_ip {
+            return Err((
+                429,
+                "too many connections from your address (admission.max_connections_per_ip)",
+            ));
+        }
+        Ok(guard)
+    }
+
+    /// Check one message (object or batch) from `ip`: its methods, batch size
+    /// and rate. On refusal, the JSON-RPC answer for it (`None` when it has no
+    /// ids: notifications get no answer).
+    pub fn check_call(
+        &self,
+        ip: IpAddr,
+        msg: &[u8],
+        now: Instant,
+    ) -> Result<(), (Refusal, Option<String>)> {
+        let batch = crate::jsonrpc::kind(msg) == crate::jsonrpc::Kind::Batch;
+        let elements: Vec<crate::jsonrpc::Peek<'_>> = if batch {
+            crate::jsonrpc::elements(msg)
+                .filter_map(crate::jsonrpc::peek)
+                .collect()
+        } else {
+            crate::jsonrpc::peek(msg).into_iter().collect()
+        };
+        let answer = |f: &dyn Fn(&crate::jsonrpc::Peek<'_>) -> String| -> Option<String> {
+            let parts: Vec<String> = elements.iter().filter(|p| p.id.is_some()).map(f).collect();
+            match (parts.is_empty(), batch) {
+                (true, _) => None,
+                (false, true) => Some(format!("[{}]", parts.join(","))),
+                (false, false) => parts.into_iter().next(),
+            }
+        };
+        if batch && self.max_batch > 0 && elements.len() > self.max_batch {
+            let why = format!(
+                "batch of {} requests is over the limit of {}",
+                elements.len(),
+                self.max_batch
+            );
+            return Err((
+                Refusal::BatchTooLarge,
+                answer(&|p| rpc_error(p.id.unwrap_or(b"null"), -32600, &why, None)),
+            ));
+        }
+        let denied =
+            |p: &crate::jsonrpc::Peek<'_>| p.method.is_some_and(|m| !self.policy.allows(m));
+        if elements.iter().any(denied) {
+            return Err((
+                Refusal::Denied,
+                answer(&|p| {
+                    if denied(p) {
+                        rpc_error(
+                            p.id.unwrap_or(b"null"),
+                            -32601,
+                            "Method not found (not allowed here)",
+                            None,
+                        )
+                    } else {
+                        rpc_error(
+                            p.id.unwrap_or(b"null"),
+                            -32600,
+                            "batch refused: it has a method that is not allowed",
+                            None,
+                        )
+                    }
+                }),
+            ));
+        }
+        let Some(_) = self.limit else { return Ok(()) };
+        let cost: f64 = elements
+            .iter()
+            .map(|p| {
+                p.method
+                    .and_then(|m| self.costs.get(m).copied())
+                    .unwrap_or(1.0)
+            })
+            .sum::<f64>()
+            .max(1.0);
+        match self.shard.borrow_mut().take(ip, cost, now) {
+            Ok(()) => Ok(()),
+            Err(wait) => {
+                let ms = wait.as_millis().max(1);
+                let data = format!(r#"{{"retry_after_ms":{ms}}}"#);
+                Err((
+                    Refusal::RateLimited(wait),
+                    answer(&|p| {
+                        rpc_error(
+                            p.id.unwrap_or(b"null"),
+                            -32005,
+                            "rate limit exceeded",
+                            Some(&data),
+                        )
+                    }),
+                ))
+            }
+        }
+    }
+
+    /// Buckets held now in this worker's shard.
+    pub fn buckets(&self) -> usize {
+        self.shard.borrow().len()
+    }
+}
+
+/// Holds a connection's place in the counts; released when dropped.
+pub struct ConnGuard {
+    ctx: std::rc::Rc<AdmissionCtx>,
+    ip: IpAddr,
+}
+
+impl Drop for ConnGuard {
+    fn drop(&mut self) {
+        self.ctx
+            .total
+            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        let mut by_ip = self.ctx.conns_by_ip.borrow_mut();
+        if let Some(n) = by_ip.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                by_ip.remove(&self.ip);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn a_bucket_allows_its_burst_then_its_rate() {
+        let limit = RateLimit {
+            rate: 20.0,
+            burst: 5.0,
+        };
+        let t0 = Instant::now();
+        let mut b = Bucket::full(limit, t0);
+        let taken = (0..10).filter(|_| b.take(1.0, limit, t0).is_ok()).count();
+        assert_eq!(taken, 5);
+        // 100 requests over 2 s at 100/s: 40 refilled tokens.
+        let mut ok = 0;
+        for i in 1..=200 {
+            if b.take(1.0, limit, t0 + Duration::from_millis(i * 10))
+                .is_ok()
+            {
+                ok += 1;
+            }
+        }
+        assert!((39..=41).contains(&ok), "{ok}");
+        let wait = b
+            .take(10.0, limit, t0 + Duration::from_millis(2000))
+            .unwrap_err();
+        assert!(wait > Duration::from_millis(400), "{wait:?}");
+    }
+
+    #[test]
+    fn shards_forget_refilled_buckets() {
+        let limit = RateLimit {
+            rate: 10.0,
+            burst: 10.0,
+        };
+        let mut s = Shard::new(limit);
+        let t0 = Instant::now();
+        for i in 0..100_000u32 {
+            let ip = IpAddr::from(std::net::Ipv4Addr::from(0x7f00_0000 + i));
+            let _ = s.take(ip, 1.0, t0 + Duration::from_millis(i as u64 / 10));
+        }
+        // Address spraying: at most the buckets of the last ~second stay.
+        assert!(s.len() < 20_000, "{}", s.len());
+    }
+
+    #[test]
+    fn methods_by_preset_allow_and_deny() {
+        let p = MethodPolicy::new(true, vec![], vec!["state_trace*".into()]);
+        assert!(p.allows(b"system_health"));
+        assert!(!p.allows(b"author_insertKey"));
+        assert!(!p.allows(b"admin_peers"));
+        assert!(!p.allows(b"state_traceBlock"));
+        let only = MethodPolicy::new(false, vec!["eth_*".into()], vec![]);
+        assert!(only.allows(b"eth_call"));
+        assert!(!only.allows(b"net_version"));
+        assert!(MethodPolicy::default().is_open());
+    }
+
+    #[test]
+    fn forwarded_for_is_trusted_only_through_configured_hops() {
+        let sock: IpAddr = "192.0.2.1".parse().unwrap();
+        let xff = Some(&b"203.0.113.7, 198.51.100.2"[..]);
+        assert_eq!(
+            client_ip(sock, xff, 0),
+            sock,
+            "untrusted: the socket's address"
+        );
+        assert_eq!(
+            client_ip(sock, xff, 1),
+            "198.51.100.2".parse::<IpAddr>().unwrap()
+        );
+        assert_eq!(
+            client_ip(sock, xff, 2),
+            "203.0.113.7".parse::<IpAddr>().unwrap()
+        );
+        assert_eq!(client_ip(sock, xff, 3), sock, "fewer entries than hops");
+        assert_eq!(client_ip(sock, Some(b"garbage"), 1), sock);
+    }
+}

@@ -1,0 +1,262 @@
+//! Admission control with the real gateway: rate limits per client address
+//! across workers and connections, method and origin allowlists, connection
+//! caps, and which X-Forwarded-For is believed.
+
+mod common;
+
+use std::io::Write;
+use std::net::IpAddr;
+use std::time::{Duration, Instant};
+
+use common::*;
+use tungstenite::Message;
+
+fn gateway(pki: &TestPki, up: &Upstream, admission: &str) -> Gateway {
+    let cfg = write_config(
+        pki,
+        "admission.toml",
+        &format!("[health]\nprobe = \"connect\"\n[admission]\n{admission}"),
+    );
+    Gateway::start(
+        pki,
+        &[up.url()],
+        &["--config", cfg.to_str().unwrap(), "--workers", "2"],
+    )
+}
+
+fn call(id: u64, method: &str) -> String {
+    format!(r#"{{"jsonrpc":"2.0","id":{id},"method":"{method}","params":[]}}"#)
+}
+
+fn text(m: Message) -> String {
+    match m {
+        Message::Text(t) => t,
+        other => panic!("expected text, got {other:?}"),
+    }
+}
+
+#[test]
+fn messages_over_the_rate_get_32005_with_their_id_and_other_addresses_are_unaffected() {
+    let pki = TestPki::new();
+    let up = Upstream::start(Behaviour::Echo);
+    let gw = gateway(&pki, &up, "rate = 20\nburst = 5\n");
+    // Four connections from one address, 100 messages per second in all, for 3 s.
+    let mut conns: Vec<_> = (0..4)
+        .map(|_| ws_connect(&gw, pki.client_config(), "/"))
+        .collect();
+    let start = Instant::now();
+    let total = 300u64;
+    for i in 0..total {
+        let due = start + Duration::from_millis(i * 10);
+        if let Some(wait) = due.checked_duration_since(Instant::now()) {
+            std::thread::sleep(wait);
+        }
+        conns[(i % 4) as usize]
+            .send(Message::Text(call(i, "system_health")))
+            .unwrap();
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    let (mut accepted, mut limited) = (0, 0);
+    for (c, ws) in conns.iter_mut().enumerate() {
+        for _ in 0..(total / 4) {
+            let answer = text(ws.read().unwrap());
+            let p = ringway::jsonrpc::peek(answer.as_bytes()).unwrap();
+            let id: u64 = std::str::from_utf8(p.id.unwrap()).unwrap().parse().unwrap();
+            assert_eq!(
+                id % 4,
+                c as u64,
+                "answers come on the connection that asked"
+            );
+            if answer.contains("-32005") {
+                assert!(
+                    answer.contains("rate limit exceeded") && answer.contains("retry_after_ms"),
+                    "{answer}"
+                );
+                limited += 1;
+            } else {
+                assert!(answer.contains("system_health"), "echoed: {answer}");
+                accepted += 1;
+            }
+        }
+    }
+    let expected = 5.0 + 20.0 * elapsed;
+    assert!(
+        (accepted as f64 - expected).abs() <= expected * 0.1,
+        "accepted {accepted}, expected about {expected:.0} (limited {limited}, {elapsed:.2} s)"
+    );
+    assert_eq!(accepted + limited, total);
+    // Another address has its own bucket.
+    let other: IpAddr = "127.0.0.2".parse().unwrap();
+    let mut ws = ws_connect_from(Some(other), &gw, pki.client_config(), "/");
+    for i in 0..5 {
+        ws.send(Message::Text(call(1000 + i, "system_health")))
+            .unwrap();
+        assert!(!text(ws.read().unwrap()).contains("-32005"));
+    }
+}
+
+#[test]
+fn refused_methods_get_32601_over_websocket_and_http() {
+    let pki = TestPki::new();
+    let up = Upstream::start(Behaviour::Echo);
+    let gw = gateway(
+        &pki,
+        &up,
+        "methods = \"safe\"\ndeny_methods = [\"state_trace*\"]\n",
+    );
+    let mut ws = ws_connect(&gw, pki.client_config(), "/");
+    ws.send(Message::Text(call(1, "author_insertKey"))).unwrap();
+    let answer = text(ws.read().unwrap());
+    assert!(
+        answer.contains("-32601") && answer.contains(r#""id":1"#),
+        "{answer}"
+    );
+    ws.send(Message::Text(call(2, "state_traceBlock"))).unwrap();
+    assert!(text(ws.read().unwrap()).contains("-32601"));
+    ws.send(Message::Text(call(3, "system_health"))).unwrap();
+    assert!(
+        text(ws.read().unwrap()).contains("system_health"),
+        "allowed methods pass"
+    );
+
+    let mut s = tls_connect(gw.addr, pki.client_config());
+    let body = call(4, "author_rotateKeys");
+    let req = format!(
+        "POST / HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(req.as_bytes()).unwrap();
+    let (status, _, answer) = read_response(&mut s);
+    assert_eq!(status, 200);
+    assert!(
+        answer.contains("-32601") && answer.contains(r#""id":4"#),
+        "{answer}"
+    );
+}
+
+#[test]
+fn http_over_the_rate_gets_429_with_retry_after() {
+    let pki = TestPki::new();
+    let up = Upstream::start(Behaviour::Echo);
+    let gw = gateway(&pki, &up, "rate = 1\nburst = 1\n");
+    let mut s = tls_connect(gw.addr, pki.client_config());
+    let mut statuses = Vec::new();
+    for i in 0..2 {
+        let body = call(i, "system_health");
+        let req = format!(
+            "POST / HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        s.write_all(req.as_bytes()).unwrap();
+        let (status, head, answer) = read_response(&mut s);
+        if status == 429 {
+            assert!(head.contains("Retry-After: "), "{head}");
+            assert!(
+                answer.contains("-32005") && answer.contains(r#""id":1"#),
+                "{answer}"
+            );
+        }
+        statuses.push(status);
+    }
+    // The echo node is no HTTP server: the first call gets its 502 answer; what
+    // matters is that the second is refused by the limit, before any node.
+    assert_eq!(statuses[1], 429, "{statuses:?}");
+}
+
+#[test]
+fn origins_outside_the_list_get_403() {
+    let pki = TestPki::new();
+    let up = Upstream::start(Behaviour::Echo);
+    let gw = gateway(
+        &pki,
+        &up,
+        "origins = [\"https://polkadot.js.org\", \"*.example.com\"]\n",
+    );
+    for (origin, status) in [
+        (Some("https://polkadot.js.org"), 101),
+        (Some("http://app.example.com"), 101),
+        (Some("https://evil.example.net"), 403),
+        (None, 101),
+    ] {
+        let mut s = tls_connect(gw.addr, pki.client_config());
+        let req = upgrade_request("/", |h| {
+            if let Some(o) = origin {
+                h.push(("Origin".into(), o.into()));
+            }
+        });
+        s.write_all(req.as_bytes()).unwrap();
+        let (got, head, body) = read_response(&mut s);
+        assert_eq!(got, status, "{origin:?}: {head}{body}");
+    }
+}
+
+#[test]
+fn connection_caps_answer_429_per_address_and_503_in_total() {
+    let pki = TestPki::new();
+    let up = Upstream::start(Behaviour::Echo);
+    let gw = gateway(
+        &pki,
+        &up,
+        "max_connections_per_ip = 2\nmax_connections = 3\n",
+    );
+    let a: IpAddr = "127.0.0.1".parse().unwrap();
+    let b: IpAddr = "127.0.0.3".parse().unwrap();
+    let _one = ws_connect_from(Some(a), &gw, pki.client_config(), "/");
+    let _two = ws_connect_from(Some(a), &gw, pki.client_config(), "/");
+    let mut s = tls_connect_from(Some(a), gw.addr, pki.client_config());
+    s.write_all(upgrade_request("/", |_| {}).as_bytes())
+        .unwrap();
+    let (status, head, body) = read_response(&mut s);
+    assert_eq!(status, 429, "{head}{body}");
+    assert!(body.contains("max_connections_per_ip"), "{body}");
+    drop(s);
+    std::thread::sleep(Duration::from_millis(100));
+    let _three = ws_connect_from(Some(b), &gw, pki.client_config(), "/");
+    let mut s = tls_connect_from(Some(b), gw.addr, pki.client_config());
+    s.write_all(upgrade_request("/", |_| {}).as_bytes())
+        .unwrap();
+    let (status, _, body) = read_response(&mut s);
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("max_connections"), "{body}");
+}
+
+#[test]
+fn forwarded_for_is_believed_only_from_trusted_hops() {
+    let pki = TestPki::new();
+    let up = Upstream::start(Behaviour::Echo);
+    let accepted = |gw: &Gateway, xff: &str| {
+        let stream = tls_connect(gw.addr, pki.client_config());
+        let req = tungstenite::handshake::client::Request::builder()
+            .uri(gw.url("/"))
+            .header("Host", "localhost")
+            .header("X-Forwarded-For", xff)
+            .header("Connection", "Upgrade")
+            .header("Upgrade", "websocket")
+            .header("Sec-WebSocket-Version", "13")
+            .header(
+                "Sec-WebSocket-Key",
+                tungstenite::handshake::client::generate_key(),
+            )
+            .body(())
+            .unwrap();
+        let (mut ws, _) = tungstenite::client(req, stream).unwrap();
+        (0..3)
+            .filter(|i| {
+                ws.send(Message::Text(call(*i, "system_health"))).unwrap();
+                !text(ws.read().unwrap()).contains("-32005")
+            })
+            .count()
+    };
+    // Trusted: two proxy-reported addresses, two buckets of 2.
+    let trusted = gateway(
+        &pki,
+        &up,
+        "rate = 0.001\nburst = 2\ntrusted_proxy_hops = 1\n",
+    );
+    assert_eq!(accepted(&trusted, "10.0.0.1"), 2);
+    assert_eq!(accepted(&trusted, "10.0.0.2"), 2);
+    // Not trusted: the header is ignored, one bucket for the socket address.
+    let untrusted = gateway(&pki, &up, "rate = 0.001\nburst = 2\n");
+    assert_eq!(accepted(&untrusted, "10.0.0.1"), 2);
+    assert_eq!(accepted(&untrusted, "10.0.0.2"), 0);
+}
