@@ -61,5 +61,33 @@ fn routing(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, routing);
+fn admission(c: &mut Criterion) {
+    use ringway::admission::AdmissionCtx;
+    use ringway::config::AdmissionSection;
+    let call = br#"{"jsonrpc":"2.0","id":42,"method":"system_health","params":[]}"#;
+    let total = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut g = c.benchmark_group("admission");
+    g.throughput(Throughput::Elements(1));
+    // A limit high enough never to refuse: the cost of looking.
+    let limited = AdmissionCtx::new(
+        &AdmissionSection {
+            rate: 1e12,
+            burst: 1e12,
+            methods: "safe".into(),
+            ..AdmissionSection::default()
+        },
+        total.clone(),
+    );
+    let ip: std::net::IpAddr = "203.0.113.9".parse().unwrap();
+    g.bench_function("rate_and_safe_methods", |b| {
+        b.iter(|| limited.check_call(black_box(ip), black_box(call), std::time::Instant::now()))
+    });
+    let open = AdmissionCtx::new(&AdmissionSection::default(), total);
+    g.bench_function("no_limits", |b| {
+        b.iter(|| open.check_call(black_box(ip), black_box(call), std::time::Instant::now()))
+    });
+    g.finish();
+}
+
+criterion_group!(benches, routing, admission);
 criterion_main!(benches);

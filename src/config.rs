@@ -103,6 +103,12 @@ pub struct ServerSection {
     pub workers: usize,
     /// Pin each worker to a core.
     pub pin_workers: bool,
+    /// A plain HTTP listener that redirects (301) to the TLS one; empty: none.
+    pub redirect_listen: String,
+    /// A Unix-socket listener (plain ws:// and HTTP) for a proxy in front; empty: none.
+    pub unix_listen: String,
+    /// File mode of the Unix socket (octal).
+    pub unix_mode: String,
 }
 
 impl Default for ServerSection {
@@ -111,6 +117,9 @@ impl Default for ServerSection {
             listen: "127.0.0.1:8443".into(),
             workers: 0,
             pin_workers: true,
+            redirect_listen: String::new(),
+            unix_listen: String::new(),
+            unix_mode: "660".into(),
         }
     }
 }
@@ -340,6 +349,8 @@ pub struct Config {
     pub listen: SocketAddr,
     pub workers: usize,
     pub pin_workers: bool,
+    pub redirect_listen: Option<SocketAddr>,
+    pub unix_listen: Option<(PathBuf, u32)>,
     pub tls: TlsMode,
     pub limits: Limits,
     pub connect_timeout: Duration,
@@ -424,6 +435,35 @@ impl Config {
                     ),
                 )
             })?;
+        let redirect_listen = match file.server.redirect_listen.as_str() {
+            "" => None,
+            a => Some(
+                a.to_socket_addrs()
+                    .ok()
+                    .and_then(|mut i| i.next())
+                    .ok_or_else(|| {
+                        err(
+                            "server.redirect_listen",
+                            format!("`{a}` is not an address like 0.0.0.0:80"),
+                        )
+                    })?,
+            ),
+        };
+        let unix_listen = match file.server.unix_listen.as_str() {
+            "" => None,
+            p => {
+                let mode = u32::from_str_radix(&file.server.unix_mode, 8)
+                    .ok()
+                    .filter(|m| *m <= 0o777)
+                    .ok_or_else(|| {
+                        err(
+                            "server.unix_mode",
+                            format!("`{}` is not an octal file mode", file.server.unix_mode),
+                        )
+                    })?;
+                Some((PathBuf::from(p), mode))
+            }
+        };
         let workers = match file.server.workers {
             0 => std::thread::available_parallelism()
                 .map(|n| n.get())
@@ -611,6 +651,8 @@ impl Config {
             listen,
             workers,
             pin_workers: file.server.pin_workers,
+            redirect_listen,
+            unix_listen,
             tls,
             limits,
             connect_timeout: Duration::from_millis(file.pool.connect_timeout_ms),

@@ -250,6 +250,7 @@ fn main() -> ExitCode {
     }
     probe_nodes(&config);
     let scheme = if tls.is_some() { "wss" } else { "ws" };
+    let unix = config.unix_listen.clone();
     let workers = config.workers;
     let nodes: Vec<String> = config.nodes.iter().map(|n| n.url.clone()).collect();
     let running = match ringway::server::start(config, server_config) {
@@ -261,6 +262,12 @@ fn main() -> ExitCode {
     };
     if !running.io_uring {
         warn!("io_uring is not available (Linux 5.11+ needed, or it is disabled); using the epoll driver");
+    }
+    if let Some(a) = running.redirect_addr {
+        println!("ringway: redirecting http://{a} to https");
+    }
+    if let Some((path, _)) = &unix {
+        println!("ringway: also serving ws+unix:{}", path.display());
     }
     println!(
         "ringway: listening on {scheme}://{} ({workers} workers, {}) -> {}",

@@ -45,6 +45,8 @@ use crate::ws::handshake::{
 /// A running gateway: its address and its worker threads.
 pub struct Running {
     pub local_addr: SocketAddr,
+    /// The HTTP-to-HTTPS redirect listener's address, if one is configured.
+    pub redirect_addr: Option<SocketAddr>,
     pub io_uring: bool,
     pub workers: Vec<std::thread::JoinHandle<()>>,
 }
@@ -86,6 +88,33 @@ pub fn start(config: Config, tls: Option<ServerConfig>) -> io::Result<Running> {
         }
     }
     let total = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    // The redirect and Unix listeners are served by worker 0.
+    let mut extra = Some(Extra {
+        redirect: match config.redirect_listen {
+            Some(a) => {
+                let l = std::net::TcpListener::bind(a)?;
+                l.set_nonblocking(true)?;
+                Some(l)
+            }
+            None => None,
+        },
+        unix: match &config.unix_listen {
+            Some((path, mode)) => {
+                use std::os::unix::fs::PermissionsExt;
+                let _ = std::fs::remove_file(path);
+                let l = std::os::unix::net::UnixListener::bind(path)?;
+                std::fs::set_permissions(path, std::fs::Permissions::from_mode(*mode))?;
+                l.set_nonblocking(true)?;
+                Some(l)
+            }
+            None => None,
+        },
+        https_port: local_addr.port(),
+    });
+    let redirect_addr = match extra.as_ref().and_then(|e| e.redirect.as_ref()) {
+        Some(l) => Some(l.local_addr()?),
+        None => None,
+    };
     let io_uring = monoio::utils::detect_uring();
     let health = Health::new(config.nodes.len());
     crate::probe::spawn(
@@ -105,6 +134,7 @@ pub fn start(config: Config, tls: Option<ServerConfig>) -> io::Result<Running> {
         let tls = tls.clone();
         let health = health.clone();
         let total = total.clone();
+        let extra = extra.take();
         let handle = std::thread::Builder::new()
             .name(format!("worker-{i}"))
             .spawn(move || {
@@ -112,12 +142,13 @@ pub fn start(config: Config, tls: Option<ServerConfig>) -> io::Result<Running> {
                     pin_to_core(i % cores);
                 }
                 let tls = tls.map(|base| crate::tls::per_worker(&base));
-                run_worker(listener, config, tls, health, total, io_uring);
+                run_worker(listener, config, tls, health, total, extra, io_uring);
             })?;
         workers.push(handle);
     }
     Ok(Running {
         local_addr,
+        redirect_addr,
         io_uring,
         workers,
     })
@@ -143,8 +174,10 @@ fn run_worker(
     tls: Option<Arc<ServerConfig>>,
     health: Arc<Health>,
     total: Arc<std::sync::atomic::AtomicUsize>,
+    extra: Option<Extra>,
     io_uring: bool,
 ) {
+    let mut extra = extra;
     if io_uring {
         // Each ring is used by its one worker thread only: completions run as
         // task work when the worker asks for events (DEFER_TASKRUN), with no
@@ -162,7 +195,14 @@ fn run_worker(
             }
             match b.enable_timer().build() {
                 Ok(mut rt) => {
-                    return rt.block_on(serve(listener, config, tls, health, total.clone()))
+                    return rt.block_on(serve(
+                        listener,
+                        config,
+                        tls,
+                        health,
+                        total.clone(),
+                        extra.take(),
+                    ))
                 }
                 Err(e) => crate::debug!("io_uring setup: {e}"),
             }
@@ -173,7 +213,14 @@ fn run_worker(
         .enable_timer()
         .build()
     {
-        Ok(mut rt) => rt.block_on(serve(listener, config, tls, health, total.clone())),
+        Ok(mut rt) => rt.block_on(serve(
+            listener,
+            config,
+            tls,
+            health,
+            total.clone(),
+            extra.take(),
+        )),
         Err(e) => crate::error!("cannot start a runtime: {e}"),
     }
 }
@@ -220,6 +267,7 @@ async fn serve(
     tls: Option<Arc<ServerConfig>>,
     health: Arc<Health>,
     total: Arc<std::sync::atomic::AtomicUsize>,
+    more: Option<Extra>,
 ) {
     let listener = match monoio::net::TcpListener::from_std(listener) {
         Ok(l) => l,
@@ -277,6 +325,14 @@ async fn serve(
         tls,
         active: Cell::new(0),
     });
+    if let Some(more) = more {
+        if let Some(l) = more.redirect {
+            monoio::spawn(serve_redirect(l, more.https_port));
+        }
+        if let Some(l) = more.unix {
+            monoio::spawn(serve_unix(l, worker.clone()));
+        }
+    }
     loop {
         match listener.accept().await {
             Ok((stream, peer)) => {
@@ -1020,4 +1076,106 @@ async fn answer_rpc(worker: &Rc<Worker>, path: &str, body: &[u8], ip: &str) -> (
         ),
     };
     (502, out.into_bytes())
+}
+
+/// Listeners besides the main one, served by worker 0.
+struct Extra {
+    redirect: Option<std::net::TcpListener>,
+    unix: Option<std::os::unix::net::UnixListener>,
+    https_port: u16,
+}
+
+/// Plain HTTP: answer every request with 301 to the same host and path over https.
+async fn serve_redirect(listener: std::net::TcpListener, https_port: u16) {
+    let Ok(listener) = monoio::net::TcpListener::from_std(listener) else {
+        return;
+    };
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            monoio::time::sleep(Duration::from_millis(50)).await;
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        monoio::spawn(CatchUnwind(redirect_one(stream, https_port)));
+    }
+}
+
+async fn redirect_one(stream: TcpStream, https_port: u16) {
+    let fd = stream.as_raw_fd();
+    let (r, mut w) = stream.into_split();
+    let mut r = PlainReader::new(r);
+    let got = with_deadline(Duration::from_secs(5), || stop(fd, Stop::Reads), async {
+        let mut buf = Vec::with_capacity(4096);
+        loop {
+            let (res, b) = r.read_more(buf).await;
+            buf = b;
+            if !matches!(res, Ok(n) if n > 0) {
+                return None;
+            }
+            let mut headers = [httparse::EMPTY_HEADER; 64];
+            match parse_head(&buf, &mut headers, 8192, 64) {
+                Ok(Parse::Done(head, _)) => {
+                    let host = head
+                        .single("host")
+                        .and_then(|h| std::str::from_utf8(h).ok())
+                        .unwrap_or("localhost");
+                    // Drop the port: "example.com:80", "[::1]:80" (not the colons of a bare IPv6).
+                    let host = match host.rsplit_once(':') {
+                        Some((h, p))
+                            if p.bytes().all(|c| c.is_ascii_digit())
+                                && (!h.contains(':') || h.ends_with(']')) =>
+                        {
+                            h
+                        }
+                        _ => host,
+                    };
+                    let port = if https_port == 443 {
+                        String::new()
+                    } else {
+                        format!(":{https_port}")
+                    };
+                    return Some(format!("https://{host}{port}{}", head.path));
+                }
+                Ok(Parse::NeedMore(_)) => {}
+                Err(_) => return None,
+            }
+        }
+    })
+    .await;
+    let mut out = Vec::new();
+    match got {
+        Some(location) => write_response(
+            &mut out,
+            301,
+            &[("Location", &location)],
+            &format!("moved to {location}"),
+            true,
+        ),
+        None => write_response(&mut out, 400, &[], "bad request", true),
+    }
+    let _ = w.write_all(out).await;
+    w.shutdown().await;
+}
+
+/// Plain ws:// and HTTP on a Unix socket, for a proxy on the same host.
+async fn serve_unix(listener: std::os::unix::net::UnixListener, worker: Rc<Worker>) {
+    let Ok(listener) = monoio::net::UnixListener::from_std(listener) else {
+        return;
+    };
+    // The peer is local; the proxy in front says who the client is (trusted_proxy_hops).
+    let local = SocketAddr::from(([127, 0, 0, 1], 0));
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            monoio::time::sleep(Duration::from_millis(50)).await;
+            continue;
+        };
+        let worker = worker.clone();
+        monoio::spawn(CatchUnwind(async move {
+            worker.active.set(worker.active.get() + 1);
+            let fd = stream.as_raw_fd();
+            let (r, w) = stream.into_split();
+            client(PlainReader::new(r), w, fd, local, &worker, "http").await;
+            worker.active.set(worker.active.get() - 1);
+        }));
+    }
 }

@@ -260,3 +260,65 @@ fn forwarded_for_is_believed_only_from_trusted_hops() {
     assert_eq!(accepted(&untrusted, "10.0.0.1"), 2);
     assert_eq!(accepted(&untrusted, "10.0.0.2"), 0);
 }
+
+#[test]
+fn slow_clients_do_not_delay_a_normal_client() {
+    let pki = TestPki::new();
+    let up = Upstream::start(Behaviour::Echo);
+    let cfg = write_config(
+        &pki,
+        "slow.toml",
+        "[health]\nprobe = \"connect\"\n[limits]\nhandshake_timeout_ms = 3000\n",
+    );
+    let gw = Gateway::start(
+        &pki,
+        &[up.url()],
+        &["--config", cfg.to_str().unwrap(), "--workers", "2"],
+    );
+    // 300 connections that send a TLS ClientHello one byte a second.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let slow: Vec<_> = (0..3)
+        .map(|_| {
+            let stop = stop.clone();
+            let addr = gw.addr;
+            std::thread::spawn(move || {
+                let mut socks: Vec<std::net::TcpStream> = (0..100)
+                    .filter_map(|_| std::net::TcpStream::connect(addr).ok())
+                    .collect();
+                let hello = [0x16u8, 0x03, 0x01, 0x02, 0x00, 0x01];
+                let mut i = 0;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) && i < hello.len() {
+                    for s in socks.iter_mut() {
+                        let _ = s.write_all(&hello[i..i + 1]);
+                    }
+                    i += 1;
+                    std::thread::sleep(Duration::from_millis(1000));
+                }
+                socks.len()
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(500));
+    // A normal client: handshake and 50 round trips, each quick.
+    let start = Instant::now();
+    let mut ws = ws_connect(&gw, pki.client_config(), "/");
+    let connect = start.elapsed();
+    let mut worst = Duration::ZERO;
+    for i in 0..50 {
+        let t = Instant::now();
+        ws.send(Message::Text(call(i, "system_health"))).unwrap();
+        let _ = ws.read().unwrap();
+        worst = worst.max(t.elapsed());
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let opened: usize = slow.into_iter().map(|t| t.join().unwrap()).sum();
+    assert!(opened >= 250, "slow connections opened: {opened}");
+    assert!(
+        connect < Duration::from_millis(500),
+        "handshake took {connect:?}"
+    );
+    assert!(
+        worst < Duration::from_millis(200),
+        "a round trip took {worst:?}"
+    );
+}

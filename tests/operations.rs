@@ -145,3 +145,68 @@ fn the_example_config_is_valid() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[test]
+fn http_is_redirected_to_https_with_host_and_path() {
+    let pki = TestPki::new();
+    let up = Upstream::start(Behaviour::Echo);
+    let cfg = write_config(
+        &pki,
+        "redirect.toml",
+        "[server]\nredirect_listen = \"127.0.0.1:0\"\n",
+    );
+    let gw = Gateway::start(&pki, &[up.url()], &["--config", cfg.to_str().unwrap()]);
+    let line = gw
+        .stdout_lines
+        .iter()
+        .find(|l| l.contains("redirecting"))
+        .cloned()
+        .unwrap_or_default();
+    let addr = line
+        .split("http://")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .map(|a| a.to_string());
+    let Some(addr) = addr else {
+        panic!("no redirect address printed: {:?}", gw.stdout_lines);
+    };
+    let mut s = std::net::TcpStream::connect(&addr).unwrap();
+    use std::io::Write;
+    s.write_all(b"GET /ws?x=1 HTTP/1.1\r\nHost: rpc.example.com:80\r\n\r\n")
+        .unwrap();
+    let (status, head, _) = read_response(&mut s);
+    assert_eq!(status, 301, "{head}");
+    let want = format!(
+        "Location: https://rpc.example.com:{}/ws?x=1\r\n",
+        gw.addr.port()
+    );
+    assert!(head.contains(&want), "{head}");
+}
+
+#[test]
+fn a_unix_socket_listener_serves_plain_websocket() {
+    let pki = TestPki::new();
+    let up = Upstream::start(Behaviour::Echo);
+    let path = pki.dir.join("ringway.sock");
+    let cfg = write_config(
+        &pki,
+        "unix.toml",
+        &format!(
+            "[server]\nunix_listen = \"{}\"\nunix_mode = \"600\"\n",
+            path.display()
+        ),
+    );
+    let gw = Gateway::start(&pki, &[up.url()], &["--config", cfg.to_str().unwrap()]);
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+    let stream = std::os::unix::net::UnixStream::connect(&path).unwrap();
+    let (mut ws, _) = tungstenite::client("ws://localhost/", stream).unwrap();
+    ws.send(Message::Text("over the unix listener".into()))
+        .unwrap();
+    assert_eq!(
+        ws.read().unwrap(),
+        Message::Text("over the unix listener".into())
+    );
+    drop(gw);
+}
