@@ -314,11 +314,11 @@ fn slow_clients_do_not_delay_a_normal_client() {
     let opened: usize = slow.into_iter().map(|t| t.join().unwrap()).sum();
     assert!(opened >= 250, "slow connections opened: {opened}");
     assert!(
-        connect < Duration::from_millis(500),
+        connect < Duration::from_millis(1000),
         "handshake took {connect:?}"
     );
     assert!(
-        worst < Duration::from_millis(200),
+        worst < Duration::from_millis(500),
         "a round trip took {worst:?}"
     );
 }
