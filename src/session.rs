@@ -542,9 +542,13 @@ async fn pump<R: ReadHalf>(
     let mut hold = Hold::default();
     loop {
         if !buf.is_empty() {
+            // Node answers are held only when they may need a retry on archive;
+            // for admission alone they stream as usual.
             let flow = match routed {
-                None => process(s, from, &mut dec, &mut buf),
-                Some(r) => process_held(s, from, &mut dec, &mut buf, &mut hold, r),
+                Some(r) if from == Which::Client || r.route => {
+                    process_held(s, from, &mut dec, &mut buf, &mut hold, r)
+                }
+                _ => process(s, from, &mut dec, &mut buf),
             };
             if let Flow::Stop = flow {
                 break;
