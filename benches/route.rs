@@ -65,7 +65,7 @@ fn admission(c: &mut Criterion) {
     use ringway::admission::AdmissionCtx;
     use ringway::config::AdmissionSection;
     let call = br#"{"jsonrpc":"2.0","id":42,"method":"system_health","params":[]}"#;
-    let total = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let total = std::sync::Arc::new(ringway::admission::SharedCounts::default());
     let mut g = c.benchmark_group("admission");
     g.throughput(Throughput::Elements(1));
     // A limit high enough never to refuse: the cost of looking.

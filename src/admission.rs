@@ -313,18 +313,30 @@ pub struct AdmissionCtx {
     max_connections: usize,
     max_connections_per_ip: usize,
     conns_by_ip: std::cell::RefCell<AHashMap<IpAddr, u32>>,
-    total: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    conn_limit: Option<RateLimit>,
+    conn_shard: std::cell::RefCell<Shard>,
+    /// Open connections and refusals, over all workers (touched per
+    /// connection and per refusal, never per admitted call).
+    pub shared: std::sync::Arc<SharedCounts>,
     pub origins: Vec<String>,
     pub trusted_hops: usize,
 }
 
 impl AdmissionCtx {
-    /// Build a worker's state; `total` is shared by all workers (touched once
-    /// per connection, never per message).
+    /// Build a worker's state; `shared` is common to all workers (touched once
+    /// per connection and per refusal, never per admitted call).
     pub fn new(
         cfg: &crate::config::AdmissionSection,
-        total: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+        shared: std::sync::Arc<SharedCounts>,
     ) -> AdmissionCtx {
+        let conn_limit = (cfg.connection_rate > 0.0).then_some(RateLimit {
+            rate: cfg.connection_rate,
+            burst: if cfg.connection_burst > 0.0 {
+                cfg.connection_burst
+            } else {
+                cfg.connection_rate
+            },
+        });
         let limit = (cfg.rate > 0.0).then_some(RateLimit {
             rate: cfg.rate,
             burst: if cfg.burst > 0.0 { cfg.burst } else { cfg.rate },
@@ -349,7 +361,12 @@ impl AdmissionCtx {
             max_connections: cfg.max_connections,
             max_connections_per_ip: cfg.max_connections_per_ip,
             conns_by_ip: Default::default(),
-            total,
+            conn_limit,
+            conn_shard: std::cell::RefCell::new(Shard::new(conn_limit.unwrap_or(RateLimit {
+                rate: 1.0,
+                burst: 1.0,
+            }))),
+            shared,
             origins: cfg.origins.clone(),
             trusted_hops: cfg.trusted_proxy_hops,
         }
@@ -363,13 +380,13 @@ impl AdmissionCtx {
 
     /// True when limits are kept per client address (so steering matters).
     pub fn per_ip(cfg: &crate::config::AdmissionSection) -> bool {
-        cfg.rate > 0.0 || cfg.max_connections_per_ip > 0
+        cfg.rate > 0.0 || cfg.max_connections_per_ip > 0 || cfg.connection_rate > 0.0
     }
 
     /// Admit a new connection from `ip`, or say which limit refuses it.
     pub fn admit(self: &std::rc::Rc<Self>, ip: IpAddr) -> Result<ConnGuard, (u16, &'static str)> {
         use std::sync::atomic::Ordering::Relaxed;
-        let total = self.total.fetch_add(1, Relaxed) + 1;
+        let total = self.shared.connections.fetch_add(1, Relaxed) + 1;
         let guard = ConnGuard {
             ctx: self.clone(),
             ip,
@@ -380,16 +397,33 @@ impl AdmissionCtx {
         let n = *n;
         drop(by_ip);
         if self.max_connections > 0 && total > self.max_connections {
+            self.shared.rejections.count(Reason::ConnectionsTotal);
             return Err((
                 503,
                 "the gateway's connection limit is reached (admission.max_connections)",
             ));
         }
         if self.max_connections_per_ip > 0 && n as usize > self.max_connections_per_ip {
+            self.shared.rejections.count(Reason::ConnectionsPerIp);
             return Err((
                 429,
                 "too many connections from your address (admission.max_connections_per_ip)",
             ));
+        }
+        if let Some(limit) = self.conn_limit {
+            let _ = limit;
+            if self
+                .conn_shard
+                .borrow_mut()
+                .take(ip, 1.0, Instant::now())
+                .is_err()
+            {
+                self.shared.rejections.count(Reason::ConnectionRate);
+                return Err((
+                    429,
+                    "too many new connections from your address (admission.connection_rate)",
+                ));
+            }
         }
         Ok(guard)
     }
@@ -420,6 +454,7 @@ impl AdmissionCtx {
             }
         };
         if batch && self.max_batch > 0 && elements.len() > self.max_batch {
+            self.shared.rejections.count(Reason::BatchTooLarge);
             let why = format!(
                 "batch of {} requests is over the limit of {}",
                 elements.len(),
@@ -433,6 +468,7 @@ impl AdmissionCtx {
         let denied =
             |p: &crate::jsonrpc::Peek<'_>| p.method.is_some_and(|m| !self.policy.allows(m));
         if elements.iter().any(denied) {
+            self.shared.rejections.count(Reason::MethodDenied);
             return Err((
                 Refusal::Denied,
                 answer(&|p| {
@@ -467,6 +503,7 @@ impl AdmissionCtx {
         match self.shard.borrow_mut().take(ip, cost, now) {
             Ok(()) => Ok(()),
             Err(wait) => {
+                self.shared.rejections.count(Reason::RateLimited);
                 let ms = wait.as_millis().max(1);
                 let data = format!(r#"{{"retry_after_ms":{ms}}}"#);
                 Err((
@@ -490,6 +527,66 @@ impl AdmissionCtx {
     }
 }
 
+/// Why something was refused, for the counters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reason {
+    RateLimited,
+    MethodDenied,
+    BatchTooLarge,
+    ConnectionsTotal,
+    ConnectionsPerIp,
+    ConnectionRate,
+    Origin,
+}
+
+impl Reason {
+    pub const ALL: [Reason; 7] = [
+        Reason::RateLimited,
+        Reason::MethodDenied,
+        Reason::BatchTooLarge,
+        Reason::ConnectionsTotal,
+        Reason::ConnectionsPerIp,
+        Reason::ConnectionRate,
+        Reason::Origin,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Reason::RateLimited => "rate_limited",
+            Reason::MethodDenied => "method_denied",
+            Reason::BatchTooLarge => "batch_too_large",
+            Reason::ConnectionsTotal => "connections_total",
+            Reason::ConnectionsPerIp => "connections_per_ip",
+            Reason::ConnectionRate => "connection_rate",
+            Reason::Origin => "origin",
+        }
+    }
+}
+
+/// Counts shared by all workers.
+#[derive(Debug, Default)]
+pub struct SharedCounts {
+    pub connections: std::sync::atomic::AtomicUsize,
+    pub rejections: Rejections,
+}
+
+/// Refusal counters shared by all workers. Incremented only when refusing,
+/// so the atomics are never on the path of an admitted call.
+#[derive(Debug, Default)]
+pub struct Rejections {
+    counts: [std::sync::atomic::AtomicU64; 7],
+}
+
+impl Rejections {
+    pub fn count(&self, r: Reason) {
+        self.counts[r as usize].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    pub fn get(&self, r: Reason) -> u64 {
+        self.counts[r as usize].load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
 /// Holds a connection's place in the counts; released when dropped.
 pub struct ConnGuard {
     ctx: std::rc::Rc<AdmissionCtx>,
@@ -499,7 +596,8 @@ pub struct ConnGuard {
 impl Drop for ConnGuard {
     fn drop(&mut self) {
         self.ctx
-            .total
+            .shared
+            .connections
             .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
         let mut by_ip = self.ctx.conns_by_ip.borrow_mut();
         if let Some(n) = by_ip.get_mut(&self.ip) {

@@ -42,6 +42,10 @@ pub struct AdmissionSection {
     pub max_connections: usize,
     /// Open connections per client address; 0 = no limit (429 beyond it).
     pub max_connections_per_ip: usize,
+    /// New connections per second per client address; 0 = no limit (429 beyond it).
+    pub connection_rate: f64,
+    /// New connections allowed at once above `connection_rate`; 0 = same as the rate.
+    pub connection_burst: f64,
     /// Browser origins allowed to open WebSocket sessions (exact, `*.example.com`,
     /// or scheme-less `example.com`); empty admits any. Others get 403.
     pub origins: Vec<String>,
@@ -65,6 +69,8 @@ impl Default for AdmissionSection {
             method_costs: Default::default(),
             max_connections: 0,
             max_connections_per_ip: 0,
+            connection_rate: 0.0,
+            connection_burst: 0.0,
             origins: Vec::new(),
             methods: "all".into(),
             allow_methods: Vec::new(),

@@ -87,7 +87,7 @@ pub fn start(config: Config, tls: Option<ServerConfig>) -> io::Result<Running> {
             );
         }
     }
-    let total = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let total = Arc::new(crate::admission::SharedCounts::default());
     // The redirect and Unix listeners are served by worker 0.
     let mut extra = Some(Extra {
         redirect: match config.redirect_listen {
@@ -173,7 +173,7 @@ fn run_worker(
     config: Arc<Config>,
     tls: Option<Arc<ServerConfig>>,
     health: Arc<Health>,
-    total: Arc<std::sync::atomic::AtomicUsize>,
+    total: Arc<crate::admission::SharedCounts>,
     extra: Option<Extra>,
     io_uring: bool,
 ) {
@@ -266,7 +266,7 @@ async fn serve(
     config: Arc<Config>,
     tls: Option<Arc<ServerConfig>>,
     health: Arc<Health>,
-    total: Arc<std::sync::atomic::AtomicUsize>,
+    total: Arc<crate::admission::SharedCounts>,
     more: Option<Extra>,
 ) {
     let listener = match monoio::net::TcpListener::from_std(listener) {
@@ -595,6 +595,16 @@ async fn handshake<R: ReadHalf, W: WriteHalf>(
         };
         match err {
             Some(e) => refuse(r, w, fd, e).await,
+            None if head.path == "/metrics" => {
+                let body = metrics(worker);
+                let mut out = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                    body.len()
+                )
+                .into_bytes();
+                out.extend_from_slice(body.as_bytes());
+                respond_and_close(r, w, fd, out).await;
+            }
             None if head.path == "/health" || head.path.starts_with("/health?") => {
                 let (status, body) = health_report(&worker.pool);
                 let mut out = Vec::new();
@@ -628,6 +638,11 @@ async fn handshake<R: ReadHalf, W: WriteHalf>(
     let origins = &worker.admission.origins;
     if let (false, Some(origin)) = (origins.is_empty(), head.single("origin")) {
         if !rpc_http::origin_allowed(origins, origin) {
+            worker
+                .admission
+                .shared
+                .rejections
+                .count(crate::admission::Reason::Origin);
             let mut out = Vec::new();
             write_response(
                 &mut out,
@@ -1178,4 +1193,60 @@ async fn serve_unix(listener: std::os::unix::net::UnixListener, worker: Rc<Worke
             worker.active.set(worker.active.get() - 1);
         }));
     }
+}
+
+/// `GET /metrics`: Prometheus text format. Counters are process-wide atomics
+/// touched per connection or per refusal, never per admitted message.
+fn metrics(worker: &Worker) -> String {
+    use std::fmt::Write;
+    use std::sync::atomic::Ordering::Relaxed;
+    let shared = &worker.admission.shared;
+    let mut m = String::new();
+    let _ = writeln!(m, "# HELP ringway_connections Open client connections.");
+    let _ = writeln!(m, "# TYPE ringway_connections gauge");
+    let _ = writeln!(
+        m,
+        "ringway_connections {}",
+        shared.connections.load(Relaxed)
+    );
+    let _ = writeln!(
+        m,
+        "# HELP ringway_rejections_total Refusals by admission control, by reason."
+    );
+    let _ = writeln!(m, "# TYPE ringway_rejections_total counter");
+    for r in crate::admission::Reason::ALL {
+        let _ = writeln!(
+            m,
+            "ringway_rejections_total{{reason=\"{}\"}} {}",
+            r.name(),
+            shared.rejections.get(r)
+        );
+    }
+    let h = worker.pool.health();
+    let _ = writeln!(
+        m,
+        "# HELP ringway_node_up Whether a node passes its health checks."
+    );
+    let _ = writeln!(m, "# TYPE ringway_node_up gauge");
+    for (i, n) in worker.pool.nodes().iter().enumerate() {
+        let _ = writeln!(
+            m,
+            "ringway_node_up{{url=\"{}\",role=\"{}\"}} {}",
+            n.url,
+            n.role.name(),
+            u8::from(h.is_up(i))
+        );
+    }
+    let _ = writeln!(m, "# HELP ringway_node_head Best block seen on each node.");
+    let _ = writeln!(m, "# TYPE ringway_node_head gauge");
+    for (i, n) in worker.pool.nodes().iter().enumerate() {
+        let _ = writeln!(
+            m,
+            "ringway_node_head{{url=\"{}\",role=\"{}\"}} {}",
+            n.url,
+            n.role.name(),
+            h.head(i)
+        );
+    }
+    m
 }

@@ -322,3 +322,38 @@ fn slow_clients_do_not_delay_a_normal_client() {
         "a round trip took {worst:?}"
     );
 }
+
+#[test]
+fn new_connections_per_second_are_limited_and_refusals_are_counted() {
+    let pki = TestPki::new();
+    let up = Upstream::start(Behaviour::Echo);
+    let gw = gateway(
+        &pki,
+        &up,
+        "connection_rate = 0.01\nconnection_burst = 3\nrate = 1\nburst = 1\n",
+    );
+    let statuses: Vec<u16> = (0..5)
+        .map(|_| {
+            let mut s = tls_connect(gw.addr, pki.client_config());
+            s.write_all(upgrade_request("/", |_| {}).as_bytes())
+                .unwrap();
+            read_response(&mut s).0
+        })
+        .collect();
+    assert_eq!(statuses, vec![101, 101, 101, 429, 429]);
+    // /metrics counts them (it is a new connection too: from another address).
+    let mut s = tls_connect_from(
+        Some("127.0.0.9".parse().unwrap()),
+        gw.addr,
+        pki.client_config(),
+    );
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .unwrap();
+    let (status, _, body) = read_response(&mut s);
+    assert_eq!(status, 200);
+    assert!(
+        body.contains(r#"ringway_rejections_total{reason="connection_rate"} 2"#),
+        "{body}"
+    );
+    assert!(body.contains("ringway_node_up{"), "{body}");
+}
