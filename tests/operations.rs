@@ -210,3 +210,87 @@ fn a_unix_socket_listener_serves_plain_websocket() {
     );
     drop(gw);
 }
+
+/// certbot writes ECDSA or RSA keys; older setups have PKCS#1 (`BEGIN RSA
+/// PRIVATE KEY`) or SEC1 (`BEGIN EC PRIVATE KEY`) files. Needs the openssl CLI.
+#[test]
+fn rsa_pkcs1_and_ec_sec1_keys_load() {
+    if Command::new("openssl").arg("version").output().is_err() {
+        eprintln!("openssl not installed; skipping");
+        return;
+    }
+    let up = Upstream::start(Behaviour::Echo);
+    let dir = std::env::temp_dir().join(format!("ringway-keys-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let cases: [(&str, &[&str], &str); 2] = [
+        ("rsa", &["-newkey", "rsa:2048"], "RSA PRIVATE KEY"),
+        (
+            "ec",
+            &["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1"],
+            "EC PRIVATE KEY",
+        ),
+    ];
+    for (name, newkey, pem_label) in cases {
+        let cert = dir.join(format!("{name}.crt"));
+        let pkcs8 = dir.join(format!("{name}.p8"));
+        let key = dir.join(format!("{name}.key"));
+        let ok = Command::new("openssl")
+            .args([
+                "req",
+                "-x509",
+                "-nodes",
+                "-days",
+                "2",
+                "-subj",
+                "/CN=localhost",
+            ])
+            .args(["-addext", "subjectAltName=DNS:localhost"])
+            .args(["-addext", "basicConstraints=critical,CA:FALSE"])
+            .args(newkey)
+            .arg("-keyout")
+            .arg(&pkcs8)
+            .arg("-out")
+            .arg(&cert)
+            .output()
+            .unwrap();
+        assert!(
+            ok.status.success(),
+            "{}",
+            String::from_utf8_lossy(&ok.stderr)
+        );
+        // Convert to the traditional format (PKCS#1 for RSA, SEC1 for EC).
+        let tool = if name == "rsa" { "rsa" } else { "ec" };
+        let mut conv = Command::new("openssl");
+        conv.arg(tool).arg("-in").arg(&pkcs8).arg("-out").arg(&key);
+        if name == "rsa" {
+            conv.arg("-traditional");
+        }
+        let ok = conv.output().unwrap();
+        assert!(
+            ok.status.success(),
+            "{}",
+            String::from_utf8_lossy(&ok.stderr)
+        );
+        assert!(
+            std::fs::read_to_string(&key).unwrap().contains(pem_label),
+            "{name}: {pem_label}"
+        );
+        let gw = Gateway::start_args(&[
+            "--listen".into(),
+            "127.0.0.1:0".into(),
+            "--cert".into(),
+            cert.display().to_string(),
+            "--key".into(),
+            key.display().to_string(),
+            "--upstream".into(),
+            up.url(),
+            "--health-probe".into(),
+            "connect".into(),
+        ]);
+        let pem = std::fs::read(&cert).unwrap();
+        let stream = tls_connect(gw.addr, client_config_trusting(&pem));
+        let (mut ws, _) = tungstenite::client(gw.url("/"), stream).unwrap();
+        ws.send(Message::Text(name.into())).unwrap();
+        assert_eq!(ws.read().unwrap(), Message::Text(name.into()));
+    }
+}
