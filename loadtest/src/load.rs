@@ -87,7 +87,14 @@ fn target(args: &Args, mode: &str) -> Result<Target, String> {
     let url = args.url(mode)?;
     let ca = args.str("ca");
     let insecure = args.flag("insecure");
-    Target::parse(&url, || client_tls(ca.as_deref(), insecure))
+    let mut t = Target::parse(&url, || client_tls(ca.as_deref(), insecure))?;
+    if let Some(b) = args.str("bind") {
+        t.bind = Some(
+            b.parse()
+                .map_err(|_| format!("--bind {b}: not an IP address"))?,
+        );
+    }
+    Ok(t)
 }
 
 /// Split `total` over `workers` as evenly as possible.
@@ -420,7 +427,9 @@ fn handle_response(m: &[u8], inflight: &RefCell<AHashMap<u64, Instant>>, c: &Ref
         Some((id, is_error)) => match inflight.borrow_mut().remove(&id) {
             Some(sent) => {
                 if is_error {
-                    c.error("rpc_error");
+                    // Rate-limited calls are counted apart: they are the point of a flood run.
+                    let limited = m.windows(6).any(|w| w == b"-32005");
+                    c.error(if limited { "rate_limited" } else { "rpc_error" });
                 }
                 c.record(sent.elapsed());
             }

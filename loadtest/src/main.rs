@@ -20,11 +20,15 @@ ringway-load: load generator and mock JSON-RPC node
 USAGE:
   ringway-load run URL [--connections 100] [--duration 10] [--depth 1 | --rate MSGS_PER_S]
                        [--messages N] [--method NAME]... [--mix FILE] [--workers N]
-                       [--ca FILE | --insecure] [--json] [--quiet]
+                       [--ca FILE | --insecure] [--bind IP] [--json] [--quiet]
       N connections, closed loop (each keeps --depth requests in flight) or open
       loop (--rate total messages/s, latency from the intended send time).
       --method NAME[:WEIGHT] picks methods (params []); --mix FILE has lines
       'WEIGHT METHOD PARAMS_JSON'. Default: system_health.
+  ringway-load flood URL --rate MSGS_PER_S [--connections 10] [--bind 127.0.0.2] [run options]
+      `run` for abuse tests: open loop from one client address (--bind picks the
+      local address, any 127.x.y.z on loopback); rate-limited answers (-32005)
+      are counted as rate_limited, apart from other errors.
   ringway-load connect URL [--rate CONNS_PER_S] [--count N] [--concurrency 50]
                        [--hold] [--duration 10] [--workers N] [--ca FILE | --insecure] [--json]
       Connection setup rate and latency (TCP + TLS + upgrade). --hold keeps every
@@ -162,6 +166,7 @@ fn main() -> ExitCode {
     }
     let result = match mode.as_str() {
         "run" => load::run(&args),
+        "flood" => load::run(&args),
         "connect" => load::connect(&args),
         "subscribe" => load::subscribe(&args),
         "compare" => load::compare(&args),

@@ -194,6 +194,8 @@ pub struct Target {
     pub host: String,
     pub path: String,
     pub tls: Option<Arc<rustls::ClientConfig>>,
+    /// Local address to connect from (another client address on loopback: 127.x.y.z).
+    pub bind: Option<std::net::IpAddr>,
 }
 
 impl Target {
@@ -236,6 +238,7 @@ impl Target {
             host: host.trim_matches(|c| c == '[' || c == ']').to_string(),
             path: path.to_string(),
             tls: if secure { Some(tls()?) } else { None },
+            bind: None,
         })
     }
 }
@@ -266,9 +269,12 @@ pub struct Client {
 
 /// Connect, TLS if asked, and upgrade.
 pub async fn connect(t: &Target) -> Result<Client, (ConnectError, String)> {
-    let tcp = TcpStream::connect_addr(t.addr)
-        .await
-        .map_err(|e| (ConnectError::Tcp, e.to_string()))?;
+    let tcp = match t.bind {
+        None => TcpStream::connect_addr(t.addr)
+            .await
+            .map_err(|e| (ConnectError::Tcp, e.to_string()))?,
+        Some(ip) => connect_from(ip, t.addr).map_err(|e| (ConnectError::Tcp, e.to_string()))?,
+    };
     let _ = tcp.set_nodelay(true);
     let (mut r, mut w) = match &t.tls {
         Some(cfg) => {
@@ -313,6 +319,17 @@ pub async fn connect(t: &Target) -> Result<Client, (ConnectError, String)> {
             Err(e) => return Err((ConnectError::Upgrade, e.to_string())),
         }
     }
+}
+
+/// Connect from a given local address (a blocking connect: on loopback it
+/// completes at once), then hand the socket to the runtime.
+fn connect_from(ip: std::net::IpAddr, to: SocketAddr) -> io::Result<TcpStream> {
+    use socket2::{Domain, Socket, Type};
+    let sock = Socket::new(Domain::for_address(to), Type::STREAM, None)?;
+    sock.bind(&SocketAddr::new(ip, 0).into())?;
+    sock.connect(&to.into())?;
+    sock.set_nonblocking(true)?;
+    TcpStream::from_std(sock.into())
 }
 
 /// Append a masked client text frame.
