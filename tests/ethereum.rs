@@ -1,0 +1,157 @@
+//! With real Ethereum nodes: anvil (`npm install @foundry-rs/anvil`), one
+//! pruned (`--prune-history 5`) and one archive. `.ci/run` installs anvil into
+//! `target/anvil`; without it (or `RINGWAY_ANVIL=/path/to/anvil`) these tests
+//! say so and pass.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+use tungstenite::Message;
+
+fn anvil_path() -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("RINGWAY_ANVIL") {
+        return Some(PathBuf::from(p));
+    }
+    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("target/anvil/node_modules/@foundry-rs/anvil-linux-amd64/bin/anvil");
+    p.exists().then_some(p)
+}
+
+struct Anvil {
+    child: Child,
+    url: String,
+}
+
+impl Drop for Anvil {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn anvil(bin: &PathBuf, args: &[&str]) -> Anvil {
+    let mut child = Command::new(bin)
+        .args(["--port", "0", "--host", "127.0.0.1"])
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start anvil");
+    let out = child.stdout.take().unwrap();
+    let mut lines = BufReader::new(out).lines();
+    let addr = loop {
+        let line = lines.next().expect("anvil output").unwrap();
+        if let Some(a) = line.strip_prefix("Listening on ") {
+            break a.trim().to_string();
+        }
+    };
+    std::thread::spawn(move || for _ in lines {});
+    Anvil {
+        child,
+        url: format!("ws://{addr}"),
+    }
+}
+
+/// JSON-RPC over plain HTTP to an anvil directly.
+fn direct(url: &str, body: &str) -> String {
+    let addr = url.trim_start_matches("ws://");
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    let req = format!(
+        "POST / HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(req.as_bytes()).unwrap();
+    read_response(&mut s).2
+}
+
+const ACCOUNT: &str = "0xf39Fd6e51aad88F6F4ce6aB8827279cffFb92266";
+
+fn balance_at(id: u64, block: &str) -> String {
+    format!(
+        r#"{{"jsonrpc":"2.0","id":{id},"method":"eth_getBalance","params":["{ACCOUNT}","{block}"]}}"#
+    )
+}
+
+#[test]
+fn a_pruned_anvil_is_backed_by_an_archive_one() {
+    let Some(bin) = anvil_path() else {
+        eprintln!(
+            "anvil not installed (npm install --prefix target/anvil @foundry-rs/anvil); skipping"
+        );
+        return;
+    };
+    let pruned = anvil(&bin, &["--prune-history", "5"]);
+    let archive = anvil(&bin, &[]);
+    for node in [&pruned, &archive] {
+        let r = direct(
+            &node.url,
+            r#"{"jsonrpc":"2.0","id":1,"method":"anvil_mine","params":["0x32"]}"#,
+        );
+        assert!(r.contains("result"), "{r}");
+    }
+    // The pruned node alone cannot answer for block 10.
+    let r = direct(&pruned.url, &balance_at(1, "0xa"));
+    assert!(r.contains("BlockOutOfRange"), "{r}");
+
+    let pki = TestPki::new();
+    // The gateway believes the pruned node keeps 100 blocks, so it asks it
+    // first and must retry on the archive node.
+    let cfg = write_config(
+        &pki,
+        "eth.toml",
+        &format!(
+            "[routing]\nchain = \"ethereum\"\n[health]\ninterval_ms = 100\n\
+             [[node]]\nurl = \"{}\"\nrole = \"pruned\"\npruning = 100\n[[node]]\nurl = \"{}\"\nrole = \"archive\"\n",
+            pruned.url, archive.url
+        ),
+    );
+    let gw = Gateway::start(&pki, &[], &["--config", cfg.to_str().unwrap()]);
+    // Health checks speak eth_syncing / eth_blockNumber: both nodes at 50.
+    let start = Instant::now();
+    loop {
+        let mut s = tls_connect(gw.addr, pki.client_config());
+        s.write_all(b"GET /health HTTP/1.1\r\nHost: localhost\r\n\r\n")
+            .unwrap();
+        let body = read_response(&mut s).2;
+        if body.matches(r#""head":50"#).count() == 2 {
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(10), "{body}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    // HTTP: recent, retried, and explicit old blocks all answered.
+    let mut s = tls_connect(gw.addr, pki.client_config());
+    for (id, block) in [(1, "latest"), (2, "0xa"), (3, "0x30"), (4, "earliest")] {
+        let body = balance_at(id, block);
+        let req = format!(
+            "POST / HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        s.write_all(req.as_bytes()).unwrap();
+        let (status, _, answer) = read_response(&mut s);
+        assert_eq!(status, 200);
+        assert!(
+            answer.contains(r#""result":"0x"#) && answer.contains(&format!(r#""id":{id}"#)),
+            "{block}: {answer}"
+        );
+    }
+    // WebSocket: the same, in one session (ethers and web3 use this path).
+    let mut ws = ws_connect(&gw, pki.client_config(), "/");
+    for (id, block) in [(11, "latest"), (12, "0xa"), (13, "0x2f")] {
+        ws.send(Message::Text(balance_at(id, block))).unwrap();
+        let answer = match ws.read().unwrap() {
+            Message::Text(t) => t,
+            other => panic!("{other:?}"),
+        };
+        assert!(
+            answer.contains(r#""result":"0x"#) && answer.contains(&format!(r#""id":{id}"#)),
+            "{block}: {answer}"
+        );
+    }
+}
