@@ -258,6 +258,50 @@ mod websocket {
     }
 
     #[test]
+    fn subscriptions_stay_on_the_pruned_node_while_archive_requests_go_elsewhere() {
+        let pki = TestPki::new();
+        let (gw, _pruned, archive) = two_tier(&pki);
+        let mut ws = ws_connect(&gw, pki.client_config(), "/");
+        ws.send(Message::Text(
+            r#"{"jsonrpc":"2.0","id":1,"method":"chain_subscribeNewHeads","params":[]}"#.into(),
+        ))
+        .unwrap();
+        assert!(text(ws.read().unwrap()).contains(r#""result":"sub-1""#));
+        let mut notes = Vec::new();
+        let mut answers = Vec::new();
+        for i in 0..10u64 {
+            ws.send(Message::Text(storage(100 + i, 10 + i))).unwrap();
+            std::thread::sleep(Duration::from_millis(30));
+        }
+        while answers.len() < 10 || notes.len() < 5 {
+            let m = text(ws.read().unwrap());
+            if m.contains("chain_newHead") {
+                notes.push(m);
+            } else {
+                answers.push(m);
+            }
+        }
+        assert_eq!(
+            archive.session_count(),
+            1,
+            "archive answers from one lazily opened connection"
+        );
+        for (i, a) in answers.iter().enumerate() {
+            assert!(a.contains("archive@"), "{i}: {a}");
+        }
+        // Notifications keep coming in order from the node that created the subscription.
+        let numbers: Vec<u64> = notes
+            .iter()
+            .map(|n| {
+                let at = n.find(r#""number":"0x"#).unwrap() + 12;
+                let end = at + n[at..].find('"').unwrap();
+                u64::from_str_radix(&n[at..end], 16).unwrap()
+            })
+            .collect();
+        assert!(numbers.windows(2).all(|w| w[1] == w[0] + 1), "{numbers:?}");
+    }
+
+    #[test]
     fn a_lost_archive_node_answers_with_errors_and_the_session_goes_on() {
         use std::sync::atomic::Ordering::Relaxed;
         let pki = TestPki::new();

@@ -397,6 +397,7 @@ fn serve(
         max_message_size: Some(64 << 20),
         ..Default::default()
     };
+    let (mut subscribed, mut notes) = (false, 0u64);
     let Ok(mut ws) = tungstenite::accept_hdr_with_config(stream, callback, Some(cfg)) else {
         return;
     };
@@ -422,6 +423,19 @@ fn serve(
                 let Behaviour::Substrate(chain) = &behaviour else {
                     unreachable!()
                 };
+                if t.contains("chain_subscribeNewHeads") {
+                    // A subscription: notifications follow every 100 ms (read timeout).
+                    let id = ringway::jsonrpc::peek(t.as_bytes())
+                        .and_then(|p| p.id)
+                        .map(|i| String::from_utf8_lossy(i).to_string())
+                        .unwrap_or_default();
+                    subscribed = true;
+                    let reply = format!(r#"{{"jsonrpc":"2.0","result":"sub-1","id":{id}}}"#);
+                    if ws.send(Message::Text(reply)).is_err() {
+                        return;
+                    }
+                    continue;
+                }
                 if ws.send(Message::Text(chain.answer_all(&t))).is_err() {
                     return;
                 }
@@ -432,6 +446,15 @@ fn serve(
                     std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
                 ) =>
             {
+                if subscribed {
+                    notes += 1;
+                    let note = format!(
+                        r#"{{"jsonrpc":"2.0","method":"chain_newHead","params":{{"subscription":"sub-1","result":{{"number":"0x{notes:x}"}}}}}}"#
+                    );
+                    if ws.send(Message::Text(note)).is_err() {
+                        return;
+                    }
+                }
                 continue;
             }
             Ok(msg @ (Message::Text(_) | Message::Binary(_))) => {
