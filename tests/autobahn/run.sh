@@ -41,7 +41,7 @@ start() {
   "$@" >"$log" 2>&1 &
   pids+=($!)
   for _ in $(seq 100); do
-    ADDR=$(grep -o 'wss\?://[0-9.:]*' "$log" | head -1 | sed 's#wss\?://##')
+    ADDR=$({ grep -o 'wss\?://[0-9.:]*' "$log" || true; } | head -1 | sed 's#wss\?://##')
     if [ -n "$ADDR" ]; then return; fi
     sleep 0.1
   done
