@@ -247,6 +247,9 @@ struct Session {
     reason: Cell<&'static str>,
     timer_wake: Signal,
     archive: Archive,
+    /// Ids of requests sent to the session's node and not answered yet, so that
+    /// if the node is lost each gets an error instead of silence.
+    inflight: RefCell<ahash::AHashSet<Vec<u8>>>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -283,6 +286,9 @@ impl Session {
         a.got_close.set(true);
         if !a.sent_close.get() {
             // `a` started the closing handshake: answer it, and tell the other side.
+            if from == Which::Upstream {
+                self.fail_inflight("upstream node closed the connection; reconnect and retry");
+            }
             a.send_close(code, "");
             self.set_reason(match from {
                 Which::Client => "client closed",
@@ -311,6 +317,7 @@ impl Session {
                 }
                 Which::Upstream => {
                     self.set_reason("node connection lost");
+                    self.fail_inflight("upstream node connection lost; reconnect and retry");
                     b.send_close(
                         Some(close_code::SERVICE_RESTART),
                         "upstream node connection lost",
@@ -351,6 +358,7 @@ impl Session {
             }
             Which::Upstream => {
                 self.set_reason("node protocol error");
+                self.fail_inflight("upstream node protocol error; reconnect and retry");
                 a.send_close(Some(e.close_code()), e.reason());
                 a.dead.set(true);
                 a.finish();
@@ -361,8 +369,41 @@ impl Session {
         self.check_end();
     }
 
+    /// Track the ids of a whole message: a request to the node (client side)
+    /// adds them, an answer from it (node side) removes them.
+    fn note_message(&self, from: Which, json: &[u8]) {
+        let p = ids_of(json);
+        let mut inflight = self.inflight.borrow_mut();
+        match from {
+            Which::Client => {
+                for id in p.ids {
+                    if inflight.len() < INFLIGHT_MAX {
+                        inflight.insert(id);
+                    }
+                }
+            }
+            Which::Upstream => {
+                for id in p.ids {
+                    inflight.remove(&id);
+                }
+            }
+        }
+    }
+
+    /// The node is lost: every request still waiting on it gets a JSON-RPC error.
+    fn fail_inflight(&self, why: &str) {
+        let ids: Vec<Vec<u8>> = self.inflight.borrow_mut().drain().collect();
+        for id in ids {
+            let body = crate::admission::rpc_error(&id, -32603, why, None);
+            let mut f = Vec::with_capacity(body.len() + 10);
+            write_frame(&mut f, OpCode::Text, body.as_bytes(), None);
+            self.client.inject(f);
+        }
+    }
+
     /// The session's node failed its health checks.
     fn node_down(&self) {
+        self.fail_inflight("upstream node unhealthy; reconnect and retry");
         self.set_reason("node unhealthy");
         self.client.send_close(
             Some(close_code::SERVICE_RESTART),
@@ -488,6 +529,7 @@ where
         reason: Cell::new(""),
         timer_wake: Signal::default(),
         archive: Archive::default(),
+        inflight: RefCell::new(ahash::AHashSet::new()),
     };
     // The halves live here, not in the futures, so that both sockets stay open
     // until every future is done: `stop` must never reach a descriptor that
@@ -540,6 +582,7 @@ async fn pump<R: ReadHalf>(
     // start empty and get room from the reader, sized to the traffic.
     let mut buf = early;
     let mut hold = Hold::default();
+    let mut track = Track::default();
     loop {
         if !buf.is_empty() {
             // Node answers are held only when they may need a retry on archive;
@@ -548,7 +591,7 @@ async fn pump<R: ReadHalf>(
                 Some(r) if from == Which::Client || r.route => {
                     process_held(s, from, &mut dec, &mut buf, &mut hold, r)
                 }
-                _ => process(s, from, &mut dec, &mut buf),
+                _ => process(s, from, &mut dec, &mut buf, &mut track),
             };
             if let Flow::Stop = flow {
                 break;
@@ -591,13 +634,24 @@ async fn pump<R: ReadHalf>(
 }
 
 /// Walk one buffer: forward data, act on control frames, keep a partial frame.
-fn process(s: &Session, from: Which, dec: &mut Decoder, buf: &mut Vec<u8>) -> Flow {
+fn process(
+    s: &Session,
+    from: Which,
+    dec: &mut Decoder,
+    buf: &mut Vec<u8>,
+    track: &mut Track,
+) -> Flow {
     let (src, _) = s.sides(from);
     let mut pos = 0;
     let mut keep = 0;
     loop {
+        let payload = dec.payload_position();
         match dec.step(&buf[pos..]) {
             Ok(Step::Forward(n)) => {
+                track.take(&buf[pos..pos + n], payload);
+                if dec.at_message_boundary() {
+                    track.finish(s, from);
+                }
                 if keep != pos {
                     buf.copy_within(pos..pos + n, keep);
                 }
@@ -637,6 +691,41 @@ fn process(s: &Session, from: Which, dec: &mut Decoder, buf: &mut Vec<u8>) -> Fl
 
 fn boundaries(dec: &Decoder) -> (bool, bool) {
     (dec.at_frame_boundary(), dec.at_message_boundary())
+}
+
+/// The start of the message in progress, unmasked, to find its ids.
+#[derive(Default)]
+struct Track {
+    json: Vec<u8>,
+    over: bool,
+}
+
+impl Track {
+    fn take(&mut self, bytes: &[u8], payload: Option<(Option<[u8; 4]>, usize)>) {
+        let Some((mask, offset)) = payload else {
+            return;
+        };
+        if self.over || self.json.len() + bytes.len() > TRACK_MAX {
+            self.over = true;
+            return;
+        }
+        let start = self.json.len();
+        self.json.extend_from_slice(bytes);
+        if let Some(key) = mask {
+            apply_mask(&mut self.json[start..], key, offset);
+        }
+    }
+
+    fn finish(&mut self, s: &Session, from: Which) {
+        if !self.over && !self.json.is_empty() {
+            s.note_message(from, &self.json);
+        }
+        self.json.clear();
+        self.over = false;
+        if self.json.capacity() > 4096 {
+            self.json = Vec::new();
+        }
+    }
 }
 
 /// Send `buf[..keep]` to the other side and leave `buf` holding only `buf[pos..]`.
@@ -816,6 +905,12 @@ pub struct Routed<'r> {
     /// Check each call against admission limits, for this client address.
     pub admission: Option<(&'r crate::admission::AdmissionCtx, std::net::IpAddr)>,
 }
+
+/// In-flight ids tracked per session at most (beyond, new ones are not tracked).
+const INFLIGHT_MAX: usize = 4096;
+/// Message bytes copied to find ids on the streaming path; longer messages'
+/// ids are not tracked.
+const TRACK_MAX: usize = 16 * 1024;
 
 /// Messages larger than this are not held: they stream to the pruned node.
 const HOLD_MAX: usize = 64 * 1024;
@@ -1051,6 +1146,9 @@ fn on_held(s: &Session, from: Which, hold: &mut Hold, r: &Routed<'_>, dec: &Deco
             match target {
                 Target::Archive => s.archive.send(raw, &hold.peek),
                 Target::Pruned => {
+                    if whole {
+                        s.note_message(Which::Client, &hold.peek);
+                    }
                     if whole && r.route && r.router.retryable(&hold.peek) && s.archive_usable(r) {
                         if let Some(id) = jsonrpc::peek(&hold.peek).and_then(|p| p.id) {
                             let mut retry = s.archive.retry.borrow_mut();
@@ -1076,12 +1174,17 @@ fn on_held(s: &Session, from: Which, hold: &mut Hold, r: &Routed<'_>, dec: &Deco
                             && s.archive.state.get() != ArchiveState::Failed
                         {
                             crate::debug!("pruned node lacks the state; retrying on archive");
+                            // The archive answers it now, not the session's node.
+                            s.note_message(Which::Upstream, &hold.peek);
                             s.archive.send(request, &hold.peek);
                             hold.peek.clear();
                             return;
                         }
                     }
                 }
+            }
+            if whole && first_part {
+                s.note_message(Which::Upstream, &hold.peek);
             }
             s.client.push_data(raw, frame_end, message_end);
         }

@@ -157,14 +157,23 @@ fn node_close_reaches_the_client() {
 }
 
 #[test]
-fn node_dying_mid_session_gives_the_client_1012() {
+fn node_dying_mid_session_answers_in_flight_requests_then_closes_1012() {
     let pki = TestPki::new();
     let up = Upstream::start(Behaviour::DieAfterFirst);
     let gw = Gateway::start(&pki, &[up.url()], &[]);
     let mut s = raw_upgrade(&gw, &pki);
-    s.write_all(&client_frame(0x81, b"{\"id\":1}", Some([9, 9, 9, 9])))
+    let request = br#"{"jsonrpc":"2.0","id":1,"method":"system_health"}"#;
+    s.write_all(&client_frame(0x81, request, Some([9, 9, 9, 9])))
         .unwrap();
     s.flush().unwrap();
+    // The request in flight is answered with an error, then the session closes.
+    let (b0, payload) = read_frame(&mut s).expect("an error answer");
+    let text = String::from_utf8(payload).unwrap();
+    assert_eq!(b0, 0x81, "{text}");
+    assert!(
+        text.contains("-32603") && text.contains(r#""id":1"#),
+        "{text}"
+    );
     assert_eq!(read_close_code(&mut s), Some(1012));
 }
 
