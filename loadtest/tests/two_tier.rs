@@ -1,0 +1,158 @@
+//! The load generator's mock nodes as a pruned and an archive node behind the
+//! real gateway, driven by the load generator itself: archive routing by
+//! block hash, and the retry of "State already discarded" answers.
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Start a program and return it with the first `ws://ADDR` it prints.
+fn start(bin: &PathBuf, args: &[&str]) -> (Proc, String) {
+    let mut child = Command::new(bin)
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{}: {e}", bin.display()));
+    let out = child.stdout.take().unwrap();
+    let mut lines = BufReader::new(out).lines();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        assert!(Instant::now() < deadline, "{} did not start", bin.display());
+        let line = lines.next().expect("output").unwrap();
+        if let Some(rest) = line.split("ws://").nth(1) {
+            let addr = rest.split_whitespace().next().unwrap().to_string();
+            std::thread::spawn(move || for _ in lines {});
+            return (Proc(child), addr);
+        }
+    }
+}
+
+/// The gateway binary, from the same target directory (built if missing).
+fn ringway_bin() -> PathBuf {
+    let load = PathBuf::from(env!("CARGO_BIN_EXE_ringway-load"));
+    let bin = load.with_file_name("ringway");
+    if !bin.exists() {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let status = Command::new(cargo)
+            .args(["build", "-p", "ringway", "--bin", "ringway"])
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+    bin
+}
+
+fn hash(n: u64) -> String {
+    format!("0xabababababababababababababababababababababababab{n:016x}")
+}
+
+fn run(load: &PathBuf, url: &str, mix: &PathBuf) -> String {
+    let out = Command::new(load)
+        .args([
+            "run",
+            url,
+            "--connections",
+            "4",
+            "--messages",
+            "200",
+            "--duration",
+            "10",
+            "--json",
+            "--mix",
+        ])
+        .arg(mix)
+        .output()
+        .unwrap();
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn errors(json: &str) -> u64 {
+    let at = json.find("\"errors\":").expect("errors in the report") + 9;
+    json[at..]
+        .split(|c: char| !c.is_ascii_digit())
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+#[test]
+fn mock_pruned_and_archive_nodes_behind_the_gateway() {
+    let load = PathBuf::from(env!("CARGO_BIN_EXE_ringway-load"));
+    let common = [
+        "--listen",
+        "127.0.0.1:0",
+        "--block-ms",
+        "60000",
+        "--start-height",
+        "1000",
+    ];
+    let (_pruned, pruned_addr) = start(
+        &load,
+        &[&["node", "--pruning", "16"][..], &common[..]].concat(),
+    );
+    let (_archive, archive_addr) =
+        start(&load, &[&["node", "--archive"][..], &common[..]].concat());
+
+    let dir = std::env::temp_dir().join(format!("ringway-two-tier-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    // The gateway is told the pruned node keeps 256 blocks; it keeps 16.
+    let cfg = dir.join("ringway.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[health]\ninterval_ms = 100\n[[node]]\nurl = \"ws://{pruned_addr}\"\nrole = \"pruned\"\npruning = 256\n\
+             [[node]]\nurl = \"ws://{archive_addr}\"\nrole = \"archive\"\n"
+        ),
+    )
+    .unwrap();
+    let (_gw, gw_addr) = start(
+        &ringway_bin(),
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--plaintext",
+            "--config",
+            cfg.to_str().unwrap(),
+            "--workers",
+            "2",
+        ],
+    );
+    std::thread::sleep(Duration::from_millis(800)); // health checks fill the recent-hash window
+
+    // Calls at the head, 50 blocks back (pruned node asked, then archive), and
+    // 900 back (unknown hash: archive directly).
+    let mix = dir.join("mix.txt");
+    std::fs::write(
+        &mix,
+        format!(
+            "4 state_getStorage [\"0x26aa\",\"{}\"]\n3 state_getStorage [\"0x26aa\",\"{}\"]\n3 state_getStorage [\"0x26aa\",\"{}\"]\n1 system_health []\n",
+            hash(1000),
+            hash(950),
+            hash(100)
+        ),
+    )
+    .unwrap();
+    // Straight to the pruned node, old state fails...
+    let direct = run(&load, &format!("ws://{pruned_addr}/"), &mix);
+    assert!(
+        errors(&direct) > 0,
+        "the pruned node alone refuses old state: {direct}"
+    );
+    // ...through the gateway, every call is answered.
+    let through = run(&load, &format!("ws://{gw_addr}/"), &mix);
+    assert_eq!(errors(&through), 0, "{through}");
+    assert!(through.contains("\"ok\":200"), "{through}");
+}
