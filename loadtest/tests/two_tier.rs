@@ -1,3 +1,4 @@
+#![allow(clippy::zombie_processes)] // children are waited for in Proc's Drop
 //! The load generator's mock nodes as a pruned and an archive node behind the
 //! real gateway, driven by the load generator itself: archive routing by
 //! block hash, and the retry of "State already discarded" answers.
