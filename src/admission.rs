@@ -320,6 +320,8 @@ pub struct AdmissionCtx {
     pub shared: std::sync::Arc<SharedCounts>,
     pub origins: Vec<String>,
     pub trusted_hops: usize,
+    pub max_subscriptions: u32,
+    pub max_inflight: usize,
 }
 
 impl AdmissionCtx {
@@ -369,13 +371,19 @@ impl AdmissionCtx {
             shared,
             origins: cfg.origins.clone(),
             trusted_hops: cfg.trusted_proxy_hops,
+            max_subscriptions: cfg.max_subscriptions_per_connection,
+            max_inflight: cfg.max_inflight_per_connection,
         }
     }
 
     /// True when each message must be looked at (a rate limit, a method
     /// policy or a batch limit is on).
     pub fn inspects(&self) -> bool {
-        self.limit.is_some() || !self.policy.is_open() || self.max_batch > 0
+        self.limit.is_some()
+            || !self.policy.is_open()
+            || self.max_batch > 0
+            || self.max_subscriptions > 0
+            || self.max_inflight > 0
     }
 
     /// True when limits are kept per client address (so steering matters).
@@ -537,10 +545,12 @@ pub enum Reason {
     ConnectionsPerIp,
     ConnectionRate,
     Origin,
+    Subscriptions,
+    Inflight,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 7] = [
+    pub const ALL: [Reason; 9] = [
         Reason::RateLimited,
         Reason::MethodDenied,
         Reason::BatchTooLarge,
@@ -548,6 +558,8 @@ impl Reason {
         Reason::ConnectionsPerIp,
         Reason::ConnectionRate,
         Reason::Origin,
+        Reason::Subscriptions,
+        Reason::Inflight,
     ];
 
     pub fn name(self) -> &'static str {
@@ -559,6 +571,8 @@ impl Reason {
             Reason::ConnectionsPerIp => "connections_per_ip",
             Reason::ConnectionRate => "connection_rate",
             Reason::Origin => "origin",
+            Reason::Subscriptions => "subscriptions",
+            Reason::Inflight => "inflight",
         }
     }
 }
@@ -574,7 +588,7 @@ pub struct SharedCounts {
 /// so the atomics are never on the path of an admitted call.
 #[derive(Debug, Default)]
 pub struct Rejections {
-    counts: [std::sync::atomic::AtomicU64; 7],
+    counts: [std::sync::atomic::AtomicU64; 9],
 }
 
 impl Rejections {

@@ -59,6 +59,10 @@ pub struct AdmissionSection {
     pub trusted_proxy_hops: usize,
     /// Most requests in one batch; 0 = no limit.
     pub max_batch: usize,
+    /// Subscriptions one WebSocket session may hold; 0 = no limit.
+    pub max_subscriptions_per_connection: u32,
+    /// Requests one WebSocket session may have waiting on its node; 0 = no limit.
+    pub max_inflight_per_connection: usize,
 }
 
 impl Default for AdmissionSection {
@@ -77,6 +81,8 @@ impl Default for AdmissionSection {
             deny_methods: Vec::new(),
             trusted_proxy_hops: 0,
             max_batch: 0,
+            max_subscriptions_per_connection: 0,
+            max_inflight_per_connection: 0,
         }
     }
 }

@@ -250,6 +250,8 @@ struct Session {
     /// Ids of requests sent to the session's node and not answered yet, so that
     /// if the node is lost each gets an error instead of silence.
     inflight: RefCell<ahash::AHashSet<Vec<u8>>>,
+    /// Subscriptions asked for minus those ended (for the per-session limit).
+    subscriptions: Cell<u32>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -530,6 +532,7 @@ where
         timer_wake: Signal::default(),
         archive: Archive::default(),
         inflight: RefCell::new(ahash::AHashSet::new()),
+        subscriptions: Cell::new(0),
     };
     // The halves live here, not in the futures, so that both sockets stay open
     // until every future is done: `stop` must never reach a descriptor that
@@ -1119,10 +1122,14 @@ fn on_held(s: &Session, from: Which, hold: &mut Hold, r: &Routed<'_>, dec: &Deco
     match from {
         Which::Client => {
             if let (true, true, Some((adm, ip))) = (whole, hold.target.is_none(), r.admission) {
-                if let Err((refusal, answer)) =
-                    adm.check_call(ip, &hold.peek, std::time::Instant::now())
-                {
-                    crate::debug!("refused a call from {ip}: {refusal:?}");
+                let refused = match adm.check_call(ip, &hold.peek, std::time::Instant::now()) {
+                    Err((refusal, answer)) => {
+                        crate::debug!("refused a call from {ip}: {refusal:?}");
+                        Some(answer)
+                    }
+                    Ok(()) => session_limits(s, adm, &hold.peek),
+                };
+                if let Some(answer) = refused {
                     if let Some(answer) = answer {
                         let mut f = Vec::with_capacity(answer.len() + 10);
                         write_frame(&mut f, OpCode::Text, answer.as_bytes(), None);
@@ -1195,6 +1202,43 @@ fn on_held(s: &Session, from: Which, hold: &mut Hold, r: &Routed<'_>, dec: &Deco
     } else {
         hold.target.get_or_insert(Target::Pruned);
     }
+}
+
+/// Per-session limits: requests in flight and subscriptions. `Some(answer)`
+/// refuses the message (the answer is `None` when it has no id).
+fn session_limits(
+    s: &Session,
+    adm: &crate::admission::AdmissionCtx,
+    msg: &[u8],
+) -> Option<Option<String>> {
+    use crate::admission::{rpc_error, Reason};
+    let p = jsonrpc::peek(msg)?;
+    let id = p.id.unwrap_or(b"null");
+    let refuse = |reason: Reason, what: &str| {
+        adm.shared.rejections.count(reason);
+        let data = format!(r#"{{"limit":"{what}"}}"#);
+        Some(p.id.map(|_| rpc_error(id, -32005, "limit exceeded", Some(&data))))
+    };
+    if adm.max_inflight > 0 && p.id.is_some() && s.inflight.borrow().len() >= adm.max_inflight {
+        return refuse(Reason::Inflight, "max_inflight_per_connection");
+    }
+    let method = p.method.unwrap_or(b"");
+    let is = |needle: &[u8]| {
+        method
+            .windows(needle.len())
+            .any(|w| w.eq_ignore_ascii_case(needle))
+    };
+    if adm.max_subscriptions > 0 {
+        if is(b"unsubscribe") {
+            s.subscriptions.set(s.subscriptions.get().saturating_sub(1));
+        } else if is(b"subscribe") {
+            if s.subscriptions.get() >= adm.max_subscriptions {
+                return refuse(Reason::Subscriptions, "max_subscriptions_per_connection");
+            }
+            s.subscriptions.set(s.subscriptions.get() + 1);
+        }
+    }
+    None
 }
 
 /// Write to the archive node: opens the connection on the first message.

@@ -357,3 +357,45 @@ fn new_connections_per_second_are_limited_and_refusals_are_counted() {
     );
     assert!(body.contains("ringway_node_up{"), "{body}");
 }
+
+#[test]
+fn per_session_limits_on_requests_in_flight_and_subscriptions() {
+    let pki = TestPki::new();
+    let silent = Upstream::start(Behaviour::Silent);
+    let gw = gateway(&pki, &silent, "max_inflight_per_connection = 2\n");
+    let mut ws = ws_connect(&gw, pki.client_config(), "/");
+    for i in 0..3 {
+        ws.send(Message::Text(call(i, "system_health"))).unwrap();
+    }
+    let answer = text(ws.read().unwrap());
+    assert!(
+        answer.contains("-32005") && answer.contains(r#""id":2"#),
+        "{answer}"
+    );
+    assert!(answer.contains("max_inflight_per_connection"), "{answer}");
+
+    let echo = Upstream::start(Behaviour::Echo);
+    let gw = gateway(&pki, &echo, "max_subscriptions_per_connection = 2\n");
+    let mut ws = ws_connect(&gw, pki.client_config(), "/");
+    let mut refused = 0;
+    for i in 0..3 {
+        ws.send(Message::Text(call(i, "chain_subscribeNewHeads")))
+            .unwrap();
+        let a = text(ws.read().unwrap());
+        if a.contains("-32005") {
+            assert!(
+                a.contains("max_subscriptions_per_connection") && a.contains(r#""id":2"#),
+                "{a}"
+            );
+            refused += 1;
+        }
+    }
+    assert_eq!(refused, 1);
+    // Ending one makes room for another.
+    ws.send(Message::Text(call(10, "chain_unsubscribeNewHeads")))
+        .unwrap();
+    let _ = ws.read().unwrap();
+    ws.send(Message::Text(call(11, "chain_subscribeNewHeads")))
+        .unwrap();
+    assert!(!text(ws.read().unwrap()).contains("-32005"));
+}

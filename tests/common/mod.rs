@@ -218,6 +218,8 @@ pub enum Behaviour {
     Large(usize),
     /// Drop the TCP connection after the first message, without a close frame.
     DieAfterFirst,
+    /// Never answer.
+    Silent,
     /// Close with this code after the first message.
     CloseAfterFirst(u16),
     /// A Substrate-like node for health checks: answers `system_health`,
@@ -459,6 +461,7 @@ fn serve(
             }
             Ok(msg @ (Message::Text(_) | Message::Binary(_))) => {
                 let reply = match &behaviour {
+                    Behaviour::Silent => continue,
                     Behaviour::Large(n) => Message::Text("x".repeat(*n)),
                     Behaviour::DieAfterFirst => {
                         let _ = raw.shutdown(std::net::Shutdown::Both);
