@@ -187,28 +187,67 @@ impl MethodPolicy {
     }
 }
 
-/// The client's address: the socket's, or taken from `X-Forwarded-For` through
-/// `trusted_hops` proxies we trust (the last `trusted_hops` entries were added
-/// by them; the one before is the client). Never from an untrusted header.
+/// The client's address: the socket's, or taken from `X-Forwarded-For` (or
+/// RFC 7239 `Forwarded: for=`) through `trusted_hops` proxies we trust (the
+/// last `trusted_hops` entries were added by them; the one before is the
+/// client). Never from an untrusted header.
 pub fn client_ip(socket: IpAddr, xff: Option<&[u8]>, trusted_hops: usize) -> IpAddr {
+    client_ip_from(socket, xff, None, trusted_hops)
+}
+
+/// [`client_ip`] with the `Forwarded` header too (it wins when present).
+pub fn client_ip_from(
+    socket: IpAddr,
+    xff: Option<&[u8]>,
+    forwarded: Option<&[u8]>,
+    trusted_hops: usize,
+) -> IpAddr {
     if trusted_hops == 0 {
         return socket;
     }
-    let Some(list) = xff.and_then(|v| std::str::from_utf8(v).ok()) else {
-        return socket;
+    let entries: Vec<String> = match forwarded.and_then(|v| std::str::from_utf8(v).ok()) {
+        Some(f) => f
+            .split(',')
+            .filter_map(|element| {
+                element.split(';').find_map(|pair| {
+                    let (k, v) = pair.trim().split_once('=')?;
+                    k.trim()
+                        .eq_ignore_ascii_case("for")
+                        .then(|| forwarded_node(v.trim()))
+                })
+            })
+            .collect(),
+        None => match xff.and_then(|v| std::str::from_utf8(v).ok()) {
+            Some(list) => list
+                .split(',')
+                .map(str::trim)
+                .filter(|e| !e.is_empty())
+                .map(String::from)
+                .collect(),
+            None => return socket,
+        },
     };
-    let entries: Vec<&str> = list
-        .split(',')
-        .map(str::trim)
-        .filter(|e| !e.is_empty())
-        .collect();
-    // Our trusted proxy appended the address it saw; hops - 1 more trusted ones before it.
     if entries.len() < trusted_hops {
         return socket;
     }
     entries[entries.len() - trusted_hops]
         .parse()
         .unwrap_or(socket)
+}
+
+/// The address in an RFC 7239 node: `192.0.2.60`, `"192.0.2.60:47011"`,
+/// `"[2001:db8:cafe::17]:4711"`.
+fn forwarded_node(v: &str) -> String {
+    let v = v.trim_matches('"');
+    if let Some(rest) = v.strip_prefix('[') {
+        return rest.split(']').next().unwrap_or("").to_string();
+    }
+    match v.rsplit_once(':') {
+        Some((host, port)) if !host.contains(':') && port.bytes().all(|b| b.is_ascii_digit()) => {
+            host.to_string()
+        }
+        _ => v.to_string(),
+    }
 }
 
 /// Steer each source address to one socket of a `SO_REUSEPORT` group of `n`
@@ -702,5 +741,19 @@ mod tests {
         );
         assert_eq!(client_ip(sock, xff, 3), sock, "fewer entries than hops");
         assert_eq!(client_ip(sock, Some(b"garbage"), 1), sock);
+        let fwd = Some(&b"for=203.0.113.7;proto=https, for=\"[2001:db8:cafe::17]:4711\""[..]);
+        assert_eq!(
+            client_ip_from(sock, xff, fwd, 1),
+            "2001:db8:cafe::17".parse::<IpAddr>().unwrap()
+        );
+        assert_eq!(
+            client_ip_from(sock, None, fwd, 2),
+            "203.0.113.7".parse::<IpAddr>().unwrap()
+        );
+        assert_eq!(client_ip_from(sock, None, fwd, 0), sock);
+        assert_eq!(
+            client_ip_from(sock, None, Some(b"for=\"198.51.100.2:80\""), 1),
+            "198.51.100.2".parse::<IpAddr>().unwrap()
+        );
     }
 }

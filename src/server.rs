@@ -558,9 +558,10 @@ async fn handshake<R: ReadHalf, W: WriteHalf>(
     };
 
     // Admission: the client's address, then the connection caps.
-    let client_ip = crate::admission::client_ip(
+    let client_ip = crate::admission::client_ip_from(
         peer.ip(),
         head.single("x-forwarded-for"),
+        head.single("forwarded"),
         worker.admission.trusted_hops,
     );
     let admitted = match worker.admission.admit(client_ip) {
