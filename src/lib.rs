@@ -34,6 +34,7 @@ pub mod route;
 pub mod rpc_http;
 pub mod server;
 pub mod session;
+pub mod signal;
 pub mod tls;
 pub mod upstream;
 pub mod ws;

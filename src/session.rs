@@ -33,8 +33,6 @@
 
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
-use std::future::poll_fn;
-use std::task::{Poll, Waker};
 use std::time::Duration;
 
 use monoio::time::Instant;
@@ -45,6 +43,7 @@ use std::rc::Rc;
 use crate::io::{stop, ReadHalf, Stop, WriteHalf};
 use crate::jsonrpc;
 use crate::route::{ChainView, Router, Target};
+use crate::signal::Signal;
 use crate::upstream::{NodeReader, NodeWriter, Pool, UpgradeTemplate};
 use crate::ws::codec::{Decoder, Limits as CodecLimits, Role, Step};
 use crate::ws::frame::{close_code, write_close, write_frame, OpCode, ProtocolError};
@@ -77,35 +76,6 @@ pub struct SessionSummary {
     /// The close code sent to the client, if any.
     pub client_close_code: Option<u16>,
     pub reason: &'static str,
-}
-
-/// A one-waiter wake-up flag for futures of the same task.
-#[derive(Default)]
-struct Signal {
-    set: Cell<bool>,
-    waker: RefCell<Option<Waker>>,
-}
-
-impl Signal {
-    fn notify(&self) {
-        self.set.set(true);
-        let waker = self.waker.borrow_mut().take();
-        if let Some(w) = waker {
-            w.wake();
-        }
-    }
-
-    async fn wait(&self) {
-        poll_fn(|cx| {
-            if self.set.replace(false) {
-                Poll::Ready(())
-            } else {
-                *self.waker.borrow_mut() = Some(cx.waker().clone());
-                Poll::Pending
-            }
-        })
-        .await
-    }
 }
 
 /// A piece of the relayed stream, and where it ends.

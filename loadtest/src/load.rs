@@ -313,7 +313,7 @@ async fn one_connection(
         // Open loop: a sender on a schedule, a receiver beside it.
         let interval = Duration::from_secs_f64(1.0 / conn_rate);
         let sender_done = std::cell::Cell::new(false);
-        let finished = crate::node::Signal::default();
+        let finished = ringway::signal::Signal::default();
         let sender = async {
             // Spread connections' first sends over one interval.
             let mut at =

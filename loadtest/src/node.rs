@@ -8,9 +8,7 @@
 
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
-use std::future::poll_fn;
 use std::sync::Arc;
-use std::task::{Poll, Waker};
 use std::time::{Duration, Instant, SystemTime};
 
 use monoio::io::{OwnedWriteHalf, Splitable};
@@ -23,6 +21,7 @@ use ringway::ws::handshake::{
 };
 
 use crate::ws::{Incoming, MessageReader};
+pub use ringway::signal::Signal;
 
 /// Mock node settings.
 #[derive(Debug, Clone)]
@@ -216,35 +215,6 @@ impl Subscriptions {
         let before = a.len();
         a.retain(|s| s.as_bytes() != id);
         before != a.len()
-    }
-}
-
-/// A one-waiter wake-up flag for futures of one task.
-#[derive(Default)]
-pub struct Signal {
-    set: Cell<bool>,
-    waker: RefCell<Option<Waker>>,
-}
-
-impl Signal {
-    pub fn notify(&self) {
-        self.set.set(true);
-        let w = self.waker.borrow_mut().take();
-        if let Some(w) = w {
-            w.wake();
-        }
-    }
-
-    pub async fn wait(&self) {
-        poll_fn(|cx| {
-            if self.set.replace(false) {
-                Poll::Ready(())
-            } else {
-                *self.waker.borrow_mut() = Some(cx.waker().clone());
-                Poll::Pending
-            }
-        })
-        .await
     }
 }
 
