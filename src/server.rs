@@ -507,6 +507,7 @@ async fn handshake<R: ReadHalf, W: WriteHalf>(
     };
     let mut headers = [httparse::EMPTY_HEADER; HEADER_ARRAY];
     // Read until the head is complete.
+    let head_start = std::time::Instant::now();
     let head_len = loop {
         let (res, b) = r.read_more(buf).await;
         buf = b;
@@ -534,6 +535,22 @@ async fn handshake<R: ReadHalf, W: WriteHalf>(
             limits.max_headers,
         ) {
             Ok(Parse::Done(_, len)) => break len,
+            // Slowloris: a head still incomplete after the grace period and
+            // arriving slower than the minimum rate is cut off early.
+            Ok(Parse::NeedMore(_))
+                if limits.handshake_min_rate > 0
+                    && head_start.elapsed() >= HEAD_RATE_GRACE
+                    && (buf.len() as f64)
+                        < limits.handshake_min_rate as f64 * head_start.elapsed().as_secs_f64() =>
+            {
+                crate::debug!(
+                    "{peer}: request head below {} bytes/s",
+                    limits.handshake_min_rate
+                );
+                refuse(r, w, fd, HandshakeError::Timeout).await;
+                give_buf(buf);
+                return Handshake::Done;
+            }
             Ok(Parse::NeedMore(_)) if buf.len() == buf.capacity() => {
                 refuse(r, w, fd, HandshakeError::HeadTooLarge).await;
                 give_buf(buf);
@@ -712,6 +729,9 @@ async fn refuse<R: ReadHalf, W: WriteHalf>(r: &mut R, w: &mut W, fd: RawFd, e: H
     write_response(&mut out, e.status(), e.extra_headers(), e.reason(), true);
     respond_and_close(r, w, fd, out).await;
 }
+
+/// Time a request head may take before its minimum rate applies.
+const HEAD_RATE_GRACE: Duration = Duration::from_secs(2);
 
 /// How long a final response and the lingering read after it may take.
 const LINGER: Duration = Duration::from_millis(1000);

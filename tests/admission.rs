@@ -399,3 +399,32 @@ fn per_session_limits_on_requests_in_flight_and_subscriptions() {
         .unwrap();
     assert!(!text(ws.read().unwrap()).contains("-32005"));
 }
+
+#[test]
+fn a_request_head_trickling_in_is_cut_off_before_the_timeout() {
+    let pki = TestPki::new();
+    let up = Upstream::start(Behaviour::Echo);
+    let gw = gateway(&pki, &up, "");
+    let mut s = tls_connect(gw.addr, pki.client_config());
+    let start = Instant::now();
+    s.write_all(b"GET / HTTP/1.1\r\n").unwrap();
+    s.flush().unwrap();
+    // One byte every 300 ms: far below 100 bytes/s.
+    let mut status = 0;
+    for b in b"Host: localhost\r\nX-Slow: aaaaaaaaaaaaaaaa".iter() {
+        if s.write_all(&[*b]).and_then(|_| s.flush()).is_err() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(300));
+        if start.elapsed() > Duration::from_secs(3) {
+            status = read_response(&mut s).0;
+            break;
+        }
+    }
+    assert_eq!(status, 408);
+    assert!(
+        start.elapsed() < Duration::from_secs(6),
+        "cut off after {:?}",
+        start.elapsed()
+    );
+}
