@@ -520,8 +520,24 @@ where
         writer(&s, Which::Client, &mut client_w),
         writer(&s, Which::Upstream, &mut upstream_w),
         timer(&s, watch.as_ref()),
-        archive_writer(&s, routed, &archive_r, &archive_w, &archive_early),
-        archive_reader(&s, routed, &archive_r, &archive_early),
+        // Boxed, and only for routed sessions: the others keep a small task.
+        async {
+            if routed.is_some() {
+                Box::pin(archive_writer(
+                    &s,
+                    routed,
+                    &archive_r,
+                    &archive_w,
+                    &archive_early,
+                ))
+                .await
+            }
+        },
+        async {
+            if routed.is_some() {
+                Box::pin(archive_reader(&s, routed, &archive_r, &archive_early)).await
+            }
+        },
     );
     SessionSummary {
         client_messages: client_msgs,
@@ -1234,7 +1250,13 @@ async fn archive_writer(
         }
         if w.is_none() {
             a.state.set(ArchiveState::Connecting);
-            match crate::upstream::open_archive(&r.pool, &r.template, r.connect_timeout).await {
+            // Boxed: this rare, large future must not size every session's task.
+            let open = Box::pin(crate::upstream::open_archive(
+                &r.pool,
+                &r.template,
+                r.connect_timeout,
+            ));
+            match open.await {
                 Ok((stream, first, lease)) => {
                     crate::debug!(
                         "session opened an archive connection to {}",
@@ -1394,5 +1416,27 @@ fn answered(a: &Archive, frames: &[u8]) {
         {
             pending.remove(i);
         }
+    }
+}
+
+#[cfg(test)]
+mod size_tests {
+    /// Guards the memory of an idle session (BENCHMARKS.md, B4): the relay's
+    /// state is the largest part of a session's task. Regressed once when the
+    /// archive futures were inlined (7.5 KiB); they are boxed now.
+    #[test]
+    fn the_relay_future_of_a_tls_session_stays_small() {
+        fn out_size<A, B, C, D, E, F>(_: impl Fn(A, B, C, D, E) -> F) -> usize {
+            std::mem::size_of::<F>()
+        }
+        let relay = out_size(
+            super::relay::<
+                crate::tls::TlsReader,
+                crate::tls::TlsWriter,
+                crate::upstream::NodeReader,
+                crate::upstream::NodeWriter,
+            >,
+        );
+        assert!(relay <= 6 * 1024, "relay future is {relay} bytes");
     }
 }
