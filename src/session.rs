@@ -12,7 +12,13 @@
 //! [`Decoder`] walk it, and hands the buffer itself to the other side's
 //! outbox: data frames are never re-encoded or copied (a control frame in
 //! the middle of a buffer is cut out with a `copy_within`, and an incomplete
-//! header at the end, at most 139 bytes, moves to the next buffer).
+//! header at the end, at most 139 bytes, moves to the next buffer). The start
+//! of each message (unmasked, at most 16 KiB) is copied aside to note its
+//! JSON-RPC ids: requests the node has not answered get errors if it is lost.
+//!
+//! Sessions that route per message (archive nodes in the pool) or check each
+//! call (admission limits) hold each client message until it is whole; see
+//! [`Routed`].
 //!
 //! Control frames are each side's own business: pings are answered towards
 //! where they came from, never forwarded; the gateway pings nodes to keep
