@@ -68,7 +68,7 @@ async fn probe_node(
             match cfg.mode {
                 // A fresh upgrade each time; the node's head stays unknown.
                 ProbeMode::Connect => open(&node).await.map(|_| None),
-                _ => probe_once(&node, flavour, &mut conn).await.map(Some),
+                _ => probe_once(&node, flavour, &mut conn).await,
             }
         };
         let result = monoio::time::timeout(cfg.timeout, once).await;
@@ -122,11 +122,21 @@ async fn probe_node(
 }
 
 /// One probe: returns the node's head, or why it failed.
+/// What [`Probe::call`] says of a backend that answers with something other
+/// than a JSON-RPC response (an echo server), or that does not know the probe's
+/// methods (a node of another flavour): it is alive; its head is unknown.
+const NOT_RPC: &str = "the backend does not answer JSON-RPC";
+
+/// How [`Probe::call`]'s error for a JSON-RPC error answer starts.
+const RPC_ERROR: &str = "error answer: ";
+
+/// One probe: the node's head (`None` when the backend answers but is not a
+/// JSON-RPC node: it is alive, and its head is unknown), or why it failed.
 async fn probe_once(
     node: &NodeConfig,
     flavour: Flavour,
     conn: &mut Option<Probe>,
-) -> Result<u64, String> {
+) -> Result<Option<u64>, String> {
     if conn.is_none() {
         *conn = Some(open(node).await?);
     }
@@ -135,7 +145,12 @@ async fn probe_once(
         Flavour::Substrate => ("system_health", "chain_getHeader"),
         Flavour::Ethereum => ("eth_syncing", "eth_blockNumber"),
     };
-    let status = c.call(health_method, "[]").await?;
+    // A backend that answers, but not this flavour's methods, is alive with
+    // an unknown head: there is no reason to take it out of service.
+    let status = match c.call(health_method, "[]").await {
+        Err(e) if e == NOT_RPC || e.starts_with(RPC_ERROR) => return Ok(None),
+        other => other?,
+    };
     let syncing = match flavour {
         Flavour::Substrate => status.windows(17).any(|w| w == b"\"isSyncing\":true"),
         Flavour::Ethereum => status != b"false",
@@ -143,7 +158,10 @@ async fn probe_once(
     if syncing {
         return Err("node reports it is syncing".into());
     }
-    let head = c.call(head_method, "[]").await?;
+    let head = match c.call(head_method, "[]").await {
+        Err(e) if e == NOT_RPC || e.starts_with(RPC_ERROR) => return Ok(None),
+        other => other?,
+    };
     let hex = match flavour {
         Flavour::Substrate => find_string_member(&head, b"number"),
         Flavour::Ethereum => jsonrpc::unquote(&head),
@@ -153,6 +171,7 @@ async fn probe_once(
     std::str::from_utf8(digits)
         .ok()
         .and_then(|d| u64::from_str_radix(d, 16).ok())
+        .map(Some)
         .ok_or_else(|| "unparsable block number".to_string())
 }
 
@@ -249,15 +268,19 @@ impl Probe {
                 continue; // a notification or a late answer
             }
             if let Some(err) = p.error {
+                // An error answer: the node is there and speaks JSON-RPC, but
+                // not these methods (a node of another flavour, say).
                 return Err(format!(
-                    "{method} answered {}",
+                    "{RPC_ERROR}{method} answered {}",
                     String::from_utf8_lossy(err)
                 ));
             }
+            // An answer with our id but neither result nor error (an echo of
+            // the request, say): alive, but not a JSON-RPC node.
             return p
                 .result
                 .map(|r| r.to_vec())
-                .ok_or_else(|| format!("{method}: no result"));
+                .ok_or_else(|| NOT_RPC.to_string());
         }
     }
 

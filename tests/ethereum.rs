@@ -155,3 +155,31 @@ fn a_pruned_anvil_is_backed_by_an_archive_one() {
         );
     }
 }
+
+#[test]
+fn an_ethereum_node_behind_default_flags_stays_in_service() {
+    // `--upstream ws://anvil` without `--chain ethereum`: the Substrate probe's
+    // methods are unknown there (-32601), which is no reason to drop the node.
+    let Some(bin) = anvil_path() else {
+        eprintln!("anvil not installed; skipping");
+        return;
+    };
+    let node = anvil(&bin, &[]);
+    let pki = TestPki::new();
+    let cfg = write_config(&pki, "fast.toml", "[health]\ninterval_ms = 100\n");
+    let gw = Gateway::start(
+        &pki,
+        std::slice::from_ref(&node.url),
+        &["--config", cfg.to_str().unwrap()],
+    );
+    std::thread::sleep(Duration::from_millis(800));
+    let mut ws = ws_connect(&gw, pki.client_config(), "/");
+    ws.send(Message::Text(
+        r#"{"jsonrpc":"2.0","id":1,"method":"eth_chainId","params":[]}"#.into(),
+    ))
+    .unwrap();
+    match ws.read().unwrap() {
+        Message::Text(t) => assert!(t.contains(r#""result":"0x7a69""#), "{t}"),
+        other => panic!("{other:?}"),
+    }
+}

@@ -159,3 +159,23 @@ fn a_dead_node_is_skipped_and_all_dead_gives_503() {
     assert_eq!(status, 503, "{body}");
     assert!(body.contains("no healthy upstream node"), "{body}");
 }
+
+#[test]
+fn a_backend_that_is_not_a_json_rpc_node_counts_as_alive() {
+    // An echo server answers the probe with its own request: no result, no
+    // error. It stays in service (head unknown) rather than being marked down.
+    let pki = TestPki::new();
+    let echo = Upstream::start(Behaviour::Echo);
+    let cfg = write_config(&pki, "echo.toml", FAST_HEALTH);
+    let gw = Gateway::start(&pki, &[echo.url()], &["--config", cfg.to_str().unwrap()]);
+    std::thread::sleep(Duration::from_millis(800));
+    let (status, body) = get_health(&gw, &pki);
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        body.contains(r#""up":true"#) && body.contains(r#""probes":"#),
+        "{body}"
+    );
+    let mut ws = ws_connect(&gw, pki.client_config(), "/");
+    ws.send(Message::Text("still served".into())).unwrap();
+    assert_eq!(ws.read().unwrap(), Message::Text("still served".into()));
+}
