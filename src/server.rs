@@ -117,6 +117,11 @@ pub fn start(config: Config, tls: Option<ServerConfig>) -> io::Result<Running> {
     };
     let io_uring = monoio::utils::detect_uring();
     let health = Health::new(config.nodes.len());
+    // Every worker's hash channel exists before the health thread publishes
+    // its first hashes: a worker starting late must not miss them.
+    let mut hash_channels: std::collections::VecDeque<_> = (0..listeners.len())
+        .map(|_| health.subscribe_hashes())
+        .collect();
     crate::probe::spawn(
         config.nodes.clone(),
         config.flavour,
@@ -135,6 +140,7 @@ pub fn start(config: Config, tls: Option<ServerConfig>) -> io::Result<Running> {
         let health = health.clone();
         let total = total.clone();
         let extra = extra.take();
+        let hashes = hash_channels.pop_front().expect("one per worker");
         let handle = std::thread::Builder::new()
             .name(format!("worker-{i}"))
             .spawn(move || {
@@ -142,7 +148,15 @@ pub fn start(config: Config, tls: Option<ServerConfig>) -> io::Result<Running> {
                     pin_to_core(i % cores);
                 }
                 let tls = tls.map(|base| crate::tls::per_worker(&base));
-                run_worker(listener, config, tls, health, total, extra, io_uring);
+                run_worker(
+                    listener,
+                    config,
+                    tls,
+                    (health, hashes),
+                    total,
+                    extra,
+                    io_uring,
+                );
             })?;
         workers.push(handle);
     }
@@ -168,11 +182,14 @@ fn pin_to_core(core: usize) {
     }
 }
 
+/// The shared node health, and this worker's channel of recent block hashes.
+type WorkerHealth = (Arc<Health>, std::sync::mpsc::Receiver<(String, u64)>);
+
 fn run_worker(
     listener: std::net::TcpListener,
     config: Arc<Config>,
     tls: Option<Arc<ServerConfig>>,
-    health: Arc<Health>,
+    health: WorkerHealth,
     total: Arc<crate::admission::SharedCounts>,
     extra: Option<Extra>,
     io_uring: bool,
@@ -265,7 +282,7 @@ async fn serve(
     listener: std::net::TcpListener,
     config: Arc<Config>,
     tls: Option<Arc<ServerConfig>>,
-    health: Arc<Health>,
+    (health, hashes): WorkerHealth,
     total: Arc<crate::admission::SharedCounts>,
     more: Option<Extra>,
 ) {
@@ -298,7 +315,7 @@ async fn serve(
         config.routing.pruned_errors.as_deref(),
     );
     let chain = WorkerChain {
-        hashes: health.subscribe_hashes(),
+        hashes,
         health: health.clone(),
         window: std::cell::RefCell::new(HashWindow::new(4096)),
     };

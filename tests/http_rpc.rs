@@ -70,7 +70,21 @@ fn two_tier_with_chain(pki: &TestPki) -> (Gateway, Upstream, Upstream, std::sync
         );
         std::thread::sleep(Duration::from_millis(50));
     }
-    std::thread::sleep(Duration::from_millis(300));
+    // ...and until the recent-hash window has the head's hashes (a recent
+    // block is routed to the pruned node only once its hash is known).
+    let start = Instant::now();
+    loop {
+        let mut s = tls_connect(gw.addr, pki.client_config());
+        let (_, _, body) = post(&mut s, &storage_at(999), "");
+        if body.contains("pruned@999") {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "hash window never filled: {body}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
     (gw, pruned, archive, archive_chain)
 }
 

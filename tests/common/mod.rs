@@ -194,9 +194,9 @@ pub struct SeenRequest {
 }
 
 impl SeenRequest {
-    /// The gateway's own health check connection.
+    /// The gateway's own health check connection, or an HTTP request (not a session).
     pub fn is_probe(&self) -> bool {
-        self.header("user-agent") == Some("ringway-health")
+        self.header("user-agent") == Some("ringway-health") || self.header("upgrade").is_none()
     }
 
     pub fn header(&self, name: &str) -> Option<&str> {
