@@ -224,8 +224,12 @@ struct Session {
     timer_wake: Signal,
     archive: Archive,
     /// Ids of requests sent to the session's node and not answered yet, so that
-    /// if the node is lost each gets an error instead of silence.
-    inflight: RefCell<ahash::AHashSet<Vec<u8>>>,
+    /// if the node is lost each gets an error instead of silence. The value is
+    /// the batch the id came in (0: a single request), so that a batch's
+    /// errors go back as one array (JSON-RPC 2.0 §6).
+    inflight: RefCell<ahash::AHashMap<Vec<u8>, u32>>,
+    /// The last batch number given out for `inflight`.
+    batches: Cell<u32>,
     /// Subscriptions asked for minus those ended (for the per-session limit).
     subscriptions: Cell<u32>,
 }
@@ -354,9 +358,16 @@ impl Session {
         let mut inflight = self.inflight.borrow_mut();
         match from {
             Which::Client => {
+                let batch = if p.batch {
+                    let n = self.batches.get().wrapping_add(1).max(1);
+                    self.batches.set(n);
+                    n
+                } else {
+                    0
+                };
                 for id in p.ids {
                     if inflight.len() < INFLIGHT_MAX {
-                        inflight.insert(id);
+                        inflight.insert(id, batch);
                     }
                 }
             }
@@ -369,10 +380,21 @@ impl Session {
     }
 
     /// The node is lost: every request still waiting on it gets a JSON-RPC error.
+    /// A single request's error is a single response; the unanswered requests
+    /// of one batch get one array.
     fn fail_inflight(&self, why: &str) {
-        let ids: Vec<Vec<u8>> = self.inflight.borrow_mut().drain().collect();
-        for id in ids {
+        let mut batches: ahash::AHashMap<u32, Vec<String>> = ahash::AHashMap::new();
+        let mut bodies = Vec::new();
+        for (id, batch) in self.inflight.borrow_mut().drain() {
             let body = crate::admission::rpc_error(&id, -32603, why, None);
+            if batch == 0 {
+                bodies.push(body);
+            } else {
+                batches.entry(batch).or_default().push(body);
+            }
+        }
+        bodies.extend(batches.into_values().map(|b| format!("[{}]", b.join(","))));
+        for body in bodies {
             let mut f = Vec::with_capacity(body.len() + 10);
             write_frame(&mut f, OpCode::Text, body.as_bytes(), None);
             self.client.inject(f);
@@ -507,7 +529,8 @@ where
         reason: Cell::new(""),
         timer_wake: Signal::default(),
         archive: Archive::default(),
-        inflight: RefCell::new(ahash::AHashSet::new()),
+        inflight: RefCell::new(ahash::AHashMap::new()),
+        batches: Cell::new(0),
         subscriptions: Cell::new(0),
     };
     // The halves live here, not in the futures, so that both sockets stay open

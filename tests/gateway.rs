@@ -178,6 +178,27 @@ fn node_dying_mid_session_answers_in_flight_requests_then_closes_1012() {
 }
 
 #[test]
+fn node_dying_mid_batch_answers_the_batch_as_one_array() {
+    let pki = TestPki::new();
+    let up = Upstream::start(Behaviour::DieAfterFirst);
+    let gw = Gateway::start(&pki, &[up.url()], &[]);
+    let mut s = raw_upgrade(&gw, &pki);
+    let batch = br#"[{"jsonrpc":"2.0","id":7,"method":"system_health"},{"jsonrpc":"2.0","id":"eight","method":"chain_getHeader"}]"#;
+    s.write_all(&client_frame(0x81, batch, Some([1, 2, 3, 4])))
+        .unwrap();
+    s.flush().unwrap();
+    // JSON-RPC 2.0 §6: a batch is answered by one array holding each id's answer.
+    let (b0, payload) = read_frame(&mut s).expect("an error answer");
+    let text = String::from_utf8(payload).unwrap();
+    assert_eq!(b0, 0x81, "{text}");
+    assert!(text.starts_with('[') && text.ends_with(']'), "{text}");
+    assert_eq!(text.matches("-32603").count(), 2, "{text}");
+    assert!(text.contains(r#""id":7"#), "{text}");
+    assert!(text.contains(r#""id":"eight""#), "{text}");
+    assert_eq!(read_close_code(&mut s), Some(1012));
+}
+
+#[test]
 fn no_reachable_node_gives_502_with_a_reason() {
     let pki = TestPki::new();
     let dead = format!("ws://127.0.0.1:{}", dead_port());
