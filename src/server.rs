@@ -1261,30 +1261,42 @@ fn metrics(worker: &Worker) -> String {
         );
     }
     let h = worker.pool.health();
-    let _ = writeln!(
-        m,
-        "# HELP ringway_node_up Whether a node passes its health checks."
+    let nodes = worker.pool.nodes();
+    node_gauge(
+        &mut m,
+        nodes,
+        "ringway_node_up",
+        "Whether a node passes its health checks.",
+        |i| u64::from(h.is_up(i)),
     );
-    let _ = writeln!(m, "# TYPE ringway_node_up gauge");
-    for (i, n) in worker.pool.nodes().iter().enumerate() {
-        let _ = writeln!(
-            m,
-            "ringway_node_up{{url=\"{}\",role=\"{}\"}} {}",
-            n.url,
-            n.role.name(),
-            u8::from(h.is_up(i))
-        );
-    }
-    let _ = writeln!(m, "# HELP ringway_node_head Best block seen on each node.");
-    let _ = writeln!(m, "# TYPE ringway_node_head gauge");
-    for (i, n) in worker.pool.nodes().iter().enumerate() {
-        let _ = writeln!(
-            m,
-            "ringway_node_head{{url=\"{}\",role=\"{}\"}} {}",
-            n.url,
-            n.role.name(),
-            h.head(i)
-        );
-    }
+    node_gauge(
+        &mut m,
+        nodes,
+        "ringway_node_head",
+        "Best block seen on each node.",
+        |i| h.head(i),
+    );
     m
+}
+
+/// One gauge with a sample per node, labelled by its url and role.
+fn node_gauge(
+    m: &mut String,
+    nodes: &[crate::config::NodeConfig],
+    name: &str,
+    help: &str,
+    value: impl Fn(usize) -> u64,
+) {
+    use std::fmt::Write;
+    let _ = writeln!(m, "# HELP {name} {help}");
+    let _ = writeln!(m, "# TYPE {name} gauge");
+    for (i, n) in nodes.iter().enumerate() {
+        let _ = writeln!(
+            m,
+            "{name}{{url=\"{}\",role=\"{}\"}} {}",
+            n.url,
+            n.role.name(),
+            value(i)
+        );
+    }
 }
