@@ -196,6 +196,9 @@ impl Default for LimitsSection {
 pub struct PoolSection {
     pub connect_timeout_ms: u64,
     pub keepalive_interval_s: u64,
+    /// Sessions of a core share one connection per node (ids rewritten)
+    /// instead of one connection each (frames passed through unchanged).
+    pub shared: bool,
 }
 
 impl Default for PoolSection {
@@ -203,6 +206,7 @@ impl Default for PoolSection {
         PoolSection {
             connect_timeout_ms: 5_000,
             keepalive_interval_s: 30,
+            shared: false,
         }
     }
 }
@@ -371,6 +375,8 @@ pub struct Config {
     pub limits: Limits,
     pub connect_timeout: Duration,
     pub keepalive_interval: Duration,
+    /// One connection per node per core, shared by sessions (`pool.shared`).
+    pub shared: bool,
     pub nodes: Vec<NodeConfig>,
     pub flavour: crate::route::Flavour,
     pub routing: RoutingSection,
@@ -674,6 +680,7 @@ impl Config {
             limits,
             connect_timeout: Duration::from_millis(file.pool.connect_timeout_ms),
             keepalive_interval: Duration::from_secs(file.pool.keepalive_interval_s),
+            shared: file.pool.shared,
             nodes,
             flavour,
             routing: file.routing,

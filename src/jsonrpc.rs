@@ -85,6 +85,39 @@ pub fn peek(buf: &[u8]) -> Option<Peek<'_>> {
     }
 }
 
+/// The raw value of member `name` of a JSON object (`params.subscription`).
+pub fn member<'a>(buf: &'a [u8], name: &[u8]) -> Option<&'a [u8]> {
+    let mut i = skip_ws(buf, 0);
+    if buf.get(i) != Some(&b'{') {
+        return None;
+    }
+    i = skip_ws(buf, i + 1);
+    if buf.get(i) == Some(&b'}') {
+        return None;
+    }
+    loop {
+        if buf.get(i) != Some(&b'"') {
+            return None;
+        }
+        let key_end = string_end(buf, i)?;
+        let key = &buf[i + 1..key_end - 1];
+        i = skip_ws(buf, key_end);
+        if buf.get(i) != Some(&b':') {
+            return None;
+        }
+        i = skip_ws(buf, i + 1);
+        let v_end = value_end(buf, i)?;
+        if key == name {
+            return Some(&buf[i..v_end]);
+        }
+        i = skip_ws(buf, v_end);
+        match buf.get(i) {
+            Some(b',') => i = skip_ws(buf, i + 1),
+            _ => return None,
+        }
+    }
+}
+
 /// The raw elements of a JSON array (a batch, or positional `params`).
 pub fn elements(buf: &[u8]) -> Elements<'_> {
     let i = skip_ws(buf, 0);

@@ -15,6 +15,9 @@
 //!        └ pings answered, closes run on each side, timers bound everything
 //! ```
 //!
+//! With `pool.shared = true`, sessions instead share one connection per
+//! node per core (`shared`): ids are rewritten, subscriptions followed.
+//!
 //! The protocol modules (`ws::*`) are sans-io: bytes in, decisions out. The
 //! runtime modules (`server`, `session`, `tls`, `upstream`, `io`) own sockets,
 //! buffers and timers, per core, with no locks on the hot path.
@@ -34,6 +37,7 @@ pub mod route;
 pub mod rpc_http;
 pub mod server;
 pub mod session;
+pub mod shared;
 pub mod signal;
 pub mod tls;
 pub mod upstream;

@@ -31,6 +31,7 @@ FLAGS (override the file):
     --health-probe MODE  rpc (default), connect (upgrade only, for non-node backends) or off
     --workers N          worker threads (default: one per core)
     --no-pin             do not pin workers to cores (server.pin_workers = false)
+    --shared             sessions share one connection per node per core (pool.shared = true)
     --log-level LEVEL    error, warn, info, debug
     -h, --help           this text
     -V, --version        version
@@ -49,6 +50,7 @@ struct Flags {
     health_probe: Option<String>,
     workers: Option<usize>,
     no_pin: bool,
+    shared: bool,
     log_level: Option<String>,
 }
 
@@ -66,6 +68,7 @@ fn parse_flags(args: Vec<String>) -> Result<Option<Flags>, String> {
         health_probe: None,
         workers: None,
         no_pin: false,
+        shared: false,
         log_level: None,
     };
     let mut it = args.into_iter();
@@ -96,6 +99,7 @@ fn parse_flags(args: Vec<String>) -> Result<Option<Flags>, String> {
             "--key" => f.key = Some(value("--key")?),
             "--plaintext" => f.plaintext = true,
             "--no-pin" => f.no_pin = true,
+            "--shared" => f.shared = true,
             "--upstream" => f.upstreams.push(value("--upstream")?),
             "--archive" => f.archives.push(value("--archive")?),
             "--chain" => f.chain = Some(value("--chain")?),
@@ -136,6 +140,9 @@ fn load(flags: &Flags) -> Result<Config, String> {
     }
     if flags.no_pin {
         file.server.pin_workers = false;
+    }
+    if flags.shared {
+        file.pool.shared = true;
     }
     if let Some(v) = &flags.log_level {
         file.log.level = v.clone();

@@ -253,6 +253,8 @@ struct Worker {
     chain: WorkerChain,
     http: HttpPool,
     admission: Rc<crate::admission::AdmissionCtx>,
+    /// Shared node connections (`pool.shared`), else `None`: pinned sessions.
+    shared: Option<Rc<crate::shared::Shared>>,
 }
 
 /// This worker's view of the chain for routing: the best head (atomic, from
@@ -319,7 +321,24 @@ async fn serve(
         health: health.clone(),
         window: std::cell::RefCell::new(HashWindow::new(4096)),
     };
+    let pool = Pool::new(config.nodes.clone(), health);
+    let codec = CodecLimits {
+        max_frame: l.max_frame_bytes,
+        max_message: l.max_message_bytes,
+    };
+    let shared = config.shared.then(|| {
+        crate::shared::Shared::new(
+            pool.clone(),
+            router.clone(),
+            config.connect_timeout,
+            config.keepalive_interval,
+            config.health.interval,
+            codec,
+            l.max_head_bytes,
+        )
+    });
     let worker = Rc::new(Worker {
+        shared,
         admission: Rc::new(crate::admission::AdmissionCtx::new(
             &config.admission,
             total,
@@ -327,12 +346,9 @@ async fn serve(
         router,
         chain,
         http: HttpPool::new(config.nodes.len()),
-        pool: Pool::new(config.nodes.clone(), health),
+        pool,
         session: SessionConfig {
-            codec: CodecLimits {
-                max_frame: l.max_frame_bytes,
-                max_message: l.max_message_bytes,
-            },
+            codec,
             max_buffered: l.max_buffered_bytes,
             idle_timeout: l.idle_timeout,
             close_timeout: l.close_timeout,
@@ -419,6 +435,13 @@ enum Handshake<UR, UW> {
         template: upstream::UpgradeTemplate,
         admitted: Admitted,
     },
+    /// Serve the session over this core's shared connection to a node.
+    Shared {
+        client_early: Vec<u8>,
+        conn: Rc<crate::shared::Conn>,
+        lease: upstream::NodeLease,
+        admitted: Admitted,
+    },
     /// HTTP requests (JSON-RPC POST, CORS preflight): `buf` starts with the first head.
     Http { buf: Vec<u8>, admitted: Admitted },
     /// A response was sent (or the client left): close.
@@ -497,6 +520,32 @@ async fn client<R: ReadHalf, W: WriteHalf>(
                 summary.reason,
                 summary.client_messages,
                 summary.upstream_messages
+            );
+        }
+        Handshake::Shared {
+            client_early,
+            conn,
+            lease,
+            admitted,
+        } => {
+            let has_archive = worker
+                .pool
+                .nodes()
+                .iter()
+                .any(|n| n.role == crate::config::Role::Archive);
+            let inspect = worker.admission.inspects();
+            let ctx = crate::shared::Ctx {
+                shared: worker.shared.clone().expect("shared mode"),
+                cfg: worker.session,
+                chain: &worker.chain,
+                route: has_archive && lease.node().role == crate::config::Role::Pruned,
+                admission: inspect.then_some((&*worker.admission, admitted.ip)),
+            };
+            let summary = crate::shared::session(ctx, conn, lease, r, w, client_early, fd).await;
+            crate::debug!(
+                "session {peer} ended: {} ({} messages)",
+                summary.reason,
+                summary.messages
             );
         }
         // Boxed: its header arrays must not size every WebSocket session's task.
@@ -692,6 +741,33 @@ async fn handshake<R: ReadHalf, W: WriteHalf>(
         }
     }
 
+    if let Some(shared) = &worker.shared {
+        let (conn, lease) = match shared.open().await {
+            Ok(c) => c,
+            Err((status, body)) => {
+                crate::warn!("{peer}: {body}");
+                let mut out = Vec::new();
+                write_response(&mut out, status, &[], &body, true);
+                respond_and_close(r, w, fd, out).await;
+                give_buf(buf);
+                return Handshake::Done;
+            }
+        };
+        let mut out = Vec::with_capacity(256);
+        write_switching_protocols(&mut out, upgrade.key, None);
+        let (res, _) = w.write_all(out).await;
+        let client_early = buf[head_len..].to_vec();
+        give_buf(buf);
+        if res.is_err() {
+            return Handshake::Done;
+        }
+        return Handshake::Shared {
+            client_early,
+            conn,
+            lease,
+            admitted,
+        };
+    }
     let ip = peer.ip().to_string();
     let fwd = Forwarded {
         client_ip: &ip,

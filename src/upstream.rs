@@ -122,7 +122,7 @@ impl Pool {
         }
     }
 
-    fn lease(self: &Rc<Self>, index: usize) -> NodeLease {
+    pub fn lease(self: &Rc<Self>, index: usize) -> NodeLease {
         let c = &self.active[index];
         c.set(c.get() + 1);
         NodeLease {
@@ -372,6 +372,36 @@ async fn open_with(
             failures.join("; ")
         ),
     })
+}
+
+/// Open a connection to `node` that the sessions of one core share (see
+/// [`crate::shared`]): no client's headers, the node's own path.
+pub async fn open_shared(
+    node: &NodeConfig,
+    max_head: usize,
+) -> Result<(NodeStream, Vec<u8>), String> {
+    let host = node
+        .url
+        .split_once("://")
+        .map_or(node.url.as_str(), |(_, rest)| rest)
+        .split('/')
+        .next()
+        .filter(|h| !h.is_empty() && !node.url.starts_with("unix:"))
+        .unwrap_or("localhost");
+    let fields = format!(
+        "Host: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nUser-Agent: ringway/{}\r\n",
+        env!("CARGO_PKG_VERSION")
+    );
+    let template = UpgradeTemplate {
+        client_path: "/".into(),
+        fields: fields.into_bytes(),
+        offered: None,
+        max_head,
+    };
+    match handshake(node, &template).await {
+        Ok((stream, _, early)) => Ok((stream, early)),
+        Err(e) => Err(e.to_string()),
+    }
 }
 
 enum Attempt {
