@@ -16,7 +16,10 @@ ROUNDS=${1:-3}
 DUR=${DUR:-8}
 WORK=$PWD/target/bench
 mkdir -p "$WORK"
-NODE_PORT=19944 RW_PORT=18443 NGX_PORT=18444
+NODE_PORT=19944 RW_PORT=18443 NGX_PORT=18444 SH_PORT=18445
+# ringway (sessions pinned to their own node connection, as nginx does),
+# ringway --shared (a core's sessions share one node connection), nginx.
+PROXIES=${PROXIES:-ringway shared nginx}
 WORKERS=$(nproc)
 
 command -v nginx >/dev/null || { echo "bench: nginx not found (apt-get install nginx-light)"; exit 1; }
@@ -76,20 +79,24 @@ http {
 NGINX
 start_nginx() { nginx -c "$WORK/nginx.conf" -p "$WORK"; sleep 0.5; }
 stop_nginx() { nginx -c "$WORK/nginx.conf" -p "$WORK" -s stop 2>/dev/null || true; sleep 0.5; }
-start_ringway() {
-  target/release/ringway --listen 127.0.0.1:$RW_PORT --no-pin --cert "$WORK/cert.pem" --key "$WORK/key.pem" \
-    --upstream ws://127.0.0.1:$NODE_PORT --workers "$WORKERS" --log-level warn >"$WORK/ringway.log" 2>&1 &
-  RW_PID=$!
-  pids+=($RW_PID)
+start_ringway() { # ringway | shared
+  local port=$RW_PORT args=""
+  if [ "$1" = shared ]; then port=$SH_PORT; args=--shared; fi
+  target/release/ringway --listen 127.0.0.1:$port --no-pin --cert "$WORK/cert.pem" --key "$WORK/key.pem" \
+    --upstream ws://127.0.0.1:$NODE_PORT --workers "$WORKERS" --log-level warn $args >"$WORK/$1.log" 2>&1 &
+  eval "PID_$1=$!"
+  pids+=($!)
   sleep 1
 }
-stop_ringway() { kill "$RW_PID" 2>/dev/null || true; wait "$RW_PID" 2>/dev/null || true; sleep 0.5; }
+stop_ringway() { local p; p=$(proxy_pids "$1"); kill "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; sleep 0.5; }
 start_nginx
-start_ringway
+start_ringway ringway
+start_ringway shared
 
 ngx_pids() { pgrep -f "nginx: (master|worker) process" | tr '\n' ' '; }
-proxy_pids() { if [ "$1" = ringway ]; then echo "$RW_PID"; else ngx_pids; fi; }
-url() { if [ "$1" = ringway ]; then echo "wss://127.0.0.1:$RW_PORT/"; else echo "wss://127.0.0.1:$NGX_PORT/"; fi; }
+proxy_pids() { case $1 in ringway) echo "$PID_ringway" ;; shared) echo "$PID_shared" ;; *) ngx_pids ;; esac; }
+port() { case $1 in ringway) echo $RW_PORT ;; shared) echo $SH_PORT ;; *) echo $NGX_PORT ;; esac; }
+url() { echo "wss://127.0.0.1:$(port "$1")/"; }
 # CPU seconds (user+sys) of a set of processes, all threads.
 cpu() { local t=0; for p in $1; do read -r -a f < "/proc/$p/stat"; t=$((t + f[13] + f[14])); done; echo "$t $(getconf CLK_TCK)" | awk '{printf "%.3f", $1/$2}'; }
 # Proportional set size (KiB) of a set of processes (shared pages split fairly).
@@ -102,7 +109,7 @@ record() { R["$1|$2"]="${R["$1|$2"]:-} $3"; }
 
 [ -n "${ONLY_B4:-}" ] && ROUNDS_LOAD=0 || ROUNDS_LOAD=$ROUNDS
 for round in $(seq "$ROUNDS_LOAD"); do
-  for p in ringway nginx; do
+  for p in $PROXIES; do
     P=$(proxy_pids $p); U=$(url $p)
     # B1 + B2: throughput and CPU per request/response pair, closed loop.
     c0=$(cpu "$P")
@@ -117,7 +124,7 @@ done
 # B3 at a rate both sustain: half of nginx's median B1.
 B3_RATE=${B3_RATE:-$(echo "${R[b1|nginx]:-0}" | median | awk '{printf "%d", $1/2}')}
 for round in $(seq "$ROUNDS_LOAD"); do
-  for p in ringway nginx; do
+  for p in $PROXIES; do
     out=$($LOAD run "$(url $p)" --insecure --connections 100 --rate "$B3_RATE" --duration "$DUR" --json)
     record b3p50 $p "$(field "$out" p50_ms)"; record b3p99 $p "$(field "$out" p99_ms)"; record b3p999 $p "$(field "$out" p999_ms)"
     echo "round $round $p B3 @$B3_RATE/s p99 $(field "$out" p99_ms) ms" >&2
@@ -139,8 +146,8 @@ done
 # may stay mapped, which would hide this run's growth.
 for n in 2000 8000; do
   for round in $(seq "$ROUNDS"); do
-    for p in ringway nginx; do
-      if [ $p = ringway ]; then stop_ringway; start_ringway; else stop_nginx; start_nginx; fi
+    for p in $PROXIES; do
+      if [ $p = nginx ]; then stop_nginx; start_nginx; else stop_ringway $p; start_ringway $p; fi
       # One session first, so one-time allocations (TLS config, pools) are in the baseline.
       $LOAD connect "$(url $p)" --insecure --count 1 --json >/dev/null
       P=$(proxy_pids $p); m0=$(pss "$P")
@@ -148,7 +155,7 @@ for n in 2000 8000; do
       lp=$!
       # wait until every connection is open
       for _ in $(seq 40); do
-        est=$(ss -Htn state established "( dport = :$([ $p = ringway ] && echo $RW_PORT || echo $NGX_PORT) )" | wc -l)
+        est=$(ss -Htn state established "( dport = :$(port $p) )" | wc -l)
         [ "$est" -ge "$n" ] && break; sleep 0.5
       done
       sleep 1; m1=$(pss "$(proxy_pids $p)")
@@ -160,15 +167,16 @@ for n in 2000 8000; do
   done
 done
 
-row() { # name key unit better(higher|lower)
-  local a b; a=$(echo "${R[$2|ringway]:-}" | median); b=$(echo "${R[$2|nginx]:-}" | median)
-  echo "| $1 | $a | $b | $(echo "$a $b" | awk '{ if ($2 > 0) printf "%.2f", $1/$2; else print "-" }') | $3 |"
+row() { # name key unit
+  local a s b; a=$(echo "${R[$2|ringway]:-}" | median); s=$(echo "${R[$2|shared]:-}" | median); b=$(echo "${R[$2|nginx]:-}" | median)
+  ratio() { echo "$1 $2" | awk '{ if ($1 != "" && $2 > 0) printf "%.2f", $1/$2; else print "-" }'; }
+  echo "| $1 | $a | $s | $b | $(ratio "$a" "$b") | $(ratio "$s" "$b") | $3 |"
 }
 echo
 echo "machine: $(nproc) cores, $(awk '/MemTotal/{printf "%.0f GiB", $2/1048576}' /proc/meminfo), $(uname -r); rounds: $ROUNDS, ${DUR}s each; $(date -u +%F)"
 echo
-echo "| benchmark | ringway | nginx 1.22 | ringway/nginx | unit |"
-echo "|---|---|---|---|---|"
+echo "| benchmark | ringway | ringway --shared | nginx 1.22 | ringway/nginx | shared/nginx | unit |"
+echo "|---|---|---|---|---|---|---|"
 row "B1 throughput, 100 conns, closed loop" b1 "req/s (higher is better)"
 row "B2 proxy CPU per request/response" b2 "µs (lower is better)"
 row "B3 p50 @ $B3_RATE req/s" b3p50 "ms"

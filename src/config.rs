@@ -199,6 +199,9 @@ pub struct PoolSection {
     /// Sessions of a core share one connection per node (ids rewritten)
     /// instead of one connection each (frames passed through unchanged).
     pub shared: bool,
+    /// Shared mode: subscriptions on one node connection before the gateway
+    /// opens another to the same node.
+    pub shared_max_subscriptions: u64,
 }
 
 impl Default for PoolSection {
@@ -207,6 +210,7 @@ impl Default for PoolSection {
             connect_timeout_ms: 5_000,
             keepalive_interval_s: 30,
             shared: false,
+            shared_max_subscriptions: 512,
         }
     }
 }
@@ -377,6 +381,8 @@ pub struct Config {
     pub keepalive_interval: Duration,
     /// One connection per node per core, shared by sessions (`pool.shared`).
     pub shared: bool,
+    /// Subscriptions per shared connection before another one opens.
+    pub shared_max_subscriptions: usize,
     pub nodes: Vec<NodeConfig>,
     pub flavour: crate::route::Flavour,
     pub routing: RoutingSection,
@@ -557,6 +563,10 @@ impl Config {
             ("limits.close_timeout_ms", l.close_timeout_ms),
             ("pool.connect_timeout_ms", file.pool.connect_timeout_ms),
             ("pool.keepalive_interval_s", file.pool.keepalive_interval_s),
+            (
+                "pool.shared_max_subscriptions",
+                file.pool.shared_max_subscriptions,
+            ),
         ] {
             if v == 0 {
                 return Err(err(key, "must be greater than 0".into()));
@@ -681,6 +691,7 @@ impl Config {
             connect_timeout: Duration::from_millis(file.pool.connect_timeout_ms),
             keepalive_interval: Duration::from_secs(file.pool.keepalive_interval_s),
             shared: file.pool.shared,
+            shared_max_subscriptions: file.pool.shared_max_subscriptions as usize,
             nodes,
             flavour,
             routing: file.routing,

@@ -330,11 +330,14 @@ async fn serve(
         crate::shared::Shared::new(
             pool.clone(),
             router.clone(),
-            config.connect_timeout,
-            config.keepalive_interval,
-            config.health.interval,
-            codec,
-            l.max_head_bytes,
+            crate::shared::Settings {
+                connect_timeout: config.connect_timeout,
+                keepalive: config.keepalive_interval,
+                health_every: config.health.interval,
+                codec,
+                max_head: l.max_head_bytes,
+                max_subscriptions: config.shared_max_subscriptions,
+            },
         )
     });
     let worker = Rc::new(Worker {

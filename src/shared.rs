@@ -57,13 +57,26 @@ const CONN_READ: usize = 256 * 1024;
 pub struct Shared {
     pool: Rc<Pool>,
     router: Router,
-    slots: RefCell<Vec<Option<Rc<Conn>>>>,
-    connect_timeout: Duration,
-    keepalive: Duration,
-    health_every: Duration,
-    codec: CodecLimits,
-    max_head: usize,
+    /// Live connections per node: usually one; another opens when every one
+    /// carries `max_subscriptions` (nodes cap subscriptions per connection:
+    /// Substrate's `--rpc-max-subscriptions-per-connection` is 1024).
+    slots: RefCell<Vec<Vec<Rc<Conn>>>>,
+    settings: Settings,
     next_client: Cell<u64>,
+}
+
+/// How shared connections are opened and kept.
+#[derive(Debug, Clone, Copy)]
+pub struct Settings {
+    pub connect_timeout: Duration,
+    /// Ping the node this often.
+    pub keepalive: Duration,
+    /// Check the node's health this often (a node marked down loses its connection).
+    pub health_every: Duration,
+    pub codec: CodecLimits,
+    pub max_head: usize,
+    /// Subscriptions on one connection before another opens to the same node.
+    pub max_subscriptions: usize,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -149,38 +162,37 @@ pub struct Client {
     last_activity: Cell<Instant>,
     reason: Cell<&'static str>,
     close_timeout: Duration,
+    /// The reader has stopped (the timer runs until then: a client that
+    /// never answers our close is cut off at the close deadline).
+    reader_done: Cell<bool>,
+    /// Bytes waiting for the client at most before it is closed (1008).
+    max_out: usize,
     fd: RawFd,
 }
 
 impl Shared {
-    pub fn new(
-        pool: Rc<Pool>,
-        router: Router,
-        connect_timeout: Duration,
-        keepalive: Duration,
-        health_every: Duration,
-        codec: CodecLimits,
-        max_head: usize,
-    ) -> Rc<Shared> {
+    pub fn new(pool: Rc<Pool>, router: Router, settings: Settings) -> Rc<Shared> {
         let n = pool.nodes().len();
         Rc::new(Shared {
             pool,
             router,
-            slots: RefCell::new(vec![None; n]),
-            connect_timeout,
-            keepalive,
-            health_every,
-            codec,
-            max_head,
+            slots: RefCell::new(vec![Vec::new(); n]),
+            settings,
             next_client: Cell::new(1),
         })
     }
 
-    /// The live connection to node `index`, opening one if there is none.
+    /// A connection to node `index` for a session: the live one with the
+    /// fewest subscriptions, or a new one if there is none or all are full.
     fn conn(self: &Rc<Self>, index: usize) -> Rc<Conn> {
-        if let Some(c) = &self.slots.borrow()[index] {
-            if c.state.get() != State::Dead {
-                return c.clone();
+        let best = self.slots.borrow()[index]
+            .iter()
+            .filter(|c| c.state.get() != State::Dead)
+            .min_by_key(|c| c.subs.borrow().len())
+            .cloned();
+        if let Some(c) = best {
+            if c.subs.borrow().len() < self.settings.max_subscriptions.max(1) {
+                return c;
             }
         }
         let conn = Rc::new(Conn {
@@ -197,7 +209,7 @@ impl Shared {
             next_id: Cell::new(1),
             fd: Cell::new(None),
         });
-        self.slots.borrow_mut()[index] = Some(conn.clone());
+        self.slots.borrow_mut()[index].push(conn.clone());
         monoio::spawn(run_conn(self.clone(), conn.clone()));
         conn
     }
@@ -266,15 +278,7 @@ impl Shared {
         );
         conn.state.set(State::Dead);
         *conn.why.borrow_mut() = why.to_string();
-        {
-            let mut slots = self.slots.borrow_mut();
-            if slots[conn.node]
-                .as_ref()
-                .is_some_and(|c| Rc::ptr_eq(c, conn))
-            {
-                slots[conn.node] = None;
-            }
-        }
+        self.slots.borrow_mut()[conn.node].retain(|c| !Rc::ptr_eq(c, conn));
         if let Some(fd) = conn.fd.get() {
             stop(fd, Stop::All);
         }
@@ -381,7 +385,19 @@ impl Client {
         if !self.alive() {
             return;
         }
-        frame_parts(&mut self.out.borrow_mut(), OpCode::Text, parts, None);
+        let over = {
+            let mut out = self.out.borrow_mut();
+            frame_parts(&mut out, OpCode::Text, parts, None);
+            out.len() > self.max_out
+        };
+        if over {
+            // A client that does not read what it asked for (notifications
+            // pile up): the node connection is shared, so it cannot wait.
+            crate::debug!("client too slow: {} bytes waiting", self.out.borrow().len());
+            self.out.borrow_mut().clear();
+            self.set_reason("client too slow");
+            self.send_close(close_code::POLICY, "client too slow to read its messages");
+        }
         self.writer_wake.notify();
     }
 
@@ -528,6 +544,8 @@ pub async fn session<R: ReadHalf, W: WriteHalf>(
         last_activity: Cell::new(Instant::now()),
         reason: Cell::new(""),
         close_timeout: ctx.cfg.close_timeout,
+        reader_done: Cell::new(false),
+        max_out: (ctx.cfg.max_buffered * 16).max(ctx.cfg.codec.max_message as usize + 16),
         fd,
     });
     conn.clients
@@ -670,6 +688,9 @@ async fn client_reader<R: ReadHalf>(
             Ok(_) => client.last_activity.set(Instant::now()),
         }
     }
+    client.reader_done.set(true);
+    client.writer_wake.notify();
+    client.timer_wake.notify();
     dec.messages()
 }
 
@@ -939,7 +960,7 @@ async fn client_writer<W: WriteHalf>(ctx: &Ctx<'_>, client: &Rc<Client>, w: &mut
 /// Idle timeout and the close deadline.
 async fn client_timer(ctx: &Ctx<'_>, client: &Rc<Client>) {
     loop {
-        if client.dead.get() {
+        if client.reader_done.get() && (client.dead.get() || client.sent_close.get()) {
             return;
         }
         let now = Instant::now();
@@ -953,6 +974,11 @@ async fn client_timer(ctx: &Ctx<'_>, client: &Rc<Client>) {
             }
         }
         let mut at = client.close_deadline.get();
+        if at.is_none() && client.dead.get() {
+            // The writer is done and nothing was closed: nothing to time.
+            client.timer_wake.wait().await;
+            continue;
+        }
         if at.is_none() {
             let idle_at = client.last_activity.get() + ctx.cfg.idle_timeout;
             if now >= idle_at {
@@ -974,8 +1000,8 @@ async fn client_timer(ctx: &Ctx<'_>, client: &Rc<Client>) {
 async fn run_conn(sh: Rc<Shared>, conn: Rc<Conn>) {
     let node = &sh.pool.nodes()[conn.node];
     let attempt = monoio::time::timeout(
-        sh.connect_timeout,
-        crate::upstream::open_shared(node, sh.max_head),
+        sh.settings.connect_timeout,
+        crate::upstream::open_shared(node, sh.settings.max_head),
     )
     .await;
     let (stream, early) = match attempt {
@@ -989,7 +1015,10 @@ async fn run_conn(sh: Rc<Shared>, conn: Rc<Conn>) {
             sh.pool.health().report_connect_failure(conn.node);
             sh.fail(
                 &conn,
-                &format!("no answer within {} ms", sh.connect_timeout.as_millis()),
+                &format!(
+                    "no answer within {} ms",
+                    sh.settings.connect_timeout.as_millis()
+                ),
             );
             return;
         }
@@ -1048,7 +1077,7 @@ async fn conn_writer(conn: &Conn, w: &mut NodeWriter) -> String {
 
 /// Keepalive pings, and the node's health: a node marked down loses its connection.
 async fn conn_timer(sh: &Shared, conn: &Rc<Conn>) {
-    let mut next_ping = Instant::now() + sh.keepalive;
+    let mut next_ping = Instant::now() + sh.settings.keepalive;
     loop {
         if conn.state.get() == State::Dead {
             return;
@@ -1060,9 +1089,9 @@ async fn conn_timer(sh: &Shared, conn: &Rc<Conn>) {
         let now = Instant::now();
         if now >= next_ping {
             conn.send_control(OpCode::Ping, b"");
-            next_ping = now + sh.keepalive;
+            next_ping = now + sh.settings.keepalive;
         }
-        let at = next_ping.min(now + sh.health_every);
+        let at = next_ping.min(now + sh.settings.health_every);
         let sleep = monoio::time::sleep_until(at.into());
         monoio::select! {
             _ = sleep => {}
@@ -1077,7 +1106,7 @@ async fn conn_reader(
     r: &mut NodeReader,
     early: Vec<u8>,
 ) -> String {
-    let mut dec = Decoder::new(Role::Server, sh.codec);
+    let mut dec = Decoder::new(Role::Server, sh.settings.codec);
     let mut buf = early;
     let mut msg: Vec<u8> = Vec::new();
     loop {

@@ -360,3 +360,38 @@ fn a_lost_node_connection_answers_what_waited_and_closes_sessions_1012() {
     assert!(text(c.read().unwrap()).contains(r#""id":1,"#));
     assert_eq!(node.connections.load(Ordering::SeqCst), 2);
 }
+
+#[test]
+fn a_connection_full_of_subscriptions_makes_room_on_another() {
+    let pki = TestPki::new();
+    let node = start_node();
+    let cfg = write_config(
+        &pki,
+        "shared-subs.toml",
+        "[pool]\nshared = true\nshared_max_subscriptions = 1\n",
+    );
+    let gw = Gateway::start(
+        &pki,
+        std::slice::from_ref(&node.url),
+        &[
+            "--config",
+            cfg.to_str().unwrap(),
+            "--workers",
+            "1",
+            "--health-probe",
+            "off",
+        ],
+    );
+    let subscribe = r#"{"jsonrpc":"2.0","id":1,"method":"test_subscribe","params":[]}"#;
+    let mut a = ws_connect(&gw, pki.client_config(), "/");
+    a.send(Message::Text(subscribe.into())).unwrap();
+    assert!(text(a.read().unwrap()).contains(r#""result":"sub"#));
+    // The first connection carries its one subscription: B gets another.
+    let mut b = ws_connect(&gw, pki.client_config(), "/");
+    b.send(Message::Text(subscribe.into())).unwrap();
+    assert!(read_until(&mut b, |t| t.contains(r#""id":1"#)).contains(r#""result":"sub"#));
+    assert_eq!(node.connections.load(Ordering::SeqCst), 2);
+    for ws in [&mut a, &mut b] {
+        assert!(text(ws.read().unwrap()).contains("test_event"));
+    }
+}

@@ -119,18 +119,24 @@ fn mock_pruned_and_archive_nodes_behind_the_gateway() {
         ),
     )
     .unwrap();
-    let (_gw, gw_addr) = start(
-        &ringway_bin(),
-        &[
-            "--listen",
-            "127.0.0.1:0",
-            "--plaintext",
-            "--config",
-            cfg.to_str().unwrap(),
-            "--workers",
-            "2",
-        ],
-    );
+    // Both ways of reaching nodes: a connection per session, and shared
+    // connections (ids rewritten).
+    let gateways: Vec<(Proc, String)> = [None, Some("--shared")]
+        .into_iter()
+        .map(|shared| {
+            let mut args = vec![
+                "--listen",
+                "127.0.0.1:0",
+                "--plaintext",
+                "--config",
+                cfg.to_str().unwrap(),
+                "--workers",
+                "2",
+            ];
+            args.extend(shared);
+            start(&ringway_bin(), &args)
+        })
+        .collect();
     std::thread::sleep(Duration::from_millis(800)); // health checks fill the recent-hash window
 
     // Calls at the head, 50 blocks back (pruned node asked, then archive), and
@@ -152,8 +158,10 @@ fn mock_pruned_and_archive_nodes_behind_the_gateway() {
         errors(&direct) > 0,
         "the pruned node alone refuses old state: {direct}"
     );
-    // ...through the gateway, every call is answered.
-    let through = run(&load, &format!("ws://{gw_addr}/"), &mix);
-    assert_eq!(errors(&through), 0, "{through}");
-    assert!(through.contains("\"ok\":200"), "{through}");
+    // ...through the gateway, every call is answered, in both modes.
+    for (_, gw_addr) in &gateways {
+        let through = run(&load, &format!("ws://{gw_addr}/"), &mix);
+        assert_eq!(errors(&through), 0, "{through}");
+        assert!(through.contains("\"ok\":200"), "{through}");
+    }
 }
