@@ -183,3 +183,78 @@ fn an_ethereum_node_behind_default_flags_stays_in_service() {
         other => panic!("{other:?}"),
     }
 }
+
+#[test]
+fn ethereum_subscriptions_over_shared_node_connections() {
+    // Two sessions share one connection to a real node: each gets its own
+    // eth_subscribe id and its own notifications, and can end only its own.
+    let Some(bin) = anvil_path() else {
+        eprintln!("anvil not installed; skipping");
+        return;
+    };
+    let node = anvil(&bin, &[]);
+    let pki = TestPki::new();
+    let cfg = write_config(
+        &pki,
+        "shared-eth.toml",
+        "[routing]\nchain = \"ethereum\"\n[pool]\nshared = true\n",
+    );
+    let gw = Gateway::start(
+        &pki,
+        std::slice::from_ref(&node.url),
+        &["--config", cfg.to_str().unwrap(), "--workers", "1"],
+    );
+    let read = |ws: &mut tungstenite::WebSocket<TlsStream>| match ws.read().unwrap() {
+        Message::Text(t) => t,
+        other => panic!("{other:?}"),
+    };
+    let mut sessions = Vec::new();
+    let mut subs = Vec::new();
+    for _ in 0..2 {
+        let mut ws = ws_connect(&gw, pki.client_config(), "/");
+        ws.send(Message::Text(
+            r#"{"jsonrpc":"2.0","id":"s","method":"eth_subscribe","params":["newHeads"]}"#.into(),
+        ))
+        .unwrap();
+        let t = read(&mut ws);
+        assert!(t.contains(r#""id":"s""#), "{t}");
+        let sub = t
+            .split(r#""result":""#)
+            .nth(1)
+            .unwrap()
+            .split('"')
+            .next()
+            .unwrap()
+            .to_string();
+        subs.push(sub);
+        sessions.push(ws);
+    }
+    assert_ne!(subs[0], subs[1]);
+    let r = direct(
+        &node.url,
+        r#"{"jsonrpc":"2.0","id":1,"method":"anvil_mine","params":["0x1"]}"#,
+    );
+    assert!(r.contains("result"), "{r}");
+    for (ws, sub) in sessions.iter_mut().zip(&subs) {
+        let t = read(ws);
+        assert!(
+            t.contains("eth_subscription") && t.contains(&format!(r#""subscription":"{sub}""#)),
+            "{t}"
+        );
+    }
+    // Session 0 may not end session 1's subscription; it may end its own.
+    let ws = &mut sessions[0];
+    ws.send(Message::Text(format!(
+        r#"{{"jsonrpc":"2.0","id":2,"method":"eth_unsubscribe","params":["{}"]}}"#,
+        subs[1]
+    )))
+    .unwrap();
+    assert!(read(ws).contains("-32602"));
+    ws.send(Message::Text(format!(
+        r#"{{"jsonrpc":"2.0","id":3,"method":"eth_unsubscribe","params":["{}"]}}"#,
+        subs[0]
+    )))
+    .unwrap();
+    let t = read(ws);
+    assert!(t.contains(r#""id":3"#) && t.contains("true"), "{t}");
+}
