@@ -40,6 +40,13 @@ pub trait WriteHalf {
     async fn write_all(&mut self, buf: Vec<u8>) -> (io::Result<()>, Vec<u8>);
     /// Finish the stream (TLS close_notify, then TCP FIN). Errors are of no interest by then.
     async fn shutdown(&mut self);
+    /// Send all of `buf` (the last bytes: a close frame) and finish the
+    /// stream, in as few writes as the transport allows.
+    async fn write_final(&mut self, buf: Vec<u8>) -> io::Result<()> {
+        let (r, _) = self.write_all(buf).await;
+        self.shutdown().await;
+        r
+    }
 }
 
 /// How to stop a socket's pending I/O.

@@ -775,8 +775,14 @@ async fn writer<W: WriteHalf>(s: &Session, which: Which, io: &mut W) {
     let mut mid_frame = false;
     let mut mid_message = false;
     let mut failed = false;
+    let mut shut = false;
     loop {
-        let Some(NextWrite { buf, counted, ends }) = next_write(&side.out, mid_frame, mid_message)
+        let Some(NextWrite {
+            buf,
+            counted,
+            ends,
+            last,
+        }) = next_write(&side.out, mid_frame, mid_message)
         else {
             if side.out.finished.get() {
                 break;
@@ -785,6 +791,17 @@ async fn writer<W: WriteHalf>(s: &Session, which: Which, io: &mut W) {
             continue;
         };
         let len = buf.len();
+        if last && which == Which::Client {
+            // Our close to the client is the last thing it gets: it leaves
+            // with close_notify and the FIN in one write (the node side
+            // waits for the node to close first, as RFC 6455 §7.1.1 asks).
+            let r = io.write_final(buf).await;
+            shut = true;
+            if r.is_err() && !s.ended.get() {
+                crate::debug!("{} write error on close", side.name);
+            }
+            continue;
+        }
         let (r, _) = io.write_all(buf).await;
         if let Some((frame_end, message_end)) = ends {
             mid_frame = !frame_end;
@@ -810,7 +827,7 @@ async fn writer<W: WriteHalf>(s: &Session, which: Which, io: &mut W) {
             break;
         }
     }
-    if !failed {
+    if !failed && !shut {
         io.shutdown().await;
     }
     s.writers_left.set(s.writers_left.get() - 1);
@@ -824,12 +841,21 @@ struct NextWrite {
     counted: bool,
     /// For relayed data: whether it ends between frames and between messages.
     ends: Option<(bool, bool)>,
+    /// The close frame: nothing follows it.
+    last: bool,
 }
 
 /// What to write next: control frames between frames, injected messages
 /// between messages, relayed data, and the close after everything.
 fn next_write(out: &Outbox, mid_frame: bool, mid_message: bool) -> Option<NextWrite> {
-    let w = |buf, counted, ends| Some(NextWrite { buf, counted, ends });
+    let w = |buf, counted, ends| {
+        Some(NextWrite {
+            buf,
+            counted,
+            ends,
+            last: false,
+        })
+    };
     if !mid_frame {
         if let Some(frame) = out.control.borrow_mut().pop_front() {
             return w(frame, false, None);
@@ -844,11 +870,12 @@ fn next_write(out: &Outbox, mid_frame: bool, mid_message: bool) -> Option<NextWr
         return w(c.buf, true, Some((c.frame_end, c.message_end)));
     }
     if !mid_frame && out.injected.borrow().is_empty() {
-        return out
-            .close
-            .borrow_mut()
-            .take()
-            .and_then(|f| w(f, false, None));
+        return out.close.borrow_mut().take().map(|buf| NextWrite {
+            buf,
+            counted: false,
+            ends: None,
+            last: true,
+        });
     }
     None
 }

@@ -903,35 +903,31 @@ fn send_batch(ctx: &Ctx<'_>, to: &Conn, conn: &Conn, client: &Rc<Client>, msg: &
 
 async fn client_writer<W: WriteHalf>(ctx: &Ctx<'_>, client: &Rc<Client>, w: &mut W) {
     let mut spare: Vec<u8> = Vec::new();
+    let mut finished = false;
     loop {
         if client.dead.get() {
             break;
         }
-        let out = {
-            let mut o = client.out.borrow_mut();
-            if o.is_empty() {
-                None
-            } else {
-                Some(std::mem::replace(&mut *o, std::mem::take(&mut spare)))
+        let mut buf = std::mem::replace(&mut *client.out.borrow_mut(), std::mem::take(&mut spare));
+        // The close goes after everything queued, in the same write, and
+        // finishes the stream (nothing may follow a close frame).
+        let close = client.close.borrow_mut().take();
+        if let Some(frame) = close {
+            buf.extend_from_slice(&frame);
+            if w.write_final(buf).await.is_err() {
+                client.set_reason("client connection lost");
             }
-        };
-        let buf = match out {
-            Some(b) => b,
-            None => {
-                let close = client.close.borrow_mut().take();
-                match close {
-                    Some(f) => f,
-                    None if client.sent_close.get() => break,
-                    None => {
-                        client.writer_wake.wait().await;
-                        continue;
-                    }
-                }
+            finished = true;
+            break;
+        }
+        if buf.is_empty() {
+            spare = buf;
+            if client.sent_close.get() {
+                break;
             }
-        };
-        let closing = client.sent_close.get()
-            && client.out.borrow().is_empty()
-            && client.close.borrow().is_none();
+            client.writer_wake.wait().await;
+            continue;
+        }
         let (res, mut b) = w.write_all(buf).await;
         if res.is_err() {
             client.set_reason("client connection lost");
@@ -944,12 +940,9 @@ async fn client_writer<W: WriteHalf>(ctx: &Ctx<'_>, client: &Rc<Client>, w: &mut
             spare = b;
         }
         client.reader_wake.notify();
-        if closing && client.got_close.get() {
-            break;
-        }
     }
     client.out.borrow_mut().clear();
-    if !client.dead.get() {
+    if !client.dead.get() && !finished {
         w.shutdown().await;
     }
     client.dead.set(true);

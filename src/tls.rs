@@ -195,6 +195,16 @@ async fn handshake<C: TlsSide>(
     let mut out = Vec::new();
     let result = async {
         loop {
+            // TLS 1.3: once the handshake is done, what rustls still has to
+            // send (a server's session tickets, a client's Finished) leaves
+            // with the first write (the 101, the upgrade request) instead
+            // of in a write and a segment of its own. Not in TLS 1.2, where
+            // the server's Finished must arrive before the client may speak.
+            if !conn.is_handshaking()
+                && conn.protocol_version() == Some(rustls::ProtocolVersion::TLSv1_3)
+            {
+                return Ok(());
+            }
             while conn.wants_write() {
                 conn.write_tls(&mut out)?;
                 let (r, o) = tcp.write_all(std::mem::take(&mut out)).await;
@@ -394,5 +404,18 @@ impl<C: TlsSide> WriteHalf for TlsWriter<C> {
         self.conn.borrow_mut().send_close_notify();
         let _ = self.flush_tls().await;
         let _ = monoio::io::AsyncWriteRent::shutdown(&mut self.tcp).await;
+    }
+
+    /// The close frame and close_notify leave in one write.
+    async fn write_final(&mut self, buf: Vec<u8>) -> io::Result<()> {
+        let queued = {
+            let mut conn = self.conn.borrow_mut();
+            let r = conn.writer().write_all(&buf);
+            conn.send_close_notify();
+            r
+        };
+        let r = self.flush_tls().await;
+        let _ = monoio::io::AsyncWriteRent::shutdown(&mut self.tcp).await;
+        queued.and(r)
     }
 }
