@@ -590,18 +590,22 @@ async fn client_reader<R: ReadHalf>(
         let mut pos = 0;
         while pos < buf.len() {
             let payload = dec.payload_position();
-            let is_text = dec.payload_is_text();
             match dec.step(&buf[pos..]) {
                 Ok(Step::Forward(n)) => {
                     if let Some((mask, offset)) = payload {
-                        text = is_text;
                         let start = msg.len();
                         msg.extend_from_slice(&buf[pos..pos + n]);
                         if let Some(key) = mask {
                             apply_mask(&mut msg[start..], key, offset);
                         }
-                    } else if !dec.at_frame_boundary() {
-                        text = dec.payload_is_text();
+                    } else {
+                        // A data frame's header: its opcode says what the
+                        // message is (continuations keep the first frame's).
+                        match OpCode::from_u8(buf[pos] & 0x0f) {
+                            OpCode::Text => text = true,
+                            OpCode::Binary => text = false,
+                            _ => {}
+                        }
                     }
                     pos += n;
                     if dec.at_message_boundary() {
@@ -659,7 +663,10 @@ async fn client_reader<R: ReadHalf>(
             // The reader sizes the next buffer to the traffic (1 KiB when quiet).
             buf = Vec::new();
         }
-        if client.done() || client.sent_close.get() {
+        // After our close, keep reading (and dropping) until the client's
+        // close, its EOF or the close deadline: closing with its close
+        // frame unread would reset the connection.
+        if client.done() {
             break;
         }
         // Backpressure: the client does not read its answers, or the node is slow.

@@ -159,11 +159,6 @@ impl Decoder {
         self.payload.as_ref().map(|p| (p.mask, p.offset))
     }
 
-    /// Whether the frame in progress belongs to a text message.
-    pub fn payload_is_text(&self) -> bool {
-        self.payload.as_ref().is_some_and(|p| p.text)
-    }
-
     /// Number of complete data messages seen.
     pub fn messages(&self) -> u64 {
         self.messages
