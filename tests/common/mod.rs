@@ -42,10 +42,18 @@ impl TestPki {
         let ca_key = KeyPair::generate().unwrap();
         let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
         ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        // Distinct names: OpenSSL (Node.js clients) takes a leaf whose issuer
+        // equals its subject for self-signed.
+        ca_params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "ringway test CA");
         let ca = ca_params.self_signed(&ca_key).unwrap();
         let leaf_key = KeyPair::generate().unwrap();
-        let leaf_params =
+        let mut leaf_params =
             CertificateParams::new(vec!["localhost".into(), "127.0.0.1".into()]).unwrap();
+        leaf_params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "localhost");
         let leaf = leaf_params.signed_by(&leaf_key, &ca, &ca_key).unwrap();
         let cert = dir.join("fullchain.pem");
         let key = dir.join("privkey.pem");
