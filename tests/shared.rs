@@ -395,3 +395,40 @@ fn a_connection_full_of_subscriptions_makes_room_on_another() {
         assert!(text(ws.read().unwrap()).contains("test_event"));
     }
 }
+
+#[test]
+fn the_polkadot_js_provider_works_through_the_gateway_unchanged() {
+    // @polkadot/rpc-provider from target/js (`.ci/run` installs it with npm).
+    let root = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let js = root.join("target/js");
+    if !js.join("node_modules/@polkadot/rpc-provider").exists() {
+        eprintln!("@polkadot/rpc-provider not installed (cd target/js && npm install @polkadot/rpc-provider); skipping");
+        return;
+    }
+    // Run from next to node_modules, so that `import` finds it.
+    let script = js.join("polkadot.mjs");
+    std::fs::copy(root.join("tests/js/polkadot.mjs"), &script).unwrap();
+    let pki = TestPki::new();
+    let ca = pki.dir.join("ca.pem");
+    std::fs::write(&ca, &pki.ca_pem).unwrap();
+    let node = start_node();
+    for shared in [false, true] {
+        let mut flags = vec!["--workers", "1", "--health-probe", "off"];
+        if shared {
+            flags.push("--shared");
+        }
+        let gw = Gateway::start(&pki, std::slice::from_ref(&node.url), &flags);
+        let out = std::process::Command::new("node")
+            .arg(&script)
+            .arg(gw.url("/"))
+            .env("NODE_EXTRA_CA_CERTS", &ca)
+            .output()
+            .expect("node");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success() && stdout.contains("3 events, unsubscribed true"),
+            "shared {shared}: {stdout}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
