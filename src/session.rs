@@ -538,9 +538,11 @@ where
     // was closed and reused by another connection.
     let (mut client_r, mut client_w, mut upstream_r, mut upstream_w) =
         (client_r, client_w, upstream_r, upstream_w);
-    // The archive connection, opened on first need, also lives here.
+    // The archive connection, opened on first need (again after a failure),
+    // also lives here: its reader is handed over in `archive_r`, and every
+    // half it ever had is kept in `archive_old` until the session returns.
     let archive_r: RefCell<Option<NodeReader>> = RefCell::new(None);
-    let archive_w: RefCell<Option<NodeWriter>> = RefCell::new(None);
+    let archive_old: RefCell<Vec<Half>> = RefCell::new(Vec::new());
     let archive_early: RefCell<Vec<u8>> = RefCell::new(Vec::new());
     let routed = routed.as_ref();
     let (client_msgs, upstream_msgs, _, _, _, _, _) = monoio::join!(
@@ -556,7 +558,7 @@ where
                     &s,
                     routed,
                     &archive_r,
-                    &archive_w,
+                    &archive_old,
                     &archive_early,
                 ))
                 .await
@@ -564,7 +566,14 @@ where
         },
         async {
             if routed.is_some() {
-                Box::pin(archive_reader(&s, routed, &archive_r, &archive_early)).await
+                Box::pin(archive_reader(
+                    &s,
+                    routed,
+                    &archive_r,
+                    &archive_old,
+                    &archive_early,
+                ))
+                .await
             }
         },
     );
@@ -961,6 +970,9 @@ const TRACK_MAX: usize = 16 * 1024;
 const HOLD_MAX: usize = 64 * 1024;
 /// Requests kept for a possible retry on archive.
 const RETRY_MAX: usize = 256;
+/// After the archive connection fails, archive-bound calls go to the pruned
+/// node (which answers truthfully) for this long; then another connection is tried.
+const ARCHIVE_RETRY: Duration = Duration::from_secs(1);
 
 /// A message being held: its frames as received, and its payload unmasked.
 #[derive(Default)]
@@ -1001,9 +1013,22 @@ struct Archive {
     wake_reader: Signal,
     /// Requests sent to the pruned node that may come back "state is gone".
     retry: RefCell<VecDeque<(Vec<u8>, Vec<u8>)>>,
+    /// When the connection last failed: another is tried after [`ARCHIVE_RETRY`].
+    failed_at: Cell<Option<Instant>>,
+    /// Connections opened so far: a reader of an older one fails nothing.
+    generation: Cell<u32>,
 }
 
 impl Archive {
+    /// After a failure, time to try another connection.
+    fn retry_due(&self) -> bool {
+        self.state.get() == ArchiveState::Failed
+            && self
+                .failed_at
+                .get()
+                .map_or(true, |t| t.elapsed() >= ARCHIVE_RETRY)
+    }
+
     fn send(&self, message: Vec<u8>, peek: &[u8]) {
         let pending = ids_of(peek);
         self.queue.borrow_mut().push_back((pending, message));
@@ -1059,6 +1084,7 @@ impl Session {
     fn fail_archive(&self, why: &str) {
         let a = &self.archive;
         a.state.set(ArchiveState::Failed);
+        a.failed_at.set(Some(Instant::now()));
         let waiting: Vec<Pending> = a
             .pending
             .borrow_mut()
@@ -1076,9 +1102,9 @@ impl Session {
     /// Can a message go to the archive connection now?
     fn archive_usable(&self, r: &Routed<'_>) -> bool {
         match self.archive.state.get() {
-            ArchiveState::Failed => false,
+            ArchiveState::Failed if !self.archive.retry_due() => false,
             ArchiveState::Up | ArchiveState::Connecting => true,
-            ArchiveState::Idle => {
+            ArchiveState::Idle | ArchiveState::Failed => {
                 let not_archive: Vec<bool> = r
                     .pool
                     .nodes()
@@ -1219,9 +1245,7 @@ fn on_held(s: &Session, from: Which, hold: &mut Hold, r: &Routed<'_>, dec: &Deco
                     if let Some(i) = retry.iter().position(|(rid, _)| rid.as_slice() == id) {
                         let (_, request) = retry.remove(i).expect("index from position");
                         drop(retry);
-                        if r.router.is_pruned_error(&hold.peek)
-                            && s.archive.state.get() != ArchiveState::Failed
-                        {
+                        if r.router.is_pruned_error(&hold.peek) && s.archive_usable(r) {
                             crate::debug!("pruned node lacks the state; retrying on archive");
                             // The archive answers it now, not the session's node.
                             s.note_message(Which::Upstream, &hold.peek);
@@ -1283,12 +1307,19 @@ fn session_limits(
     None
 }
 
-/// Write to the archive node: opens the connection on the first message.
+/// A half of a closed archive connection, kept open until the session returns.
+enum Half {
+    R(#[allow(dead_code)] NodeReader),
+    W(#[allow(dead_code)] NodeWriter),
+}
+
+/// Write to the archive node: opens the connection on the first message, and
+/// another after a failure once [`ARCHIVE_RETRY`] has passed.
 async fn archive_writer(
     s: &Session,
     r: Option<&Routed<'_>>,
     slot_r: &RefCell<Option<NodeReader>>,
-    slot_w: &RefCell<Option<NodeWriter>>,
+    old: &RefCell<Vec<Half>>,
     early: &RefCell<Vec<u8>>,
 ) {
     let Some(r) = r else { return };
@@ -1300,9 +1331,23 @@ async fn archive_writer(
             break;
         }
         let has_work = !a.control.borrow().is_empty() || !a.queue.borrow().is_empty();
-        if !has_work || a.state.get() == ArchiveState::Failed {
+        let failed = a.state.get() == ArchiveState::Failed;
+        if !has_work || (failed && !a.retry_due()) {
             a.wake_writer.wait().await;
             continue;
+        }
+        if failed {
+            // Retire the failed connection (its reader, if still reading,
+            // ends) and open another below.
+            if let Some(fd) = a.fd.get() {
+                stop(fd, Stop::All);
+            }
+            if let Some(dead) = w.take() {
+                old.borrow_mut().push(Half::W(dead));
+            }
+            _lease = None;
+            a.control.borrow_mut().clear();
+            a.state.set(ArchiveState::Idle);
         }
         if w.is_none() {
             a.state.set(ArchiveState::Connecting);
@@ -1320,10 +1365,13 @@ async fn archive_writer(
                     );
                     a.fd.set(Some(stream.raw_fd()));
                     let (rd, wr) = stream.into_split();
-                    *slot_r.borrow_mut() = Some(rd);
+                    if let Some(stale) = slot_r.borrow_mut().replace(rd) {
+                        old.borrow_mut().push(Half::R(stale));
+                    }
                     *early.borrow_mut() = first;
                     w = Some(wr);
                     _lease = Some(lease);
+                    a.generation.set(a.generation.get() + 1);
                     a.state.set(ArchiveState::Up);
                     a.wake_reader.notify();
                 }
@@ -1357,16 +1405,18 @@ async fn archive_writer(
             let _ = w.write_all(close).await;
         }
         w.shutdown().await;
-        // The socket stays open (in the slot) until the session returns.
-        *slot_w.borrow_mut() = Some(w);
+        // The socket stays open until the session returns.
+        old.borrow_mut().push(Half::W(w));
     }
 }
 
 /// Read the archive node's answers; each whole message goes to the client.
+/// Follows the connection the writer opens, and the next one after a failure.
 async fn archive_reader(
     s: &Session,
     r: Option<&Routed<'_>>,
     slot_r: &RefCell<Option<NodeReader>>,
+    old: &RefCell<Vec<Half>>,
     early: &RefCell<Vec<u8>>,
 ) {
     if r.is_none() {
@@ -1374,80 +1424,88 @@ async fn archive_reader(
     }
     let a = &s.archive;
     loop {
-        if s.ended.get() || s.client.done() || a.state.get() == ArchiveState::Failed {
-            return;
+        loop {
+            if s.ended.get() || s.client.done() {
+                return;
+            }
+            if a.state.get() == ArchiveState::Up && slot_r.borrow().is_some() {
+                break;
+            }
+            a.wake_reader.wait().await;
         }
-        if a.state.get() == ArchiveState::Up {
-            break;
-        }
-        a.wake_reader.wait().await;
-    }
-    let Some(mut io) = slot_r.borrow_mut().take() else {
-        return;
-    };
-    let mut buf = std::mem::take(&mut *early.borrow_mut());
-    let mut dec = Decoder::new(Role::Server, s.cfg.codec);
-    let mut message = Vec::new();
-    'outer: loop {
-        let mut pos = 0;
-        while pos < buf.len() {
-            let payload = dec.payload_position();
-            match dec.step(&buf[pos..]) {
-                Ok(Step::Forward(n)) => {
-                    message.extend_from_slice(&buf[pos..pos + n]);
-                    let _ = payload;
-                    pos += n;
-                    if dec.at_message_boundary() {
-                        let done = std::mem::take(&mut message);
-                        answered(a, &done);
-                        s.client.inject(done);
-                    }
-                }
-                Ok(Step::Control(frame, n)) => {
-                    pos += n;
-                    match frame.opcode {
-                        OpCode::Ping => {
-                            let mut pong = Vec::new();
-                            write_frame(
-                                &mut pong,
-                                OpCode::Pong,
-                                frame.payload(),
-                                Some(crate::rng::mask_key()),
-                            );
-                            a.control.borrow_mut().push_back(pong);
-                            a.wake_writer.notify();
-                        }
-                        OpCode::Pong => {}
-                        _ => {
-                            s.fail_archive("the archive node closed the connection");
-                            break 'outer;
+        let Some(mut io) = slot_r.borrow_mut().take() else {
+            continue;
+        };
+        let generation = a.generation.get();
+        // Only the connection in use may fail the archive: an older one's
+        // reader ends without a word when the writer retires it.
+        let fail = |why: &str| {
+            if a.generation.get() == generation {
+                s.fail_archive(why);
+            }
+        };
+        let mut buf = std::mem::take(&mut *early.borrow_mut());
+        let mut dec = Decoder::new(Role::Server, s.cfg.codec);
+        let mut message = Vec::new();
+        'outer: loop {
+            let mut pos = 0;
+            while pos < buf.len() {
+                match dec.step(&buf[pos..]) {
+                    Ok(Step::Forward(n)) => {
+                        message.extend_from_slice(&buf[pos..pos + n]);
+                        pos += n;
+                        if dec.at_message_boundary() {
+                            let done = std::mem::take(&mut message);
+                            answered(a, &done);
+                            s.client.inject(done);
                         }
                     }
-                }
-                Ok(Step::NeedMore) => break,
-                Err(e) => {
-                    crate::debug!("archive protocol error: {e}");
-                    s.fail_archive("archive node protocol error");
-                    break 'outer;
+                    Ok(Step::Control(frame, n)) => {
+                        pos += n;
+                        match frame.opcode {
+                            OpCode::Ping => {
+                                let mut pong = Vec::new();
+                                write_frame(
+                                    &mut pong,
+                                    OpCode::Pong,
+                                    frame.payload(),
+                                    Some(crate::rng::mask_key()),
+                                );
+                                a.control.borrow_mut().push_back(pong);
+                                a.wake_writer.notify();
+                            }
+                            OpCode::Pong => {}
+                            _ => {
+                                fail("the archive node closed the connection");
+                                break 'outer;
+                            }
+                        }
+                    }
+                    Ok(Step::NeedMore) => break,
+                    Err(e) => {
+                        crate::debug!("archive protocol error: {e}");
+                        fail("archive node protocol error");
+                        break 'outer;
+                    }
                 }
             }
-        }
-        buf.drain(..pos);
-        if s.ended.get() || s.client.done() {
-            break;
-        }
-        a.reading.set(true);
-        let (res, b) = io.read_more(buf).await;
-        a.reading.set(false);
-        buf = b;
-        if !matches!(res, Ok(n) if n > 0) {
-            if !s.ended.get() && !s.client.done() {
-                s.fail_archive("connection lost");
+            buf.drain(..pos);
+            if s.ended.get() || s.client.done() {
+                break;
             }
-            break;
+            a.reading.set(true);
+            let (res, b) = io.read_more(buf).await;
+            a.reading.set(false);
+            buf = b;
+            if !matches!(res, Ok(n) if n > 0) {
+                if !s.ended.get() && !s.client.done() {
+                    fail("connection lost");
+                }
+                break;
+            }
         }
+        old.borrow_mut().push(Half::R(io));
     }
-    *slot_r.borrow_mut() = Some(io);
 }
 
 /// An archive answer arrived: forget the request it answers.

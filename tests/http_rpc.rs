@@ -337,5 +337,23 @@ mod websocket {
         // The session itself goes on with the pruned node.
         ws.send(Message::Text(storage(3, 999))).unwrap();
         assert!(text(ws.read().unwrap()).contains("pruned@999"));
+        // The archive node comes back: once its health checks pass again, the
+        // same session opens another archive connection and old state is
+        // served again.
+        archive_chain.dead.store(false, Relaxed);
+        let start = std::time::Instant::now();
+        for id in 4.. {
+            ws.send(Message::Text(storage(id, 30))).unwrap();
+            let answer = text(ws.read().unwrap());
+            assert!(answer.contains(&format!(r#""id":{id}"#)), "{answer}");
+            if answer.contains("archive@30") {
+                break;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "no new archive connection: {answer}"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
     }
 }
