@@ -5,7 +5,7 @@
 //! holds (so a partial frame header carried over stays in front). A buffer
 //! with no spare room gets some from the reader, sized by a [`ReadSizer`]:
 //! small while a connection is quiet, growing while reads come back full. An
-//! idle session therefore holds about 1 KiB per pending read, not 16.
+//! idle session therefore holds about 512 bytes per pending read, not 16.
 //!
 //! Pending operations are ended with `shutdown(2)` on the socket ([`stop`])
 //! rather than io_uring cancellation: a receive then completes with 0 bytes
@@ -79,7 +79,7 @@ pub struct ReadSizer {
 }
 
 impl ReadSizer {
-    pub const MIN: usize = 1024;
+    pub const MIN: usize = 512;
     pub const MAX: usize = 64 * 1024;
 
     pub fn new() -> ReadSizer {
@@ -205,10 +205,11 @@ mod tests {
     #[test]
     fn read_sizes_grow_under_load_and_shrink_when_quiet() {
         let mut s = ReadSizer::new();
-        assert_eq!(s.size(), 1024);
-        s.update(1024, 1024);
-        assert_eq!(s.size(), 4096);
-        s.update(4096, 4096);
+        assert_eq!(s.size(), 512);
+        s.update(512, 512);
+        assert_eq!(s.size(), 2048);
+        s.update(2048, 2048);
+        s.update(8192, 8192);
         s.update(16384, 16384);
         s.update(65536, 65536);
         assert_eq!(s.size(), ReadSizer::MAX);

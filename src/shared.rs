@@ -660,7 +660,7 @@ async fn client_reader<R: ReadHalf>(
         }
         buf.drain(..pos);
         if buf.is_empty() {
-            // The reader sizes the next buffer to the traffic (1 KiB when quiet).
+            // The reader sizes the next buffer to the traffic (512 bytes when quiet).
             buf = Vec::new();
         }
         // After our close, keep reading (and dropping) until the client's

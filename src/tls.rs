@@ -396,7 +396,7 @@ impl<C: TlsSide> TlsWriter<C> {
                 AsyncWriteRentExt::write_all(&mut self.tcp, std::mem::take(&mut self.out)).await;
             // Keep a small buffer for the next write; let a large one go, so an
             // idle connection does not hold its largest message's worth.
-            if out.capacity() <= 4096 {
+            if out.capacity() <= 512 {
                 out.clear();
                 self.out = out;
             }
