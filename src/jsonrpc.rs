@@ -45,27 +45,7 @@ pub fn kind(buf: &[u8]) -> Kind {
 /// Peek at a top-level JSON object. `None` if `buf` is not one (or is cut short).
 pub fn peek(buf: &[u8]) -> Option<Peek<'_>> {
     let mut p = Peek::default();
-    let mut i = skip_ws(buf, 0);
-    if buf.get(i) != Some(&b'{') {
-        return None;
-    }
-    i = skip_ws(buf, i + 1);
-    if buf.get(i) == Some(&b'}') {
-        return Some(p);
-    }
-    loop {
-        if buf.get(i) != Some(&b'"') {
-            return None;
-        }
-        let key_end = string_end(buf, i)?;
-        let key = &buf[i + 1..key_end - 1];
-        i = skip_ws(buf, key_end);
-        if buf.get(i) != Some(&b':') {
-            return None;
-        }
-        i = skip_ws(buf, i + 1);
-        let v_end = value_end(buf, i)?;
-        let raw = &buf[i..v_end];
+    walk_members(buf, |key, raw| {
         match key {
             b"method" if raw.len() >= 2 && raw[0] == b'"' => {
                 p.method = Some(&raw[1..raw.len() - 1])
@@ -76,24 +56,35 @@ pub fn peek(buf: &[u8]) -> Option<Peek<'_>> {
             b"error" => p.error = Some(raw),
             _ => {}
         }
-        i = skip_ws(buf, v_end);
-        match buf.get(i) {
-            Some(b',') => i = skip_ws(buf, i + 1),
-            Some(b'}') => return Some(p),
-            _ => return None,
-        }
-    }
+        true
+    })?;
+    Some(p)
 }
 
-/// The raw value of member `name` of a JSON object (`params.subscription`).
+/// The raw value of member `name` of a JSON object (`params.subscription`),
+/// found without walking the members after it.
 pub fn member<'a>(buf: &'a [u8], name: &[u8]) -> Option<&'a [u8]> {
+    let mut found = None;
+    walk_members(buf, |key, raw| {
+        if key == name {
+            found = Some(raw);
+        }
+        found.is_none()
+    });
+    found
+}
+
+/// Call `f(key, raw value)` for each member of the top-level object in
+/// `buf` until it returns false. `None` if `buf` is not a well-formed
+/// object up to where the walk stopped.
+fn walk_members<'a>(buf: &'a [u8], mut f: impl FnMut(&'a [u8], &'a [u8]) -> bool) -> Option<()> {
     let mut i = skip_ws(buf, 0);
     if buf.get(i) != Some(&b'{') {
         return None;
     }
     i = skip_ws(buf, i + 1);
     if buf.get(i) == Some(&b'}') {
-        return None;
+        return Some(());
     }
     loop {
         if buf.get(i) != Some(&b'"') {
@@ -107,12 +98,13 @@ pub fn member<'a>(buf: &'a [u8], name: &[u8]) -> Option<&'a [u8]> {
         }
         i = skip_ws(buf, i + 1);
         let v_end = value_end(buf, i)?;
-        if key == name {
-            return Some(&buf[i..v_end]);
+        if !f(key, &buf[i..v_end]) {
+            return Some(());
         }
         i = skip_ws(buf, v_end);
         match buf.get(i) {
             Some(b',') => i = skip_ws(buf, i + 1),
+            Some(b'}') => return Some(()),
             _ => return None,
         }
     }
@@ -240,6 +232,21 @@ mod tests {
         assert_eq!(p.id, Some(&br#""k-1""#[..]));
         assert_eq!(param(p.params.unwrap(), 1), Some(&br#""0xabc""#[..]));
         assert_eq!(param(p.params.unwrap(), 2), None);
+    }
+
+    #[test]
+    fn members_by_name_at_the_top_level_only() {
+        let n = br#"{"subscription":"0xab","result":{"subscription":"nested","n":1}}"#;
+        assert_eq!(member(n, b"subscription"), Some(&br#""0xab""#[..]));
+        assert_eq!(
+            member(n, b"result"),
+            Some(&br#"{"subscription":"nested","n":1}"#[..])
+        );
+        assert_eq!(member(n, b"n"), None);
+        assert_eq!(member(br#"{"a":{"id":1}}"#, b"id"), None);
+        assert_eq!(member(b"[1]", b"id"), None);
+        // Found before the malformed rest: an answer's id ahead of its result.
+        assert_eq!(member(br#"{"id":7,"result":"#, b"id"), Some(&b"7"[..]));
     }
 
     #[test]
