@@ -432,3 +432,63 @@ fn the_polkadot_js_provider_works_through_the_gateway_unchanged() {
         );
     }
 }
+
+#[test]
+fn admission_limits_apply_to_shared_sessions() {
+    let pki = TestPki::new();
+    let node = start_node();
+    let cfg = write_config(
+        &pki,
+        "shared-limits.toml",
+        "[pool]\nshared = true\n[admission]\nmax_subscriptions_per_connection = 2\nrate = 1\nburst = 4\n",
+    );
+    let gw = Gateway::start(
+        &pki,
+        std::slice::from_ref(&node.url),
+        &[
+            "--config",
+            cfg.to_str().unwrap(),
+            "--workers",
+            "1",
+            "--health-probe",
+            "off",
+        ],
+    );
+    let mut ws = ws_connect(&gw, pki.client_config(), "/");
+    // Two subscriptions, then the third is refused with its id.
+    for id in 1..=3 {
+        ws.send(Message::Text(format!(
+            r#"{{"jsonrpc":"2.0","id":{id},"method":"test_subscribe","params":[]}}"#
+        )))
+        .unwrap();
+        let a = read_until(&mut ws, |t| t.contains(&format!(r#""id":{id}"#)));
+        if id < 3 {
+            assert!(a.contains(r#""result":"sub"#), "{a}");
+        } else {
+            assert!(
+                a.contains("-32005") && a.contains("max_subscriptions_per_connection"),
+                "{a}"
+            );
+        }
+    }
+    // The burst of 4 is nearly spent (3 calls so far) and 1 call/s refills it:
+    // of the next five, some are rate limited, each answered with its own id.
+    for id in 10..15 {
+        ws.send(Message::Text(format!(
+            r#"{{"jsonrpc":"2.0","id":{id},"method":"m"}}"#
+        )))
+        .unwrap();
+    }
+    // Answers come in any order (a refusal is immediate); each has its id.
+    let mut answers = std::collections::HashMap::new();
+    while answers.len() < 5 {
+        let t = text(ws.read().unwrap());
+        for id in 10..15 {
+            if t.contains(&format!(r#""id":{id}"#)) {
+                answers.insert(id, t.clone());
+            }
+        }
+    }
+    let limited = answers.values().filter(|a| a.contains("-32005")).count();
+    assert!(limited >= 1, "rate limit not applied: {answers:?}");
+}
