@@ -392,7 +392,14 @@ async fn connection(tcp: TcpStream, peer: SocketAddr, worker: Rc<Worker>) {
         Some(cfg) => {
             let timeout = worker.config.limits.handshake_timeout;
             // Boxed, like the HTTP phase: its memory is freed before the session starts.
-            let accept = Box::pin(crate::tls::accept(tcp, cfg));
+            // Slowloris: the minimum rate of the request head applies to
+            // the TLS handshake before it too.
+            let rate = worker.config.limits.handshake_min_rate;
+            let min_rate = (rate > 0).then_some(crate::tls::MinRate {
+                bytes_per_s: rate,
+                grace: HEAD_RATE_GRACE,
+            });
+            let accept = Box::pin(crate::tls::accept(tcp, cfg, min_rate));
             let accepted = with_deadline(timeout, || stop(fd, Stop::All), accept).await;
             match accepted {
                 Ok((r, w)) => client(r, w, fd, peer, &worker, "https").await,

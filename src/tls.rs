@@ -180,14 +180,24 @@ impl TlsSide for ClientConnection {
     type Data = rustls::client::ClientConnectionData;
 }
 
+/// A floor on how fast a peer sends its handshake (slowloris): after
+/// `grace`, fewer than `bytes_per_s` on average ends it.
+#[derive(Debug, Clone, Copy)]
+pub struct MinRate {
+    pub bytes_per_s: u64,
+    pub grace: std::time::Duration,
+}
+
 /// Run the server handshake on `tcp`. A timeout is the caller's: it stops
-/// the socket ([`crate::io::stop`]), which ends this with an error.
+/// the socket ([`crate::io::stop`]), which ends this with an error. With
+/// `min_rate`, a client that sends its handshake slower fails early.
 pub async fn accept(
     tcp: TcpStream,
     config: Arc<ServerConfig>,
+    min_rate: Option<MinRate>,
 ) -> io::Result<(TlsReader, TlsWriter)> {
     let conn = ServerConnection::new(config).map_err(io::Error::other)?;
-    handshake(tcp, conn).await
+    handshake(tcp, conn, min_rate).await
 }
 
 /// Run the client handshake on `tcp` (the load generator; wss:// nodes).
@@ -197,14 +207,17 @@ pub async fn connect(
     server_name: rustls::pki_types::ServerName<'static>,
 ) -> io::Result<(TlsReader<ClientConnection>, TlsWriter<ClientConnection>)> {
     let conn = ClientConnection::new(config, server_name).map_err(io::Error::other)?;
-    handshake(tcp, conn).await
+    handshake(tcp, conn, None).await
 }
 
 async fn handshake<C: TlsSide>(
     mut tcp: TcpStream,
     mut conn: C,
+    min_rate: Option<MinRate>,
 ) -> io::Result<(TlsReader<C>, TlsWriter<C>)> {
     conn.set_buffer_limit(None);
+    let start = std::time::Instant::now();
+    let mut received = 0u64;
     let mut cipher = take_buf();
     let mut out = Vec::new();
     let result = async {
@@ -232,11 +245,24 @@ async fn handshake<C: TlsSide>(
             cipher.clear();
             let (r, c) = read_append(&mut tcp, std::mem::take(&mut cipher)).await;
             cipher = c;
-            if r? == 0 {
+            let n = r?;
+            if n == 0 {
                 return Err(io::Error::new(
                     io::ErrorKind::UnexpectedEof,
                     "peer closed during TLS handshake",
                 ));
+            }
+            received += n as u64;
+            if let Some(m) = min_rate {
+                let elapsed = start.elapsed();
+                if elapsed >= m.grace
+                    && (received as f64) < m.bytes_per_s as f64 * elapsed.as_secs_f64()
+                {
+                    return Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        format!("TLS handshake below {} bytes/s", m.bytes_per_s),
+                    ));
+                }
             }
             let mut rd = &cipher[..];
             while !rd.is_empty() {

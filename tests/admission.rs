@@ -324,6 +324,48 @@ fn slow_clients_do_not_delay_a_normal_client() {
 }
 
 #[test]
+fn a_tls_handshake_sent_too_slowly_is_cut_off_early() {
+    // handshake_min_rate (100 bytes/s after 2 s) applies inside the TLS
+    // handshake too, not only to the request head after it.
+    let pki = TestPki::new();
+    let up = Upstream::start(Behaviour::Echo);
+    let cfg = write_config(
+        &pki,
+        "slow-tls.toml",
+        "[health]\nprobe = \"connect\"\n[limits]\nhandshake_timeout_ms = 30000\n",
+    );
+    let gw = Gateway::start(&pki, &[up.url()], &["--config", cfg.to_str().unwrap()]);
+    let mut s = std::net::TcpStream::connect(gw.addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    // A ClientHello record header, then its body a few bytes every 300 ms.
+    let start = Instant::now();
+    s.write_all(&[0x16, 0x03, 0x01, 0x02, 0x00]).unwrap();
+    let closed = loop {
+        if s.write_all(&[0x01, 0x00, 0x01]).is_err() {
+            break start.elapsed();
+        }
+        let mut b = [0u8; 64];
+        match std::io::Read::read(&mut s, &mut b) {
+            Ok(0) => break start.elapsed(),
+            Err(e)
+                if e.kind() == std::io::ErrorKind::WouldBlock
+                    || e.kind() == std::io::ErrorKind::TimedOut => {}
+            _ => break start.elapsed(),
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "still open after 10 s"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(
+        closed >= Duration::from_secs(2) && closed < Duration::from_secs(5),
+        "closed after {closed:?}"
+    );
+}
+
+#[test]
 fn new_connections_per_second_are_limited_and_refusals_are_counted() {
     let pki = TestPki::new();
     let up = Upstream::start(Behaviour::Echo);
