@@ -257,6 +257,19 @@ struct Worker {
     shared: Option<Rc<crate::shared::Shared>>,
 }
 
+impl Worker {
+    /// Whether a session on `node` routes its messages: it is on a pruned
+    /// node and the pool has archive nodes.
+    fn routes(&self, node: &crate::config::NodeConfig) -> bool {
+        node.role == crate::config::Role::Pruned
+            && self
+                .pool
+                .nodes()
+                .iter()
+                .any(|n| n.role == crate::config::Role::Archive)
+    }
+}
+
 /// This worker's view of the chain for routing: the best head (atomic, from
 /// the health thread) and its own window of recent block hashes, filled from
 /// its channel when a decision needs it.
@@ -487,15 +500,9 @@ async fn client<R: ReadHalf, W: WriteHalf>(
             template,
             admitted,
         } => {
-            // Messages are looked at one by one when this session is on a
-            // pruned node and the pool has archive nodes (routing), or when
-            // admission limits apply to each call.
-            let has_archive = worker
-                .pool
-                .nodes()
-                .iter()
-                .any(|n| n.role == crate::config::Role::Archive);
-            let route = has_archive && _lease.node().role == crate::config::Role::Pruned;
+            // Messages are looked at one by one when this session routes
+            // (see `Worker::routes`), or when admission limits apply to each call.
+            let route = worker.routes(_lease.node());
             let inspect = worker.admission.inspects();
             let routed = (route || inspect).then(|| crate::session::Routed {
                 router: &worker.router,
@@ -538,17 +545,12 @@ async fn client<R: ReadHalf, W: WriteHalf>(
             lease,
             admitted,
         } => {
-            let has_archive = worker
-                .pool
-                .nodes()
-                .iter()
-                .any(|n| n.role == crate::config::Role::Archive);
             let inspect = worker.admission.inspects();
             let ctx = crate::shared::Ctx {
                 shared: worker.shared.clone().expect("shared mode"),
                 cfg: worker.session,
                 chain: &worker.chain,
-                route: has_archive && lease.node().role == crate::config::Role::Pruned,
+                route: worker.routes(lease.node()),
                 admission: inspect.then_some((&*worker.admission, admitted.ip)),
             };
             let summary = crate::shared::session(ctx, conn, lease, r, w, client_early, fd).await;

@@ -1104,15 +1104,7 @@ impl Session {
         match self.archive.state.get() {
             ArchiveState::Failed if !self.archive.retry_due() => false,
             ArchiveState::Up | ArchiveState::Connecting => true,
-            ArchiveState::Idle | ArchiveState::Failed => {
-                let not_archive: Vec<bool> = r
-                    .pool
-                    .nodes()
-                    .iter()
-                    .map(|n| n.role != crate::config::Role::Archive)
-                    .collect();
-                r.pool.pick(&not_archive).is_some()
-            }
+            ArchiveState::Idle | ArchiveState::Failed => r.pool.pick_archive().is_some(),
         }
     }
 }

@@ -39,7 +39,6 @@ use std::time::{Duration, Instant};
 use ahash::AHashMap;
 
 use crate::admission::{rpc_error, AdmissionCtx, Reason};
-use crate::config::Role as NodeRole;
 use crate::io::{stop, ReadHalf, Stop, WriteHalf};
 use crate::jsonrpc::{self, Kind};
 use crate::route::{ChainView, Router, Target};
@@ -255,13 +254,7 @@ impl Shared {
                 return Some(c.clone());
             }
         }
-        let not_archive: Vec<bool> = self
-            .pool
-            .nodes()
-            .iter()
-            .map(|n| n.role != NodeRole::Archive)
-            .collect();
-        let index = self.pool.pick(&not_archive)?;
+        let index = self.pool.pick_archive()?;
         let conn = self.conn(index);
         *client.archive.borrow_mut() = Some(conn.clone());
         Some(conn)
@@ -450,6 +443,20 @@ fn frame_parts(out: &mut Vec<u8>, opcode: OpCode, parts: &[&[u8]], mask: Option<
     }
     if let Some(key) = mask {
         apply_mask(&mut out[start..], key, 0);
+    }
+}
+
+/// `n` in decimal, written into `buf` (a gateway id, without a String per request).
+fn decimal(n: u64, buf: &mut [u8; 20]) -> &[u8] {
+    let mut i = buf.len();
+    let mut n = n;
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            return &buf[i..];
+        }
     }
 }
 
@@ -832,9 +839,9 @@ fn send_request(
         return;
     };
     let gid = to.next_id();
-    let text = gid.to_string();
+    let mut digits = [0u8; 20];
     let at = offset_in(msg, id);
-    to.send_parts(&[&msg[..at], text.as_bytes(), &msg[at + id.len()..]]);
+    to.send_parts(&[&msg[..at], decimal(gid, &mut digits), &msg[at + id.len()..]]);
     register(to, client, gid, id, batch, call_of(p), retry);
 }
 
@@ -887,7 +894,7 @@ fn send_batch(ctx: &Ctx<'_>, to: &Conn, conn: &Conn, client: &Rc<Client>, msg: &
                 let gid = to.next_id();
                 let at = offset_in(e, id);
                 body.extend_from_slice(&e[..at]);
-                body.extend_from_slice(gid.to_string().as_bytes());
+                body.extend_from_slice(decimal(gid, &mut [0u8; 20]));
                 body.extend_from_slice(&e[at + id.len()..]);
                 register(to, client, gid, id, batch, call_of(&p), None);
             }
@@ -1262,7 +1269,7 @@ fn orphan(conn: &Conn, p: &jsonrpc::Peek<'_>, call: &Call) {
 /// Send `method(sub)` on behalf of a session that is gone; its answer is dropped.
 fn unsubscribe(c: &Conn, sub: &[u8], method: &str) {
     let id = c.next_id();
-    let idtext = id.to_string();
+    let mut digits = [0u8; 20];
     c.pending.borrow_mut().insert(
         id,
         Waiting {
@@ -1275,7 +1282,7 @@ fn unsubscribe(c: &Conn, sub: &[u8], method: &str) {
     );
     c.send_parts(&[
         br#"{"jsonrpc":"2.0","id":"#,
-        idtext.as_bytes(),
+        decimal(id, &mut digits),
         br#","method":""#,
         method.as_bytes(),
         br#"","params":["#,
@@ -1344,4 +1351,40 @@ fn answer(sh: &Rc<Shared>, conn: &Rc<Conn>, msg: &[u8], id: &[u8], w: Waiting) {
     settle(Some(&c));
     let at = offset_in(msg, id);
     c.send_parts(&[&msg[..at], &w.id, &msg[at + id.len()..]]);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_in_decimal() {
+        for n in [0, 7, 10, 12345, u64::MAX] {
+            assert_eq!(decimal(n, &mut [0u8; 20]), n.to_string().as_bytes());
+        }
+    }
+
+    #[test]
+    fn the_method_that_ends_a_subscription() {
+        let end = |m: &str| unsubscribe_method(m);
+        assert_eq!(
+            end("chain_subscribeNewHeads").as_deref(),
+            Some("chain_unsubscribeNewHeads")
+        );
+        assert_eq!(end("eth_subscribe").as_deref(), Some("eth_unsubscribe"));
+        assert_eq!(
+            end("author_submitAndWatchExtrinsic").as_deref(),
+            Some("author_unwatchExtrinsic")
+        );
+        assert_eq!(
+            end("chainHead_v1_follow").as_deref(),
+            Some("chainHead_v1_unfollow")
+        );
+        assert_eq!(
+            end("transactionWatch_v1_submitAndWatch").as_deref(),
+            Some("transactionWatch_v1_unwatch")
+        );
+        assert_eq!(end("chain_unsubscribeNewHeads"), None);
+        assert_eq!(end("system_health"), None);
+    }
 }

@@ -110,6 +110,16 @@ impl Pool {
         }
     }
 
+    /// A healthy archive node (by P2C among them), if there is one.
+    pub fn pick_archive(&self) -> Option<usize> {
+        self.pick(&self.not_archive())
+    }
+
+    /// `tried` for [`Pool::pick`] that leaves only the archive nodes.
+    fn not_archive(&self) -> Vec<bool> {
+        self.nodes.iter().map(|n| n.role != Role::Archive).collect()
+    }
+
     /// A healthy node of `role` not yet `tried` (by P2C), else any healthy node.
     pub fn pick_role(&self, role: Role, tried: &[bool]) -> Option<usize> {
         let of_role: Vec<bool> = (0..self.nodes.len())
@@ -314,11 +324,10 @@ pub async fn open_archive(
     template: &UpgradeTemplate,
     timeout: Duration,
 ) -> Result<(NodeStream, Vec<u8>, NodeLease), String> {
-    let not_archive: Vec<bool> = pool.nodes.iter().map(|n| n.role != Role::Archive).collect();
-    if pool.pick(&not_archive).is_none() {
+    if pool.pick_archive().is_none() {
         return Err("no archive node is up".into());
     }
-    match open_with(pool, template, not_archive, timeout).await {
+    match open_with(pool, template, pool.not_archive(), timeout).await {
         Ok((stream, _, early, lease)) => Ok((stream, early, lease)),
         Err(e) => Err(e.body),
     }

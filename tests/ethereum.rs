@@ -259,49 +259,26 @@ fn ethereum_subscriptions_over_shared_node_connections() {
     assert!(t.contains(r#""id":3"#) && t.contains("true"), "{t}");
 }
 
-/// `tests/js/clients.mjs` with ethers and web3 from `target/js` (`.ci/run`
-/// installs them with npm), or `None` when they are not installed.
-fn js_clients() -> Option<(PathBuf, PathBuf)> {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    let modules = root.join("target/js/node_modules");
-    let script = root.join("tests/js/clients.mjs");
-    (modules.join("ethers").exists() && modules.join("web3").exists()).then_some((script, modules))
-}
-
 #[test]
 fn ethers_and_web3_work_through_the_gateway_unchanged() {
-    let (Some(bin), Some((script, modules))) = (anvil_path(), js_clients()) else {
-        eprintln!(
-            "anvil or the JS clients not installed (cd target/js && npm install ethers@6 web3@4); skipping"
-        );
+    let Some(bin) = anvil_path() else {
+        eprintln!("anvil not installed; skipping");
+        return;
+    };
+    let pki = TestPki::new();
+    let Some(clients) = JsScript::new("clients.mjs", &["ethers", "web3"], &pki) else {
         return;
     };
     let node = anvil(&bin, &[]);
     let http = node.url.replacen("ws://", "http://", 1);
-    let pki = TestPki::new();
-    let ca = pki.dir.join("ca.pem");
-    std::fs::write(&ca, &pki.ca_pem).unwrap();
-    // The script runs from a copy next to node_modules, so that `import` finds them.
-    let local = modules.parent().unwrap().join("clients.mjs");
-    std::fs::copy(&script, &local).unwrap();
     for mode in [None, Some("--shared")] {
         let cfg = write_config(&pki, "js.toml", "[routing]\nchain = \"ethereum\"\n");
         let mut args = vec!["--config", cfg.to_str().unwrap()];
         args.extend(mode);
         let gw = Gateway::start(&pki, std::slice::from_ref(&node.url), &args);
-        let out = std::process::Command::new("node")
-            .arg(&local)
-            .arg(gw.url("/"))
-            .arg(&http)
-            .env("NODE_EXTRA_CA_CERTS", &ca)
-            .output()
-            .expect("node");
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        let stderr = String::from_utf8_lossy(&out.stderr);
+        let (ok, stdout, stderr) = clients.run(&[&gw.url("/"), &http]);
         assert!(
-            out.status.success()
-                && stdout.contains("ethers 31337")
-                && stdout.contains("web3 31337"),
+            ok && stdout.contains("ethers 31337") && stdout.contains("web3 31337"),
             "{mode:?}: {stdout}\n{stderr}"
         );
     }

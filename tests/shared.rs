@@ -144,10 +144,28 @@ fn text(m: Message) -> String {
 }
 
 fn gateway(pki: &TestPki, node: &Node) -> Gateway {
+    gateway_with(pki, node, "")
+}
+
+/// Shared mode on one worker (one node connection), no health probes, and
+/// `config`: TOML that continues the `[pool]` table (or opens others).
+fn gateway_with(pki: &TestPki, node: &Node, config: &str) -> Gateway {
+    let cfg = write_config(
+        pki,
+        "shared.toml",
+        &format!("[pool]\nshared = true\n{config}"),
+    );
     Gateway::start(
         pki,
         std::slice::from_ref(&node.url),
-        &["--shared", "--workers", "1", "--health-probe", "off"],
+        &[
+            "--config",
+            cfg.to_str().unwrap(),
+            "--workers",
+            "1",
+            "--health-probe",
+            "off",
+        ],
     )
 }
 
@@ -365,23 +383,7 @@ fn a_lost_node_connection_answers_what_waited_and_closes_sessions_1012() {
 fn a_connection_full_of_subscriptions_makes_room_on_another() {
     let pki = TestPki::new();
     let node = start_node();
-    let cfg = write_config(
-        &pki,
-        "shared-subs.toml",
-        "[pool]\nshared = true\nshared_max_subscriptions = 1\n",
-    );
-    let gw = Gateway::start(
-        &pki,
-        std::slice::from_ref(&node.url),
-        &[
-            "--config",
-            cfg.to_str().unwrap(),
-            "--workers",
-            "1",
-            "--health-probe",
-            "off",
-        ],
-    );
+    let gw = gateway_with(&pki, &node, "shared_max_subscriptions = 1\n");
     let subscribe = r#"{"jsonrpc":"2.0","id":1,"method":"test_subscribe","params":[]}"#;
     let mut a = ws_connect(&gw, pki.client_config(), "/");
     a.send(Message::Text(subscribe.into())).unwrap();
@@ -399,18 +401,10 @@ fn a_connection_full_of_subscriptions_makes_room_on_another() {
 #[test]
 fn the_polkadot_js_provider_works_through_the_gateway_unchanged() {
     // @polkadot/rpc-provider from target/js (`.ci/run` installs it with npm).
-    let root = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    let js = root.join("target/js");
-    if !js.join("node_modules/@polkadot/rpc-provider").exists() {
-        eprintln!("@polkadot/rpc-provider not installed (cd target/js && npm install @polkadot/rpc-provider); skipping");
-        return;
-    }
-    // Run from next to node_modules, so that `import` finds it.
-    let script = js.join("polkadot.mjs");
-    std::fs::copy(root.join("tests/js/polkadot.mjs"), &script).unwrap();
     let pki = TestPki::new();
-    let ca = pki.dir.join("ca.pem");
-    std::fs::write(&ca, &pki.ca_pem).unwrap();
+    let Some(provider) = JsScript::new("polkadot.mjs", &["@polkadot/rpc-provider"], &pki) else {
+        return;
+    };
     let node = start_node();
     for shared in [false, true] {
         let mut flags = vec!["--workers", "1", "--health-probe", "off"];
@@ -418,17 +412,10 @@ fn the_polkadot_js_provider_works_through_the_gateway_unchanged() {
             flags.push("--shared");
         }
         let gw = Gateway::start(&pki, std::slice::from_ref(&node.url), &flags);
-        let out = std::process::Command::new("node")
-            .arg(&script)
-            .arg(gw.url("/"))
-            .env("NODE_EXTRA_CA_CERTS", &ca)
-            .output()
-            .expect("node");
-        let stdout = String::from_utf8_lossy(&out.stdout);
+        let (ok, stdout, stderr) = provider.run(&[&gw.url("/")]);
         assert!(
-            out.status.success() && stdout.contains("3 events, unsubscribed true"),
-            "shared {shared}: {stdout}\n{}",
-            String::from_utf8_lossy(&out.stderr)
+            ok && stdout.contains("3 events, unsubscribed true"),
+            "shared {shared}: {stdout}\n{stderr}"
         );
     }
 }
@@ -437,22 +424,10 @@ fn the_polkadot_js_provider_works_through_the_gateway_unchanged() {
 fn admission_limits_apply_to_shared_sessions() {
     let pki = TestPki::new();
     let node = start_node();
-    let cfg = write_config(
+    let gw = gateway_with(
         &pki,
-        "shared-limits.toml",
-        "[pool]\nshared = true\n[admission]\nmax_subscriptions_per_connection = 2\nrate = 1\nburst = 4\n",
-    );
-    let gw = Gateway::start(
-        &pki,
-        std::slice::from_ref(&node.url),
-        &[
-            "--config",
-            cfg.to_str().unwrap(),
-            "--workers",
-            "1",
-            "--health-probe",
-            "off",
-        ],
+        &node,
+        "[admission]\nmax_subscriptions_per_connection = 2\nrate = 1\nburst = 4\n",
     );
     let mut ws = ws_connect(&gw, pki.client_config(), "/");
     // Two subscriptions, then the third is refused with its id.

@@ -746,3 +746,46 @@ fn serve_http(stream: TcpStream, chain: &FakeChain, seen_tx: mpsc::Sender<SeenRe
         }
     }
 }
+
+/// A Node.js script from `tests/js`, run from `target/js` (where `.ci/run`
+/// installs the npm packages it imports), trusting the test CA.
+pub struct JsScript {
+    path: PathBuf,
+    ca: PathBuf,
+}
+
+impl JsScript {
+    /// `None` (the test skips, saying so) when a package in `needs` is not installed.
+    pub fn new(name: &str, needs: &[&str], pki: &TestPki) -> Option<JsScript> {
+        let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+        let js = root.join("target/js");
+        if let Some(missing) = needs
+            .iter()
+            .find(|p| !js.join("node_modules").join(p).exists())
+        {
+            eprintln!("{missing} not installed (cd target/js && npm install {missing}); skipping");
+            return None;
+        }
+        // Run from a copy next to node_modules, so that `import` finds them.
+        let path = js.join(name);
+        std::fs::copy(root.join("tests/js").join(name), &path).unwrap();
+        let ca = pki.dir.join("ca.pem");
+        std::fs::write(&ca, &pki.ca_pem).unwrap();
+        Some(JsScript { path, ca })
+    }
+
+    /// Run it with `args`: whether it succeeded, its stdout and its stderr.
+    pub fn run(&self, args: &[&str]) -> (bool, String, String) {
+        let out = Command::new("node")
+            .arg(&self.path)
+            .args(args)
+            .env("NODE_EXTRA_CA_CERTS", &self.ca)
+            .output()
+            .expect("node");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+}
