@@ -129,7 +129,13 @@ pub fn start(config: Config, tls: Option<ServerConfig>) -> io::Result<Running> {
         health.clone(),
     );
     let config = Arc::new(config);
-    let tls = tls.map(Arc::new);
+    let tls = match tls {
+        Some(base) => Some((
+            Arc::new(base),
+            crate::tls::TicketSeed::new().map_err(io::Error::other)?,
+        )),
+        None => None,
+    };
     let cores = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1);
@@ -147,7 +153,7 @@ pub fn start(config: Config, tls: Option<ServerConfig>) -> io::Result<Running> {
                 if config.pin_workers {
                     pin_to_core(i % cores);
                 }
-                let tls = tls.map(|base| crate::tls::per_worker(&base));
+                let tls = tls.map(|(base, seed)| crate::tls::per_worker(&base, &seed, i as u32));
                 run_worker(
                     listener,
                     config,

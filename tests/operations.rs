@@ -294,3 +294,37 @@ fn rsa_pkcs1_and_ec_sec1_keys_load() {
         assert_eq!(ws.read().unwrap(), Message::Text(name.into()));
     }
 }
+
+/// Session tickets open on every worker: SO_REUSEPORT spreads a client's
+/// connections over the cores, and each one after the first resumes (TLS 1.3
+/// and TLS 1.2), with a ticket any worker decrypts.
+#[test]
+fn tls_sessions_resume_on_any_worker() {
+    use rustls::HandshakeKind;
+    let pki = TestPki::new();
+    let up = Upstream::start(Behaviour::Echo);
+    let gw = Gateway::start(&pki, &[up.url()], &["--workers", "4"]);
+    for version in [&rustls::version::TLS13, &rustls::version::TLS12] {
+        let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+        let cfg = rustls::ClientConfig::builder_with_provider(provider)
+            .with_protocol_versions(&[version])
+            .unwrap()
+            .with_root_certificates(roots_trusting(pki.ca_pem.as_bytes()))
+            .with_no_client_auth();
+        let cfg = std::sync::Arc::new(cfg);
+        let mut kinds = Vec::new();
+        for i in 0..12 {
+            let mut ws = ws_connect(&gw, cfg.clone(), "/");
+            ws.send(Message::Text(format!("{i}"))).unwrap();
+            assert_eq!(ws.read().unwrap(), Message::Text(format!("{i}")));
+            kinds.push(ws.get_ref().conn.handshake_kind().unwrap());
+            let _ = ws.close(None);
+            let _ = ws.read();
+        }
+        assert_eq!(kinds[0], HandshakeKind::Full, "{version:?}");
+        assert!(
+            kinds[1..].iter().all(|k| *k == HandshakeKind::Resumed),
+            "{version:?}: every later connection resumes, whichever worker takes it: {kinds:?}"
+        );
+    }
+}

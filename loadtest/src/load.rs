@@ -505,8 +505,7 @@ pub fn connect(args: &Args) -> Result<u8, String> {
                                         "",
                                         Some(ringway::rng::mask_key()),
                                     );
-                                    let _ = client.writer.write_all(close).await;
-                                    client.writer.shutdown().await;
+                                    let _ = client.writer.write_final(close).await;
                                     c.borrow_mut().open -= 1;
                                 }
                             }

@@ -74,12 +74,18 @@ impl TestPki {
 
 static COUNTER: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
-pub fn client_config_trusting(pem: &[u8]) -> Arc<rustls::ClientConfig> {
+/// The certificates of a PEM text as trust anchors.
+pub fn roots_trusting(pem: &[u8]) -> RootCertStore {
     use rustls::pki_types::pem::PemObject;
     let mut roots = RootCertStore::empty();
     for c in rustls::pki_types::CertificateDer::pem_slice_iter(pem) {
         roots.add(c.unwrap()).unwrap();
     }
+    roots
+}
+
+pub fn client_config_trusting(pem: &[u8]) -> Arc<rustls::ClientConfig> {
+    let roots = roots_trusting(pem);
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut cfg = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
