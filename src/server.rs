@@ -200,12 +200,26 @@ fn run_worker(
     extra: Option<Extra>,
     io_uring: bool,
 ) {
-    let mut extra = extra;
+    let run = block_on(io_uring, || {
+        serve(listener, config, tls, health, total, extra)
+    });
+    if let Err(e) = run {
+        crate::error!("cannot start a runtime: {e}");
+    }
+}
+
+/// Run a future on a new monoio runtime on this thread, to its end.
+///
+/// io_uring where `io_uring` is set and the kernel has it, with the
+/// single-thread flags: each ring is used by its one thread only, completions
+/// run as task work when the thread asks for events (DEFER_TASKRUN), with no
+/// interrupts to signal them (COOP_TASKRUN). Older kernels lack the flags;
+/// then a plain ring. The epoll driver otherwise, saying so.
+pub fn block_on<F: std::future::Future>(
+    io_uring: bool,
+    make: impl FnOnce() -> F,
+) -> io::Result<F::Output> {
     if io_uring {
-        // Each ring is used by its one worker thread only: completions run as
-        // task work when the worker asks for events (DEFER_TASKRUN), with no
-        // interrupts to signal them (COOP_TASKRUN). Older kernels lack the
-        // flags; then the plain ring is used.
         let mut tuned = io_uring::IoUring::builder();
         tuned
             .setup_coop_taskrun()
@@ -217,35 +231,16 @@ fn run_worker(
                 b = b.uring_builder(urb);
             }
             match b.enable_timer().build() {
-                Ok(mut rt) => {
-                    return rt.block_on(serve(
-                        listener,
-                        config,
-                        tls,
-                        health,
-                        total.clone(),
-                        extra.take(),
-                    ))
-                }
+                Ok(mut rt) => return Ok(rt.block_on(make())),
                 Err(e) => crate::debug!("io_uring setup: {e}"),
             }
         }
         crate::warn!("io_uring runtime failed to start; using the epoll driver");
     }
-    match monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
+    let mut rt = monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
         .enable_timer()
-        .build()
-    {
-        Ok(mut rt) => rt.block_on(serve(
-            listener,
-            config,
-            tls,
-            health,
-            total.clone(),
-            extra.take(),
-        )),
-        Err(e) => crate::error!("cannot start a runtime: {e}"),
-    }
+        .build()?;
+    Ok(rt.block_on(make()))
 }
 
 /// Per-worker state, owned by one thread.
