@@ -1066,6 +1066,22 @@ async fn http_loop<R: ReadHalf, W: WriteHalf>(
                 return respond_and_close(r, w, fd, out).await;
             }
         }
+        // RFC 7231 §5.1.1: a client that sent `Expect: 100-continue` (curl
+        // does for large bodies) waits for an interim 100 before the body;
+        // any other expectation cannot be met (417).
+        if let Some(expect) = head.single("expect") {
+            if !expect.eq_ignore_ascii_case(b"100-continue") {
+                let mut out = Vec::new();
+                write_response(&mut out, 417, &extra, "unsupported Expect", true);
+                return respond_and_close(r, w, fd, out).await;
+            }
+            if head.minor_version >= 1 && buf.len() == head_len {
+                let (res, _) = w.write_all(b"HTTP/1.1 100 Continue\r\n\r\n".to_vec()).await;
+                if res.is_err() {
+                    return;
+                }
+            }
+        }
         let path = head.path.to_string();
         let extra: Vec<(String, String)> = extra
             .iter()

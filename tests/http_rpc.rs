@@ -178,6 +178,26 @@ fn http_limits_and_cors() {
     let (status, _, body) = read_response(&mut s);
     assert_eq!(status, 200);
     assert!(body.contains(r#""id":3"#), "{body}");
+
+    // Expect: 100-continue gets the interim 100 at once, then the answer.
+    let body = r#"{"id":4,"method":"system_health"}"#;
+    write!(
+        s,
+        "POST / HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nExpect: 100-continue\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    )
+    .unwrap();
+    let asked = Instant::now();
+    let (status, _, _) = read_response(&mut s);
+    assert_eq!(status, 100);
+    assert!(asked.elapsed() < Duration::from_millis(500));
+    s.write_all(body.as_bytes()).unwrap();
+    let (status, _, answer) = read_response(&mut s);
+    assert_eq!(status, 200);
+    assert!(answer.contains(r#""id":4"#), "{answer}");
+    // An expectation the gateway cannot meet.
+    let (status, _, _) = post(&mut s, body, "Expect: a-miracle\r\n");
+    assert_eq!(status, 417);
 }
 
 mod websocket {
