@@ -35,6 +35,10 @@ FLAGS (override the file):
     --log-level LEVEL    error, warn, info, debug
     -h, --help           this text
     -V, --version        version
+
+SIGNALS:
+    SIGHUP               read tls.cert and tls.key again (after a certbot renewal);
+                         open sessions go on, a pair that does not load is refused
 ";
 
 struct Flags {
@@ -192,6 +196,44 @@ fn probe_nodes(config: &Config) {
     }
 }
 
+/// Block SIGHUP in this thread (and the threads it starts); returns the set
+/// for `sigwait`.
+fn block_sighup() -> libc::sigset_t {
+    // SAFETY: plain signal-mask calls on a local, initialised set.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGHUP);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        set
+    }
+}
+
+/// SIGHUP reads the certificate and key files again, as `nginx -s reload`
+/// does after a certbot renewal (`systemctl reload ringway`): the next
+/// handshakes on every core use the new pair, open sessions go on. A file
+/// that does not load leaves the certificate in use, and says why.
+fn spawn_reloader(set: libc::sigset_t, certs: std::sync::Arc<ringway::tls::Certs>, mode: TlsMode) {
+    let spawned = std::thread::Builder::new()
+        .name("reload".into())
+        .spawn(move || loop {
+            let mut sig = 0;
+            // SAFETY: `set` holds SIGHUP, blocked in every thread.
+            if unsafe { libc::sigwait(&set, &mut sig) } != 0 {
+                return;
+            }
+            match certs.reload(&mode) {
+                Ok(what) => info!("SIGHUP: certificate reloaded from {what}"),
+                Err(e) => {
+                    ringway::error!("SIGHUP: certificate not reloaded, the old one stays: {e}")
+                }
+            }
+        });
+    if let Err(e) = spawned {
+        warn!("cannot start the SIGHUP reloader: {e}");
+    }
+}
+
 fn main() -> ExitCode {
     let flags = match parse_flags(std::env::args().skip(1).collect()) {
         Ok(Some(f)) => f,
@@ -209,6 +251,9 @@ fn main() -> ExitCode {
         }
     };
     ringway::log::set_level(config.log_level);
+    // Before any thread starts, so that every thread inherits the mask and
+    // only the reloader takes SIGHUP.
+    let sighup = block_sighup();
     if flags.check {
         if let TlsMode::Files { cert, key } = &config.tls {
             let loaded = ringway::tls::load_or_generate(&config.tls).and_then(|ck| {
@@ -257,6 +302,8 @@ fn main() -> ExitCode {
     }
     probe_nodes(&config);
     let scheme = if tls.is_some() { "wss" } else { "ws" };
+    let certs = server_config.as_ref().map(|t| t.certs.clone());
+    let tls_mode = config.tls.clone();
     let unix = config.unix_listen.clone();
     let workers = config.workers;
     let nodes: Vec<String> = config.nodes.iter().map(|n| n.url.clone()).collect();
@@ -286,6 +333,9 @@ fn main() -> ExitCode {
         },
         nodes.join(", ")
     );
+    if let Some(certs) = certs {
+        spawn_reloader(sighup, certs, tls_mode);
+    }
     info!("ready");
     for w in running.workers {
         let _ = w.join();

@@ -74,7 +74,7 @@ pub fn bind_listeners(addr: SocketAddr, n: usize) -> io::Result<Vec<std::net::Tc
 }
 
 /// Start the workers. Returns once every listener is bound.
-pub fn start(config: Config, tls: Option<ServerConfig>) -> io::Result<Running> {
+pub fn start(config: Config, tls: Option<crate::tls::ServerTls>) -> io::Result<Running> {
     let listeners = bind_listeners(config.listen, config.workers)?;
     let local_addr = listeners[0].local_addr()?;
     // Per-address limits hold exactly when an address always lands on one core.
@@ -130,8 +130,9 @@ pub fn start(config: Config, tls: Option<ServerConfig>) -> io::Result<Running> {
     );
     let config = Arc::new(config);
     let tls = match tls {
-        Some(base) => Some((
-            Arc::new(base),
+        Some(t) => Some((
+            Arc::new(t.config),
+            t.certs,
             crate::tls::TicketSeed::new().map_err(io::Error::other)?,
         )),
         None => None,
@@ -153,7 +154,9 @@ pub fn start(config: Config, tls: Option<ServerConfig>) -> io::Result<Running> {
                 if config.pin_workers {
                     pin_to_core(i % cores);
                 }
-                let tls = tls.map(|(base, seed)| crate::tls::per_worker(&base, &seed, i as u32));
+                let tls = tls.map(|(base, certs, seed)| {
+                    crate::tls::per_worker(&base, &certs, &seed, i as u32)
+                });
                 run_worker(
                     listener,
                     config,

@@ -18,7 +18,8 @@ use std::cell::RefCell;
 use std::io::{self, BufRead, Write};
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use monoio::io::{AsyncWriteRentExt, OwnedReadHalf, OwnedWriteHalf, Splitable};
 use monoio::net::TcpStream;
@@ -131,7 +132,7 @@ pub fn kx_groups() -> Vec<&'static dyn rustls::crypto::SupportedKxGroup> {
 /// AES-256/SHA-384 suite rustls otherwise takes from clients' lists costs a
 /// software SHA-512 on every handshake. All suites offered are AEAD with
 /// forward secrecy.
-pub fn server_config(ck: &CertifiedKey) -> Result<ServerConfig, String> {
+pub fn server_config(ck: &CertifiedKey) -> Result<ServerTls, String> {
     use rustls::crypto::ring::cipher_suite as cs;
     let provider = Arc::new(rustls::crypto::CryptoProvider {
         cipher_suites: vec![
@@ -148,24 +149,146 @@ pub fn server_config(ck: &CertifiedKey) -> Result<ServerConfig, String> {
         kx_groups: kx_groups(),
         ..rustls::crypto::ring::default_provider()
     });
+    let certs = Arc::new(Certs {
+        current: Mutex::new(Arc::new(certified(ck, &provider)?)),
+        generation: AtomicU64::new(0),
+        provider: provider.clone(),
+    });
     let mut config = ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
         .map_err(|e| e.to_string())?
         .with_no_client_auth()
-        .with_single_cert(ck.chain.clone(), ck.key.clone_key())
-        .map_err(|e| format!("certificate and key do not match or are unsupported: {e}"))?;
+        .with_cert_resolver(certs.clone());
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     config.ignore_client_order = true;
-    Ok(config)
+    Ok(ServerTls { config, certs })
+}
+
+/// The TLS setup the workers start from.
+pub struct ServerTls {
+    pub config: ServerConfig,
+    /// The certificate served, replaceable while running.
+    pub certs: Arc<Certs>,
+}
+
+fn certified(
+    ck: &CertifiedKey,
+    provider: &rustls::crypto::CryptoProvider,
+) -> Result<rustls::sign::CertifiedKey, String> {
+    rustls::sign::CertifiedKey::from_der(ck.chain.clone(), ck.key.clone_key(), provider)
+        .map_err(|e| format!("certificate and key do not match or are unsupported: {e}"))
+}
+
+/// The certificate and key every worker serves. [`Certs::reload`] replaces
+/// them while running (SIGHUP, after a certbot renewal): sessions already
+/// open keep theirs, the next handshakes on every core get the new one.
+pub struct Certs {
+    current: Mutex<Arc<rustls::sign::CertifiedKey>>,
+    /// Bumped by each replacement; workers compare it with their copy's.
+    generation: AtomicU64,
+    provider: Arc<rustls::crypto::CryptoProvider>,
+}
+
+impl Certs {
+    /// Read the PEM files again; on any error the certificate in use stays.
+    pub fn reload(&self, mode: &TlsMode) -> Result<String, String> {
+        let TlsMode::Files { cert, key } = mode else {
+            return Err("no certificate files configured (tls.cert, tls.key)".into());
+        };
+        let ck = load_pem(cert, key)?;
+        let fresh = certified(&ck, &self.provider)
+            .map_err(|e| format!("{e} ({} / {})", cert.display(), key.display()))?;
+        *self
+            .current
+            .lock()
+            .map_err(|_| "certificate store poisoned")? = Arc::new(fresh);
+        self.generation.fetch_add(1, Ordering::Release);
+        Ok(format!(
+            "{} ({} certificates in the chain) with {}",
+            cert.display(),
+            ck.chain.len(),
+            key.display()
+        ))
+    }
+
+    fn current(&self) -> Arc<rustls::sign::CertifiedKey> {
+        self.current
+            .lock()
+            .map(|c| c.clone())
+            .unwrap_or_else(|p| p.into_inner().clone())
+    }
+}
+
+impl std::fmt::Debug for Certs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Certs")
+            .field("generation", &self.generation.load(Ordering::Relaxed))
+            .finish()
+    }
+}
+
+impl rustls::server::ResolvesServerCert for Certs {
+    fn resolve(
+        &self,
+        _: rustls::server::ClientHello<'_>,
+    ) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        Some(self.current())
+    }
+}
+
+/// A worker's copy of the served certificate: one atomic load per handshake
+/// to see whether it was replaced, and a reference count of its own (the
+/// shared one would be a cache line every core writes).
+struct WorkerCert {
+    certs: Arc<Certs>,
+    mine: Mutex<(u64, Arc<rustls::sign::CertifiedKey>)>,
+}
+
+impl WorkerCert {
+    fn new(certs: &Arc<Certs>) -> WorkerCert {
+        let generation = certs.generation.load(Ordering::Acquire);
+        let copy = Arc::new((*certs.current()).clone());
+        WorkerCert {
+            certs: certs.clone(),
+            mine: Mutex::new((generation, copy)),
+        }
+    }
+}
+
+impl std::fmt::Debug for WorkerCert {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WorkerCert").finish_non_exhaustive()
+    }
+}
+
+impl rustls::server::ResolvesServerCert for WorkerCert {
+    fn resolve(
+        &self,
+        _: rustls::server::ClientHello<'_>,
+    ) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        let mut mine = self.mine.lock().ok()?;
+        let generation = self.certs.generation.load(Ordering::Acquire);
+        if mine.0 != generation {
+            *mine = (generation, Arc::new((*self.certs.current()).clone()));
+        }
+        Some(mine.1.clone())
+    }
 }
 
 /// A worker's own copy of the config: its own session-ID cache (TLS 1.2
-/// clients without tickets), so that no lock is shared between cores, and its
-/// own ticketer on the keys every worker shares (see [`TicketSeed`]).
-pub fn per_worker(base: &ServerConfig, seed: &TicketSeed, worker: u32) -> Arc<ServerConfig> {
+/// clients without tickets), so that no lock is shared between cores, its
+/// own ticketer on the keys every worker shares (see [`TicketSeed`]), and
+/// its own copy of the certificate.
+pub fn per_worker(
+    base: &ServerConfig,
+    certs: &Arc<Certs>,
+    seed: &TicketSeed,
+    worker: u32,
+) -> Arc<ServerConfig> {
     let mut c = base.clone();
     c.session_storage = ServerSessionMemoryCache::new(4096);
     c.ticketer = Arc::new(Tickets::new(seed, worker));
+    c.cert_resolver = Arc::new(WorkerCert::new(certs));
     // One ticket per new session (rustls' default is two): a WebSocket client
     // resumes one connection at a time, and each resumption brings a new one.
     c.send_tls13_tickets = 1;
@@ -236,7 +359,7 @@ const TICKET_HEAD: usize = 8 + 12;
 /// own config; rustls asks for `Sync`).
 pub struct Tickets {
     worker: u32,
-    state: std::sync::Mutex<TicketState>,
+    state: Mutex<TicketState>,
 }
 
 struct TicketState {
@@ -289,7 +412,7 @@ impl Tickets {
     pub fn new(seed: &TicketSeed, worker: u32) -> Tickets {
         Tickets {
             worker,
-            state: std::sync::Mutex::new(TicketState {
+            state: Mutex::new(TicketState {
                 period: seed.period,
                 secret: seed.secret,
                 current: ticket_key(&seed.secret),

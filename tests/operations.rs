@@ -328,3 +328,68 @@ fn tls_sessions_resume_on_any_worker() {
         );
     }
 }
+
+/// After a certbot renewal: SIGHUP makes the next handshakes serve the new
+/// certificate, sessions already open go on, and files that do not load
+/// leave the certificate in use.
+#[test]
+fn sighup_reloads_the_certificate_and_keeps_sessions() {
+    let old = TestPki::new();
+    let new = TestPki::new();
+    let up = Upstream::start(Behaviour::Echo);
+    let gw = Gateway::start(&old, &[up.url()], &[]);
+    // Full handshakes only: a resumed session keeps the certificate it began with.
+    let mut both =
+        (*client_config_trusting(format!("{}{}", old.ca_pem, new.ca_pem).as_bytes())).clone();
+    both.resumption = rustls::client::Resumption::disabled();
+    let both = std::sync::Arc::new(both);
+    let leaf = |pem: &std::path::Path| {
+        use rustls::pki_types::pem::PemObject;
+        rustls::pki_types::CertificateDer::pem_file_iter(pem)
+            .unwrap()
+            .next()
+            .unwrap()
+            .unwrap()
+    };
+    let served = || {
+        let mut ws = ws_connect(&gw, both.clone(), "/");
+        let cert = ws.get_ref().conn.peer_certificates().unwrap()[0].clone();
+        let _ = ws.close(None);
+        cert
+    };
+    assert_eq!(served(), leaf(&old.cert));
+    let mut open = ws_connect(&gw, both.clone(), "/");
+
+    // certbot writes the renewed files in place.
+    std::fs::copy(&new.cert, &old.cert).unwrap();
+    std::fs::copy(&new.key, &old.key).unwrap();
+    let hup = || {
+        let ok = Command::new("kill")
+            .args(["-HUP", &gw.pid().to_string()])
+            .status()
+            .unwrap();
+        assert!(ok.success());
+    };
+    hup();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while served() != leaf(&new.cert) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "new certificate not served"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    for _ in 0..8 {
+        assert_eq!(served(), leaf(&new.cert), "every worker serves it");
+    }
+    open.send(Message::Text("still here".into())).unwrap();
+    assert_eq!(open.read().unwrap(), Message::Text("still here".into()));
+
+    // A key that does not match: the renewed certificate stays in use.
+    std::fs::copy(&TestPki::new().key, &old.key).unwrap();
+    hup();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    for _ in 0..4 {
+        assert_eq!(served(), leaf(&new.cert));
+    }
+}

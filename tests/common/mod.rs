@@ -105,6 +105,11 @@ pub struct Gateway {
 }
 
 impl Gateway {
+    /// The gateway's process id (to signal it).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Start with TLS from `pki`, in front of `upstreams`, plus extra flags.
     pub fn start(pki: &TestPki, upstreams: &[String], extra: &[&str]) -> Gateway {
         let mut args: Vec<String> = vec![
