@@ -289,12 +289,15 @@ pub struct NodeSection {
 pub struct LogSection {
     /// error, warn, info, debug.
     pub level: String,
+    /// text, or json (one object per line).
+    pub format: String,
 }
 
 impl Default for LogSection {
     fn default() -> Self {
         LogSection {
             level: "info".into(),
+            format: "text".into(),
         }
     }
 }
@@ -390,6 +393,8 @@ pub struct Config {
     pub http: HttpSection,
     pub admission: AdmissionSection,
     pub log_level: crate::log::Level,
+    /// One JSON object per log line.
+    pub log_json: bool,
     /// The file it came from, if any.
     pub source: Option<PathBuf>,
 }
@@ -680,6 +685,17 @@ impl Config {
             )
         })?;
 
+        let log_json = match file.log.format.as_str() {
+            "text" => false,
+            "json" => true,
+            other => {
+                return Err(err(
+                    "log.format",
+                    format!("`{other}` is not one of text, json"),
+                ))
+            }
+        };
+
         Ok(Config {
             listen,
             workers,
@@ -699,6 +715,7 @@ impl Config {
             http: file.http,
             admission: file.admission,
             log_level,
+            log_json,
             source,
         })
     }

@@ -1,9 +1,10 @@
-//! Minimal leveled logging to stderr, one line per event.
+//! Minimal leveled logging to stderr, one line per event: text, or one JSON
+//! object per line (`log.format = "json"`) for log shippers.
 //!
 //! The level is process-wide and set once at start; checking it is one
 //! relaxed atomic load, so disabled debug lines cost nothing on the hot path.
 
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Level {
@@ -35,6 +36,12 @@ impl Level {
 }
 
 static LEVEL: AtomicU8 = AtomicU8::new(Level::Info as u8);
+static JSON: AtomicBool = AtomicBool::new(false);
+
+/// One JSON object per line instead of text.
+pub fn set_json(json: bool) {
+    JSON.store(json, Ordering::Relaxed);
+}
 
 pub fn set_level(level: Level) {
     LEVEL.store(level as u8, Ordering::Relaxed);
@@ -54,15 +61,32 @@ pub fn write(level: Level, args: std::fmt::Arguments<'_>) {
     let thread = std::thread::current();
     let name = thread.name().unwrap_or("main");
     let mut err = std::io::stderr().lock();
-    let _ = writeln!(
-        err,
-        "{}.{:03} {:5} [{}] {}",
+    let _ = if JSON.load(Ordering::Relaxed) {
+        writeln!(err, "{}", json_line(now, level, name, &args.to_string()))
+    } else {
+        writeln!(
+            err,
+            "{}.{:03} {:5} [{}] {}",
+            now.as_secs(),
+            now.subsec_millis(),
+            level.label(),
+            name,
+            args
+        )
+    };
+}
+
+/// `{"ts":1795291045.445,"level":"info","thread":"worker-0","msg":"..."}`
+fn json_line(now: std::time::Duration, level: Level, thread: &str, msg: &str) -> String {
+    let text = |s: &str| serde_json::to_string(s).unwrap_or_else(|_| "\"\"".into());
+    format!(
+        "{{\"ts\":{}.{:03},\"level\":\"{}\",\"thread\":{},\"msg\":{}}}",
         now.as_secs(),
         now.subsec_millis(),
-        level.label(),
-        name,
-        args
-    );
+        level.label().to_ascii_lowercase(),
+        text(thread),
+        text(msg)
+    )
 }
 
 #[macro_export]
@@ -82,3 +106,24 @@ macro_rules! warn { ($($arg:tt)+) => { $crate::log!($crate::log::Level::Warn, $(
 macro_rules! info { ($($arg:tt)+) => { $crate::log!($crate::log::Level::Info, $($arg)+) }; }
 #[macro_export]
 macro_rules! debug { ($($arg:tt)+) => { $crate::log!($crate::log::Level::Debug, $($arg)+) }; }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_lines_are_json() {
+        let line = json_line(
+            std::time::Duration::from_millis(1_795_291_045_445),
+            Level::Warn,
+            "worker-0",
+            "node \"a\" is down\nnext line",
+        );
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(v["level"], "warn");
+        assert_eq!(v["thread"], "worker-0");
+        assert_eq!(v["msg"], "node \"a\" is down\nnext line");
+        assert_eq!(v["ts"].as_f64(), Some(1_795_291_045.445));
+        assert!(!line.contains('\n'));
+    }
+}

@@ -33,6 +33,7 @@ FLAGS (override the file):
     --no-pin             do not pin workers to cores (server.pin_workers = false)
     --shared             sessions share one connection per node per core (pool.shared = true)
     --log-level LEVEL    error, warn, info, debug
+    --log-format FORMAT  text (default) or json: one object per line (log.format)
     -h, --help           this text
     -V, --version        version
 
@@ -56,6 +57,7 @@ struct Flags {
     no_pin: bool,
     shared: bool,
     log_level: Option<String>,
+    log_format: Option<String>,
 }
 
 fn parse_flags(args: Vec<String>) -> Result<Option<Flags>, String> {
@@ -74,6 +76,7 @@ fn parse_flags(args: Vec<String>) -> Result<Option<Flags>, String> {
         no_pin: false,
         shared: false,
         log_level: None,
+        log_format: None,
     };
     let mut it = args.into_iter();
     while let Some(arg) = it.next() {
@@ -116,6 +119,7 @@ fn parse_flags(args: Vec<String>) -> Result<Option<Flags>, String> {
                 );
             }
             "--log-level" => f.log_level = Some(value("--log-level")?),
+            "--log-format" => f.log_format = Some(value("--log-format")?),
             other => return Err(format!("unknown flag `{other}` (see --help)")),
         }
     }
@@ -150,6 +154,9 @@ fn load(flags: &Flags) -> Result<Config, String> {
     }
     if let Some(v) = &flags.log_level {
         file.log.level = v.clone();
+    }
+    if let Some(v) = &flags.log_format {
+        file.log.format = v.clone();
     }
     if let Some(c) = &flags.chain {
         file.routing.chain = c.clone();
@@ -251,6 +258,7 @@ fn main() -> ExitCode {
         }
     };
     ringway::log::set_level(config.log_level);
+    ringway::log::set_json(config.log_json);
     // Before any thread starts, so that every thread inherits the mask and
     // only the reloader takes SIGHUP.
     let sighup = block_sighup();

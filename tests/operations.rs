@@ -393,3 +393,39 @@ fn sighup_reloads_the_certificate_and_keeps_sessions() {
         assert_eq!(served(), leaf(&new.cert));
     }
 }
+
+/// `log.format = "json"`: every line a JSON object a log shipper can parse;
+/// a format it does not know is a config error naming the key.
+#[test]
+fn json_logs_are_one_object_per_line() {
+    let pki = TestPki::new();
+    let up = Upstream::start(Behaviour::Echo);
+    let gw = Gateway::start(&pki, &[up.url()], &["--log-format", "json"]);
+    let mut ws = ws_connect(&gw, pki.client_config(), "/");
+    ws.send(Message::Text("hi".into())).unwrap();
+    assert_eq!(ws.read().unwrap(), Message::Text("hi".into()));
+    let err = gw.stop_and_read_stderr();
+    let lines: Vec<&str> = err.lines().filter(|l| !l.is_empty()).collect();
+    assert!(!lines.is_empty());
+    for line in &lines {
+        let v: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
+        assert!(v["ts"].is_number() && v["level"].is_string() && v["msg"].is_string());
+    }
+    assert!(
+        lines.iter().any(|l| l.contains(r#""msg":"ready""#)),
+        "{err}"
+    );
+
+    let bad = write_config(&pki, "badlog.toml", "[log]\nformat = \"xml\"\n");
+    let out = Command::new(env!("CARGO_BIN_EXE_ringway"))
+        .args(["--check", "--config", bad.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("badlog.toml") && err.contains("log.format"),
+        "{err}"
+    );
+}

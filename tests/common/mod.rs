@@ -105,6 +105,16 @@ pub struct Gateway {
 }
 
 impl Gateway {
+    /// Stop the gateway and return what it wrote to stderr.
+    pub fn stop_and_read_stderr(mut self) -> String {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.stderr
+            .take()
+            .map(|t| t.join().unwrap_or_default())
+            .unwrap_or_default()
+    }
+
     /// The gateway's process id (to signal it).
     pub fn pid(&self) -> u32 {
         self.child.id()
