@@ -40,6 +40,8 @@ FLAGS (override the file):
 SIGNALS:
     SIGHUP               read tls.cert and tls.key again (after a certbot renewal);
                          open sessions go on, a pair that does not load is refused
+    SIGTERM, SIGINT      stop accepting; answers in flight go out (up to 5 s), then
+                         clients get close 1001 and the process exits; twice: at once
 ";
 
 struct Flags {
@@ -203,41 +205,89 @@ fn probe_nodes(config: &Config) {
     }
 }
 
-/// Block SIGHUP in this thread (and the threads it starts); returns the set
-/// for `sigwait`.
-fn block_sighup() -> libc::sigset_t {
+/// Block SIGHUP, SIGTERM and SIGINT in this thread (and the threads it
+/// starts), so that only the signal thread takes them; returns the set.
+fn block_signals() -> libc::sigset_t {
     // SAFETY: plain signal-mask calls on a local, initialised set.
     unsafe {
         let mut set: libc::sigset_t = std::mem::zeroed();
         libc::sigemptyset(&mut set);
-        libc::sigaddset(&mut set, libc::SIGHUP);
+        for sig in [libc::SIGHUP, libc::SIGTERM, libc::SIGINT] {
+            libc::sigaddset(&mut set, sig);
+        }
         libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
         set
     }
 }
 
+/// Wait up to `wait` for one of the signals in `set`.
+fn next_signal(set: &libc::sigset_t, wait: Option<std::time::Duration>) -> Option<i32> {
+    // SAFETY: `set` holds signals blocked in every thread; the timespec is local.
+    unsafe {
+        match wait {
+            None => {
+                let mut sig = 0;
+                (libc::sigwait(set, &mut sig) == 0).then_some(sig)
+            }
+            Some(d) => {
+                let ts = libc::timespec {
+                    tv_sec: d.as_secs() as libc::time_t,
+                    tv_nsec: d.subsec_nanos() as libc::c_long,
+                };
+                let sig = libc::sigtimedwait(set, std::ptr::null_mut(), &ts);
+                (sig > 0).then_some(sig)
+            }
+        }
+    }
+}
+
+/// The signal thread.
+///
 /// SIGHUP reads the certificate and key files again, as `nginx -s reload`
 /// does after a certbot renewal (`systemctl reload ringway`): the next
 /// handshakes on every core use the new pair, open sessions go on. A file
 /// that does not load leaves the certificate in use, and says why.
-fn spawn_reloader(set: libc::sigset_t, certs: std::sync::Arc<ringway::tls::Certs>, mode: TlsMode) {
+///
+/// SIGTERM and SIGINT shut down gracefully: no new connections, answers to
+/// requests in flight still go out, then clients get close 1001 and the
+/// process exits. A second one exits at once.
+fn spawn_signals(
+    set: libc::sigset_t,
+    certs: Option<std::sync::Arc<ringway::tls::Certs>>,
+    mode: TlsMode,
+    stopper: ringway::server::Stopper,
+    wait: std::time::Duration,
+) {
     let spawned = std::thread::Builder::new()
-        .name("reload".into())
+        .name("signals".into())
         .spawn(move || loop {
-            let mut sig = 0;
-            // SAFETY: `set` holds SIGHUP, blocked in every thread.
-            if unsafe { libc::sigwait(&set, &mut sig) } != 0 {
+            let Some(sig) = next_signal(&set, None) else {
                 return;
-            }
-            match certs.reload(&mode) {
-                Ok(what) => info!("SIGHUP: certificate reloaded from {what}"),
-                Err(e) => {
-                    ringway::error!("SIGHUP: certificate not reloaded, the old one stays: {e}")
+            };
+            if sig == libc::SIGHUP {
+                match certs.as_ref().map(|c| c.reload(&mode)) {
+                    Some(Ok(what)) => info!("SIGHUP: certificate reloaded from {what}"),
+                    Some(Err(e)) => {
+                        ringway::error!("SIGHUP: certificate not reloaded, the old one stays: {e}")
+                    }
+                    None => warn!("SIGHUP: TLS is off, nothing to reload"),
                 }
+                continue;
             }
+            info!("shutting down: no new connections; sessions finish and close (1001)");
+            let done = stopper.shutdown(
+                wait,
+                |d| matches!(next_signal(&set, Some(d)), Some(s) if s != libc::SIGHUP),
+            );
+            if done {
+                info!("all sessions closed; exiting");
+            } else {
+                warn!("exiting with sessions still open");
+            }
+            std::process::exit(0);
         });
     if let Err(e) = spawned {
-        warn!("cannot start the SIGHUP reloader: {e}");
+        warn!("cannot start the signal thread: {e}");
     }
 }
 
@@ -260,8 +310,8 @@ fn main() -> ExitCode {
     ringway::log::set_level(config.log_level);
     ringway::log::set_json(config.log_json);
     // Before any thread starts, so that every thread inherits the mask and
-    // only the reloader takes SIGHUP.
-    let sighup = block_sighup();
+    // only the signal thread takes them.
+    let signals = block_signals();
     if flags.check {
         if let TlsMode::Files { cert, key } = &config.tls {
             let loaded = ringway::tls::load_or_generate(&config.tls).and_then(|ck| {
@@ -312,6 +362,9 @@ fn main() -> ExitCode {
     let scheme = if tls.is_some() { "wss" } else { "ws" };
     let certs = server_config.as_ref().map(|t| t.certs.clone());
     let tls_mode = config.tls.clone();
+    let shutdown_wait = ringway::session::SHUTDOWN_DRAIN
+        + config.limits.close_timeout
+        + std::time::Duration::from_secs(2);
     let unix = config.unix_listen.clone();
     let workers = config.workers;
     let nodes: Vec<String> = config.nodes.iter().map(|n| n.url.clone()).collect();
@@ -341,9 +394,7 @@ fn main() -> ExitCode {
         },
         nodes.join(", ")
     );
-    if let Some(certs) = certs {
-        spawn_reloader(sighup, certs, tls_mode);
-    }
+    spawn_signals(signals, certs, tls_mode, running.stopper, shutdown_wait);
     info!("ready");
     for w in running.workers {
         let _ = w.join();

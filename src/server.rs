@@ -49,6 +49,51 @@ pub struct Running {
     pub redirect_addr: Option<SocketAddr>,
     pub io_uring: bool,
     pub workers: Vec<std::thread::JoinHandle<()>>,
+    /// Shuts the workers down (from another thread: a signal handler's).
+    pub stopper: Stopper,
+}
+
+/// What [`Stopper::shutdown`] needs: every listening socket and the number
+/// of workers.
+pub struct Stopper {
+    listener_fds: Vec<RawFd>,
+    workers: usize,
+}
+
+/// Set by [`Stopper::shutdown`]; a worker sees it when its accept fails.
+static SHUTTING_DOWN: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+/// Workers whose sessions have all ended since the shutdown began.
+static DRAINED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// The longest a worker waits on shutdown for its connections to end.
+fn shutdown_deadline(limits: &crate::config::Limits) -> Duration {
+    crate::session::SHUTDOWN_DRAIN + limits.close_timeout + Duration::from_secs(1)
+}
+
+impl Stopper {
+    /// Stop accepting (the listening sockets are shut down, which wakes every
+    /// worker's accept), and tell every session to finish: answers to
+    /// requests in flight still go out, for up to
+    /// [`crate::session::SHUTDOWN_DRAIN`], then requests still unanswered get
+    /// JSON-RPC errors with their ids and clients get close 1001 (going away;
+    /// they reconnect elsewhere). Idle HTTP keep-alive connections close.
+    /// Returns once every worker has no connection left (true), or after
+    /// `wait` or when `interrupted` (given a time to wait for an
+    /// interruption) says so (false).
+    pub fn shutdown(&self, wait: Duration, mut interrupted: impl FnMut(Duration) -> bool) -> bool {
+        use std::sync::atomic::Ordering;
+        SHUTTING_DOWN.store(true, Ordering::Release);
+        for &fd in &self.listener_fds {
+            stop(fd, Stop::Reads);
+        }
+        let until = std::time::Instant::now() + wait;
+        while DRAINED.load(Ordering::Acquire) < self.workers {
+            if std::time::Instant::now() >= until || interrupted(Duration::from_millis(20)) {
+                return false;
+            }
+        }
+        true
+    }
 }
 
 /// Bind `n` listeners on `addr` with `SO_REUSEPORT`, so the kernel spreads
@@ -140,6 +185,11 @@ pub fn start(config: Config, tls: Option<crate::tls::ServerTls>) -> io::Result<R
     let cores = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1);
+    let mut listener_fds: Vec<RawFd> = listeners.iter().map(|l| l.as_raw_fd()).collect();
+    if let Some(e) = extra.as_ref() {
+        listener_fds.extend(e.redirect.as_ref().map(|l| l.as_raw_fd()));
+        listener_fds.extend(e.unix.as_ref().map(|l| l.as_raw_fd()));
+    }
     let mut workers = Vec::new();
     for (i, listener) in listeners.into_iter().enumerate() {
         let config = config.clone();
@@ -169,11 +219,16 @@ pub fn start(config: Config, tls: Option<crate::tls::ServerTls>) -> io::Result<R
             })?;
         workers.push(handle);
     }
+    let stopper = Stopper {
+        listener_fds,
+        workers: workers.len(),
+    };
     Ok(Running {
         local_addr,
         redirect_addr,
         io_uring,
         workers,
+        stopper,
     })
 }
 
@@ -259,6 +314,8 @@ struct Worker {
     admission: Rc<crate::admission::AdmissionCtx>,
     /// Shared node connections (`pool.shared`), else `None`: pinned sessions.
     shared: Option<Rc<crate::shared::Shared>>,
+    /// Fired when the process shuts down: sessions finish and close.
+    shutdown: crate::signal::Broadcast,
 }
 
 impl Worker {
@@ -358,6 +415,7 @@ async fn serve(
         )
     });
     let worker = Rc::new(Worker {
+        shutdown: crate::signal::Broadcast::default(),
         shared,
         admission: Rc::new(crate::admission::AdmissionCtx::new(
             &config.admission,
@@ -393,6 +451,7 @@ async fn serve(
                 let fut = CatchUnwind(connection(stream, peer, worker.clone()));
                 monoio::spawn(fut);
             }
+            Err(_) if shutting_down() => break,
             Err(e) => {
                 // EMFILE and friends: back off instead of spinning.
                 crate::warn!("accept: {e}");
@@ -400,6 +459,19 @@ async fn serve(
             }
         }
     }
+    // Shutting down: sessions finish (see `Stopper::shutdown`); the runtime
+    // stays until the process exits.
+    worker.shutdown.fire();
+    let until = std::time::Instant::now() + shutdown_deadline(&worker.config.limits);
+    while worker.active.get() > 0 && std::time::Instant::now() < until {
+        monoio::time::sleep(Duration::from_millis(20)).await;
+    }
+    DRAINED.fetch_add(1, std::sync::atomic::Ordering::Release);
+    std::future::pending::<()>().await;
+}
+
+fn shutting_down() -> bool {
+    SHUTTING_DOWN.load(std::sync::atomic::Ordering::Acquire)
 }
 
 async fn connection(tcp: TcpStream, peer: SocketAddr, worker: Rc<Worker>) {
@@ -441,6 +513,22 @@ async fn with_deadline<F: Future>(dur: Duration, expire: impl FnOnce(), fut: F) 
         _ = sleep => {}
     }
     expire();
+    fut.await
+}
+
+/// Run `fut`; if the worker shuts down first, call `stop` (which ends the
+/// socket's pending reads) and let `fut` finish on its own.
+async fn unless_shutdown<F: Future>(
+    shutdown: &crate::signal::Broadcast,
+    stop: impl FnOnce(),
+    fut: F,
+) -> F::Output {
+    let mut fut = std::pin::pin!(fut);
+    monoio::select! {
+        out = &mut fut => return out,
+        _ = shutdown.wait() => {}
+    }
+    stop();
     fut.await
 }
 
@@ -535,7 +623,15 @@ async fn client<R: ReadHalf, W: WriteHalf>(
                 early: upstream_early,
                 fd: upstream_fd,
             };
-            let summary = relay(client, node, worker.session, Some(watch), routed).await;
+            let summary = relay(
+                client,
+                node,
+                worker.session,
+                Some(watch),
+                routed,
+                &worker.shutdown,
+            )
+            .await;
             crate::debug!(
                 "session {peer} ended: {} ({} messages in, {} out)",
                 summary.reason,
@@ -556,6 +652,7 @@ async fn client<R: ReadHalf, W: WriteHalf>(
                 chain: &worker.chain,
                 route: worker.routes(lease.node()),
                 admission: inspect.then_some((&*worker.admission, admitted.ip)),
+                shutdown: &worker.shutdown,
             };
             let summary = crate::shared::session(ctx, conn, lease, r, w, client_early, fd).await;
             crate::debug!(
@@ -957,13 +1054,18 @@ async fn http_loop<R: ReadHalf, W: WriteHalf>(
     let http = &worker.config.http;
     let ip = peer.ip().to_string();
     loop {
+        // Shutting down: no new request on this connection.
+        if worker.shutdown.fired() && buf.is_empty() {
+            return;
+        }
         // The head: already buffered, or read within the timeout.
         let timed_out = Cell::new(false);
         let expire = || {
             timed_out.set(true);
             stop(fd, Stop::Reads);
         };
-        let got = with_deadline(limits.handshake_timeout, expire, async {
+        let idle = buf.is_empty();
+        let head = with_deadline(limits.handshake_timeout, expire, async {
             loop {
                 let mut headers = [httparse::EMPTY_HEADER; HEADER_ARRAY];
                 match parse_head(
@@ -982,8 +1084,13 @@ async fn http_loop<R: ReadHalf, W: WriteHalf>(
                     return Ok(None);
                 }
             }
-        })
-        .await;
+        });
+        // A keep-alive connection waiting for its next request ends on shutdown.
+        let got = if idle {
+            unless_shutdown(&worker.shutdown, || stop(fd, Stop::Reads), head).await
+        } else {
+            head.await
+        };
         let head_len = match got {
             Ok(Some(n)) => n,
             Ok(None) if timed_out.get() && !buf.is_empty() => {
@@ -1253,6 +1360,9 @@ async fn serve_redirect(listener: std::net::TcpListener, https_port: u16) {
     };
     loop {
         let Ok((stream, _)) = listener.accept().await else {
+            if shutting_down() {
+                return;
+            }
             monoio::time::sleep(Duration::from_millis(50)).await;
             continue;
         };
@@ -1327,6 +1437,9 @@ async fn serve_unix(listener: std::os::unix::net::UnixListener, worker: Rc<Worke
     let local = SocketAddr::from(([127, 0, 0, 1], 0));
     loop {
         let Ok((stream, _)) = listener.accept().await else {
+            if shutting_down() {
+                return;
+            }
             monoio::time::sleep(Duration::from_millis(50)).await;
             continue;
         };

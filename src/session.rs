@@ -49,7 +49,7 @@ use std::rc::Rc;
 use crate::io::{stop, ReadHalf, Stop, WriteHalf};
 use crate::jsonrpc;
 use crate::route::{ChainView, Router, Target};
-use crate::signal::Signal;
+use crate::signal::{Broadcast, Signal};
 use crate::upstream::{NodeReader, NodeWriter, Pool, UpgradeTemplate};
 use crate::ws::codec::{Decoder, Limits as CodecLimits, Role, Step};
 use crate::ws::frame::{close_code, write_close, write_frame, OpCode, ProtocolError};
@@ -499,6 +499,7 @@ pub async fn relay<CR, CW, UR, UW>(
     cfg: SessionConfig,
     watch: Option<NodeWatch>,
     routed: Option<Routed<'_>>,
+    shutdown: &Broadcast,
 ) -> SessionSummary
 where
     CR: ReadHalf,
@@ -550,7 +551,7 @@ where
         pump(&s, Which::Upstream, &mut upstream_r, upstream_early, routed),
         writer(&s, Which::Client, &mut client_w),
         writer(&s, Which::Upstream, &mut upstream_w),
-        timer(&s, watch.as_ref()),
+        timer(&s, watch.as_ref(), shutdown),
         // Boxed, and only for routed sessions: the others keep a small task.
         async {
             if routed.is_some() {
@@ -889,11 +890,19 @@ fn next_write(out: &Outbox, mid_frame: bool, mid_message: bool) -> Option<NextWr
     None
 }
 
-/// Idle timeout, node keepalive pings, and the close deadline. Runs until
-/// both writers have finished.
-async fn timer(s: &Session, watch: Option<&NodeWatch>) {
+/// How long a session waits on shutdown for answers to requests in flight
+/// before it fails them (JSON-RPC errors with their ids) and closes (1001).
+pub const SHUTDOWN_DRAIN: Duration = Duration::from_secs(5);
+
+/// How often a draining session looks at its requests in flight.
+const DRAIN_POLL: Duration = Duration::from_millis(20);
+
+/// Idle timeout, node keepalive pings, the close deadline, and the worker's
+/// shutdown. Runs until both writers have finished.
+async fn timer(s: &Session, watch: Option<&NodeWatch>, shutdown: &Broadcast) {
     let mut next_ping = Instant::now() + s.cfg.keepalive;
     let mut next_check = watch.map(|w| Instant::now() + w.every);
+    let mut drain_until = None;
     while s.writers_left.get() > 0 {
         let now = Instant::now();
         if let Some(deadline) = s.close_deadline.get() {
@@ -904,7 +913,17 @@ async fn timer(s: &Session, watch: Option<&NodeWatch>) {
         }
         // While closing, only the close deadline matters.
         let mut wake = s.close_deadline.get();
-        if wake.is_none() {
+        if wake.is_none() && shutdown.fired() {
+            // Shutting down: answers to requests in flight still go out,
+            // then the client is told to go elsewhere (1001).
+            let until = *drain_until.get_or_insert(now + SHUTDOWN_DRAIN);
+            if s.inflight.borrow().is_empty() || now >= until {
+                s.fail_inflight("gateway shutting down; reconnect and retry");
+                s.close_both(close_code::GOING_AWAY, "server shutting down");
+                continue;
+            }
+            wake = Some(until.min(now + DRAIN_POLL));
+        } else if wake.is_none() {
             let idle_at = s.last_activity.get() + s.cfg.idle_timeout;
             if now >= idle_at {
                 s.close_both(close_code::GOING_AWAY, "idle timeout");
@@ -926,15 +945,27 @@ async fn timer(s: &Session, watch: Option<&NodeWatch>) {
             let soonest = next_check.map_or(next_ping, |c| c.min(next_ping));
             wake = Some(idle_at.min(soonest));
         }
+        let stopping = async {
+            if shutdown.fired() {
+                std::future::pending::<()>().await
+            }
+            shutdown.wait().await
+        };
         match wake {
             Some(at) => {
                 let sleep = monoio::time::sleep_until(at);
                 monoio::select! {
                     _ = sleep => {}
                     _ = s.timer_wake.wait() => {}
+                    _ = stopping => {}
                 }
             }
-            None => s.timer_wake.wait().await,
+            None => {
+                monoio::select! {
+                    _ = s.timer_wake.wait() => {}
+                    _ = stopping => {}
+                }
+            }
         }
     }
 }
@@ -1532,7 +1563,7 @@ mod size_tests {
     /// archive futures were inlined (7.5 KiB); they are boxed now.
     #[test]
     fn the_relay_future_of_a_tls_session_stays_small() {
-        fn out_size<A, B, C, D, E, F>(_: impl Fn(A, B, C, D, E) -> F) -> usize {
+        fn out_size<A, B, C, D, E, G, F>(_: impl Fn(A, B, C, D, E, G) -> F) -> usize {
             std::mem::size_of::<F>()
         }
         let relay = out_size(

@@ -42,8 +42,8 @@ use crate::admission::{rpc_error, AdmissionCtx, Reason};
 use crate::io::{stop, ReadHalf, Stop, WriteHalf};
 use crate::jsonrpc::{self, Kind};
 use crate::route::{ChainView, Router, Target};
-use crate::session::SessionConfig;
-use crate::signal::Signal;
+use crate::session::{SessionConfig, SHUTDOWN_DRAIN};
+use crate::signal::{Broadcast, Signal};
 use crate::upstream::{NodeLease, NodeReader, NodeWriter, Pool};
 use crate::ws::codec::{Decoder, Limits as CodecLimits, Role, Step};
 use crate::ws::frame::{close_code, write_close, FrameHeader, OpCode, MAX_HEADER_LEN};
@@ -511,6 +511,8 @@ pub struct Ctx<'a> {
     /// Route messages between pruned and archive nodes.
     pub route: bool,
     pub admission: Option<(&'a AdmissionCtx, IpAddr)>,
+    /// The worker is shutting down.
+    pub shutdown: &'a Broadcast,
 }
 
 /// What a session did, for the log.
@@ -964,8 +966,10 @@ async fn client_writer<W: WriteHalf>(ctx: &Ctx<'_>, client: &Rc<Client>, w: &mut
     client.timer_wake.notify();
 }
 
-/// Idle timeout and the close deadline.
+/// Idle timeout, the close deadline, and the worker's shutdown (answers to
+/// requests in flight still go out, for up to [`SHUTDOWN_DRAIN`], then 1001).
 async fn client_timer(ctx: &Ctx<'_>, client: &Rc<Client>) {
+    let mut drain_until = None;
     loop {
         if client.reader_done.get() && (client.dead.get() || client.sent_close.get()) {
             return;
@@ -986,6 +990,15 @@ async fn client_timer(ctx: &Ctx<'_>, client: &Rc<Client>) {
             client.timer_wake.wait().await;
             continue;
         }
+        if at.is_none() && ctx.shutdown.fired() {
+            let until = *drain_until.get_or_insert(now + SHUTDOWN_DRAIN);
+            if client.inflight.get() == 0 || now >= until {
+                client.set_reason("server shutting down");
+                client.send_close(close_code::GOING_AWAY, "server shutting down");
+                continue;
+            }
+            at = Some(until.min(now + Duration::from_millis(20)));
+        }
         if at.is_none() {
             let idle_at = client.last_activity.get() + ctx.cfg.idle_timeout;
             if now >= idle_at {
@@ -995,10 +1008,17 @@ async fn client_timer(ctx: &Ctx<'_>, client: &Rc<Client>) {
             }
             at = Some(idle_at);
         }
+        let stopping = async {
+            if ctx.shutdown.fired() {
+                std::future::pending::<()>().await
+            }
+            ctx.shutdown.wait().await
+        };
         let sleep = monoio::time::sleep_until(at.expect("set above").into());
         monoio::select! {
             _ = sleep => {}
             _ = client.timer_wake.wait() => {}
+            _ = stopping => {}
         }
     }
 }

@@ -429,3 +429,54 @@ fn json_logs_are_one_object_per_line() {
         "{err}"
     );
 }
+
+/// `systemctl stop` or a restart: SIGTERM stops new connections, lets the
+/// answer to a request in flight go out, then closes every session with
+/// 1001 (going away) and exits 0. In both session modes.
+#[test]
+fn sigterm_lets_answers_out_then_closes_1001_and_exits() {
+    use std::time::{Duration, Instant};
+    for mode in [&[][..], &["--shared"][..]] {
+        let pki = TestPki::new();
+        let node = Upstream::start(Behaviour::Slow(Duration::from_millis(1500)));
+        let mut args = vec!["--health-probe", "off"];
+        args.extend_from_slice(mode);
+        let mut gw = Gateway::start(&pki, &[node.url()], &args);
+        let mut idle = ws_connect(&gw, pki.client_config(), "/");
+        let mut busy = ws_connect(&gw, pki.client_config(), "/");
+        let request = r#"{"jsonrpc":"2.0","id":7,"method":"system_health","params":[]}"#;
+        busy.send(Message::Text(request.into())).unwrap();
+        std::thread::sleep(Duration::from_millis(200));
+        let sent = Instant::now();
+        let ok = Command::new("kill")
+            .args(["-TERM", &gw.pid().to_string()])
+            .status()
+            .unwrap();
+        assert!(ok.success());
+
+        // The idle session goes at once.
+        match idle.read().unwrap() {
+            Message::Close(Some(f)) => assert_eq!(u16::from(f.code), 1001, "{mode:?}"),
+            other => panic!("{mode:?}: {other:?}"),
+        }
+        let _ = idle.flush(); // the close reply
+        assert!(sent.elapsed() < Duration::from_millis(1000), "{mode:?}");
+        // No new connections.
+        std::thread::sleep(Duration::from_millis(100));
+        assert!(std::net::TcpStream::connect(gw.addr).is_err(), "{mode:?}");
+        // The busy one gets its answer first.
+        match busy.read().unwrap() {
+            Message::Text(t) => assert!(t.contains(r#""id":7"#), "{mode:?}: {t}"),
+            other => panic!("{mode:?}: {other:?}"),
+        }
+        match busy.read().unwrap() {
+            Message::Close(Some(f)) => assert_eq!(u16::from(f.code), 1001, "{mode:?}"),
+            other => panic!("{mode:?}: {other:?}"),
+        }
+        let _ = busy.flush();
+        let status = gw
+            .wait_exit(Duration::from_secs(5))
+            .expect("exits by itself");
+        assert!(status.success(), "{mode:?}: {status:?}");
+    }
+}

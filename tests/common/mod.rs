@@ -105,6 +105,18 @@ pub struct Gateway {
 }
 
 impl Gateway {
+    /// Wait up to `within` for the gateway to exit by itself.
+    pub fn wait_exit(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
+        let until = std::time::Instant::now() + within;
+        while std::time::Instant::now() < until {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
     /// Stop the gateway and return what it wrote to stderr.
     pub fn stop_and_read_stderr(mut self) -> String {
         let _ = self.child.kill();
@@ -249,6 +261,8 @@ pub enum Behaviour {
     DieAfterFirst,
     /// Never answer.
     Silent,
+    /// Echo each message after this long.
+    Slow(Duration),
     /// Close with this code after the first message.
     CloseAfterFirst(u16),
     /// A Substrate-like node for health checks: answers `system_health`,
@@ -491,6 +505,10 @@ fn serve(
             Ok(msg @ (Message::Text(_) | Message::Binary(_))) => {
                 let reply = match &behaviour {
                     Behaviour::Silent => continue,
+                    Behaviour::Slow(d) => {
+                        thread::sleep(*d);
+                        msg
+                    }
                     Behaviour::Large(n) => Message::Text("x".repeat(*n)),
                     Behaviour::DieAfterFirst => {
                         let _ = raw.shutdown(std::net::Shutdown::Both);
