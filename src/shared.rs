@@ -280,34 +280,10 @@ impl Shared {
         conn.timer_wake.notify();
         // Errors for every request in flight, a batch's as one array.
         let pending: Vec<Waiting> = conn.pending.borrow_mut().drain().map(|(_, w)| w).collect();
-        let mut groups: AHashMap<(u64, u32), BatchErrors> = AHashMap::new();
-        let mut singles = Vec::new();
-        for w in pending {
-            let Some(c) = w.client.upgrade() else {
-                continue;
-            };
-            c.inflight.set(c.inflight.get().saturating_sub(1));
-            if w.batch == 0 {
-                singles.push((c, w.id));
-            } else {
-                groups
-                    .entry((c.key, w.batch))
-                    .or_insert_with(|| (c.clone(), Vec::new()))
-                    .1
-                    .push(w.id);
-            }
-        }
-        let message = format!("upstream node connection lost ({why}); reconnect and retry");
-        for (c, id) in singles {
-            c.send_text(rpc_error(&id, -32603, &message, None).as_bytes());
-        }
-        for (_, (c, ids)) in groups {
-            let parts: Vec<String> = ids
-                .iter()
-                .map(|id| rpc_error(id, -32603, &message, None))
-                .collect();
-            c.send_text(format!("[{}]", parts.join(",")).as_bytes());
-        }
+        fail_waiting(
+            pending,
+            &format!("upstream node connection lost ({why}); reconnect and retry"),
+        );
         // Subscriptions are gone with the connection: their sessions close,
         // and so do the sessions whose node this is.
         let subs: Vec<Weak<Client>> = conn.subs.borrow_mut().drain().map(|(_, c)| c).collect();
@@ -320,7 +296,48 @@ impl Shared {
     }
 }
 
+/// Answer requests in flight with JSON-RPC errors (-32603, `message`), each
+/// with its id, a batch's as one array (JSON-RPC 2.0 §6).
+fn fail_waiting(pending: Vec<Waiting>, message: &str) {
+    let mut groups: AHashMap<(u64, u32), BatchErrors> = AHashMap::new();
+    let mut singles = Vec::new();
+    for w in pending {
+        let Some(c) = w.client.upgrade() else {
+            continue;
+        };
+        c.inflight.set(c.inflight.get().saturating_sub(1));
+        if w.batch == 0 {
+            singles.push((c, w.id));
+        } else {
+            groups
+                .entry((c.key, w.batch))
+                .or_insert_with(|| (c.clone(), Vec::new()))
+                .1
+                .push(w.id);
+        }
+    }
+    for (c, id) in singles {
+        c.send_text(rpc_error(&id, -32603, message, None).as_bytes());
+    }
+    for (_, (c, ids)) in groups {
+        let parts: Vec<String> = ids
+            .iter()
+            .map(|id| rpc_error(id, -32603, message, None))
+            .collect();
+        c.send_text(format!("[{}]", parts.join(",")).as_bytes());
+    }
+}
+
 impl Conn {
+    /// Take `client`'s requests in flight out of this connection.
+    fn take_pending_of(&self, client: &Rc<Client>) -> Vec<Waiting> {
+        self.pending
+            .borrow_mut()
+            .extract_if(|_, w| std::ptr::eq(w.client.as_ptr(), Rc::as_ptr(client)))
+            .map(|(_, w)| w)
+            .collect()
+    }
+
     /// Wait until `cond` holds (re-checked on every wake of the waiters).
     async fn until(&self, cond: impl Fn(&Conn) -> bool) {
         std::future::poll_fn(|cx| {
@@ -566,7 +583,7 @@ pub async fn session<R: ReadHalf, W: WriteHalf>(
     let (messages, _, _) = monoio::join!(
         client_reader(&ctx, &conn, &client, &mut r, early),
         client_writer(&ctx, &client, &mut w),
-        client_timer(&ctx, &client),
+        client_timer(&ctx, &conn, &client),
     );
     // The session is over: end its subscriptions on the nodes.
     for (c, sub, method) in client.subs.borrow_mut().drain(..) {
@@ -968,7 +985,7 @@ async fn client_writer<W: WriteHalf>(ctx: &Ctx<'_>, client: &Rc<Client>, w: &mut
 
 /// Idle timeout, the close deadline, and the worker's shutdown (answers to
 /// requests in flight still go out, for up to [`SHUTDOWN_DRAIN`], then 1001).
-async fn client_timer(ctx: &Ctx<'_>, client: &Rc<Client>) {
+async fn client_timer(ctx: &Ctx<'_>, conn: &Rc<Conn>, client: &Rc<Client>) {
     let mut drain_until = None;
     loop {
         if client.reader_done.get() && (client.dead.get() || client.sent_close.get()) {
@@ -993,6 +1010,9 @@ async fn client_timer(ctx: &Ctx<'_>, client: &Rc<Client>) {
         if at.is_none() && ctx.shutdown.fired() {
             let until = *drain_until.get_or_insert(now + SHUTDOWN_DRAIN);
             if client.inflight.get() == 0 || now >= until {
+                let conns = std::iter::once(conn.clone()).chain(client.archive.borrow().clone());
+                let pending: Vec<Waiting> = conns.flat_map(|c| c.take_pending_of(client)).collect();
+                fail_waiting(pending, "gateway shutting down; reconnect and retry");
                 client.set_reason("server shutting down");
                 client.send_close(close_code::GOING_AWAY, "server shutting down");
                 continue;

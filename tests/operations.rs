@@ -480,3 +480,75 @@ fn sigterm_lets_answers_out_then_closes_1001_and_exits() {
         assert!(status.success(), "{mode:?}: {status:?}");
     }
 }
+
+/// On shutdown a request whose answer does not come within the drain time
+/// gets a JSON-RPC error with its id before the 1001: never silence.
+#[test]
+fn sigterm_fails_unanswered_requests_with_their_ids() {
+    use std::time::{Duration, Instant};
+    let pki = TestPki::new();
+    let node = Upstream::start(Behaviour::Silent);
+    let mut running = Vec::new();
+    for mode in [&[][..], &["--shared"][..]] {
+        let mut args = vec!["--health-probe", "off"];
+        args.extend_from_slice(mode);
+        let gw = Gateway::start(&pki, &[node.url()], &args);
+        let mut ws = ws_connect(&gw, pki.client_config(), "/");
+        let batch = r#"[{"jsonrpc":"2.0","id":"a","method":"system_health"},{"jsonrpc":"2.0","id":"b","method":"system_name"}]"#;
+        ws.send(Message::Text(
+            r#"{"jsonrpc":"2.0","id":9,"method":"system_health"}"#.into(),
+        ))
+        .unwrap();
+        ws.send(Message::Text(batch.into())).unwrap();
+        running.push((mode, gw, ws));
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    let sent = Instant::now();
+    for (_, gw, _) in &running {
+        let ok = Command::new("kill")
+            .args(["-TERM", &gw.pid().to_string()])
+            .status()
+            .unwrap();
+        assert!(ok.success());
+    }
+    for (mode, mut gw, mut ws) in running {
+        let mut texts = Vec::new();
+        let code = loop {
+            match ws.read().unwrap() {
+                Message::Text(t) => texts.push(t.to_string()),
+                Message::Close(f) => break f.map(|f| u16::from(f.code)),
+                _ => {}
+            }
+        };
+        let _ = ws.flush();
+        assert_eq!(code, Some(1001), "{mode:?}");
+        assert!(
+            sent.elapsed() >= Duration::from_secs(4),
+            "{mode:?}: waited for answers"
+        );
+        let single = texts
+            .iter()
+            .find(|t| t.starts_with('{'))
+            .expect("single error");
+        let v: serde_json::Value = serde_json::from_str(single).unwrap();
+        assert_eq!(v["id"], 9, "{mode:?}");
+        assert_eq!(v["error"]["code"], -32603, "{mode:?}");
+        let batch = texts
+            .iter()
+            .find(|t| t.starts_with('['))
+            .expect("batch errors");
+        let v: serde_json::Value = serde_json::from_str(batch).unwrap();
+        let mut ids: Vec<_> = v
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["id"].clone())
+            .collect();
+        ids.sort_by_key(|i| i.to_string());
+        assert_eq!(ids, vec!["a", "b"], "{mode:?}: one array for the batch");
+        assert!(gw
+            .wait_exit(Duration::from_secs(5))
+            .expect("exits")
+            .success());
+    }
+}
