@@ -331,11 +331,13 @@ fn fail_waiting(pending: Vec<Waiting>, message: &str) {
 impl Conn {
     /// Take `client`'s requests in flight out of this connection.
     fn take_pending_of(&self, client: &Rc<Client>) -> Vec<Waiting> {
-        self.pending
-            .borrow_mut()
-            .extract_if(|_, w| std::ptr::eq(w.client.as_ptr(), Rc::as_ptr(client)))
-            .map(|(_, w)| w)
-            .collect()
+        let mut pending = self.pending.borrow_mut();
+        let keys: Vec<u64> = pending
+            .iter()
+            .filter(|(_, w)| std::ptr::eq(w.client.as_ptr(), Rc::as_ptr(client)))
+            .map(|(k, _)| *k)
+            .collect();
+        keys.iter().filter_map(|k| pending.remove(k)).collect()
     }
 
     /// Wait until `cond` holds (re-checked on every wake of the waiters).
