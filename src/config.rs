@@ -117,6 +117,9 @@ pub struct ServerSection {
     pub pin_workers: bool,
     /// A plain HTTP listener that redirects (301) to the TLS one; empty: none.
     pub redirect_listen: String,
+    /// A plain HTTP listener for `GET /metrics` and `GET /health` (e.g.
+    /// 127.0.0.1:9100), off the public port; empty: both on the main listener.
+    pub metrics_listen: String,
     /// A Unix-socket listener (plain ws:// and HTTP) for a proxy in front; empty: none.
     pub unix_listen: String,
     /// File mode of the Unix socket (octal).
@@ -130,6 +133,7 @@ impl Default for ServerSection {
             workers: 0,
             pin_workers: true,
             redirect_listen: String::new(),
+            metrics_listen: String::new(),
             unix_listen: String::new(),
             unix_mode: "660".into(),
         }
@@ -377,6 +381,8 @@ pub struct Config {
     pub workers: usize,
     pub pin_workers: bool,
     pub redirect_listen: Option<SocketAddr>,
+    /// Where `/metrics` and `/health` are served apart, if anywhere.
+    pub metrics_listen: Option<SocketAddr>,
     pub unix_listen: Option<(PathBuf, u32)>,
     pub tls: TlsMode,
     pub limits: Limits,
@@ -478,6 +484,20 @@ impl Config {
                         err(
                             "server.redirect_listen",
                             format!("`{a}` is not an address like 0.0.0.0:80"),
+                        )
+                    })?,
+            ),
+        };
+        let metrics_listen = match file.server.metrics_listen.as_str() {
+            "" => None,
+            a => Some(
+                a.to_socket_addrs()
+                    .ok()
+                    .and_then(|mut i| i.next())
+                    .ok_or_else(|| {
+                        err(
+                            "server.metrics_listen",
+                            format!("`{a}` is not an address like 127.0.0.1:9100"),
                         )
                     })?,
             ),
@@ -701,6 +721,7 @@ impl Config {
             workers,
             pin_workers: file.server.pin_workers,
             redirect_listen,
+            metrics_listen,
             unix_listen,
             tls,
             limits,

@@ -381,6 +381,9 @@ fn main() -> ExitCode {
     if let Some(a) = running.redirect_addr {
         println!("ringway: redirecting http://{a} to https");
     }
+    if let Some(a) = running.metrics_addr {
+        println!("ringway: metrics on http://{a}/metrics and http://{a}/health");
+    }
     if let Some((path, _)) = &unix {
         println!("ringway: also serving ws+unix:{}", path.display());
     }

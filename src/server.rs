@@ -47,6 +47,8 @@ pub struct Running {
     pub local_addr: SocketAddr,
     /// The HTTP-to-HTTPS redirect listener's address, if one is configured.
     pub redirect_addr: Option<SocketAddr>,
+    /// The metrics listener's address, if one is configured.
+    pub metrics_addr: Option<SocketAddr>,
     pub io_uring: bool,
     pub workers: Vec<std::thread::JoinHandle<()>>,
     /// Shuts the workers down (from another thread: a signal handler's).
@@ -143,6 +145,14 @@ pub fn start(config: Config, tls: Option<crate::tls::ServerTls>) -> io::Result<R
             }
             None => None,
         },
+        metrics: match config.metrics_listen {
+            Some(a) => {
+                let l = std::net::TcpListener::bind(a)?;
+                l.set_nonblocking(true)?;
+                Some(l)
+            }
+            None => None,
+        },
         unix: match &config.unix_listen {
             Some((path, mode)) => {
                 use std::os::unix::fs::PermissionsExt;
@@ -157,6 +167,10 @@ pub fn start(config: Config, tls: Option<crate::tls::ServerTls>) -> io::Result<R
         https_port: local_addr.port(),
     });
     let redirect_addr = match extra.as_ref().and_then(|e| e.redirect.as_ref()) {
+        Some(l) => Some(l.local_addr()?),
+        None => None,
+    };
+    let metrics_addr = match extra.as_ref().and_then(|e| e.metrics.as_ref()) {
         Some(l) => Some(l.local_addr()?),
         None => None,
     };
@@ -188,6 +202,7 @@ pub fn start(config: Config, tls: Option<crate::tls::ServerTls>) -> io::Result<R
     let mut listener_fds: Vec<RawFd> = listeners.iter().map(|l| l.as_raw_fd()).collect();
     if let Some(e) = extra.as_ref() {
         listener_fds.extend(e.redirect.as_ref().map(|l| l.as_raw_fd()));
+        listener_fds.extend(e.metrics.as_ref().map(|l| l.as_raw_fd()));
         listener_fds.extend(e.unix.as_ref().map(|l| l.as_raw_fd()));
     }
     let mut workers = Vec::new();
@@ -226,6 +241,7 @@ pub fn start(config: Config, tls: Option<crate::tls::ServerTls>) -> io::Result<R
     Ok(Running {
         local_addr,
         redirect_addr,
+        metrics_addr,
         io_uring,
         workers,
         stopper,
@@ -442,6 +458,9 @@ async fn serve(
         }
         if let Some(l) = more.unix {
             monoio::spawn(serve_unix(l, worker.clone()));
+        }
+        if let Some(l) = more.metrics {
+            monoio::spawn(serve_metrics(l, worker.clone()));
         }
     }
     loop {
@@ -793,13 +812,13 @@ async fn handshake<R: ReadHalf, W: WriteHalf>(
         match err {
             Some(e) => refuse(r, w, fd, e).await,
             None if head.path == "/metrics" => {
-                let body = metrics(worker);
-                let mut out = format!(
-                    "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-                    body.len()
-                )
-                .into_bytes();
-                out.extend_from_slice(body.as_bytes());
+                let mut out = Vec::new();
+                if worker.config.metrics_listen.is_some() {
+                    // Served apart (server.metrics_listen), not to the public.
+                    write_response(&mut out, 404, &[], "not found", true);
+                } else {
+                    metrics_response(&mut out, worker);
+                }
                 respond_and_close(r, w, fd, out).await;
             }
             None if head.path == "/health" || head.path.starts_with("/health?") => {
@@ -1349,6 +1368,7 @@ async fn answer_rpc(worker: &Rc<Worker>, path: &str, body: &[u8], ip: &str) -> (
 /// Listeners besides the main one, served by worker 0.
 struct Extra {
     redirect: Option<std::net::TcpListener>,
+    metrics: Option<std::net::TcpListener>,
     unix: Option<std::os::unix::net::UnixListener>,
     https_port: u16,
 }
@@ -1371,11 +1391,9 @@ async fn serve_redirect(listener: std::net::TcpListener, https_port: u16) {
     }
 }
 
-async fn redirect_one(stream: TcpStream, https_port: u16) {
-    let fd = stream.as_raw_fd();
-    let (r, mut w) = stream.into_split();
-    let mut r = PlainReader::new(r);
-    let got = with_deadline(Duration::from_secs(5), || stop(fd, Stop::Reads), async {
+/// The target and `Host` of one plain HTTP request head (within 5 s).
+async fn read_target(r: &mut PlainReader<TcpStream>, fd: RawFd) -> Option<(String, String)> {
+    with_deadline(Duration::from_secs(5), || stop(fd, Stop::Reads), async {
         let mut buf = Vec::with_capacity(4096);
         loop {
             let (res, b) = r.read_more(buf).await;
@@ -1390,31 +1408,40 @@ async fn redirect_one(stream: TcpStream, https_port: u16) {
                         .single("host")
                         .and_then(|h| std::str::from_utf8(h).ok())
                         .unwrap_or("localhost");
-                    // Drop the port: "example.com:80", "[::1]:80" (not the colons of a bare IPv6).
-                    let host = match host.rsplit_once(':') {
-                        Some((h, p))
-                            if p.bytes().all(|c| c.is_ascii_digit())
-                                && (!h.contains(':') || h.ends_with(']')) =>
-                        {
-                            h
-                        }
-                        _ => host,
-                    };
-                    let port = if https_port == 443 {
-                        String::new()
-                    } else {
-                        format!(":{https_port}")
-                    };
-                    return Some(format!("https://{host}{port}{}", head.path));
+                    return Some((head.path.to_string(), host.to_string()));
                 }
                 Ok(Parse::NeedMore(_)) => {}
                 Err(_) => return None,
             }
         }
     })
-    .await;
+    .await
+}
+
+async fn redirect_one(stream: TcpStream, https_port: u16) {
+    let fd = stream.as_raw_fd();
+    let (r, mut w) = stream.into_split();
+    let mut r = PlainReader::new(r);
+    let location = read_target(&mut r, fd).await.map(|(path, host)| {
+        // Drop the port: "example.com:80", "[::1]:80" (not the colons of a bare IPv6).
+        let host = match host.rsplit_once(':') {
+            Some((h, p))
+                if p.bytes().all(|c| c.is_ascii_digit())
+                    && (!h.contains(':') || h.ends_with(']')) =>
+            {
+                h
+            }
+            _ => host.as_str(),
+        };
+        let port = if https_port == 443 {
+            String::new()
+        } else {
+            format!(":{https_port}")
+        };
+        format!("https://{host}{port}{path}")
+    });
     let mut out = Vec::new();
-    match got {
+    match location {
         Some(location) => write_response(
             &mut out,
             301,
@@ -1426,6 +1453,54 @@ async fn redirect_one(stream: TcpStream, https_port: u16) {
     }
     let _ = w.write_all(out).await;
     w.shutdown().await;
+}
+
+/// `server.metrics_listen`: plain HTTP, `GET /metrics` and `GET /health`.
+async fn serve_metrics(listener: std::net::TcpListener, worker: Rc<Worker>) {
+    let Ok(listener) = monoio::net::TcpListener::from_std(listener) else {
+        return;
+    };
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            if shutting_down() {
+                return;
+            }
+            monoio::time::sleep(Duration::from_millis(50)).await;
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let worker = worker.clone();
+        monoio::spawn(CatchUnwind(async move {
+            let fd = stream.as_raw_fd();
+            let (r, mut w) = stream.into_split();
+            let mut r = PlainReader::new(r);
+            let mut out = Vec::new();
+            match read_target(&mut r, fd).await {
+                Some((path, _)) if path == "/metrics" => metrics_response(&mut out, &worker),
+                Some((path, _)) if path == "/health" || path.starts_with("/health?") => {
+                    let (status, body) = health_report(&worker.pool);
+                    write_json(&mut out, status, &body);
+                }
+                Some(_) => write_response(&mut out, 404, &[], "GET /metrics or /health", true),
+                None => write_response(&mut out, 400, &[], "bad request", true),
+            }
+            let _ = w.write_all(out).await;
+            w.shutdown().await;
+        }));
+    }
+}
+
+/// `GET /metrics`: 200 with the Prometheus text.
+fn metrics_response(out: &mut Vec<u8>, worker: &Worker) {
+    let body = metrics(worker);
+    out.extend_from_slice(
+        format!(
+            "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+            body.len()
+        )
+        .as_bytes(),
+    );
+    out.extend_from_slice(body.as_bytes());
 }
 
 /// Plain ws:// and HTTP on a Unix socket, for a proxy on the same host.

@@ -552,3 +552,48 @@ fn sigterm_fails_unanswered_requests_with_their_ids() {
             .success());
     }
 }
+
+/// `server.metrics_listen`: Prometheus metrics and health on a private
+/// plain-HTTP port; the public port then has no /metrics (but keeps /health
+/// for load balancers).
+#[test]
+fn metrics_can_be_served_apart_from_the_public_port() {
+    use std::io::Write;
+    let pki = TestPki::new();
+    let up = Upstream::start(Behaviour::Echo);
+    let cfg = write_config(
+        &pki,
+        "metrics.toml",
+        "[server]\nmetrics_listen = \"127.0.0.1:0\"\n",
+    );
+    let gw = Gateway::start(&pki, &[up.url()], &["--config", cfg.to_str().unwrap()]);
+    let addr = gw
+        .stdout_lines
+        .iter()
+        .find_map(|l| l.split("metrics on http://").nth(1))
+        .and_then(|r| r.split('/').next())
+        .map(str::to_string)
+        .unwrap_or_else(|| panic!("no metrics address printed: {:?}", gw.stdout_lines));
+    let get = |path: &str| {
+        let mut s = std::net::TcpStream::connect(&addr).unwrap();
+        write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+        read_response(&mut s)
+    };
+    let (status, head, body) = get("/metrics");
+    assert_eq!(status, 200, "{head}");
+    assert!(body.contains("ringway_connections"), "{body}");
+    assert!(body.contains("ringway_node_up{"), "{body}");
+    let (status, _, body) = get("/health");
+    assert!(status == 200 || status == 503, "{status}");
+    assert!(body.starts_with('{'), "{body}");
+    assert_eq!(get("/other").0, 404);
+
+    let mut s = tls_connect(gw.addr, pki.client_config());
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    assert_eq!(read_response(&mut s).0, 404, "not on the public port");
+    let mut s = tls_connect(gw.addr, pki.client_config());
+    s.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    assert_ne!(read_response(&mut s).0, 404);
+}
