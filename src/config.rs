@@ -349,7 +349,7 @@ impl Role {
 /// One upstream node.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NodeConfig {
-    /// As written, for logs and error bodies.
+    /// As written, for logs (clients see [`NodeConfig::public_name`]).
     pub url: String,
     pub addr: NodeAddr,
     /// Path prefix from the URL ("" when the URL has none).
@@ -358,6 +358,18 @@ pub struct NodeConfig {
     /// Blocks of state kept (pruned nodes); `u64::MAX` for archive nodes.
     pub pruning: u64,
     pub weight: u32,
+}
+
+impl NodeConfig {
+    /// How clients see the node in error bodies and the public `/health`:
+    /// scheme, host and port, without the path (which may carry a
+    /// provider's API key); a Unix socket by its role only.
+    pub fn public_name(&self) -> String {
+        match self.url.strip_prefix("ws://") {
+            Some(rest) => format!("ws://{}", rest.split('/').next().unwrap_or(rest)),
+            None => format!("unix socket ({})", self.role.name()),
+        }
+    }
 }
 
 /// Runtime limits.
@@ -861,6 +873,16 @@ mod tests {
         assert_eq!(n.addr, NodeAddr::Unix("/run/node.sock".into()));
         assert!(parse_node_url("wss://x:1").is_err());
         assert!(parse_node_url("unix:relative").is_err());
+    }
+
+    #[test]
+    fn clients_see_nodes_without_their_paths() {
+        let n = parse_node_url("ws://10.0.0.5:8546/v3/0123456789abcdef").unwrap();
+        assert_eq!(n.public_name(), "ws://10.0.0.5:8546");
+        let n = parse_node_url("ws://[::1]:9944").unwrap();
+        assert_eq!(n.public_name(), "ws://[::1]:9944");
+        let n = parse_node_url("unix:/run/secret/node.sock").unwrap();
+        assert_eq!(n.public_name(), "unix socket (pruned)");
     }
 
     #[test]

@@ -822,7 +822,7 @@ async fn handshake<R: ReadHalf, W: WriteHalf>(
                 respond_and_close(r, w, fd, out).await;
             }
             None if head.path == "/health" || head.path.starts_with("/health?") => {
-                let (status, body) = health_report(&worker.pool);
+                let (status, body) = health_report(&worker.pool, false);
                 let mut out = Vec::new();
                 write_json(&mut out, status, &body);
                 respond_and_close(r, w, fd, out).await;
@@ -1013,7 +1013,9 @@ impl<F: Future<Output = ()>> Future for CatchUnwind<F> {
 }
 
 /// `GET /health`: every node's state as JSON; 200 when a node can serve, else 503.
-fn health_report(pool: &crate::upstream::Pool) -> (u16, String) {
+/// `GET /health`: each node's state; node URLs in full only on the private
+/// metrics listener (`full`), else as [`crate::config::NodeConfig::public_name`].
+fn health_report(pool: &crate::upstream::Pool, full: bool) -> (u16, String) {
     use std::fmt::Write;
     let h = pool.health();
     let best = h.best();
@@ -1027,7 +1029,9 @@ fn health_report(pool: &crate::upstream::Pool) -> (u16, String) {
             nodes,
             r#"{}{{"url":"{}","role":"{}","up":{},"head":{},"lag":{},"probes":{}}}"#,
             if i > 0 { "," } else { "" },
-            n.url.replace('\\', "\\\\").replace('"', "\\\""),
+            if full { n.url.clone() } else { n.public_name() }
+                .replace('\\', "\\\\")
+                .replace('"', "\\\""),
             n.role.name(),
             up,
             head,
@@ -1332,7 +1336,7 @@ async fn answer_rpc(worker: &Rc<Worker>, path: &str, body: &[u8], ip: &str) -> (
                 }
                 return (a.status, a.body);
             }
-            Err(e) => last_err = format!("{}: {e}", pool.nodes()[index].url),
+            Err(e) => last_err = format!("{}: {e}", pool.nodes()[index].public_name()),
         }
     }
     // Every node failed: a JSON-RPC error for each request, with its id.
@@ -1478,7 +1482,7 @@ async fn serve_metrics(listener: std::net::TcpListener, worker: Rc<Worker>) {
             match read_target(&mut r, fd).await {
                 Some((path, _)) if path == "/metrics" => metrics_response(&mut out, &worker),
                 Some((path, _)) if path == "/health" || path.starts_with("/health?") => {
-                    let (status, body) = health_report(&worker.pool);
+                    let (status, body) = health_report(&worker.pool, true);
                     write_json(&mut out, status, &body);
                 }
                 Some(_) => write_response(&mut out, 404, &[], "GET /metrics or /health", true),

@@ -358,21 +358,16 @@ async fn open_with(
             }
             Ok(Err(e)) => {
                 pool.health.report_connect_failure(index);
-                failures.push(format!("{}: {e}", node.url));
+                failures.push(e.to_string());
             }
             Err(_) => {
                 pool.health.report_connect_failure(index);
-                failures.push(format!(
-                    "{}: no answer within {} ms",
-                    node.url,
-                    timeout.as_millis()
-                ));
+                failures.push(format!("no answer within {} ms", timeout.as_millis()));
             }
         }
-        crate::warn!(
-            "upstream {}",
-            failures.last().map(String::as_str).unwrap_or("")
-        );
+        let why = failures.last().map(String::as_str).unwrap_or("");
+        crate::warn!("upstream {}: {why}", node.url);
+        *failures.last_mut().expect("just pushed") = format!("{}: {why}", node.public_name());
     }
     Err(NoUpstream {
         status: 502,
