@@ -817,7 +817,7 @@ async fn handshake<R: ReadHalf, W: WriteHalf>(
                     // Served apart (server.metrics_listen), not to the public.
                     write_response(&mut out, 404, &[], "not found", true);
                 } else {
-                    metrics_response(&mut out, worker);
+                    metrics_response(&mut out, worker, false);
                 }
                 respond_and_close(r, w, fd, out).await;
             }
@@ -1480,7 +1480,7 @@ async fn serve_metrics(listener: std::net::TcpListener, worker: Rc<Worker>) {
             let mut r = PlainReader::new(r);
             let mut out = Vec::new();
             match read_target(&mut r, fd).await {
-                Some((path, _)) if path == "/metrics" => metrics_response(&mut out, &worker),
+                Some((path, _)) if path == "/metrics" => metrics_response(&mut out, &worker, true),
                 Some((path, _)) if path == "/health" || path.starts_with("/health?") => {
                     let (status, body) = health_report(&worker.pool, true);
                     write_json(&mut out, status, &body);
@@ -1495,8 +1495,8 @@ async fn serve_metrics(listener: std::net::TcpListener, worker: Rc<Worker>) {
 }
 
 /// `GET /metrics`: 200 with the Prometheus text.
-fn metrics_response(out: &mut Vec<u8>, worker: &Worker) {
-    let body = metrics(worker);
+fn metrics_response(out: &mut Vec<u8>, worker: &Worker, full: bool) {
+    let body = metrics(worker, full);
     out.extend_from_slice(
         format!(
             "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
@@ -1535,7 +1535,7 @@ async fn serve_unix(listener: std::os::unix::net::UnixListener, worker: Rc<Worke
 
 /// `GET /metrics`: Prometheus text format. Counters are process-wide atomics
 /// touched per connection or per refusal, never per admitted message.
-fn metrics(worker: &Worker) -> String {
+fn metrics(worker: &Worker, full: bool) -> String {
     use std::fmt::Write;
     use std::sync::atomic::Ordering::Relaxed;
     let shared = &worker.admission.shared;
@@ -1565,6 +1565,7 @@ fn metrics(worker: &Worker) -> String {
     node_gauge(
         &mut m,
         nodes,
+        full,
         "ringway_node_up",
         "Whether a node passes its health checks.",
         |i| u64::from(h.is_up(i)),
@@ -1572,6 +1573,7 @@ fn metrics(worker: &Worker) -> String {
     node_gauge(
         &mut m,
         nodes,
+        full,
         "ringway_node_head",
         "Best block seen on each node.",
         |i| h.head(i),
@@ -1579,10 +1581,12 @@ fn metrics(worker: &Worker) -> String {
     m
 }
 
-/// One gauge with a sample per node, labelled by its url and role.
+/// One gauge with a sample per node, labelled by its url (in full on the
+/// private metrics port) and role.
 fn node_gauge(
     m: &mut String,
     nodes: &[crate::config::NodeConfig],
+    full: bool,
     name: &str,
     help: &str,
     value: impl Fn(usize) -> u64,
@@ -1594,7 +1598,7 @@ fn node_gauge(
         let _ = writeln!(
             m,
             "{name}{{url=\"{}\",role=\"{}\"}} {}",
-            n.url,
+            if full { n.url.clone() } else { n.public_name() },
             n.role.name(),
             value(i)
         );

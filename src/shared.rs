@@ -234,7 +234,7 @@ impl Shared {
             }
             failures.push(format!(
                 "{}: {}",
-                self.pool.nodes()[index].url,
+                self.pool.nodes()[index].public_name(),
                 conn.why.borrow()
             ));
         }
