@@ -486,34 +486,26 @@ impl Config {
                     ),
                 )
             })?;
-        let redirect_listen = match file.server.redirect_listen.as_str() {
-            "" => None,
-            a => Some(
-                a.to_socket_addrs()
-                    .ok()
-                    .and_then(|mut i| i.next())
-                    .ok_or_else(|| {
-                        err(
-                            "server.redirect_listen",
-                            format!("`{a}` is not an address like 0.0.0.0:80"),
-                        )
-                    })?,
-            ),
+        // An optional extra listener: empty is none.
+        let extra_listener = |key: &str, value: &str, example: &str| match value {
+            "" => Ok(None),
+            a => a
+                .to_socket_addrs()
+                .ok()
+                .and_then(|mut i| i.next())
+                .map(Some)
+                .ok_or_else(|| err(key, format!("`{a}` is not an address like {example}"))),
         };
-        let metrics_listen = match file.server.metrics_listen.as_str() {
-            "" => None,
-            a => Some(
-                a.to_socket_addrs()
-                    .ok()
-                    .and_then(|mut i| i.next())
-                    .ok_or_else(|| {
-                        err(
-                            "server.metrics_listen",
-                            format!("`{a}` is not an address like 127.0.0.1:9100"),
-                        )
-                    })?,
-            ),
-        };
+        let redirect_listen = extra_listener(
+            "server.redirect_listen",
+            &file.server.redirect_listen,
+            "0.0.0.0:80",
+        )?;
+        let metrics_listen = extra_listener(
+            "server.metrics_listen",
+            &file.server.metrics_listen,
+            "127.0.0.1:9100",
+        )?;
         let unix_listen = match file.server.unix_listen.as_str() {
             "" => None,
             p => {

@@ -454,13 +454,15 @@ async fn serve(
     });
     if let Some(more) = more {
         if let Some(l) = more.redirect {
-            monoio::spawn(serve_redirect(l, more.https_port));
+            let port = more.https_port;
+            monoio::spawn(serve_plain(l, move |s| redirect_one(s, port)));
         }
         if let Some(l) = more.unix {
             monoio::spawn(serve_unix(l, worker.clone()));
         }
         if let Some(l) = more.metrics {
-            monoio::spawn(serve_metrics(l, worker.clone()));
+            let worker = worker.clone();
+            monoio::spawn(serve_plain(l, move |s| metrics_one(s, worker.clone())));
         }
     }
     loop {
@@ -1377,8 +1379,13 @@ struct Extra {
     https_port: u16,
 }
 
-/// Plain HTTP: answer every request with 301 to the same host and path over https.
-async fn serve_redirect(listener: std::net::TcpListener, https_port: u16) {
+/// Accept on a plain-TCP side listener (redirect, metrics) and serve each
+/// connection with `serve`, until shutdown.
+async fn serve_plain<F, Fut>(listener: std::net::TcpListener, serve: F)
+where
+    F: Fn(TcpStream) -> Fut,
+    Fut: Future<Output = ()> + 'static,
+{
     let Ok(listener) = monoio::net::TcpListener::from_std(listener) else {
         return;
     };
@@ -1391,7 +1398,7 @@ async fn serve_redirect(listener: std::net::TcpListener, https_port: u16) {
             continue;
         };
         let _ = stream.set_nodelay(true);
-        monoio::spawn(CatchUnwind(redirect_one(stream, https_port)));
+        monoio::spawn(CatchUnwind(serve(stream)));
     }
 }
 
@@ -1460,38 +1467,22 @@ async fn redirect_one(stream: TcpStream, https_port: u16) {
 }
 
 /// `server.metrics_listen`: plain HTTP, `GET /metrics` and `GET /health`.
-async fn serve_metrics(listener: std::net::TcpListener, worker: Rc<Worker>) {
-    let Ok(listener) = monoio::net::TcpListener::from_std(listener) else {
-        return;
-    };
-    loop {
-        let Ok((stream, _)) = listener.accept().await else {
-            if shutting_down() {
-                return;
-            }
-            monoio::time::sleep(Duration::from_millis(50)).await;
-            continue;
-        };
-        let _ = stream.set_nodelay(true);
-        let worker = worker.clone();
-        monoio::spawn(CatchUnwind(async move {
-            let fd = stream.as_raw_fd();
-            let (r, mut w) = stream.into_split();
-            let mut r = PlainReader::new(r);
-            let mut out = Vec::new();
-            match read_target(&mut r, fd).await {
-                Some((path, _)) if path == "/metrics" => metrics_response(&mut out, &worker, true),
-                Some((path, _)) if path == "/health" || path.starts_with("/health?") => {
-                    let (status, body) = health_report(&worker.pool, true);
-                    write_json(&mut out, status, &body);
-                }
-                Some(_) => write_response(&mut out, 404, &[], "GET /metrics or /health", true),
-                None => write_response(&mut out, 400, &[], "bad request", true),
-            }
-            let _ = w.write_all(out).await;
-            w.shutdown().await;
-        }));
+async fn metrics_one(stream: TcpStream, worker: Rc<Worker>) {
+    let fd = stream.as_raw_fd();
+    let (r, mut w) = stream.into_split();
+    let mut r = PlainReader::new(r);
+    let mut out = Vec::new();
+    match read_target(&mut r, fd).await {
+        Some((path, _)) if path == "/metrics" => metrics_response(&mut out, &worker, true),
+        Some((path, _)) if path == "/health" || path.starts_with("/health?") => {
+            let (status, body) = health_report(&worker.pool, true);
+            write_json(&mut out, status, &body);
+        }
+        Some(_) => write_response(&mut out, 404, &[], "GET /metrics or /health", true),
+        None => write_response(&mut out, 400, &[], "bad request", true),
     }
+    let _ = w.write_all(out).await;
+    w.shutdown().await;
 }
 
 /// `GET /metrics`: 200 with the Prometheus text.
