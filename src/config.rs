@@ -295,6 +295,8 @@ pub struct LogSection {
     pub level: String,
     /// text, or json (one object per line).
     pub format: String,
+    /// One line per WebSocket session and per HTTP JSON-RPC request.
+    pub access: bool,
 }
 
 impl Default for LogSection {
@@ -302,6 +304,7 @@ impl Default for LogSection {
         LogSection {
             level: "info".into(),
             format: "text".into(),
+            access: false,
         }
     }
 }
@@ -413,6 +416,8 @@ pub struct Config {
     pub log_level: crate::log::Level,
     /// One JSON object per log line.
     pub log_json: bool,
+    /// Access lines (`log.access`).
+    pub access_log: bool,
     /// The file it came from, if any.
     pub source: Option<PathBuf>,
 }
@@ -741,6 +746,7 @@ impl Config {
             admission: file.admission,
             log_level,
             log_json,
+            access_log: file.log.access,
             source,
         })
     }

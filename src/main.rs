@@ -34,6 +34,7 @@ FLAGS (override the file):
     --shared             sessions share one connection per node per core (pool.shared = true)
     --log-level LEVEL    error, warn, info, debug
     --log-format FORMAT  text (default) or json: one object per line (log.format)
+    --access-log         a line per WebSocket session and per HTTP request (log.access)
     -h, --help           this text
     -V, --version        version
 
@@ -60,6 +61,7 @@ struct Flags {
     shared: bool,
     log_level: Option<String>,
     log_format: Option<String>,
+    access_log: bool,
 }
 
 fn parse_flags(args: Vec<String>) -> Result<Option<Flags>, String> {
@@ -79,6 +81,7 @@ fn parse_flags(args: Vec<String>) -> Result<Option<Flags>, String> {
         shared: false,
         log_level: None,
         log_format: None,
+        access_log: false,
     };
     let mut it = args.into_iter();
     while let Some(arg) = it.next() {
@@ -122,6 +125,7 @@ fn parse_flags(args: Vec<String>) -> Result<Option<Flags>, String> {
             }
             "--log-level" => f.log_level = Some(value("--log-level")?),
             "--log-format" => f.log_format = Some(value("--log-format")?),
+            "--access-log" => f.access_log = true,
             other => return Err(format!("unknown flag `{other}` (see --help)")),
         }
     }
@@ -159,6 +163,9 @@ fn load(flags: &Flags) -> Result<Config, String> {
     }
     if let Some(v) = &flags.log_format {
         file.log.format = v.clone();
+    }
+    if flags.access_log {
+        file.log.access = true;
     }
     if let Some(c) = &flags.chain {
         file.routing.chain = c.clone();

@@ -537,6 +537,25 @@ async fn with_deadline<F: Future>(dur: Duration, expire: impl FnOnce(), fut: F) 
     fut.await
 }
 
+/// An access line for a WebSocket session that ended (`log.access`),
+/// key=value pairs (logfmt).
+fn access_ws(
+    client: std::net::IpAddr,
+    node: &str,
+    started: std::time::Instant,
+    messages_in: u64,
+    messages_out: Option<u64>,
+    close: Option<u16>,
+    reason: &str,
+) {
+    let out = messages_out.map_or("-".to_string(), |n| n.to_string());
+    let close = close.map_or("-".to_string(), |c| c.to_string());
+    crate::info!(
+        "access kind=ws client={client} node={node} ms={} in={messages_in} out={out} close={close} reason={reason:?}",
+        started.elapsed().as_millis()
+    );
+}
+
 /// Run `fut`; if the worker shuts down first, call `stop` (which ends the
 /// socket's pending reads) and let `fut` finish on its own.
 async fn unless_shutdown<F: Future>(
@@ -644,6 +663,8 @@ async fn client<R: ReadHalf, W: WriteHalf>(
                 early: upstream_early,
                 fd: upstream_fd,
             };
+            let started = std::time::Instant::now();
+            let node_url = _lease.node().url.clone();
             let summary = relay(
                 client,
                 node,
@@ -659,6 +680,17 @@ async fn client<R: ReadHalf, W: WriteHalf>(
                 summary.client_messages,
                 summary.upstream_messages
             );
+            if worker.config.access_log {
+                access_ws(
+                    admitted.ip,
+                    &node_url,
+                    started,
+                    summary.client_messages,
+                    Some(summary.upstream_messages),
+                    summary.client_close_code,
+                    summary.reason,
+                );
+            }
         }
         Handshake::Shared {
             client_early,
@@ -675,12 +707,26 @@ async fn client<R: ReadHalf, W: WriteHalf>(
                 admission: inspect.then_some((&*worker.admission, admitted.ip)),
                 shutdown: &worker.shutdown,
             };
+            let started = std::time::Instant::now();
+            let node_url = lease.node().url.clone();
+            let ip = admitted.ip;
             let summary = crate::shared::session(ctx, conn, lease, r, w, client_early, fd).await;
             crate::debug!(
                 "session {peer} ended: {} ({} messages)",
                 summary.reason,
                 summary.messages
             );
+            if worker.config.access_log {
+                access_ws(
+                    ip,
+                    &node_url,
+                    started,
+                    summary.messages,
+                    None,
+                    summary.close_code,
+                    summary.reason,
+                );
+            }
         }
         // Boxed: its header arrays must not size every WebSocket session's task.
         Handshake::Http { buf, admitted } => {
@@ -1258,6 +1304,7 @@ async fn http_loop<R: ReadHalf, W: WriteHalf>(
         buf.drain(..head_len + used);
 
         let now = std::time::Instant::now();
+        let body_len = body.len();
         let (status, answer, retry_after) =
             match worker.admission.check_call(admitted.ip, &body, now) {
                 Ok(()) => {
@@ -1277,6 +1324,15 @@ async fn http_loop<R: ReadHalf, W: WriteHalf>(
                     )
                 }
             };
+        if worker.config.access_log {
+            crate::info!(
+                "access kind=http client={} path={:?} status={status} ms={} bytes_in={body_len} bytes_out={}",
+                admitted.ip,
+                path,
+                now.elapsed().as_millis(),
+                answer.len()
+            );
+        }
         let mut extra = extra;
         if let Some(secs) = retry_after {
             extra.push(("Retry-After".into(), secs.to_string()));

@@ -400,10 +400,29 @@ fn sighup_reloads_the_certificate_and_keeps_sessions() {
 fn json_logs_are_one_object_per_line() {
     let pki = TestPki::new();
     let up = Upstream::start(Behaviour::Echo);
-    let gw = Gateway::start(&pki, &[up.url()], &["--log-format", "json"]);
+    let gw = Gateway::start(&pki, &[up.url()], &["--log-format", "json", "--access-log"]);
     let mut ws = ws_connect(&gw, pki.client_config(), "/");
     ws.send(Message::Text("hi".into())).unwrap();
     assert_eq!(ws.read().unwrap(), Message::Text("hi".into()));
+    ws.close(Some(tungstenite::protocol::CloseFrame {
+        code: tungstenite::protocol::frame::coding::CloseCode::Normal,
+        reason: "".into(),
+    }))
+    .unwrap();
+    while ws.read().is_ok() {}
+    // And one JSON-RPC request over HTTP.
+    let mut s = tls_connect(gw.addr, pki.client_config());
+    let body = r#"{"jsonrpc":"2.0","id":1,"method":"system_health"}"#;
+    use std::io::Write;
+    write!(
+        s,
+        "POST / HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    // (The echo node speaks WebSocket only: 502, with a JSON-RPC error.)
+    let status = read_response(&mut s).0;
+    std::thread::sleep(std::time::Duration::from_millis(200));
     let err = gw.stop_and_read_stderr();
     let lines: Vec<&str> = err.lines().filter(|l| !l.is_empty()).collect();
     assert!(!lines.is_empty());
@@ -415,6 +434,23 @@ fn json_logs_are_one_object_per_line() {
     assert!(
         lines.iter().any(|l| l.contains(r#""msg":"ready""#)),
         "{err}"
+    );
+    // Access lines (--access-log): key=value pairs inside the message.
+    let ws_line = lines
+        .iter()
+        .find(|l| l.contains("access kind=ws"))
+        .unwrap_or_else(|| panic!("no session access line: {err}"));
+    assert!(
+        ws_line.contains("client=127.0.0.1") && ws_line.contains("in=1 out=1 close=1000"),
+        "{ws_line}"
+    );
+    let http_line = lines
+        .iter()
+        .find(|l| l.contains("access kind=http"))
+        .unwrap_or_else(|| panic!("no HTTP access line: {err}"));
+    assert!(
+        http_line.contains(&format!("status={status} ")),
+        "{http_line}"
     );
 
     let bad = write_config(&pki, "badlog.toml", "[log]\nformat = \"xml\"\n");
