@@ -456,7 +456,7 @@ impl rustls::server::ProducesTickets for Tickets {
         st.advance(ticket_period());
         let key = if period == st.period {
             &st.current
-        } else if period + 1 == st.period {
+        } else if period.checked_add(1) == Some(st.period) {
             st.previous.as_ref()?
         } else {
             return None;
@@ -791,6 +791,10 @@ mod tests {
         }
         assert_eq!(b.decrypt(&t[..t.len() - 1]), None);
         assert_eq!(b.decrypt(&[]), None);
+        // A ticket from a client may claim any period.
+        let mut forged = t.clone();
+        forged[..8].copy_from_slice(&u64::MAX.to_be_bytes());
+        assert_eq!(b.decrypt(&forged), None);
     }
 
     #[test]
