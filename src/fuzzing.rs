@@ -115,3 +115,72 @@ pub fn upstream_response(data: &[u8]) {
     let _ =
         handshake::parse_upstream_response(data, "dGhlIHNhbXBsZSBub25jZQ==", Some(b"a, b"), 16384);
 }
+
+/// The JSON-RPC peeker (hand-written, on every client message) never panics,
+/// returns slices of its input, and agrees with a full parser (serde_json)
+/// on well-formed input: an object's `id`, `params`, `result` and `error` are
+/// the values serde_json finds (the last of duplicate keys, as serde_json
+/// keeps), and an array's elements are its elements.
+pub fn jsonrpc(data: &[u8]) {
+    use crate::jsonrpc::{elements, kind, member, param, peek, unquote};
+    use serde_json::Value;
+    let within = |part: &[u8]| {
+        let (start, end) = (data.as_ptr() as usize, data.as_ptr() as usize + data.len());
+        let p = part.as_ptr() as usize;
+        assert!(p >= start && p + part.len() <= end, "a slice of the input");
+    };
+    let _ = kind(data);
+    let peeked = peek(data);
+    if let Some(p) = peeked {
+        for v in [p.method, p.id, p.params, p.result, p.error]
+            .into_iter()
+            .flatten()
+        {
+            within(v);
+        }
+        if let Some(params) = p.params {
+            for i in 0..3 {
+                if let Some(v) = param(params, i) {
+                    within(v);
+                    let _ = unquote(v);
+                }
+            }
+            if let Some(v) = member(params, b"subscription") {
+                within(v);
+            }
+        }
+    }
+    let items: Vec<&[u8]> = elements(data).collect();
+    for e in &items {
+        within(e);
+        let _ = peek(e);
+    }
+    match serde_json::from_slice::<Value>(data) {
+        Ok(Value::Object(map)) => {
+            let p = peeked.expect("a well-formed object is peeked");
+            for (key, raw) in [
+                ("id", p.id),
+                ("params", p.params),
+                ("result", p.result),
+                ("error", p.error),
+            ] {
+                match (map.get(key), raw) {
+                    (Some(v), Some(raw)) => {
+                        let parsed: Value = serde_json::from_slice(raw).expect("a whole value");
+                        assert_eq!(&parsed, v, "member {key}");
+                    }
+                    (None, None) => {}
+                    (v, raw) => panic!("member {key}: serde_json {v:?}, peek {raw:?}"),
+                }
+            }
+        }
+        Ok(Value::Array(values)) => {
+            assert_eq!(items.len(), values.len(), "array length");
+            for (raw, v) in items.iter().zip(&values) {
+                let parsed: Value = serde_json::from_slice(raw).expect("a whole element");
+                assert_eq!(&parsed, v);
+            }
+        }
+        _ => {}
+    }
+}

@@ -95,3 +95,8 @@ fn request_head_seeds() {
 fn upstream_response_seeds() {
     check("upstream_response", ringway::fuzzing::upstream_response);
 }
+
+#[test]
+fn jsonrpc_seeds() {
+    check("jsonrpc", ringway::fuzzing::jsonrpc);
+}
