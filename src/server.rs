@@ -468,7 +468,8 @@ async fn serve(
     loop {
         match listener.accept().await {
             Ok((stream, peer)) => {
-                let _ = stream.set_nodelay(true);
+                // TCP_NODELAY comes from the listener (Linux copies it to
+                // accepted sockets): no setsockopt per connection.
                 let fut = CatchUnwind(connection(stream, peer, worker.clone()));
                 monoio::spawn(fut);
             }
