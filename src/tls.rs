@@ -125,6 +125,16 @@ pub fn kx_groups() -> Vec<&'static dyn rustls::crypto::SupportedKxGroup> {
     vec![x25519, kx_group::SECP256R1, kx_group::SECP384R1]
 }
 
+/// Randomness for handshakes (server random, ticket nonces): with
+/// `fast-x25519`, aws-lc's per-thread DRBG seeded from the kernel (no system
+/// call per handshake; ring's asks getrandom(2) each time), else ring's.
+fn secure_random() -> &'static dyn rustls::crypto::SecureRandom {
+    #[cfg(feature = "fast-x25519")]
+    return rustls::crypto::aws_lc_rs::default_provider().secure_random;
+    #[cfg(not(feature = "fast-x25519"))]
+    return rustls::crypto::ring::default_provider().secure_random;
+}
+
 /// The shared server config: TLS 1.2 and 1.3 (all rustls offers), ALPN http/1.1.
 ///
 /// Cipher suites in the server's order, AES-128-GCM first: its key schedule
@@ -147,6 +157,7 @@ pub fn server_config(ck: &CertifiedKey) -> Result<ServerTls, String> {
             cs::TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256,
         ],
         kx_groups: kx_groups(),
+        secure_random: secure_random(),
         ..rustls::crypto::ring::default_provider()
     });
     let certs = Arc::new(Certs {
