@@ -263,7 +263,6 @@ fn spawn_signals(
     certs: Option<std::sync::Arc<ringway::tls::Certs>>,
     mode: TlsMode,
     stopper: ringway::server::Stopper,
-    wait: std::time::Duration,
 ) {
     let spawned = std::thread::Builder::new()
         .name("signals".into())
@@ -282,10 +281,8 @@ fn spawn_signals(
                 continue;
             }
             info!("shutting down: no new connections; sessions finish and close (1001)");
-            let done = stopper.shutdown(
-                wait,
-                |d| matches!(next_signal(&set, Some(d)), Some(s) if s != libc::SIGHUP),
-            );
+            let done = stopper
+                .shutdown(|d| matches!(next_signal(&set, Some(d)), Some(s) if s != libc::SIGHUP));
             if done {
                 info!("all sessions closed; exiting");
             } else {
@@ -369,9 +366,6 @@ fn main() -> ExitCode {
     let scheme = if tls.is_some() { "wss" } else { "ws" };
     let certs = server_config.as_ref().map(|t| t.certs.clone());
     let tls_mode = config.tls.clone();
-    let shutdown_wait = ringway::session::SHUTDOWN_DRAIN
-        + config.limits.close_timeout
-        + std::time::Duration::from_secs(2);
     let unix = config.unix_listen.clone();
     let workers = config.workers;
     let nodes: Vec<String> = config.nodes.iter().map(|n| n.url.clone()).collect();
@@ -404,7 +398,7 @@ fn main() -> ExitCode {
         },
         nodes.join(", ")
     );
-    spawn_signals(signals, certs, tls_mode, running.stopper, shutdown_wait);
+    spawn_signals(signals, certs, tls_mode, running.stopper);
     info!("ready");
     for w in running.workers {
         let _ = w.join();

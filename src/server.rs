@@ -60,6 +60,8 @@ pub struct Running {
 pub struct Stopper {
     listener_fds: Vec<RawFd>,
     workers: usize,
+    /// How long the workers may take (theirs, and a second more).
+    wait: Duration,
 }
 
 /// Set by [`Stopper::shutdown`]; a worker sees it when its accept fails.
@@ -79,18 +81,18 @@ impl Stopper {
     /// [`crate::session::SHUTDOWN_DRAIN`], then requests still unanswered get
     /// JSON-RPC errors with their ids and clients get close 1001 (going away;
     /// they reconnect elsewhere). Idle HTTP keep-alive connections close.
-    /// Returns once every worker has no connection left (true), or after
-    /// `wait` or when `interrupted` (given a time to wait for an
-    /// interruption) says so (false).
-    pub fn shutdown(&self, wait: Duration, mut interrupted: impl FnMut(Duration) -> bool) -> bool {
+    /// Returns once every worker has no connection left (true), or when the
+    /// workers' own deadline has passed or `interrupted` (given a time to
+    /// wait for an interruption) says so (false).
+    pub fn shutdown(&self, mut interrupted: impl FnMut(Duration) -> bool) -> bool {
         use std::sync::atomic::Ordering;
         SHUTTING_DOWN.store(true, Ordering::Release);
         for &fd in &self.listener_fds {
             stop(fd, Stop::Reads);
         }
-        let until = std::time::Instant::now() + wait;
+        let until = std::time::Instant::now() + self.wait;
         while DRAINED.load(Ordering::Acquire) < self.workers {
-            if std::time::Instant::now() >= until || interrupted(Duration::from_millis(20)) {
+            if std::time::Instant::now() >= until || interrupted(crate::session::DRAIN_POLL) {
                 return false;
             }
         }
@@ -237,6 +239,7 @@ pub fn start(config: Config, tls: Option<crate::tls::ServerTls>) -> io::Result<R
     let stopper = Stopper {
         listener_fds,
         workers: workers.len(),
+        wait: shutdown_deadline(&config.limits) + Duration::from_secs(1),
     };
     Ok(Running {
         local_addr,
@@ -486,7 +489,7 @@ async fn serve(
     worker.shutdown.fire();
     let until = std::time::Instant::now() + shutdown_deadline(&worker.config.limits);
     while worker.active.get() > 0 && std::time::Instant::now() < until {
-        monoio::time::sleep(Duration::from_millis(20)).await;
+        monoio::time::sleep(crate::session::DRAIN_POLL).await;
     }
     DRAINED.fetch_add(1, std::sync::atomic::Ordering::Release);
     std::future::pending::<()>().await;
@@ -538,23 +541,37 @@ async fn with_deadline<F: Future>(dur: Duration, expire: impl FnOnce(), fut: F) 
     fut.await
 }
 
-/// An access line for a WebSocket session that ended (`log.access`),
-/// key=value pairs (logfmt).
-fn access_ws(
+/// A WebSocket session's access line (`log.access`, logfmt key=value
+/// pairs), begun at the session's start only when the log is on.
+struct Access {
     client: std::net::IpAddr,
-    node: &str,
+    node: String,
     started: std::time::Instant,
-    messages_in: u64,
-    messages_out: Option<u64>,
-    close: Option<u16>,
-    reason: &str,
-) {
-    let out = messages_out.map_or("-".to_string(), |n| n.to_string());
-    let close = close.map_or("-".to_string(), |c| c.to_string());
-    crate::info!(
-        "access kind=ws client={client} node={node} ms={} in={messages_in} out={out} close={close} reason={reason:?}",
-        started.elapsed().as_millis()
-    );
+}
+
+impl Access {
+    fn begin(
+        worker: &Worker,
+        client: std::net::IpAddr,
+        node: &crate::config::NodeConfig,
+    ) -> Option<Access> {
+        worker.config.access_log.then(|| Access {
+            client,
+            node: node.url.clone(),
+            started: std::time::Instant::now(),
+        })
+    }
+
+    fn end(self, messages_in: u64, messages_out: Option<u64>, close: Option<u16>, reason: &str) {
+        let out = messages_out.map_or("-".to_string(), |n| n.to_string());
+        let close = close.map_or("-".to_string(), |c| c.to_string());
+        crate::info!(
+            "access kind=ws client={} node={} ms={} in={messages_in} out={out} close={close} reason={reason:?}",
+            self.client,
+            self.node,
+            self.started.elapsed().as_millis()
+        );
+    }
 }
 
 /// Run `fut`; if the worker shuts down first, call `stop` (which ends the
@@ -664,8 +681,7 @@ async fn client<R: ReadHalf, W: WriteHalf>(
                 early: upstream_early,
                 fd: upstream_fd,
             };
-            let started = std::time::Instant::now();
-            let node_url = _lease.node().url.clone();
+            let access = Access::begin(worker, admitted.ip, _lease.node());
             let summary = relay(
                 client,
                 node,
@@ -681,11 +697,8 @@ async fn client<R: ReadHalf, W: WriteHalf>(
                 summary.client_messages,
                 summary.upstream_messages
             );
-            if worker.config.access_log {
-                access_ws(
-                    admitted.ip,
-                    &node_url,
-                    started,
+            if let Some(a) = access {
+                a.end(
                     summary.client_messages,
                     Some(summary.upstream_messages),
                     summary.client_close_code,
@@ -708,25 +721,15 @@ async fn client<R: ReadHalf, W: WriteHalf>(
                 admission: inspect.then_some((&*worker.admission, admitted.ip)),
                 shutdown: &worker.shutdown,
             };
-            let started = std::time::Instant::now();
-            let node_url = lease.node().url.clone();
-            let ip = admitted.ip;
+            let access = Access::begin(worker, admitted.ip, lease.node());
             let summary = crate::shared::session(ctx, conn, lease, r, w, client_early, fd).await;
             crate::debug!(
                 "session {peer} ended: {} ({} messages)",
                 summary.reason,
                 summary.messages
             );
-            if worker.config.access_log {
-                access_ws(
-                    ip,
-                    &node_url,
-                    started,
-                    summary.messages,
-                    None,
-                    summary.close_code,
-                    summary.reason,
-                );
+            if let Some(a) = access {
+                a.end(summary.messages, None, summary.close_code, summary.reason);
             }
         }
         // Boxed: its header arrays must not size every WebSocket session's task.

@@ -894,8 +894,8 @@ fn next_write(out: &Outbox, mid_frame: bool, mid_message: bool) -> Option<NextWr
 /// before it fails them (JSON-RPC errors with their ids) and closes (1001).
 pub const SHUTDOWN_DRAIN: Duration = Duration::from_secs(5);
 
-/// How often a draining session looks at its requests in flight.
-const DRAIN_POLL: Duration = Duration::from_millis(20);
+/// How often a draining session (or worker) looks at what is still in flight.
+pub const DRAIN_POLL: Duration = Duration::from_millis(20);
 
 /// Idle timeout, node keepalive pings, the close deadline, and the worker's
 /// shutdown. Runs until both writers have finished.

@@ -42,7 +42,7 @@ use crate::admission::{rpc_error, AdmissionCtx, Reason};
 use crate::io::{stop, ReadHalf, Stop, WriteHalf};
 use crate::jsonrpc::{self, Kind};
 use crate::route::{ChainView, Router, Target};
-use crate::session::{SessionConfig, SHUTDOWN_DRAIN};
+use crate::session::{SessionConfig, DRAIN_POLL, SHUTDOWN_DRAIN};
 use crate::signal::{Broadcast, Signal};
 use crate::upstream::{NodeLease, NodeReader, NodeWriter, Pool};
 use crate::ws::codec::{Decoder, Limits as CodecLimits, Role, Step};
@@ -1019,7 +1019,7 @@ async fn client_timer(ctx: &Ctx<'_>, conn: &Rc<Conn>, client: &Rc<Client>) {
                 client.send_close(close_code::GOING_AWAY, "server shutting down");
                 continue;
             }
-            at = Some(until.min(now + Duration::from_millis(20)));
+            at = Some(until.min(now + DRAIN_POLL));
         }
         if at.is_none() {
             let idle_at = client.last_activity.get() + ctx.cfg.idle_timeout;

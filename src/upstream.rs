@@ -344,7 +344,7 @@ async fn open_with(
         tried[index] = true;
         let node = &pool.nodes[index];
         let attempt = monoio::time::timeout(timeout, handshake(node, template)).await;
-        match attempt {
+        let why = match attempt {
             Ok(Ok((stream, accepted, early))) => {
                 return Ok((stream, accepted, early, pool.lease(index)))
             }
@@ -356,18 +356,12 @@ async fn open_with(
                     body: format!("the node refused the WebSocket upgrade: {code} {reason}"),
                 });
             }
-            Ok(Err(e)) => {
-                pool.health.report_connect_failure(index);
-                failures.push(e.to_string());
-            }
-            Err(_) => {
-                pool.health.report_connect_failure(index);
-                failures.push(format!("no answer within {} ms", timeout.as_millis()));
-            }
-        }
-        let why = failures.last().map(String::as_str).unwrap_or("");
+            Ok(Err(e)) => e.to_string(),
+            Err(_) => format!("no answer within {} ms", timeout.as_millis()),
+        };
+        pool.health.report_connect_failure(index);
         crate::warn!("upstream {}: {why}", node.url);
-        *failures.last_mut().expect("just pushed") = format!("{}: {why}", node.public_name());
+        failures.push(format!("{}: {why}", node.public_name()));
     }
     Err(NoUpstream {
         status: 502,

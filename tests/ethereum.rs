@@ -218,14 +218,7 @@ fn ethereum_subscriptions_over_shared_node_connections() {
         .unwrap();
         let t = read(&mut ws);
         assert!(t.contains(r#""id":"s""#), "{t}");
-        let sub = t
-            .split(r#""result":""#)
-            .nth(1)
-            .unwrap()
-            .split('"')
-            .next()
-            .unwrap()
-            .to_string();
+        let sub = result_string(&t);
         subs.push(sub);
         sessions.push(ws);
     }

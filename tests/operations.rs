@@ -7,6 +7,24 @@ use std::process::Command;
 use common::*;
 use tungstenite::Message;
 
+/// `ringway --check --config FILE`.
+fn check_config(file: &str) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_ringway"))
+        .args(["--check", "--config", file])
+        .output()
+        .unwrap()
+}
+
+/// The address the gateway printed after `marker` at start (`http://ADDR...`).
+fn printed_addr(gw: &Gateway, marker: &str) -> String {
+    gw.stdout_lines
+        .iter()
+        .find_map(|l| l.split(marker).nth(1))
+        .and_then(|r| r.split(['/', ' ']).next())
+        .map(str::to_string)
+        .unwrap_or_else(|| panic!("no `{marker}` address printed: {:?}", gw.stdout_lines))
+}
+
 #[test]
 fn without_a_certificate_a_self_signed_one_is_made_and_printed() {
     let up = Upstream::start(Behaviour::Echo);
@@ -85,10 +103,7 @@ fn unix_socket_nodes_work() {
 fn check_names_the_file_and_key_of_a_config_error() {
     let pki = TestPki::new();
     let bad = write_config(&pki, "bad.toml", "[limits]\nmax_frame_bytes = 0\n");
-    let out = Command::new(env!("CARGO_BIN_EXE_ringway"))
-        .args(["--check", "--config", bad.to_str().unwrap()])
-        .output()
-        .unwrap();
+    let out = check_config(bad.to_str().unwrap());
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -101,10 +116,7 @@ fn check_names_the_file_and_key_of_a_config_error() {
         "unknown.toml",
         "[server]\nlisten = \"127.0.0.1:1\"\nlsiten = 3\n",
     );
-    let out = Command::new(env!("CARGO_BIN_EXE_ringway"))
-        .args(["--check", "--config", unknown.to_str().unwrap()])
-        .output()
-        .unwrap();
+    let out = check_config(unknown.to_str().unwrap());
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -121,10 +133,7 @@ fn check_names_the_file_and_key_of_a_config_error() {
             pki.key.display()
         ),
     );
-    let out = Command::new(env!("CARGO_BIN_EXE_ringway"))
-        .args(["--check", "--config", good.to_str().unwrap()])
-        .output()
-        .unwrap();
+    let out = check_config(good.to_str().unwrap());
     assert!(
         out.status.success(),
         "{}",
@@ -135,10 +144,7 @@ fn check_names_the_file_and_key_of_a_config_error() {
 #[test]
 fn the_example_config_is_valid() {
     let example = concat!(env!("CARGO_MANIFEST_DIR"), "/ringway.example.toml");
-    let out = Command::new(env!("CARGO_BIN_EXE_ringway"))
-        .args(["--check", "--config", example])
-        .output()
-        .unwrap();
+    let out = check_config(example);
     assert!(
         out.status.success(),
         "{}",
@@ -156,20 +162,7 @@ fn http_is_redirected_to_https_with_host_and_path() {
         "[server]\nredirect_listen = \"127.0.0.1:0\"\n",
     );
     let gw = Gateway::start(&pki, &[up.url()], &["--config", cfg.to_str().unwrap()]);
-    let line = gw
-        .stdout_lines
-        .iter()
-        .find(|l| l.contains("redirecting"))
-        .cloned()
-        .unwrap_or_default();
-    let addr = line
-        .split("http://")
-        .nth(1)
-        .and_then(|r| r.split_whitespace().next())
-        .map(|a| a.to_string());
-    let Some(addr) = addr else {
-        panic!("no redirect address printed: {:?}", gw.stdout_lines);
-    };
+    let addr = printed_addr(&gw, "redirecting http://");
     let mut s = std::net::TcpStream::connect(&addr).unwrap();
     use std::io::Write;
     s.write_all(b"GET /ws?x=1 HTTP/1.1\r\nHost: rpc.example.com:80\r\n\r\n")
@@ -454,10 +447,7 @@ fn json_logs_are_one_object_per_line() {
     );
 
     let bad = write_config(&pki, "badlog.toml", "[log]\nformat = \"xml\"\n");
-    let out = Command::new(env!("CARGO_BIN_EXE_ringway"))
-        .args(["--check", "--config", bad.to_str().unwrap()])
-        .output()
-        .unwrap();
+    let out = check_config(bad.to_str().unwrap());
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -603,13 +593,7 @@ fn metrics_can_be_served_apart_from_the_public_port() {
         "[server]\nmetrics_listen = \"127.0.0.1:0\"\n",
     );
     let gw = Gateway::start(&pki, &[up.url()], &["--config", cfg.to_str().unwrap()]);
-    let addr = gw
-        .stdout_lines
-        .iter()
-        .find_map(|l| l.split("metrics on http://").nth(1))
-        .and_then(|r| r.split('/').next())
-        .map(str::to_string)
-        .unwrap_or_else(|| panic!("no metrics address printed: {:?}", gw.stdout_lines));
+    let addr = printed_addr(&gw, "metrics on http://");
     let get = |path: &str| {
         let mut s = std::net::TcpStream::connect(&addr).unwrap();
         write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();

@@ -267,27 +267,12 @@ fn subscriptions_reach_their_own_session_and_end_with_it() {
     .unwrap();
     let sub_a = text(a.read().unwrap());
     assert!(sub_a.contains(r#""id":1,"#), "{sub_a}");
-    let sub_a = sub_a
-        .split("\"result\":\"")
-        .nth(1)
-        .unwrap()
-        .split('"')
-        .next()
-        .unwrap()
-        .to_string();
+    let sub_a = result_string(&sub_a);
     b.send(Message::Text(
         r#"{"jsonrpc":"2.0","id":1,"method":"test_subscribe","params":[]}"#.into(),
     ))
     .unwrap();
-    let sub_b = text(b.read().unwrap());
-    let sub_b = sub_b
-        .split("\"result\":\"")
-        .nth(1)
-        .unwrap()
-        .split('"')
-        .next()
-        .unwrap()
-        .to_string();
+    let sub_b = result_string(&text(b.read().unwrap()));
     assert_ne!(sub_a, sub_b);
 
     // Each session sees only its own notifications.

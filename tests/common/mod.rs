@@ -74,6 +74,16 @@ impl TestPki {
 
 static COUNTER: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
+/// The string `result` of a JSON-RPC answer (a subscription id).
+pub fn result_string(answer: &str) -> String {
+    let v: serde_json::Value =
+        serde_json::from_str(answer).unwrap_or_else(|e| panic!("{e}: {answer}"));
+    v["result"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no string result: {answer}"))
+        .to_string()
+}
+
 /// The certificates of a PEM text as trust anchors.
 pub fn roots_trusting(pem: &[u8]) -> RootCertStore {
     use rustls::pki_types::pem::PemObject;
