@@ -95,6 +95,9 @@ pub struct HttpSection {
     pub cors_origins: Vec<String>,
     /// Largest HTTP request body; larger gets 413.
     pub max_body_bytes: usize,
+    /// A request body must arrive within this time (408 after it), and
+    /// after 2 s at no less than `limits.handshake_min_rate` bytes/s.
+    pub body_timeout_ms: u64,
 }
 
 impl Default for HttpSection {
@@ -102,6 +105,7 @@ impl Default for HttpSection {
         HttpSection {
             cors_origins: vec!["*".into()],
             max_body_bytes: 10 << 20,
+            body_timeout_ms: 30_000,
         }
     }
 }
@@ -595,6 +599,7 @@ impl Config {
             ("limits.handshake_timeout_ms", l.handshake_timeout_ms),
             ("limits.idle_timeout_s", l.idle_timeout_s),
             ("limits.close_timeout_ms", l.close_timeout_ms),
+            ("http.body_timeout_ms", file.http.body_timeout_ms),
             ("pool.connect_timeout_ms", file.pool.connect_timeout_ms),
             ("pool.keepalive_interval_s", file.pool.keepalive_interval_s),
             (

@@ -110,6 +110,66 @@ pub fn request_head(data: &[u8]) {
     }
 }
 
+/// HTTP request framing and the chunked decoder never panic; a refusal has
+/// a 4xx or 501 status; a chunked body decodes to the same bytes and length
+/// whether fed at once or in pieces, never over its limit, and never
+/// consumes more than it was given.
+pub fn http_body(data: &[u8]) {
+    use crate::http::body::{framing, BodyKind, ChunkLimits, Chunked};
+    let mut headers = [httparse::EMPTY_HEADER; HEADER_ARRAY];
+    let Ok(Parse::Done(head, n)) = parse_head(data, &mut headers, 16384, 64) else {
+        return;
+    };
+    let kind = match framing(&head, false) {
+        Ok(k) => k,
+        Err(e) => return assert!(matches!(e.status(), 400..=499 | 501)),
+    };
+    if kind != BodyKind::Chunked {
+        return;
+    }
+    let rest = &data[n..];
+    let limits = ChunkLimits::new(4096);
+    let whole = {
+        let mut d = Chunked::new(limits);
+        let mut body = Vec::new();
+        d.feed(rest, &mut body)
+            .map(|used| (body, used, d.is_done()))
+    };
+    let piece = 1 + rest.first().map_or(0, |&b| b as usize % 7);
+    let pieces = {
+        let mut d = Chunked::new(limits);
+        let mut body = Vec::new();
+        let mut used = 0;
+        let mut out = Ok(());
+        for p in rest.chunks(piece) {
+            match d.feed(p, &mut body) {
+                Ok(u) => {
+                    assert!(u <= p.len());
+                    used += u;
+                    if d.is_done() {
+                        break;
+                    }
+                }
+                Err(e) => {
+                    out = Err(e);
+                    break;
+                }
+            }
+        }
+        out.map(|()| (body, used, d.is_done()))
+    };
+    match (&whole, &pieces) {
+        (Ok((b, used, done)), Ok(p)) => {
+            assert!(*used <= rest.len() && b.len() <= 4096);
+            if *done {
+                assert_eq!((b, used, done), (&p.0, &p.1, &p.2));
+            }
+        }
+        (Err(e), Err(f)) => assert_eq!(e.status(), f.status()),
+        _ => panic!("at once {whole:?}, in pieces of {piece} {pieces:?}"),
+    }
+}
+
 /// A node's response parser never panics.
 pub fn upstream_response(data: &[u8]) {
     let _ =

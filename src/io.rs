@@ -71,6 +71,25 @@ pub fn stop(fd: RawFd, how: Stop) {
     }
 }
 
+/// Run `fut`; at the deadline, call `expire` (which [`stop`]s the socket's
+/// I/O) and let `fut` finish on its own, instead of dropping in-flight
+/// io_uring operations (a dropped future leaves its buffer to the kernel and
+/// costs a cancellation). The one way the gateway times out socket I/O.
+pub async fn with_deadline<F: std::future::Future>(
+    dur: std::time::Duration,
+    expire: impl FnOnce(),
+    fut: F,
+) -> F::Output {
+    let mut fut = std::pin::pin!(fut);
+    let sleep = monoio::time::sleep(dur);
+    monoio::select! {
+        out = &mut fut => return out,
+        _ = sleep => {}
+    }
+    expire();
+    fut.await
+}
+
 /// Adaptive read size: starts small, quadruples after a read that filled its
 /// buffer, halves after reads that used less than an eighth.
 #[derive(Debug, Clone, Copy)]

@@ -34,7 +34,6 @@ pub mod log;
 pub mod probe;
 pub mod rng;
 pub mod route;
-pub mod rpc_http;
 pub mod server;
 pub mod session;
 pub mod shared;

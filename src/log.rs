@@ -107,6 +107,26 @@ macro_rules! info { ($($arg:tt)+) => { $crate::log!($crate::log::Level::Info, $(
 #[macro_export]
 macro_rules! debug { ($($arg:tt)+) => { $crate::log!($crate::log::Level::Debug, $($arg)+) }; }
 
+/// Log a panic as one line (where, and its message) instead of the
+/// standard hook's text and, under `RUST_BACKTRACE`, a backtrace of several
+/// kilobytes per panic. A connection's panic is caught and its task ends
+/// (`CatchUnwind`); the worker goes on.
+pub fn install_panic_hook() {
+    std::panic::set_hook(Box::new(|info| {
+        let msg = info
+            .payload()
+            .downcast_ref::<&str>()
+            .copied()
+            .or_else(|| info.payload().downcast_ref::<String>().map(String::as_str))
+            .unwrap_or("(no message)");
+        let at = info
+            .location()
+            .map(|l| format!("{}:{}", l.file(), l.line()))
+            .unwrap_or_default();
+        crate::error!("panic at {at}: {msg}");
+    }));
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -313,6 +313,7 @@ fn main() -> ExitCode {
     };
     ringway::log::set_level(config.log_level);
     ringway::log::set_json(config.log_json);
+    ringway::log::install_panic_hook();
     // Before any thread starts, so that every thread inherits the mask and
     // only the signal thread takes them.
     let signals = block_signals();

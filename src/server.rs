@@ -29,10 +29,14 @@ use rustls::ServerConfig;
 
 use crate::config::Config;
 use crate::health::Health;
+use crate::http::body;
+use crate::http::client::{self as rpc_http, HttpPool};
+use crate::http::origin::origin_allowed;
 use crate::http::write_response;
-use crate::io::{give_buf, stop, take_buf, PlainReader, ReadHalf, Stop, WriteHalf, BUF_SIZE};
+use crate::io::{
+    give_buf, stop, take_buf, with_deadline, PlainReader, ReadHalf, Stop, WriteHalf, BUF_SIZE,
+};
 use crate::route::{ChainView, HashWindow, Router};
-use crate::rpc_http::{self, HttpPool};
 use crate::session::{relay, NodeWatch, Peer, SessionConfig};
 use crate::upstream::{self, Pool};
 use crate::ws::codec::Limits as CodecLimits;
@@ -338,6 +342,13 @@ struct Worker {
 }
 
 impl Worker {
+    /// Count a connection as open until the guard drops: at its end, or
+    /// when its task is dropped after a panic (shutdown waits for the count).
+    fn enter(self: &Rc<Self>) -> Active {
+        self.active.set(self.active.get() + 1);
+        Active(self.clone())
+    }
+
     /// Whether a session on `node` routes its messages: it is on a pruned
     /// node and the pool has archive nodes.
     fn routes(&self, node: &crate::config::NodeConfig) -> bool {
@@ -347,6 +358,15 @@ impl Worker {
                 .nodes()
                 .iter()
                 .any(|n| n.role == crate::config::Role::Archive)
+    }
+}
+
+/// A connection counted in [`Worker::active`].
+struct Active(Rc<Worker>);
+
+impl Drop for Active {
+    fn drop(&mut self) {
+        self.0.active.set(self.0.active.get() - 1);
     }
 }
 
@@ -500,7 +520,7 @@ fn shutting_down() -> bool {
 }
 
 async fn connection(tcp: TcpStream, peer: SocketAddr, worker: Rc<Worker>) {
-    worker.active.set(worker.active.get() + 1);
+    let _active = worker.enter();
     let fd = tcp.as_raw_fd();
     match worker.tls.clone() {
         Some(cfg) => {
@@ -525,20 +545,6 @@ async fn connection(tcp: TcpStream, peer: SocketAddr, worker: Rc<Worker>) {
             client(PlainReader::new(r), w, fd, peer, &worker, "http").await;
         }
     }
-    worker.active.set(worker.active.get() - 1);
-}
-
-/// Run `fut`; at the deadline, call `expire` (which stops the socket's I/O)
-/// and let `fut` finish on its own, instead of dropping in-flight operations.
-async fn with_deadline<F: Future>(dur: Duration, expire: impl FnOnce(), fut: F) -> F::Output {
-    let mut fut = std::pin::pin!(fut);
-    let sleep = monoio::time::sleep(dur);
-    monoio::select! {
-        out = &mut fut => return out,
-        _ = sleep => {}
-    }
-    expire();
-    fut.await
 }
 
 /// A WebSocket session's access line (`log.access`, logfmt key=value
@@ -905,7 +911,7 @@ async fn handshake<R: ReadHalf, W: WriteHalf>(
     };
     let origins = &worker.admission.origins;
     if let (false, Some(origin)) = (origins.is_empty(), head.single("origin")) {
-        if !rpc_http::origin_allowed(origins, origin) {
+        if !origin_allowed(origins, origin) {
             worker
                 .admission
                 .shared
@@ -1183,11 +1189,15 @@ async fn http_loop<R: ReadHalf, W: WriteHalf>(
         ) else {
             return;
         };
+        // RFC 9112 §3.2: an HTTP/1.1 request without exactly one Host is 400.
+        if head.minor_version >= 1 && head.single("host").is_none() {
+            return refuse(r, w, fd, HandshakeError::BadHost).await;
+        }
         let keep_alive = head.minor_version >= 1 && !head.has_token("connection", "close");
         let origin = head.single("origin").map(<[u8]>::to_vec);
         let cors = origin
             .as_deref()
-            .filter(|o| rpc_http::origin_allowed(&http.cors_origins, o))
+            .filter(|o| origin_allowed(&http.cors_origins, o))
             .map(|o| String::from_utf8_lossy(o).into_owned());
         let mut extra: Vec<(&str, &str)> = Vec::new();
         if let Some(o) = cors.as_deref() {
@@ -1235,22 +1245,21 @@ async fn http_loop<R: ReadHalf, W: WriteHalf>(
             );
             return respond_and_close(r, w, fd, out).await;
         }
-        let kind = match rpc_http::body_kind(&head, false) {
+        let kind = match body::framing(&head, false) {
+            Ok(body::BodyKind::Length(n)) if n > http.max_body_bytes as u64 => {
+                Err(body::BodyError::TooLarge)
+            }
+            other => other,
+        };
+        let kind = match kind {
             Ok(k) => k,
-            Err(why) => {
+            Err(e) => {
+                crate::debug!("{peer}: {e}");
                 let mut out = Vec::new();
-                write_response(&mut out, 400, &extra, why, true);
+                write_response(&mut out, e.status(), &extra, e.reason(), true);
                 return respond_and_close(r, w, fd, out).await;
             }
         };
-        if let rpc_http::BodyKind::Length(n) = kind {
-            if n > http.max_body_bytes {
-                let mut out = Vec::new();
-                let why = format!("request body over {} bytes", http.max_body_bytes);
-                write_response(&mut out, 413, &extra, &why, true);
-                return respond_and_close(r, w, fd, out).await;
-            }
-        }
         // RFC 7231 §5.1.1: a client that sent `Expect: 100-continue` (curl
         // does for large bodies) waits for an interim 100 before the body;
         // any other expectation cannot be met (417).
@@ -1272,40 +1281,27 @@ async fn http_loop<R: ReadHalf, W: WriteHalf>(
             .iter()
             .map(|(a, b)| (a.to_string(), b.to_string()))
             .collect();
-        // The body.
-        let body = loop {
-            let rest = &buf[head_len..];
-            let done = match kind {
-                rpc_http::BodyKind::Length(n) if rest.len() >= n => {
-                    Ok(Some((rest[..n].to_vec(), n)))
-                }
-                rpc_http::BodyKind::Chunked => {
-                    match rpc_http::decode_chunked(rest, http.max_body_bytes) {
-                        Ok(Parse::Done(b, used)) => Ok(Some((b, used))),
-                        Ok(Parse::NeedMore(_)) => Ok(None),
-                        Err(e) => Err(e),
-                    }
-                }
-                _ => Ok(None),
-            };
-            match done {
-                Ok(Some(b)) => break b,
-                Ok(None) => {}
-                Err(why) => {
-                    let status = if why == "body too large" { 413 } else { 400 };
-                    let mut out = Vec::new();
-                    write_response(&mut out, status, &[], why, true);
-                    return respond_and_close(r, w, fd, out).await;
-                }
-            }
-            let (res, b) = r.read_more(std::mem::take(&mut buf)).await;
-            buf = b;
-            if !matches!(res, Ok(n) if n > 0) {
-                return;
+        // The body, within its deadline and minimum rate.
+        let body = read_body(
+            r,
+            fd,
+            &mut buf,
+            head_len,
+            kind,
+            http,
+            limits.handshake_min_rate,
+        )
+        .await;
+        let body = match body {
+            Ok(b) => b,
+            Err(BodyFailure::Gone) => return,
+            Err(BodyFailure::Refused(status, why)) => {
+                crate::debug!("{peer}: request body refused: {why} ({status})");
+                let mut out = Vec::new();
+                write_response(&mut out, status, &[], why, true);
+                return respond_and_close(r, w, fd, out).await;
             }
         };
-        let (body, used) = body;
-        buf.drain(..head_len + used);
 
         let now = std::time::Instant::now();
         let body_len = body.len();
@@ -1364,6 +1360,91 @@ async fn http_loop<R: ReadHalf, W: WriteHalf>(
             return;
         }
     }
+}
+
+/// Why a request body was not read.
+enum BodyFailure {
+    /// The client left (or broke the connection): nothing to answer.
+    Gone,
+    /// Answer with this status and reason, then close.
+    Refused(u16, &'static str),
+}
+
+/// Read the body that follows the head at `buf[..head_len]`, framed as
+/// `kind`; on success `buf` keeps only what follows the body (the next
+/// request). Linear in the body's size; a body that has not arrived within
+/// `http.body_timeout_ms`, or arrives slower than `min_rate` after the grace
+/// period, gets 408.
+async fn read_body<R: ReadHalf>(
+    r: &mut R,
+    fd: RawFd,
+    buf: &mut Vec<u8>,
+    head_len: usize,
+    kind: body::BodyKind,
+    http: &crate::config::HttpSection,
+    min_rate: u64,
+) -> Result<Vec<u8>, BodyFailure> {
+    const SLOW: BodyFailure = BodyFailure::Refused(408, "request body not received in time");
+    let timed_out = Cell::new(false);
+    let expire = || {
+        timed_out.set(true);
+        stop(fd, Stop::Reads);
+    };
+    let deadline = Duration::from_millis(http.body_timeout_ms);
+    let start = std::time::Instant::now();
+    let mut chunked = body::Chunked::new(body::ChunkLimits::new(http.max_body_bytes));
+    let mut out = Vec::new();
+    // Bytes of the body received so far (chunked: on the wire).
+    let mut received = 0usize;
+    let read = with_deadline(deadline, expire, async {
+        // Chunked: bytes before `at` are decoded; they are dropped after
+        // each read, so the buffer holds one read at most.
+        let mut at = head_len;
+        loop {
+            match kind {
+                body::BodyKind::Length(n) => {
+                    let n = n as usize; // at most max_body_bytes (checked by the caller)
+                    if buf.len() - head_len >= n {
+                        out = buf[head_len..head_len + n].to_vec();
+                        buf.drain(..head_len + n);
+                        return Ok(out);
+                    }
+                    // All of it in one allocation, not a copy per read.
+                    buf.reserve_exact(head_len + n - buf.len());
+                }
+                body::BodyKind::Chunked => {
+                    let used = chunked
+                        .feed(&buf[at..], &mut out)
+                        .map_err(|e| BodyFailure::Refused(e.status(), e.reason()))?;
+                    if chunked.is_done() {
+                        buf.drain(..at + used);
+                        return Ok(std::mem::take(&mut out));
+                    }
+                    buf.truncate(head_len);
+                    at = head_len;
+                }
+                body::BodyKind::UntilClose => {
+                    return Err(BodyFailure::Refused(400, "request without a length"))
+                }
+            }
+            let before = buf.len();
+            let (res, b) = r.read_more(std::mem::take(buf)).await;
+            *buf = b;
+            match res {
+                Ok(n) if n > 0 => received += buf.len() - before,
+                _ if timed_out.get() => return Err(SLOW),
+                _ => return Err(BodyFailure::Gone),
+            }
+            let elapsed = start.elapsed();
+            if min_rate > 0
+                && elapsed >= HEAD_RATE_GRACE
+                && (received as f64) < min_rate as f64 * elapsed.as_secs_f64()
+            {
+                return Err(SLOW);
+            }
+        }
+    });
+    read.await
 }
 
 /// Route one HTTP JSON-RPC body and forward it; retry a pruned node's
@@ -1575,11 +1656,10 @@ async fn serve_unix(listener: std::os::unix::net::UnixListener, worker: Rc<Worke
         };
         let worker = worker.clone();
         monoio::spawn(CatchUnwind(async move {
-            worker.active.set(worker.active.get() + 1);
+            let _active = worker.enter();
             let fd = stream.as_raw_fd();
             let (r, w) = stream.into_split();
             client(PlainReader::new(r), w, fd, local, &worker, "http").await;
-            worker.active.set(worker.active.get() - 1);
         }));
     }
 }

@@ -100,3 +100,8 @@ fn upstream_response_seeds() {
 fn jsonrpc_seeds() {
     check("jsonrpc", ringway::fuzzing::jsonrpc);
 }
+
+#[test]
+fn http_body_seeds() {
+    check("http_body", ringway::fuzzing::http_body);
+}

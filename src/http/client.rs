@@ -1,0 +1,186 @@
+//! The gateway as an HTTP client of its nodes: one JSON-RPC body `POST`ed
+//! to a node over a per-core keep-alive connection pool, and the node's
+//! answer read back (any framing, bounded in size).
+
+use std::cell::RefCell;
+use std::io;
+
+use crate::config::Role;
+use crate::http::body::{framing, BodyKind, ChunkLimits, Chunked};
+use crate::io::{ReadHalf, WriteHalf};
+use crate::upstream::{connect, NodeReader, NodeStream, NodeWriter, Pool};
+use crate::ws::handshake::Head;
+
+/// Idle keep-alive connections to nodes, per core.
+pub struct HttpPool {
+    idle: RefCell<Vec<Vec<(NodeReader, NodeWriter)>>>,
+}
+
+/// Idle connections kept per node per core.
+const IDLE_PER_NODE: usize = 32;
+
+impl HttpPool {
+    pub fn new(nodes: usize) -> HttpPool {
+        HttpPool {
+            idle: RefCell::new((0..nodes).map(|_| Vec::new()).collect()),
+        }
+    }
+
+    fn take(&self, node: usize) -> Option<(NodeReader, NodeWriter)> {
+        self.idle.borrow_mut()[node].pop()
+    }
+
+    fn give(&self, node: usize, conn: (NodeReader, NodeWriter)) {
+        let mut idle = self.idle.borrow_mut();
+        if idle[node].len() < IDLE_PER_NODE {
+            idle[node].push(conn);
+        }
+    }
+}
+
+/// A node's answer to one forwarded request.
+pub struct NodeAnswer {
+    pub status: u16,
+    pub body: Vec<u8>,
+}
+
+/// Send `body` to node `index` as `POST path` and read its answer. A pooled
+/// connection that turns out closed is replaced once by a fresh one.
+pub async fn forward(
+    pool: &Pool,
+    http: &HttpPool,
+    index: usize,
+    path: &str,
+    body: &[u8],
+    client_ip: &str,
+    max_body: usize,
+) -> io::Result<NodeAnswer> {
+    let node = &pool.nodes()[index];
+    let host = match &node.addr {
+        crate::config::NodeAddr::Tcp(a) => a[0].to_string(),
+        crate::config::NodeAddr::Unix(_) => "localhost".into(),
+    };
+    let target = crate::config::join_path(&node.path, path);
+    let mut req = format!(
+        "POST {target} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nX-Forwarded-For: {client_ip}\r\nX-Real-IP: {client_ip}\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    req.extend_from_slice(body);
+    for attempt in 0..2 {
+        let pooled = if attempt == 0 { http.take(index) } else { None };
+        let reused = pooled.is_some();
+        let (mut r, mut w) = match pooled {
+            Some(c) => c,
+            None => {
+                let s: NodeStream = match connect(node).await {
+                    Ok(s) => s,
+                    Err(e) => {
+                        pool.health().report_connect_failure(index);
+                        return Err(e);
+                    }
+                };
+                s.into_split()
+            }
+        };
+        let (res, _) = w.write_all(req.clone()).await;
+        if let Err(e) = res {
+            if reused {
+                continue;
+            }
+            return Err(e);
+        }
+        match read_answer(&mut r, max_body).await {
+            Ok((answer, keep)) => {
+                if keep {
+                    http.give(index, (r, w));
+                }
+                return Ok(answer);
+            }
+            Err(e) if reused && e.kind() == io::ErrorKind::UnexpectedEof => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Err(io::Error::other("node closed the connection"))
+}
+
+async fn read_answer(r: &mut NodeReader, max_body: usize) -> io::Result<(NodeAnswer, bool)> {
+    let mut buf = Vec::new();
+    let (status, head_len, kind, keep) = loop {
+        let (res, b) = r.read_more(buf).await;
+        buf = b;
+        if res? == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "node closed before answering",
+            ));
+        }
+        let mut headers = [httparse::EMPTY_HEADER; 64];
+        let mut resp = httparse::Response::new(&mut headers);
+        match resp.parse(&buf) {
+            Ok(httparse::Status::Complete(n)) => {
+                let status = resp.code.unwrap_or(502);
+                let head = Head {
+                    method: "",
+                    path: "",
+                    minor_version: resp.version.unwrap_or(1),
+                    headers: resp.headers,
+                };
+                let kind = framing(&head, true).map_err(io::Error::other)?;
+                let keep = head.minor_version >= 1
+                    && !head.has_token("connection", "close")
+                    && kind != BodyKind::UntilClose;
+                break (status, n, kind, keep);
+            }
+            Ok(httparse::Status::Partial) if buf.len() > 64 * 1024 => {
+                return Err(io::Error::other("node's response head too large"))
+            }
+            Ok(httparse::Status::Partial) => {}
+            Err(_) => return Err(io::Error::other("node answered with malformed HTTP")),
+        }
+    };
+    let too_large = || io::Error::other("node's answer too large");
+    let mut body = Vec::new();
+    let mut chunked = Chunked::new(ChunkLimits::new(max_body));
+    // Bytes after the head not yet decoded (chunked: they are consumed as
+    // they come, so the buffer holds one read at most).
+    buf.drain(..head_len);
+    loop {
+        match kind {
+            BodyKind::Length(n) if n > max_body as u64 => return Err(too_large()),
+            BodyKind::Length(n) if buf.len() as u64 >= n => {
+                buf.truncate(n as usize);
+                return Ok((NodeAnswer { status, body: buf }, keep));
+            }
+            BodyKind::Length(n) => buf.reserve_exact(n as usize - buf.len()),
+            BodyKind::Chunked => {
+                chunked.feed(&buf, &mut body).map_err(io::Error::other)?;
+                buf.clear();
+                if chunked.is_done() {
+                    return Ok((NodeAnswer { status, body }, keep));
+                }
+            }
+            BodyKind::UntilClose if buf.len() > max_body => return Err(too_large()),
+            BodyKind::UntilClose => {}
+        }
+        let (res, b) = r.read_more(buf).await;
+        buf = b;
+        if res? == 0 {
+            if kind == BodyKind::UntilClose {
+                return Ok((NodeAnswer { status, body: buf }, false));
+            }
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "node closed mid-answer",
+            ));
+        }
+    }
+}
+
+/// Which role serves a request, given the routing decision and which nodes are up.
+pub fn role_for(target: crate::route::Target) -> Role {
+    match target {
+        crate::route::Target::Pruned => Role::Pruned,
+        crate::route::Target::Archive => Role::Archive,
+    }
+}

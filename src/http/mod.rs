@@ -1,0 +1,15 @@
+//! HTTP/1.1, the parts the gateway speaks itself.
+//!
+//! - [`response`]: the one builder of the responses the gateway writes
+//!   (refusals, endpoints, JSON-RPC answers).
+//! - [`body`]: request and response body framing, sans-io: strict framing
+//!   (RFC 9112 §6) and a linear chunked decoder with limits.
+//! - [`client`]: JSON-RPC `POST`s to nodes over a per-core keep-alive pool.
+//! - [`origin`]: origin allowlists (CORS and WebSocket `Origin`).
+
+pub mod body;
+pub mod client;
+pub mod origin;
+pub mod response;
+
+pub use response::{reason_phrase, write_response};
