@@ -662,6 +662,16 @@ impl Drop for ConnGuard {
     }
 }
 
+/// Time a TLS handshake, request head or request body may take before its
+/// minimum rate (`limits.handshake_min_rate`) applies.
+pub const MIN_RATE_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// A connection's place in the admission counts, and its client address.
+pub struct Admitted {
+    pub _guard: ConnGuard,
+    pub ip: std::net::IpAddr,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

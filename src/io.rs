@@ -90,6 +90,22 @@ pub async fn with_deadline<F: std::future::Future>(
     fut.await
 }
 
+/// Run `fut`; if the worker shuts down first, call `stop` (which ends the
+/// socket's pending reads) and let `fut` finish on its own.
+pub async fn unless_shutdown<F: std::future::Future>(
+    shutdown: &crate::signal::Broadcast,
+    stop: impl FnOnce(),
+    fut: F,
+) -> F::Output {
+    let mut fut = std::pin::pin!(fut);
+    monoio::select! {
+        out = &mut fut => return out,
+        _ = shutdown.wait() => {}
+    }
+    stop();
+    fut.await
+}
+
 /// Adaptive read size: starts small, quadruples after a read that filled its
 /// buffer, halves after reads that used less than an eighth.
 #[derive(Debug, Clone, Copy)]

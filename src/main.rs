@@ -212,89 +212,6 @@ fn probe_nodes(config: &Config) {
     }
 }
 
-/// Block SIGHUP, SIGTERM and SIGINT in this thread (and the threads it
-/// starts), so that only the signal thread takes them; returns the set.
-fn block_signals() -> libc::sigset_t {
-    // SAFETY: plain signal-mask calls on a local, initialised set.
-    unsafe {
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut set);
-        for sig in [libc::SIGHUP, libc::SIGTERM, libc::SIGINT] {
-            libc::sigaddset(&mut set, sig);
-        }
-        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
-        set
-    }
-}
-
-/// Wait up to `wait` for one of the signals in `set`.
-fn next_signal(set: &libc::sigset_t, wait: Option<std::time::Duration>) -> Option<i32> {
-    // SAFETY: `set` holds signals blocked in every thread; the timespec is local.
-    unsafe {
-        match wait {
-            None => {
-                let mut sig = 0;
-                (libc::sigwait(set, &mut sig) == 0).then_some(sig)
-            }
-            Some(d) => {
-                let ts = libc::timespec {
-                    tv_sec: d.as_secs() as libc::time_t,
-                    tv_nsec: d.subsec_nanos() as libc::c_long,
-                };
-                let sig = libc::sigtimedwait(set, std::ptr::null_mut(), &ts);
-                (sig > 0).then_some(sig)
-            }
-        }
-    }
-}
-
-/// The signal thread.
-///
-/// SIGHUP reads the certificate and key files again, as `nginx -s reload`
-/// does after a certbot renewal (`systemctl reload ringway`): the next
-/// handshakes on every core use the new pair, open sessions go on. A file
-/// that does not load leaves the certificate in use, and says why.
-///
-/// SIGTERM and SIGINT shut down gracefully: no new connections, answers to
-/// requests in flight still go out, then clients get close 1001 and the
-/// process exits. A second one exits at once.
-fn spawn_signals(
-    set: libc::sigset_t,
-    certs: Option<std::sync::Arc<ringway::tls::Certs>>,
-    mode: TlsMode,
-    stopper: ringway::server::Stopper,
-) {
-    let spawned = std::thread::Builder::new()
-        .name("signals".into())
-        .spawn(move || loop {
-            let Some(sig) = next_signal(&set, None) else {
-                return;
-            };
-            if sig == libc::SIGHUP {
-                match certs.as_ref().map(|c| c.reload(&mode)) {
-                    Some(Ok(what)) => info!("SIGHUP: certificate reloaded from {what}"),
-                    Some(Err(e)) => {
-                        ringway::error!("SIGHUP: certificate not reloaded, the old one stays: {e}")
-                    }
-                    None => warn!("SIGHUP: TLS is off, nothing to reload"),
-                }
-                continue;
-            }
-            info!("shutting down: no new connections; sessions finish and close (1001)");
-            let done = stopper
-                .shutdown(|d| matches!(next_signal(&set, Some(d)), Some(s) if s != libc::SIGHUP));
-            if done {
-                info!("all sessions closed; exiting");
-            } else {
-                warn!("exiting with sessions still open");
-            }
-            std::process::exit(0);
-        });
-    if let Err(e) = spawned {
-        warn!("cannot start the signal thread: {e}");
-    }
-}
-
 fn main() -> ExitCode {
     let flags = match parse_flags(std::env::args().skip(1).collect()) {
         Ok(Some(f)) => f,
@@ -316,7 +233,7 @@ fn main() -> ExitCode {
     ringway::log::install_panic_hook();
     // Before any thread starts, so that every thread inherits the mask and
     // only the signal thread takes them.
-    let signals = block_signals();
+    let signals = ringway::runtime::signals::block();
     if flags.check {
         if let TlsMode::Files { cert, key } = &config.tls {
             let loaded = ringway::tls::load_or_generate(&config.tls).and_then(|ck| {
@@ -370,7 +287,7 @@ fn main() -> ExitCode {
     let unix = config.unix_listen.clone();
     let workers = config.workers;
     let nodes: Vec<String> = config.nodes.iter().map(|n| n.url.clone()).collect();
-    let running = match ringway::server::start(config, server_config) {
+    let running = match ringway::runtime::start(config, server_config) {
         Ok(r) => r,
         Err(e) => {
             eprintln!("ringway: cannot listen: {e}");
@@ -399,7 +316,7 @@ fn main() -> ExitCode {
         },
         nodes.join(", ")
     );
-    spawn_signals(signals, certs, tls_mode, running.stopper);
+    ringway::runtime::signals::spawn(signals, certs, tls_mode, running.stopper);
     info!("ready");
     for w in running.workers {
         let _ = w.join();

@@ -1,8 +1,13 @@
-//! A one-waiter wake-up flag for futures of one task (or one thread's tasks).
+//! Events between futures and threads.
 //!
-//! `notify` sets the flag and wakes the waiter if one is parked; `wait`
-//! returns at once if the flag was set since the last wait. A spurious
-//! return is harmless: waiters re-check their condition in a loop.
+//! - [`Signal`]: a one-waiter wake-up flag for futures of one task (or one
+//!   thread's tasks). `notify` sets the flag and wakes the waiter if one is
+//!   parked; `wait` returns at once if the flag was set since the last wait.
+//!   A spurious return is harmless: waiters re-check their condition in a loop.
+//! - [`Broadcast`]: a one-shot event for every waiter on one thread (a
+//!   worker's shutdown, seen by each of its sessions).
+//! - [`Shutdown`]: the process's shutdown, across threads: started by the
+//!   signal thread, seen by every worker, which reports back when drained.
 
 use std::cell::{Cell, RefCell};
 use std::future::poll_fn;
@@ -115,6 +120,39 @@ impl Drop for BroadcastWait<'_> {
             }
             self.b.free.borrow_mut().push(i);
         }
+    }
+}
+
+/// The process's shutdown state, made once at start and shared by the
+/// workers and whoever stops them (no process-wide statics: a test or a
+/// library user can run two gateways in one process).
+#[derive(Debug, Default)]
+pub struct Shutdown {
+    started: std::sync::atomic::AtomicBool,
+    drained: std::sync::atomic::AtomicUsize,
+}
+
+impl Shutdown {
+    /// Begin: workers see it when their accept fails (the listening sockets
+    /// are shut down by the caller).
+    pub fn start(&self) {
+        self.started
+            .store(true, std::sync::atomic::Ordering::Release);
+    }
+
+    pub fn started(&self) -> bool {
+        self.started.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// A worker has no connection left.
+    pub fn worker_drained(&self) {
+        self.drained
+            .fetch_add(1, std::sync::atomic::Ordering::Release);
+    }
+
+    /// Workers drained so far.
+    pub fn drained(&self) -> usize {
+        self.drained.load(std::sync::atomic::Ordering::Acquire)
     }
 }
 

@@ -127,7 +127,7 @@ where
 {
     // The gateway's runtime: io_uring with the single-thread flags (a client
     // that costs less leaves more of a shared machine to what it measures).
-    ringway::server::block_on(monoio::utils::detect_uring(), f).expect("runtime");
+    ringway::runtime::driver::block_on(monoio::utils::detect_uring(), f).expect("runtime");
 }
 
 pub fn cores() -> usize {

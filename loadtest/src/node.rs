@@ -251,7 +251,7 @@ pub fn run(cfg: NodeConfig) -> Result<(), String> {
         .listen
         .parse()
         .map_err(|e| format!("--listen {}: {e}", cfg.listen))?;
-    let listeners = ringway::server::bind_listeners(addr, cfg.workers)
+    let listeners = ringway::runtime::listeners::bind_listeners(addr, cfg.workers)
         .map_err(|e| format!("listen {addr}: {e}"))?;
     let local = listeners[0].local_addr().map_err(|e| e.to_string())?;
     let metadata = format!(r#""0x{}""#, hex_fill(cfg.metadata_bytes / 2, 0x6d65_7461));

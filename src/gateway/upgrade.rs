@@ -1,0 +1,307 @@
+//! The request head of a new connection and what it asks for: admission
+//! (client address, caps, origin), then a WebSocket upgrade towards a node
+//! (pinned: the session's own connection; shared: a slot on this core's
+//! connection), HTTP JSON-RPC, an endpoint, or a refusal.
+
+use std::cell::Cell;
+use std::net::SocketAddr;
+use std::os::fd::RawFd;
+use std::rc::Rc;
+
+use crate::admission::{Admitted, MIN_RATE_GRACE};
+use crate::http::endpoints::{health_response, is_health, metrics_response};
+use crate::http::origin::origin_allowed;
+use crate::http::response::{refuse, respond_and_close, write_response};
+use crate::io::{give_buf, take_buf, ReadHalf, WriteHalf, BUF_SIZE};
+use crate::upstream;
+use crate::worker::Worker;
+use crate::ws::frame::Parse;
+use crate::ws::handshake::{
+    parse_head, validate_upgrade, write_switching_protocols, Forwarded, HandshakeError,
+    HEADER_ARRAY,
+};
+
+/// What the handshake phase produced.
+pub enum Handshake<UR, UW> {
+    /// Relay with these node halves, after these early bytes.
+    Relay {
+        client_early: Vec<u8>,
+        upstream: (UR, UW),
+        upstream_early: Vec<u8>,
+        upstream_fd: RawFd,
+        _lease: upstream::NodeLease,
+        template: upstream::UpgradeTemplate,
+        admitted: Admitted,
+    },
+    /// Serve the session over this core's shared connection to a node.
+    Shared {
+        client_early: Vec<u8>,
+        conn: Rc<crate::shared::Conn>,
+        lease: upstream::NodeLease,
+        admitted: Admitted,
+    },
+    /// HTTP requests (JSON-RPC POST, CORS preflight): `buf` starts with the first head.
+    Http { buf: Vec<u8>, admitted: Admitted },
+    /// A response was sent (or the client left): close.
+    Done,
+}
+
+pub async fn handshake<R: ReadHalf, W: WriteHalf>(
+    r: &mut R,
+    w: &mut W,
+    fd: RawFd,
+    peer: SocketAddr,
+    worker: &Rc<Worker>,
+    proto: &'static str,
+    timed_out: &Cell<bool>,
+) -> Handshake<upstream::NodeReader, upstream::NodeWriter> {
+    let limits = &worker.config.limits;
+    let mut buf = if limits.max_head_bytes <= BUF_SIZE {
+        take_buf()
+    } else {
+        Vec::with_capacity(limits.max_head_bytes)
+    };
+    let mut headers = [httparse::EMPTY_HEADER; HEADER_ARRAY];
+    // Read until the head is complete.
+    let head_start = std::time::Instant::now();
+    let head_len = loop {
+        let (res, b) = r.read_more(buf).await;
+        buf = b;
+        match res {
+            Ok(0) if timed_out.get() => {
+                refuse(r, w, fd, HandshakeError::Timeout).await;
+                give_buf(buf);
+                return Handshake::Done;
+            }
+            Ok(0) => {
+                give_buf(buf);
+                return Handshake::Done;
+            }
+            Ok(_) => {}
+            Err(_) => {
+                give_buf(buf);
+                return Handshake::Done;
+            }
+        }
+        let mut scratch = [httparse::EMPTY_HEADER; HEADER_ARRAY];
+        match parse_head(
+            &buf,
+            &mut scratch,
+            limits.max_head_bytes,
+            limits.max_headers,
+        ) {
+            Ok(Parse::Done(_, len)) => break len,
+            // Slowloris: a head still incomplete after the grace period and
+            // arriving slower than the minimum rate is cut off early.
+            Ok(Parse::NeedMore(_))
+                if limits.handshake_min_rate > 0
+                    && head_start.elapsed() >= MIN_RATE_GRACE
+                    && (buf.len() as f64)
+                        < limits.handshake_min_rate as f64 * head_start.elapsed().as_secs_f64() =>
+            {
+                crate::debug!(
+                    "{peer}: request head below {} bytes/s",
+                    limits.handshake_min_rate
+                );
+                refuse(r, w, fd, HandshakeError::Timeout).await;
+                give_buf(buf);
+                return Handshake::Done;
+            }
+            Ok(Parse::NeedMore(_)) if buf.len() == buf.capacity() => {
+                refuse(r, w, fd, HandshakeError::HeadTooLarge).await;
+                give_buf(buf);
+                return Handshake::Done;
+            }
+            Ok(Parse::NeedMore(_)) => {}
+            Err(e) => {
+                crate::debug!("bad request from {peer}: {e}");
+                refuse(r, w, fd, e).await;
+                give_buf(buf);
+                return Handshake::Done;
+            }
+        }
+    };
+    let Ok(Parse::Done(head, _)) = parse_head(
+        &buf,
+        &mut headers,
+        limits.max_head_bytes,
+        limits.max_headers,
+    ) else {
+        unreachable!("the same bytes parsed a moment ago");
+    };
+
+    // Admission: the client's address, then the connection caps.
+    let client_ip = crate::admission::client_ip_from(
+        peer.ip(),
+        head.single("x-forwarded-for"),
+        head.single("forwarded"),
+        worker.admission.trusted_hops,
+    );
+    let admitted = match worker.admission.admit(client_ip) {
+        Ok(guard) => Admitted {
+            _guard: guard,
+            ip: client_ip,
+        },
+        Err((status, why)) => {
+            crate::debug!("refused {peer}: {why}");
+            let mut out = Vec::new();
+            let retry: &[(&str, &str)] = if status == 429 {
+                &[("Retry-After", "1")]
+            } else {
+                &[]
+            };
+            write_response(&mut out, status, retry, why, true);
+            respond_and_close(r, w, fd, out).await;
+            give_buf(buf);
+            return Handshake::Done;
+        }
+    };
+    if !head.wants_websocket() && (head.method == "POST" || head.method == "OPTIONS") {
+        return Handshake::Http { buf, admitted };
+    }
+    if !head.wants_websocket() {
+        let err = if head.method.eq_ignore_ascii_case("GET")
+            || head.method.eq_ignore_ascii_case("HEAD")
+        {
+            None
+        } else {
+            Some(HandshakeError::NotAGet)
+        };
+        match err {
+            Some(e) => refuse(r, w, fd, e).await,
+            None if head.path == "/metrics" => {
+                let mut out = Vec::new();
+                if worker.config.metrics_listen.is_some() {
+                    // Served apart (server.metrics_listen), not to the public.
+                    write_response(&mut out, 404, &[], "not found", true);
+                } else {
+                    metrics_response(&mut out, worker, false);
+                }
+                respond_and_close(r, w, fd, out).await;
+            }
+            None if is_health(head.path) => {
+                let mut out = Vec::new();
+                health_response(&mut out, worker, false);
+                respond_and_close(r, w, fd, out).await;
+            }
+            None => {
+                let mut out = Vec::new();
+                write_response(
+                    &mut out,
+                    426,
+                    &[("Upgrade", "websocket"), ("Connection", "Upgrade, close")],
+                    "ringway: this endpoint serves JSON-RPC over WebSocket; connect with a WebSocket client (wss://host:port/)",
+                    false,
+                );
+                respond_and_close(r, w, fd, out).await;
+            }
+        }
+        give_buf(buf);
+        return Handshake::Done;
+    }
+    let upgrade = match validate_upgrade(&head) {
+        Ok(u) => u,
+        Err(e) => {
+            crate::debug!("bad upgrade from {peer}: {e}");
+            refuse(r, w, fd, e).await;
+            give_buf(buf);
+            return Handshake::Done;
+        }
+    };
+    let origins = &worker.admission.origins;
+    if let (false, Some(origin)) = (origins.is_empty(), head.single("origin")) {
+        if !origin_allowed(origins, origin) {
+            worker
+                .admission
+                .shared
+                .rejections
+                .count(crate::admission::Reason::Origin);
+            let mut out = Vec::new();
+            write_response(
+                &mut out,
+                403,
+                &[],
+                "origin not allowed (admission.origins)",
+                true,
+            );
+            respond_and_close(r, w, fd, out).await;
+            give_buf(buf);
+            return Handshake::Done;
+        }
+    }
+
+    if let Some(shared) = &worker.shared {
+        let (conn, lease) = match shared.open().await {
+            Ok(c) => c,
+            Err((status, body)) => {
+                crate::warn!("{peer}: {body}");
+                let mut out = Vec::new();
+                write_response(&mut out, status, &[], &body, true);
+                respond_and_close(r, w, fd, out).await;
+                give_buf(buf);
+                return Handshake::Done;
+            }
+        };
+        let mut out = Vec::with_capacity(256);
+        write_switching_protocols(&mut out, upgrade.key, None);
+        let (res, _) = w.write_all(out).await;
+        let client_early = buf[head_len..].to_vec();
+        give_buf(buf);
+        if res.is_err() {
+            return Handshake::Done;
+        }
+        return Handshake::Shared {
+            client_early,
+            conn,
+            lease,
+            admitted,
+        };
+    }
+    let ip = peer.ip().to_string();
+    let fwd = Forwarded {
+        client_ip: &ip,
+        proto,
+    };
+    let node = upstream::open(
+        &worker.pool,
+        &head,
+        &upgrade,
+        fwd,
+        worker.config.connect_timeout,
+        limits.max_head_bytes,
+    )
+    .await;
+    let session = match node {
+        Ok(s) => s,
+        Err(no) => {
+            crate::warn!("{peer}: {}", no.body);
+            let mut out = Vec::new();
+            write_response(&mut out, no.status, &[], &no.body, true);
+            respond_and_close(r, w, fd, out).await;
+            give_buf(buf);
+            return Handshake::Done;
+        }
+    };
+    let mut out = Vec::with_capacity(256);
+    write_switching_protocols(&mut out, upgrade.key, session.accepted.protocol.as_deref());
+    let (res, _) = w.write_all(out).await;
+    if res.is_err() {
+        give_buf(buf);
+        return Handshake::Done;
+    }
+    crate::debug!("session {peer} -> {}", session.lease.node().url);
+    // Only what the client sent after its head stays: the pooled head buffer goes back.
+    let client_early = buf[head_len..].to_vec();
+    give_buf(buf);
+    let upstream_fd = session.stream.raw_fd();
+    let (ur, uw) = session.stream.into_split();
+    Handshake::Relay {
+        client_early,
+        upstream: (ur, uw),
+        upstream_early: session.early,
+        upstream_fd,
+        _lease: session.lease,
+        template: session.template,
+        admitted,
+    }
+}

@@ -1,0 +1,165 @@
+//! The gateway's own endpoints: `GET /health` (node states as JSON),
+//! `GET /metrics` (Prometheus text, from [`crate::metrics`]), and the side
+//! listeners' one-request connections (HTTP-to-HTTPS redirect, private
+//! metrics port).
+
+use std::os::fd::{AsRawFd, RawFd};
+use std::rc::Rc;
+use std::time::Duration;
+
+use monoio::io::Splitable;
+use monoio::net::TcpStream;
+
+use crate::http::response::{self, write_response};
+use crate::io::{stop, with_deadline, PlainReader, ReadHalf, Stop, WriteHalf};
+use crate::worker::Worker;
+use crate::ws::frame::Parse;
+use crate::ws::handshake::parse_head;
+
+/// `GET /health`: every node's state as JSON; 200 when a node can serve, else 503.
+/// `GET /health`: each node's state; node URLs in full only on the private
+/// metrics listener (`full`), else as [`crate::config::NodeConfig::public_name`].
+pub fn health_report(pool: &crate::upstream::Pool, full: bool) -> (u16, String) {
+    use std::fmt::Write;
+    let h = pool.health();
+    let best = h.best();
+    let mut nodes = String::new();
+    let mut any_up = false;
+    for (i, n) in pool.nodes().iter().enumerate() {
+        let up = h.is_up(i);
+        any_up |= up;
+        let head = h.head(i);
+        let _ = write!(
+            nodes,
+            r#"{}{{"url":"{}","role":"{}","up":{},"head":{},"lag":{},"probes":{}}}"#,
+            if i > 0 { "," } else { "" },
+            if full { n.url.clone() } else { n.public_name() }
+                .replace('\\', "\\\\")
+                .replace('"', "\\\""),
+            n.role.name(),
+            up,
+            head,
+            if head == 0 {
+                0
+            } else {
+                best.saturating_sub(head)
+            },
+            h.probes(i)
+        );
+    }
+    let status = if any_up { "ok" } else { "unavailable" };
+    (
+        if any_up { 200 } else { 503 },
+        format!(r#"{{"status":"{status}","best_head":{best},"nodes":[{nodes}]}}"#),
+    )
+}
+
+/// The target and `Host` of one plain HTTP request head (within 5 s).
+async fn read_target(r: &mut PlainReader<TcpStream>, fd: RawFd) -> Option<(String, String)> {
+    with_deadline(Duration::from_secs(5), || stop(fd, Stop::Reads), async {
+        let mut buf = Vec::with_capacity(4096);
+        loop {
+            let (res, b) = r.read_more(buf).await;
+            buf = b;
+            if !matches!(res, Ok(n) if n > 0) {
+                return None;
+            }
+            let mut headers = [httparse::EMPTY_HEADER; 64];
+            match parse_head(&buf, &mut headers, 8192, 64) {
+                Ok(Parse::Done(head, _)) => {
+                    let host = head
+                        .single("host")
+                        .and_then(|h| std::str::from_utf8(h).ok())
+                        .unwrap_or("localhost");
+                    return Some((head.path.to_string(), host.to_string()));
+                }
+                Ok(Parse::NeedMore(_)) => {}
+                Err(_) => return None,
+            }
+        }
+    })
+    .await
+}
+
+pub async fn redirect_one(stream: TcpStream, https_port: u16) {
+    let fd = stream.as_raw_fd();
+    let (r, mut w) = stream.into_split();
+    let mut r = PlainReader::new(r);
+    let location = read_target(&mut r, fd).await.map(|(path, host)| {
+        // Drop the port: "example.com:80", "[::1]:80" (not the colons of a bare IPv6).
+        let host = match host.rsplit_once(':') {
+            Some((h, p))
+                if p.bytes().all(|c| c.is_ascii_digit())
+                    && (!h.contains(':') || h.ends_with(']')) =>
+            {
+                h
+            }
+            _ => host.as_str(),
+        };
+        let port = if https_port == 443 {
+            String::new()
+        } else {
+            format!(":{https_port}")
+        };
+        format!("https://{host}{port}{path}")
+    });
+    let mut out = Vec::new();
+    match location {
+        Some(location) => write_response(
+            &mut out,
+            301,
+            &[("Location", &location)],
+            &format!("moved to {location}"),
+            true,
+        ),
+        None => write_response(&mut out, 400, &[], "bad request", true),
+    }
+    let _ = w.write_all(out).await;
+    w.shutdown().await;
+}
+
+/// `server.metrics_listen`: plain HTTP, `GET /metrics` and `GET /health`.
+pub async fn metrics_one(stream: TcpStream, worker: Rc<Worker>) {
+    let fd = stream.as_raw_fd();
+    let (r, mut w) = stream.into_split();
+    let mut r = PlainReader::new(r);
+    let mut out = Vec::new();
+    match read_target(&mut r, fd).await {
+        Some((path, _)) if path == "/metrics" => metrics_response(&mut out, &worker, true),
+        Some((path, _)) if is_health(&path) => health_response(&mut out, &worker, true),
+        Some(_) => write_response(&mut out, 404, &[], "GET /metrics or /health", true),
+        None => write_response(&mut out, 400, &[], "bad request", true),
+    }
+    let _ = w.write_all(out).await;
+    w.shutdown().await;
+}
+
+/// `GET /metrics`: 200 with the Prometheus text.
+pub fn metrics_response(out: &mut Vec<u8>, worker: &Worker, full: bool) {
+    let body = crate::metrics::render(worker, full);
+    response::write(
+        out,
+        200,
+        &[],
+        Some(response::PROMETHEUS),
+        body.as_bytes(),
+        true,
+    );
+}
+
+/// `GET /health`: 200 when a node can serve, else 503.
+pub fn health_response(out: &mut Vec<u8>, worker: &Worker, full: bool) {
+    let (status, body) = health_report(&worker.pool, full);
+    response::write_json(
+        out,
+        status,
+        &[("Cache-Control", "no-store")],
+        body.as_bytes(),
+        true,
+    );
+}
+
+/// `/health`, with or without a query.
+pub fn is_health(path: &str) -> bool {
+    path == "/health" || path.starts_with("/health?")
+}

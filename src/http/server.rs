@@ -1,0 +1,406 @@
+//! JSON-RPC over HTTP on the gateway's port (`POST /`), as a node serves
+//! it on 9944: keep-alive, strict body framing ([`super::body`]), a body
+//! deadline, CORS, admission per call, then each request routed by the same
+//! rules as a WebSocket message ([`crate::route`]) and sent to a node over
+//! the per-core keep-alive pool ([`super::client`]). A pruned node's "state
+//! is gone" answer is retried once on an archive node.
+
+use std::cell::Cell;
+use std::net::SocketAddr;
+use std::os::fd::RawFd;
+use std::rc::Rc;
+use std::time::Duration;
+
+use crate::admission::{Admitted, MIN_RATE_GRACE};
+use crate::http::body;
+use crate::http::client as rpc_http;
+use crate::http::origin::origin_allowed;
+use crate::http::response::{self, refuse, respond_and_close, write_response};
+use crate::io::{stop, unless_shutdown, with_deadline, ReadHalf, Stop, WriteHalf};
+use crate::worker::Worker;
+use crate::ws::frame::Parse;
+use crate::ws::handshake::{parse_head, HandshakeError, HEADER_ARRAY};
+
+/// Serve HTTP JSON-RPC requests on a kept-alive client connection until the
+/// client closes, asks to close, or stays silent for the handshake timeout.
+pub async fn http_loop<R: ReadHalf, W: WriteHalf>(
+    r: &mut R,
+    w: &mut W,
+    fd: RawFd,
+    peer: SocketAddr,
+    worker: &Rc<Worker>,
+    mut buf: Vec<u8>,
+    admitted: &Admitted,
+) {
+    let limits = &worker.config.limits;
+    let http = &worker.config.http;
+    let ip = peer.ip().to_string();
+    loop {
+        // Shutting down: no new request on this connection.
+        if worker.shutdown.fired() && buf.is_empty() {
+            return;
+        }
+        // The head: already buffered, or read within the timeout.
+        let timed_out = Cell::new(false);
+        let expire = || {
+            timed_out.set(true);
+            stop(fd, Stop::Reads);
+        };
+        let idle = buf.is_empty();
+        let head = with_deadline(limits.handshake_timeout, expire, async {
+            loop {
+                let mut headers = [httparse::EMPTY_HEADER; HEADER_ARRAY];
+                match parse_head(
+                    &buf,
+                    &mut headers,
+                    limits.max_head_bytes,
+                    limits.max_headers,
+                ) {
+                    Ok(Parse::Done(_, n)) => return Ok(Some(n)),
+                    Ok(Parse::NeedMore(_)) => {}
+                    Err(e) => return Err(e),
+                }
+                let (res, b) = r.read_more(std::mem::take(&mut buf)).await;
+                buf = b;
+                if !matches!(res, Ok(n) if n > 0) {
+                    return Ok(None);
+                }
+            }
+        });
+        // A keep-alive connection waiting for its next request ends on shutdown.
+        let got = if idle {
+            unless_shutdown(&worker.shutdown, || stop(fd, Stop::Reads), head).await
+        } else {
+            head.await
+        };
+        let head_len = match got {
+            Ok(Some(n)) => n,
+            Ok(None) if timed_out.get() && !buf.is_empty() => {
+                return refuse(r, w, fd, HandshakeError::Timeout).await
+            }
+            Ok(None) => return,
+            Err(e) => return refuse(r, w, fd, e).await,
+        };
+        let mut headers = [httparse::EMPTY_HEADER; HEADER_ARRAY];
+        let Ok(Parse::Done(head, _)) = parse_head(
+            &buf,
+            &mut headers,
+            limits.max_head_bytes,
+            limits.max_headers,
+        ) else {
+            return;
+        };
+        // RFC 9112 §3.2: an HTTP/1.1 request without exactly one Host is 400.
+        if head.minor_version >= 1 && head.single("host").is_none() {
+            return refuse(r, w, fd, HandshakeError::BadHost).await;
+        }
+        let keep_alive = head.minor_version >= 1 && !head.has_token("connection", "close");
+        let origin = head.single("origin").map(<[u8]>::to_vec);
+        let cors = origin
+            .as_deref()
+            .filter(|o| origin_allowed(&http.cors_origins, o))
+            .map(|o| String::from_utf8_lossy(o).into_owned());
+        let mut extra: Vec<(&str, &str)> = Vec::new();
+        if let Some(o) = cors.as_deref() {
+            extra.push(("Access-Control-Allow-Origin", o));
+            extra.push(("Vary", "Origin"));
+        }
+        if head.method == "OPTIONS" {
+            // CORS preflight.
+            let mut headers = vec![("Allow", "GET, POST, OPTIONS")];
+            if cors.is_some() {
+                headers.extend([
+                    ("Access-Control-Allow-Methods", "POST, GET, OPTIONS"),
+                    ("Access-Control-Allow-Headers", "content-type"),
+                    ("Access-Control-Max-Age", "86400"),
+                ]);
+            }
+            headers.extend_from_slice(&extra);
+            let mut out = Vec::new();
+            response::write(&mut out, 204, &headers, None, b"", false);
+            let (res, _) = w.write_all(out).await;
+            buf.drain(..head_len);
+            if res.is_err() || !keep_alive {
+                return;
+            }
+            continue;
+        }
+        if head.method != "POST" {
+            return refuse(r, w, fd, HandshakeError::NotAGet).await;
+        }
+        let json = head
+            .single("content-type")
+            .and_then(|v| std::str::from_utf8(v).ok())
+            .is_some_and(|v| {
+                v.split(';')
+                    .next()
+                    .unwrap_or("")
+                    .trim()
+                    .eq_ignore_ascii_case("application/json")
+            });
+        if !json {
+            let mut out = Vec::new();
+            write_response(
+                &mut out,
+                415,
+                &extra,
+                "JSON-RPC over HTTP needs Content-Type: application/json",
+                true,
+            );
+            return respond_and_close(r, w, fd, out).await;
+        }
+        let kind = match body::framing(&head, false) {
+            Ok(body::BodyKind::Length(n)) if n > http.max_body_bytes as u64 => {
+                Err(body::BodyError::TooLarge)
+            }
+            other => other,
+        };
+        let kind = match kind {
+            Ok(k) => k,
+            Err(e) => {
+                crate::debug!("{peer}: {e}");
+                let mut out = Vec::new();
+                write_response(&mut out, e.status(), &extra, e.reason(), true);
+                return respond_and_close(r, w, fd, out).await;
+            }
+        };
+        // RFC 7231 §5.1.1: a client that sent `Expect: 100-continue` (curl
+        // does for large bodies) waits for an interim 100 before the body;
+        // any other expectation cannot be met (417).
+        if let Some(expect) = head.single("expect") {
+            if !expect.eq_ignore_ascii_case(b"100-continue") {
+                let mut out = Vec::new();
+                write_response(&mut out, 417, &extra, "unsupported Expect", true);
+                return respond_and_close(r, w, fd, out).await;
+            }
+            if head.minor_version >= 1 && buf.len() == head_len {
+                let (res, _) = w.write_all(b"HTTP/1.1 100 Continue\r\n\r\n".to_vec()).await;
+                if res.is_err() {
+                    return;
+                }
+            }
+        }
+        let path = head.path.to_string();
+        let extra: Vec<(String, String)> = extra
+            .iter()
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+            .collect();
+        // The body, within its deadline and minimum rate.
+        let body = read_body(
+            r,
+            fd,
+            &mut buf,
+            head_len,
+            kind,
+            http,
+            limits.handshake_min_rate,
+        )
+        .await;
+        let body = match body {
+            Ok(b) => b,
+            Err(BodyFailure::Gone) => return,
+            Err(BodyFailure::Refused(status, why)) => {
+                crate::debug!("{peer}: request body refused: {why} ({status})");
+                let mut out = Vec::new();
+                write_response(&mut out, status, &[], why, true);
+                return respond_and_close(r, w, fd, out).await;
+            }
+        };
+
+        let now = std::time::Instant::now();
+        let body_len = body.len();
+        let (status, answer, retry_after) =
+            match worker.admission.check_call(admitted.ip, &body, now) {
+                Ok(()) => {
+                    let (status, answer) = answer_rpc(worker, &path, &body, &ip).await;
+                    (status, answer, None)
+                }
+                Err((refusal, answer)) => {
+                    crate::debug!("refused a call from {}: {refusal:?}", admitted.ip);
+                    let retry = match refusal {
+                        crate::admission::Refusal::RateLimited(wait) => Some(wait.as_secs().max(1)),
+                        _ => None,
+                    };
+                    (
+                        refusal.http_status(),
+                        answer.unwrap_or_default().into_bytes(),
+                        retry,
+                    )
+                }
+            };
+        if worker.config.access_log {
+            crate::info!(
+                "access kind=http client={} path={:?} status={status} ms={} bytes_in={body_len} bytes_out={}",
+                admitted.ip,
+                path,
+                now.elapsed().as_millis(),
+                answer.len()
+            );
+        }
+        let mut extra = extra;
+        if let Some(secs) = retry_after {
+            extra.push(("Retry-After".into(), secs.to_string()));
+        }
+        let headers: Vec<(&str, &str)> = extra.iter().map(|(n, v)| (&**n, &**v)).collect();
+        let mut out = Vec::with_capacity(answer.len() + 128);
+        response::write_json(&mut out, status, &headers, &answer, !keep_alive);
+        let (res, _) = w.write_all(out).await;
+        if res.is_err() {
+            return;
+        }
+        if !keep_alive {
+            w.shutdown().await;
+            return;
+        }
+    }
+}
+
+/// Why a request body was not read.
+enum BodyFailure {
+    /// The client left (or broke the connection): nothing to answer.
+    Gone,
+    /// Answer with this status and reason, then close.
+    Refused(u16, &'static str),
+}
+
+/// Read the body that follows the head at `buf[..head_len]`, framed as
+/// `kind`; on success `buf` keeps only what follows the body (the next
+/// request). Linear in the body's size; a body that has not arrived within
+/// `http.body_timeout_ms`, or arrives slower than `min_rate` after the grace
+/// period, gets 408.
+async fn read_body<R: ReadHalf>(
+    r: &mut R,
+    fd: RawFd,
+    buf: &mut Vec<u8>,
+    head_len: usize,
+    kind: body::BodyKind,
+    http: &crate::config::HttpSection,
+    min_rate: u64,
+) -> Result<Vec<u8>, BodyFailure> {
+    const SLOW: BodyFailure = BodyFailure::Refused(408, "request body not received in time");
+    let timed_out = Cell::new(false);
+    let expire = || {
+        timed_out.set(true);
+        stop(fd, Stop::Reads);
+    };
+    let deadline = Duration::from_millis(http.body_timeout_ms);
+    let start = std::time::Instant::now();
+    let mut chunked = body::Chunked::new(body::ChunkLimits::new(http.max_body_bytes));
+    let mut out = Vec::new();
+    // Bytes of the body received so far (chunked: on the wire).
+    let mut received = 0usize;
+    let read = with_deadline(deadline, expire, async {
+        // Chunked: bytes before `at` are decoded; they are dropped after
+        // each read, so the buffer holds one read at most.
+        let mut at = head_len;
+        loop {
+            match kind {
+                body::BodyKind::Length(n) => {
+                    let n = n as usize; // at most max_body_bytes (checked by the caller)
+                    if buf.len() - head_len >= n {
+                        out = buf[head_len..head_len + n].to_vec();
+                        buf.drain(..head_len + n);
+                        return Ok(out);
+                    }
+                    // All of it in one allocation, not a copy per read.
+                    buf.reserve_exact(head_len + n - buf.len());
+                }
+                body::BodyKind::Chunked => {
+                    let used = chunked
+                        .feed(&buf[at..], &mut out)
+                        .map_err(|e| BodyFailure::Refused(e.status(), e.reason()))?;
+                    if chunked.is_done() {
+                        buf.drain(..at + used);
+                        return Ok(std::mem::take(&mut out));
+                    }
+                    buf.truncate(head_len);
+                    at = head_len;
+                }
+                body::BodyKind::UntilClose => {
+                    return Err(BodyFailure::Refused(400, "request without a length"))
+                }
+            }
+            let before = buf.len();
+            let (res, b) = r.read_more(std::mem::take(buf)).await;
+            *buf = b;
+            match res {
+                Ok(n) if n > 0 => received += buf.len() - before,
+                _ if timed_out.get() => return Err(SLOW),
+                _ => return Err(BodyFailure::Gone),
+            }
+            let elapsed = start.elapsed();
+            if min_rate > 0
+                && elapsed >= MIN_RATE_GRACE
+                && (received as f64) < min_rate as f64 * elapsed.as_secs_f64()
+            {
+                return Err(SLOW);
+            }
+        }
+    });
+    read.await
+}
+
+/// Route one HTTP JSON-RPC body and forward it; retry a pruned node's
+/// "state is gone" answer once on an archive node. Returns status and body.
+async fn answer_rpc(worker: &Rc<Worker>, path: &str, body: &[u8], ip: &str) -> (u16, Vec<u8>) {
+    let pool = &worker.pool;
+    let target = worker.router.route(body, &worker.chain);
+    let role = rpc_http::role_for(target);
+    let max = worker
+        .config
+        .http
+        .max_body_bytes
+        .max(worker.config.limits.max_message_bytes as usize);
+    let mut tried = vec![false; pool.nodes().len()];
+    let mut last_err = String::from("no healthy upstream node");
+    while let Some(index) = pool.pick_role(role, &tried) {
+        tried[index] = true;
+        match rpc_http::forward(pool, &worker.http, index, path, body, ip, max).await {
+            Ok(a) => {
+                let on_pruned = pool.nodes()[index].role == crate::config::Role::Pruned;
+                if on_pruned && a.status == 200 && worker.router.is_pruned_error(&a.body) {
+                    let archive: Vec<bool> = (0..tried.len())
+                        .map(|i| tried[i] || pool.nodes()[i].role != crate::config::Role::Archive)
+                        .collect();
+                    if let Some(ai) = pool.pick(&archive) {
+                        if let Ok(retry) =
+                            rpc_http::forward(pool, &worker.http, ai, path, body, ip, max).await
+                        {
+                            return (retry.status, retry.body);
+                        }
+                    }
+                }
+                return (a.status, a.body);
+            }
+            Err(e) => last_err = format!("{}: {e}", pool.nodes()[index].public_name()),
+        }
+    }
+    // Every node failed: a JSON-RPC error for each request, with its id.
+    let msg = format!("upstream unavailable ({last_err})").replace('"', "'");
+    let error = |id: &[u8]| {
+        format!(
+            r#"{{"jsonrpc":"2.0","error":{{"code":-32603,"message":"{msg}"}},"id":{}}}"#,
+            String::from_utf8_lossy(id)
+        )
+    };
+    let out = match crate::jsonrpc::kind(body) {
+        crate::jsonrpc::Kind::Batch => {
+            let parts: Vec<String> = crate::jsonrpc::elements(body)
+                .map(|e| {
+                    error(
+                        crate::jsonrpc::peek(e)
+                            .and_then(|p| p.id)
+                            .unwrap_or(b"null"),
+                    )
+                })
+                .collect();
+            format!("[{}]", parts.join(","))
+        }
+        _ => error(
+            crate::jsonrpc::peek(body)
+                .and_then(|p| p.id)
+                .unwrap_or(b"null"),
+        ),
+    };
+    (502, out.into_bytes())
+}

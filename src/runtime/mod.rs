@@ -1,0 +1,173 @@
+//! Process start: listeners bound, one worker thread per core (each with
+//! its own runtime, see [`driver`]), the health thread, and how it all stops.
+//!
+//! ```text
+//! main ─▶ runtime::start ─┬─ listeners::bind (SO_REUSEPORT, one per worker; side listeners)
+//!                         ├─ probe::spawn (health thread)
+//!                         └─ worker thread k: driver::block_on(gateway::serve(listener k, Worker k))
+//! signals thread (SIGHUP reload, SIGTERM drain) ─▶ Stopper::shutdown
+//! ```
+
+pub mod driver;
+pub mod listeners;
+pub mod signals;
+
+use std::io;
+use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, RawFd};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::config::Config;
+use crate::health::Health;
+use crate::io::{stop, Stop};
+use crate::signal::Shutdown;
+use crate::worker::Worker;
+
+/// A running gateway: its address and its worker threads.
+pub struct Running {
+    pub local_addr: SocketAddr,
+    /// The HTTP-to-HTTPS redirect listener's address, if one is configured.
+    pub redirect_addr: Option<SocketAddr>,
+    /// The metrics listener's address, if one is configured.
+    pub metrics_addr: Option<SocketAddr>,
+    pub io_uring: bool,
+    pub workers: Vec<std::thread::JoinHandle<()>>,
+    /// Shuts the workers down (from another thread: a signal handler's).
+    pub stopper: Stopper,
+}
+
+/// What [`Stopper::shutdown`] needs: every listening socket, the number
+/// of workers, and the shutdown state they watch.
+pub struct Stopper {
+    listener_fds: Vec<RawFd>,
+    workers: usize,
+    state: Arc<Shutdown>,
+    /// How long the workers may take (theirs, and a second more).
+    wait: Duration,
+}
+
+impl Stopper {
+    /// Stop accepting (the listening sockets are shut down, which wakes every
+    /// worker's accept), and tell every session to finish: answers to
+    /// requests in flight still go out, for up to
+    /// [`crate::session::SHUTDOWN_DRAIN`], then requests still unanswered get
+    /// JSON-RPC errors with their ids and clients get close 1001 (going away;
+    /// they reconnect elsewhere). Idle HTTP keep-alive connections close.
+    /// Returns once every worker has no connection left (true), or when the
+    /// workers' own deadline has passed or `interrupted` (given a time to
+    /// wait for an interruption) says so (false).
+    pub fn shutdown(&self, mut interrupted: impl FnMut(Duration) -> bool) -> bool {
+        self.state.start();
+        for &fd in &self.listener_fds {
+            stop(fd, Stop::Reads);
+        }
+        let until = std::time::Instant::now() + self.wait;
+        while self.state.drained() < self.workers {
+            if std::time::Instant::now() >= until || interrupted(crate::session::DRAIN_POLL) {
+                return false;
+            }
+        }
+        true
+    }
+}
+
+/// Start the workers. Returns once every listener is bound.
+pub fn start(config: Config, tls: Option<crate::tls::ServerTls>) -> io::Result<Running> {
+    let listeners = listeners::bind_listeners(config.listen, config.workers)?;
+    let local_addr = listeners[0].local_addr()?;
+    // Per-address limits hold exactly when an address always lands on one core.
+    if crate::admission::AdmissionCtx::per_ip(&config.admission) {
+        if let Err(e) =
+            crate::admission::steer_by_source(&listeners[0], listeners.len(), local_addr.is_ipv6())
+        {
+            crate::warn!(
+                "cannot steer connections by source address ({e}); per-address limits are per core"
+            );
+        }
+    }
+    let total = Arc::new(crate::admission::SharedCounts::default());
+    // The side listeners (redirect, metrics, Unix) are served by worker 0.
+    let side = listeners::bind_side(&config, local_addr.port())?;
+    let redirect_addr = side.redirect.as_ref().map(|l| l.local_addr()).transpose()?;
+    let metrics_addr = side.metrics.as_ref().map(|l| l.local_addr()).transpose()?;
+    let mut listener_fds: Vec<RawFd> = listeners.iter().map(|l| l.as_raw_fd()).collect();
+    listener_fds.extend(side.redirect.as_ref().map(|l| l.as_raw_fd()));
+    listener_fds.extend(side.metrics.as_ref().map(|l| l.as_raw_fd()));
+    listener_fds.extend(side.unix.as_ref().map(|l| l.as_raw_fd()));
+    let mut side = Some(side);
+    let io_uring = monoio::utils::detect_uring();
+    let health = Health::new(config.nodes.len());
+    // Every worker's hash channel exists before the health thread publishes
+    // its first hashes: a worker starting late must not miss them.
+    let mut hash_channels: std::collections::VecDeque<_> = (0..listeners.len())
+        .map(|_| health.subscribe_hashes())
+        .collect();
+    crate::probe::spawn(
+        config.nodes.clone(),
+        config.flavour,
+        config.health,
+        health.clone(),
+    );
+    let config = Arc::new(config);
+    let tls = match tls {
+        Some(t) => Some((
+            Arc::new(t.config),
+            t.certs,
+            crate::tls::TicketSeed::new().map_err(io::Error::other)?,
+        )),
+        None => None,
+    };
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    let shutdown = Arc::new(Shutdown::default());
+    let drain_for = worker_drain_deadline(&config.limits);
+    let mut workers = Vec::new();
+    for (i, listener) in listeners.into_iter().enumerate() {
+        let config = config.clone();
+        let tls = tls.clone();
+        let health = health.clone();
+        let total = total.clone();
+        let side = side.take();
+        let shutdown = shutdown.clone();
+        let hashes = hash_channels.pop_front().expect("one per worker");
+        let handle = std::thread::Builder::new()
+            .name(format!("worker-{i}"))
+            .spawn(move || {
+                if config.pin_workers {
+                    driver::pin_to_core(i % cores);
+                }
+                let tls = tls.map(|(base, certs, seed)| {
+                    crate::tls::per_worker(&base, &certs, &seed, i as u32)
+                });
+                let run = driver::block_on(io_uring, || async move {
+                    let worker = Worker::new(config, tls, health, hashes, total);
+                    crate::gateway::serve(listener, worker, side, shutdown, drain_for).await
+                });
+                if let Err(e) = run {
+                    crate::error!("cannot start a runtime: {e}");
+                }
+            })?;
+        workers.push(handle);
+    }
+    let stopper = Stopper {
+        listener_fds,
+        workers: workers.len(),
+        state: shutdown,
+        wait: drain_for + Duration::from_secs(1),
+    };
+    Ok(Running {
+        local_addr,
+        redirect_addr,
+        metrics_addr,
+        io_uring,
+        workers,
+        stopper,
+    })
+}
+
+/// The longest a worker waits on shutdown for its connections to end.
+fn worker_drain_deadline(limits: &crate::config::Limits) -> Duration {
+    crate::session::SHUTDOWN_DRAIN + limits.close_timeout + Duration::from_secs(1)
+}

@@ -1,0 +1,89 @@
+//! The signal thread: SIGHUP reloads, SIGTERM and SIGINT drain and exit.
+//! Signals are blocked in every other thread ([`block`], before any thread
+//! starts), so this one takes them all with `sigwait`.
+
+use crate::config::TlsMode;
+use crate::{info, warn};
+
+/// Block SIGHUP, SIGTERM and SIGINT in this thread (and the threads it
+/// starts), so that only the signal thread takes them; returns the set.
+pub fn block() -> libc::sigset_t {
+    // SAFETY: plain signal-mask calls on a local, initialised set.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        for sig in [libc::SIGHUP, libc::SIGTERM, libc::SIGINT] {
+            libc::sigaddset(&mut set, sig);
+        }
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        set
+    }
+}
+
+/// Wait up to `wait` for one of the signals in `set`.
+fn next_signal(set: &libc::sigset_t, wait: Option<std::time::Duration>) -> Option<i32> {
+    // SAFETY: `set` holds signals blocked in every thread; the timespec is local.
+    unsafe {
+        match wait {
+            None => {
+                let mut sig = 0;
+                (libc::sigwait(set, &mut sig) == 0).then_some(sig)
+            }
+            Some(d) => {
+                let ts = libc::timespec {
+                    tv_sec: d.as_secs() as libc::time_t,
+                    tv_nsec: d.subsec_nanos() as libc::c_long,
+                };
+                let sig = libc::sigtimedwait(set, std::ptr::null_mut(), &ts);
+                (sig > 0).then_some(sig)
+            }
+        }
+    }
+}
+
+/// The signal thread.
+///
+/// SIGHUP reads the certificate and key files again, as `nginx -s reload`
+/// does after a certbot renewal (`systemctl reload ringway`): the next
+/// handshakes on every core use the new pair, open sessions go on. A file
+/// that does not load leaves the certificate in use, and says why.
+///
+/// SIGTERM and SIGINT shut down gracefully: no new connections, answers to
+/// requests in flight still go out, then clients get close 1001 and the
+/// process exits. A second one exits at once.
+pub fn spawn(
+    set: libc::sigset_t,
+    certs: Option<std::sync::Arc<crate::tls::Certs>>,
+    mode: TlsMode,
+    stopper: super::Stopper,
+) {
+    let spawned = std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || loop {
+            let Some(sig) = next_signal(&set, None) else {
+                return;
+            };
+            if sig == libc::SIGHUP {
+                match certs.as_ref().map(|c| c.reload(&mode)) {
+                    Some(Ok(what)) => info!("SIGHUP: certificate reloaded from {what}"),
+                    Some(Err(e)) => {
+                        crate::error!("SIGHUP: certificate not reloaded, the old one stays: {e}")
+                    }
+                    None => warn!("SIGHUP: TLS is off, nothing to reload"),
+                }
+                continue;
+            }
+            info!("shutting down: no new connections; sessions finish and close (1001)");
+            let done = stopper
+                .shutdown(|d| matches!(next_signal(&set, Some(d)), Some(s) if s != libc::SIGHUP));
+            if done {
+                info!("all sessions closed; exiting");
+            } else {
+                warn!("exiting with sessions still open");
+            }
+            std::process::exit(0);
+        });
+    if let Err(e) = spawned {
+        warn!("cannot start the signal thread: {e}");
+    }
+}
