@@ -80,11 +80,17 @@ fn admission(c: &mut Criterion) {
     );
     let ip: std::net::IpAddr = "203.0.113.9".parse().unwrap();
     g.bench_function("rate_and_safe_methods", |b| {
-        b.iter(|| limited.check_call(black_box(ip), black_box(call), std::time::Instant::now()))
+        b.iter(|| {
+            let parsed = ringway::jsonrpc::Call::parse(black_box(call));
+            limited.check_call(black_box(ip), &parsed, std::time::Instant::now())
+        })
     });
     let open = AdmissionCtx::new(&AdmissionSection::default(), total);
     g.bench_function("no_limits", |b| {
-        b.iter(|| open.check_call(black_box(ip), black_box(call), std::time::Instant::now()))
+        b.iter(|| {
+            let parsed = ringway::jsonrpc::Call::parse(black_box(call));
+            open.check_call(black_box(ip), &parsed, std::time::Instant::now())
+        })
     });
     g.finish();
 }

@@ -308,20 +308,6 @@ pub fn steer_by_source(
     }
 }
 
-/// A JSON-RPC error answer for one id.
-pub fn rpc_error(id: &[u8], code: i32, message: &str, data: Option<&str>) -> String {
-    match data {
-        Some(d) => format!(
-            r#"{{"jsonrpc":"2.0","error":{{"code":{code},"message":"{message}","data":{d}}},"id":{}}}"#,
-            String::from_utf8_lossy(id)
-        ),
-        None => format!(
-            r#"{{"jsonrpc":"2.0","error":{{"code":{code},"message":"{message}"}},"id":{}}}"#,
-            String::from_utf8_lossy(id)
-        ),
-    }
-}
-
 /// Why a call is refused, and the status an HTTP client gets for it.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Refusal {
@@ -481,18 +467,12 @@ impl AdmissionCtx {
     pub fn check_call(
         &self,
         ip: IpAddr,
-        msg: &[u8],
+        call: &crate::jsonrpc::Call<'_>,
         now: Instant,
     ) -> Result<(), (Refusal, Option<String>)> {
-        let batch = crate::jsonrpc::kind(msg) == crate::jsonrpc::Kind::Batch;
-        let elements: Vec<crate::jsonrpc::Peek<'_>> = if batch {
-            crate::jsonrpc::elements(msg)
-                .filter_map(crate::jsonrpc::peek)
-                .collect()
-        } else {
-            crate::jsonrpc::peek(msg).into_iter().collect()
-        };
-        let answer = |f: &dyn Fn(&crate::jsonrpc::Peek<'_>) -> String| -> Option<String> {
+        let batch = call.is_batch();
+        let elements: Vec<crate::jsonrpc::Request<'_>> = call.requests().copied().collect();
+        let answer = |f: &dyn Fn(&crate::jsonrpc::Request<'_>) -> String| -> Option<String> {
             let parts: Vec<String> = elements.iter().filter(|p| p.id.is_some()).map(f).collect();
             match (parts.is_empty(), batch) {
                 (true, _) => None,
@@ -509,25 +489,27 @@ impl AdmissionCtx {
             );
             return Err((
                 Refusal::BatchTooLarge,
-                answer(&|p| rpc_error(p.id.unwrap_or(b"null"), -32600, &why, None)),
+                answer(&|p| {
+                    crate::jsonrpc::error::error(p.id.unwrap_or(b"null"), -32600, &why, None)
+                }),
             ));
         }
         let denied =
-            |p: &crate::jsonrpc::Peek<'_>| p.method.is_some_and(|m| !self.policy.allows(m));
+            |p: &crate::jsonrpc::Request<'_>| p.method.is_some_and(|m| !self.policy.allows(m));
         if elements.iter().any(denied) {
             self.shared.rejections.count(Reason::MethodDenied);
             return Err((
                 Refusal::Denied,
                 answer(&|p| {
                     if denied(p) {
-                        rpc_error(
+                        crate::jsonrpc::error::error(
                             p.id.unwrap_or(b"null"),
                             -32601,
                             "Method not found (not allowed here)",
                             None,
                         )
                     } else {
-                        rpc_error(
+                        crate::jsonrpc::error::error(
                             p.id.unwrap_or(b"null"),
                             -32600,
                             "batch refused: it has a method that is not allowed",
@@ -556,7 +538,7 @@ impl AdmissionCtx {
                 Err((
                     Refusal::RateLimited(wait),
                     answer(&|p| {
-                        rpc_error(
+                        crate::jsonrpc::error::error(
                             p.id.unwrap_or(b"null"),
                             -32005,
                             "rate limit exceeded",

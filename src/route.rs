@@ -292,6 +292,34 @@ impl Router {
 
     /// True for a single request whose method takes a block argument: its
     /// answer from a pruned node may be "state is gone", worth a retry.
+    /// [`Router::route`] of a call parsed once.
+    pub fn route_call(
+        &self,
+        call: &jsonrpc::Call<'_>,
+        chain: &(impl ChainView + ?Sized),
+    ) -> Target {
+        let any = call.requests().any(|r| {
+            let p = jsonrpc::Peek {
+                method: r.method,
+                params: r.params,
+                ..Default::default()
+            };
+            self.route_one(&p, chain) == Target::Archive
+        });
+        if any {
+            Target::Archive
+        } else {
+            Target::Pruned
+        }
+    }
+
+    /// [`Router::retryable`] of a call parsed once (a single request).
+    pub fn retryable_call(&self, call: &jsonrpc::Call<'_>) -> bool {
+        call.single()
+            .and_then(|r| r.method)
+            .is_some_and(|m| self.block_args.contains_key(m))
+    }
+
     pub fn retryable(&self, msg: &[u8]) -> bool {
         jsonrpc::peek(msg)
             .and_then(|p| p.method)

@@ -343,12 +343,11 @@ async fn open_with(
     while let Some(index) = pool.pick(&tried) {
         tried[index] = true;
         let node = &pool.nodes[index];
-        let attempt = monoio::time::timeout(timeout, handshake(node, template)).await;
-        let why = match attempt {
-            Ok(Ok((stream, accepted, early))) => {
+        let why = match handshake(node, template, timeout).await {
+            Ok((stream, accepted, early)) => {
                 return Ok((stream, accepted, early, pool.lease(index)))
             }
-            Ok(Err(Attempt::Refused(UpstreamRefusal::Status(code, reason))))
+            Err(Attempt::Refused(UpstreamRefusal::Status(code, reason)))
                 if (400..500).contains(&code) =>
             {
                 return Err(NoUpstream {
@@ -356,8 +355,7 @@ async fn open_with(
                     body: format!("the node refused the WebSocket upgrade: {code} {reason}"),
                 });
             }
-            Ok(Err(e)) => e.to_string(),
-            Err(_) => format!("no answer within {} ms", timeout.as_millis()),
+            Err(e) => e.to_string(),
         };
         pool.health.report_connect_failure(index);
         crate::warn!("upstream {}: {why}", node.url);
@@ -373,10 +371,11 @@ async fn open_with(
 }
 
 /// Open a connection to `node` that the sessions of one core share (see
-/// [`crate::shared`]): no client's headers, the node's own path.
+/// [`crate::mux`]): no client's headers, the node's own path.
 pub async fn open_shared(
     node: &NodeConfig,
     max_head: usize,
+    timeout: Duration,
 ) -> Result<(NodeStream, Vec<u8>), String> {
     let host = node
         .url
@@ -396,7 +395,7 @@ pub async fn open_shared(
         offered: None,
         max_head,
     };
-    match handshake(node, &template).await {
+    match handshake(node, &template, timeout).await {
         Ok((stream, _, early)) => Ok((stream, early)),
         Err(e) => Err(e.to_string()),
     }
@@ -405,6 +404,8 @@ pub async fn open_shared(
 enum Attempt {
     Io(io::Error),
     Refused(UpstreamRefusal),
+    /// No answer within this time.
+    Timeout(Duration),
 }
 
 impl std::fmt::Display for Attempt {
@@ -412,15 +413,44 @@ impl std::fmt::Display for Attempt {
         match self {
             Attempt::Io(e) => write!(f, "{e}"),
             Attempt::Refused(r) => write!(f, "{r}"),
+            Attempt::Timeout(t) => write!(f, "no answer within {} ms", t.as_millis()),
         }
     }
 }
 
+/// Connect and upgrade within `timeout`. The connect is the one operation
+/// timed out by dropping it: it holds no buffer and no socket of ours yet
+/// (the runtime cancels it). From then on the socket's I/O is stopped at the
+/// deadline ([`crate::io::with_deadline`]), never dropped.
 async fn handshake(
     node: &NodeConfig,
     template: &UpgradeTemplate,
+    timeout: Duration,
 ) -> Result<(NodeStream, UpstreamAccepted, Vec<u8>), Attempt> {
-    let mut stream = connect(node).await.map_err(Attempt::Io)?;
+    let start = std::time::Instant::now();
+    let stream = match monoio::time::timeout(timeout, connect(node)).await {
+        Ok(s) => s.map_err(Attempt::Io)?,
+        Err(_) => return Err(Attempt::Timeout(timeout)),
+    };
+    let fd = stream.raw_fd();
+    let expired = std::cell::Cell::new(false);
+    let left = timeout.saturating_sub(start.elapsed());
+    let expire = || {
+        expired.set(true);
+        crate::io::stop(fd, crate::io::Stop::All);
+    };
+    let upgraded = crate::io::with_deadline(left, expire, upgrade(stream, node, template)).await;
+    match upgraded {
+        Err(_) if expired.get() => Err(Attempt::Timeout(timeout)),
+        other => other,
+    }
+}
+
+async fn upgrade(
+    mut stream: NodeStream,
+    node: &NodeConfig,
+    template: &UpgradeTemplate,
+) -> Result<(NodeStream, UpstreamAccepted, Vec<u8>), Attempt> {
     let key = crate::rng::ws_key();
     let mut req = Vec::with_capacity(template.fields.len() + 128);
     let path = join_path(&node.path, &template.client_path);
@@ -428,8 +458,6 @@ async fn handshake(
     stream.write_all(req).await.map_err(Attempt::Io)?;
     let max_head = template.max_head;
     let offered = template.offered.as_deref();
-    // Timeouts here come from the caller's `timeout`, which drops this future:
-    // the connection is abandoned then, so a read it cancels loses nothing.
     let mut buf = take_buf();
     loop {
         let (r, b) = stream.read_more(buf).await;

@@ -13,8 +13,8 @@ use rustls::ServerConfig;
 use crate::config::Config;
 use crate::health::Health;
 use crate::http::client::HttpPool;
+use crate::relay::SessionConfig;
 use crate::route::{ChainView, HashWindow, Router};
-use crate::session::SessionConfig;
 use crate::upstream::Pool;
 use crate::ws::codec::Limits as CodecLimits;
 
@@ -30,7 +30,7 @@ pub struct Worker {
     pub http: HttpPool,
     pub admission: Rc<crate::admission::AdmissionCtx>,
     /// Shared node connections (`pool.shared`), else `None`: pinned sessions.
-    pub shared: Option<Rc<crate::shared::Shared>>,
+    pub shared: Option<Rc<crate::mux::Shared>>,
     /// Fired when the process shuts down: sessions finish and close.
     pub shutdown: crate::signal::Broadcast,
 }
@@ -78,10 +78,10 @@ impl Worker {
             max_message: l.max_message_bytes,
         };
         let shared = config.shared.then(|| {
-            crate::shared::Shared::new(
+            crate::mux::Shared::new(
                 pool.clone(),
                 router.clone(),
-                crate::shared::Settings {
+                crate::mux::Settings {
                     connect_timeout: config.connect_timeout,
                     keepalive: config.keepalive_interval,
                     health_every: config.health.interval,

@@ -30,7 +30,7 @@ use monoio::net::TcpStream;
 use crate::admission::MIN_RATE_GRACE;
 use crate::http::server::http_loop;
 use crate::io::{stop, with_deadline, PlainReader, ReadHalf, Stop, WriteHalf};
-use crate::session::{relay, NodeWatch, Peer};
+use crate::relay::{relay, NodeWatch, Peer};
 use crate::signal::Shutdown;
 use crate::worker::Worker;
 use upgrade::{handshake, Handshake};
@@ -67,7 +67,7 @@ pub async fn serve(
     worker.shutdown.fire();
     let until = std::time::Instant::now() + drain_for;
     while worker.active.get() > 0 && std::time::Instant::now() < until {
-        monoio::time::sleep(crate::session::DRAIN_POLL).await;
+        monoio::time::sleep(crate::relay::DRAIN_POLL).await;
     }
     shutdown.worker_drained();
     std::future::pending::<()>().await;
@@ -271,7 +271,7 @@ async fn client<R: ReadHalf, W: WriteHalf>(
             // (see `Worker::routes`), or when admission limits apply to each call.
             let route = worker.routes(_lease.node());
             let inspect = worker.admission.inspects();
-            let routed = (route || inspect).then(|| crate::session::Routed {
+            let routed = (route || inspect).then(|| crate::relay::Routed {
                 router: &worker.router,
                 chain: &worker.chain,
                 pool: worker.pool.clone(),
@@ -308,20 +308,7 @@ async fn client<R: ReadHalf, W: WriteHalf>(
                 &worker.shutdown,
             )
             .await;
-            crate::debug!(
-                "session {peer} ended: {} ({} messages in, {} out)",
-                summary.reason,
-                summary.client_messages,
-                summary.upstream_messages
-            );
-            if let Some(a) = access {
-                a.end(
-                    summary.client_messages,
-                    Some(summary.upstream_messages),
-                    summary.client_close_code,
-                    summary.reason,
-                );
-            }
+            ended(peer, access, &summary);
         }
         Handshake::Shared {
             client_early,
@@ -330,30 +317,48 @@ async fn client<R: ReadHalf, W: WriteHalf>(
             admitted,
         } => {
             let inspect = worker.admission.inspects();
-            let ctx = crate::shared::Ctx {
+            let access = Access::begin(worker, admitted.ip, lease.node());
+            let ctx = crate::mux::Ctx {
                 shared: worker.shared.clone().expect("shared mode"),
                 cfg: worker.session,
                 chain: &worker.chain,
                 route: worker.routes(lease.node()),
                 admission: inspect.then_some((&*worker.admission, admitted.ip)),
                 shutdown: &worker.shutdown,
+                lease,
             };
-            let access = Access::begin(worker, admitted.ip, lease.node());
-            let summary = crate::shared::session(ctx, conn, lease, r, w, client_early, fd).await;
-            crate::debug!(
-                "session {peer} ended: {} ({} messages)",
-                summary.reason,
-                summary.messages
-            );
-            if let Some(a) = access {
-                a.end(summary.messages, None, summary.close_code, summary.reason);
-            }
+            let client = Peer {
+                r,
+                w,
+                early: client_early,
+                fd,
+            };
+            let summary = crate::relay::relay_shared(client, ctx, conn).await;
+            ended(peer, access, &summary);
         }
         // Boxed: its header arrays must not size every WebSocket session's task.
         Handshake::Http { buf, admitted } => {
             Box::pin(http_loop(&mut r, &mut w, fd, peer, worker, buf, &admitted)).await
         }
         Handshake::Done => {}
+    }
+}
+
+/// A session is over: a debug line, and its access line.
+fn ended(peer: SocketAddr, access: Option<Access>, summary: &crate::relay::SessionSummary) {
+    crate::debug!(
+        "session {peer} ended: {} ({} messages in, {:?} out)",
+        summary.reason,
+        summary.client_messages,
+        summary.upstream_messages
+    );
+    if let Some(a) = access {
+        a.end(
+            summary.client_messages,
+            summary.upstream_messages,
+            summary.client_close_code,
+            summary.reason,
+        );
     }
 }
 

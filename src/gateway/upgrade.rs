@@ -36,7 +36,7 @@ pub enum Handshake<UR, UW> {
     /// Serve the session over this core's shared connection to a node.
     Shared {
         client_early: Vec<u8>,
-        conn: Rc<crate::shared::Conn>,
+        conn: Rc<crate::mux::Conn>,
         lease: upstream::NodeLease,
         admitted: Admitted,
     },

@@ -210,7 +210,10 @@ pub async fn http_loop<R: ReadHalf, W: WriteHalf>(
         let now = std::time::Instant::now();
         let body_len = body.len();
         let (status, answer, retry_after) =
-            match worker.admission.check_call(admitted.ip, &body, now) {
+            match worker
+                .admission
+                .check_call(admitted.ip, &crate::jsonrpc::Call::parse(&body), now)
+            {
                 Ok(()) => {
                     let (status, answer) = answer_rpc(worker, &path, &body, &ip).await;
                     (status, answer, None)

@@ -51,7 +51,7 @@ impl Stopper {
     /// Stop accepting (the listening sockets are shut down, which wakes every
     /// worker's accept), and tell every session to finish: answers to
     /// requests in flight still go out, for up to
-    /// [`crate::session::SHUTDOWN_DRAIN`], then requests still unanswered get
+    /// [`crate::relay::SHUTDOWN_DRAIN`], then requests still unanswered get
     /// JSON-RPC errors with their ids and clients get close 1001 (going away;
     /// they reconnect elsewhere). Idle HTTP keep-alive connections close.
     /// Returns once every worker has no connection left (true), or when the
@@ -64,7 +64,7 @@ impl Stopper {
         }
         let until = std::time::Instant::now() + self.wait;
         while self.state.drained() < self.workers {
-            if std::time::Instant::now() >= until || interrupted(crate::session::DRAIN_POLL) {
+            if std::time::Instant::now() >= until || interrupted(crate::relay::DRAIN_POLL) {
                 return false;
             }
         }
@@ -169,5 +169,5 @@ pub fn start(config: Config, tls: Option<crate::tls::ServerTls>) -> io::Result<R
 
 /// The longest a worker waits on shutdown for its connections to end.
 fn worker_drain_deadline(limits: &crate::config::Limits) -> Duration {
-    crate::session::SHUTDOWN_DRAIN + limits.close_timeout + Duration::from_secs(1)
+    crate::relay::SHUTDOWN_DRAIN + limits.close_timeout + Duration::from_secs(1)
 }

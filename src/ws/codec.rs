@@ -125,6 +125,8 @@ pub struct Decoder {
     utf8: Utf8Validator,
     /// Data frames completed (FIN) since creation: for statistics and routing.
     messages: u64,
+    /// The message in progress (or the last one) is text.
+    text: bool,
 }
 
 /// Stack scratch for unmasking text before UTF-8 validation: small, because it
@@ -140,6 +142,7 @@ impl Decoder {
             message: None,
             utf8: Utf8Validator::default(),
             messages: 0,
+            text: false,
         }
     }
 
@@ -157,6 +160,11 @@ impl Decoder {
     /// frame's payload (to unmask a copy of them).
     pub fn payload_position(&self) -> Option<(Option<[u8; 4]>, usize)> {
         self.payload.as_ref().map(|p| (p.mask, p.offset))
+    }
+
+    /// Whether the message in progress, or the last one, is text (else binary).
+    pub fn message_is_text(&self) -> bool {
+        self.text
     }
 
     /// Number of complete data messages seen.
@@ -241,6 +249,7 @@ impl Decoder {
             (op, None) => {
                 let text = op == OpCode::Text;
                 self.message = Some(Message { text, len: 0 });
+                self.text = text;
                 self.utf8.reset();
                 text
             }

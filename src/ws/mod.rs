@@ -6,4 +6,5 @@ pub mod codec;
 pub mod frame;
 pub mod handshake;
 pub mod mask;
+pub mod message;
 pub mod utf8;

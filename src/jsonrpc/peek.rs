@@ -1,4 +1,4 @@
-//! JSON-RPC 2.0 peeking without a full parse, sans-io.
+//! Peeking at JSON-RPC 2.0 messages without a full parse, sans-io.
 //!
 //! The hot path needs a message's `method`, its `id` (as raw JSON, echoed
 //! back unchanged in errors), and sometimes one positional parameter. A

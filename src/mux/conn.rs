@@ -1,0 +1,503 @@
+//! One WebSocket connection to a node, shared by a core's sessions: its
+//! life (connect, reader, writer, keepalive and health), and the way back
+//! for what the node sends (answers get the client's id back and go to the
+//! session that asked; notifications go to the session that owns the
+//! subscription).
+
+use std::cell::{Cell, RefCell};
+use std::os::fd::RawFd;
+use std::rc::{Rc, Weak};
+use std::task::{Poll, Waker};
+use std::time::Instant;
+
+use ahash::AHashMap;
+
+use crate::io::{ReadHalf, WriteHalf};
+use crate::jsonrpc::{self, Kind};
+use crate::relay::Session;
+use crate::signal::Signal;
+use crate::upstream::{NodeReader, NodeWriter};
+use crate::ws::codec::Role;
+use crate::ws::frame::{write_close, OpCode};
+use crate::ws::message::{Assembler, Event};
+
+use super::request::{frame_parts, offset_in, send_request, unsubscribe};
+use super::Shared;
+
+/// Read size on a shared connection.
+const CONN_READ: usize = 256 * 1024;
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum State {
+    Connecting,
+    Up,
+    Dead,
+}
+
+/// What a request does to the subscriptions the gateway follows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SubCall {
+    Plain,
+    /// Opens a subscription; the method that ends it.
+    Subscribe(Box<str>),
+    /// Ends the subscription with this id.
+    Unsubscribe(Box<[u8]>),
+}
+
+/// A request sent on a shared connection and not answered yet.
+pub struct Waiting {
+    pub session: Weak<Session>,
+    /// The client's id, raw JSON.
+    pub id: Box<[u8]>,
+    /// The client's batch it came in (0: a single request).
+    pub batch: u32,
+    pub call: SubCall,
+    /// The client's request, kept to ask an archive node if the pruned node
+    /// answers that the state is gone.
+    pub retry: Option<Box<[u8]>>,
+}
+
+/// One WebSocket connection to a node, shared by this core's sessions.
+pub struct Conn {
+    pub node: usize,
+    state: Cell<State>,
+    /// Why it died, for the sessions that waited on it.
+    pub why: RefCell<String>,
+    /// Masked frames to write to the node.
+    out: RefCell<Vec<u8>>,
+    writer_wake: Signal,
+    timer_wake: Signal,
+    /// Sessions waiting for the connection to come up, or for room in `out`.
+    waiters: RefCell<Vec<Waker>>,
+    pub pending: RefCell<AHashMap<u64, Waiting>>,
+    /// Subscription id (raw JSON) -> the session that owns it.
+    pub subs: RefCell<AHashMap<Box<[u8]>, Weak<Session>>>,
+    /// Sessions whose node this is, by address.
+    pub members: RefCell<AHashMap<usize, Weak<Session>>>,
+    next_id: Cell<u64>,
+    pub fd: Cell<Option<RawFd>>,
+}
+
+fn key(s: &Session) -> usize {
+    s as *const Session as usize
+}
+
+impl Conn {
+    pub fn new(node: usize) -> Conn {
+        Conn {
+            node,
+            state: Cell::new(State::Connecting),
+            why: RefCell::new(String::new()),
+            out: RefCell::new(Vec::new()),
+            writer_wake: Signal::default(),
+            timer_wake: Signal::default(),
+            waiters: RefCell::new(Vec::new()),
+            pending: RefCell::new(AHashMap::new()),
+            subs: RefCell::new(AHashMap::new()),
+            members: RefCell::new(AHashMap::new()),
+            next_id: Cell::new(1),
+            fd: Cell::new(None),
+        }
+    }
+
+    pub fn state(&self) -> State {
+        self.state.get()
+    }
+
+    pub fn set_dead(&self, why: &str) {
+        self.state.set(State::Dead);
+        *self.why.borrow_mut() = why.to_string();
+        self.wake_all();
+        self.writer_wake.notify();
+        self.timer_wake.notify();
+    }
+
+    pub fn out_len(&self) -> usize {
+        self.out.borrow().len()
+    }
+
+    pub fn join(&self, s: &Rc<Session>) {
+        self.members.borrow_mut().insert(key(s), Rc::downgrade(s));
+    }
+
+    pub fn leave(&self, s: &Session) {
+        self.members.borrow_mut().remove(&key(s));
+    }
+
+    /// Drop `s`'s requests in flight here (it answers them itself).
+    pub fn forget_waiting_of(&self, s: &Session) {
+        self.pending
+            .borrow_mut()
+            .retain(|_, w| !std::ptr::eq(w.session.as_ptr(), s));
+    }
+
+    /// Wait until `cond` holds (re-checked on every wake of the waiters).
+    pub async fn until(&self, cond: impl Fn(&Conn) -> bool) {
+        std::future::poll_fn(|cx| {
+            if cond(self) {
+                Poll::Ready(())
+            } else {
+                self.waiters.borrow_mut().push(cx.waker().clone());
+                Poll::Pending
+            }
+        })
+        .await
+    }
+
+    fn wake_all(&self) {
+        let waiters = std::mem::take(&mut *self.waiters.borrow_mut());
+        for w in waiters {
+            w.wake();
+        }
+    }
+
+    pub fn next_id(&self) -> u64 {
+        let id = self.next_id.get();
+        self.next_id.set(id + 1);
+        id
+    }
+
+    /// Queue a text frame whose payload is `parts` joined (masked: the
+    /// gateway is the client here).
+    pub fn send_parts(&self, parts: &[&[u8]]) {
+        let mut out = self.out.borrow_mut();
+        frame_parts(&mut out, OpCode::Text, parts, Some(crate::rng::mask_key()));
+        drop(out);
+        self.writer_wake.notify();
+    }
+
+    fn send_control(&self, opcode: OpCode, payload: &[u8]) {
+        let mut out = self.out.borrow_mut();
+        frame_parts(&mut out, opcode, &[payload], Some(crate::rng::mask_key()));
+        drop(out);
+        self.writer_wake.notify();
+    }
+}
+
+/// Open a shared connection and run it until it is lost.
+pub async fn run(sh: Rc<Shared>, conn: Rc<Conn>) {
+    let node = &sh.pool.nodes()[conn.node];
+    let attempt =
+        crate::upstream::open_shared(node, sh.settings.max_head, sh.settings.connect_timeout).await;
+    let (stream, early) = match attempt {
+        Ok(s) => s,
+        Err(e) => {
+            sh.pool.health().report_connect_failure(conn.node);
+            sh.fail(&conn, &e);
+            return;
+        }
+    };
+    conn.fd.set(Some(stream.raw_fd()));
+    if conn.state() == State::Dead {
+        // Failed while connecting (nothing can, today; but never resurrect).
+        return;
+    }
+    conn.state.set(State::Up);
+    conn.wake_all();
+    conn.writer_wake.notify();
+    let (mut r, mut w) = stream.into_split();
+    monoio::join!(
+        async {
+            let why = reader(&sh, &conn, &mut r, early).await;
+            sh.fail(&conn, &why);
+        },
+        async {
+            let why = writer(&conn, &mut w).await;
+            sh.fail(&conn, &why);
+        },
+        timer(&sh, &conn),
+    );
+}
+
+async fn writer(conn: &Conn, w: &mut NodeWriter) -> String {
+    let mut spare: Vec<u8> = Vec::new();
+    loop {
+        if conn.state() == State::Dead {
+            return String::new();
+        }
+        let out = {
+            let mut o = conn.out.borrow_mut();
+            if o.is_empty() {
+                None
+            } else {
+                Some(std::mem::replace(&mut *o, std::mem::take(&mut spare)))
+            }
+        };
+        let Some(buf) = out else {
+            conn.writer_wake.wait().await;
+            continue;
+        };
+        let (res, mut b) = w.write_all(buf).await;
+        if let Err(e) = res {
+            return format!("write failed: {e}");
+        }
+        b.clear();
+        if b.capacity() <= CONN_READ {
+            spare = b;
+        }
+        conn.wake_all();
+    }
+}
+
+/// Keepalive pings, and the node's health: a node marked down loses its connection.
+async fn timer(sh: &Shared, conn: &Rc<Conn>) {
+    let mut next_ping = Instant::now() + sh.settings.keepalive;
+    loop {
+        if conn.state() == State::Dead {
+            return;
+        }
+        if !sh.pool.health().is_up(conn.node) {
+            sh.fail(conn, "the node failed its health checks");
+            return;
+        }
+        let now = Instant::now();
+        if now >= next_ping {
+            conn.send_control(OpCode::Ping, b"");
+            next_ping = now + sh.settings.keepalive;
+        }
+        let at = next_ping.min(now + sh.settings.health_every);
+        let sleep = monoio::time::sleep_until(at.into());
+        monoio::select! {
+            _ = sleep => {}
+            _ = conn.timer_wake.wait() => {}
+        }
+    }
+}
+
+async fn reader(sh: &Rc<Shared>, conn: &Rc<Conn>, r: &mut NodeReader, early: Vec<u8>) -> String {
+    let mut asm = Assembler::new(Role::Server, sh.settings.codec, usize::MAX, false);
+    let mut buf = early;
+    loop {
+        let mut pos = 0;
+        while pos < buf.len() {
+            match asm.step(&buf[pos..]) {
+                Ok(Event::Data { n, end }) => {
+                    pos += n;
+                    if end {
+                        on_answer(sh, conn, asm.message());
+                        asm.clear();
+                    }
+                }
+                Ok(Event::Control(frame, n)) => {
+                    pos += n;
+                    match frame.opcode {
+                        OpCode::Ping => conn.send_control(OpCode::Pong, frame.payload()),
+                        OpCode::Pong => {}
+                        _ => {
+                            let mut f = Vec::new();
+                            write_close(
+                                &mut f,
+                                frame.close_code(),
+                                "",
+                                Some(crate::rng::mask_key()),
+                            );
+                            conn.out.borrow_mut().extend_from_slice(&f);
+                            conn.writer_wake.notify();
+                            return "the node closed the connection".into();
+                        }
+                    }
+                }
+                Ok(Event::NeedMore) => break,
+                Err(e) => return format!("protocol error: {e}"),
+            }
+        }
+        buf.drain(..pos);
+        if conn.state() == State::Dead {
+            return String::new();
+        }
+        // One connection carries the answers of many sessions: large reads.
+        if buf.capacity() - buf.len() < CONN_READ / 4 {
+            buf.reserve(CONN_READ);
+        }
+        let (res, b) = r.read_more(buf).await;
+        buf = b;
+        match res {
+            Ok(0) => return "the node closed the connection".into(),
+            Err(e) => return format!("read failed: {e}"),
+            Ok(_) => {}
+        }
+    }
+}
+
+/// Our id in an answer, if it is one of ours.
+fn our_id(raw: &[u8]) -> Option<u64> {
+    std::str::from_utf8(raw).ok()?.parse().ok()
+}
+
+/// Queue a text message for a session's client. A client that does not read
+/// what it asked for cannot hold the shared connection back: over
+/// `max_buffered` bytes waiting (one message more at most), it is closed 1008.
+fn deliver(s: &Session, parts: &[&[u8]]) {
+    use crate::relay::Which;
+    if !s.closing.side(Which::Client).takes_data() {
+        return;
+    }
+    if s.client.out.queued.get() > s.cfg.max_buffered {
+        crate::debug!(
+            "client too slow: {} bytes waiting",
+            s.client.out.queued.get()
+        );
+        s.closing.close_client(
+            s,
+            crate::ws::frame::close_code::POLICY,
+            "client too slow to read its messages",
+        );
+        return;
+    }
+    let mut f = Vec::new();
+    frame_parts(&mut f, OpCode::Text, parts, None);
+    s.inject(Which::Client, f);
+}
+
+/// One whole message from a node.
+fn on_answer(sh: &Rc<Shared>, conn: &Rc<Conn>, msg: &[u8]) {
+    match jsonrpc::kind(msg) {
+        Kind::Object => {
+            // Nodes put `id` before `result`: finding it does not walk a
+            // large answer (a 300 KB `state_getMetadata`).
+            let id = jsonrpc::member(msg, b"id");
+            if let Some(gid) = id.and_then(our_id) {
+                let Some(w) = conn.pending.borrow_mut().remove(&gid) else {
+                    crate::debug!("answer to an unknown id {gid}");
+                    return;
+                };
+                answer(sh, conn, msg, id.expect("parsed above"), w);
+                return;
+            }
+            let Some(p) = jsonrpc::peek(msg) else {
+                return;
+            };
+            if p.id.is_none() {
+                // A notification: to the session that owns its subscription.
+                let Some(sub) = p
+                    .params
+                    .and_then(|params| jsonrpc::member(params, b"subscription"))
+                else {
+                    return;
+                };
+                let owner = conn.subs.borrow().get(sub).and_then(Weak::upgrade);
+                if let Some(s) = owner {
+                    deliver(&s, &[msg]);
+                }
+            } else {
+                crate::debug!(
+                    "an answer the gateway cannot place: {}",
+                    String::from_utf8_lossy(&msg[..msg.len().min(200)])
+                );
+            }
+        }
+        Kind::Batch => {
+            // The answers to one batch: one array back to its session.
+            let mut to: Option<Rc<Session>> = None;
+            let mut done: Vec<Box<[u8]>> = Vec::new();
+            let mut body: Vec<u8> = Vec::with_capacity(msg.len() + 16);
+            body.push(b'[');
+            let mut first = true;
+            for e in jsonrpc::elements(msg) {
+                let Some(p) = jsonrpc::peek(e) else {
+                    continue;
+                };
+                let w =
+                    p.id.and_then(our_id)
+                        .and_then(|id| conn.pending.borrow_mut().remove(&id));
+                let Some(w) = w else {
+                    continue;
+                };
+                let Some(s) = w.session.upgrade() else {
+                    orphan(conn, &p, &w.call);
+                    continue;
+                };
+                settle_subscription(conn, &s, &p, &w.call);
+                if !first {
+                    body.push(b',');
+                }
+                first = false;
+                let id = p.id.expect("matched by id");
+                let at = offset_in(e, id);
+                body.extend_from_slice(&e[..at]);
+                body.extend_from_slice(&w.id);
+                body.extend_from_slice(&e[at + id.len()..]);
+                done.push(w.id);
+                to.get_or_insert(s);
+            }
+            body.push(b']');
+            if let Some(s) = to {
+                deliver(&s, &[&body]);
+                for id in done {
+                    s.answered(&id);
+                }
+            }
+        }
+        Kind::Other => {}
+    }
+}
+
+/// A subscription opened for a session that has ended since: end it.
+fn orphan(conn: &Conn, p: &jsonrpc::Peek<'_>, call: &SubCall) {
+    if let (SubCall::Subscribe(unsub), Some(sub)) = (call, p.result) {
+        unsubscribe(conn, sub, unsub);
+    }
+}
+
+/// Track subscriptions opened or ended by an answer.
+fn settle_subscription(conn: &Rc<Conn>, s: &Rc<Session>, p: &jsonrpc::Peek<'_>, call: &SubCall) {
+    let m = super::member(s);
+    match call {
+        SubCall::Plain => {}
+        SubCall::Subscribe(unsub) => {
+            if let Some(sub) = p.result {
+                // A session that is closing still gets it: it ends its
+                // subscriptions when it is over (see `super::leave`).
+                if s.closing.side(crate::relay::Which::Client).takes_data() {
+                    conn.subs
+                        .borrow_mut()
+                        .insert(Box::from(sub), Rc::downgrade(s));
+                }
+                m.subs
+                    .borrow_mut()
+                    .push((conn.clone(), Box::from(sub), unsub.clone()));
+            }
+        }
+        SubCall::Unsubscribe(sub) => {
+            conn.subs.borrow_mut().remove(sub);
+            m.subs.borrow_mut().retain(|(_, s, _)| s != sub);
+        }
+    }
+}
+
+/// A single answer to a request of ours.
+fn answer(sh: &Rc<Shared>, conn: &Rc<Conn>, msg: &[u8], id: &[u8], w: Waiting) {
+    let settle = |s: Option<&Rc<Session>>| {
+        if w.call == SubCall::Plain {
+            return;
+        }
+        let Some(p) = jsonrpc::peek(msg) else {
+            return;
+        };
+        match s {
+            Some(s) => settle_subscription(conn, s, &p, &w.call),
+            None => orphan(conn, &p, &w.call),
+        }
+    };
+    let Some(s) = w.session.upgrade() else {
+        settle(None);
+        return;
+    };
+    // A pruned node without the state: ask an archive node, once.
+    if let Some(request) = &w.retry {
+        if sh.router.is_pruned_error(msg) {
+            if let Some(archive) = sh.archive_for(&s) {
+                if let Some(req) = jsonrpc::Call::parse(request).single().copied() {
+                    crate::debug!("pruned node lacks the state; retrying on archive");
+                    send_request(&archive, &s, &req, w.batch, None);
+                    return;
+                }
+            }
+        }
+    }
+    settle(Some(&s));
+    let at = offset_in(msg, id);
+    deliver(&s, &[&msg[..at], &w.id, &msg[at + id.len()..]]);
+    // After the answer is queued: a close owed to the client may follow it.
+    s.answered(&w.id);
+}

@@ -1,0 +1,323 @@
+//! Shared node connections (`pool.shared = true`, `--shared`): the node side
+//! of a session as a slot on one multiplexed connection per node per core.
+//!
+//! In the default, session-pinned mode every client session gets its own
+//! WebSocket connection to its node and frames pass through unchanged. In
+//! shared mode the sessions of one core share **one connection per node**,
+//! as Subway and public RPC providers do:
+//!
+//! - a node that caps its connections (`--rpc-max-connections`, 100 by
+//!   default on Substrate) serves any number of clients;
+//! - a new session costs no TCP connection and no upgrade towards the node;
+//! - requests from many sessions leave in one write and their answers come
+//!   back in one read, so the node and the gateway make a fraction of the
+//!   system calls per request.
+//!
+//! The price is that payloads are rewritten ([`request`]): each request's
+//! `id` is replaced by a number unique on its connection, and the answer gets
+//! the client's id back ([`conn`]; the rest of both messages is copied as it
+//! is). Subscriptions are followed by their ids: a subscribe call's answer
+//! registers the id for its session, notifications go to that session only,
+//! a session may only unsubscribe (or call `chainHead_*` with) ids it owns,
+//! and the gateway unsubscribes for a session that ends. Sessions carry
+//! JSON-RPC only: a message that is not JSON gets a `-32700` error, a binary
+//! message the close code 1003.
+//!
+//! Everything else of a session (its client side, closing, requests in
+//! flight, limits, timers) is the relay's ([`crate::relay`]): when a shared
+//! connection is lost (node gone, protocol error, failed health checks), each
+//! of its sessions loses its node side as a pinned session does: errors for
+//! the requests in flight, then 1012. The per-client headers
+//! (`X-Forwarded-For`, the client's path and subprotocol) do not reach nodes
+//! in this mode: one connection speaks for many clients.
+
+pub mod conn;
+pub mod request;
+
+use std::cell::{Cell, RefCell};
+use std::net::IpAddr;
+use std::rc::{Rc, Weak};
+use std::time::Duration;
+
+use crate::admission::AdmissionCtx;
+use crate::io::{stop, Stop};
+use crate::relay::close::Which;
+use crate::relay::{Session, SessionConfig};
+use crate::route::{ChainView, Router};
+use crate::signal::Broadcast;
+use crate::upstream::{NodeLease, Pool};
+use crate::ws::codec::Limits as CodecLimits;
+
+pub use conn::Conn;
+pub use request::on_request;
+
+use conn::State;
+
+/// One core's shared connections, one slot per node.
+pub struct Shared {
+    pool: Rc<Pool>,
+    router: Router,
+    /// Live connections per node: usually one; another opens when every one
+    /// carries `max_subscriptions` (nodes cap subscriptions per connection:
+    /// Substrate's `--rpc-max-subscriptions-per-connection` is 1024).
+    slots: RefCell<Vec<Vec<Rc<Conn>>>>,
+    settings: Settings,
+}
+
+/// How shared connections are opened and kept.
+#[derive(Debug, Clone, Copy)]
+pub struct Settings {
+    pub connect_timeout: Duration,
+    /// Ping the node this often.
+    pub keepalive: Duration,
+    /// Check the node's health this often (a node marked down loses its connection).
+    pub health_every: Duration,
+    pub codec: CodecLimits,
+    pub max_head: usize,
+    /// Subscriptions on one connection before another opens to the same node.
+    pub max_subscriptions: usize,
+}
+
+/// What a session in shared mode needs besides its connection.
+pub struct Ctx<'a> {
+    pub shared: Rc<Shared>,
+    pub cfg: SessionConfig,
+    pub chain: &'a dyn ChainView,
+    /// Route messages between pruned and archive nodes.
+    pub route: bool,
+    pub admission: Option<(&'a AdmissionCtx, IpAddr)>,
+    /// The worker is shutting down.
+    pub shutdown: &'a Broadcast,
+    /// Holds the session's place in its node's connection count.
+    pub lease: NodeLease,
+}
+
+/// A subscription a session owns: its connection, its id (raw JSON), and
+/// the method that ends it.
+type Owned = (Rc<Conn>, Box<[u8]>, Box<str>);
+
+/// A session's membership of shared connections.
+pub struct Member {
+    /// The connection to the session's node.
+    conn: Rc<Conn>,
+    /// Subscriptions the session owns.
+    subs: RefCell<Vec<Owned>>,
+    /// The session's archive connection, picked on first need.
+    archive: RefCell<Option<Rc<Conn>>>,
+    /// The last batch number given out (answers to one batch go back as one array).
+    batches: Cell<u32>,
+}
+
+impl Member {
+    pub fn new(conn: Rc<Conn>) -> Member {
+        Member {
+            conn,
+            subs: RefCell::new(Vec::new()),
+            archive: RefCell::new(None),
+            batches: Cell::new(0),
+        }
+    }
+
+    pub fn subscriptions(&self) -> u32 {
+        self.subs.borrow().len() as u32
+    }
+
+    /// The session's requests in flight are being answered by the session
+    /// itself (errors): forget them on the connections.
+    pub fn forget_waiting(&self, s: &Session) {
+        let archive = self.archive.borrow().clone();
+        for c in std::iter::once(&self.conn).chain(archive.as_ref()) {
+            c.forget_waiting_of(s);
+        }
+    }
+
+    fn next_batch(&self) -> u32 {
+        let n = self.batches.get().wrapping_add(1).max(1);
+        self.batches.set(n);
+        n
+    }
+}
+
+fn member(s: &Session) -> &Member {
+    s.member.as_ref().expect("a session in shared mode")
+}
+
+/// A new session on its connection.
+pub fn join(s: &Rc<Session>) {
+    let m = member(s);
+    m.conn.join(s);
+    if m.conn.state() == State::Dead {
+        s.closing.on_gone(&**s, Which::Node);
+    }
+}
+
+/// The session is over: end its subscriptions on the nodes, leave.
+pub fn leave(s: &Rc<Session>) {
+    let m = member(s);
+    for (c, sub, method) in m.subs.borrow_mut().drain(..) {
+        if c.state() == State::Dead {
+            continue;
+        }
+        c.subs.borrow_mut().remove(&sub);
+        request::unsubscribe(&c, &sub, &method);
+    }
+    m.conn.leave(s);
+}
+
+/// Wait while this session's client does not read its answers, or its
+/// connection's writer is far behind.
+pub async fn backpressure(s: &Session) {
+    let m = member(s);
+    let limit = s.cfg.max_buffered;
+    loop {
+        if s.closing.ended() || !s.closing.side(Which::Client).takes_data() {
+            return;
+        }
+        if s.client.out.queued.get() > limit {
+            s.client.out.space_wake.wait().await;
+            continue;
+        }
+        if m.conn.out_len() > limit * 16 {
+            m.conn
+                .until(|c| c.out_len() <= limit * 16 || c.state() == State::Dead)
+                .await;
+            continue;
+        }
+        return;
+    }
+}
+
+impl Shared {
+    pub fn new(pool: Rc<Pool>, router: Router, settings: Settings) -> Rc<Shared> {
+        let n = pool.nodes().len();
+        Rc::new(Shared {
+            pool,
+            router,
+            slots: RefCell::new(vec![Vec::new(); n]),
+            settings,
+        })
+    }
+
+    /// A connection to node `index` for a session: the live one with the
+    /// fewest subscriptions, or a new one if there is none or all are full.
+    fn conn(self: &Rc<Self>, index: usize) -> Rc<Conn> {
+        let best = self.slots.borrow()[index]
+            .iter()
+            .filter(|c| c.state() != State::Dead)
+            .min_by_key(|c| c.subs.borrow().len())
+            .cloned();
+        if let Some(c) = best {
+            if c.subs.borrow().len() < self.settings.max_subscriptions.max(1) {
+                return c;
+            }
+        }
+        let conn = Rc::new(Conn::new(index));
+        self.slots.borrow_mut()[index].push(conn.clone());
+        monoio::spawn(conn::run(self.clone(), conn.clone()));
+        conn
+    }
+
+    /// Pick a node for a new session and wait until its shared connection is
+    /// up; on failure try the next node. The error is an HTTP status and body.
+    pub async fn open(self: &Rc<Self>) -> Result<(Rc<Conn>, NodeLease), (u16, String)> {
+        let n = self.pool.nodes().len();
+        let mut tried = vec![false; n];
+        if self.pool.pick(&tried).is_none() {
+            return Err((
+                503,
+                format!("no healthy upstream node ({n} configured, all failing health checks)"),
+            ));
+        }
+        let mut failures = Vec::new();
+        while let Some(index) = self.pool.pick(&tried) {
+            tried[index] = true;
+            let conn = self.conn(index);
+            conn.until(|c| c.state() != State::Connecting).await;
+            if conn.state() == State::Up {
+                return Ok((conn, self.pool.lease(index)));
+            }
+            failures.push(format!(
+                "{}: {}",
+                self.pool.nodes()[index].public_name(),
+                conn.why.borrow()
+            ));
+        }
+        Err((
+            502,
+            format!(
+                "no upstream node accepted the connection ({})",
+                failures.join("; ")
+            ),
+        ))
+    }
+
+    /// The session's archive connection: the one it has, or a new pick.
+    fn archive_for(self: &Rc<Self>, s: &Session) -> Option<Rc<Conn>> {
+        let m = member(s);
+        if let Some(c) = &*m.archive.borrow() {
+            if c.state() != State::Dead {
+                return Some(c.clone());
+            }
+        }
+        let index = self.pool.pick_archive()?;
+        let conn = self.conn(index);
+        *m.archive.borrow_mut() = Some(conn.clone());
+        Some(conn)
+    }
+
+    /// The connection is lost: its sessions lose their node side (errors for
+    /// what they wait for, then 1012), and so do the sessions that own a
+    /// subscription on it.
+    fn fail(&self, conn: &Rc<Conn>, why: &str) {
+        if conn.state() == State::Dead {
+            return;
+        }
+        crate::warn!(
+            "shared connection to {}: {why}",
+            self.pool.nodes()[conn.node].url
+        );
+        conn.set_dead(why);
+        self.slots.borrow_mut()[conn.node].retain(|c| !Rc::ptr_eq(c, conn));
+        if let Some(fd) = conn.fd.get() {
+            stop(fd, Stop::All);
+        }
+        // Sessions whose node this is, or that own a subscription on it,
+        // lose their node side: errors for all they wait for, then 1012.
+        let subs: Vec<Weak<Session>> = conn.subs.borrow_mut().drain().map(|(_, s)| s).collect();
+        let members: Vec<Weak<Session>> =
+            conn.members.borrow_mut().drain().map(|(_, s)| s).collect();
+        let mut sessions: Vec<Rc<Session>> = subs
+            .iter()
+            .chain(members.iter())
+            .filter_map(Weak::upgrade)
+            .collect();
+        sessions.sort_by_key(Rc::as_ptr);
+        sessions.dedup_by(|a, b| Rc::ptr_eq(a, b));
+        // Others that sent a request here (to an archive node) get an error
+        // for each such request and go on.
+        let message = format!("upstream node connection lost ({why}); reconnect and retry");
+        let pending: Vec<conn::Waiting> =
+            conn.pending.borrow_mut().drain().map(|(_, w)| w).collect();
+        for w in pending {
+            let Some(s) = w.session.upgrade() else {
+                continue;
+            };
+            if sessions.iter().any(|c| Rc::ptr_eq(c, &s)) {
+                continue;
+            }
+            s.answered(&w.id);
+            s.send_text(
+                crate::jsonrpc::error::error(
+                    &w.id,
+                    crate::jsonrpc::error::code::INTERNAL_ERROR,
+                    &message,
+                    None,
+                )
+                .as_bytes(),
+            );
+        }
+        for s in sessions {
+            s.closing.on_gone(&*s, Which::Node);
+        }
+    }
+}

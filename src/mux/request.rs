@@ -1,0 +1,288 @@
+//! A client's message onto a shared connection: checked (JSON, admission,
+//! subscription ownership, per-session limits), then each request's id
+//! replaced by one unique on the connection, remembered to put the client's
+//! back on the answer. A batch goes out as one array.
+
+use std::rc::{Rc, Weak};
+
+use crate::jsonrpc::error::{code, error};
+use crate::jsonrpc::{call::unsubscribe_method, Call, Kind, Request, Sub};
+use crate::relay::Session;
+use crate::route::Target;
+use crate::ws::frame::{FrameHeader, OpCode, MAX_HEADER_LEN};
+use crate::ws::mask::apply_mask;
+
+use super::conn::{Conn, SubCall, Waiting};
+use super::{member, Ctx};
+
+/// One whole text message from the client.
+pub fn on_request(ctx: &Ctx<'_>, s: &Rc<Session>, msg: &[u8]) {
+    if !s.closing.side(crate::relay::Which::Client).takes_data() {
+        return;
+    }
+    // The node must be able to answer with an id we can map back: JSON that
+    // does not parse would come back with `"id":null`, so it is answered here.
+    if serde_json::from_slice::<serde::de::IgnoredAny>(msg).is_err() {
+        s.send_text(error(b"null", code::PARSE_ERROR, "Parse error", None).as_bytes());
+        return;
+    }
+    let call = Call::parse(msg);
+    if let Some((adm, ip)) = ctx.admission {
+        if let Err((refusal, answer)) = adm.check_call(ip, &call, std::time::Instant::now()) {
+            crate::debug!("refused a call from {ip}: {refusal:?}");
+            if let Some(a) = answer {
+                s.send_text(a.as_bytes());
+            }
+            return;
+        }
+    }
+    let m = member(s);
+    let archive = if ctx.route && ctx.shared.router.route_call(&call, ctx.chain) == Target::Archive
+    {
+        ctx.shared.archive_for(s)
+    } else {
+        None
+    };
+    let to = archive.as_ref().unwrap_or(&m.conn);
+    match call.kind {
+        Kind::Object => {
+            let req = call.single().expect("an object is one request");
+            if let Some(answer) = refuse(ctx, s, req) {
+                if let Some(a) = answer {
+                    s.send_text(a.as_bytes());
+                }
+                return;
+            }
+            let retry = (ctx.route && archive.is_none() && ctx.shared.router.retryable_call(&call))
+                .then(|| Box::from(msg));
+            if let Some(id) = req.id {
+                s.inflight.borrow_mut().add(id, 0);
+            }
+            send_request(to, s, req, 0, retry);
+        }
+        Kind::Batch => send_batch(ctx, to, s, &call),
+        Kind::Other => {
+            s.send_text(error(b"null", code::INVALID_REQUEST, "Invalid Request", None).as_bytes());
+        }
+    }
+}
+
+/// Checks of one request before it goes out: a valid id, subscription
+/// ownership, then the per-session limits. `Some(answer)` refuses it
+/// (`None`: no id, no answer).
+fn refuse(ctx: &Ctx<'_>, s: &Session, req: &Request<'_>) -> Option<Option<String>> {
+    if !req.valid {
+        return Some(Some(error(
+            b"null",
+            code::INVALID_REQUEST,
+            "Invalid Request",
+            None,
+        )));
+    }
+    if let Some(sub) = req.sub.names() {
+        let m = member(s);
+        let foreign = |c: &Conn| {
+            c.subs
+                .borrow()
+                .get(sub)
+                .is_some_and(|w| !std::ptr::eq(w.as_ptr(), s))
+        };
+        let on_archive = m.archive.borrow().as_ref().is_some_and(|a| foreign(a));
+        if foreign(&m.conn) || on_archive {
+            let answer = error(
+                req.reply_id(),
+                code::INVALID_PARAMS,
+                "Invalid subscription id",
+                None,
+            );
+            return Some(req.id.map(|_| answer));
+        }
+    }
+    let (adm, _) = ctx.admission?;
+    crate::relay::limits::check(s, adm, req)
+}
+
+/// What a request does to the subscriptions the connection follows.
+fn sub_call(req: &Request<'_>) -> SubCall {
+    match req.sub {
+        Sub::Ends(Some(sub)) => SubCall::Unsubscribe(Box::from(sub)),
+        Sub::Opens => req
+            .method
+            .and_then(|m| std::str::from_utf8(m).ok())
+            .and_then(unsubscribe_method)
+            .map_or(SubCall::Plain, |m| SubCall::Subscribe(m.into_boxed_str())),
+        _ => SubCall::Plain,
+    }
+}
+
+/// Send one request with its id replaced; remember how to answer it.
+pub fn send_request(
+    to: &Conn,
+    s: &Rc<Session>,
+    req: &Request<'_>,
+    batch: u32,
+    retry: Option<Box<[u8]>>,
+) {
+    let msg = req.raw;
+    let Some(id) = req.id else {
+        // A notification: no answer to map.
+        to.send_parts(&[msg]);
+        return;
+    };
+    let gid = to.next_id();
+    let mut digits = [0u8; 20];
+    let at = offset_in(msg, id);
+    to.send_parts(&[&msg[..at], decimal(gid, &mut digits), &msg[at + id.len()..]]);
+    register(to, s, gid, id, batch, sub_call(req), retry);
+}
+
+fn register(
+    to: &Conn,
+    s: &Rc<Session>,
+    gid: u64,
+    id: &[u8],
+    batch: u32,
+    call: SubCall,
+    retry: Option<Box<[u8]>>,
+) {
+    to.pending.borrow_mut().insert(
+        gid,
+        Waiting {
+            session: Rc::downgrade(s),
+            id: Box::from(id),
+            batch,
+            call,
+            retry,
+        },
+    );
+}
+
+/// A batch goes out as one array with every id replaced, and its answers
+/// come back to the client as one array.
+fn send_batch(ctx: &Ctx<'_>, to: &Conn, s: &Rc<Session>, call: &Call<'_>) {
+    let batch = member(s).next_batch();
+    let tracker = s.inflight.borrow_mut().next_batch();
+    let mut body: Vec<u8> = Vec::with_capacity(call.raw.len() + 16);
+    let mut local: Vec<String> = Vec::new();
+    let mut forwarded = 0;
+    body.push(b'[');
+    for req in call.requests() {
+        if let Some(answer) = refuse(ctx, s, req) {
+            local.extend(answer);
+            continue;
+        }
+        if forwarded > 0 {
+            body.push(b',');
+        }
+        forwarded += 1;
+        let e = req.raw;
+        match req.id {
+            Some(id) => {
+                let gid = to.next_id();
+                let at = offset_in(e, id);
+                body.extend_from_slice(&e[..at]);
+                body.extend_from_slice(decimal(gid, &mut [0u8; 20]));
+                body.extend_from_slice(&e[at + id.len()..]);
+                s.inflight.borrow_mut().add(id, tracker);
+                register(to, s, gid, id, batch, sub_call(req), None);
+            }
+            None => body.extend_from_slice(e),
+        }
+    }
+    body.push(b']');
+    if forwarded == 0 && local.is_empty() {
+        // `[]`: an empty batch is an invalid request (JSON-RPC 2.0 §6).
+        local.push(error(
+            b"null",
+            code::INVALID_REQUEST,
+            "Invalid Request",
+            None,
+        ));
+    }
+    if !local.is_empty() {
+        // Answered here: those of the batch the gateway refused, as one array.
+        s.send_text(format!("[{}]", local.join(",")).as_bytes());
+    }
+    if forwarded > 0 {
+        to.send_parts(&[&body]);
+    }
+}
+
+/// Send `method(sub)` on behalf of a session that is gone; its answer is dropped.
+pub fn unsubscribe(c: &Conn, sub: &[u8], method: &str) {
+    let id = c.next_id();
+    let mut digits = [0u8; 20];
+    c.pending.borrow_mut().insert(
+        id,
+        Waiting {
+            session: Weak::new(),
+            id: Box::from(&b"null"[..]),
+            batch: 0,
+            call: SubCall::Plain,
+            retry: None,
+        },
+    );
+    c.send_parts(&[
+        br#"{"jsonrpc":"2.0","id":"#,
+        decimal(id, &mut digits),
+        br#","method":""#,
+        method.as_bytes(),
+        br#"","params":["#,
+        sub,
+        b"]}",
+    ]);
+}
+
+/// Append a whole frame whose payload is `parts` joined.
+pub fn frame_parts(out: &mut Vec<u8>, opcode: OpCode, parts: &[&[u8]], mask: Option<[u8; 4]>) {
+    let len: usize = parts.iter().map(|p| p.len()).sum();
+    let header = FrameHeader {
+        fin: true,
+        rsv: 0,
+        opcode,
+        mask,
+        payload_len: len as u64,
+    };
+    let mut h = [0u8; MAX_HEADER_LEN];
+    let n = header.encode(&mut h);
+    out.reserve(n + len);
+    out.extend_from_slice(&h[..n]);
+    let start = out.len();
+    for p in parts {
+        out.extend_from_slice(p);
+    }
+    if let Some(key) = mask {
+        apply_mask(&mut out[start..], key, 0);
+    }
+}
+
+/// `n` in decimal, written into `buf` (a gateway id, without a String per request).
+fn decimal(n: u64, buf: &mut [u8; 20]) -> &[u8] {
+    let mut i = buf.len();
+    let mut n = n;
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            return &buf[i..];
+        }
+    }
+}
+
+/// Where `part` (a subslice of `whole`) starts in it.
+pub fn offset_in(whole: &[u8], part: &[u8]) -> usize {
+    part.as_ptr() as usize - whole.as_ptr() as usize
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_in_decimal() {
+        for n in [0, 7, 10, 12345, u64::MAX] {
+            assert_eq!(decimal(n, &mut [0u8; 20]), n.to_string().as_bytes());
+        }
+    }
+}

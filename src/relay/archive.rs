@@ -1,0 +1,505 @@
+//! Per-message routing inside a pinned session whose node is pruned, when
+//! the pool has archive nodes (rules in [`crate::route`]), and per-call
+//! admission checks. The pump holds each client message until it is whole
+//! (up to [`HOLD_MAX`]; larger ones stream to the pruned node), then it is
+//! sent as it came (still masked) to the pruned node or to the session's
+//! archive connection, which is opened on first need. The pruned node's
+//! answers are held the same way, so that a "state is gone" answer to a
+//! request with a block argument is replaced by the archive node's answer
+//! to the same request. Archive answers reach the client as whole messages,
+//! between the pruned node's messages. Request ids are never rewritten.
+
+use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
+use std::os::fd::RawFd;
+use std::rc::Rc;
+use std::time::Duration;
+
+use monoio::time::Instant;
+
+use crate::io::{stop, ReadHalf, Stop, WriteHalf};
+use crate::jsonrpc::error::{code, errors};
+use crate::jsonrpc::scan::IdScanner;
+use crate::jsonrpc::Call;
+use crate::route::{ChainView, Router, Target};
+use crate::signal::Signal;
+use crate::upstream::{NodeReader, NodeWriter, Pool, UpgradeTemplate};
+use crate::ws::codec::Role;
+use crate::ws::frame::{close_code, write_close, write_frame, OpCode};
+use crate::ws::message::{Assembler, Event};
+
+use super::close::Which;
+use super::session::Session;
+
+/// What a routed (or admission-checked) pinned session needs.
+pub struct Routed<'r> {
+    pub router: &'r Router,
+    pub chain: &'r dyn ChainView,
+    pub pool: Rc<Pool>,
+    pub template: UpgradeTemplate,
+    pub connect_timeout: Duration,
+    /// Route messages to archive (else all go to the session's node).
+    pub route: bool,
+    /// Check each call against admission limits, for this client address.
+    pub admission: Option<(&'r crate::admission::AdmissionCtx, std::net::IpAddr)>,
+}
+
+/// Messages larger than this are not held: they stream to the pruned node.
+pub const HOLD_MAX: usize = 64 * 1024;
+/// Requests kept for a possible retry on archive.
+const RETRY_MAX: usize = 256;
+/// After the archive connection fails, archive-bound calls go to the pruned
+/// node (which answers truthfully) for this long; then another connection is tried.
+const ARCHIVE_RETRY: Duration = Duration::from_secs(1);
+
+/// Where the message being held goes (its frames and payload are in the
+/// pump's assembler).
+#[derive(Default)]
+pub struct Hold {
+    /// Decided for a large message whose first part already went out.
+    pub target: Option<Target>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Default, Debug)]
+enum ArchiveState {
+    #[default]
+    Idle,
+    Connecting,
+    Up,
+    Failed,
+}
+
+/// A message sent to the archive node and not answered yet.
+struct Pending {
+    ids: Vec<Vec<u8>>,
+    batch: bool,
+}
+
+/// The session's archive connection and what waits on it.
+#[derive(Default)]
+pub struct Archive {
+    /// Whole client messages (masked frames) to write.
+    queue: RefCell<VecDeque<(Pending, Vec<u8>)>>,
+    pending: RefCell<Vec<Pending>>,
+    /// Pongs and the close for the archive node.
+    control: RefCell<VecDeque<Vec<u8>>>,
+    state: Cell<ArchiveState>,
+    fd: Cell<Option<RawFd>>,
+    reading: Cell<bool>,
+    wake_writer: Signal,
+    wake_reader: Signal,
+    /// Requests sent to the pruned node that may come back "state is gone".
+    retry: RefCell<VecDeque<(Vec<u8>, Vec<u8>)>>,
+    /// When the connection last failed: another is tried after [`ARCHIVE_RETRY`].
+    failed_at: Cell<Option<Instant>>,
+    /// Connections opened so far: a reader of an older one fails nothing.
+    generation: Cell<u32>,
+}
+
+impl Archive {
+    /// After a failure, time to try another connection.
+    fn retry_due(&self) -> bool {
+        self.state.get() == ArchiveState::Failed
+            && self
+                .failed_at
+                .get()
+                .map_or(true, |t| t.elapsed() >= ARCHIVE_RETRY)
+    }
+
+    fn send(&self, message: Vec<u8>, call: &Call<'_>) {
+        let pending = Pending {
+            ids: call.ids().map(<[u8]>::to_vec).collect(),
+            batch: call.is_batch(),
+        };
+        self.queue.borrow_mut().push_back((pending, message));
+        self.wake_writer.notify();
+    }
+
+    /// The session ended: the archive reader stops, both tasks look again.
+    pub fn end(&self) {
+        if let (true, Some(fd)) = (self.reading.get(), self.fd.get()) {
+            stop(fd, Stop::Reads);
+        }
+        self.wake_writer.notify();
+        self.wake_reader.notify();
+    }
+
+    /// The close deadline passed.
+    pub fn stop_all(&self) {
+        if let Some(fd) = self.fd.get() {
+            stop(fd, Stop::All);
+        }
+    }
+}
+
+/// A text frame (server to client) with JSON-RPC errors for `p`'s ids.
+fn error_frame(p: &Pending, why: &str) -> Option<Vec<u8>> {
+    let message = format!("archive node unavailable: {why}");
+    let body = errors(
+        p.ids.iter().map(Vec::as_slice),
+        p.batch,
+        code::INTERNAL_ERROR,
+        &message,
+    )?;
+    let mut f = Vec::with_capacity(body.len() + 10);
+    write_frame(&mut f, OpCode::Text, body.as_bytes(), None);
+    Some(f)
+}
+
+impl Session {
+    /// The archive connection failed: every request waiting on it gets an error.
+    fn fail_archive(&self, why: &str) {
+        let a = &self.archive;
+        a.state.set(ArchiveState::Failed);
+        a.failed_at.set(Some(Instant::now()));
+        let waiting: Vec<Pending> = a
+            .pending
+            .borrow_mut()
+            .drain(..)
+            .chain(a.queue.borrow_mut().drain(..).map(|(p, _)| p))
+            .collect();
+        for p in &waiting {
+            if let Some(f) = error_frame(p, why) {
+                self.inject(Which::Client, f);
+            }
+        }
+        a.retry.borrow_mut().clear();
+    }
+
+    /// Can a message go to the archive connection now?
+    fn archive_usable(&self, r: &Routed<'_>) -> bool {
+        match self.archive.state.get() {
+            ArchiveState::Failed if !self.archive.retry_due() => false,
+            ArchiveState::Up | ArchiveState::Connecting => true,
+            ArchiveState::Idle | ArchiveState::Failed => r.pool.pick_archive().is_some(),
+        }
+    }
+}
+
+/// A held message (or, `whole == false`, the first part of a large one) is ready.
+pub fn on_held(
+    s: &Session,
+    from: Which,
+    asm: &mut Assembler,
+    hold: &mut Hold,
+    r: &Routed<'_>,
+    whole: bool,
+) {
+    let raw = asm.take_raw();
+    let frame_end = asm.decoder().at_frame_boundary();
+    let message_end = whole && asm.decoder().at_message_boundary();
+    // Parsed once, for every decision below (a part of a large message is
+    // not parsed: it streams to the pruned node).
+    let call = Call::parse(if whole { asm.message() } else { b"" });
+    match from {
+        Which::Client => {
+            if let (true, true, Some((adm, ip))) = (whole, hold.target.is_none(), r.admission) {
+                let refused = match adm.check_call(ip, &call, std::time::Instant::now()) {
+                    Err((refusal, answer)) => {
+                        crate::debug!("refused a call from {ip}: {refusal:?}");
+                        Some(answer)
+                    }
+                    Ok(()) => call
+                        .single()
+                        .and_then(|req| super::limits::check(s, adm, req)),
+                };
+                if let Some(answer) = refused {
+                    if let Some(answer) = answer {
+                        s.send_text(answer.as_bytes());
+                    }
+                    asm.clear();
+                    return;
+                }
+            }
+            let target = *hold.target.get_or_insert_with(|| {
+                if whole
+                    && r.route
+                    && r.router.route_call(&call, r.chain) == Target::Archive
+                    && s.archive_usable(r)
+                {
+                    Target::Archive
+                } else {
+                    Target::Pruned
+                }
+            });
+            match target {
+                Target::Archive => s.archive.send(raw, &call),
+                Target::Pruned => {
+                    if whole {
+                        s.sent(&call);
+                    }
+                    if whole && r.route && r.router.retryable_call(&call) && s.archive_usable(r) {
+                        if let Some(id) = call.single().and_then(|q| q.id) {
+                            let mut retry = s.archive.retry.borrow_mut();
+                            if retry.len() == RETRY_MAX {
+                                retry.pop_front();
+                            }
+                            retry.push_back((id.to_vec(), raw.clone()));
+                        }
+                    }
+                    s.push_data(Which::Node, raw, frame_end, message_end);
+                }
+            }
+        }
+        Which::Node => {
+            let first_part = hold.target.is_none();
+            let id = (whole && first_part)
+                .then(|| crate::jsonrpc::member(asm.message(), b"id"))
+                .flatten();
+            let retries = !s.archive.retry.borrow().is_empty();
+            if let (Some(id), true) = (id, retries) {
+                let mut retry = s.archive.retry.borrow_mut();
+                if let Some(i) = retry.iter().position(|(rid, _)| rid.as_slice() == id) {
+                    let (_, request) = retry.remove(i).expect("index from position");
+                    drop(retry);
+                    if r.router.is_pruned_error(asm.message()) && s.archive_usable(r) {
+                        crate::debug!("pruned node lacks the state; retrying on archive");
+                        // The archive answers it now, not the session's node.
+                        s.answered(id);
+                        let again = Call::parse(asm.message());
+                        s.archive.send(request, &again);
+                        asm.clear();
+                        return;
+                    }
+                }
+            }
+            if whole && first_part {
+                match call.kind {
+                    crate::jsonrpc::Kind::Batch => {
+                        for e in crate::jsonrpc::elements(asm.message()) {
+                            if let Some(id) = crate::jsonrpc::member(e, b"id") {
+                                s.answered(id);
+                            }
+                        }
+                    }
+                    _ => {
+                        if let Some(id) = id {
+                            s.answered(id);
+                        }
+                    }
+                }
+            }
+            s.push_data(Which::Client, raw, frame_end, message_end);
+        }
+    }
+    if whole {
+        asm.clear();
+        hold.target = None;
+    } else {
+        hold.target.get_or_insert(Target::Pruned);
+    }
+}
+
+/// A half of a closed archive connection, kept open until the session returns.
+pub enum Half {
+    R(#[allow(dead_code)] NodeReader),
+    W(#[allow(dead_code)] NodeWriter),
+}
+
+/// Write to the archive node: opens the connection on the first message, and
+/// another after a failure once [`ARCHIVE_RETRY`] has passed.
+pub async fn archive_writer(
+    s: &Session,
+    r: Option<&Routed<'_>>,
+    slot_r: &RefCell<Option<NodeReader>>,
+    old: &RefCell<Vec<Half>>,
+    early: &RefCell<Vec<u8>>,
+) {
+    let Some(r) = r else { return };
+    let a = &s.archive;
+    let mut w: Option<NodeWriter> = None;
+    let mut _lease = None;
+    loop {
+        if s.closing.ended() || s.closing.side(Which::Client).done() {
+            break;
+        }
+        let has_work = !a.control.borrow().is_empty() || !a.queue.borrow().is_empty();
+        let failed = a.state.get() == ArchiveState::Failed;
+        if !has_work || (failed && !a.retry_due()) {
+            a.wake_writer.wait().await;
+            continue;
+        }
+        if failed {
+            // Retire the failed connection (its reader, if still reading,
+            // ends) and open another below.
+            if let Some(fd) = a.fd.get() {
+                stop(fd, Stop::All);
+            }
+            if let Some(dead) = w.take() {
+                old.borrow_mut().push(Half::W(dead));
+            }
+            _lease = None;
+            a.control.borrow_mut().clear();
+            a.state.set(ArchiveState::Idle);
+        }
+        if w.is_none() {
+            a.state.set(ArchiveState::Connecting);
+            // Boxed: this rare, large future must not size every session's task.
+            let open = Box::pin(crate::upstream::open_archive(
+                &r.pool,
+                &r.template,
+                r.connect_timeout,
+            ));
+            match open.await {
+                Ok((stream, first, lease)) => {
+                    crate::debug!(
+                        "session opened an archive connection to {}",
+                        lease.node().url
+                    );
+                    a.fd.set(Some(stream.raw_fd()));
+                    let (rd, wr) = stream.into_split();
+                    if let Some(stale) = slot_r.borrow_mut().replace(rd) {
+                        old.borrow_mut().push(Half::R(stale));
+                    }
+                    *early.borrow_mut() = first;
+                    w = Some(wr);
+                    _lease = Some(lease);
+                    a.generation.set(a.generation.get() + 1);
+                    a.state.set(ArchiveState::Up);
+                    a.wake_reader.notify();
+                }
+                Err(e) => {
+                    crate::warn!("archive connection failed: {e}");
+                    s.fail_archive("no archive node accepted the connection");
+                    continue;
+                }
+            }
+        }
+        let item = a.control.borrow_mut().pop_front().or_else(|| {
+            let (p, raw) = a.queue.borrow_mut().pop_front()?;
+            a.pending.borrow_mut().push(p);
+            Some(raw)
+        });
+        let Some(item) = item else { continue };
+        let (res, _) = w.as_mut().expect("connected above").write_all(item).await;
+        if res.is_err() {
+            s.fail_archive("connection lost");
+        }
+    }
+    if let Some(mut w) = w {
+        if a.state.get() == ArchiveState::Up {
+            let mut close = Vec::new();
+            write_close(
+                &mut close,
+                Some(close_code::NORMAL),
+                "",
+                Some(crate::rng::mask_key()),
+            );
+            let _ = w.write_all(close).await;
+        }
+        w.shutdown().await;
+        // The socket stays open until the session returns.
+        old.borrow_mut().push(Half::W(w));
+    }
+}
+
+/// Read the archive node's answers; each whole message goes to the client.
+/// Follows the connection the writer opens, and the next one after a failure.
+pub async fn archive_reader(
+    s: &Session,
+    r: Option<&Routed<'_>>,
+    slot_r: &RefCell<Option<NodeReader>>,
+    old: &RefCell<Vec<Half>>,
+    early: &RefCell<Vec<u8>>,
+) {
+    if r.is_none() {
+        return;
+    }
+    let a = &s.archive;
+    loop {
+        loop {
+            if s.closing.ended() || s.closing.side(Which::Client).done() {
+                return;
+            }
+            if a.state.get() == ArchiveState::Up && slot_r.borrow().is_some() {
+                break;
+            }
+            a.wake_reader.wait().await;
+        }
+        let Some(mut io) = slot_r.borrow_mut().take() else {
+            continue;
+        };
+        let generation = a.generation.get();
+        // Only the connection in use may fail the archive: an older one's
+        // reader ends without a word when the writer retires it.
+        let fail = |why: &str| {
+            if a.generation.get() == generation {
+                s.fail_archive(why);
+            }
+        };
+        let mut buf = std::mem::take(&mut *early.borrow_mut());
+        // Whole messages as received (they reach the client between the
+        // pruned node's messages), and each one's ids.
+        let mut asm = Assembler::new(Role::Server, s.cfg.codec, 0, true);
+        let mut ids = IdScanner::new();
+        'outer: loop {
+            let mut pos = 0;
+            while pos < buf.len() {
+                let payload = asm.decoder().payload_position().is_some();
+                match asm.step(&buf[pos..]) {
+                    Ok(Event::Data { n, end }) => {
+                        if payload {
+                            ids.feed(&buf[pos..pos + n]);
+                        }
+                        pos += n;
+                        if end {
+                            answered(a, &ids.finish());
+                            s.inject(Which::Client, asm.take_raw());
+                        }
+                    }
+                    Ok(Event::Control(frame, n)) => {
+                        pos += n;
+                        match frame.opcode {
+                            OpCode::Ping => {
+                                let mut pong = Vec::new();
+                                write_frame(
+                                    &mut pong,
+                                    OpCode::Pong,
+                                    frame.payload(),
+                                    Some(crate::rng::mask_key()),
+                                );
+                                a.control.borrow_mut().push_back(pong);
+                                a.wake_writer.notify();
+                            }
+                            OpCode::Pong => {}
+                            _ => {
+                                fail("the archive node closed the connection");
+                                break 'outer;
+                            }
+                        }
+                    }
+                    Ok(Event::NeedMore) => break,
+                    Err(e) => {
+                        crate::debug!("archive protocol error: {e}");
+                        fail("archive node protocol error");
+                        break 'outer;
+                    }
+                }
+            }
+            buf.drain(..pos);
+            if s.closing.ended() || s.closing.side(Which::Client).done() {
+                break;
+            }
+            a.reading.set(true);
+            let (res, b) = io.read_more(buf).await;
+            a.reading.set(false);
+            buf = b;
+            if !matches!(res, Ok(n) if n > 0) {
+                if !s.closing.ended() && !s.closing.side(Which::Client).done() {
+                    fail("connection lost");
+                }
+                break;
+            }
+        }
+        old.borrow_mut().push(Half::R(io));
+    }
+}
+
+/// An archive answer arrived (with these ids): forget the request it answers.
+fn answered(a: &Archive, ids: &[Vec<u8>]) {
+    let Some(first) = ids.first() else { return };
+    let mut pending = a.pending.borrow_mut();
+    if let Some(i) = pending.iter().position(|p| p.ids.first() == Some(first)) {
+        pending.remove(i);
+    }
+}

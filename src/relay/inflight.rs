@@ -1,0 +1,188 @@
+//! The requests of a session that the node has not answered yet, by id, so
+//! that when the node is lost (or the gateway stops) each gets a JSON-RPC
+//! error instead of silence, and so that limits and the shutdown drain can
+//! count them. One tracker for both session modes.
+//!
+//! - Ids come from the typed call ([`crate::jsonrpc::Call`]) of each whole
+//!   request, whatever its size; an answer's id is matched by value, so a
+//!   node that writes `1e2` back as `100.0` still clears it.
+//! - The same id sent twice before its answer is counted twice (each answer
+//!   clears one).
+//! - A batch's unanswered requests fail as one array (JSON-RPC 2.0 §6).
+
+use ahash::AHashMap;
+
+use crate::jsonrpc::error::{code, error};
+use crate::jsonrpc::Call;
+
+/// Ids tracked per session at most (beyond, new ones are not tracked).
+pub const MAX: usize = 4096;
+
+/// Requests in flight with one id: each as the client wrote its id, and
+/// its batch (0: none), oldest first.
+type Same = Vec<(Box<[u8]>, u32)>;
+
+/// Requests in flight.
+#[derive(Debug, Default)]
+pub struct Inflight {
+    /// By canonical id.
+    ids: AHashMap<Vec<u8>, Same>,
+    len: usize,
+    batches: u32,
+}
+
+/// The key an id is matched by: numbers by value (`1e2`, `100.0` and `100`
+/// are one id), anything else as written.
+fn key(id: &[u8]) -> Vec<u8> {
+    let Some(b'-' | b'0'..=b'9') = id.first() else {
+        return id.to_vec();
+    };
+    if id[1..].iter().all(u8::is_ascii_digit) {
+        // An integer literal: its digits are its value.
+        return [b"#" as &[u8], id].concat();
+    }
+    match std::str::from_utf8(id)
+        .ok()
+        .and_then(|s| s.parse::<f64>().ok())
+    {
+        Some(n) if n.fract() == 0.0 && n.abs() < 9.0e15 => format!("#{}", n as i64).into_bytes(),
+        Some(n) if n.is_finite() => format!("#{n:e}").into_bytes(),
+        _ => id.to_vec(),
+    }
+}
+
+impl Inflight {
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// A request or batch sent to the node.
+    pub fn sent(&mut self, call: &Call<'_>) {
+        let batch = if call.is_batch() {
+            self.batches = self.batches.wrapping_add(1).max(1);
+            self.batches
+        } else {
+            0
+        };
+        for id in call.ids() {
+            self.add(id, batch);
+        }
+    }
+
+    /// One id sent (`batch`: 0, or a number from [`Inflight::next_batch`]).
+    pub fn add(&mut self, id: &[u8], batch: u32) {
+        if self.len >= MAX {
+            return;
+        }
+        self.ids
+            .entry(key(id))
+            .or_default()
+            .push((Box::from(id), batch));
+        self.len += 1;
+    }
+
+    /// A batch number for requests added one by one.
+    pub fn next_batch(&mut self) -> u32 {
+        self.batches = self.batches.wrapping_add(1).max(1);
+        self.batches
+    }
+
+    /// An answer with this id arrived: the oldest request with it is done.
+    pub fn answered(&mut self, id: &[u8]) -> bool {
+        let k = key(id);
+        let Some(list) = self.ids.get_mut(&k) else {
+            return false;
+        };
+        list.remove(0);
+        if list.is_empty() {
+            self.ids.remove(&k);
+        }
+        self.len -= 1;
+        true
+    }
+
+    /// Every request still waiting, answered with `why`: the bodies of the
+    /// error responses, a batch's as one array.
+    pub fn fail_all(&mut self, why: &str) -> Vec<String> {
+        let mut singles = Vec::new();
+        let mut batches: AHashMap<u32, Vec<Box<[u8]>>> = AHashMap::new();
+        for (_, list) in self.ids.drain() {
+            for (id, batch) in list {
+                if batch == 0 {
+                    singles.push(error(&id, code::INTERNAL_ERROR, why, None));
+                } else {
+                    batches.entry(batch).or_default().push(id);
+                }
+            }
+        }
+        self.len = 0;
+        let arrays = batches.into_values().filter_map(|ids| {
+            crate::jsonrpc::error::errors(ids.iter().map(|i| &**i), true, code::INTERNAL_ERROR, why)
+        });
+        singles.into_iter().chain(arrays).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ids_of(bodies: &[String]) -> Vec<String> {
+        let mut out: Vec<String> = bodies
+            .iter()
+            .flat_map(|b| {
+                let v: serde_json::Value = serde_json::from_str(b).unwrap();
+                match v {
+                    serde_json::Value::Array(a) => {
+                        a.into_iter().map(|e| e["id"].to_string()).collect()
+                    }
+                    e => vec![e["id"].to_string()],
+                }
+            })
+            .collect();
+        out.sort();
+        out
+    }
+
+    #[test]
+    fn duplicate_ids_in_flight_are_counted_not_overwritten() {
+        let mut f = Inflight::default();
+        f.sent(&Call::parse(br#"{"id":1,"method":"a"}"#));
+        f.sent(&Call::parse(br#"{"id":1,"method":"b"}"#));
+        assert_eq!(f.len(), 2);
+        assert!(f.answered(b"1"));
+        let errors = f.fail_all("lost");
+        assert_eq!(ids_of(&errors), ["1"]);
+    }
+
+    #[test]
+    fn ids_match_by_value_when_the_node_rewrites_numbers() {
+        let mut f = Inflight::default();
+        f.sent(&Call::parse(br#"{"id":1e2,"method":"a"}"#));
+        f.sent(&Call::parse(br#"{"id":"1e2","method":"a"}"#));
+        assert!(f.answered(b"100.0"));
+        assert_eq!(f.len(), 1);
+        assert!(!f.answered(b"100"), "the string id is another id");
+        assert!(f.answered(br#""1e2""#));
+        assert!(f.is_empty());
+        assert!(!f.answered(b"5"));
+    }
+
+    #[test]
+    fn a_batch_fails_as_one_array_and_singles_alone() {
+        let mut f = Inflight::default();
+        f.sent(&Call::parse(
+            br#"[{"id":1,"method":"a"},{"id":"x","method":"b"},{"method":"n"}]"#,
+        ));
+        f.sent(&Call::parse(br#"{"id":3,"method":"c"}"#));
+        let errors = f.fail_all("node lost");
+        assert_eq!(errors.len(), 2);
+        assert_eq!(ids_of(&errors), ["\"x\"", "1", "3"]);
+        assert!(errors.iter().any(|e| e.starts_with('[')));
+        assert!(f.is_empty());
+    }
+}

@@ -1,0 +1,220 @@
+//! One WebSocket session after the handshakes: the relay, for both modes.
+//!
+//! ```text
+//!  client ──read──▶ pump(client) ──data──▶ node outbox ──▶ writer ──▶ node      (pinned)
+//!     ▲                 │  └──whole messages──▶ mux: ids rewritten ──▶ shared connection (shared)
+//!     │                 ▼ ping/close
+//!  writer ◀── client outbox ◀──data── pump(node) ◀──read── node                 (pinned)
+//!                       ▲─────answers, notifications─── shared connection's reader (shared)
+//! ```
+//!
+//! A session is a [`Session`] and a handful of futures on one task: a pump
+//! per side it reads ([`pump`]), a writer per side it writes
+//! ([`side::writer`]), and a [`timer`]. The two modes differ only in the
+//! node side: a pinned session has a socket of its own to its node (and,
+//! when it routes, an archive connection: [`archive`]); a session in shared
+//! mode has a slot on its core's multiplexed connection to the node
+//! ([`crate::mux`]), whose reader delivers answers into the session's client
+//! outbox. Closing ([`close`]), requests in flight ([`inflight`]), the
+//! per-session limits ([`limits`]), backpressure and timers are the same code.
+//!
+//! Backpressure: a pump stops reading while the outbox it feeds holds more
+//! than `max_buffered` bytes (a session on a shared connection: while its own
+//! client outbox does, or the connection's), so a slow reader slows its sender
+//! instead of growing memory; a shared connection cannot wait for one slow
+//! client, so such a client is closed (1008) instead.
+
+pub mod archive;
+pub mod close;
+pub mod inflight;
+pub mod limits;
+pub mod pump;
+pub mod session;
+pub mod side;
+pub mod timer;
+
+use std::cell::RefCell;
+use std::os::fd::RawFd;
+use std::rc::Rc;
+use std::time::Duration;
+
+use crate::io::{ReadHalf, WriteHalf};
+use crate::signal::Broadcast;
+use crate::upstream::NodeReader;
+use crate::ws::codec::Limits as CodecLimits;
+
+pub use archive::Routed;
+pub use close::Which;
+pub use session::Session;
+
+/// Limits and timers of a session.
+#[derive(Debug, Clone, Copy)]
+pub struct SessionConfig {
+    pub codec: CodecLimits,
+    pub max_buffered: usize,
+    pub idle_timeout: Duration,
+    pub close_timeout: Duration,
+    pub keepalive: Duration,
+}
+
+/// The node a session is on, watched so that the session moves away (close
+/// 1012, clients reconnect to a healthy node) when health checks mark it down.
+#[derive(Debug, Clone)]
+pub struct NodeWatch {
+    pub health: std::sync::Arc<crate::health::Health>,
+    pub index: usize,
+    pub every: Duration,
+}
+
+/// How a session ended, for logs and counters.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SessionSummary {
+    pub client_messages: u64,
+    /// Messages from the node (a pinned session's own connection only).
+    pub upstream_messages: Option<u64>,
+    /// The close code sent to the client, if any.
+    pub client_close_code: Option<u16>,
+    pub reason: &'static str,
+}
+
+/// One side's connection as the relay gets it.
+pub struct Peer<R, W> {
+    pub r: R,
+    pub w: W,
+    /// Bytes it sent right after its handshake; decoded first.
+    pub early: Vec<u8>,
+    /// Its socket, to stop pending I/O when the session ends.
+    pub fd: RawFd,
+}
+
+/// How long a session waits on shutdown for answers to requests in flight
+/// before it fails them (JSON-RPC errors with their ids) and closes (1001).
+pub const SHUTDOWN_DRAIN: Duration = Duration::from_secs(5);
+
+/// How often a draining session (or worker) looks at what is still in flight.
+pub const DRAIN_POLL: Duration = Duration::from_millis(20);
+
+/// A pinned session: relay frames between a client and its own node
+/// connection until both sides are closed.
+pub async fn relay<CR, CW, UR, UW>(
+    client: Peer<CR, CW>,
+    node: Peer<UR, UW>,
+    cfg: SessionConfig,
+    watch: Option<NodeWatch>,
+    routed: Option<Routed<'_>>,
+    shutdown: &Broadcast,
+) -> SessionSummary
+where
+    CR: ReadHalf,
+    CW: WriteHalf,
+    UR: ReadHalf,
+    UW: WriteHalf,
+{
+    let s = Session::new(cfg, client.fd, Some(node.fd));
+    // The halves live here, not in the futures, so that both sockets stay open
+    // until every future is done: `stop` must never reach a descriptor that
+    // was closed and reused by another connection.
+    let (mut client_r, mut client_w, mut node_r, mut node_w) = (client.r, client.w, node.r, node.w);
+    // The archive connection, opened on first need (again after a failure),
+    // also lives here: its reader is handed over in `archive_r`, and every
+    // half it ever had is kept in `archive_old` until the session returns.
+    let archive_r: RefCell<Option<NodeReader>> = RefCell::new(None);
+    let archive_old: RefCell<Vec<archive::Half>> = RefCell::new(Vec::new());
+    let archive_early: RefCell<Vec<u8>> = RefCell::new(Vec::new());
+    let routed = routed.as_ref();
+    let (client_msgs, node_msgs, _, _, _, _, _) = monoio::join!(
+        pump::pump(&s, Which::Client, &mut client_r, client.early, routed, None),
+        pump::pump(&s, Which::Node, &mut node_r, node.early, routed, None),
+        side::writer(&s, Which::Client, &mut client_w),
+        side::writer(&s, Which::Node, &mut node_w),
+        timer::timer(&s, watch.as_ref(), shutdown),
+        // Boxed, and only for routed sessions: the others keep a small task.
+        async {
+            if routed.is_some() {
+                Box::pin(archive::archive_writer(
+                    &s,
+                    routed,
+                    &archive_r,
+                    &archive_old,
+                    &archive_early,
+                ))
+                .await
+            }
+        },
+        async {
+            if routed.is_some() {
+                Box::pin(archive::archive_reader(
+                    &s,
+                    routed,
+                    &archive_r,
+                    &archive_old,
+                    &archive_early,
+                ))
+                .await
+            }
+        },
+    );
+    summary(&s, client_msgs, Some(node_msgs))
+}
+
+/// A session on this core's shared connection to a node (`conn`).
+pub async fn relay_shared<CR, CW>(
+    client: Peer<CR, CW>,
+    ctx: crate::mux::Ctx<'_>,
+    conn: Rc<crate::mux::Conn>,
+) -> SessionSummary
+where
+    CR: ReadHalf,
+    CW: WriteHalf,
+{
+    let mut session = Session::new(ctx.cfg, client.fd, None);
+    session.member = Some(crate::mux::Member::new(conn));
+    let s = Rc::new(session);
+    crate::mux::join(&s);
+    let (mut r, mut w) = (client.r, client.w);
+    let (client_msgs, _, _) = monoio::join!(
+        pump::pump(
+            &s,
+            Which::Client,
+            &mut r,
+            client.early,
+            None,
+            Some((&ctx, &s))
+        ),
+        side::writer(&s, Which::Client, &mut w),
+        timer::timer(&s, None, ctx.shutdown),
+    );
+    crate::mux::leave(&s);
+    summary(&s, client_msgs, None)
+}
+
+fn summary(s: &Session, client_messages: u64, upstream_messages: Option<u64>) -> SessionSummary {
+    SessionSummary {
+        client_messages,
+        upstream_messages,
+        client_close_code: s.closing.side(Which::Client).code_sent(),
+        reason: s.closing.reason(),
+    }
+}
+
+#[cfg(test)]
+mod size_tests {
+    /// Guards the memory of an idle session (BENCHMARKS.md, B4): the relay's
+    /// state is the largest part of a session's task. Regressed once when the
+    /// archive futures were inlined (7.5 KiB); they are boxed now.
+    #[test]
+    fn the_relay_future_of_a_tls_session_stays_small() {
+        fn out_size<A, B, C, D, E, G, F>(_: impl Fn(A, B, C, D, E, G) -> F) -> usize {
+            std::mem::size_of::<F>()
+        }
+        let relay = out_size(
+            super::relay::<
+                crate::tls::TlsReader,
+                crate::tls::TlsWriter,
+                crate::upstream::NodeReader,
+                crate::upstream::NodeWriter,
+            >,
+        );
+        assert!(relay <= 6 * 1024, "relay future is {relay} bytes");
+    }
+}

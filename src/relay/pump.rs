@@ -1,0 +1,278 @@
+//! A pump reads one side and hands what it read on, in one of three ways:
+//!
+//! - **stream** (a pinned session that neither routes nor checks calls, and
+//!   every node side that need not hold answers): data frames go to the
+//!   other side's outbox as the very bytes that were read, the buffer itself
+//!   moved (a control frame inside it is cut out with a `copy_within`; an
+//!   incomplete header at the end, at most 139 bytes, moves to the next
+//!   buffer). On the way, each client request is kept whole (unmasked) to
+//!   note its ids, and each answer's ids are scanned as they pass.
+//! - **hold** (a pinned session that routes or checks calls, see
+//!   [`super::archive`]): each message is held until whole, then decided on.
+//! - **messages** (a session on a shared node connection): each client
+//!   message is assembled, unmasked, and handed to [`crate::mux`], which
+//!   rewrites and sends it.
+//!
+//! Whatever the way, control frames are each side's own business (a ping is
+//! answered towards where it came from), closes and protocol errors go to
+//! [`super::close`], and a pump stops reading while the outbox it feeds is
+//! over `max_buffered` (backpressure: a slow reader slows its sender).
+
+use monoio::time::Instant;
+
+use crate::io::ReadHalf;
+use crate::jsonrpc::scan::IdScanner;
+use crate::jsonrpc::Call;
+use crate::ws::codec::Role;
+use crate::ws::frame::OpCode;
+use crate::ws::message::{Assembler, Event};
+
+use super::archive::{on_held, Hold, Routed, HOLD_MAX};
+use super::close::Which;
+use super::session::Session;
+
+/// How a pump hands messages on.
+enum Way<'a, 'r> {
+    Stream(IdScanner),
+    Hold(&'a Routed<'r>, Hold),
+    Messages(&'a crate::mux::Ctx<'r>, &'a std::rc::Rc<Session>),
+}
+
+/// What processing one buffer led to.
+enum Flow {
+    Continue,
+    Stop,
+}
+
+/// Read from `from` and hand on, until its close, its end, or the session's.
+/// Returns the data messages seen.
+pub async fn pump<R: ReadHalf>(
+    s: &Session,
+    from: Which,
+    io: &mut R,
+    early: Vec<u8>,
+    routed: Option<&Routed<'_>>,
+    mux: Option<(&crate::mux::Ctx<'_>, &std::rc::Rc<Session>)>,
+) -> u64 {
+    let role = match from {
+        Which::Client => Role::Client,
+        Which::Node => Role::Server,
+    };
+    let (mut way, keep, keep_raw) = match (from, mux, routed) {
+        (Which::Client, Some((ctx, rc)), _) => (Way::Messages(ctx, rc), usize::MAX, false),
+        // Node answers are held only when they may need a retry on archive;
+        // for admission alone they stream as usual.
+        (Which::Client, None, Some(r)) => (Way::Hold(r, Hold::default()), HOLD_MAX, true),
+        (Which::Node, _, Some(r)) if r.route => (Way::Hold(r, Hold::default()), HOLD_MAX, true),
+        // Stream: a client request is kept whole for its ids; an answer's
+        // ids are scanned as they pass.
+        (Which::Client, None, None) => (Way::Stream(IdScanner::new()), usize::MAX, false),
+        (Which::Node, _, _) => (Way::Stream(IdScanner::new()), 0, false),
+    };
+    let mut asm = Assembler::new(role, s.cfg.codec, keep, keep_raw);
+    let (src, dst) = s.sides(from);
+    // Bytes that came with the handshake are the first buffer. Later buffers
+    // start empty and get room from the reader, sized to the traffic.
+    let mut buf = early;
+    loop {
+        if !buf.is_empty() {
+            if let Flow::Stop = process(s, from, &mut asm, &mut buf, &mut way) {
+                break;
+            }
+        }
+        if !s.closing.side(from).reads() || s.closing.ended() {
+            break;
+        }
+        // Backpressure: wait for the other side's writer to catch up (on a
+        // shared connection: for this client to read its answers, and for
+        // the connection's writer).
+        match mux {
+            Some(_) if from == Which::Client => crate::mux::backpressure(s).await,
+            _ => {
+                while dst.out.queued.get() > s.cfg.max_buffered
+                    && !dst.out.finished.get()
+                    && !s.closing.ended()
+                {
+                    dst.out.space_wake.wait().await;
+                }
+            }
+        }
+        src.reading.set(true);
+        let (r, b) = io.read_more(buf).await;
+        src.reading.set(false);
+        buf = b;
+        match r {
+            Ok(n) if n > 0 => {
+                if from == Which::Client {
+                    s.last_activity.set(Instant::now());
+                }
+            }
+            Ok(_) => {
+                if !s.closing.ended() {
+                    s.closing.on_gone(s, from);
+                }
+                break;
+            }
+            Err(e) => {
+                if !s.closing.ended() {
+                    crate::debug!("{} read error: {e}", src.name);
+                    s.closing.on_gone(s, from);
+                }
+                break;
+            }
+        }
+    }
+    asm.messages()
+}
+
+/// Walk one buffer: hand on data, act on control frames, keep a partial frame.
+fn process(
+    s: &Session,
+    from: Which,
+    asm: &mut Assembler,
+    buf: &mut Vec<u8>,
+    way: &mut Way<'_, '_>,
+) -> Flow {
+    let streams = matches!(way, Way::Stream(_));
+    let mut pos = 0;
+    // Stream: bytes before `keep` are forwarded (control frames cut out).
+    let mut keep = 0;
+    let mut flow = Flow::Continue;
+    while pos < buf.len() {
+        let payload_at = asm.decoder().payload_position().map(|_| pos);
+        match asm.step(&buf[pos..]) {
+            Ok(Event::Data { n, end }) => {
+                if let (Way::Stream(scan), Some(at), Which::Node) = (&mut *way, payload_at, from) {
+                    scan.feed(&buf[at..at + n]);
+                }
+                if streams {
+                    if keep != pos {
+                        buf.copy_within(pos..pos + n, keep);
+                    }
+                    keep += n;
+                }
+                pos += n;
+                if end {
+                    on_message(s, from, asm, way, true);
+                } else if matches!(way, Way::Hold(..)) && asm.raw_len() >= HOLD_MAX {
+                    on_message(s, from, asm, way, false);
+                }
+            }
+            Ok(Event::Control(frame, n)) => {
+                pos += n;
+                match frame.opcode {
+                    OpCode::Ping => s.push_control(from, OpCode::Pong, frame.payload()),
+                    OpCode::Pong => {}
+                    _ => {
+                        if streams {
+                            forward(s, from, buf, keep, pos, asm);
+                            keep = 0;
+                            pos = 0;
+                        } else if let Way::Hold(..) = way {
+                            if asm.raw_len() > 0 {
+                                on_message(s, from, asm, way, false);
+                            }
+                        }
+                        s.closing
+                            .on_close(s, from, frame.close_code(), frame.close_reason());
+                        flow = Flow::Stop;
+                        break;
+                    }
+                }
+            }
+            Ok(Event::NeedMore) => break,
+            Err(e) => {
+                let boundary = match way {
+                    Way::Stream(_) => asm.decoder().at_frame_boundary(),
+                    // A held message never went out: the other side is between messages.
+                    Way::Hold(_, hold) => {
+                        hold.target.is_none() || asm.decoder().at_frame_boundary()
+                    }
+                    Way::Messages(..) => true,
+                };
+                if streams {
+                    let (dec_frame_end, _) = (asm.decoder().at_frame_boundary(), ());
+                    forward_with(s, from, buf, keep, pos, (dec_frame_end, false));
+                    keep = 0;
+                    pos = 0;
+                }
+                s.closing.on_protocol_error(s, from, e, boundary);
+                flow = Flow::Stop;
+                break;
+            }
+        }
+    }
+    if from == Which::Node && pos > 0 {
+        s.last_activity.set(Instant::now());
+    }
+    if streams {
+        if keep > 0 || pos > 0 {
+            forward(s, from, buf, keep, pos, asm);
+        }
+    } else {
+        buf.drain(..pos);
+    }
+    flow
+}
+
+/// A whole message (or, `whole == false`, the first part of a large held one).
+fn on_message(s: &Session, from: Which, asm: &mut Assembler, way: &mut Way<'_, '_>, whole: bool) {
+    match way {
+        Way::Stream(scan) => match from {
+            Which::Client => {
+                s.sent(&Call::parse(asm.message()));
+                asm.clear();
+            }
+            Which::Node => {
+                for id in scan.finish() {
+                    s.answered(&id);
+                }
+            }
+        },
+        Way::Hold(r, hold) => on_held(s, from, asm, hold, r, whole),
+        Way::Messages(ctx, rc) => {
+            if asm.is_text() {
+                crate::mux::on_request(ctx, rc, asm.message());
+            } else {
+                crate::debug!("binary message on a shared connection");
+                s.closing.close_client(
+                    s,
+                    crate::ws::frame::close_code::UNSUPPORTED,
+                    "JSON-RPC text messages only",
+                );
+            }
+            asm.clear();
+        }
+    }
+}
+
+/// Send `buf[..keep]` to the other side and leave `buf` holding only `buf[pos..]`.
+fn forward(s: &Session, from: Which, buf: &mut Vec<u8>, keep: usize, pos: usize, asm: &Assembler) {
+    let d = asm.decoder();
+    forward_with(
+        s,
+        from,
+        buf,
+        keep,
+        pos,
+        (d.at_frame_boundary(), d.at_message_boundary()),
+    );
+}
+
+fn forward_with(
+    s: &Session,
+    from: Which,
+    buf: &mut Vec<u8>,
+    keep: usize,
+    pos: usize,
+    ends: (bool, bool),
+) {
+    if keep == 0 {
+        buf.drain(..pos);
+        return;
+    }
+    let next = buf[pos..].to_vec();
+    let mut out = std::mem::replace(buf, next);
+    out.truncate(keep);
+    s.push_data(from.other(), out, ends.0, ends.1);
+}

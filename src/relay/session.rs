@@ -1,0 +1,230 @@
+//! A session's shared state: the two sides, the close state, the requests
+//! in flight, timers' marks, and (for a session on a shared node
+//! connection) its membership there. The futures of the relay (pumps,
+//! writers, timer) and a shared connection's reader all act on it.
+
+use std::cell::{Cell, RefCell};
+use std::os::fd::RawFd;
+
+use monoio::time::Instant;
+
+use crate::io::{stop, Stop};
+use crate::jsonrpc::Call;
+use crate::signal::Signal;
+use crate::ws::frame::{write_close, write_frame, OpCode};
+
+use super::archive::Archive;
+use super::close::{Closing, Effects, Which};
+use super::inflight::Inflight;
+use super::side::Side;
+use super::SessionConfig;
+
+/// One client session, in either mode.
+pub struct Session {
+    pub cfg: SessionConfig,
+    pub closing: Closing,
+    pub client: Side,
+    /// The node: a pinned session's own connection. A session on a shared
+    /// connection has no socket of its own here (see `member`).
+    pub node: Side,
+    pub last_activity: Cell<Instant>,
+    pub close_deadline: Cell<Option<Instant>>,
+    pub writers_left: Cell<u8>,
+    pub timer_wake: Signal,
+    /// A pinned session's archive connection (routed sessions).
+    pub archive: Archive,
+    pub inflight: RefCell<Inflight>,
+    /// Subscriptions asked for minus those ended (for the per-session
+    /// limit; a shared session counts the ones it owns instead).
+    pub subscriptions: Cell<u32>,
+    /// A session on a shared node connection: its slot there.
+    pub member: Option<crate::mux::Member>,
+}
+
+impl Session {
+    pub fn new(cfg: SessionConfig, client_fd: RawFd, node_fd: Option<RawFd>) -> Session {
+        let shared = node_fd.is_none();
+        Session {
+            cfg,
+            closing: Closing::new(!shared),
+            client: Side::new("client", false, client_fd),
+            node: Side::new("node", true, node_fd.unwrap_or(-1)),
+            last_activity: Cell::new(Instant::now()),
+            close_deadline: Cell::new(None),
+            writers_left: Cell::new(if shared { 1 } else { 2 }),
+            timer_wake: Signal::default(),
+            archive: Archive::default(),
+            inflight: RefCell::new(Inflight::default()),
+            subscriptions: Cell::new(0),
+            member: None,
+        }
+    }
+
+    pub fn side(&self, which: Which) -> &Side {
+        match which {
+            Which::Client => &self.client,
+            Which::Node => &self.node,
+        }
+    }
+
+    /// `which` and the side its data goes to.
+    pub fn sides(&self, from: Which) -> (&Side, &Side) {
+        (self.side(from), self.side(from.other()))
+    }
+
+    fn takes_data(&self, which: Which) -> bool {
+        self.closing.side(which).takes_data()
+    }
+
+    /// Relay data-frame bytes to `to`.
+    pub fn push_data(&self, to: Which, buf: Vec<u8>, frame_end: bool, message_end: bool) {
+        if !self.takes_data(to) {
+            return;
+        }
+        let out = &self.side(to).out;
+        out.queued.set(out.queued.get() + buf.len());
+        out.data.borrow_mut().push_back(super::side::Chunk {
+            buf,
+            frame_end,
+            message_end,
+        });
+        out.writer_wake.notify();
+    }
+
+    /// Queue a whole message from elsewhere (frames included) to `to`.
+    pub fn inject(&self, to: Which, message: Vec<u8>) {
+        if !self.takes_data(to) {
+            return;
+        }
+        let out = &self.side(to).out;
+        out.queued.set(out.queued.get() + message.len());
+        out.injected.borrow_mut().push_back(message);
+        out.writer_wake.notify();
+    }
+
+    /// Queue a text message to the client (a JSON-RPC answer or error).
+    pub fn send_text(&self, payload: &[u8]) {
+        let mut f = Vec::with_capacity(payload.len() + 10);
+        write_frame(&mut f, OpCode::Text, payload, None);
+        self.inject(Which::Client, f);
+    }
+
+    /// A ping or pong to `to`, at its next frame boundary.
+    pub fn push_control(&self, to: Which, opcode: OpCode, payload: &[u8]) {
+        if !self.takes_data(to) || (to == Which::Node && self.member.is_some()) {
+            return;
+        }
+        let side = self.side(to);
+        let mut frame = Vec::with_capacity(payload.len() + 14);
+        write_frame(
+            &mut frame,
+            opcode,
+            payload,
+            side.masked.then(crate::rng::mask_key),
+        );
+        side.out.control.borrow_mut().push_back(frame);
+        side.out.writer_wake.notify();
+    }
+
+    /// Track the ids of a whole request sent to the node.
+    pub fn sent(&self, call: &Call<'_>) {
+        self.inflight.borrow_mut().sent(call);
+    }
+
+    /// An answer from the node: its request is done.
+    pub fn answered(&self, id: &[u8]) {
+        self.inflight.borrow_mut().answered(id);
+        if self.member.is_some() {
+            self.closing.settle_node(self);
+        }
+    }
+
+    pub fn set_reason(&self, reason: &'static str) {
+        self.closing.set_reason(reason);
+    }
+
+    /// Subscriptions the session holds, for its limit.
+    pub fn subscription_count(&self) -> u32 {
+        match &self.member {
+            Some(m) => m.subscriptions(),
+            None => self.subscriptions.get(),
+        }
+    }
+}
+
+impl Effects for Session {
+    fn queue_close(&self, to: Which, code: Option<u16>, reason: &str) {
+        if to == Which::Node && self.member.is_some() {
+            return;
+        }
+        let side = self.side(to);
+        let mut frame = Vec::with_capacity(reason.len().min(123) + 8);
+        write_close(
+            &mut frame,
+            code,
+            reason,
+            side.masked.then(crate::rng::mask_key),
+        );
+        *side.out.close.borrow_mut() = Some(frame);
+        side.out.writer_wake.notify();
+    }
+
+    fn fail_inflight(&self, why: &str) {
+        if let Some(m) = &self.member {
+            m.forget_waiting(self);
+        }
+        let bodies = self.inflight.borrow_mut().fail_all(why);
+        for body in bodies {
+            self.send_text(body.as_bytes());
+        }
+    }
+
+    fn finish(&self, which: Which) {
+        self.side(which).out.finish();
+    }
+
+    fn start_deadline(&self) {
+        if self.close_deadline.get().is_none() {
+            self.close_deadline
+                .set(Some(Instant::now() + self.cfg.close_timeout));
+            self.timer_wake.notify();
+        }
+    }
+
+    /// Both sides are done: stop reading; writers drain what is queued,
+    /// bounded by the close deadline.
+    fn end(&self) {
+        for which in [Which::Client, Which::Node] {
+            let side = self.side(which);
+            side.out.finish();
+            // Usually both pumps have stopped reading by now (each got its close).
+            if side.reading.get() {
+                stop(side.fd, Stop::Reads);
+            }
+        }
+        self.archive.end();
+        self.start_deadline();
+        self.timer_wake.notify();
+    }
+
+    fn node_quiet(&self) -> bool {
+        self.inflight.borrow().is_empty()
+    }
+}
+
+impl Session {
+    /// The close deadline passed: drop what is queued and stop every pending
+    /// read and write.
+    pub fn force_end(&self) {
+        for which in [Which::Client, Which::Node] {
+            let side = self.side(which);
+            side.out.clear();
+            if side.fd >= 0 {
+                stop(side.fd, Stop::All);
+            }
+        }
+        self.archive.stop_all();
+        self.closing.force_end(self);
+        self.end();
+    }
+}

@@ -1,0 +1,196 @@
+//! One side of a session (the client, or a pinned session's node): what
+//! waits to be written to it, and its one writer.
+//!
+//! Everything written to a side goes through its [`Outbox`], so that frames
+//! never interleave: relayed data in order, whole messages from elsewhere
+//! (an archive node's answers, a shared connection's answers, the gateway's
+//! own JSON-RPC errors) only between two messages, pings and pongs only
+//! between two frames, and the close after everything else.
+
+use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
+use std::os::fd::RawFd;
+
+use crate::io::WriteHalf;
+use crate::signal::Signal;
+
+use super::close::Which;
+use super::session::Session;
+
+/// A piece of the relayed stream, and where it ends.
+pub struct Chunk {
+    pub buf: Vec<u8>,
+    /// Ends between frames (a control frame may follow).
+    pub frame_end: bool,
+    /// Ends between messages (another source's message may follow).
+    pub message_end: bool,
+}
+
+/// Frames waiting for one side's writer.
+#[derive(Default)]
+pub struct Outbox {
+    /// Data-frame bytes relayed from the other side.
+    pub data: RefCell<VecDeque<Chunk>>,
+    /// Whole messages from elsewhere, written between two messages of `data`.
+    pub injected: RefCell<VecDeque<Vec<u8>>>,
+    /// Pings and pongs, written at the next frame boundary.
+    pub control: RefCell<VecDeque<Vec<u8>>>,
+    /// The close frame, written after all queued data.
+    pub close: RefCell<Option<Vec<u8>>>,
+    /// Bytes of data and messages queued (not control frames).
+    pub queued: Cell<usize>,
+    /// Nothing more will be queued: drain, then shut the transport down.
+    pub finished: Cell<bool>,
+    pub writer_wake: Signal,
+    /// Room freed (the other side's pump waits on it).
+    pub space_wake: Signal,
+}
+
+impl Outbox {
+    /// Drop everything queued (the transport failed, or the deadline passed).
+    pub fn clear(&self) {
+        self.data.borrow_mut().clear();
+        self.injected.borrow_mut().clear();
+        self.control.borrow_mut().clear();
+        self.close.borrow_mut().take();
+        self.queued.set(0);
+        self.space_wake.notify();
+    }
+
+    pub fn finish(&self) {
+        self.finished.set(true);
+        self.writer_wake.notify();
+        self.space_wake.notify();
+    }
+}
+
+/// One side's socket and outbox.
+pub struct Side {
+    pub name: &'static str,
+    /// Frames written to this side are masked (the gateway is the client towards nodes).
+    pub masked: bool,
+    pub out: Outbox,
+    /// The socket, to stop pending I/O when the session ends.
+    pub fd: RawFd,
+    /// A read is pending on this side (so ending the session must stop it).
+    pub reading: Cell<bool>,
+}
+
+impl Side {
+    pub fn new(name: &'static str, masked: bool, fd: RawFd) -> Side {
+        Side {
+            name,
+            masked,
+            out: Outbox::default(),
+            fd,
+            reading: Cell::new(false),
+        }
+    }
+}
+
+/// The next bytes for a writer.
+struct NextWrite {
+    buf: Vec<u8>,
+    /// Counted against the backpressure limit (data, not control frames).
+    counted: bool,
+    /// For relayed data: whether it ends between frames and between messages.
+    ends: Option<(bool, bool)>,
+    /// The close frame: nothing follows it.
+    last: bool,
+}
+
+/// What to write next: control frames between frames, injected messages
+/// between messages, relayed data, and the close after everything.
+fn next_write(out: &Outbox, mid_frame: bool, mid_message: bool) -> Option<NextWrite> {
+    let w = |buf, counted, ends| {
+        Some(NextWrite {
+            buf,
+            counted,
+            ends,
+            last: false,
+        })
+    };
+    if !mid_frame {
+        if let Some(frame) = out.control.borrow_mut().pop_front() {
+            return w(frame, false, None);
+        }
+    }
+    if !mid_message {
+        if let Some(message) = out.injected.borrow_mut().pop_front() {
+            return w(message, true, None);
+        }
+    }
+    if let Some(c) = out.data.borrow_mut().pop_front() {
+        return w(c.buf, true, Some((c.frame_end, c.message_end)));
+    }
+    if !mid_frame && out.injected.borrow().is_empty() {
+        return out.close.borrow_mut().take().map(|buf| NextWrite {
+            buf,
+            counted: false,
+            ends: None,
+            last: true,
+        });
+    }
+    None
+}
+
+/// Write queued frames to one side until its outbox is finished and empty.
+pub async fn writer<W: WriteHalf>(s: &Session, which: Which, io: &mut W) {
+    let side = s.side(which);
+    let mut mid_frame = false;
+    let mut mid_message = false;
+    let mut failed = false;
+    let mut shut = false;
+    loop {
+        let Some(NextWrite {
+            buf,
+            counted,
+            ends,
+            last,
+        }) = next_write(&side.out, mid_frame, mid_message)
+        else {
+            if side.out.finished.get() {
+                break;
+            }
+            side.out.writer_wake.wait().await;
+            continue;
+        };
+        let len = buf.len();
+        if last && which == Which::Client {
+            // Our close to the client is the last thing it gets: it leaves
+            // with close_notify and the FIN in one write (the node side
+            // waits for the node to close first, as RFC 6455 §7.1.1 asks).
+            let r = io.write_final(buf).await;
+            shut = true;
+            if r.is_err() && !s.closing.ended() {
+                crate::debug!("{} write error on close", side.name);
+            }
+            continue;
+        }
+        let (r, _) = io.write_all(buf).await;
+        if let Some((frame_end, message_end)) = ends {
+            mid_frame = !frame_end;
+            mid_message = !message_end;
+        }
+        if counted {
+            side.out
+                .queued
+                .set(side.out.queued.get().saturating_sub(len));
+            side.out.space_wake.notify();
+        }
+        if let Err(e) = r {
+            if !s.closing.ended() {
+                crate::debug!("{} write error: {e}", side.name);
+            }
+            side.out.clear();
+            failed = true;
+            s.closing.on_gone(s, which);
+            break;
+        }
+    }
+    if !failed && !shut {
+        io.shutdown().await;
+    }
+    s.writers_left.set(s.writers_left.get() - 1);
+    s.timer_wake.notify();
+}

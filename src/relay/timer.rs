@@ -1,0 +1,95 @@
+//! A session's clock: idle timeout, keepalive pings to a pinned session's
+//! node, its node's health, the worker's shutdown (answers in flight still go
+//! out for up to [`SHUTDOWN_DRAIN`], then errors and `1001`), and the close
+//! deadline, after which pending I/O is stopped. Runs until every writer of
+//! the session has finished.
+
+use monoio::time::Instant;
+
+use crate::signal::Broadcast;
+use crate::ws::frame::{close_code, OpCode};
+
+use super::close::{Effects, Which};
+use super::session::Session;
+use super::{NodeWatch, DRAIN_POLL, SHUTDOWN_DRAIN};
+
+pub async fn timer(s: &Session, watch: Option<&NodeWatch>, shutdown: &Broadcast) {
+    // A shared connection pings its node and watches its health itself.
+    let pinned = s.member.is_none();
+    let mut next_ping = Instant::now() + s.cfg.keepalive;
+    let mut next_check = watch.map(|w| Instant::now() + w.every);
+    let mut drain_until = None;
+    while s.writers_left.get() > 0 {
+        let now = Instant::now();
+        if let Some(deadline) = s.close_deadline.get() {
+            if now >= deadline {
+                s.force_end();
+                return;
+            }
+        }
+        // While closing, only the close deadline matters.
+        let mut wake = s.close_deadline.get();
+        if wake.is_none() && shutdown.fired() {
+            // Shutting down: answers to requests in flight still go out,
+            // then the client is told to go elsewhere (1001).
+            let until = *drain_until.get_or_insert(now + SHUTDOWN_DRAIN);
+            if s.inflight.borrow().is_empty() || now >= until {
+                s.fail_inflight("gateway shutting down; reconnect and retry");
+                s.closing
+                    .close_both(s, close_code::GOING_AWAY, "server shutting down");
+                continue;
+            }
+            wake = Some(until.min(now + DRAIN_POLL));
+        } else if wake.is_none() {
+            let idle_at = s.last_activity.get() + s.cfg.idle_timeout;
+            if now >= idle_at {
+                s.closing
+                    .close_both(s, close_code::GOING_AWAY, "idle timeout");
+                continue;
+            }
+            let mut soonest = idle_at;
+            if pinned {
+                if now >= next_ping {
+                    s.push_control(Which::Node, OpCode::Ping, b"");
+                    next_ping = now + s.cfg.keepalive;
+                }
+                soonest = soonest.min(next_ping);
+            }
+            if let (Some(w), Some(at)) = (watch, next_check) {
+                if now >= at {
+                    if !w.health.is_up(w.index) {
+                        s.closing.on_node_down(s);
+                        continue;
+                    }
+                    next_check = Some(now + w.every);
+                }
+            }
+            if let Some(c) = next_check {
+                soonest = soonest.min(c);
+            }
+            wake = Some(soonest);
+        }
+        let stopping = async {
+            if shutdown.fired() {
+                std::future::pending::<()>().await
+            }
+            shutdown.wait().await
+        };
+        match wake {
+            Some(at) => {
+                let sleep = monoio::time::sleep_until(at);
+                monoio::select! {
+                    _ = sleep => {}
+                    _ = s.timer_wake.wait() => {}
+                    _ = stopping => {}
+                }
+            }
+            None => {
+                monoio::select! {
+                    _ = s.timer_wake.wait() => {}
+                    _ = stopping => {}
+                }
+            }
+        }
+    }
+}
