@@ -62,10 +62,10 @@ fn routing(c: &mut Criterion) {
 }
 
 fn admission(c: &mut Criterion) {
-    use ringway::admission::AdmissionCtx;
     use ringway::config::AdmissionSection;
+    use ringway::policy::AdmissionCtx;
     let call = br#"{"jsonrpc":"2.0","id":42,"method":"system_health","params":[]}"#;
-    let total = std::sync::Arc::new(ringway::admission::SharedCounts::default());
+    let total = std::sync::Arc::new(ringway::policy::SharedCounts::default());
     let mut g = c.benchmark_group("admission");
     g.throughput(Throughput::Elements(1));
     // A limit high enough never to refuse: the cost of looking.

@@ -22,7 +22,6 @@
 //! runtime modules (`server`, `session`, `tls`, `upstream`, `io`) own sockets,
 //! buffers and timers, per core, with no locks on the hot path.
 
-pub mod admission;
 pub mod config;
 #[doc(hidden)]
 pub mod fuzzing;
@@ -34,6 +33,7 @@ pub mod jsonrpc;
 pub mod log;
 pub mod metrics;
 pub mod mux;
+pub mod policy;
 pub mod probe;
 pub mod relay;
 pub mod rng;

@@ -23,7 +23,7 @@ pub fn render(worker: &Worker, full: bool) -> String {
         "# HELP ringway_rejections_total Refusals by admission control, by reason."
     );
     let _ = writeln!(m, "# TYPE ringway_rejections_total counter");
-    for r in crate::admission::Reason::ALL {
+    for r in crate::policy::Reason::ALL {
         let _ = writeln!(
             m,
             "ringway_rejections_total{{reason=\"{}\"}} {}",

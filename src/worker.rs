@@ -28,7 +28,7 @@ pub struct Worker {
     pub router: Router,
     pub chain: WorkerChain,
     pub http: HttpPool,
-    pub admission: Rc<crate::admission::AdmissionCtx>,
+    pub admission: Rc<crate::policy::AdmissionCtx>,
     /// Shared node connections (`pool.shared`), else `None`: pinned sessions.
     pub shared: Option<Rc<crate::mux::Shared>>,
     /// Fired when the process shuts down: sessions finish and close.
@@ -44,7 +44,7 @@ impl Worker {
         tls: Option<Arc<ServerConfig>>,
         health: Arc<Health>,
         hashes: std::sync::mpsc::Receiver<(String, u64)>,
-        total: Arc<crate::admission::SharedCounts>,
+        total: Arc<crate::policy::SharedCounts>,
     ) -> Rc<Worker> {
         let l = &config.limits;
         let depth = config
@@ -94,10 +94,7 @@ impl Worker {
         Rc::new(Worker {
             shutdown: crate::signal::Broadcast::default(),
             shared,
-            admission: Rc::new(crate::admission::AdmissionCtx::new(
-                &config.admission,
-                total,
-            )),
+            admission: Rc::new(crate::policy::AdmissionCtx::new(&config.admission, total)),
             router,
             chain,
             http: HttpPool::new(config.nodes.len()),

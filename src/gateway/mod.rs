@@ -27,9 +27,9 @@ use std::time::Duration;
 use monoio::io::Splitable;
 use monoio::net::TcpStream;
 
-use crate::admission::MIN_RATE_GRACE;
 use crate::http::server::http_loop;
 use crate::io::{stop, with_deadline, PlainReader, ReadHalf, Stop, WriteHalf};
+use crate::policy::MIN_RATE_GRACE;
 use crate::relay::{relay, NodeWatch, Peer};
 use crate::signal::Shutdown;
 use crate::worker::Worker;

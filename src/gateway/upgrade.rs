@@ -8,11 +8,12 @@ use std::net::SocketAddr;
 use std::os::fd::RawFd;
 use std::rc::Rc;
 
-use crate::admission::{Admitted, MIN_RATE_GRACE};
 use crate::http::endpoints::{health_response, is_health, metrics_response};
+use crate::http::head::read_head;
 use crate::http::origin::origin_allowed;
 use crate::http::response::{refuse, respond_and_close, write_response};
 use crate::io::{give_buf, take_buf, ReadHalf, WriteHalf, BUF_SIZE};
+use crate::policy::Admitted;
 use crate::upstream;
 use crate::worker::Worker;
 use crate::ws::frame::Parse;
@@ -61,66 +62,26 @@ pub async fn handshake<R: ReadHalf, W: WriteHalf>(
     } else {
         Vec::with_capacity(limits.max_head_bytes)
     };
-    let mut headers = [httparse::EMPTY_HEADER; HEADER_ARRAY];
-    // Read until the head is complete.
-    let head_start = std::time::Instant::now();
-    let head_len = loop {
-        let (res, b) = r.read_more(buf).await;
-        buf = b;
-        match res {
-            Ok(0) if timed_out.get() => {
-                refuse(r, w, fd, HandshakeError::Timeout).await;
-                give_buf(buf);
-                return Handshake::Done;
-            }
-            Ok(0) => {
-                give_buf(buf);
-                return Handshake::Done;
-            }
-            Ok(_) => {}
-            Err(_) => {
-                give_buf(buf);
-                return Handshake::Done;
-            }
+    let head_len = match read_head(r, &mut buf, limits).await {
+        Ok(Some(len)) => len,
+        // Nothing complete within the handshake timeout: 408.
+        Ok(None) if timed_out.get() => {
+            refuse(r, w, fd, HandshakeError::Timeout).await;
+            give_buf(buf);
+            return Handshake::Done;
         }
-        let mut scratch = [httparse::EMPTY_HEADER; HEADER_ARRAY];
-        match parse_head(
-            &buf,
-            &mut scratch,
-            limits.max_head_bytes,
-            limits.max_headers,
-        ) {
-            Ok(Parse::Done(_, len)) => break len,
-            // Slowloris: a head still incomplete after the grace period and
-            // arriving slower than the minimum rate is cut off early.
-            Ok(Parse::NeedMore(_))
-                if limits.handshake_min_rate > 0
-                    && head_start.elapsed() >= MIN_RATE_GRACE
-                    && (buf.len() as f64)
-                        < limits.handshake_min_rate as f64 * head_start.elapsed().as_secs_f64() =>
-            {
-                crate::debug!(
-                    "{peer}: request head below {} bytes/s",
-                    limits.handshake_min_rate
-                );
-                refuse(r, w, fd, HandshakeError::Timeout).await;
-                give_buf(buf);
-                return Handshake::Done;
-            }
-            Ok(Parse::NeedMore(_)) if buf.len() == buf.capacity() => {
-                refuse(r, w, fd, HandshakeError::HeadTooLarge).await;
-                give_buf(buf);
-                return Handshake::Done;
-            }
-            Ok(Parse::NeedMore(_)) => {}
-            Err(e) => {
-                crate::debug!("bad request from {peer}: {e}");
-                refuse(r, w, fd, e).await;
-                give_buf(buf);
-                return Handshake::Done;
-            }
+        Ok(None) => {
+            give_buf(buf);
+            return Handshake::Done;
+        }
+        Err(e) => {
+            crate::debug!("bad request from {peer}: {e}");
+            refuse(r, w, fd, e).await;
+            give_buf(buf);
+            return Handshake::Done;
         }
     };
+    let mut headers = [httparse::EMPTY_HEADER; HEADER_ARRAY];
     let Ok(Parse::Done(head, _)) = parse_head(
         &buf,
         &mut headers,
@@ -131,7 +92,7 @@ pub async fn handshake<R: ReadHalf, W: WriteHalf>(
     };
 
     // Admission: the client's address, then the connection caps.
-    let client_ip = crate::admission::client_ip_from(
+    let client_ip = crate::policy::client_ip_from(
         peer.ip(),
         head.single("x-forwarded-for"),
         head.single("forwarded"),
@@ -215,7 +176,7 @@ pub async fn handshake<R: ReadHalf, W: WriteHalf>(
                 .admission
                 .shared
                 .rejections
-                .count(crate::admission::Reason::Origin);
+                .count(crate::policy::Reason::Origin);
             let mut out = Vec::new();
             write_response(
                 &mut out,

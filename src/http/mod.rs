@@ -2,6 +2,7 @@
 //!
 //! - [`response`]: the one builder of the responses the gateway writes
 //!   (refusals, endpoints, JSON-RPC answers).
+//! - [`head`]: reading a request head, bounded in size and rate.
 //! - [`body`]: request and response body framing, sans-io: strict framing
 //!   (RFC 9112 §6) and a linear chunked decoder with limits.
 //! - [`server`]: JSON-RPC over HTTP from clients (`POST /`), keep-alive.
@@ -12,6 +13,7 @@
 pub mod body;
 pub mod client;
 pub mod endpoints;
+pub mod head;
 pub mod origin;
 pub mod response;
 pub mod server;

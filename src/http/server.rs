@@ -11,12 +11,12 @@ use std::os::fd::RawFd;
 use std::rc::Rc;
 use std::time::Duration;
 
-use crate::admission::{Admitted, MIN_RATE_GRACE};
 use crate::http::body;
 use crate::http::client as rpc_http;
 use crate::http::origin::origin_allowed;
 use crate::http::response::{self, refuse, respond_and_close, write_response};
 use crate::io::{stop, unless_shutdown, with_deadline, ReadHalf, Stop, WriteHalf};
+use crate::policy::{Admitted, MIN_RATE_GRACE};
 use crate::worker::Worker;
 use crate::ws::frame::Parse;
 use crate::ws::handshake::{parse_head, HandshakeError, HEADER_ARRAY};
@@ -47,26 +47,11 @@ pub async fn http_loop<R: ReadHalf, W: WriteHalf>(
             stop(fd, Stop::Reads);
         };
         let idle = buf.is_empty();
-        let head = with_deadline(limits.handshake_timeout, expire, async {
-            loop {
-                let mut headers = [httparse::EMPTY_HEADER; HEADER_ARRAY];
-                match parse_head(
-                    &buf,
-                    &mut headers,
-                    limits.max_head_bytes,
-                    limits.max_headers,
-                ) {
-                    Ok(Parse::Done(_, n)) => return Ok(Some(n)),
-                    Ok(Parse::NeedMore(_)) => {}
-                    Err(e) => return Err(e),
-                }
-                let (res, b) = r.read_more(std::mem::take(&mut buf)).await;
-                buf = b;
-                if !matches!(res, Ok(n) if n > 0) {
-                    return Ok(None);
-                }
-            }
-        });
+        let head = with_deadline(
+            limits.handshake_timeout,
+            expire,
+            super::head::read_head(r, &mut buf, limits),
+        );
         // A keep-alive connection waiting for its next request ends on shutdown.
         let got = if idle {
             unless_shutdown(&worker.shutdown, || stop(fd, Stop::Reads), head).await
@@ -221,7 +206,7 @@ pub async fn http_loop<R: ReadHalf, W: WriteHalf>(
                 Err((refusal, answer)) => {
                     crate::debug!("refused a call from {}: {refusal:?}", admitted.ip);
                     let retry = match refusal {
-                        crate::admission::Refusal::RateLimited(wait) => Some(wait.as_secs().max(1)),
+                        crate::policy::Refusal::RateLimited(wait) => Some(wait.as_secs().max(1)),
                         _ => None,
                     };
                     (

@@ -39,8 +39,8 @@ use std::net::IpAddr;
 use std::rc::{Rc, Weak};
 use std::time::Duration;
 
-use crate::admission::AdmissionCtx;
 use crate::io::{stop, Stop};
+use crate::policy::AdmissionCtx;
 use crate::relay::close::Which;
 use crate::relay::{Session, SessionConfig};
 use crate::route::{ChainView, Router};

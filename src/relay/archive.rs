@@ -41,7 +41,7 @@ pub struct Routed<'r> {
     /// Route messages to archive (else all go to the session's node).
     pub route: bool,
     /// Check each call against admission limits, for this client address.
-    pub admission: Option<(&'r crate::admission::AdmissionCtx, std::net::IpAddr)>,
+    pub admission: Option<(&'r crate::policy::AdmissionCtx, std::net::IpAddr)>,
 }
 
 /// Messages larger than this are not held: they stream to the pruned node.
@@ -290,22 +290,34 @@ pub fn on_held(
     }
 }
 
+/// The archive connection's halves, owned by the session's future so that
+/// its sockets stay open until every future of the session is done: the
+/// reader of the connection in use is handed over in `reader`, and every
+/// half the session ever had is kept in `old`.
+#[derive(Default)]
+pub struct Halves {
+    reader: RefCell<Option<NodeReader>>,
+    old: RefCell<Vec<Half>>,
+    /// Bytes the node sent right after its 101.
+    early: RefCell<Vec<u8>>,
+}
+
+/// The archive connection of a routed session: its writer (which opens it)
+/// and its reader, until the session ends.
+pub async fn connection(s: &Session, r: &Routed<'_>, halves: &Halves) {
+    monoio::join!(writer(s, r, halves), reader(s, halves));
+}
+
 /// A half of a closed archive connection, kept open until the session returns.
-pub enum Half {
+enum Half {
     R(#[allow(dead_code)] NodeReader),
     W(#[allow(dead_code)] NodeWriter),
 }
 
 /// Write to the archive node: opens the connection on the first message, and
 /// another after a failure once [`ARCHIVE_RETRY`] has passed.
-pub async fn archive_writer(
-    s: &Session,
-    r: Option<&Routed<'_>>,
-    slot_r: &RefCell<Option<NodeReader>>,
-    old: &RefCell<Vec<Half>>,
-    early: &RefCell<Vec<u8>>,
-) {
-    let Some(r) = r else { return };
+async fn writer(s: &Session, r: &Routed<'_>, halves: &Halves) {
+    let (slot_r, old, early) = (&halves.reader, &halves.old, &halves.early);
     let a = &s.archive;
     let mut w: Option<NodeWriter> = None;
     let mut _lease = None;
@@ -395,16 +407,8 @@ pub async fn archive_writer(
 
 /// Read the archive node's answers; each whole message goes to the client.
 /// Follows the connection the writer opens, and the next one after a failure.
-pub async fn archive_reader(
-    s: &Session,
-    r: Option<&Routed<'_>>,
-    slot_r: &RefCell<Option<NodeReader>>,
-    old: &RefCell<Vec<Half>>,
-    early: &RefCell<Vec<u8>>,
-) {
-    if r.is_none() {
-        return;
-    }
+async fn reader(s: &Session, halves: &Halves) {
+    let (slot_r, old, early) = (&halves.reader, &halves.old, &halves.early);
     let a = &s.archive;
     loop {
         loop {

@@ -3,9 +3,9 @@
 //! (`admission.max_subscriptions_per_connection`). Over a limit, the request
 //! gets `-32005` with its id (nothing when it has none) and the session goes on.
 
-use crate::admission::{AdmissionCtx, Reason};
 use crate::jsonrpc::error::{code, error};
 use crate::jsonrpc::{Request, Sub};
+use crate::policy::{AdmissionCtx, Reason};
 
 use super::session::Session;
 

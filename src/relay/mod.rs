@@ -33,14 +33,12 @@ pub mod session;
 pub mod side;
 pub mod timer;
 
-use std::cell::RefCell;
 use std::os::fd::RawFd;
 use std::rc::Rc;
 use std::time::Duration;
 
 use crate::io::{ReadHalf, WriteHalf};
 use crate::signal::Broadcast;
-use crate::upstream::NodeReader;
 use crate::ws::codec::Limits as CodecLimits;
 
 pub use archive::Routed;
@@ -115,14 +113,11 @@ where
     // until every future is done: `stop` must never reach a descriptor that
     // was closed and reused by another connection.
     let (mut client_r, mut client_w, mut node_r, mut node_w) = (client.r, client.w, node.r, node.w);
-    // The archive connection, opened on first need (again after a failure),
-    // also lives here: its reader is handed over in `archive_r`, and every
-    // half it ever had is kept in `archive_old` until the session returns.
-    let archive_r: RefCell<Option<NodeReader>> = RefCell::new(None);
-    let archive_old: RefCell<Vec<archive::Half>> = RefCell::new(Vec::new());
-    let archive_early: RefCell<Vec<u8>> = RefCell::new(Vec::new());
+    // The archive connection's halves, opened on first need (again after a
+    // failure), also live here, until the session returns.
+    let halves = archive::Halves::default();
     let routed = routed.as_ref();
-    let (client_msgs, node_msgs, _, _, _, _, _) = monoio::join!(
+    let (client_msgs, node_msgs, _, _, _, _) = monoio::join!(
         pump::pump(&s, Which::Client, &mut client_r, client.early, routed, None),
         pump::pump(&s, Which::Node, &mut node_r, node.early, routed, None),
         side::writer(&s, Which::Client, &mut client_w),
@@ -130,27 +125,8 @@ where
         timer::timer(&s, watch.as_ref(), shutdown),
         // Boxed, and only for routed sessions: the others keep a small task.
         async {
-            if routed.is_some() {
-                Box::pin(archive::archive_writer(
-                    &s,
-                    routed,
-                    &archive_r,
-                    &archive_old,
-                    &archive_early,
-                ))
-                .await
-            }
-        },
-        async {
-            if routed.is_some() {
-                Box::pin(archive::archive_reader(
-                    &s,
-                    routed,
-                    &archive_r,
-                    &archive_old,
-                    &archive_early,
-                ))
-                .await
+            if let Some(r) = routed {
+                Box::pin(archive::connection(&s, r, &halves)).await
             }
         },
     );

@@ -134,7 +134,16 @@ fn next_write(out: &Outbox, mid_frame: bool, mid_message: bool) -> Option<NextWr
     None
 }
 
+/// The most a writer gathers into one write.
+const GATHER_MAX: usize = 256 * 1024;
+
 /// Write queued frames to one side until its outbox is finished and empty.
+///
+/// Everything queued when the writer wakes leaves in one write (one TLS
+/// record, one send), in the order [`next_write`] gives: pipelined answers
+/// and requests do not cost a system call each, and a peer reading the
+/// socket sees them together, as they arrived. Nothing waits for more to
+/// gather: a lone message leaves at once.
 pub async fn writer<W: WriteHalf>(s: &Session, which: Which, io: &mut W) {
     let side = s.side(which);
     let mut mid_frame = false;
@@ -142,20 +151,44 @@ pub async fn writer<W: WriteHalf>(s: &Session, which: Which, io: &mut W) {
     let mut failed = false;
     let mut shut = false;
     loop {
-        let Some(NextWrite {
-            buf,
-            counted,
-            ends,
-            last,
-        }) = next_write(&side.out, mid_frame, mid_message)
-        else {
+        let Some(first) = next_write(&side.out, mid_frame, mid_message) else {
             if side.out.finished.get() {
                 break;
             }
             side.out.writer_wake.wait().await;
             continue;
         };
-        let len = buf.len();
+        // Where the stream stands after `w`, and the bytes it counts.
+        let take = |w: &NextWrite, at: &mut (bool, bool), counted: &mut usize| {
+            if w.counted {
+                *counted += w.buf.len();
+            }
+            if let Some((frame_end, message_end)) = w.ends {
+                *at = (!frame_end, !message_end);
+            }
+        };
+        let mut counted = 0;
+        let mut at = (mid_frame, mid_message);
+        take(&first, &mut at, &mut counted);
+        let mut last = first.last;
+        let mut buf = first.buf;
+        while !last && buf.len() < GATHER_MAX {
+            let Some(next) = next_write(&side.out, at.0, at.1) else {
+                break;
+            };
+            take(&next, &mut at, &mut counted);
+            last = next.last;
+            buf.extend_from_slice(&next.buf);
+        }
+        (mid_frame, mid_message) = at;
+        // What is being written no longer counts against the other side's
+        // pump: it may read the next buffer meanwhile.
+        if counted > 0 {
+            side.out
+                .queued
+                .set(side.out.queued.get().saturating_sub(counted));
+            side.out.space_wake.notify();
+        }
         if last && which == Which::Client {
             // Our close to the client is the last thing it gets: it leaves
             // with close_notify and the FIN in one write (the node side
@@ -168,16 +201,6 @@ pub async fn writer<W: WriteHalf>(s: &Session, which: Which, io: &mut W) {
             continue;
         }
         let (r, _) = io.write_all(buf).await;
-        if let Some((frame_end, message_end)) = ends {
-            mid_frame = !frame_end;
-            mid_message = !message_end;
-        }
-        if counted {
-            side.out
-                .queued
-                .set(side.out.queued.get().saturating_sub(len));
-            side.out.space_wake.notify();
-        }
         if let Err(e) = r {
             if !s.closing.ended() {
                 crate::debug!("{} write error: {e}", side.name);

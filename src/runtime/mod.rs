@@ -77,16 +77,16 @@ pub fn start(config: Config, tls: Option<crate::tls::ServerTls>) -> io::Result<R
     let listeners = listeners::bind_listeners(config.listen, config.workers)?;
     let local_addr = listeners[0].local_addr()?;
     // Per-address limits hold exactly when an address always lands on one core.
-    if crate::admission::AdmissionCtx::per_ip(&config.admission) {
+    if crate::policy::AdmissionCtx::per_ip(&config.admission) {
         if let Err(e) =
-            crate::admission::steer_by_source(&listeners[0], listeners.len(), local_addr.is_ipv6())
+            crate::policy::steer_by_source(&listeners[0], listeners.len(), local_addr.is_ipv6())
         {
             crate::warn!(
                 "cannot steer connections by source address ({e}); per-address limits are per core"
             );
         }
     }
-    let total = Arc::new(crate::admission::SharedCounts::default());
+    let total = Arc::new(crate::policy::SharedCounts::default());
     // The side listeners (redirect, metrics, Unix) are served by worker 0.
     let side = listeners::bind_side(&config, local_addr.port())?;
     let redirect_addr = side.redirect.as_ref().map(|l| l.local_addr()).transpose()?;

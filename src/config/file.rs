@@ -1,0 +1,330 @@
+//! The config file as written: one serde struct per TOML section, every key
+//! optional with its default here, unknown keys refused.
+
+use std::path::Path;
+
+use serde::Deserialize;
+
+use super::ConfigError;
+
+/// The config file as written. All sections and keys are optional.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FileConfig {
+    pub server: ServerSection,
+    pub tls: TlsSection,
+    pub limits: LimitsSection,
+    pub pool: PoolSection,
+    pub routing: RoutingSection,
+    pub health: HealthSection,
+    pub http: HttpSection,
+    pub admission: AdmissionSection,
+    pub node: Vec<NodeSection>,
+    pub log: LogSection,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdmissionSection {
+    /// JSON-RPC calls per second per client address (WebSocket messages and
+    /// HTTP requests alike); 0 turns rate limiting off.
+    pub rate: f64,
+    /// Calls allowed at once above the rate; 0 means the same as `rate`.
+    pub burst: f64,
+    /// What a call costs in tokens, by method (others cost 1).
+    pub method_costs: std::collections::BTreeMap<String, f64>,
+    /// Open connections in total; 0 = no limit (503 beyond it).
+    pub max_connections: usize,
+    /// Open connections per client address; 0 = no limit (429 beyond it).
+    pub max_connections_per_ip: usize,
+    /// New connections per second per client address; 0 = no limit (429 beyond it).
+    pub connection_rate: f64,
+    /// New connections allowed at once above `connection_rate`; 0 = same as the rate.
+    pub connection_burst: f64,
+    /// Browser origins allowed to open WebSocket sessions (exact, `*.example.com`,
+    /// or scheme-less `example.com`); empty admits any. Others get 403.
+    pub origins: Vec<String>,
+    /// `all`, or `safe` to refuse what a node's `--rpc-methods Safe` refuses.
+    pub methods: String,
+    /// If not empty, only these methods (exact or `prefix*`).
+    pub allow_methods: Vec<String>,
+    /// Methods refused (exact or `prefix*`), with JSON-RPC error -32601.
+    pub deny_methods: Vec<String>,
+    /// Proxies in front of ringway whose X-Forwarded-For entries are trusted.
+    pub trusted_proxy_hops: usize,
+    /// Most requests in one batch; 0 = no limit.
+    pub max_batch: usize,
+    /// Subscriptions one WebSocket session may hold; 0 = no limit.
+    pub max_subscriptions_per_connection: u32,
+    /// Requests one WebSocket session may have waiting on its node; 0 = no limit.
+    pub max_inflight_per_connection: usize,
+}
+
+impl Default for AdmissionSection {
+    fn default() -> Self {
+        AdmissionSection {
+            rate: 0.0,
+            burst: 0.0,
+            method_costs: Default::default(),
+            max_connections: 0,
+            max_connections_per_ip: 0,
+            connection_rate: 0.0,
+            connection_burst: 0.0,
+            origins: Vec::new(),
+            methods: "all".into(),
+            allow_methods: Vec::new(),
+            deny_methods: Vec::new(),
+            trusted_proxy_hops: 0,
+            max_batch: 0,
+            max_subscriptions_per_connection: 0,
+            max_inflight_per_connection: 0,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpSection {
+    /// Origins whose browsers may call the HTTP JSON-RPC endpoint (CORS), like a
+    /// node's `--rpc-cors`: exact origins, `*.example.com`, or `*` for all.
+    pub cors_origins: Vec<String>,
+    /// Largest HTTP request body; larger gets 413.
+    pub max_body_bytes: usize,
+    /// A request body must arrive within this time (408 after it), and
+    /// after 2 s at no less than `limits.handshake_min_rate` bytes/s.
+    pub body_timeout_ms: u64,
+}
+
+impl Default for HttpSection {
+    fn default() -> Self {
+        HttpSection {
+            cors_origins: vec!["*".into()],
+            max_body_bytes: 10 << 20,
+            body_timeout_ms: 30_000,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerSection {
+    /// Address to listen on.
+    pub listen: String,
+    /// Worker threads, one runtime each; 0 means one per CPU core.
+    pub workers: usize,
+    /// Pin each worker to a core.
+    pub pin_workers: bool,
+    /// A plain HTTP listener that redirects (301) to the TLS one; empty: none.
+    pub redirect_listen: String,
+    /// A plain HTTP listener for `GET /metrics` and `GET /health` (e.g.
+    /// 127.0.0.1:9100), off the public port; empty: both on the main listener.
+    pub metrics_listen: String,
+    /// A Unix-socket listener (plain ws:// and HTTP) for a proxy in front; empty: none.
+    pub unix_listen: String,
+    /// File mode of the Unix socket (octal).
+    pub unix_mode: String,
+}
+
+impl Default for ServerSection {
+    fn default() -> Self {
+        ServerSection {
+            listen: "127.0.0.1:8443".into(),
+            workers: 0,
+            pin_workers: true,
+            redirect_listen: String::new(),
+            metrics_listen: String::new(),
+            unix_listen: String::new(),
+            unix_mode: "660".into(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsSection {
+    /// Terminate TLS (wss://). False serves plain ws:// (behind another proxy).
+    pub enabled: bool,
+    /// PEM certificate chain (certbot's fullchain.pem). Empty: self-signed.
+    pub cert: String,
+    /// PEM private key (certbot's privkey.pem): PKCS#8, PKCS#1 or SEC1.
+    pub key: String,
+    /// Where to write the self-signed certificate; empty: next to the config file, else a temp dir.
+    pub self_signed_dir: String,
+}
+
+impl Default for TlsSection {
+    fn default() -> Self {
+        TlsSection {
+            enabled: true,
+            cert: String::new(),
+            key: String::new(),
+            self_signed_dir: String::new(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsSection {
+    pub max_head_bytes: usize,
+    pub max_headers: usize,
+    pub handshake_timeout_ms: u64,
+    /// After 2 s, a request head arriving slower than this (bytes/s) is cut off (408); 0 = off.
+    pub handshake_min_rate: u64,
+    pub idle_timeout_s: u64,
+    pub close_timeout_ms: u64,
+    pub max_frame_bytes: u64,
+    pub max_message_bytes: u64,
+    pub max_buffered_bytes: usize,
+}
+
+impl Default for LimitsSection {
+    fn default() -> Self {
+        LimitsSection {
+            max_head_bytes: 16 * 1024,
+            max_headers: 64,
+            handshake_timeout_ms: 10_000,
+            handshake_min_rate: 100,
+            idle_timeout_s: 300,
+            close_timeout_ms: 3_000,
+            max_frame_bytes: 16 << 20,
+            max_message_bytes: 64 << 20,
+            max_buffered_bytes: 256 * 1024,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PoolSection {
+    pub connect_timeout_ms: u64,
+    pub keepalive_interval_s: u64,
+    /// Sessions of a core share one connection per node (ids rewritten)
+    /// instead of one connection each (frames passed through unchanged).
+    pub shared: bool,
+    /// Shared mode: subscriptions on one node connection before the gateway
+    /// opens another to the same node.
+    pub shared_max_subscriptions: u64,
+}
+
+impl Default for PoolSection {
+    fn default() -> Self {
+        PoolSection {
+            connect_timeout_ms: 5_000,
+            keepalive_interval_s: 30,
+            shared: false,
+            shared_max_subscriptions: 512,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RoutingSection {
+    /// `substrate` or `ethereum`: selects the built-in method tables.
+    pub chain: String,
+    /// Methods that always go to archive nodes (`*` suffix wildcards). Replaces the defaults.
+    pub archive_methods: Option<Vec<String>>,
+    /// More methods with a block argument: method = zero-based position in params.
+    pub block_args: std::collections::BTreeMap<String, usize>,
+    /// Error texts meaning "this pruned node no longer has that state". Replaces the defaults.
+    pub pruned_errors: Option<Vec<String>>,
+}
+
+impl Default for RoutingSection {
+    fn default() -> Self {
+        RoutingSection {
+            chain: "substrate".into(),
+            archive_methods: None,
+            block_args: Default::default(),
+            pruned_errors: None,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HealthSection {
+    /// `rpc` (health and head methods), `connect` (a WebSocket upgrade only), or `off`.
+    pub probe: String,
+    pub interval_ms: u64,
+    pub timeout_ms: u64,
+    /// Consecutive failures that mark a node down.
+    pub fall: u32,
+    /// Consecutive successes that mark it up again.
+    pub rise: u32,
+    /// Blocks behind the best head before a node counts as down.
+    pub max_lag: u64,
+}
+
+impl Default for HealthSection {
+    fn default() -> Self {
+        let d = crate::health::HealthConfig::default();
+        HealthSection {
+            probe: "rpc".into(),
+            interval_ms: d.interval.as_millis() as u64,
+            timeout_ms: d.timeout.as_millis() as u64,
+            fall: d.fall,
+            rise: d.rise,
+            max_lag: d.max_lag,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeSection {
+    /// `ws://host:port/path` or `unix:/path/to/socket`.
+    pub url: String,
+    /// `pruned` (recent state only; also for full nodes) or `archive`.
+    #[serde(default)]
+    pub role: Option<String>,
+    /// For pruned nodes: how many blocks of state they keep (`--state-pruning`).
+    #[serde(default)]
+    pub pruning: Option<u64>,
+    /// Relative share of sessions.
+    #[serde(default)]
+    pub weight: Option<u32>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogSection {
+    /// error, warn, info, debug.
+    pub level: String,
+    /// text, or json (one object per line).
+    pub format: String,
+    /// One line per WebSocket session and per HTTP JSON-RPC request.
+    pub access: bool,
+}
+
+impl Default for LogSection {
+    fn default() -> Self {
+        LogSection {
+            level: "info".into(),
+            format: "text".into(),
+            access: false,
+        }
+    }
+}
+
+impl FileConfig {
+    /// Read and parse a TOML file; syntax errors and unknown keys name the file and the key.
+    pub fn load(path: &Path) -> Result<FileConfig, ConfigError> {
+        let origin = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            origin: origin.clone(),
+            key: String::new(),
+            message: format!("cannot read: {e}"),
+        })?;
+        Self::parse(&text, &origin)
+    }
+
+    pub fn parse(text: &str, origin: &str) -> Result<FileConfig, ConfigError> {
+        toml::from_str(text).map_err(|e| ConfigError {
+            origin: origin.to_string(),
+            key: String::new(),
+            message: e.to_string().trim_end().replace('\n', "\n  "),
+        })
+    }
+}

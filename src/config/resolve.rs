@@ -1,0 +1,298 @@
+//! From the file (and flags) to the runtime [`Config`]: every value checked,
+//! every error naming its key and file.
+
+use std::net::ToSocketAddrs;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use super::*;
+
+impl Config {
+    /// Check values and build the runtime config. `origin` names the file, or "flags".
+    pub fn resolve(file: FileConfig, source: Option<PathBuf>) -> Result<Config, ConfigError> {
+        let origin = source
+            .as_ref()
+            .map(|p| p.display().to_string())
+            .unwrap_or_else(|| "command line".into());
+        let err = |key: &str, message: String| ConfigError {
+            origin: origin.clone(),
+            key: key.into(),
+            message,
+        };
+
+        let listen = file
+            .server
+            .listen
+            .to_socket_addrs()
+            .ok()
+            .and_then(|mut a| a.next())
+            .ok_or_else(|| {
+                err(
+                    "server.listen",
+                    format!(
+                        "`{}` is not an address like 127.0.0.1:8443",
+                        file.server.listen
+                    ),
+                )
+            })?;
+        // An optional extra listener: empty is none.
+        let extra_listener = |key: &str, value: &str, example: &str| match value {
+            "" => Ok(None),
+            a => a
+                .to_socket_addrs()
+                .ok()
+                .and_then(|mut i| i.next())
+                .map(Some)
+                .ok_or_else(|| err(key, format!("`{a}` is not an address like {example}"))),
+        };
+        let redirect_listen = extra_listener(
+            "server.redirect_listen",
+            &file.server.redirect_listen,
+            "0.0.0.0:80",
+        )?;
+        let metrics_listen = extra_listener(
+            "server.metrics_listen",
+            &file.server.metrics_listen,
+            "127.0.0.1:9100",
+        )?;
+        let unix_listen = match file.server.unix_listen.as_str() {
+            "" => None,
+            p => {
+                let mode = u32::from_str_radix(&file.server.unix_mode, 8)
+                    .ok()
+                    .filter(|m| *m <= 0o777)
+                    .ok_or_else(|| {
+                        err(
+                            "server.unix_mode",
+                            format!("`{}` is not an octal file mode", file.server.unix_mode),
+                        )
+                    })?;
+                Some((PathBuf::from(p), mode))
+            }
+        };
+        let workers = match file.server.workers {
+            0 => std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1),
+            n if n > 1024 => return Err(err("server.workers", format!("{n} is more than 1024"))),
+            n => n,
+        };
+
+        let tls = if !file.tls.enabled {
+            TlsMode::Off
+        } else {
+            match (file.tls.cert.is_empty(), file.tls.key.is_empty()) {
+                (false, false) => TlsMode::Files {
+                    cert: PathBuf::from(&file.tls.cert),
+                    key: PathBuf::from(&file.tls.key),
+                },
+                (true, true) => {
+                    let dir = if !file.tls.self_signed_dir.is_empty() {
+                        PathBuf::from(&file.tls.self_signed_dir)
+                    } else if let Some(parent) = source.as_ref().and_then(|p| p.parent()) {
+                        if parent.as_os_str().is_empty() {
+                            PathBuf::from(".")
+                        } else {
+                            parent.to_path_buf()
+                        }
+                    } else {
+                        std::env::temp_dir().join(format!("ringway-{}", std::process::id()))
+                    };
+                    TlsMode::SelfSigned { dir }
+                }
+                (true, false) => {
+                    return Err(err("tls.cert", "tls.key is set but tls.cert is not".into()))
+                }
+                (false, true) => {
+                    return Err(err("tls.key", "tls.cert is set but tls.key is not".into()))
+                }
+            }
+        };
+
+        let l = &file.limits;
+        if !(256..=1 << 20).contains(&l.max_head_bytes) {
+            return Err(err(
+                "limits.max_head_bytes",
+                format!("{} is outside 256..=1048576", l.max_head_bytes),
+            ));
+        }
+        if !(1..=crate::ws::handshake::HEADER_ARRAY).contains(&l.max_headers) {
+            return Err(err(
+                "limits.max_headers",
+                format!(
+                    "{} is outside 1..={}",
+                    l.max_headers,
+                    crate::ws::handshake::HEADER_ARRAY
+                ),
+            ));
+        }
+        if l.max_frame_bytes == 0 || l.max_frame_bytes > l.max_message_bytes {
+            return Err(err(
+                "limits.max_frame_bytes",
+                format!(
+                    "must be between 1 and limits.max_message_bytes ({})",
+                    l.max_message_bytes
+                ),
+            ));
+        }
+        for (key, v) in [
+            ("limits.handshake_timeout_ms", l.handshake_timeout_ms),
+            ("limits.idle_timeout_s", l.idle_timeout_s),
+            ("limits.close_timeout_ms", l.close_timeout_ms),
+            ("http.body_timeout_ms", file.http.body_timeout_ms),
+            ("pool.connect_timeout_ms", file.pool.connect_timeout_ms),
+            ("pool.keepalive_interval_s", file.pool.keepalive_interval_s),
+            (
+                "pool.shared_max_subscriptions",
+                file.pool.shared_max_subscriptions,
+            ),
+        ] {
+            if v == 0 {
+                return Err(err(key, "must be greater than 0".into()));
+            }
+        }
+        if l.max_buffered_bytes < 16 * 1024 {
+            return Err(err(
+                "limits.max_buffered_bytes",
+                "must be at least 16384".into(),
+            ));
+        }
+        let limits = Limits {
+            max_head_bytes: l.max_head_bytes,
+            max_headers: l.max_headers,
+            handshake_timeout: Duration::from_millis(l.handshake_timeout_ms),
+            handshake_min_rate: l.handshake_min_rate,
+            idle_timeout: Duration::from_secs(l.idle_timeout_s),
+            close_timeout: Duration::from_millis(l.close_timeout_ms),
+            max_frame_bytes: l.max_frame_bytes,
+            max_message_bytes: l.max_message_bytes,
+            max_buffered_bytes: l.max_buffered_bytes,
+        };
+
+        let flavour = crate::route::Flavour::parse(&file.routing.chain).ok_or_else(|| {
+            err(
+                "routing.chain",
+                format!("`{}` is not one of substrate, ethereum", file.routing.chain),
+            )
+        })?;
+        // Polkadot's default --state-pruning is 256 blocks; geth keeps 128.
+        let default_pruning = match flavour {
+            crate::route::Flavour::Substrate => 256,
+            crate::route::Flavour::Ethereum => 128,
+        };
+        let mut nodes = Vec::new();
+        if file.node.is_empty() {
+            let mut n = parse_node_url(DEFAULT_NODE).expect("default node URL is valid");
+            n.pruning = default_pruning;
+            nodes.push(n);
+        }
+        for (i, n) in file.node.iter().enumerate() {
+            let mut node = parse_node_url(&n.url).map_err(|m| err(&format!("node[{i}].url"), m))?;
+            node.role = match n.role.as_deref() {
+                None | Some("pruned") | Some("full") => Role::Pruned,
+                Some("archive") => Role::Archive,
+                Some(other) => {
+                    return Err(err(
+                        &format!("node[{i}].role"),
+                        format!("`{other}` is not pruned or archive"),
+                    ))
+                }
+            };
+            node.pruning = match node.role {
+                Role::Archive => u64::MAX,
+                Role::Pruned => n.pruning.unwrap_or(default_pruning),
+            };
+            node.weight = match n.weight {
+                Some(0) => {
+                    return Err(err(
+                        &format!("node[{i}].weight"),
+                        "must be at least 1".into(),
+                    ))
+                }
+                Some(w) => w,
+                None => 1,
+            };
+            nodes.push(node);
+        }
+        let ad = &file.admission;
+        if ad.rate < 0.0 || ad.burst < 0.0 {
+            return Err(err(
+                "admission.rate",
+                "rate and burst cannot be negative".into(),
+            ));
+        }
+        if ad.methods != "all" && ad.methods != "safe" {
+            return Err(err(
+                "admission.methods",
+                format!("`{}` is not all or safe", ad.methods),
+            ));
+        }
+        let hs = &file.health;
+        if hs.interval_ms == 0 || hs.timeout_ms == 0 {
+            return Err(err(
+                "health.interval_ms",
+                "interval and timeout must be greater than 0".into(),
+            ));
+        }
+        let mode = crate::health::ProbeMode::parse(&hs.probe).ok_or_else(|| {
+            err(
+                "health.probe",
+                format!("`{}` is not one of rpc, connect, off", hs.probe),
+            )
+        })?;
+        let health = crate::health::HealthConfig {
+            mode,
+            interval: Duration::from_millis(hs.interval_ms),
+            timeout: Duration::from_millis(hs.timeout_ms),
+            fall: hs.fall.max(1),
+            rise: hs.rise.max(1),
+            max_lag: hs.max_lag,
+        };
+
+        let log_level = crate::log::Level::parse(&file.log.level).ok_or_else(|| {
+            err(
+                "log.level",
+                format!(
+                    "`{}` is not one of error, warn, info, debug",
+                    file.log.level
+                ),
+            )
+        })?;
+
+        let log_json = match file.log.format.as_str() {
+            "text" => false,
+            "json" => true,
+            other => {
+                return Err(err(
+                    "log.format",
+                    format!("`{other}` is not one of text, json"),
+                ))
+            }
+        };
+
+        Ok(Config {
+            listen,
+            workers,
+            pin_workers: file.server.pin_workers,
+            redirect_listen,
+            metrics_listen,
+            unix_listen,
+            tls,
+            limits,
+            connect_timeout: Duration::from_millis(file.pool.connect_timeout_ms),
+            keepalive_interval: Duration::from_secs(file.pool.keepalive_interval_s),
+            shared: file.pool.shared,
+            shared_max_subscriptions: file.pool.shared_max_subscriptions as usize,
+            nodes,
+            flavour,
+            routing: file.routing,
+            health,
+            http: file.http,
+            admission: file.admission,
+            log_level,
+            log_json,
+            access_log: file.log.access,
+            source,
+        })
+    }
+}

@@ -1,0 +1,291 @@
+//! Certificates: PEM chain and key as certbot writes them (RSA or ECDSA;
+//! PKCS#8, PKCS#1 or SEC1 keys), or a self-signed ECDSA P-256 certificate
+//! for localhost/127.0.0.1/::1 made at start; the rustls server config
+//! built from them; and the reload behind SIGHUP (each worker serves its own
+//! copy of the pair: no shared reference count per handshake).
+
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::ServerSessionMemoryCache;
+use rustls::ServerConfig;
+
+use crate::config::TlsMode;
+
+use super::tickets::{TicketSeed, Tickets};
+
+/// Certificate chain and key, loaded once in `main` and shared by all workers.
+pub struct CertifiedKey {
+    pub chain: Vec<CertificateDer<'static>>,
+    pub key: PrivateKeyDer<'static>,
+    /// Where the self-signed certificate was written, if one was made.
+    pub self_signed_path: Option<PathBuf>,
+}
+
+/// Load the PEM files, or make a self-signed certificate.
+pub fn load_or_generate(mode: &TlsMode) -> Result<Option<CertifiedKey>, String> {
+    match mode {
+        TlsMode::Off => Ok(None),
+        TlsMode::Files { cert, key } => load_pem(cert, key).map(Some),
+        TlsMode::SelfSigned { dir } => generate_self_signed(dir).map(Some),
+    }
+}
+
+pub fn load_pem(cert: &Path, key: &Path) -> Result<CertifiedKey, String> {
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
+        .map_err(|e| format!("tls.cert {}: {e}", cert.display()))?
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("tls.cert {}: {e}", cert.display()))?;
+    if chain.is_empty() {
+        return Err(format!(
+            "tls.cert {}: no CERTIFICATE block found",
+            cert.display()
+        ));
+    }
+    let key_der = PrivateKeyDer::from_pem_file(key).map_err(|e| {
+        format!(
+            "tls.key {}: no usable private key (PKCS#8, PKCS#1 or SEC1 PEM): {e}",
+            key.display()
+        )
+    })?;
+    Ok(CertifiedKey {
+        chain,
+        key: key_der,
+        self_signed_path: None,
+    })
+}
+
+pub fn generate_self_signed(dir: &Path) -> Result<CertifiedKey, String> {
+    let names = vec![
+        "localhost".to_string(),
+        "127.0.0.1".to_string(),
+        "::1".to_string(),
+    ];
+    let ck = rcgen::generate_simple_self_signed(names)
+        .map_err(|e| format!("self-signed certificate: {e}"))?;
+    std::fs::create_dir_all(dir)
+        .map_err(|e| format!("tls.self_signed_dir {}: {e}", dir.display()))?;
+    let cert_path = dir.join("ringway-selfsigned.crt");
+    let key_path = dir.join("ringway-selfsigned.key");
+    let cert_pem = ck.cert.pem();
+    let key_pem = ck.key_pair.serialize_pem();
+    std::fs::write(&cert_path, &cert_pem)
+        .map_err(|e| format!("writing {}: {e}", cert_path.display()))?;
+    write_private(&key_path, key_pem.as_bytes())
+        .map_err(|e| format!("writing {}: {e}", key_path.display()))?;
+    let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).map_err(|e| e.to_string())?;
+    Ok(CertifiedKey {
+        chain: vec![ck.cert.der().clone()],
+        key,
+        self_signed_path: Some(cert_path),
+    })
+}
+
+pub fn write_private(path: &Path, data: &[u8]) -> io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?;
+    f.write_all(data)
+}
+
+/// Key exchange groups, X25519 first (what clients send a key share for).
+/// With the `fast-x25519` feature (default) X25519 comes from aws-lc-rs,
+/// about twice as fast as ring's; P-256 and P-384 from ring.
+pub fn kx_groups() -> Vec<&'static dyn rustls::crypto::SupportedKxGroup> {
+    use rustls::crypto::ring::kx_group;
+    #[cfg(feature = "fast-x25519")]
+    let x25519: &'static dyn rustls::crypto::SupportedKxGroup =
+        rustls::crypto::aws_lc_rs::kx_group::X25519;
+    #[cfg(not(feature = "fast-x25519"))]
+    let x25519: &'static dyn rustls::crypto::SupportedKxGroup = kx_group::X25519;
+    vec![x25519, kx_group::SECP256R1, kx_group::SECP384R1]
+}
+
+/// Randomness for handshakes (server random, ticket nonces): with
+/// `fast-x25519`, aws-lc's per-thread DRBG seeded from the kernel (no system
+/// call per handshake; ring's asks getrandom(2) each time), else ring's.
+pub fn secure_random() -> &'static dyn rustls::crypto::SecureRandom {
+    #[cfg(feature = "fast-x25519")]
+    return rustls::crypto::aws_lc_rs::default_provider().secure_random;
+    #[cfg(not(feature = "fast-x25519"))]
+    return rustls::crypto::ring::default_provider().secure_random;
+}
+
+/// The shared server config: TLS 1.2 and 1.3 (all rustls offers), ALPN http/1.1.
+///
+/// Cipher suites in the server's order, AES-128-GCM first: its key schedule
+/// hashes with SHA-256, which CPUs accelerate (SHA-NI), while the
+/// AES-256/SHA-384 suite rustls otherwise takes from clients' lists costs a
+/// software SHA-512 on every handshake. All suites offered are AEAD with
+/// forward secrecy.
+pub fn server_config(ck: &CertifiedKey) -> Result<ServerTls, String> {
+    use rustls::crypto::ring::cipher_suite as cs;
+    let provider = Arc::new(rustls::crypto::CryptoProvider {
+        cipher_suites: vec![
+            cs::TLS13_AES_128_GCM_SHA256,
+            cs::TLS13_AES_256_GCM_SHA384,
+            cs::TLS13_CHACHA20_POLY1305_SHA256,
+            cs::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
+            cs::TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256,
+            cs::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384,
+            cs::TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384,
+            cs::TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256,
+            cs::TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256,
+        ],
+        kx_groups: kx_groups(),
+        secure_random: secure_random(),
+        ..rustls::crypto::ring::default_provider()
+    });
+    let certs = Arc::new(Certs {
+        current: Mutex::new(Arc::new(certified(ck, &provider)?)),
+        generation: AtomicU64::new(0),
+        provider: provider.clone(),
+    });
+    let mut config = ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .map_err(|e| e.to_string())?
+        .with_no_client_auth()
+        .with_cert_resolver(certs.clone());
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    config.ignore_client_order = true;
+    Ok(ServerTls { config, certs })
+}
+
+/// The TLS setup the workers start from.
+pub struct ServerTls {
+    pub config: ServerConfig,
+    /// The certificate served, replaceable while running.
+    pub certs: Arc<Certs>,
+}
+
+pub fn certified(
+    ck: &CertifiedKey,
+    provider: &rustls::crypto::CryptoProvider,
+) -> Result<rustls::sign::CertifiedKey, String> {
+    rustls::sign::CertifiedKey::from_der(ck.chain.clone(), ck.key.clone_key(), provider)
+        .map_err(|e| format!("certificate and key do not match or are unsupported: {e}"))
+}
+
+/// The certificate and key every worker serves. [`Certs::reload`] replaces
+/// them while running (SIGHUP, after a certbot renewal): sessions already
+/// open keep theirs, the next handshakes on every core get the new one.
+pub struct Certs {
+    current: Mutex<Arc<rustls::sign::CertifiedKey>>,
+    /// Bumped by each replacement; workers compare it with their copy's.
+    generation: AtomicU64,
+    provider: Arc<rustls::crypto::CryptoProvider>,
+}
+
+impl Certs {
+    /// Read the PEM files again; on any error the certificate in use stays.
+    pub fn reload(&self, mode: &TlsMode) -> Result<String, String> {
+        let TlsMode::Files { cert, key } = mode else {
+            return Err("no certificate files configured (tls.cert, tls.key)".into());
+        };
+        let ck = load_pem(cert, key)?;
+        let fresh = certified(&ck, &self.provider)
+            .map_err(|e| format!("{e} ({} / {})", cert.display(), key.display()))?;
+        *self
+            .current
+            .lock()
+            .map_err(|_| "certificate store poisoned")? = Arc::new(fresh);
+        self.generation.fetch_add(1, Ordering::Release);
+        Ok(format!(
+            "{} ({} certificates in the chain) with {}",
+            cert.display(),
+            ck.chain.len(),
+            key.display()
+        ))
+    }
+
+    fn current(&self) -> Arc<rustls::sign::CertifiedKey> {
+        self.current
+            .lock()
+            .map(|c| c.clone())
+            .unwrap_or_else(|p| p.into_inner().clone())
+    }
+}
+
+impl std::fmt::Debug for Certs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Certs")
+            .field("generation", &self.generation.load(Ordering::Relaxed))
+            .finish()
+    }
+}
+
+impl rustls::server::ResolvesServerCert for Certs {
+    fn resolve(
+        &self,
+        _: rustls::server::ClientHello<'_>,
+    ) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        Some(self.current())
+    }
+}
+
+/// A worker's copy of the served certificate: one atomic load per handshake
+/// to see whether it was replaced, and a reference count of its own (the
+/// shared one would be a cache line every core writes).
+struct WorkerCert {
+    certs: Arc<Certs>,
+    mine: Mutex<(u64, Arc<rustls::sign::CertifiedKey>)>,
+}
+
+impl WorkerCert {
+    fn new(certs: &Arc<Certs>) -> WorkerCert {
+        let generation = certs.generation.load(Ordering::Acquire);
+        let copy = Arc::new((*certs.current()).clone());
+        WorkerCert {
+            certs: certs.clone(),
+            mine: Mutex::new((generation, copy)),
+        }
+    }
+}
+
+impl std::fmt::Debug for WorkerCert {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WorkerCert").finish_non_exhaustive()
+    }
+}
+
+impl rustls::server::ResolvesServerCert for WorkerCert {
+    fn resolve(
+        &self,
+        _: rustls::server::ClientHello<'_>,
+    ) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        let mut mine = self.mine.lock().ok()?;
+        let generation = self.certs.generation.load(Ordering::Acquire);
+        if mine.0 != generation {
+            *mine = (generation, Arc::new((*self.certs.current()).clone()));
+        }
+        Some(mine.1.clone())
+    }
+}
+
+/// A worker's own copy of the config: its own session-ID cache (TLS 1.2
+/// clients without tickets), so that no lock is shared between cores, its
+/// own ticketer on the keys every worker shares (see [`TicketSeed`]), and
+/// its own copy of the certificate.
+pub fn per_worker(
+    base: &ServerConfig,
+    certs: &Arc<Certs>,
+    seed: &TicketSeed,
+    worker: u32,
+) -> Arc<ServerConfig> {
+    let mut c = base.clone();
+    c.session_storage = ServerSessionMemoryCache::new(4096);
+    c.ticketer = Arc::new(Tickets::new(seed, worker));
+    c.cert_resolver = Arc::new(WorkerCert::new(certs));
+    // One ticket per new session (rustls' default is two): a WebSocket client
+    // resumes one connection at a time, and each resumption brings a new one.
+    c.send_tls13_tickets = 1;
+    Arc::new(c)
+}

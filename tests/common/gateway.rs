@@ -1,0 +1,151 @@
+//! The real `ringway` binary as a child process on 127.0.0.1:0, its
+//! address read from what it prints; killed (and its stderr checked for
+//! panics) when dropped.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::thread;
+use std::time::Duration;
+
+use rustls::pki_types::ServerName;
+use rustls::{ClientConnection, RootCertStore, StreamOwned};
+use tungstenite::handshake::server::{Request, Response};
+use tungstenite::protocol::WebSocketConfig;
+use tungstenite::{Message, WebSocket};
+
+use super::*;
+
+/// The gateway binary, killed on drop (and checked for panics).
+pub struct Gateway {
+    child: Child,
+    pub addr: SocketAddr,
+    pub stdout_lines: Vec<String>,
+    stderr: Option<thread::JoinHandle<String>>,
+}
+
+impl Gateway {
+    /// Wait up to `within` for the gateway to exit by itself.
+    pub fn wait_exit(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
+        let until = std::time::Instant::now() + within;
+        while std::time::Instant::now() < until {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
+    /// Stop the gateway and return what it wrote to stderr.
+    pub fn stop_and_read_stderr(mut self) -> String {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.stderr
+            .take()
+            .map(|t| t.join().unwrap_or_default())
+            .unwrap_or_default()
+    }
+
+    /// The gateway's process id (to signal it).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Start with TLS from `pki`, in front of `upstreams`, plus extra flags.
+    pub fn start(pki: &TestPki, upstreams: &[String], extra: &[&str]) -> Gateway {
+        let mut args: Vec<String> = vec![
+            "--listen".into(),
+            "127.0.0.1:0".into(),
+            "--cert".into(),
+            pki.cert.display().to_string(),
+            "--key".into(),
+            pki.key.display().to_string(),
+            "--workers".into(),
+            "2".into(),
+        ];
+        for u in upstreams {
+            args.push("--upstream".into());
+            args.push(u.clone());
+        }
+        args.extend(extra.iter().map(|s| s.to_string()));
+        Gateway::start_args(&args)
+    }
+
+    pub fn start_args(args: &[String]) -> Gateway {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_ringway"))
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start ringway");
+        let stdout = child.stdout.take().unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let err_thread = thread::spawn(move || {
+            let mut s = String::new();
+            let _ = BufReader::new(stderr).read_to_string(&mut s);
+            s
+        });
+        let (tx, rx) = mpsc::channel();
+        thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut lines = Vec::new();
+        loop {
+            match rx.recv_timeout(TIMEOUT) {
+                Ok(line) => {
+                    let found = line
+                        .split("listening on ")
+                        .nth(1)
+                        .and_then(|rest| rest.split("://").nth(1))
+                        .and_then(|rest| rest.split_whitespace().next())
+                        .and_then(|a| a.parse().ok());
+                    lines.push(line);
+                    if let Some(addr) = found {
+                        return Gateway {
+                            child,
+                            addr,
+                            stdout_lines: lines,
+                            stderr: Some(err_thread),
+                        };
+                    }
+                }
+                Err(_) => {
+                    let _ = child.kill();
+                    panic!(
+                        "gateway did not start; stdout {lines:?}; stderr {}",
+                        err_thread.join().unwrap_or_default()
+                    );
+                }
+            }
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("wss://localhost:{}{}", self.addr.port(), path)
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if let Some(t) = self.stderr.take() {
+            let err = t.join().unwrap_or_default();
+            if std::env::var_os("RINGWAY_TEST_LOG").is_some() {
+                eprintln!("--- gateway stderr ---\n{err}");
+            }
+            if err.contains("panicked") && !thread::panicking() {
+                panic!("the gateway panicked:\n{err}");
+            }
+        }
+    }
+}

@@ -1,0 +1,386 @@
+//! Fake nodes: tungstenite WebSocket servers on threads with a behaviour
+//! each (echo, push, silent, slow, dying, closing), and a Substrate-like
+//! mock chain answering health probes and HTTP JSON-RPC.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::thread;
+use std::time::Duration;
+
+use rustls::pki_types::ServerName;
+use rustls::{ClientConnection, RootCertStore, StreamOwned};
+use tungstenite::handshake::server::{Request, Response};
+use tungstenite::protocol::WebSocketConfig;
+use tungstenite::{Message, WebSocket};
+
+use super::*;
+
+/// What an upstream saw of one handshake.
+#[derive(Debug, Clone)]
+pub struct SeenRequest {
+    pub path: String,
+    pub headers: Vec<(String, String)>,
+}
+
+impl SeenRequest {
+    /// The gateway's own health check connection, or an HTTP request (not a session).
+    pub fn is_probe(&self) -> bool {
+        self.header("user-agent") == Some("ringway-health") || self.header("upgrade").is_none()
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// How a test upstream behaves after the handshake.
+#[derive(Clone, Debug)]
+pub enum Behaviour {
+    /// Echo text and binary messages.
+    Echo,
+    /// Send `n` text notifications right away, then echo.
+    Push(usize),
+    /// Answer each message with `n` bytes of text.
+    Large(usize),
+    /// Drop the TCP connection after the first message, without a close frame.
+    DieAfterFirst,
+    /// Never answer.
+    Silent,
+    /// Echo each message after this long.
+    Slow(Duration),
+    /// Close with this code after the first message.
+    CloseAfterFirst(u16),
+    /// A Substrate-like node for health checks: answers `system_health`,
+    /// `chain_getHeader` (at `chain.head`) and `chain_getBlockHash`; echoes
+    /// anything else. Refuses and drops connections while `chain.dead` is set.
+    Substrate(Arc<FakeChain>),
+}
+
+/// Knobs of a [`Behaviour::Substrate`] node, shared with the test.
+#[derive(Debug, Default)]
+pub struct FakeChain {
+    pub head: std::sync::atomic::AtomicU64,
+    pub dead: std::sync::atomic::AtomicBool,
+    /// Blocks of state kept; `u64::MAX` for an archive node.
+    pub pruning: std::sync::atomic::AtomicU64,
+    /// Put in `state_getStorage` results, to tell which node answered.
+    pub label: std::sync::Mutex<String>,
+}
+
+impl FakeChain {
+    pub fn new(head: u64) -> Arc<FakeChain> {
+        Self::node(head, u64::MAX, "node")
+    }
+
+    /// A node keeping `pruning` blocks of state, labelled `label`.
+    pub fn node(head: u64, pruning: u64, label: &str) -> Arc<FakeChain> {
+        Arc::new(FakeChain {
+            head: head.into(),
+            dead: false.into(),
+            pruning: pruning.into(),
+            label: std::sync::Mutex::new(label.into()),
+        })
+    }
+
+    /// Answer a message (object or batch).
+    pub fn answer_all(&self, msg: &str) -> String {
+        if msg.trim_start().starts_with('[') {
+            let parts: Vec<String> = ringway::jsonrpc::elements(msg.as_bytes())
+                .map(|e| self.answer(std::str::from_utf8(e).unwrap()))
+                .collect();
+            format!("[{}]", parts.join(","))
+        } else {
+            self.answer(msg)
+        }
+    }
+
+    fn answer(&self, req: &str) -> String {
+        use std::sync::atomic::Ordering::Relaxed;
+        let p = ringway::jsonrpc::peek(req.as_bytes()).expect("json-rpc");
+        let id = String::from_utf8_lossy(p.id.unwrap_or(b"null")).to_string();
+        let head = self.head.load(Relaxed);
+        let result = match p.method.unwrap_or(b"") {
+            b"system_health" => {
+                r#"{"peers":3,"isSyncing":false,"shouldHavePeers":true}"#.to_string()
+            }
+            b"chain_getHeader" => format!(r#"{{"number":"0x{head:x}","parentHash":"0x00"}}"#),
+            b"state_getStorage" => {
+                let at = p
+                    .params
+                    .and_then(|ps| ringway::jsonrpc::param(ps, 1))
+                    .and_then(ringway::jsonrpc::unquote)
+                    .and_then(|h| {
+                        u64::from_str_radix(std::str::from_utf8(h.strip_prefix(b"0x")?).ok()?, 16)
+                            .ok()
+                    })
+                    .unwrap_or(head);
+                if head.saturating_sub(at) > self.pruning.load(Relaxed) {
+                    return format!(
+                        r#"{{"jsonrpc":"2.0","error":{{"code":4003,"message":"Client error: State already discarded for 0x{at:064x}"}},"id":{id}}}"#
+                    );
+                }
+                format!(r#""{}@{at}""#, self.label.lock().unwrap())
+            }
+            b"chain_getBlockHash" => {
+                let n: u64 = p
+                    .params
+                    .and_then(|ps| ringway::jsonrpc::param(ps, 0))
+                    .and_then(|v| std::str::from_utf8(v).ok()?.parse().ok())
+                    .unwrap_or(head);
+                format!(r#""0x{n:064x}""#)
+            }
+            _ => return req.to_string(),
+        };
+        format!(r#"{{"jsonrpc":"2.0","result":{result},"id":{id}}}"#)
+    }
+}
+
+/// A tungstenite WebSocket server on a thread, one thread per connection.
+pub struct Upstream {
+    pub addr: SocketAddr,
+    pub seen: mpsc::Receiver<SeenRequest>,
+    pub closes: mpsc::Receiver<Option<u16>>,
+}
+
+impl Upstream {
+    pub fn start(behaviour: Behaviour) -> Upstream {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (seen_tx, seen) = mpsc::channel();
+        let (close_tx, closes) = mpsc::channel();
+        thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(stream) = stream else { continue };
+                let seen_tx = seen_tx.clone();
+                let close_tx = close_tx.clone();
+                let behaviour = behaviour.clone();
+                thread::spawn(move || serve(stream, behaviour, seen_tx, close_tx));
+            }
+        });
+        Upstream { addr, seen, closes }
+    }
+
+    pub fn url(&self) -> String {
+        format!("ws://{}", self.addr)
+    }
+
+    /// The next client session's handshake (skipping the gateway's health probes).
+    pub fn next_session(&self) -> SeenRequest {
+        loop {
+            let r = self.seen.recv_timeout(TIMEOUT).expect("a session");
+            if !r.is_probe() {
+                return r;
+            }
+        }
+    }
+
+    /// Client sessions seen so far (not counting health probes).
+    pub fn session_count(&self) -> usize {
+        self.seen.try_iter().filter(|r| !r.is_probe()).count()
+    }
+}
+
+fn serve(
+    stream: TcpStream,
+    behaviour: Behaviour,
+    seen_tx: mpsc::Sender<SeenRequest>,
+    close_tx: mpsc::Sender<Option<u16>>,
+) {
+    let _ = stream.set_nodelay(true);
+    if let Behaviour::Substrate(chain) = &behaviour {
+        if chain.dead.load(std::sync::atomic::Ordering::Relaxed) {
+            let _ = stream.shutdown(std::net::Shutdown::Both);
+            return;
+        }
+        let mut first = [0u8; 4];
+        if stream.peek(&mut first).is_ok() && &first == b"POST" {
+            return serve_http(stream, chain, seen_tx);
+        }
+        let _ = stream.set_read_timeout(Some(Duration::from_millis(100)));
+    }
+    let raw = stream.try_clone().unwrap();
+    let callback = |req: &Request, mut resp: Response| {
+        let headers = req
+            .headers()
+            .iter()
+            .map(|(n, v)| (n.as_str().to_string(), v.to_str().unwrap_or("").to_string()))
+            .collect();
+        if let Some(p) = req.headers().get("sec-websocket-protocol") {
+            let first = p
+                .to_str()
+                .unwrap()
+                .split(',')
+                .next()
+                .unwrap()
+                .trim()
+                .to_string();
+            resp.headers_mut()
+                .insert("sec-websocket-protocol", first.parse().unwrap());
+        }
+        let _ = seen_tx.send(SeenRequest {
+            path: req.uri().to_string(),
+            headers,
+        });
+        Ok(resp)
+    };
+    let cfg = WebSocketConfig {
+        max_message_size: Some(64 << 20),
+        ..Default::default()
+    };
+    let (mut subscribed, mut notes) = (false, 0u64);
+    let Ok(mut ws) = tungstenite::accept_hdr_with_config(stream, callback, Some(cfg)) else {
+        return;
+    };
+    if let Behaviour::Push(n) = behaviour {
+        for i in 0..n {
+            let note = format!(
+                r#"{{"jsonrpc":"2.0","method":"chain_newHead","params":{{"subscription":"s1","result":{{"number":{i}}}}}}}"#
+            );
+            if ws.send(Message::Text(note)).is_err() {
+                return;
+            }
+        }
+    }
+    loop {
+        if let Behaviour::Substrate(chain) = &behaviour {
+            if chain.dead.load(std::sync::atomic::Ordering::Relaxed) {
+                let _ = raw.shutdown(std::net::Shutdown::Both);
+                return;
+            }
+        }
+        match ws.read() {
+            Ok(Message::Text(t)) if matches!(behaviour, Behaviour::Substrate(_)) => {
+                let Behaviour::Substrate(chain) = &behaviour else {
+                    unreachable!()
+                };
+                if t.contains("chain_subscribeNewHeads") {
+                    // A subscription: notifications follow every 100 ms (read timeout).
+                    let id = ringway::jsonrpc::peek(t.as_bytes())
+                        .and_then(|p| p.id)
+                        .map(|i| String::from_utf8_lossy(i).to_string())
+                        .unwrap_or_default();
+                    subscribed = true;
+                    let reply = format!(r#"{{"jsonrpc":"2.0","result":"sub-1","id":{id}}}"#);
+                    if ws.send(Message::Text(reply)).is_err() {
+                        return;
+                    }
+                    continue;
+                }
+                if ws.send(Message::Text(chain.answer_all(&t))).is_err() {
+                    return;
+                }
+            }
+            Err(tungstenite::Error::Io(e))
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                if subscribed {
+                    notes += 1;
+                    let note = format!(
+                        r#"{{"jsonrpc":"2.0","method":"chain_newHead","params":{{"subscription":"sub-1","result":{{"number":"0x{notes:x}"}}}}}}"#
+                    );
+                    if ws.send(Message::Text(note)).is_err() {
+                        return;
+                    }
+                }
+                continue;
+            }
+            Ok(msg @ (Message::Text(_) | Message::Binary(_))) => {
+                let reply = match &behaviour {
+                    Behaviour::Silent => continue,
+                    Behaviour::Slow(d) => {
+                        thread::sleep(*d);
+                        msg
+                    }
+                    Behaviour::Large(n) => Message::Text("x".repeat(*n)),
+                    Behaviour::DieAfterFirst => {
+                        let _ = raw.shutdown(std::net::Shutdown::Both);
+                        return;
+                    }
+                    Behaviour::CloseAfterFirst(code) => {
+                        let code = *code;
+                        let _ = ws.close(Some(tungstenite::protocol::CloseFrame {
+                            code: code.into(),
+                            reason: "bye".into(),
+                        }));
+                        let _ = ws.flush();
+                        // Wait for the close reply.
+                        while ws.read().is_ok() {}
+                        let _ = close_tx.send(Some(code));
+                        return;
+                    }
+                    _ => msg,
+                };
+                if ws.send(reply).is_err() {
+                    return;
+                }
+            }
+            Ok(Message::Close(frame)) => {
+                let _ = close_tx.send(frame.map(|f| u16::from(f.code)));
+                // tungstenite queues the reply; flush it.
+                let _ = ws.flush();
+            }
+            Ok(_) => {}
+            Err(_) => return,
+        }
+    }
+}
+
+/// HTTP JSON-RPC for a [`Behaviour::Substrate`] node: keep-alive, Content-Length bodies.
+fn serve_http(stream: TcpStream, chain: &FakeChain, seen_tx: mpsc::Sender<SeenRequest>) {
+    let mut reader = BufReader::new(stream.try_clone().unwrap());
+    let mut out = stream;
+    loop {
+        let mut request_line = String::new();
+        if reader.read_line(&mut request_line).unwrap_or(0) == 0 {
+            return;
+        }
+        let mut headers = Vec::new();
+        let mut length = 0usize;
+        loop {
+            let mut line = String::new();
+            if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                return;
+            }
+            let line = line.trim_end();
+            if line.is_empty() {
+                break;
+            }
+            if let Some((n, v)) = line.split_once(':') {
+                if n.eq_ignore_ascii_case("content-length") {
+                    length = v.trim().parse().unwrap_or(0);
+                }
+                headers.push((n.to_string(), v.trim().to_string()));
+            }
+        }
+        let mut body = vec![0u8; length];
+        if reader.read_exact(&mut body).is_err() {
+            return;
+        }
+        let _ = seen_tx.send(SeenRequest {
+            path: request_line
+                .split_whitespace()
+                .nth(1)
+                .unwrap_or("")
+                .to_string(),
+            headers,
+        });
+        let answer = chain.answer_all(std::str::from_utf8(&body).unwrap_or(""));
+        let resp = format!(
+            "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{answer}",
+            answer.len()
+        );
+        if out.write_all(resp.as_bytes()).is_err() {
+            return;
+        }
+    }
+}
