@@ -1,5 +1,12 @@
 //! The health thread: probes every node over a kept-open WebSocket and
 //! records the results in [`Health`].
+//!
+//! Each probe is bounded by `health.timeout_ms`: the connect is dropped at
+//! the deadline (it holds no buffer), everything after it is stopped with
+//! `shutdown(2)` ([`crate::io::with_deadline`]), never dropped in flight.
+//! A backend that answers but not in the expected shape (an echo server, a
+//! node of another flavour, a head without a number) is alive with an
+//! unknown head: it stays in service.
 
 use std::sync::Arc;
 
@@ -11,8 +18,10 @@ use crate::io::{ReadHalf, WriteHalf};
 use crate::jsonrpc;
 use crate::route::Flavour;
 use crate::upstream::{connect, NodeReader, NodeWriter};
-use crate::ws::frame::{write_frame, FrameHeader, OpCode, Parse};
+use crate::ws::codec::Role;
+use crate::ws::frame::{write_frame, OpCode, Parse};
 use crate::ws::handshake::parse_upstream_response;
+use crate::ws::message::{Assembler, Event};
 
 /// Start the health thread. It runs until the process ends.
 pub fn spawn(nodes: Vec<NodeConfig>, flavour: Flavour, cfg: HealthConfig, health: Arc<Health>) {
@@ -49,8 +58,29 @@ pub fn spawn(nodes: Vec<NodeConfig>, flavour: Flavour, cfg: HealthConfig, health
 struct Probe {
     r: NodeReader,
     w: NodeWriter,
+    fd: std::os::fd::RawFd,
     buf: Vec<u8>,
+    asm: Assembler,
     next_id: u64,
+}
+
+/// Run `fut` on the probe connection's socket within `dur`: at the deadline
+/// its I/O is stopped and the probe fails (the connection is dropped).
+async fn within<T>(
+    fd: std::os::fd::RawFd,
+    dur: std::time::Duration,
+    fut: impl std::future::Future<Output = Result<T, String>>,
+) -> Result<T, String> {
+    let expired = std::cell::Cell::new(false);
+    let expire = || {
+        expired.set(true);
+        crate::io::stop(fd, crate::io::Stop::All);
+    };
+    let out = crate::io::with_deadline(dur, expire, fut).await;
+    match out {
+        Err(_) if expired.get() => Err(format!("no answer in {} ms", dur.as_millis())),
+        other => other,
+    }
 }
 
 async fn probe_node(
@@ -64,27 +94,15 @@ async fn probe_node(
     let mut conn: Option<Probe> = None;
     let mut last_hashed: u64 = 0;
     loop {
-        let once = async {
-            match cfg.mode {
-                // A fresh upgrade each time; the node's head stays unknown.
-                ProbeMode::Connect => open(&node).await.map(|_| None),
-                _ => probe_once(&node, flavour, &mut conn).await,
-            }
+        let result = match cfg.mode {
+            // A fresh upgrade each time; the node's head stays unknown.
+            ProbeMode::Connect => open(&node, cfg.timeout).await.map(|_| None),
+            _ => probe_once(&node, flavour, &mut conn, cfg.timeout).await,
         };
-        let result = monoio::time::timeout(cfg.timeout, once).await;
         let (ok, head) = match result {
-            Ok(Ok(head)) => (true, head),
-            Ok(Err(e)) => {
+            Ok(head) => (true, head),
+            Err(e) => {
                 crate::debug!("health: {} failed: {e}", node.url);
-                conn = None;
-                (false, None)
-            }
-            Err(_) => {
-                crate::debug!(
-                    "health: {} did not answer in {} ms",
-                    node.url,
-                    cfg.timeout.as_millis()
-                );
                 conn = None;
                 (false, None)
             }
@@ -110,10 +128,11 @@ async fn probe_node(
         if let (Some(head), Flavour::Substrate, Some(c)) = (head, flavour, conn.as_mut()) {
             if head > last_hashed {
                 let from = head.saturating_sub(64).max(last_hashed + 1);
-                let fetched =
-                    monoio::time::timeout(cfg.timeout, fetch_hashes(c, from, head, &health)).await;
-                if let Ok(Ok(())) = fetched {
-                    last_hashed = head;
+                let fd = c.fd;
+                let fetched = within(fd, cfg.timeout, fetch_hashes(c, from, head, &health)).await;
+                match fetched {
+                    Ok(()) => last_hashed = head,
+                    Err(_) => conn = None,
                 }
             }
         }
@@ -136,11 +155,24 @@ async fn probe_once(
     node: &NodeConfig,
     flavour: Flavour,
     conn: &mut Option<Probe>,
+    timeout: std::time::Duration,
 ) -> Result<Option<u64>, String> {
+    let start = std::time::Instant::now();
     if conn.is_none() {
-        *conn = Some(open(node).await?);
+        *conn = Some(open(node, timeout).await?);
     }
     let c = conn.as_mut().expect("just opened");
+    let fd = c.fd;
+    within(
+        fd,
+        timeout.saturating_sub(start.elapsed()),
+        check(c, flavour),
+    )
+    .await
+}
+
+/// The node's health and head, on an open probe connection.
+async fn check(c: &mut Probe, flavour: Flavour) -> Result<Option<u64>, String> {
     let (health_method, head_method) = match flavour {
         Flavour::Substrate => ("system_health", "chain_getHeader"),
         Flavour::Ethereum => ("eth_syncing", "eth_blockNumber"),
@@ -162,17 +194,19 @@ async fn probe_once(
         Err(e) if e == NOT_RPC || e.starts_with(RPC_ERROR) => return Ok(None),
         other => other?,
     };
+    // A JSON-RPC answer without a block number where one was expected: a
+    // backend that speaks JSON-RPC but not this (any answer "0x1" to
+    // everything, say). Alive, head unknown: never black-hole a pool over it.
     let hex = match flavour {
         Flavour::Substrate => find_string_member(&head, b"number"),
         Flavour::Ethereum => jsonrpc::unquote(&head),
-    }
-    .ok_or("no block number in the answer")?;
-    let digits = hex.strip_prefix(b"0x").unwrap_or(hex);
-    std::str::from_utf8(digits)
-        .ok()
-        .and_then(|d| u64::from_str_radix(d, 16).ok())
-        .map(Some)
-        .ok_or_else(|| "unparsable block number".to_string())
+    };
+    Ok(hex.and_then(|hex| {
+        let digits = hex.strip_prefix(b"0x").unwrap_or(hex);
+        std::str::from_utf8(digits)
+            .ok()
+            .and_then(|d| u64::from_str_radix(d, 16).ok())
+    }))
 }
 
 async fn fetch_hashes(c: &mut Probe, from: u64, to: u64, health: &Health) -> Result<(), String> {
@@ -197,8 +231,28 @@ fn find_string_member<'a>(obj: &'a [u8], key: &[u8]) -> Option<&'a [u8]> {
     Some(&rest[start..start + len])
 }
 
-async fn open(node: &NodeConfig) -> Result<Probe, String> {
-    let mut stream = connect(node).await.map_err(|e| format!("connect: {e}"))?;
+/// Connect and upgrade within `timeout` (the connect is dropped at the
+/// deadline: it holds no buffer; the upgrade's I/O is stopped).
+async fn open(node: &NodeConfig, timeout: std::time::Duration) -> Result<Probe, String> {
+    let start = std::time::Instant::now();
+    let stream = match monoio::time::timeout(timeout, connect(node)).await {
+        Ok(s) => s.map_err(|e| format!("connect: {e}"))?,
+        Err(_) => return Err(format!("no connection in {} ms", timeout.as_millis())),
+    };
+    let fd = stream.raw_fd();
+    within(
+        fd,
+        timeout.saturating_sub(start.elapsed()),
+        upgrade(node, stream),
+    )
+    .await
+}
+
+async fn upgrade(
+    node: &NodeConfig,
+    mut stream: crate::upstream::NodeStream,
+) -> Result<Probe, String> {
+    let fd = stream.raw_fd();
     let key = crate::rng::ws_key();
     let host = match &node.addr {
         crate::config::NodeAddr::Tcp(a) => a[0].to_string(),
@@ -233,7 +287,9 @@ async fn open(node: &NodeConfig) -> Result<Probe, String> {
                 return Ok(Probe {
                     r,
                     w,
+                    fd,
                     buf,
+                    asm: Assembler::new(Role::Server, Default::default(), usize::MAX, false),
                     next_id: 1,
                 });
             }
@@ -284,36 +340,40 @@ impl Probe {
         }
     }
 
-    /// The next text message (unfragmented frames are all a node sends here).
+    /// The next data message; pings are answered on the way.
     async fn next_message(&mut self) -> Result<Vec<u8>, String> {
         loop {
-            match FrameHeader::parse(&self.buf) {
-                Ok(Parse::Done(h, hl)) if self.buf.len() >= hl + h.payload_len as usize => {
-                    let end = hl + h.payload_len as usize;
-                    let payload = self.buf[hl..end].to_vec();
-                    self.buf.drain(..end);
-                    match h.opcode {
-                        OpCode::Text | OpCode::Binary if h.fin => return Ok(payload),
-                        OpCode::Close => return Err("node closed the probe connection".into()),
-                        OpCode::Ping => {
-                            let mut pong = Vec::new();
-                            write_frame(
-                                &mut pong,
-                                OpCode::Pong,
-                                &payload,
-                                Some(crate::rng::mask_key()),
-                            );
-                            let _ = self.w.write_all(pong).await;
+            let mut pos = 0;
+            let mut done = None;
+            while pos < self.buf.len() && done.is_none() {
+                match self.asm.step(&self.buf[pos..]) {
+                    Ok(Event::Data { n, end }) => {
+                        pos += n;
+                        if end {
+                            done = Some(self.asm.message().to_vec());
+                            self.asm.clear();
                         }
-                        _ => {}
                     }
-                    continue;
+                    Ok(Event::Control(frame, n)) => {
+                        pos += n;
+                        match frame.opcode {
+                            OpCode::Close => return Err("node closed the probe connection".into()),
+                            OpCode::Ping => {
+                                let mut pong = Vec::new();
+                                let mask = Some(crate::rng::mask_key());
+                                write_frame(&mut pong, OpCode::Pong, frame.payload(), mask);
+                                let _ = self.w.write_all(pong).await;
+                            }
+                            _ => {}
+                        }
+                    }
+                    Ok(Event::NeedMore) => break,
+                    Err(e) => return Err(format!("bad frame: {e}")),
                 }
-                Ok(_) => {}
-                Err(e) => return Err(format!("bad frame: {e}")),
             }
-            if self.buf.len() > 64 << 20 {
-                return Err("answer too large".into());
+            self.buf.drain(..pos);
+            if let Some(m) = done {
+                return Ok(m);
             }
             let (res, b) = self.r.read_more(std::mem::take(&mut self.buf)).await;
             self.buf = b;

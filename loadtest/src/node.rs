@@ -15,6 +15,7 @@ use monoio::io::{OwnedWriteHalf, Splitable};
 use monoio::net::TcpStream;
 use ringway::io::{give_buf, take_buf, PlainReader, ReadHalf, WriteHalf};
 use ringway::jsonrpc::{self, Kind};
+use ringway::ws::codec::Role;
 use ringway::ws::frame::{write_close, write_frame, OpCode, Parse};
 use ringway::ws::handshake::{
     parse_head, validate_upgrade, write_switching_protocols, HEADER_ARRAY,
@@ -402,7 +403,7 @@ async fn websocket(
     early: Vec<u8>,
     chain: Arc<Chain>,
 ) {
-    let mut reader = MessageReader::new(r, early, 64 << 20);
+    let mut reader = MessageReader::new(r, early, Role::Client, 64 << 20);
     let out = Outq::default();
     let subs = Subscriptions::default();
     let done = Cell::new(false);

@@ -10,8 +10,9 @@ use monoio::io::Splitable;
 use monoio::net::TcpStream;
 use ringway::io::{give_buf, take_buf, PlainReader, ReadHalf, WriteHalf};
 use ringway::tls::{TlsReader, TlsWriter};
-use ringway::ws::frame::{FrameHeader, OpCode, Parse};
-use ringway::ws::mask::apply_mask;
+use ringway::ws::codec::{Limits, Role};
+use ringway::ws::frame::{OpCode, Parse};
+use ringway::ws::message::{Assembler, Event};
 use rustls::ClientConnection;
 
 /// A complete message or a control frame.
@@ -24,27 +25,27 @@ pub enum Incoming {
     Close(Option<u16>),
 }
 
-/// Reassembles messages from a byte stream (either role; unmasks when masked).
+/// Reassembles messages from a byte stream with ringway's sans-io
+/// [`Assembler`] (frames checked as the gateway checks them).
 pub struct MessageReader<R> {
     io: R,
     buf: Vec<u8>,
-    pos: usize,
-    partial: Vec<u8>,
-    partial_op: Option<OpCode>,
-    max_message: usize,
+    asm: Assembler,
 }
 
 impl<R: ReadHalf> MessageReader<R> {
-    pub fn new(io: R, early: Vec<u8>, max_message: usize) -> Self {
+    /// `role`: whose frames these are (a client's are masked).
+    pub fn new(io: R, early: Vec<u8>, role: Role, max_message: usize) -> Self {
         let mut buf = take_buf();
         buf.extend_from_slice(&early);
+        let limits = Limits {
+            max_frame: max_message as u64,
+            max_message: max_message as u64,
+        };
         MessageReader {
             io,
             buf,
-            pos: 0,
-            partial: Vec::new(),
-            partial_op: None,
-            max_message,
+            asm: Assembler::new(role, limits, usize::MAX, false),
         }
     }
 
@@ -53,14 +54,6 @@ impl<R: ReadHalf> MessageReader<R> {
         loop {
             if let Some(m) = self.parse()? {
                 return Ok(Some(m));
-            }
-            // Keep unparsed bytes at the front and read more.
-            if self.pos > 0 {
-                self.buf.drain(..self.pos);
-                self.pos = 0;
-            }
-            if self.buf.len() == self.buf.capacity() {
-                self.buf.reserve(self.buf.capacity());
             }
             let (r, b) = self.io.read_more(std::mem::take(&mut self.buf)).await;
             self.buf = b;
@@ -76,78 +69,42 @@ impl<R: ReadHalf> MessageReader<R> {
     }
 
     fn parse(&mut self) -> io::Result<Option<Incoming>> {
-        loop {
-            let data = &mut self.buf[self.pos..];
-            let (h, hl) = match FrameHeader::parse(data) {
-                Ok(Parse::Done(h, n)) => (h, n),
-                Ok(Parse::NeedMore(_)) => return Ok(None),
+        let mut pos = 0;
+        let mut out = None;
+        while pos < self.buf.len() && out.is_none() {
+            match self.asm.step(&self.buf[pos..]) {
+                Ok(Event::Data { n, end }) => {
+                    pos += n;
+                    if end {
+                        let payload = self.asm.message().to_vec();
+                        self.asm.clear();
+                        out = Some(if self.asm.is_text() {
+                            Incoming::Text(payload)
+                        } else {
+                            Incoming::Binary(payload)
+                        });
+                    }
+                }
+                Ok(Event::Control(frame, n)) => {
+                    pos += n;
+                    out = Some(match frame.opcode {
+                        OpCode::Ping => Incoming::Ping(frame.payload().to_vec()),
+                        OpCode::Close => Incoming::Close(frame.close_code()),
+                        _ => Incoming::Pong,
+                    });
+                }
+                Ok(Event::NeedMore) => break,
                 Err(e) => return Err(io::Error::new(io::ErrorKind::InvalidData, e)),
-            };
-            let len = h.payload_len as usize;
-            if h.payload_len as usize > self.max_message {
-                return Err(io::Error::new(
-                    io::ErrorKind::InvalidData,
-                    "message too large",
-                ));
-            }
-            if data.len() < hl + len {
-                let need = self.pos + hl + len;
-                if need > self.buf.capacity() {
-                    self.buf.reserve(need - self.buf.len());
-                }
-                return Ok(None);
-            }
-            let payload = &mut data[hl..hl + len];
-            if let Some(key) = h.mask {
-                apply_mask(payload, key, 0);
-            }
-            let payload = payload.to_vec();
-            self.pos += hl + len;
-            match h.opcode {
-                OpCode::Ping => return Ok(Some(Incoming::Ping(payload))),
-                OpCode::Pong => return Ok(Some(Incoming::Pong)),
-                OpCode::Close => {
-                    let code =
-                        (payload.len() >= 2).then(|| u16::from_be_bytes([payload[0], payload[1]]));
-                    return Ok(Some(Incoming::Close(code)));
-                }
-                OpCode::Continuation | OpCode::Text | OpCode::Binary => {
-                    if h.opcode != OpCode::Continuation {
-                        self.partial_op = Some(h.opcode);
-                        self.partial.clear();
-                    }
-                    if h.fin && self.partial.is_empty() {
-                        let op = self.partial_op.take().unwrap_or(h.opcode);
-                        return Ok(Some(wrap(op, payload)));
-                    }
-                    self.partial.extend_from_slice(&payload);
-                    if h.fin {
-                        let op = self.partial_op.take().unwrap_or(OpCode::Binary);
-                        return Ok(Some(wrap(op, std::mem::take(&mut self.partial))));
-                    }
-                }
-                OpCode::Reserved(_) => {
-                    return Err(io::Error::new(
-                        io::ErrorKind::InvalidData,
-                        "reserved opcode",
-                    ));
-                }
             }
         }
+        self.buf.drain(..pos);
+        Ok(out)
     }
 }
 
 impl<R> Drop for MessageReader<R> {
     fn drop(&mut self) {
         give_buf(std::mem::take(&mut self.buf));
-    }
-}
-
-fn wrap(op: OpCode, payload: Vec<u8>) -> Incoming {
-    if op == OpCode::Text {
-        Incoming::Text(payload)
-    } else {
-        Incoming::Binary(payload)
     }
 }
 
@@ -319,7 +276,7 @@ pub async fn connect(t: &Target) -> Result<Client, (ConnectError, String)> {
         match ringway::ws::handshake::parse_upstream_response(&buf, &key, None, buf.capacity()) {
             Ok(Parse::Done(_, n)) => {
                 buf.drain(..n);
-                let reader = MessageReader::new(r, buf, 64 << 20);
+                let reader = MessageReader::new(r, buf, Role::Server, 64 << 20);
                 return Ok(Client { reader, writer: w });
             }
             Ok(Parse::NeedMore(_)) => {}

@@ -9,17 +9,15 @@ use std::os::fd::RawFd;
 use std::rc::Rc;
 
 use crate::http::endpoints::{health_response, is_health, metrics_response};
-use crate::http::head::read_head;
+use crate::http::head::{parsed, read_head};
 use crate::http::origin::origin_allowed;
 use crate::http::response::{refuse, respond_and_close, write_response};
 use crate::io::{give_buf, take_buf, ReadHalf, WriteHalf, BUF_SIZE};
 use crate::policy::Admitted;
 use crate::upstream;
 use crate::worker::Worker;
-use crate::ws::frame::Parse;
 use crate::ws::handshake::{
-    parse_head, validate_upgrade, write_switching_protocols, Forwarded, HandshakeError,
-    HEADER_ARRAY,
+    validate_upgrade, write_switching_protocols, Forwarded, HandshakeError, HEADER_ARRAY,
 };
 
 /// What the handshake phase produced.
@@ -82,13 +80,9 @@ pub async fn handshake<R: ReadHalf, W: WriteHalf>(
         }
     };
     let mut headers = [httparse::EMPTY_HEADER; HEADER_ARRAY];
-    let Ok(Parse::Done(head, _)) = parse_head(
-        &buf,
-        &mut headers,
-        limits.max_head_bytes,
-        limits.max_headers,
-    ) else {
-        unreachable!("the same bytes parsed a moment ago");
+    let Some(head) = parsed(&buf, &mut headers, limits) else {
+        give_buf(buf);
+        return Handshake::Done;
     };
 
     // Admission: the client's address, then the connection caps.

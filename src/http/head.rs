@@ -9,7 +9,7 @@ use crate::config::Limits;
 use crate::io::ReadHalf;
 use crate::policy::MIN_RATE_GRACE;
 use crate::ws::frame::Parse;
-use crate::ws::handshake::{parse_head, HandshakeError, HEADER_ARRAY};
+use crate::ws::handshake::{parse_head, HandshakeError, Head, HEADER_ARRAY};
 
 /// Read into `buf` until it starts with a whole request head; returns its
 /// length. `Ok(None)`: the peer closed, or the read was stopped (by the
@@ -47,5 +47,18 @@ pub async fn read_head<R: ReadHalf>(
             }
             _ => return Ok(None),
         }
+    }
+}
+
+/// The head [`read_head`] found complete at the start of `buf`, parsed into
+/// `headers` (borrowing both). `None` only if `buf` changed since.
+pub fn parsed<'h, 'b>(
+    buf: &'b [u8],
+    headers: &'h mut [httparse::Header<'b>],
+    limits: &Limits,
+) -> Option<Head<'h, 'b>> {
+    match parse_head(buf, headers, limits.max_head_bytes, limits.max_headers) {
+        Ok(Parse::Done(head, _)) => Some(head),
+        _ => None,
     }
 }

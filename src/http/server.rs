@@ -18,8 +18,7 @@ use crate::http::response::{self, refuse, respond_and_close, write_response};
 use crate::io::{stop, unless_shutdown, with_deadline, ReadHalf, Stop, WriteHalf};
 use crate::policy::{Admitted, MIN_RATE_GRACE};
 use crate::worker::Worker;
-use crate::ws::frame::Parse;
-use crate::ws::handshake::{parse_head, HandshakeError, HEADER_ARRAY};
+use crate::ws::handshake::{HandshakeError, HEADER_ARRAY};
 
 /// Serve HTTP JSON-RPC requests on a kept-alive client connection until the
 /// client closes, asks to close, or stays silent for the handshake timeout.
@@ -67,12 +66,7 @@ pub async fn http_loop<R: ReadHalf, W: WriteHalf>(
             Err(e) => return refuse(r, w, fd, e).await,
         };
         let mut headers = [httparse::EMPTY_HEADER; HEADER_ARRAY];
-        let Ok(Parse::Done(head, _)) = parse_head(
-            &buf,
-            &mut headers,
-            limits.max_head_bytes,
-            limits.max_headers,
-        ) else {
+        let Some(head) = super::head::parsed(&buf, &mut headers, limits) else {
             return;
         };
         // RFC 9112 §3.2: an HTTP/1.1 request without exactly one Host is 400.
