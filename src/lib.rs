@@ -7,20 +7,24 @@
 //!
 //! ```text
 //!            core k (one thread, one io_uring runtime, one SO_REUSEPORT listener)
-//!  client ─TLS─▶ tls::accept ─▶ ws::handshake::parse_head ─▶ upstream::open ─▶ 101
-//!                                                                       │
-//!        ┌──────────────────────────── session::relay ──────────────────┘
-//!        │ client bytes ─▶ ws::codec::Decoder (header checks, UTF-8) ─▶ same bytes ─▶ node
-//!        │ node bytes   ─▶ ws::codec::Decoder                         ─▶ same bytes ─▶ TLS writer
-//!        └ pings answered, closes run on each side, timers bound everything
+//!  runtime::start ─▶ gateway::serve ─▶ tls::accept ─▶ http::head ─┬─ http::server | http::endpoints
+//!                                                                 └─ gateway::upgrade ─▶ 101
+//!        ┌──────────────────────────────── relay ─────────────────────────────┘
+//!        │ client bytes ─▶ pump: ws::message::Assembler ─▶ jsonrpc::Call ─▶ policy, route
+//!        │                   ─▶ same bytes ─▶ node (pinned)   or   ─▶ mux: ids rewritten (shared)
+//!        │ node answers ─▶ client writer (one write for all that is queued)
+//!        └ relay::close: every closing rule; relay::timer: idle, keepalive, drain, deadline
 //! ```
 //!
-//! With `pool.shared = true`, sessions instead share one connection per
-//! node per core (`shared`): ids are rewritten, subscriptions followed.
+//! Pinned sessions and sessions on a shared node connection are one relay
+//! with two kinds of node side: a socket of the session's own, or a slot on
+//! its core's multiplexed connection ([`mux`]).
 //!
-//! The protocol modules (`ws::*`) are sans-io: bytes in, decisions out. The
-//! runtime modules (`server`, `session`, `tls`, `upstream`, `io`) own sockets,
-//! buffers and timers, per core, with no locks on the hot path.
+//! The protocol modules (`ws`, `jsonrpc`, `http::body`, `route`,
+//! `relay::close`) are sans-io: bytes or events in, decisions out, tested
+//! without sockets. The runtime modules (`runtime`, `gateway`, `relay`,
+//! `mux`, `tls`, `upstream`, `io`) own sockets, buffers and timers, per core,
+//! with no locks on the hot path.
 
 pub mod config;
 #[doc(hidden)]

@@ -4,7 +4,7 @@
 //! Every key is documented in `ringway.example.toml`. Loading is two steps:
 //! [`FileConfig`] is what the TOML says (unknown keys are errors: [`file`]),
 //! and [`Config::resolve`] checks values and produces the runtime [`Config`]
-//! ([`resolve`]). Each error names the key and the file (or the flag) it
+//! (`resolve`). Each error names the key and the file (or the flag) it
 //! came from.
 
 mod file;

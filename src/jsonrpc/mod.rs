@@ -1,7 +1,7 @@
 //! JSON-RPC 2.0, sans-io: what the gateway reads of a message and what it
 //! writes itself.
 //!
-//! - [`peek`]: a message's top-level members as borrowed raw JSON, without
+//! - [`mod@peek`]: a message's top-level members as borrowed raw JSON, without
 //!   a full parse and without allocating (fuzzed against serde_json).
 //! - [`call`]: a client message parsed once into a typed [`Call`] (single or
 //!   batch; each request's id, method, params and what it does to

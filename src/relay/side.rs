@@ -140,7 +140,7 @@ const GATHER_MAX: usize = 256 * 1024;
 /// Write queued frames to one side until its outbox is finished and empty.
 ///
 /// Everything queued when the writer wakes leaves in one write (one TLS
-/// record, one send), in the order [`next_write`] gives: pipelined answers
+/// record, one send), in the order `next_write` gives: pipelined answers
 /// and requests do not cost a system call each, and a peer reading the
 /// socket sees them together, as they arrived. Nothing waits for more to
 /// gather: a lone message leaves at once.
