@@ -95,6 +95,9 @@ pub struct Health {
     best: AtomicU64,
     /// Each worker's receiving end of new (hash, height) pairs.
     hash_senders: Mutex<Vec<mpsc::Sender<(String, u64)>>>,
+    /// No node passes its checks: sessions go to the best candidate anyway
+    /// (see [`crate::upstream::Pool::pick`]); logged when it starts and ends.
+    panic: AtomicBool,
 }
 
 impl Health {
@@ -103,7 +106,19 @@ impl Health {
             nodes: (0..nodes).map(|_| NodeStatus::new()).collect(),
             best: AtomicU64::new(0),
             hash_senders: Mutex::new(Vec::new()),
+            panic: AtomicBool::new(false),
         })
+    }
+
+    /// No node passes its health checks (panic routing: all nodes serve).
+    pub fn degraded(&self) -> bool {
+        !self.nodes.is_empty() && !self.nodes.iter().any(|n| n.up.load(Ordering::Relaxed))
+    }
+
+    /// Whether node `i` should keep its sessions: it is up, or no node is
+    /// (then there is nowhere better to send them).
+    pub fn serving(&self, i: usize) -> bool {
+        self.is_up(i) || self.degraded()
     }
 
     /// Can this node take sessions and requests?
@@ -167,6 +182,16 @@ impl Health {
             self.best.fetch_max(head, Ordering::Relaxed);
         }
         self.apply_lag(cfg.max_lag);
+        let degraded = self.degraded();
+        if self.panic.swap(degraded, Ordering::Relaxed) != degraded {
+            if degraded {
+                crate::warn!(
+                    "no node passes its health checks: sessions and requests go to the best candidate anyway (panic routing; /health says degraded)"
+                );
+            } else {
+                crate::info!("a node passes its health checks again: panic routing ends");
+            }
+        }
     }
 
     fn apply_lag(&self, max_lag: u64) {

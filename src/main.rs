@@ -241,8 +241,12 @@ fn main() -> ExitCode {
                     .unwrap_or(Ok(()))
             });
             if let Err(e) = loaded {
+                let from = config
+                    .source
+                    .as_ref()
+                    .map_or("flags".to_string(), |p| p.display().to_string());
                 eprintln!(
-                    "ringway: config error: {e} ({} / {})",
+                    "ringway: config error in {from}: {e} ({} / {})",
                     cert.display(),
                     key.display()
                 );
@@ -260,10 +264,14 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
 
+    let from = config
+        .source
+        .as_ref()
+        .map_or("flags".to_string(), |p| p.display().to_string());
     let tls = match ringway::tls::load_or_generate(&config.tls) {
         Ok(ck) => ck,
         Err(e) => {
-            eprintln!("ringway: config error: {e}");
+            eprintln!("ringway: config error in {from}: {e}");
             return ExitCode::from(2);
         }
     };

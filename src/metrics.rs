@@ -31,7 +31,23 @@ pub fn render(worker: &Worker, full: bool) -> String {
             shared.rejections.get(r)
         );
     }
+    let _ = writeln!(
+        m,
+        "# HELP ringway_unmatched_answers_total Node answers on shared connections that matched no request in flight."
+    );
+    let _ = writeln!(m, "# TYPE ringway_unmatched_answers_total counter");
+    let _ = writeln!(
+        m,
+        "ringway_unmatched_answers_total {}",
+        shared.unmatched_answers.load(Relaxed)
+    );
     let h = worker.pool.health();
+    let _ = writeln!(
+        m,
+        "# HELP ringway_degraded Whether no node passes its health checks (sessions go to the best candidate anyway)."
+    );
+    let _ = writeln!(m, "# TYPE ringway_degraded gauge");
+    let _ = writeln!(m, "ringway_degraded {}", u8::from(h.degraded()));
     let nodes = worker.pool.nodes();
     node_gauge(
         &mut m,

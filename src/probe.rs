@@ -184,7 +184,10 @@ async fn check(c: &mut Probe, flavour: Flavour) -> Result<Option<u64>, String> {
         other => other?,
     };
     let syncing = match flavour {
-        Flavour::Substrate => status.windows(17).any(|w| w == b"\"isSyncing\":true"),
+        Flavour::Substrate => {
+            const SYNCING: &[u8] = b"\"isSyncing\":true";
+            status.windows(SYNCING.len()).any(|w| w == SYNCING)
+        }
         Flavour::Ethereum => status != b"false",
     };
     if syncing {

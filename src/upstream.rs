@@ -83,8 +83,23 @@ impl Pool {
 
     /// Power of two choices among healthy pruned nodes not yet `tried`
     /// (archive nodes when no pruned node is left), by sessions per weight.
+    ///
+    /// Panic routing: when no node at all passes its health checks (a lone
+    /// node, or probes that misread every node), the choice is made among
+    /// all nodes instead, as nginx never marks its only server unavailable
+    /// and Envoy routes to every host under its panic threshold: a node that
+    /// still accepts connections keeps serving. The health thread logs it.
     pub fn pick(&self, tried: &[bool]) -> Option<usize> {
-        let usable = |i: &usize| !tried[*i] && self.health.is_up(*i);
+        self.choose(tried, |i| self.health.is_up(i)).or_else(|| {
+            if (0..self.nodes.len()).any(|i| self.health.is_up(i)) {
+                return None;
+            }
+            self.choose(tried, |_| true)
+        })
+    }
+
+    fn choose(&self, tried: &[bool], up: impl Fn(usize) -> bool) -> Option<usize> {
+        let usable = |i: &usize| !tried[*i] && up(*i);
         let mut candidates: Vec<usize> = (0..self.nodes.len())
             .filter(usable)
             .filter(|&i| self.nodes[i].role == Role::Pruned)
@@ -296,15 +311,6 @@ pub async fn open(
         max_head,
     };
     let tried = vec![false; pool.nodes.len()];
-    if pool.pick(&tried).is_none() {
-        return Err(NoUpstream {
-            status: 503,
-            body: format!(
-                "no healthy upstream node ({} configured, all failing health checks)",
-                pool.nodes.len()
-            ),
-        });
-    }
     match open_with(pool, &template, tried, timeout).await {
         Ok((stream, accepted, early, lease)) => Ok(UpstreamSession {
             stream,

@@ -77,6 +77,7 @@ impl Worker {
             max_frame: l.max_frame_bytes,
             max_message: l.max_message_bytes,
         };
+        let admission = Rc::new(crate::policy::AdmissionCtx::new(&config.admission, total));
         let shared = config.shared.then(|| {
             crate::mux::Shared::new(
                 pool.clone(),
@@ -89,12 +90,13 @@ impl Worker {
                     max_head: l.max_head_bytes,
                     max_subscriptions: config.shared_max_subscriptions,
                 },
+                admission.shared.clone(),
             )
         });
         Rc::new(Worker {
             shutdown: crate::signal::Broadcast::default(),
             shared,
-            admission: Rc::new(crate::policy::AdmissionCtx::new(&config.admission, total)),
+            admission,
             router,
             chain,
             http: HttpPool::new(config.nodes.len()),

@@ -126,7 +126,7 @@ fn a_lagging_node_is_marked_down_and_its_sessions_move() {
 }
 
 #[test]
-fn a_dead_node_is_skipped_and_all_dead_gives_503() {
+fn a_dead_node_is_skipped_and_all_dead_gives_502_naming_each() {
     let pki = TestPki::new();
     let chain_a = FakeChain::new(50);
     let chain_b = FakeChain::new(50);
@@ -155,9 +155,15 @@ fn a_dead_node_is_skipped_and_all_dead_gives_503() {
     let mut s = tls_connect(gw.addr, pki.client_config());
     s.write_all(upgrade_request("/", |_| {}).as_bytes())
         .unwrap();
+    // Panic routing: with no node up, every node is tried anyway; both
+    // refuse, and the client learns why from each.
     let (status, _, body) = read_response(&mut s);
-    assert_eq!(status, 503, "{body}");
-    assert!(body.contains("no healthy upstream node"), "{body}");
+    assert_eq!(status, 502, "{body}");
+    assert!(
+        body.contains("no upstream node accepted the connection"),
+        "{body}"
+    );
+    assert_eq!(body.matches("127.0.0.1:").count(), 2, "{body}");
 }
 
 #[test]

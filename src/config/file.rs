@@ -198,6 +198,10 @@ impl Default for LimitsSection {
 #[serde(deny_unknown_fields, default)]
 pub struct PoolSection {
     pub connect_timeout_ms: u64,
+    /// A node's answer to one HTTP JSON-RPC request must come within this
+    /// (nginx's `proxy_read_timeout`); else the client gets an error and the
+    /// node a passive health failure.
+    pub request_timeout_ms: u64,
     pub keepalive_interval_s: u64,
     /// Sessions of a core share one connection per node (ids rewritten)
     /// instead of one connection each (frames passed through unchanged).
@@ -211,6 +215,7 @@ impl Default for PoolSection {
     fn default() -> Self {
         PoolSection {
             connect_timeout_ms: 5_000,
+            request_timeout_ms: 30_000,
             keepalive_interval_s: 30,
             shared: false,
             shared_max_subscriptions: 512,

@@ -109,6 +109,8 @@ pub struct Config {
     pub tls: TlsMode,
     pub limits: Limits,
     pub connect_timeout: Duration,
+    /// An HTTP node request's answer must come within this.
+    pub request_timeout: Duration,
     pub keepalive_interval: Duration,
     /// One connection per node per core, shared by sessions (`pool.shared`).
     pub shared: bool,

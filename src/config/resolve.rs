@@ -141,6 +141,7 @@ impl Config {
             ("limits.close_timeout_ms", l.close_timeout_ms),
             ("http.body_timeout_ms", file.http.body_timeout_ms),
             ("pool.connect_timeout_ms", file.pool.connect_timeout_ms),
+            ("pool.request_timeout_ms", file.pool.request_timeout_ms),
             ("pool.keepalive_interval_s", file.pool.keepalive_interval_s),
             (
                 "pool.shared_max_subscriptions",
@@ -280,6 +281,7 @@ impl Config {
             tls,
             limits,
             connect_timeout: Duration::from_millis(file.pool.connect_timeout_ms),
+            request_timeout: Duration::from_millis(file.pool.request_timeout_ms),
             keepalive_interval: Duration::from_secs(file.pool.keepalive_interval_s),
             shared: file.pool.shared,
             shared_max_subscriptions: file.pool.shared_max_subscriptions as usize,

@@ -2,18 +2,20 @@
 //! to a node over a per-core keep-alive connection pool, and the node's
 //! answer read back (any framing, bounded in size).
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::io;
+use std::os::fd::RawFd;
+use std::time::Duration;
 
 use crate::config::Role;
 use crate::http::body::{framing, BodyKind, ChunkLimits, Chunked};
-use crate::io::{ReadHalf, WriteHalf};
+use crate::io::{stop, with_deadline, ReadHalf, Stop, WriteHalf};
 use crate::upstream::{connect, NodeReader, NodeStream, NodeWriter, Pool};
 use crate::ws::handshake::Head;
 
 /// Idle keep-alive connections to nodes, per core.
 pub struct HttpPool {
-    idle: RefCell<Vec<Vec<(NodeReader, NodeWriter)>>>,
+    idle: RefCell<Vec<Vec<Conn>>>,
 }
 
 /// Idle connections kept per node per core.
@@ -26,14 +28,38 @@ impl HttpPool {
         }
     }
 
-    fn take(&self, node: usize) -> Option<(NodeReader, NodeWriter)> {
+    fn take(&self, node: usize) -> Option<Conn> {
         self.idle.borrow_mut()[node].pop()
     }
 
-    fn give(&self, node: usize, conn: (NodeReader, NodeWriter)) {
+    fn give(&self, node: usize, conn: Conn) {
         let mut idle = self.idle.borrow_mut();
         if idle[node].len() < IDLE_PER_NODE {
             idle[node].push(conn);
+        }
+    }
+}
+
+/// A keep-alive connection to a node: its halves and its socket.
+type Conn = (NodeReader, NodeWriter, RawFd);
+
+/// Why a request got no answer from a node.
+#[derive(Debug)]
+pub enum Failure {
+    /// Not sent (connect failed): another node may take it.
+    NotSent(io::Error),
+    /// Sent, and then no (valid) answer: not retried elsewhere (a POST is not
+    /// idempotent: a transaction must not be submitted twice).
+    Sent(io::Error),
+    /// Sent, and no answer within `pool.request_timeout_ms`.
+    TimedOut(Duration),
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Failure::NotSent(e) | Failure::Sent(e) => write!(f, "{e}"),
+            Failure::TimedOut(t) => write!(f, "no answer within {} ms", t.as_millis()),
         }
     }
 }
@@ -44,8 +70,10 @@ pub struct NodeAnswer {
     pub body: Vec<u8>,
 }
 
-/// Send `body` to node `index` as `POST path` and read its answer. A pooled
-/// connection that turns out closed is replaced once by a fresh one.
+/// Send `body` to node `index` as `POST path` and read its answer within
+/// `timeout` (at the deadline the socket's I/O is stopped, not dropped). A
+/// pooled connection that turns out closed is replaced once by a fresh one.
+#[allow(clippy::too_many_arguments)]
 pub async fn forward(
     pool: &Pool,
     http: &HttpPool,
@@ -54,7 +82,8 @@ pub async fn forward(
     body: &[u8],
     client_ip: &str,
     max_body: usize,
-) -> io::Result<NodeAnswer> {
+    timeout: Duration,
+) -> Result<NodeAnswer, Failure> {
     let node = &pool.nodes()[index];
     let host = match &node.addr {
         crate::config::NodeAddr::Tcp(a) => a[0].to_string(),
@@ -67,41 +96,75 @@ pub async fn forward(
     )
     .into_bytes();
     req.extend_from_slice(body);
+    let start = std::time::Instant::now();
     for attempt in 0..2 {
         let pooled = if attempt == 0 { http.take(index) } else { None };
         let reused = pooled.is_some();
-        let (mut r, mut w) = match pooled {
+        let (mut r, mut w, fd) = match pooled {
             Some(c) => c,
             None => {
-                let s: NodeStream = match connect(node).await {
-                    Ok(s) => s,
-                    Err(e) => {
+                let connected = monoio::time::timeout(timeout, connect(node)).await;
+                let s: NodeStream = match connected {
+                    Ok(Ok(s)) => s,
+                    Ok(Err(e)) => {
                         pool.health().report_connect_failure(index);
-                        return Err(e);
+                        return Err(Failure::NotSent(e));
+                    }
+                    Err(_) => {
+                        pool.health().report_connect_failure(index);
+                        return Err(Failure::NotSent(io::Error::new(
+                            io::ErrorKind::TimedOut,
+                            "connect timed out",
+                        )));
                     }
                 };
-                s.into_split()
+                let fd = s.raw_fd();
+                let (r, w) = s.into_split();
+                (r, w, fd)
             }
         };
-        let (res, _) = w.write_all(req.clone()).await;
-        if let Err(e) = res {
-            if reused {
-                continue;
+        let expired = Cell::new(false);
+        let expire = || {
+            expired.set(true);
+            stop(fd, Stop::All);
+        };
+        let left = timeout.saturating_sub(start.elapsed());
+        let exchange = with_deadline(left, expire, async {
+            let (res, _) = w.write_all(req.clone()).await;
+            res?;
+            read_answer(&mut r, max_body).await
+        })
+        .await;
+        match exchange {
+            _ if expired.get() => {
+                // A node that takes requests and does not answer: a failed check.
+                pool.health().report_connect_failure(index);
+                return Err(Failure::TimedOut(timeout));
             }
-            return Err(e);
-        }
-        match read_answer(&mut r, max_body).await {
             Ok((answer, keep)) => {
                 if keep {
-                    http.give(index, (r, w));
+                    http.give(index, (r, w, fd));
                 }
                 return Ok(answer);
             }
-            Err(e) if reused && e.kind() == io::ErrorKind::UnexpectedEof => continue,
-            Err(e) => return Err(e),
+            // A pooled connection the node had closed: once more on a new one.
+            Err(e)
+                if reused
+                    && matches!(
+                        e.kind(),
+                        io::ErrorKind::UnexpectedEof
+                            | io::ErrorKind::BrokenPipe
+                            | io::ErrorKind::ConnectionReset
+                    ) =>
+            {
+                continue
+            }
+            Err(e) => return Err(Failure::Sent(e)),
         }
     }
-    Err(io::Error::other("node closed the connection"))
+    Err(Failure::Sent(io::Error::other(
+        "node closed the connection",
+    )))
 }
 
 async fn read_answer(r: &mut NodeReader, max_body: usize) -> io::Result<(NodeAnswer, bool)> {

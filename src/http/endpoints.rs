@@ -47,7 +47,10 @@ pub fn health_report(pool: &crate::upstream::Pool, full: bool) -> (u16, String) 
             h.probes(i)
         );
     }
-    let status = if any_up { "ok" } else { "unavailable" };
+    // No node up by its checks: sessions still go to the best candidate
+    // (panic routing), and the status says so; 503 lets a load balancer in
+    // front prefer another gateway.
+    let status = if any_up { "ok" } else { "degraded" };
     (
         if any_up { 200 } else { 503 },
         format!(r#"{{"status":"{status}","best_head":{best},"nodes":[{nodes}]}}"#),

@@ -322,22 +322,30 @@ async fn read_body<R: ReadHalf>(
     read.await
 }
 
-/// Route one HTTP JSON-RPC body and forward it; retry a pruned node's
-/// "state is gone" answer once on an archive node. Returns status and body.
+/// Route one HTTP JSON-RPC body (parsed once) and forward it; retry a
+/// pruned node's "state is gone" answer once on an archive node. A node that
+/// cannot be reached is skipped for the next; one that took the request and
+/// did not answer is not (the request may have had effects). Returns status
+/// and body.
 async fn answer_rpc(worker: &Rc<Worker>, path: &str, body: &[u8], ip: &str) -> (u16, Vec<u8>) {
     let pool = &worker.pool;
-    let target = worker.router.route(body, &worker.chain);
+    let call = crate::jsonrpc::Call::parse(body);
+    let target = worker.router.route_call(&call, &worker.chain);
     let role = rpc_http::role_for(target);
     let max = worker
         .config
         .http
         .max_body_bytes
         .max(worker.config.limits.max_message_bytes as usize);
+    let timeout = worker.config.request_timeout;
+    let forward =
+        |index| rpc_http::forward(pool, &worker.http, index, path, body, ip, max, timeout);
     let mut tried = vec![false; pool.nodes().len()];
-    let mut last_err = String::from("no healthy upstream node");
+    let mut failed = (502, String::from("no upstream node"));
     while let Some(index) = pool.pick_role(role, &tried) {
         tried[index] = true;
-        match rpc_http::forward(pool, &worker.http, index, path, body, ip, max).await {
+        let name = pool.nodes()[index].public_name();
+        match forward(index).await {
             Ok(a) => {
                 let on_pruned = pool.nodes()[index].role == crate::config::Role::Pruned;
                 if on_pruned && a.status == 200 && worker.router.is_pruned_error(&a.body) {
@@ -345,44 +353,42 @@ async fn answer_rpc(worker: &Rc<Worker>, path: &str, body: &[u8], ip: &str) -> (
                         .map(|i| tried[i] || pool.nodes()[i].role != crate::config::Role::Archive)
                         .collect();
                     if let Some(ai) = pool.pick(&archive) {
-                        if let Ok(retry) =
-                            rpc_http::forward(pool, &worker.http, ai, path, body, ip, max).await
-                        {
+                        if let Ok(retry) = forward(ai).await {
                             return (retry.status, retry.body);
                         }
                     }
                 }
                 return (a.status, a.body);
             }
-            Err(e) => last_err = format!("{}: {e}", pool.nodes()[index].public_name()),
+            Err(rpc_http::Failure::NotSent(e)) => failed = (502, format!("{name}: {e}")),
+            Err(e @ rpc_http::Failure::TimedOut(_)) => {
+                crate::warn!("{name}: {e}");
+                failed = (504, format!("{name}: {e}"));
+                break;
+            }
+            Err(e) => {
+                failed = (502, format!("{name}: {e}"));
+                break;
+            }
         }
     }
-    // Every node failed: a JSON-RPC error for each request, with its id.
-    let msg = format!("upstream unavailable ({last_err})").replace('"', "'");
-    let error = |id: &[u8]| {
-        format!(
-            r#"{{"jsonrpc":"2.0","error":{{"code":-32603,"message":"{msg}"}},"id":{}}}"#,
-            String::from_utf8_lossy(id)
+    // No answer: a JSON-RPC error for each request, with its id.
+    let (status, why) = failed;
+    let message = format!("upstream unavailable ({why})");
+    let ids = call.requests().map(|r| r.reply_id());
+    let out = crate::jsonrpc::error::errors(
+        ids,
+        call.is_batch(),
+        crate::jsonrpc::error::code::INTERNAL_ERROR,
+        &message,
+    )
+    .unwrap_or_else(|| {
+        crate::jsonrpc::error::error(
+            b"null",
+            crate::jsonrpc::error::code::INTERNAL_ERROR,
+            &message,
+            None,
         )
-    };
-    let out = match crate::jsonrpc::kind(body) {
-        crate::jsonrpc::Kind::Batch => {
-            let parts: Vec<String> = crate::jsonrpc::elements(body)
-                .map(|e| {
-                    error(
-                        crate::jsonrpc::peek(e)
-                            .and_then(|p| p.id)
-                            .unwrap_or(b"null"),
-                    )
-                })
-                .collect();
-            format!("[{}]", parts.join(","))
-        }
-        _ => error(
-            crate::jsonrpc::peek(body)
-                .and_then(|p| p.id)
-                .unwrap_or(b"null"),
-        ),
-    };
-    (502, out.into_bytes())
+    });
+    (status, out.into_bytes())
 }

@@ -47,13 +47,15 @@ impl IdScanner {
 
     /// Feed the next piece of the payload.
     pub fn feed(&mut self, mut data: &[u8]) {
+        // A single answer has one id: once it is read, the rest (a large
+        // result, usually) need not be looked at.
+        if self.level == 1 && !self.ids.is_empty() {
+            return;
+        }
         while !data.is_empty() && !self.broken {
             if self.in_string {
                 // Fast path: the bulk of a large answer is inside strings.
-                let stop = data
-                    .iter()
-                    .position(|&b| b == b'"' || b == b'\\')
-                    .unwrap_or(data.len());
+                let stop = memchr::memchr2(b'"', b'\\', data).unwrap_or(data.len());
                 if self.escape && stop > 0 {
                     self.escape = false;
                 }
@@ -123,6 +125,9 @@ impl IdScanner {
                 }
                 self.ids.push(id);
                 self.value = None;
+                if self.level == 1 {
+                    self.broken = true; // done: nothing more to find
+                }
             } else if (!b.is_ascii_whitespace() || self.depth > *start) && v.len() < MAX_ID {
                 v.push(b);
             }

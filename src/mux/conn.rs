@@ -74,8 +74,14 @@ pub struct Conn {
     pub subs: RefCell<AHashMap<Box<[u8]>, Weak<Session>>>,
     /// Sessions whose node this is, by address.
     pub members: RefCell<AHashMap<usize, Weak<Session>>>,
+    /// Batches in flight, oldest first, by their requests' ids here: a node
+    /// may answer a whole batch with one error (`"id":null`, as jsonrpsee
+    /// does for a batch over its limit).
+    pub batches: RefCell<std::collections::VecDeque<Vec<u64>>>,
     next_id: Cell<u64>,
     pub fd: Cell<Option<RawFd>>,
+    /// Subscribe calls sent and not answered yet.
+    pub opening: Cell<usize>,
 }
 
 fn key(s: &Session) -> usize {
@@ -95,8 +101,10 @@ impl Conn {
             pending: RefCell::new(AHashMap::new()),
             subs: RefCell::new(AHashMap::new()),
             members: RefCell::new(AHashMap::new()),
+            batches: RefCell::new(std::collections::VecDeque::new()),
             next_id: Cell::new(1),
             fd: Cell::new(None),
+            opening: Cell::new(0),
         }
     }
 
@@ -110,6 +118,11 @@ impl Conn {
         self.wake_all();
         self.writer_wake.notify();
         self.timer_wake.notify();
+    }
+
+    /// Subscriptions held here, and being opened.
+    pub fn subscription_load(&self) -> usize {
+        self.subs.borrow().len() + self.opening.get()
     }
 
     pub fn out_len(&self) -> usize {
@@ -126,9 +139,15 @@ impl Conn {
 
     /// Drop `s`'s requests in flight here (it answers them itself).
     pub fn forget_waiting_of(&self, s: &Session) {
-        self.pending
-            .borrow_mut()
-            .retain(|_, w| !std::ptr::eq(w.session.as_ptr(), s));
+        let mut opening = self.opening.get();
+        self.pending.borrow_mut().retain(|_, w| {
+            let mine = std::ptr::eq(w.session.as_ptr(), s);
+            if mine && matches!(w.call, SubCall::Subscribe(_)) {
+                opening = opening.saturating_sub(1);
+            }
+            !mine
+        });
+        self.opening.set(opening);
     }
 
     /// Wait until `cond` holds (re-checked on every wake of the waiters).
@@ -246,7 +265,7 @@ async fn timer(sh: &Shared, conn: &Rc<Conn>) {
         if conn.state() == State::Dead {
             return;
         }
-        if !sh.pool.health().is_up(conn.node) {
+        if !sh.pool.health().serving(conn.node) {
             sh.fail(conn, "the node failed its health checks");
             return;
         }
@@ -265,7 +284,8 @@ async fn timer(sh: &Shared, conn: &Rc<Conn>) {
 }
 
 async fn reader(sh: &Rc<Shared>, conn: &Rc<Conn>, r: &mut NodeReader, early: Vec<u8>) -> String {
-    let mut asm = Assembler::new(Role::Server, sh.settings.codec, usize::MAX, false);
+    let mut asm =
+        Assembler::new(Role::Server, sh.settings.codec, usize::MAX, false).retain(1 << 20);
     let mut buf = early;
     loop {
         let mut pos = 0;
@@ -327,7 +347,7 @@ fn our_id(raw: &[u8]) -> Option<u64> {
 /// Queue a text message for a session's client. A client that does not read
 /// what it asked for cannot hold the shared connection back: over
 /// `max_buffered` bytes waiting (one message more at most), it is closed 1008.
-fn deliver(s: &Session, parts: &[&[u8]]) {
+fn deliver(sh: &Shared, s: &Session, parts: &[&[u8]]) {
     use crate::relay::Which;
     if !s.closing.side(Which::Client).takes_data() {
         return;
@@ -337,6 +357,12 @@ fn deliver(s: &Session, parts: &[&[u8]]) {
             "client too slow: {} bytes waiting",
             s.client.out.queued.get()
         );
+        sh.counts
+            .rejections
+            .count(crate::policy::Reason::SlowReader);
+        // What it has not read is dropped (it is told why: 1008), so that
+        // the close can leave as soon as the socket takes it.
+        s.client.out.clear();
         s.closing.close_client(
             s,
             crate::ws::frame::close_code::POLICY,
@@ -358,15 +384,17 @@ fn on_answer(sh: &Rc<Shared>, conn: &Rc<Conn>, msg: &[u8]) {
             let id = jsonrpc::member(msg, b"id");
             if let Some(gid) = id.and_then(our_id) {
                 let Some(w) = conn.pending.borrow_mut().remove(&gid) else {
-                    crate::debug!("answer to an unknown id {gid}");
-                    return;
+                    return unmatched(sh, msg);
                 };
                 answer(sh, conn, msg, id.expect("parsed above"), w);
                 return;
             }
             let Some(p) = jsonrpc::peek(msg) else {
-                return;
+                return unmatched(sh, msg);
             };
+            if p.id == Some(b"null") && p.error.is_some() {
+                return batch_error(sh, conn, msg);
+            }
             if p.id.is_none() {
                 // A notification: to the session that owns its subscription.
                 let Some(sub) = p
@@ -377,13 +405,10 @@ fn on_answer(sh: &Rc<Shared>, conn: &Rc<Conn>, msg: &[u8]) {
                 };
                 let owner = conn.subs.borrow().get(sub).and_then(Weak::upgrade);
                 if let Some(s) = owner {
-                    deliver(&s, &[msg]);
+                    deliver(sh, &s, &[msg]);
                 }
             } else {
-                crate::debug!(
-                    "an answer the gateway cannot place: {}",
-                    String::from_utf8_lossy(&msg[..msg.len().min(200)])
-                );
+                unmatched(sh, msg);
             }
         }
         Kind::Batch => {
@@ -421,8 +446,14 @@ fn on_answer(sh: &Rc<Shared>, conn: &Rc<Conn>, msg: &[u8]) {
                 to.get_or_insert(s);
             }
             body.push(b']');
+            {
+                let pending = conn.pending.borrow();
+                conn.batches
+                    .borrow_mut()
+                    .retain(|b| b.iter().any(|g| pending.contains_key(g)));
+            }
             if let Some(s) = to {
-                deliver(&s, &[&body]);
+                deliver(sh, &s, &[&body]);
                 for id in done {
                     s.answered(&id);
                 }
@@ -432,15 +463,63 @@ fn on_answer(sh: &Rc<Shared>, conn: &Rc<Conn>, msg: &[u8]) {
     }
 }
 
+/// An answer the gateway did not ask for (an id it never issued, or no
+/// longer waits for): logged and counted (`ringway_unmatched_answers_total`).
+fn unmatched(sh: &Shared, msg: &[u8]) {
+    use std::sync::atomic::Ordering::Relaxed;
+    let n = sh.counts.unmatched_answers.fetch_add(1, Relaxed);
+    if n.is_power_of_two() || n == 0 {
+        crate::warn!(
+            "a node's answer matches no request in flight ({} so far): {}",
+            n + 1,
+            String::from_utf8_lossy(&msg[..msg.len().min(200)])
+        );
+    }
+}
+
+/// One error with `"id":null` for a whole batch: it goes, as it is, to the
+/// session of the oldest batch still waiting here, whose requests are done.
+fn batch_error(sh: &Shared, conn: &Conn, msg: &[u8]) {
+    let gids = {
+        let mut batches = conn.batches.borrow_mut();
+        let pending = conn.pending.borrow();
+        batches.retain(|b| b.iter().any(|g| pending.contains_key(g)));
+        batches.pop_front()
+    };
+    let Some(gids) = gids else {
+        return unmatched(sh, msg);
+    };
+    let waiting: Vec<Waiting> = gids
+        .iter()
+        .filter_map(|g| conn.pending.borrow_mut().remove(g))
+        .collect();
+    let Some(s) = waiting.first().and_then(|w| w.session.upgrade()) else {
+        return;
+    };
+    deliver(sh, &s, &[msg]);
+    for w in &waiting {
+        s.answered(&w.id);
+    }
+}
+
 /// A subscription opened for a session that has ended since: end it.
 fn orphan(conn: &Conn, p: &jsonrpc::Peek<'_>, call: &SubCall) {
+    opened(conn, call);
     if let (SubCall::Subscribe(unsub), Some(sub)) = (call, p.result) {
         unsubscribe(conn, sub, unsub);
     }
 }
 
+/// A subscribe call was answered (with a subscription or an error).
+fn opened(conn: &Conn, call: &SubCall) {
+    if let SubCall::Subscribe(_) = call {
+        conn.opening.set(conn.opening.get().saturating_sub(1));
+    }
+}
+
 /// Track subscriptions opened or ended by an answer.
 fn settle_subscription(conn: &Rc<Conn>, s: &Rc<Session>, p: &jsonrpc::Peek<'_>, call: &SubCall) {
+    opened(conn, call);
     let m = super::member(s);
     match call {
         SubCall::Plain => {}
@@ -497,7 +576,7 @@ fn answer(sh: &Rc<Shared>, conn: &Rc<Conn>, msg: &[u8], id: &[u8], w: Waiting) {
     }
     settle(Some(&s));
     let at = offset_in(msg, id);
-    deliver(&s, &[&msg[..at], &w.id, &msg[at + id.len()..]]);
+    deliver(sh, &s, &[&msg[..at], &w.id, &msg[at + id.len()..]]);
     // After the answer is queued: a close owed to the client may follow it.
     s.answered(&w.id);
 }

@@ -61,7 +61,9 @@ pub struct Shared {
     /// carries `max_subscriptions` (nodes cap subscriptions per connection:
     /// Substrate's `--rpc-max-subscriptions-per-connection` is 1024).
     slots: RefCell<Vec<Vec<Rc<Conn>>>>,
-    settings: Settings,
+    pub settings: Settings,
+    /// Process-wide counters (unmatched answers).
+    counts: std::sync::Arc<crate::policy::SharedCounts>,
 }
 
 /// How shared connections are opened and kept.
@@ -188,26 +190,32 @@ pub async fn backpressure(s: &Session) {
 }
 
 impl Shared {
-    pub fn new(pool: Rc<Pool>, router: Router, settings: Settings) -> Rc<Shared> {
+    pub fn new(
+        pool: Rc<Pool>,
+        router: Router,
+        settings: Settings,
+        counts: std::sync::Arc<crate::policy::SharedCounts>,
+    ) -> Rc<Shared> {
         let n = pool.nodes().len();
         Rc::new(Shared {
             pool,
             router,
             slots: RefCell::new(vec![Vec::new(); n]),
             settings,
+            counts,
         })
     }
 
     /// A connection to node `index` for a session: the live one with the
     /// fewest subscriptions, or a new one if there is none or all are full.
-    fn conn(self: &Rc<Self>, index: usize) -> Rc<Conn> {
+    pub fn conn(self: &Rc<Self>, index: usize) -> Rc<Conn> {
         let best = self.slots.borrow()[index]
             .iter()
             .filter(|c| c.state() != State::Dead)
-            .min_by_key(|c| c.subs.borrow().len())
+            .min_by_key(|c| c.subscription_load())
             .cloned();
         if let Some(c) = best {
-            if c.subs.borrow().len() < self.settings.max_subscriptions.max(1) {
+            if c.subscription_load() < self.settings.max_subscriptions.max(1) {
                 return c;
             }
         }
@@ -222,12 +230,6 @@ impl Shared {
     pub async fn open(self: &Rc<Self>) -> Result<(Rc<Conn>, NodeLease), (u16, String)> {
         let n = self.pool.nodes().len();
         let mut tried = vec![false; n];
-        if self.pool.pick(&tried).is_none() {
-            return Err((
-                503,
-                format!("no healthy upstream node ({n} configured, all failing health checks)"),
-            ));
-        }
         let mut failures = Vec::new();
         while let Some(index) = self.pool.pick(&tried) {
             tried[index] = true;

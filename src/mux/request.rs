@@ -43,7 +43,23 @@ pub fn on_request(ctx: &Ctx<'_>, s: &Rc<Session>, msg: &[u8]) {
     } else {
         None
     };
-    let to = archive.as_ref().unwrap_or(&m.conn);
+    // A subscription call goes where its subscription lives; a new one to a
+    // connection with room (nodes cap subscriptions per connection).
+    let sub_conn = match call.single().map(|r| r.sub) {
+        Some(Sub::Opens)
+            if m.conn.subscription_load() >= ctx.shared.settings.max_subscriptions.max(1) =>
+        {
+            Some(ctx.shared.conn(m.conn.node))
+        }
+        Some(Sub::Ends(Some(id)) | Sub::Uses(Some(id))) => m
+            .subs
+            .borrow()
+            .iter()
+            .find(|(_, sub, _)| &**sub == id)
+            .map(|(c, _, _)| c.clone()),
+        _ => None,
+    };
+    let to = archive.as_ref().or(sub_conn.as_ref()).unwrap_or(&m.conn);
     match call.kind {
         Kind::Object => {
             let req = call.single().expect("an object is one request");
@@ -165,6 +181,7 @@ fn send_batch(ctx: &Ctx<'_>, to: &Conn, s: &Rc<Session>, call: &Call<'_>) {
     let mut body: Vec<u8> = Vec::with_capacity(call.raw.len() + 16);
     let mut local: Vec<String> = Vec::new();
     let mut forwarded = 0;
+    let mut gids = Vec::new();
     body.push(b'[');
     for req in call.requests() {
         if let Some(answer) = refuse(ctx, s, req) {
@@ -179,6 +196,7 @@ fn send_batch(ctx: &Ctx<'_>, to: &Conn, s: &Rc<Session>, call: &Call<'_>) {
         match req.id {
             Some(id) => {
                 let gid = to.next_id();
+                gids.push(gid);
                 let at = offset_in(e, id);
                 body.extend_from_slice(&e[..at]);
                 body.extend_from_slice(decimal(gid, &mut [0u8; 20]));
@@ -205,6 +223,9 @@ fn send_batch(ctx: &Ctx<'_>, to: &Conn, s: &Rc<Session>, call: &Call<'_>) {
     }
     if forwarded > 0 {
         to.send_parts(&[&body]);
+        if !gids.is_empty() {
+            to.batches.borrow_mut().push_back(gids);
+        }
     }
 }
 

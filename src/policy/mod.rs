@@ -294,10 +294,12 @@ pub enum Reason {
     Origin,
     Subscriptions,
     Inflight,
+    /// A client on a shared connection that did not read its answers (1008).
+    SlowReader,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 9] = [
+    pub const ALL: [Reason; 10] = [
         Reason::RateLimited,
         Reason::MethodDenied,
         Reason::BatchTooLarge,
@@ -307,6 +309,7 @@ impl Reason {
         Reason::Origin,
         Reason::Subscriptions,
         Reason::Inflight,
+        Reason::SlowReader,
     ];
 
     pub fn name(self) -> &'static str {
@@ -320,6 +323,7 @@ impl Reason {
             Reason::Origin => "origin",
             Reason::Subscriptions => "subscriptions",
             Reason::Inflight => "inflight",
+            Reason::SlowReader => "slow_reader",
         }
     }
 }
@@ -329,13 +333,15 @@ impl Reason {
 pub struct SharedCounts {
     pub connections: std::sync::atomic::AtomicUsize,
     pub rejections: Rejections,
+    /// Node answers on shared connections that match no request in flight.
+    pub unmatched_answers: std::sync::atomic::AtomicU64,
 }
 
 /// Refusal counters shared by all workers. Incremented only when refusing,
 /// so the atomics are never on the path of an admitted call.
 #[derive(Debug, Default)]
 pub struct Rejections {
-    counts: [std::sync::atomic::AtomicU64; 9],
+    counts: [std::sync::atomic::AtomicU64; Reason::ALL.len()],
 }
 
 impl Rejections {

@@ -57,7 +57,7 @@ pub async fn timer(s: &Session, watch: Option<&NodeWatch>, shutdown: &Broadcast)
             }
             if let (Some(w), Some(at)) = (watch, next_check) {
                 if now >= at {
-                    if !w.health.is_up(w.index) {
+                    if !w.health.serving(w.index) {
                         s.closing.on_node_down(s);
                         continue;
                     }

@@ -35,11 +35,27 @@ pub fn load_or_generate(mode: &TlsMode) -> Result<Option<CertifiedKey>, String> 
     }
 }
 
+/// A PEM error in words (the library's own text shows raw lines as byte arrays).
+fn pem_error(e: &rustls::pki_types::pem::Error) -> String {
+    use rustls::pki_types::pem::Error;
+    match e {
+        Error::MissingSectionEnd { end_marker } => format!(
+            "a PEM section is not closed (no \"-----END {}-----\" line)",
+            String::from_utf8_lossy(end_marker).trim()
+        ),
+        Error::IllegalSectionStart { line } => format!(
+            "malformed PEM line \"{}\"",
+            String::from_utf8_lossy(line).trim()
+        ),
+        other => other.to_string(),
+    }
+}
+
 pub fn load_pem(cert: &Path, key: &Path) -> Result<CertifiedKey, String> {
     let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
-        .map_err(|e| format!("tls.cert {}: {e}", cert.display()))?
+        .map_err(|e| format!("tls.cert {}: {}", cert.display(), pem_error(&e)))?
         .collect::<Result<_, _>>()
-        .map_err(|e| format!("tls.cert {}: {e}", cert.display()))?;
+        .map_err(|e| format!("tls.cert {}: {}", cert.display(), pem_error(&e)))?;
     if chain.is_empty() {
         return Err(format!(
             "tls.cert {}: no CERTIFICATE block found",
@@ -48,8 +64,9 @@ pub fn load_pem(cert: &Path, key: &Path) -> Result<CertifiedKey, String> {
     }
     let key_der = PrivateKeyDer::from_pem_file(key).map_err(|e| {
         format!(
-            "tls.key {}: no usable private key (PKCS#8, PKCS#1 or SEC1 PEM): {e}",
-            key.display()
+            "tls.key {}: no usable private key (PKCS#8, PKCS#1 or SEC1 PEM): {}",
+            key.display(),
+            pem_error(&e)
         )
     })?;
     Ok(CertifiedKey {
@@ -288,4 +305,23 @@ pub fn per_worker(
     // resumes one connection at a time, and each resumption brings a new one.
     c.send_tls13_tickets = 1;
     Arc::new(c)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_broken_pem_is_described_in_words_not_bytes() {
+        // Regression: a bad PEM on reload printed a byte array.
+        let dir = std::env::temp_dir().join(format!("ringway-pem-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let cert = dir.join("cert.pem");
+        std::fs::write(&cert, "-----BEGIN CERTIFICATE-----\nMIIB\n").unwrap();
+        let err = load_pem(&cert, &dir.join("key.pem")).err().unwrap();
+        assert!(err.starts_with("tls.cert "), "{err}");
+        assert!(err.contains("-----END CERTIFICATE-----"), "{err}");
+        assert!(!err.contains('['), "{err}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

@@ -39,6 +39,8 @@ pub struct Assembler {
     raw: Vec<u8>,
     /// The message is longer than `keep`: `payload` holds its start.
     cut: bool,
+    /// Payload capacity kept between messages (more is freed).
+    retain: usize,
 }
 
 impl Assembler {
@@ -52,7 +54,15 @@ impl Assembler {
             payload: Vec::new(),
             raw: Vec::new(),
             cut: false,
+            retain: 64 * 1024,
         }
+    }
+
+    /// Keep up to `bytes` of payload capacity between messages (a shared
+    /// connection's reader, one per node, reuses its buffer for large answers).
+    pub fn retain(mut self, bytes: usize) -> Assembler {
+        self.retain = bytes;
+        self
     }
 
     pub fn decoder(&self) -> &Decoder {
@@ -117,7 +127,7 @@ impl Assembler {
     pub fn clear(&mut self) {
         self.payload.clear();
         self.cut = false;
-        if self.payload.capacity() > 64 * 1024 {
+        if self.payload.capacity() > self.retain {
             self.payload = Vec::new();
         }
     }

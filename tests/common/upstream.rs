@@ -57,10 +57,75 @@ pub enum Behaviour {
     Slow(Duration),
     /// Close with this code after the first message.
     CloseAfterFirst(u16),
+    /// Answer every request with this raw JSON result (and its id).
+    Answer(String),
+    /// A node scripted by method, see [`Script`].
+    Scripted(Arc<Script>),
     /// A Substrate-like node for health checks: answers `system_health`,
     /// `chain_getHeader` (at `chain.head`) and `chain_getBlockHash`; echoes
     /// anything else. Refuses and drops connections while `chain.dead` is set.
     Substrate(Arc<FakeChain>),
+}
+
+/// A node scripted by method, for fault tests:
+/// - `die`: drop the connection (no close frame);
+/// - `hang`: never answer;
+/// - `renum`: answer with the id re-serialised as a float (`1e2` -> `100.0`);
+/// - `batchfail`: answer a whole batch with one error whose id is null
+///   (what jsonrpsee does for a batch over its limit);
+/// - `stray`: answer with an id nobody sent;
+/// - anything else: a result of `big` bytes, the id after it.
+#[derive(Debug, Default)]
+pub struct Script {
+    pub big: usize,
+    /// Messages answered so far.
+    pub answered: std::sync::atomic::AtomicUsize,
+}
+
+impl Script {
+    pub fn new(big: usize) -> Arc<Script> {
+        Arc::new(Script {
+            big,
+            answered: 0.into(),
+        })
+    }
+
+    /// The answer to one message, `None` for none; `Err` to drop the connection.
+    fn answer(&self, msg: &str) -> Result<Option<String>, ()> {
+        use std::sync::atomic::Ordering::Relaxed;
+        if msg.contains("\"die\"") {
+            return Err(());
+        }
+        if msg.contains("\"hang\"") {
+            return Ok(None);
+        }
+        self.answered.fetch_add(1, Relaxed);
+        if msg.contains("\"batchfail\"") {
+            return Ok(Some(
+                r#"{"jsonrpc":"2.0","error":{"code":-32010,"message":"batch too long"},"id":null}"#
+                    .into(),
+            ));
+        }
+        let id = ringway::jsonrpc::peek(msg.as_bytes())
+            .and_then(|p| p.id)
+            .map(|i| String::from_utf8_lossy(i).to_string())
+            .unwrap_or_else(|| "null".into());
+        if msg.contains("\"renum\"") {
+            let v: f64 = id.parse().unwrap_or(0.0);
+            return Ok(Some(format!(
+                r#"{{"jsonrpc":"2.0","result":"ok","id":{v:.1}}}"#
+            )));
+        }
+        if msg.contains("\"stray\"") {
+            return Ok(Some(
+                r#"{"jsonrpc":"2.0","result":"?","id":987654321}"#.into(),
+            ));
+        }
+        Ok(Some(format!(
+            r#"{{"jsonrpc":"2.0","result":"{}","id":{id}}}"#,
+            "x".repeat(self.big)
+        )))
+    }
 }
 
 /// Knobs of a [`Behaviour::Substrate`] node, shared with the test.
@@ -72,6 +137,8 @@ pub struct FakeChain {
     pub pruning: std::sync::atomic::AtomicU64,
     /// Put in `state_getStorage` results, to tell which node answered.
     pub label: std::sync::Mutex<String>,
+    /// `system_health` says the node is syncing (probes fail; sessions work).
+    pub syncing: std::sync::atomic::AtomicBool,
 }
 
 impl FakeChain {
@@ -86,6 +153,7 @@ impl FakeChain {
             dead: false.into(),
             pruning: pruning.into(),
             label: std::sync::Mutex::new(label.into()),
+            syncing: false.into(),
         })
     }
 
@@ -107,9 +175,10 @@ impl FakeChain {
         let id = String::from_utf8_lossy(p.id.unwrap_or(b"null")).to_string();
         let head = self.head.load(Relaxed);
         let result = match p.method.unwrap_or(b"") {
-            b"system_health" => {
-                r#"{"peers":3,"isSyncing":false,"shouldHavePeers":true}"#.to_string()
-            }
+            b"system_health" => format!(
+                r#"{{"peers":3,"isSyncing":{},"shouldHavePeers":true}}"#,
+                self.syncing.load(Relaxed)
+            ),
             b"chain_getHeader" => format!(r#"{{"number":"0x{head:x}","parentHash":"0x00"}}"#),
             b"state_getStorage" => {
                 let at = p
@@ -293,6 +362,31 @@ fn serve(
                     }
                 }
                 continue;
+            }
+            Ok(Message::Text(t))
+                if matches!(behaviour, Behaviour::Scripted(_) | Behaviour::Answer(_)) =>
+            {
+                let reply = match &behaviour {
+                    Behaviour::Scripted(script) => match script.answer(&t) {
+                        Ok(Some(a)) => a,
+                        Ok(None) => continue,
+                        Err(()) => {
+                            let _ = raw.shutdown(std::net::Shutdown::Both);
+                            return;
+                        }
+                    },
+                    Behaviour::Answer(result) => {
+                        let id = ringway::jsonrpc::peek(t.as_bytes())
+                            .and_then(|p| p.id)
+                            .map(|i| String::from_utf8_lossy(i).to_string())
+                            .unwrap_or_else(|| "null".into());
+                        format!(r#"{{"jsonrpc":"2.0","result":{result},"id":{id}}}"#)
+                    }
+                    _ => unreachable!(),
+                };
+                if ws.send(Message::Text(reply)).is_err() {
+                    return;
+                }
             }
             Ok(msg @ (Message::Text(_) | Message::Binary(_))) => {
                 let reply = match &behaviour {

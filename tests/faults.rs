@@ -1,0 +1,297 @@
+//! Under faults: nodes that answer large, late, oddly or not at all; clients
+//! that do not read. Nothing stalls, nothing grows without bound, nothing is
+//! silently lost. Regressions from the "under attack and faults" report
+//! (issue 11, cases 4-8 and 10), each test named for what it guards.
+
+mod common;
+
+use std::io::Write;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::Duration;
+
+use common::*;
+use tungstenite::Message;
+
+fn text(ws: &mut tungstenite::WebSocket<TlsStream>) -> Option<String> {
+    loop {
+        match ws.read() {
+            Ok(Message::Text(t)) => return Some(t),
+            Ok(Message::Close(_)) | Err(_) => return None,
+            Ok(_) => {}
+        }
+    }
+}
+
+/// Read until the session closes: the texts, and the close code.
+fn rest(ws: &mut tungstenite::WebSocket<TlsStream>) -> (Vec<String>, Option<u16>) {
+    let mut texts = Vec::new();
+    loop {
+        match ws.read() {
+            Ok(Message::Text(t)) => texts.push(t),
+            Ok(Message::Close(f)) => return (texts, f.map(|f| u16::from(f.code))),
+            Ok(_) => {}
+            Err(_) => return (texts, None),
+        }
+    }
+}
+
+fn id_of(answer: &str) -> String {
+    let v: serde_json::Value =
+        serde_json::from_str(answer).unwrap_or_else(|e| panic!("{e}: {answer}"));
+    v["id"].to_string()
+}
+
+/// Pinned sessions see every id, whatever the size of the request or of its
+/// answer: the in-flight limit is freed by answers of 20 KB (the id after
+/// the result), a node that re-serialises an id still clears it, two
+/// requests with one id both count, and when the node is lost exactly the
+/// unanswered requests get errors. Runs without admission checks (frames
+/// stream) and with them (messages held).
+#[test]
+fn pinned_sessions_track_every_id_whatever_the_message_size() {
+    let pki = TestPki::new();
+    let script = Script::new(20_000);
+    let node = Upstream::start(Behaviour::Scripted(script.clone()));
+    let limited = write_config(
+        &pki,
+        "inflight.toml",
+        "[admission]\nmax_inflight_per_connection = 4\n",
+    );
+    for extra in [vec![], vec!["--config", limited.to_str().unwrap()]] {
+        let gw = Gateway::start(&pki, &[node.url()], &extra);
+        let mut ws = ws_connect(&gw, pki.client_config(), "/");
+        for id in 1..=6 {
+            ws.send(Message::Text(format!(
+                r#"{{"jsonrpc":"2.0","id":{id},"method":"big"}}"#
+            )))
+            .unwrap();
+            let answer = text(&mut ws).unwrap();
+            assert!(
+                answer.len() > 20_000 && !answer.contains("-32005"),
+                "{extra:?} {id}"
+            );
+        }
+        ws.send(Message::Text(
+            r#"{"jsonrpc":"2.0","id":1e2,"method":"renum"}"#.into(),
+        ))
+        .unwrap();
+        assert!(text(&mut ws).unwrap().contains("100.0"));
+        let long = format!(
+            r#"{{"jsonrpc":"2.0","id":"long","method":"hang","params":["{}"]}}"#,
+            "a".repeat(20_000)
+        );
+        for m in [
+            r#"{"jsonrpc":"2.0","id":7,"method":"hang"}"#,
+            r#"{"jsonrpc":"2.0","id":7,"method":"hang"}"#,
+            long.as_str(),
+            r#"{"jsonrpc":"2.0","id":99,"method":"die"}"#,
+        ] {
+            ws.send(Message::Text(m.into())).unwrap();
+        }
+        let (texts, close) = rest(&mut ws);
+        let mut ids: Vec<String> = texts.iter().map(|t| id_of(t)).collect();
+        ids.sort();
+        assert_eq!(ids, ["\"long\"", "7", "7", "99"], "{extra:?}: {texts:?}");
+        assert!(texts.iter().all(|t| t.contains("-32603")), "{texts:?}");
+        assert_eq!(close, Some(1012));
+    }
+}
+
+/// `--shared`: a client that never reads cannot hold more than
+/// `limits.max_buffered_bytes` plus one message; it is closed with 1008.
+#[test]
+fn shared_a_client_that_never_reads_is_closed_1008() {
+    let pki = TestPki::new();
+    let script = Script::new(100_000);
+    let node = Upstream::start(Behaviour::Scripted(script.clone()));
+    let cfg = write_config(&pki, "slow.toml", "[limits]\nmax_buffered_bytes = 65536\n");
+    let gw = Gateway::start(
+        &pki,
+        &[node.url()],
+        &["--shared", "--config", cfg.to_str().unwrap()],
+    );
+    let mut ws = ws_connect(&gw, pki.client_config(), "/");
+    for id in 0..300 {
+        ws.send(Message::Text(format!(
+            r#"{{"jsonrpc":"2.0","id":{id},"method":"big"}}"#
+        )))
+        .unwrap();
+    }
+    // The gateway gives up on the client (counted) before it reads anything:
+    // 30 MB of answers are more than any socket buffer holds.
+    wait_for(
+        Duration::from_secs(20),
+        "the client closed as too slow",
+        || metrics(&gw, &pki).contains(r#"ringway_rejections_total{reason="slow_reader"} 1"#),
+    );
+    let (texts, close) = rest(&mut ws);
+    assert!(texts.len() < 300, "closed before all were delivered");
+    // The close frame follows what the socket held (or, if the client's
+    // buffers stay full past the close deadline, the connection just ends).
+    assert!(matches!(close, Some(1008) | None), "{close:?}");
+}
+
+fn metrics(gw: &Gateway, pki: &TestPki) -> String {
+    let mut s = tls_connect(gw.addr, pki.client_config());
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .unwrap();
+    read_response(&mut s).2
+}
+
+/// `--shared`: a node that answers a whole batch with one error (id null)
+/// reaches the batch's session; an answer to an id nobody sent is counted.
+#[test]
+fn shared_unmatched_node_answers_are_routed_or_counted() {
+    let pki = TestPki::new();
+    let node = Upstream::start(Behaviour::Scripted(Script::new(10)));
+    let gw = Gateway::start(&pki, &[node.url()], &["--shared"]);
+    let mut ws = ws_connect(&gw, pki.client_config(), "/");
+    ws.send(Message::Text(
+        r#"[{"jsonrpc":"2.0","id":1,"method":"batchfail"},{"jsonrpc":"2.0","id":2,"method":"x"}]"#
+            .into(),
+    ))
+    .unwrap();
+    let answer = text(&mut ws).unwrap();
+    assert!(
+        answer.contains("-32010") && answer.contains(r#""id":null"#),
+        "{answer}"
+    );
+    ws.send(Message::Text(
+        r#"{"jsonrpc":"2.0","id":5,"method":"stray"}"#.into(),
+    ))
+    .unwrap();
+    // The session goes on.
+    ws.send(Message::Text(
+        r#"{"jsonrpc":"2.0","id":6,"method":"x"}"#.into(),
+    ))
+    .unwrap();
+    assert_eq!(id_of(&text(&mut ws).unwrap()), "6");
+    let mut s = tls_connect(gw.addr, pki.client_config());
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .unwrap();
+    let (_, _, metrics) = read_response(&mut s);
+    assert!(
+        metrics.contains("ringway_unmatched_answers_total 1"),
+        "{metrics}"
+    );
+}
+
+/// `--shared`: an id that is an object, array or boolean is not a JSON-RPC
+/// id: -32600, as a node would answer.
+#[test]
+fn shared_invalid_ids_get_32600() {
+    let pki = TestPki::new();
+    let node = Upstream::start(Behaviour::Scripted(Script::new(10)));
+    let gw = Gateway::start(&pki, &[node.url()], &["--shared"]);
+    let mut ws = ws_connect(&gw, pki.client_config(), "/");
+    for id in [r#"{"a":1}"#, "[1]", "true"] {
+        ws.send(Message::Text(format!(
+            r#"{{"jsonrpc":"2.0","id":{id},"method":"x"}}"#
+        )))
+        .unwrap();
+        let answer = text(&mut ws).unwrap();
+        assert!(
+            answer.contains("-32600") && answer.contains(r#""id":null"#),
+            "{id}: {answer}"
+        );
+    }
+}
+
+const FAST_HEALTH: &str =
+    "[health]\ninterval_ms = 100\ntimeout_ms = 500\nfall = 2\nrise = 2\nmax_lag = 5\n";
+
+fn health(gw: &Gateway, pki: &TestPki) -> (u16, String) {
+    let mut s = tls_connect(gw.addr, pki.client_config());
+    s.write_all(b"GET /health HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .unwrap();
+    let (status, _, body) = read_response(&mut s);
+    (status, body)
+}
+
+/// A backend that answers every call with `"0x1"` (JSON-RPC, but no header)
+/// stays in service with an unknown head, instead of black-holing the pool.
+#[test]
+fn a_probe_answer_without_a_block_number_keeps_the_node_in_service() {
+    let pki = TestPki::new();
+    let node = Upstream::start(Behaviour::Answer("\"0x1\"".into()));
+    let cfg = write_config(&pki, "probe.toml", FAST_HEALTH);
+    let gw = Gateway::start(&pki, &[node.url()], &["--config", cfg.to_str().unwrap()]);
+    wait_for(Duration::from_secs(5), "three probes", || {
+        health(&gw, &pki).1.contains(r#""probes":3"#)
+    });
+    let (status, body) = health(&gw, &pki);
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains(r#""up":true"#), "{body}");
+    let mut ws = ws_connect(&gw, pki.client_config(), "/");
+    ws.send(Message::Text(
+        r#"{"jsonrpc":"2.0","id":3,"method":"x"}"#.into(),
+    ))
+    .unwrap();
+    assert!(text(&mut ws).unwrap().contains("0x1"));
+}
+
+/// Panic routing: when every node fails its checks but still accepts
+/// sessions (here: a lone node saying it is syncing), sessions still go to
+/// it, open ones are not moved away, and /health says degraded.
+#[test]
+fn with_every_node_down_by_probes_sessions_still_go_to_the_best_candidate() {
+    let pki = TestPki::new();
+    let chain = FakeChain::new(50);
+    let node = Upstream::start(Behaviour::Substrate(chain.clone()));
+    let cfg = write_config(&pki, "panic.toml", FAST_HEALTH);
+    for mode in [None, Some("--shared")] {
+        let mut args = vec!["--config", cfg.to_str().unwrap()];
+        args.extend(mode);
+        let gw = Gateway::start(&pki, &[node.url()], &args);
+        let mut open = ws_connect(&gw, pki.client_config(), "/");
+        chain.syncing.store(true, Relaxed);
+        wait_for(Duration::from_secs(5), "the node marked down", || {
+            health(&gw, &pki).1.contains(r#""status":"degraded""#)
+        });
+        assert_eq!(health(&gw, &pki).0, 503);
+        for ws in [&mut open, &mut ws_connect(&gw, pki.client_config(), "/")] {
+            ws.send(Message::Text(
+                r#"{"jsonrpc":"2.0","id":4,"method":"chain_getHeader"}"#.into(),
+            ))
+            .unwrap();
+            assert!(text(ws).unwrap().contains(r#""id":4"#), "{mode:?}");
+        }
+        chain.syncing.store(false, Relaxed);
+        wait_for(Duration::from_secs(5), "the node back", || {
+            health(&gw, &pki).1.contains(r#""status":"ok""#)
+        });
+    }
+}
+
+/// A node that takes HTTP requests and never answers (SIGSTOPped): each
+/// request gets a JSON-RPC error with its id after `pool.request_timeout_ms`
+/// (504), not silence.
+#[test]
+fn http_requests_to_a_hung_node_time_out_with_their_ids() {
+    let pki = TestPki::new();
+    // Accepts connections (the kernel does) and never reads or answers.
+    let hung = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("ws://{}", hung.local_addr().unwrap());
+    let cfg = write_config(&pki, "hung.toml", "[pool]\nrequest_timeout_ms = 500\n");
+    let gw = Gateway::start(
+        &pki,
+        &[url],
+        &["--config", cfg.to_str().unwrap(), "--health-probe", "off"],
+    );
+    let body = r#"[{"jsonrpc":"2.0","id":"a","method":"x"},{"jsonrpc":"2.0","id":2,"method":"y"}]"#;
+    let mut s = tls_connect(gw.addr, pki.client_config());
+    write!(
+        s,
+        "POST / HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let (status, _, answer) = read_response(&mut s);
+    assert_eq!(status, 504, "{answer}");
+    assert!(
+        answer.contains(r#""id":"a""#) && answer.contains(r#""id":2"#),
+        "{answer}"
+    );
+    assert!(answer.contains("no answer within 500 ms"), "{answer}");
+    drop(hung);
+}
