@@ -149,7 +149,7 @@ fn error_frame(p: &Pending, why: &str) -> Option<Vec<u8>> {
 impl Session {
     /// The archive connection failed: every request waiting on it gets an error.
     fn fail_archive(&self, why: &str) {
-        let a = &self.archive;
+        let a = self.archive();
         a.state.set(ArchiveState::Failed);
         a.failed_at.set(Some(Instant::now()));
         let waiting: Vec<Pending> = a
@@ -168,8 +168,8 @@ impl Session {
 
     /// Can a message go to the archive connection now?
     fn archive_usable(&self, r: &Routed<'_>) -> bool {
-        match self.archive.state.get() {
-            ArchiveState::Failed if !self.archive.retry_due() => false,
+        match self.archive().state.get() {
+            ArchiveState::Failed if !self.archive().retry_due() => false,
             ArchiveState::Up | ArchiveState::Connecting => true,
             ArchiveState::Idle | ArchiveState::Failed => r.pool.pick_archive().is_some(),
         }
@@ -223,14 +223,14 @@ pub fn on_held(
                 }
             });
             match target {
-                Target::Archive => s.archive.send(raw, &call),
+                Target::Archive => s.archive().send(raw, &call),
                 Target::Pruned => {
                     if whole {
                         s.sent(&call);
                     }
                     if whole && r.route && r.router.retryable_call(&call) && s.archive_usable(r) {
                         if let Some(id) = call.single().and_then(|q| q.id) {
-                            let mut retry = s.archive.retry.borrow_mut();
+                            let mut retry = s.archive().retry.borrow_mut();
                             if retry.len() == RETRY_MAX {
                                 retry.pop_front();
                             }
@@ -246,9 +246,9 @@ pub fn on_held(
             let id = (whole && first_part)
                 .then(|| crate::jsonrpc::member(asm.message(), b"id"))
                 .flatten();
-            let retries = !s.archive.retry.borrow().is_empty();
+            let retries = !s.archive().retry.borrow().is_empty();
             if let (Some(id), true) = (id, retries) {
-                let mut retry = s.archive.retry.borrow_mut();
+                let mut retry = s.archive().retry.borrow_mut();
                 if let Some(i) = retry.iter().position(|(rid, _)| rid.as_slice() == id) {
                     let (_, request) = retry.remove(i).expect("index from position");
                     drop(retry);
@@ -257,7 +257,7 @@ pub fn on_held(
                         // The archive answers it now, not the session's node.
                         s.answered(id);
                         let again = Call::parse(asm.message());
-                        s.archive.send(request, &again);
+                        s.archive().send(request, &again);
                         asm.clear();
                         return;
                     }
@@ -318,7 +318,7 @@ enum Half {
 /// another after a failure once [`ARCHIVE_RETRY`] has passed.
 async fn writer(s: &Session, r: &Routed<'_>, halves: &Halves) {
     let (slot_r, old, early) = (&halves.reader, &halves.old, &halves.early);
-    let a = &s.archive;
+    let a = s.archive();
     let mut w: Option<NodeWriter> = None;
     let mut _lease = None;
     loop {
@@ -409,7 +409,7 @@ async fn writer(s: &Session, r: &Routed<'_>, halves: &Halves) {
 /// Follows the connection the writer opens, and the next one after a failure.
 async fn reader(s: &Session, halves: &Halves) {
     let (slot_r, old, early) = (&halves.reader, &halves.old, &halves.early);
-    let a = &s.archive;
+    let a = s.archive();
     loop {
         loop {
             if s.closing.ended() || s.closing.side(Which::Client).done() {

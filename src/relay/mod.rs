@@ -108,7 +108,7 @@ where
     UR: ReadHalf,
     UW: WriteHalf,
 {
-    let s = Session::new(cfg, client.fd, Some(node.fd));
+    let s = Session::new(cfg, client.fd, Some(node.fd), routed.is_some());
     // The halves live here, not in the futures, so that both sockets stay open
     // until every future is done: `stop` must never reach a descriptor that
     // was closed and reused by another connection.
@@ -143,7 +143,7 @@ where
     CR: ReadHalf,
     CW: WriteHalf,
 {
-    let mut session = Session::new(ctx.cfg, client.fd, None);
+    let mut session = Session::new(ctx.cfg, client.fd, None, false);
     session.member = Some(crate::mux::Member::new(conn));
     let s = Rc::new(session);
     crate::mux::join(&s);
@@ -192,5 +192,20 @@ mod size_tests {
             >,
         );
         assert!(relay <= 6 * 1024, "relay future is {relay} bytes");
+    }
+
+    /// Guards B4 in shared mode: a session's state (on the heap) and its
+    /// future. Regressed when the relays became one: every session carried a
+    /// node side and an archive state it did not use (19.5 KiB per idle
+    /// session at 8,000 against 17.8); both are allocated only when used now.
+    #[test]
+    fn a_shared_session_stays_small() {
+        fn out_size<A, B, C, F>(_: impl Fn(A, B, C) -> F) -> usize {
+            std::mem::size_of::<F>()
+        }
+        let session = std::mem::size_of::<super::Session>();
+        assert!(session <= 640, "Session is {session} bytes");
+        let fut = out_size(super::relay_shared::<crate::tls::TlsReader, crate::tls::TlsWriter>);
+        assert!(fut <= 4 * 1024, "relay_shared future is {fut} bytes");
     }
 }

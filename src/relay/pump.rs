@@ -70,7 +70,7 @@ pub async fn pump<R: ReadHalf>(
         (Which::Node, _, _) => (Way::Stream(IdScanner::new()), 0, false),
     };
     let mut asm = Assembler::new(role, s.cfg.codec, keep, keep_raw);
-    let (src, dst) = s.sides(from);
+    let src = s.side(from);
     // Bytes that came with the handshake are the first buffer. Later buffers
     // start empty and get room from the reader, sized to the traffic.
     let mut buf = early;
@@ -89,6 +89,7 @@ pub async fn pump<R: ReadHalf>(
         match mux {
             Some(_) if from == Which::Client => crate::mux::backpressure(s).await,
             _ => {
+                let dst = s.side(from.other());
                 while dst.out.queued.get() > s.cfg.max_buffered
                     && !dst.out.finished.get()
                     && !s.closing.ended()

@@ -25,14 +25,14 @@ pub struct Session {
     pub closing: Closing,
     pub client: Side,
     /// The node: a pinned session's own connection. A session on a shared
-    /// connection has no socket of its own here (see `member`).
-    pub node: Side,
+    /// connection has no socket of its own (see `member`).
+    pub node: Option<Box<Side>>,
     pub last_activity: Cell<Instant>,
     pub close_deadline: Cell<Option<Instant>>,
     pub writers_left: Cell<u8>,
     pub timer_wake: Signal,
-    /// A pinned session's archive connection (routed sessions).
-    pub archive: Archive,
+    /// A routed pinned session's archive connection.
+    pub archive: Option<Box<Archive>>,
     pub inflight: RefCell<Inflight>,
     /// Subscriptions asked for minus those ended (for the per-session
     /// limit; a shared session counts the ones it owns instead).
@@ -42,34 +42,46 @@ pub struct Session {
 }
 
 impl Session {
-    pub fn new(cfg: SessionConfig, client_fd: RawFd, node_fd: Option<RawFd>) -> Session {
+    /// `node_fd`: a pinned session's node socket (`None`: a shared
+    /// connection's slot); `routed`: it may open an archive connection.
+    pub fn new(
+        cfg: SessionConfig,
+        client_fd: RawFd,
+        node_fd: Option<RawFd>,
+        routed: bool,
+    ) -> Session {
         let shared = node_fd.is_none();
         Session {
             cfg,
             closing: Closing::new(!shared),
             client: Side::new("client", false, client_fd),
-            node: Side::new("node", true, node_fd.unwrap_or(-1)),
+            node: node_fd.map(|fd| Box::new(Side::new("node", true, fd))),
             last_activity: Cell::new(Instant::now()),
             close_deadline: Cell::new(None),
             writers_left: Cell::new(if shared { 1 } else { 2 }),
             timer_wake: Signal::default(),
-            archive: Archive::default(),
+            archive: routed.then(Box::default),
             inflight: RefCell::new(Inflight::default()),
             subscriptions: Cell::new(0),
             member: None,
         }
     }
 
+    /// A side of the session (a shared session has no node side of its own).
     pub fn side(&self, which: Which) -> &Side {
+        self.side_opt(which).expect("a pinned session's node side")
+    }
+
+    fn side_opt(&self, which: Which) -> Option<&Side> {
         match which {
-            Which::Client => &self.client,
-            Which::Node => &self.node,
+            Which::Client => Some(&self.client),
+            Which::Node => self.node.as_deref(),
         }
     }
 
-    /// `which` and the side its data goes to.
-    pub fn sides(&self, from: Which) -> (&Side, &Side) {
-        (self.side(from), self.side(from.other()))
+    /// A routed session's archive connection.
+    pub fn archive(&self) -> &Archive {
+        self.archive.as_deref().expect("a routed session")
     }
 
     fn takes_data(&self, which: Which) -> bool {
@@ -78,10 +90,10 @@ impl Session {
 
     /// Relay data-frame bytes to `to`.
     pub fn push_data(&self, to: Which, buf: Vec<u8>, frame_end: bool, message_end: bool) {
-        if !self.takes_data(to) {
+        let (true, Some(side)) = (self.takes_data(to), self.side_opt(to)) else {
             return;
-        }
-        let out = &self.side(to).out;
+        };
+        let out = &side.out;
         out.queued.set(out.queued.get() + buf.len());
         out.data.borrow_mut().push_back(super::side::Chunk {
             buf,
@@ -93,10 +105,10 @@ impl Session {
 
     /// Queue a whole message from elsewhere (frames included) to `to`.
     pub fn inject(&self, to: Which, message: Vec<u8>) {
-        if !self.takes_data(to) {
+        let (true, Some(side)) = (self.takes_data(to), self.side_opt(to)) else {
             return;
-        }
-        let out = &self.side(to).out;
+        };
+        let out = &side.out;
         out.queued.set(out.queued.get() + message.len());
         out.injected.borrow_mut().push_back(message);
         out.writer_wake.notify();
@@ -111,10 +123,9 @@ impl Session {
 
     /// A ping or pong to `to`, at its next frame boundary.
     pub fn push_control(&self, to: Which, opcode: OpCode, payload: &[u8]) {
-        if !self.takes_data(to) || (to == Which::Node && self.member.is_some()) {
+        let (true, Some(side)) = (self.takes_data(to), self.side_opt(to)) else {
             return;
-        }
-        let side = self.side(to);
+        };
         let mut frame = Vec::with_capacity(payload.len() + 14);
         write_frame(
             &mut frame,
@@ -154,10 +165,9 @@ impl Session {
 
 impl Effects for Session {
     fn queue_close(&self, to: Which, code: Option<u16>, reason: &str) {
-        if to == Which::Node && self.member.is_some() {
+        let Some(side) = self.side_opt(to) else {
             return;
-        }
-        let side = self.side(to);
+        };
         let mut frame = Vec::with_capacity(reason.len().min(123) + 8);
         write_close(
             &mut frame,
@@ -180,7 +190,9 @@ impl Effects for Session {
     }
 
     fn finish(&self, which: Which) {
-        self.side(which).out.finish();
+        if let Some(side) = self.side_opt(which) {
+            side.out.finish();
+        }
     }
 
     fn start_deadline(&self) {
@@ -194,15 +206,19 @@ impl Effects for Session {
     /// Both sides are done: stop reading; writers drain what is queued,
     /// bounded by the close deadline.
     fn end(&self) {
-        for which in [Which::Client, Which::Node] {
-            let side = self.side(which);
+        for side in [Some(&self.client), self.node.as_deref()]
+            .into_iter()
+            .flatten()
+        {
             side.out.finish();
             // Usually both pumps have stopped reading by now (each got its close).
             if side.reading.get() {
                 stop(side.fd, Stop::Reads);
             }
         }
-        self.archive.end();
+        if let Some(a) = &self.archive {
+            a.end();
+        }
         self.start_deadline();
         self.timer_wake.notify();
     }
@@ -216,14 +232,16 @@ impl Session {
     /// The close deadline passed: drop what is queued and stop every pending
     /// read and write.
     pub fn force_end(&self) {
-        for which in [Which::Client, Which::Node] {
-            let side = self.side(which);
+        for side in [Some(&self.client), self.node.as_deref()]
+            .into_iter()
+            .flatten()
+        {
             side.out.clear();
-            if side.fd >= 0 {
-                stop(side.fd, Stop::All);
-            }
+            stop(side.fd, Stop::All);
         }
-        self.archive.stop_all();
+        if let Some(a) = &self.archive {
+            a.stop_all();
+        }
         self.closing.force_end(self);
         self.end();
     }

@@ -75,21 +75,14 @@ pub async fn timer(s: &Session, watch: Option<&NodeWatch>, shutdown: &Broadcast)
             }
             shutdown.wait().await
         };
-        match wake {
-            Some(at) => {
-                let sleep = monoio::time::sleep_until(at);
-                monoio::select! {
-                    _ = sleep => {}
-                    _ = s.timer_wake.wait() => {}
-                    _ = stopping => {}
-                }
-            }
-            None => {
-                monoio::select! {
-                    _ = s.timer_wake.wait() => {}
-                    _ = stopping => {}
-                }
-            }
+        // One select (its futures sized once): without a time to wake, a
+        // day from now stands in.
+        let at = wake.unwrap_or_else(|| now + std::time::Duration::from_secs(86_400));
+        let sleep = monoio::time::sleep_until(at);
+        monoio::select! {
+            _ = sleep => {}
+            _ = s.timer_wake.wait() => {}
+            _ = stopping => {}
         }
     }
 }
