@@ -8,6 +8,8 @@
 # ssl_protocols TLSv1 TLSv1.1 TLSv1.2, its cipher list, a shared session cache.
 #
 #   loadtest/bench.sh [ROUNDS]        (default 3; needs nginx: apt-get install nginx-light)
+#   ONLY_B4=1: memory only; SKIP_B4=1: everything else; DUR=8: seconds per load run;
+#   B8_RATE=8000: the light fixed rate (messages per second) of B8
 #
 # Prints one markdown table per benchmark, medians of ROUNDS alternated runs.
 set -euo pipefail
@@ -122,7 +124,28 @@ for round in $(seq "$ROUNDS_LOAD"); do
     # shared with the client and the node, which bound the req/s above).
     record b1core $p "$(echo "$c0 $c1 $ok" | awk '{printf "%.0f", $3/($2-$1)}')"
     echo "round $round $p B1 $rate/s errors $(field "$out" errors), CPU $(echo "$c0 $c1" | awk '{print $2-$1}') s" >&2
+    # B7: pipelined clients (4 requests in flight per connection, as
+    # Polkadot-JS at start-up and ethers with concurrent calls).
+    c0=$(cpu "$P")
+    out=$($LOAD run "$U" --insecure --connections 100 --depth 4 --duration "$DUR" --json)
+    c1=$(cpu "$P"); ok=$(field "$out" ok)
+    record b7 $p "$(field "$out" rate)"
+    record b7cpu $p "$(echo "$c0 $c1 $ok" | awk '{printf "%.2f", ($2-$1)/$3*1e6}')"
+    echo "round $round $p B7 $(field "$out" rate)/s" >&2
+    # B8: a light fixed rate: CPU per message and tail latency when idle most of the time.
+    c0=$(cpu "$P")
+    out=$($LOAD run "$U" --insecure --connections 100 --rate "${B8_RATE:-8000}" --duration "$DUR" --json)
+    c1=$(cpu "$P"); ok=$(field "$out" ok)
+    record b8cpu $p "$(echo "$c0 $c1 $ok" | awk '{printf "%.2f", ($2-$1)/$3*1e6}')"
+    record b8p99 $p "$(field "$out" p99_ms)"
+    echo "round $round $p B8 p99 $(field "$out" p99_ms) ms" >&2
   done
+  # The limit: the client straight to the node (plain ws://, no proxy, no
+  # TLS): the floor any proxy approaches.
+  out=$($LOAD run "ws://127.0.0.1:$NODE_PORT/" --connections 100 --depth 1 --duration "$DUR" --json)
+  record b1 limit "$(field "$out" rate)"
+  out=$($LOAD run "ws://127.0.0.1:$NODE_PORT/" --connections 100 --depth 4 --duration "$DUR" --json)
+  record b7 limit "$(field "$out" rate)"
 done
 # B3 at a rate both sustain: half of nginx's median B1.
 B3_RATE=${B3_RATE:-$(echo "${R[b1|nginx]:-0}" | median | awk '{printf "%d", $1/2}')}
@@ -148,7 +171,7 @@ done
 # B4: memory per idle WSS connection (PSS of all proxy processes), 2,000 and
 # 8,000. Each measurement starts a fresh proxy: memory freed by an earlier run
 # may stay mapped, which would hide this run's growth.
-for n in 2000 8000; do
+for n in $([ -n "${SKIP_B4:-}" ] || echo 2000 8000); do
   for round in $(seq "$ROUNDS"); do
     for p in $PROXIES; do
       if [ $p = nginx ]; then stop_nginx; start_nginx; else stop_ringway $p; start_ringway $p; fi
@@ -172,18 +195,23 @@ for n in 2000 8000; do
 done
 
 row() { # name key unit
-  local a s b; a=$(echo "${R[$2|ringway]:-}" | median); s=$(echo "${R[$2|shared]:-}" | median); b=$(echo "${R[$2|nginx]:-}" | median)
+  local a s b l; a=$(echo "${R[$2|ringway]:-}" | median); s=$(echo "${R[$2|shared]:-}" | median); b=$(echo "${R[$2|nginx]:-}" | median)
+  l=$(echo "${R[$2|limit]:-}" | median)
   ratio() { echo "$1 $2" | awk '{ if ($1 != "" && $2 > 0) printf "%.2f", $1/$2; else print "-" }'; }
-  echo "| $1 | $a | $s | $b | $(ratio "$a" "$b") | $(ratio "$s" "$b") | $3 |"
+  echo "| $1 | $a | $s | $b | $(ratio "$a" "$b") | $(ratio "$s" "$b") | ${l:--} | $3 |"
 }
 echo
 echo "machine: $(nproc) cores, $(awk '/MemTotal/{printf "%.0f GiB", $2/1048576}' /proc/meminfo), $(uname -r); rounds: $ROUNDS, ${DUR}s each; $(date -u +%F)"
 echo
-echo "| benchmark | ringway | ringway --shared | nginx 1.22 | ringway/nginx | shared/nginx | unit |"
-echo "|---|---|---|---|---|---|---|"
+echo "| benchmark | ringway | ringway --shared | nginx 1.22 | ringway/nginx | shared/nginx | limit (no proxy) | unit |"
+echo "|---|---|---|---|---|---|---|---|"
 row "B1 throughput, 100 conns, closed loop" b1 "req/s (higher is better)"
 row "B1 per proxy core (pairs per CPU-second of the proxy)" b1core "req/s/core (higher is better)"
 row "B2 proxy CPU per request/response" b2 "µs (lower is better)"
+row "B7 throughput, 100 conns, 4 in flight each (pipelined)" b7 "msgs/s (higher is better)"
+row "B7 proxy CPU per message, 4 in flight" b7cpu "µs (lower is better)"
+row "B8 proxy CPU per message @ ${B8_RATE:-8000} msgs/s" b8cpu "µs (lower is better)"
+row "B8 p99 @ ${B8_RATE:-8000} msgs/s" b8p99 "ms"
 row "B3 p50 @ $B3_RATE req/s" b3p50 "ms"
 row "B3 p99 @ $B3_RATE req/s" b3p99 "ms"
 row "B3 p99.9 @ $B3_RATE req/s" b3p999 "ms"
