@@ -11,19 +11,19 @@
 //!                                                                 └─ gateway::upgrade ─▶ 101
 //!        ┌──────────────────────────────── relay ─────────────────────────────┘
 //!        │ client bytes ─▶ pump: ws::message::Assembler ─▶ jsonrpc::Call ─▶ policy, route
-//!        │                   ─▶ same bytes ─▶ node (pinned)   or   ─▶ mux: ids rewritten (shared)
+//!        │                   ─▶ same bytes ─▶ node (pinned)   or   ─▶ relay::shared: ids rewritten
 //!        │ node answers ─▶ client writer (one write for all that is queued)
 //!        └ relay::close: every closing rule; relay::timer: idle, keepalive, drain, deadline
 //! ```
 //!
 //! Pinned sessions and sessions on a shared node connection are one relay
 //! with two kinds of node side: a socket of the session's own, or a slot on
-//! its core's multiplexed connection ([`mux`]).
+//! its core's multiplexed connection ([`relay::shared`]).
 //!
 //! The protocol modules (`ws`, `jsonrpc`, `http::body`, `route`,
 //! `relay::close`) are sans-io: bytes or events in, decisions out, tested
 //! without sockets. The runtime modules (`runtime`, `gateway`, `relay`,
-//! `mux`, `tls`, `upstream`, `io`) own sockets, buffers and timers, per core,
+//! `tls`, `upstream`, `io`) own sockets, buffers and timers, per core,
 //! with no locks on the hot path.
 
 pub mod config;
@@ -36,7 +36,7 @@ pub mod io;
 pub mod jsonrpc;
 pub mod log;
 pub mod metrics;
-pub mod mux;
+
 pub mod policy;
 pub mod probe;
 pub mod relay;

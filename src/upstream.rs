@@ -377,7 +377,7 @@ async fn open_with(
 }
 
 /// Open a connection to `node` that the sessions of one core share (see
-/// [`crate::mux`]): no client's headers, the node's own path.
+/// [`crate::relay::shared`]): no client's headers, the node's own path.
 pub async fn open_shared(
     node: &NodeConfig,
     max_head: usize,

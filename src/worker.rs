@@ -30,7 +30,7 @@ pub struct Worker {
     pub http: HttpPool,
     pub admission: Rc<crate::policy::AdmissionCtx>,
     /// Shared node connections (`pool.shared`), else `None`: pinned sessions.
-    pub shared: Option<Rc<crate::mux::Shared>>,
+    pub shared: Option<Rc<crate::relay::shared::Shared>>,
     /// Fired when the process shuts down: sessions finish and close.
     pub shutdown: crate::signal::Broadcast,
 }
@@ -79,10 +79,10 @@ impl Worker {
         };
         let admission = Rc::new(crate::policy::AdmissionCtx::new(&config.admission, total));
         let shared = config.shared.then(|| {
-            crate::mux::Shared::new(
+            crate::relay::shared::Shared::new(
                 pool.clone(),
                 router.clone(),
-                crate::mux::Settings {
+                crate::relay::shared::Settings {
                     connect_timeout: config.connect_timeout,
                     keepalive: config.keepalive_interval,
                     health_every: config.health.interval,

@@ -318,7 +318,7 @@ async fn client<R: ReadHalf, W: WriteHalf>(
         } => {
             let inspect = worker.admission.inspects();
             let access = Access::begin(worker, admitted.ip, lease.node());
-            let ctx = crate::mux::Ctx {
+            let ctx = crate::relay::shared::Ctx {
                 shared: worker.shared.clone().expect("shared mode"),
                 cfg: worker.session,
                 chain: &worker.chain,

@@ -35,7 +35,7 @@ pub enum Handshake<UR, UW> {
     /// Serve the session over this core's shared connection to a node.
     Shared {
         client_early: Vec<u8>,
-        conn: Rc<crate::mux::Conn>,
+        conn: Rc<crate::relay::shared::Conn>,
         lease: upstream::NodeLease,
         admitted: Admitted,
     },

@@ -11,7 +11,7 @@ use super::session::Session;
 
 /// `Some(answer)` refuses `req` (the answer is `None` for a notification).
 /// A pinned session's subscription count follows its calls here; a shared
-/// session's follows the node's answers (see [`crate::mux`]).
+/// session's follows the node's answers (see [`crate::relay::shared`]).
 pub fn check(s: &Session, adm: &AdmissionCtx, req: &Request<'_>) -> Option<Option<String>> {
     let refuse = |reason: Reason, what: &str| {
         adm.shared.rejections.count(reason);

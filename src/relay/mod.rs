@@ -2,7 +2,7 @@
 //!
 //! ```text
 //!  client ──read──▶ pump(client) ──data──▶ node outbox ──▶ writer ──▶ node      (pinned)
-//!     ▲                 │  └──whole messages──▶ mux: ids rewritten ──▶ shared connection (shared)
+//!     ▲                 │  └──whole messages──▶ shared: ids rewritten ─▶ shared connection
 //!     │                 ▼ ping/close
 //!  writer ◀── client outbox ◀──data── pump(node) ◀──read── node                 (pinned)
 //!                       ▲─────answers, notifications─── shared connection's reader (shared)
@@ -14,7 +14,7 @@
 //! node side: a pinned session has a socket of its own to its node (and,
 //! when it routes, an archive connection: [`archive`]); a session in shared
 //! mode has a slot on its core's multiplexed connection to the node
-//! ([`crate::mux`]), whose reader delivers answers into the session's client
+//! ([`crate::relay::shared`]), whose reader delivers answers into the session's client
 //! outbox. Closing ([`close`]), requests in flight ([`inflight`]), the
 //! per-session limits ([`limits`]), backpressure and timers are the same code.
 //!
@@ -30,6 +30,7 @@ pub mod inflight;
 pub mod limits;
 pub mod pump;
 pub mod session;
+pub mod shared;
 pub mod side;
 pub mod timer;
 
@@ -136,17 +137,17 @@ where
 /// A session on this core's shared connection to a node (`conn`).
 pub async fn relay_shared<CR, CW>(
     client: Peer<CR, CW>,
-    ctx: crate::mux::Ctx<'_>,
-    conn: Rc<crate::mux::Conn>,
+    ctx: crate::relay::shared::Ctx<'_>,
+    conn: Rc<crate::relay::shared::Conn>,
 ) -> SessionSummary
 where
     CR: ReadHalf,
     CW: WriteHalf,
 {
     let mut session = Session::new(ctx.cfg, client.fd, None, false);
-    session.member = Some(crate::mux::Member::new(conn));
+    session.member = Some(crate::relay::shared::Member::new(conn));
     let s = Rc::new(session);
-    crate::mux::join(&s);
+    crate::relay::shared::join(&s);
     let (mut r, mut w) = (client.r, client.w);
     let (client_msgs, _, _) = monoio::join!(
         pump::pump(
@@ -160,7 +161,7 @@ where
         side::writer(&s, Which::Client, &mut w),
         timer::timer(&s, None, ctx.shutdown),
     );
-    crate::mux::leave(&s);
+    crate::relay::shared::leave(&s);
     summary(&s, client_msgs, None)
 }
 

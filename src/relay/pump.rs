@@ -10,7 +10,7 @@
 //! - **hold** (a pinned session that routes or checks calls, see
 //!   [`super::archive`]): each message is held until whole, then decided on.
 //! - **messages** (a session on a shared node connection): each client
-//!   message is assembled, unmasked, and handed to [`crate::mux`], which
+//!   message is assembled, unmasked, and handed to [`crate::relay::shared`], which
 //!   rewrites and sends it.
 //!
 //! Whatever the way, control frames are each side's own business (a ping is
@@ -35,7 +35,7 @@ use super::session::Session;
 enum Way<'a, 'r> {
     Stream(IdScanner),
     Hold(&'a Routed<'r>, Hold),
-    Messages(&'a crate::mux::Ctx<'r>, &'a std::rc::Rc<Session>),
+    Messages(&'a crate::relay::shared::Ctx<'r>, &'a std::rc::Rc<Session>),
 }
 
 /// What processing one buffer led to.
@@ -52,7 +52,7 @@ pub async fn pump<R: ReadHalf>(
     io: &mut R,
     early: Vec<u8>,
     routed: Option<&Routed<'_>>,
-    mux: Option<(&crate::mux::Ctx<'_>, &std::rc::Rc<Session>)>,
+    mux: Option<(&crate::relay::shared::Ctx<'_>, &std::rc::Rc<Session>)>,
 ) -> u64 {
     let role = match from {
         Which::Client => Role::Client,
@@ -87,7 +87,7 @@ pub async fn pump<R: ReadHalf>(
         // shared connection: for this client to read its answers, and for
         // the connection's writer).
         match mux {
-            Some(_) if from == Which::Client => crate::mux::backpressure(s).await,
+            Some(_) if from == Which::Client => crate::relay::shared::backpressure(s).await,
             _ => {
                 let dst = s.side(from.other());
                 while dst.out.queued.get() > s.cfg.max_buffered
@@ -233,7 +233,7 @@ fn on_message(s: &Session, from: Which, asm: &mut Assembler, way: &mut Way<'_, '
         Way::Hold(r, hold) => on_held(s, from, asm, hold, r, whole),
         Way::Messages(ctx, rc) => {
             if asm.is_text() {
-                crate::mux::on_request(ctx, rc, asm.message());
+                crate::relay::shared::on_request(ctx, rc, asm.message());
             } else {
                 crate::debug!("binary message on a shared connection");
                 s.closing.close_client(

@@ -38,7 +38,7 @@ pub struct Session {
     /// limit; a shared session counts the ones it owns instead).
     pub subscriptions: Cell<u32>,
     /// A session on a shared node connection: its slot there.
-    pub member: Option<crate::mux::Member>,
+    pub member: Option<crate::relay::shared::Member>,
 }
 
 impl Session {

@@ -23,8 +23,11 @@
 //! JSON-RPC only: a message that is not JSON gets a `-32700` error, a binary
 //! message the close code 1003.
 //!
-//! Everything else of a session (its client side, closing, requests in
-//! flight, limits, timers) is the relay's ([`crate::relay`]): when a shared
+//! It lives inside the relay, not beside it (as the architecture sketch had
+//! `mux/`), because the two need each other: a session holds its slot here,
+//! and a connection delivers answers into its sessions. Everything else of a
+//! session (its client side, closing, requests in flight, limits, timers) is
+//! the relay's ([`crate::relay`]): when a shared
 //! connection is lost (node gone, protocol error, failed health checks), each
 //! of its sessions loses its node side as a pinned session does: errors for
 //! the requests in flight, then 1012. The per-client headers
