@@ -172,7 +172,13 @@ fn an_ethereum_node_behind_default_flags_stays_in_service() {
         std::slice::from_ref(&node.url),
         &["--config", cfg.to_str().unwrap()],
     );
-    std::thread::sleep(Duration::from_millis(800));
+    // Several probes have run: a node marked down would show by now.
+    wait_for(Duration::from_secs(5), "probes", || {
+        let mut s = tls_connect(gw.addr, pki.client_config());
+        s.write_all(b"GET /health HTTP/1.1\r\nHost: localhost\r\n\r\n")
+            .unwrap();
+        read_response(&mut s).2.contains(r#""probes":4"#)
+    });
     let mut ws = ws_connect(&gw, pki.client_config(), "/");
     ws.send(Message::Text(
         r#"{"jsonrpc":"2.0","id":1,"method":"eth_chainId","params":[]}"#.into(),

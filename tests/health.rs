@@ -174,7 +174,10 @@ fn a_backend_that_is_not_a_json_rpc_node_counts_as_alive() {
     let echo = Upstream::start(Behaviour::Echo);
     let cfg = write_config(&pki, "echo.toml", FAST_HEALTH);
     let gw = Gateway::start(&pki, &[echo.url()], &["--config", cfg.to_str().unwrap()]);
-    std::thread::sleep(Duration::from_millis(800));
+    // More probes than `fall`: a node marked down would show by now.
+    assert!(eventually(Duration::from_secs(5), || get_health(&gw, &pki)
+        .1
+        .contains(r#""probes":4"#)));
     let (status, body) = get_health(&gw, &pki);
     assert_eq!(status, 200, "{body}");
     assert!(
