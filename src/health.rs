@@ -74,6 +74,8 @@ pub struct NodeStatus {
     head: AtomicU64,
     passive_failures: AtomicU32,
     probes: AtomicU64,
+    /// Probe round-trip time, smoothed (µs; 0: not measured yet).
+    rtt_us: AtomicU64,
 }
 
 impl NodeStatus {
@@ -84,6 +86,7 @@ impl NodeStatus {
             head: AtomicU64::new(0),
             passive_failures: AtomicU32::new(0),
             probes: AtomicU64::new(0),
+            rtt_us: AtomicU64::new(0),
         }
     }
 }
@@ -138,6 +141,32 @@ impl Health {
     /// Probes run on this node so far.
     pub fn probes(&self, i: usize) -> u64 {
         self.nodes[i].probes.load(Ordering::Relaxed)
+    }
+
+    /// One probe's round trip (a failed probe counts as its timeout):
+    /// smoothed, 3/4 old and 1/4 new.
+    pub fn record_rtt(&self, i: usize, rtt: Duration) {
+        let sample = rtt.as_micros().min(u64::MAX as u128) as u64;
+        let n = &self.nodes[i].rtt_us;
+        let old = n.load(Ordering::Relaxed);
+        let new = if old == 0 {
+            sample
+        } else {
+            (old * 3 + sample) / 4
+        };
+        n.store(new.max(1), Ordering::Relaxed);
+    }
+
+    /// How slow node `i` answers its probes, as a power of two over 2 ms
+    /// (0 up to 4 ms, 1 up to 8 ms, ... a hung node's timeouts: 8 and more):
+    /// load balancing divides a node's share by 2^slowness, so a node twice
+    /// as slow as another gets half its sessions, and differences below a
+    /// few milliseconds (scheduling noise, one hop more) count for nothing.
+    pub fn slowness(&self, i: usize) -> u32 {
+        let rtt = self.nodes[i].rtt_us.load(Ordering::Relaxed);
+        (64 - (rtt / 2048).leading_zeros())
+            .saturating_sub(1)
+            .min(16)
     }
 
     /// A worker could not connect to node `i` (counts as a failed probe).
@@ -249,6 +278,26 @@ impl Default for HealthConfig {
             rise: 2,
             max_lag: 10,
         }
+    }
+}
+
+#[cfg(test)]
+mod rtt_tests {
+    use super::*;
+
+    #[test]
+    fn slowness_ignores_noise_and_grows_with_the_round_trip() {
+        let h = Health::new(2);
+        assert_eq!(h.slowness(0), 0, "unmeasured");
+        for (us, slow) in [(150, 0), (3_000, 0), (5_000, 1), (9_000, 2), (1_000_000, 8)] {
+            let h = Health::new(1);
+            h.record_rtt(0, Duration::from_micros(us));
+            assert_eq!(h.slowness(0), slow, "{us} µs");
+        }
+        // Smoothed: one slow probe does not undo a fast history.
+        h.record_rtt(1, Duration::from_micros(200));
+        h.record_rtt(1, Duration::from_micros(20_000));
+        assert_eq!(h.slowness(1), 1);
     }
 }
 

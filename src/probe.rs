@@ -94,9 +94,13 @@ async fn probe_node(
     let mut conn: Option<Probe> = None;
     let mut last_hashed: u64 = 0;
     loop {
-        let result = match cfg.mode {
+        let (result, rtt) = match cfg.mode {
             // A fresh upgrade each time; the node's head stays unknown.
-            ProbeMode::Connect => open(&node, cfg.timeout).await.map(|_| None),
+            ProbeMode::Connect => {
+                let start = std::time::Instant::now();
+                let opened = open(&node, cfg.timeout).await.map(|_| None);
+                (opened, start.elapsed())
+            }
             _ => probe_once(&node, flavour, &mut conn, cfg.timeout).await,
         };
         let (ok, head) = match result {
@@ -107,6 +111,8 @@ async fn probe_node(
                 (false, None)
             }
         };
+        // How fast it answers (the calls, not a connect), for balancing.
+        health.record_rtt(i, if ok { rtt } else { cfg.timeout });
         let was_up = health.is_up(i);
         health.record(i, &mut h, ok, head, &cfg);
         if was_up != health.is_up(i) {
@@ -156,19 +162,24 @@ async fn probe_once(
     flavour: Flavour,
     conn: &mut Option<Probe>,
     timeout: std::time::Duration,
-) -> Result<Option<u64>, String> {
+) -> (Result<Option<u64>, String>, std::time::Duration) {
     let start = std::time::Instant::now();
     if conn.is_none() {
-        *conn = Some(open(node, timeout).await?);
+        match open(node, timeout).await {
+            Ok(c) => *conn = Some(c),
+            Err(e) => return (Err(e), timeout),
+        }
     }
     let c = conn.as_mut().expect("just opened");
     let fd = c.fd;
-    within(
+    let calls = std::time::Instant::now();
+    let checked = within(
         fd,
         timeout.saturating_sub(start.elapsed()),
         check(c, flavour),
     )
-    .await
+    .await;
+    (checked, calls.elapsed())
 }
 
 /// The node's health and head, on an open probe connection.

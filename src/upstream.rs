@@ -82,7 +82,8 @@ impl Pool {
     }
 
     /// Power of two choices among healthy pruned nodes not yet `tried`
-    /// (archive nodes when no pruned node is left), by sessions per weight.
+    /// (archive nodes when no pruned node is left), by sessions per weight
+    /// and by how slow each answers ([`Health::slowness`]).
     ///
     /// Panic routing: when no node at all passes its health checks (a lone
     /// node, or probes that misread every node), the choice is made among
@@ -118,7 +119,11 @@ impl Pool {
                 }
                 let (a, b) = (candidates[a], candidates[b]);
                 let (wa, wb) = (self.nodes[a].weight as u64, self.nodes[b].weight as u64);
-                let (la, lb) = (self.active[a].get() as u64, self.active[b].get() as u64);
+                // Sessions per weight, scaled by how slow the node answers
+                // its probes (a hung node is avoided before it is marked
+                // down): (la + 1) * 2^sa / wa against the same for b.
+                let cost = |i: usize| (self.active[i].get() as u64 + 1) << self.health.slowness(i);
+                let (la, lb) = (cost(a), cost(b));
                 // lb / wb < la / wa, without division.
                 Some(if lb * wa < la * wb { b } else { a })
             }

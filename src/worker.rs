@@ -89,6 +89,7 @@ impl Worker {
                     codec,
                     max_head: l.max_head_bytes,
                     max_subscriptions: config.shared_max_subscriptions,
+                    request_timeout: config.request_timeout,
                 },
                 admission.shared.clone(),
             )
@@ -107,6 +108,7 @@ impl Worker {
                 idle_timeout: l.idle_timeout,
                 close_timeout: l.close_timeout,
                 keepalive: config.keepalive_interval,
+                request_timeout: config.request_timeout,
             },
             config: config.clone(),
             tls,

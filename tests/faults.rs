@@ -295,3 +295,62 @@ fn http_requests_to_a_hung_node_time_out_with_their_ids() {
     assert!(answer.contains("no answer within 500 ms"), "{answer}");
     drop(hung);
 }
+
+/// A node that takes WebSocket requests and never answers (a stopped
+/// process): after `pool.request_timeout_ms` with nothing from it (a ping
+/// halfway included), the requests waiting get errors with their ids and the
+/// client 1012, in both modes, instead of waiting forever.
+#[test]
+fn websocket_requests_to_a_hung_node_fail_after_the_request_timeout() {
+    let pki = TestPki::new();
+    let node = Upstream::start(Behaviour::Frozen);
+    let cfg = write_config(
+        &pki,
+        "frozen.toml",
+        "[pool]\nrequest_timeout_ms = 600\n[health]\ninterval_ms = 100\n",
+    );
+    for mode in [None, Some("--shared")] {
+        let mut args = vec!["--config", cfg.to_str().unwrap(), "--health-probe", "off"];
+        args.extend(mode);
+        let gw = Gateway::start(&pki, &[node.url()], &args);
+        let mut ws = ws_connect(&gw, pki.client_config(), "/");
+        ws.send(Message::Text(
+            r#"{"jsonrpc":"2.0","id":"w","method":"x"}"#.into(),
+        ))
+        .unwrap();
+        let (texts, close) = rest(&mut ws);
+        assert_eq!(texts.len(), 1, "{mode:?}: {texts:?}");
+        assert!(
+            texts[0].contains(r#""id":"w""#) && texts[0].contains("-32603"),
+            "{texts:?}"
+        );
+        assert_eq!(close, Some(1012), "{mode:?}");
+    }
+}
+
+/// Balancing counts how slowly a node answers as well as its sessions: a
+/// node answering its probes in 30 ms gets far fewer new sessions than one
+/// answering at once (a node that starts to hang is avoided before its
+/// checks mark it down).
+#[test]
+fn a_slow_node_gets_fewer_new_sessions() {
+    let pki = TestPki::new();
+    let fast = Upstream::start(Behaviour::Echo);
+    let slow = Upstream::start(Behaviour::Slow(Duration::from_millis(30)));
+    let cfg = write_config(&pki, "slow-node.toml", FAST_HEALTH);
+    let gw = Gateway::start(
+        &pki,
+        &[fast.url(), slow.url()],
+        &["--config", cfg.to_str().unwrap(), "--workers", "1"],
+    );
+    wait_for(Duration::from_secs(5), "probes of both nodes", || {
+        health(&gw, &pki).1.matches(r#""probes":3"#).count() == 2
+    });
+    let held: Vec<_> = (0..12)
+        .map(|_| ws_connect(&gw, pki.client_config(), "/"))
+        .collect();
+    let (on_fast, on_slow) = (fast.session_count(), slow.session_count());
+    assert_eq!(on_fast + on_slow, 12);
+    assert!(on_fast >= 9, "fast {on_fast} slow {on_slow}");
+    drop(held);
+}

@@ -332,6 +332,22 @@ impl Closing {
         fx.start_deadline();
     }
 
+    /// Requests have waited `pool.request_timeout_ms` and the node sent
+    /// nothing meanwhile: it hung (a stopped process). As for a lost node:
+    /// errors, 1012 to the client (it reconnects elsewhere), 1001 to the node.
+    pub fn on_node_silent(&self, fx: &impl Effects) {
+        fx.fail_inflight("upstream node stopped answering; reconnect and retry");
+        self.set_reason("node stopped answering");
+        self.send(
+            fx,
+            Which::Client,
+            Some(close_code::SERVICE_RESTART),
+            "upstream node stopped answering",
+        );
+        self.send(fx, Which::Node, Some(close_code::GOING_AWAY), "going away");
+        fx.start_deadline();
+    }
+
     /// Close both sides on the gateway's own account (idle timeout, shutdown).
     pub fn close_both(&self, fx: &impl Effects, code: u16, reason: &'static str) {
         self.set_reason(reason);

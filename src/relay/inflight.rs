@@ -29,6 +29,8 @@ pub struct Inflight {
     ids: AHashMap<Vec<u8>, Same>,
     len: usize,
     batches: u32,
+    /// Since when requests have been waiting without a pause (none: idle).
+    since: Option<std::time::Instant>,
 }
 
 /// The key an id is matched by: numbers by value (`1e2`, `100.0` and `100`
@@ -60,6 +62,11 @@ impl Inflight {
         self.len == 0
     }
 
+    /// Since when some request has been waiting, without a moment when none was.
+    pub fn waiting_since(&self) -> Option<std::time::Instant> {
+        self.since
+    }
+
     /// A request or batch sent to the node.
     pub fn sent(&mut self, call: &Call<'_>) {
         let batch = if call.is_batch() {
@@ -83,6 +90,7 @@ impl Inflight {
             .or_default()
             .push((Box::from(id), batch));
         self.len += 1;
+        self.since.get_or_insert_with(std::time::Instant::now);
     }
 
     /// A batch number for requests added one by one.
@@ -102,6 +110,9 @@ impl Inflight {
             self.ids.remove(&k);
         }
         self.len -= 1;
+        if self.len == 0 {
+            self.since = None;
+        }
         true
     }
 
@@ -120,6 +131,7 @@ impl Inflight {
             }
         }
         self.len = 0;
+        self.since = None;
         let arrays = batches.into_values().filter_map(|ids| {
             crate::jsonrpc::error::errors(ids.iter().map(|i| &**i), true, code::INTERNAL_ERROR, why)
         });

@@ -54,6 +54,8 @@ pub struct SessionConfig {
     pub idle_timeout: Duration,
     pub close_timeout: Duration,
     pub keepalive: Duration,
+    /// Requests outstanding this long with nothing from the node: it hung.
+    pub request_timeout: Duration,
 }
 
 /// The node a session is on, watched so that the session moves away (close
@@ -205,7 +207,7 @@ mod size_tests {
             std::mem::size_of::<F>()
         }
         let session = std::mem::size_of::<super::Session>();
-        assert!(session <= 640, "Session is {session} bytes");
+        assert!(session <= 704, "Session is {session} bytes");
         let fut = out_size(super::relay_shared::<crate::tls::TlsReader, crate::tls::TlsWriter>);
         assert!(fut <= 4 * 1024, "relay_shared future is {fut} bytes");
     }

@@ -103,11 +103,10 @@ pub async fn pump<R: ReadHalf>(
         src.reading.set(false);
         buf = b;
         match r {
-            Ok(n) if n > 0 => {
-                if from == Which::Client {
-                    s.last_activity.set(Instant::now());
-                }
-            }
+            Ok(n) if n > 0 => match from {
+                Which::Client => s.last_activity.set(Instant::now()),
+                Which::Node => s.node_seen.set(Instant::now()),
+            },
             Ok(_) => {
                 if !s.closing.ended() {
                     s.closing.on_gone(s, from);

@@ -28,6 +28,8 @@ pub struct Session {
     /// connection has no socket of its own (see `member`).
     pub node: Option<Box<Side>>,
     pub last_activity: Cell<Instant>,
+    /// When the node last sent anything (a hung node sends nothing).
+    pub node_seen: Cell<Instant>,
     pub close_deadline: Cell<Option<Instant>>,
     pub writers_left: Cell<u8>,
     pub timer_wake: Signal,
@@ -57,6 +59,7 @@ impl Session {
             client: Side::new("client", false, client_fd),
             node: node_fd.map(|fd| Box::new(Side::new("node", true, fd))),
             last_activity: Cell::new(Instant::now()),
+            node_seen: Cell::new(Instant::now()),
             close_deadline: Cell::new(None),
             writers_left: Cell::new(if shared { 1 } else { 2 }),
             timer_wake: Signal::default(),

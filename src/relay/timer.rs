@@ -17,6 +17,7 @@ pub async fn timer(s: &Session, watch: Option<&NodeWatch>, shutdown: &Broadcast)
     // A shared connection pings its node and watches its health itself.
     let pinned = s.member.is_none();
     let mut next_ping = Instant::now() + s.cfg.keepalive;
+    let mut pinged = Instant::now();
     let mut next_check = watch.map(|w| Instant::now() + w.every);
     let mut drain_until = None;
     while s.writers_left.get() > 0 {
@@ -48,9 +49,30 @@ pub async fn timer(s: &Session, watch: Option<&NodeWatch>, shutdown: &Broadcast)
                 continue;
             }
             let mut soonest = idle_at;
+            // A hung node: requests waiting, and nothing from it, for the
+            // request timeout (a shared connection watches this itself).
+            let waiting = s.inflight.borrow().waiting_since();
+            if let (true, Some(since)) = (pinned, waiting) {
+                let quiet = s.node_seen.get().max(since.into());
+                // Halfway, a ping (once): a node that is only slow answers it.
+                let probe = quiet + s.cfg.request_timeout / 2;
+                if probe > pinged {
+                    next_ping = next_ping.min(probe);
+                }
+                let at = quiet + s.cfg.request_timeout;
+                if now >= at {
+                    if let Some(w) = watch {
+                        w.health.report_connect_failure(w.index);
+                    }
+                    s.closing.on_node_silent(s);
+                    continue;
+                }
+                soonest = soonest.min(at);
+            }
             if pinned {
                 if now >= next_ping {
                     s.push_control(Which::Node, OpCode::Ping, b"");
+                    pinged = now;
                     next_ping = now + s.cfg.keepalive;
                 }
                 soonest = soonest.min(next_ping);

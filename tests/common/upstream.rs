@@ -53,6 +53,9 @@ pub enum Behaviour {
     DieAfterFirst,
     /// Never answer.
     Silent,
+    /// Accept the upgrade, then neither read nor write: a stopped process
+    /// (not even pings are answered). Holds the connection for 30 s.
+    Frozen,
     /// Echo each message after this long.
     Slow(Duration),
     /// Close with this code after the first message.
@@ -307,6 +310,10 @@ fn serve(
     let Ok(mut ws) = tungstenite::accept_hdr_with_config(stream, callback, Some(cfg)) else {
         return;
     };
+    if let Behaviour::Frozen = behaviour {
+        thread::sleep(Duration::from_secs(30));
+        return;
+    }
     if let Behaviour::Push(n) = behaviour {
         for i in 0..n {
             let note = format!(

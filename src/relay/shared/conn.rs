@@ -82,6 +82,8 @@ pub struct Conn {
     pub fd: Cell<Option<RawFd>>,
     /// Subscribe calls sent and not answered yet.
     pub opening: Cell<usize>,
+    /// When the node last sent anything.
+    seen: Cell<Instant>,
 }
 
 fn key(s: &Session) -> usize {
@@ -105,6 +107,7 @@ impl Conn {
             next_id: Cell::new(1),
             fd: Cell::new(None),
             opening: Cell::new(0),
+            seen: Cell::new(Instant::now()),
         }
     }
 
@@ -258,9 +261,13 @@ async fn writer(conn: &Conn, w: &mut NodeWriter) -> String {
     }
 }
 
-/// Keepalive pings, and the node's health: a node marked down loses its connection.
+/// Keepalive pings, and the node's health: a node marked down loses its
+/// connection, and so does one that sends nothing while requests wait on it
+/// for `pool.request_timeout_ms` (a hung node).
 async fn timer(sh: &Shared, conn: &Rc<Conn>) {
     let mut next_ping = Instant::now() + sh.settings.keepalive;
+    let mut pinged = Instant::now();
+    let mut waiting_since: Option<Instant> = None;
     loop {
         if conn.state() == State::Dead {
             return;
@@ -270,8 +277,25 @@ async fn timer(sh: &Shared, conn: &Rc<Conn>) {
             return;
         }
         let now = Instant::now();
+        if conn.pending.borrow().is_empty() {
+            waiting_since = None;
+        } else {
+            let since = *waiting_since.get_or_insert(now);
+            let quiet = conn.seen.get().max(since);
+            // Halfway, a ping (once): a node that is only slow answers it.
+            let probe = quiet + sh.settings.request_timeout / 2;
+            if probe > pinged {
+                next_ping = next_ping.min(probe);
+            }
+            if now >= quiet + sh.settings.request_timeout {
+                sh.pool.health().report_connect_failure(conn.node);
+                sh.fail(conn, "the node stopped answering");
+                return;
+            }
+        }
         if now >= next_ping {
             conn.send_control(OpCode::Ping, b"");
+            pinged = now;
             next_ping = now + sh.settings.keepalive;
         }
         let at = next_ping.min(now + sh.settings.health_every);
@@ -334,7 +358,7 @@ async fn reader(sh: &Rc<Shared>, conn: &Rc<Conn>, r: &mut NodeReader, early: Vec
         match res {
             Ok(0) => return "the node closed the connection".into(),
             Err(e) => return format!("read failed: {e}"),
-            Ok(_) => {}
+            Ok(_) => conn.seen.set(Instant::now()),
         }
     }
 }

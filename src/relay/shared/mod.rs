@@ -81,6 +81,9 @@ pub struct Settings {
     pub max_head: usize,
     /// Subscriptions on one connection before another opens to the same node.
     pub max_subscriptions: usize,
+    /// Requests outstanding this long with nothing read from the node: the
+    /// connection is taken for lost (a hung node).
+    pub request_timeout: Duration,
 }
 
 /// What a session in shared mode needs besides its connection.
