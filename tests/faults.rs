@@ -354,3 +354,36 @@ fn a_slow_node_gets_fewer_new_sessions() {
     assert!(on_fast >= 9, "fast {on_fast} slow {on_slow}");
     drop(held);
 }
+
+/// A pinned session whose client reads slowly is held by backpressure, not
+/// taken for a hung node: the gateway stops reading the node, so the node's
+/// silence past the request timeout means nothing. Every answer arrives.
+#[test]
+fn a_slow_reader_is_not_mistaken_for_a_hung_node() {
+    let pki = TestPki::new();
+    let node = Upstream::start(Behaviour::Scripted(Script::new(100_000)));
+    let cfg = write_config(
+        &pki,
+        "slow-reader.toml",
+        "[pool]\nrequest_timeout_ms = 400\n[limits]\nmax_buffered_bytes = 65536\n[health]\ninterval_ms = 100\n",
+    );
+    let gw = Gateway::start(
+        &pki,
+        &[node.url()],
+        &["--config", cfg.to_str().unwrap(), "--health-probe", "off"],
+    );
+    let mut ws = ws_connect(&gw, pki.client_config(), "/");
+    for id in 0..100 {
+        ws.send(Message::Text(format!(
+            r#"{{"jsonrpc":"2.0","id":{id},"method":"big"}}"#
+        )))
+        .unwrap();
+    }
+    // Not reading, for well past the request timeout (nothing to wait for:
+    // the point is that nothing happens meanwhile).
+    std::thread::sleep(Duration::from_millis(1500));
+    for id in 0..100 {
+        let answer = text(&mut ws).unwrap_or_else(|| panic!("closed before answer {id}"));
+        assert_eq!(id_of(&answer), id.to_string());
+    }
+}

@@ -94,8 +94,10 @@ pub async fn pump<R: ReadHalf>(
                     && !dst.out.finished.get()
                     && !s.closing.ended()
                 {
+                    src.paused.set(true);
                     dst.out.space_wake.wait().await;
                 }
+                src.paused.set(false);
             }
         }
         src.reading.set(true);

@@ -74,6 +74,9 @@ pub struct Side {
     pub fd: RawFd,
     /// A read is pending on this side (so ending the session must stop it).
     pub reading: Cell<bool>,
+    /// Its pump waits for the other side's writer (backpressure): nothing
+    /// is read from it meanwhile, so its silence means nothing.
+    pub paused: Cell<bool>,
 }
 
 impl Side {
@@ -84,6 +87,7 @@ impl Side {
             out: Outbox::default(),
             fd,
             reading: Cell::new(false),
+            paused: Cell::new(false),
         }
     }
 }

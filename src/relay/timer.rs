@@ -52,6 +52,11 @@ pub async fn timer(s: &Session, watch: Option<&NodeWatch>, shutdown: &Broadcast)
             // A hung node: requests waiting, and nothing from it, for the
             // request timeout (a shared connection watches this itself).
             let waiting = s.inflight.borrow().waiting_since();
+            if pinned && s.side(Which::Node).paused.get() {
+                // Not reading the node (its client does not read): its
+                // silence is ours, not a sign that it hung.
+                s.node_seen.set(now);
+            }
             if let (true, Some(since)) = (pinned, waiting) {
                 let quiet = s.node_seen.get().max(since.into());
                 // Halfway, a ping (once): a node that is only slow answers it.
