@@ -387,3 +387,44 @@ fn a_slow_reader_is_not_mistaken_for_a_hung_node() {
         assert_eq!(id_of(&answer), id.to_string());
     }
 }
+
+/// `--shared`: past `pool.shared_max_subscriptions` on its connection, a
+/// session's next subscription opens on another connection to the node
+/// (Substrate allows 1,024 per connection); each is ended where it lives.
+#[test]
+fn shared_subscriptions_spread_over_connections_at_their_cap() {
+    let pki = TestPki::new();
+    let script = Script::new(10);
+    let node = Upstream::start(Behaviour::Scripted(script.clone()));
+    let cfg = write_config(&pki, "subs.toml", "[pool]\nshared_max_subscriptions = 4\n");
+    let gw = Gateway::start(
+        &pki,
+        &[node.url()],
+        &[
+            "--shared",
+            "--workers",
+            "1",
+            "--config",
+            cfg.to_str().unwrap(),
+        ],
+    );
+    let mut ws = ws_connect(&gw, pki.client_config(), "/");
+    let mut subs = Vec::new();
+    for id in 0..10 {
+        ws.send(Message::Text(format!(
+            r#"{{"jsonrpc":"2.0","id":{id},"method":"chain_subscribeNewHeads","params":[]}}"#
+        )))
+        .unwrap();
+        subs.push(result_string(&text(&mut ws).unwrap()));
+    }
+    assert_eq!(script.subscriptions.load(Relaxed), 10);
+    assert!(script.most_per_connection.load(Relaxed) <= 4);
+    for (id, sub) in subs.iter().enumerate() {
+        ws.send(Message::Text(format!(
+            r#"{{"jsonrpc":"2.0","id":{},"method":"chain_unsubscribeNewHeads","params":["{sub}"]}}"#,
+            100 + id
+        )))
+        .unwrap();
+        assert!(text(&mut ws).unwrap().contains("true"), "{sub}");
+    }
+}

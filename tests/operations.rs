@@ -617,3 +617,24 @@ fn metrics_can_be_served_apart_from_the_public_port() {
         .unwrap();
     assert_ne!(read_response(&mut s).0, 404);
 }
+
+#[test]
+fn check_with_a_missing_certificate_names_the_config_file_and_the_key() {
+    // Regression: `--check` named the certificate but not the config file
+    // that pointed at it.
+    let pki = TestPki::new();
+    let cfg = write_config(
+        &pki,
+        "nocert.toml",
+        "[tls]\ncert = \"/nonexistent/fullchain.pem\"\nkey = \"/nonexistent/privkey.pem\"\n",
+    );
+    let out = check_config(cfg.to_str().unwrap());
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(cfg.to_str().unwrap())
+            && err.contains("tls.cert")
+            && err.contains("/nonexistent/fullchain.pem"),
+        "{err}"
+    );
+}

@@ -83,6 +83,9 @@ pub struct Script {
     pub big: usize,
     /// Messages answered so far.
     pub answered: std::sync::atomic::AtomicUsize,
+    /// Subscriptions opened, and the most on any one connection.
+    pub subscriptions: std::sync::atomic::AtomicUsize,
+    pub most_per_connection: std::sync::atomic::AtomicUsize,
 }
 
 impl Script {
@@ -90,11 +93,14 @@ impl Script {
         Arc::new(Script {
             big,
             answered: 0.into(),
+            subscriptions: 0.into(),
+            most_per_connection: 0.into(),
         })
     }
 
-    /// The answer to one message, `None` for none; `Err` to drop the connection.
-    fn answer(&self, msg: &str) -> Result<Option<String>, ()> {
+    /// The answer to one message, `None` for none; `Err` to drop the
+    /// connection. `subs`: subscriptions open on this connection.
+    fn answer(&self, msg: &str, subs: &mut usize) -> Result<Option<String>, ()> {
         use std::sync::atomic::Ordering::Relaxed;
         if msg.contains("\"die\"") {
             return Err(());
@@ -113,6 +119,20 @@ impl Script {
             .and_then(|p| p.id)
             .map(|i| String::from_utf8_lossy(i).to_string())
             .unwrap_or_else(|| "null".into());
+        if msg.contains("_unsubscribe") {
+            *subs = subs.saturating_sub(1);
+            return Ok(Some(format!(
+                r#"{{"jsonrpc":"2.0","result":true,"id":{id}}}"#
+            )));
+        }
+        if msg.contains("_subscribe") {
+            *subs += 1;
+            self.most_per_connection.fetch_max(*subs, Relaxed);
+            let n = self.subscriptions.fetch_add(1, Relaxed);
+            return Ok(Some(format!(
+                r#"{{"jsonrpc":"2.0","result":"sub-{n}","id":{id}}}"#
+            )));
+        }
         if msg.contains("\"renum\"") {
             let v: f64 = id.parse().unwrap_or(0.0);
             return Ok(Some(format!(
@@ -310,6 +330,7 @@ fn serve(
     let Ok(mut ws) = tungstenite::accept_hdr_with_config(stream, callback, Some(cfg)) else {
         return;
     };
+    let mut script_subs = 0usize;
     if let Behaviour::Frozen = behaviour {
         thread::sleep(Duration::from_secs(30));
         return;
@@ -374,7 +395,7 @@ fn serve(
                 if matches!(behaviour, Behaviour::Scripted(_) | Behaviour::Answer(_)) =>
             {
                 let reply = match &behaviour {
-                    Behaviour::Scripted(script) => match script.answer(&t) {
+                    Behaviour::Scripted(script) => match script.answer(&t, &mut script_subs) {
                         Ok(Some(a)) => a,
                         Ok(None) => continue,
                         Err(()) => {
