@@ -329,22 +329,28 @@ fn websocket_requests_to_a_hung_node_fail_after_the_request_timeout() {
 }
 
 /// Balancing counts how slowly a node answers as well as its sessions: a
-/// node answering its probes in 30 ms gets far fewer new sessions than one
+/// node answering its probes in 60 ms gets far fewer new sessions than one
 /// answering at once (a node that starts to hang is avoided before its
 /// checks mark it down).
 #[test]
 fn a_slow_node_gets_fewer_new_sessions() {
     let pki = TestPki::new();
     let fast = Upstream::start(Behaviour::Echo);
-    let slow = Upstream::start(Behaviour::Slow(Duration::from_millis(30)));
+    let slow = Upstream::start(Behaviour::Slow(Duration::from_millis(60)));
     let cfg = write_config(&pki, "slow-node.toml", FAST_HEALTH);
     let gw = Gateway::start(
         &pki,
         &[fast.url(), slow.url()],
         &["--config", cfg.to_str().unwrap(), "--workers", "1"],
     );
-    wait_for(Duration::from_secs(5), "probes of both nodes", || {
-        health(&gw, &pki).1.matches(r#""probes":3"#).count() == 2
+    wait_for(Duration::from_secs(10), "three probes of each node", || {
+        let body = health(&gw, &pki).1;
+        let probes: Vec<u64> = body
+            .split(r#""probes":"#)
+            .skip(1)
+            .filter_map(|r| r.split(['}', ',']).next()?.parse().ok())
+            .collect();
+        probes.len() == 2 && probes.iter().all(|&n| n >= 3)
     });
     let held: Vec<_> = (0..12)
         .map(|_| ws_connect(&gw, pki.client_config(), "/"))

@@ -229,7 +229,13 @@ fn sessions_are_balanced_over_nodes() {
     let pki = TestPki::new();
     let a = Upstream::start(Behaviour::Echo);
     let b = Upstream::start(Behaviour::Echo);
-    let gw = Gateway::start(&pki, &[a.url(), b.url()], &["--workers", "1"]);
+    // No probes: least connections alone (how slowly nodes answer their
+    // probes also counts: tests/faults.rs, a_slow_node_gets_fewer_new_sessions).
+    let gw = Gateway::start(
+        &pki,
+        &[a.url(), b.url()],
+        &["--workers", "1", "--health-probe", "off"],
+    );
     // Held open, so least-connections sees them.
     let conns: Vec<_> = (0..10)
         .map(|_| ws_connect(&gw, pki.client_config(), "/"))
