@@ -1,140 +1,14 @@
 //! Shared node connections (`--shared`): the real gateway, a JSON-RPC node
-//! with subscriptions (tungstenite, one thread per connection), real TLS
-//! clients. Sessions share one node connection per core; ids, batches and
+//! with subscriptions ([`common::PubsubNode`]), real TLS clients. Sessions share one node connection per core; ids, batches and
 //! subscriptions must still reach the right client.
 
 mod common;
 
-use std::net::TcpListener;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{mpsc, Arc};
-use std::thread;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use common::*;
 use tungstenite::Message;
-
-/// A node: answers `{"method":M,"params":P}` with `{"result":{"method":M,"params":P}}`,
-/// `test_subscribe` with a subscription id and then a notification every
-/// 20 ms, `test_unsubscribe` with `true`, and `test_die` by dropping the connection.
-struct Node {
-    url: String,
-    /// WebSocket connections upgraded.
-    connections: Arc<AtomicUsize>,
-    /// Every call the node got: (method, raw params).
-    calls: mpsc::Receiver<(String, String)>,
-}
-
-fn start_node() -> Node {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let url = format!("ws://{}", listener.local_addr().unwrap());
-    let connections = Arc::new(AtomicUsize::new(0));
-    let (tx, calls) = mpsc::channel();
-    let count = connections.clone();
-    let subs_made = Arc::new(AtomicUsize::new(0));
-    thread::spawn(move || {
-        for stream in listener.incoming() {
-            let Ok(stream) = stream else { continue };
-            let tx = tx.clone();
-            let subs_made = subs_made.clone();
-            let count = count.clone();
-            thread::spawn(move || serve(stream, tx, subs_made, count));
-        }
-    });
-    Node {
-        url,
-        connections,
-        calls,
-    }
-}
-
-fn serve(
-    stream: std::net::TcpStream,
-    calls: mpsc::Sender<(String, String)>,
-    subs_made: Arc<AtomicUsize>,
-    upgraded: Arc<AtomicUsize>,
-) {
-    stream.set_nodelay(true).unwrap();
-    // (The gateway's start-up reachability check connects without upgrading.)
-    let Ok(mut ws) = tungstenite::accept(stream) else {
-        return;
-    };
-    upgraded.fetch_add(1, Ordering::SeqCst);
-    ws.get_ref()
-        .set_read_timeout(Some(Duration::from_millis(10)))
-        .unwrap();
-    let mut subs: Vec<String> = Vec::new();
-    let mut tick = Instant::now();
-    let mut n = 0u64;
-    loop {
-        match ws.read() {
-            Ok(Message::Text(t)) => {
-                let answers = if t.trim_start().starts_with('[') {
-                    let parts: Vec<String> = ringway::jsonrpc::elements(t.as_bytes())
-                        .filter_map(|e| answer(e, &mut subs, &subs_made, &calls))
-                        .collect();
-                    Some(format!("[{}]", parts.join(",")))
-                } else if t.contains("test_die") {
-                    return;
-                } else {
-                    answer(t.as_bytes(), &mut subs, &subs_made, &calls)
-                };
-                if let Some(a) = answers {
-                    ws.send(Message::Text(a)).unwrap();
-                }
-            }
-            Ok(Message::Close(_)) => return,
-            Ok(_) => {}
-            Err(tungstenite::Error::Io(e))
-                if e.kind() == std::io::ErrorKind::WouldBlock
-                    || e.kind() == std::io::ErrorKind::TimedOut => {}
-            Err(_) => return,
-        }
-        if tick.elapsed() >= Duration::from_millis(20) {
-            tick = Instant::now();
-            n += 1;
-            for s in &subs {
-                let note = format!(
-                    r#"{{"jsonrpc":"2.0","method":"test_event","params":{{"subscription":"{s}","result":{n}}}}}"#
-                );
-                if ws.send(Message::Text(note)).is_err() {
-                    return;
-                }
-            }
-        }
-    }
-}
-
-fn answer(
-    msg: &[u8],
-    subs: &mut Vec<String>,
-    subs_made: &AtomicUsize,
-    calls: &mpsc::Sender<(String, String)>,
-) -> Option<String> {
-    let p = ringway::jsonrpc::peek(msg).expect("the gateway forwards valid JSON-RPC");
-    let method = String::from_utf8_lossy(p.method.unwrap_or(b"")).to_string();
-    let params = String::from_utf8_lossy(p.params.unwrap_or(b"[]")).to_string();
-    let _ = calls.send((method.clone(), params.clone()));
-    let id = String::from_utf8_lossy(p.id?).to_string();
-    let result = match method.as_str() {
-        "test_subscribe" => {
-            let s = format!("sub{}", subs_made.fetch_add(1, Ordering::SeqCst));
-            subs.push(s.clone());
-            format!("\"{s}\"")
-        }
-        "test_unsubscribe" => {
-            let s = ringway::jsonrpc::param(params.as_bytes(), 0).unwrap_or(b"");
-            let s = String::from_utf8_lossy(s).trim_matches('"').to_string();
-            let had = subs.contains(&s);
-            subs.retain(|x| *x != s);
-            had.to_string()
-        }
-        _ => format!(r#"{{"method":"{method}","params":{params}}}"#),
-    };
-    Some(format!(
-        r#"{{"jsonrpc":"2.0","id":{id},"result":{result}}}"#
-    ))
-}
 
 fn text(m: Message) -> String {
     match m {
@@ -143,13 +17,13 @@ fn text(m: Message) -> String {
     }
 }
 
-fn gateway(pki: &TestPki, node: &Node) -> Gateway {
+fn gateway(pki: &TestPki, node: &PubsubNode) -> Gateway {
     gateway_with(pki, node, "")
 }
 
 /// Shared mode on one worker (one node connection), no health probes, and
 /// `config`: TOML that continues the `[pool]` table (or opens others).
-fn gateway_with(pki: &TestPki, node: &Node, config: &str) -> Gateway {
+fn gateway_with(pki: &TestPki, node: &PubsubNode, config: &str) -> Gateway {
     let cfg = write_config(
         pki,
         "shared.toml",
@@ -182,7 +56,7 @@ fn read_until(ws: &mut tungstenite::WebSocket<TlsStream>, f: impl Fn(&str) -> bo
 #[test]
 fn sessions_share_one_node_connection_and_keep_their_ids() {
     let pki = TestPki::new();
-    let node = start_node();
+    let node = PubsubNode::start();
     let gw = gateway(&pki, &node);
     let mut clients: Vec<_> = (0..3)
         .map(|_| ws_connect(&gw, pki.client_config(), "/"))
@@ -257,7 +131,7 @@ fn sessions_share_one_node_connection_and_keep_their_ids() {
 #[test]
 fn subscriptions_reach_their_own_session_and_end_with_it() {
     let pki = TestPki::new();
-    let node = start_node();
+    let node = PubsubNode::start();
     let gw = gateway(&pki, &node);
     let mut a = ws_connect(&gw, pki.client_config(), "/");
     let mut b = ws_connect(&gw, pki.client_config(), "/");
@@ -322,7 +196,7 @@ fn subscriptions_reach_their_own_session_and_end_with_it() {
 #[test]
 fn a_lost_node_connection_answers_what_waited_and_closes_sessions_1012() {
     let pki = TestPki::new();
-    let node = start_node();
+    let node = PubsubNode::start();
     let gw = gateway(&pki, &node);
     let mut a = ws_connect(&gw, pki.client_config(), "/");
     let mut b = ws_connect(&gw, pki.client_config(), "/");
@@ -367,7 +241,7 @@ fn a_lost_node_connection_answers_what_waited_and_closes_sessions_1012() {
 #[test]
 fn a_connection_full_of_subscriptions_makes_room_on_another() {
     let pki = TestPki::new();
-    let node = start_node();
+    let node = PubsubNode::start();
     let gw = gateway_with(&pki, &node, "shared_max_subscriptions = 1\n");
     let subscribe = r#"{"jsonrpc":"2.0","id":1,"method":"test_subscribe","params":[]}"#;
     let mut a = ws_connect(&gw, pki.client_config(), "/");
@@ -390,7 +264,7 @@ fn the_polkadot_js_provider_works_through_the_gateway_unchanged() {
     let Some(provider) = JsScript::new("polkadot.mjs", &["@polkadot/rpc-provider"], &pki) else {
         return;
     };
-    let node = start_node();
+    let node = PubsubNode::start();
     for shared in [false, true] {
         let mut flags = vec!["--workers", "1", "--health-probe", "off"];
         if shared {
@@ -408,7 +282,7 @@ fn the_polkadot_js_provider_works_through_the_gateway_unchanged() {
 #[test]
 fn admission_limits_apply_to_shared_sessions() {
     let pki = TestPki::new();
-    let node = start_node();
+    let node = PubsubNode::start();
     let gw = gateway_with(
         &pki,
         &node,

@@ -2,7 +2,9 @@
 //!
 //! - [`pki`]: a test CA and a leaf certificate;
 //! - [`gateway`]: the real `ringway` binary on 127.0.0.1:0;
-//! - [`upstream`]: fake nodes (behaviours, a Substrate-like mock chain);
+//! - [`upstream`]: every fake node of the tests: behaviours (echo, silent,
+//!   frozen, scripted faults...), a Substrate-like mock chain, and a node
+//!   with subscriptions for shared connections;
 //! - [`clients`]: raw TLS, tungstenite, and real JavaScript clients;
 //! - [`wire`]: HTTP responses, upgrade requests and frames by hand.
 #![allow(dead_code)] // each test binary uses a different part of the harness

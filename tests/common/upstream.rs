@@ -17,6 +17,9 @@ use tungstenite::handshake::server::{Request, Response};
 use tungstenite::protocol::WebSocketConfig;
 use tungstenite::{Message, WebSocket};
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Instant;
+
 use super::*;
 
 /// What an upstream saw of one handshake.
@@ -505,4 +508,128 @@ fn serve_http(stream: TcpStream, chain: &FakeChain, seen_tx: mpsc::Sender<SeenRe
             return;
         }
     }
+}
+
+/// A JSON-RPC node for shared-connection tests (`tests/shared.rs`): answers `{"method":M,"params":P}` with `{"result":{"method":M,"params":P}}`,
+/// `test_subscribe` with a subscription id and then a notification every
+/// 20 ms, `test_unsubscribe` with `true`, and `test_die` by dropping the connection.
+pub struct PubsubNode {
+    pub url: String,
+    /// WebSocket connections upgraded.
+    pub connections: Arc<AtomicUsize>,
+    /// Every call the node got: (method, raw params).
+    pub calls: mpsc::Receiver<(String, String)>,
+}
+
+impl PubsubNode {
+    pub fn start() -> PubsubNode {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("ws://{}", listener.local_addr().unwrap());
+        let connections = Arc::new(AtomicUsize::new(0));
+        let (tx, calls) = mpsc::channel();
+        let count = connections.clone();
+        let subs_made = Arc::new(AtomicUsize::new(0));
+        thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(stream) = stream else { continue };
+                let tx = tx.clone();
+                let subs_made = subs_made.clone();
+                let count = count.clone();
+                thread::spawn(move || serve_pubsub(stream, tx, subs_made, count));
+            }
+        });
+        PubsubNode {
+            url,
+            connections,
+            calls,
+        }
+    }
+}
+
+fn serve_pubsub(
+    stream: std::net::TcpStream,
+    calls: mpsc::Sender<(String, String)>,
+    subs_made: Arc<AtomicUsize>,
+    upgraded: Arc<AtomicUsize>,
+) {
+    stream.set_nodelay(true).unwrap();
+    // (The gateway's start-up reachability check connects without upgrading.)
+    let Ok(mut ws) = tungstenite::accept(stream) else {
+        return;
+    };
+    upgraded.fetch_add(1, Ordering::SeqCst);
+    ws.get_ref()
+        .set_read_timeout(Some(Duration::from_millis(10)))
+        .unwrap();
+    let mut subs: Vec<String> = Vec::new();
+    let mut tick = Instant::now();
+    let mut n = 0u64;
+    loop {
+        match ws.read() {
+            Ok(Message::Text(t)) => {
+                let answers = if t.trim_start().starts_with('[') {
+                    let parts: Vec<String> = ringway::jsonrpc::elements(t.as_bytes())
+                        .filter_map(|e| answer_pubsub(e, &mut subs, &subs_made, &calls))
+                        .collect();
+                    Some(format!("[{}]", parts.join(",")))
+                } else if t.contains("test_die") {
+                    return;
+                } else {
+                    answer_pubsub(t.as_bytes(), &mut subs, &subs_made, &calls)
+                };
+                if let Some(a) = answers {
+                    ws.send(Message::Text(a)).unwrap();
+                }
+            }
+            Ok(Message::Close(_)) => return,
+            Ok(_) => {}
+            Err(tungstenite::Error::Io(e))
+                if e.kind() == std::io::ErrorKind::WouldBlock
+                    || e.kind() == std::io::ErrorKind::TimedOut => {}
+            Err(_) => return,
+        }
+        if tick.elapsed() >= Duration::from_millis(20) {
+            tick = Instant::now();
+            n += 1;
+            for s in &subs {
+                let note = format!(
+                    r#"{{"jsonrpc":"2.0","method":"test_event","params":{{"subscription":"{s}","result":{n}}}}}"#
+                );
+                if ws.send(Message::Text(note)).is_err() {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+fn answer_pubsub(
+    msg: &[u8],
+    subs: &mut Vec<String>,
+    subs_made: &AtomicUsize,
+    calls: &mpsc::Sender<(String, String)>,
+) -> Option<String> {
+    let p = ringway::jsonrpc::peek(msg).expect("the gateway forwards valid JSON-RPC");
+    let method = String::from_utf8_lossy(p.method.unwrap_or(b"")).to_string();
+    let params = String::from_utf8_lossy(p.params.unwrap_or(b"[]")).to_string();
+    let _ = calls.send((method.clone(), params.clone()));
+    let id = String::from_utf8_lossy(p.id?).to_string();
+    let result = match method.as_str() {
+        "test_subscribe" => {
+            let s = format!("sub{}", subs_made.fetch_add(1, Ordering::SeqCst));
+            subs.push(s.clone());
+            format!("\"{s}\"")
+        }
+        "test_unsubscribe" => {
+            let s = ringway::jsonrpc::param(params.as_bytes(), 0).unwrap_or(b"");
+            let s = String::from_utf8_lossy(s).trim_matches('"').to_string();
+            let had = subs.contains(&s);
+            subs.retain(|x| *x != s);
+            had.to_string()
+        }
+        _ => format!(r#"{{"method":"{method}","params":{params}}}"#),
+    };
+    Some(format!(
+        r#"{{"jsonrpc":"2.0","id":{id},"result":{result}}}"#
+    ))
 }
