@@ -1,5 +1,7 @@
 //! Minimal leveled logging to stderr, one line per event: text, or one JSON
-//! object per line (`log.format = "json"`) for log shippers.
+//! object per line (`log.format = "json"`) for log shippers. Timestamps are
+//! RFC 3339 in UTC with milliseconds (`2026-11-29T08:12:03.123Z`), what
+//! people, journald and log shippers read.
 //!
 //! The level is process-wide and set once at start; checking it is one
 //! relaxed atomic load, so disabled debug lines cost nothing on the hot path.
@@ -66,9 +68,8 @@ pub fn write(level: Level, args: std::fmt::Arguments<'_>) {
     } else {
         writeln!(
             err,
-            "{}.{:03} {:5} [{}] {}",
-            now.as_secs(),
-            now.subsec_millis(),
+            "{} {:5} [{}] {}",
+            rfc3339(now),
             level.label(),
             name,
             args
@@ -76,17 +77,45 @@ pub fn write(level: Level, args: std::fmt::Arguments<'_>) {
     };
 }
 
-/// `{"ts":1795291045.445,"level":"info","thread":"worker-0","msg":"..."}`
+/// `{"ts":"2026-11-29T08:12:03.123Z","level":"info","thread":"worker-0","msg":"..."}`
 fn json_line(now: std::time::Duration, level: Level, thread: &str, msg: &str) -> String {
     let text = |s: &str| serde_json::to_string(s).unwrap_or_else(|_| "\"\"".into());
     format!(
-        "{{\"ts\":{}.{:03},\"level\":\"{}\",\"thread\":{},\"msg\":{}}}",
-        now.as_secs(),
-        now.subsec_millis(),
+        "{{\"ts\":\"{}\",\"level\":\"{}\",\"thread\":{},\"msg\":{}}}",
+        rfc3339(now),
         level.label().to_ascii_lowercase(),
         text(thread),
         text(msg)
     )
+}
+
+/// A time since the Unix epoch as RFC 3339 in UTC with milliseconds.
+pub fn rfc3339(since_epoch: std::time::Duration) -> String {
+    let secs = since_epoch.as_secs();
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    let (y, m, d) = civil_from_days(days as i64);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:03}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60,
+        since_epoch.subsec_millis()
+    )
+}
+
+/// Days since 1970-01-01 to (year, month, day), proleptic Gregorian
+/// (Howard Hinnant's `civil_from_days`).
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    (y, m, d)
 }
 
 #[macro_export]
@@ -143,7 +172,16 @@ mod tests {
         assert_eq!(v["level"], "warn");
         assert_eq!(v["thread"], "worker-0");
         assert_eq!(v["msg"], "node \"a\" is down\nnext line");
-        assert_eq!(v["ts"].as_f64(), Some(1_795_291_045.445));
+        assert_eq!(v["ts"], "2026-11-21T19:57:25.445Z");
         assert!(!line.contains('\n'));
+    }
+
+    #[test]
+    fn timestamps_are_rfc3339_utc_with_milliseconds() {
+        let at = |ms: u64| rfc3339(std::time::Duration::from_millis(ms));
+        assert_eq!(at(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(at(951_782_400_000), "2000-02-29T00:00:00.000Z");
+        assert_eq!(at(1_709_251_199_999), "2024-02-29T23:59:59.999Z");
+        assert_eq!(at(4_102_444_800_000), "2100-01-01T00:00:00.000Z");
     }
 }

@@ -422,7 +422,13 @@ fn json_logs_are_one_object_per_line() {
     for line in &lines {
         let v: serde_json::Value =
             serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
-        assert!(v["ts"].is_number() && v["level"].is_string() && v["msg"].is_string());
+        // RFC 3339, UTC, milliseconds: 2026-11-29T08:12:03.123Z
+        let ts = v["ts"].as_str().unwrap_or_default();
+        assert!(
+            ts.len() == 24 && ts.ends_with('Z') && ts.as_bytes()[10] == b'T',
+            "{ts}"
+        );
+        assert!(v["level"].is_string() && v["msg"].is_string());
     }
     assert!(
         lines.iter().any(|l| l.contains(r#""msg":"ready""#)),
