@@ -13,13 +13,16 @@ use std::time::{Duration, Instant};
 use common::*;
 use tungstenite::Message;
 
-fn anvil_path() -> Option<PathBuf> {
+/// The anvil binary: `RINGWAY_ANVIL`, or npm's package (installed into
+/// `target/anvil` on first use).
+fn anvil_path() -> PathBuf {
     if let Some(p) = std::env::var_os("RINGWAY_ANVIL") {
-        return Some(PathBuf::from(p));
+        return PathBuf::from(p);
     }
-    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("target/anvil/node_modules/@foundry-rs/anvil-linux-amd64/bin/anvil");
-    p.exists().then_some(p)
+    let modules = npm_packages("anvil", ANVIL);
+    let bin = modules.join("@foundry-rs/anvil-linux-amd64/bin/anvil");
+    assert!(bin.exists(), "no anvil binary at {}", bin.display());
+    bin
 }
 
 struct Anvil {
@@ -79,12 +82,7 @@ fn balance_at(id: u64, block: &str) -> String {
 
 #[test]
 fn a_pruned_anvil_is_backed_by_an_archive_one() {
-    let Some(bin) = anvil_path() else {
-        eprintln!(
-            "anvil not installed (npm install --prefix target/anvil @foundry-rs/anvil); skipping"
-        );
-        return;
-    };
+    let bin = anvil_path();
     let pruned = anvil(&bin, &["--prune-history", "5"]);
     let archive = anvil(&bin, &[]);
     for node in [&pruned, &archive] {
@@ -160,10 +158,7 @@ fn a_pruned_anvil_is_backed_by_an_archive_one() {
 fn an_ethereum_node_behind_default_flags_stays_in_service() {
     // `--upstream ws://anvil` without `--chain ethereum`: the Substrate probe's
     // methods are unknown there (-32601), which is no reason to drop the node.
-    let Some(bin) = anvil_path() else {
-        eprintln!("anvil not installed; skipping");
-        return;
-    };
+    let bin = anvil_path();
     let node = anvil(&bin, &[]);
     let pki = TestPki::new();
     let cfg = write_config(&pki, "fast.toml", "[health]\ninterval_ms = 100\n");
@@ -194,10 +189,7 @@ fn an_ethereum_node_behind_default_flags_stays_in_service() {
 fn ethereum_subscriptions_over_shared_node_connections() {
     // Two sessions share one connection to a real node: each gets its own
     // eth_subscribe id and its own notifications, and can end only its own.
-    let Some(bin) = anvil_path() else {
-        eprintln!("anvil not installed; skipping");
-        return;
-    };
+    let bin = anvil_path();
     let node = anvil(&bin, &[]);
     let pki = TestPki::new();
     let cfg = write_config(
@@ -260,14 +252,9 @@ fn ethereum_subscriptions_over_shared_node_connections() {
 
 #[test]
 fn ethers_and_web3_work_through_the_gateway_unchanged() {
-    let Some(bin) = anvil_path() else {
-        eprintln!("anvil not installed; skipping");
-        return;
-    };
+    let bin = anvil_path();
     let pki = TestPki::new();
-    let Some(clients) = JsScript::new("clients.mjs", &["ethers", "web3"], &pki) else {
-        return;
-    };
+    let clients = JsScript::new("clients.mjs", &pki);
     let node = anvil(&bin, &[]);
     let http = node.url.replacen("ws://", "http://", 1);
     for mode in [None, Some("--shared")] {

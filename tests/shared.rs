@@ -261,9 +261,7 @@ fn a_connection_full_of_subscriptions_makes_room_on_another() {
 fn the_polkadot_js_provider_works_through_the_gateway_unchanged() {
     // @polkadot/rpc-provider from target/js (`.ci/run` installs it with npm).
     let pki = TestPki::new();
-    let Some(provider) = JsScript::new("polkadot.mjs", &["@polkadot/rpc-provider"], &pki) else {
-        return;
-    };
+    let provider = JsScript::new("polkadot.mjs", &pki);
     let node = PubsubNode::start();
     for shared in [false, true] {
         let mut flags = vec!["--workers", "1", "--health-probe", "off"];

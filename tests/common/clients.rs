@@ -92,24 +92,79 @@ pub struct JsScript {
     ca: PathBuf,
 }
 
-impl JsScript {
-    /// `None` (the test skips, saying so) when a package in `needs` is not installed.
-    pub fn new(name: &str, needs: &[&str], pki: &TestPki) -> Option<JsScript> {
-        let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-        let js = root.join("target/js");
-        if let Some(missing) = needs
-            .iter()
-            .find(|p| !js.join("node_modules").join(p).exists())
-        {
-            eprintln!("{missing} not installed (cd target/js && npm install {missing}); skipping");
-            return None;
+/// The npm packages the tests run, pinned: real clients, and a real node.
+pub const JS_CLIENTS: &[&str] = &[
+    "ethers@6.17.0",
+    "web3@4.16.0",
+    "@polkadot/rpc-provider@16.5.6",
+];
+pub const ANVIL: &[&str] = &["@foundry-rs/anvil@1.7.1"];
+
+/// `target/DIR/node_modules` with `packages` in it: installed with npm the
+/// first time (one test binary at a time: a file lock; the others wait and
+/// find them there). Without npm, the test fails saying what to install:
+/// no test passes by skipping.
+pub fn npm_packages(dir: &str, packages: &[&str]) -> PathBuf {
+    use std::os::fd::AsRawFd;
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("target")
+        .join(dir);
+    std::fs::create_dir_all(&root).unwrap();
+    let modules = root.join("node_modules");
+    let name = |p: &str| {
+        p.rsplit_once('@')
+            .filter(|(n, _)| !n.is_empty())
+            .map_or(p, |(n, _)| n)
+            .to_string()
+    };
+    let present = || packages.iter().all(|p| modules.join(name(p)).exists());
+    if present() {
+        return modules;
+    }
+    let lock = std::fs::File::create(root.with_extension("lock")).unwrap();
+    // SAFETY: flock on a descriptor this function owns; released when `lock` drops.
+    unsafe {
+        libc::flock(lock.as_raw_fd(), libc::LOCK_EX);
+    }
+    if !present() {
+        let npm = Command::new("npm").arg("--version").output();
+        if !npm.map(|o| o.status.success()).unwrap_or(false) {
+            panic!(
+                "this test runs {packages:?} from npm, and npm is not installed: \
+                 install Node.js 18+ and npm (Debian: apt-get install nodejs npm), then run the tests again"
+            );
         }
+        let out = Command::new("npm")
+            .args(["install", "--no-audit", "--no-fund", "--silent"])
+            .args(packages)
+            .current_dir(&root)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success() && present(),
+            "npm install {packages:?} in {} failed:\n{}",
+            root.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    drop(lock);
+    modules
+}
+
+impl JsScript {
+    /// A script from `tests/js`, with the real clients installed next to it.
+    pub fn new(name: &str, pki: &TestPki) -> JsScript {
+        let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+        let js = npm_packages("js", JS_CLIENTS)
+            .parent()
+            .unwrap()
+            .to_path_buf();
         // Run from a copy next to node_modules, so that `import` finds them.
         let path = js.join(name);
         std::fs::copy(root.join("tests/js").join(name), &path).unwrap();
         let ca = pki.dir.join("ca.pem");
         std::fs::write(&ca, &pki.ca_pem).unwrap();
-        Some(JsScript { path, ca })
+        JsScript { path, ca }
     }
 
     /// Run it with `args`: whether it succeeded, its stdout and its stderr.
