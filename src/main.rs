@@ -14,6 +14,7 @@ ringway: WSS gateway for JSON-RPC node pools
 
 USAGE:
     ringway [--config FILE] [--check] [flags]
+    ringway import-nginx FILE    an nginx server block as a ringway config (stdout)
 
 With no flags and no file: listen on 127.0.0.1:8443 with a self-signed
 certificate, in front of the node at ws://127.0.0.1:9944.
@@ -212,8 +213,41 @@ fn probe_nodes(config: &Config) {
     }
 }
 
+/// `ringway import-nginx FILE`: the TOML on stdout, what was not carried
+/// over (and why) on stderr.
+fn import_nginx(path: Option<&String>) -> ExitCode {
+    let Some(path) = path else {
+        eprintln!("ringway: usage: ringway import-nginx FILE > ringway.toml");
+        return ExitCode::from(2);
+    };
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("ringway: {path}: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match ringway::config::nginx::import(&text) {
+        Ok(i) => {
+            print!("{}", i.toml);
+            for n in &i.notes {
+                eprintln!("not carried over: {n}");
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("ringway: {path}: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
 fn main() -> ExitCode {
-    let flags = match parse_flags(std::env::args().skip(1).collect()) {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some("import-nginx") {
+        return import_nginx(args.get(1));
+    }
+    let flags = match parse_flags(args) {
         Ok(Some(f)) => f,
         Ok(None) => return ExitCode::SUCCESS,
         Err(e) => {

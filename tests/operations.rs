@@ -644,3 +644,63 @@ fn check_with_a_missing_certificate_names_the_config_file_and_the_key() {
         "{err}"
     );
 }
+
+/// `ringway import-nginx` on the nginx blocks of both seeds (the Polkadot
+/// wiki's, and docs.polkadot.com's with its rate limit and "(...)"
+/// placeholders): each converts, `--check` accepts the result, and ringway
+/// started from it relays a session (certificate and node addresses filled
+/// in as a user's would be).
+#[test]
+fn import_nginx_turns_the_seed_blocks_into_configs_that_serve() {
+    let pki = TestPki::new();
+    let up = Upstream::start(Behaviour::Echo);
+    let node = up.url().trim_start_matches("ws://").to_string();
+    let fixtures = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/nginx");
+    for name in ["000-polkadot-wiki.conf", "001-polkadot-docs.conf"] {
+        let text = std::fs::read_to_string(fixtures.join(name))
+            .unwrap()
+            .replace("CERT_LOCATION_KEY", pki.key.to_str().unwrap())
+            .replace("CERT_LOCATION", pki.cert.to_str().unwrap())
+            .replace("localhost:9944", &node);
+        let nginx = write_config(&pki, &format!("{name}.nginx"), &text);
+        let out = Command::new(env!("CARGO_BIN_EXE_ringway"))
+            .args(["import-nginx", nginx.to_str().unwrap()])
+            .output()
+            .unwrap();
+        let notes = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{name}: {notes}");
+        assert!(
+            notes.contains("not carried over: proxy_set_header"),
+            "{name}: {notes}"
+        );
+        let toml = String::from_utf8(out.stdout).unwrap();
+        let cfg = write_config(&pki, &format!("{name}.toml"), &toml);
+        let check = check_config(cfg.to_str().unwrap());
+        assert!(
+            check.status.success(),
+            "{name}: {}",
+            String::from_utf8_lossy(&check.stderr)
+        );
+        let gw = Gateway::start_args(&[
+            "--config".into(),
+            cfg.display().to_string(),
+            "--listen".into(),
+            "127.0.0.1:0".into(),
+        ]);
+        // The wiki's block names the certificate; the docs' block leaves the
+        // virtual host's TLS lines out: a self-signed certificate then.
+        let client = match gw.stdout_lines.iter().find(|l| l.contains("self-signed")) {
+            Some(line) => {
+                client_config_trusting(&std::fs::read(line.rsplit(' ').next().unwrap()).unwrap())
+            }
+            None => pki.client_config(),
+        };
+        let (mut ws, _) = tungstenite::client(gw.url("/"), tls_connect(gw.addr, client)).unwrap();
+        ws.send(Message::Text(format!("hello from {name}")))
+            .unwrap();
+        assert_eq!(
+            ws.read().unwrap(),
+            Message::Text(format!("hello from {name}"))
+        );
+    }
+}

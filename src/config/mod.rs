@@ -8,6 +8,7 @@
 //! came from.
 
 mod file;
+pub mod nginx;
 mod resolve;
 
 pub use file::*;
