@@ -44,16 +44,7 @@ fn two_tier_with_chain(pki: &TestPki) -> (Gateway, Upstream, Upstream, std::sync
             archive.url()
         ),
     );
-    let gw = Gateway::start_args(&[
-        "--listen".into(),
-        "127.0.0.1:0".into(),
-        "--cert".into(),
-        pki.cert.display().to_string(),
-        "--key".into(),
-        pki.key.display().to_string(),
-        "--config".into(),
-        cfg.display().to_string(),
-    ]);
+    let gw = Gateway::start(pki, &[], &["--config", cfg.to_str().unwrap()]);
     // Wait until the health checks have seen the head (and filled the hash window).
     let start = Instant::now();
     loop {

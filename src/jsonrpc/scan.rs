@@ -21,9 +21,13 @@ pub struct IdScanner {
     key: Option<u8>,
     /// After a key at `level`: whether it was `id`, until its value starts.
     after_key: Option<bool>,
-    /// Capturing an id value: its bytes, and the depth it started at.
-    value: Option<(Vec<u8>, u32)>,
-    ids: Vec<Vec<u8>>,
+    /// Capturing an id value: where it starts in `bytes`, and the depth it
+    /// started at.
+    value: Option<(usize, u32)>,
+    /// The ids found, one after the other, and where each ends: kept
+    /// between messages, so a scan allocates nothing once warm.
+    bytes: Vec<u8>,
+    ends: Vec<usize>,
     /// Not JSON as expected: ids found so far may be incomplete.
     broken: bool,
     /// The next string at `level` is a member key (after `{` or `,`).
@@ -38,18 +42,34 @@ impl IdScanner {
         IdScanner::default()
     }
 
-    /// The ids found, once the message is complete.
-    pub fn finish(&mut self) -> Vec<Vec<u8>> {
-        let ids = std::mem::take(&mut self.ids);
-        *self = IdScanner::default();
-        ids
+    /// The ids found, once the message is complete (raw JSON).
+    pub fn ids(&self) -> impl Iterator<Item = &[u8]> + '_ {
+        let starts = std::iter::once(0).chain(self.ends.iter().copied());
+        starts
+            .zip(self.ends.iter().copied())
+            .map(|(a, b)| &self.bytes[a..b])
+    }
+
+    /// Ready for the next message (the buffers stay).
+    pub fn reset(&mut self) {
+        let (mut bytes, mut ends) = (
+            std::mem::take(&mut self.bytes),
+            std::mem::take(&mut self.ends),
+        );
+        bytes.clear();
+        ends.clear();
+        *self = IdScanner {
+            bytes,
+            ends,
+            ..IdScanner::default()
+        };
     }
 
     /// Feed the next piece of the payload.
     pub fn feed(&mut self, mut data: &[u8]) {
         // A single answer has one id: once it is read, the rest (a large
         // result, usually) need not be looked at.
-        if self.level == 1 && !self.ids.is_empty() {
+        if self.level == 1 && !self.ends.is_empty() {
             return;
         }
         while !data.is_empty() && !self.broken {
@@ -94,9 +114,9 @@ impl IdScanner {
                 u8::MAX
             });
         }
-        if let Some((v, _)) = &mut self.value {
-            if v.len() + bytes.len() <= MAX_ID {
-                v.extend_from_slice(bytes);
+        if let Some((start, _)) = self.value {
+            if self.bytes.len() - start + bytes.len() <= MAX_ID {
+                self.bytes.extend_from_slice(bytes);
             }
         }
     }
@@ -107,29 +127,29 @@ impl IdScanner {
             self.after_key = Some(k == 2);
             return;
         }
-        if let Some((v, _)) = &mut self.value {
-            v.push(b'"');
+        if self.value.is_some() {
+            self.bytes.push(b'"');
         }
     }
 
     fn structural(&mut self, b: u8) {
-        if let Some((v, start)) = &mut self.value {
-            let ends = match b {
-                b',' | b'}' | b']' => self.depth == *start,
-                _ => false,
-            };
+        if let Some((start, depth)) = self.value {
+            let ends = matches!(b, b',' | b'}' | b']') && self.depth == depth;
             if ends {
-                let mut id = std::mem::take(v);
-                while id.last().is_some_and(u8::is_ascii_whitespace) {
-                    id.pop();
+                while self.bytes.len() > start
+                    && self.bytes.last().is_some_and(u8::is_ascii_whitespace)
+                {
+                    self.bytes.pop();
                 }
-                self.ids.push(id);
+                self.ends.push(self.bytes.len());
                 self.value = None;
                 if self.level == 1 {
                     self.broken = true; // done: nothing more to find
                 }
-            } else if (!b.is_ascii_whitespace() || self.depth > *start) && v.len() < MAX_ID {
-                v.push(b);
+            } else if (!b.is_ascii_whitespace() || self.depth > depth)
+                && self.bytes.len() - start < MAX_ID
+            {
+                self.bytes.push(b);
             }
         }
         match b {
@@ -155,7 +175,7 @@ impl IdScanner {
             b':' => {
                 if let Some(is_id) = self.after_key.take() {
                     if is_id {
-                        self.value = Some((Vec::new(), self.depth));
+                        self.value = Some((self.bytes.len(), self.depth));
                     }
                 }
             }
@@ -182,10 +202,12 @@ mod tests {
         for p in msg.chunks(piece) {
             s.feed(p);
         }
-        s.finish()
-            .into_iter()
-            .map(|v| String::from_utf8(v).unwrap())
-            .collect()
+        let out = s
+            .ids()
+            .map(|v| String::from_utf8(v.to_vec()).unwrap())
+            .collect();
+        s.reset();
+        out
     }
 
     #[test]

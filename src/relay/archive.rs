@@ -447,7 +447,8 @@ async fn reader(s: &Session, halves: &Halves) {
                         }
                         pos += n;
                         if end {
-                            answered(a, &ids.finish());
+                            answered(a, ids.ids().next());
+                            ids.reset();
                             s.inject(Which::Client, asm.take_raw());
                         }
                     }
@@ -500,10 +501,13 @@ async fn reader(s: &Session, halves: &Halves) {
 }
 
 /// An archive answer arrived (with these ids): forget the request it answers.
-fn answered(a: &Archive, ids: &[Vec<u8>]) {
-    let Some(first) = ids.first() else { return };
+fn answered(a: &Archive, first: Option<&[u8]>) {
+    let Some(first) = first else { return };
     let mut pending = a.pending.borrow_mut();
-    if let Some(i) = pending.iter().position(|p| p.ids.first() == Some(first)) {
+    if let Some(i) = pending
+        .iter()
+        .position(|p| p.ids.first().map(Vec::as_slice) == Some(first))
+    {
         pending.remove(i);
     }
 }

@@ -10,6 +10,8 @@
 //!   clears one).
 //! - A batch's unanswered requests fail as one array (JSON-RPC 2.0 §6).
 
+use std::borrow::Cow;
+
 use ahash::AHashMap;
 
 use crate::jsonrpc::error::{code, error};
@@ -18,14 +20,25 @@ use crate::jsonrpc::Call;
 /// Ids tracked per session at most (beyond, new ones are not tracked).
 pub const MAX: usize = 4096;
 
-/// Requests in flight with one id: each as the client wrote its id, and
-/// its batch (0: none), oldest first.
-type Same = Vec<(Box<[u8]>, u32)>;
+/// One request in flight: its id as the client wrote it where that differs
+/// from the key (a number written `1e2`), and its batch (0: none).
+#[derive(Debug)]
+struct Entry {
+    written: Option<Box<[u8]>>,
+    batch: u32,
+}
+
+/// The requests in flight with one id, oldest first: nearly always one.
+#[derive(Debug)]
+enum Same {
+    One(Entry),
+    Many(std::collections::VecDeque<Entry>),
+}
 
 /// Requests in flight.
 #[derive(Debug, Default)]
 pub struct Inflight {
-    /// By canonical id.
+    /// By key ([`key`]); one allocation per request (the key), none per answer.
     ids: AHashMap<Vec<u8>, Same>,
     len: usize,
     batches: u32,
@@ -34,22 +47,25 @@ pub struct Inflight {
 }
 
 /// The key an id is matched by: numbers by value (`1e2`, `100.0` and `100`
-/// are one id), anything else as written.
-fn key(id: &[u8]) -> Vec<u8> {
+/// are one id), anything else as written. Strings, integers and `null` are
+/// their own key (a string's quotes keep `"1"` apart from `1`); only other
+/// number forms are rewritten.
+fn key(id: &[u8]) -> Cow<'_, [u8]> {
     let Some(b'-' | b'0'..=b'9') = id.first() else {
-        return id.to_vec();
+        return Cow::Borrowed(id);
     };
     if id[1..].iter().all(u8::is_ascii_digit) {
-        // An integer literal: its digits are its value.
-        return [b"#" as &[u8], id].concat();
+        return Cow::Borrowed(id);
     }
     match std::str::from_utf8(id)
         .ok()
         .and_then(|s| s.parse::<f64>().ok())
     {
-        Some(n) if n.fract() == 0.0 && n.abs() < 9.0e15 => format!("#{}", n as i64).into_bytes(),
-        Some(n) if n.is_finite() => format!("#{n:e}").into_bytes(),
-        _ => id.to_vec(),
+        Some(n) if n.fract() == 0.0 && n.abs() < 9.0e15 => {
+            Cow::Owned((n as i64).to_string().into_bytes())
+        }
+        Some(n) if n.is_finite() => Cow::Owned(format!("{n:e}").into_bytes()),
+        _ => Cow::Borrowed(id),
     }
 }
 
@@ -85,10 +101,28 @@ impl Inflight {
         if self.len >= MAX {
             return;
         }
-        self.ids
-            .entry(key(id))
-            .or_default()
-            .push((Box::from(id), batch));
+        let k = key(id);
+        let entry = Entry {
+            written: matches!(k, Cow::Owned(_)).then(|| Box::from(id)),
+            batch,
+        };
+        match self.ids.get_mut(&*k) {
+            Some(Same::One(first)) => {
+                let first = std::mem::replace(
+                    first,
+                    Entry {
+                        written: None,
+                        batch: 0,
+                    },
+                );
+                self.ids
+                    .insert(k.into_owned(), Same::Many([first, entry].into()));
+            }
+            Some(Same::Many(list)) => list.push_back(entry),
+            None => {
+                self.ids.insert(k.into_owned(), Same::One(entry));
+            }
+        }
         self.len += 1;
         self.since.get_or_insert_with(std::time::Instant::now);
     }
@@ -102,12 +136,16 @@ impl Inflight {
     /// An answer with this id arrived: the oldest request with it is done.
     pub fn answered(&mut self, id: &[u8]) -> bool {
         let k = key(id);
-        let Some(list) = self.ids.get_mut(&k) else {
-            return false;
+        let gone = match self.ids.get_mut(&*k) {
+            None => return false,
+            Some(Same::One(_)) => true,
+            Some(Same::Many(list)) => {
+                list.pop_front();
+                list.is_empty()
+            }
         };
-        list.remove(0);
-        if list.is_empty() {
-            self.ids.remove(&k);
+        if gone {
+            self.ids.remove(&*k);
         }
         self.len -= 1;
         if self.len == 0 {
@@ -121,12 +159,17 @@ impl Inflight {
     pub fn fail_all(&mut self, why: &str) -> Vec<String> {
         let mut singles = Vec::new();
         let mut batches: AHashMap<u32, Vec<Box<[u8]>>> = AHashMap::new();
-        for (_, list) in self.ids.drain() {
-            for (id, batch) in list {
-                if batch == 0 {
+        for (k, same) in self.ids.drain() {
+            let entries = match same {
+                Same::One(e) => vec![e],
+                Same::Many(list) => list.into(),
+            };
+            for e in entries {
+                let id = e.written.unwrap_or_else(|| k.as_slice().into());
+                if e.batch == 0 {
                     singles.push(error(&id, code::INTERNAL_ERROR, why, None));
                 } else {
-                    batches.entry(batch).or_default().push(id);
+                    batches.entry(e.batch).or_default().push(id);
                 }
             }
         }

@@ -226,9 +226,10 @@ fn on_message(s: &Session, from: Which, asm: &mut Assembler, way: &mut Way<'_, '
                 asm.clear();
             }
             Which::Node => {
-                for id in scan.finish() {
-                    s.answered(&id);
+                for id in scan.ids() {
+                    s.answered(id);
                 }
+                scan.reset();
             }
         },
         Way::Hold(r, hold) => on_held(s, from, asm, hold, r, whole),

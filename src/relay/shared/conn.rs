@@ -1,8 +1,6 @@
 //! One WebSocket connection to a node, shared by a core's sessions: its
-//! life (connect, reader, writer, keepalive and health), and the way back
-//! for what the node sends (answers get the client's id back and go to the
-//! session that asked; notifications go to the session that owns the
-//! subscription).
+//! life (connect, reader, writer, keepalive, health, a hung node). What the
+//! node sends goes back to sessions in [`super::answer`].
 
 use std::cell::{Cell, RefCell};
 use std::os::fd::RawFd;
@@ -13,7 +11,6 @@ use std::time::Instant;
 use ahash::AHashMap;
 
 use crate::io::{ReadHalf, WriteHalf};
-use crate::jsonrpc::{self, Kind};
 use crate::relay::Session;
 use crate::signal::Signal;
 use crate::upstream::{NodeReader, NodeWriter};
@@ -21,7 +18,7 @@ use crate::ws::codec::Role;
 use crate::ws::frame::{write_close, OpCode};
 use crate::ws::message::{Assembler, Event};
 
-use super::request::{frame_parts, offset_in, send_request, unsubscribe};
+use super::request::frame_parts;
 use super::Shared;
 
 /// Read size on a shared connection.
@@ -318,7 +315,7 @@ async fn reader(sh: &Rc<Shared>, conn: &Rc<Conn>, r: &mut NodeReader, early: Vec
                 Ok(Event::Data { n, end }) => {
                     pos += n;
                     if end {
-                        on_answer(sh, conn, asm.message());
+                        super::answer::on_answer(sh, conn, asm.message());
                         asm.clear();
                     }
                 }
@@ -361,246 +358,4 @@ async fn reader(sh: &Rc<Shared>, conn: &Rc<Conn>, r: &mut NodeReader, early: Vec
             Ok(_) => conn.seen.set(Instant::now()),
         }
     }
-}
-
-/// Our id in an answer, if it is one of ours.
-fn our_id(raw: &[u8]) -> Option<u64> {
-    std::str::from_utf8(raw).ok()?.parse().ok()
-}
-
-/// Queue a text message for a session's client. A client that does not read
-/// what it asked for cannot hold the shared connection back: over
-/// `max_buffered` bytes waiting (one message more at most), it is closed 1008.
-fn deliver(sh: &Shared, s: &Session, parts: &[&[u8]]) {
-    use crate::relay::Which;
-    if !s.closing.side(Which::Client).takes_data() {
-        return;
-    }
-    if s.client.out.queued.get() > s.cfg.max_buffered {
-        crate::debug!(
-            "client too slow: {} bytes waiting",
-            s.client.out.queued.get()
-        );
-        sh.counts
-            .rejections
-            .count(crate::policy::Reason::SlowReader);
-        // What it has not read is dropped (it is told why: 1008), so that
-        // the close can leave as soon as the socket takes it.
-        s.client.out.clear();
-        s.closing.close_client(
-            s,
-            crate::ws::frame::close_code::POLICY,
-            "client too slow to read its messages",
-        );
-        return;
-    }
-    let mut f = Vec::new();
-    frame_parts(&mut f, OpCode::Text, parts, None);
-    s.inject(Which::Client, f);
-}
-
-/// One whole message from a node.
-fn on_answer(sh: &Rc<Shared>, conn: &Rc<Conn>, msg: &[u8]) {
-    match jsonrpc::kind(msg) {
-        Kind::Object => {
-            // Nodes put `id` before `result`: finding it does not walk a
-            // large answer (a 300 KB `state_getMetadata`).
-            let id = jsonrpc::member(msg, b"id");
-            if let Some(gid) = id.and_then(our_id) {
-                let Some(w) = conn.pending.borrow_mut().remove(&gid) else {
-                    return unmatched(sh, msg);
-                };
-                answer(sh, conn, msg, id.expect("parsed above"), w);
-                return;
-            }
-            let Some(p) = jsonrpc::peek(msg) else {
-                return unmatched(sh, msg);
-            };
-            if p.id == Some(b"null") && p.error.is_some() {
-                return batch_error(sh, conn, msg);
-            }
-            if p.id.is_none() {
-                // A notification: to the session that owns its subscription.
-                let Some(sub) = p
-                    .params
-                    .and_then(|params| jsonrpc::member(params, b"subscription"))
-                else {
-                    return;
-                };
-                let owner = conn.subs.borrow().get(sub).and_then(Weak::upgrade);
-                if let Some(s) = owner {
-                    deliver(sh, &s, &[msg]);
-                }
-            } else {
-                unmatched(sh, msg);
-            }
-        }
-        Kind::Batch => {
-            // The answers to one batch: one array back to its session.
-            let mut to: Option<Rc<Session>> = None;
-            let mut done: Vec<Box<[u8]>> = Vec::new();
-            let mut body: Vec<u8> = Vec::with_capacity(msg.len() + 16);
-            body.push(b'[');
-            let mut first = true;
-            for e in jsonrpc::elements(msg) {
-                let Some(p) = jsonrpc::peek(e) else {
-                    continue;
-                };
-                let w =
-                    p.id.and_then(our_id)
-                        .and_then(|id| conn.pending.borrow_mut().remove(&id));
-                let Some(w) = w else {
-                    continue;
-                };
-                let Some(s) = w.session.upgrade() else {
-                    orphan(conn, &p, &w.call);
-                    continue;
-                };
-                settle_subscription(conn, &s, &p, &w.call);
-                if !first {
-                    body.push(b',');
-                }
-                first = false;
-                let id = p.id.expect("matched by id");
-                let at = offset_in(e, id);
-                body.extend_from_slice(&e[..at]);
-                body.extend_from_slice(&w.id);
-                body.extend_from_slice(&e[at + id.len()..]);
-                done.push(w.id);
-                to.get_or_insert(s);
-            }
-            body.push(b']');
-            {
-                let pending = conn.pending.borrow();
-                conn.batches
-                    .borrow_mut()
-                    .retain(|b| b.iter().any(|g| pending.contains_key(g)));
-            }
-            if let Some(s) = to {
-                deliver(sh, &s, &[&body]);
-                for id in done {
-                    s.answered(&id);
-                }
-            }
-        }
-        Kind::Other => {}
-    }
-}
-
-/// An answer the gateway did not ask for (an id it never issued, or no
-/// longer waits for): logged and counted (`ringway_unmatched_answers_total`).
-fn unmatched(sh: &Shared, msg: &[u8]) {
-    use std::sync::atomic::Ordering::Relaxed;
-    let n = sh.counts.unmatched_answers.fetch_add(1, Relaxed);
-    if n.is_power_of_two() || n == 0 {
-        crate::warn!(
-            "a node's answer matches no request in flight ({} so far): {}",
-            n + 1,
-            String::from_utf8_lossy(&msg[..msg.len().min(200)])
-        );
-    }
-}
-
-/// One error with `"id":null` for a whole batch: it goes, as it is, to the
-/// session of the oldest batch still waiting here, whose requests are done.
-fn batch_error(sh: &Shared, conn: &Conn, msg: &[u8]) {
-    let gids = {
-        let mut batches = conn.batches.borrow_mut();
-        let pending = conn.pending.borrow();
-        batches.retain(|b| b.iter().any(|g| pending.contains_key(g)));
-        batches.pop_front()
-    };
-    let Some(gids) = gids else {
-        return unmatched(sh, msg);
-    };
-    let waiting: Vec<Waiting> = gids
-        .iter()
-        .filter_map(|g| conn.pending.borrow_mut().remove(g))
-        .collect();
-    let Some(s) = waiting.first().and_then(|w| w.session.upgrade()) else {
-        return;
-    };
-    deliver(sh, &s, &[msg]);
-    for w in &waiting {
-        s.answered(&w.id);
-    }
-}
-
-/// A subscription opened for a session that has ended since: end it.
-fn orphan(conn: &Conn, p: &jsonrpc::Peek<'_>, call: &SubCall) {
-    opened(conn, call);
-    if let (SubCall::Subscribe(unsub), Some(sub)) = (call, p.result) {
-        unsubscribe(conn, sub, unsub);
-    }
-}
-
-/// A subscribe call was answered (with a subscription or an error).
-fn opened(conn: &Conn, call: &SubCall) {
-    if let SubCall::Subscribe(_) = call {
-        conn.opening.set(conn.opening.get().saturating_sub(1));
-    }
-}
-
-/// Track subscriptions opened or ended by an answer.
-fn settle_subscription(conn: &Rc<Conn>, s: &Rc<Session>, p: &jsonrpc::Peek<'_>, call: &SubCall) {
-    opened(conn, call);
-    let m = super::member(s);
-    match call {
-        SubCall::Plain => {}
-        SubCall::Subscribe(unsub) => {
-            if let Some(sub) = p.result {
-                // A session that is closing still gets it: it ends its
-                // subscriptions when it is over (see `super::leave`).
-                if s.closing.side(crate::relay::Which::Client).takes_data() {
-                    conn.subs
-                        .borrow_mut()
-                        .insert(Box::from(sub), Rc::downgrade(s));
-                }
-                m.subs
-                    .borrow_mut()
-                    .push((conn.clone(), Box::from(sub), unsub.clone()));
-            }
-        }
-        SubCall::Unsubscribe(sub) => {
-            conn.subs.borrow_mut().remove(sub);
-            m.subs.borrow_mut().retain(|(_, s, _)| s != sub);
-        }
-    }
-}
-
-/// A single answer to a request of ours.
-fn answer(sh: &Rc<Shared>, conn: &Rc<Conn>, msg: &[u8], id: &[u8], w: Waiting) {
-    let settle = |s: Option<&Rc<Session>>| {
-        if w.call == SubCall::Plain {
-            return;
-        }
-        let Some(p) = jsonrpc::peek(msg) else {
-            return;
-        };
-        match s {
-            Some(s) => settle_subscription(conn, s, &p, &w.call),
-            None => orphan(conn, &p, &w.call),
-        }
-    };
-    let Some(s) = w.session.upgrade() else {
-        settle(None);
-        return;
-    };
-    // A pruned node without the state: ask an archive node, once.
-    if let Some(request) = &w.retry {
-        if sh.router.is_pruned_error(msg) {
-            if let Some(archive) = sh.archive_for(&s) {
-                if let Some(req) = jsonrpc::Call::parse(request).single().copied() {
-                    crate::debug!("pruned node lacks the state; retrying on archive");
-                    send_request(&archive, &s, &req, w.batch, None);
-                    return;
-                }
-            }
-        }
-    }
-    settle(Some(&s));
-    let at = offset_in(msg, id);
-    deliver(sh, &s, &[&msg[..at], &w.id, &msg[at + id.len()..]]);
-    // After the answer is queued: a close owed to the client may follow it.
-    s.answered(&w.id);
 }

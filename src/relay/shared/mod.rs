@@ -34,6 +34,7 @@
 //! (`X-Forwarded-For`, the client's path and subprotocol) do not reach nodes
 //! in this mode: one connection speaks for many clients.
 
+mod answer;
 pub mod conn;
 pub mod request;
 
