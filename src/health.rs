@@ -31,8 +31,13 @@ pub struct Hysteresis {
 impl Hysteresis {
     /// Nodes start up, so a gateway serves at once, before the first probe.
     pub fn new() -> Hysteresis {
+        Hysteresis::resume(true)
+    }
+
+    /// Counting anew from a known state (after a reload).
+    pub fn resume(up: bool) -> Hysteresis {
         Hysteresis {
-            up: true,
+            up,
             fails: 0,
             oks: 0,
         }
@@ -76,6 +81,9 @@ pub struct NodeStatus {
     probes: AtomicU64,
     /// Probe round-trip time, smoothed (µs; 0: not measured yet).
     rtt_us: AtomicU64,
+    /// Removed from the configuration by a reload: its sessions end at this
+    /// time ([`retire_clock`] milliseconds; 0: not removed).
+    retire_at: AtomicU64,
 }
 
 impl NodeStatus {
@@ -87,14 +95,33 @@ impl NodeStatus {
             passive_failures: AtomicU32::new(0),
             probes: AtomicU64::new(0),
             rtt_us: AtomicU64::new(0),
+            retire_at: AtomicU64::new(0),
         }
     }
 }
 
-/// Shared health state of the pool.
+/// Milliseconds since the first call (plus one, so that 0 means "never"):
+/// the clock of [`NodeStatus::retire_at`].
+fn retire_clock() -> u64 {
+    static EPOCH: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    let epoch = *EPOCH.get_or_init(std::time::Instant::now);
+    epoch.elapsed().as_millis() as u64 + 1
+}
+
+/// Shared health state of the pool: one configuration generation's nodes
+/// (indexed as in its config), and what the process shares across
+/// generations. A reload ([`Health::next`]) makes a new view in which the
+/// nodes it keeps (same url) share their status with the old view: the
+/// sessions that started before it see the same probes.
 #[derive(Debug)]
 pub struct Health {
-    nodes: Vec<NodeStatus>,
+    nodes: Vec<Arc<NodeStatus>>,
+    common: Arc<Common>,
+}
+
+/// What every generation shares.
+#[derive(Debug)]
+struct Common {
     best: AtomicU64,
     /// Each worker's receiving end of new (hash, height) pairs.
     hash_senders: Mutex<Vec<mpsc::Sender<(String, u64)>>>,
@@ -106,11 +133,60 @@ pub struct Health {
 impl Health {
     pub fn new(nodes: usize) -> Arc<Health> {
         Arc::new(Health {
-            nodes: (0..nodes).map(|_| NodeStatus::new()).collect(),
-            best: AtomicU64::new(0),
-            hash_senders: Mutex::new(Vec::new()),
-            panic: AtomicBool::new(false),
+            nodes: (0..nodes).map(|_| Arc::new(NodeStatus::new())).collect(),
+            common: Arc::new(Common {
+                best: AtomicU64::new(0),
+                hash_senders: Mutex::new(Vec::new()),
+                panic: AtomicBool::new(false),
+            }),
         })
+    }
+
+    /// The view for a reloaded node list: a node whose url was in `old`
+    /// keeps its status (up, head, round trip) and stops being retired if
+    /// it was; a new one starts up. The best head is recomputed from the
+    /// nodes kept (a removed node's head no longer sets the bar).
+    pub fn next(
+        &self,
+        old: &[crate::config::NodeConfig],
+        new: &[crate::config::NodeConfig],
+    ) -> Arc<Health> {
+        let nodes: Vec<Arc<NodeStatus>> = new
+            .iter()
+            .map(|n| match old.iter().position(|o| o.url == n.url) {
+                Some(i) => {
+                    self.nodes[i].retire_at.store(0, Ordering::Relaxed);
+                    self.nodes[i].clone()
+                }
+                None => Arc::new(NodeStatus::new()),
+            })
+            .collect();
+        let best = nodes.iter().map(|n| n.head.load(Ordering::Relaxed)).max();
+        self.common.best.store(best.unwrap_or(0), Ordering::Relaxed);
+        Arc::new(Health {
+            nodes,
+            common: self.common.clone(),
+        })
+    }
+
+    /// Node `i` was removed from the configuration: its sessions end
+    /// after `grace` (see [`Health::retired`]).
+    pub fn retire(&self, i: usize, grace: Duration) {
+        let at = retire_clock() + grace.as_millis() as u64;
+        self.nodes[i].retire_at.store(at, Ordering::Relaxed);
+    }
+
+    /// Whether node `i` was removed by a reload and its grace has passed:
+    /// its sessions finish their requests in flight and close (1001).
+    pub fn retired(&self, i: usize) -> bool {
+        let at = self.nodes[i].retire_at.load(Ordering::Relaxed);
+        at != 0 && retire_clock() >= at
+    }
+
+    /// Whether node `i` passes its probes (before the lag rule): where a
+    /// new probe thread's hysteresis starts.
+    pub fn alive(&self, i: usize) -> bool {
+        self.nodes[i].alive.load(Ordering::Relaxed)
     }
 
     /// No node passes its health checks (panic routing: all nodes serve).
@@ -135,7 +211,7 @@ impl Health {
 
     /// The best head seen across nodes.
     pub fn best(&self) -> u64 {
-        self.best.load(Ordering::Relaxed)
+        self.common.best.load(Ordering::Relaxed)
     }
 
     /// Probes run on this node so far.
@@ -175,12 +251,22 @@ impl Health {
     /// A channel on which this worker receives new block hashes. Setup only.
     pub fn subscribe_hashes(&self) -> mpsc::Receiver<(String, u64)> {
         let (tx, rx) = mpsc::channel();
-        self.hash_senders.lock().expect("not poisoned").push(tx);
+        self.common
+            .hash_senders
+            .lock()
+            .expect("not poisoned")
+            .push(tx);
         rx
     }
 
     pub fn publish_hash(&self, hash: &str, height: u64) {
-        for tx in self.hash_senders.lock().expect("not poisoned").iter() {
+        for tx in self
+            .common
+            .hash_senders
+            .lock()
+            .expect("not poisoned")
+            .iter()
+        {
             let _ = tx.send((hash.to_string(), height));
         }
     }
@@ -204,11 +290,11 @@ impl Health {
         n.alive.store(h.up, Ordering::Relaxed);
         if let Some(head) = head {
             n.head.store(head, Ordering::Relaxed);
-            self.best.fetch_max(head, Ordering::Relaxed);
+            self.common.best.fetch_max(head, Ordering::Relaxed);
         }
         self.apply_lag(cfg.max_lag);
         let degraded = self.degraded();
-        if self.panic.swap(degraded, Ordering::Relaxed) != degraded {
+        if self.common.panic.swap(degraded, Ordering::Relaxed) != degraded {
             if degraded {
                 crate::warn!(
                     "no node passes its health checks: sessions and requests go to the best candidate anyway (panic routing; /health says degraded)"
@@ -342,6 +428,35 @@ mod tests {
         health.record(1, &mut b, true, Some(108), &cfg);
         assert!(health.is_up(1), "caught up");
         assert_eq!(health.best(), 110);
+    }
+
+    #[test]
+    fn a_reload_keeps_the_status_of_kept_nodes_and_retires_removed_ones() {
+        let node = |url: &str| {
+            crate::config::Config::resolve(Default::default(), None)
+                .map(|c| crate::config::NodeConfig {
+                    url: url.into(),
+                    ..c.nodes[0].clone()
+                })
+                .unwrap()
+        };
+        let (a, b, c) = (node("ws://a"), node("ws://b"), node("ws://c"));
+        let old = Health::new(2);
+        let cfg = HealthConfig::default();
+        let mut h = Hysteresis::new();
+        for _ in 0..3 {
+            old.record(1, &mut h, false, None, &cfg);
+        }
+        old.record(0, &mut Hysteresis::new(), true, Some(50), &cfg);
+        assert!(!old.is_up(1));
+        let new = old.next(&[a.clone(), b.clone()], &[b, c]);
+        assert!(!new.is_up(0), "b keeps its status");
+        assert!(new.is_up(1), "c starts up");
+        assert_eq!(new.best(), 0, "a's head no longer sets the bar");
+        old.retire(0, Duration::ZERO);
+        assert!(old.retired(0) && !old.retired(1));
+        old.retire(1, Duration::from_secs(60));
+        assert!(!old.retired(1), "not before the grace");
     }
 
     #[test]

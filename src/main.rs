@@ -40,8 +40,10 @@ FLAGS (override the file):
     -V, --version        version
 
 SIGNALS:
-    SIGHUP               read tls.cert and tls.key again (after a certbot renewal);
-                         open sessions go on, a pair that does not load is refused
+    SIGHUP               reload the configuration and certificate (like nginx -s reload):
+                         new connections get it, open sessions go on (those on a removed
+                         node close 1001 after pool.removed_grace_ms); a file with an
+                         error is refused, named in the log, and the old one stays
     SIGTERM, SIGINT      stop accepting; answers in flight go out (up to 5 s), then
                          clients get close 1001 and the process exits; twice: at once
 ";
@@ -325,7 +327,6 @@ fn main() -> ExitCode {
     probe_nodes(&config);
     let scheme = if tls.is_some() { "wss" } else { "ws" };
     let certs = server_config.as_ref().map(|t| t.certs.clone());
-    let tls_mode = config.tls.clone();
     let unix = config.unix_listen.clone();
     let workers = config.workers;
     let nodes: Vec<String> = config.nodes.iter().map(|n| n.url.clone()).collect();
@@ -358,7 +359,8 @@ fn main() -> ExitCode {
         },
         nodes.join(", ")
     );
-    ringway::runtime::signals::spawn(signals, certs, tls_mode, running.stopper);
+    let reload: ringway::runtime::signals::Loader = Box::new(move || load(&flags));
+    ringway::runtime::signals::spawn(signals, certs, running.generations, reload, running.stopper);
     info!("ready");
     for w in running.workers {
         let _ = w.join();

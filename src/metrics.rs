@@ -41,6 +41,24 @@ pub fn render(worker: &Worker, full: bool) -> String {
         "ringway_unmatched_answers_total {}",
         shared.unmatched_answers.load(Relaxed)
     );
+    let reloads = worker.core.generations.outcome();
+    let _ = writeln!(
+        m,
+        "# HELP ringway_config_generation The configuration in use: 1 at start, one more per reload that took effect."
+    );
+    let _ = writeln!(m, "# TYPE ringway_config_generation gauge");
+    let _ = writeln!(m, "ringway_config_generation {}", reloads.generation);
+    let _ = writeln!(
+        m,
+        "# HELP ringway_reloads_total Reloads (SIGHUP) by outcome: ok, or refused (the file had an error; the running configuration stayed)."
+    );
+    let _ = writeln!(m, "# TYPE ringway_reloads_total counter");
+    let _ = writeln!(m, "ringway_reloads_total{{outcome=\"ok\"}} {}", reloads.ok);
+    let _ = writeln!(
+        m,
+        "ringway_reloads_total{{outcome=\"refused\"}} {}",
+        reloads.failed
+    );
     let h = worker.pool.health();
     let _ = writeln!(
         m,

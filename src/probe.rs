@@ -8,6 +8,7 @@
 //! node of another flavour, a head without a number) is alive with an
 //! unknown head: it stays in service.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use monoio::io::AsyncWriteRentExt;
@@ -23,8 +24,16 @@ use crate::ws::frame::{write_frame, OpCode, Parse};
 use crate::ws::handshake::parse_upstream_response;
 use crate::ws::message::{Assembler, Event};
 
-/// Start the health thread. It runs until the process ends.
-pub fn spawn(nodes: Vec<NodeConfig>, flavour: Flavour, cfg: HealthConfig, health: Arc<Health>) {
+/// Start the health thread for one configuration generation's nodes. It
+/// runs until `stop` is set (a reload started the next one's), within one
+/// probe interval.
+pub fn spawn(
+    nodes: Vec<NodeConfig>,
+    flavour: Flavour,
+    cfg: HealthConfig,
+    health: Arc<Health>,
+    stop: Arc<AtomicBool>,
+) {
     if cfg.mode == ProbeMode::Off {
         return;
     }
@@ -44,8 +53,9 @@ pub fn spawn(nodes: Vec<NodeConfig>, flavour: Flavour, cfg: HealthConfig, health
             rt.block_on(async move {
                 let mut tasks = Vec::new();
                 for (i, node) in nodes.into_iter().enumerate() {
-                    let health = health.clone();
-                    tasks.push(monoio::spawn(probe_node(i, node, flavour, cfg, health)));
+                    let (health, stop) = (health.clone(), stop.clone());
+                    let probe = probe_node(i, node, flavour, cfg, health, stop);
+                    tasks.push(monoio::spawn(probe));
                 }
                 for t in tasks {
                     t.await;
@@ -89,8 +99,10 @@ async fn probe_node(
     flavour: Flavour,
     cfg: HealthConfig,
     health: Arc<Health>,
+    stop: Arc<AtomicBool>,
 ) {
-    let mut h = Hysteresis::new();
+    // Where the last generation's probes left this node (up for a new one).
+    let mut h = Hysteresis::resume(health.alive(i));
     let mut conn: Option<Probe> = None;
     let mut last_hashed: u64 = 0;
     loop {
@@ -143,6 +155,9 @@ async fn probe_node(
             }
         }
         monoio::time::sleep(cfg.interval).await;
+        if stop.load(Ordering::Relaxed) {
+            return;
+        }
     }
 }
 

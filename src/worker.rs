@@ -1,10 +1,20 @@
 //! One core's state, owned by its worker thread and shared by every
-//! connection task on it: the config, node pool and health view, routing,
-//! admission shards, the HTTP node pool, shared node connections, and the
-//! worker's shutdown event. Nothing here is touched by another core except
-//! through the atomics of [`crate::health::Health`] and the admission totals.
+//! connection task on it. Nothing here is touched by another core except
+//! through the atomics of [`crate::health::Health`], the admission totals
+//! and the configuration generation number.
+//!
+//! Two lifetimes:
+//! - [`Core`], the thread's: TLS, the recent block hashes, the shutdown
+//!   event, the count of open connections, and the newest [`Worker`].
+//! - [`Worker`], one configuration generation's (a SIGHUP makes a new one,
+//!   see [`crate::runtime::reload`]): the config, node pool and health view,
+//!   routing, admission settings, the HTTP node pool, shared node
+//!   connections. A connection takes the newest at accept and keeps it to
+//!   its end (as nginx's old workers serve their connections with the old
+//!   configuration); a keep-alive HTTP connection takes the newest for each
+//!   request. The old one is freed when its last connection ends.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 use std::sync::Arc;
 
@@ -15,37 +25,98 @@ use crate::health::Health;
 use crate::http::client::HttpPool;
 use crate::relay::SessionConfig;
 use crate::route::{ChainView, HashWindow, Router};
+use crate::runtime::reload::{Generation, Generations};
 use crate::upstream::Pool;
 use crate::ws::codec::Limits as CodecLimits;
 
-/// Per-worker state, owned by one thread.
+/// A worker thread's state across configuration generations.
+pub struct Core {
+    pub tls: Option<Arc<ServerConfig>>,
+    pub chain: WorkerChain,
+    /// Open connections of every generation (shutdown waits for them).
+    pub active: Cell<u64>,
+    /// Fired when the process shuts down: sessions finish and close.
+    pub shutdown: crate::signal::Broadcast,
+    /// The process's configuration generations.
+    pub generations: Arc<Generations>,
+    /// The newest generation's state, made again when the generation
+    /// number moves. (It points back here: both live as long as the thread.)
+    current: RefCell<Option<Rc<Worker>>>,
+}
+
+impl Core {
+    /// A worker thread's state: its TLS config, its channel of recent block
+    /// hashes, and the process's generations.
+    pub fn new(
+        tls: Option<Arc<ServerConfig>>,
+        hashes: std::sync::mpsc::Receiver<(String, u64)>,
+        generations: Arc<Generations>,
+    ) -> Rc<Core> {
+        let first = generations.current();
+        Rc::new(Core {
+            tls,
+            chain: WorkerChain {
+                hashes,
+                health: first.health.clone(),
+                window: RefCell::new(HashWindow::new(4096)),
+            },
+            active: Cell::new(0),
+            shutdown: crate::signal::Broadcast::default(),
+            generations,
+            current: RefCell::new(None),
+        })
+    }
+
+    /// The newest generation's state: one atomic load when nothing changed;
+    /// after a reload, this core's state for the new configuration (its
+    /// rate buckets and per-address connection counts carried over), and
+    /// the old one's idle shared node connections closed.
+    pub fn worker(self: &Rc<Core>) -> Rc<Worker> {
+        let number = self.generations.number();
+        if let Some(w) = self.current.borrow().as_ref() {
+            if w.generation == number {
+                return w.clone();
+            }
+        }
+        let generation = self.generations.current();
+        let old = self.current.borrow_mut().take();
+        let admission = old.as_ref().map(|w| &*w.admission);
+        let new = Worker::new(&generation, self.clone(), admission);
+        if let Some(shared) = old.as_ref().and_then(|w| w.shared.as_ref()) {
+            shared.supersede();
+        }
+        *self.current.borrow_mut() = Some(new.clone());
+        new
+    }
+}
+
+/// One configuration generation's state on one core.
 pub struct Worker {
     pub config: Arc<Config>,
-    pub tls: Option<Arc<ServerConfig>>,
+    /// The configuration generation this was made from.
+    pub generation: u64,
+    pub core: Rc<Core>,
     pub pool: Rc<Pool>,
     pub session: SessionConfig,
-    pub active: Cell<u64>,
     pub router: Router,
-    pub chain: WorkerChain,
     pub http: HttpPool,
     pub admission: Rc<crate::policy::AdmissionCtx>,
     /// Shared node connections (`pool.shared`), else `None`: pinned sessions.
     pub shared: Option<Rc<crate::relay::shared::Shared>>,
-    /// Fired when the process shuts down: sessions finish and close.
-    pub shutdown: crate::signal::Broadcast,
 }
 
 impl Worker {
-    /// This core's state, from the config and what the process shares:
-    /// node health, this worker's channel of recent block hashes, and the
-    /// admission totals.
-    pub fn new(
-        config: Arc<Config>,
-        tls: Option<Arc<ServerConfig>>,
-        health: Arc<Health>,
-        hashes: std::sync::mpsc::Receiver<(String, u64)>,
-        total: Arc<crate::policy::SharedCounts>,
+    /// This core's state for one generation: its config and node health
+    /// view; the admission state (buckets, counts) of the generation
+    /// before, if any, with the new settings.
+    fn new(
+        generation: &Generation,
+        core: Rc<Core>,
+        before: Option<&crate::policy::AdmissionCtx>,
     ) -> Rc<Worker> {
+        let config = generation.config.clone();
+        let health = generation.health.clone();
+        let total = core.generations.totals.clone();
         let l = &config.limits;
         let depth = config
             .nodes
@@ -67,17 +138,15 @@ impl Worker {
             &extra,
             config.routing.pruned_errors.as_deref(),
         );
-        let chain = WorkerChain {
-            hashes,
-            health: health.clone(),
-            window: std::cell::RefCell::new(HashWindow::new(4096)),
-        };
         let pool = Pool::new(config.nodes.clone(), health);
         let codec = CodecLimits {
             max_frame: l.max_frame_bytes,
             max_message: l.max_message_bytes,
         };
-        let admission = Rc::new(crate::policy::AdmissionCtx::new(&config.admission, total));
+        let admission = Rc::new(match before {
+            Some(old) => old.renew(&config.admission),
+            None => crate::policy::AdmissionCtx::new(&config.admission, total),
+        });
         let shared = config.shared.then(|| {
             crate::relay::shared::Shared::new(
                 pool.clone(),
@@ -95,11 +164,11 @@ impl Worker {
             )
         });
         Rc::new(Worker {
-            shutdown: crate::signal::Broadcast::default(),
+            generation: generation.number,
+            core,
             shared,
             admission,
             router,
-            chain,
             http: HttpPool::new(config.nodes.len()),
             pool,
             session: SessionConfig {
@@ -111,15 +180,14 @@ impl Worker {
                 request_timeout: config.request_timeout,
             },
             config: config.clone(),
-            tls,
-            active: Cell::new(0),
         })
     }
 
     /// Count a connection as open until the guard drops: at its end, or
     /// when its task is dropped after a panic (shutdown waits for the count).
     pub fn enter(self: &Rc<Self>) -> Active {
-        self.active.set(self.active.get() + 1);
+        let active = &self.core.active;
+        active.set(active.get() + 1);
         Active(self.clone())
     }
 
@@ -140,16 +208,18 @@ pub struct Active(Rc<Worker>);
 
 impl Drop for Active {
     fn drop(&mut self) {
-        self.0.active.set(self.0.active.get() - 1);
+        let active = &self.0.core.active;
+        active.set(active.get() - 1);
     }
 }
 
 /// This worker's view of the chain for routing: the best head (atomic, from
-/// the health thread) and its own window of recent block hashes, filled from
-/// its channel when a decision needs it.
+/// the health thread; common to every generation's [`Health`] view) and its
+/// own window of recent block hashes, filled from its channel when a
+/// decision needs it.
 pub struct WorkerChain {
     health: Arc<Health>,
-    window: std::cell::RefCell<HashWindow>,
+    window: RefCell<HashWindow>,
     hashes: std::sync::mpsc::Receiver<(String, u64)>,
 }
 

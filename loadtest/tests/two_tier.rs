@@ -3,57 +3,13 @@
 //! real gateway, driven by the load generator itself: archive routing by
 //! block hash, and the retry of "State already discarded" answers.
 
-use std::io::{BufRead, BufReader};
+mod common;
+
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// Start a program and return it with the first `ws://ADDR` it prints.
-fn start(bin: &PathBuf, args: &[&str]) -> (Proc, String) {
-    let mut child = Command::new(bin)
-        .args(args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap_or_else(|e| panic!("{}: {e}", bin.display()));
-    let out = child.stdout.take().unwrap();
-    let mut lines = BufReader::new(out).lines();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        assert!(Instant::now() < deadline, "{} did not start", bin.display());
-        let line = lines.next().expect("output").unwrap();
-        if let Some(rest) = line.split("ws://").nth(1) {
-            let addr = rest.split_whitespace().next().unwrap().to_string();
-            std::thread::spawn(move || for _ in lines {});
-            return (Proc(child), addr);
-        }
-    }
-}
-
-/// The gateway binary, from the same target directory (built if missing).
-fn ringway_bin() -> PathBuf {
-    let load = PathBuf::from(env!("CARGO_BIN_EXE_ringway-load"));
-    let bin = load.with_file_name("ringway");
-    if !bin.exists() {
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let status = Command::new(cargo)
-            .args(["build", "-p", "ringway", "--bin", "ringway"])
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
-            .status()
-            .unwrap();
-        assert!(status.success());
-    }
-    bin
-}
+use common::*;
 
 fn hash(n: u64) -> String {
     format!("0xabababababababababababababababababababababababab{n:016x}")
@@ -77,16 +33,6 @@ fn run(load: &PathBuf, url: &str, mix: &PathBuf) -> String {
         .output()
         .unwrap();
     String::from_utf8(out.stdout).unwrap()
-}
-
-fn errors(json: &str) -> u64 {
-    let at = json.find("\"errors\":").expect("errors in the report") + 9;
-    json[at..]
-        .split(|c: char| !c.is_ascii_digit())
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap()
 }
 
 #[test]

@@ -209,6 +209,9 @@ pub struct PoolSection {
     /// Shared mode: subscriptions on one node connection before the gateway
     /// opens another to the same node.
     pub shared_max_subscriptions: u64,
+    /// After a reload removes a node, its open sessions go on this long,
+    /// then finish their requests in flight and close (1001).
+    pub removed_grace_ms: u64,
 }
 
 impl Default for PoolSection {
@@ -219,6 +222,7 @@ impl Default for PoolSection {
             keepalive_interval_s: 30,
             shared: false,
             shared_max_subscriptions: 512,
+            removed_grace_ms: 60_000,
         }
     }
 }

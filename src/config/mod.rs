@@ -112,6 +112,8 @@ pub struct Config {
     pub connect_timeout: Duration,
     /// An HTTP node request's answer must come within this.
     pub request_timeout: Duration,
+    /// How long a node removed by a reload keeps its sessions (`pool.removed_grace_ms`).
+    pub removed_grace: Duration,
     pub keepalive_interval: Duration,
     /// One connection per node per core, shared by sessions (`pool.shared`).
     pub shared: bool,

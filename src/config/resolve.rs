@@ -282,6 +282,7 @@ impl Config {
             limits,
             connect_timeout: Duration::from_millis(file.pool.connect_timeout_ms),
             request_timeout: Duration::from_millis(file.pool.request_timeout_ms),
+            removed_grace: Duration::from_millis(file.pool.removed_grace_ms),
             keepalive_interval: Duration::from_secs(file.pool.keepalive_interval_s),
             shared: file.pool.shared,
             shared_max_subscriptions: file.pool.shared_max_subscriptions as usize,

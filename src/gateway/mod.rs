@@ -32,7 +32,7 @@ use crate::io::{stop, with_deadline, PlainReader, ReadHalf, Stop, WriteHalf};
 use crate::policy::MIN_RATE_GRACE;
 use crate::relay::{relay, NodeWatch, Peer};
 use crate::signal::Shutdown;
-use crate::worker::Worker;
+use crate::worker::{Core, Worker};
 use upgrade::{handshake, Handshake};
 
 /// Serve one worker's connections until shutdown: its `SO_REUSEPORT`
@@ -42,7 +42,7 @@ use upgrade::{handshake, Handshake};
 /// process exits.
 pub async fn serve(
     listener: std::net::TcpListener,
-    worker: Rc<Worker>,
+    core: Rc<Core>,
     side: Option<SideListeners>,
     shutdown: Arc<Shutdown>,
     drain_for: Duration,
@@ -55,18 +55,19 @@ pub async fn serve(
         }
     };
     if let Some(side) = side {
-        side.spawn(&worker, &shutdown);
+        side.spawn(&core, &shutdown);
     }
     // TCP_NODELAY comes from the listener (Linux copies it to accepted
-    // sockets): no setsockopt per connection.
-    let w = worker.clone();
+    // sockets): no setsockopt per connection. Each connection is served
+    // by the newest configuration generation.
+    let c = core.clone();
     accept_loop(&listener, &shutdown, move |(stream, peer)| {
-        connection(stream, peer, w.clone())
+        connection(stream, peer, c.worker())
     })
     .await;
-    worker.shutdown.fire();
+    core.shutdown.fire();
     let until = std::time::Instant::now() + drain_for;
-    while worker.active.get() > 0 && std::time::Instant::now() < until {
+    while core.active.get() > 0 && std::time::Instant::now() < until {
         monoio::time::sleep(crate::relay::DRAIN_POLL).await;
     }
     shutdown.worker_drained();
@@ -134,7 +135,7 @@ impl SideListeners {
     /// One task per listener: plain-HTTP redirect and metrics (one request
     /// per connection), and plain ws:// and HTTP on a Unix socket for a
     /// proxy on the same host.
-    fn spawn(self, worker: &Rc<Worker>, shutdown: &Arc<Shutdown>) {
+    fn spawn(self, core: &Rc<Core>, shutdown: &Arc<Shutdown>) {
         if let Some(l) = self.redirect.and_then(tcp) {
             let (port, shutdown) = (self.https_port, shutdown.clone());
             monoio::spawn(async move {
@@ -145,10 +146,10 @@ impl SideListeners {
             });
         }
         if let Some(l) = self.metrics.and_then(tcp) {
-            let (worker, shutdown) = (worker.clone(), shutdown.clone());
+            let (core, shutdown) = (core.clone(), shutdown.clone());
             monoio::spawn(async move {
                 accept_loop(&l, &shutdown, move |(s, _)| {
-                    crate::http::endpoints::metrics_one(s, worker.clone())
+                    crate::http::endpoints::metrics_one(s, core.worker())
                 })
                 .await
             });
@@ -157,13 +158,13 @@ impl SideListeners {
             .unix
             .and_then(|l| monoio::net::UnixListener::from_std(l).ok())
         {
-            let (worker, shutdown) = (worker.clone(), shutdown.clone());
+            let (core, shutdown) = (core.clone(), shutdown.clone());
             // The peer is local; the proxy in front says who the client is
             // (admission.trusted_proxy_hops).
             let local = SocketAddr::from(([127, 0, 0, 1], 0));
             monoio::spawn(async move {
                 accept_loop(&l, &shutdown, move |stream| {
-                    let worker = worker.clone();
+                    let worker = core.worker();
                     async move {
                         let _active = worker.enter();
                         let fd = stream.as_raw_fd();
@@ -180,7 +181,7 @@ impl SideListeners {
 async fn connection(tcp: TcpStream, peer: SocketAddr, worker: Rc<Worker>) {
     let _active = worker.enter();
     let fd = tcp.as_raw_fd();
-    match worker.tls.clone() {
+    match worker.core.tls.clone() {
         Some(cfg) => {
             let timeout = worker.config.limits.handshake_timeout;
             // Boxed, like the HTTP phase: its memory is freed before the session starts.
@@ -273,7 +274,7 @@ async fn client<R: ReadHalf, W: WriteHalf>(
             let inspect = worker.admission.inspects();
             let routed = (route || inspect).then(|| crate::relay::Routed {
                 router: &worker.router,
-                chain: &worker.chain,
+                chain: &worker.core.chain,
                 pool: worker.pool.clone(),
                 template,
                 connect_timeout: worker.config.connect_timeout,
@@ -305,7 +306,7 @@ async fn client<R: ReadHalf, W: WriteHalf>(
                 worker.session,
                 Some(watch),
                 routed,
-                &worker.shutdown,
+                &worker.core.shutdown,
             )
             .await;
             ended(peer, access, &summary);
@@ -321,10 +322,10 @@ async fn client<R: ReadHalf, W: WriteHalf>(
             let ctx = crate::relay::shared::Ctx {
                 shared: worker.shared.clone().expect("shared mode"),
                 cfg: worker.session,
-                chain: &worker.chain,
+                chain: &worker.core.chain,
                 route: worker.routes(lease.node()),
                 admission: inspect.then_some((&*worker.admission, admitted.ip)),
-                shutdown: &worker.shutdown,
+                shutdown: &worker.core.shutdown,
                 lease,
             };
             let client = Peer {

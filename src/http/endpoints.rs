@@ -16,10 +16,15 @@ use crate::worker::Worker;
 use crate::ws::frame::Parse;
 use crate::ws::handshake::parse_head;
 
-/// `GET /health`: every node's state as JSON; 200 when a node can serve, else 503.
-/// `GET /health`: each node's state; node URLs in full only on the private
-/// metrics listener (`full`), else as [`crate::config::NodeConfig::public_name`].
-pub fn health_report(pool: &crate::upstream::Pool, full: bool) -> (u16, String) {
+/// `GET /health`: each node's state as JSON, and the configuration
+/// generation and how the last reload went; node URLs in full only on the
+/// private metrics listener (`full`), else as
+/// [`crate::config::NodeConfig::public_name`].
+pub fn health_report(
+    pool: &crate::upstream::Pool,
+    reloads: crate::runtime::reload::Outcome,
+    full: bool,
+) -> (u16, String) {
     use std::fmt::Write;
     let h = pool.health();
     let best = h.best();
@@ -53,7 +58,15 @@ pub fn health_report(pool: &crate::upstream::Pool, full: bool) -> (u16, String) 
     let status = if any_up { "ok" } else { "degraded" };
     (
         if any_up { 200 } else { 503 },
-        format!(r#"{{"status":"{status}","best_head":{best},"nodes":[{nodes}]}}"#),
+        format!(
+            r#"{{"status":"{status}","best_head":{best},"config":{{"generation":{},"last_reload":"{}"}},"nodes":[{nodes}]}}"#,
+            reloads.generation,
+            match (reloads.ok + reloads.failed, reloads.last_failed) {
+                (0, _) => "none",
+                (_, true) => "refused",
+                (_, false) => "ok",
+            }
+        ),
     )
 }
 
@@ -152,7 +165,8 @@ pub fn metrics_response(out: &mut Vec<u8>, worker: &Worker, full: bool) {
 
 /// `GET /health`: 200 when a node can serve, else 503.
 pub fn health_response(out: &mut Vec<u8>, worker: &Worker, full: bool) {
-    let (status, body) = health_report(&worker.pool, full);
+    let reloads = worker.core.generations.outcome();
+    let (status, body) = health_report(&worker.pool, reloads, full);
     response::write_json(
         out,
         status,

@@ -31,12 +31,16 @@ pub async fn http_loop<R: ReadHalf, W: WriteHalf>(
     mut buf: Vec<u8>,
     admitted: &Admitted,
 ) {
-    let limits = &worker.config.limits;
-    let http = &worker.config.http;
     let ip = peer.ip().to_string();
     loop {
+        // Each request is served by the newest configuration (a reload
+        // applies to kept-alive connections from their next request).
+        let newest = worker.core.worker();
+        let worker = &newest;
+        let limits = &worker.config.limits;
+        let http = &worker.config.http;
         // Shutting down: no new request on this connection.
-        if worker.shutdown.fired() && buf.is_empty() {
+        if worker.core.shutdown.fired() && buf.is_empty() {
             return;
         }
         // The head: already buffered, or read within the timeout.
@@ -53,7 +57,7 @@ pub async fn http_loop<R: ReadHalf, W: WriteHalf>(
         );
         // A keep-alive connection waiting for its next request ends on shutdown.
         let got = if idle {
-            unless_shutdown(&worker.shutdown, || stop(fd, Stop::Reads), head).await
+            unless_shutdown(&worker.core.shutdown, || stop(fd, Stop::Reads), head).await
         } else {
             head.await
         };
@@ -330,7 +334,7 @@ async fn read_body<R: ReadHalf>(
 async fn answer_rpc(worker: &Rc<Worker>, path: &str, body: &[u8], ip: &str) -> (u16, Vec<u8>) {
     let pool = &worker.pool;
     let call = crate::jsonrpc::Call::parse(body);
-    let target = worker.router.route_call(&call, &worker.chain);
+    let target = worker.router.route_call(&call, &worker.core.chain);
     let role = rpc_http::role_for(target);
     let max = worker
         .config

@@ -29,7 +29,9 @@ pub use client::*;
 pub use methods::*;
 pub use rate::*;
 
+use std::cell::RefCell;
 use std::net::IpAddr;
+use std::rc::Rc;
 use std::time::Instant;
 
 use ahash::AHashMap;
@@ -54,18 +56,27 @@ impl Refusal {
     }
 }
 
+/// A core's rate-limit shards and per-address connection counts.
+type State = (
+    Rc<RefCell<Shard>>,
+    Rc<RefCell<AHashMap<IpAddr, u32>>>,
+    Rc<RefCell<Shard>>,
+);
+
 /// One worker's admission state: its rate-limit shard and connection counts.
 pub struct AdmissionCtx {
     limit: Option<RateLimit>,
     costs: AHashMap<Vec<u8>, f64>,
     policy: MethodPolicy,
     max_batch: usize,
-    shard: std::cell::RefCell<Shard>,
+    /// The buckets and counts are the core's, kept across reloads
+    /// ([`AdmissionCtx::renew`]): a reload resets no limit.
+    shard: Rc<RefCell<Shard>>,
     max_connections: usize,
     max_connections_per_ip: usize,
-    conns_by_ip: std::cell::RefCell<AHashMap<IpAddr, u32>>,
+    conns_by_ip: Rc<RefCell<AHashMap<IpAddr, u32>>>,
     conn_limit: Option<RateLimit>,
-    conn_shard: std::cell::RefCell<Shard>,
+    conn_shard: Rc<RefCell<Shard>>,
     /// Open connections and refusals, over all workers (touched per
     /// connection and per refusal, never per admitted call).
     pub shared: std::sync::Arc<SharedCounts>,
@@ -82,6 +93,35 @@ impl AdmissionCtx {
         cfg: &crate::config::AdmissionSection,
         shared: std::sync::Arc<SharedCounts>,
     ) -> AdmissionCtx {
+        let none = RateLimit {
+            rate: 1.0,
+            burst: 1.0,
+        };
+        let state = (
+            Rc::new(RefCell::new(Shard::new(none))),
+            Rc::default(),
+            Rc::new(RefCell::new(Shard::new(none))),
+        );
+        AdmissionCtx::with_state(cfg, shared, state)
+    }
+
+    /// The settings of a reloaded configuration over this core's buckets
+    /// and connection counts (the new rates apply to them at once, for the
+    /// sessions of every generation).
+    pub fn renew(&self, cfg: &crate::config::AdmissionSection) -> AdmissionCtx {
+        let state = (
+            self.shard.clone(),
+            self.conns_by_ip.clone(),
+            self.conn_shard.clone(),
+        );
+        AdmissionCtx::with_state(cfg, self.shared.clone(), state)
+    }
+
+    fn with_state(
+        cfg: &crate::config::AdmissionSection,
+        shared: std::sync::Arc<SharedCounts>,
+        (shard, conns_by_ip, conn_shard): State,
+    ) -> AdmissionCtx {
         let conn_limit = (cfg.connection_rate > 0.0).then_some(RateLimit {
             rate: cfg.connection_rate,
             burst: if cfg.connection_burst > 0.0 {
@@ -94,6 +134,12 @@ impl AdmissionCtx {
             rate: cfg.rate,
             burst: if cfg.burst > 0.0 { cfg.burst } else { cfg.rate },
         });
+        if let Some(l) = limit {
+            shard.borrow_mut().set_limit(l);
+        }
+        if let Some(l) = conn_limit {
+            conn_shard.borrow_mut().set_limit(l);
+        }
         AdmissionCtx {
             limit,
             costs: cfg
@@ -107,18 +153,12 @@ impl AdmissionCtx {
                 cfg.deny_methods.clone(),
             ),
             max_batch: cfg.max_batch,
-            shard: std::cell::RefCell::new(Shard::new(limit.unwrap_or(RateLimit {
-                rate: 1.0,
-                burst: 1.0,
-            }))),
+            shard,
             max_connections: cfg.max_connections,
             max_connections_per_ip: cfg.max_connections_per_ip,
-            conns_by_ip: Default::default(),
+            conns_by_ip,
             conn_limit,
-            conn_shard: std::cell::RefCell::new(Shard::new(conn_limit.unwrap_or(RateLimit {
-                rate: 1.0,
-                burst: 1.0,
-            }))),
+            conn_shard,
             shared,
             origins: cfg.origins.clone(),
             trusted_hops: cfg.trusted_proxy_hops,

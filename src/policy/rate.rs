@@ -78,6 +78,11 @@ impl Shard {
         }
     }
 
+    /// New rates (a reload): buckets keep their tokens, up to the new burst.
+    pub fn set_limit(&mut self, limit: RateLimit) {
+        self.limit = limit;
+    }
+
     /// Charge `cost` to `ip`.
     pub fn take(&mut self, ip: IpAddr, cost: f64, now: Instant) -> Result<(), std::time::Duration> {
         if self.buckets.len() >= self.sweep_at {

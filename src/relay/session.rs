@@ -39,6 +39,9 @@ pub struct Session {
     /// Subscriptions asked for minus those ended (for the per-session
     /// limit; a shared session counts the ones it owns instead).
     pub subscriptions: Cell<u32>,
+    /// Its node was removed by a reload and the grace has passed: it ends
+    /// as on shutdown (answers in flight go out, then 1001).
+    pub retiring: Cell<bool>,
     /// A session on a shared node connection: its slot there.
     pub member: Option<crate::relay::shared::Member>,
 }
@@ -66,8 +69,15 @@ impl Session {
             archive: routed.then(Box::default),
             inflight: RefCell::new(Inflight::default()),
             subscriptions: Cell::new(0),
+            retiring: Cell::new(false),
             member: None,
         }
+    }
+
+    /// Its node was removed from the configuration: finish and close (1001).
+    pub fn retire(&self) {
+        self.retiring.set(true);
+        self.timer_wake.notify();
     }
 
     /// A side of the session (a shared session has no node side of its own).

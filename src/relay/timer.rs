@@ -1,6 +1,7 @@
 //! A session's clock: idle timeout, keepalive pings to a pinned session's
-//! node, its node's health, the worker's shutdown (answers in flight still go
-//! out for up to [`SHUTDOWN_DRAIN`], then errors and `1001`), and the close
+//! node, its node's health, the worker's shutdown and the removal of its node
+//! by a reload (answers in flight still go out for up to [`SHUTDOWN_DRAIN`],
+//! then errors and `1001`), and the close
 //! deadline, after which pending I/O is stopped. Runs until every writer of
 //! the session has finished.
 
@@ -30,14 +31,25 @@ pub async fn timer(s: &Session, watch: Option<&NodeWatch>, shutdown: &Broadcast)
         }
         // While closing, only the close deadline matters.
         let mut wake = s.close_deadline.get();
-        if wake.is_none() && shutdown.fired() {
-            // Shutting down: answers to requests in flight still go out,
-            // then the client is told to go elsewhere (1001).
+        if wake.is_none() && (shutdown.fired() || s.retiring.get()) {
+            // Shutting down, or the node was removed by a reload: answers
+            // to requests in flight still go out, then the client is told
+            // to go elsewhere (1001).
+            let (failed, reason) = if shutdown.fired() {
+                (
+                    "gateway shutting down; reconnect and retry",
+                    "server shutting down",
+                )
+            } else {
+                (
+                    "node removed from the gateway's configuration; reconnect and retry",
+                    "node removed from the configuration",
+                )
+            };
             let until = *drain_until.get_or_insert(now + SHUTDOWN_DRAIN);
             if s.inflight.borrow().is_empty() || now >= until {
-                s.fail_inflight("gateway shutting down; reconnect and retry");
-                s.closing
-                    .close_both(s, close_code::GOING_AWAY, "server shutting down");
+                s.fail_inflight(failed);
+                s.closing.close_both(s, close_code::GOING_AWAY, reason);
                 continue;
             }
             wake = Some(until.min(now + DRAIN_POLL));
@@ -84,6 +96,10 @@ pub async fn timer(s: &Session, watch: Option<&NodeWatch>, shutdown: &Broadcast)
             }
             if let (Some(w), Some(at)) = (watch, next_check) {
                 if now >= at {
+                    if w.health.retired(w.index) {
+                        s.retiring.set(true);
+                        continue;
+                    }
                     if !w.health.serving(w.index) {
                         s.closing.on_node_down(s);
                         continue;

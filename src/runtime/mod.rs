@@ -3,13 +3,15 @@
 //!
 //! ```text
 //! main ─▶ runtime::start ─┬─ listeners::bind (SO_REUSEPORT, one per worker; side listeners)
-//!                         ├─ probe::spawn (health thread)
-//!                         └─ worker thread k: driver::block_on(gateway::serve(listener k, Worker k))
-//! signals thread (SIGHUP reload, SIGTERM drain) ─▶ Stopper::shutdown
+//!                         ├─ reload::Generations::start (generation 1; its health thread)
+//!                         └─ worker thread k: driver::block_on(gateway::serve(listener k, Core k))
+//! signals thread ─┬─ SIGHUP ─▶ reload (the next generation)
+//!                 └─ SIGTERM ─▶ Stopper::shutdown
 //! ```
 
 pub mod driver;
 pub mod listeners;
+pub mod reload;
 pub mod signals;
 
 use std::io;
@@ -19,10 +21,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::config::Config;
-use crate::health::Health;
 use crate::io::{stop, Stop};
 use crate::signal::Shutdown;
-use crate::worker::Worker;
+use crate::worker::Core;
 
 /// A running gateway: its address and its worker threads.
 pub struct Running {
@@ -35,6 +36,8 @@ pub struct Running {
     pub workers: Vec<std::thread::JoinHandle<()>>,
     /// Shuts the workers down (from another thread: a signal handler's).
     pub stopper: Stopper,
+    /// The configuration generations (SIGHUP makes the next).
+    pub generations: Arc<reload::Generations>,
 }
 
 /// What [`Stopper::shutdown`] needs: every listening socket, the number
@@ -86,7 +89,6 @@ pub fn start(config: Config, tls: Option<crate::tls::ServerTls>) -> io::Result<R
             );
         }
     }
-    let total = Arc::new(crate::policy::SharedCounts::default());
     // The side listeners (redirect, metrics, Unix) are served by worker 0.
     let side = listeners::bind_side(&config, local_addr.port())?;
     let redirect_addr = side.redirect.as_ref().map(|l| l.local_addr()).transpose()?;
@@ -97,19 +99,15 @@ pub fn start(config: Config, tls: Option<crate::tls::ServerTls>) -> io::Result<R
     listener_fds.extend(side.unix.as_ref().map(|l| l.as_raw_fd()));
     let mut side = Some(side);
     let io_uring = monoio::utils::detect_uring();
-    let health = Health::new(config.nodes.len());
+    let drain_for = worker_drain_deadline(&config.limits);
+    let pin = config.pin_workers;
+    let generations = reload::Generations::start(config);
     // Every worker's hash channel exists before the health thread publishes
     // its first hashes: a worker starting late must not miss them.
+    let health = generations.current().health.clone();
     let mut hash_channels: std::collections::VecDeque<_> = (0..listeners.len())
         .map(|_| health.subscribe_hashes())
         .collect();
-    crate::probe::spawn(
-        config.nodes.clone(),
-        config.flavour,
-        config.health,
-        health.clone(),
-    );
-    let config = Arc::new(config);
     let tls = match tls {
         Some(t) => Some((
             Arc::new(t.config),
@@ -122,28 +120,25 @@ pub fn start(config: Config, tls: Option<crate::tls::ServerTls>) -> io::Result<R
         .map(|n| n.get())
         .unwrap_or(1);
     let shutdown = Arc::new(Shutdown::default());
-    let drain_for = worker_drain_deadline(&config.limits);
     let mut workers = Vec::new();
     for (i, listener) in listeners.into_iter().enumerate() {
-        let config = config.clone();
+        let generations = generations.clone();
         let tls = tls.clone();
-        let health = health.clone();
-        let total = total.clone();
         let side = side.take();
         let shutdown = shutdown.clone();
         let hashes = hash_channels.pop_front().expect("one per worker");
         let handle = std::thread::Builder::new()
             .name(format!("worker-{i}"))
             .spawn(move || {
-                if config.pin_workers {
+                if pin {
                     driver::pin_to_core(i % cores);
                 }
                 let tls = tls.map(|(base, certs, seed)| {
                     crate::tls::per_worker(&base, &certs, &seed, i as u32)
                 });
                 let run = driver::block_on(io_uring, || async move {
-                    let worker = Worker::new(config, tls, health, hashes, total);
-                    crate::gateway::serve(listener, worker, side, shutdown, drain_for).await
+                    let core = Core::new(tls, hashes, generations);
+                    crate::gateway::serve(listener, core, side, shutdown, drain_for).await
                 });
                 if let Err(e) = run {
                     crate::error!("cannot start a runtime: {e}");
@@ -164,6 +159,7 @@ pub fn start(config: Config, tls: Option<crate::tls::ServerTls>) -> io::Result<R
         io_uring,
         workers,
         stopper,
+        generations,
     })
 }
 

@@ -2,7 +2,6 @@
 //! Signals are blocked in every other thread ([`block`], before any thread
 //! starts), so this one takes them all with `sigwait`.
 
-use crate::config::TlsMode;
 use crate::{info, warn};
 
 /// Block SIGHUP, SIGTERM and SIGINT in this thread (and the threads it
@@ -41,12 +40,17 @@ fn next_signal(set: &libc::sigset_t, wait: Option<std::time::Duration>) -> Optio
     }
 }
 
+/// Reads the configuration again (the file, with the flags given at start
+/// over it).
+pub type Loader = Box<dyn Fn() -> Result<crate::config::Config, String> + Send>;
+
 /// The signal thread.
 ///
-/// SIGHUP reads the certificate and key files again, as `nginx -s reload`
-/// does after a certbot renewal (`systemctl reload ringway`): the next
-/// handshakes on every core use the new pair, open sessions go on. A file
-/// that does not load leaves the certificate in use, and says why.
+/// SIGHUP reloads the configuration ([`super::reload`]), as `nginx -s
+/// reload` does (`systemctl reload ringway`, or after a certbot renewal):
+/// new connections get the new configuration and certificate, open sessions
+/// go on. A file that does not load or validate is refused, with the file,
+/// key and reason in the log, and the running configuration stays.
 ///
 /// SIGTERM and SIGINT shut down gracefully: no new connections, answers to
 /// requests in flight still go out, then clients get close 1001 and the
@@ -54,7 +58,8 @@ fn next_signal(set: &libc::sigset_t, wait: Option<std::time::Duration>) -> Optio
 pub fn spawn(
     set: libc::sigset_t,
     certs: Option<std::sync::Arc<crate::tls::Certs>>,
-    mode: TlsMode,
+    generations: std::sync::Arc<super::reload::Generations>,
+    load: Loader,
     stopper: super::Stopper,
 ) {
     let spawned = std::thread::Builder::new()
@@ -64,12 +69,19 @@ pub fn spawn(
                 return;
             };
             if sig == libc::SIGHUP {
-                match certs.as_ref().map(|c| c.reload(&mode)) {
-                    Some(Ok(what)) => info!("SIGHUP: certificate reloaded from {what}"),
-                    Some(Err(e)) => {
-                        crate::error!("SIGHUP: certificate not reloaded, the old one stays: {e}")
+                let applied = load().and_then(|c| generations.apply(c, certs.as_deref()));
+                let running = generations.number();
+                match applied {
+                    Ok(notes) => {
+                        info!("SIGHUP: configuration reloaded (generation {running})");
+                        for n in notes {
+                            info!("SIGHUP: {n}");
+                        }
                     }
-                    None => warn!("SIGHUP: TLS is off, nothing to reload"),
+                    Err(e) => {
+                        generations.refused();
+                        crate::error!("SIGHUP: reload refused, generation {running} stays: {e}");
+                    }
                 }
                 continue;
             }

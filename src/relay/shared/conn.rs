@@ -134,7 +134,23 @@ impl Conn {
     }
 
     pub fn leave(&self, s: &Session) {
-        self.members.borrow_mut().remove(&key(s));
+        let mut members = self.members.borrow_mut();
+        members.remove(&key(s));
+        if members.is_empty() {
+            // A superseded connection closes once unused.
+            self.timer_wake.notify();
+        }
+    }
+
+    pub fn wake_timer(&self) {
+        self.timer_wake.notify();
+    }
+
+    /// Nothing uses it: no session on it, no subscription, no request.
+    fn unused(&self) -> bool {
+        self.members.borrow().is_empty()
+            && self.subs.borrow().is_empty()
+            && self.pending.borrow().is_empty()
     }
 
     /// Drop `s`'s requests in flight here (it answers them itself).
@@ -260,13 +276,27 @@ async fn writer(conn: &Conn, w: &mut NodeWriter) -> String {
 
 /// Keepalive pings, and the node's health: a node marked down loses its
 /// connection, and so does one that sends nothing while requests wait on it
-/// for `pool.request_timeout_ms` (a hung node).
+/// for `pool.request_timeout_ms` (a hung node). After a reload: a removed
+/// node's sessions are retired (after the grace), and a superseded
+/// connection closes once unused.
 async fn timer(sh: &Shared, conn: &Rc<Conn>) {
     let mut next_ping = Instant::now() + sh.settings.keepalive;
     let mut pinged = Instant::now();
     let mut waiting_since: Option<Instant> = None;
+    let mut retired = false;
     loop {
         if conn.state() == State::Dead {
+            return;
+        }
+        if !retired && sh.pool.health().retired(conn.node) {
+            retired = true;
+            let members: Vec<_> = conn.members.borrow().values().cloned().collect();
+            for s in members.iter().filter_map(std::rc::Weak::upgrade) {
+                s.retire();
+            }
+        }
+        if sh.superseded.get() && conn.unused() {
+            sh.close_idle(conn);
             return;
         }
         if !sh.pool.health().serving(conn.node) {

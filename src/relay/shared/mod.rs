@@ -68,6 +68,9 @@ pub struct Shared {
     pub settings: Settings,
     /// Process-wide counters (unmatched answers).
     counts: std::sync::Arc<crate::policy::SharedCounts>,
+    /// A reload made a newer generation: connections close once nothing
+    /// is left on them (new sessions use the new generation's).
+    superseded: Cell<bool>,
 }
 
 /// How shared connections are opened and kept.
@@ -210,7 +213,26 @@ impl Shared {
             slots: RefCell::new(vec![Vec::new(); n]),
             settings,
             counts,
+            superseded: Cell::new(false),
         })
+    }
+
+    /// A reload made a newer generation: each connection closes once no
+    /// session is left on it.
+    pub fn supersede(&self) {
+        self.superseded.set(true);
+        for c in self.slots.borrow().iter().flatten() {
+            c.wake_timer();
+        }
+    }
+
+    /// Close a connection nothing uses any more (no warning: nothing failed).
+    fn close_idle(&self, conn: &Rc<Conn>) {
+        conn.set_dead("superseded by a reload");
+        self.slots.borrow_mut()[conn.node].retain(|c| !Rc::ptr_eq(c, conn));
+        if let Some(fd) = conn.fd.get() {
+            stop(fd, Stop::All);
+        }
     }
 
     /// A connection to node `index` for a session: the live one with the

@@ -1,0 +1,219 @@
+//! Configuration generations: what SIGHUP changes while the gateway runs,
+//! as `nginx -s reload` does (`systemctl reload ringway`).
+//!
+//! ```text
+//! SIGHUP ─▶ load the file again (flags still win) ─▶ validate ─┬─ error: logged (file, key, why), nothing changes
+//!                                                              └─ ok: certificate, logs, node health view,
+//!                                                                 probes; generation number + 1
+//! worker k, at its next accept ─▶ Core::worker(): number moved ─▶ its state for the new config
+//! ```
+//!
+//! Everything in the file applies to new connections: nodes (added,
+//! removed, re-weighted, roles), limits, admission, routing tables, health
+//! settings, shared mode; logs and the certificate apply at once. Open
+//! sessions keep the configuration they started with (as nginx's old
+//! workers do), with two exceptions: the per-address rate buckets and
+//! connection counts are the core's and take the new rates at once, and a
+//! session whose node was removed finishes its requests and is closed 1001
+//! after `pool.removed_grace_ms`. A node kept by url keeps its health (its
+//! probes carry on in the new generation's health thread). What only a
+//! restart can change (the listening sockets, the worker count, TLS on or
+//! off) keeps its old value and is named in the log.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use crate::config::{Config, TlsMode};
+use crate::health::Health;
+
+/// One configuration and the node health view that goes with it.
+pub struct Generation {
+    /// 1 at start, one more per reload that took effect.
+    pub number: u64,
+    pub config: Arc<Config>,
+    pub health: Arc<Health>,
+    /// Stops this generation's health thread.
+    probes: Arc<AtomicBool>,
+}
+
+impl Generation {
+    fn start(number: u64, config: Config, health: Arc<Health>) -> Generation {
+        let probes = Arc::new(AtomicBool::new(false));
+        crate::probe::spawn(
+            config.nodes.clone(),
+            config.flavour,
+            config.health,
+            health.clone(),
+            probes.clone(),
+        );
+        Generation {
+            number,
+            config: Arc::new(config),
+            health,
+            probes,
+        }
+    }
+}
+
+/// The process's generations: the current one, and how reloads went.
+pub struct Generations {
+    current: Mutex<Arc<Generation>>,
+    number: AtomicU64,
+    reloads_ok: AtomicU64,
+    reloads_failed: AtomicU64,
+    /// Whether the last reload was refused.
+    last_failed: AtomicBool,
+    /// Admission totals, common to every worker and generation.
+    pub totals: Arc<crate::policy::SharedCounts>,
+}
+
+/// What `/health` and `/metrics` say about reloads.
+#[derive(Debug, Clone, Copy)]
+pub struct Outcome {
+    pub generation: u64,
+    pub ok: u64,
+    pub failed: u64,
+    pub last_failed: bool,
+}
+
+impl Generations {
+    /// Generation 1 from the configuration at start; its health thread starts.
+    pub fn start(config: Config) -> Arc<Generations> {
+        let health = Health::new(config.nodes.len());
+        let first = Generation::start(1, config, health);
+        Arc::new(Generations {
+            current: Mutex::new(Arc::new(first)),
+            number: AtomicU64::new(1),
+            reloads_ok: AtomicU64::new(0),
+            reloads_failed: AtomicU64::new(0),
+            last_failed: AtomicBool::new(false),
+            totals: Arc::default(),
+        })
+    }
+
+    /// The current generation's number: what a worker compares at each accept.
+    pub fn number(&self) -> u64 {
+        self.number.load(Ordering::Acquire)
+    }
+
+    pub fn current(&self) -> Arc<Generation> {
+        self.current.lock().expect("not poisoned").clone()
+    }
+
+    pub fn outcome(&self) -> Outcome {
+        Outcome {
+            generation: self.number(),
+            ok: self.reloads_ok.load(Ordering::Relaxed),
+            failed: self.reloads_failed.load(Ordering::Relaxed),
+            last_failed: self.last_failed.load(Ordering::Relaxed),
+        }
+    }
+
+    /// A reload that did not take effect: counted; the caller logs why.
+    pub fn refused(&self) {
+        self.reloads_failed.fetch_add(1, Ordering::Relaxed);
+        self.last_failed.store(true, Ordering::Relaxed);
+    }
+
+    /// Make `new` the current configuration. `certs` (when TLS is on) load
+    /// first: a pair that does not load refuses the whole reload. Returns
+    /// what changed, for the log, or why nothing did.
+    pub fn apply(
+        &self,
+        mut new: Config,
+        certs: Option<&crate::tls::Certs>,
+    ) -> Result<Vec<String>, String> {
+        let mut current = self.current.lock().expect("not poisoned");
+        let old = current.clone();
+        let mut notes = keep_fixed(&old.config, &mut new);
+        if let (Some(certs), TlsMode::Files { .. }) = (certs, &new.tls) {
+            match certs.reload(&new.tls) {
+                Ok(what) => notes.push(format!("certificate reloaded from {what}")),
+                Err(e) => return Err(format!("tls: {e}")),
+            }
+        }
+        notes.extend(node_changes(&old.config, &new));
+        crate::log::set_level(new.log_level);
+        crate::log::set_json(new.log_json);
+        let health = old.health.next(&old.config.nodes, &new.nodes);
+        for (i, n) in old.config.nodes.iter().enumerate() {
+            if !new.nodes.iter().any(|m| m.url == n.url) {
+                old.health.retire(i, new.removed_grace);
+            }
+        }
+        old.probes.store(true, Ordering::Relaxed);
+        let number = old.number + 1;
+        *current = Arc::new(Generation::start(number, new, health));
+        self.number.store(number, Ordering::Release);
+        self.reloads_ok.fetch_add(1, Ordering::Relaxed);
+        self.last_failed.store(false, Ordering::Relaxed);
+        Ok(notes)
+    }
+}
+
+/// Settings only a restart changes: each one the new file changes keeps
+/// its running value, and is named.
+fn keep_fixed(old: &Config, new: &mut Config) -> Vec<String> {
+    let mut kept = Vec::new();
+    let mut keep = |name: &str, differs: bool| {
+        if differs {
+            kept.push(format!("{name} changed: kept as it is (needs a restart)"));
+        }
+        differs
+    };
+    if keep("server.listen", old.listen != new.listen) {
+        new.listen = old.listen;
+    }
+    if keep("server.workers", old.workers != new.workers) {
+        new.workers = old.workers;
+    }
+    if keep("server.pin_workers", old.pin_workers != new.pin_workers) {
+        new.pin_workers = old.pin_workers;
+    }
+    if keep(
+        "server.redirect_listen",
+        old.redirect_listen != new.redirect_listen,
+    ) {
+        new.redirect_listen = old.redirect_listen;
+    }
+    if keep(
+        "server.metrics_listen",
+        old.metrics_listen != new.metrics_listen,
+    ) {
+        new.metrics_listen = old.metrics_listen;
+    }
+    if keep("server.unix_listen", old.unix_listen != new.unix_listen) {
+        new.unix_listen = old.unix_listen.clone();
+    }
+    let tls_on = |t: &TlsMode| !matches!(t, TlsMode::Off);
+    if keep("tls.enabled", tls_on(&old.tls) != tls_on(&new.tls)) {
+        new.tls = old.tls.clone();
+    }
+    let per_ip = crate::policy::AdmissionCtx::per_ip;
+    if !per_ip(&old.admission) && per_ip(&new.admission) {
+        kept.push(
+            "per-address limits turned on: they hold per core until a restart (connections are steered to a core by address only when they were on at start)".into(),
+        );
+    }
+    kept
+}
+
+/// Nodes added and removed, for the log.
+fn node_changes(old: &Config, new: &Config) -> Vec<String> {
+    let mut notes = Vec::new();
+    for n in &new.nodes {
+        if !old.nodes.iter().any(|o| o.url == n.url) {
+            notes.push(format!("node {} added ({})", n.url, n.role.name()));
+        }
+    }
+    for o in &old.nodes {
+        if !new.nodes.iter().any(|n| n.url == o.url) {
+            notes.push(format!(
+                "node {} removed: its sessions close in {} s",
+                o.url,
+                new.removed_grace.as_secs()
+            ));
+        }
+    }
+    notes
+}

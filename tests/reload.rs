@@ -1,0 +1,187 @@
+//! SIGHUP reloads the whole configuration, as `nginx -s reload` does: new
+//! sessions follow the new node list, sessions on a removed node close
+//! 1001 after the grace, and a file with an error is refused by name.
+//! (Under load, with the load generator: `loadtest/tests/reload.rs`.)
+
+mod common;
+
+use std::io::Write;
+use std::path::Path;
+use std::process::Command;
+
+use common::*;
+use tungstenite::protocol::frame::coding::CloseCode;
+use tungstenite::Message;
+
+fn hup(gw: &Gateway) {
+    let ok = Command::new("kill")
+        .args(["-HUP", &gw.pid().to_string()])
+        .status()
+        .unwrap();
+    assert!(ok.success());
+}
+
+/// A config file in front of `nodes`, with fast health checks.
+fn config(path: &Path, nodes: &[String], extra: &str) {
+    let mut text = format!("{extra}\n[health]\ninterval_ms = 100\n");
+    for n in nodes {
+        text.push_str(&format!("[[node]]\nurl = \"{n}\"\n"));
+    }
+    std::fs::write(path, text).unwrap();
+}
+
+/// `GET /health` on the public port.
+fn health(gw: &Gateway, pki: &TestPki) -> String {
+    let mut s = tls_connect(gw.addr, pki.client_config());
+    s.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    read_response(&mut s).2
+}
+
+/// Which node answers a new session (each answers with its name).
+fn answered_by(gw: &Gateway, pki: &TestPki) -> String {
+    let mut ws = ws_connect(gw, pki.client_config(), "/");
+    ws.send(Message::Text(
+        r#"{"jsonrpc":"2.0","id":1,"method":"who"}"#.into(),
+    ))
+    .unwrap();
+    let answer = ws.read().unwrap().into_text().unwrap();
+    let _ = ws.close(None);
+    result_string(&answer)
+}
+
+#[test]
+fn new_sessions_follow_the_reloaded_nodes_and_a_removed_nodes_sessions_close_1001() {
+    follow_reload(&[]);
+}
+
+#[test]
+fn shared_mode_follows_a_reload_too() {
+    follow_reload(&["--shared"]);
+}
+
+fn follow_reload(mode: &[&str]) {
+    let pki = TestPki::new();
+    let a = Upstream::start(Behaviour::Answer("\"A\"".into()));
+    let b = Upstream::start(Behaviour::Answer("\"B\"".into()));
+    let file = pki.dir.join("reload.toml");
+    let grace = "[pool]\nremoved_grace_ms = 300";
+    config(&file, &[a.url()], grace);
+    let args = [&["--config", file.to_str().unwrap()][..], mode].concat();
+    let gw = Gateway::start(&pki, &[], &args);
+    assert_eq!(answered_by(&gw, &pki), "A");
+    assert!(health(&gw, &pki).contains(r#""generation":1,"last_reload":"none""#));
+    let mut on_a = ws_connect(&gw, pki.client_config(), "/");
+
+    // B added, A removed.
+    config(&file, &[b.url()], grace);
+    hup(&gw);
+    wait_for(TIMEOUT, "generation 2", || {
+        health(&gw, &pki).contains(r#""generation":2,"last_reload":"ok""#)
+    });
+    for _ in 0..6 {
+        assert_eq!(answered_by(&gw, &pki), "B", "every worker follows");
+    }
+    // The session on A goes on until the grace has passed, then is told
+    // to go elsewhere.
+    on_a.send(Message::Text(
+        r#"{"jsonrpc":"2.0","id":7,"method":"who"}"#.into(),
+    ))
+    .unwrap();
+    let answer = on_a.read().unwrap().into_text().unwrap();
+    assert_eq!(result_string(&answer), "A");
+    let closed = loop {
+        match on_a.read() {
+            Ok(Message::Close(c)) => break c,
+            Ok(_) => continue,
+            Err(e) => panic!("no close frame: {e}"),
+        }
+    };
+    let close = closed.expect("a close code");
+    assert_eq!(close.code, CloseCode::Away, "{close:?}");
+    assert!(close.reason.contains("removed"), "{close:?}");
+    let log = gw.stop_and_read_stderr();
+    assert!(
+        log.contains("configuration reloaded (generation 2)"),
+        "{log}"
+    );
+    assert!(log.contains(&format!("node {} removed", a.url())), "{log}");
+}
+
+#[test]
+fn a_file_with_an_error_is_refused_by_key_and_the_running_configuration_stays() {
+    let pki = TestPki::new();
+    let a = Upstream::start(Behaviour::Answer("\"A\"".into()));
+    let b = Upstream::start(Behaviour::Answer("\"B\"".into()));
+    let file = pki.dir.join("broken.toml");
+    config(&file, &[a.url()], "");
+    let gw = Gateway::start(&pki, &[], &["--config", file.to_str().unwrap()]);
+    let mut open = ws_connect(&gw, pki.client_config(), "/");
+
+    // A new node, and a value out of range.
+    config(&file, &[b.url()], "[limits]\nidle_timeout_s = 0");
+    hup(&gw);
+    wait_for(TIMEOUT, "the refusal", || {
+        health(&gw, &pki).contains(r#""generation":1,"last_reload":"refused""#)
+    });
+    assert_eq!(answered_by(&gw, &pki), "A", "nothing changed");
+    open.send(Message::Text(
+        r#"{"jsonrpc":"2.0","id":2,"method":"x"}"#.into(),
+    ))
+    .unwrap();
+    assert_eq!(
+        result_string(&open.read().unwrap().into_text().unwrap()),
+        "A"
+    );
+
+    // Listening settings need a restart: kept and named; the rest applies.
+    config(
+        &file,
+        &[b.url()],
+        "[server]\nredirect_listen = \"127.0.0.1:0\"",
+    );
+    hup(&gw);
+    wait_for(TIMEOUT, "generation 2", || {
+        health(&gw, &pki).contains(r#""generation":2,"last_reload":"ok""#)
+    });
+    assert_eq!(answered_by(&gw, &pki), "B");
+    let log = gw.stop_and_read_stderr();
+    let refused = log
+        .lines()
+        .find(|l| l.contains("reload refused"))
+        .unwrap_or_else(|| panic!("{log}"));
+    assert!(refused.contains("limits.idle_timeout_s"), "{refused}");
+    assert!(refused.contains("broken.toml"), "{refused}");
+    assert!(
+        log.contains("server.redirect_listen changed: kept"),
+        "{log}"
+    );
+}
+
+/// Metrics say which generation runs and how reloads went.
+#[test]
+fn reloads_are_counted_on_metrics() {
+    let pki = TestPki::new();
+    let a = Upstream::start(Behaviour::Echo);
+    let file = pki.dir.join("counted.toml");
+    config(&file, &[a.url()], "");
+    let gw = Gateway::start(&pki, &[], &["--config", file.to_str().unwrap()]);
+    let metrics = || {
+        let mut s = tls_connect(gw.addr, pki.client_config());
+        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+            .unwrap();
+        read_response(&mut s).2
+    };
+    std::fs::write(&file, "this is not toml").unwrap();
+    hup(&gw);
+    wait_for(TIMEOUT, "a refused reload", || {
+        metrics().contains("ringway_reloads_total{outcome=\"refused\"} 1")
+    });
+    config(&file, &[a.url()], "");
+    hup(&gw);
+    wait_for(TIMEOUT, "a reload", || {
+        let m = metrics();
+        m.contains("ringway_reloads_total{outcome=\"ok\"} 1")
+            && m.contains("ringway_config_generation 2")
+    });
+}
