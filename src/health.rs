@@ -84,6 +84,18 @@ pub struct NodeStatus {
     /// Removed from the configuration by a reload: its sessions end at this
     /// time ([`retire_clock`] milliseconds; 0: not removed).
     retire_at: AtomicU64,
+    /// Sessions started and ended on it: [pinned, shared].
+    sessions_started: [AtomicU64; 2],
+    sessions_ended: [AtomicU64; 2],
+    /// How long it takes to answer: [health probes, HTTP JSON-RPC requests].
+    latency: [crate::metrics::Histogram; 2],
+}
+
+/// What a node's response time was measured on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Timed {
+    Probe = 0,
+    Http = 1,
 }
 
 impl NodeStatus {
@@ -96,6 +108,9 @@ impl NodeStatus {
             probes: AtomicU64::new(0),
             rtt_us: AtomicU64::new(0),
             retire_at: AtomicU64::new(0),
+            sessions_started: Default::default(),
+            sessions_ended: Default::default(),
+            latency: Default::default(),
         }
     }
 }
@@ -181,6 +196,35 @@ impl Health {
     pub fn retired(&self, i: usize) -> bool {
         let at = self.nodes[i].retire_at.load(Ordering::Relaxed);
         at != 0 && retire_clock() >= at
+    }
+
+    /// A session started on node `i` (`shared`: on a shared connection).
+    pub fn session_started(&self, i: usize, shared: bool) {
+        self.nodes[i].sessions_started[usize::from(shared)].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn session_ended(&self, i: usize, shared: bool) {
+        self.nodes[i].sessions_ended[usize::from(shared)].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Sessions on node `i`, [pinned, shared]: (started, ended).
+    pub fn sessions(&self, i: usize) -> [(u64, u64); 2] {
+        let n = &self.nodes[i];
+        [0, 1].map(|m| {
+            (
+                n.sessions_started[m].load(Ordering::Relaxed),
+                n.sessions_ended[m].load(Ordering::Relaxed),
+            )
+        })
+    }
+
+    /// One answer from node `i` took `d`.
+    pub fn record_latency(&self, i: usize, on: Timed, d: Duration) {
+        self.nodes[i].latency[on as usize].record(d);
+    }
+
+    pub fn latency(&self, i: usize, on: Timed) -> &crate::metrics::Histogram {
+        &self.nodes[i].latency[on as usize]
     }
 
     /// Whether node `i` passes its probes (before the lag rule): where a

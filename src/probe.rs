@@ -125,6 +125,9 @@ async fn probe_node(
         };
         // How fast it answers (the calls, not a connect), for balancing.
         health.record_rtt(i, if ok { rtt } else { cfg.timeout });
+        if ok {
+            health.record_latency(i, crate::health::Timed::Probe, rtt);
+        }
         let was_up = health.is_up(i);
         health.record(i, &mut h, ok, head, &cfg);
         if was_up != health.is_up(i) {

@@ -33,6 +33,8 @@ pub struct Pool {
     nodes: Vec<NodeConfig>,
     active: Vec<Cell<u32>>,
     health: Arc<Health>,
+    /// Sessions share node connections (for the session counts).
+    shared: bool,
 }
 
 /// Holds one session's place on a node; the count drops with it.
@@ -45,6 +47,8 @@ impl Drop for NodeLease {
     fn drop(&mut self) {
         let c = &self.pool.active[self.index];
         c.set(c.get().saturating_sub(1));
+        let pool = &self.pool;
+        pool.health.session_ended(self.index, pool.shared);
     }
 }
 
@@ -59,12 +63,13 @@ impl NodeLease {
 }
 
 impl Pool {
-    pub fn new(nodes: Vec<NodeConfig>, health: Arc<Health>) -> Rc<Pool> {
+    pub fn new(nodes: Vec<NodeConfig>, health: Arc<Health>, shared: bool) -> Rc<Pool> {
         let active = nodes.iter().map(|_| Cell::new(0)).collect();
         Rc::new(Pool {
             nodes,
             active,
             health,
+            shared,
         })
     }
 
@@ -152,9 +157,11 @@ impl Pool {
         }
     }
 
+    /// A session's place on node `index` (counted in its sessions).
     pub fn lease(self: &Rc<Self>, index: usize) -> NodeLease {
         let c = &self.active[index];
         c.set(c.get() + 1);
+        self.health.session_started(index, self.shared);
         NodeLease {
             pool: self.clone(),
             index,

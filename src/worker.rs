@@ -53,6 +53,7 @@ impl Core {
         generations: Arc<Generations>,
     ) -> Rc<Core> {
         let first = generations.current();
+        crate::metrics::install(&generations.stats);
         Rc::new(Core {
             tls,
             chain: WorkerChain {
@@ -138,7 +139,7 @@ impl Worker {
             &extra,
             config.routing.pruned_errors.as_deref(),
         );
-        let pool = Pool::new(config.nodes.clone(), health);
+        let pool = Pool::new(config.nodes.clone(), health, config.shared);
         let codec = CodecLimits {
             max_frame: l.max_frame_bytes,
             max_message: l.max_message_bytes,

@@ -192,17 +192,17 @@ pub async fn http_loop<R: ReadHalf, W: WriteHalf>(
 
         let now = std::time::Instant::now();
         let body_len = body.len();
+        let call = crate::jsonrpc::Call::parse(&body);
         let (status, answer, retry_after) =
-            match worker
-                .admission
-                .check_call(admitted.ip, &crate::jsonrpc::Call::parse(&body), now)
-            {
+            match worker.admission.check_call(admitted.ip, &call, now) {
                 Ok(()) => {
-                    let (status, answer) = answer_rpc(worker, &path, &body, &ip).await;
+                    crate::metrics::calls(&call, crate::metrics::Outcome::Forwarded);
+                    let (status, answer) = answer_rpc(worker, &path, &call, &ip).await;
                     (status, answer, None)
                 }
                 Err((refusal, answer)) => {
                     crate::debug!("refused a call from {}: {refusal:?}", admitted.ip);
+                    crate::metrics::calls(&call, crate::metrics::Outcome::Refused);
                     let retry = match refusal {
                         crate::policy::Refusal::RateLimited(wait) => Some(wait.as_secs().max(1)),
                         _ => None,
@@ -331,10 +331,15 @@ async fn read_body<R: ReadHalf>(
 /// cannot be reached is skipped for the next; one that took the request and
 /// did not answer is not (the request may have had effects). Returns status
 /// and body.
-async fn answer_rpc(worker: &Rc<Worker>, path: &str, body: &[u8], ip: &str) -> (u16, Vec<u8>) {
+async fn answer_rpc(
+    worker: &Rc<Worker>,
+    path: &str,
+    call: &crate::jsonrpc::Call<'_>,
+    ip: &str,
+) -> (u16, Vec<u8>) {
     let pool = &worker.pool;
-    let call = crate::jsonrpc::Call::parse(body);
-    let target = worker.router.route_call(&call, &worker.core.chain);
+    let body = call.raw;
+    let target = worker.router.route_call(call, &worker.core.chain);
     let role = rpc_http::role_for(target);
     let max = worker
         .config
@@ -342,8 +347,18 @@ async fn answer_rpc(worker: &Rc<Worker>, path: &str, body: &[u8], ip: &str) -> (
         .max_body_bytes
         .max(worker.config.limits.max_message_bytes as usize);
     let timeout = worker.config.request_timeout;
-    let forward =
-        |index| rpc_http::forward(pool, &worker.http, index, path, body, ip, max, timeout);
+    // Each answer's time is the node's response time (a histogram per node).
+    let forward = |index| async move {
+        let start = std::time::Instant::now();
+        let answer = rpc_http::forward(pool, &worker.http, index, path, body, ip, max, timeout);
+        let answer = answer.await;
+        if answer.is_ok() {
+            let took = start.elapsed();
+            pool.health()
+                .record_latency(index, crate::health::Timed::Http, took);
+        }
+        answer
+    };
     let mut tried = vec![false; pool.nodes().len()];
     let mut failed = (502, String::from("no upstream node"));
     while let Some(index) = pool.pick_role(role, &tried) {

@@ -21,6 +21,7 @@ use crate::io::{stop, ReadHalf, Stop, WriteHalf};
 use crate::jsonrpc::error::{code, errors};
 use crate::jsonrpc::scan::IdScanner;
 use crate::jsonrpc::Call;
+use crate::metrics::{Outcome, Source};
 use crate::route::{ChainView, Router, Target};
 use crate::signal::Signal;
 use crate::upstream::{NodeReader, NodeWriter, Pool, UpgradeTemplate};
@@ -204,12 +205,16 @@ pub fn on_held(
                         .and_then(|req| super::limits::check(s, adm, req)),
                 };
                 if let Some(answer) = refused {
+                    crate::metrics::calls(&call, Outcome::Refused);
                     if let Some(answer) = answer {
                         s.send_text(answer.as_bytes());
                     }
                     asm.clear();
                     return;
                 }
+            }
+            if whole {
+                crate::metrics::calls(&call, Outcome::Forwarded);
             }
             let target = *hold.target.get_or_insert_with(|| {
                 if whole
@@ -436,8 +441,10 @@ async fn reader(s: &Session, halves: &Halves) {
         // pruned node's messages), and each one's ids.
         let mut asm = Assembler::new(Role::Server, s.cfg.codec, 0, true);
         let mut ids = IdScanner::new();
+        let mut fresh = buf.len();
         'outer: loop {
             let mut pos = 0;
+            let seen = asm.messages();
             while pos < buf.len() {
                 let payload = asm.decoder().payload_position().is_some();
                 match asm.step(&buf[pos..]) {
@@ -482,6 +489,7 @@ async fn reader(s: &Session, halves: &Halves) {
                 }
             }
             buf.drain(..pos);
+            crate::metrics::read(Source::Node, asm.messages() - seen, fresh);
             if s.closing.ended() || s.closing.side(Which::Client).done() {
                 break;
             }
@@ -489,11 +497,14 @@ async fn reader(s: &Session, halves: &Halves) {
             let (res, b) = io.read_more(buf).await;
             a.reading.set(false);
             buf = b;
-            if !matches!(res, Ok(n) if n > 0) {
-                if !s.closing.ended() && !s.closing.side(Which::Client).done() {
-                    fail("connection lost");
+            match res {
+                Ok(n) if n > 0 => fresh = n,
+                _ => {
+                    if !s.closing.ended() && !s.closing.side(Which::Client).done() {
+                        fail("connection lost");
+                    }
+                    break;
                 }
-                break;
             }
         }
         old.borrow_mut().push(Half::R(io));

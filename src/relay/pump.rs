@@ -23,6 +23,7 @@ use monoio::time::Instant;
 use crate::io::ReadHalf;
 use crate::jsonrpc::scan::IdScanner;
 use crate::jsonrpc::Call;
+use crate::metrics::{Outcome, Source};
 use crate::ws::codec::Role;
 use crate::ws::frame::OpCode;
 use crate::ws::message::{Assembler, Event};
@@ -74,9 +75,17 @@ pub async fn pump<R: ReadHalf>(
     // Bytes that came with the handshake are the first buffer. Later buffers
     // start empty and get room from the reader, sized to the traffic.
     let mut buf = early;
+    let source = match from {
+        Which::Client => Source::Client,
+        Which::Node => Source::Node,
+    };
+    let mut fresh = buf.len();
     loop {
         if !buf.is_empty() {
-            if let Flow::Stop = process(s, from, &mut asm, &mut buf, &mut way) {
+            let seen = asm.messages();
+            let flow = process(s, from, &mut asm, &mut buf, &mut way);
+            crate::metrics::read(source, asm.messages() - seen, fresh);
+            if let Flow::Stop = flow {
                 break;
             }
         }
@@ -105,10 +114,13 @@ pub async fn pump<R: ReadHalf>(
         src.reading.set(false);
         buf = b;
         match r {
-            Ok(n) if n > 0 => match from {
-                Which::Client => s.last_activity.set(Instant::now()),
-                Which::Node => s.node_seen.set(Instant::now()),
-            },
+            Ok(n) if n > 0 => {
+                fresh = n;
+                match from {
+                    Which::Client => s.last_activity.set(Instant::now()),
+                    Which::Node => s.node_seen.set(Instant::now()),
+                }
+            }
             Ok(_) => {
                 if !s.closing.ended() {
                     s.closing.on_gone(s, from);
@@ -222,7 +234,9 @@ fn on_message(s: &Session, from: Which, asm: &mut Assembler, way: &mut Way<'_, '
     match way {
         Way::Stream(scan) => match from {
             Which::Client => {
-                s.sent(&Call::parse(asm.message()));
+                let call = Call::parse(asm.message());
+                crate::metrics::calls(&call, Outcome::Forwarded);
+                s.sent(&call);
                 asm.clear();
             }
             Which::Node => {

@@ -181,6 +181,9 @@ impl Effects for Session {
         let Some(side) = self.side_opt(to) else {
             return;
         };
+        if to == Which::Client {
+            crate::metrics::count(|c| c.close_sent(code));
+        }
         let mut frame = Vec::with_capacity(reason.len().min(123) + 8);
         write_close(
             &mut frame,

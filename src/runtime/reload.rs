@@ -55,7 +55,8 @@ impl Generation {
     }
 }
 
-/// The process's generations: the current one, and how reloads went.
+/// The process's generations: the current one, and how reloads went; and
+/// what every generation shares (admission totals, the cores' counters).
 pub struct Generations {
     current: Mutex<Arc<Generation>>,
     number: AtomicU64,
@@ -65,6 +66,10 @@ pub struct Generations {
     last_failed: AtomicBool,
     /// Admission totals, common to every worker and generation.
     pub totals: Arc<crate::policy::SharedCounts>,
+    /// Every core's counters, for `/metrics`.
+    pub stats: crate::metrics::Registry,
+    /// The io driver the workers run on (io_uring, else epoll).
+    pub io_uring: bool,
 }
 
 /// What `/health` and `/metrics` say about reloads.
@@ -78,7 +83,7 @@ pub struct Outcome {
 
 impl Generations {
     /// Generation 1 from the configuration at start; its health thread starts.
-    pub fn start(config: Config) -> Arc<Generations> {
+    pub fn start(config: Config, io_uring: bool) -> Arc<Generations> {
         let health = Health::new(config.nodes.len());
         let first = Generation::start(1, config, health);
         Arc::new(Generations {
@@ -88,6 +93,8 @@ impl Generations {
             reloads_failed: AtomicU64::new(0),
             last_failed: AtomicBool::new(false),
             totals: Arc::default(),
+            stats: Default::default(),
+            io_uring,
         })
     }
 

@@ -53,7 +53,17 @@ pub async fn accept(
     min_rate: Option<MinRate>,
 ) -> io::Result<(TlsReader, TlsWriter)> {
     let conn = ServerConnection::new(config).map_err(io::Error::other)?;
-    handshake(tcp, conn, min_rate).await
+    let done = handshake(tcp, conn, min_rate).await;
+    crate::metrics::count(|c| match &done {
+        Ok((r, _)) => {
+            let conn = r.conn.borrow();
+            let tls13 = conn.protocol_version() == Some(rustls::ProtocolVersion::TLSv1_3);
+            let resumed = conn.handshake_kind() == Some(rustls::HandshakeKind::Resumed);
+            c.tls_done(tls13, resumed);
+        }
+        Err(_) => c.tls_failed.add(1),
+    });
+    done
 }
 
 /// Run the client handshake on `tcp` (the load generator; wss:// nodes).

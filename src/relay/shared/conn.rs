@@ -11,6 +11,7 @@ use std::time::Instant;
 use ahash::AHashMap;
 
 use crate::io::{ReadHalf, WriteHalf};
+use crate::metrics::Source;
 use crate::relay::Session;
 use crate::signal::Signal;
 use crate::upstream::{NodeReader, NodeWriter};
@@ -338,8 +339,10 @@ async fn reader(sh: &Rc<Shared>, conn: &Rc<Conn>, r: &mut NodeReader, early: Vec
     let mut asm =
         Assembler::new(Role::Server, sh.settings.codec, usize::MAX, false).retain(1 << 20);
     let mut buf = early;
+    let mut fresh = buf.len();
     loop {
         let mut pos = 0;
+        let seen = asm.messages();
         while pos < buf.len() {
             match asm.step(&buf[pos..]) {
                 Ok(Event::Data { n, end }) => {
@@ -373,6 +376,7 @@ async fn reader(sh: &Rc<Shared>, conn: &Rc<Conn>, r: &mut NodeReader, early: Vec
             }
         }
         buf.drain(..pos);
+        crate::metrics::read(Source::Node, asm.messages() - seen, fresh);
         if conn.state() == State::Dead {
             return String::new();
         }
@@ -385,7 +389,10 @@ async fn reader(sh: &Rc<Shared>, conn: &Rc<Conn>, r: &mut NodeReader, early: Vec
         match res {
             Ok(0) => return "the node closed the connection".into(),
             Err(e) => return format!("read failed: {e}"),
-            Ok(_) => conn.seen.set(Instant::now()),
+            Ok(n) => {
+                fresh = n;
+                conn.seen.set(Instant::now());
+            }
         }
     }
 }

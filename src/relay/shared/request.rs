@@ -7,6 +7,7 @@ use std::rc::{Rc, Weak};
 
 use crate::jsonrpc::error::{code, error};
 use crate::jsonrpc::{call::unsubscribe_method, Call, Kind, Request, Sub};
+use crate::metrics::Outcome;
 use crate::relay::Session;
 use crate::route::Target;
 use crate::ws::frame::{FrameHeader, OpCode, MAX_HEADER_LEN};
@@ -30,6 +31,7 @@ pub fn on_request(ctx: &Ctx<'_>, s: &Rc<Session>, msg: &[u8]) {
     if let Some((adm, ip)) = ctx.admission {
         if let Err((refusal, answer)) = adm.check_call(ip, &call, std::time::Instant::now()) {
             crate::debug!("refused a call from {ip}: {refusal:?}");
+            crate::metrics::calls(&call, Outcome::Refused);
             if let Some(a) = answer {
                 s.send_text(a.as_bytes());
             }
@@ -64,6 +66,7 @@ pub fn on_request(ctx: &Ctx<'_>, s: &Rc<Session>, msg: &[u8]) {
         Kind::Object => {
             let req = call.single().expect("an object is one request");
             if let Some(answer) = refuse(ctx, s, req) {
+                crate::metrics::calls(&call, Outcome::Refused);
                 if let Some(a) = answer {
                     s.send_text(a.as_bytes());
                 }
@@ -74,6 +77,7 @@ pub fn on_request(ctx: &Ctx<'_>, s: &Rc<Session>, msg: &[u8]) {
             if let Some(id) = req.id {
                 s.inflight.borrow_mut().add(id, 0);
             }
+            crate::metrics::calls(&call, Outcome::Forwarded);
             send_request(to, s, req, 0, retry);
         }
         Kind::Batch => send_batch(ctx, to, s, &call),
@@ -185,9 +189,11 @@ fn send_batch(ctx: &Ctx<'_>, to: &Conn, s: &Rc<Session>, call: &Call<'_>) {
     body.push(b'[');
     for req in call.requests() {
         if let Some(answer) = refuse(ctx, s, req) {
+            crate::metrics::request(req, Outcome::Refused);
             local.extend(answer);
             continue;
         }
+        crate::metrics::request(req, Outcome::Forwarded);
         if forwarded > 0 {
             body.push(b',');
         }

@@ -1,0 +1,300 @@
+//! Prometheus metrics: the text of `GET /metrics` ([`render`]), from
+//! per-core counters summed on scrape and per-node state ([`counters`]
+//! says which is kept where, and why that costs the hot path nothing but a
+//! plain add per read).
+
+mod counters;
+
+pub use counters::{count, install, Histogram, Outcome, Registry, Source};
+
+use crate::worker::Worker;
+
+/// `messages` data messages in `bytes` read from a `source` socket, on this core.
+#[inline]
+pub fn read(source: Source, messages: u64, bytes: usize) {
+    count(|c| c.read(source, messages, bytes as u64));
+}
+
+/// One request (a batch element) had this `outcome`, on this core.
+pub fn request(req: &crate::jsonrpc::Request<'_>, outcome: Outcome) {
+    count(|c| c.request(req.method, outcome));
+}
+
+/// Every request of `call` had this `outcome`, on this core.
+pub fn calls(call: &crate::jsonrpc::Call<'_>, outcome: Outcome) {
+    count(|c| c.call(call, outcome));
+}
+
+/// The Prometheus text being written: each family with its HELP and TYPE.
+struct Text(String);
+
+impl Text {
+    fn family(&mut self, name: &str, kind: &str, help: &str) {
+        use std::fmt::Write;
+        let _ = writeln!(self.0, "# HELP {name} {help}");
+        let _ = writeln!(self.0, "# TYPE {name} {kind}");
+    }
+
+    fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: impl std::fmt::Display) {
+        use std::fmt::Write;
+        self.0.push_str(name);
+        if !labels.is_empty() {
+            self.0.push('{');
+            for (i, (k, v)) in labels.iter().enumerate() {
+                if i > 0 {
+                    self.0.push(',');
+                }
+                let v = v
+                    .replace('\\', "\\\\")
+                    .replace('"', "\\\"")
+                    .replace('\n', "\\n");
+                let _ = write!(self.0, "{k}=\"{v}\"");
+            }
+            self.0.push('}');
+        }
+        let _ = writeln!(self.0, " {value}");
+    }
+
+    /// A family with one sample and no labels.
+    fn single(&mut self, name: &str, kind: &str, help: &str, value: impl std::fmt::Display) {
+        self.family(name, kind, help);
+        self.sample(name, &[], value);
+    }
+}
+
+/// `GET /metrics`: Prometheus text format, every family with HELP and
+/// TYPE, label sets bounded (methods, statuses and close codes from fixed
+/// tables; nodes from the configuration). Per-core counters are summed
+/// here; per-node ones come from the current generation's health view.
+pub fn render(worker: &Worker, full: bool) -> String {
+    use std::sync::atomic::Ordering::Relaxed;
+    let generations = &worker.core.generations;
+    let shared = &worker.admission.shared;
+    let sums = generations.stats.sum();
+    let mut t = Text(String::with_capacity(8192));
+    t.family(
+        "ringway_info",
+        "gauge",
+        "The running gateway: its version and io driver.",
+    );
+    t.sample(
+        "ringway_info",
+        &[
+            ("version", env!("CARGO_PKG_VERSION")),
+            (
+                "driver",
+                if generations.io_uring {
+                    "io_uring"
+                } else {
+                    "epoll"
+                },
+            ),
+        ],
+        1,
+    );
+    t.single(
+        "ringway_connections",
+        "gauge",
+        "Open client connections.",
+        shared.connections.load(Relaxed),
+    );
+
+    let h = worker.pool.health();
+    let nodes = worker.pool.nodes();
+    let label = |n: &crate::config::NodeConfig| if full { n.url.clone() } else { n.public_name() };
+    for (name, kind, help, open) in [
+        (
+            "ringway_sessions",
+            "gauge",
+            "WebSocket sessions open, by node and mode (a routed session counts on its archive node too once it uses one).",
+            true,
+        ),
+        (
+            "ringway_sessions_total",
+            "counter",
+            "WebSocket sessions started, by node and mode.",
+            false,
+        ),
+    ] {
+        t.family(name, kind, help);
+        for (i, n) in nodes.iter().enumerate() {
+            let url = label(n);
+            for (m, mode) in ["pinned", "shared"].iter().enumerate() {
+                let (started, ended) = h.sessions(i)[m];
+                let value = if open { started.saturating_sub(ended) } else { started };
+                let labels = [("url", url.as_str()), ("role", n.role.name()), ("mode", mode)];
+                t.sample(name, &labels, value);
+            }
+        }
+    }
+    for (name, help, values) in [
+        (
+            "ringway_messages_total",
+            "WebSocket data messages read, by where they came from (client or node).",
+            sums.messages,
+        ),
+        (
+            "ringway_bytes_total",
+            "Bytes read from WebSocket sessions (after TLS), by where they came from.",
+            sums.bytes,
+        ),
+    ] {
+        t.family(name, "counter", help);
+        for source in Source::ALL {
+            t.sample(name, &[("from", source.name())], values[source as usize]);
+        }
+    }
+    t.family(
+        "ringway_calls_total",
+        "counter",
+        "JSON-RPC calls (batch elements each), by method (the built-in table, else other) and outcome (forwarded to a node, or refused by admission).",
+    );
+    for (m, outcome, n) in &sums.calls {
+        let method = counters::METHODS.get(*m).copied().unwrap_or("other");
+        t.sample(
+            "ringway_calls_total",
+            &[("method", method), ("outcome", outcome.name())],
+            n,
+        );
+    }
+    t.family(
+        "ringway_node_response_seconds",
+        "histogram",
+        "How long nodes take to answer: health probes, and JSON-RPC requests over HTTP (WebSocket answers are not timed one by one).",
+    );
+    for (i, n) in nodes.iter().enumerate() {
+        let url = label(n);
+        for (on, measured) in [
+            (crate::health::Timed::Probe, "probe"),
+            (crate::health::Timed::Http, "http"),
+        ] {
+            let (counts, sum) = h.latency(i, on).snapshot();
+            let base = [
+                ("url", url.as_str()),
+                ("role", n.role.name()),
+                ("measured", measured),
+            ];
+            for (b, c) in counts.iter().enumerate() {
+                let le = counters::LATENCY_BOUNDS
+                    .get(b)
+                    .map_or("+Inf".to_string(), |v| v.to_string());
+                let mut labels = base.to_vec();
+                labels.push(("le", &le));
+                t.sample("ringway_node_response_seconds_bucket", &labels, c);
+            }
+            t.sample("ringway_node_response_seconds_sum", &base, sum);
+            t.sample(
+                "ringway_node_response_seconds_count",
+                &base,
+                counts.last().copied().unwrap_or(0),
+            );
+        }
+    }
+    t.family(
+        "ringway_tls_handshakes_total",
+        "counter",
+        "Completed TLS handshakes with clients, by version and whether the session was resumed.",
+    );
+    for (v, version) in ["1.2", "1.3"].iter().enumerate() {
+        for (r, resumed) in ["false", "true"].iter().enumerate() {
+            t.sample(
+                "ringway_tls_handshakes_total",
+                &[("version", version), ("resumed", resumed)],
+                sums.tls[v][r],
+            );
+        }
+    }
+    t.single(
+        "ringway_tls_handshake_failures_total",
+        "counter",
+        "TLS handshakes with clients that failed or did not finish in time.",
+        sums.tls_failed,
+    );
+    t.family(
+        "ringway_http_responses_total",
+        "counter",
+        "HTTP responses to clients by status (101: WebSocket upgrades).",
+    );
+    for (i, n) in sums.http.iter().enumerate() {
+        let status = counters::STATUSES
+            .get(i)
+            .map_or("other".to_string(), |s| s.to_string());
+        if *n > 0 {
+            t.sample("ringway_http_responses_total", &[("status", &status)], n);
+        }
+    }
+    t.family(
+        "ringway_close_codes_total",
+        "counter",
+        "Close frames sent to clients, by close code (none: a close without a code).",
+    );
+    for (i, n) in sums.closes.iter().enumerate() {
+        let code = match counters::CLOSE_CODES.get(i) {
+            Some(c) => c.to_string(),
+            None if i == counters::CLOSE_CODES.len() => "other".into(),
+            None => "none".into(),
+        };
+        if *n > 0 {
+            t.sample("ringway_close_codes_total", &[("code", &code)], n);
+        }
+    }
+    t.family(
+        "ringway_rejections_total",
+        "counter",
+        "Refusals by admission control, by reason.",
+    );
+    for r in crate::policy::Reason::ALL {
+        t.sample(
+            "ringway_rejections_total",
+            &[("reason", r.name())],
+            shared.rejections.get(r),
+        );
+    }
+    t.single(
+        "ringway_unmatched_answers_total",
+        "counter",
+        "Node answers on shared connections that matched no request in flight.",
+        shared.unmatched_answers.load(Relaxed),
+    );
+    let reloads = generations.outcome();
+    t.single(
+        "ringway_config_generation",
+        "gauge",
+        "The configuration in use: 1 at start, one more per reload that took effect.",
+        reloads.generation,
+    );
+    t.family(
+        "ringway_reloads_total",
+        "counter",
+        "Reloads (SIGHUP) by outcome: ok, or refused (the file had an error; the running configuration stayed).",
+    );
+    t.sample("ringway_reloads_total", &[("outcome", "ok")], reloads.ok);
+    t.sample(
+        "ringway_reloads_total",
+        &[("outcome", "refused")],
+        reloads.failed,
+    );
+    t.single(
+        "ringway_degraded",
+        "gauge",
+        "Whether no node passes its health checks (sessions go to the best candidate anyway).",
+        u8::from(h.degraded()),
+    );
+    for (name, help, value) in [
+        (
+            "ringway_node_up",
+            "Whether a node passes its health checks.",
+            &(|i| u64::from(h.is_up(i))) as &dyn Fn(usize) -> u64,
+        ),
+        ("ringway_node_head", "Best block seen on each node.", &|i| {
+            h.head(i)
+        }),
+    ] {
+        t.family(name, "gauge", help);
+        for (i, n) in nodes.iter().enumerate() {
+            let url = label(n);
+            t.sample(name, &[("url", &url), ("role", n.role.name())], value(i));
+        }
+    }
+    t.0
+}
