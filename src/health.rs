@@ -138,6 +138,10 @@ pub struct Health {
 #[derive(Debug)]
 struct Common {
     best: AtomicU64,
+    /// The highest finalized block any node reported (0: unknown).
+    finalized: AtomicU64,
+    /// Its hash, if the node said (read once per finalized block per core).
+    finalized_hash: Mutex<Option<(u64, String)>>,
     /// Each worker's receiving end of new (hash, height) pairs.
     hash_senders: Mutex<Vec<mpsc::Sender<(String, u64)>>>,
     /// No node passes its checks: sessions go to the best candidate anyway
@@ -151,6 +155,8 @@ impl Health {
             nodes: (0..nodes).map(|_| Arc::new(NodeStatus::new())).collect(),
             common: Arc::new(Common {
                 best: AtomicU64::new(0),
+                finalized: AtomicU64::new(0),
+                finalized_hash: Mutex::new(None),
                 hash_senders: Mutex::new(Vec::new()),
                 panic: AtomicBool::new(false),
             }),
@@ -251,6 +257,32 @@ impl Health {
 
     pub fn head(&self, i: usize) -> u64 {
         self.nodes[i].head.load(Ordering::Relaxed)
+    }
+
+    /// A node reported block `n` finalized (and its hash, if it said).
+    pub fn record_finalized(&self, n: u64, hash: Option<&str>) {
+        let mut known = self.common.finalized_hash.lock().expect("not poisoned");
+        if let Some(h) = hash {
+            if !known.as_ref().is_some_and(|(k, _)| *k >= n) {
+                *known = Some((n, h.to_string()));
+            }
+        }
+        self.common.finalized.fetch_max(n, Ordering::Release);
+    }
+
+    /// The highest finalized block whose hash is known, and that hash.
+    pub fn finalized_hash(&self) -> Option<(u64, String)> {
+        self.common
+            .finalized_hash
+            .lock()
+            .expect("not poisoned")
+            .clone()
+    }
+
+    /// The highest finalized block reported (0: unknown): blocks at or
+    /// below it are never reorganised away.
+    pub fn finalized(&self) -> u64 {
+        self.common.finalized.load(Ordering::Acquire)
     }
 
     /// The best head seen across nodes.

@@ -26,6 +26,7 @@
 //! `tls`, `upstream`, `io`) own sockets, buffers and timers, per core,
 //! with no locks on the hot path.
 
+pub mod cache;
 pub mod config;
 #[doc(hidden)]
 pub mod fuzzing;

@@ -157,6 +157,16 @@ async fn probe_node(
                 }
             }
         }
+        // The finalized block, for the response cache (answers about blocks
+        // at or below it never change). Nodes that do not say are skipped.
+        if let (Some(_), Some(c)) = (head, conn.as_mut()) {
+            let fd = c.fd;
+            match within(fd, cfg.timeout, finalized(c, flavour)).await {
+                Ok(Some((n, hash))) => health.record_finalized(n, hash.as_deref()),
+                Ok(None) => {}
+                Err(_) => conn = None,
+            }
+        }
         monoio::time::sleep(cfg.interval).await;
         if stop.load(Ordering::Relaxed) {
             return;
@@ -239,6 +249,51 @@ async fn check(c: &mut Probe, flavour: Flavour) -> Result<Option<u64>, String> {
             .ok()
             .and_then(|d| u64::from_str_radix(d, 16).ok())
     }))
+}
+
+/// The node's finalized block: its number and hash, if it says (Substrate
+/// `chain_getFinalizedHead` then that header; Ethereum the `finalized` tag).
+async fn finalized(
+    c: &mut Probe,
+    flavour: Flavour,
+) -> Result<Option<(u64, Option<String>)>, String> {
+    let (header, hash) = match flavour {
+        Flavour::Substrate => {
+            let hash = match c.call("chain_getFinalizedHead", "[]").await {
+                Err(e) if e == NOT_RPC || e.starts_with(RPC_ERROR) => return Ok(None),
+                other => other?,
+            };
+            let Some(hash) =
+                jsonrpc::unquote(&hash).map(|h| String::from_utf8_lossy(h).into_owned())
+            else {
+                return Ok(None);
+            };
+            let header = c.call("chain_getHeader", &format!("[\"{hash}\"]")).await;
+            (header, Some(hash))
+        }
+        Flavour::Ethereum => {
+            let block = c
+                .call("eth_getBlockByNumber", r#"["finalized",false]"#)
+                .await;
+            let hash = block
+                .as_ref()
+                .ok()
+                .and_then(|b| find_string_member(b, b"hash"))
+                .map(|h| String::from_utf8_lossy(h).into_owned());
+            (block, hash)
+        }
+    };
+    let header = match header {
+        Err(e) if e == NOT_RPC || e.starts_with(RPC_ERROR) => return Ok(None),
+        other => other?,
+    };
+    let number = find_string_member(&header, b"number").and_then(|hex| {
+        let digits = hex.strip_prefix(b"0x").unwrap_or(hex);
+        std::str::from_utf8(digits)
+            .ok()
+            .and_then(|d| u64::from_str_radix(d, 16).ok())
+    });
+    Ok(number.map(|n| (n, hash)))
 }
 
 async fn fetch_hashes(c: &mut Probe, from: u64, to: u64, health: &Health) -> Result<(), String> {

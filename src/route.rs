@@ -128,6 +128,14 @@ pub trait ChainView {
     fn head(&self) -> u64;
     /// The height of a recent block by its hash (`0x…`, lowercase or not), if known.
     fn height_of(&self, hash: &[u8]) -> Option<u64>;
+    /// The highest finalized block (0: unknown).
+    fn finalized(&self) -> u64 {
+        0
+    }
+    /// The hash of the highest finalized block (`0x…`), if known.
+    fn finalized_hash(&self) -> Option<std::rc::Rc<[u8]>> {
+        None
+    }
 }
 
 /// A method name pattern: exact, or a prefix ending in `*`.

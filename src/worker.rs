@@ -60,6 +60,7 @@ impl Core {
                 hashes,
                 health: first.health.clone(),
                 window: RefCell::new(HashWindow::new(4096)),
+                finalized: RefCell::new(None),
             },
             active: Cell::new(0),
             shutdown: crate::signal::Broadcast::default(),
@@ -148,6 +149,17 @@ impl Worker {
             Some(old) => old.renew(&config.admission),
             None => crate::policy::AdmissionCtx::new(&config.admission, total),
         });
+        let c = &config.cache;
+        let cache = c.enabled.then(|| {
+            let ttls = crate::cache::Ttls {
+                static_ttl: std::time::Duration::from_secs(c.static_ttl_s),
+                final_ttl: std::time::Duration::from_secs(c.final_ttl_s),
+            };
+            let methods: Vec<(String, u64)> =
+                c.methods.iter().map(|(m, t)| (m.clone(), *t)).collect();
+            let rules = crate::cache::Rules::new(config.flavour, ttls, &methods);
+            Rc::new(crate::cache::Cache::new(rules, c.max_bytes))
+        });
         let shared = config.shared.then(|| {
             crate::relay::shared::Shared::new(
                 pool.clone(),
@@ -162,6 +174,7 @@ impl Worker {
                     request_timeout: config.request_timeout,
                 },
                 admission.shared.clone(),
+                cache,
             )
         });
         Rc::new(Worker {
@@ -221,6 +234,8 @@ impl Drop for Active {
 pub struct WorkerChain {
     health: Arc<Health>,
     window: RefCell<HashWindow>,
+    /// The finalized block this core knows the hash of.
+    finalized: RefCell<Option<(u64, Rc<[u8]>)>>,
     hashes: std::sync::mpsc::Receiver<(String, u64)>,
 }
 
@@ -230,10 +245,34 @@ impl ChainView for WorkerChain {
     }
 
     fn height_of(&self, hash: &[u8]) -> Option<u64> {
+        self.drain();
+        self.window.borrow().get(hash)
+    }
+
+    fn finalized(&self) -> u64 {
+        self.health.finalized()
+    }
+
+    fn finalized_hash(&self) -> Option<Rc<[u8]>> {
+        let n = self.health.finalized();
+        let mut mine = self.finalized.borrow_mut();
+        if !mine.as_ref().is_some_and(|(m, _)| *m >= n) {
+            // Once per finalized block on each core: the lock is not per call.
+            *mine = self
+                .health
+                .finalized_hash()
+                .map(|(n, h)| (n, Rc::from(h.as_bytes())));
+        }
+        mine.as_ref().map(|(_, h)| h.clone())
+    }
+}
+
+impl WorkerChain {
+    /// Take in the hashes the health thread published since.
+    fn drain(&self) {
         let mut w = self.window.borrow_mut();
         while let Ok((h, n)) = self.hashes.try_recv() {
             w.insert(h.as_bytes(), n);
         }
-        w.get(hash)
     }
 }

@@ -19,8 +19,38 @@ pub struct FileConfig {
     pub health: HealthSection,
     pub http: HttpSection,
     pub admission: AdmissionSection,
+    pub cache: CacheSection,
     pub node: Vec<NodeSection>,
     pub log: LogSection,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CacheSection {
+    /// Answer what cannot have changed from a per-core cache (and send
+    /// identical requests in flight once). Shared mode (`pool.shared`).
+    pub enabled: bool,
+    /// Bytes of answers kept, per core.
+    pub max_bytes: usize,
+    /// How long static answers (`system_chain`, `eth_chainId`, ...) are kept.
+    pub static_ttl_s: u64,
+    /// How long answers at a block hash or a finalized block are kept.
+    pub final_ttl_s: u64,
+    /// Per method: seconds to keep its answers (0: never). A method not in
+    /// the built-in tables is kept as static.
+    pub methods: std::collections::BTreeMap<String, u64>,
+}
+
+impl Default for CacheSection {
+    fn default() -> Self {
+        CacheSection {
+            enabled: true,
+            max_bytes: 32 << 20,
+            static_ttl_s: 300,
+            final_ttl_s: 3600,
+            methods: Default::default(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -125,6 +125,7 @@ pub struct Config {
     pub health: crate::health::HealthConfig,
     pub http: HttpSection,
     pub admission: AdmissionSection,
+    pub cache: CacheSection,
     pub log_level: crate::log::Level,
     /// One JSON object per log line.
     pub log_json: bool,

@@ -152,6 +152,12 @@ impl Config {
                 return Err(err(key, "must be greater than 0".into()));
             }
         }
+        if file.cache.enabled && file.cache.max_bytes < 64 * 1024 {
+            return Err(err(
+                "cache.max_bytes",
+                "must be at least 65536 (or set cache.enabled = false)".into(),
+            ));
+        }
         if l.max_buffered_bytes < 16 * 1024 {
             return Err(err(
                 "limits.max_buffered_bytes",
@@ -292,6 +298,7 @@ impl Config {
             health,
             http: file.http,
             admission: file.admission,
+            cache: file.cache,
             log_level,
             log_json,
             access_log: file.log.access,

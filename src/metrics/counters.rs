@@ -25,6 +25,11 @@ impl Counter {
         self.0.store(self.0.load(Relaxed).wrapping_add(n), Relaxed);
     }
 
+    /// Set (a gauge kept by one core).
+    pub fn set(&self, v: u64) {
+        self.0.store(v, Relaxed);
+    }
+
     pub fn get(&self) -> u64 {
         self.0.load(Relaxed)
     }
@@ -54,14 +59,25 @@ pub enum Outcome {
     Forwarded = 0,
     /// Refused by admission (rate, method list, batch, per-session limits).
     Refused = 1,
+    /// Answered from the response cache.
+    Cached = 2,
+    /// Answered by an identical request already on its way to a node.
+    Joined = 3,
 }
 
 impl Outcome {
-    pub const ALL: [Outcome; 2] = [Outcome::Forwarded, Outcome::Refused];
+    pub const ALL: [Outcome; 4] = [
+        Outcome::Forwarded,
+        Outcome::Refused,
+        Outcome::Cached,
+        Outcome::Joined,
+    ];
     pub fn name(self) -> &'static str {
         match self {
             Outcome::Forwarded => "forwarded",
             Outcome::Refused => "refused",
+            Outcome::Cached => "cached",
+            Outcome::Joined => "joined",
         }
     }
 }
@@ -193,7 +209,7 @@ pub struct CoreStats {
     /// Bytes read (after TLS), by where from.
     pub bytes: [Counter; 2],
     /// By method ([`METHODS`] and other), then by [`Outcome`].
-    calls: Box<[[Counter; 2]]>,
+    calls: Box<[[Counter; 4]]>,
     /// By [`STATUSES`] and other.
     http: Box<[Counter]>,
     /// Close frames sent to clients, by [`CLOSE_CODES`], other, and none (no code).
@@ -202,6 +218,13 @@ pub struct CoreStats {
     tls: [[Counter; 2]; 2],
     /// TLS handshakes that failed or did not finish in time.
     pub tls_failed: Counter,
+    /// Response cache: lookups that found an answer, and that did not.
+    pub cache_hits: Counter,
+    pub cache_misses: Counter,
+    /// Answers dropped to stay within `cache.max_bytes`.
+    pub cache_evictions: Counter,
+    /// Bytes the cache holds (a gauge).
+    pub cache_bytes: Counter,
 }
 
 impl CoreStats {
@@ -216,6 +239,10 @@ impl CoreStats {
                 .collect(),
             tls: Default::default(),
             tls_failed: Counter::default(),
+            cache_hits: Counter::default(),
+            cache_misses: Counter::default(),
+            cache_evictions: Counter::default(),
+            cache_bytes: Counter::default(),
         }
     }
 
@@ -279,6 +306,8 @@ pub struct Sums {
     pub closes: Vec<u64>,
     pub tls: [[u64; 2]; 2],
     pub tls_failed: u64,
+    /// hits, misses, evictions, bytes.
+    pub cache: [u64; 4],
 }
 
 impl Registry {
@@ -307,6 +336,12 @@ impl Registry {
                 .collect(),
             tls: [0, 1].map(|v| [0, 1].map(|r| total(&|c| c.tls[v][r].get()))),
             tls_failed: total(&|c| c.tls_failed.get()),
+            cache: [
+                total(&|c| c.cache_hits.get()),
+                total(&|c| c.cache_misses.get()),
+                total(&|c| c.cache_evictions.get()),
+                total(&|c| c.cache_bytes.get()),
+            ],
         }
     }
 }

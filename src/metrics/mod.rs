@@ -147,7 +147,7 @@ pub fn render(worker: &Worker, full: bool) -> String {
     t.family(
         "ringway_calls_total",
         "counter",
-        "JSON-RPC calls (batch elements each), by method (the built-in table, else other) and outcome (forwarded to a node, or refused by admission).",
+        "JSON-RPC calls (batch elements each), by method (the built-in table, else other) and outcome: forwarded to a node, refused by admission, cached (answered from the cache), joined (answered by an identical call already on its way).",
     );
     for (m, outcome, n) in &sums.calls {
         let method = counters::METHODS.get(*m).copied().unwrap_or("other");
@@ -156,6 +156,33 @@ pub fn render(worker: &Worker, full: bool) -> String {
             &[("method", method), ("outcome", outcome.name())],
             n,
         );
+    }
+    for (i, (name, kind, help)) in [
+        (
+            "ringway_cache_hits_total",
+            "counter",
+            "Requests answered from the response cache.",
+        ),
+        (
+            "ringway_cache_misses_total",
+            "counter",
+            "Cacheable requests the cache had no answer for.",
+        ),
+        (
+            "ringway_cache_evictions_total",
+            "counter",
+            "Answers dropped from the cache to stay within cache.max_bytes.",
+        ),
+        (
+            "ringway_cache_bytes",
+            "gauge",
+            "Bytes the response cache holds, over all cores.",
+        ),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        t.single(name, kind, help, sums.cache[i]);
     }
     t.family(
         "ringway_node_response_seconds",

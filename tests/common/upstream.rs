@@ -165,6 +165,12 @@ pub struct FakeChain {
     pub label: std::sync::Mutex<String>,
     /// `system_health` says the node is syncing (probes fail; sessions work).
     pub syncing: std::sync::atomic::AtomicBool,
+    /// Calls from client sessions (not health probes), by method.
+    pub calls: std::sync::Mutex<std::collections::HashMap<String, usize>>,
+    /// Answer each client call after this many milliseconds.
+    pub delay_ms: std::sync::atomic::AtomicU64,
+    /// Bytes of `state_getMetadata` results.
+    pub metadata_bytes: std::sync::atomic::AtomicUsize,
 }
 
 impl FakeChain {
@@ -180,7 +186,43 @@ impl FakeChain {
             pruning: pruning.into(),
             label: std::sync::Mutex::new(label.into()),
             syncing: false.into(),
+            calls: Default::default(),
+            delay_ms: 0.into(),
+            metadata_bytes: 1000.into(),
         })
+    }
+
+    /// Calls of `method` from client sessions so far.
+    pub fn calls_of(&self, method: &str) -> usize {
+        self.calls.lock().unwrap().get(method).copied().unwrap_or(0)
+    }
+
+    /// Calls from client sessions so far, all methods.
+    pub fn total_calls(&self) -> usize {
+        self.calls.lock().unwrap().values().sum()
+    }
+
+    /// Count a client session's message (each request of a batch), then
+    /// wait the delay.
+    fn count(&self, msg: &str) {
+        let elements: Vec<&[u8]> = if msg.trim_start().starts_with('[') {
+            ringway::jsonrpc::elements(msg.as_bytes()).collect()
+        } else {
+            vec![msg.as_bytes()]
+        };
+        let mut calls = self.calls.lock().unwrap();
+        for e in elements {
+            if let Some(m) = ringway::jsonrpc::peek(e).and_then(|p| p.method) {
+                *calls
+                    .entry(String::from_utf8_lossy(m).into_owned())
+                    .or_default() += 1;
+            }
+        }
+        drop(calls);
+        let delay = self.delay_ms.load(std::sync::atomic::Ordering::Relaxed);
+        if delay > 0 {
+            thread::sleep(Duration::from_millis(delay));
+        }
     }
 
     /// Answer a message (object or batch).
@@ -205,7 +247,39 @@ impl FakeChain {
                 r#"{{"peers":3,"isSyncing":{},"shouldHavePeers":true}}"#,
                 self.syncing.load(Relaxed)
             ),
-            b"chain_getHeader" => format!(r#"{{"number":"0x{head:x}","parentHash":"0x00"}}"#),
+            b"chain_getHeader" => {
+                // At a hash (this chain's hashes are their numbers), or the best.
+                let n = p
+                    .params
+                    .and_then(|ps| ringway::jsonrpc::param(ps, 0))
+                    .and_then(ringway::jsonrpc::unquote)
+                    .and_then(|h| {
+                        u64::from_str_radix(std::str::from_utf8(h.strip_prefix(b"0x")?).ok()?, 16)
+                            .ok()
+                    })
+                    .unwrap_or(head);
+                format!(r#"{{"number":"0x{n:x}","parentHash":"0x00"}}"#)
+            }
+            // Two blocks behind the best, as GRANDPA usually is.
+            b"chain_getFinalizedHead" => format!(r#""0x{:064x}""#, head.saturating_sub(2)),
+            b"state_getMetadata" => {
+                let at = p
+                    .params
+                    .and_then(|ps| ringway::jsonrpc::param(ps, 0))
+                    .and_then(ringway::jsonrpc::unquote)
+                    .map_or("best".into(), |h| String::from_utf8_lossy(h).into_owned());
+                if at == "0xdead" {
+                    return format!(
+                        r#"{{"jsonrpc":"2.0","error":{{"code":4003,"message":"Unknown block"}},"id":{id}}}"#
+                    );
+                }
+                let size = self.metadata_bytes.load(Relaxed);
+                format!(r#""meta@{at}:{}""#, "6d".repeat(size / 2))
+            }
+            b"state_getRuntimeVersion" => r#"{"specName":"fake","specVersion":1}"#.to_string(),
+            b"system_chain" => r#""Fake""#.to_string(),
+            b"system_properties" => r#"{"ss58Format":42}"#.to_string(),
+            b"rpc_methods" => r#"{"methods":["system_chain"]}"#.to_string(),
             b"state_getStorage" => {
                 let at = p
                     .params
@@ -301,7 +375,13 @@ fn serve(
         let _ = stream.set_read_timeout(Some(Duration::from_millis(100)));
     }
     let raw = stream.try_clone().unwrap();
+    let probe = std::cell::Cell::new(false);
     let callback = |req: &Request, mut resp: Response| {
+        probe.set(
+            req.headers()
+                .get("user-agent")
+                .is_some_and(|v| v.as_bytes() == b"ringway-health"),
+        );
         let headers = req
             .headers()
             .iter()
@@ -372,6 +452,9 @@ fn serve(
                         return;
                     }
                     continue;
+                }
+                if !probe.get() {
+                    chain.count(&t);
                 }
                 if ws.send(Message::Text(chain.answer_all(&t))).is_err() {
                     return;

@@ -23,7 +23,7 @@ fn our_id(raw: &[u8]) -> Option<u64> {
 /// Queue a text message for a session's client. A client that does not read
 /// what it asked for cannot hold the shared connection back: over
 /// `max_buffered` bytes waiting (one message more at most), it is closed 1008.
-fn deliver(sh: &Shared, s: &Session, parts: &[&[u8]]) {
+pub(super) fn deliver(sh: &Shared, s: &Session, parts: &[&[u8]]) {
     use crate::relay::Which;
     if !s.closing.side(Which::Client).takes_data() {
         return;
@@ -221,7 +221,7 @@ fn settle_subscription(conn: &Rc<Conn>, s: &Rc<Session>, p: &jsonrpc::Peek<'_>, 
 }
 
 /// A single answer to a request of ours.
-fn answer(sh: &Rc<Shared>, conn: &Rc<Conn>, msg: &[u8], id: &[u8], w: Waiting) {
+fn answer(sh: &Rc<Shared>, conn: &Rc<Conn>, msg: &[u8], id: &[u8], mut w: Waiting) {
     let settle = |s: Option<&Rc<Session>>| {
         if w.call == SubCall::Plain {
             return;
@@ -234,24 +234,38 @@ fn answer(sh: &Rc<Shared>, conn: &Rc<Conn>, msg: &[u8], id: &[u8], w: Waiting) {
             None => orphan(conn, &p, &w.call),
         }
     };
+    let at = offset_in(msg, id);
     let Some(s) = w.session.upgrade() else {
         settle(None);
+        if let Some(kept) = w.kept.take() {
+            sh.land(msg, at..at + id.len(), *kept);
+        }
         return;
     };
-    // A pruned node without the state: ask an archive node, once.
+    // A pruned node without the state: ask an archive node, once (the
+    // requests waiting for this one's answer wait for that one's).
     if let Some(request) = &w.retry {
         if sh.router.is_pruned_error(msg) {
             if let Some(archive) = sh.archive_for(&s) {
                 if let Some(req) = jsonrpc::Call::parse(request).single().copied() {
                     crate::debug!("pruned node lacks the state; retrying on archive");
-                    send_request(&archive, &s, &req, w.batch, None);
+                    let kept = w.kept.take();
+                    let key = kept.as_ref().map(|k| k.key.clone());
+                    let gid = send_request(&archive, &s, &req, w.batch, None, kept);
+                    if let (Some(key), Some(gid)) = (key, gid) {
+                        sh.flights
+                            .borrow_mut()
+                            .insert(key, (Rc::downgrade(&archive), gid));
+                    }
                     return;
                 }
             }
         }
     }
     settle(Some(&s));
-    let at = offset_in(msg, id);
+    if let Some(kept) = w.kept.take() {
+        sh.land(msg, at..at + id.len(), *kept);
+    }
     deliver(sh, &s, &[&msg[..at], &w.id, &msg[at + id.len()..]]);
     // After the answer is queued: a close owed to the client may follow it.
     s.answered(&w.id);

@@ -53,6 +53,20 @@ pub struct Waiting {
     /// The client's request, kept to ask an archive node if the pruned node
     /// answers that the state is gone.
     pub retry: Option<Box<[u8]>>,
+    /// A cacheable request: how to keep its answer, and the identical
+    /// requests waiting for it.
+    pub kept: Option<Box<Kept>>,
+}
+
+/// A cacheable request on its way: where its answer goes besides its own
+/// session.
+pub struct Kept {
+    pub key: Box<[u8]>,
+    pub ttl: std::time::Duration,
+    /// Keep only if the answer's block is at or below this (finalized) one.
+    pub final_at: Option<u64>,
+    /// Identical requests that came while it was out: (session, its id).
+    pub followers: Vec<(Weak<Session>, Box<[u8]>)>,
 }
 
 /// One WebSocket connection to a node, shared by this core's sessions.
@@ -161,6 +175,11 @@ impl Conn {
             let mine = std::ptr::eq(w.session.as_ptr(), s);
             if mine && matches!(w.call, SubCall::Subscribe(_)) {
                 opening = opening.saturating_sub(1);
+            }
+            // Other sessions wait for its answer: it stays, without an owner.
+            if mine && w.kept.as_ref().is_some_and(|k| !k.followers.is_empty()) {
+                w.session = Weak::new();
+                return true;
             }
             !mine
         });

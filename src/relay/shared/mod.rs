@@ -71,6 +71,11 @@ pub struct Shared {
     /// A reload made a newer generation: connections close once nothing
     /// is left on them (new sessions use the new generation's).
     superseded: Cell<bool>,
+    /// This core's response cache (`cache.enabled`).
+    pub cache: Option<Rc<crate::cache::Cache>>,
+    /// Cacheable requests on their way, by cache key: where their answer
+    /// will come (identical requests wait for it: see [`Shared::join_flight`]).
+    flights: RefCell<ahash::AHashMap<Box<[u8]>, Flight>>,
 }
 
 /// How shared connections are opened and kept.
@@ -103,6 +108,9 @@ pub struct Ctx<'a> {
     /// Holds the session's place in its node's connection count.
     pub lease: NodeLease,
 }
+
+/// Where a cacheable request's answer will come: its connection and its id there.
+type Flight = (Weak<Conn>, u64);
 
 /// A subscription a session owns: its connection, its id (raw JSON), and
 /// the method that ends it.
@@ -205,6 +213,7 @@ impl Shared {
         router: Router,
         settings: Settings,
         counts: std::sync::Arc<crate::policy::SharedCounts>,
+        cache: Option<Rc<crate::cache::Cache>>,
     ) -> Rc<Shared> {
         let n = pool.nodes().len();
         Rc::new(Shared {
@@ -214,7 +223,49 @@ impl Shared {
             settings,
             counts,
             superseded: Cell::new(false),
+            cache,
+            flights: RefCell::new(ahash::AHashMap::new()),
         })
+    }
+
+    /// If an identical cacheable request (same `key`) is on its way, wait
+    /// for its answer instead of sending another: `s` gets it with `id`.
+    pub fn join_flight(&self, key: &[u8], s: &Rc<Session>, id: &[u8]) -> bool {
+        let mut flights = self.flights.borrow_mut();
+        let Some((conn, gid)) = flights.get(key) else {
+            return false;
+        };
+        let joined = conn.upgrade().is_some_and(|c| {
+            let mut pending = c.pending.borrow_mut();
+            match pending.get_mut(gid).and_then(|w| w.kept.as_mut()) {
+                Some(k) if &*k.key == key => {
+                    k.followers.push((Rc::downgrade(s), Box::from(id)));
+                    true
+                }
+                _ => false,
+            }
+        });
+        if !joined {
+            flights.remove(key);
+        }
+        joined
+    }
+
+    /// A cacheable request was answered: keep the answer, and give it to
+    /// the requests that waited for it (each with its own id).
+    fn land(&self, msg: &[u8], id_at: std::ops::Range<usize>, kept: conn::Kept) {
+        self.flights.borrow_mut().remove(&kept.key);
+        if let Some(cache) = &self.cache {
+            cache.insert(&kept.key, msg, kept.ttl, kept.final_at);
+        }
+        for (s, id) in kept.followers {
+            let Some(s) = s.upgrade() else {
+                continue;
+            };
+            let parts = [&msg[..id_at.start], &id[..], &msg[id_at.end..]];
+            answer::deliver(self, &s, &parts);
+            s.answered(&id);
+        }
     }
 
     /// A reload made a newer generation: each connection closes once no
@@ -329,7 +380,25 @@ impl Shared {
         let message = format!("upstream node connection lost ({why}); reconnect and retry");
         let pending: Vec<conn::Waiting> =
             conn.pending.borrow_mut().drain().map(|(_, w)| w).collect();
-        for w in pending {
+        for mut w in pending {
+            // Requests that waited for this one's answer fail with it.
+            let followers = w.kept.take().map(|k| k.followers).unwrap_or_default();
+            for (f, id) in followers {
+                let Some(f) = f.upgrade() else {
+                    continue;
+                };
+                if sessions.iter().any(|c| Rc::ptr_eq(c, &f)) {
+                    continue;
+                }
+                f.answered(&id);
+                let e = crate::jsonrpc::error::error(
+                    &id,
+                    crate::jsonrpc::error::code::INTERNAL_ERROR,
+                    &message,
+                    None,
+                );
+                f.send_text(e.as_bytes());
+            }
             let Some(s) = w.session.upgrade() else {
                 continue;
             };

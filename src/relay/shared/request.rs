@@ -13,7 +13,7 @@ use crate::route::Target;
 use crate::ws::frame::{FrameHeader, OpCode, MAX_HEADER_LEN};
 use crate::ws::mask::apply_mask;
 
-use super::conn::{Conn, SubCall, Waiting};
+use super::conn::{Conn, Kept, SubCall, Waiting};
 use super::{member, Ctx};
 
 /// One whole text message from the client.
@@ -72,18 +72,77 @@ pub fn on_request(ctx: &Ctx<'_>, s: &Rc<Session>, msg: &[u8]) {
                 }
                 return;
             }
-            let retry = (ctx.route && archive.is_none() && ctx.shared.router.retryable_call(&call))
-                .then(|| Box::from(msg));
             if let Some(id) = req.id {
                 s.inflight.borrow_mut().add(id, 0);
             }
+            let retryable =
+                ctx.route && archive.is_none() && ctx.shared.router.retryable_call(&call);
+            if let Some(cache) = ctx.shared.cache.as_ref() {
+                if let Some(plan) = crate::cache::plan(&cache.rules, req, ctx.chain) {
+                    return cached(ctx, to, s, req, plan, retryable);
+                }
+            }
             crate::metrics::calls(&call, Outcome::Forwarded);
-            send_request(to, s, req, 0, retry);
+            send_request(to, s, req, 0, retryable.then(|| Box::from(msg)), None);
         }
         Kind::Batch => send_batch(ctx, to, s, &call),
         Kind::Other => {
             s.send_text(error(b"null", code::INVALID_REQUEST, "Invalid Request", None).as_bytes());
         }
+    }
+}
+
+/// A cacheable request: answered from the cache, or by an identical one
+/// already on its way, or sent (with the finalized hash filled in where the
+/// plan says) with its answer to be kept.
+fn cached(
+    ctx: &Ctx<'_>,
+    to: &Rc<Conn>,
+    s: &Rc<Session>,
+    req: &Request<'_>,
+    plan: crate::cache::Plan,
+    retryable: bool,
+) {
+    let sh = &ctx.shared;
+    let cache = sh.cache.as_ref().expect("a plan comes from the cache");
+    let id = req.id.expect("cacheable requests have ids");
+    if let Some(head) = cache.get(&plan.key, std::time::Instant::now()) {
+        crate::metrics::request(req, Outcome::Cached);
+        super::answer::deliver(sh, s, &crate::cache::answer_parts(&head, id));
+        s.answered(id);
+        return;
+    }
+    if sh.join_flight(&plan.key, s, id) {
+        crate::metrics::request(req, Outcome::Joined);
+        return;
+    }
+    crate::metrics::request(req, Outcome::Forwarded);
+    let kept = Box::new(Kept {
+        key: plan.key.clone().into_boxed_slice(),
+        ttl: plan.ttl,
+        final_at: plan.final_in_answer.then(|| ctx.chain.finalized()),
+        followers: Vec::new(),
+    });
+    // The request as sent: the client's, or one with the params filled in.
+    let filled = plan.params.as_ref().map(|params| {
+        let method = req.method.unwrap_or_default();
+        let mut m = Vec::with_capacity(params.len() + method.len() + id.len() + 48);
+        m.extend_from_slice(br#"{"jsonrpc":"2.0","id":"#);
+        m.extend_from_slice(id);
+        m.extend_from_slice(br#","method":""#);
+        m.extend_from_slice(method);
+        m.extend_from_slice(br#"","params":"#);
+        m.extend_from_slice(params);
+        m.push(b'}');
+        m
+    });
+    let sent_call = filled.as_deref().map(Call::parse);
+    let sent = sent_call.as_ref().and_then(|c| c.single()).unwrap_or(req);
+    let retry = retryable.then(|| Box::from(sent.raw));
+    if let Some(gid) = send_request(to, s, sent, 0, retry, Some(kept)) {
+        sh.flights
+            .borrow_mut()
+            .insert(plan.key.into_boxed_slice(), (Rc::downgrade(to), gid));
     }
 }
 
@@ -136,26 +195,30 @@ fn sub_call(req: &Request<'_>) -> SubCall {
 }
 
 /// Send one request with its id replaced; remember how to answer it.
+/// Returns the id it has on the connection (none for a notification).
 pub fn send_request(
     to: &Conn,
     s: &Rc<Session>,
     req: &Request<'_>,
     batch: u32,
     retry: Option<Box<[u8]>>,
-) {
+    kept: Option<Box<Kept>>,
+) -> Option<u64> {
     let msg = req.raw;
     let Some(id) = req.id else {
         // A notification: no answer to map.
         to.send_parts(&[msg]);
-        return;
+        return None;
     };
     let gid = to.next_id();
     let mut digits = [0u8; 20];
     let at = offset_in(msg, id);
     to.send_parts(&[&msg[..at], decimal(gid, &mut digits), &msg[at + id.len()..]]);
-    register(to, s, gid, id, batch, sub_call(req), retry);
+    register(to, s, gid, id, batch, sub_call(req), retry, kept);
+    Some(gid)
 }
 
+#[allow(clippy::too_many_arguments)]
 fn register(
     to: &Conn,
     s: &Rc<Session>,
@@ -164,6 +227,7 @@ fn register(
     batch: u32,
     call: SubCall,
     retry: Option<Box<[u8]>>,
+    kept: Option<Box<Kept>>,
 ) {
     to.pending.borrow_mut().insert(
         gid,
@@ -173,6 +237,7 @@ fn register(
             batch,
             call,
             retry,
+            kept,
         },
     );
 }
@@ -208,7 +273,7 @@ fn send_batch(ctx: &Ctx<'_>, to: &Conn, s: &Rc<Session>, call: &Call<'_>) {
                 body.extend_from_slice(decimal(gid, &mut [0u8; 20]));
                 body.extend_from_slice(&e[at + id.len()..]);
                 s.inflight.borrow_mut().add(id, tracker);
-                register(to, s, gid, id, batch, sub_call(req), None);
+                register(to, s, gid, id, batch, sub_call(req), None, None);
             }
             None => body.extend_from_slice(e),
         }
@@ -247,6 +312,7 @@ pub fn unsubscribe(c: &Conn, sub: &[u8], method: &str) {
             batch: 0,
             call: SubCall::Plain,
             retry: None,
+            kept: None,
         },
     );
     c.send_parts(&[

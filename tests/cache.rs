@@ -1,0 +1,219 @@
+//! The response cache in shared mode, with a node that counts the calls it
+//! gets from client sessions: many clients cost it about what one does, an
+//! answer that could change is never served from the cache, and identical
+//! requests in flight reach it once.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::*;
+use tungstenite::Message;
+
+/// A gateway in shared mode (two workers) in front of `chain`.
+fn gateway(pki: &TestPki, chain: &Arc<FakeChain>, up: &Upstream, extra: &str) -> Gateway {
+    let cfg = write_config(
+        pki,
+        "cache.toml",
+        &format!(
+            "[health]\ninterval_ms = 100\n{extra}\n[[node]]\nurl = \"{}\"\n",
+            up.url()
+        ),
+    );
+    let gw = Gateway::start(pki, &[], &["--config", cfg.to_str().unwrap(), "--shared"]);
+    // The finalized block is known once a probe asked for it.
+    let head = chain.head.load(std::sync::atomic::Ordering::Relaxed);
+    wait_for(TIMEOUT, "the finalized block", || {
+        let mut s = tls_connect(gw.addr, pki.client_config());
+        use std::io::Write;
+        s.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+            .unwrap();
+        read_response(&mut s)
+            .2
+            .contains(&format!("\"head\":{head}"))
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    gw
+}
+
+/// What Polkadot-JS asks at start (the calls whose answers are the same
+/// for everyone), each with the client's own ids.
+fn start_up(gw: &Gateway, cfg: Arc<rustls::ClientConfig>, client: usize) {
+    let mut ws = ws_connect(gw, cfg, "/");
+    let calls = [
+        ("rpc_methods", "[]"),
+        ("chain_getBlockHash", "[0]"),
+        ("state_getRuntimeVersion", "[]"),
+        ("system_chain", "[]"),
+        ("system_properties", "[]"),
+        ("state_getMetadata", "[]"),
+    ];
+    for (i, (method, params)) in calls.iter().enumerate() {
+        let id = format!("\"c{client}-{i}\"");
+        ws.send(Message::Text(format!(
+            r#"{{"jsonrpc":"2.0","id":{id},"method":"{method}","params":{params}}}"#
+        )))
+        .unwrap();
+        let answer = ws.read().unwrap().into_text().unwrap();
+        let v: serde_json::Value = serde_json::from_str(&answer).unwrap();
+        assert_eq!(v["id"].to_string(), id, "{answer}");
+        assert!(
+            v["result"].is_string() || v["result"].is_object(),
+            "{answer}"
+        );
+        if *method == "state_getMetadata" {
+            // Asked for the latest: answered at the finalized block.
+            assert!(
+                v["result"].as_str().unwrap().starts_with("meta@0x"),
+                "{answer}"
+            );
+        }
+    }
+    let _ = ws.close(None);
+}
+
+#[test]
+fn many_clients_cost_the_node_about_what_one_does() {
+    let pki = TestPki::new();
+    let chain = FakeChain::new(100);
+    chain
+        .metadata_bytes
+        .store(300_000, std::sync::atomic::Ordering::Relaxed);
+    let up = Upstream::start(Behaviour::Substrate(chain.clone()));
+    let gw = Arc::new(gateway(&pki, &chain, &up, ""));
+
+    start_up(&gw, pki.client_config(), 0);
+    let one = chain.total_calls();
+    assert!(one > 0 && one <= 6, "one client: {one} calls");
+    let clients: Vec<_> = (1..=20)
+        .map(|c| {
+            let (gw, cfg) = (gw.clone(), pki.client_config());
+            std::thread::spawn(move || start_up(&gw, cfg, c))
+        })
+        .collect();
+    for c in clients {
+        c.join().unwrap();
+    }
+    let twenty = chain.total_calls() - one;
+    eprintln!(
+        "node calls: one client {one}, 20 more clients {twenty}: {:?}",
+        chain.calls.lock().unwrap()
+    );
+    // At most once more per core (each core keeps its own cache).
+    assert!(
+        twenty <= one,
+        "20 more clients: {twenty} calls (one client: {one})"
+    );
+    assert!(
+        chain.calls_of("state_getMetadata") <= 2,
+        "metadata once per block hash per core: {:?}",
+        chain.calls.lock().unwrap()
+    );
+    let metrics = metrics(&gw, &pki);
+    assert!(metrics.contains("ringway_cache_hits_total "), "{metrics}");
+    assert!(
+        metrics.contains(r#"ringway_calls_total{method="state_getMetadata",outcome="cached"}"#),
+        "{metrics}"
+    );
+}
+
+fn metrics(gw: &Gateway, pki: &TestPki) -> String {
+    use std::io::Write;
+    let mut s = tls_connect(gw.addr, pki.client_config());
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    read_response(&mut s).2
+}
+
+/// One session's call, answered.
+fn call(
+    ws: &mut tungstenite::WebSocket<TlsStream>,
+    id: u64,
+    method: &str,
+    params: &str,
+) -> serde_json::Value {
+    ws.send(Message::Text(format!(
+        r#"{{"jsonrpc":"2.0","id":{id},"method":"{method}","params":{params}}}"#
+    )))
+    .unwrap();
+    let answer = ws.read().unwrap().into_text().unwrap();
+    let v: serde_json::Value = serde_json::from_str(&answer).unwrap();
+    assert_eq!(v["id"], id, "{answer}");
+    v
+}
+
+#[test]
+fn what_could_change_is_asked_again() {
+    let pki = TestPki::new();
+    let chain = FakeChain::new(100);
+    let up = Upstream::start(Behaviour::Substrate(chain.clone()));
+    let gw = gateway(&pki, &chain, &up, "");
+    let mut ws = ws_connect(&gw, pki.client_config(), "/");
+
+    // Block 98 is finalized, 99 is not: its hash may change.
+    for _ in 0..3 {
+        call(&mut ws, 1, "chain_getBlockHash", "[98]");
+        call(&mut ws, 2, "chain_getBlockHash", "[99]");
+        call(&mut ws, 3, "chain_getHeader", "[]");
+        let e = call(&mut ws, 4, "state_getMetadata", r#"["0xdead"]"#);
+        assert!(e["error"].is_object(), "{e}");
+    }
+    assert_eq!(
+        chain.calls_of("chain_getBlockHash"),
+        4,
+        "98 once, 99 three times"
+    );
+    assert_eq!(
+        chain.calls_of("chain_getHeader"),
+        3,
+        "the best header each time"
+    );
+    assert_eq!(
+        chain.calls_of("state_getMetadata"),
+        3,
+        "errors are not kept"
+    );
+
+    // With the cache off, everything reaches the node.
+    drop(ws);
+    drop(gw);
+    let chain = FakeChain::new(100);
+    let up = Upstream::start(Behaviour::Substrate(chain.clone()));
+    let gw = gateway(&pki, &chain, &up, "[cache]\nenabled = false");
+    let mut ws = ws_connect(&gw, pki.client_config(), "/");
+    for _ in 0..3 {
+        call(&mut ws, 1, "system_chain", "[]");
+    }
+    assert_eq!(chain.calls_of("system_chain"), 3);
+}
+
+#[test]
+fn identical_requests_in_flight_reach_the_node_once() {
+    let pki = TestPki::new();
+    let chain = FakeChain::new(100);
+    let up = Upstream::start(Behaviour::Substrate(chain.clone()));
+    let gw = Arc::new(gateway(&pki, &chain, &up, ""));
+    chain
+        .delay_ms
+        .store(300, std::sync::atomic::Ordering::Relaxed);
+    let hash = format!("\"0x{:064x}\"", 50);
+    let clients: Vec<_> = (0..12)
+        .map(|c| {
+            let (gw, cfg, hash) = (gw.clone(), pki.client_config(), hash.clone());
+            std::thread::spawn(move || {
+                let mut ws = ws_connect(&gw, cfg, "/");
+                let v = call(&mut ws, 100 + c, "state_getMetadata", &format!("[{hash}]"));
+                assert!(v["result"].as_str().unwrap().starts_with("meta@0x"));
+            })
+        })
+        .collect();
+    for c in clients {
+        c.join().unwrap();
+    }
+    assert!(
+        chain.calls_of("state_getMetadata") <= 2,
+        "one per core: {}",
+        chain.calls_of("state_getMetadata")
+    );
+}
