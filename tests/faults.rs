@@ -397,6 +397,8 @@ fn a_slow_reader_is_not_mistaken_for_a_hung_node() {
 /// `--shared`: past `pool.shared_max_subscriptions` on its connection, a
 /// session's next subscription opens on another connection to the node
 /// (Substrate allows 1,024 per connection); each is ended where it lives.
+/// (A stream of the kind that is merged would be one node subscription:
+/// `tests/shared.rs`.)
 #[test]
 fn shared_subscriptions_spread_over_connections_at_their_cap() {
     let pki = TestPki::new();
@@ -418,7 +420,7 @@ fn shared_subscriptions_spread_over_connections_at_their_cap() {
     let mut subs = Vec::new();
     for id in 0..10 {
         ws.send(Message::Text(format!(
-            r#"{{"jsonrpc":"2.0","id":{id},"method":"chain_subscribeNewHeads","params":[]}}"#
+            r#"{{"jsonrpc":"2.0","id":{id},"method":"test_subscribeEvents","params":[]}}"#
         )))
         .unwrap();
         subs.push(result_string(&text(&mut ws).unwrap()));
@@ -427,7 +429,7 @@ fn shared_subscriptions_spread_over_connections_at_their_cap() {
     assert!(script.most_per_connection.load(Relaxed) <= 4);
     for (id, sub) in subs.iter().enumerate() {
         ws.send(Message::Text(format!(
-            r#"{{"jsonrpc":"2.0","id":{},"method":"chain_unsubscribeNewHeads","params":["{sub}"]}}"#,
+            r#"{{"jsonrpc":"2.0","id":{},"method":"test_unsubscribeEvents","params":["{sub}"]}}"#,
             100 + id
         )))
         .unwrap();

@@ -324,3 +324,114 @@ fn admission_limits_apply_to_shared_sessions() {
     let limited = answers.values().filter(|a| a.contains("-32005")).count();
     assert!(limited >= 1, "rate limit not applied: {answers:?}");
 }
+
+/// The block number of a `chain_newHead` notification.
+fn head_number(note: &str) -> u64 {
+    let v: serde_json::Value = serde_json::from_str(note).unwrap();
+    let hex = v["params"]["result"]["number"].as_str().unwrap();
+    u64::from_str_radix(hex.trim_start_matches("0x"), 16).unwrap()
+}
+
+/// Subscribe to new heads (by the alias Polkadot-JS uses) and return the id.
+fn subscribe_heads(ws: &mut tungstenite::WebSocket<TlsStream>, id: u64) -> String {
+    ws.send(Message::Text(format!(
+        r#"{{"jsonrpc":"2.0","id":{id},"method":"chain_subscribeNewHead","params":[]}}"#
+    )))
+    .unwrap();
+    let answer = read_until(ws, |t| t.contains(&format!(r#""id":{id}"#)));
+    result_string(&answer)
+}
+
+#[test]
+fn many_sessions_share_one_node_subscription_to_new_heads() {
+    let pki = TestPki::new();
+    let node = PubsubNode::start();
+    let gw = gateway(&pki, &node);
+    let mut clients: Vec<_> = (0..8)
+        .map(|_| ws_connect(&gw, pki.client_config(), "/"))
+        .collect();
+    let ids: Vec<String> = clients
+        .iter_mut()
+        .enumerate()
+        .map(|(i, ws)| subscribe_heads(ws, 10 + i as u64))
+        .collect();
+    let mut unique = ids.clone();
+    unique.sort();
+    unique.dedup();
+    assert_eq!(
+        unique.len(),
+        ids.len(),
+        "each session has its own id: {ids:?}"
+    );
+
+    // Every session gets every head, in order, under its own id.
+    let mut last = vec![0u64; clients.len()];
+    for round in 0..5 {
+        for (i, ws) in clients.iter_mut().enumerate() {
+            let note = read_until(ws, |t| t.contains("chain_newHead"));
+            assert!(
+                note.contains(&format!(r#""subscription":"{}""#, ids[i])),
+                "{note}"
+            );
+            let n = head_number(&note);
+            if round > 0 {
+                assert_eq!(n, last[i] + 1, "no gap, no repeat: {note}");
+            }
+            last[i] = n;
+        }
+    }
+    // A late joiner gets the current head at once, then the next ones.
+    let mut late = ws_connect(&gw, pki.client_config(), "/");
+    let late_id = subscribe_heads(&mut late, 99);
+    let first = read_until(&mut late, |t| t.contains("chain_newHead"));
+    assert!(first.contains(&late_id), "{first}");
+    let next = read_until(&mut late, |t| t.contains("chain_newHead"));
+    assert_eq!(head_number(&next), head_number(&first) + 1);
+
+    // One node subscription for all of them (and the metrics say so).
+    let metrics = {
+        use std::io::Write;
+        let mut s = tls_connect(gw.addr, pki.client_config());
+        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+            .unwrap();
+        read_response(&mut s).2
+    };
+    assert!(
+        metrics.contains("\nringway_merged_subscriptions 1\n"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("\nringway_merged_subscribers 9\n"),
+        "{metrics}"
+    );
+    let subscribes = node
+        .calls
+        .try_iter()
+        .filter(|(m, _)| m.starts_with("chain_subscribe"))
+        .count();
+    assert_eq!(subscribes, 1);
+
+    // Unsubscribing ends a session's stream only; the last one ends the node's.
+    clients[0]
+        .send(Message::Text(format!(
+            r#"{{"jsonrpc":"2.0","id":5,"method":"chain_unsubscribeNewHead","params":["{}"]}}"#,
+            ids[0]
+        )))
+        .unwrap();
+    let done = read_until(&mut clients[0], |t| t.contains(r#""id":5"#));
+    assert!(done.contains(r#""result":true"#), "{done}");
+    let note = read_until(&mut clients[1], |t| t.contains("chain_newHead"));
+    assert!(note.contains(&ids[1]));
+    drop(late);
+    drop(clients);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let (m, _) = node
+            .calls
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            .expect("the node subscription ends with its last session");
+        if m == "chain_unsubscribeNewHeads" {
+            break;
+        }
+    }
+}

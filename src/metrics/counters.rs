@@ -25,6 +25,11 @@ impl Counter {
         self.0.store(self.0.load(Relaxed).wrapping_add(n), Relaxed);
     }
 
+    /// Subtract `n` (a gauge kept by one core).
+    pub fn sub(&self, n: u64) {
+        self.add(n.wrapping_neg());
+    }
+
     /// Set (a gauge kept by one core).
     pub fn set(&self, v: u64) {
         self.0.store(v, Relaxed);
@@ -225,6 +230,12 @@ pub struct CoreStats {
     pub cache_evictions: Counter,
     /// Bytes the cache holds (a gauge).
     pub cache_bytes: Counter,
+    /// Merged subscriptions: node subscriptions, and client subscriptions
+    /// on them (gauges); notifications from the node, and copies delivered.
+    pub topics: Counter,
+    pub topic_members: Counter,
+    pub topic_notes: Counter,
+    pub topic_deliveries: Counter,
 }
 
 impl CoreStats {
@@ -243,6 +254,10 @@ impl CoreStats {
             cache_misses: Counter::default(),
             cache_evictions: Counter::default(),
             cache_bytes: Counter::default(),
+            topics: Counter::default(),
+            topic_members: Counter::default(),
+            topic_notes: Counter::default(),
+            topic_deliveries: Counter::default(),
         }
     }
 
@@ -308,6 +323,8 @@ pub struct Sums {
     pub tls_failed: u64,
     /// hits, misses, evictions, bytes.
     pub cache: [u64; 4],
+    /// topics, members, notifications, deliveries.
+    pub merged: [u64; 4],
 }
 
 impl Registry {
@@ -341,6 +358,12 @@ impl Registry {
                 total(&|c| c.cache_misses.get()),
                 total(&|c| c.cache_evictions.get()),
                 total(&|c| c.cache_bytes.get()),
+            ],
+            merged: [
+                total(&|c| c.topics.get()),
+                total(&|c| c.topic_members.get()),
+                total(&|c| c.topic_notes.get()),
+                total(&|c| c.topic_deliveries.get()),
             ],
         }
     }

@@ -184,6 +184,33 @@ pub fn render(worker: &Worker, full: bool) -> String {
     {
         t.single(name, kind, help, sums.cache[i]);
     }
+    for (i, (name, kind, help)) in [
+        (
+            "ringway_merged_subscriptions",
+            "gauge",
+            "Node subscriptions that carry a stream to several sessions (new heads, runtime version, ...).",
+        ),
+        (
+            "ringway_merged_subscribers",
+            "gauge",
+            "Client subscriptions served by merged node subscriptions.",
+        ),
+        (
+            "ringway_merged_notifications_total",
+            "counter",
+            "Notifications received on merged node subscriptions.",
+        ),
+        (
+            "ringway_merged_deliveries_total",
+            "counter",
+            "Copies of those notifications delivered to clients (the fan-out).",
+        ),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        t.single(name, kind, help, sums.merged[i]);
+    }
     t.family(
         "ringway_node_response_seconds",
         "histogram",

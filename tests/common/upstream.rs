@@ -440,6 +440,9 @@ fn serve(
                 let Behaviour::Substrate(chain) = &behaviour else {
                     unreachable!()
                 };
+                if !probe.get() {
+                    chain.count(&t);
+                }
                 if t.contains("chain_subscribeNewHeads") {
                     // A subscription: notifications follow every 100 ms (read timeout).
                     let id = ringway::jsonrpc::peek(t.as_bytes())
@@ -452,9 +455,6 @@ fn serve(
                         return;
                     }
                     continue;
-                }
-                if !probe.get() {
-                    chain.count(&t);
                 }
                 if ws.send(Message::Text(chain.answer_all(&t))).is_err() {
                     return;
@@ -595,7 +595,10 @@ fn serve_http(stream: TcpStream, chain: &FakeChain, seen_tx: mpsc::Sender<SeenRe
 
 /// A JSON-RPC node for shared-connection tests (`tests/shared.rs`): answers `{"method":M,"params":P}` with `{"result":{"method":M,"params":P}}`,
 /// `test_subscribe` with a subscription id and then a notification every
-/// 20 ms, `test_unsubscribe` with `true`, and `test_die` by dropping the connection.
+/// 20 ms (`chain_subscribeNewHead(s)` the same, with `chain_newHead`
+/// notifications of increasing block numbers), `test_unsubscribe` (and
+/// `chain_unsubscribeNewHeads`) with `true`, and `test_die` by dropping the
+/// connection.
 pub struct PubsubNode {
     pub url: String,
     /// WebSocket connections upgraded.
@@ -644,7 +647,7 @@ fn serve_pubsub(
     ws.get_ref()
         .set_read_timeout(Some(Duration::from_millis(10)))
         .unwrap();
-    let mut subs: Vec<String> = Vec::new();
+    let mut subs: Vec<(String, bool)> = Vec::new();
     let mut tick = Instant::now();
     let mut n = 0u64;
     loop {
@@ -674,10 +677,16 @@ fn serve_pubsub(
         if tick.elapsed() >= Duration::from_millis(20) {
             tick = Instant::now();
             n += 1;
-            for s in &subs {
-                let note = format!(
-                    r#"{{"jsonrpc":"2.0","method":"test_event","params":{{"subscription":"{s}","result":{n}}}}}"#
-                );
+            for (s, heads) in &subs {
+                let note = if *heads {
+                    format!(
+                        r#"{{"jsonrpc":"2.0","method":"chain_newHead","params":{{"subscription":"{s}","result":{{"number":"0x{n:x}"}}}}}}"#
+                    )
+                } else {
+                    format!(
+                        r#"{{"jsonrpc":"2.0","method":"test_event","params":{{"subscription":"{s}","result":{n}}}}}"#
+                    )
+                };
                 if ws.send(Message::Text(note)).is_err() {
                     return;
                 }
@@ -688,7 +697,7 @@ fn serve_pubsub(
 
 fn answer_pubsub(
     msg: &[u8],
-    subs: &mut Vec<String>,
+    subs: &mut Vec<(String, bool)>,
     subs_made: &AtomicUsize,
     calls: &mpsc::Sender<(String, String)>,
 ) -> Option<String> {
@@ -698,16 +707,16 @@ fn answer_pubsub(
     let _ = calls.send((method.clone(), params.clone()));
     let id = String::from_utf8_lossy(p.id?).to_string();
     let result = match method.as_str() {
-        "test_subscribe" => {
+        "test_subscribe" | "chain_subscribeNewHeads" | "chain_subscribeNewHead" => {
             let s = format!("sub{}", subs_made.fetch_add(1, Ordering::SeqCst));
-            subs.push(s.clone());
+            subs.push((s.clone(), method != "test_subscribe"));
             format!("\"{s}\"")
         }
-        "test_unsubscribe" => {
+        "test_unsubscribe" | "chain_unsubscribeNewHeads" | "chain_unsubscribeNewHead" => {
             let s = ringway::jsonrpc::param(params.as_bytes(), 0).unwrap_or(b"");
             let s = String::from_utf8_lossy(s).trim_matches('"').to_string();
-            let had = subs.contains(&s);
-            subs.retain(|x| *x != s);
+            let had = subs.iter().any(|(x, _)| *x == s);
+            subs.retain(|(x, _)| *x != s);
             had.to_string()
         }
         _ => format!(r#"{{"method":"{method}","params":{params}}}"#),

@@ -79,6 +79,9 @@ pub(super) fn on_answer(sh: &Rc<Shared>, conn: &Rc<Conn>, msg: &[u8]) {
                 else {
                     return;
                 };
+                if super::topics::notification(sh, conn, sub, msg) {
+                    return;
+                }
                 let owner = conn.subs.borrow().get(sub).and_then(Weak::upgrade);
                 if let Some(s) = owner {
                     deliver(sh, &s, &[msg]);
@@ -198,7 +201,8 @@ fn settle_subscription(conn: &Rc<Conn>, s: &Rc<Session>, p: &jsonrpc::Peek<'_>, 
     opened(conn, call);
     let m = super::member(s);
     match call {
-        SubCall::Plain => {}
+        // Topics are settled in `answer` (never in a batch).
+        SubCall::Plain | SubCall::Topic(_) => {}
         SubCall::Subscribe(unsub) => {
             if let Some(sub) = p.result {
                 // A session that is closing still gets it: it ends its
@@ -222,6 +226,9 @@ fn settle_subscription(conn: &Rc<Conn>, s: &Rc<Session>, p: &jsonrpc::Peek<'_>, 
 
 /// A single answer to a request of ours.
 fn answer(sh: &Rc<Shared>, conn: &Rc<Conn>, msg: &[u8], id: &[u8], mut w: Waiting) {
+    if let SubCall::Topic(key) = &w.call {
+        return super::topics::answered(sh, conn, key, msg);
+    }
     let settle = |s: Option<&Rc<Session>>| {
         if w.call == SubCall::Plain {
             return;

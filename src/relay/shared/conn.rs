@@ -40,7 +40,12 @@ pub enum SubCall {
     Subscribe(Box<str>),
     /// Ends the subscription with this id.
     Unsubscribe(Box<[u8]>),
+    /// Opens the merged subscription with this topic key (see [`super::topics`]).
+    Topic(Box<[u8]>),
 }
+
+/// A merged subscription's topic key (see [`super::topics`]).
+pub type TopicKey = Box<[u8]>;
 
 /// A request sent on a shared connection and not answered yet.
 pub struct Waiting {
@@ -86,6 +91,11 @@ pub struct Conn {
     pub subs: RefCell<AHashMap<Box<[u8]>, Weak<Session>>>,
     /// Sessions whose node this is, by address.
     pub members: RefCell<AHashMap<usize, Weak<Session>>>,
+    /// Merged subscriptions, by topic key; and their node ids -> topic key.
+    pub topics: RefCell<AHashMap<Box<[u8]>, super::topics::Topic>>,
+    pub topic_of: RefCell<AHashMap<Box<[u8]>, TopicKey>>,
+    /// Topics and their sessions as last counted in the core's gauges.
+    pub census: Cell<(u64, u64)>,
     /// Batches in flight, oldest first, by their requests' ids here: a node
     /// may answer a whole batch with one error (`"id":null`, as jsonrpsee
     /// does for a batch over its limit).
@@ -115,6 +125,9 @@ impl Conn {
             pending: RefCell::new(AHashMap::new()),
             subs: RefCell::new(AHashMap::new()),
             members: RefCell::new(AHashMap::new()),
+            topics: RefCell::new(AHashMap::new()),
+            topic_of: RefCell::new(AHashMap::new()),
+            census: Cell::new((0, 0)),
             batches: RefCell::new(std::collections::VecDeque::new()),
             next_id: Cell::new(1),
             fd: Cell::new(None),
@@ -137,7 +150,7 @@ impl Conn {
 
     /// Subscriptions held here, and being opened.
     pub fn subscription_load(&self) -> usize {
-        self.subs.borrow().len() + self.opening.get()
+        self.subs.borrow().len() + self.topics.borrow().len() + self.opening.get()
     }
 
     pub fn out_len(&self) -> usize {
@@ -165,6 +178,7 @@ impl Conn {
     fn unused(&self) -> bool {
         self.members.borrow().is_empty()
             && self.subs.borrow().is_empty()
+            && self.topics.borrow().is_empty()
             && self.pending.borrow().is_empty()
     }
 
@@ -177,7 +191,9 @@ impl Conn {
                 opening = opening.saturating_sub(1);
             }
             // Other sessions wait for its answer: it stays, without an owner.
-            if mine && w.kept.as_ref().is_some_and(|k| !k.followers.is_empty()) {
+            let shared = w.kept.as_ref().is_some_and(|k| !k.followers.is_empty())
+                || matches!(w.call, SubCall::Topic(_));
+            if mine && shared {
                 w.session = Weak::new();
                 return true;
             }

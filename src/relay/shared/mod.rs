@@ -37,6 +37,7 @@
 mod answer;
 pub mod conn;
 pub mod request;
+pub mod topics;
 
 use std::cell::{Cell, RefCell};
 use std::net::IpAddr;
@@ -76,6 +77,8 @@ pub struct Shared {
     /// Cacheable requests on their way, by cache key: where their answer
     /// will come (identical requests wait for it: see [`Shared::join_flight`]).
     flights: RefCell<ahash::AHashMap<Box<[u8]>, Flight>>,
+    /// The last subscription id given out for a merged subscription.
+    next_sub: Cell<u64>,
 }
 
 /// How shared connections are opened and kept.
@@ -116,6 +119,10 @@ type Flight = (Weak<Conn>, u64);
 /// the method that ends it.
 type Owned = (Rc<Conn>, Box<[u8]>, Box<str>);
 
+/// A merged subscription a session is on: its connection, the session's
+/// subscription id, the topic key.
+type Merged = (Rc<Conn>, Box<[u8]>, conn::TopicKey);
+
 /// A session's membership of shared connections.
 pub struct Member {
     /// The connection to the session's node.
@@ -126,6 +133,8 @@ pub struct Member {
     archive: RefCell<Option<Rc<Conn>>>,
     /// The last batch number given out (answers to one batch go back as one array).
     batches: Cell<u32>,
+    /// Merged subscriptions it is on: (connection, its id, topic key).
+    merged: RefCell<Vec<Merged>>,
 }
 
 impl Member {
@@ -135,11 +144,12 @@ impl Member {
             subs: RefCell::new(Vec::new()),
             archive: RefCell::new(None),
             batches: Cell::new(0),
+            merged: RefCell::new(Vec::new()),
         }
     }
 
     pub fn subscriptions(&self) -> u32 {
-        self.subs.borrow().len() as u32
+        (self.subs.borrow().len() + self.merged.borrow().len()) as u32
     }
 
     /// The session's requests in flight are being answered by the session
@@ -181,6 +191,7 @@ pub fn leave(s: &Rc<Session>) {
         c.subs.borrow_mut().remove(&sub);
         request::unsubscribe(&c, &sub, &method);
     }
+    topics::leave_all(s);
     m.conn.leave(s);
 }
 
@@ -225,6 +236,7 @@ impl Shared {
             superseded: Cell::new(false),
             cache,
             flights: RefCell::new(ahash::AHashMap::new()),
+            next_sub: Cell::new(0),
         })
     }
 
@@ -368,9 +380,14 @@ impl Shared {
         let subs: Vec<Weak<Session>> = conn.subs.borrow_mut().drain().map(|(_, s)| s).collect();
         let members: Vec<Weak<Session>> =
             conn.members.borrow_mut().drain().map(|(_, s)| s).collect();
+        let on_topics = topics::sessions_on(conn);
+        conn.topics.borrow_mut().clear();
+        conn.topic_of.borrow_mut().clear();
+        topics::recount(conn);
         let mut sessions: Vec<Rc<Session>> = subs
             .iter()
             .chain(members.iter())
+            .chain(on_topics.iter())
             .filter_map(Weak::upgrade)
             .collect();
         sessions.sort_by_key(Rc::as_ptr);

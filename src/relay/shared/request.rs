@@ -72,6 +72,31 @@ pub fn on_request(ctx: &Ctx<'_>, s: &Rc<Session>, msg: &[u8]) {
                 }
                 return;
             }
+            // Streams the same for everyone: one node subscription per topic.
+            match req.sub {
+                Sub::Ends(Some(sub))
+                    if super::topics::unsubscribe_call(&ctx.shared, s, req, sub) =>
+                {
+                    crate::metrics::request(req, Outcome::Cached);
+                    return;
+                }
+                // Another session's merged subscription is not this one's to end.
+                Sub::Ends(Some(sub)) if super::topics::known(&m.conn, sub) => {
+                    crate::metrics::request(req, Outcome::Refused);
+                    if let Some(id) = req.id {
+                        let e = error(id, code::INVALID_PARAMS, "Invalid subscription id", None);
+                        s.send_text(e.as_bytes());
+                    }
+                    return;
+                }
+                Sub::Opens if req.id.is_some() && archive.is_none() => {
+                    let params = req.params.unwrap_or(b"[]");
+                    if super::topics::mergeable(req.method.unwrap_or_default(), params).is_some() {
+                        return super::topics::subscribe(ctx, to, s, req);
+                    }
+                }
+                _ => {}
+            }
             if let Some(id) = req.id {
                 s.inflight.borrow_mut().add(id, 0);
             }
@@ -216,6 +241,18 @@ pub fn send_request(
     to.send_parts(&[&msg[..at], decimal(gid, &mut digits), &msg[at + id.len()..]]);
     register(to, s, gid, id, batch, sub_call(req), retry, kept);
     Some(gid)
+}
+
+/// Send one request (with an id) whose answer is handled as `call` says.
+pub fn send_as(to: &Conn, s: &Rc<Session>, req: &Request<'_>, call: SubCall) {
+    let (msg, Some(id)) = (req.raw, req.id) else {
+        return;
+    };
+    let gid = to.next_id();
+    let mut digits = [0u8; 20];
+    let at = offset_in(msg, id);
+    to.send_parts(&[&msg[..at], decimal(gid, &mut digits), &msg[at + id.len()..]]);
+    register(to, s, gid, id, 0, call, None, None);
 }
 
 #[allow(clippy::too_many_arguments)]
