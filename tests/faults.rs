@@ -97,7 +97,7 @@ fn pinned_sessions_track_every_id_whatever_the_message_size() {
     }
 }
 
-/// `--shared`: a client that never reads cannot hold more than
+/// `--shared`: a client that never reads cannot hold more than eight times
 /// `limits.max_buffered_bytes` plus one message; it is closed with 1008.
 #[test]
 fn shared_a_client_that_never_reads_is_closed_1008() {

@@ -35,8 +35,12 @@ USAGE:
       connection open, idle, until --duration ends (memory tests).
   ringway-load subscribe URL [--connections 100] [--duration 20] [--method chain_subscribeNewHeads]
       N subscriptions; notification latency (from the node's timestamp) and gaps.
+  ringway-load startup URL [--clients 10] [--workers N] [--ca FILE | --insecure] [--json]
+      N clients start at once as Polkadot-JS does: its start-up calls in one
+      burst (metadata included), subscriptions to new heads and runtime
+      version, until the first head. Time to ready per client.
   ringway-load node [--listen 127.0.0.1:9944] [--block-ms 6000] [--archive | --pruning 256]
-                    [--delay-ms 0] [--storage-bytes 32] [--metadata-bytes 307200] [--workers 1]
+                    [--delay-ms 0] [--storage-bytes 32] [--metadata-bytes 307200] [--workers 1] [--report]
       A mock Substrate-like node: JSON-RPC over WebSocket and HTTP on one port.
   ringway-load compare --target NAME=URL --target NAME=URL [--rounds 3] [run options]
       The same `run` against each target in turn (A B A B ...), medians and ratios.
@@ -51,7 +55,7 @@ pub struct Args {
     opts: HashMap<String, Vec<String>>,
 }
 
-const FLAGS: &[&str] = &["json", "quiet", "insecure", "hold", "archive", "help"];
+const FLAGS: &[&str] = &["json", "quiet", "insecure", "hold", "archive", "help", "report"];
 
 impl Args {
     fn parse(args: impl Iterator<Item = String>) -> Result<Args, String> {
@@ -158,6 +162,7 @@ fn main() -> ExitCode {
         "flood" => load::run(&args),
         "connect" => load::connect(&args),
         "subscribe" => load::subscribe(&args),
+        "startup" => load::startup(&args),
         "compare" => load::compare(&args),
         "node" => node_main(&args),
         other => Err(format!(
@@ -187,6 +192,7 @@ fn node_main(args: &Args) -> Result<u8, String> {
         delay: Duration::from_millis(args.num("delay-ms", 0)?),
         storage_bytes: args.num("storage-bytes", defaults.storage_bytes)?,
         metadata_bytes: args.num("metadata-bytes", defaults.metadata_bytes)?,
+        report: args.flag("report"),
         start_height: args.num("start-height", defaults.start_height)?,
     };
     node::run(cfg)?;

@@ -39,11 +39,14 @@ pub struct NodeConfig {
     pub metadata_bytes: usize,
     /// Start the chain this many blocks high (so that old blocks exist at once).
     pub start_height: u64,
+    /// Print the count of client calls when it changes (`--report`).
+    pub report: bool,
 }
 
 impl Default for NodeConfig {
     fn default() -> Self {
         NodeConfig {
+            report: false,
             listen: "127.0.0.1:9944".into(),
             workers: 1,
             block_ms: 6000,
@@ -61,11 +64,29 @@ struct Chain {
     cfg: NodeConfig,
     start: Instant,
     metadata: String,
+    /// Calls from clients (not from a gateway's health probes), for `--report`.
+    calls: std::sync::atomic::AtomicU64,
+    metadata_calls: std::sync::atomic::AtomicU64,
 }
 
 const HASH_PREFIX: &str = "0xabababababababababababababababababababababababab";
 
 impl Chain {
+    /// Count a client's message (each element of a batch).
+    fn count(&self, msg: &[u8]) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let one = |e: &[u8]| {
+            self.calls.fetch_add(1, Relaxed);
+            if jsonrpc::peek(e).and_then(|p| p.method) == Some(b"state_getMetadata") {
+                self.metadata_calls.fetch_add(1, Relaxed);
+            }
+        };
+        match jsonrpc::kind(msg) {
+            Kind::Batch => jsonrpc::elements(msg).for_each(one),
+            _ => one(msg),
+        }
+    }
+
     fn head(&self) -> u64 {
         self.cfg.start_height + self.start.elapsed().as_millis() as u64 / self.cfg.block_ms
     }
@@ -135,6 +156,10 @@ impl Chain {
             b"system_name" => Ok(r#""ringway-mock-node""#.into()),
             b"system_version" => Ok(r#""0.1.0""#.into()),
             b"system_chain" => Ok(r#""Development""#.into()),
+            b"system_properties" => Ok(r#"{"ss58Format":42,"tokenDecimals":12,"tokenSymbol":"UNIT"}"#.into()),
+            b"state_getRuntimeVersion" => self
+                .at(jsonrpc::param(params, 0))
+                .map(|_| r#"{"specName":"mock","implName":"mock","specVersion":1,"implVersion":1,"transactionVersion":1,"apis":[]}"#.into()),
             b"rpc_methods" => Ok(r#"{"methods":["chain_getBlockHash","chain_getHeader","chain_subscribeNewHeads","echo","state_call","state_getMetadata","state_getStorage","system_health"]}"#.into()),
             b"chain_getBlockHash" => {
                 let head = self.head();
@@ -154,10 +179,13 @@ impl Chain {
                 .map(|n| format!(r#""0x{}""#, hex_fill(self.cfg.storage_bytes, n))),
             b"state_getMetadata" => self.at(jsonrpc::param(params, 0)).map(|_| self.metadata.clone()),
             b"state_call" => self.at(jsonrpc::param(params, 2)).map(|n| format!(r#""0x{n:016x}""#)),
-            b"chain_subscribeNewHeads" | b"chain_subscribeAllHeads" | b"chain_subscribeFinalizedHeads" => {
+            b"chain_subscribeNewHeads" | b"chain_subscribeNewHead" | b"chain_subscribeAllHeads" | b"chain_subscribeFinalizedHeads" => {
                 Ok(format!(r#""{}""#, subs.add()))
             }
-            b"chain_unsubscribeNewHeads" | b"chain_unsubscribeAllHeads" | b"chain_unsubscribeFinalizedHeads" => {
+            // Runtime upgrades do not happen here: the subscription stays silent.
+            b"state_subscribeRuntimeVersion" => Ok(r#""rv-1""#.into()),
+            b"state_unsubscribeRuntimeVersion" => Ok("true".into()),
+            b"chain_unsubscribeNewHeads" | b"chain_unsubscribeNewHead" | b"chain_unsubscribeAllHeads" | b"chain_unsubscribeFinalizedHeads" => {
                 let sid = jsonrpc::param(params, 0).and_then(jsonrpc::unquote).unwrap_or(b"");
                 Ok(subs.remove(sid).to_string())
             }
@@ -260,7 +288,28 @@ pub fn run(cfg: NodeConfig) -> Result<(), String> {
         cfg: cfg.clone(),
         start: Instant::now(),
         metadata,
+        calls: 0.into(),
+        metadata_calls: 0.into(),
     });
+    if cfg.report {
+        // A line whenever the count of client calls changed (once a second at most).
+        let chain = chain.clone();
+        std::thread::spawn(move || {
+            use std::sync::atomic::Ordering::Relaxed;
+            let mut last = u64::MAX;
+            loop {
+                std::thread::sleep(Duration::from_secs(1));
+                let n = chain.calls.load(Relaxed);
+                if n != last {
+                    last = n;
+                    println!(
+                        "calls {n} state_getMetadata {}",
+                        chain.metadata_calls.load(Relaxed)
+                    );
+                }
+            }
+        });
+    }
     println!(
         "mock node listening on ws://{local} ({}, block every {} ms, {} workers)",
         match cfg.pruning {
@@ -306,7 +355,7 @@ async fn connection(tcp: TcpStream, chain: Arc<Chain>) {
     let mut buf = take_buf();
     loop {
         // One HTTP request (or the upgrade) per iteration.
-        let (head_len, upgrade, key, content_length, path_ok) = loop {
+        let (head_len, upgrade, key, content_length, path_ok, probe) = loop {
             let mut headers = [httparse::EMPTY_HEADER; HEADER_ARRAY];
             match parse_head(&buf, &mut headers, 16384, 128) {
                 Ok(Parse::Done(head, n)) => {
@@ -317,7 +366,8 @@ async fn connection(tcp: TcpStream, chain: Arc<Chain>) {
                         .and_then(|v| std::str::from_utf8(v).ok()?.trim().parse::<usize>().ok())
                         .unwrap_or(0);
                     let method_ok = head.method == "POST" || upgrade;
-                    break (n, upgrade, key, cl, method_ok);
+                    let probe = head.single("user-agent") == Some(&b"ringway-health"[..]);
+                    break (n, upgrade, key, cl, method_ok, probe);
                 }
                 Ok(Parse::NeedMore(_)) => {}
                 Err(_) => {
@@ -355,7 +405,7 @@ async fn connection(tcp: TcpStream, chain: Arc<Chain>) {
                 return;
             }
             buf.drain(..head_len);
-            websocket(r, w, buf, chain).await;
+            websocket(r, w, buf, chain, !probe).await;
             return;
         }
         if !path_ok {
@@ -402,6 +452,7 @@ async fn websocket(
     mut w: OwnedWriteHalf<TcpStream>,
     early: Vec<u8>,
     chain: Arc<Chain>,
+    counted: bool,
 ) {
     let mut reader = MessageReader::new(r, early, Role::Client, 64 << 20);
     let out = Outq::default();
@@ -411,6 +462,9 @@ async fn websocket(
         loop {
             match reader.next().await {
                 Ok(Some(Incoming::Text(m) | Incoming::Binary(m))) => {
+                    if counted {
+                        chain.count(&m);
+                    }
                     if !chain.cfg.delay.is_zero() {
                         monoio::time::sleep(chain.cfg.delay).await;
                     }

@@ -7,11 +7,13 @@
 mod compare;
 mod connect;
 mod run;
+mod startup;
 mod subscribe;
 
 pub use compare::compare;
 pub use connect::connect;
 pub use run::run;
+pub use startup::startup;
 pub use subscribe::subscribe;
 
 use std::cell::RefCell;

@@ -20,15 +20,34 @@ fn our_id(raw: &[u8]) -> Option<u64> {
     std::str::from_utf8(raw).ok()?.parse().ok()
 }
 
+/// Over `max_buffered` bytes waiting this long, a client is too slow.
+pub const SLOW_READER: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Queue a text message for a session's client. A client that does not read
-/// what it asked for cannot hold the shared connection back: over
-/// `max_buffered` bytes waiting (one message more at most), it is closed 1008.
+/// what it asked for cannot hold the shared connection back: when more than
+/// `max_buffered` bytes have waited for it for [`SLOW_READER`], or more than
+/// eight times that wait (one message more at most), it is closed 1008. (A
+/// client that reads is never closed for one large answer, such as a
+/// 300 KB-1 MB `state_getMetadata`, followed by others before its writer
+/// had a turn.)
 pub(super) fn deliver(sh: &Shared, s: &Session, parts: &[&[u8]]) {
     use crate::relay::Which;
     if !s.closing.side(Which::Client).takes_data() {
         return;
     }
-    if s.client.out.queued.get() > s.cfg.max_buffered {
+    let queued = s.client.out.queued.get();
+    let limit = s.cfg.max_buffered;
+    let slow = &super::member(s).slow_since;
+    let too_slow = if queued <= limit {
+        slow.set(None);
+        false
+    } else {
+        let now = std::time::Instant::now();
+        let since = *slow.get().get_or_insert(now);
+        slow.set(Some(since));
+        queued > limit.saturating_mul(8) || now.duration_since(since) >= SLOW_READER
+    };
+    if too_slow {
         crate::debug!(
             "client too slow: {} bytes waiting",
             s.client.out.queued.get()

@@ -135,6 +135,8 @@ pub struct Member {
     batches: Cell<u32>,
     /// Merged subscriptions it is on: (connection, its id, topic key).
     merged: RefCell<Vec<Merged>>,
+    /// Since when more than `max_buffered` bytes have waited for its client.
+    slow_since: Cell<Option<std::time::Instant>>,
 }
 
 impl Member {
@@ -145,6 +147,7 @@ impl Member {
             archive: RefCell::new(None),
             batches: Cell::new(0),
             merged: RefCell::new(Vec::new()),
+            slow_since: Cell::new(None),
         }
     }
 
