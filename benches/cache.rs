@@ -44,8 +44,16 @@ fn cache(c: &mut Criterion) {
     };
     let chain_key = plan_of(chain).unwrap().key;
     let meta_key = plan_of(meta).unwrap().key;
-    store.insert(&chain_key, br#"{"jsonrpc":"2.0","id":1,"result":"Polkadot"}"#, ttls.static_ttl, None);
-    let metadata = format!(r#"{{"jsonrpc":"2.0","id":1,"result":"0x{}"}}"#, "6d".repeat(150_000));
+    store.insert(
+        &chain_key,
+        br#"{"jsonrpc":"2.0","id":1,"result":"Polkadot"}"#,
+        ttls.static_ttl,
+        None,
+    );
+    let metadata = format!(
+        r#"{{"jsonrpc":"2.0","id":1,"result":"0x{}"}}"#,
+        "6d".repeat(150_000)
+    );
     store.insert(&meta_key, metadata.as_bytes(), ttls.final_ttl, None);
 
     let mut g = c.benchmark_group("cache");
@@ -71,16 +79,19 @@ fn cache(c: &mut Criterion) {
         })
     });
     g.throughput(Throughput::Bytes(metadata.len() as u64));
-    g.bench_function("hit: 300 KB state_getMetadata answer with the client's id", |b| {
-        b.iter(|| {
-            let head = store.get(black_box(&meta_key), Instant::now()).unwrap();
-            out.clear();
-            for p in answer_parts(&head, b"43") {
-                out.extend_from_slice(p);
-            }
-            black_box(out.len())
-        })
-    });
+    g.bench_function(
+        "hit: 300 KB state_getMetadata answer with the client's id",
+        |b| {
+            b.iter(|| {
+                let head = store.get(black_box(&meta_key), Instant::now()).unwrap();
+                out.clear();
+                for p in answer_parts(&head, b"43") {
+                    out.extend_from_slice(p);
+                }
+                black_box(out.len())
+            })
+        },
+    );
     g.finish();
 }
 

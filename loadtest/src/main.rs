@@ -55,7 +55,9 @@ pub struct Args {
     opts: HashMap<String, Vec<String>>,
 }
 
-const FLAGS: &[&str] = &["json", "quiet", "insecure", "hold", "archive", "help", "report"];
+const FLAGS: &[&str] = &[
+    "json", "quiet", "insecure", "hold", "archive", "help", "report",
+];
 
 impl Args {
     fn parse(args: impl Iterator<Item = String>) -> Result<Args, String> {

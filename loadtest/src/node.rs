@@ -549,6 +549,8 @@ mod tests {
             },
             start: Instant::now(),
             metadata: "\"0x00\"".into(),
+            calls: 0.into(),
+            metadata_calls: 0.into(),
         }
     }
 
