@@ -435,3 +435,122 @@ fn many_sessions_share_one_node_subscription_to_new_heads() {
         }
     }
 }
+
+#[test]
+fn merged_subscriptions_move_to_another_node_with_no_gap_and_no_repeat() {
+    // Two nodes of one chain; b sends its first head 150 ms late, so the
+    // sessions that move to it face a gap of several blocks.
+    let (a, b) = PubsubNode::pair(Duration::from_millis(150));
+    let pki = TestPki::new();
+    let cfg = write_config(&pki, "failover.toml", "[pool]\nshared = true\n");
+    let gw = Gateway::start(
+        &pki,
+        &[a.url.clone(), b.url.clone()],
+        &[
+            "--config",
+            cfg.to_str().unwrap(),
+            "--workers",
+            "1",
+            "--health-probe",
+            "off",
+        ],
+    );
+    let whoami = |ws: &mut tungstenite::WebSocket<TlsStream>| -> String {
+        ws.send(Message::Text(
+            r#"{"jsonrpc":"2.0","id":"who","method":"whoami"}"#.into(),
+        ))
+        .unwrap();
+        result_string(&read_until(ws, |t| t.contains(r#""id":"who""#)))
+    };
+    // Sessions on a subscribe to new heads; those on b do not (so b has
+    // no such subscription when a's sessions arrive).
+    let mut clients = Vec::new();
+    let mut others = Vec::new();
+    for i in 0..6 {
+        let mut ws = ws_connect(&gw, pki.client_config(), "/");
+        let node = whoami(&mut ws);
+        if node == "a" {
+            let sub = subscribe_heads(&mut ws, 10 + i);
+            clients.push((ws, node, sub, 0u64));
+        } else {
+            others.push(ws);
+        }
+    }
+    assert!(clients.len() >= 2, "sessions on node a: {}", clients.len());
+    // The first also follows the chain (chainHead_v1_follow): a stream
+    // that cannot move.
+    clients[0]
+        .0
+        .send(Message::Text(
+            r#"{"jsonrpc":"2.0","id":"f","method":"chainHead_v1_follow","params":[false]}"#.into(),
+        ))
+        .unwrap();
+    let follow = result_string(&read_until(&mut clients[0].0, |t| {
+        t.contains(r#""id":"f""#)
+    }));
+    let mut stopped = false;
+    // Every session follows the heads.
+    for c in clients.iter_mut() {
+        for _ in 0..3 {
+            let note = read_until(&mut c.0, |t| t.contains("chain_newHead"));
+            assert!(note.contains(&c.2), "{note}");
+            let n = head_number(&note);
+            assert!(c.3 == 0 || n == c.3 + 1, "{} then {n}", c.3);
+            c.3 = n;
+        }
+    }
+    // Node a's connection is lost (a session on it asks it to die).
+    let on_a = clients.iter().position(|c| c.1 == "a").unwrap();
+    clients[on_a]
+        .0
+        .send(Message::Text(
+            r#"{"jsonrpc":"2.0","id":"x","method":"test_die"}"#.into(),
+        ))
+        .unwrap();
+    // Everyone keeps its subscription id and keeps receiving: every head
+    // after the last one it had, none twice, none skipped.
+    for c in clients.iter_mut() {
+        let until = c.3 + 20;
+        while c.3 < until {
+            let t = text(c.0.read().unwrap());
+            if t.contains(r#""id":"x""#) {
+                assert!(t.contains("error"), "the request in flight fails: {t}");
+                continue;
+            }
+            if t.contains(&format!(r#""subscription":"{follow}""#)) {
+                stopped |=
+                    t.contains("chainHead_v1_followEvent") && t.contains(r#""event":"stop""#);
+                continue;
+            }
+            if !t.contains("chain_newHead") {
+                continue;
+            }
+            assert!(t.contains(&c.2), "same subscription id: {t}");
+            let n = head_number(&t);
+            assert_eq!(n, c.3 + 1, "no gap, no repeat ({} was on {})", c.2, c.1);
+            c.3 = n;
+        }
+    }
+    assert!(stopped, "the follow subscription ends with a stop event");
+    // Those that were on a are now on b, and still make calls; b's own
+    // sessions went on undisturbed.
+    for c in clients.iter_mut() {
+        assert_eq!(whoami(&mut c.0), "b");
+    }
+    for ws in others.iter_mut() {
+        assert_eq!(whoami(ws), "b");
+    }
+    // One subscription on b serves them all; the gap was filled from b.
+    let calls: Vec<(String, String)> = b.calls.try_iter().collect();
+    let count = |m: &str| calls.iter().filter(|(c, _)| c == m).count();
+    assert_eq!(
+        count("chain_subscribeNewHeads"),
+        1,
+        "one node subscription on b: {calls:?}"
+    );
+    assert!(
+        count("chain_getHeader") > 0,
+        "the gap was filled: {calls:?}"
+    );
+    drop(a);
+}

@@ -147,7 +147,7 @@ where
     CW: WriteHalf,
 {
     let mut session = Session::new(ctx.cfg, client.fd, None, false);
-    session.member = Some(crate::relay::shared::Member::new(conn));
+    session.member = Some(Box::new(crate::relay::shared::Member::new(conn)));
     let s = Rc::new(session);
     crate::relay::shared::join(&s);
     let (mut r, mut w) = (client.r, client.w);

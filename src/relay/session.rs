@@ -43,7 +43,7 @@ pub struct Session {
     /// as on shutdown (answers in flight go out, then 1001).
     pub retiring: Cell<bool>,
     /// A session on a shared node connection: its slot there.
-    pub member: Option<crate::relay::shared::Member>,
+    pub member: Option<Box<crate::relay::shared::Member>>,
 }
 
 impl Session {

@@ -595,10 +595,12 @@ fn serve_http(stream: TcpStream, chain: &FakeChain, seen_tx: mpsc::Sender<SeenRe
 
 /// A JSON-RPC node for shared-connection tests (`tests/shared.rs`): answers `{"method":M,"params":P}` with `{"result":{"method":M,"params":P}}`,
 /// `test_subscribe` with a subscription id and then a notification every
-/// 20 ms (`chain_subscribeNewHead(s)` the same, with `chain_newHead`
-/// notifications of increasing block numbers), `test_unsubscribe` (and
-/// `chain_unsubscribeNewHeads`) with `true`, and `test_die` by dropping the
-/// connection.
+/// 20 ms, `test_unsubscribe` with `true`, `whoami` with its name, and
+/// `test_die` by dropping the connection. Its chain: a block every 20 ms
+/// (a height shared by the nodes of a [`PubsubNode::pair`]);
+/// `chain_subscribeNewHead(s)` sends every head, in order, as `chain_newHead`
+/// `{"number":"0x…"}` (the first after `first_head_delay`);
+/// `chain_getBlockHash(n)` and `chain_getHeader(hash)` answer for it.
 pub struct PubsubNode {
     pub url: String,
     /// WebSocket connections upgraded.
@@ -607,21 +609,52 @@ pub struct PubsubNode {
     pub calls: mpsc::Receiver<(String, String)>,
 }
 
+/// What the connections of a [`PubsubNode`] share.
+struct PubsubChain {
+    name: String,
+    height: Arc<std::sync::atomic::AtomicU64>,
+    first_head_delay: Duration,
+    subs_made: AtomicUsize,
+    upgraded: Arc<AtomicUsize>,
+}
+
 impl PubsubNode {
     pub fn start() -> PubsubNode {
+        Self::start_on("node", ticking_height(), Duration::ZERO)
+    }
+
+    /// Two nodes of one chain (the same heads): `a`, and `b`, whose first
+    /// head on a new subscription comes `b_first_head_delay` late.
+    pub fn pair(b_first_head_delay: Duration) -> (PubsubNode, PubsubNode) {
+        let height = ticking_height();
+        (
+            Self::start_on("a", height.clone(), Duration::ZERO),
+            Self::start_on("b", height, b_first_head_delay),
+        )
+    }
+
+    fn start_on(
+        name: &str,
+        height: Arc<std::sync::atomic::AtomicU64>,
+        first_head_delay: Duration,
+    ) -> PubsubNode {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let url = format!("ws://{}", listener.local_addr().unwrap());
         let connections = Arc::new(AtomicUsize::new(0));
         let (tx, calls) = mpsc::channel();
-        let count = connections.clone();
-        let subs_made = Arc::new(AtomicUsize::new(0));
+        let chain = Arc::new(PubsubChain {
+            name: name.into(),
+            height,
+            first_head_delay,
+            subs_made: AtomicUsize::new(0),
+            upgraded: connections.clone(),
+        });
         thread::spawn(move || {
             for stream in listener.incoming() {
                 let Ok(stream) = stream else { continue };
                 let tx = tx.clone();
-                let subs_made = subs_made.clone();
-                let count = count.clone();
-                thread::spawn(move || serve_pubsub(stream, tx, subs_made, count));
+                let chain = chain.clone();
+                thread::spawn(move || serve_pubsub(stream, tx, chain));
             }
         });
         PubsubNode {
@@ -632,22 +665,42 @@ impl PubsubNode {
     }
 }
 
+/// A chain height that grows by one every 20 ms, from 100.
+fn ticking_height() -> Arc<std::sync::atomic::AtomicU64> {
+    let height = Arc::new(std::sync::atomic::AtomicU64::new(100));
+    let h = Arc::downgrade(&height);
+    thread::spawn(move || loop {
+        thread::sleep(Duration::from_millis(20));
+        match h.upgrade() {
+            Some(h) => h.fetch_add(1, Ordering::SeqCst),
+            None => return,
+        };
+    });
+    height
+}
+
+/// A subscription on a pubsub connection.
+struct PubsubSub {
+    id: String,
+    /// A head stream: the last head sent (0: none yet), and when the first may go.
+    heads: Option<(u64, Instant)>,
+}
+
 fn serve_pubsub(
     stream: std::net::TcpStream,
     calls: mpsc::Sender<(String, String)>,
-    subs_made: Arc<AtomicUsize>,
-    upgraded: Arc<AtomicUsize>,
+    chain: Arc<PubsubChain>,
 ) {
     stream.set_nodelay(true).unwrap();
     // (The gateway's start-up reachability check connects without upgrading.)
     let Ok(mut ws) = tungstenite::accept(stream) else {
         return;
     };
-    upgraded.fetch_add(1, Ordering::SeqCst);
+    chain.upgraded.fetch_add(1, Ordering::SeqCst);
     ws.get_ref()
         .set_read_timeout(Some(Duration::from_millis(10)))
         .unwrap();
-    let mut subs: Vec<(String, bool)> = Vec::new();
+    let mut subs: Vec<PubsubSub> = Vec::new();
     let mut tick = Instant::now();
     let mut n = 0u64;
     loop {
@@ -655,13 +708,13 @@ fn serve_pubsub(
             Ok(Message::Text(t)) => {
                 let answers = if t.trim_start().starts_with('[') {
                     let parts: Vec<String> = ringway::jsonrpc::elements(t.as_bytes())
-                        .filter_map(|e| answer_pubsub(e, &mut subs, &subs_made, &calls))
+                        .filter_map(|e| answer_pubsub(e, &mut subs, &chain, &calls))
                         .collect();
                     Some(format!("[{}]", parts.join(",")))
                 } else if t.contains("test_die") {
                     return;
                 } else {
-                    answer_pubsub(t.as_bytes(), &mut subs, &subs_made, &calls)
+                    answer_pubsub(t.as_bytes(), &mut subs, &chain, &calls)
                 };
                 if let Some(a) = answers {
                     ws.send(Message::Text(a)).unwrap();
@@ -674,19 +727,35 @@ fn serve_pubsub(
                     || e.kind() == std::io::ErrorKind::TimedOut => {}
             Err(_) => return,
         }
+        // Heads: every one, in order, from the first (after the delay).
+        let height = chain.height.load(Ordering::SeqCst);
+        for sub in &mut subs {
+            let Some((last, from)) = &mut sub.heads else {
+                continue;
+            };
+            if Instant::now() < *from {
+                continue;
+            }
+            let first = if *last == 0 { height } else { *last + 1 };
+            for h in first..=height {
+                let note = format!(
+                    r#"{{"jsonrpc":"2.0","method":"chain_newHead","params":{{"subscription":"{}","result":{{"number":"0x{h:x}","parentHash":"0x00"}}}}}}"#,
+                    sub.id
+                );
+                if ws.send(Message::Text(note)).is_err() {
+                    return;
+                }
+                *last = h;
+            }
+        }
         if tick.elapsed() >= Duration::from_millis(20) {
             tick = Instant::now();
             n += 1;
-            for (s, heads) in &subs {
-                let note = if *heads {
-                    format!(
-                        r#"{{"jsonrpc":"2.0","method":"chain_newHead","params":{{"subscription":"{s}","result":{{"number":"0x{n:x}"}}}}}}"#
-                    )
-                } else {
-                    format!(
-                        r#"{{"jsonrpc":"2.0","method":"test_event","params":{{"subscription":"{s}","result":{n}}}}}"#
-                    )
-                };
+            for sub in subs.iter().filter(|s| s.heads.is_none()) {
+                let note = format!(
+                    r#"{{"jsonrpc":"2.0","method":"test_event","params":{{"subscription":"{}","result":{n}}}}}"#,
+                    sub.id
+                );
                 if ws.send(Message::Text(note)).is_err() {
                     return;
                 }
@@ -697,8 +766,8 @@ fn serve_pubsub(
 
 fn answer_pubsub(
     msg: &[u8],
-    subs: &mut Vec<(String, bool)>,
-    subs_made: &AtomicUsize,
+    subs: &mut Vec<PubsubSub>,
+    chain: &PubsubChain,
     calls: &mpsc::Sender<(String, String)>,
 ) -> Option<String> {
     let p = ringway::jsonrpc::peek(msg).expect("the gateway forwards valid JSON-RPC");
@@ -706,18 +775,41 @@ fn answer_pubsub(
     let params = String::from_utf8_lossy(p.params.unwrap_or(b"[]")).to_string();
     let _ = calls.send((method.clone(), params.clone()));
     let id = String::from_utf8_lossy(p.id?).to_string();
+    let first = || ringway::jsonrpc::param(params.as_bytes(), 0).unwrap_or(b"");
     let result = match method.as_str() {
-        "test_subscribe" | "chain_subscribeNewHeads" | "chain_subscribeNewHead" => {
-            let s = format!("sub{}", subs_made.fetch_add(1, Ordering::SeqCst));
-            subs.push((s.clone(), method != "test_subscribe"));
+        "test_subscribe"
+        | "chainHead_v1_follow"
+        | "chain_subscribeNewHeads"
+        | "chain_subscribeNewHead" => {
+            let s = format!("sub{}", chain.subs_made.fetch_add(1, Ordering::SeqCst));
+            let heads = method
+                .starts_with("chain_")
+                .then(|| (0, Instant::now() + chain.first_head_delay));
+            subs.push(PubsubSub {
+                id: s.clone(),
+                heads,
+            });
             format!("\"{s}\"")
         }
         "test_unsubscribe" | "chain_unsubscribeNewHeads" | "chain_unsubscribeNewHead" => {
-            let s = ringway::jsonrpc::param(params.as_bytes(), 0).unwrap_or(b"");
-            let s = String::from_utf8_lossy(s).trim_matches('"').to_string();
-            let had = subs.iter().any(|(x, _)| *x == s);
-            subs.retain(|(x, _)| *x != s);
+            let s = String::from_utf8_lossy(first())
+                .trim_matches('"')
+                .to_string();
+            let had = subs.iter().any(|x| x.id == s);
+            subs.retain(|x| x.id != s);
             had.to_string()
+        }
+        "whoami" => format!("\"{}\"", chain.name),
+        "chain_getBlockHash" => {
+            let n: u64 = std::str::from_utf8(first()).unwrap().parse().unwrap();
+            format!("\"0x{n:064x}\"")
+        }
+        "chain_getHeader" => {
+            let hash = String::from_utf8_lossy(first())
+                .trim_matches('"')
+                .to_string();
+            let n = u64::from_str_radix(hash.trim_start_matches("0x"), 16).unwrap();
+            format!(r#"{{"number":"0x{n:x}","parentHash":"0x00"}}"#)
         }
         _ => format!(r#"{{"method":"{method}","params":{params}}}"#),
     };

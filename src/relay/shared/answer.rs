@@ -221,7 +221,7 @@ fn settle_subscription(conn: &Rc<Conn>, s: &Rc<Session>, p: &jsonrpc::Peek<'_>, 
     let m = super::member(s);
     match call {
         // Topics are settled in `answer` (never in a batch).
-        SubCall::Plain | SubCall::Topic(_) => {}
+        SubCall::Plain | SubCall::Topic(_) | SubCall::Fill(..) => {}
         SubCall::Subscribe(unsub) => {
             if let Some(sub) = p.result {
                 // A session that is closing still gets it: it ends its
@@ -245,8 +245,12 @@ fn settle_subscription(conn: &Rc<Conn>, s: &Rc<Session>, p: &jsonrpc::Peek<'_>, 
 
 /// A single answer to a request of ours.
 fn answer(sh: &Rc<Shared>, conn: &Rc<Conn>, msg: &[u8], id: &[u8], mut w: Waiting) {
-    if let SubCall::Topic(key) = &w.call {
-        return super::topics::answered(sh, conn, key, msg);
+    match &w.call {
+        SubCall::Topic(key) => return super::topics::answered(sh, conn, key, msg),
+        SubCall::Fill(key, i, header) => {
+            return super::topics::filled(sh, conn, key, *i, *header, msg)
+        }
+        _ => {}
     }
     let settle = |s: Option<&Rc<Session>>| {
         if w.call == SubCall::Plain {

@@ -42,6 +42,9 @@ pub enum SubCall {
     Unsubscribe(Box<[u8]>),
     /// Opens the merged subscription with this topic key (see [`super::topics`]).
     Topic(Box<[u8]>),
+    /// Fills a gap of that topic: the hash (false) or header (true) of its
+    /// missing block number `i`.
+    Fill(Box<[u8]>, u32, bool),
 }
 
 /// A merged subscription's topic key (see [`super::topics`]).
@@ -315,7 +318,7 @@ async fn writer(conn: &Conn, w: &mut NodeWriter) -> String {
 /// for `pool.request_timeout_ms` (a hung node). After a reload: a removed
 /// node's sessions are retired (after the grace), and a superseded
 /// connection closes once unused.
-async fn timer(sh: &Shared, conn: &Rc<Conn>) {
+async fn timer(sh: &Rc<Shared>, conn: &Rc<Conn>) {
     let mut next_ping = Instant::now() + sh.settings.keepalive;
     let mut pinged = Instant::now();
     let mut waiting_since: Option<Instant> = None;

@@ -36,6 +36,7 @@
 
 mod answer;
 pub mod conn;
+mod failover;
 pub mod request;
 pub mod topics;
 
@@ -125,8 +126,10 @@ type Merged = (Rc<Conn>, Box<[u8]>, conn::TopicKey);
 
 /// A session's membership of shared connections.
 pub struct Member {
-    /// The connection to the session's node.
-    conn: Rc<Conn>,
+    /// The connection to the session's node (another one's after a failover).
+    conn: RefCell<Rc<Conn>>,
+    /// When it last moved to another node ([`failover`]).
+    moved_at: Cell<Option<std::time::Instant>>,
     /// Subscriptions the session owns.
     subs: RefCell<Vec<Owned>>,
     /// The session's archive connection, picked on first need.
@@ -142,13 +145,23 @@ pub struct Member {
 impl Member {
     pub fn new(conn: Rc<Conn>) -> Member {
         Member {
-            conn,
+            conn: RefCell::new(conn),
+            moved_at: Cell::new(None),
             subs: RefCell::new(Vec::new()),
             archive: RefCell::new(None),
             batches: Cell::new(0),
             merged: RefCell::new(Vec::new()),
             slow_since: Cell::new(None),
         }
+    }
+
+    /// The connection to the session's node.
+    pub fn conn(&self) -> Rc<Conn> {
+        self.conn.borrow().clone()
+    }
+
+    fn set_conn(&self, conn: Rc<Conn>) {
+        *self.conn.borrow_mut() = conn;
     }
 
     pub fn subscriptions(&self) -> u32 {
@@ -159,7 +172,7 @@ impl Member {
     /// itself (errors): forget them on the connections.
     pub fn forget_waiting(&self, s: &Session) {
         let archive = self.archive.borrow().clone();
-        for c in std::iter::once(&self.conn).chain(archive.as_ref()) {
+        for c in std::iter::once(&self.conn()).chain(archive.as_ref()) {
             c.forget_waiting_of(s);
         }
     }
@@ -178,8 +191,9 @@ fn member(s: &Session) -> &Member {
 /// A new session on its connection.
 pub fn join(s: &Rc<Session>) {
     let m = member(s);
-    m.conn.join(s);
-    if m.conn.state() == State::Dead {
+    let conn = m.conn();
+    conn.join(s);
+    if conn.state() == State::Dead {
         s.closing.on_gone(&**s, Which::Node);
     }
 }
@@ -195,7 +209,7 @@ pub fn leave(s: &Rc<Session>) {
         request::unsubscribe(&c, &sub, &method);
     }
     topics::leave_all(s);
-    m.conn.leave(s);
+    m.conn().leave(s);
 }
 
 /// Wait while this session's client does not read its answers, or its
@@ -211,9 +225,9 @@ pub async fn backpressure(s: &Session) {
             s.client.out.space_wake.wait().await;
             continue;
         }
-        if m.conn.out_len() > limit * 16 {
-            m.conn
-                .until(|c| c.out_len() <= limit * 16 || c.state() == State::Dead)
+        let conn = m.conn();
+        if conn.out_len() > limit * 16 {
+            conn.until(|c| c.out_len() <= limit * 16 || c.state() == State::Dead)
                 .await;
             continue;
         }
@@ -365,7 +379,7 @@ impl Shared {
     /// The connection is lost: its sessions lose their node side (errors for
     /// what they wait for, then 1012), and so do the sessions that own a
     /// subscription on it.
-    fn fail(&self, conn: &Rc<Conn>, why: &str) {
+    fn fail(self: &Rc<Self>, conn: &Rc<Conn>, why: &str) {
         if conn.state() == State::Dead {
             return;
         }
@@ -384,7 +398,8 @@ impl Shared {
         let members: Vec<Weak<Session>> =
             conn.members.borrow_mut().drain().map(|(_, s)| s).collect();
         let on_topics = topics::sessions_on(conn);
-        conn.topics.borrow_mut().clear();
+        let carried: Vec<topics::Topic> =
+            conn.topics.borrow_mut().drain().map(|(_, t)| t).collect();
         conn.topic_of.borrow_mut().clear();
         topics::recount(conn);
         let mut sessions: Vec<Rc<Session>> = subs
@@ -395,6 +410,8 @@ impl Shared {
             .collect();
         sessions.sort_by_key(Rc::as_ptr);
         sessions.dedup_by(|a, b| Rc::ptr_eq(a, b));
+        // Those that can move to another node do; the others close below.
+        let sessions = failover::rehome(self, conn, sessions, carried);
         // Others that sent a request here (to an archive node) get an error
         // for each such request and go on.
         let message = format!("upstream node connection lost ({why}); reconnect and retry");

@@ -49,9 +49,9 @@ pub fn on_request(ctx: &Ctx<'_>, s: &Rc<Session>, msg: &[u8]) {
     // connection with room (nodes cap subscriptions per connection).
     let sub_conn = match call.single().map(|r| r.sub) {
         Some(Sub::Opens)
-            if m.conn.subscription_load() >= ctx.shared.settings.max_subscriptions.max(1) =>
+            if m.conn().subscription_load() >= ctx.shared.settings.max_subscriptions.max(1) =>
         {
-            Some(ctx.shared.conn(m.conn.node))
+            Some(ctx.shared.conn(m.conn().node))
         }
         Some(Sub::Ends(Some(id)) | Sub::Uses(Some(id))) => m
             .subs
@@ -61,7 +61,8 @@ pub fn on_request(ctx: &Ctx<'_>, s: &Rc<Session>, msg: &[u8]) {
             .map(|(c, _, _)| c.clone()),
         _ => None,
     };
-    let to = archive.as_ref().or(sub_conn.as_ref()).unwrap_or(&m.conn);
+    let home = m.conn();
+    let to = archive.as_ref().or(sub_conn.as_ref()).unwrap_or(&home);
     match call.kind {
         Kind::Object => {
             let req = call.single().expect("an object is one request");
@@ -81,7 +82,7 @@ pub fn on_request(ctx: &Ctx<'_>, s: &Rc<Session>, msg: &[u8]) {
                     return;
                 }
                 // Another session's merged subscription is not this one's to end.
-                Sub::Ends(Some(sub)) if super::topics::known(&m.conn, sub) => {
+                Sub::Ends(Some(sub)) if super::topics::known(&home, sub) => {
                     crate::metrics::request(req, Outcome::Refused);
                     if let Some(id) = req.id {
                         let e = error(id, code::INVALID_PARAMS, "Invalid subscription id", None);
@@ -192,7 +193,7 @@ fn refuse(ctx: &Ctx<'_>, s: &Session, req: &Request<'_>) -> Option<Option<String
                 .is_some_and(|w| !std::ptr::eq(w.as_ptr(), s))
         };
         let on_archive = m.archive.borrow().as_ref().is_some_and(|a| foreign(a));
-        if foreign(&m.conn) || on_archive {
+        if foreign(&m.conn()) || on_archive {
             let answer = error(
                 req.reply_id(),
                 code::INVALID_PARAMS,
@@ -335,6 +336,33 @@ fn send_batch(ctx: &Ctx<'_>, to: &Conn, s: &Rc<Session>, call: &Call<'_>) {
             to.batches.borrow_mut().push_back(gids);
         }
     }
+}
+
+/// Send the gateway's own request `method(params)` (params raw JSON); its
+/// answer is handled as `call` says (`Plain`: dropped).
+pub fn send_own(c: &Conn, method: &[u8], params: &[u8], call: SubCall) {
+    let id = c.next_id();
+    let mut digits = [0u8; 20];
+    c.pending.borrow_mut().insert(
+        id,
+        Waiting {
+            session: Weak::new(),
+            id: Box::from(&b"null"[..]),
+            batch: 0,
+            call,
+            retry: None,
+            kept: None,
+        },
+    );
+    c.send_parts(&[
+        br#"{"jsonrpc":"2.0","id":"#,
+        decimal(id, &mut digits),
+        br#","method":""#,
+        method,
+        br#"","params":"#,
+        params,
+        b"}",
+    ]);
 }
 
 /// Send `method(sub)` on behalf of a session that is gone; its answer is dropped.

@@ -10,6 +10,11 @@
 //!   storage, every key's last value), as Subway replays it.
 //! - The node subscription ends when its last session unsubscribes or
 //!   leaves.
+//! - When its connection is lost, a topic moves with its sessions to
+//!   another node ([`adopt`], from [`super::failover`]): sessions keep their
+//!   ids; on head streams nothing is repeated (numbers already delivered are
+//!   skipped) and nothing is skipped (a gap is filled with the headers
+//!   fetched from the new node, Substrate).
 //! - Not merged, per the new JSON-RPC interface spec's rules:
 //!   `author_submitAndWatchExtrinsic`, `transactionWatch_v1_*`,
 //!   `chainHead_v1_follow` (they belong to one client, on the node that
@@ -22,8 +27,12 @@ use crate::jsonrpc::{self, Request};
 use crate::relay::Session;
 
 use super::conn::{Conn, SubCall};
-use super::request::{offset_in, send_as, unsubscribe};
+use super::request::{offset_in, send_as, send_own, unsubscribe};
 use super::{member, Ctx};
+
+/// Gaps longer than this are not filled (the stream goes on from where the
+/// new node is).
+const FILL_MAX: u64 = 64;
 
 /// A mergeable subscribe method: its canonical name (aliases of one stream
 /// share a topic), the method that ends it on the node, and whether a
@@ -59,8 +68,43 @@ pub fn mergeable(method: &[u8], params: &[u8]) -> Option<(&'static str, &'static
     })
 }
 
+/// A topic key's method and params (`method \0 params`).
+fn split_key(key: &[u8]) -> (&[u8], &[u8]) {
+    let end = key.iter().position(|&b| b == 0).unwrap_or(key.len());
+    (&key[..end], &key[(end + 1).min(key.len())..])
+}
+
+/// Whether a topic is a stream of canonical heads, numbered without gaps
+/// (Substrate new and finalized heads; Ethereum `newHeads`).
+fn numbered(key: &[u8]) -> bool {
+    let (method, params) = split_key(key);
+    matches!(
+        method,
+        b"chain_subscribeNewHeads" | b"chain_subscribeFinalizedHeads"
+    ) || (method == b"eth_subscribe"
+        && jsonrpc::param(params, 0).and_then(jsonrpc::unquote) == Some(b"newHeads"))
+}
+
+/// The block number in a head (`"number":"0x…"`).
+fn head_number(result: &[u8]) -> Option<u64> {
+    const KEY: &[u8] = b"\"number\":\"0x";
+    let at = result.windows(KEY.len()).position(|w| w == KEY)? + KEY.len();
+    let end = result[at..].iter().position(|&b| b == b'"')?;
+    u64::from_str_radix(std::str::from_utf8(&result[at..at + end]).ok()?, 16).ok()
+}
+
+/// A session on a topic.
+#[derive(Clone)]
+pub struct Member {
+    pub session: Weak<Session>,
+    /// Its subscription id, raw JSON.
+    pub id: Box<[u8]>,
+    /// On a numbered stream: the last block number it was given (0: none).
+    pub floor: u64,
+}
+
 /// A session waiting to join: (session, its request id, the subscription id it will get).
-type Joiner = (Weak<Session>, Box<[u8]>, Box<[u8]>);
+pub type Joiner = (Weak<Session>, Box<[u8]>, Box<[u8]>);
 
 /// A notification's method and result, raw.
 type Note = (Box<[u8]>, Box<[u8]>);
@@ -72,23 +116,38 @@ pub struct Topic {
     pub unsubscribe: &'static str,
     /// The node's subscription id (raw JSON), once it answered.
     pub node_sub: Option<Box<[u8]>>,
-    /// Sessions receiving it: (session, its subscription id as raw JSON).
-    pub members: Vec<(Weak<Session>, Box<[u8]>)>,
-    /// Sessions whose subscribe call waits for the node's answer:
-    /// (session, request id, the subscription id it will get).
+    pub members: Vec<Member>,
+    /// Sessions whose subscribe call waits for the node's answer.
     pub joining: Vec<Joiner>,
     latest_value: bool,
     /// The last notification's method and result (latest-value streams).
     last: Option<Note>,
     /// `state_subscribeStorage`: the block and every key's last value.
     storage: Option<Storage>,
+    /// Filling a gap: the headers being fetched, and the notifications
+    /// that came meanwhile (delivered after them, in order).
+    fill: Option<Fill>,
 }
 
 /// What a storage subscription's clients have been told so far.
-#[derive(Default)]
+#[derive(Default, Clone)]
 struct Storage {
     block: serde_json::Value,
     values: std::collections::BTreeMap<String, serde_json::Value>,
+}
+
+/// A gap being filled on a numbered stream.
+struct Fill {
+    /// The missing block numbers, ascending.
+    numbers: Vec<u64>,
+    hashes: Vec<Option<Box<[u8]>>>,
+    headers: Vec<Option<Box<[u8]>>>,
+    /// Answers still to come in the current step.
+    outstanding: usize,
+    /// Notifications held meanwhile (whole messages).
+    held: Vec<Box<[u8]>>,
+    /// The notification method to give the filled headers.
+    method: Box<[u8]>,
 }
 
 /// A subscription id for a session: unique on this core.
@@ -101,7 +160,7 @@ fn new_sub_id(next: &Cell<u64>) -> Box<[u8]> {
 }
 
 /// Answer `s`'s request `id` with `result` (raw JSON).
-fn reply(ctx_sh: &super::Shared, s: &Session, id: &[u8], result: &[u8]) {
+fn reply(sh: &super::Shared, s: &Session, id: &[u8], result: &[u8]) {
     let parts: [&[u8]; 5] = [
         br#"{"jsonrpc":"2.0","result":"#,
         result,
@@ -109,69 +168,40 @@ fn reply(ctx_sh: &super::Shared, s: &Session, id: &[u8], result: &[u8]) {
         id,
         b"}",
     ];
-    super::answer::deliver(ctx_sh, s, &parts);
+    super::answer::deliver(sh, s, &parts);
     s.answered(id);
 }
 
-/// A mergeable subscribe call from `s`, on connection `to`.
-pub fn subscribe(ctx: &Ctx<'_>, to: &Rc<Conn>, s: &Rc<Session>, req: &Request<'_>) {
-    let sh = &ctx.shared;
-    let id = req.id.expect("a subscribe call with an id");
-    let method = req.method.unwrap_or_default();
-    let params = crate::cache::rules::compact(req.params.unwrap_or(b"[]"));
-    let (canonical, unsub, latest_value) =
-        mergeable(method, &params).expect("checked by the caller");
-    let mut key = canonical.as_bytes().to_vec();
-    key.push(0);
-    key.extend_from_slice(&params);
-    let sub_id = new_sub_id(&sh.next_sub);
-    member(s).merged.borrow_mut().push((
-        to.clone(),
-        sub_id.clone(),
-        key.clone().into_boxed_slice(),
-    ));
-    s.inflight.borrow_mut().add(id, 0);
-    let mut topics = to.topics.borrow_mut();
-    if let Some(t) = topics.get_mut(&key[..]) {
-        crate::metrics::request(req, crate::metrics::Outcome::Joined);
-        if t.node_sub.is_none() {
-            t.joining.push((Rc::downgrade(s), Box::from(id), sub_id));
-            drop(topics);
-            return recount(to);
-        }
-        t.members.push((Rc::downgrade(s), sub_id.clone()));
-        let replay = t.replay();
-        drop(topics);
-        recount(to);
-        reply(sh, s, id, &sub_id);
-        if let Some((method, result)) = replay {
-            notify(sh, s, &method, &sub_id, &result);
-        }
-        return;
-    }
-    crate::metrics::request(req, crate::metrics::Outcome::Forwarded);
-    let key: Box<[u8]> = key.into_boxed_slice();
-    topics.insert(
-        key.clone(),
-        Topic {
-            key: key.clone(),
-            unsubscribe: unsub,
-            node_sub: None,
-            members: Vec::new(),
-            joining: vec![(Rc::downgrade(s), Box::from(id), sub_id)],
-            latest_value,
-            last: None,
-            storage: (canonical == "state_subscribeStorage").then(Storage::default),
-        },
-    );
-    drop(topics);
-    recount(to);
-    to.opening.set(to.opening.get() + 1);
-    // The answer goes to the topic (every joiner), not to this session alone.
-    send_as(to, s, req, SubCall::Topic(key));
+/// A notification for `s` with its subscription id.
+fn notify(sh: &super::Shared, s: &Session, method: &[u8], sub: &[u8], result: &[u8]) {
+    let parts: [&[u8]; 7] = [
+        br#"{"jsonrpc":"2.0","method":""#,
+        method,
+        br#"","params":{"subscription":"#,
+        sub,
+        br#","result":"#,
+        result,
+        b"}}",
+    ];
+    super::answer::deliver(sh, s, &parts);
 }
 
 impl Topic {
+    fn new(key: Box<[u8]>, unsubscribe: &'static str, latest_value: bool) -> Topic {
+        let storage = split_key(&key).0 == b"state_subscribeStorage";
+        Topic {
+            key,
+            unsubscribe,
+            node_sub: None,
+            members: Vec::new(),
+            joining: Vec::new(),
+            latest_value,
+            last: None,
+            storage: storage.then(Storage::default),
+            fill: None,
+        }
+    }
+
     /// The current value for a late joiner: (notification method, result).
     fn replay(&self) -> Option<Note> {
         if !self.latest_value {
@@ -209,20 +239,135 @@ impl Topic {
         }
         self.last = Some((Box::from(method), Box::from(result)));
     }
+
+    /// The block number its members were last given (numbered streams).
+    fn last_number(&self) -> u64 {
+        self.last
+            .as_ref()
+            .and_then(|(_, r)| head_number(r))
+            .unwrap_or(0)
+    }
 }
 
-/// A notification for `s` with its subscription id.
-fn notify(sh: &super::Shared, s: &Session, method: &[u8], sub: &[u8], result: &[u8]) {
-    let parts: [&[u8]; 7] = [
-        br#"{"jsonrpc":"2.0","method":""#,
-        method,
-        br#"","params":{"subscription":"#,
-        sub,
-        br#","result":"#,
-        result,
-        b"}}",
-    ];
-    super::answer::deliver(sh, s, &parts);
+/// A mergeable subscribe call from `s`, on connection `to`.
+pub fn subscribe(ctx: &Ctx<'_>, to: &Rc<Conn>, s: &Rc<Session>, req: &Request<'_>) {
+    let sh = &ctx.shared;
+    let id = req.id.expect("a subscribe call with an id");
+    let method = req.method.unwrap_or_default();
+    let params = crate::cache::rules::compact(req.params.unwrap_or(b"[]"));
+    let (canonical, unsub, latest_value) =
+        mergeable(method, &params).expect("checked by the caller");
+    let mut key = canonical.as_bytes().to_vec();
+    key.push(0);
+    key.extend_from_slice(&params);
+    let sub_id = new_sub_id(&sh.next_sub);
+    member(s).merged.borrow_mut().push((
+        to.clone(),
+        sub_id.clone(),
+        key.clone().into_boxed_slice(),
+    ));
+    s.inflight.borrow_mut().add(id, 0);
+    let mut topics = to.topics.borrow_mut();
+    if let Some(t) = topics.get_mut(&key[..]) {
+        crate::metrics::request(req, crate::metrics::Outcome::Joined);
+        if t.node_sub.is_none() {
+            t.joining.push((Rc::downgrade(s), Box::from(id), sub_id));
+            drop(topics);
+            return recount(to);
+        }
+        let floor = t.last_number();
+        t.members.push(Member {
+            session: Rc::downgrade(s),
+            id: sub_id.clone(),
+            floor,
+        });
+        let replay = t.replay();
+        drop(topics);
+        recount(to);
+        reply(sh, s, id, &sub_id);
+        if let Some((method, result)) = replay {
+            notify(sh, s, &method, &sub_id, &result);
+        }
+        return;
+    }
+    crate::metrics::request(req, crate::metrics::Outcome::Forwarded);
+    let key: Box<[u8]> = key.into_boxed_slice();
+    let mut t = Topic::new(key.clone(), unsub, latest_value);
+    t.joining.push((Rc::downgrade(s), Box::from(id), sub_id));
+    topics.insert(key.clone(), t);
+    drop(topics);
+    recount(to);
+    to.opening.set(to.opening.get() + 1);
+    // The answer goes to the topic (every joiner), not to this session alone.
+    send_as(to, s, req, SubCall::Topic(key));
+}
+
+/// Take over a topic of a lost connection on `to`: its sessions (`members`,
+/// with what they were last given) and those still waiting to join. `to`
+/// subscribes anew unless it carries the topic already.
+pub fn adopt(
+    sh: &super::Shared,
+    to: &Rc<Conn>,
+    old: &Topic,
+    members: Vec<Member>,
+    joining: Vec<Joiner>,
+) {
+    for m in members
+        .iter()
+        .filter_map(|m| m.session.upgrade().map(|s| (s, m)))
+    {
+        repoint(&m.0, to, &m.1.id);
+    }
+    for (s, _, sub_id) in &joining {
+        if let Some(s) = s.upgrade() {
+            repoint(&s, to, sub_id);
+        }
+    }
+    let mut topics = to.topics.borrow_mut();
+    let fresh = !topics.contains_key(&old.key);
+    let t = topics.entry(old.key.clone()).or_insert_with(|| {
+        let mut t = Topic::new(old.key.clone(), old.unsubscribe, old.latest_value);
+        // What the sessions were told so far stays the value to replay.
+        t.last = old.last.clone();
+        t.storage = old.storage.clone();
+        t
+    });
+    t.members.extend(members);
+    let answered = t.node_sub.is_some();
+    let replies: Vec<Joiner> = if answered {
+        for (s, _, sub_id) in &joining {
+            t.members.push(Member {
+                session: s.clone(),
+                id: sub_id.clone(),
+                floor: 0,
+            });
+        }
+        joining
+    } else {
+        t.joining.extend(joining);
+        Vec::new()
+    };
+    drop(topics);
+    for (s, id, sub_id) in replies {
+        if let Some(s) = s.upgrade() {
+            reply(sh, &s, &id, &sub_id);
+        }
+    }
+    if fresh {
+        let (method, params) = split_key(&old.key);
+        to.opening.set(to.opening.get() + 1);
+        send_own(to, method, params, SubCall::Topic(old.key.clone()));
+    }
+    recount(to);
+}
+
+/// A session's merged subscription `sub_id` now lives on `to`.
+fn repoint(s: &Session, to: &Rc<Conn>, sub_id: &[u8]) {
+    for m in member(s).merged.borrow_mut().iter_mut() {
+        if &*m.1 == sub_id {
+            m.0 = to.clone();
+        }
+    }
 }
 
 /// The node answered a topic's subscribe call: its joiners get their ids
@@ -235,42 +380,54 @@ pub fn answered(sh: &super::Shared, conn: &Conn, key: &[u8], msg: &[u8]) {
     let Some(t) = topics.get_mut(key) else {
         // Ended while it was being opened.
         if let Some(sub) = result {
-            let unsub = mergeable_unsubscribe(key);
+            let unsub = mergeable(split_key(key).0, split_key(key).1)
+                .map_or("chain_unsubscribeNewHeads", |(_, u, _)| u);
             unsubscribe(conn, sub, unsub);
         }
         return;
     };
     let joining = std::mem::take(&mut t.joining);
     let Some(sub) = result else {
-        // An error: each joiner gets it with its own id.
+        // An error: each joiner gets it with its own id; sessions that
+        // were moved here lose the stream (they are told by an error
+        // notification-less end: their subscription simply stops).
         let t = topics.remove(key).expect("present");
         drop(topics);
+        for m in &t.members {
+            if let Some(s) = m.session.upgrade() {
+                forget(&s, &m.id);
+            }
+        }
         for (s, id, sub_id) in joining {
             let Some(s) = s.upgrade() else {
                 continue;
             };
             forget(&s, &sub_id);
-            let at = p.as_ref().and_then(|p| p.id).map(|i| offset_in(msg, i));
-            match (at, p.as_ref().and_then(|p| p.id)) {
-                (Some(at), Some(their)) => {
+            match p.as_ref().and_then(|p| p.id) {
+                Some(their) => {
+                    let at = offset_in(msg, their);
                     let parts = [&msg[..at], &id[..], &msg[at + their.len()..]];
                     super::answer::deliver(sh, &s, &parts);
                 }
-                _ => super::answer::deliver(sh, &s, &[msg]),
+                None => super::answer::deliver(sh, &s, &[msg]),
             }
             s.answered(&id);
         }
-        drop(t);
         return recount(conn);
     };
     t.node_sub = Some(Box::from(sub));
     conn.topic_of
         .borrow_mut()
         .insert(Box::from(sub), t.key.clone());
+    let floor = t.last_number();
     let mut replies = Vec::new();
     for (s, id, sub_id) in joining {
         if s.upgrade().is_some() {
-            t.members.push((s.clone(), sub_id.clone()));
+            t.members.push(Member {
+                session: s.clone(),
+                id: sub_id.clone(),
+                floor,
+            });
             replies.push((s, id, sub_id));
         }
     }
@@ -287,40 +444,77 @@ pub fn answered(sh: &super::Shared, conn: &Conn, key: &[u8], msg: &[u8]) {
     }
 }
 
-/// The unsubscribe method of a topic key.
-fn mergeable_unsubscribe(key: &[u8]) -> &'static str {
-    let end = key.iter().position(|&b| b == 0).unwrap_or(key.len());
-    let params = &key[(end + 1).min(key.len())..];
-    mergeable(&key[..end], params).map_or("chain_unsubscribeNewHeads", |(_, u, _)| u)
-}
-
 /// A notification on a connection: to every session on its topic, if it
 /// belongs to one. Returns false when it does not.
-pub fn notification(sh: &super::Shared, conn: &Conn, sub: &[u8], msg: &[u8]) -> bool {
+pub fn notification(sh: &super::Shared, conn: &Rc<Conn>, sub: &[u8], msg: &[u8]) -> bool {
     let Some(key) = conn.topic_of.borrow().get(sub).cloned() else {
         return false;
+    };
+    let p = jsonrpc::peek(msg);
+    // The id as it stands in this message (`sub` may be a copy of it).
+    let Some(sub) = p
+        .as_ref()
+        .and_then(|p| p.params)
+        .and_then(|ps| jsonrpc::member(ps, b"subscription"))
+    else {
+        return true;
+    };
+    let method = p.as_ref().and_then(|p| p.method).unwrap_or_default();
+    let result = p
+        .as_ref()
+        .and_then(|p| p.params)
+        .and_then(|ps| jsonrpc::member(ps, b"result"))
+        .unwrap_or_default();
+    let number = if numbered(&key) {
+        head_number(result)
+    } else {
+        None
     };
     let members = {
         let mut topics = conn.topics.borrow_mut();
         let Some(t) = topics.get_mut(&key) else {
             return true;
         };
-        if let Some(p) = jsonrpc::peek(msg) {
-            if let (Some(m), Some(r)) = (
-                p.method,
-                p.params.and_then(|ps| jsonrpc::member(ps, b"result")),
-            ) {
-                t.remember(m, r);
+        if let Some(fill) = &mut t.fill {
+            fill.held.push(Box::from(msg));
+            return true;
+        }
+        t.members.retain(|m| m.session.strong_count() > 0);
+        // Sessions moved here from a lost node: a gap behind this head is
+        // filled first (Substrate: the headers are fetched from this node).
+        if let Some(n) = number {
+            let from = t
+                .members
+                .iter()
+                .filter(|m| m.floor > 0 && m.floor + 1 < n)
+                .map(|m| m.floor + 1)
+                .min();
+            let substrate = split_key(&key).0.starts_with(b"chain_");
+            if let (Some(from), true) = (from, substrate) {
+                if n - from <= FILL_MAX {
+                    start_fill(conn, t, from, n, method, msg);
+                    return true;
+                }
             }
         }
-        t.members.retain(|(s, _)| s.strong_count() > 0);
-        t.members.clone()
+        t.remember(method, result);
+        let members = t.members.clone();
+        if let Some(n) = number {
+            for m in &mut t.members {
+                m.floor = m.floor.max(n);
+            }
+        }
+        members
     };
     let at = offset_in(msg, sub);
     let mut delivered = 0;
-    for (s, sub_id) in members {
-        if let Some(s) = s.upgrade() {
-            let parts = [&msg[..at], &sub_id[..], &msg[at + sub.len()..]];
+    for m in members {
+        // Never the same head twice: what a session was given is skipped.
+        if number.is_some_and(|n| n <= m.floor) {
+            continue;
+        }
+        if let Some(s) = m.session.upgrade() {
+            let parts = [&msg[..at], &m.id[..], &msg[at + sub.len()..]];
             super::answer::deliver(sh, &s, &parts);
             delivered += 1;
         }
@@ -330,6 +524,120 @@ pub fn notification(sh: &super::Shared, conn: &Conn, sub: &[u8], msg: &[u8]) -> 
         c.topic_deliveries.add(delivered);
     });
     true
+}
+
+/// Ask `conn` for the hashes of blocks `from..n`, holding `msg` (head `n`)
+/// and whatever follows until their headers are in.
+fn start_fill(conn: &Conn, t: &mut Topic, from: u64, n: u64, method: &[u8], msg: &[u8]) {
+    let numbers: Vec<u64> = (from..n).collect();
+    crate::debug!("filling heads {from}..{} for sessions moved here", n - 1);
+    for (i, k) in numbers.iter().enumerate() {
+        let params = format!("[{k}]");
+        let call = SubCall::Fill(t.key.clone(), i as u32, false);
+        send_own(conn, b"chain_getBlockHash", params.as_bytes(), call);
+    }
+    t.fill = Some(Fill {
+        outstanding: numbers.len(),
+        hashes: vec![None; numbers.len()],
+        headers: vec![None; numbers.len()],
+        numbers,
+        held: vec![Box::from(msg)],
+        method: Box::from(method),
+    });
+}
+
+/// An answer to a gap fill's request: a hash (`header == false`), or a header.
+pub fn filled(sh: &super::Shared, conn: &Rc<Conn>, key: &[u8], i: u32, header: bool, msg: &[u8]) {
+    let result = jsonrpc::peek(msg)
+        .and_then(|p| p.result)
+        .filter(|r| *r != b"null")
+        .map(Box::<[u8]>::from);
+    let i = i as usize;
+    let next = {
+        let mut topics = conn.topics.borrow_mut();
+        let Some(fill) = topics.get_mut(key).and_then(|t| t.fill.as_mut()) else {
+            return;
+        };
+        if i >= fill.numbers.len() {
+            return;
+        }
+        if header {
+            fill.headers[i] = result;
+        } else {
+            fill.hashes[i] = result;
+        }
+        fill.outstanding = fill.outstanding.saturating_sub(1);
+        if fill.outstanding > 0 {
+            return;
+        }
+        if !header && fill.hashes.iter().all(Option::is_some) {
+            // Step two: the headers.
+            fill.outstanding = fill.numbers.len();
+            let hashes: Vec<Box<[u8]>> = fill.hashes.iter().flatten().cloned().collect();
+            Some(hashes)
+        } else {
+            None
+        }
+    };
+    if let Some(hashes) = next {
+        for (i, h) in hashes.iter().enumerate() {
+            let mut params = b"[".to_vec();
+            params.extend_from_slice(h);
+            params.push(b']');
+            send_own(
+                conn,
+                b"chain_getHeader",
+                &params,
+                SubCall::Fill(Box::from(key), i as u32, true),
+            );
+        }
+        return;
+    }
+    finish_fill(sh, conn, key);
+}
+
+/// The gap's headers are in (or could not be had): deliver them to the
+/// sessions that miss them, in order, then what was held.
+fn finish_fill(sh: &super::Shared, conn: &Rc<Conn>, key: &[u8]) {
+    let fill = {
+        let mut topics = conn.topics.borrow_mut();
+        let Some(t) = topics.get_mut(key) else {
+            return;
+        };
+        let Some(fill) = t.fill.take() else {
+            return;
+        };
+        for (n, h) in fill.numbers.iter().zip(&fill.headers) {
+            if let Some(h) = h {
+                for m in &mut t.members {
+                    if m.floor > 0 && m.floor < *n {
+                        if let Some(s) = m.session.upgrade() {
+                            notify(sh, &s, &fill.method, &m.id, h);
+                        }
+                        m.floor = *n;
+                    }
+                }
+            }
+        }
+        // A header that could not be had is not asked for again.
+        let last = fill.numbers.last().copied().unwrap_or(0);
+        for m in &mut t.members {
+            if m.floor > 0 {
+                m.floor = m.floor.max(last);
+            }
+        }
+        fill
+    };
+    let sub = conn
+        .topics
+        .borrow()
+        .get(key)
+        .and_then(|t| t.node_sub.clone());
+    if let Some(sub) = sub {
+        for held in fill.held {
+            notification(sh, conn, &sub, &held);
+        }
+    }
 }
 
 /// `s` calls an unsubscribe method with `sub`: if it is one of its merged
@@ -359,7 +667,7 @@ fn leave_topic(conn: &Conn, key: &[u8], sub_id: &[u8]) {
         let Some(t) = topics.get_mut(key) else {
             return;
         };
-        t.members.retain(|(_, id)| &**id != sub_id);
+        t.members.retain(|m| &*m.id != sub_id);
         t.joining.retain(|(_, _, id)| &**id != sub_id);
         t.members.is_empty() && t.joining.is_empty()
     };
@@ -416,12 +724,11 @@ fn forget(s: &Session, sub_id: &[u8]) {
 /// Whether `sub` is a session's id on one of `conn`'s topics.
 pub fn known(conn: &Conn, sub: &[u8]) -> bool {
     conn.topics.borrow().values().any(|t| {
-        t.members.iter().any(|(_, id)| &**id == sub)
-            || t.joining.iter().any(|(_, _, id)| &**id == sub)
+        t.members.iter().any(|m| &*m.id == sub) || t.joining.iter().any(|(_, _, id)| &**id == sub)
     })
 }
 
-/// Sessions on any topic of `conn` (they lose their streams with it).
+/// Sessions on any topic of `conn`.
 pub fn sessions_on(conn: &Conn) -> Vec<Weak<Session>> {
     let topics = conn.topics.borrow();
     topics
@@ -429,7 +736,7 @@ pub fn sessions_on(conn: &Conn) -> Vec<Weak<Session>> {
         .flat_map(|t| {
             t.members
                 .iter()
-                .map(|(s, _)| s.clone())
+                .map(|m| m.session.clone())
                 .chain(t.joining.iter().map(|(s, _, _)| s.clone()))
         })
         .collect()

@@ -1,0 +1,150 @@
+//! A shared connection is lost (its node died, failed its checks, or hung):
+//! its sessions move to another node instead of closing, where they can.
+//!
+//! - Requests they had in flight there get JSON-RPC errors with their ids
+//!   (whether the node ran them is unknown: they are not sent again).
+//! - Their merged subscriptions ([`super::topics`]) are subscribed on the
+//!   new node; clients keep their subscription ids; head streams go on
+//!   with no repeat and no gap.
+//! - Streams that cannot move end as their spec says: `chainHead_v1_follow`
+//!   gets `{"event":"stop"}`, `transactionWatch_v1` watches `dropped`,
+//!   `author_submitAndWatchExtrinsic` `"dropped"`.
+//! - A session that holds another kind of subscription there (one only
+//!   that node knows), that moved less than [`MOVE_AGAIN`] ago, or for which
+//!   no other node is up, loses its node side as before: errors, then 1012.
+
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use crate::relay::Session;
+
+use super::conn::Conn;
+use super::topics::{self, Member, Topic};
+use super::{member, Shared};
+
+/// A session does not move twice within this time (it closes instead).
+pub const MOVE_AGAIN: Duration = Duration::from_secs(10);
+
+/// How a subscription that cannot move ends: its notification method and
+/// the result to send, by the method that would end it.
+fn ending(unsub: &str) -> Option<(&'static str, &'static str)> {
+    match unsub {
+        "chainHead_v1_unfollow" => Some(("chainHead_v1_followEvent", r#"{"event":"stop"}"#)),
+        "transactionWatch_v1_unwatch" => Some((
+            "transactionWatch_v1_watchEvent",
+            r#"{"event":"dropped","error":"the node serving this watch was lost"}"#,
+        )),
+        "author_unwatchExtrinsic" => Some(("author_extrinsicUpdate", r#""dropped""#)),
+        _ => None,
+    }
+}
+
+/// A topic's sessions that go to one connection: members and joiners.
+type Group = (Rc<Conn>, Vec<Member>, Vec<topics::Joiner>);
+
+/// The group of `s`'s (new) home connection, if `s` is moving.
+fn place(groups: &mut Vec<Group>, moving: &[Rc<Session>], s: &Rc<Session>) -> Option<usize> {
+    if !moving.iter().any(|m| Rc::ptr_eq(m, s)) {
+        return None;
+    }
+    let home = member(s).conn();
+    let at = groups.iter().position(|(c, _, _)| Rc::ptr_eq(c, &home));
+    Some(at.unwrap_or_else(|| {
+        groups.push((home, Vec::new(), Vec::new()));
+        groups.len() - 1
+    }))
+}
+
+/// Move the `sessions` that used `dead` (and the `topics` it carried);
+/// returns those that cannot move.
+pub(super) fn rehome(
+    sh: &Rc<Shared>,
+    dead: &Rc<Conn>,
+    sessions: Vec<Rc<Session>>,
+    topics: Vec<Topic>,
+) -> Vec<Rc<Session>> {
+    let now = Instant::now();
+    let mut closing = Vec::new();
+    let mut moving = Vec::new();
+    for s in sessions {
+        let m = member(&s);
+        let stuck = m
+            .subs
+            .borrow()
+            .iter()
+            .any(|(c, _, unsub)| Rc::ptr_eq(c, dead) && ending(unsub).is_none());
+        let recent = m.moved_at.get().is_some_and(|t| now - t < MOVE_AGAIN);
+        let home_lost = Rc::ptr_eq(&m.conn(), dead);
+        let target = if home_lost {
+            let mut tried = vec![false; sh.pool.nodes().len()];
+            tried[dead.node] = true;
+            sh.pool.pick(&tried)
+        } else {
+            None
+        };
+        if stuck || recent || (home_lost && target.is_none()) {
+            closing.push(s);
+            continue;
+        }
+        // Subscriptions that end with their node, as their spec says.
+        let ended: Vec<(Box<[u8]>, Box<str>)> = {
+            let mut subs = m.subs.borrow_mut();
+            let mut ended = Vec::new();
+            subs.retain(|(c, id, unsub)| {
+                let here = Rc::ptr_eq(c, dead);
+                if here {
+                    ended.push((id.clone(), unsub.clone()));
+                }
+                !here
+            });
+            ended
+        };
+        for (id, unsub) in ended {
+            if let Some((method, result)) = ending(&unsub) {
+                let parts: [&[u8]; 7] = [
+                    br#"{"jsonrpc":"2.0","method":""#,
+                    method.as_bytes(),
+                    br#"","params":{"subscription":"#,
+                    &id,
+                    br#","result":"#,
+                    result.as_bytes(),
+                    b"}}",
+                ];
+                super::answer::deliver(sh, &s, &parts);
+            }
+        }
+        if let Some(index) = target {
+            let to = sh.conn(index);
+            m.set_conn(to.clone());
+            to.join(&s);
+            m.moved_at.set(Some(now));
+            crate::debug!(
+                "session moved to {} (its node connection was lost)",
+                sh.pool.nodes()[index].url
+            );
+        }
+        moving.push(s);
+    }
+    // Each topic follows its sessions to their (new) connections.
+    for t in topics {
+        let mut by_conn: Vec<Group> = Vec::new();
+        for m in &t.members {
+            if let Some(i) = m
+                .session
+                .upgrade()
+                .and_then(|s| place(&mut by_conn, &moving, &s))
+            {
+                by_conn[i].1.push(m.clone());
+            }
+        }
+        for j in &t.joining {
+            if let Some(i) = j.0.upgrade().and_then(|s| place(&mut by_conn, &moving, &s)) {
+                by_conn[i].2.push(j.clone());
+            }
+        }
+        for (to, members, joining) in by_conn {
+            topics::adopt(sh, &to, &t, members, joining);
+        }
+    }
+    closing
+}
