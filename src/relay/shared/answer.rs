@@ -248,7 +248,7 @@ fn answer(sh: &Rc<Shared>, conn: &Rc<Conn>, msg: &[u8], id: &[u8], mut w: Waitin
     match &w.call {
         SubCall::Topic(key) => return super::topics::answered(sh, conn, key, msg),
         SubCall::Fill(key, i, header) => {
-            return super::topics::filled(sh, conn, key, *i, *header, msg)
+            return super::fill::filled(sh, conn, key, *i, *header, msg)
         }
         _ => {}
     }

@@ -19,7 +19,9 @@ use std::time::{Duration, Instant};
 use crate::relay::Session;
 
 use super::conn::Conn;
-use super::topics::{self, Member, Topic};
+use super::conn::SubCall;
+use super::request::send_own;
+use super::topics::{recount, reply, split_key, Joiner, Member, Topic};
 use super::{member, Shared};
 
 /// A session does not move twice within this time (it closes instead).
@@ -40,7 +42,7 @@ fn ending(unsub: &str) -> Option<(&'static str, &'static str)> {
 }
 
 /// A topic's sessions that go to one connection: members and joiners.
-type Group = (Rc<Conn>, Vec<Member>, Vec<topics::Joiner>);
+type Group = (Rc<Conn>, Vec<Member>, Vec<Joiner>);
 
 /// The group of `s`'s (new) home connection, if `s` is moving.
 fn place(groups: &mut Vec<Group>, moving: &[Rc<Session>], s: &Rc<Session>) -> Option<usize> {
@@ -143,8 +145,76 @@ pub(super) fn rehome(
             }
         }
         for (to, members, joining) in by_conn {
-            topics::adopt(sh, &to, &t, members, joining);
+            adopt(sh, &to, &t, members, joining);
         }
     }
     closing
+}
+
+/// Take over a topic of a lost connection on `to`: its sessions (`members`,
+/// with what they were last given) and those still waiting to join. `to`
+/// subscribes anew unless it carries the topic already.
+pub fn adopt(
+    sh: &super::Shared,
+    to: &Rc<Conn>,
+    old: &Topic,
+    members: Vec<Member>,
+    joining: Vec<Joiner>,
+) {
+    for m in members
+        .iter()
+        .filter_map(|m| m.session.upgrade().map(|s| (s, m)))
+    {
+        repoint(&m.0, to, &m.1.id);
+    }
+    for (s, _, sub_id) in &joining {
+        if let Some(s) = s.upgrade() {
+            repoint(&s, to, sub_id);
+        }
+    }
+    let mut topics = to.topics.borrow_mut();
+    let fresh = !topics.contains_key(&old.key);
+    let t = topics.entry(old.key.clone()).or_insert_with(|| {
+        let mut t = Topic::new(old.key.clone(), old.unsubscribe, old.latest_value);
+        // What the sessions were told so far stays the value to replay.
+        t.last = old.last.clone();
+        t.storage = old.storage.clone();
+        t
+    });
+    t.members.extend(members);
+    let answered = t.node_sub.is_some();
+    let replies: Vec<Joiner> = if answered {
+        for (s, _, sub_id) in &joining {
+            t.members.push(Member {
+                session: s.clone(),
+                id: sub_id.clone(),
+                floor: 0,
+            });
+        }
+        joining
+    } else {
+        t.joining.extend(joining);
+        Vec::new()
+    };
+    drop(topics);
+    for (s, id, sub_id) in replies {
+        if let Some(s) = s.upgrade() {
+            reply(sh, &s, &id, &sub_id);
+        }
+    }
+    if fresh {
+        let (method, params) = split_key(&old.key);
+        to.opening.set(to.opening.get() + 1);
+        send_own(to, method, params, SubCall::Topic(old.key.clone()));
+    }
+    recount(to);
+}
+
+/// A session's merged subscription `sub_id` now lives on `to`.
+fn repoint(s: &Session, to: &Rc<Conn>, sub_id: &[u8]) {
+    for m in member(s).merged.borrow_mut().iter_mut() {
+        if &*m.1 == sub_id {
+            m.0 = to.clone();
+        }
+    }
 }

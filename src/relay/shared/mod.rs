@@ -27,16 +27,24 @@
 //! `mux/`), because the two need each other: a session holds its slot here,
 //! and a connection delivers answers into its sessions. Everything else of a
 //! session (its client side, closing, requests in flight, limits, timers) is
-//! the relay's ([`crate::relay`]): when a shared
-//! connection is lost (node gone, protocol error, failed health checks), each
-//! of its sessions loses its node side as a pinned session does: errors for
-//! the requests in flight, then 1012. The per-client headers
+//! the relay's ([`crate::relay`]). The per-client headers
 //! (`X-Forwarded-For`, the client's path and subprotocol) do not reach nodes
 //! in this mode: one connection speaks for many clients.
+//!
+//! - [`request`]: a client's request out (ids rewritten, batches, the
+//!   cache and its in-flight deduplication); [`answer`]: the way back.
+//! - [`topics`]: merged subscriptions (one node subscription per stream).
+//! - [`conn`]: a connection's life (reader, writer, timer).
+//! - [`failover`]: when a connection is lost (node gone, protocol error,
+//!   failed health checks, hung), its sessions move to another node with
+//!   their merged subscriptions ([`fill`]: a head stream's gap); the requests
+//!   they had in flight fail with their ids. Sessions that cannot move lose
+//!   their node side as a pinned session does: errors, then 1012.
 
 mod answer;
 pub mod conn;
 mod failover;
+mod fill;
 pub mod request;
 pub mod topics;
 

@@ -27,7 +27,7 @@ use crate::jsonrpc::{self, Request};
 use crate::relay::Session;
 
 use super::conn::{Conn, SubCall};
-use super::request::{offset_in, send_as, send_own, unsubscribe};
+use super::request::{offset_in, send_as, unsubscribe};
 use super::{member, Ctx};
 
 /// Gaps longer than this are not filled (the stream goes on from where the
@@ -69,7 +69,7 @@ pub fn mergeable(method: &[u8], params: &[u8]) -> Option<(&'static str, &'static
 }
 
 /// A topic key's method and params (`method \0 params`).
-fn split_key(key: &[u8]) -> (&[u8], &[u8]) {
+pub(super) fn split_key(key: &[u8]) -> (&[u8], &[u8]) {
     let end = key.iter().position(|&b| b == 0).unwrap_or(key.len());
     (&key[..end], &key[(end + 1).min(key.len())..])
 }
@@ -119,35 +119,21 @@ pub struct Topic {
     pub members: Vec<Member>,
     /// Sessions whose subscribe call waits for the node's answer.
     pub joining: Vec<Joiner>,
-    latest_value: bool,
+    pub(super) latest_value: bool,
     /// The last notification's method and result (latest-value streams).
-    last: Option<Note>,
+    pub(super) last: Option<Note>,
     /// `state_subscribeStorage`: the block and every key's last value.
-    storage: Option<Storage>,
+    pub(super) storage: Option<Storage>,
     /// Filling a gap: the headers being fetched, and the notifications
     /// that came meanwhile (delivered after them, in order).
-    fill: Option<Fill>,
+    pub(super) fill: Option<super::fill::Fill>,
 }
 
 /// What a storage subscription's clients have been told so far.
 #[derive(Default, Clone)]
-struct Storage {
+pub(super) struct Storage {
     block: serde_json::Value,
     values: std::collections::BTreeMap<String, serde_json::Value>,
-}
-
-/// A gap being filled on a numbered stream.
-struct Fill {
-    /// The missing block numbers, ascending.
-    numbers: Vec<u64>,
-    hashes: Vec<Option<Box<[u8]>>>,
-    headers: Vec<Option<Box<[u8]>>>,
-    /// Answers still to come in the current step.
-    outstanding: usize,
-    /// Notifications held meanwhile (whole messages).
-    held: Vec<Box<[u8]>>,
-    /// The notification method to give the filled headers.
-    method: Box<[u8]>,
 }
 
 /// A subscription id for a session: unique on this core.
@@ -160,7 +146,7 @@ fn new_sub_id(next: &Cell<u64>) -> Box<[u8]> {
 }
 
 /// Answer `s`'s request `id` with `result` (raw JSON).
-fn reply(sh: &super::Shared, s: &Session, id: &[u8], result: &[u8]) {
+pub(super) fn reply(sh: &super::Shared, s: &Session, id: &[u8], result: &[u8]) {
     let parts: [&[u8]; 5] = [
         br#"{"jsonrpc":"2.0","result":"#,
         result,
@@ -173,7 +159,7 @@ fn reply(sh: &super::Shared, s: &Session, id: &[u8], result: &[u8]) {
 }
 
 /// A notification for `s` with its subscription id.
-fn notify(sh: &super::Shared, s: &Session, method: &[u8], sub: &[u8], result: &[u8]) {
+pub(super) fn notify(sh: &super::Shared, s: &Session, method: &[u8], sub: &[u8], result: &[u8]) {
     let parts: [&[u8]; 7] = [
         br#"{"jsonrpc":"2.0","method":""#,
         method,
@@ -187,7 +173,7 @@ fn notify(sh: &super::Shared, s: &Session, method: &[u8], sub: &[u8], result: &[
 }
 
 impl Topic {
-    fn new(key: Box<[u8]>, unsubscribe: &'static str, latest_value: bool) -> Topic {
+    pub(super) fn new(key: Box<[u8]>, unsubscribe: &'static str, latest_value: bool) -> Topic {
         let storage = split_key(&key).0 == b"state_subscribeStorage";
         Topic {
             key,
@@ -300,74 +286,6 @@ pub fn subscribe(ctx: &Ctx<'_>, to: &Rc<Conn>, s: &Rc<Session>, req: &Request<'_
     to.opening.set(to.opening.get() + 1);
     // The answer goes to the topic (every joiner), not to this session alone.
     send_as(to, s, req, SubCall::Topic(key));
-}
-
-/// Take over a topic of a lost connection on `to`: its sessions (`members`,
-/// with what they were last given) and those still waiting to join. `to`
-/// subscribes anew unless it carries the topic already.
-pub fn adopt(
-    sh: &super::Shared,
-    to: &Rc<Conn>,
-    old: &Topic,
-    members: Vec<Member>,
-    joining: Vec<Joiner>,
-) {
-    for m in members
-        .iter()
-        .filter_map(|m| m.session.upgrade().map(|s| (s, m)))
-    {
-        repoint(&m.0, to, &m.1.id);
-    }
-    for (s, _, sub_id) in &joining {
-        if let Some(s) = s.upgrade() {
-            repoint(&s, to, sub_id);
-        }
-    }
-    let mut topics = to.topics.borrow_mut();
-    let fresh = !topics.contains_key(&old.key);
-    let t = topics.entry(old.key.clone()).or_insert_with(|| {
-        let mut t = Topic::new(old.key.clone(), old.unsubscribe, old.latest_value);
-        // What the sessions were told so far stays the value to replay.
-        t.last = old.last.clone();
-        t.storage = old.storage.clone();
-        t
-    });
-    t.members.extend(members);
-    let answered = t.node_sub.is_some();
-    let replies: Vec<Joiner> = if answered {
-        for (s, _, sub_id) in &joining {
-            t.members.push(Member {
-                session: s.clone(),
-                id: sub_id.clone(),
-                floor: 0,
-            });
-        }
-        joining
-    } else {
-        t.joining.extend(joining);
-        Vec::new()
-    };
-    drop(topics);
-    for (s, id, sub_id) in replies {
-        if let Some(s) = s.upgrade() {
-            reply(sh, &s, &id, &sub_id);
-        }
-    }
-    if fresh {
-        let (method, params) = split_key(&old.key);
-        to.opening.set(to.opening.get() + 1);
-        send_own(to, method, params, SubCall::Topic(old.key.clone()));
-    }
-    recount(to);
-}
-
-/// A session's merged subscription `sub_id` now lives on `to`.
-fn repoint(s: &Session, to: &Rc<Conn>, sub_id: &[u8]) {
-    for m in member(s).merged.borrow_mut().iter_mut() {
-        if &*m.1 == sub_id {
-            m.0 = to.clone();
-        }
-    }
 }
 
 /// The node answered a topic's subscribe call: its joiners get their ids
@@ -492,7 +410,7 @@ pub fn notification(sh: &super::Shared, conn: &Rc<Conn>, sub: &[u8], msg: &[u8])
             let substrate = split_key(&key).0.starts_with(b"chain_");
             if let (Some(from), true) = (from, substrate) {
                 if n - from <= FILL_MAX {
-                    start_fill(conn, t, from, n, method, msg);
+                    super::fill::start_fill(conn, t, from, n, method, msg);
                     return true;
                 }
             }
@@ -524,120 +442,6 @@ pub fn notification(sh: &super::Shared, conn: &Rc<Conn>, sub: &[u8], msg: &[u8])
         c.topic_deliveries.add(delivered);
     });
     true
-}
-
-/// Ask `conn` for the hashes of blocks `from..n`, holding `msg` (head `n`)
-/// and whatever follows until their headers are in.
-fn start_fill(conn: &Conn, t: &mut Topic, from: u64, n: u64, method: &[u8], msg: &[u8]) {
-    let numbers: Vec<u64> = (from..n).collect();
-    crate::debug!("filling heads {from}..{} for sessions moved here", n - 1);
-    for (i, k) in numbers.iter().enumerate() {
-        let params = format!("[{k}]");
-        let call = SubCall::Fill(t.key.clone(), i as u32, false);
-        send_own(conn, b"chain_getBlockHash", params.as_bytes(), call);
-    }
-    t.fill = Some(Fill {
-        outstanding: numbers.len(),
-        hashes: vec![None; numbers.len()],
-        headers: vec![None; numbers.len()],
-        numbers,
-        held: vec![Box::from(msg)],
-        method: Box::from(method),
-    });
-}
-
-/// An answer to a gap fill's request: a hash (`header == false`), or a header.
-pub fn filled(sh: &super::Shared, conn: &Rc<Conn>, key: &[u8], i: u32, header: bool, msg: &[u8]) {
-    let result = jsonrpc::peek(msg)
-        .and_then(|p| p.result)
-        .filter(|r| *r != b"null")
-        .map(Box::<[u8]>::from);
-    let i = i as usize;
-    let next = {
-        let mut topics = conn.topics.borrow_mut();
-        let Some(fill) = topics.get_mut(key).and_then(|t| t.fill.as_mut()) else {
-            return;
-        };
-        if i >= fill.numbers.len() {
-            return;
-        }
-        if header {
-            fill.headers[i] = result;
-        } else {
-            fill.hashes[i] = result;
-        }
-        fill.outstanding = fill.outstanding.saturating_sub(1);
-        if fill.outstanding > 0 {
-            return;
-        }
-        if !header && fill.hashes.iter().all(Option::is_some) {
-            // Step two: the headers.
-            fill.outstanding = fill.numbers.len();
-            let hashes: Vec<Box<[u8]>> = fill.hashes.iter().flatten().cloned().collect();
-            Some(hashes)
-        } else {
-            None
-        }
-    };
-    if let Some(hashes) = next {
-        for (i, h) in hashes.iter().enumerate() {
-            let mut params = b"[".to_vec();
-            params.extend_from_slice(h);
-            params.push(b']');
-            send_own(
-                conn,
-                b"chain_getHeader",
-                &params,
-                SubCall::Fill(Box::from(key), i as u32, true),
-            );
-        }
-        return;
-    }
-    finish_fill(sh, conn, key);
-}
-
-/// The gap's headers are in (or could not be had): deliver them to the
-/// sessions that miss them, in order, then what was held.
-fn finish_fill(sh: &super::Shared, conn: &Rc<Conn>, key: &[u8]) {
-    let fill = {
-        let mut topics = conn.topics.borrow_mut();
-        let Some(t) = topics.get_mut(key) else {
-            return;
-        };
-        let Some(fill) = t.fill.take() else {
-            return;
-        };
-        for (n, h) in fill.numbers.iter().zip(&fill.headers) {
-            if let Some(h) = h {
-                for m in &mut t.members {
-                    if m.floor > 0 && m.floor < *n {
-                        if let Some(s) = m.session.upgrade() {
-                            notify(sh, &s, &fill.method, &m.id, h);
-                        }
-                        m.floor = *n;
-                    }
-                }
-            }
-        }
-        // A header that could not be had is not asked for again.
-        let last = fill.numbers.last().copied().unwrap_or(0);
-        for m in &mut t.members {
-            if m.floor > 0 {
-                m.floor = m.floor.max(last);
-            }
-        }
-        fill
-    };
-    let sub = conn
-        .topics
-        .borrow()
-        .get(key)
-        .and_then(|t| t.node_sub.clone());
-    if let Some(sub) = sub {
-        for held in fill.held {
-            notification(sh, conn, &sub, &held);
-        }
-    }
 }
 
 /// `s` calls an unsubscribe method with `sub`: if it is one of its merged
