@@ -1,5 +1,5 @@
 //! Prometheus metrics: the text of `GET /metrics` ([`render`]), from
-//! per-core counters summed on scrape and per-node state ([`counters`]
+//! per-core counters summed on scrape and per-node state (`counters`
 //! says which is kept where, and why that costs the hot path nothing but a
 //! plain add per read).
 

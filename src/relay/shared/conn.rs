@@ -1,6 +1,6 @@
 //! One WebSocket connection to a node, shared by a core's sessions: its
 //! life (connect, reader, writer, keepalive, health, a hung node). What the
-//! node sends goes back to sessions in [`super::answer`].
+//! node sends goes back to sessions in `answer`.
 
 use std::cell::{Cell, RefCell};
 use std::os::fd::RawFd;

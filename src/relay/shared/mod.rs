@@ -32,12 +32,12 @@
 //! in this mode: one connection speaks for many clients.
 //!
 //! - [`request`]: a client's request out (ids rewritten, batches, the
-//!   cache and its in-flight deduplication); [`answer`]: the way back.
+//!   cache and its in-flight deduplication); `answer`: the way back.
 //! - [`topics`]: merged subscriptions (one node subscription per stream).
 //! - [`conn`]: a connection's life (reader, writer, timer).
-//! - [`failover`]: when a connection is lost (node gone, protocol error,
+//! - `failover`: when a connection is lost (node gone, protocol error,
 //!   failed health checks, hung), its sessions move to another node with
-//!   their merged subscriptions ([`fill`]: a head stream's gap); the requests
+//!   their merged subscriptions (`fill`: a head stream's gap); the requests
 //!   they had in flight fail with their ids. Sessions that cannot move lose
 //!   their node side as a pinned session does: errors, then 1012.
 
@@ -136,7 +136,7 @@ type Merged = (Rc<Conn>, Box<[u8]>, conn::TopicKey);
 pub struct Member {
     /// The connection to the session's node (another one's after a failover).
     conn: RefCell<Rc<Conn>>,
-    /// When it last moved to another node ([`failover`]).
+    /// When it last moved to another node (`failover`).
     moved_at: Cell<Option<std::time::Instant>>,
     /// Subscriptions the session owns.
     subs: RefCell<Vec<Owned>>,

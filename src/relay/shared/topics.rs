@@ -11,10 +11,10 @@
 //! - The node subscription ends when its last session unsubscribes or
 //!   leaves.
 //! - When its connection is lost, a topic moves with its sessions to
-//!   another node ([`adopt`], from [`super::failover`]): sessions keep their
-//!   ids; on head streams nothing is repeated (numbers already delivered are
-//!   skipped) and nothing is skipped (a gap is filled with the headers
-//!   fetched from the new node, Substrate).
+//!   another node (`failover`): sessions keep their ids; on head streams
+//!   nothing is repeated (numbers already delivered are skipped) and nothing
+//!   is skipped (a gap is filled with the headers fetched from the new node,
+//!   Substrate: `fill`).
 //! - Not merged, per the new JSON-RPC interface spec's rules:
 //!   `author_submitAndWatchExtrinsic`, `transactionWatch_v1_*`,
 //!   `chainHead_v1_follow` (they belong to one client, on the node that
