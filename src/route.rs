@@ -14,7 +14,7 @@
 //!    the head, a hash is looked up in the recent-hash window (unknown: archive),
 //!    `earliest` is archive, other tags are recent;
 //! 3. (at the caller) a pruned node's "state is gone" answer is retried once
-//!    on archive: [`is_pruned_error`];
+//!    on archive: [`Router::is_pruned_error`];
 //! 4. everything else goes to the pruned node.
 //!
 //! Batches are routed as a whole: archive if any element needs archive.

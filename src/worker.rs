@@ -217,7 +217,7 @@ impl Worker {
     }
 }
 
-/// A connection counted in [`Worker::active`].
+/// A connection counted in [`Core::active`].
 pub struct Active(Rc<Worker>);
 
 impl Drop for Active {

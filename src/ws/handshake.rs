@@ -309,7 +309,7 @@ pub struct Forwarded<'a> {
 ///
 /// `path` is the node's path joined with the client's; `key` is a fresh
 /// base64 nonce. The client's own header fields pass through except those in
-/// [`NOT_FORWARDED`] and those named in its `Connection` field.
+/// `NOT_FORWARDED` and those named in its `Connection` field.
 pub fn write_upstream_request(
     out: &mut Vec<u8>,
     path: &str,
