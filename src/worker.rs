@@ -84,7 +84,7 @@ impl Core {
         let old = self.current.borrow_mut().take();
         let admission = old.as_ref().map(|w| &*w.admission);
         let new = Worker::new(&generation, self.clone(), admission);
-        if let Some(shared) = old.as_ref().and_then(|w| w.shared.as_ref()) {
+        if let Some(shared) = old.as_ref().and_then(|w| w.cache_side.as_ref()) {
             shared.supersede();
         }
         *self.current.borrow_mut() = Some(new.clone());
@@ -105,6 +105,9 @@ pub struct Worker {
     pub admission: Rc<crate::policy::AdmissionCtx>,
     /// Shared node connections (`pool.shared`), else `None`: pinned sessions.
     pub shared: Option<Rc<crate::relay::shared::Shared>>,
+    /// What pinned sessions send their cacheable calls on (the response
+    /// cache and its shared connections: opened on first use), if the cache is on.
+    pub cache_side: Option<Rc<crate::relay::shared::Shared>>,
 }
 
 impl Worker {
@@ -160,27 +163,33 @@ impl Worker {
             let rules = crate::cache::Rules::new(config.flavour, ttls, &methods);
             Rc::new(crate::cache::Cache::new(rules, c.max_bytes))
         });
-        let shared = config.shared.then(|| {
+        let settings = crate::relay::shared::Settings {
+            connect_timeout: config.connect_timeout,
+            keepalive: config.keepalive_interval,
+            health_every: config.health.interval,
+            codec,
+            max_head: l.max_head_bytes,
+            max_subscriptions: config.shared_max_subscriptions,
+            request_timeout: config.request_timeout,
+        };
+        // One set of shared connections (and the cache with them) per core:
+        // every session's node side in shared mode; in pinned mode only
+        // what pinned sessions send for the cache to answer.
+        let side = (config.shared || cache.is_some()).then(|| {
             crate::relay::shared::Shared::new(
                 pool.clone(),
                 router.clone(),
-                crate::relay::shared::Settings {
-                    connect_timeout: config.connect_timeout,
-                    keepalive: config.keepalive_interval,
-                    health_every: config.health.interval,
-                    codec,
-                    max_head: l.max_head_bytes,
-                    max_subscriptions: config.shared_max_subscriptions,
-                    request_timeout: config.request_timeout,
-                },
+                settings,
                 admission.shared.clone(),
                 cache,
             )
         });
+        let shared = side.clone().filter(|_| config.shared);
         Rc::new(Worker {
             generation: generation.number,
             core,
             shared,
+            cache_side: side,
             admission,
             router,
             http: HttpPool::new(config.nodes.len()),

@@ -13,6 +13,17 @@ use tungstenite::Message;
 
 /// A gateway in shared mode (two workers) in front of `chain`.
 fn gateway(pki: &TestPki, chain: &Arc<FakeChain>, up: &Upstream, extra: &str) -> Gateway {
+    gateway_in(pki, chain, up, extra, &["--shared"])
+}
+
+/// The same in `mode` (`--shared`, or nothing: pinned sessions).
+fn gateway_in(
+    pki: &TestPki,
+    chain: &Arc<FakeChain>,
+    up: &Upstream,
+    extra: &str,
+    mode: &[&str],
+) -> Gateway {
     let cfg = write_config(
         pki,
         "cache.toml",
@@ -21,7 +32,8 @@ fn gateway(pki: &TestPki, chain: &Arc<FakeChain>, up: &Upstream, extra: &str) ->
             up.url()
         ),
     );
-    let gw = Gateway::start(pki, &[], &["--config", cfg.to_str().unwrap(), "--shared"]);
+    let args = [&["--config", cfg.to_str().unwrap()][..], mode].concat();
+    let gw = Gateway::start(pki, &[], &args);
     // The finalized block is known once a probe asked for it.
     let head = chain.head.load(std::sync::atomic::Ordering::Relaxed);
     wait_for(TIMEOUT, "the finalized block", || {
@@ -216,4 +228,39 @@ fn identical_requests_in_flight_reach_the_node_once() {
         "one per core: {}",
         chain.calls_of("state_getMetadata")
     );
+}
+
+#[test]
+fn pinned_sessions_are_answered_from_the_cache_too() {
+    let pki = TestPki::new();
+    let chain = FakeChain::new(100);
+    let up = Upstream::start(Behaviour::Substrate(chain.clone()));
+    let gw = Arc::new(gateway_in(&pki, &chain, &up, "", &[]));
+    let clients: Vec<_> = (0..4)
+        .map(|c| {
+            let (gw, cfg) = (gw.clone(), pki.client_config());
+            std::thread::spawn(move || {
+                let mut ws = ws_connect(&gw, cfg, "/");
+                for i in 0..3 {
+                    let v = call(&mut ws, c * 10 + i, "system_chain", "[]");
+                    assert_eq!(v["result"], "Fake");
+                    let v = call(&mut ws, c * 10 + i + 5, "state_getMetadata", "[]");
+                    assert!(v["result"].as_str().unwrap().starts_with("meta@0x"));
+                }
+                // What the cache does not answer goes the pinned way.
+                let v = call(&mut ws, 99, "chain_getHeader", "[]");
+                assert!(v["result"].is_object());
+            })
+        })
+        .collect();
+    for c in clients {
+        c.join().unwrap();
+    }
+    assert!(
+        chain.calls_of("system_chain") <= 2,
+        "{:?}",
+        chain.calls.lock().unwrap()
+    );
+    assert!(chain.calls_of("state_getMetadata") <= 2);
+    assert_eq!(chain.calls_of("chain_getHeader"), 4);
 }

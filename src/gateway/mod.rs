@@ -272,7 +272,8 @@ async fn client<R: ReadHalf, W: WriteHalf>(
             // (see `Worker::routes`), or when admission limits apply to each call.
             let route = worker.routes(_lease.node());
             let inspect = worker.admission.inspects();
-            let routed = (route || inspect).then(|| crate::relay::Routed {
+            let cache = worker.cache_side.clone().map(|c| (c, _lease.index()));
+            let routed = (route || inspect || cache.is_some()).then(|| crate::relay::Routed {
                 router: &worker.router,
                 chain: &worker.core.chain,
                 pool: worker.pool.clone(),
@@ -280,6 +281,7 @@ async fn client<R: ReadHalf, W: WriteHalf>(
                 connect_timeout: worker.config.connect_timeout,
                 route,
                 admission: inspect.then_some((&*worker.admission, admitted.ip)),
+                cache,
             });
             let watch = NodeWatch {
                 health: worker.pool.health().clone(),

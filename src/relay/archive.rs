@@ -43,6 +43,10 @@ pub struct Routed<'r> {
     pub route: bool,
     /// Check each call against admission limits, for this client address.
     pub admission: Option<(&'r crate::policy::AdmissionCtx, std::net::IpAddr)>,
+    /// The response cache: calls it may answer are answered from it, or
+    /// sent on this core's shared connection to the session's node (index),
+    /// whose answers fill it (see [`crate::relay::shared`]).
+    pub cache: Option<(Rc<crate::relay::shared::Shared>, usize)>,
 }
 
 /// Messages larger than this are not held: they stream to the pruned node.
@@ -213,6 +217,15 @@ pub fn on_held(
                     return;
                 }
             }
+            if let (true, true, Some((side, node))) = (whole, hold.target.is_none(), &r.cache) {
+                let to_pruned = !r.route || r.router.route_call(&call, r.chain) == Target::Pruned;
+                if let (true, Some(req), Some(me)) = (to_pruned, call.single(), s.me.upgrade()) {
+                    if crate::relay::shared::request::cache_pinned(side, *node, r.chain, &me, req) {
+                        asm.clear();
+                        return;
+                    }
+                }
+            }
             if whole {
                 crate::metrics::calls(&call, Outcome::Forwarded);
             }
@@ -251,7 +264,10 @@ pub fn on_held(
             let id = (whole && first_part)
                 .then(|| crate::jsonrpc::member(asm.message(), b"id"))
                 .flatten();
-            let retries = !s.archive().retry.borrow().is_empty();
+            let retries = s
+                .archive
+                .as_ref()
+                .is_some_and(|a| !a.retry.borrow().is_empty());
             if let (Some(id), true) = (id, retries) {
                 let mut retry = s.archive().retry.borrow_mut();
                 if let Some(i) = retry.iter().position(|(rid, _)| rid.as_slice() == id) {

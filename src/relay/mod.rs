@@ -111,7 +111,12 @@ where
     UR: ReadHalf,
     UW: WriteHalf,
 {
-    let s = Session::new(cfg, client.fd, Some(node.fd), routed.is_some());
+    let archive_routed = routed.as_ref().is_some_and(|r| r.route);
+    let s = Rc::new_cyclic(|me| {
+        let mut s = Session::new(cfg, client.fd, Some(node.fd), archive_routed);
+        s.me = me.clone();
+        s
+    });
     // The halves live here, not in the futures, so that both sockets stay open
     // until every future is done: `stop` must never reach a descriptor that
     // was closed and reused by another connection.
@@ -128,7 +133,7 @@ where
         timer::timer(&s, watch.as_ref(), shutdown),
         // Boxed, and only for routed sessions: the others keep a small task.
         async {
-            if let Some(r) = routed {
+            if let Some(r) = routed.filter(|r| r.route) {
                 Box::pin(archive::connection(&s, r, &halves)).await
             }
         },
@@ -146,9 +151,12 @@ where
     CR: ReadHalf,
     CW: WriteHalf,
 {
-    let mut session = Session::new(ctx.cfg, client.fd, None, false);
-    session.member = Some(Box::new(crate::relay::shared::Member::new(conn)));
-    let s = Rc::new(session);
+    let s = Rc::new_cyclic(|me| {
+        let mut s = Session::new(ctx.cfg, client.fd, None, false);
+        s.member = Some(Box::new(crate::relay::shared::Member::new(conn)));
+        s.me = me.clone();
+        s
+    });
     crate::relay::shared::join(&s);
     let (mut r, mut w) = (client.r, client.w);
     let (client_msgs, _, _) = monoio::join!(

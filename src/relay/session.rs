@@ -44,6 +44,9 @@ pub struct Session {
     pub retiring: Cell<bool>,
     /// A session on a shared node connection: its slot there.
     pub member: Option<Box<crate::relay::shared::Member>>,
+    /// Itself, for what must outlive a call into it (answers that come
+    /// back on a shared connection).
+    pub me: std::rc::Weak<Session>,
 }
 
 impl Session {
@@ -71,6 +74,7 @@ impl Session {
             subscriptions: Cell::new(0),
             retiring: Cell::new(false),
             member: None,
+            me: std::rc::Weak::new(),
         }
     }
 

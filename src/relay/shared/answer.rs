@@ -37,7 +37,14 @@ pub(super) fn deliver(sh: &Shared, s: &Session, parts: &[&[u8]]) {
     }
     let queued = s.client.out.queued.get();
     let limit = s.cfg.max_buffered;
-    let slow = &super::member(s).slow_since;
+    // A pinned session (a cached call's answer) is held back by its own
+    // relay's backpressure.
+    let Some(m) = s.member.as_deref() else {
+        let mut f = Vec::new();
+        frame_parts(&mut f, OpCode::Text, parts, None);
+        return s.inject(Which::Client, f);
+    };
+    let slow = &m.slow_since;
     let too_slow = if queued <= limit {
         slow.set(None);
         false

@@ -334,7 +334,8 @@ async fn timer(sh: &Rc<Shared>, conn: &Rc<Conn>) {
                 s.retire();
             }
         }
-        if sh.superseded.get() && conn.unused() {
+        // (No session of its generation on the node: none on its way to it.)
+        if sh.superseded.get() && conn.unused() && sh.pool.active(conn.node) == 0 {
             sh.close_idle(conn);
             return;
         }

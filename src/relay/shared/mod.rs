@@ -351,9 +351,12 @@ impl Shared {
         while let Some(index) = self.pool.pick(&tried) {
             tried[index] = true;
             let conn = self.conn(index);
+            // Leased before waiting: a superseded connection is not closed
+            // under a session on its way to it (see `conn::timer`).
+            let lease = self.pool.lease(index);
             conn.until(|c| c.state() != State::Connecting).await;
             if conn.state() == State::Up {
-                return Ok((conn, self.pool.lease(index)));
+                return Ok((conn, lease));
             }
             failures.push(format!(
                 "{}: {}",

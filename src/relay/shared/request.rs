@@ -105,7 +105,7 @@ pub fn on_request(ctx: &Ctx<'_>, s: &Rc<Session>, msg: &[u8]) {
                 ctx.route && archive.is_none() && ctx.shared.router.retryable_call(&call);
             if let Some(cache) = ctx.shared.cache.as_ref() {
                 if let Some(plan) = crate::cache::plan(&cache.rules, req, ctx.chain) {
-                    return cached(ctx, to, s, req, plan, retryable);
+                    return cached(&ctx.shared, to, ctx.chain, s, req, plan, retryable);
                 }
             }
             crate::metrics::calls(&call, Outcome::Forwarded);
@@ -118,18 +118,43 @@ pub fn on_request(ctx: &Ctx<'_>, s: &Rc<Session>, msg: &[u8]) {
     }
 }
 
+/// A pinned session's request, if the cache may answer it: answered from
+/// it, or by an identical request on its way, or sent on this core's shared
+/// connection to the session's node (`node`), whose answer fills it. The
+/// session's own connection never sees it. Returns false when the cache has
+/// nothing to do with it (it goes the pinned way).
+pub fn cache_pinned(
+    sh: &Rc<super::Shared>,
+    node: usize,
+    chain: &dyn crate::route::ChainView,
+    s: &Rc<Session>,
+    req: &Request<'_>,
+) -> bool {
+    let Some(cache) = sh.cache.as_ref() else {
+        return false;
+    };
+    let Some(plan) = crate::cache::plan(&cache.rules, req, chain) else {
+        return false;
+    };
+    let id = req.id.expect("cacheable requests have ids");
+    s.inflight.borrow_mut().add(id, 0);
+    let to = sh.conn(node);
+    cached(sh, &to, chain, s, req, plan, false);
+    true
+}
+
 /// A cacheable request: answered from the cache, or by an identical one
 /// already on its way, or sent (with the finalized hash filled in where the
 /// plan says) with its answer to be kept.
 fn cached(
-    ctx: &Ctx<'_>,
+    sh: &Rc<super::Shared>,
     to: &Rc<Conn>,
+    chain: &dyn crate::route::ChainView,
     s: &Rc<Session>,
     req: &Request<'_>,
     plan: crate::cache::Plan,
     retryable: bool,
 ) {
-    let sh = &ctx.shared;
     let cache = sh.cache.as_ref().expect("a plan comes from the cache");
     let id = req.id.expect("cacheable requests have ids");
     if let Some(head) = cache.get(&plan.key, std::time::Instant::now()) {
@@ -146,7 +171,7 @@ fn cached(
     let kept = Box::new(Kept {
         key: plan.key.clone().into_boxed_slice(),
         ttl: plan.ttl,
-        final_at: plan.final_in_answer.then(|| ctx.chain.finalized()),
+        final_at: plan.final_in_answer.then(|| chain.finalized()),
         followers: Vec::new(),
     });
     // The request as sent: the client's, or one with the params filled in.
