@@ -28,7 +28,7 @@ pub struct FileConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct CacheSection {
     /// Answer what cannot have changed from a per-core cache (and send
-    /// identical requests in flight once). Shared mode (`pool.shared`).
+    /// identical requests in flight once), in both modes.
     pub enabled: bool,
     /// Bytes of answers kept, per core.
     pub max_bytes: usize,
