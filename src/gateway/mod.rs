@@ -277,7 +277,8 @@ async fn client<R: ReadHalf, W: WriteHalf>(
                 router: &worker.router,
                 chain: &worker.core.chain,
                 pool: worker.pool.clone(),
-                template,
+                // Kept only by sessions that may open an archive connection.
+                template: route.then_some(template),
                 connect_timeout: worker.config.connect_timeout,
                 route,
                 admission: inspect.then_some((&*worker.admission, admitted.ip)),

@@ -37,7 +37,8 @@ pub struct Routed<'r> {
     pub router: &'r Router,
     pub chain: &'r dyn ChainView,
     pub pool: Rc<Pool>,
-    pub template: UpgradeTemplate,
+    /// How to open an archive connection like the session's (when it routes).
+    pub template: Option<UpgradeTemplate>,
     pub connect_timeout: Duration,
     /// Route messages to archive (else all go to the session's node).
     pub route: bool,
@@ -370,7 +371,9 @@ async fn writer(s: &Session, r: &Routed<'_>, halves: &Halves) {
             // Boxed: this rare, large future must not size every session's task.
             let open = Box::pin(crate::upstream::open_archive(
                 &r.pool,
-                &r.template,
+                r.template
+                    .as_ref()
+                    .expect("a session that routes has a template"),
                 r.connect_timeout,
             ));
             match open.await {

@@ -1,8 +1,10 @@
 //! Filling a gap in a head stream: sessions moved to another node
-//! ([`super::failover`]) may have been given head N on the lost node when
-//! the new one's first is N+k. Heads N+1..N+k-1 are fetched from the new node
-//! (`chain_getBlockHash`, then `chain_getHeader`: Substrate) and given to
-//! them first; notifications that come meanwhile wait, in order.
+//! (`failover`) may have been given head N on the lost node when the new
+//! one's first is N+k. Heads N+1..N+k-1 are fetched from the new node
+//! (Substrate: `chain_getBlockHash`, then `chain_getHeader`; Ethereum:
+//! `eth_getBlockByNumber`, whose block carries every header field of a
+//! `newHeads` notification) and given to them first; notifications that
+//! come meanwhile wait, in order.
 
 use std::rc::Rc;
 
@@ -31,10 +33,18 @@ pub struct Fill {
 pub(super) fn start_fill(conn: &Conn, t: &mut Topic, from: u64, n: u64, method: &[u8], msg: &[u8]) {
     let numbers: Vec<u64> = (from..n).collect();
     crate::debug!("filling heads {from}..{} for sessions moved here", n - 1);
+    let ethereum = super::topics::split_key(&t.key).0 == b"eth_subscribe";
     for (i, k) in numbers.iter().enumerate() {
-        let params = format!("[{k}]");
-        let call = SubCall::Fill(t.key.clone(), i as u32, false);
-        send_own(conn, b"chain_getBlockHash", params.as_bytes(), call);
+        if ethereum {
+            // One step: the block by number (its header fields, and more).
+            let params = format!("[\"0x{k:x}\",false]");
+            let call = SubCall::Fill(t.key.clone(), i as u32, true);
+            send_own(conn, b"eth_getBlockByNumber", params.as_bytes(), call);
+        } else {
+            let params = format!("[{k}]");
+            let call = SubCall::Fill(t.key.clone(), i as u32, false);
+            send_own(conn, b"chain_getBlockHash", params.as_bytes(), call);
+        }
     }
     t.fill = Some(Fill {
         outstanding: numbers.len(),

@@ -392,28 +392,11 @@ pub fn send_own(c: &Conn, method: &[u8], params: &[u8], call: SubCall) {
 
 /// Send `method(sub)` on behalf of a session that is gone; its answer is dropped.
 pub fn unsubscribe(c: &Conn, sub: &[u8], method: &str) {
-    let id = c.next_id();
-    let mut digits = [0u8; 20];
-    c.pending.borrow_mut().insert(
-        id,
-        Waiting {
-            session: Weak::new(),
-            id: Box::from(&b"null"[..]),
-            batch: 0,
-            call: SubCall::Plain,
-            retry: None,
-            kept: None,
-        },
-    );
-    c.send_parts(&[
-        br#"{"jsonrpc":"2.0","id":"#,
-        decimal(id, &mut digits),
-        br#","method":""#,
-        method.as_bytes(),
-        br#"","params":["#,
-        sub,
-        b"]}",
-    ]);
+    let mut params = Vec::with_capacity(sub.len() + 2);
+    params.push(b'[');
+    params.extend_from_slice(sub);
+    params.push(b']');
+    send_own(c, method.as_bytes(), &params, SubCall::Plain);
 }
 
 /// Append a whole frame whose payload is `parts` joined.

@@ -13,8 +13,8 @@
 //! - When its connection is lost, a topic moves with its sessions to
 //!   another node (`failover`): sessions keep their ids; on head streams
 //!   nothing is repeated (numbers already delivered are skipped) and nothing
-//!   is skipped (a gap is filled with the headers fetched from the new node,
-//!   Substrate: `fill`).
+//!   is skipped (a gap is filled with the headers fetched from the new node:
+//!   `fill`).
 //! - Not merged, per the new JSON-RPC interface spec's rules:
 //!   `author_submitAndWatchExtrinsic`, `transactionWatch_v1_*`,
 //!   `chainHead_v1_follow` (they belong to one client, on the node that
@@ -399,7 +399,7 @@ pub fn notification(sh: &super::Shared, conn: &Rc<Conn>, sub: &[u8], msg: &[u8])
         }
         t.members.retain(|m| m.session.strong_count() > 0);
         // Sessions moved here from a lost node: a gap behind this head is
-        // filled first (Substrate: the headers are fetched from this node).
+        // filled first (with the headers fetched from this node).
         if let Some(n) = number {
             let from = t
                 .members
@@ -407,8 +407,7 @@ pub fn notification(sh: &super::Shared, conn: &Rc<Conn>, sub: &[u8], msg: &[u8])
                 .filter(|m| m.floor > 0 && m.floor + 1 < n)
                 .map(|m| m.floor + 1)
                 .min();
-            let substrate = split_key(&key).0.starts_with(b"chain_");
-            if let (Some(from), true) = (from, substrate) {
+            if let Some(from) = from {
                 if n - from <= FILL_MAX {
                     super::fill::start_fill(conn, t, from, n, method, msg);
                     return true;
