@@ -244,3 +244,51 @@ pub fn jsonrpc(data: &[u8]) {
         _ => {}
     }
 }
+
+/// The response cache's decisions never panic on any request; a request the
+/// cache may answer has an id; params spaced otherwise make the same key;
+/// the params it fills in are valid JSON; and `compact` keeps valid JSON
+/// valid (and equal as a value), and is idempotent.
+pub fn cache_rules(data: &[u8]) {
+    use crate::cache::rules::{compact, plan, Rules, Ttls};
+    use crate::route::{ChainView, Flavour};
+    struct View;
+    impl ChainView for View {
+        fn head(&self) -> u64 {
+            1_000
+        }
+        fn height_of(&self, _: &[u8]) -> Option<u64> {
+            None
+        }
+        fn finalized(&self) -> u64 {
+            998
+        }
+        fn finalized_hash(&self) -> Option<std::rc::Rc<[u8]>> {
+            Some(std::rc::Rc::from(&b"0xfeed"[..]))
+        }
+    }
+    let once = compact(data);
+    assert_eq!(compact(&once), once, "idempotent");
+    if let Ok(v) = serde_json::from_slice::<serde_json::Value>(data) {
+        let w: serde_json::Value = serde_json::from_slice(&once).expect("still JSON");
+        assert_eq!(v, w, "the same value");
+    }
+    let ttls = Ttls {
+        static_ttl: std::time::Duration::from_secs(1),
+        final_ttl: std::time::Duration::from_secs(1),
+    };
+    for flavour in [Flavour::Substrate, Flavour::Ethereum] {
+        let rules = Rules::new(flavour, ttls, &[]);
+        let call = crate::jsonrpc::Call::parse(data);
+        for req in call.requests() {
+            let Some(p) = plan(&rules, req, &View) else {
+                continue;
+            };
+            assert!(req.id.is_some(), "only calls with ids are answered");
+            if let Some(params) = &p.params {
+                serde_json::from_slice::<serde_json::Value>(params)
+                    .expect("filled params are JSON");
+            }
+        }
+    }
+}

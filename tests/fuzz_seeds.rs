@@ -105,3 +105,8 @@ fn jsonrpc_seeds() {
 fn http_body_seeds() {
     check("http_body", ringway::fuzzing::http_body);
 }
+
+#[test]
+fn cache_rules_seeds() {
+    check("cache_rules", ringway::fuzzing::cache_rules);
+}

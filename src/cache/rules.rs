@@ -215,6 +215,8 @@ pub fn plan(rules: &Rules, req: &Request<'_>, chain: &dyn ChainView) -> Option<P
     let (rule, ttl) = rules.get(method)?;
     req.id?;
     let params = compact(req.params.unwrap_or(b"[]"));
+    // Malformed params are the node's to answer (and never a key).
+    serde_json::from_slice::<serde_json::Value>(&params).ok()?;
     let mut plan = Plan {
         key: key(method, &params),
         ttl,
