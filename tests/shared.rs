@@ -554,3 +554,59 @@ fn merged_subscriptions_move_to_another_node_with_no_gap_and_no_repeat() {
     );
     drop(a);
 }
+
+#[test]
+fn a_late_joiner_to_a_storage_subscription_gets_every_keys_last_value() {
+    let pki = TestPki::new();
+    let node = PubsubNode::start();
+    let gw = gateway(&pki, &node);
+    let subscribe = |ws: &mut tungstenite::WebSocket<TlsStream>, id: u64| {
+        ws.send(Message::Text(format!(
+            r#"{{"jsonrpc":"2.0","id":{id},"method":"state_subscribeStorage","params":[["0xaa","0xbb"]]}}"#
+        )))
+        .unwrap();
+        result_string(&read_until(ws, |t| t.contains(&format!(r#""id":{id}"#))))
+    };
+    let changes = |note: &str| -> Vec<(String, String)> {
+        let v: serde_json::Value = serde_json::from_str(note).unwrap();
+        v["params"]["result"]["changes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| (c[0].as_str().unwrap().into(), c[1].as_str().unwrap().into()))
+            .collect()
+    };
+    let mut a = ws_connect(&gw, pki.client_config(), "/");
+    let sub_a = subscribe(&mut a, 1);
+    // The first notification has every key; the next ones only what changed.
+    let first = read_until(&mut a, |t| t.contains("state_storage"));
+    assert!(first.contains(&sub_a));
+    assert_eq!(changes(&first).len(), 2, "{first}");
+    let mut last_aa = String::new();
+    for _ in 0..3 {
+        let next = read_until(&mut a, |t| t.contains("state_storage"));
+        let c = changes(&next);
+        assert_eq!(c.len(), 1, "{next}");
+        last_aa = c[0].1.clone();
+    }
+    let bb = changes(&first)
+        .into_iter()
+        .find(|(k, _)| k == "0xbb")
+        .unwrap()
+        .1;
+    // A late joiner first gets both keys, each with its last value.
+    let mut b = ws_connect(&gw, pki.client_config(), "/");
+    let sub_b = subscribe(&mut b, 2);
+    let replay = read_until(&mut b, |t| t.contains("state_storage"));
+    assert!(replay.contains(&sub_b), "{replay}");
+    let got = changes(&replay);
+    assert!(got.contains(&("0xbb".into(), bb)), "{replay}");
+    let aa = got.iter().find(|(k, _)| k == "0xaa").unwrap();
+    assert!(aa.1 >= last_aa, "{replay} (a saw {last_aa})");
+    let subscribes = node
+        .calls
+        .try_iter()
+        .filter(|(m, _)| m == "state_subscribeStorage")
+        .count();
+    assert_eq!(subscribes, 1, "one node subscription");
+}

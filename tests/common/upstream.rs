@@ -684,6 +684,9 @@ struct PubsubSub {
     id: String,
     /// A head stream: the last head sent (0: none yet), and when the first may go.
     heads: Option<(u64, Instant)>,
+    /// A storage subscription: its keys, and whether all were sent once
+    /// (after that only the first key changes).
+    storage: Option<(Vec<String>, bool)>,
 }
 
 fn serve_pubsub(
@@ -751,11 +754,26 @@ fn serve_pubsub(
         if tick.elapsed() >= Duration::from_millis(20) {
             tick = Instant::now();
             n += 1;
-            for sub in subs.iter().filter(|s| s.heads.is_none()) {
-                let note = format!(
-                    r#"{{"jsonrpc":"2.0","method":"test_event","params":{{"subscription":"{}","result":{n}}}}}"#,
-                    sub.id
-                );
+            for sub in subs.iter_mut().filter(|s| s.heads.is_none()) {
+                let note = match &mut sub.storage {
+                    Some((keys, sent)) => {
+                        let changed = if *sent { &keys[..1] } else { &keys[..] };
+                        *sent = true;
+                        let changes: Vec<String> = changed
+                            .iter()
+                            .map(|k| format!(r#"["{k}","0x{n:04x}"]"#))
+                            .collect();
+                        format!(
+                            r#"{{"jsonrpc":"2.0","method":"state_storage","params":{{"subscription":"{}","result":{{"block":"0x{n:064x}","changes":[{}]}}}}}}"#,
+                            sub.id,
+                            changes.join(",")
+                        )
+                    }
+                    None => format!(
+                        r#"{{"jsonrpc":"2.0","method":"test_event","params":{{"subscription":"{}","result":{n}}}}}"#,
+                        sub.id
+                    ),
+                };
                 if ws.send(Message::Text(note)).is_err() {
                     return;
                 }
@@ -788,10 +806,29 @@ fn answer_pubsub(
             subs.push(PubsubSub {
                 id: s.clone(),
                 heads,
+                storage: None,
             });
             format!("\"{s}\"")
         }
-        "test_unsubscribe" | "chain_unsubscribeNewHeads" | "chain_unsubscribeNewHead" => {
+        "state_subscribeStorage" => {
+            let s = format!("sub{}", chain.subs_made.fetch_add(1, Ordering::SeqCst));
+            let keys: Vec<String> = serde_json::from_str::<serde_json::Value>(&params).unwrap()[0]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|k| k.as_str().unwrap().to_string())
+                .collect();
+            subs.push(PubsubSub {
+                id: s.clone(),
+                heads: None,
+                storage: Some((keys, false)),
+            });
+            format!("\"{s}\"")
+        }
+        "test_unsubscribe"
+        | "chain_unsubscribeNewHeads"
+        | "chain_unsubscribeNewHead"
+        | "state_unsubscribeStorage" => {
             let s = String::from_utf8_lossy(first())
                 .trim_matches('"')
                 .to_string();
