@@ -157,59 +157,58 @@ pub fn render(worker: &Worker, full: bool) -> String {
             n,
         );
     }
-    for (i, (name, kind, help)) in [
+    let (cache, merged) = (sums.cache, sums.merged);
+    for (name, kind, help, value) in [
         (
             "ringway_cache_hits_total",
             "counter",
             "Requests answered from the response cache.",
+            cache[0],
         ),
         (
             "ringway_cache_misses_total",
             "counter",
             "Cacheable requests the cache had no answer for.",
+            cache[1],
         ),
         (
             "ringway_cache_evictions_total",
             "counter",
             "Answers dropped from the cache to stay within cache.max_bytes.",
+            cache[2],
         ),
         (
             "ringway_cache_bytes",
             "gauge",
             "Bytes the response cache holds, over all cores.",
+            cache[3],
         ),
-    ]
-    .into_iter()
-    .enumerate()
-    {
-        t.single(name, kind, help, sums.cache[i]);
-    }
-    for (i, (name, kind, help)) in [
         (
             "ringway_merged_subscriptions",
             "gauge",
             "Node subscriptions that carry a stream to several sessions (new heads, runtime version, ...).",
+            merged[0],
         ),
         (
             "ringway_merged_subscribers",
             "gauge",
             "Client subscriptions served by merged node subscriptions.",
+            merged[1],
         ),
         (
             "ringway_merged_notifications_total",
             "counter",
             "Notifications received on merged node subscriptions.",
+            merged[2],
         ),
         (
             "ringway_merged_deliveries_total",
             "counter",
             "Copies of those notifications delivered to clients (the fan-out).",
+            merged[3],
         ),
-    ]
-    .into_iter()
-    .enumerate()
-    {
-        t.single(name, kind, help, sums.merged[i]);
+    ] {
+        t.single(name, kind, help, value);
     }
     t.family(
         "ringway_node_response_seconds",

@@ -218,8 +218,11 @@ pub fn on_held(
                     return;
                 }
             }
+            // Where a whole message would go by its method and block (once).
+            let routed = (whole && r.route && hold.target.is_none())
+                .then(|| r.router.route_call(&call, r.chain));
             if let (true, true, Some((side, node))) = (whole, hold.target.is_none(), &r.cache) {
-                let to_pruned = !r.route || r.router.route_call(&call, r.chain) == Target::Pruned;
+                let to_pruned = routed != Some(Target::Archive);
                 if let (true, Some(req), Some(me)) = (to_pruned, call.single(), s.me.upgrade()) {
                     if crate::relay::shared::request::cache_pinned(side, *node, r.chain, &me, req) {
                         asm.clear();
@@ -231,11 +234,7 @@ pub fn on_held(
                 crate::metrics::calls(&call, Outcome::Forwarded);
             }
             let target = *hold.target.get_or_insert_with(|| {
-                if whole
-                    && r.route
-                    && r.router.route_call(&call, r.chain) == Target::Archive
-                    && s.archive_usable(r)
-                {
+                if routed == Some(Target::Archive) && s.archive_usable(r) {
                     Target::Archive
                 } else {
                     Target::Pruned

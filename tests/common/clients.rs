@@ -3,7 +3,7 @@
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::sync::Arc;
@@ -100,68 +100,24 @@ pub const JS_CLIENTS: &[&str] = &[
 ];
 pub const ANVIL: &[&str] = &["@foundry-rs/anvil@1.7.1"];
 
-/// `target/DIR/node_modules` with `packages` in it: installed with npm the
-/// first time (one test binary at a time: a file lock; the others wait and
-/// find them there). Without npm, the test fails saying what to install:
-/// no test passes by skipping.
-pub fn npm_packages(dir: &str, packages: &[&str]) -> PathBuf {
+/// `target/DIR` made ready once: when `present` says it is not yet, under a
+/// file lock (one test binary at a time; the others wait and find it
+/// there), `install` is run there, after `tool` (a command that only runs
+/// when the installer is there) or the test fails saying `missing`: no
+/// test passes by skipping.
+fn install_once(
+    dir: &str,
+    present: impl Fn(&Path) -> bool,
+    tool: &[&str],
+    missing: &str,
+    install: impl FnOnce(&Path) -> Command,
+) -> PathBuf {
     use std::os::fd::AsRawFd;
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("target")
         .join(dir);
     std::fs::create_dir_all(&root).unwrap();
-    let modules = root.join("node_modules");
-    let name = |p: &str| {
-        p.rsplit_once('@')
-            .filter(|(n, _)| !n.is_empty())
-            .map_or(p, |(n, _)| n)
-            .to_string()
-    };
-    let present = || packages.iter().all(|p| modules.join(name(p)).exists());
-    if present() {
-        return modules;
-    }
-    let lock = std::fs::File::create(root.with_extension("lock")).unwrap();
-    // SAFETY: flock on a descriptor this function owns; released when `lock` drops.
-    unsafe {
-        libc::flock(lock.as_raw_fd(), libc::LOCK_EX);
-    }
-    if !present() {
-        let npm = Command::new("npm").arg("--version").output();
-        if !npm.map(|o| o.status.success()).unwrap_or(false) {
-            panic!(
-                "this test runs {packages:?} from npm, and npm is not installed: \
-                 install Node.js 18+ and npm (Debian: apt-get install nodejs npm), then run the tests again"
-            );
-        }
-        let out = Command::new("npm")
-            .args(["install", "--no-audit", "--no-fund", "--silent"])
-            .args(packages)
-            .current_dir(&root)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success() && present(),
-            "npm install {packages:?} in {} failed:\n{}",
-            root.display(),
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    drop(lock);
-    modules
-}
-
-/// `target/DIR` with the Python `packages` in it, for `PYTHONPATH`:
-/// installed with pip the first time (a file lock, as [`npm_packages`]).
-/// Without python3 and pip, the test fails saying what to install.
-pub fn python_packages(dir: &str, packages: &[&str], module: &str) -> PathBuf {
-    use std::os::fd::AsRawFd;
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("target")
-        .join(dir);
-    std::fs::create_dir_all(&root).unwrap();
-    let present = || root.join(module).exists();
-    if present() {
+    if present(&root) {
         return root;
     }
     let lock = std::fs::File::create(root.with_extension("lock")).unwrap();
@@ -169,39 +125,74 @@ pub fn python_packages(dir: &str, packages: &[&str], module: &str) -> PathBuf {
     unsafe {
         libc::flock(lock.as_raw_fd(), libc::LOCK_EX);
     }
-    if !present() {
-        let pip = Command::new("python3")
-            .args(["-m", "pip", "--version"])
-            .output();
-        if !pip.map(|o| o.status.success()).unwrap_or(false) {
-            panic!(
-                "this test runs {packages:?} from PyPI, and python3 with pip is not installed: \
-                 install them (Debian: apt-get install python3 python3-pip), then run the tests again"
-            );
+    if !present(&root) {
+        let there = Command::new(tool[0]).args(&tool[1..]).output();
+        if !there.map(|o| o.status.success()).unwrap_or(false) {
+            panic!("{missing}, then run the tests again");
         }
-        // --target installs beside the system's packages (PEP 668 allows it).
-        let out = Command::new("python3")
-            .args([
-                "-m",
-                "pip",
-                "install",
-                "--quiet",
-                "--disable-pip-version-check",
-            ])
-            .arg("--target")
-            .arg(&root)
-            .args(packages)
-            .output()
-            .unwrap();
+        let out = install(&root).output().unwrap();
         assert!(
-            out.status.success() && present(),
-            "pip install {packages:?} into {} failed:\n{}",
+            out.status.success() && present(&root),
+            "installing into {} failed:\n{}",
             root.display(),
             String::from_utf8_lossy(&out.stderr)
         );
     }
     drop(lock);
     root
+}
+
+/// `target/DIR/node_modules` with `packages` in it, installed with npm the
+/// first time (see [`install_once`]).
+pub fn npm_packages(dir: &str, packages: &[&str]) -> PathBuf {
+    let name = |p: &str| {
+        p.rsplit_once('@')
+            .filter(|(n, _)| !n.is_empty())
+            .map_or(p, |(n, _)| n)
+            .to_string()
+    };
+    let present = |root: &Path| {
+        let modules = root.join("node_modules");
+        packages.iter().all(|p| modules.join(name(p)).exists())
+    };
+    let missing = format!(
+        "this test runs {packages:?} from npm, and npm is not installed: \
+         install Node.js 18+ and npm (Debian: apt-get install nodejs npm)"
+    );
+    let root = install_once(dir, present, &["npm", "--version"], &missing, |root| {
+        let mut npm = Command::new("npm");
+        npm.args(["install", "--no-audit", "--no-fund", "--silent"])
+            .args(packages)
+            .current_dir(root);
+        npm
+    });
+    root.join("node_modules")
+}
+
+/// `target/DIR` with the Python `packages` in it, for `PYTHONPATH`,
+/// installed with pip the first time (see [`install_once`]).
+pub fn python_packages(dir: &str, packages: &[&str], module: &str) -> PathBuf {
+    let missing = format!(
+        "this test runs {packages:?} from PyPI, and python3 with pip is not installed: \
+         install them (Debian: apt-get install python3 python3-pip)"
+    );
+    let present = |root: &Path| root.join(module).exists();
+    let pip = ["python3", "-m", "pip", "--version"];
+    install_once(dir, present, &pip, &missing, |root| {
+        // --target installs beside the system's packages (PEP 668 allows it).
+        let mut pip = Command::new("python3");
+        pip.args([
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+        ])
+        .arg("--target")
+        .arg(root)
+        .args(packages);
+        pip
+    })
 }
 
 impl JsScript {

@@ -1,5 +1,6 @@
 //! The client modes: `run` (message load), `connect` (session setup),
-//! `subscribe` (notification delivery) and `compare` (alternating targets).
+//! `subscribe` (notification delivery), `startup` (clients starting as
+//! Polkadot-JS does) and `compare` (alternating targets).
 //!
 //! Each mode spreads its connections over worker threads, one monoio runtime
 //! each; workers report to the main thread once a second through a channel.
@@ -133,6 +134,32 @@ where
         let _ = h.join();
     }
     s
+}
+
+/// `total` connections spread over `n` worker threads, each connection's
+/// work the future `each` makes (given its worker's counters); returns the
+/// summary.
+pub fn each_connection<F, Fut>(
+    n: usize,
+    label: &'static str,
+    quiet: bool,
+    total: usize,
+    each: F,
+) -> Summary
+where
+    F: Fn(Rc<RefCell<Counters>>) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = ()> + 'static,
+{
+    let each = std::sync::Arc::new(each);
+    workers(n, label, quiet, move |w, tx| {
+        let each = each.clone();
+        let count = share(total, n, w);
+        crate::runtime(move || async move {
+            let c = Rc::new(RefCell::new(Counters::new()));
+            let mine = c.clone();
+            drive(w, count, c, tx, move |_| each(mine.clone())).await;
+        });
+    })
 }
 
 /// Send a tick every second until `done`, then the last one.

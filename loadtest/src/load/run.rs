@@ -1,7 +1,6 @@
 //! `run` and `flood`: message load, closed or open loop, with a method mix.
 
 use std::cell::RefCell;
-use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use ahash::AHashMap;
@@ -10,7 +9,7 @@ use ringway::jsonrpc;
 
 use crate::stats::{Counters, Summary};
 use crate::ws::{connect as ws_connect, text_frame, Incoming, Target};
-use crate::{cores, runtime, Args};
+use crate::{cores, Args};
 
 use super::*;
 
@@ -38,46 +37,35 @@ pub fn run_summary(args: &Args) -> Result<Summary, String> {
     };
     let start = Instant::now();
     let deadline = start + duration;
-    let mut s = workers(n, "run", quiet, move |w, tx| {
+    let mut s = each_connection(n, "run", quiet, conns, move |c| {
         let t = t.clone();
         let calls = calls.clone();
-        let count = share(conns, n, w);
-        runtime(move || async move {
-            let c = Rc::new(RefCell::new(Counters::new()));
-            let c2 = c.clone();
-            drive(w, count, c, tx, move |_| {
-                let t = t.clone();
-                let calls = calls.clone();
-                let c = c2.clone();
-                async move {
-                    let conn_rate = if rate > 0.0 { rate / conns as f64 } else { 0.0 };
-                    let inflight = RefCell::new(AHashMap::new());
-                    let plan = Plan {
-                        calls: &calls,
-                        depth,
-                        conn_rate,
-                        limit: per_conn_limit,
-                        deadline,
-                    };
-                    let work = one_connection(&t, &plan, &c, &inflight);
-                    // Requests still unanswered two seconds after the end are counted, each.
-                    let cutoff = monoio::time::sleep_until(monoio::time::Instant::from_std(
-                        deadline + Duration::from_secs(2),
-                    ));
-                    monoio::select! {
-                        _ = work => {}
-                        _ = cutoff => {
-                            let n = inflight.borrow().len();
-                            let mut c = c.borrow_mut();
-                            for _ in 0..n {
-                                c.error("unanswered");
-                            }
-                        }
+        async move {
+            let conn_rate = if rate > 0.0 { rate / conns as f64 } else { 0.0 };
+            let inflight = RefCell::new(AHashMap::new());
+            let plan = Plan {
+                calls: &calls,
+                depth,
+                conn_rate,
+                limit: per_conn_limit,
+                deadline,
+            };
+            let work = one_connection(&t, &plan, &c, &inflight);
+            // Requests still unanswered two seconds after the end are counted, each.
+            let cutoff = monoio::time::sleep_until(monoio::time::Instant::from_std(
+                deadline + Duration::from_secs(2),
+            ));
+            monoio::select! {
+                _ = work => {}
+                _ = cutoff => {
+                    let n = inflight.borrow().len();
+                    let mut c = c.borrow_mut();
+                    for _ in 0..n {
+                        c.error("unanswered");
                     }
                 }
-            })
-            .await;
-        });
+            }
+        }
     });
     s.elapsed = start.elapsed().min(duration).max(Duration::from_millis(1));
     Ok(s)

@@ -5,7 +5,6 @@
 //! each took to be ready; what that cost the node, the node reports.
 
 use std::cell::RefCell;
-use std::rc::Rc;
 use std::time::Instant;
 
 use ringway::io::WriteHalf;
@@ -13,7 +12,7 @@ use ringway::jsonrpc;
 
 use crate::stats::Counters;
 use crate::ws::{connect as ws_connect, text_frame, Incoming, Target};
-use crate::{cores, runtime, Args};
+use crate::{cores, Args};
 
 use super::*;
 
@@ -34,19 +33,9 @@ pub fn startup(args: &Args) -> Result<u8, String> {
     let clients: usize = args.num("clients", 10)?;
     let n = args.num("workers", cores())?.clamp(1, clients.max(1));
     let quiet = args.flag("quiet") || args.flag("json");
-    let s = workers(n, "startup", quiet, move |w, tx| {
+    let s = each_connection(n, "startup", quiet, clients, move |c| {
         let t = t.clone();
-        let count = share(clients, n, w);
-        runtime(move || async move {
-            let c = Rc::new(RefCell::new(Counters::new()));
-            let c2 = c.clone();
-            drive(w, count, c, tx, move |_| {
-                let t = t.clone();
-                let c = c2.clone();
-                async move { start_one(&t, &c).await }
-            })
-            .await;
-        });
+        async move { start_one(&t, &c).await }
     });
     s.print(args.flag("json"));
     Ok(if s.errors.values().sum::<u64>() > 0 || s.ok == 0 {

@@ -1,7 +1,6 @@
 //! `subscribe`: notification delivery, latency and gaps.
 
 use std::cell::RefCell;
-use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use ringway::io::WriteHalf;
@@ -9,7 +8,7 @@ use ringway::jsonrpc;
 
 use crate::stats::Counters;
 use crate::ws::{connect as ws_connect, text_frame, Incoming, Target};
-use crate::{cores, runtime, Args};
+use crate::{cores, Args};
 
 use super::*;
 
@@ -24,28 +23,17 @@ pub fn subscribe(args: &Args) -> Result<u8, String> {
     let n = args.num("workers", cores())?.clamp(1, conns.max(1));
     let quiet = args.flag("quiet") || args.flag("json");
     let deadline = Instant::now() + duration;
-    let s = workers(n, "subscribe", quiet, move |w, tx| {
+    let s = each_connection(n, "subscribe", quiet, conns, move |c| {
         let t = t.clone();
         let method = method.clone();
-        let count = share(conns, n, w);
-        runtime(move || async move {
-            let c = Rc::new(RefCell::new(Counters::new()));
-            let c2 = c.clone();
-            drive(w, count, c, tx, move |_| {
-                let t = t.clone();
-                let c = c2.clone();
-                let method = method.clone();
-                async move {
-                    let work = subscription(&t, &method, &c);
-                    let stop = monoio::time::sleep_until(monoio::time::Instant::from_std(deadline));
-                    monoio::select! {
-                        _ = work => {}
-                        _ = stop => {}
-                    }
-                }
-            })
-            .await;
-        });
+        async move {
+            let work = subscription(&t, &method, &c);
+            let stop = monoio::time::sleep_until(monoio::time::Instant::from_std(deadline));
+            monoio::select! {
+                _ = work => {}
+                _ = stop => {}
+            }
+        }
     });
     s.print(args.flag("json"));
     Ok(if s.ok == 0 { 1 } else { 0 })

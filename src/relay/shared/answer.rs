@@ -35,26 +35,9 @@ pub(super) fn deliver(sh: &Shared, s: &Session, parts: &[&[u8]]) {
     if !s.closing.side(Which::Client).takes_data() {
         return;
     }
-    let queued = s.client.out.queued.get();
-    let limit = s.cfg.max_buffered;
-    // A pinned session (a cached call's answer) is held back by its own
-    // relay's backpressure.
-    let Some(m) = s.member.as_deref() else {
-        let mut f = Vec::new();
-        frame_parts(&mut f, OpCode::Text, parts, None);
-        return s.inject(Which::Client, f);
-    };
-    let slow = &m.slow_since;
-    let too_slow = if queued <= limit {
-        slow.set(None);
-        false
-    } else {
-        let now = std::time::Instant::now();
-        let since = *slow.get().get_or_insert(now);
-        slow.set(Some(since));
-        queued > limit.saturating_mul(8) || now.duration_since(since) >= SLOW_READER
-    };
-    if too_slow {
+    // (A pinned session, given a cached call's answer, is held back by its
+    // own relay's backpressure.)
+    if s.member.as_deref().is_some_and(|m| too_slow(s, m)) {
         crate::debug!(
             "client too slow: {} bytes waiting",
             s.client.out.queued.get()
@@ -75,6 +58,21 @@ pub(super) fn deliver(sh: &Shared, s: &Session, parts: &[&[u8]]) {
     let mut f = Vec::new();
     frame_parts(&mut f, OpCode::Text, parts, None);
     s.inject(Which::Client, f);
+}
+
+/// Whether a shared session's client has had more than `max_buffered` bytes
+/// waiting for [`SLOW_READER`], or more than eight times that waiting.
+fn too_slow(s: &Session, m: &super::Member) -> bool {
+    let queued = s.client.out.queued.get();
+    let limit = s.cfg.max_buffered;
+    if queued <= limit {
+        m.slow_since.set(None);
+        return false;
+    }
+    let now = std::time::Instant::now();
+    let since = *m.slow_since.get().get_or_insert(now);
+    m.slow_since.set(Some(since));
+    queued > limit.saturating_mul(8) || now.duration_since(since) >= SLOW_READER
 }
 
 /// One whole message from a node.

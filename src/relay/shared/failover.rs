@@ -21,7 +21,7 @@ use crate::relay::Session;
 use super::conn::Conn;
 use super::conn::SubCall;
 use super::request::send_own;
-use super::topics::{recount, reply, split_key, Joiner, Member, Topic};
+use super::topics::{notify, recount, reply, split_key, Joiner, Member, Topic};
 use super::{member, Shared};
 
 /// A session does not move twice within this time (it closes instead).
@@ -103,16 +103,7 @@ pub(super) fn rehome(
         };
         for (id, unsub) in ended {
             if let Some((method, result)) = ending(&unsub) {
-                let parts: [&[u8]; 7] = [
-                    br#"{"jsonrpc":"2.0","method":""#,
-                    method.as_bytes(),
-                    br#"","params":{"subscription":"#,
-                    &id,
-                    br#","result":"#,
-                    result.as_bytes(),
-                    b"}}",
-                ];
-                super::answer::deliver(sh, &s, &parts);
+                notify(sh, &s, method.as_bytes(), &id, result.as_bytes());
             }
         }
         if let Some(index) = target {

@@ -130,7 +130,7 @@ type Owned = (Rc<Conn>, Box<[u8]>, Box<str>);
 
 /// A merged subscription a session is on: its connection, the session's
 /// subscription id, the topic key.
-type Merged = (Rc<Conn>, Box<[u8]>, conn::TopicKey);
+type Merged = (Rc<Conn>, Rc<[u8]>, conn::TopicKey);
 
 /// A session's membership of shared connections.
 pub struct Member {

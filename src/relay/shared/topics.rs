@@ -97,14 +97,15 @@ fn head_number(result: &[u8]) -> Option<u64> {
 #[derive(Clone)]
 pub struct Member {
     pub session: Weak<Session>,
-    /// Its subscription id, raw JSON.
-    pub id: Box<[u8]>,
+    /// Its subscription id, raw JSON (shared by the copies a notification's
+    /// delivery takes).
+    pub id: Rc<[u8]>,
     /// On a numbered stream: the last block number it was given (0: none).
     pub floor: u64,
 }
 
 /// A session waiting to join: (session, its request id, the subscription id it will get).
-pub type Joiner = (Weak<Session>, Box<[u8]>, Box<[u8]>);
+pub type Joiner = (Weak<Session>, Box<[u8]>, Rc<[u8]>);
 
 /// A notification's method and result, raw.
 type Note = (Box<[u8]>, Box<[u8]>);
@@ -137,12 +138,12 @@ pub(super) struct Storage {
 }
 
 /// A subscription id for a session: unique on this core.
-fn new_sub_id(next: &Cell<u64>) -> Box<[u8]> {
+fn new_sub_id(next: &Cell<u64>) -> Rc<[u8]> {
     let n = next.get().wrapping_add(1);
     next.set(n);
     // Spread over the id space, as a node's random ids are.
     let mixed = n.wrapping_mul(0x9E37_79B9_7F4A_7C15).rotate_left(17);
-    format!("\"{mixed:016x}\"").into_bytes().into_boxed_slice()
+    Rc::from(format!("\"{mixed:016x}\"").into_bytes())
 }
 
 /// Answer `s`'s request `id` with `result` (raw JSON).
@@ -298,8 +299,9 @@ pub fn answered(sh: &super::Shared, conn: &Conn, key: &[u8], msg: &[u8]) {
     let Some(t) = topics.get_mut(key) else {
         // Ended while it was being opened.
         if let Some(sub) = result {
-            let unsub = mergeable(split_key(key).0, split_key(key).1)
-                .map_or("chain_unsubscribeNewHeads", |(_, u, _)| u);
+            let (method, params) = split_key(key);
+            let unsub =
+                mergeable(method, params).map_or("chain_unsubscribeNewHeads", |(_, u, _)| u);
             unsubscribe(conn, sub, unsub);
         }
         return;
