@@ -16,24 +16,35 @@ use std::task::{Poll, Waker};
 #[derive(Default)]
 pub struct Signal {
     set: Cell<bool>,
+    /// A waiter is parked on `waker`.
+    waiting: Cell<bool>,
+    /// The last waiter's waker, kept between waits: a waiter that waits
+    /// again with the same waker (each poll of a relay's branch does)
+    /// neither clones nor drops one.
     waker: RefCell<Option<Waker>>,
 }
 
 impl Signal {
     pub fn notify(&self) {
         self.set.set(true);
-        let waker = self.waker.borrow_mut().take();
-        if let Some(w) = waker {
-            w.wake();
+        if self.waiting.replace(false) {
+            if let Some(w) = self.waker.borrow().as_ref() {
+                w.wake_by_ref();
+            }
         }
     }
 
     pub async fn wait(&self) {
         poll_fn(|cx| {
             if self.set.replace(false) {
+                self.waiting.set(false);
                 Poll::Ready(())
             } else {
-                *self.waker.borrow_mut() = Some(cx.waker().clone());
+                let mut w = self.waker.borrow_mut();
+                if !w.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+                    *w = Some(cx.waker().clone());
+                }
+                self.waiting.set(true);
                 Poll::Pending
             }
         })

@@ -8,7 +8,8 @@
 //!                       ▲─────answers, notifications─── shared connection's reader (shared)
 //! ```
 //!
-//! A session is a [`Session`] and a handful of futures on one task: a pump
+//! A session is a [`Session`] and a handful of futures on one task (run by
+//! [`join`], which polls only the woken ones): a pump
 //! per side it reads ([`pump`]), a writer per side it writes
 //! ([`side::writer`]), and a [`timer`]. The two modes differ only in the
 //! node side: a pinned session has a socket of its own to its node (and,
@@ -27,6 +28,7 @@
 pub mod archive;
 pub mod close;
 pub mod inflight;
+pub mod join;
 pub mod limits;
 pub mod pump;
 pub mod session;
@@ -34,7 +36,9 @@ pub mod shared;
 pub mod side;
 pub mod timer;
 
+use std::cell::Cell;
 use std::os::fd::RawFd;
+use std::pin::pin;
 use std::rc::Rc;
 use std::time::Duration;
 
@@ -125,19 +129,38 @@ where
     // failure), also live here, until the session returns.
     let halves = archive::Halves::default();
     let routed = routed.as_ref();
-    let (client_msgs, node_msgs, _, _, _, _) = monoio::join!(
-        pump::pump(&s, Which::Client, &mut client_r, client.early, routed, None),
-        pump::pump(&s, Which::Node, &mut node_r, node.early, routed, None),
-        side::writer(&s, Which::Client, &mut client_w),
-        side::writer(&s, Which::Node, &mut node_w),
-        timer::timer(&s, watch.as_ref(), shutdown),
-        // Boxed, and only for routed sessions: the others keep a small task.
-        async {
-            if let Some(r) = routed.filter(|r| r.route) {
-                Box::pin(archive::connection(&s, r, &halves)).await
-            }
-        },
+    let (client_msgs, node_msgs) = (Cell::new(0), Cell::new(0));
+    let early = (client.early, node.early);
+    let mut pumps = (
+        pin!(async {
+            client_msgs
+                .set(pump::pump(&s, Which::Client, &mut client_r, early.0, routed, None).await)
+        }),
+        pin!(async {
+            node_msgs.set(pump::pump(&s, Which::Node, &mut node_r, early.1, routed, None).await)
+        }),
     );
+    let mut writers = (
+        pin!(side::writer(&s, Which::Client, &mut client_w)),
+        pin!(side::writer(&s, Which::Node, &mut node_w)),
+    );
+    let mut timer = pin!(timer::timer(&s, watch.as_ref(), shutdown));
+    // Boxed, and only for routed sessions: the others keep a small task.
+    let mut archive = pin!(async {
+        if let Some(r) = routed.filter(|r| r.route) {
+            Box::pin(archive::connection(&s, r, &halves)).await
+        }
+    });
+    join::join([
+        pumps.0.as_mut(),
+        pumps.1.as_mut(),
+        writers.0.as_mut(),
+        writers.1.as_mut(),
+        timer.as_mut(),
+        archive.as_mut(),
+    ])
+    .await;
+    let (client_msgs, node_msgs) = (client_msgs.get(), node_msgs.get());
     summary(&s, client_msgs, Some(node_msgs))
 }
 
@@ -159,18 +182,15 @@ where
     });
     crate::relay::shared::join(&s);
     let (mut r, mut w) = (client.r, client.w);
-    let (client_msgs, _, _) = monoio::join!(
-        pump::pump(
-            &s,
-            Which::Client,
-            &mut r,
-            client.early,
-            None,
-            Some((&ctx, &s))
-        ),
-        side::writer(&s, Which::Client, &mut w),
-        timer::timer(&s, None, ctx.shutdown),
-    );
+    let client_msgs = Cell::new(0);
+    let mut pump = pin!(async {
+        let mux = Some((&ctx, &s));
+        client_msgs.set(pump::pump(&s, Which::Client, &mut r, client.early, None, mux).await)
+    });
+    let mut writer = pin!(side::writer(&s, Which::Client, &mut w));
+    let mut timer = pin!(timer::timer(&s, None, ctx.shutdown));
+    join::join([pump.as_mut(), writer.as_mut(), timer.as_mut()]).await;
+    let client_msgs = client_msgs.get();
     crate::relay::shared::leave(&s);
     summary(&s, client_msgs, None)
 }

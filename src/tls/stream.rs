@@ -152,8 +152,10 @@ async fn handshake<C: TlsSide>(
             tcp: r,
             conn: shared.clone(),
             cipher: None,
+            spare: None,
             cipher_pos: 0,
             eof: false,
+            failed: None,
             sizer: ReadSizer::new(),
         },
         TlsWriter {
@@ -172,7 +174,11 @@ pub struct TlsReader<C: TlsSide = ServerConnection> {
     /// input while decrypted plaintext waits to be read). Pooled; `None` when empty.
     cipher: Option<Vec<u8>>,
     cipher_pos: usize,
+    /// A consumed ciphertext buffer, for the next receive.
+    spare: Option<Vec<u8>>,
     eof: bool,
+    /// An error met after plaintext that was handed on first.
+    failed: Option<io::Error>,
     sizer: ReadSizer,
 }
 
@@ -219,7 +225,8 @@ impl<C: TlsSide> TlsReader<C> {
             }
         }
         if self.cipher_pos == cipher.len() {
-            self.cipher = None;
+            // Kept for the next receive (see `read_more`).
+            self.spare = self.cipher.take();
             self.cipher_pos = 0;
         }
         Ok(())
@@ -227,24 +234,65 @@ impl<C: TlsSide> TlsReader<C> {
 }
 
 impl<C: TlsSide> ReadHalf for TlsReader<C> {
+    /// Every record received so far is decrypted and handed on together
+    /// (up to [`ReadSizer::MAX`] bytes): pipelined requests that arrived in
+    /// one TCP read reach the relay as one buffer, and leave it as one write.
     async fn read_more(&mut self, mut buf: Vec<u8>) -> (io::Result<usize>, Vec<u8>) {
+        let start = buf.len();
+        if let Some(e) = self.failed.take() {
+            return (Err(e), buf);
+        }
         loop {
-            match self.take_plaintext(&mut buf) {
-                Ok(Some(n)) => return (Ok(n), buf),
-                Ok(None) => {}
-                Err(e) => return (Err(e), buf),
-            }
-            if self.cipher.is_some() {
+            // Decrypt what is here.
+            loop {
+                match self.take_plaintext(&mut buf) {
+                    // The end: reported once what came before it is handed on.
+                    Ok(Some(0)) => {
+                        if buf.len() == start {
+                            return (Ok(0), buf);
+                        }
+                        break;
+                    }
+                    Ok(Some(_)) if buf.len() - start >= ReadSizer::MAX => break,
+                    Ok(Some(_)) => continue,
+                    Ok(None) => {}
+                    Err(e) => {
+                        self.failed = Some(e);
+                        break;
+                    }
+                }
+                if self.cipher.is_none() {
+                    break;
+                }
                 if let Err(e) = self.feed() {
+                    self.failed = Some(e);
+                    break;
+                }
+            }
+            // What came before an error is handed on first; the error next time.
+            if buf.len() == start {
+                if let Some(e) = self.failed.take() {
                     return (Err(e), buf);
                 }
-                continue;
+            }
+            if buf.len() > start {
+                return (Ok(buf.len() - start), buf);
             }
             if self.eof {
                 return (Ok(0), buf);
             }
+            // The last receive's buffer, if about the size wanted (an idle
+            // connection's pending receive stays small).
             let room = self.sizer.size();
-            let (r, cipher) = read_append(&mut self.tcp, Vec::with_capacity(room)).await;
+            let next = match self.spare.take() {
+                Some(mut b) if b.capacity() >= room && b.capacity() <= 2 * room => {
+                    b.clear();
+                    b
+                }
+                _ => Vec::with_capacity(room),
+            };
+            let room = next.capacity();
+            let (r, cipher) = read_append(&mut self.tcp, next).await;
             match r {
                 Ok(0) => {
                     self.eof = true;
@@ -255,9 +303,6 @@ impl<C: TlsSide> ReadHalf for TlsReader<C> {
                     self.sizer.update(n, room);
                     self.cipher = Some(cipher);
                     self.cipher_pos = 0;
-                    if let Err(e) = self.feed() {
-                        return (Err(e), buf);
-                    }
                 }
                 Err(e) => return (Err(e), buf),
             }

@@ -26,6 +26,7 @@ pub fn run_summary(args: &Args) -> Result<Summary, String> {
     let duration = args.secs("duration", 10.0)?;
     let depth: usize = args.num("depth", 1)?.max(1);
     let rate: f64 = args.num("rate", 0.0)?;
+    let separate = args.flag("separate");
     let limit: u64 = args.num("messages", u64::MAX)?;
     let n = args.num("workers", cores())?.clamp(1, conns.max(1));
     let calls = calls(args, "system_health")?;
@@ -46,6 +47,7 @@ pub fn run_summary(args: &Args) -> Result<Summary, String> {
             let plan = Plan {
                 calls: &calls,
                 depth,
+                separate,
                 conn_rate,
                 limit: per_conn_limit,
                 deadline,
@@ -91,6 +93,8 @@ struct Plan<'a> {
     calls: &'a [Call],
     /// Requests kept in flight (closed loop).
     depth: usize,
+    /// Each request in a write of its own (closed loop).
+    separate: bool,
     /// Messages per second (open loop); 0 for closed loop.
     conn_rate: f64,
     /// Most requests to send.
@@ -107,6 +111,7 @@ async fn one_connection(
     let Plan {
         calls,
         depth,
+        separate,
         conn_rate,
         limit,
         deadline,
@@ -184,8 +189,7 @@ async fn one_connection(
             next_id += 1;
             sent += 1;
         }
-        let (res, _) = client.writer.write_all(out).await;
-        if res.is_err() {
+        if send(&mut client.writer, out, separate).await.is_err() {
             c.borrow_mut().error("write");
             return;
         }
@@ -217,12 +221,9 @@ async fn one_connection(
             while let Some(m) = client.reader.try_next() {
                 handle(m, &mut out);
             }
-            if !out.is_empty() {
-                let (res, _) = client.writer.write_all(out).await;
-                if res.is_err() {
-                    c.borrow_mut().error("write");
-                    break;
-                }
+            if !out.is_empty() && send(&mut client.writer, out, separate).await.is_err() {
+                c.borrow_mut().error("write");
+                break;
             }
         }
     }
@@ -231,6 +232,23 @@ async fn one_connection(
     let _ = client.writer.write_all(close).await;
     client.writer.shutdown().await;
     c.borrow_mut().open -= 1;
+}
+
+/// Send the frames in `out`: in one write, or (`separate`) a write each.
+async fn send<W: WriteHalf>(w: &mut W, out: Vec<u8>, separate: bool) -> std::io::Result<()> {
+    if !separate {
+        return w.write_all(out).await.0;
+    }
+    let mut at = 0;
+    while at < out.len() {
+        let end = match ringway::ws::frame::FrameHeader::parse(&out[at..]) {
+            Ok(ringway::ws::frame::Parse::Done(h, n)) => at + n + h.payload_len as usize,
+            _ => out.len(),
+        };
+        w.write_all(out[at..end].to_vec()).await.0?;
+        at = end;
+    }
+    Ok(())
 }
 
 fn handle_response(m: &[u8], inflight: &RefCell<AHashMap<u64, Instant>>, c: &RefCell<Counters>) {
