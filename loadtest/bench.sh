@@ -132,6 +132,14 @@ for round in $(seq "$ROUNDS_LOAD"); do
     record b7 $p "$(field "$out" rate)"
     record b7cpu $p "$(echo "$c0 $c1 $ok" | awk '{printf "%.2f", ($2-$1)/$3*1e6}')"
     echo "round $round $p B7 $(field "$out" rate)/s" >&2
+    # B7s: the same with a write per request (one TLS record and one send
+    # each, as a browser's ws.send): nothing batched by the client.
+    c0=$(cpu "$P")
+    out=$($LOAD run "$U" --insecure --connections 100 --depth 4 --separate --duration "$DUR" --json)
+    c1=$(cpu "$P"); ok=$(field "$out" ok)
+    record b7s $p "$(field "$out" rate)"
+    record b7scpu $p "$(echo "$c0 $c1 $ok" | awk '{printf "%.2f", ($2-$1)/$3*1e6}')"
+    echo "round $round $p B7s $(field "$out" rate)/s" >&2
     # B8: a light fixed rate: CPU per message and tail latency when idle most of the time.
     c0=$(cpu "$P")
     out=$($LOAD run "$U" --insecure --connections 100 --rate "${B8_RATE:-8000}" --duration "$DUR" --json)
@@ -146,6 +154,8 @@ for round in $(seq "$ROUNDS_LOAD"); do
   record b1 limit "$(field "$out" rate)"
   out=$($LOAD run "ws://127.0.0.1:$NODE_PORT/" --connections 100 --depth 4 --duration "$DUR" --json)
   record b7 limit "$(field "$out" rate)"
+  out=$($LOAD run "ws://127.0.0.1:$NODE_PORT/" --connections 100 --depth 4 --separate --duration "$DUR" --json)
+  record b7s limit "$(field "$out" rate)"
 done
 # B3 at a rate both sustain: half of nginx's median B1.
 B3_RATE=${B3_RATE:-$(echo "${R[b1|nginx]:-0}" | median | awk '{printf "%d", $1/2}')}
@@ -210,6 +220,8 @@ row "B1 per proxy core (pairs per CPU-second of the proxy)" b1core "req/s/core (
 row "B2 proxy CPU per request/response" b2 "µs (lower is better)"
 row "B7 throughput, 100 conns, 4 in flight each (pipelined)" b7 "msgs/s (higher is better)"
 row "B7 proxy CPU per message, 4 in flight" b7cpu "µs (lower is better)"
+row "B7s throughput, 4 in flight, a write per request" b7s "msgs/s (higher is better)"
+row "B7s proxy CPU per message, 4 in flight, a write per request" b7scpu "µs (lower is better)"
 row "B8 proxy CPU per message @ ${B8_RATE:-8000} msgs/s" b8cpu "µs (lower is better)"
 row "B8 p99 @ ${B8_RATE:-8000} msgs/s" b8p99 "ms"
 row "B3 p50 @ $B3_RATE req/s" b3p50 "ms"

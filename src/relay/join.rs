@@ -10,9 +10,11 @@
 //! no trip through the scheduler). A wake during that poll only marks: the
 //! task is not queued again for what this poll will do anyway.
 //!
-//! The branch wakers hold an `Rc`: they never leave the worker thread (the
-//! relay's futures give them only to this thread's signals, I/O operations
-//! and timers), as everything of a session's task.
+//! The branch wakers share one `Rc` (one allocation per session, none per
+//! poll: a branch is polled with a borrowed waker, and whoever keeps it
+//! clones it). They never leave the worker thread (the relay's futures give
+//! them only to this thread's signals, I/O operations and timers), as
+//! everything of a session's task.
 
 use std::cell::{Cell, RefCell};
 use std::future::Future;
@@ -30,22 +32,27 @@ const MAX_PASSES: usize = 8;
 
 /// Run every branch to completion.
 pub async fn join<const N: usize>(branches: [Branch<'_>; N]) {
-    const { assert!(N <= 32) };
-    let marks = Rc::new(Marks {
-        bits: Cell::new(if N == 32 { u32::MAX } else { (1u32 << N) - 1 }),
-        polling: Cell::new(false),
-        parent: RefCell::new(None),
-    });
-    let wakers: [Waker; N] = std::array::from_fn(|i| branch_waker(&marks, i as u32));
+    const { assert!(N <= MAX_BRANCHES) };
+    let all = (1u32 << N) - 1;
     Join {
         branches,
-        wakers,
-        marks,
+        marks: Rc::new(Marks {
+            bits: Cell::new(all),
+            polling: Cell::new(false),
+            parent: RefCell::new(None),
+            slots: std::array::from_fn(|i| i as u8),
+        }),
         done: 0,
     }
     .await
 }
 
+const MAX_BRANCHES: usize = 8;
+
+/// What the branch wakers share: one allocation for all of them. A branch's
+/// waker points at its byte in `slots`, which holds its index: from it the
+/// waker finds the start of `Marks`, and the `Rc` it holds a count of.
+#[repr(C)]
 struct Marks {
     /// Branches woken since they were last polled.
     bits: Cell<u32>,
@@ -53,11 +60,22 @@ struct Marks {
     polling: Cell<bool>,
     /// The task's waker.
     parent: RefCell<Option<Waker>>,
+    slots: [u8; MAX_BRANCHES],
+}
+
+impl Marks {
+    fn wake(&self, bit: u8) {
+        self.bits.set(self.bits.get() | (1 << bit));
+        if !self.polling.get() {
+            if let Some(w) = self.parent.borrow().as_ref() {
+                w.wake_by_ref();
+            }
+        }
+    }
 }
 
 struct Join<'a, const N: usize> {
     branches: [Branch<'a>; N],
-    wakers: [Waker; N],
     marks: Rc<Marks>,
     /// Branches that finished.
     done: u32,
@@ -68,7 +86,7 @@ impl<const N: usize> Future for Join<'_, N> {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
         let this = self.get_mut();
-        let all = if N == 32 { u32::MAX } else { (1u32 << N) - 1 };
+        let all = (1u32 << N) - 1;
         {
             let mut parent = this.marks.parent.borrow_mut();
             if !parent.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
@@ -85,7 +103,9 @@ impl<const N: usize> Future for Join<'_, N> {
                 if bits & (1 << i) == 0 {
                     continue;
                 }
-                let mut bcx = Context::from_waker(&this.wakers[i]);
+                // A waker borrowed for the poll: whoever keeps it clones it.
+                let waker = std::mem::ManuallyDrop::new(branch_waker(&this.marks, i));
+                let mut bcx = Context::from_waker(&waker);
                 if branch.as_mut().poll(&mut bcx).is_ready() {
                     this.done |= 1 << i;
                 }
@@ -103,58 +123,54 @@ impl<const N: usize> Future for Join<'_, N> {
     }
 }
 
-/// A branch's waker: marks its bit, and wakes the task unless the join is
-/// polling (it will see the mark before it returns).
-struct BranchWake {
-    marks: Rc<Marks>,
-    bit: u32,
+/// Branch `i`'s waker, not counted: wrap it in `ManuallyDrop` (cloning it
+/// counts).
+fn branch_waker(marks: &Rc<Marks>, i: usize) -> Waker {
+    let slot: *const u8 = &marks.slots[i];
+    // SAFETY: the vtable's functions accept exactly such pointers (a slot of
+    // a live `Rc<Marks>`); this waker holds no count until cloned.
+    unsafe { Waker::from_raw(RawWaker::new(slot.cast(), &VTABLE)) }
 }
 
-impl BranchWake {
-    fn wake(&self) {
-        let m = &self.marks;
-        m.bits.set(m.bits.get() | (1 << self.bit));
-        if !m.polling.get() {
-            if let Some(w) = m.parent.borrow().as_ref() {
-                w.wake_by_ref();
-            }
-        }
+/// The `Marks` a slot pointer belongs to.
+///
+/// # Safety
+/// `data` points at `slots[i]` of a live `Marks`, which holds `i`.
+unsafe fn marks_of(data: *const ()) -> *const Marks {
+    let slot = data.cast::<u8>();
+    // SAFETY: per the contract; `slots[i] == i`, and `slots` is at its
+    // `repr(C)` offset in `Marks`.
+    unsafe {
+        let i = *slot as usize;
+        slot.sub(i + std::mem::offset_of!(Marks, slots)).cast()
     }
-}
-
-fn branch_waker(marks: &Rc<Marks>, bit: u32) -> Waker {
-    let data = Rc::into_raw(Rc::new(BranchWake {
-        marks: marks.clone(),
-        bit,
-    }));
-    // SAFETY: `data` is an `Rc<BranchWake>` turned raw; the vtable keeps its
-    // count (clone increments, drop and wake decrement).
-    unsafe { Waker::from_raw(RawWaker::new(data.cast(), &VTABLE)) }
 }
 
 static VTABLE: RawWakerVTable = RawWakerVTable::new(clone, wake, wake_by_ref, drop);
 
 unsafe fn clone(data: *const ()) -> RawWaker {
-    // SAFETY: `data` came from `Rc::into_raw` and the Rc is alive (this waker holds it).
-    unsafe { Rc::increment_strong_count(data.cast::<BranchWake>()) };
+    // SAFETY: the slot's `Marks` is alive (the cloned waker keeps it so,
+    // or the join, while it lends one).
+    unsafe { Rc::increment_strong_count(marks_of(data)) };
     RawWaker::new(data, &VTABLE)
 }
 
 unsafe fn wake(data: *const ()) {
-    // SAFETY: takes over this waker's count.
-    let b = unsafe { Rc::from_raw(data.cast::<BranchWake>()) };
-    b.wake();
+    // SAFETY: as `wake_by_ref`, then gives back this waker's count.
+    unsafe {
+        wake_by_ref(data);
+        drop(data);
+    }
 }
 
 unsafe fn wake_by_ref(data: *const ()) {
-    // SAFETY: borrowed; the waker keeps its count.
-    let b = unsafe { &*data.cast::<BranchWake>() };
-    b.wake();
+    // SAFETY: the slot's `Marks` is alive; `*data` is the branch's index.
+    unsafe { (*marks_of(data)).wake(*data.cast::<u8>()) };
 }
 
 unsafe fn drop(data: *const ()) {
-    // SAFETY: gives back this waker's count.
-    unsafe { Rc::decrement_strong_count(data.cast::<BranchWake>()) };
+    // SAFETY: gives back the count this (cloned) waker held.
+    unsafe { Rc::decrement_strong_count(marks_of(data)) };
 }
 
 #[cfg(test)]

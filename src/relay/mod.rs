@@ -132,13 +132,24 @@ where
     let (client_msgs, node_msgs) = (Cell::new(0), Cell::new(0));
     let early = (client.early, node.early);
     let mut pumps = (
-        pin!(async {
-            client_msgs
-                .set(pump::pump(&s, Which::Client, &mut client_r, early.0, routed, None).await)
-        }),
-        pin!(async {
-            node_msgs.set(pump::pump(&s, Which::Node, &mut node_r, early.1, routed, None).await)
-        }),
+        pin!(pump::pump(
+            &s,
+            Which::Client,
+            &mut client_r,
+            early.0,
+            routed,
+            None,
+            &client_msgs
+        )),
+        pin!(pump::pump(
+            &s,
+            Which::Node,
+            &mut node_r,
+            early.1,
+            routed,
+            None,
+            &node_msgs
+        )),
     );
     let mut writers = (
         pin!(side::writer(&s, Which::Client, &mut client_w)),
@@ -183,10 +194,16 @@ where
     crate::relay::shared::join(&s);
     let (mut r, mut w) = (client.r, client.w);
     let client_msgs = Cell::new(0);
-    let mut pump = pin!(async {
-        let mux = Some((&ctx, &s));
-        client_msgs.set(pump::pump(&s, Which::Client, &mut r, client.early, None, mux).await)
-    });
+    let mux = Some((&ctx, &s));
+    let mut pump = pin!(pump::pump(
+        &s,
+        Which::Client,
+        &mut r,
+        client.early,
+        None,
+        mux,
+        &client_msgs
+    ));
     let mut writer = pin!(side::writer(&s, Which::Client, &mut w));
     let mut timer = pin!(timer::timer(&s, None, ctx.shutdown));
     join::join([pump.as_mut(), writer.as_mut(), timer.as_mut()]).await;

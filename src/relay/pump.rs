@@ -46,7 +46,7 @@ enum Flow {
 }
 
 /// Read from `from` and hand on, until its close, its end, or the session's.
-/// Returns the data messages seen.
+/// `seen` gets the number of data messages read.
 pub async fn pump<R: ReadHalf>(
     s: &Session,
     from: Which,
@@ -54,7 +54,8 @@ pub async fn pump<R: ReadHalf>(
     early: Vec<u8>,
     routed: Option<&Routed<'_>>,
     mux: Option<(&crate::relay::shared::Ctx<'_>, &std::rc::Rc<Session>)>,
-) -> u64 {
+    seen: &std::cell::Cell<u64>,
+) {
     let role = match from {
         Which::Client => Role::Client,
         Which::Node => Role::Server,
@@ -136,7 +137,7 @@ pub async fn pump<R: ReadHalf>(
             }
         }
     }
-    asm.messages()
+    seen.set(asm.messages());
 }
 
 /// Walk one buffer: hand on data, act on control frames, keep a partial frame.

@@ -152,7 +152,6 @@ async fn handshake<C: TlsSide>(
             tcp: r,
             conn: shared.clone(),
             cipher: None,
-            spare: None,
             cipher_pos: 0,
             eof: false,
             failed: None,
@@ -174,8 +173,6 @@ pub struct TlsReader<C: TlsSide = ServerConnection> {
     /// input while decrypted plaintext waits to be read). Pooled; `None` when empty.
     cipher: Option<Vec<u8>>,
     cipher_pos: usize,
-    /// A consumed ciphertext buffer, for the next receive.
-    spare: Option<Vec<u8>>,
     eof: bool,
     /// An error met after plaintext that was handed on first.
     failed: Option<io::Error>,
@@ -225,8 +222,7 @@ impl<C: TlsSide> TlsReader<C> {
             }
         }
         if self.cipher_pos == cipher.len() {
-            // Kept for the next receive (see `read_more`).
-            self.spare = self.cipher.take();
+            self.cipher = None;
             self.cipher_pos = 0;
         }
         Ok(())
@@ -281,18 +277,8 @@ impl<C: TlsSide> ReadHalf for TlsReader<C> {
             if self.eof {
                 return (Ok(0), buf);
             }
-            // The last receive's buffer, if about the size wanted (an idle
-            // connection's pending receive stays small).
             let room = self.sizer.size();
-            let next = match self.spare.take() {
-                Some(mut b) if b.capacity() >= room && b.capacity() <= 2 * room => {
-                    b.clear();
-                    b
-                }
-                _ => Vec::with_capacity(room),
-            };
-            let room = next.capacity();
-            let (r, cipher) = read_append(&mut self.tcp, next).await;
+            let (r, cipher) = read_append(&mut self.tcp, Vec::with_capacity(room)).await;
             match r {
                 Ok(0) => {
                     self.eof = true;
