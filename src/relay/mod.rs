@@ -125,18 +125,17 @@ where
     // until every future is done: `stop` must never reach a descriptor that
     // was closed and reused by another connection.
     let (mut client_r, mut client_w, mut node_r, mut node_w) = (client.r, client.w, node.r, node.w);
-    // The archive connection's halves, opened on first need (again after a
-    // failure), also live here, until the session returns.
-    let halves = archive::Halves::default();
+    // The archive connection's halves (a routed session's only), opened on
+    // first need (again after a failure), also live here, until the session returns.
+    let halves = archive_routed.then(Box::<archive::Halves>::default);
     let routed = routed.as_ref();
     let (client_msgs, node_msgs) = (Cell::new(0), Cell::new(0));
-    let early = (client.early, node.early);
     let mut pumps = (
         pin!(pump::pump(
             &s,
             Which::Client,
             &mut client_r,
-            early.0,
+            client.early,
             routed,
             None,
             &client_msgs
@@ -145,7 +144,7 @@ where
             &s,
             Which::Node,
             &mut node_r,
-            early.1,
+            node.early,
             routed,
             None,
             &node_msgs
@@ -158,8 +157,8 @@ where
     let mut timer = pin!(timer::timer(&s, watch.as_ref(), shutdown));
     // Boxed, and only for routed sessions: the others keep a small task.
     let mut archive = pin!(async {
-        if let Some(r) = routed.filter(|r| r.route) {
-            Box::pin(archive::connection(&s, r, &halves)).await
+        if let (Some(r), Some(halves)) = (routed.filter(|r| r.route), halves.as_deref()) {
+            Box::pin(archive::connection(&s, r, halves)).await
         }
     });
     join::join([

@@ -154,7 +154,7 @@ async fn handshake<C: TlsSide>(
             cipher: None,
             cipher_pos: 0,
             eof: false,
-            failed: None,
+            failed: false,
             sizer: ReadSizer::new(),
         },
         TlsWriter {
@@ -174,8 +174,9 @@ pub struct TlsReader<C: TlsSide = ServerConnection> {
     cipher: Option<Vec<u8>>,
     cipher_pos: usize,
     eof: bool,
-    /// An error met after plaintext that was handed on first.
-    failed: Option<io::Error>,
+    /// An error was met after plaintext that was handed on first: the
+    /// next read reports it (rustls keeps it).
+    failed: bool,
     sizer: ReadSizer,
 }
 
@@ -202,6 +203,18 @@ impl<C: TlsSide> TlsReader<C> {
             // whose own close handshake says whether the end was clean.
             Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => Ok(Some(0)),
             Err(e) => Err(e),
+        }
+    }
+
+    /// The error met earlier, again: rustls returns it from every later call.
+    fn error_again(&mut self) -> io::Error {
+        let mut conn = self.conn.borrow_mut();
+        if let Err(e) = conn.process_new_packets() {
+            return io::Error::new(io::ErrorKind::InvalidData, e);
+        }
+        match conn.reader().fill_buf() {
+            Err(e) => e,
+            Ok(_) => io::Error::new(io::ErrorKind::InvalidData, "TLS error"),
         }
     }
 
@@ -235,8 +248,8 @@ impl<C: TlsSide> ReadHalf for TlsReader<C> {
     /// one TCP read reach the relay as one buffer, and leave it as one write.
     async fn read_more(&mut self, mut buf: Vec<u8>) -> (io::Result<usize>, Vec<u8>) {
         let start = buf.len();
-        if let Some(e) = self.failed.take() {
-            return (Err(e), buf);
+        if self.failed {
+            return (Err(self.error_again()), buf);
         }
         loop {
             // Decrypt what is here.
@@ -252,8 +265,9 @@ impl<C: TlsSide> ReadHalf for TlsReader<C> {
                     Ok(Some(_)) if buf.len() - start >= ReadSizer::MAX => break,
                     Ok(Some(_)) => continue,
                     Ok(None) => {}
-                    Err(e) => {
-                        self.failed = Some(e);
+                    Err(e) if buf.len() == start => return (Err(e), buf),
+                    Err(_) => {
+                        self.failed = true;
                         break;
                     }
                 }
@@ -261,14 +275,12 @@ impl<C: TlsSide> ReadHalf for TlsReader<C> {
                     break;
                 }
                 if let Err(e) = self.feed() {
-                    self.failed = Some(e);
+                    if buf.len() == start {
+                        return (Err(e), buf);
+                    }
+                    // What came before the error is handed on first.
+                    self.failed = true;
                     break;
-                }
-            }
-            // What came before an error is handed on first; the error next time.
-            if buf.len() == start {
-                if let Some(e) = self.failed.take() {
-                    return (Err(e), buf);
                 }
             }
             if buf.len() > start {
