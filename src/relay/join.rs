@@ -126,7 +126,11 @@ impl<const N: usize> Future for Join<'_, N> {
 /// Branch `i`'s waker, not counted: wrap it in `ManuallyDrop` (cloning it
 /// counts).
 fn branch_waker(marks: &Rc<Marks>, i: usize) -> Waker {
-    let slot: *const u8 = &marks.slots[i];
+    // From the pointer to the whole `Marks` (not a reference to the slot
+    // alone), so that `marks_of` may step back to its start.
+    let slot = Rc::as_ptr(marks)
+        .cast::<u8>()
+        .wrapping_add(std::mem::offset_of!(Marks, slots) + i);
     // SAFETY: the vtable's functions accept exactly such pointers (a slot of
     // a live `Rc<Marks>`); this waker holds no count until cloned.
     unsafe { Waker::from_raw(RawWaker::new(slot.cast(), &VTABLE)) }
