@@ -44,6 +44,11 @@ if [ ! -f "$WORK/cert.pem" ]; then
 fi
 
 # --- the mock node ---
+# Listeners use SO_REUSEPORT: a leftover process on one of these ports would
+# silently share the load (a second mock node with another chain).
+for p in $NODE_PORT $RW_PORT $NGX_PORT $SH_PORT; do
+  if ss -Hltn "( sport = :$p )" | grep -q .; then echo "bench: port $p is in use (a leftover process?)"; exit 1; fi
+done
 $LOAD node --listen 127.0.0.1:$NODE_PORT --block-ms 1000 --workers 1 >"$WORK/node.log" 2>&1 &
 pids+=($!)
 
