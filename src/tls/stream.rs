@@ -218,6 +218,35 @@ impl<C: TlsSide> TlsReader<C> {
         }
     }
 
+    /// Decrypt what has been received, appending it to `buf` (up to
+    /// [`ReadSizer::MAX`] bytes). The end of the stream, or an error, met
+    /// after some plaintext is reported by the next call, after that plaintext.
+    fn decrypt(&mut self, buf: &mut Vec<u8>) -> io::Result<Got> {
+        let start = buf.len();
+        loop {
+            let some = |buf: &Vec<u8>| buf.len() > start;
+            let failed = match self.take_plaintext(buf) {
+                Ok(Some(0)) if some(buf) => return Ok(Got::Data),
+                Ok(Some(0)) => return Ok(Got::End),
+                Ok(Some(_)) if buf.len() - start >= ReadSizer::MAX => return Ok(Got::Data),
+                Ok(Some(_)) => continue,
+                Ok(None) if self.cipher.is_none() => {
+                    return Ok(if some(buf) { Got::Data } else { Got::Nothing })
+                }
+                Ok(None) => self.feed().err(),
+                Err(e) => Some(e),
+            };
+            match failed {
+                None => {}
+                Some(e) if !some(buf) => return Err(e),
+                Some(_) => {
+                    self.failed = true;
+                    return Ok(Got::Data);
+                }
+            }
+        }
+    }
+
     /// Hand buffered ciphertext to rustls until it has plaintext or wants more.
     fn feed(&mut self) -> io::Result<()> {
         let Some(cipher) = &self.cipher else {
@@ -242,52 +271,31 @@ impl<C: TlsSide> TlsReader<C> {
     }
 }
 
+/// What [`TlsReader::decrypt`] found.
+enum Got {
+    Data,
+    /// The peer ended the stream (close_notify, or the TCP end).
+    End,
+    /// Nothing yet: receive more.
+    Nothing,
+}
+
 impl<C: TlsSide> ReadHalf for TlsReader<C> {
     /// Every record received so far is decrypted and handed on together
     /// (up to [`ReadSizer::MAX`] bytes): pipelined requests that arrived in
     /// one TCP read reach the relay as one buffer, and leave it as one write.
     async fn read_more(&mut self, mut buf: Vec<u8>) -> (io::Result<usize>, Vec<u8>) {
-        let start = buf.len();
         if self.failed {
             return (Err(self.error_again()), buf);
         }
+        let start = buf.len();
         loop {
-            // Decrypt what is here.
-            loop {
-                match self.take_plaintext(&mut buf) {
-                    // The end: reported once what came before it is handed on.
-                    Ok(Some(0)) => {
-                        if buf.len() == start {
-                            return (Ok(0), buf);
-                        }
-                        break;
-                    }
-                    Ok(Some(_)) if buf.len() - start >= ReadSizer::MAX => break,
-                    Ok(Some(_)) => continue,
-                    Ok(None) => {}
-                    Err(e) if buf.len() == start => return (Err(e), buf),
-                    Err(_) => {
-                        self.failed = true;
-                        break;
-                    }
-                }
-                if self.cipher.is_none() {
-                    break;
-                }
-                if let Err(e) = self.feed() {
-                    if buf.len() == start {
-                        return (Err(e), buf);
-                    }
-                    // What came before the error is handed on first.
-                    self.failed = true;
-                    break;
-                }
-            }
-            if buf.len() > start {
-                return (Ok(buf.len() - start), buf);
-            }
-            if self.eof {
-                return (Ok(0), buf);
+            match self.decrypt(&mut buf) {
+                Ok(Got::Data) => return (Ok(buf.len() - start), buf),
+                Ok(Got::End) => return (Ok(0), buf),
+                Ok(Got::Nothing) if self.eof => return (Ok(0), buf),
+                Ok(Got::Nothing) => {}
+                Err(e) => return (Err(e), buf),
             }
             let room = self.sizer.size();
             let (r, cipher) = read_append(&mut self.tcp, Vec::with_capacity(room)).await;
