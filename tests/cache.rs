@@ -264,3 +264,76 @@ fn pinned_sessions_are_answered_from_the_cache_too() {
     assert!(chain.calls_of("state_getMetadata") <= 2);
     assert_eq!(chain.calls_of("chain_getHeader"), 4);
 }
+
+#[test]
+fn a_node_behind_the_finalized_block_still_answers_latest_metadata() {
+    // Two pruned nodes: `a` at 100 (98 finalized) and `b` four blocks
+    // behind (within max_lag). The cache fills the latest finalized hash,
+    // a's 98, into `state_getMetadata`; b has not imported that block.
+    let pki = TestPki::new();
+    for mode in [&["--shared"][..], &[]] {
+        let a = FakeChain::node(100, u64::MAX, "a");
+        let b = FakeChain::node(96, u64::MAX, "b");
+        let ua = Upstream::start(Behaviour::Substrate(a.clone()));
+        let ub = Upstream::start(Behaviour::Substrate(b.clone()));
+        let cfg = write_config(
+            &pki,
+            "lagging.toml",
+            &format!(
+                "[health]\ninterval_ms = 100\n[[node]]\nurl = \"{}\"\n[[node]]\nurl = \"{}\"\n",
+                ua.url(),
+                ub.url()
+            ),
+        );
+        let args = [&["--config", cfg.to_str().unwrap()][..], mode].concat();
+        let gw = Gateway::start(&pki, &[], &args);
+        wait_for(TIMEOUT, "both nodes up, the finalized block known", || {
+            let mut s = tls_connect(gw.addr, pki.client_config());
+            use std::io::Write;
+            s.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+                .unwrap();
+            let (status, _, body) = read_response(&mut s);
+            status == 200
+                && body.contains("\"head\":100")
+                && body.contains("\"head\":96")
+                && !body.contains("\"up\":false")
+        });
+        std::thread::sleep(Duration::from_millis(300));
+        // A session on each node (which one a session is on, its storage
+        // answer says).
+        let on = |label: &str| {
+            for _ in 0..40 {
+                let mut ws = ws_connect(&gw, pki.client_config(), "/");
+                let v = call(&mut ws, 1, "state_getStorage", r#"["0x00"]"#);
+                if v["result"].as_str().unwrap().starts_with(label) {
+                    return ws;
+                }
+            }
+            panic!("no session on node {label}");
+        };
+        let (mut on_b, mut on_a) = (on("b@"), on("a@"));
+
+        for i in 0..2 {
+            let v = call(&mut on_b, 10 + i, "state_getMetadata", "[]");
+            assert!(
+                v["result"]
+                    .as_str()
+                    .is_some_and(|r| r.starts_with("meta@best")),
+                "{mode:?}: b answers as the client asked: {v}"
+            );
+        }
+        assert_eq!(
+            b.calls_of("state_getMetadata"),
+            4,
+            "{mode:?}: at the filled-in hash (unknown to b), then as asked, twice: \
+             b's answer at its best block is not kept"
+        );
+        let v = call(&mut on_a, 20, "state_getMetadata", "[]");
+        assert!(
+            v["result"]
+                .as_str()
+                .is_some_and(|r| r.starts_with("meta@0x")),
+            "{mode:?}: a's answer is at the finalized hash: {v}"
+        );
+    }
+}

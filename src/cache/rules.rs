@@ -13,7 +13,9 @@
 //!   changes only with a runtime upgrade (`state_getMetadata`,
 //!   `state_getRuntimeVersion`): the request is sent with the finalized
 //!   block's hash filled in, so its answer is an answer at a hash (this is
-//!   Subway's `inject`); latest of anything else is not kept;
+//!   Subway's `inject`; a node that does not know that block yet is asked
+//!   again as the client asked, and that answer is not kept); latest of
+//!   anything else is not kept;
 //! - **found final in the answer**: an Ethereum transaction or receipt by
 //!   hash is kept only when the answer's `blockNumber` is finalized.
 //!

@@ -268,7 +268,12 @@ impl FakeChain {
                     .and_then(|ps| ringway::jsonrpc::param(ps, 0))
                     .and_then(ringway::jsonrpc::unquote)
                     .map_or("best".into(), |h| String::from_utf8_lossy(h).into_owned());
-                if at == "0xdead" {
+                // A block above this node's head is one it has not imported.
+                let above_head = at
+                    .strip_prefix("0x")
+                    .and_then(|h| u64::from_str_radix(h, 16).ok())
+                    .is_some_and(|n| n > head);
+                if at == "0xdead" || above_head {
                     return format!(
                         r#"{{"jsonrpc":"2.0","error":{{"code":4003,"message":"Unknown block"}},"id":{id}}}"#
                     );

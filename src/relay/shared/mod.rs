@@ -292,7 +292,7 @@ impl Shared {
     /// the requests that waited for it (each with its own id).
     fn land(&self, msg: &[u8], id_at: std::ops::Range<usize>, kept: conn::Kept) {
         self.flights.borrow_mut().remove(&kept.key);
-        if let Some(cache) = &self.cache {
+        if let Some(cache) = self.cache.as_ref().filter(|_| kept.keep) {
             cache.insert(&kept.key, msg, kept.ttl, kept.final_at);
         }
         for (s, id) in kept.followers {

@@ -173,6 +173,8 @@ fn cached(
         ttl: plan.ttl,
         final_at: plan.final_in_answer.then(|| chain.finalized()),
         followers: Vec::new(),
+        unfilled: plan.params.is_some().then(|| Box::from(req.raw)),
+        keep: true,
     });
     // The request as sent: the client's, or one with the params filled in.
     let filled = plan.params.as_ref().map(|params| {
