@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
-# Node load behind ringway --shared: node calls and node CPU for 1, 10 and 100
-# clients starting at once as Polkadot-JS does (`ringway-load startup`), with
+# Node load behind ringway --shared (or MODE=pinned): node calls and node
+# CPU for 1, 10 and 100 clients starting at once as Polkadot-JS does (`ringway-load startup`), with
 # the response cache and merged subscriptions (the default) and without the
 # cache (cache.enabled = false). The mock node serves a 300 KB metadata.
 #
 #   loadtest/node-load.sh            (CLIENTS="1 10 100")
+#   MODE=pinned loadtest/node-load.sh: the default mode (a node connection
+#   per session; cacheable calls still go the core's shared way)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 WORK=$PWD/target/node-load
@@ -26,7 +28,7 @@ for clients in ${CLIENTS:-1 10 100}; do
     node=$!; pids+=($node)
     printf '[cache]\nenabled = %s\n[health]\ninterval_ms = 500\n' "$([ $cache = on ] && echo true || echo false)" >"$WORK/gw.toml"
     target/release/ringway --plaintext --listen 127.0.0.1:$((port + 1)) --upstream ws://127.0.0.1:$port \
-      --shared --config "$WORK/gw.toml" >"$WORK/gw.log" 2>&1 &
+      $([ "${MODE:-shared}" = shared ] && echo --shared) --config "$WORK/gw.toml" >"$WORK/gw.log" 2>&1 &
     gw=$!; pids+=($gw)
     sleep 2   # a probe has seen the finalized block
     c0=$(cpu $node); read -r n0 m0 < <(calls "$WORK/node.log" || echo "0 0"); n0=${n0:-0}; m0=${m0:-0}
