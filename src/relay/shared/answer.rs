@@ -299,27 +299,24 @@ fn answer(sh: &Rc<Shared>, conn: &Rc<Conn>, msg: &[u8], id: &[u8], mut w: Waitin
     }
     // The finalized hash the cache filled in is one this node does not know
     // yet (it is a few blocks behind the node that reported it): ask again
-    // as the client asked, once, on the same connection.
-    if let Some(kept) = w
-        .kept
-        .as_mut()
-        .filter(|_| jsonrpc::member(msg, b"error").is_some())
-    {
-        if let Some(unfilled) = kept.unfilled.take() {
-            if let Some(req) = jsonrpc::Call::parse(&unfilled).single().copied() {
-                crate::debug!("node lacks the finalized block; asking as the client did");
-                kept.keep = false;
-                let kept = w.kept.take();
-                let key = kept.as_ref().map(|k| k.key.clone());
-                let gid = send_request(conn, &s, &req, w.batch, None, kept);
-                if let (Some(key), Some(gid)) = (key, gid) {
-                    sh.flights
-                        .borrow_mut()
-                        .insert(key, (Rc::downgrade(conn), gid));
-                }
-                return;
+    // as the client asked, once, on the same connection. (Only such answers
+    // are searched for an error: a kept answer may be 300 KB.)
+    let filled = w.kept.as_ref().is_some_and(|k| k.unfilled.is_some());
+    if filled && jsonrpc::member(msg, b"error").is_some() {
+        let mut kept = w.kept.take().expect("checked above");
+        let unfilled = kept.unfilled.take().expect("checked above");
+        if let Some(req) = jsonrpc::Call::parse(&unfilled).single().copied() {
+            crate::debug!("node lacks the finalized block; asking as the client did");
+            kept.keep = false;
+            let key = kept.key.clone();
+            if let Some(gid) = send_request(conn, &s, &req, w.batch, None, Some(kept)) {
+                sh.flights
+                    .borrow_mut()
+                    .insert(key, (Rc::downgrade(conn), gid));
             }
+            return;
         }
+        w.kept = Some(kept);
     }
     settle(Some(&s));
     if let Some(kept) = w.kept.take() {
