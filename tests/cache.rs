@@ -37,11 +37,7 @@ fn gateway_in(
     // The finalized block is known once a probe asked for it.
     let head = chain.head.load(std::sync::atomic::Ordering::Relaxed);
     wait_for(TIMEOUT, "the finalized block", || {
-        let mut s = tls_connect(gw.addr, pki.client_config());
-        use std::io::Write;
-        s.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
-            .unwrap();
-        read_response(&mut s)
+        https_get(gw.addr, pki.client_config(), "/health")
             .2
             .contains(&format!("\"head\":{head}"))
     });
@@ -131,11 +127,7 @@ fn many_clients_cost_the_node_about_what_one_does() {
 }
 
 fn metrics(gw: &Gateway, pki: &TestPki) -> String {
-    use std::io::Write;
-    let mut s = tls_connect(gw.addr, pki.client_config());
-    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
-        .unwrap();
-    read_response(&mut s).2
+    https_get(gw.addr, pki.client_config(), "/metrics").2
 }
 
 /// One session's call, answered.
@@ -288,11 +280,7 @@ fn a_node_behind_the_finalized_block_still_answers_latest_metadata() {
         let args = [&["--config", cfg.to_str().unwrap()][..], mode].concat();
         let gw = Gateway::start(&pki, &[], &args);
         wait_for(TIMEOUT, "both nodes up, the finalized block known", || {
-            let mut s = tls_connect(gw.addr, pki.client_config());
-            use std::io::Write;
-            s.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
-                .unwrap();
-            let (status, _, body) = read_response(&mut s);
+            let (status, _, body) = https_get(gw.addr, pki.client_config(), "/health");
             status == 200
                 && body.contains("\"head\":100")
                 && body.contains("\"head\":96")

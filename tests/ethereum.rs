@@ -112,10 +112,7 @@ fn a_pruned_anvil_is_backed_by_an_archive_one() {
     // Health checks speak eth_syncing / eth_blockNumber: both nodes at 50.
     let start = Instant::now();
     loop {
-        let mut s = tls_connect(gw.addr, pki.client_config());
-        s.write_all(b"GET /health HTTP/1.1\r\nHost: localhost\r\n\r\n")
-            .unwrap();
-        let body = read_response(&mut s).2;
+        let body = https_get(gw.addr, pki.client_config(), "/health").2;
         if body.matches(r#""head":50"#).count() == 2 {
             break;
         }
@@ -169,10 +166,9 @@ fn an_ethereum_node_behind_default_flags_stays_in_service() {
     );
     // Several probes have run: a node marked down would show by now.
     wait_for(Duration::from_secs(5), "probes", || {
-        let mut s = tls_connect(gw.addr, pki.client_config());
-        s.write_all(b"GET /health HTTP/1.1\r\nHost: localhost\r\n\r\n")
-            .unwrap();
-        read_response(&mut s).2.contains(r#""probes":4"#)
+        https_get(gw.addr, pki.client_config(), "/health")
+            .2
+            .contains(r#""probes":4"#)
     });
     let mut ws = ws_connect(&gw, pki.client_config(), "/");
     ws.send(Message::Text(

@@ -132,10 +132,7 @@ fn shared_a_client_that_never_reads_is_closed_1008() {
 }
 
 fn metrics(gw: &Gateway, pki: &TestPki) -> String {
-    let mut s = tls_connect(gw.addr, pki.client_config());
-    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n")
-        .unwrap();
-    read_response(&mut s).2
+    https_get(gw.addr, pki.client_config(), "/metrics").2
 }
 
 /// `--shared`: a node that answers a whole batch with one error (id null)
@@ -166,10 +163,7 @@ fn shared_unmatched_node_answers_are_routed_or_counted() {
     ))
     .unwrap();
     assert_eq!(id_of(&text(&mut ws).unwrap()), "6");
-    let mut s = tls_connect(gw.addr, pki.client_config());
-    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n")
-        .unwrap();
-    let (_, _, metrics) = read_response(&mut s);
+    let metrics = metrics(&gw, &pki);
     assert!(
         metrics.contains("ringway_unmatched_answers_total 1"),
         "{metrics}"
@@ -201,10 +195,7 @@ const FAST_HEALTH: &str =
     "[health]\ninterval_ms = 100\ntimeout_ms = 500\nfall = 2\nrise = 2\nmax_lag = 5\n";
 
 fn health(gw: &Gateway, pki: &TestPki) -> (u16, String) {
-    let mut s = tls_connect(gw.addr, pki.client_config());
-    s.write_all(b"GET /health HTTP/1.1\r\nHost: localhost\r\n\r\n")
-        .unwrap();
-    let (status, _, body) = read_response(&mut s);
+    let (status, _, body) = https_get(gw.addr, pki.client_config(), "/health");
     (status, body)
 }
 

@@ -48,10 +48,7 @@ fn two_tier_with_chain(pki: &TestPki) -> (Gateway, Upstream, Upstream, std::sync
     // Wait until the health checks have seen the head (and filled the hash window).
     let start = Instant::now();
     loop {
-        let mut s = tls_connect(gw.addr, pki.client_config());
-        s.write_all(b"GET /health HTTP/1.1\r\nHost: localhost\r\n\r\n")
-            .unwrap();
-        let (_, _, body) = read_response(&mut s);
+        let (_, _, body) = https_get(gw.addr, pki.client_config(), "/health");
         if body.matches(r#""head":1000"#).count() == 2 {
             break;
         }

@@ -11,9 +11,7 @@ use common::*;
 use tungstenite::Message;
 
 fn get(gw: &Gateway, pki: &TestPki, path: &str) -> (u16, String) {
-    let mut s = tls_connect(gw.addr, pki.client_config());
-    write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
-    let (status, _, body) = read_response(&mut s);
+    let (status, _, body) = https_get(gw.addr, pki.client_config(), path);
     (status, body)
 }
 

@@ -614,14 +614,9 @@ fn metrics_can_be_served_apart_from_the_public_port() {
     assert!(body.starts_with('{'), "{body}");
     assert_eq!(get("/other").0, 404);
 
-    let mut s = tls_connect(gw.addr, pki.client_config());
-    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
-        .unwrap();
-    assert_eq!(read_response(&mut s).0, 404, "not on the public port");
-    let mut s = tls_connect(gw.addr, pki.client_config());
-    s.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
-        .unwrap();
-    assert_ne!(read_response(&mut s).0, 404);
+    let public = |path| https_get(gw.addr, pki.client_config(), path).0;
+    assert_eq!(public("/metrics"), 404, "not on the public port");
+    assert_ne!(public("/health"), 404);
 }
 
 #[test]

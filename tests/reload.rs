@@ -5,7 +5,6 @@
 
 mod common;
 
-use std::io::Write;
 use std::path::Path;
 use std::process::Command;
 
@@ -32,10 +31,7 @@ fn config(path: &Path, nodes: &[String], extra: &str) {
 
 /// `GET /health` on the public port.
 fn health(gw: &Gateway, pki: &TestPki) -> String {
-    let mut s = tls_connect(gw.addr, pki.client_config());
-    s.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
-        .unwrap();
-    read_response(&mut s).2
+    https_get(gw.addr, pki.client_config(), "/health").2
 }
 
 /// Which node answers a new session (each answers with its name).
@@ -166,12 +162,7 @@ fn reloads_are_counted_on_metrics() {
     let file = pki.dir.join("counted.toml");
     config(&file, &[a.url()], "");
     let gw = Gateway::start(&pki, &[], &["--config", file.to_str().unwrap()]);
-    let metrics = || {
-        let mut s = tls_connect(gw.addr, pki.client_config());
-        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
-            .unwrap();
-        read_response(&mut s).2
-    };
+    let metrics = || https_get(gw.addr, pki.client_config(), "/metrics").2;
     std::fs::write(&file, "this is not toml").unwrap();
     hup(&gw);
     wait_for(TIMEOUT, "a refused reload", || {

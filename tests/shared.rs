@@ -389,13 +389,7 @@ fn many_sessions_share_one_node_subscription_to_new_heads() {
     assert_eq!(head_number(&next), head_number(&first) + 1);
 
     // One node subscription for all of them (and the metrics say so).
-    let metrics = {
-        use std::io::Write;
-        let mut s = tls_connect(gw.addr, pki.client_config());
-        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
-            .unwrap();
-        read_response(&mut s).2
-    };
+    let metrics = https_get(gw.addr, pki.client_config(), "/metrics").2;
     assert!(
         metrics.contains("\nringway_merged_subscriptions 1\n"),
         "{metrics}"

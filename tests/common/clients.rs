@@ -48,6 +48,18 @@ pub fn tls_connect_from(
     StreamOwned::new(conn, tcp)
 }
 
+/// `GET path` over TLS, one request per connection: status, headers, body.
+pub fn https_get(
+    addr: SocketAddr,
+    cfg: Arc<rustls::ClientConfig>,
+    path: &str,
+) -> (u16, String, String) {
+    let mut s = tls_connect(addr, cfg);
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+        .unwrap();
+    read_response(&mut s)
+}
+
 /// A tungstenite client over TLS through the gateway.
 pub fn ws_connect(
     gw: &Gateway,
