@@ -101,17 +101,10 @@ fn main() {
     let mut tail = RING_BUFS;
 
     let mut socks: Vec<Sock> = Vec::new();
-    let mut sq_push = |ring: &mut IoUring, e: squeue::Entry| {
-        // SAFETY: every buffer an entry points at outlives its operation
-        // (socket buffers are never freed; pool and ring live to the end).
-        while unsafe { ring.submission().push(&e) }.is_err() {
-            ring.submit().expect("submit");
-        }
-    };
     let accept = opcode::Accept::new(types::Fd(lfd), std::ptr::null_mut(), std::ptr::null_mut())
         .build()
         .user_data(ACCEPT);
-    sq_push(&mut ring, accept.clone());
+    push(&mut ring, accept.clone());
 
     let recv = |s: &mut Sock, i: usize| -> squeue::Entry {
         match mode {
@@ -141,7 +134,7 @@ fn main() {
         let mut returned = 0u16;
         for (data, res, flags) in cqes.drain(..) {
             if data == ACCEPT {
-                sq_push(&mut ring, accept.clone());
+                push(&mut ring, accept.clone());
                 if res < 0 {
                     continue;
                 }
@@ -161,7 +154,7 @@ fn main() {
                 }
                 for i in [c, u] {
                     let e = recv(&mut socks[i], i);
-                    sq_push(&mut ring, e);
+                    push(&mut ring, e);
                 }
                 continue;
             }
@@ -178,7 +171,7 @@ fn main() {
                     close(&mut socks, i);
                     continue;
                 }
-                start_send(&mut ring, &mut socks, i, &mut sq_push);
+                start_send(&mut ring, &mut socks, i);
                 continue;
             }
             if socks[i].closed {
@@ -187,7 +180,7 @@ fn main() {
             if res <= 0 {
                 if res == -libc::ENOBUFS {
                     let e = recv(&mut socks[i], i);
-                    sq_push(&mut ring, e);
+                    push(&mut ring, e);
                 } else {
                     close(&mut socks, i);
                 }
@@ -215,9 +208,9 @@ fn main() {
             }
             if mode != Mode::Multishot || !cqueue::more(flags) {
                 let e = recv(&mut socks[i], i);
-                sq_push(&mut ring, e);
+                push(&mut ring, e);
             }
-            start_send(&mut ring, &mut socks, peer, &mut sq_push);
+            start_send(&mut ring, &mut socks, peer);
         }
         if returned > 0 {
             tail = tail.wrapping_add(returned);
@@ -226,12 +219,7 @@ fn main() {
     }
 }
 
-fn start_send(
-    ring: &mut IoUring,
-    socks: &mut [Sock],
-    i: usize,
-    push: &mut impl FnMut(&mut IoUring, squeue::Entry),
-) {
+fn start_send(ring: &mut IoUring, socks: &mut [Sock], i: usize) {
     let s = &mut socks[i];
     if s.sending.is_some() || s.queue.is_empty() || s.closed {
         return;
@@ -242,6 +230,15 @@ fn start_send(
         .user_data(tag(i, true));
     s.sending = Some(out);
     push(ring, e);
+}
+
+/// Queue `e`, submitting first if the queue is full.
+fn push(ring: &mut IoUring, e: squeue::Entry) {
+    // SAFETY: every buffer an entry points at outlives its operation
+    // (socket buffers are never freed; pool and ring live to the end).
+    while unsafe { ring.submission().push(&e) }.is_err() {
+        ring.submit().expect("submit");
+    }
 }
 
 fn close(socks: &mut [Sock], i: usize) {

@@ -11,8 +11,8 @@ use crate::jsonrpc::{self, Kind};
 use crate::relay::Session;
 use crate::ws::frame::OpCode;
 
-use super::conn::{Conn, SubCall, Waiting};
-use super::request::{frame_parts, offset_in, send_request, unsubscribe};
+use super::conn::{Asked, Conn, SubCall, Waiting};
+use super::request::{frame_parts, offset_in, unsubscribe};
 use super::Shared;
 
 /// Our id in an answer, if it is one of ours.
@@ -284,14 +284,7 @@ fn answer(sh: &Rc<Shared>, conn: &Rc<Conn>, msg: &[u8], id: &[u8], mut w: Waitin
             if let Some(archive) = sh.archive_for(&s) {
                 if let Some(req) = jsonrpc::Call::parse(request).single().copied() {
                     crate::debug!("pruned node lacks the state; retrying on archive");
-                    let kept = w.kept.take();
-                    let key = kept.as_ref().map(|k| k.key.clone());
-                    let gid = send_request(&archive, &s, &req, w.batch, None, kept);
-                    if let (Some(key), Some(gid)) = (key, gid) {
-                        sh.flights
-                            .borrow_mut()
-                            .insert(key, (Rc::downgrade(&archive), gid));
-                    }
+                    sh.send_kept(&archive, &s, &req, w.batch, None, w.kept.take());
                     return;
                 }
             }
@@ -301,22 +294,19 @@ fn answer(sh: &Rc<Shared>, conn: &Rc<Conn>, msg: &[u8], id: &[u8], mut w: Waitin
     // yet (it is a few blocks behind the node that reported it): ask again
     // as the client asked, once, on the same connection. (Only such answers
     // are searched for an error: a kept answer may be 300 KB.)
-    let filled = w.kept.as_ref().is_some_and(|k| k.unfilled.is_some());
+    let filled = w
+        .kept
+        .as_ref()
+        .is_some_and(|k| matches!(k.asked, Asked::Filled(_)));
     if filled && jsonrpc::member(msg, b"error").is_some() {
-        let mut kept = w.kept.take().expect("checked above");
-        let unfilled = kept.unfilled.take().expect("checked above");
-        if let Some(req) = jsonrpc::Call::parse(&unfilled).single().copied() {
-            crate::debug!("node lacks the finalized block; asking as the client did");
-            kept.keep = false;
-            let key = kept.key.clone();
-            if let Some(gid) = send_request(conn, &s, &req, w.batch, None, Some(kept)) {
-                sh.flights
-                    .borrow_mut()
-                    .insert(key, (Rc::downgrade(conn), gid));
+        let kept = w.kept.as_mut().expect("filled");
+        if let Asked::Filled(sent) = std::mem::replace(&mut kept.asked, Asked::Again) {
+            if let Some(req) = jsonrpc::Call::parse(&sent).single().copied() {
+                crate::debug!("node lacks the finalized block; asking as the client did");
+                sh.send_kept(conn, &s, &req, w.batch, None, w.kept.take());
+                return;
             }
-            return;
         }
-        w.kept = Some(kept);
     }
     settle(Some(&s));
     if let Some(kept) = w.kept.take() {

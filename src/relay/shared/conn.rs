@@ -75,13 +75,20 @@ pub struct Kept {
     pub final_at: Option<u64>,
     /// Identical requests that came while it was out: (session, its id).
     pub followers: Vec<(Weak<Session>, Box<[u8]>)>,
-    /// The client's request as it came, when the finalized hash was filled
-    /// in: asked again as it is if the node answers with an error (a node
-    /// a few blocks behind does not know that block yet).
-    pub unfilled: Option<Box<[u8]>>,
-    /// Keep the answer. Not when asked again without the hash: that answer
-    /// is at the node's best block, not at the hash the key names.
-    pub keep: bool,
+    pub asked: Asked,
+}
+
+/// How a cacheable request was asked of the node.
+pub enum Asked {
+    /// As the client sent it.
+    AsSent,
+    /// With the finalized hash filled in; the client's request as it came,
+    /// to ask as it is if the node answers with an error (a node a few
+    /// blocks behind does not know that block yet).
+    Filled(Box<[u8]>),
+    /// Again as the client sent it, after that error: the answer is at the
+    /// node's best block, not at the hash the key names, so it is not kept.
+    Again,
 }
 
 /// One WebSocket connection to a node, shared by this core's sessions.

@@ -288,11 +288,32 @@ impl Shared {
         joined
     }
 
+    /// Send a request whose answer is to be kept (`kept`, if any): identical
+    /// requests join it until it lands.
+    pub fn send_kept(
+        &self,
+        to: &Rc<Conn>,
+        s: &Rc<Session>,
+        req: &crate::jsonrpc::Request<'_>,
+        batch: u32,
+        retry: Option<Box<[u8]>>,
+        kept: Option<Box<conn::Kept>>,
+    ) {
+        let key = kept.as_ref().map(|k| k.key.clone());
+        let gid = request::send_request(to, s, req, batch, retry, kept);
+        if let (Some(key), Some(gid)) = (key, gid) {
+            self.flights
+                .borrow_mut()
+                .insert(key, (Rc::downgrade(to), gid));
+        }
+    }
+
     /// A cacheable request was answered: keep the answer, and give it to
     /// the requests that waited for it (each with its own id).
     fn land(&self, msg: &[u8], id_at: std::ops::Range<usize>, kept: conn::Kept) {
         self.flights.borrow_mut().remove(&kept.key);
-        if let Some(cache) = self.cache.as_ref().filter(|_| kept.keep) {
+        let keep = !matches!(kept.asked, conn::Asked::Again);
+        if let Some(cache) = self.cache.as_ref().filter(|_| keep) {
             cache.insert(&kept.key, msg, kept.ttl, kept.final_at);
         }
         for (s, id) in kept.followers {

@@ -13,7 +13,7 @@ use crate::route::Target;
 use crate::ws::frame::{FrameHeader, OpCode, MAX_HEADER_LEN};
 use crate::ws::mask::apply_mask;
 
-use super::conn::{Conn, Kept, SubCall, Waiting};
+use super::conn::{Asked, Conn, Kept, SubCall, Waiting};
 use super::{member, Ctx};
 
 /// One whole text message from the client.
@@ -173,8 +173,10 @@ fn cached(
         ttl: plan.ttl,
         final_at: plan.final_in_answer.then(|| chain.finalized()),
         followers: Vec::new(),
-        unfilled: plan.params.is_some().then(|| Box::from(req.raw)),
-        keep: true,
+        asked: match plan.params {
+            Some(_) => Asked::Filled(Box::from(req.raw)),
+            None => Asked::AsSent,
+        },
     });
     // The request as sent: the client's, or one with the params filled in.
     let filled = plan.params.as_ref().map(|params| {
@@ -192,11 +194,7 @@ fn cached(
     let sent_call = filled.as_deref().map(Call::parse);
     let sent = sent_call.as_ref().and_then(|c| c.single()).unwrap_or(req);
     let retry = retryable.then(|| Box::from(sent.raw));
-    if let Some(gid) = send_request(to, s, sent, 0, retry, Some(kept)) {
-        sh.flights
-            .borrow_mut()
-            .insert(plan.key.into_boxed_slice(), (Rc::downgrade(to), gid));
-    }
+    sh.send_kept(to, s, sent, 0, retry, Some(kept));
 }
 
 /// Checks of one request before it goes out: a valid id, subscription
