@@ -59,6 +59,22 @@ fn routing(c: &mut Criterion) {
         g.bench_function(name, |b| b.iter(|| jsonrpc::peek(black_box(msg))));
     }
     g.finish();
+
+    // The one reading every decision comes from (strict since issue 20:
+    // the whole message checked, member names unescaped).
+    let mut g = c.benchmark_group("call_parse");
+    for (name, msg) in [
+        ("system_health", &health),
+        ("state_getStorage_at_hash", &storage),
+        ("batch_of_10", &batch),
+        ("300KB", &big),
+    ] {
+        g.throughput(Throughput::Bytes(msg.len() as u64));
+        g.bench_function(name, |b| {
+            b.iter(|| jsonrpc::Call::parse(black_box(msg)).len())
+        });
+    }
+    g.finish();
 }
 
 fn admission(c: &mut Criterion) {

@@ -292,3 +292,155 @@ pub fn cache_rules(data: &[u8]) {
         }
     }
 }
+
+/// Any JSON value, recording whether some object in it names a member
+/// twice (serde_json's `Value` keeps the last silently).
+struct Dups(bool);
+
+impl<'de> serde::Deserialize<'de> for Dups {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = Dups;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("JSON")
+            }
+            fn visit_bool<E>(self, _: bool) -> Result<Dups, E> {
+                Ok(Dups(false))
+            }
+            fn visit_i64<E>(self, _: i64) -> Result<Dups, E> {
+                Ok(Dups(false))
+            }
+            fn visit_u64<E>(self, _: u64) -> Result<Dups, E> {
+                Ok(Dups(false))
+            }
+            fn visit_f64<E>(self, _: f64) -> Result<Dups, E> {
+                Ok(Dups(false))
+            }
+            fn visit_str<E>(self, _: &str) -> Result<Dups, E> {
+                Ok(Dups(false))
+            }
+            fn visit_unit<E>(self) -> Result<Dups, E> {
+                Ok(Dups(false))
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut a: A) -> Result<Dups, A::Error> {
+                let mut any = false;
+                while let Some(Dups(d)) = a.next_element()? {
+                    any |= d;
+                }
+                Ok(Dups(any))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut m: A) -> Result<Dups, A::Error> {
+                let mut names = std::collections::HashSet::new();
+                let mut any = false;
+                while let Some((k, Dups(d))) = m.next_entry::<String, Dups>()? {
+                    any |= d || !names.insert(k);
+                }
+                Ok(Dups(any))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// An object's members in order, duplicates kept.
+struct Members(Vec<(String, serde_json::Value)>);
+
+impl<'de> serde::Deserialize<'de> for Members {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = Members;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("an object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut m: A,
+            ) -> Result<Members, A::Error> {
+                let mut out = Vec::new();
+                while let Some(e) = m.next_entry::<String, serde_json::Value>()? {
+                    out.push(e);
+                }
+                Ok(Members(out))
+            }
+        }
+        d.deserialize_map(V)
+    }
+}
+
+/// One reading of a client message (issue 20): whatever the strict parse
+/// accepts, serde_json accepts; what serde_json accepts with no member named
+/// twice, the strict parse accepts; and for every request the gateway would
+/// forward, a last-wins reading (serde_json, Go) and a case-insensitive one
+/// (Go's encoding/json, with its Unicode folds) find the method, id and
+/// params the gateway decided on. No input is read two ways.
+pub fn jsonrpc_strict(data: &[u8]) {
+    use crate::jsonrpc::json::{check, Invalid};
+    use crate::jsonrpc::Call;
+    use serde_json::Value;
+    let value = serde_json::from_slice::<Value>(data);
+    let dups = serde_json::from_slice::<Dups>(data).map(|d| d.0);
+    match check(data) {
+        Ok(()) => {
+            assert!(value.is_ok(), "accepted what serde_json refuses");
+            assert_eq!(dups.ok(), Some(false), "accepted a member named twice");
+        }
+        Err(Invalid::DuplicateMember) => assert_eq!(dups.ok(), Some(true)),
+        Err(_) => assert!(
+            value.is_err() || dups.is_err(),
+            "refused what serde_json reads"
+        ),
+    }
+    let call = Call::parse(data);
+    if call.refusal().is_some() {
+        return;
+    }
+    let Ok(value) = value else {
+        panic!("a call the gateway forwards is JSON");
+    };
+    let objects: Vec<&Value> = match &value {
+        Value::Array(items) => items.iter().collect(),
+        v => vec![v],
+    };
+    assert_eq!(objects.len(), call.len());
+    let fold = |name: &str| -> String {
+        name.chars()
+            .map(|c| match c {
+                '\u{212A}' => 'k',
+                '\u{017F}' => 's',
+                '\u{0130}' | '\u{0131}' => 'i',
+                c => c.to_ascii_lowercase(),
+            })
+            .collect()
+    };
+    for (req, object) in call.requests().zip(objects) {
+        let raw =
+            |v: Option<&[u8]>| v.map(|b| serde_json::from_slice::<Value>(b).expect("a value"));
+        let ours = (
+            req.method()
+                .map(|m| String::from_utf8(m.to_vec()).expect("UTF-8")),
+            raw(req.id),
+            raw(req.params),
+        );
+        // Last wins (serde_json's map).
+        let last = (
+            object["method"].as_str().map(str::to_string),
+            object.get("id").cloned(),
+            object.get("params").cloned(),
+        );
+        assert_eq!(ours, last, "the gateway and a last-wins node differ");
+        // Case-insensitive, in order, last wins (Go).
+        let members: Members = serde_json::from_value(object.clone()).expect("an object");
+        let mut go = (None, None, None);
+        for (k, v) in members.0 {
+            match fold(&k).as_str() {
+                "method" => go.0 = v.as_str().map(str::to_string),
+                "id" => go.1 = Some(v),
+                "params" => go.2 = Some(v),
+                _ => {}
+            }
+        }
+        assert_eq!(ours, go, "the gateway and a case-insensitive node differ");
+    }
+}

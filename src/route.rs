@@ -308,7 +308,7 @@ impl Router {
     ) -> Target {
         let any = call.requests().any(|r| {
             let p = jsonrpc::Peek {
-                method: r.method,
+                method: r.method(),
                 params: r.params,
                 ..Default::default()
             };
@@ -324,7 +324,7 @@ impl Router {
     /// [`Router::retryable`] of a call parsed once (a single request).
     pub fn retryable_call(&self, call: &jsonrpc::Call<'_>) -> bool {
         call.single()
-            .and_then(|r| r.method)
+            .and_then(|r| r.method())
             .is_some_and(|m| self.block_args.contains_key(m))
     }
 

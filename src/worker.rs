@@ -148,6 +148,10 @@ impl Worker {
             max_frame: l.max_frame_bytes,
             max_message: l.max_message_bytes,
         };
+        let node_codec = CodecLimits {
+            max_frame: l.max_answer_bytes,
+            max_message: l.max_answer_bytes,
+        };
         let admission = Rc::new(match before {
             Some(old) => old.renew(&config.admission),
             None => crate::policy::AdmissionCtx::new(&config.admission, total),
@@ -167,7 +171,7 @@ impl Worker {
             connect_timeout: config.connect_timeout,
             keepalive: config.keepalive_interval,
             health_every: config.health.interval,
-            codec,
+            codec: node_codec,
             max_head: l.max_head_bytes,
             max_subscriptions: config.shared_max_subscriptions,
             request_timeout: config.request_timeout,
@@ -196,6 +200,7 @@ impl Worker {
             pool,
             session: SessionConfig {
                 codec,
+                node_codec,
                 max_buffered: l.max_buffered_bytes,
                 idle_timeout: l.idle_timeout,
                 close_timeout: l.close_timeout,

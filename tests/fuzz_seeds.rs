@@ -110,3 +110,8 @@ fn http_body_seeds() {
 fn cache_rules_seeds() {
     check("cache_rules", ringway::fuzzing::cache_rules);
 }
+
+#[test]
+fn jsonrpc_strict_seeds() {
+    check("jsonrpc_strict", ringway::fuzzing::jsonrpc_strict);
+}

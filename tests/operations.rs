@@ -691,11 +691,10 @@ fn import_nginx_turns_the_seed_blocks_into_configs_that_serve() {
             None => pki.client_config(),
         };
         let (mut ws, _) = tungstenite::client(gw.url("/"), tls_connect(gw.addr, client)).unwrap();
-        ws.send(Message::Text(format!("hello from {name}")))
-            .unwrap();
-        assert_eq!(
-            ws.read().unwrap(),
-            Message::Text(format!("hello from {name}"))
-        );
+        // A JSON-RPC call (the converted limit_req reads each call: what is
+        // not one is answered by the gateway), echoed by the node.
+        let call = format!(r#"{{"jsonrpc":"2.0","id":1,"method":"hello","params":["{name}"]}}"#);
+        ws.send(Message::Text(call.clone())).unwrap();
+        assert_eq!(ws.read().unwrap(), Message::Text(call));
     }
 }

@@ -213,12 +213,15 @@ pub struct Plan {
 
 /// How a request may be answered from the cache, or `None`.
 pub fn plan(rules: &Rules, req: &Request<'_>, chain: &dyn ChainView) -> Option<Plan> {
-    let method = req.method?;
+    // Only a request read one way (strict JSON, no member named twice)
+    // is ever a key: its params are then well-formed.
+    if !req.is_valid() {
+        return None;
+    }
+    let method = req.method()?;
     let (rule, ttl) = rules.get(method)?;
     req.id?;
     let params = compact(req.params.unwrap_or(b"[]"));
-    // Malformed params are the node's to answer (and never a key).
-    serde_json::from_slice::<serde_json::Value>(&params).ok()?;
     let mut plan = Plan {
         key: key(method, &params),
         ttl,

@@ -203,8 +203,16 @@ pub struct LimitsSection {
     pub handshake_min_rate: u64,
     pub idle_timeout_s: u64,
     pub close_timeout_ms: u64,
+    /// A client's frame; over it, close 1009.
     pub max_frame_bytes: u64,
+    /// A client's message (held whole to be read before it goes to a node,
+    /// so also the memory one message may take); below the nodes' own
+    /// limits (jsonrpsee 10 MiB, Substrate 15 MiB, geth 32 MiB), which
+    /// otherwise drop a shared connection for every session on it.
     pub max_message_bytes: u64,
+    /// A node's message (frame or whole) towards a client: answers can be
+    /// large (a block's receipts, a trace), and nodes are trusted more.
+    pub max_answer_bytes: u64,
     pub max_buffered_bytes: usize,
 }
 
@@ -217,8 +225,9 @@ impl Default for LimitsSection {
             handshake_min_rate: 100,
             idle_timeout_s: 300,
             close_timeout_ms: 3_000,
-            max_frame_bytes: 16 << 20,
-            max_message_bytes: 64 << 20,
+            max_frame_bytes: 8 << 20,
+            max_message_bytes: 8 << 20,
+            max_answer_bytes: 64 << 20,
             max_buffered_bytes: 256 * 1024,
         }
     }

@@ -94,6 +94,7 @@ pub struct Limits {
     pub close_timeout: Duration,
     pub max_frame_bytes: u64,
     pub max_message_bytes: u64,
+    pub max_answer_bytes: u64,
     pub max_buffered_bytes: usize,
 }
 

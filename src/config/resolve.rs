@@ -135,6 +135,12 @@ impl Config {
                 ),
             ));
         }
+        if l.max_answer_bytes < 1 << 20 {
+            return Err(err(
+                "limits.max_answer_bytes",
+                "must be at least 1048576 (a runtime's metadata is about 1 MiB)".into(),
+            ));
+        }
         for (key, v) in [
             ("limits.handshake_timeout_ms", l.handshake_timeout_ms),
             ("limits.idle_timeout_s", l.idle_timeout_s),
@@ -173,6 +179,7 @@ impl Config {
             close_timeout: Duration::from_millis(l.close_timeout_ms),
             max_frame_bytes: l.max_frame_bytes,
             max_message_bytes: l.max_message_bytes,
+            max_answer_bytes: l.max_answer_bytes,
             max_buffered_bytes: l.max_buffered_bytes,
         };
 

@@ -193,27 +193,33 @@ pub async fn http_loop<R: ReadHalf, W: WriteHalf>(
         let now = std::time::Instant::now();
         let body_len = body.len();
         let call = crate::jsonrpc::Call::parse(&body);
-        let (status, answer, retry_after) =
-            match worker.admission.check_call(admitted.ip, &call, now) {
-                Ok(()) => {
-                    crate::metrics::calls(&call, crate::metrics::Outcome::Forwarded);
-                    let (status, answer) = answer_rpc(worker, &path, &call, &ip).await;
-                    (status, answer, None)
-                }
-                Err((refusal, answer)) => {
-                    crate::debug!("refused a call from {}: {refusal:?}", admitted.ip);
-                    crate::metrics::calls(&call, crate::metrics::Outcome::Refused);
-                    let retry = match refusal {
-                        crate::policy::Refusal::RateLimited(wait) => Some(wait.as_secs().max(1)),
-                        _ => None,
-                    };
-                    (
-                        refusal.http_status(),
-                        answer.unwrap_or_default().into_bytes(),
-                        retry,
-                    )
-                }
-            };
+        // What cannot be read one way only is answered here, not sent.
+        let checked = match call.refusal() {
+            Some(answer) => Err((None, Some(answer))),
+            None => worker
+                .admission
+                .check_call(admitted.ip, &call, now)
+                .map_err(|(refusal, answer)| (Some(refusal), answer)),
+        };
+        let (status, answer, retry_after) = match checked {
+            Ok(()) => {
+                crate::metrics::calls(&call, crate::metrics::Outcome::Forwarded);
+                let (status, answer) = answer_rpc(worker, &path, &call, &ip).await;
+                (status, answer, None)
+            }
+            Err((refusal, answer)) => {
+                crate::debug!("refused a call from {}: {refusal:?}", admitted.ip);
+                crate::metrics::calls(&call, crate::metrics::Outcome::Refused);
+                let retry = match refusal {
+                    Some(crate::policy::Refusal::RateLimited(wait)) => Some(wait.as_secs().max(1)),
+                    _ => None,
+                };
+                // Not one request a node could read (no refusal of a
+                // policy's): 400, the JSON-RPC error as the body.
+                let status = refusal.map_or(400, crate::policy::Refusal::http_status);
+                (status, answer.unwrap_or_default().into_bytes(), retry)
+            }
+        };
         if worker.config.access_log {
             crate::info!(
                 "access kind=http client={} path={:?} status={status} ms={} bytes_in={body_len} bytes_out={}",
@@ -341,11 +347,7 @@ async fn answer_rpc(
     let body = call.raw;
     let target = worker.router.route_call(call, &worker.core.chain);
     let role = rpc_http::role_for(target);
-    let max = worker
-        .config
-        .http
-        .max_body_bytes
-        .max(worker.config.limits.max_message_bytes as usize);
+    let max = worker.config.limits.max_answer_bytes as usize;
     let timeout = worker.config.request_timeout;
     // Each answer's time is the node's response time (a histogram per node).
     let forward = |index| async move {

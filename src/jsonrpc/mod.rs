@@ -12,6 +12,7 @@
 
 pub mod call;
 pub mod error;
+pub mod json;
 pub mod peek;
 pub mod scan;
 

@@ -77,7 +77,10 @@ pub fn member<'a>(buf: &'a [u8], name: &[u8]) -> Option<&'a [u8]> {
 /// Call `f(key, raw value)` for each member of the top-level object in
 /// `buf` until it returns false. `None` if `buf` is not a well-formed
 /// object up to where the walk stopped.
-fn walk_members<'a>(buf: &'a [u8], mut f: impl FnMut(&'a [u8], &'a [u8]) -> bool) -> Option<()> {
+pub(super) fn walk_members<'a>(
+    buf: &'a [u8],
+    mut f: impl FnMut(&'a [u8], &'a [u8]) -> bool,
+) -> Option<()> {
     let mut i = skip_ws(buf, 0);
     if buf.get(i) != Some(&b'{') {
         return None;

@@ -271,7 +271,7 @@ impl CoreStats {
     /// Every request of `call`.
     pub fn call(&self, call: &crate::jsonrpc::Call<'_>, outcome: Outcome) {
         for r in call.requests() {
-            self.request(r.method, outcome);
+            self.request(r.method(), outcome);
         }
     }
 

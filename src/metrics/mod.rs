@@ -17,7 +17,7 @@ pub fn read(source: Source, messages: u64, bytes: usize) {
 
 /// One request (a batch element) had this `outcome`, on this core.
 pub fn request(req: &crate::jsonrpc::Request<'_>, outcome: Outcome) {
-    count(|c| c.request(req.method, outcome));
+    count(|c| c.request(req.method(), outcome));
 }
 
 /// Every request of `call` had this `outcome`, on this core.

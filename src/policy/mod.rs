@@ -237,46 +237,43 @@ impl AdmissionCtx {
         now: Instant,
     ) -> Result<(), (Refusal, Option<String>)> {
         let batch = call.is_batch();
-        let elements: Vec<crate::jsonrpc::Request<'_>> = call.requests().copied().collect();
         let answer = |f: &dyn Fn(&crate::jsonrpc::Request<'_>) -> String| -> Option<String> {
-            let parts: Vec<String> = elements.iter().filter(|p| p.id.is_some()).map(f).collect();
+            let parts: Vec<String> = call.requests().filter(|p| p.id.is_some()).map(f).collect();
             match (parts.is_empty(), batch) {
                 (true, _) => None,
                 (false, true) => Some(format!("[{}]", parts.join(","))),
                 (false, false) => parts.into_iter().next(),
             }
         };
-        if batch && self.max_batch > 0 && elements.len() > self.max_batch {
+        if batch && self.max_batch > 0 && call.len() > self.max_batch {
             self.shared.rejections.count(Reason::BatchTooLarge);
             let why = format!(
                 "batch of {} requests is over the limit of {}",
-                elements.len(),
+                call.len(),
                 self.max_batch
             );
             return Err((
                 Refusal::BatchTooLarge,
-                answer(&|p| {
-                    crate::jsonrpc::error::error(p.id.unwrap_or(b"null"), -32600, &why, None)
-                }),
+                answer(&|p| crate::jsonrpc::error::error(p.reply_id(), -32600, &why, None)),
             ));
         }
         let denied =
-            |p: &crate::jsonrpc::Request<'_>| p.method.is_some_and(|m| !self.policy.allows(m));
-        if elements.iter().any(denied) {
+            |p: &crate::jsonrpc::Request<'_>| p.method().is_some_and(|m| !self.policy.allows(m));
+        if call.requests().any(denied) {
             self.shared.rejections.count(Reason::MethodDenied);
             return Err((
                 Refusal::Denied,
                 answer(&|p| {
                     if denied(p) {
                         crate::jsonrpc::error::error(
-                            p.id.unwrap_or(b"null"),
+                            p.reply_id(),
                             -32601,
                             "Method not found (not allowed here)",
                             None,
                         )
                     } else {
                         crate::jsonrpc::error::error(
-                            p.id.unwrap_or(b"null"),
+                            p.reply_id(),
                             -32600,
                             "batch refused: it has a method that is not allowed",
                             None,
@@ -286,10 +283,10 @@ impl AdmissionCtx {
             ));
         }
         let Some(_) = self.limit else { return Ok(()) };
-        let cost: f64 = elements
-            .iter()
+        let cost: f64 = call
+            .requests()
             .map(|p| {
-                p.method
+                p.method()
                     .and_then(|m| self.costs.get(m).copied())
                     .unwrap_or(1.0)
             })
@@ -305,7 +302,7 @@ impl AdmissionCtx {
                     Refusal::RateLimited(wait),
                     answer(&|p| {
                         crate::jsonrpc::error::error(
-                            p.id.unwrap_or(b"null"),
+                            p.reply_id(),
                             -32005,
                             "rate limit exceeded",
                             Some(&data),

@@ -191,14 +191,30 @@ pub fn on_held(
     r: &Routed<'_>,
     whole: bool,
 ) {
-    let raw = asm.take_raw();
+    let raw = match from {
+        Which::Client => asm.take_frames(Some(crate::rng::mask_key())),
+        Which::Node => asm.take_raw(),
+    };
     let frame_end = asm.decoder().at_frame_boundary();
     let message_end = whole && asm.decoder().at_message_boundary();
-    // Parsed once, for every decision below (a part of a large message is
-    // not parsed: it streams to the pruned node).
+    // Parsed once, for every decision below (a part of a large answer is
+    // not parsed: it streams to the client).
     let call = Call::parse(if whole { asm.message() } else { b"" });
     match from {
         Which::Client => {
+            // A client message is always whole here. One that cannot be
+            // read one way only is answered by the gateway where a policy
+            // reads calls; where none does (a plain WebSocket relay), it
+            // goes to the session's node unchanged, and neither the cache
+            // nor routing acts on it.
+            let readable = call.refusal();
+            if let (Some(answer), Some(_)) = (&readable, r.admission) {
+                crate::metrics::calls(&call, Outcome::Refused);
+                s.send_text(answer.as_bytes());
+                asm.clear();
+                return;
+            }
+            let readable = readable.is_none();
             if let (true, true, Some((adm, ip))) = (whole, hold.target.is_none(), r.admission) {
                 let refused = match adm.check_call(ip, &call, std::time::Instant::now()) {
                     Err((refusal, answer)) => {
@@ -219,9 +235,9 @@ pub fn on_held(
                 }
             }
             // Where a whole message would go by its method and block (once).
-            let routed = (whole && r.route && hold.target.is_none())
+            let routed = (readable && r.route && hold.target.is_none())
                 .then(|| r.router.route_call(&call, r.chain));
-            if let (true, true, Some((side, node))) = (whole, hold.target.is_none(), &r.cache) {
+            if let (true, true, Some((side, node))) = (readable, hold.target.is_none(), &r.cache) {
                 let to_pruned = routed != Some(Target::Archive);
                 if let (true, Some(req), Some(me)) = (to_pruned, call.single(), s.me.upgrade()) {
                     if crate::relay::shared::request::cache_pinned(side, *node, r.chain, &me, req) {
@@ -457,7 +473,7 @@ async fn reader(s: &Session, halves: &Halves) {
         let mut buf = std::mem::take(&mut *early.borrow_mut());
         // Whole messages as received (they reach the client between the
         // pruned node's messages), and each one's ids.
-        let mut asm = Assembler::new(Role::Server, s.cfg.codec, 0, true);
+        let mut asm = Assembler::new(Role::Server, s.cfg.node_codec, 0, true);
         let mut ids = IdScanner::new();
         let mut fresh = buf.len();
         'outer: loop {

@@ -53,7 +53,10 @@ pub use session::Session;
 /// Limits and timers of a session.
 #[derive(Debug, Clone, Copy)]
 pub struct SessionConfig {
+    /// What a client may send.
     pub codec: CodecLimits,
+    /// What a node may send (`limits.max_answer_bytes`).
+    pub node_codec: CodecLimits,
     pub max_buffered: usize,
     pub idle_timeout: Duration,
     pub close_timeout: Duration,

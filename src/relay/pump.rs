@@ -62,16 +62,23 @@ pub async fn pump<R: ReadHalf>(
     };
     let (mut way, keep, keep_raw) = match (from, mux, routed) {
         (Which::Client, Some((ctx, rc)), _) => (Way::Messages(ctx, rc), usize::MAX, false),
-        // Node answers are held only when they may need a retry on archive;
-        // for admission alone they stream as usual.
-        (Which::Client, None, Some(r)) => (Way::Hold(r, Hold::default()), HOLD_MAX, true),
+        // A client's message is held whole (up to `max_message_bytes`) and
+        // read before it goes anywhere; its frames as received up to
+        // HOLD_MAX (larger ones are framed again). Node answers are held
+        // only when they may need a retry on archive (up to HOLD_MAX; larger
+        // ones stream); for admission alone they stream as usual.
+        (Which::Client, None, Some(r)) => (Way::Hold(r, Hold::default()), usize::MAX, true),
         (Which::Node, _, Some(r)) if r.route => (Way::Hold(r, Hold::default()), HOLD_MAX, true),
         // Stream: a client request is kept whole for its ids; an answer's
         // ids are scanned as they pass.
         (Which::Client, None, None) => (Way::Stream(IdScanner::new()), usize::MAX, false),
         (Which::Node, _, _) => (Way::Stream(IdScanner::new()), 0, false),
     };
-    let mut asm = Assembler::new(role, s.cfg.codec, keep, keep_raw);
+    let limits = match from {
+        Which::Client => s.cfg.codec,
+        Which::Node => s.cfg.node_codec,
+    };
+    let mut asm = Assembler::new(role, limits, keep, keep_raw).raw_max(HOLD_MAX);
     let src = s.side(from);
     // Bytes that came with the handshake are the first buffer. Later buffers
     // start empty and get room from the reader, sized to the traffic.
@@ -169,7 +176,10 @@ fn process(
                 pos += n;
                 if end {
                     on_message(s, from, asm, way, true);
-                } else if matches!(way, Way::Hold(..)) && asm.raw_len() >= HOLD_MAX {
+                } else if from == Which::Node
+                    && matches!(way, Way::Hold(..))
+                    && asm.raw_len() >= HOLD_MAX
+                {
                     on_message(s, from, asm, way, false);
                 }
             }

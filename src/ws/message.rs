@@ -39,6 +39,11 @@ pub struct Assembler {
     raw: Vec<u8>,
     /// The message is longer than `keep`: `payload` holds its start.
     cut: bool,
+    /// Frames kept as received up to this many bytes; a larger message is
+    /// framed again from its payload ([`Assembler::take_frames`]).
+    raw_max: usize,
+    /// The message's frames went past `raw_max` (`raw` was dropped).
+    raw_cut: bool,
     /// Payload capacity kept between messages (more is freed).
     retain: usize,
 }
@@ -54,8 +59,17 @@ impl Assembler {
             payload: Vec::new(),
             raw: Vec::new(),
             cut: false,
+            raw_max: usize::MAX,
+            raw_cut: false,
             retain: 64 * 1024,
         }
+    }
+
+    /// Keep the frames as received only up to `bytes` per message (a
+    /// whole payload is kept: a larger message is framed again from it).
+    pub fn raw_max(mut self, bytes: usize) -> Assembler {
+        self.raw_max = bytes;
+        self
     }
 
     /// Keep up to `bytes` of payload capacity between messages (a shared
@@ -75,8 +89,13 @@ impl Assembler {
         match self.dec.step(buf)? {
             Step::Forward(n) => {
                 let bytes = &buf[..n];
-                if self.keep_raw {
-                    self.raw.extend_from_slice(bytes);
+                if self.keep_raw && !self.raw_cut {
+                    if self.raw.len() + n > self.raw_max {
+                        self.raw_cut = true;
+                        self.raw = Vec::new();
+                    } else {
+                        self.raw.extend_from_slice(bytes);
+                    }
                 }
                 if let Some((mask, offset)) = position {
                     let room = self.keep.saturating_sub(self.payload.len());
@@ -120,6 +139,23 @@ impl Assembler {
 
     pub fn raw_len(&self) -> usize {
         self.raw.len()
+    }
+
+    /// The frames of a whole message: as received, or, past `raw_max`, its
+    /// payload as one frame masked with `mask` (a client's message towards
+    /// a node must be masked).
+    pub fn take_frames(&mut self, mask: Option<[u8; 4]>) -> Vec<u8> {
+        if !std::mem::take(&mut self.raw_cut) {
+            return self.take_raw();
+        }
+        let opcode = if self.is_text() {
+            super::frame::OpCode::Text
+        } else {
+            super::frame::OpCode::Binary
+        };
+        let mut f = Vec::with_capacity(self.payload.len() + super::frame::MAX_HEADER_LEN);
+        super::frame::write_frame(&mut f, opcode, &self.payload, mask);
+        f
     }
 
     /// Forget the kept payload (after a whole message was handled); a large
@@ -213,5 +249,36 @@ mod tests {
         assert_eq!(got, [(b"{\"id\":7,".to_vec(), true)]);
         assert_eq!(a.take_raw(), wire);
         assert!(a.is_text());
+    }
+
+    #[test]
+    fn a_message_past_raw_max_is_framed_again_from_its_payload() {
+        let wire = frames(
+            &[
+                (OpCode::Text, false, b"{\"id\":1,"),
+                (OpCode::Continuation, true, b"\"method\":\"m\"}"),
+            ],
+            true,
+        );
+        let whole = |a: &mut Assembler| {
+            let mut pos = 0;
+            while pos < wire.len() {
+                match a.step(&wire[pos..]).unwrap() {
+                    Event::Data { n, .. } | Event::Control(_, n) => pos += n,
+                    Event::NeedMore => unreachable!("all of it is here"),
+                }
+            }
+        };
+        let mut a = Assembler::new(Role::Client, Limits::default(), usize::MAX, true).raw_max(8);
+        whole(&mut a);
+        let again = a.take_frames(Some([9, 8, 7, 6]));
+        let mut b = Assembler::new(Role::Client, Limits::default(), usize::MAX, false);
+        let got = run(&mut b, &again, 100);
+        assert_eq!(got, [(b"{\"id\":1,\"method\":\"m\"}".to_vec(), false)]);
+        // Below raw_max, the frames as they came.
+        let mut c =
+            Assembler::new(Role::Client, Limits::default(), usize::MAX, true).raw_max(1 << 20);
+        whole(&mut c);
+        assert_eq!(c.take_frames(None), wire);
     }
 }

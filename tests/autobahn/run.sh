@@ -50,11 +50,23 @@ start() {
 
 start "$out/echo.log" target/release/examples/echo_upstream 127.0.0.1:0
 echo_addr=$ADDR
-# The echo node is not a JSON-RPC node: health checks only test its upgrade.
-start "$out/ringway-ws.log" target/release/ringway --listen 127.0.0.1:0 --plaintext \
+# The echo node is not a JSON-RPC node: ringway runs as a plain WebSocket
+# relay (no call is read: no cache, no per-call limits; messages as large
+# as Autobahn sends), and health checks only test the node's upgrade.
+cat >"$out/relay.toml" <<TOML
+[limits]
+max_frame_bytes = 16777216
+max_message_bytes = 67108864
+[cache]
+enabled = false
+[admission]
+max_subscriptions_per_connection = 0
+max_inflight_per_connection = 0
+TOML
+start "$out/ringway-ws.log" target/release/ringway --config "$out/relay.toml" --listen 127.0.0.1:0 --plaintext \
   --upstream "ws://$echo_addr" --health-probe connect --log-level warn
 ws_addr=$ADDR
-start "$out/ringway-wss.log" target/release/ringway --listen 127.0.0.1:0 \
+start "$out/ringway-wss.log" target/release/ringway --config "$out/relay.toml" --listen 127.0.0.1:0 \
   --upstream "ws://$echo_addr" --health-probe connect --log-level warn
 wss_addr=$ADDR
 

@@ -154,6 +154,95 @@ impl Script {
     }
 }
 
+/// One request as a lenient node reads it (Go's encoding/json; Jackson
+/// with case-insensitive properties): member names unescaped and matched
+/// ignoring case (with Go's Unicode folds), the last of duplicates winning,
+/// bytes after the first value ignored. The mock Substrate node reads this
+/// way, so a test sees what such a node would run of what passed the gateway.
+#[derive(Debug, Clone, Default)]
+pub struct NodeReading {
+    pub method: Option<String>,
+    pub id: Option<serde_json::Value>,
+    pub params: Option<serde_json::Value>,
+}
+
+impl NodeReading {
+    /// The id to answer with, as JSON.
+    pub fn id_json(&self) -> String {
+        self.id.as_ref().map_or("null".into(), |v| v.to_string())
+    }
+}
+
+/// An object's members in order, duplicates kept.
+struct Members(Vec<(String, serde_json::Value)>);
+
+impl<'de> serde::Deserialize<'de> for Members {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = Members;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("an object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut m: A,
+            ) -> Result<Members, A::Error> {
+                let mut out = Vec::new();
+                while let Some((k, v)) = m.next_entry::<String, serde_json::Value>()? {
+                    out.push((k, v));
+                }
+                Ok(Members(out))
+            }
+        }
+        d.deserialize_map(V)
+    }
+}
+
+/// Go's case folding of a member name (`ToUpper(ToLower(r))`, lower-cased).
+fn go_fold(name: &str) -> String {
+    name.chars()
+        .map(|c| match c {
+            '\u{212A}' => 'k',
+            '\u{017F}' => 's',
+            '\u{0130}' | '\u{0131}' => 'i',
+            c => c.to_ascii_lowercase(),
+        })
+        .collect()
+}
+
+fn read_members(members: Members) -> NodeReading {
+    let mut r = NodeReading::default();
+    for (k, v) in members.0 {
+        match go_fold(&k).as_str() {
+            "method" => r.method = v.as_str().map(str::to_string),
+            "id" => r.id = Some(v),
+            "params" => r.params = Some(v),
+            _ => {}
+        }
+    }
+    r
+}
+
+/// A message as a lenient node reads it: its requests (one, or a batch's),
+/// or `None` when even such a node cannot read it.
+pub fn node_reading(msg: &[u8]) -> Option<(bool, Vec<NodeReading>)> {
+    let mut de = serde_json::Deserializer::from_slice(msg);
+    let start = msg.iter().find(|b| !b.is_ascii_whitespace())?;
+    if *start == b'[' {
+        let list: Vec<Members> = serde::Deserialize::deserialize(&mut de).ok()?;
+        Some((true, list.into_iter().map(read_members).collect()))
+    } else {
+        let one: Members = serde::Deserialize::deserialize(&mut de).ok()?;
+        Some((false, vec![read_members(one)]))
+    }
+}
+
+/// The params of a [`NodeReading`] as JSON text, for `ringway::jsonrpc::param`.
+struct Peeked<'a> {
+    params: Option<&'a [u8]>,
+}
+
 /// Knobs of a [`Behaviour::Substrate`] node, shared with the test.
 #[derive(Debug, Default)]
 pub struct FakeChain {
@@ -202,20 +291,16 @@ impl FakeChain {
         self.calls.lock().unwrap().values().sum()
     }
 
-    /// Count a client session's message (each request of a batch), then
-    /// wait the delay.
+    /// Count a client session's message (each request of a batch, as a
+    /// lenient node reads it: see [`node_reading`]), then wait the delay.
     fn count(&self, msg: &str) {
-        let elements: Vec<&[u8]> = if msg.trim_start().starts_with('[') {
-            ringway::jsonrpc::elements(msg.as_bytes()).collect()
-        } else {
-            vec![msg.as_bytes()]
-        };
         let mut calls = self.calls.lock().unwrap();
-        for e in elements {
-            if let Some(m) = ringway::jsonrpc::peek(e).and_then(|p| p.method) {
-                *calls
-                    .entry(String::from_utf8_lossy(m).into_owned())
-                    .or_default() += 1;
+        for r in node_reading(msg.as_bytes())
+            .map(|(_, rs)| rs)
+            .unwrap_or_default()
+        {
+            if let Some(m) = r.method {
+                *calls.entry(m).or_default() += 1;
             }
         }
         drop(calls);
@@ -225,7 +310,7 @@ impl FakeChain {
         }
     }
 
-    /// Answer a message (object or batch).
+    /// Answer a message (object or batch), read as a lenient node reads it.
     pub fn answer_all(&self, msg: &str) -> String {
         if msg.trim_start().starts_with('[') {
             let parts: Vec<String> = ringway::jsonrpc::elements(msg.as_bytes())
@@ -239,10 +324,18 @@ impl FakeChain {
 
     fn answer(&self, req: &str) -> String {
         use std::sync::atomic::Ordering::Relaxed;
-        let p = ringway::jsonrpc::peek(req.as_bytes()).expect("json-rpc");
-        let id = String::from_utf8_lossy(p.id.unwrap_or(b"null")).to_string();
+        let Some((_, reading)) = node_reading(req.as_bytes()) else {
+            return r#"{"jsonrpc":"2.0","error":{"code":-32700,"message":"Parse error"},"id":null}"#
+                .to_string();
+        };
+        let r = &reading[0];
+        let id = r.id_json();
+        let params = r.params.as_ref().map(|v| v.to_string());
+        let p = Peeked {
+            params: params.as_deref().map(str::as_bytes),
+        };
         let head = self.head.load(Relaxed);
-        let result = match p.method.unwrap_or(b"") {
+        let result = match r.method.as_deref().unwrap_or("").as_bytes() {
             b"system_health" => format!(
                 r#"{{"peers":3,"isSyncing":{},"shouldHavePeers":true}}"#,
                 self.syncing.load(Relaxed)

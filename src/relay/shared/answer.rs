@@ -282,7 +282,7 @@ fn answer(sh: &Rc<Shared>, conn: &Rc<Conn>, msg: &[u8], id: &[u8], mut w: Waitin
     if let Some(request) = &w.retry {
         if sh.router.is_pruned_error(msg) {
             if let Some(archive) = sh.archive_for(&s) {
-                if let Some(req) = jsonrpc::Call::parse(request).single().copied() {
+                if let Some(req) = jsonrpc::Call::parse(request).single().cloned() {
                     crate::debug!("pruned node lacks the state; retrying on archive");
                     sh.send_kept(&archive, &s, &req, w.batch, None, w.kept.take());
                     return;
@@ -301,7 +301,7 @@ fn answer(sh: &Rc<Shared>, conn: &Rc<Conn>, msg: &[u8], id: &[u8], mut w: Waitin
     if filled && jsonrpc::member(msg, b"error").is_some() {
         let kept = w.kept.as_mut().expect("filled");
         if let Asked::Filled(sent) = std::mem::replace(&mut kept.asked, Asked::Again) {
-            if let Some(req) = jsonrpc::Call::parse(&sent).single().copied() {
+            if let Some(req) = jsonrpc::Call::parse(&sent).single().cloned() {
                 crate::debug!("node lacks the finalized block; asking as the client did");
                 sh.send_kept(conn, &s, &req, w.batch, None, w.kept.take());
                 return;

@@ -21,13 +21,14 @@ pub fn on_request(ctx: &Ctx<'_>, s: &Rc<Session>, msg: &[u8]) {
     if !s.closing.side(crate::relay::Which::Client).takes_data() {
         return;
     }
-    // The node must be able to answer with an id we can map back: JSON that
-    // does not parse would come back with `"id":null`, so it is answered here.
-    if serde_json::from_slice::<serde::de::IgnoredAny>(msg).is_err() {
-        s.send_text(error(b"null", code::PARSE_ERROR, "Parse error", None).as_bytes());
+    // Read once, strictly: what is not JSON with one meaning is answered
+    // here (the node would answer it with `"id":null`, which maps back to
+    // nobody); each request that goes out is what this reading says.
+    let call = Call::parse(msg);
+    if let Some(e) = call.unreadable {
+        s.send_text(error(b"null", code::PARSE_ERROR, e.reason(), None).as_bytes());
         return;
     }
-    let call = Call::parse(msg);
     if let Some((adm, ip)) = ctx.admission {
         if let Err((refusal, answer)) = adm.check_call(ip, &call, std::time::Instant::now()) {
             crate::debug!("refused a call from {ip}: {refusal:?}");
@@ -92,7 +93,8 @@ pub fn on_request(ctx: &Ctx<'_>, s: &Rc<Session>, msg: &[u8]) {
                 }
                 Sub::Opens if req.id.is_some() && archive.is_none() => {
                     let params = req.params.unwrap_or(b"[]");
-                    if super::topics::mergeable(req.method.unwrap_or_default(), params).is_some() {
+                    if super::topics::mergeable(req.method().unwrap_or_default(), params).is_some()
+                    {
                         return super::topics::subscribe(ctx, to, s, req);
                     }
                 }
@@ -109,7 +111,7 @@ pub fn on_request(ctx: &Ctx<'_>, s: &Rc<Session>, msg: &[u8]) {
                 }
             }
             crate::metrics::calls(&call, Outcome::Forwarded);
-            send_request(to, s, req, 0, retryable.then(|| Box::from(msg)), None);
+            send_request(to, s, req, 0, retryable.then(|| Box::from(req.raw)), None);
         }
         Kind::Batch => send_batch(ctx, to, s, &call),
         Kind::Other => {
@@ -180,15 +182,8 @@ fn cached(
     });
     // The request as sent: the client's, or one with the params filled in.
     let filled = plan.params.as_ref().map(|params| {
-        let method = req.method.unwrap_or_default();
-        let mut m = Vec::with_capacity(params.len() + method.len() + id.len() + 48);
-        m.extend_from_slice(br#"{"jsonrpc":"2.0","id":"#);
-        m.extend_from_slice(id);
-        m.extend_from_slice(br#","method":""#);
-        m.extend_from_slice(method);
-        m.extend_from_slice(br#"","params":"#);
-        m.extend_from_slice(params);
-        m.push(b'}');
+        let mut m = Vec::with_capacity(req.raw.len() + params.len() + 48);
+        req.write(&mut m, Some(id), Some(params));
         m
     });
     let sent_call = filled.as_deref().map(Call::parse);
@@ -201,11 +196,12 @@ fn cached(
 /// ownership, then the per-session limits. `Some(answer)` refuses it
 /// (`None`: no id, no answer).
 fn refuse(ctx: &Ctx<'_>, s: &Session, req: &Request<'_>) -> Option<Option<String>> {
-    if !req.valid {
+    if let Some(why) = req.invalid {
+        // Answered even without an id: it may have one nobody can tell.
         return Some(Some(error(
-            b"null",
+            req.reply_id(),
             code::INVALID_REQUEST,
-            "Invalid Request",
+            why,
             None,
         )));
     }
@@ -237,7 +233,7 @@ fn sub_call(req: &Request<'_>) -> SubCall {
     match req.sub {
         Sub::Ends(Some(sub)) => SubCall::Unsubscribe(Box::from(sub)),
         Sub::Opens => req
-            .method
+            .method()
             .and_then(|m| std::str::from_utf8(m).ok())
             .and_then(unsubscribe_method)
             .map_or(SubCall::Plain, |m| SubCall::Subscribe(m.into_boxed_str())),
@@ -255,29 +251,26 @@ pub fn send_request(
     retry: Option<Box<[u8]>>,
     kept: Option<Box<Kept>>,
 ) -> Option<u64> {
-    let msg = req.raw;
     let Some(id) = req.id else {
         // A notification: no answer to map.
-        to.send_parts(&[msg]);
+        to.send_parts(&req.parts(None, req.params));
         return None;
     };
     let gid = to.next_id();
     let mut digits = [0u8; 20];
-    let at = offset_in(msg, id);
-    to.send_parts(&[&msg[..at], decimal(gid, &mut digits), &msg[at + id.len()..]]);
+    to.send_parts(&req.parts(Some(decimal(gid, &mut digits)), req.params));
     register(to, s, gid, id, batch, sub_call(req), retry, kept);
     Some(gid)
 }
 
 /// Send one request (with an id) whose answer is handled as `call` says.
 pub fn send_as(to: &Conn, s: &Rc<Session>, req: &Request<'_>, call: SubCall) {
-    let (msg, Some(id)) = (req.raw, req.id) else {
+    let Some(id) = req.id else {
         return;
     };
     let gid = to.next_id();
     let mut digits = [0u8; 20];
-    let at = offset_in(msg, id);
-    to.send_parts(&[&msg[..at], decimal(gid, &mut digits), &msg[at + id.len()..]]);
+    to.send_parts(&req.parts(Some(decimal(gid, &mut digits)), req.params));
     register(to, s, gid, id, 0, call, None, None);
 }
 
@@ -326,19 +319,15 @@ fn send_batch(ctx: &Ctx<'_>, to: &Conn, s: &Rc<Session>, call: &Call<'_>) {
             body.push(b',');
         }
         forwarded += 1;
-        let e = req.raw;
         match req.id {
             Some(id) => {
                 let gid = to.next_id();
                 gids.push(gid);
-                let at = offset_in(e, id);
-                body.extend_from_slice(&e[..at]);
-                body.extend_from_slice(decimal(gid, &mut [0u8; 20]));
-                body.extend_from_slice(&e[at + id.len()..]);
+                req.write(&mut body, Some(decimal(gid, &mut [0u8; 20])), req.params);
                 s.inflight.borrow_mut().add(id, tracker);
                 register(to, s, gid, id, batch, sub_call(req), None, None);
             }
-            None => body.extend_from_slice(e),
+            None => req.write(&mut body, None, req.params),
         }
     }
     body.push(b']');

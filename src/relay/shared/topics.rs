@@ -240,7 +240,7 @@ impl Topic {
 pub fn subscribe(ctx: &Ctx<'_>, to: &Rc<Conn>, s: &Rc<Session>, req: &Request<'_>) {
     let sh = &ctx.shared;
     let id = req.id.expect("a subscribe call with an id");
-    let method = req.method.unwrap_or_default();
+    let method = req.method().unwrap_or_default();
     let params = crate::cache::rules::compact(req.params.unwrap_or(b"[]"));
     let (canonical, unsub, latest_value) =
         mergeable(method, &params).expect("checked by the caller");

@@ -1,0 +1,211 @@
+//! A hostile client against the default configuration (plus
+//! `admission.methods = "safe"`), in both session modes, in front of a
+//! mock node that reads requests as a lenient node does (the last of
+//! duplicate members wins, names match ignoring case: Go's encoding/json)
+//! and counts what it runs. One case per finding of issue 20.
+
+mod common;
+
+use std::io::Write;
+
+use common::*;
+use tungstenite::Message;
+
+/// The two session modes.
+const MODES: [&[&str]; 2] = [&[], &["--shared"]];
+
+fn gateway(pki: &TestPki, up: &Upstream, extra_toml: &str, flags: &[&str]) -> Gateway {
+    let cfg = write_config(
+        pki,
+        "hostile.toml",
+        &format!(
+            "[health]\nprobe = \"connect\"\n[admission]\nmethods = \"safe\"\ndeny_methods = [\"state_trace*\"]\n{extra_toml}"
+        ),
+    );
+    let mut args = vec!["--config", cfg.to_str().unwrap()];
+    args.extend_from_slice(flags);
+    Gateway::start(pki, &[up.url()], &args)
+}
+
+/// Spellings of refused calls, each with id `id`: what a lenient node
+/// would run is a refused method in every one.
+fn disguises(id: u64) -> Vec<String> {
+    let pad = "x".repeat(70 * 1024);
+    vec![
+        // An escape in the method name.
+        format!(r#"{{"jsonrpc":"2.0","id":{id},"method":"author_rotat\u0065Keys","params":[]}}"#),
+        // An escape in the member name.
+        format!(r#"{{"jsonrpc":"2.0","id":{id},"met\u0068od":"author_rotateKeys","params":[]}}"#),
+        // The member twice: a last-wins node runs the second.
+        format!(
+            r#"{{"jsonrpc":"2.0","id":{id},"method":"system_health","method":"author_rotateKeys"}}"#
+        ),
+        format!(
+            r#"{{"jsonrpc":"2.0","id":{id},"method":"system_health","m\u0065thod":"author_rotateKeys"}}"#
+        ),
+        // Another case: a case-insensitive node takes it for the method.
+        format!(
+            r#"{{"jsonrpc":"2.0","id":{id},"method":"system_health","METHOD":"author_rotateKeys"}}"#
+        ),
+        format!(
+            r#"{{"jsonrpc":"2.0","id":{id},"Method":"author_rotateKeys","method":"system_health"}}"#
+        ),
+        // Padded past 64 KiB.
+        format!(
+            r#"{{"jsonrpc":"2.0","id":{id},"pad":"{pad}","method":"author_rotateKeys","params":[]}}"#
+        ),
+        // deny_methods, escaped.
+        format!(
+            r#"{{"jsonrpc":"2.0","id":{id},"method":"state_tr\u0061ceBlock","params":["0x01"]}}"#
+        ),
+        // In a batch.
+        format!(
+            r#"[{{"jsonrpc":"2.0","id":{id},"method":"system_health"}},{{"jsonrpc":"2.0","id":{},"method":"author_insert\u004bey","params":[]}}]"#,
+            id + 1000
+        ),
+    ]
+}
+
+/// True for a refusal of the gateway's with the request's id.
+fn refused_with_id(answer: &str, id: u64) -> bool {
+    let v: serde_json::Value =
+        serde_json::from_str(answer).unwrap_or_else(|e| panic!("{e}: {answer}"));
+    let first = if v.is_array() { &v[0] } else { &v };
+    let code = first["error"]["code"].as_i64();
+    first["id"] == id && matches!(code, Some(-32601 | -32600))
+}
+
+const REFUSED: [&str; 3] = ["author_rotateKeys", "state_traceBlock", "author_insertKey"];
+
+fn assert_never_ran(chain: &FakeChain) {
+    let calls = chain.calls.lock().unwrap().clone();
+    for m in REFUSED {
+        assert!(!calls.contains_key(m), "the node ran {m}: {calls:?}");
+    }
+}
+
+#[test]
+fn the_node_never_runs_a_refused_method_whatever_the_encoding() {
+    for mode in MODES {
+        let pki = TestPki::new();
+        let chain = FakeChain::new(100);
+        let up = Upstream::start(Behaviour::Substrate(chain.clone()));
+        let gw = gateway(&pki, &up, "", mode);
+        let mut ws = ws_connect(&gw, pki.client_config(), "/");
+        for (i, msg) in disguises(1).into_iter().enumerate() {
+            let id = 10 + i as u64;
+            let msg = msg.replace(r#""id":1,"#, &format!(r#""id":{id},"#));
+            ws.send(Message::Text(msg.clone())).unwrap();
+            let answer = ws.read().unwrap().into_text().unwrap();
+            assert!(
+                refused_with_id(&answer, id),
+                "{mode:?}: {} got {answer}",
+                &msg[..msg.len().min(120)]
+            );
+        }
+        // The session goes on, and what is allowed reaches the node.
+        ws.send(Message::Text(
+            r#"{"jsonrpc":"2.0","id":99,"method":"system_health","params":[]}"#.into(),
+        ))
+        .unwrap();
+        let answer = ws.read().unwrap().into_text().unwrap();
+        assert!(
+            answer.contains(r#""id":99"#) && answer.contains("peers"),
+            "{answer}"
+        );
+        assert_never_ran(&chain);
+    }
+}
+
+fn post(gw: &Gateway, pki: &TestPki, body: &str) -> (u16, String) {
+    let mut s = tls_connect(gw.addr, pki.client_config());
+    let req = format!(
+        "POST / HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(req.as_bytes()).unwrap();
+    let (status, _, body) = read_response(&mut s);
+    (status, body)
+}
+
+#[test]
+fn over_http_too_the_node_never_runs_a_refused_method() {
+    let pki = TestPki::new();
+    let chain = FakeChain::new(100);
+    let up = Upstream::start(Behaviour::Substrate(chain.clone()));
+    let gw = gateway(&pki, &up, "[http]\nmax_body_bytes = 1048576\n", &[]);
+    for msg in disguises(5) {
+        let (status, body) = post(&gw, &pki, &msg);
+        assert!(
+            refused_with_id(&body, 5),
+            "{status} {body} for {}",
+            &msg[..msg.len().min(120)]
+        );
+    }
+    let (status, body) = post(
+        &gw,
+        &pki,
+        r#"{"jsonrpc":"2.0","id":6,"method":"system_health","params":[]}"#,
+    );
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("peers"), "{body}");
+    assert_never_ran(&chain);
+}
+
+#[test]
+fn what_is_not_json_with_one_meaning_gets_an_error_and_the_session_goes_on() {
+    for mode in MODES {
+        let pki = TestPki::new();
+        let chain = FakeChain::new(100);
+        let up = Upstream::start(Behaviour::Substrate(chain.clone()));
+        let gw = gateway(&pki, &up, "", mode);
+        let mut ws = ws_connect(&gw, pki.client_config(), "/");
+        for (msg, code, id) in [
+            // Two values: a streaming decoder runs the second.
+            (
+                r#"{"jsonrpc":"2.0","id":1,"method":"system_health"} {"jsonrpc":"2.0","id":2,"method":"author_rotateKeys"}"#,
+                -32700,
+                serde_json::Value::Null,
+            ),
+            // A lone surrogate: refused by serde_json, replaced by Go.
+            (
+                r#"{"jsonrpc":"2.0","id":3,"method":"system_health\ud800"}"#,
+                -32700,
+                serde_json::Value::Null,
+            ),
+            // An id a case-insensitive node reads in place of the real one.
+            (
+                r#"{"jsonrpc":"2.0","id":4,"ID":5,"method":"system_health"}"#,
+                -32600,
+                4.into(),
+            ),
+            // The id twice: nobody can tell which to answer with.
+            (
+                r#"{"jsonrpc":"2.0","id":6,"id":7,"method":"system_health"}"#,
+                -32600,
+                serde_json::Value::Null,
+            ),
+        ] {
+            ws.send(Message::Text(msg.into())).unwrap();
+            let answer = ws.read().unwrap().into_text().unwrap();
+            let v: serde_json::Value = serde_json::from_str(&answer).unwrap();
+            assert_eq!(v["error"]["code"], code, "{mode:?} {msg}: {answer}");
+            assert_eq!(v["id"], id, "{mode:?} {msg}: {answer}");
+        }
+        ws.send(Message::Text(
+            r#"{"jsonrpc":"2.0","id":8,"method":"system_health"}"#.into(),
+        ))
+        .unwrap();
+        let answer = ws.read().unwrap().into_text().unwrap();
+        assert!(
+            answer.contains(r#""id":8"#) && answer.contains("peers"),
+            "{answer}"
+        );
+        assert_never_ran(&chain);
+        assert_eq!(
+            chain.calls_of("system_health"),
+            1,
+            "{mode:?}: only the last"
+        );
+    }
+}
