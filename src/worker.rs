@@ -122,6 +122,7 @@ impl Worker {
         let config = generation.config.clone();
         let health = generation.health.clone();
         let total = core.generations.totals.clone();
+        let counts = core.generations.counts;
         let l = &config.limits;
         let depth = config
             .nodes
@@ -206,6 +207,9 @@ impl Worker {
                 close_timeout: l.close_timeout,
                 keepalive: config.keepalive_interval,
                 request_timeout: config.request_timeout,
+                slow_reader: l.slow_reader,
+                send_timeout: l.send_timeout,
+                counts,
             },
             config: config.clone(),
         })

@@ -209,3 +209,138 @@ fn what_is_not_json_with_one_meaning_gets_an_error_and_the_session_goes_on() {
         );
     }
 }
+
+/// The gateway's resident memory, in bytes.
+fn rss(gw: &Gateway) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{}/status", gw.pid())).unwrap();
+    let kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap();
+    kb * 1024
+}
+
+/// A client that sends `frames` (after its upgrade) and never reads,
+/// holding its connection until the returned sender is dropped.
+fn never_reads(gw: &Gateway, pki: &TestPki, frames: Vec<u8>) -> std::sync::mpsc::Sender<()> {
+    let mut s = raw_upgrade(gw, pki);
+    let (tx, rx) = std::sync::mpsc::channel::<()>();
+    std::thread::spawn(move || {
+        // Whatever the gateway takes; a full socket blocks only this thread.
+        let _ = s.write_all(&frames);
+        let _ = s.flush();
+        let _ = rx.recv();
+        drop(s);
+    });
+    tx
+}
+
+/// While `during` runs for `secs`, a neighbour calls system_health every
+/// 50 ms: each must be answered within a second. Returns the most RSS
+/// seen above the start.
+fn growth_while_neighbour_is_served(gw: &Gateway, pki: &TestPki, secs: u64) -> u64 {
+    let before = rss(gw);
+    let mut ws = ws_connect(gw, pki.client_config(), "/");
+    let mut most = 0;
+    let start = std::time::Instant::now();
+    let mut id = 1000;
+    while start.elapsed() < std::time::Duration::from_secs(secs) {
+        id += 1;
+        let asked = std::time::Instant::now();
+        ws.send(Message::Text(format!(
+            r#"{{"jsonrpc":"2.0","id":{id},"method":"system_health","params":[]}}"#
+        )))
+        .unwrap();
+        let answer = ws.read().unwrap().into_text().unwrap();
+        assert!(answer.contains(&format!(r#""id":{id}"#)), "{answer}");
+        assert!(
+            asked.elapsed() < std::time::Duration::from_secs(1),
+            "the neighbour waited {:?}",
+            asked.elapsed()
+        );
+        most = most.max(rss(gw).saturating_sub(before));
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    most
+}
+
+fn masked_text(payload: &[u8]) -> Vec<u8> {
+    client_frame(0x81, payload, Some([1, 2, 3, 4]))
+}
+
+#[test]
+fn a_client_that_never_reads_its_cached_answers_holds_bounded_memory() {
+    for mode in MODES {
+        let pki = TestPki::new();
+        let chain = FakeChain::new(100);
+        chain
+            .metadata_bytes
+            .store(300_000, std::sync::atomic::Ordering::Relaxed);
+        let up = Upstream::start(Behaviour::Substrate(chain.clone()));
+        let gw = gateway(&pki, &up, "", mode);
+        // 2,000 state_getMetadata requests (140 KB), answered from the
+        // cache (300 KB each: 600 MB if all were queued).
+        let mut frames = Vec::new();
+        for i in 0..2000 {
+            let call = format!(r#"{{"jsonrpc":"2.0","id":{i},"method":"state_getMetadata"}}"#);
+            frames.extend(masked_text(call.as_bytes()));
+        }
+        let hold = never_reads(&gw, &pki, frames);
+        let growth = growth_while_neighbour_is_served(&gw, &pki, 3);
+        eprintln!("{mode:?}: RSS grew {} MB at most", growth >> 20);
+        assert!(growth < 100 << 20, "{mode:?}: RSS grew {} MB", growth >> 20);
+        drop(hold);
+    }
+}
+
+#[test]
+fn a_ping_flood_from_a_client_that_never_reads_is_bounded() {
+    for mode in MODES {
+        let pki = TestPki::new();
+        let up = Upstream::start(Behaviour::Echo);
+        let gw = gateway(&pki, &up, "", mode);
+        // 200,000 pings of 125 bytes (27 MB of pongs if each were queued).
+        let ping = client_frame(0x89, &[b'p'; 125], Some([1, 2, 3, 4]));
+        let frames: Vec<u8> = ping
+            .iter()
+            .copied()
+            .cycle()
+            .take(ping.len() * 200_000)
+            .collect();
+        let hold = never_reads(&gw, &pki, frames);
+        let growth = growth_while_neighbour_is_served(&gw, &pki, 3);
+        eprintln!("{mode:?}: RSS grew {} MB at most", growth >> 20);
+        assert!(growth < 10 << 20, "{mode:?}: RSS grew {} MB", growth >> 20);
+        drop(hold);
+    }
+}
+
+#[test]
+fn pings_alone_do_not_keep_a_session_from_idling_out() {
+    for mode in MODES {
+        let pki = TestPki::new();
+        let up = Upstream::start(Behaviour::Echo);
+        let gw = gateway(&pki, &up, "[limits]\nidle_timeout_s = 1\n", mode);
+        let mut s = raw_upgrade(&gw, &pki);
+        s.get_ref()
+            .set_read_timeout(Some(std::time::Duration::from_millis(100)))
+            .unwrap();
+        let start = std::time::Instant::now();
+        let code = loop {
+            assert!(
+                start.elapsed() < std::time::Duration::from_secs(5),
+                "{mode:?}: still open after 5 s of pings"
+            );
+            s.write_all(&client_frame(0x89, b"hi", Some([1, 2, 3, 4])))
+                .unwrap();
+            match read_frame(&mut s) {
+                Some((b0, payload)) if b0 & 0x0f == 0x8 => {
+                    break u16::from_be_bytes([payload[0], payload[1]]);
+                }
+                _ => continue,
+            }
+        };
+        assert_eq!(code, 1001, "{mode:?}");
+    }
+}

@@ -214,6 +214,14 @@ pub struct LimitsSection {
     /// large (a block's receipts, a trace), and nodes are trusted more.
     pub max_answer_bytes: u64,
     pub max_buffered_bytes: usize,
+    /// A client with more than `max_buffered_bytes` waiting that cannot
+    /// wait at its source (answers from the cache, a shared connection or
+    /// an archive node, the gateway's own errors) for this long is closed
+    /// (1008); more than eight times that, at once.
+    pub slow_reader_ms: u64,
+    /// A write to a client pending this long (it reads nothing) ends the
+    /// session (nginx's `send_timeout`).
+    pub send_timeout_ms: u64,
 }
 
 impl Default for LimitsSection {
@@ -229,6 +237,8 @@ impl Default for LimitsSection {
             max_message_bytes: 8 << 20,
             max_answer_bytes: 64 << 20,
             max_buffered_bytes: 256 * 1024,
+            slow_reader_ms: 5_000,
+            send_timeout_ms: 30_000,
         }
     }
 }

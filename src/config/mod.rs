@@ -96,6 +96,8 @@ pub struct Limits {
     pub max_message_bytes: u64,
     pub max_answer_bytes: u64,
     pub max_buffered_bytes: usize,
+    pub slow_reader: Duration,
+    pub send_timeout: Duration,
 }
 
 /// The resolved configuration every worker reads.

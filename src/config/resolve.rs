@@ -145,6 +145,8 @@ impl Config {
             ("limits.handshake_timeout_ms", l.handshake_timeout_ms),
             ("limits.idle_timeout_s", l.idle_timeout_s),
             ("limits.close_timeout_ms", l.close_timeout_ms),
+            ("limits.slow_reader_ms", l.slow_reader_ms),
+            ("limits.send_timeout_ms", l.send_timeout_ms),
             ("http.body_timeout_ms", file.http.body_timeout_ms),
             ("pool.connect_timeout_ms", file.pool.connect_timeout_ms),
             ("pool.request_timeout_ms", file.pool.request_timeout_ms),
@@ -181,6 +183,8 @@ impl Config {
             max_message_bytes: l.max_message_bytes,
             max_answer_bytes: l.max_answer_bytes,
             max_buffered_bytes: l.max_buffered_bytes,
+            slow_reader: Duration::from_millis(l.slow_reader_ms),
+            send_timeout: Duration::from_millis(l.send_timeout_ms),
         };
 
         let flavour = crate::route::Flavour::parse(&file.routing.chain).ok_or_else(|| {

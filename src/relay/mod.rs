@@ -63,6 +63,13 @@ pub struct SessionConfig {
     pub keepalive: Duration,
     /// Requests outstanding this long with nothing from the node: it hung.
     pub request_timeout: Duration,
+    /// Over `max_buffered` of what cannot wait at its source this long: a
+    /// slow reader (1008).
+    pub slow_reader: Duration,
+    /// A write to the client pending this long ends the session.
+    pub send_timeout: Duration,
+    /// Refusal counters (slow readers), process-wide.
+    pub counts: &'static crate::policy::SharedCounts,
 }
 
 /// The node a session is on, watched so that the session moves away (close

@@ -43,6 +43,9 @@ enum Way<'a, 'r> {
 enum Flow {
     Continue,
     Stop,
+    /// The client's own outbox went over `max_buffered` (answers from the
+    /// cache, refusals): the rest of the buffer waits until it drains.
+    Pause,
 }
 
 /// Read from `from` and hand on, until its close, its end, or the session's.
@@ -89,12 +92,16 @@ pub async fn pump<R: ReadHalf>(
     };
     let mut fresh = buf.len();
     loop {
+        let mut paused = false;
         if !buf.is_empty() {
             let seen = asm.messages();
             let flow = process(s, from, &mut asm, &mut buf, &mut way);
             crate::metrics::read(source, asm.messages() - seen, fresh);
-            if let Flow::Stop = flow {
-                break;
+            fresh = 0;
+            match flow {
+                Flow::Stop => break,
+                Flow::Pause => paused = true,
+                Flow::Continue => {}
             }
         }
         if !s.closing.side(from).reads() || s.closing.ended() {
@@ -102,20 +109,40 @@ pub async fn pump<R: ReadHalf>(
         }
         // Backpressure: wait for the other side's writer to catch up (on a
         // shared connection: for this client to read its answers, and for
-        // the connection's writer).
+        // the connection's writer); a client's pump also for its own
+        // client's writer (what it answers itself: cache hits, refusals).
         match mux {
             Some(_) if from == Which::Client => crate::relay::shared::backpressure(s).await,
             _ => {
                 let dst = s.side(from.other());
-                while dst.out.queued.get() > s.cfg.max_buffered
-                    && !dst.out.finished.get()
-                    && !s.closing.ended()
-                {
-                    src.paused.set(true);
-                    dst.out.space_wake.wait().await;
+                let own = &s.client.out;
+                let over = |out: &super::side::Outbox| {
+                    out.queued.get() > s.cfg.max_buffered && !out.finished.get()
+                };
+                loop {
+                    if s.closing.ended() {
+                        break;
+                    }
+                    if over(&dst.out) {
+                        src.paused.set(true);
+                        dst.out.space_wake.wait().await;
+                    } else if from == Which::Client && over(own) {
+                        src.paused.set(true);
+                        // Its client reads nothing? The timer watches the
+                        // write (send timeout) and what piles up.
+                        s.client_too_slow(Instant::now());
+                        s.timer_wake.notify();
+                        own.space_wake.wait().await;
+                    } else {
+                        break;
+                    }
                 }
                 src.paused.set(false);
             }
+        }
+        if paused {
+            // The rest of the buffer first, before reading more.
+            continue;
         }
         src.reading.set(true);
         let (r, b) = io.read_more(buf).await;
@@ -124,9 +151,10 @@ pub async fn pump<R: ReadHalf>(
         match r {
             Ok(n) if n > 0 => {
                 fresh = n;
-                match from {
-                    Which::Client => s.last_activity.set(Instant::now()),
-                    Which::Node => s.node_seen.set(Instant::now()),
+                // (A client's activity is its data, counted in `process`:
+                // pings alone do not keep a session from idling out.)
+                if from == Which::Node {
+                    s.node_seen.set(Instant::now());
                 }
             }
             Ok(_) => {
@@ -160,10 +188,12 @@ fn process(
     // Stream: bytes before `keep` are forwarded (control frames cut out).
     let mut keep = 0;
     let mut flow = Flow::Continue;
+    let mut data = false;
     while pos < buf.len() {
         let payload_at = asm.decoder().payload_position().map(|_| pos);
         match asm.step(&buf[pos..]) {
             Ok(Event::Data { n, end }) => {
+                data = true;
                 if let (Way::Stream(scan), Some(at), Which::Node) = (&mut *way, payload_at, from) {
                     scan.feed(&buf[at..at + n]);
                 }
@@ -176,6 +206,15 @@ fn process(
                 pos += n;
                 if end {
                     on_message(s, from, asm, way, true);
+                    // Answers the gateway gave itself filled the client's
+                    // outbox: the rest waits (streamed data cannot).
+                    if from == Which::Client
+                        && !streams
+                        && s.client.out.queued.get() > s.cfg.max_buffered
+                    {
+                        flow = Flow::Pause;
+                        break;
+                    }
                 } else if from == Which::Node
                     && matches!(way, Way::Hold(..))
                     && asm.raw_len() >= HOLD_MAX
@@ -227,7 +266,7 @@ fn process(
             }
         }
     }
-    if from == Which::Node && pos > 0 {
+    if (from == Which::Node && pos > 0) || (from == Which::Client && data) {
         s.last_activity.set(Instant::now());
     }
     if streams {

@@ -47,6 +47,8 @@ pub struct Session {
     /// Itself, for what must outlive a call into it (answers that come
     /// back on a shared connection).
     pub me: std::rc::Weak<Session>,
+    /// Since when more than `max_buffered` bytes have waited for the client.
+    pub slow_since: Cell<Option<Instant>>,
 }
 
 impl Session {
@@ -75,6 +77,7 @@ impl Session {
             retiring: Cell::new(false),
             member: None,
             me: std::rc::Weak::new(),
+            slow_since: Cell::new(None),
         }
     }
 
@@ -121,10 +124,18 @@ impl Session {
     }
 
     /// Queue a whole message from elsewhere (frames included) to `to`.
+    /// What is injected towards the client (an answer from the cache, a
+    /// shared connection or an archive node; the gateway's own errors)
+    /// cannot wait at its source as relayed data does: a client that lets
+    /// it pile up is closed instead ([`Session::client_too_slow`]).
     pub fn inject(&self, to: Which, message: Vec<u8>) {
         let (true, Some(side)) = (self.takes_data(to), self.side_opt(to)) else {
             return;
         };
+        if to == Which::Client && self.client_too_slow(Instant::now()) {
+            self.close_slow_reader("client too slow to read its messages");
+            return;
+        }
         let out = &side.out;
         out.queued.set(out.queued.get() + message.len());
         out.injected.borrow_mut().push_back(message);
@@ -138,7 +149,9 @@ impl Session {
         self.inject(Which::Client, f);
     }
 
-    /// A ping or pong to `to`, at its next frame boundary.
+    /// A ping or pong to `to`, at its next frame boundary. A pong replaces
+    /// one still queued: only the latest ping is answered (RFC 6455
+    /// §5.5.3), so a peer that pings and never reads queues one pong.
     pub fn push_control(&self, to: Which, opcode: OpCode, payload: &[u8]) {
         let (true, Some(side)) = (self.takes_data(to), self.side_opt(to)) else {
             return;
@@ -150,8 +163,50 @@ impl Session {
             payload,
             side.masked.then(crate::rng::mask_key),
         );
-        side.out.control.borrow_mut().push_back(frame);
+        let mut control = side.out.control.borrow_mut();
+        let pong = |f: &Vec<u8>| f.first().is_some_and(|b| b & 0x0f == 0xA);
+        match control.iter_mut().find(|f| pong(f)) {
+            Some(queued) if opcode == OpCode::Pong => *queued = frame,
+            _ => control.push_back(frame),
+        }
+        drop(control);
         side.out.writer_wake.notify();
+    }
+
+    /// Whether the client lets more than `max_buffered` bytes wait: for
+    /// `slow_reader`, or more than eight times that at once (a client that
+    /// reads is not closed for one large answer followed by others before
+    /// its writer had a turn). Notes since when it is over.
+    pub fn client_too_slow(&self, now: Instant) -> bool {
+        let queued = self.client.out.queued.get();
+        let limit = self.cfg.max_buffered;
+        if queued <= limit {
+            self.slow_since.set(None);
+            return false;
+        }
+        let since = match self.slow_since.get() {
+            Some(since) => since,
+            None => {
+                // The timer looks again when the slow-reader time is up.
+                self.slow_since.set(Some(now));
+                self.timer_wake.notify();
+                now
+            }
+        };
+        queued > limit.saturating_mul(8) || now.duration_since(since) >= self.cfg.slow_reader
+    }
+
+    /// Close a client that does not read (1008): what it has not read is
+    /// dropped, so that the close leaves as soon as its socket takes it.
+    pub fn close_slow_reader(&self, why: &'static str) {
+        crate::debug!("{why}: {} bytes waiting", self.client.out.queued.get());
+        self.cfg
+            .counts
+            .rejections
+            .count(crate::policy::Reason::SlowReader);
+        self.client.out.clear();
+        self.closing
+            .close_client(self, crate::ws::frame::close_code::POLICY, why);
     }
 
     /// Track the ids of a whole request sent to the node.

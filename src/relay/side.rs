@@ -77,6 +77,9 @@ pub struct Side {
     /// Its pump waits for the other side's writer (backpressure): nothing
     /// is read from it meanwhile, so its silence means nothing.
     pub paused: Cell<bool>,
+    /// Since when a write to it has been pending (the timer ends a session
+    /// whose client takes nothing for `send_timeout`).
+    pub writing_since: Cell<Option<monoio::time::Instant>>,
 }
 
 impl Side {
@@ -88,6 +91,7 @@ impl Side {
             fd,
             reading: Cell::new(false),
             paused: Cell::new(false),
+            writing_since: Cell::new(None),
         }
     }
 }
@@ -204,7 +208,9 @@ pub async fn writer<W: WriteHalf>(s: &Session, which: Which, io: &mut W) {
             }
             continue;
         }
+        side.writing_since.set(Some(monoio::time::Instant::now()));
         let (r, _) = io.write_all(buf).await;
+        side.writing_since.set(None);
         if let Err(e) = r {
             if !s.closing.ended() {
                 crate::debug!("{} write error: {e}", side.name);

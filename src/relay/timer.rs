@@ -61,6 +61,24 @@ pub async fn timer(s: &Session, watch: Option<&NodeWatch>, shutdown: &Broadcast)
                 continue;
             }
             let mut soonest = idle_at;
+            // A client that takes nothing: a write pending for the send
+            // timeout, or answers that cannot wait at their source piling
+            // up for the slow-reader time (see `Session::inject`).
+            if let Some(since) = s.client.writing_since.get() {
+                let at = since + s.cfg.send_timeout;
+                if now >= at {
+                    s.close_slow_reader("client reads nothing (send timeout)");
+                    continue;
+                }
+                soonest = soonest.min(at);
+            }
+            if !s.client.out.injected.borrow().is_empty() && s.client_too_slow(now) {
+                s.close_slow_reader("client too slow to read its messages");
+                continue;
+            }
+            if let Some(since) = s.slow_since.get() {
+                soonest = soonest.min(since + s.cfg.slow_reader);
+            }
             // A hung node: requests waiting, and nothing from it, for the
             // request timeout (a shared connection watches this itself).
             let waiting = s.inflight.borrow().waiting_since();

@@ -66,6 +66,9 @@ pub struct Generations {
     last_failed: AtomicBool,
     /// Admission totals, common to every worker and generation.
     pub totals: Arc<crate::policy::SharedCounts>,
+    /// The same, for what holds no Arc (a session's configuration): they
+    /// live as long as the process.
+    pub counts: &'static crate::policy::SharedCounts,
     /// Every core's counters, for `/metrics`.
     pub stats: crate::metrics::Registry,
     /// The io driver the workers run on (io_uring, else epoll).
@@ -86,13 +89,16 @@ impl Generations {
     pub fn start(config: Config, io_uring: bool) -> Arc<Generations> {
         let health = Health::new(config.nodes.len());
         let first = Generation::start(1, config, health);
+        let totals: Arc<crate::policy::SharedCounts> = Arc::default();
+        let counts: &'static Arc<_> = Box::leak(Box::new(totals.clone()));
         Arc::new(Generations {
             current: Mutex::new(Arc::new(first)),
             number: AtomicU64::new(1),
             reloads_ok: AtomicU64::new(0),
             reloads_failed: AtomicU64::new(0),
             last_failed: AtomicBool::new(false),
-            totals: Arc::default(),
+            totals,
+            counts,
             stats: Default::default(),
             io_uring,
         })

@@ -20,59 +20,17 @@ fn our_id(raw: &[u8]) -> Option<u64> {
     std::str::from_utf8(raw).ok()?.parse().ok()
 }
 
-/// Over `max_buffered` bytes waiting this long, a client is too slow.
-pub const SLOW_READER: std::time::Duration = std::time::Duration::from_secs(5);
-
-/// Queue a text message for a session's client. A client that does not read
-/// what it asked for cannot hold the shared connection back: when more than
-/// `max_buffered` bytes have waited for it for [`SLOW_READER`], or more than
-/// eight times that wait (one message more at most), it is closed 1008. (A
-/// client that reads is never closed for one large answer, such as a
-/// 300 KB-1 MB `state_getMetadata`, followed by others before its writer
-/// had a turn.)
-pub(super) fn deliver(sh: &Shared, s: &Session, parts: &[&[u8]]) {
+/// Queue a text message for a session's client (a client that does not
+/// read what it asked for cannot hold the shared connection back: see
+/// [`Session::inject`]).
+pub(super) fn deliver(s: &Session, parts: &[&[u8]]) {
     use crate::relay::Which;
     if !s.closing.side(Which::Client).takes_data() {
-        return;
-    }
-    // (A pinned session, given a cached call's answer, is held back by its
-    // own relay's backpressure.)
-    if s.member.as_deref().is_some_and(|m| too_slow(s, m)) {
-        crate::debug!(
-            "client too slow: {} bytes waiting",
-            s.client.out.queued.get()
-        );
-        sh.counts
-            .rejections
-            .count(crate::policy::Reason::SlowReader);
-        // What it has not read is dropped (it is told why: 1008), so that
-        // the close can leave as soon as the socket takes it.
-        s.client.out.clear();
-        s.closing.close_client(
-            s,
-            crate::ws::frame::close_code::POLICY,
-            "client too slow to read its messages",
-        );
         return;
     }
     let mut f = Vec::new();
     frame_parts(&mut f, OpCode::Text, parts, None);
     s.inject(Which::Client, f);
-}
-
-/// Whether a shared session's client has had more than `max_buffered` bytes
-/// waiting for [`SLOW_READER`], or more than eight times that waiting.
-fn too_slow(s: &Session, m: &super::Member) -> bool {
-    let queued = s.client.out.queued.get();
-    let limit = s.cfg.max_buffered;
-    if queued <= limit {
-        m.slow_since.set(None);
-        return false;
-    }
-    let now = std::time::Instant::now();
-    let since = *m.slow_since.get().get_or_insert(now);
-    m.slow_since.set(Some(since));
-    queued > limit.saturating_mul(8) || now.duration_since(since) >= SLOW_READER
 }
 
 /// One whole message from a node.
@@ -103,12 +61,12 @@ pub(super) fn on_answer(sh: &Rc<Shared>, conn: &Rc<Conn>, msg: &[u8]) {
                 else {
                     return;
                 };
-                if super::topics::notification(sh, conn, sub, msg) {
+                if super::topics::notification(conn, sub, msg) {
                     return;
                 }
                 let owner = conn.subs.borrow().get(sub).and_then(Weak::upgrade);
                 if let Some(s) = owner {
-                    deliver(sh, &s, &[msg]);
+                    deliver(&s, &[msg]);
                 }
             } else {
                 unmatched(sh, msg);
@@ -156,7 +114,7 @@ pub(super) fn on_answer(sh: &Rc<Shared>, conn: &Rc<Conn>, msg: &[u8]) {
                     .retain(|b| b.iter().any(|g| pending.contains_key(g)));
             }
             if let Some(s) = to {
-                deliver(sh, &s, &[&body]);
+                deliver(&s, &[&body]);
                 for id in done {
                     s.answered(&id);
                 }
@@ -199,7 +157,7 @@ fn batch_error(sh: &Shared, conn: &Conn, msg: &[u8]) {
     let Some(s) = waiting.first().and_then(|w| w.session.upgrade()) else {
         return;
     };
-    deliver(sh, &s, &[msg]);
+    deliver(&s, &[msg]);
     for w in &waiting {
         s.answered(&w.id);
     }
@@ -251,10 +209,8 @@ fn settle_subscription(conn: &Rc<Conn>, s: &Rc<Session>, p: &jsonrpc::Peek<'_>, 
 /// A single answer to a request of ours.
 fn answer(sh: &Rc<Shared>, conn: &Rc<Conn>, msg: &[u8], id: &[u8], mut w: Waiting) {
     match &w.call {
-        SubCall::Topic(key) => return super::topics::answered(sh, conn, key, msg),
-        SubCall::Fill(key, i, header) => {
-            return super::fill::filled(sh, conn, key, *i, *header, msg)
-        }
+        SubCall::Topic(key) => return super::topics::answered(conn, key, msg),
+        SubCall::Fill(key, i, header) => return super::fill::filled(conn, key, *i, *header, msg),
         _ => {}
     }
     let settle = |s: Option<&Rc<Session>>| {
@@ -312,7 +268,7 @@ fn answer(sh: &Rc<Shared>, conn: &Rc<Conn>, msg: &[u8], id: &[u8], mut w: Waitin
     if let Some(kept) = w.kept.take() {
         sh.land(msg, at..at + id.len(), *kept);
     }
-    deliver(sh, &s, &[&msg[..at], &w.id, &msg[at + id.len()..]]);
+    deliver(&s, &[&msg[..at], &w.id, &msg[at + id.len()..]]);
     // After the answer is queued: a close owed to the client may follow it.
     s.answered(&w.id);
 }

@@ -103,7 +103,7 @@ pub(super) fn rehome(
         };
         for (id, unsub) in ended {
             if let Some((method, result)) = ending(&unsub) {
-                notify(sh, &s, method.as_bytes(), &id, result.as_bytes());
+                notify(&s, method.as_bytes(), &id, result.as_bytes());
             }
         }
         if let Some(index) = target {
@@ -136,7 +136,7 @@ pub(super) fn rehome(
             }
         }
         for (to, members, joining) in by_conn {
-            adopt(sh, &to, &t, members, joining);
+            adopt(&to, &t, members, joining);
         }
     }
     closing
@@ -145,13 +145,7 @@ pub(super) fn rehome(
 /// Take over a topic of a lost connection on `to`: its sessions (`members`,
 /// with what they were last given) and those still waiting to join. `to`
 /// subscribes anew unless it carries the topic already.
-pub fn adopt(
-    sh: &super::Shared,
-    to: &Rc<Conn>,
-    old: &Topic,
-    members: Vec<Member>,
-    joining: Vec<Joiner>,
-) {
+pub fn adopt(to: &Rc<Conn>, old: &Topic, members: Vec<Member>, joining: Vec<Joiner>) {
     for m in members
         .iter()
         .filter_map(|m| m.session.upgrade().map(|s| (s, m)))
@@ -190,7 +184,7 @@ pub fn adopt(
     drop(topics);
     for (s, id, sub_id) in replies {
         if let Some(s) = s.upgrade() {
-            reply(sh, &s, &id, &sub_id);
+            reply(&s, &id, &sub_id);
         }
     }
     if fresh {

@@ -57,7 +57,7 @@ pub(super) fn start_fill(conn: &Conn, t: &mut Topic, from: u64, n: u64, method: 
 }
 
 /// An answer to a gap fill's request: a hash (`header == false`), or a header.
-pub fn filled(sh: &super::Shared, conn: &Rc<Conn>, key: &[u8], i: u32, header: bool, msg: &[u8]) {
+pub fn filled(conn: &Rc<Conn>, key: &[u8], i: u32, header: bool, msg: &[u8]) {
     let result = jsonrpc::peek(msg)
         .and_then(|p| p.result)
         .filter(|r| *r != b"null")
@@ -103,12 +103,12 @@ pub fn filled(sh: &super::Shared, conn: &Rc<Conn>, key: &[u8], i: u32, header: b
         }
         return;
     }
-    finish_fill(sh, conn, key);
+    finish_fill(conn, key);
 }
 
 /// The gap's headers are in (or could not be had): deliver them to the
 /// sessions that miss them, in order, then what was held.
-fn finish_fill(sh: &super::Shared, conn: &Rc<Conn>, key: &[u8]) {
+fn finish_fill(conn: &Rc<Conn>, key: &[u8]) {
     let fill = {
         let mut topics = conn.topics.borrow_mut();
         let Some(t) = topics.get_mut(key) else {
@@ -122,7 +122,7 @@ fn finish_fill(sh: &super::Shared, conn: &Rc<Conn>, key: &[u8]) {
                 for m in &mut t.members {
                     if m.floor > 0 && m.floor < *n {
                         if let Some(s) = m.session.upgrade() {
-                            notify(sh, &s, &fill.method, &m.id, h);
+                            notify(&s, &fill.method, &m.id, h);
                         }
                         m.floor = *n;
                     }
@@ -145,7 +145,7 @@ fn finish_fill(sh: &super::Shared, conn: &Rc<Conn>, key: &[u8]) {
         .and_then(|t| t.node_sub.clone());
     if let Some(sub) = sub {
         for held in fill.held {
-            notification(sh, conn, &sub, &held);
+            notification(conn, &sub, &held);
         }
     }
 }

@@ -146,8 +146,6 @@ pub struct Member {
     batches: Cell<u32>,
     /// Merged subscriptions it is on: (connection, its id, topic key).
     merged: RefCell<Vec<Merged>>,
-    /// Since when more than `max_buffered` bytes have waited for its client.
-    slow_since: Cell<Option<std::time::Instant>>,
 }
 
 impl Member {
@@ -159,7 +157,6 @@ impl Member {
             archive: RefCell::new(None),
             batches: Cell::new(0),
             merged: RefCell::new(Vec::new()),
-            slow_since: Cell::new(None),
         }
     }
 
@@ -321,7 +318,7 @@ impl Shared {
                 continue;
             };
             let parts = [&msg[..id_at.start], &id[..], &msg[id_at.end..]];
-            answer::deliver(self, &s, &parts);
+            answer::deliver(&s, &parts);
             s.answered(&id);
         }
     }

@@ -76,9 +76,7 @@ pub fn on_request(ctx: &Ctx<'_>, s: &Rc<Session>, msg: &[u8]) {
             }
             // Streams the same for everyone: one node subscription per topic.
             match req.sub {
-                Sub::Ends(Some(sub))
-                    if super::topics::unsubscribe_call(&ctx.shared, s, req, sub) =>
-                {
+                Sub::Ends(Some(sub)) if super::topics::unsubscribe_call(s, req, sub) => {
                     crate::metrics::request(req, Outcome::Cached);
                     return;
                 }
@@ -161,7 +159,7 @@ fn cached(
     let id = req.id.expect("cacheable requests have ids");
     if let Some(head) = cache.get(&plan.key, std::time::Instant::now()) {
         crate::metrics::request(req, Outcome::Cached);
-        super::answer::deliver(sh, s, &crate::cache::answer_parts(&head, id));
+        super::answer::deliver(s, &crate::cache::answer_parts(&head, id));
         s.answered(id);
         return;
     }

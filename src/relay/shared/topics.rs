@@ -147,7 +147,7 @@ fn new_sub_id(next: &Cell<u64>) -> Rc<[u8]> {
 }
 
 /// Answer `s`'s request `id` with `result` (raw JSON).
-pub(super) fn reply(sh: &super::Shared, s: &Session, id: &[u8], result: &[u8]) {
+pub(super) fn reply(s: &Session, id: &[u8], result: &[u8]) {
     let parts: [&[u8]; 5] = [
         br#"{"jsonrpc":"2.0","result":"#,
         result,
@@ -155,12 +155,12 @@ pub(super) fn reply(sh: &super::Shared, s: &Session, id: &[u8], result: &[u8]) {
         id,
         b"}",
     ];
-    super::answer::deliver(sh, s, &parts);
+    super::answer::deliver(s, &parts);
     s.answered(id);
 }
 
 /// A notification for `s` with its subscription id.
-pub(super) fn notify(sh: &super::Shared, s: &Session, method: &[u8], sub: &[u8], result: &[u8]) {
+pub(super) fn notify(s: &Session, method: &[u8], sub: &[u8], result: &[u8]) {
     let parts: [&[u8]; 7] = [
         br#"{"jsonrpc":"2.0","method":""#,
         method,
@@ -170,7 +170,7 @@ pub(super) fn notify(sh: &super::Shared, s: &Session, method: &[u8], sub: &[u8],
         result,
         b"}}",
     ];
-    super::answer::deliver(sh, s, &parts);
+    super::answer::deliver(s, &parts);
 }
 
 impl Topic {
@@ -271,9 +271,9 @@ pub fn subscribe(ctx: &Ctx<'_>, to: &Rc<Conn>, s: &Rc<Session>, req: &Request<'_
         let replay = t.replay();
         drop(topics);
         recount(to);
-        reply(sh, s, id, &sub_id);
+        reply(s, id, &sub_id);
         if let Some((method, result)) = replay {
-            notify(sh, s, &method, &sub_id, &result);
+            notify(s, &method, &sub_id, &result);
         }
         return;
     }
@@ -291,7 +291,7 @@ pub fn subscribe(ctx: &Ctx<'_>, to: &Rc<Conn>, s: &Rc<Session>, req: &Request<'_
 
 /// The node answered a topic's subscribe call: its joiners get their ids
 /// (or the error); nobody left: it ends at once.
-pub fn answered(sh: &super::Shared, conn: &Conn, key: &[u8], msg: &[u8]) {
+pub fn answered(conn: &Conn, key: &[u8], msg: &[u8]) {
     conn.opening.set(conn.opening.get().saturating_sub(1));
     let p = jsonrpc::peek(msg);
     let result = p.as_ref().and_then(|p| p.result).filter(|r| *r != b"null");
@@ -327,9 +327,9 @@ pub fn answered(sh: &super::Shared, conn: &Conn, key: &[u8], msg: &[u8]) {
                 Some(their) => {
                     let at = offset_in(msg, their);
                     let parts = [&msg[..at], &id[..], &msg[at + their.len()..]];
-                    super::answer::deliver(sh, &s, &parts);
+                    super::answer::deliver(&s, &parts);
                 }
-                None => super::answer::deliver(sh, &s, &[msg]),
+                None => super::answer::deliver(&s, &[msg]),
             }
             s.answered(&id);
         }
@@ -356,7 +356,7 @@ pub fn answered(sh: &super::Shared, conn: &Conn, key: &[u8], msg: &[u8]) {
     recount(conn);
     for (s, id, sub_id) in replies {
         if let Some(s) = s.upgrade() {
-            reply(sh, &s, &id, &sub_id);
+            reply(&s, &id, &sub_id);
         }
     }
     if empty {
@@ -366,7 +366,7 @@ pub fn answered(sh: &super::Shared, conn: &Conn, key: &[u8], msg: &[u8]) {
 
 /// A notification on a connection: to every session on its topic, if it
 /// belongs to one. Returns false when it does not.
-pub fn notification(sh: &super::Shared, conn: &Rc<Conn>, sub: &[u8], msg: &[u8]) -> bool {
+pub fn notification(conn: &Rc<Conn>, sub: &[u8], msg: &[u8]) -> bool {
     let Some(key) = conn.topic_of.borrow().get(sub).cloned() else {
         return false;
     };
@@ -434,7 +434,7 @@ pub fn notification(sh: &super::Shared, conn: &Rc<Conn>, sub: &[u8], msg: &[u8])
         }
         if let Some(s) = m.session.upgrade() {
             let parts = [&msg[..at], &m.id[..], &msg[at + sub.len()..]];
-            super::answer::deliver(sh, &s, &parts);
+            super::answer::deliver(&s, &parts);
             delivered += 1;
         }
     }
@@ -447,7 +447,7 @@ pub fn notification(sh: &super::Shared, conn: &Rc<Conn>, sub: &[u8], msg: &[u8])
 
 /// `s` calls an unsubscribe method with `sub`: if it is one of its merged
 /// subscriptions, it ends here (and on the node with its last session).
-pub fn unsubscribe_call(sh: &super::Shared, s: &Session, req: &Request<'_>, sub: &[u8]) -> bool {
+pub fn unsubscribe_call(s: &Session, req: &Request<'_>, sub: &[u8]) -> bool {
     let m = member(s);
     let found = {
         let mut merged = m.merged.borrow_mut();
@@ -460,7 +460,7 @@ pub fn unsubscribe_call(sh: &super::Shared, s: &Session, req: &Request<'_>, sub:
     leave_topic(&conn, &key, &sub_id);
     if let Some(id) = req.id {
         s.inflight.borrow_mut().add(id, 0);
-        reply(sh, s, id, b"true");
+        reply(s, id, b"true");
     }
     true
 }
