@@ -39,6 +39,11 @@ struct Entry {
 /// Bytes an entry costs besides its key and answer.
 const OVERHEAD: usize = 64;
 
+/// What an entry counts for, the same when it is kept and when it goes.
+fn cost(key: &[u8], head: &[u8]) -> usize {
+    key.len() + head.len() + OVERHEAD
+}
+
 /// One core's kept answers.
 pub struct Cache {
     pub rules: Rules,
@@ -111,14 +116,14 @@ impl Cache {
                 return false;
             }
         }
-        let cost = key.len() + result.len() + 40 + OVERHEAD;
-        if cost > self.max_bytes / 4 {
-            return false;
-        }
-        let mut head = Vec::with_capacity(result.len() + 40);
+        let mut head = Vec::with_capacity(result.len() + 32);
         head.extend_from_slice(br#"{"jsonrpc":"2.0","result":"#);
         head.extend_from_slice(result);
         head.extend_from_slice(br#","id":"#);
+        let cost = cost(key, &head);
+        if cost > self.max_bytes / 4 {
+            return false;
+        }
         self.remove(key);
         let key: Rc<[u8]> = Rc::from(key);
         self.entries.borrow_mut().insert(
@@ -143,11 +148,7 @@ impl Cache {
 
     fn remove(&self, key: &[u8]) {
         if let Some(e) = self.entries.borrow_mut().remove(key) {
-            self.bytes.set(
-                self.bytes
-                    .get()
-                    .saturating_sub(key.len() + e.head.len() + OVERHEAD),
-            );
+            self.bytes.set(self.bytes.get() - cost(key, &e.head));
         }
         // Its place in the clock goes when the hand reaches it.
     }
@@ -275,5 +276,24 @@ mod tests {
             "served often, kept"
         );
         assert!(c.get(b"k0", Instant::now()).is_none(), "evicted");
+    }
+
+    /// Guards the byte count: it was 8 bytes more per insert than per
+    /// removal (the cost was counted from the result, the refund from the
+    /// kept head), so after some 4 million removals the cache counted
+    /// itself full and evicted everything it stored.
+    #[test]
+    fn the_byte_count_returns_to_zero_after_any_inserts_and_removals() {
+        let c = cache(1 << 20);
+        let ttl = Duration::from_secs(60);
+        for i in 0..1000 {
+            let key = format!("k{}", i % 7);
+            let body = format!(r#"{{"id":1,"result":"{}"}}"#, "x".repeat(i % 50));
+            c.insert(key.as_bytes(), body.as_bytes(), ttl, None);
+        }
+        for i in 0..7 {
+            c.remove(format!("k{i}").as_bytes());
+        }
+        assert_eq!(c.bytes(), 0);
     }
 }
