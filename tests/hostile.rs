@@ -344,3 +344,53 @@ fn pings_alone_do_not_keep_a_session_from_idling_out() {
         assert_eq!(code, 1001, "{mode:?}");
     }
 }
+
+/// Shared mode: a node's error with `"id":null` (jsonrpsee's answer to a
+/// batch over its limit) names no request. With two batches of two
+/// clients waiting on one connection, it belongs to neither for sure:
+/// neither client gets it (it was given to the oldest batch, another
+/// client's); each gets the gateway's own error for its requests.
+#[test]
+fn shared_an_error_naming_no_request_goes_to_no_other_client() {
+    let pki = TestPki::new();
+    let node = Upstream::start(Behaviour::Scripted(Script::new(10)));
+    // One worker: both sessions on one node connection.
+    let gw = Gateway::start(&pki, &[node.url()], &["--shared", "--workers", "1"]);
+    let mut a = ws_connect(&gw, pki.client_config(), "/");
+    let mut b = ws_connect(&gw, pki.client_config(), "/");
+    // A's batch waits (the node never answers "hang")...
+    a.send(Message::Text(
+        r#"[{"jsonrpc":"2.0","id":1,"method":"hang"},{"jsonrpc":"2.0","id":2,"method":"x"}]"#
+            .into(),
+    ))
+    .unwrap();
+    // ... (A's request after it comes back: A's batch is on its way)
+    a.send(Message::Text(
+        r#"{"jsonrpc":"2.0","id":3,"method":"x"}"#.into(),
+    ))
+    .unwrap();
+    assert!(a.read().unwrap().into_text().unwrap().contains(r#""id":3"#));
+    // ... when B's batch gets an error with a null id.
+    b.send(Message::Text(
+        r#"[{"jsonrpc":"2.0","id":7,"method":"batchfail"},{"jsonrpc":"2.0","id":8,"method":"x"}]"#
+            .into(),
+    ))
+    .unwrap();
+    let answer = b.read().unwrap().into_text().unwrap();
+    let v: serde_json::Value = serde_json::from_str(&answer).unwrap();
+    let ids: Vec<i64> = v
+        .as_array()
+        .unwrap_or_else(|| panic!("{answer}"))
+        .iter()
+        .map(|e| e["id"].as_i64().unwrap())
+        .collect();
+    assert_eq!(ids, [7, 8], "{answer}");
+    assert!(!answer.contains("batch too long"), "{answer}");
+    // A gets nothing of B's: its own answers only (an error for its batch).
+    let answer = a.read().unwrap().into_text().unwrap();
+    assert!(!answer.contains("batch too long"), "{answer}");
+    assert!(
+        answer.contains(r#""id":1"#) && answer.contains(r#""id":2"#),
+        "{answer}"
+    );
+}

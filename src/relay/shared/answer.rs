@@ -138,28 +138,47 @@ fn unmatched(sh: &Shared, msg: &[u8]) {
     }
 }
 
-/// One error with `"id":null` for a whole batch: it goes, as it is, to the
-/// session of the oldest batch still waiting here, whose requests are done.
+/// One error with `"id":null` for a whole batch (jsonrpsee's answer to a
+/// batch over its limit). It names no request: it goes, as it is, to the
+/// session of the batch waiting here only when there is exactly one. With
+/// several, it could be any one's, so no client gets it: each of those
+/// batches' requests gets the gateway's own error instead (a late answer
+/// to one is then counted as unmatched).
 fn batch_error(sh: &Shared, conn: &Conn, msg: &[u8]) {
-    let gids = {
+    let candidates: Vec<Vec<u64>> = {
         let mut batches = conn.batches.borrow_mut();
         let pending = conn.pending.borrow();
         batches.retain(|b| b.iter().any(|g| pending.contains_key(g)));
-        batches.pop_front()
+        batches.drain(..).collect()
     };
-    let Some(gids) = gids else {
+    if candidates.is_empty() {
         return unmatched(sh, msg);
-    };
-    let waiting: Vec<Waiting> = gids
-        .iter()
-        .filter_map(|g| conn.pending.borrow_mut().remove(g))
-        .collect();
-    let Some(s) = waiting.first().and_then(|w| w.session.upgrade()) else {
-        return;
-    };
-    deliver(&s, &[msg]);
-    for w in &waiting {
-        s.answered(&w.id);
+    }
+    let one = candidates.len() == 1;
+    for gids in candidates {
+        let waiting: Vec<Waiting> = gids
+            .iter()
+            .filter_map(|g| conn.pending.borrow_mut().remove(g))
+            .collect();
+        let Some(s) = waiting.first().and_then(|w| w.session.upgrade()) else {
+            continue;
+        };
+        if one {
+            deliver(&s, &[msg]);
+        } else {
+            let body = crate::jsonrpc::error::errors(
+                waiting.iter().map(|w| &*w.id),
+                true,
+                crate::jsonrpc::error::code::INTERNAL_ERROR,
+                "the node refused a batch without saying which; retry",
+            );
+            if let Some(body) = body {
+                deliver(&s, &[body.as_bytes()]);
+            }
+        }
+        for w in &waiting {
+            s.answered(&w.id);
+        }
     }
 }
 
