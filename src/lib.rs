@@ -45,6 +45,7 @@ pub mod rng;
 pub mod route;
 pub mod runtime;
 pub mod signal;
+pub mod task;
 pub mod tls;
 pub mod upstream;
 pub mod worker;

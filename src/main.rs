@@ -325,6 +325,11 @@ fn main() -> ExitCode {
         );
     }
     probe_nodes(&config);
+    if config.methods_note.contains("unsafe") {
+        warn!("{}", config.methods_note);
+    } else {
+        info!("{}", config.methods_note);
+    }
     let scheme = if tls.is_some() { "wss" } else { "ws" };
     let certs = server_config.as_ref().map(|t| t.certs.clone());
     let unix = config.unix_listen.clone();

@@ -50,17 +50,27 @@ pub fn spawn(
                     return;
                 }
             };
-            rt.block_on(async move {
-                let mut tasks = Vec::new();
-                for (i, node) in nodes.into_iter().enumerate() {
-                    let (health, stop) = (health.clone(), stop.clone());
-                    let probe = probe_node(i, node, flavour, cfg, health, stop);
-                    tasks.push(monoio::spawn(probe));
-                }
-                for t in tasks {
-                    t.await;
-                }
+            let run = std::panic::AssertUnwindSafe(|| {
+                rt.block_on(async move {
+                    let mut tasks = Vec::new();
+                    for (i, node) in nodes.into_iter().enumerate() {
+                        let (health, stop) = (health.clone(), stop.clone());
+                        let probe = probe_node(i, node, flavour, cfg, health, stop);
+                        tasks.push(monoio::spawn(crate::task::Guarded::new(
+                            "a health probe",
+                            probe,
+                            move || crate::error!("the health probe of node {i} stopped"),
+                        )));
+                    }
+                    for t in tasks {
+                        t.await;
+                    }
+                })
             });
+            // Without probes no node's state would ever change again.
+            if std::panic::catch_unwind(run).is_err() {
+                crate::task::fatal("the health thread");
+            }
         });
 }
 

@@ -175,6 +175,7 @@ impl Worker {
             codec: node_codec,
             max_head: l.max_head_bytes,
             max_subscriptions: config.shared_max_subscriptions,
+            max_connections: config.shared_max_connections,
             request_timeout: config.request_timeout,
         };
         // One set of shared connections (and the cache with them) per core:

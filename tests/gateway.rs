@@ -22,7 +22,7 @@ fn text(m: Message) -> String {
 fn request_and_response_pass_through() {
     let pki = TestPki::new();
     let up = Upstream::start(Behaviour::Echo);
-    let gw = Gateway::start(&pki, &[up.url()], &[]);
+    let gw = Gateway::start_relay(&pki, &[up.url()]);
     let mut ws = ws_connect(&gw, pki.client_config(), "/");
     for i in 0..50 {
         let req = format!(r#"{{"jsonrpc":"2.0","id":{i},"method":"system_health","params":[]}}"#);
@@ -49,7 +49,7 @@ fn server_pushed_notifications_arrive_in_order() {
 fn large_messages_both_ways() {
     let pki = TestPki::new();
     let up = Upstream::start(Behaviour::Large(300 * 1024));
-    let gw = Gateway::start(&pki, &[up.url()], &[]);
+    let gw = Gateway::start_relay(&pki, &[up.url()]);
     let mut ws = ws_connect(&gw, pki.client_config(), "/");
     // A 300 KB response, like state_getMetadata.
     ws.send(Message::Text(
@@ -59,7 +59,7 @@ fn large_messages_both_ways() {
     assert_eq!(text(ws.read().unwrap()).len(), 300 * 1024);
     // And a 1 MiB request to an echo node.
     let up2 = Upstream::start(Behaviour::Echo);
-    let gw2 = Gateway::start(&pki, &[up2.url()], &[]);
+    let gw2 = Gateway::start_relay(&pki, &[up2.url()]);
     let mut ws2 = ws_connect(&gw2, pki.client_config(), "/");
     let big: String = (0..(1 << 20))
         .map(|i| char::from(b'a' + (i % 26) as u8))
@@ -116,7 +116,7 @@ fn pings_are_answered_by_the_gateway() {
 fn client_close_is_echoed_and_passed_to_the_node() {
     let pki = TestPki::new();
     let up = Upstream::start(Behaviour::Echo);
-    let gw = Gateway::start(&pki, &[up.url()], &[]);
+    let gw = Gateway::start_relay(&pki, &[up.url()]);
     let mut ws = ws_connect(&gw, pki.client_config(), "/");
     ws.send(Message::Text("hi".into())).unwrap();
     assert_eq!(text(ws.read().unwrap()), "hi");
@@ -140,7 +140,7 @@ fn client_close_is_echoed_and_passed_to_the_node() {
 fn node_close_reaches_the_client() {
     let pki = TestPki::new();
     let up = Upstream::start(Behaviour::CloseAfterFirst(4001));
-    let gw = Gateway::start(&pki, &[up.url()], &[]);
+    let gw = Gateway::start_relay(&pki, &[up.url()]);
     let mut ws = ws_connect(&gw, pki.client_config(), "/");
     ws.send(Message::Text("go".into())).unwrap();
     let frame = loop {
@@ -216,7 +216,7 @@ fn a_refusing_node_is_skipped() {
     let pki = TestPki::new();
     let up = Upstream::start(Behaviour::Echo);
     let dead = format!("ws://127.0.0.1:{}", dead_port());
-    let gw = Gateway::start(&pki, &[dead, up.url()], &[]);
+    let gw = Gateway::start_relay(&pki, &[dead, up.url()]);
     for _ in 0..6 {
         let mut ws = ws_connect(&gw, pki.client_config(), "/");
         ws.send(Message::Text("x".into())).unwrap();
@@ -438,7 +438,7 @@ fn bad_frames_get_their_close_code() {
 fn responses_sent_before_a_bad_frame_still_arrive() {
     let pki = TestPki::new();
     let up = Upstream::start(Behaviour::Echo);
-    let gw = Gateway::start(&pki, &[up.url()], &[]);
+    let gw = Gateway::start_relay(&pki, &[up.url()]);
     let mut s = raw_upgrade(&gw, &pki);
     let key = Some([1, 1, 1, 1]);
     let mut bytes = client_frame(0x81, b"{\"id\":7}", key);
@@ -465,7 +465,7 @@ fn idle_sessions_are_closed_with_1001() {
 fn many_concurrent_sessions_on_all_workers() {
     let pki = TestPki::new();
     let up = Upstream::start(Behaviour::Echo);
-    let gw = Gateway::start(&pki, &[up.url()], &[]);
+    let gw = Gateway::start_relay(&pki, &[up.url()]);
     let threads: Vec<_> = (0..8)
         .map(|t| {
             let cfg = pki.client_config();

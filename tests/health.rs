@@ -185,6 +185,7 @@ fn a_backend_that_is_not_a_json_rpc_node_counts_as_alive() {
         "{body}"
     );
     let mut ws = ws_connect(&gw, pki.client_config(), "/");
-    ws.send(Message::Text("still served".into())).unwrap();
-    assert_eq!(ws.read().unwrap(), Message::Text("still served".into()));
+    let call = r#"{"jsonrpc":"2.0","id":1,"method":"still_served"}"#;
+    ws.send(Message::Text(call.into())).unwrap();
+    assert_eq!(ws.read().unwrap(), Message::Text(call.into()));
 }

@@ -19,13 +19,19 @@ fn gateway(pki: &TestPki, up: &Upstream, extra_toml: &str, flags: &[&str]) -> Ga
         pki,
         "hostile.toml",
         &format!(
-            "[health]\nprobe = \"connect\"\n[admission]\nmethods = \"safe\"\ndeny_methods = [\"state_trace*\"]\n{extra_toml}"
+            "[admission]\nmethods = \"safe\"\ndeny_methods = [\"state_trace*\"]\n{extra_toml}"
         ),
     );
     let mut args = vec!["--config", cfg.to_str().unwrap()];
+    if std::env::var_os("HOSTILE_DEBUG").is_some() {
+        args.extend(["--log-level", "debug"]);
+    }
     args.extend_from_slice(flags);
     Gateway::start(pki, &[up.url()], &args)
 }
+
+/// An echo node is not a JSON-RPC node: health checks test its upgrade only.
+const ECHO: &str = "[health]\nprobe = \"connect\"\n";
 
 /// Spellings of refused calls, each with id `id`: what a lenient node
 /// would run is a refused method in every one.
@@ -236,12 +242,22 @@ fn never_reads(gw: &Gateway, pki: &TestPki, frames: Vec<u8>) -> std::sync::mpsc:
     tx
 }
 
-/// While `during` runs for `secs`, a neighbour calls system_health every
-/// 50 ms: each must be answered within a second. Returns the most RSS
-/// seen above the start.
-fn growth_while_neighbour_is_served(gw: &Gateway, pki: &TestPki, secs: u64) -> u64 {
-    let before = rss(gw);
+type Ws = tungstenite::WebSocket<TlsStream>;
+
+/// A neighbour, connected (and answered once) before the hostile client.
+fn neighbour(gw: &Gateway, pki: &TestPki) -> Ws {
     let mut ws = ws_connect(gw, pki.client_config(), "/");
+    ws.send(Message::Text(
+        r#"{"jsonrpc":"2.0","id":1,"method":"system_health","params":[]}"#.into(),
+    ))
+    .unwrap();
+    ws.read().unwrap();
+    ws
+}
+
+/// For `secs`, the neighbour `ws` calls system_health every 50 ms: each
+/// must be answered within a second. Returns the most RSS seen above `before`.
+fn growth_while_neighbour_is_served(gw: &Gateway, mut ws: Ws, before: u64, secs: u64) -> u64 {
     let mut most = 0;
     let start = std::time::Instant::now();
     let mut id = 1000;
@@ -254,6 +270,9 @@ fn growth_while_neighbour_is_served(gw: &Gateway, pki: &TestPki, secs: u64) -> u
         .unwrap();
         let answer = ws.read().unwrap().into_text().unwrap();
         assert!(answer.contains(&format!(r#""id":{id}"#)), "{answer}");
+        if std::env::var_os("HOSTILE_TRACE").is_some() {
+            eprintln!("{:?} call took {:?}", start.elapsed(), asked.elapsed());
+        }
         assert!(
             asked.elapsed() < std::time::Duration::from_secs(1),
             "the neighbour waited {:?}",
@@ -286,9 +305,14 @@ fn a_client_that_never_reads_its_cached_answers_holds_bounded_memory() {
             let call = format!(r#"{{"jsonrpc":"2.0","id":{i},"method":"state_getMetadata"}}"#);
             frames.extend(masked_text(call.as_bytes()));
         }
+        let (ws, before) = (neighbour(&gw, &pki), rss(&gw));
         let hold = never_reads(&gw, &pki, frames);
-        let growth = growth_while_neighbour_is_served(&gw, &pki, 3);
-        eprintln!("{mode:?}: RSS grew {} MB at most", growth >> 20);
+        let growth = growth_while_neighbour_is_served(&gw, ws, before, 3);
+        eprintln!(
+            "{mode:?}: RSS grew {} MB at most; the node was asked for metadata {} times",
+            growth >> 20,
+            chain.calls_of("state_getMetadata")
+        );
         assert!(growth < 100 << 20, "{mode:?}: RSS grew {} MB", growth >> 20);
         drop(hold);
     }
@@ -299,7 +323,7 @@ fn a_ping_flood_from_a_client_that_never_reads_is_bounded() {
     for mode in MODES {
         let pki = TestPki::new();
         let up = Upstream::start(Behaviour::Echo);
-        let gw = gateway(&pki, &up, "", mode);
+        let gw = gateway(&pki, &up, ECHO, mode);
         // 200,000 pings of 125 bytes (27 MB of pongs if each were queued).
         let ping = client_frame(0x89, &[b'p'; 125], Some([1, 2, 3, 4]));
         let frames: Vec<u8> = ping
@@ -308,8 +332,9 @@ fn a_ping_flood_from_a_client_that_never_reads_is_bounded() {
             .cycle()
             .take(ping.len() * 200_000)
             .collect();
+        let (ws, before) = (neighbour(&gw, &pki), rss(&gw));
         let hold = never_reads(&gw, &pki, frames);
-        let growth = growth_while_neighbour_is_served(&gw, &pki, 3);
+        let growth = growth_while_neighbour_is_served(&gw, ws, before, 3);
         eprintln!("{mode:?}: RSS grew {} MB at most", growth >> 20);
         assert!(growth < 10 << 20, "{mode:?}: RSS grew {} MB", growth >> 20);
         drop(hold);
@@ -321,7 +346,12 @@ fn pings_alone_do_not_keep_a_session_from_idling_out() {
     for mode in MODES {
         let pki = TestPki::new();
         let up = Upstream::start(Behaviour::Echo);
-        let gw = gateway(&pki, &up, "[limits]\nidle_timeout_s = 1\n", mode);
+        let gw = gateway(
+            &pki,
+            &up,
+            &format!("{ECHO}[limits]\nidle_timeout_s = 1\n"),
+            mode,
+        );
         let mut s = raw_upgrade(&gw, &pki);
         s.get_ref()
             .set_read_timeout(Some(std::time::Duration::from_millis(100)))
@@ -393,4 +423,152 @@ fn shared_an_error_naming_no_request_goes_to_no_other_client() {
         answer.contains(r#""id":1"#) && answer.contains(r#""id":2"#),
         "{answer}"
     );
+}
+
+/// `cache.methods` naming a subscription reached a panic in the cache's
+/// path; subscriptions and writes are refused at `--check` (and at start
+/// and reload), naming the key and the file.
+#[test]
+fn cache_methods_refuse_subscriptions_and_writes() {
+    let pki = TestPki::new();
+    for (method, what) in [
+        ("chain_subscribeNewHeads", "a subscription"),
+        ("eth_subscribe", "a subscription"),
+        ("author_submitExtrinsic", "a write"),
+        ("eth_sendRawTransaction", "a write"),
+    ] {
+        let cfg = write_config(
+            &pki,
+            "cache.toml",
+            &format!("[cache.methods]\n{method} = 60\n"),
+        );
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_ringway"))
+            .args(["--check", "--config", cfg.to_str().unwrap()])
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{method} accepted");
+        assert!(
+            err.contains(&format!("cache.methods.{method}"))
+                && err.contains(what)
+                && err.contains("cache.toml"),
+            "{err}"
+        );
+    }
+}
+
+/// The same client, asking what the cache cannot answer (each answer 300
+/// KB from the node): a pinned session's node waits for it (backpressure);
+/// on a shared connection, which cannot wait, it has at most
+/// `max_inflight_per_connection` (256) requests out and is closed (1008)
+/// once its answers pile up. Its neighbour is served meanwhile.
+#[test]
+fn a_client_that_never_reads_what_it_asked_a_node_holds_bounded_memory() {
+    for mode in MODES {
+        let pki = TestPki::new();
+        let script = Script::new(300_000);
+        let node = Upstream::start(Behaviour::Scripted(script.clone()));
+        let gw = gateway(&pki, &node, ECHO, mode);
+        let mut frames = Vec::new();
+        for i in 0..2000 {
+            let call = format!(r#"{{"jsonrpc":"2.0","id":{i},"method":"x"}}"#);
+            frames.extend(masked_text(call.as_bytes()));
+        }
+        let (ws, before) = (neighbour(&gw, &pki), rss(&gw));
+        let hold = never_reads(&gw, &pki, frames);
+        let growth = growth_while_neighbour_is_served(&gw, ws, before, 3);
+        let answered = script.answered.load(std::sync::atomic::Ordering::Relaxed);
+        eprintln!(
+            "{mode:?}: RSS grew {} MB at most; the node answered {answered}",
+            growth >> 20
+        );
+        assert!(growth < 100 << 20, "{mode:?}: RSS grew {} MB", growth >> 20);
+        // 256 of the client's, and the neighbour's (one each 50 ms for 3 s).
+        assert!(
+            answered <= 256 + 70,
+            "{mode:?}: the node answered {answered}"
+        );
+        drop(hold);
+    }
+}
+
+fn get_from(gw: &Gateway, pki: &TestPki, path: &str, forwarded_for: &str) -> u16 {
+    let mut s = tls_connect(gw.addr, pki.client_config());
+    let req = format!(
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\nX-Forwarded-For: {forwarded_for}\r\nConnection: close\r\n\r\n"
+    );
+    s.write_all(req.as_bytes()).unwrap();
+    read_response(&mut s).0
+}
+
+/// `/metrics` on the public port told anyone the node pool's traffic: by
+/// default it answers clients on the gateway's host only (404 for others;
+/// here a client behind a trusted proxy), unless `server.public_metrics`.
+#[test]
+fn metrics_on_the_public_port_answer_local_clients_only_unless_asked() {
+    let pki = TestPki::new();
+    let up = Upstream::start(Behaviour::Echo);
+    let gw = gateway(&pki, &up, &format!("trusted_proxy_hops = 1\n{ECHO}"), &[]);
+    assert_eq!(get_from(&gw, &pki, "/metrics", "203.0.113.9"), 404);
+    assert_eq!(get_from(&gw, &pki, "/metrics", "127.0.0.1"), 200);
+    assert_eq!(
+        get_from(&gw, &pki, "/health", "203.0.113.9"),
+        200,
+        "health stays public"
+    );
+    drop(gw);
+    let gw = gateway(
+        &pki,
+        &up,
+        &format!("trusted_proxy_hops = 1\n{ECHO}[server]\npublic_metrics = true\n"),
+        &[],
+    );
+    assert_eq!(get_from(&gw, &pki, "/metrics", "203.0.113.9"), 200);
+}
+
+/// Shared mode opened another node connection for every
+/// `shared_max_subscriptions` subscriptions, without end: one client with
+/// many sessions could open any number to a node. At
+/// `pool.shared_max_connections` per node and core, a subscription that
+/// finds no room is refused (-32005 with its id) and no connection opens.
+#[test]
+fn shared_connections_per_node_are_capped() {
+    let pki = TestPki::new();
+    let script = Script::new(10);
+    let node = Upstream::start(Behaviour::Scripted(script.clone()));
+    let cfg = write_config(
+        &pki,
+        "cap.toml",
+        "[health]\nprobe = \"connect\"\n[pool]\nshared_max_subscriptions = 2\nshared_max_connections = 2\n",
+    );
+    let gw = Gateway::start(
+        &pki,
+        &[node.url()],
+        &[
+            "--shared",
+            "--workers",
+            "1",
+            "--config",
+            cfg.to_str().unwrap(),
+        ],
+    );
+    let mut ws = ws_connect(&gw, pki.client_config(), "/");
+    let mut answers = Vec::new();
+    for id in 0..6 {
+        ws.send(Message::Text(format!(
+            r#"{{"jsonrpc":"2.0","id":{id},"method":"test_subscribeEvents","params":[]}}"#
+        )))
+        .unwrap();
+        answers.push(ws.read().unwrap().into_text().unwrap());
+    }
+    use std::sync::atomic::Ordering::Relaxed;
+    assert_eq!(script.subscriptions.load(Relaxed), 4, "{answers:?}");
+    for a in &answers[4..] {
+        assert!(
+            a.contains("-32005") && a.contains("shared_max_connections"),
+            "{a}"
+        );
+    }
+    let sessions = node.seen.try_iter().filter(|r| !r.is_probe()).count();
+    assert_eq!(sessions, 2, "node connections");
 }

@@ -53,8 +53,7 @@ fn without_a_certificate_a_self_signed_one_is_made_and_printed() {
     let pem = std::fs::read(path).unwrap();
     let stream = tls_connect(gw.addr, client_config_trusting(&pem));
     let (mut ws, _) = tungstenite::client(gw.url("/"), stream).unwrap();
-    ws.send(Message::Text("ok".into())).unwrap();
-    assert_eq!(ws.read().unwrap(), Message::Text("ok".into()));
+    echo_call(&mut ws, "ok");
 }
 
 #[test]
@@ -68,8 +67,7 @@ fn plaintext_listener_serves_ws() {
         up.url(),
     ]);
     let (mut ws, _) = tungstenite::connect(format!("ws://{}/", gw.addr)).unwrap();
-    ws.send(Message::Text("plain".into())).unwrap();
-    assert_eq!(ws.read().unwrap(), Message::Text("plain".into()));
+    echo_call(&mut ws, "plain");
     let seen = up.next_session();
     assert_eq!(seen.header("x-forwarded-proto"), Some("http"));
 }
@@ -95,8 +93,7 @@ fn unix_socket_nodes_work() {
     });
     let gw = Gateway::start(&pki, &[format!("unix:{}", path.display())], &[]);
     let mut ws = ws_connect(&gw, pki.client_config(), "/");
-    ws.send(Message::Text("over unix".into())).unwrap();
-    assert_eq!(ws.read().unwrap(), Message::Text("over unix".into()));
+    echo_call(&mut ws, "over unix");
 }
 
 #[test]
@@ -195,12 +192,7 @@ fn a_unix_socket_listener_serves_plain_websocket() {
     assert_eq!(mode, 0o600);
     let stream = std::os::unix::net::UnixStream::connect(&path).unwrap();
     let (mut ws, _) = tungstenite::client("ws://localhost/", stream).unwrap();
-    ws.send(Message::Text("over the unix listener".into()))
-        .unwrap();
-    assert_eq!(
-        ws.read().unwrap(),
-        Message::Text("over the unix listener".into())
-    );
+    echo_call(&mut ws, "over the unix listener");
     drop(gw);
 }
 
@@ -283,8 +275,7 @@ fn rsa_pkcs1_and_ec_sec1_keys_load() {
         let pem = std::fs::read(&cert).unwrap();
         let stream = tls_connect(gw.addr, client_config_trusting(&pem));
         let (mut ws, _) = tungstenite::client(gw.url("/"), stream).unwrap();
-        ws.send(Message::Text(name.into())).unwrap();
-        assert_eq!(ws.read().unwrap(), Message::Text(name.into()));
+        echo_call(&mut ws, name);
     }
 }
 
@@ -308,8 +299,7 @@ fn tls_sessions_resume_on_any_worker() {
         let mut kinds = Vec::new();
         for i in 0..12 {
             let mut ws = ws_connect(&gw, cfg.clone(), "/");
-            ws.send(Message::Text(format!("{i}"))).unwrap();
-            assert_eq!(ws.read().unwrap(), Message::Text(format!("{i}")));
+            echo_call(&mut ws, &format!("{i}"));
             kinds.push(ws.get_ref().conn.handshake_kind().unwrap());
             let _ = ws.close(None);
             let _ = ws.read();
@@ -375,8 +365,7 @@ fn sighup_reloads_the_certificate_and_keeps_sessions() {
     for _ in 0..8 {
         assert_eq!(served(), leaf(&new.cert), "every worker serves it");
     }
-    open.send(Message::Text("still here".into())).unwrap();
-    assert_eq!(open.read().unwrap(), Message::Text("still here".into()));
+    echo_call(&mut open, "still here");
 
     // A key that does not match: the renewed certificate stays in use.
     std::fs::copy(&TestPki::new().key, &old.key).unwrap();
@@ -395,8 +384,7 @@ fn json_logs_are_one_object_per_line() {
     let up = Upstream::start(Behaviour::Echo);
     let gw = Gateway::start(&pki, &[up.url()], &["--log-format", "json", "--access-log"]);
     let mut ws = ws_connect(&gw, pki.client_config(), "/");
-    ws.send(Message::Text("hi".into())).unwrap();
-    assert_eq!(ws.read().unwrap(), Message::Text("hi".into()));
+    echo_call(&mut ws, "hi");
     ws.close(Some(tungstenite::protocol::CloseFrame {
         code: tungstenite::protocol::frame::coding::CloseCode::Normal,
         reason: "".into(),

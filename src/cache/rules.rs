@@ -215,10 +215,13 @@ pub struct Plan {
 pub fn plan(rules: &Rules, req: &Request<'_>, chain: &dyn ChainView) -> Option<Plan> {
     // Only a request read one way (strict JSON, no member named twice)
     // is ever a key: its params are then well-formed.
-    if !req.is_valid() {
+    if !req.is_valid() || req.sub != crate::jsonrpc::Sub::None {
         return None;
     }
     let method = req.method()?;
+    if crate::jsonrpc::call::writes(method) {
+        return None;
+    }
     let (rule, ttl) = rules.get(method)?;
     req.id?;
     let params = compact(req.params.unwrap_or(b"[]"));

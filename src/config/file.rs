@@ -74,7 +74,9 @@ pub struct AdmissionSection {
     /// Browser origins allowed to open WebSocket sessions (exact, `*.example.com`,
     /// or scheme-less `example.com`); empty admits any. Others get 403.
     pub origins: Vec<String>,
-    /// `all`, or `safe` to refuse what a node's `--rpc-methods Safe` refuses.
+    /// `all`, `safe` to refuse what a node's `--rpc-methods Safe` refuses,
+    /// or `auto` (the default, like a node's `--rpc-methods auto`): `safe`
+    /// unless the gateway listens on loopback only.
     pub methods: String,
     /// If not empty, only these methods (exact or `prefix*`).
     pub allow_methods: Vec<String>,
@@ -86,7 +88,8 @@ pub struct AdmissionSection {
     pub max_batch: usize,
     /// Subscriptions one WebSocket session may hold; 0 = no limit.
     pub max_subscriptions_per_connection: u32,
-    /// Requests one WebSocket session may have waiting on its node; 0 = no limit.
+    /// Requests one WebSocket session may have waiting on its node (or on
+    /// an identical one in flight); 0 = no limit.
     pub max_inflight_per_connection: usize,
 }
 
@@ -101,13 +104,13 @@ impl Default for AdmissionSection {
             connection_rate: 0.0,
             connection_burst: 0.0,
             origins: Vec::new(),
-            methods: "all".into(),
+            methods: "auto".into(),
             allow_methods: Vec::new(),
             deny_methods: Vec::new(),
             trusted_proxy_hops: 0,
             max_batch: 0,
-            max_subscriptions_per_connection: 0,
-            max_inflight_per_connection: 0,
+            max_subscriptions_per_connection: 1024,
+            max_inflight_per_connection: 256,
         }
     }
 }
@@ -149,6 +152,9 @@ pub struct ServerSection {
     /// A plain HTTP listener for `GET /metrics` and `GET /health` (e.g.
     /// 127.0.0.1:9100), off the public port; empty: both on the main listener.
     pub metrics_listen: String,
+    /// Without `metrics_listen`, `GET /metrics` on the main listener answers
+    /// clients on this host (loopback) only, others get 404; true: anyone.
+    pub public_metrics: bool,
     /// A Unix-socket listener (plain ws:// and HTTP) for a proxy in front; empty: none.
     pub unix_listen: String,
     /// File mode of the Unix socket (octal).
@@ -163,6 +169,7 @@ impl Default for ServerSection {
             pin_workers: true,
             redirect_listen: String::new(),
             metrics_listen: String::new(),
+            public_metrics: false,
             unix_listen: String::new(),
             unix_mode: "660".into(),
         }
@@ -258,6 +265,10 @@ pub struct PoolSection {
     /// Shared mode: subscriptions on one node connection before the gateway
     /// opens another to the same node.
     pub shared_max_subscriptions: u64,
+    /// Shared mode: connections to one node per core at most (each takes
+    /// up to `shared_max_subscriptions`); a subscription that finds no room
+    /// is refused (-32005).
+    pub shared_max_connections: u64,
     /// After a reload removes a node, its open sessions go on this long,
     /// then finish their requests in flight and close (1001).
     pub removed_grace_ms: u64,
@@ -271,6 +282,7 @@ impl Default for PoolSection {
             keepalive_interval_s: 30,
             shared: false,
             shared_max_subscriptions: 512,
+            shared_max_connections: 8,
             removed_grace_ms: 60_000,
         }
     }

@@ -109,6 +109,8 @@ pub struct Config {
     pub redirect_listen: Option<SocketAddr>,
     /// Where `/metrics` and `/health` are served apart, if anywhere.
     pub metrics_listen: Option<SocketAddr>,
+    /// `/metrics` on the main listener for clients other than loopback.
+    pub public_metrics: bool,
     pub unix_listen: Option<(PathBuf, u32)>,
     pub tls: TlsMode,
     pub limits: Limits,
@@ -122,12 +124,16 @@ pub struct Config {
     pub shared: bool,
     /// Subscriptions per shared connection before another one opens.
     pub shared_max_subscriptions: usize,
+    pub shared_max_connections: usize,
     pub nodes: Vec<NodeConfig>,
     pub flavour: crate::route::Flavour,
     pub routing: RoutingSection,
     pub health: crate::health::HealthConfig,
     pub http: HttpSection,
     pub admission: AdmissionSection,
+    /// Which method policy applies and why (`admission.methods = "auto"`
+    /// decides by the listen address), for the start-up log.
+    pub methods_note: String,
     pub cache: CacheSection,
     pub log_level: crate::log::Level,
     /// One JSON object per log line.

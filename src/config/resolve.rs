@@ -155,9 +155,24 @@ impl Config {
                 "pool.shared_max_subscriptions",
                 file.pool.shared_max_subscriptions,
             ),
+            (
+                "pool.shared_max_connections",
+                file.pool.shared_max_connections,
+            ),
         ] {
             if v == 0 {
                 return Err(err(key, "must be greater than 0".into()));
+            }
+        }
+        for (method, secs) in &file.cache.methods {
+            let m = method.as_bytes();
+            let sub = crate::jsonrpc::Sub::of(m, None) != crate::jsonrpc::Sub::None;
+            if *secs > 0 && (sub || crate::jsonrpc::call::writes(m)) {
+                let what = if sub { "a subscription" } else { "a write" };
+                return Err(err(
+                    &format!("cache.methods.{method}"),
+                    format!("{what} is never cached (its answer is not the same for everyone)"),
+                ));
             }
         }
         if file.cache.enabled && file.cache.max_bytes < 64 * 1024 {
@@ -239,12 +254,32 @@ impl Config {
                 "rate and burst cannot be negative".into(),
             ));
         }
-        if ad.methods != "all" && ad.methods != "safe" {
-            return Err(err(
-                "admission.methods",
-                format!("`{}` is not all or safe", ad.methods),
-            ));
-        }
+        // `auto`, as a node's `--rpc-methods auto`: everything for clients on
+        // this host only, `safe` as soon as others can connect.
+        let local_only = listen.ip().is_loopback() && unix_listen.is_none();
+        let methods = match ad.methods.as_str() {
+            "all" | "safe" => ad.methods.clone(),
+            "auto" if local_only => "all".into(),
+            "auto" => "safe".into(),
+            other => {
+                return Err(err(
+                    "admission.methods",
+                    format!("`{other}` is not one of auto, all, safe"),
+                ))
+            }
+        };
+        let methods_note = format!(
+            "methods: {methods}{}",
+            match (ad.methods.as_str(), local_only) {
+                ("auto", true) => " (auto: listening on loopback only)",
+                ("auto", false) =>
+                    " (auto: others can connect; admission.methods = \"all\" allows every method)",
+                ("all", false) => " (unsafe methods are open to everyone who can connect)",
+                _ => "",
+            }
+        );
+        let mut file = file;
+        file.admission.methods = methods;
         let hs = &file.health;
         if hs.interval_ms == 0 || hs.timeout_ms == 0 {
             return Err(err(
@@ -294,6 +329,7 @@ impl Config {
             pin_workers: file.server.pin_workers,
             redirect_listen,
             metrics_listen,
+            public_metrics: file.server.public_metrics,
             unix_listen,
             tls,
             limits,
@@ -303,6 +339,7 @@ impl Config {
             keepalive_interval: Duration::from_secs(file.pool.keepalive_interval_s),
             shared: file.pool.shared,
             shared_max_subscriptions: file.pool.shared_max_subscriptions as usize,
+            shared_max_connections: file.pool.shared_max_connections as usize,
             nodes,
             flavour,
             routing: file.routing,
@@ -313,6 +350,7 @@ impl Config {
             log_level,
             log_json,
             access_log: file.log.access,
+            methods_note,
             source,
         })
     }

@@ -107,7 +107,9 @@ where
     loop {
         match listener.accept_one().await {
             Ok(conn) => {
-                monoio::spawn(CatchUnwind(serve(conn)));
+                // A bug in one connection must not take the worker and
+                // every other session with it.
+                crate::task::spawn("a connection", serve(conn), || {});
             }
             Err(_) if shutdown.started() => return,
             Err(e) => {
@@ -138,20 +140,26 @@ impl SideListeners {
     fn spawn(self, core: &Rc<Core>, shutdown: &Arc<Shutdown>) {
         if let Some(l) = self.redirect.and_then(tcp) {
             let (port, shutdown) = (self.https_port, shutdown.clone());
-            monoio::spawn(async move {
+            let redirect = async move {
                 accept_loop(&l, &shutdown, move |(s, _)| {
                     crate::http::endpoints::redirect_one(s, port)
                 })
                 .await
+            };
+            crate::task::spawn("the redirect listener", redirect, || {
+                crate::task::fatal("the redirect listener")
             });
         }
         if let Some(l) = self.metrics.and_then(tcp) {
             let (core, shutdown) = (core.clone(), shutdown.clone());
-            monoio::spawn(async move {
+            let metrics = async move {
                 accept_loop(&l, &shutdown, move |(s, _)| {
                     crate::http::endpoints::metrics_one(s, core.worker())
                 })
                 .await
+            };
+            crate::task::spawn("the metrics listener", metrics, || {
+                crate::task::fatal("the metrics listener")
             });
         }
         if let Some(l) = self
@@ -162,7 +170,7 @@ impl SideListeners {
             // The peer is local; the proxy in front says who the client is
             // (admission.trusted_proxy_hops).
             let local = SocketAddr::from(([127, 0, 0, 1], 0));
-            monoio::spawn(async move {
+            let unix = async move {
                 accept_loop(&l, &shutdown, move |stream| {
                     let worker = core.worker();
                     async move {
@@ -173,6 +181,9 @@ impl SideListeners {
                     }
                 })
                 .await
+            };
+            crate::task::spawn("the Unix-socket listener", unix, || {
+                crate::task::fatal("the Unix-socket listener")
             });
         }
     }
@@ -363,30 +374,5 @@ fn ended(peer: SocketAddr, access: Option<Access>, summary: &crate::relay::Sessi
             summary.client_close_code,
             summary.reason,
         );
-    }
-}
-
-/// Runs a connection's future, turning a panic into a log line: a bug in one
-/// session must not take the worker and every other session with it.
-struct CatchUnwind<F>(F);
-
-impl<F: Future<Output = ()>> Future for CatchUnwind<F> {
-    type Output = ();
-
-    fn poll(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<()> {
-        // SAFETY: the inner future is structurally pinned; it is never moved out.
-        let inner = unsafe { self.map_unchecked_mut(|s| &mut s.0) };
-        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| inner.poll(cx))) {
-            Ok(poll) => poll,
-            Err(_) => {
-                crate::error!(
-                    "a connection task panicked; it was closed (this is a bug: please report it)"
-                );
-                std::task::Poll::Ready(())
-            }
-        }
     }
 }

@@ -126,8 +126,10 @@ pub async fn handshake<R: ReadHalf, W: WriteHalf>(
             Some(e) => refuse(r, w, fd, e).await,
             None if head.path == "/metrics" => {
                 let mut out = Vec::new();
-                if worker.config.metrics_listen.is_some() {
-                    // Served apart (server.metrics_listen), not to the public.
+                // Served apart (server.metrics_listen), or to clients on
+                // this host only unless server.public_metrics says otherwise.
+                let public = worker.config.public_metrics || client_ip.is_loopback();
+                if worker.config.metrics_listen.is_some() || !public {
                     write_response(&mut out, 404, &[], "not found", true);
                 } else {
                     metrics_response(&mut out, worker, false);

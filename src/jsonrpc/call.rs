@@ -78,6 +78,42 @@ fn opens(method: &[u8]) -> bool {
             || method.ends_with(b"_follow"))
 }
 
+/// Methods that change state or submit something (never cached, never
+/// sent twice); `*` ends a prefix.
+const WRITES: &[&str] = &[
+    "author_submit*",
+    "author_insertKey",
+    "author_rotateKeys",
+    "author_removeExtrinsic",
+    "transaction_v1_*",
+    "transactionWatch_v1_*",
+    "offchain_localStorageSet",
+    "system_addReservedPeer",
+    "system_removeReservedPeer",
+    "system_addLogFilter",
+    "system_resetLogFilter",
+    "eth_sendRawTransaction",
+    "eth_sendTransaction",
+    "eth_sign*",
+    "personal_*",
+    "admin_*",
+    "miner_*",
+    "debug_set*",
+    "evm_*",
+    "anvil_*",
+    "hardhat_*",
+    "dev_*",
+];
+
+/// Whether `method` changes state or submits something: never cached,
+/// never repeated.
+pub fn writes(method: &[u8]) -> bool {
+    WRITES.iter().any(|p| match p.strip_suffix('*') {
+        Some(prefix) => method.starts_with(prefix.as_bytes()),
+        None => method == p.as_bytes(),
+    })
+}
+
 /// The method that ends a subscription opened by `method`, if it opens one
 /// (`chain_subscribeNewHeads` -> `chain_unsubscribeNewHeads`).
 pub fn unsubscribe_method(method: &str) -> Option<String> {

@@ -396,7 +396,7 @@ impl<'a> Checker<'a> {
 
 /// Where the run of string bytes that need no look (not `"`, `\`, or a
 /// control character) starting at `j` ends: eight bytes at a time.
-fn plain_run(buf: &[u8], mut j: usize) -> usize {
+pub(super) fn plain_run(buf: &[u8], mut j: usize) -> usize {
     const ONES: u64 = 0x0101_0101_0101_0101;
     const HIGH: u64 = 0x8080_8080_8080_8080;
     // A byte is zero in `x ^ splat(c)` where it is `c`; `(x - ONES) & !x

@@ -136,12 +136,17 @@ pub fn start(config: Config, tls: Option<crate::tls::ServerTls>) -> io::Result<R
                 let tls = tls.map(|(base, certs, seed)| {
                     crate::tls::per_worker(&base, &certs, &seed, i as u32)
                 });
-                let run = driver::block_on(io_uring, || async move {
-                    let core = Core::new(tls, hashes, generations);
-                    crate::gateway::serve(listener, core, side, shutdown, drain_for).await
-                });
-                if let Err(e) = run {
-                    crate::error!("cannot start a runtime: {e}");
+                let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    driver::block_on(io_uring, || async move {
+                        let core = Core::new(tls, hashes, generations);
+                        crate::gateway::serve(listener, core, side, shutdown, drain_for).await
+                    })
+                }));
+                match run {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => crate::error!("cannot start a runtime: {e}"),
+                    // Its sessions are gone with it: never serve with a hole.
+                    Err(_) => crate::task::fatal(&format!("worker {i}")),
                 }
             })?;
         workers.push(handle);

@@ -69,7 +69,12 @@ pub fn spawn(
                 return;
             };
             if sig == libc::SIGHUP {
-                let applied = load().and_then(|c| generations.apply(c, certs.as_deref()));
+                // A panic in a reload is a refused reload: this thread must
+                // live on (it is the one that hears SIGTERM).
+                let applied = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    load().and_then(|c| generations.apply(c, certs.as_deref()))
+                }))
+                .unwrap_or_else(|_| Err("the reload panicked (a bug: please report it)".into()));
                 let running = generations.number();
                 match applied {
                     Ok(notes) => {

@@ -238,3 +238,12 @@ impl JsScript {
         )
     }
 }
+
+/// Send a JSON-RPC call tagged `tag` to an echo node and check it comes
+/// back unchanged (the default gateway reads every call: a payload that
+/// is not one is answered -32700 by the gateway itself).
+pub fn echo_call<S: std::io::Read + std::io::Write>(ws: &mut tungstenite::WebSocket<S>, tag: &str) {
+    let call = format!(r#"{{"jsonrpc":"2.0","id":1,"method":"echo","params":["{tag}"]}}"#);
+    ws.send(tungstenite::Message::Text(call.clone())).unwrap();
+    assert_eq!(ws.read().unwrap(), tungstenite::Message::Text(call));
+}

@@ -19,6 +19,9 @@ use tungstenite::{Message, WebSocket};
 
 use super::*;
 
+/// A configuration that reads no call: a plain WebSocket relay.
+pub const RELAY: &str = "[cache]\nenabled = false\n[admission]\nmax_subscriptions_per_connection = 0\nmax_inflight_per_connection = 0\n";
+
 /// The gateway binary, killed on drop (and checked for panics).
 pub struct Gateway {
     child: Child,
@@ -73,6 +76,14 @@ impl Gateway {
         }
         args.extend(extra.iter().map(|s| s.to_string()));
         Gateway::start_args(&args)
+    }
+
+    /// Start as a plain WebSocket relay (no call read: no cache, no
+    /// per-call limits), for tests of frames with payloads that are not
+    /// JSON-RPC; the default gateway answers those itself (-32700).
+    pub fn start_relay(pki: &TestPki, upstreams: &[String]) -> Gateway {
+        let cfg = write_config(pki, "relay.toml", RELAY);
+        Gateway::start(pki, upstreams, &["--config", cfg.to_str().unwrap()])
     }
 
     pub fn start_args(args: &[String]) -> Gateway {

@@ -102,6 +102,8 @@ pub struct Settings {
     pub max_head: usize,
     /// Subscriptions on one connection before another opens to the same node.
     pub max_subscriptions: usize,
+    /// Connections to one node at most (`pool.shared_max_connections`).
+    pub max_connections: usize,
     /// Requests outstanding this long with nothing read from the node: the
     /// connection is taken for lost (a hung node).
     pub request_timeout: Duration,
@@ -342,21 +344,31 @@ impl Shared {
     }
 
     /// A connection to node `index` for a session: the live one with the
-    /// fewest subscriptions, or a new one if there is none or all are full.
+    /// fewest subscriptions, or a new one if there is none or all are full
+    /// (and fewer than `max_connections` are open: else the least full).
     pub fn conn(self: &Rc<Self>, index: usize) -> Rc<Conn> {
-        let best = self.slots.borrow()[index]
-            .iter()
-            .filter(|c| c.state() != State::Dead)
-            .min_by_key(|c| c.subscription_load())
-            .cloned();
+        let (best, live) = {
+            let slots = self.slots.borrow();
+            let live = slots[index].iter().filter(|c| c.state() != State::Dead);
+            let best = live.clone().min_by_key(|c| c.subscription_load()).cloned();
+            (best, live.count())
+        };
         if let Some(c) = best {
-            if c.subscription_load() < self.settings.max_subscriptions.max(1) {
+            let full = c.subscription_load() >= self.settings.max_subscriptions.max(1);
+            if !full || live >= self.settings.max_connections.max(1) {
                 return c;
             }
         }
         let conn = Rc::new(Conn::new(index));
         self.slots.borrow_mut()[index].push(conn.clone());
-        monoio::spawn(conn::run(self.clone(), conn.clone()));
+        let (sh, c) = (self.clone(), conn.clone());
+        crate::task::spawn(
+            "a shared node connection",
+            conn::run(self.clone(), conn.clone()),
+            // Its sessions move to another node or close (1012), as when
+            // the connection is lost.
+            move || sh.fail(&c, "its task failed (a bug)"),
+        );
         conn
     }
 

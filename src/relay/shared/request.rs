@@ -64,6 +64,25 @@ pub fn on_request(ctx: &Ctx<'_>, s: &Rc<Session>, msg: &[u8]) {
     };
     let home = m.conn();
     let to = archive.as_ref().or(sub_conn.as_ref()).unwrap_or(&home);
+    // Every connection to the node is full and no other may open (a
+    // merged stream costs the node nothing more: it joins).
+    if let (Some(req), Some(c)) = (call.single(), &sub_conn) {
+        let merged = || {
+            let params = req.params.unwrap_or(b"[]");
+            super::topics::mergeable(req.method().unwrap_or_default(), params).is_some()
+        };
+        let full = c.subscription_load() >= ctx.shared.settings.max_subscriptions.max(1);
+        if req.sub == Sub::Opens && full && !merged() {
+            crate::metrics::request(req, Outcome::Refused);
+            let data = r#"{"limit":"pool.shared_max_connections"}"#;
+            if let Some(id) = req.id {
+                s.send_text(
+                    error(id, code::LIMIT_EXCEEDED, "limit exceeded", Some(data)).as_bytes(),
+                );
+            }
+            return;
+        }
+    }
     match call.kind {
         Kind::Object => {
             let req = call.single().expect("an object is one request");
