@@ -70,6 +70,28 @@ pub fn lagging(head: u64, best: u64, max_lag: u64) -> bool {
     best.saturating_sub(head) > max_lag
 }
 
+/// A head this far ahead of where the node (or, when known, the other
+/// nodes) stood is not believed: a node reporting `0xffff…`, or a node of
+/// another chain, must not make every correct node look behind.
+pub const MAX_JUMP: u64 = 10_000;
+
+/// No chain is this long: a head above it is nonsense.
+const MAX_HEIGHT: u64 = 1 << 48;
+
+/// Whether a reported `head` is believable for a node that stood at `prev`
+/// (0: unknown), with the other nodes at best `others` (0: none known).
+/// Pure: tested without a clock.
+pub fn plausible(head: u64, prev: u64, others: u64) -> bool {
+    if head > MAX_HEIGHT {
+        return false;
+    }
+    match (others, prev) {
+        (0, 0) => true,
+        (0, prev) => head <= prev.saturating_add(MAX_JUMP),
+        (others, _) => head <= others.saturating_add(MAX_JUMP),
+    }
+}
+
 /// What every worker can read about one node.
 #[derive(Debug)]
 pub struct NodeStatus {
@@ -77,6 +99,14 @@ pub struct NodeStatus {
     /// Up by the probes' hysteresis (before the lag rule).
     alive: AtomicBool,
     head: AtomicU64,
+    /// The block it last reported finalized (0: unknown) and its hash.
+    finalized: AtomicU64,
+    finalized_hash: Mutex<Option<(u64, String)>>,
+    /// Which chain it says it is on (Substrate: its genesis hash;
+    /// Ethereum: `eth_chainId`), once per probe connection.
+    identity: Mutex<Option<String>>,
+    /// Its chain is not the pool's: taken out.
+    other_chain: AtomicBool,
     passive_failures: AtomicU32,
     probes: AtomicU64,
     /// Probe round-trip time, smoothed (µs; 0: not measured yet).
@@ -104,6 +134,10 @@ impl NodeStatus {
             up: AtomicBool::new(true),
             alive: AtomicBool::new(true),
             head: AtomicU64::new(0),
+            finalized: AtomicU64::new(0),
+            finalized_hash: Mutex::new(None),
+            identity: Mutex::new(None),
+            other_chain: AtomicBool::new(false),
             passive_failures: AtomicU32::new(0),
             probes: AtomicU64::new(0),
             rtt_us: AtomicU64::new(0),
@@ -137,11 +171,17 @@ pub struct Health {
 /// What every generation shares.
 #[derive(Debug)]
 struct Common {
+    /// The highest head among the nodes that pass their probes, recomputed
+    /// at every probe result (never a maximum over time: a node's wrong
+    /// head counts only while it reports it).
     best: AtomicU64,
-    /// The highest finalized block any node reported (0: unknown).
+    /// The highest finalized block among the nodes that are up (0:
+    /// unknown), recomputed likewise, and its hash when known.
     finalized: AtomicU64,
-    /// Its hash, if the node said (read once per finalized block per core).
     finalized_hash: Mutex<Option<(u64, String)>>,
+    /// The chain the pool is on, if the configuration says
+    /// (`health.chain`); else the one most nodes report.
+    chain: Option<String>,
     /// Each worker's receiving end of new (hash, height) pairs.
     hash_senders: Mutex<Vec<mpsc::Sender<(String, u64)>>>,
     /// No node passes its checks: sessions go to the best candidate anyway
@@ -151,12 +191,18 @@ struct Common {
 
 impl Health {
     pub fn new(nodes: usize) -> Arc<Health> {
+        Health::for_chain(nodes, None)
+    }
+
+    /// `chain`: the genesis hash or chain id every node must report.
+    pub fn for_chain(nodes: usize, chain: Option<String>) -> Arc<Health> {
         Arc::new(Health {
             nodes: (0..nodes).map(|_| Arc::new(NodeStatus::new())).collect(),
             common: Arc::new(Common {
                 best: AtomicU64::new(0),
                 finalized: AtomicU64::new(0),
                 finalized_hash: Mutex::new(None),
+                chain,
                 hash_senders: Mutex::new(Vec::new()),
                 panic: AtomicBool::new(false),
             }),
@@ -259,18 +305,28 @@ impl Health {
         self.nodes[i].head.load(Ordering::Relaxed)
     }
 
-    /// A node reported block `n` finalized (and its hash, if it said).
-    pub fn record_finalized(&self, n: u64, hash: Option<&str>) {
-        let mut known = self.common.finalized_hash.lock().expect("not poisoned");
-        if let Some(h) = hash {
-            if !known.as_ref().is_some_and(|(k, _)| *k >= n) {
-                *known = Some((n, h.to_string()));
-            }
+    /// Node `i` reported block `n` finalized (and its hash, if it said).
+    /// Not believed above its own head (a node cannot finalize what it has
+    /// not imported); the pool's view follows at once.
+    pub fn record_finalized(&self, i: usize, n: u64, hash: Option<&str>) {
+        let node = &self.nodes[i];
+        let head = node.head.load(Ordering::Relaxed);
+        if head > 0 && n > head {
+            return;
         }
-        self.common.finalized.fetch_max(n, Ordering::Release);
+        node.finalized.store(n, Ordering::Release);
+        *node.finalized_hash.lock().expect("not poisoned") = hash.map(|h| (n, h.to_string()));
+        self.derive();
     }
 
-    /// The highest finalized block whose hash is known, and that hash.
+    /// The block node `i` last reported finalized (0: unknown): an answer it
+    /// gives about a block at or below it cannot change.
+    pub fn finalized_of(&self, i: usize) -> u64 {
+        self.nodes[i].finalized.load(Ordering::Acquire)
+    }
+
+    /// The highest finalized block among the nodes that are up, with its
+    /// hash (when that node said it).
     pub fn finalized_hash(&self) -> Option<(u64, String)> {
         self.common
             .finalized_hash
@@ -279,10 +335,41 @@ impl Health {
             .clone()
     }
 
-    /// The highest finalized block reported (0: unknown): blocks at or
-    /// below it are never reorganised away.
+    /// The highest finalized block among the nodes that are up (0:
+    /// unknown). Whether an answer about a block may be kept is decided by
+    /// the node that gave it ([`Health::finalized_of`]).
     pub fn finalized(&self) -> u64 {
         self.common.finalized.load(Ordering::Acquire)
+    }
+
+    /// Node `i` says it is on chain `id` (its genesis hash or chain id).
+    pub fn record_identity(&self, i: usize, id: &str) {
+        *self.nodes[i].identity.lock().expect("not poisoned") = Some(id.to_string());
+    }
+
+    /// The chain the pool is on: configured, else the one most nodes
+    /// report (ties: the earliest node's), `None` while no node said.
+    pub fn chain(&self) -> Option<String> {
+        if let Some(c) = &self.common.chain {
+            return Some(c.clone());
+        }
+        let ids: Vec<String> = self
+            .nodes
+            .iter()
+            .filter_map(|n| n.identity.lock().expect("not poisoned").clone())
+            .collect();
+        let count = |id: &String| ids.iter().filter(|x| *x == id).count();
+        ids.iter()
+            .fold(None::<&String>, |best, id| match best {
+                Some(b) if count(b) >= count(id) => Some(b),
+                _ => Some(id),
+            })
+            .cloned()
+    }
+
+    /// Whether node `i` is on another chain than the pool's.
+    pub fn on_other_chain(&self, i: usize) -> bool {
+        self.nodes[i].other_chain.load(Ordering::Relaxed)
     }
 
     /// The best head seen across nodes.
@@ -360,14 +447,41 @@ impl Health {
         for _ in 0..passive {
             *h = h.observe(false, cfg.fall, cfg.rise);
         }
-        *h = h.observe(ok, cfg.fall, cfg.rise);
+        // A node of another chain fails its checks, whatever it answers.
         let n = &self.nodes[i];
+        let mine = n.identity.lock().expect("not poisoned").clone();
+        let other = match (mine, self.chain()) {
+            (Some(mine), Some(pool)) => mine != pool,
+            _ => false,
+        };
+        if n.other_chain.swap(other, Ordering::Relaxed) != other && other {
+            crate::warn!(
+                "node {i} is on another chain than the pool ({}): taken out",
+                self.chain().unwrap_or_default()
+            );
+        }
+        *h = h.observe(ok && !other, cfg.fall, cfg.rise);
         n.probes.fetch_add(1, Ordering::Relaxed);
         n.alive.store(h.up, Ordering::Relaxed);
         if let Some(head) = head {
-            n.head.store(head, Ordering::Relaxed);
-            self.common.best.fetch_max(head, Ordering::Relaxed);
+            let others = self
+                .nodes
+                .iter()
+                .enumerate()
+                .filter(|(j, o)| *j != i && o.alive.load(Ordering::Relaxed))
+                .map(|(_, o)| o.head.load(Ordering::Relaxed))
+                .max()
+                .unwrap_or(0);
+            let prev = n.head.load(Ordering::Relaxed);
+            if plausible(head, prev, others) {
+                n.head.store(head, Ordering::Relaxed);
+            } else {
+                crate::warn!(
+                    "node {i} reported head {head}, implausible (it was at {prev}, the others at {others}): ignored"
+                );
+            }
         }
+        self.derive();
         self.apply_lag(cfg.max_lag);
         let degraded = self.degraded();
         if self.common.panic.swap(degraded, Ordering::Relaxed) != degraded {
@@ -379,6 +493,28 @@ impl Health {
                 crate::info!("a node passes its health checks again: panic routing ends");
             }
         }
+    }
+
+    /// The pool's view from the nodes' own: the best head among the nodes
+    /// that pass their probes, the highest finalized block among them.
+    fn derive(&self) {
+        let alive = || {
+            self.nodes.iter().filter(|n| {
+                n.alive.load(Ordering::Relaxed) && !n.other_chain.load(Ordering::Relaxed)
+            })
+        };
+        let best = alive().map(|n| n.head.load(Ordering::Relaxed)).max();
+        self.common.best.store(best.unwrap_or(0), Ordering::Relaxed);
+        let top = alive().max_by_key(|n| n.finalized.load(Ordering::Acquire));
+        let (finalized, hash) = match top {
+            Some(n) => (
+                n.finalized.load(Ordering::Acquire),
+                n.finalized_hash.lock().expect("not poisoned").clone(),
+            ),
+            None => (0, None),
+        };
+        *self.common.finalized_hash.lock().expect("not poisoned") = hash;
+        self.common.finalized.store(finalized, Ordering::Release);
     }
 
     fn apply_lag(&self, max_lag: u64) {
@@ -544,5 +680,76 @@ mod tests {
         health.report_connect_failure(0);
         health.record(0, &mut h, false, None, &cfg);
         assert!(!health.is_up(0));
+    }
+
+    /// Guards the best head and finality: they were a maximum over all
+    /// nodes and all time (`fetch_max`), so one node reporting `0xffff…`
+    /// marked every correct node as lagging until a reload.
+    #[test]
+    fn one_node_cannot_decide_the_best_head_or_finality_for_all() {
+        let health = Health::new(3);
+        let cfg = HealthConfig::default();
+        let mut h = [Hysteresis::new(); 3];
+        for (i, head) in [100, 101, 100].into_iter().enumerate() {
+            health.record(i, &mut h[i], true, Some(head), &cfg);
+        }
+        health.record(2, &mut h[2], true, Some(u64::MAX), &cfg);
+        assert_eq!(health.head(2), 100, "an impossible head is ignored");
+        health.record(2, &mut h[2], true, Some(5_000_000), &cfg);
+        assert_eq!(health.head(2), 100, "so is a jump far ahead of the others");
+        assert_eq!(health.best(), 101);
+        assert!((0..3).all(|i| health.is_up(i)));
+        // Finality per node; the pool's view from the nodes that are up.
+        health.record_finalized(0, 98, Some("0xa"));
+        health.record_finalized(1, 99, Some("0xb"));
+        health.record_finalized(2, 200, None);
+        assert_eq!(health.finalized_of(2), 0, "not above its own head");
+        assert_eq!((health.finalized(), health.finalized_of(0)), (99, 98));
+        assert_eq!(health.finalized_hash(), Some((99, "0xb".into())));
+        // Node 1 goes down: the view follows, it is not a maximum over time.
+        for _ in 0..3 {
+            health.record(1, &mut h[1], false, None, &cfg);
+        }
+        assert_eq!(health.finalized(), 98);
+        assert_eq!(health.best(), 100);
+    }
+
+    #[test]
+    fn a_node_of_another_chain_is_taken_out() {
+        let health = Health::new(3);
+        let cfg = HealthConfig::default();
+        let mut h = [Hysteresis::new(); 3];
+        for (i, id) in ["0xaa", "0xbb", "0xaa"].into_iter().enumerate() {
+            health.record_identity(i, id);
+        }
+        assert_eq!(health.chain().as_deref(), Some("0xaa"), "most nodes");
+        for _ in 0..3 {
+            for (i, hy) in h.iter_mut().enumerate() {
+                health.record(i, hy, true, Some(100), &cfg);
+            }
+        }
+        assert!(health.is_up(0) && health.is_up(2));
+        assert!(!health.is_up(1) && health.on_other_chain(1));
+        // Configured, the chain is not voted on.
+        let pinned = Health::for_chain(1, Some("0xcc".into()));
+        pinned.record_identity(0, "0xaa");
+        let mut one = Hysteresis::new();
+        for _ in 0..3 {
+            pinned.record(0, &mut one, true, Some(1), &cfg);
+        }
+        assert!(pinned.on_other_chain(0) && !pinned.is_up(0));
+    }
+
+    #[test]
+    fn heads_are_believed_within_a_jump() {
+        assert!(plausible(100, 0, 0), "the first head of a lone node");
+        assert!(plausible(100 + MAX_JUMP, 100, 0));
+        assert!(!plausible(101 + MAX_JUMP, 100, 0));
+        assert!(
+            plausible(5_000_000, 0, 4_999_000),
+            "a new node, as the others"
+        );
+        assert!(!plausible(5_000_000, 0, 100));
+        assert!(!plausible(u64::MAX, 0, 0));
     }
 }

@@ -114,8 +114,12 @@ async fn probe_node(
     // Where the last generation's probes left this node (up for a new one).
     let mut h = Hysteresis::resume(health.alive(i));
     let mut conn: Option<Probe> = None;
+    let mut identified = false;
     let mut last_hashed: u64 = 0;
     loop {
+        if conn.is_none() {
+            identified = false;
+        }
         let (result, rtt) = match cfg.mode {
             // A fresh upgrade each time; the node's head stays unknown.
             ProbeMode::Connect => {
@@ -130,9 +134,23 @@ async fn probe_node(
             Err(e) => {
                 crate::debug!("health: {} failed: {e}", node.url);
                 conn = None;
+                identified = false;
                 (false, None)
             }
         };
+        // Which chain it is on, once per probe connection (a node may be
+        // replaced behind its address).
+        if let (true, Some(_), Some(c)) = (ok && !identified, head, conn.as_mut()) {
+            let fd = c.fd;
+            match within(fd, cfg.timeout, identity(c, flavour)).await {
+                Ok(Some(id)) => {
+                    health.record_identity(i, &id);
+                    identified = true;
+                }
+                Ok(None) => identified = true,
+                Err(_) => conn = None,
+            }
+        }
         // How fast it answers (the calls, not a connect), for balancing.
         health.record_rtt(i, if ok { rtt } else { cfg.timeout });
         if ok {
@@ -172,7 +190,7 @@ async fn probe_node(
         if let (Some(_), Some(c)) = (head, conn.as_mut()) {
             let fd = c.fd;
             match within(fd, cfg.timeout, finalized(c, flavour)).await {
-                Ok(Some((n, hash))) => health.record_finalized(n, hash.as_deref()),
+                Ok(Some((n, hash))) => health.record_finalized(i, n, hash.as_deref()),
                 Ok(None) => {}
                 Err(_) => conn = None,
             }
@@ -304,6 +322,20 @@ async fn finalized(
             .and_then(|d| u64::from_str_radix(d, 16).ok())
     });
     Ok(number.map(|n| (n, hash)))
+}
+
+/// The chain a node is on: Substrate its genesis hash, Ethereum its chain
+/// id (`None`: it does not say).
+async fn identity(c: &mut Probe, flavour: Flavour) -> Result<Option<String>, String> {
+    let (method, params) = match flavour {
+        Flavour::Substrate => ("chain_getBlockHash", "[0]"),
+        Flavour::Ethereum => ("eth_chainId", "[]"),
+    };
+    match c.call(method, params).await {
+        Err(e) if e == NOT_RPC || e.starts_with(RPC_ERROR) => Ok(None),
+        Err(e) => Err(e),
+        Ok(v) => Ok(jsonrpc::unquote(&v).map(|s| String::from_utf8_lossy(s).to_ascii_lowercase())),
+    }
 }
 
 async fn fetch_hashes(c: &mut Probe, from: u64, to: u64, health: &Health) -> Result<(), String> {

@@ -572,3 +572,47 @@ fn shared_connections_per_node_are_capped() {
     let sessions = node.seen.try_iter().filter(|r| !r.is_probe()).count();
     assert_eq!(sessions, 2, "node connections");
 }
+
+/// A node of another chain behind one of the pool's addresses (its genesis
+/// hash differs) is taken out by its probes: the pool is on the chain most
+/// nodes report (or `health.chain`), and no session goes to it.
+#[test]
+fn a_node_of_another_chain_is_taken_out() {
+    let pki = TestPki::new();
+    let (a, b, c) = (
+        FakeChain::new(100),
+        FakeChain::new(100),
+        FakeChain::new(100),
+    );
+    *b.genesis.lock().unwrap() = Some(format!("0x{:064x}", 0xbad));
+    let nodes: Vec<Upstream> = [&a, &b, &c]
+        .iter()
+        .map(|ch| Upstream::start(Behaviour::Substrate((*ch).clone())))
+        .collect();
+    let cfg = write_config(
+        &pki,
+        "chains.toml",
+        "[health]\ninterval_ms = 100\nfall = 2\n",
+    );
+    let urls: Vec<String> = nodes.iter().map(Upstream::url).collect();
+    let gw = Gateway::start(&pki, &urls, &["--config", cfg.to_str().unwrap()]);
+    wait_for(TIMEOUT, "the other chain's node taken out", || {
+        let (_, _, body) = https_get(gw.addr, pki.client_config(), "/health");
+        body.contains(r#""other_chain":true"#) && body.contains(r#""up":false"#)
+    });
+    let (_, _, body) = https_get(gw.addr, pki.client_config(), "/health");
+    assert!(
+        body.contains(&format!(r#""chain":"0x{:064x}""#, 0)),
+        "{body}"
+    );
+    for i in 0..8 {
+        let mut ws = ws_connect(&gw, pki.client_config(), "/");
+        ws.send(Message::Text(format!(
+            r#"{{"jsonrpc":"2.0","id":{i},"method":"system_health","params":[]}}"#
+        )))
+        .unwrap();
+        ws.read().unwrap();
+    }
+    assert_eq!(b.calls_of("system_health"), 0, "no session on node b");
+    assert_eq!(a.calls_of("system_health") + c.calls_of("system_health"), 8);
+}

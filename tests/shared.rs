@@ -604,3 +604,35 @@ fn a_late_joiner_to_a_storage_subscription_gets_every_keys_last_value() {
         .count();
     assert_eq!(subscribes, 1, "one node subscription");
 }
+
+/// Guards merged head streams: a head at or below the height a session
+/// had was dropped as a repeat, so a reorganised best head at the tip (the
+/// same height, another block) never reached clients. Repeats are told by
+/// the block now, not by its height.
+#[test]
+fn a_reorganised_best_head_reaches_every_session() {
+    let pki = TestPki::new();
+    let node = PubsubNode::start();
+    let gw = gateway(&pki, &node);
+    let mut sessions: Vec<_> = (0..2)
+        .map(|_| ws_connect(&gw, pki.client_config(), "/"))
+        .collect();
+    for (i, ws) in sessions.iter_mut().enumerate() {
+        subscribe_heads(ws, i as u64);
+    }
+    for ws in &mut sessions {
+        read_until(ws, |t| t.contains("chain_newHead"));
+    }
+    node.reorg.store(true, std::sync::atomic::Ordering::SeqCst);
+    for ws in &mut sessions {
+        // Within the next heads (one every 20 ms): dropped, it never comes.
+        let reorged = (0..100)
+            .map(|_| text(ws.read().unwrap()))
+            .find(|t| t.contains(r#""parentHash":"0x01""#))
+            .expect("the reorganised head");
+        let n = head_number(&reorged);
+        // The stream goes on after it.
+        let next = read_until(ws, |t| t.contains("chain_newHead"));
+        assert_eq!(head_number(&next), n + 1, "{next}");
+    }
+}

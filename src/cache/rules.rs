@@ -209,6 +209,9 @@ pub struct Plan {
     pub params: Option<Vec<u8>>,
     /// Keep the answer only if its `blockNumber` is finalized.
     pub final_in_answer: bool,
+    /// The block number asked at (an answer about it is kept only if the
+    /// node that gives it has finalized it).
+    pub at: Option<u64>,
 }
 
 /// How a request may be answered from the cache, or `None`.
@@ -230,6 +233,7 @@ pub fn plan(rules: &Rules, req: &Request<'_>, chain: &dyn ChainView) -> Option<P
         ttl,
         params: None,
         final_in_answer: false,
+        at: None,
     };
     match rule {
         Rule::Static => Some(plan),
@@ -239,7 +243,10 @@ pub fn plan(rules: &Rules, req: &Request<'_>, chain: &dyn ChainView) -> Option<P
         }
         Rule::Block { arg, inject } => match block_arg(&params, arg)? {
             Arg::Hash => Some(plan),
-            Arg::Number(n) if n == 0 || n <= chain.finalized() => Some(plan),
+            Arg::Number(n) if n == 0 || n <= chain.finalized() => {
+                plan.at = Some(n);
+                Some(plan)
+            }
             Arg::Number(_) => None,
             Arg::Missing if inject => {
                 let hash = chain.finalized_hash()?;

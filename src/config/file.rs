@@ -325,6 +325,10 @@ pub struct HealthSection {
     pub rise: u32,
     /// Blocks behind the best head before a node counts as down.
     pub max_lag: u64,
+    /// The chain every node must be on: a Substrate genesis hash
+    /// (`0x91b1…`) or an Ethereum chain id (`0x1`). Empty: the one most
+    /// nodes report. A node on another chain is taken out.
+    pub chain: String,
 }
 
 impl Default for HealthSection {
@@ -337,6 +341,7 @@ impl Default for HealthSection {
             fall: d.fall,
             rise: d.rise,
             max_lag: d.max_lag,
+            chain: String::new(),
         }
     }
 }

@@ -125,6 +125,8 @@ pub struct Config {
     /// Subscriptions per shared connection before another one opens.
     pub shared_max_subscriptions: usize,
     pub shared_max_connections: usize,
+    /// `health.chain`, lower-cased (`None`: learned from the nodes).
+    pub chain_id: Option<String>,
     pub nodes: Vec<NodeConfig>,
     pub flavour: crate::route::Flavour,
     pub routing: RoutingSection,

@@ -340,6 +340,7 @@ impl Config {
             shared: file.pool.shared,
             shared_max_subscriptions: file.pool.shared_max_subscriptions as usize,
             shared_max_connections: file.pool.shared_max_connections as usize,
+            chain_id: Some(file.health.chain.to_ascii_lowercase()).filter(|c| !c.is_empty()),
             nodes,
             flavour,
             routing: file.routing,

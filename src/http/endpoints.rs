@@ -36,7 +36,7 @@ pub fn health_report(
         let head = h.head(i);
         let _ = write!(
             nodes,
-            r#"{}{{"url":"{}","role":"{}","up":{},"head":{},"lag":{},"probes":{}}}"#,
+            r#"{}{{"url":"{}","role":"{}","up":{},"head":{},"lag":{},"finalized":{},"other_chain":{},"probes":{}}}"#,
             if i > 0 { "," } else { "" },
             if full { n.url.clone() } else { n.public_name() }
                 .replace('\\', "\\\\")
@@ -49,6 +49,8 @@ pub fn health_report(
             } else {
                 best.saturating_sub(head)
             },
+            h.finalized_of(i),
+            h.on_other_chain(i),
             h.probes(i)
         );
     }
@@ -59,7 +61,9 @@ pub fn health_report(
     (
         if any_up { 200 } else { 503 },
         format!(
-            r#"{{"status":"{status}","best_head":{best},"config":{{"generation":{},"last_reload":"{}"}},"nodes":[{nodes}]}}"#,
+            r#"{{"status":"{status}","best_head":{best},"finalized":{},"chain":{},"config":{{"generation":{},"last_reload":"{}"}},"nodes":[{nodes}]}}"#,
+            h.finalized(),
+            h.chain().map_or("null".into(), |c| format!("{c:?}")),
             reloads.generation,
             match (reloads.ok + reloads.failed, reloads.last_failed) {
                 (0, _) => "none",

@@ -87,7 +87,7 @@ pub struct Outcome {
 impl Generations {
     /// Generation 1 from the configuration at start; its health thread starts.
     pub fn start(config: Config, io_uring: bool) -> Arc<Generations> {
-        let health = Health::new(config.nodes.len());
+        let health = Health::for_chain(config.nodes.len(), config.chain_id.clone());
         let first = Generation::start(1, config, health);
         let totals: Arc<crate::policy::SharedCounts> = Arc::default();
         let counts: &'static Arc<_> = Box::leak(Box::new(totals.clone()));

@@ -260,6 +260,8 @@ pub struct FakeChain {
     pub delay_ms: std::sync::atomic::AtomicU64,
     /// Bytes of `state_getMetadata` results.
     pub metadata_bytes: std::sync::atomic::AtomicUsize,
+    /// Its genesis hash (`chain_getBlockHash(0)`), when not the default.
+    pub genesis: std::sync::Mutex<Option<String>>,
 }
 
 impl FakeChain {
@@ -278,6 +280,7 @@ impl FakeChain {
             calls: Default::default(),
             delay_ms: 0.into(),
             metadata_bytes: 1000.into(),
+            genesis: Default::default(),
         })
     }
 
@@ -401,7 +404,10 @@ impl FakeChain {
                     .and_then(|ps| ringway::jsonrpc::param(ps, 0))
                     .and_then(|v| std::str::from_utf8(v).ok()?.parse().ok())
                     .unwrap_or(head);
-                format!(r#""0x{n:064x}""#)
+                match self.genesis.lock().unwrap().clone() {
+                    Some(g) if n == 0 => format!(r#""{g}""#),
+                    _ => format!(r#""0x{n:064x}""#),
+                }
             }
             _ => return req.to_string(),
         };
@@ -705,10 +711,14 @@ pub struct PubsubNode {
     pub connections: Arc<AtomicUsize>,
     /// Every call the node got: (method, raw params).
     pub calls: mpsc::Receiver<(String, String)>,
+    /// Set: each head subscription sends, once, a reorganised best head at
+    /// the height it last sent (another parent: `"parentHash":"0x01"`).
+    pub reorg: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// What the connections of a [`PubsubNode`] share.
 struct PubsubChain {
+    reorg: Arc<std::sync::atomic::AtomicBool>,
     name: String,
     height: Arc<std::sync::atomic::AtomicU64>,
     first_head_delay: Duration,
@@ -740,7 +750,9 @@ impl PubsubNode {
         let url = format!("ws://{}", listener.local_addr().unwrap());
         let connections = Arc::new(AtomicUsize::new(0));
         let (tx, calls) = mpsc::channel();
+        let reorg = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let chain = Arc::new(PubsubChain {
+            reorg: reorg.clone(),
             name: name.into(),
             height,
             first_head_delay,
@@ -759,6 +771,7 @@ impl PubsubNode {
             url,
             connections,
             calls,
+            reorg,
         }
     }
 }
@@ -830,12 +843,22 @@ fn serve_pubsub(
         }
         // Heads: every one, in order, from the first (after the delay).
         let height = chain.height.load(Ordering::SeqCst);
+        let reorg = chain.reorg.swap(false, Ordering::SeqCst);
         for sub in &mut subs {
             let Some((last, from)) = &mut sub.heads else {
                 continue;
             };
             if Instant::now() < *from {
                 continue;
+            }
+            if reorg && *last > 0 {
+                let note = format!(
+                    r#"{{"jsonrpc":"2.0","method":"chain_newHead","params":{{"subscription":"{}","result":{{"number":"0x{:x}","parentHash":"0x01"}}}}}}"#,
+                    sub.id, *last
+                );
+                if ws.send(Message::Text(note)).is_err() {
+                    return;
+                }
             }
             let first = if *last == 0 { height } else { *last + 1 };
             for h in first..=height {

@@ -248,7 +248,7 @@ fn answer(sh: &Rc<Shared>, conn: &Rc<Conn>, msg: &[u8], id: &[u8], mut w: Waitin
     let Some(s) = w.session.upgrade() else {
         settle(None);
         if let Some(kept) = w.kept.take() {
-            sh.land(msg, at..at + id.len(), *kept);
+            sh.land(conn.node, msg, at..at + id.len(), *kept);
         }
         return;
     };
@@ -285,7 +285,7 @@ fn answer(sh: &Rc<Shared>, conn: &Rc<Conn>, msg: &[u8], id: &[u8], mut w: Waitin
     }
     settle(Some(&s));
     if let Some(kept) = w.kept.take() {
-        sh.land(msg, at..at + id.len(), *kept);
+        sh.land(conn.node, msg, at..at + id.len(), *kept);
     }
     deliver(&s, &[&msg[..at], &w.id, &msg[at + id.len()..]]);
     // After the answer is queued: a close owed to the client may follow it.

@@ -71,11 +71,24 @@ pub struct Waiting {
 pub struct Kept {
     pub key: Box<[u8]>,
     pub ttl: std::time::Duration,
-    /// Keep only if the answer's block is at or below this (finalized) one.
-    pub final_at: Option<u64>,
+    /// What must be final at the node that answers for the answer to be kept.
+    pub must_be_final: MustBeFinal,
     /// Identical requests that came while it was out: (session, its id).
     pub followers: Vec<(Weak<Session>, Box<[u8]>)>,
     pub asked: Asked,
+}
+
+/// What must be final at the answering node (by its own finality, not the
+/// pool's: a lagging node on a short fork answers for its fork) for an
+/// answer to be kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MustBeFinal {
+    /// Nothing: a static answer, or one at a block hash.
+    Nothing,
+    /// The block number it was asked at.
+    Block(u64),
+    /// The block the answer names (`blockNumber`: receipts, transactions).
+    AnswersBlock,
 }
 
 /// How a cacheable request was asked of the node.

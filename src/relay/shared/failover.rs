@@ -166,6 +166,12 @@ pub fn adopt(to: &Rc<Conn>, old: &Topic, members: Vec<Member>, joining: Vec<Join
         t.storage = old.storage.clone();
         t
     });
+    // The heads delivered so far: their repeats from this node are skipped.
+    for head in &old.recent {
+        if !t.recent.contains(head) {
+            t.recent.push_back(*head);
+        }
+    }
     t.members.extend(members);
     let answered = t.node_sub.is_some();
     let replies: Vec<Joiner> = if answered {

@@ -309,11 +309,19 @@ impl Shared {
 
     /// A cacheable request was answered: keep the answer, and give it to
     /// the requests that waited for it (each with its own id).
-    fn land(&self, msg: &[u8], id_at: std::ops::Range<usize>, kept: conn::Kept) {
+    /// `node` answered it: what it must have finalized is by its own view.
+    fn land(&self, node: usize, msg: &[u8], id_at: std::ops::Range<usize>, kept: conn::Kept) {
         self.flights.borrow_mut().remove(&kept.key);
-        let keep = !matches!(kept.asked, conn::Asked::Again);
+        let node_final = self.pool.health().finalized_of(node);
+        let keep = !matches!(kept.asked, conn::Asked::Again)
+            && match kept.must_be_final {
+                conn::MustBeFinal::Block(n) => n == 0 || n <= node_final,
+                _ => true,
+            };
+        let answers_block =
+            (kept.must_be_final == conn::MustBeFinal::AnswersBlock).then_some(node_final);
         if let Some(cache) = self.cache.as_ref().filter(|_| keep) {
-            cache.insert(&kept.key, msg, kept.ttl, kept.final_at);
+            cache.insert(&kept.key, msg, kept.ttl, answers_block);
         }
         for (s, id) in kept.followers {
             let Some(s) = s.upgrade() else {

@@ -13,7 +13,7 @@ use crate::route::Target;
 use crate::ws::frame::{FrameHeader, OpCode, MAX_HEADER_LEN};
 use crate::ws::mask::apply_mask;
 
-use super::conn::{Asked, Conn, Kept, SubCall, Waiting};
+use super::conn::{Asked, Conn, Kept, MustBeFinal, SubCall, Waiting};
 use super::{member, Ctx};
 
 /// One whole text message from the client.
@@ -124,7 +124,7 @@ pub fn on_request(ctx: &Ctx<'_>, s: &Rc<Session>, msg: &[u8]) {
                 ctx.route && archive.is_none() && ctx.shared.router.retryable_call(&call);
             if let Some(cache) = ctx.shared.cache.as_ref() {
                 if let Some(plan) = crate::cache::plan(&cache.rules, req, ctx.chain) {
-                    return cached(&ctx.shared, to, ctx.chain, s, req, plan, retryable);
+                    return cached(&ctx.shared, to, s, req, plan, retryable);
                 }
             }
             crate::metrics::calls(&call, Outcome::Forwarded);
@@ -158,7 +158,7 @@ pub fn cache_pinned(
     let id = req.id.expect("cacheable requests have ids");
     s.inflight.borrow_mut().add(id, 0);
     let to = sh.conn(node);
-    cached(sh, &to, chain, s, req, plan, false);
+    cached(sh, &to, s, req, plan, false);
     true
 }
 
@@ -168,7 +168,6 @@ pub fn cache_pinned(
 fn cached(
     sh: &Rc<super::Shared>,
     to: &Rc<Conn>,
-    chain: &dyn crate::route::ChainView,
     s: &Rc<Session>,
     req: &Request<'_>,
     plan: crate::cache::Plan,
@@ -190,7 +189,11 @@ fn cached(
     let kept = Box::new(Kept {
         key: plan.key.clone().into_boxed_slice(),
         ttl: plan.ttl,
-        final_at: plan.final_in_answer.then(|| chain.finalized()),
+        must_be_final: match (plan.final_in_answer, plan.at) {
+            (true, _) => MustBeFinal::AnswersBlock,
+            (false, Some(n)) => MustBeFinal::Block(n),
+            (false, None) => MustBeFinal::Nothing,
+        },
         followers: Vec::new(),
         asked: match plan.params {
             Some(_) => Asked::Filled(Box::from(req.raw)),

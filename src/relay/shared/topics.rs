@@ -128,6 +128,36 @@ pub struct Topic {
     /// Filling a gap: the headers being fetched, and the notifications
     /// that came meanwhile (delivered after them, in order).
     pub(super) fill: Option<super::fill::Fill>,
+    /// Numbered streams: the heads delivered lately, as (number, what
+    /// identifies the block). A head at or below what a session was given
+    /// is skipped only if it is one of these: a reorganised head at the
+    /// same or a lower height is another block, and reaches every session.
+    pub(super) recent: std::collections::VecDeque<(u64, u64)>,
+}
+
+/// Heads remembered per topic to tell a repeat from a reorganised head.
+const RECENT_HEADS: usize = 64;
+
+/// What identifies a head: its `hash` (Ethereum), else its parent, state
+/// root and number (a Substrate header does not carry its own hash), else
+/// the whole result; the same block from two nodes gives the same value.
+fn head_identity(result: &[u8]) -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = ahash::RandomState::with_seeds(1, 2, 3, 4).build_hasher();
+    match jsonrpc::member(result, b"hash") {
+        Some(hash) => h.write(hash),
+        None => {
+            let parts =
+                [&b"parentHash"[..], b"stateRoot", b"number"].map(|k| jsonrpc::member(result, k));
+            if parts.iter().all(Option::is_none) {
+                h.write(result);
+            }
+            for p in parts.into_iter().flatten() {
+                h.write(p);
+            }
+        }
+    }
+    h.finish()
 }
 
 /// What a storage subscription's clients have been told so far.
@@ -186,6 +216,7 @@ impl Topic {
             last: None,
             storage: storage.then(Storage::default),
             fill: None,
+            recent: Default::default(),
         }
     }
 
@@ -390,6 +421,7 @@ pub fn notification(conn: &Rc<Conn>, sub: &[u8], msg: &[u8]) -> bool {
     } else {
         None
     };
+    let identity = number.map(|_| head_identity(result));
     let members = {
         let mut topics = conn.topics.borrow_mut();
         let Some(t) = topics.get_mut(&key) else {
@@ -417,19 +449,35 @@ pub fn notification(conn: &Rc<Conn>, sub: &[u8], msg: &[u8]) -> bool {
             }
         }
         t.remember(method, result);
+        // A head some session may have had already: one delivered lately.
+        let seen = match (number, identity) {
+            (Some(n), Some(id)) => {
+                let seen = t.recent.contains(&(n, id));
+                if !seen {
+                    if t.recent.len() == RECENT_HEADS {
+                        t.recent.pop_front();
+                    }
+                    t.recent.push_back((n, id));
+                }
+                seen
+            }
+            _ => false,
+        };
         let members = t.members.clone();
         if let Some(n) = number {
             for m in &mut t.members {
                 m.floor = m.floor.max(n);
             }
         }
-        members
+        (members, seen)
     };
+    let (members, seen) = members;
     let at = offset_in(msg, sub);
     let mut delivered = 0;
     for m in members {
-        // Never the same head twice: what a session was given is skipped.
-        if number.is_some_and(|n| n <= m.floor) {
+        // Never the same head twice: what a session was given is skipped
+        // (a reorganised head at a height it had is not the same head).
+        if seen && number.is_some_and(|n| n <= m.floor) {
             continue;
         }
         if let Some(s) = m.session.upgrade() {
