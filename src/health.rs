@@ -16,7 +16,6 @@
 //! needs its [`crate::route::HashWindow`].
 
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
-use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -182,8 +181,8 @@ struct Common {
     /// The chain the pool is on, if the configuration says
     /// (`health.chain`); else the one most nodes report.
     chain: Option<String>,
-    /// Each worker's receiving end of new (hash, height) pairs.
-    hash_senders: Mutex<Vec<mpsc::Sender<(String, u64)>>>,
+    /// Each worker's feed of new (hash, height) pairs.
+    hash_feeds: Mutex<Vec<HashFeed>>,
     /// No node passes its checks: sessions go to the best candidate anyway
     /// (see [`crate::upstream::Pool::pick`]); logged when it starts and ends.
     panic: AtomicBool,
@@ -203,7 +202,7 @@ impl Health {
                 finalized: AtomicU64::new(0),
                 finalized_hash: Mutex::new(None),
                 chain,
-                hash_senders: Mutex::new(Vec::new()),
+                hash_feeds: Mutex::new(Vec::new()),
                 panic: AtomicBool::new(false),
             }),
         })
@@ -411,26 +410,20 @@ impl Health {
             .fetch_add(1, Ordering::Relaxed);
     }
 
-    /// A channel on which this worker receives new block hashes. Setup only.
-    pub fn subscribe_hashes(&self) -> mpsc::Receiver<(String, u64)> {
-        let (tx, rx) = mpsc::channel();
+    /// The feed from which this worker takes new block hashes. Setup only.
+    pub fn subscribe_hashes(&self) -> HashFeed {
+        let feed = HashFeed::default();
         self.common
-            .hash_senders
+            .hash_feeds
             .lock()
             .expect("not poisoned")
-            .push(tx);
-        rx
+            .push(feed.clone());
+        feed
     }
 
     pub fn publish_hash(&self, hash: &str, height: u64) {
-        for tx in self
-            .common
-            .hash_senders
-            .lock()
-            .expect("not poisoned")
-            .iter()
-        {
-            let _ = tx.send((hash.to_string(), height));
+        for feed in self.common.hash_feeds.lock().expect("not poisoned").iter() {
+            feed.push(hash, height);
         }
     }
 
@@ -526,6 +519,38 @@ impl Health {
             let lag = head > 0 && lagging(head, best, max_lag);
             n.up.store(alive && !lag, Ordering::Relaxed);
         }
+    }
+}
+
+/// New block hashes for one worker, newest kept: at most [`HashFeed::CAP`]
+/// wait (a worker that never routes by hash takes none; it was an
+/// unbounded channel that grew forever).
+#[derive(Debug, Clone, Default)]
+pub struct HashFeed(Arc<Mutex<std::collections::VecDeque<(String, u64)>>>);
+
+impl HashFeed {
+    /// As many as a worker's window of recent hashes holds.
+    pub const CAP: usize = 4096;
+
+    fn push(&self, hash: &str, height: u64) {
+        let mut q = self.0.lock().expect("not poisoned");
+        if q.len() == Self::CAP {
+            q.pop_front();
+        }
+        q.push_back((hash.to_string(), height));
+    }
+
+    /// What waits, oldest first.
+    pub fn take(&self) -> std::collections::VecDeque<(String, u64)> {
+        std::mem::take(&mut *self.0.lock().expect("not poisoned"))
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.lock().expect("not poisoned").len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 }
 
@@ -751,5 +776,22 @@ mod tests {
         );
         assert!(!plausible(5_000_000, 0, 100));
         assert!(!plausible(u64::MAX, 0, 0));
+    }
+
+    #[test]
+    fn a_worker_that_never_takes_hashes_holds_a_bounded_feed() {
+        let health = Health::new(1);
+        let feed = health.subscribe_hashes();
+        for n in 0..(HashFeed::CAP as u64 + 500) {
+            health.publish_hash(&format!("0x{n:064x}"), n);
+        }
+        assert_eq!(feed.len(), HashFeed::CAP);
+        let got = feed.take();
+        assert_eq!(
+            got.back().unwrap().1,
+            HashFeed::CAP as u64 + 499,
+            "the newest kept"
+        );
+        assert!(feed.is_empty());
     }
 }

@@ -49,7 +49,7 @@ impl Core {
     /// hashes, and the process's generations.
     pub fn new(
         tls: Option<Arc<ServerConfig>>,
-        hashes: std::sync::mpsc::Receiver<(String, u64)>,
+        hashes: crate::health::HashFeed,
         generations: Arc<Generations>,
     ) -> Rc<Core> {
         let first = generations.current();
@@ -255,7 +255,7 @@ pub struct WorkerChain {
     window: RefCell<HashWindow>,
     /// The finalized block this core knows the hash of.
     finalized: RefCell<Option<(u64, Rc<[u8]>)>>,
-    hashes: std::sync::mpsc::Receiver<(String, u64)>,
+    hashes: crate::health::HashFeed,
 }
 
 impl ChainView for WorkerChain {
@@ -290,7 +290,7 @@ impl WorkerChain {
     /// Take in the hashes the health thread published since.
     fn drain(&self) {
         let mut w = self.window.borrow_mut();
-        while let Ok((h, n)) = self.hashes.try_recv() {
+        for (h, n) in self.hashes.take() {
             w.insert(h.as_bytes(), n);
         }
     }

@@ -86,6 +86,11 @@ struct Pending {
 pub struct Archive {
     /// Whole client messages (masked frames) to write.
     queue: RefCell<VecDeque<(Pending, Vec<u8>)>>,
+    /// Their bytes: over `max_buffered`, the client's pump waits
+    /// (backpressure, as towards the session's own node).
+    pub queued: Cell<usize>,
+    /// Room freed in the queue.
+    pub space: Signal,
     pending: RefCell<Vec<Pending>>,
     /// Pongs and the close for the archive node.
     control: RefCell<VecDeque<Vec<u8>>>,
@@ -117,6 +122,7 @@ impl Archive {
             ids: call.ids().map(<[u8]>::to_vec).collect(),
             batch: call.is_batch(),
         };
+        self.queued.set(self.queued.get() + message.len());
         self.queue.borrow_mut().push_back((pending, message));
         self.wake_writer.notify();
     }
@@ -128,6 +134,7 @@ impl Archive {
         }
         self.wake_writer.notify();
         self.wake_reader.notify();
+        self.space.notify();
     }
 
     /// The close deadline passed.
@@ -164,6 +171,8 @@ impl Session {
             .drain(..)
             .chain(a.queue.borrow_mut().drain(..).map(|(p, _)| p))
             .collect();
+        a.queued.set(0);
+        a.space.notify();
         for p in &waiting {
             if let Some(f) = error_frame(p, why) {
                 self.inject(Which::Client, f);
@@ -328,15 +337,49 @@ pub fn on_held(
 }
 
 /// The archive connection's halves, owned by the session's future so that
-/// its sockets stay open until every future of the session is done: the
-/// reader of the connection in use is handed over in `reader`, and every
-/// half the session ever had is kept in `old`.
+/// a socket is never closed under pending I/O (its descriptor could be
+/// reused by another connection): the reader of the connection in use is
+/// handed over in `reader` (with the connection's number), and a retired
+/// connection's halves wait in `old` until both are there (neither has I/O
+/// pending then), and are dropped: a session that retries archive nodes
+/// holds one retired socket at most, not every one it ever opened.
 #[derive(Default)]
 pub struct Halves {
-    reader: RefCell<Option<NodeReader>>,
-    old: RefCell<Vec<Half>>,
+    reader: RefCell<Option<(u32, NodeReader)>>,
+    old: RefCell<Retired<NodeReader, NodeWriter>>,
     /// Bytes the node sent right after its 101.
     early: RefCell<Vec<u8>>,
+}
+
+impl Halves {
+    fn retire(&self, gen: u32, half: Half<NodeReader, NodeWriter>) {
+        self.old.borrow_mut().retire(gen, half);
+    }
+}
+
+/// Halves of retired connections (by number) whose other half is not done.
+struct Retired<R, W>(Vec<(u32, Half<R, W>)>);
+
+impl<R, W> Default for Retired<R, W> {
+    fn default() -> Self {
+        Retired(Vec::new())
+    }
+}
+
+impl<R, W> Retired<R, W> {
+    /// A half of connection `gen` is done with: once its other half is too,
+    /// both are dropped (the socket closes).
+    fn retire(&mut self, gen: u32, half: Half<R, W>) {
+        self.0.push((gen, half));
+        let has = |reader: bool| {
+            self.0
+                .iter()
+                .any(|(g, h)| *g == gen && matches!(h, Half::R(_)) == reader)
+        };
+        if has(true) && has(false) {
+            self.0.retain(|(g, _)| *g != gen);
+        }
+    }
 }
 
 /// The archive connection of a routed session: its writer (which opens it)
@@ -346,17 +389,18 @@ pub async fn connection(s: &Session, r: &Routed<'_>, halves: &Halves) {
 }
 
 /// A half of a closed archive connection, kept open until the session returns.
-enum Half {
-    R(#[allow(dead_code)] NodeReader),
-    W(#[allow(dead_code)] NodeWriter),
+enum Half<R, W> {
+    R(#[allow(dead_code)] R),
+    W(#[allow(dead_code)] W),
 }
 
 /// Write to the archive node: opens the connection on the first message, and
 /// another after a failure once [`ARCHIVE_RETRY`] has passed.
 async fn writer(s: &Session, r: &Routed<'_>, halves: &Halves) {
-    let (slot_r, old, early) = (&halves.reader, &halves.old, &halves.early);
+    let (slot_r, early) = (&halves.reader, &halves.early);
     let a = s.archive();
     let mut w: Option<NodeWriter> = None;
+    let mut w_gen = 0;
     let mut _lease = None;
     loop {
         if s.closing.ended() || s.closing.side(Which::Client).done() {
@@ -375,7 +419,7 @@ async fn writer(s: &Session, r: &Routed<'_>, halves: &Halves) {
                 stop(fd, Stop::All);
             }
             if let Some(dead) = w.take() {
-                old.borrow_mut().push(Half::W(dead));
+                halves.retire(w_gen, Half::W(dead));
             }
             _lease = None;
             a.control.borrow_mut().clear();
@@ -399,13 +443,16 @@ async fn writer(s: &Session, r: &Routed<'_>, halves: &Halves) {
                     );
                     a.fd.set(Some(stream.raw_fd()));
                     let (rd, wr) = stream.into_split();
-                    if let Some(stale) = slot_r.borrow_mut().replace(rd) {
-                        old.borrow_mut().push(Half::R(stale));
+                    w_gen = a.generation.get() + 1;
+                    // A reader never taken had no I/O: it goes with its writer.
+                    let stale = slot_r.borrow_mut().replace((w_gen, rd));
+                    if let Some((g, stale)) = stale {
+                        halves.retire(g, Half::R(stale));
                     }
                     *early.borrow_mut() = first;
                     w = Some(wr);
                     _lease = Some(lease);
-                    a.generation.set(a.generation.get() + 1);
+                    a.generation.set(w_gen);
                     a.state.set(ArchiveState::Up);
                     a.wake_reader.notify();
                 }
@@ -419,6 +466,8 @@ async fn writer(s: &Session, r: &Routed<'_>, halves: &Halves) {
         let item = a.control.borrow_mut().pop_front().or_else(|| {
             let (p, raw) = a.queue.borrow_mut().pop_front()?;
             a.pending.borrow_mut().push(p);
+            a.queued.set(a.queued.get().saturating_sub(raw.len()));
+            a.space.notify();
             Some(raw)
         });
         let Some(item) = item else { continue };
@@ -439,15 +488,14 @@ async fn writer(s: &Session, r: &Routed<'_>, halves: &Halves) {
             let _ = w.write_all(close).await;
         }
         w.shutdown().await;
-        // The socket stays open until the session returns.
-        old.borrow_mut().push(Half::W(w));
+        halves.retire(w_gen, Half::W(w));
     }
 }
 
 /// Read the archive node's answers; each whole message goes to the client.
 /// Follows the connection the writer opens, and the next one after a failure.
 async fn reader(s: &Session, halves: &Halves) {
-    let (slot_r, old, early) = (&halves.reader, &halves.old, &halves.early);
+    let (slot_r, early) = (&halves.reader, &halves.early);
     let a = s.archive();
     loop {
         loop {
@@ -459,10 +507,9 @@ async fn reader(s: &Session, halves: &Halves) {
             }
             a.wake_reader.wait().await;
         }
-        let Some(mut io) = slot_r.borrow_mut().take() else {
+        let Some((generation, mut io)) = slot_r.borrow_mut().take() else {
             continue;
         };
-        let generation = a.generation.get();
         // Only the connection in use may fail the archive: an older one's
         // reader ends without a word when the writer retires it.
         let fail = |why: &str| {
@@ -541,7 +588,7 @@ async fn reader(s: &Session, halves: &Halves) {
                 }
             }
         }
-        old.borrow_mut().push(Half::R(io));
+        halves.retire(generation, Half::R(io));
     }
 }
 
@@ -554,5 +601,34 @@ fn answered(a: &Archive, first: Option<&[u8]>) {
         .position(|p| p.ids.first().map(Vec::as_slice) == Some(first))
     {
         pending.remove(i);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Guards the archive sockets: every connection a session ever opened
+    /// (one more after each failure) stayed open for the session's life.
+    #[test]
+    fn a_retired_connection_closes_once_both_its_halves_are_done() {
+        use std::rc::Rc;
+        let socket = |_| Rc::new(());
+        let mut retired: Retired<Rc<()>, Rc<()>> = Retired::default();
+        let mut sockets = Vec::new();
+        for gen in 1..=50u32 {
+            let s = socket(gen);
+            sockets.push(Rc::downgrade(&s));
+            retired.retire(gen, Half::W(s.clone()));
+            retired.retire(gen, Half::R(s));
+        }
+        assert!(retired.0.is_empty());
+        assert!(sockets.iter().all(|s| s.upgrade().is_none()), "all closed");
+        // One half alone keeps its socket: the other may have I/O pending.
+        let s = socket(51);
+        retired.retire(51, Half::W(s.clone()));
+        assert_eq!(Rc::strong_count(&s), 2);
+        retired.retire(51, Half::R(s.clone()));
+        assert_eq!(Rc::strong_count(&s), 1);
     }
 }

@@ -126,6 +126,14 @@ pub async fn pump<R: ReadHalf>(
                     if over(&dst.out) {
                         src.paused.set(true);
                         dst.out.space_wake.wait().await;
+                    } else if let Some(a) = s
+                        .archive
+                        .as_deref()
+                        .filter(|a| from == Which::Client && a.queued.get() > s.cfg.max_buffered)
+                    {
+                        // The archive node's queue, likewise.
+                        src.paused.set(true);
+                        a.space.wait().await;
                     } else if from == Which::Client && over(own) {
                         src.paused.set(true);
                         // Its client reads nothing? The timer watches the
@@ -208,9 +216,13 @@ fn process(
                     on_message(s, from, asm, way, true);
                     // Answers the gateway gave itself filled the client's
                     // outbox: the rest waits (streamed data cannot).
+                    let archive_over = s
+                        .archive
+                        .as_deref()
+                        .is_some_and(|a| a.queued.get() > s.cfg.max_buffered);
                     if from == Which::Client
                         && !streams
-                        && s.client.out.queued.get() > s.cfg.max_buffered
+                        && (s.client.out.queued.get() > s.cfg.max_buffered || archive_over)
                     {
                         flow = Flow::Pause;
                         break;

@@ -55,7 +55,17 @@ pub fn mergeable(method: &[u8], params: &[u8]) -> Option<(&'static str, &'static
             "state_unsubscribeRuntimeVersion",
             true,
         ),
-        b"state_subscribeStorage" => ("state_subscribeStorage", "state_unsubscribeStorage", true),
+        // With its keys named (at most STORAGE_KEYS): a late joiner gets
+        // every key's last value, kept per key. A subscription to every
+        // change of all storage is not merged (that map would have no end).
+        b"state_subscribeStorage" => {
+            let keys = jsonrpc::param(params, 0)?;
+            let n = jsonrpc::elements(keys).count();
+            if n == 0 || n > STORAGE_KEYS {
+                return None;
+            }
+            ("state_subscribeStorage", "state_unsubscribeStorage", true)
+        }
         b"eth_subscribe" => {
             let kind = jsonrpc::param(params, 0).and_then(jsonrpc::unquote)?;
             match kind {
@@ -67,6 +77,10 @@ pub fn mergeable(method: &[u8], params: &[u8]) -> Option<(&'static str, &'static
         _ => return None,
     })
 }
+
+/// Keys a merged storage subscription may name (its replay map holds at
+/// most this many values).
+pub const STORAGE_KEYS: usize = 1024;
 
 /// A topic key's method and params (`method \0 params`).
 pub(super) fn split_key(key: &[u8]) -> (&[u8], &[u8]) {
@@ -250,7 +264,11 @@ impl Topic {
                 st.block = v["block"].clone();
                 for change in v["changes"].as_array().into_iter().flatten() {
                     if let Some(k) = change[0].as_str() {
-                        st.values.insert(k.to_string(), change[1].clone());
+                        // Bounded whatever the node sends (it should only
+                        // send the keys asked for).
+                        if st.values.len() < STORAGE_KEYS || st.values.contains_key(k) {
+                            st.values.insert(k.to_string(), change[1].clone());
+                        }
                     }
                 }
             }
@@ -610,4 +628,30 @@ pub fn recount(conn: &Conn) {
         c.topic_members.add(members);
         c.topic_members.sub(was_members);
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Guards the storage replay map: it kept every key ever notified.
+    #[test]
+    fn the_storage_replay_map_is_bounded() {
+        assert!(
+            mergeable(b"state_subscribeStorage", b"[]").is_none(),
+            "all storage"
+        );
+        assert!(mergeable(b"state_subscribeStorage", b"[[]]").is_none());
+        assert!(mergeable(b"state_subscribeStorage", br#"[["0x01"]]"#).is_some());
+        let mut t = Topic::new(
+            Box::from(&b"state_subscribeStorage\0[[\"0x01\"]]"[..]),
+            "state_unsubscribeStorage",
+            true,
+        );
+        for i in 0..5_000 {
+            let note = format!(r#"{{"block":"0x01","changes":[["0x{i:04x}","0x00"]]}}"#);
+            t.remember(b"state_storage", note.as_bytes());
+        }
+        assert_eq!(t.storage.as_ref().unwrap().values.len(), STORAGE_KEYS);
+    }
 }
