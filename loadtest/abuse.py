@@ -10,6 +10,11 @@ threads) and what clients get for:
 
   body flood   50 HTTP clients announce a 10 MB body, send 9 MiB, stall;
   no reader    15 WebSocket clients ask for 300 KB answers and never read;
+  one reader   one client sends 2,000 cached state_getMetadata (140 KB) and
+               never reads, while a neighbour calls system_health (issue 20);
+  ping flood   one client sends 200,000 pings and never reads;
+  disguises    refused methods spelt so a lenient node would run them
+               (escapes, a member twice, another case, padded past 64 KiB);
   hung node    10 HTTP requests to a node that accepts and never answers.
 
 Prints one markdown table. Loopback only; every loop is bounded.
@@ -60,7 +65,7 @@ def start(args, marker):
 def gateway(node_url, extra, tmp):
     cfg = os.path.join(tmp, "abuse.toml")
     with open(cfg, "w") as f:
-        f.write("[pool]\nrequest_timeout_ms = 5000\n[health]\nprobe = \"off\"\n")
+        f.write("[pool]\nrequest_timeout_ms = 5000\n[admission]\nmethods = \"safe\"\n")
     p, line = start(
         [os.path.join(BIN, "ringway"), "--listen", "127.0.0.1:0", "--workers", "2",
          "--upstream", node_url, "--config", cfg, "--log-level", "error"] + extra,
@@ -132,7 +137,12 @@ def frame(payload):
     mask = b"\x01\x02\x03\x04"
     masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
     n = len(masked)
-    head = bytes([0x81, 0x80 | n]) if n < 126 else bytes([0x81, 0xFE]) + n.to_bytes(2, "big")
+    if n < 126:
+        head = bytes([0x81, 0x80 | n])
+    elif n < 65536:
+        head = bytes([0x81, 0xFE]) + n.to_bytes(2, "big")
+    else:
+        head = bytes([0x81, 0xFF]) + n.to_bytes(8, "big")
     return head + mask + masked
 
 
@@ -170,6 +180,90 @@ def no_reader(port, pid):
     return before, peak, rss_kib(pid), (
         f"{ended} ended (close codes {codes}), {still_open} still open (held by backpressure)"
     )
+
+
+def peak_while_neighbour_served(port, pid, secs):
+    """RSS peak over `secs` while a neighbour calls system_health every 50 ms;
+    returns (peak KiB, slowest neighbour answer in ms)."""
+    n = tls(port)
+    ws_upgrade(n)
+    peak, slowest, i = rss_kib(pid), 0.0, 0
+    end = time.time() + secs
+    while time.time() < end:
+        i += 1
+        t0 = time.time()
+        n.sendall(frame(json.dumps({"jsonrpc": "2.0", "id": i, "method": "system_health"}).encode()))
+        got = b""
+        while b'"id":%d' % i not in got:
+            got += n.recv(65536)
+        slowest = max(slowest, (time.time() - t0) * 1000)
+        peak = max(peak, rss_kib(pid))
+        time.sleep(0.05)
+    n.close()
+    return peak, slowest
+
+
+def one_reader(port, pid):
+    before = rss_kib(pid)
+    s = tls(port)
+    ws_upgrade(s)
+    s.sendall(b"".join(frame(json.dumps({"jsonrpc": "2.0", "id": i, "method": "state_getMetadata"}).encode())
+                       for i in range(2000)))
+    peak, slowest = peak_while_neighbour_served(port, pid, 4)
+    s.close()
+    time.sleep(1)
+    return before, peak, rss_kib(pid), f"neighbour answered within {slowest:.0f} ms at worst"
+
+
+def control(payload, opcode=0x89):
+    mask = b"\x01\x02\x03\x04"
+    return bytes([opcode, 0x80 | len(payload)]) + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+
+
+def ping_flood(port, pid):
+    before = rss_kib(pid)
+    s = tls(port)
+    ws_upgrade(s)
+    s.settimeout(30)
+    ping = control(b"p" * 125)
+
+    def send():
+        try:
+            s.sendall(ping * 200_000)
+        except OSError:
+            pass
+
+    t = threading.Thread(target=send)
+    t.start()
+    peak, slowest = peak_while_neighbour_served(port, pid, 4)
+    s.close()
+    t.join(10)
+    time.sleep(1)
+    return before, peak, rss_kib(pid), f"neighbour answered within {slowest:.0f} ms at worst"
+
+
+DISGUISES = [
+    '{"jsonrpc":"2.0","id":%d,"method":"author_rotat\\u0065Keys","params":[]}',
+    '{"jsonrpc":"2.0","id":%d,"met\\u0068od":"author_rotateKeys","params":[]}',
+    '{"jsonrpc":"2.0","id":%d,"method":"system_health","method":"author_rotateKeys"}',
+    '{"jsonrpc":"2.0","id":%d,"method":"system_health","METHOD":"author_rotateKeys"}',
+    '{"jsonrpc":"2.0","id":%d,"pad":"' + "x" * 70000 + '","method":"author_rotateKeys","params":[]}',
+]
+
+
+def disguises(port):
+    s = tls(port)
+    ws_upgrade(s)
+    refused = 0
+    for i, d in enumerate(DISGUISES):
+        s.sendall(frame((d % i).encode()))
+        got = b""
+        while b'"id":%d' % i not in got and b'"id":null' not in got:
+            got += s.recv(65536)
+        if b"-32601" in got or b"-32600" in got:
+            refused += 1
+    s.close()
+    return f"{refused} of {len(DISGUISES)} refused by the gateway with their ids"
 
 
 def hung(tmp):
@@ -217,6 +311,11 @@ def main():
                 rows.append(f"| body flood (50 x 9 MiB of 10 MB, stalled) | {mode} | {b // 1024} | {p // 1024} | {a // 1024} | {what} |")
                 b, p, a, what = no_reader(port, gw.pid)
                 rows.append(f"| no reader (15 x 200 x 300 KB answers) | {mode} | {b // 1024} | {p // 1024} | {a // 1024} | {what} |")
+                b, p, a, what = one_reader(port, gw.pid)
+                rows.append(f"| one client, 2,000 cached metadata, never reads | {mode} | {b // 1024} | {p // 1024} | {a // 1024} | {what} |")
+                b, p, a, what = ping_flood(port, gw.pid)
+                rows.append(f"| ping flood (200,000 pings, never reads) | {mode} | {b // 1024} | {p // 1024} | {a // 1024} | {what} |")
+                rows.append(f"| disguised refused methods | {mode} | | | | {disguises(port)} |")
             finally:
                 gw.kill()
         rows.append(f"| hung node (10 HTTP requests) | pinned | | | | {hung(tmp)} |")
