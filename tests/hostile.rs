@@ -616,3 +616,34 @@ fn a_node_of_another_chain_is_taken_out() {
     assert_eq!(b.calls_of("system_health"), 0, "no session on node b");
     assert_eq!(a.calls_of("system_health") + c.calls_of("system_health"), 8);
 }
+
+/// A client that takes nothing at all (its socket full) while its node
+/// streams to it: relayed data waits at the node (backpressure), and the
+/// write pending for `limits.send_timeout_ms` ends the session, as nginx's
+/// `send_timeout`; the node is told (1001).
+#[test]
+fn a_write_that_makes_no_progress_ends_the_session() {
+    let pki = TestPki::new();
+    let up = Upstream::start(Behaviour::Large(1 << 20));
+    let gw = gateway(
+        &pki,
+        &up,
+        &format!("{ECHO}[limits]\nsend_timeout_ms = 1000\n"),
+        &[],
+    );
+    let mut frames = Vec::new();
+    for i in 0..40 {
+        let call = format!(r#"{{"jsonrpc":"2.0","id":{i},"method":"big"}}"#);
+        frames.extend(masked_text(call.as_bytes()));
+    }
+    let start = std::time::Instant::now();
+    let hold = never_reads(&gw, &pki, frames);
+    let code = up.closes.recv_timeout(TIMEOUT).expect("the node told");
+    assert_eq!(code, Some(1001));
+    assert!(
+        start.elapsed() < std::time::Duration::from_secs(8),
+        "{:?}",
+        start.elapsed()
+    );
+    drop(hold);
+}

@@ -19,7 +19,7 @@ use std::borrow::Cow;
 
 use super::error::{code, error};
 use super::json;
-use super::peek::{elements, kind, param, unquote, walk_members, Kind};
+use super::peek::{kind, param, unquote, Kind};
 
 /// What a request does to subscriptions. One rule for both session modes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -39,6 +39,13 @@ pub enum Sub<'a> {
 impl<'a> Sub<'a> {
     /// The rule, from the method name and the raw params.
     pub fn of(method: &[u8], params: Option<&'a [u8]>) -> Sub<'a> {
+        // Every rule below needs a `b` (subscribe), a `w` (unwatch,
+        // submitAndWatch) or an `f` (follow), or the chainHead_ prefix:
+        // most methods are told apart by one scan.
+        if !method.starts_with(b"chainHead_") && memchr::memchr3(b'b', b'w', b'f', method).is_none()
+        {
+            return Sub::None;
+        }
         let first = || params.and_then(|p| param(p, 0));
         if is_unsubscribe(method) {
             Sub::Ends(first())
@@ -196,10 +203,9 @@ pub struct Request<'a> {
 }
 
 impl<'a> Request<'a> {
-    /// `strict`: the element passed [`json::check`] (else it names a member twice).
-    fn parse(raw: &'a [u8], strict: bool) -> Request<'a> {
-        let mut r = Request {
-            raw,
+    fn empty() -> Request<'a> {
+        Request {
+            raw: b"",
             jsonrpc: None,
             id: None,
             method: None,
@@ -208,52 +214,58 @@ impl<'a> Request<'a> {
             sub: Sub::None,
             invalid: None,
             id_known: true,
-        };
-        let mut ids = 0;
-        let walked = walk_members(raw, |key, value| {
-            let name = json::unescape(key);
-            match &*name {
-                b"jsonrpc" => r.jsonrpc = Some(value),
-                b"id" => {
-                    ids += 1;
-                    r.id = Some(value);
-                }
-                b"method" => r.method_raw = Some(value),
-                b"params" => r.params = Some(value),
-                other if passes_for_a_name(other) => {
-                    r.invalid.get_or_insert(
-                        "Invalid Request: a member name differs from a JSON-RPC one only in case",
-                    );
-                }
-                _ => {}
+        }
+    }
+
+    /// One member, as the strict check goes (`ids`: ids seen so far).
+    fn member(&mut self, key: &'a [u8], value: &'a [u8], ids: &mut u32) {
+        let name = json::unescape(key);
+        match &*name {
+            b"jsonrpc" => self.jsonrpc = Some(value),
+            b"id" => {
+                *ids += 1;
+                self.id = Some(value);
             }
-            true
-        });
-        if walked.is_none() {
-            r.invalid = Some("Invalid Request: not an object");
-            r.id = None;
-            return r;
+            b"method" => self.method_raw = Some(value),
+            b"params" => self.params = Some(value),
+            other if passes_for_a_name(other) => {
+                self.invalid.get_or_insert(
+                    "Invalid Request: a member name differs from a JSON-RPC one only in case",
+                );
+            }
+            _ => {}
         }
-        r.id_known = ids <= 1 && r.id.map_or(true, valid_id);
-        if !strict {
-            r.invalid = Some("Invalid Request: a member is named twice");
-        } else if !r.id_known {
-            r.invalid = Some("Invalid Request: id must be a string, a number or null");
+    }
+
+    /// The request whose members were told, its bytes `raw`; `twice`: an
+    /// object in it names a member twice.
+    fn finish(mut self, raw: &'a [u8], twice: bool, ids: u32) -> Request<'a> {
+        self.raw = raw;
+        if kind(raw) != Kind::Object {
+            self.invalid = Some("Invalid Request: not an object");
+            self.id = None;
+            return self;
         }
-        match r.method_raw.and_then(unquote) {
-            Some(m) => r.method = Some(json::unescape(m)),
+        self.id_known = ids <= 1 && self.id.map_or(true, valid_id);
+        if twice {
+            self.invalid = Some("Invalid Request: a member is named twice");
+        } else if !self.id_known {
+            self.invalid = Some("Invalid Request: id must be a string, a number or null");
+        }
+        match self.method_raw.and_then(unquote) {
+            Some(m) => self.method = Some(json::unescape(m)),
             None => {
-                r.invalid
+                self.invalid
                     .get_or_insert("Invalid Request: method must be a string");
             }
         }
-        if r.invalid.is_none() {
-            let method = r.method.as_deref().unwrap_or_default();
-            // The method borrows from `r`: the rule reads it, the result
+        if self.invalid.is_none() {
+            let method = self.method.as_deref().unwrap_or_default();
+            // The method borrows from `self`: the rule reads it, the result
             // keeps only slices of the params.
-            r.sub = Sub::of(method, r.params);
+            self.sub = Sub::of(method, self.params);
         }
-        r
+        self
     }
 
     /// The method, unescaped.
@@ -321,34 +333,32 @@ pub struct Call<'a> {
 impl<'a> Call<'a> {
     pub fn parse(raw: &'a [u8]) -> Call<'a> {
         let kind = kind(raw);
-        let strict = match json::check(raw) {
-            Ok(()) => true,
-            Err(json::Invalid::DuplicateMember) => false,
-            Err(e) => {
-                return Call {
-                    raw,
-                    kind,
-                    unreadable: Some(e),
-                    first: None,
-                    rest: Vec::new(),
+        // One pass: the strict check tells each request's members as it
+        // goes (a batch's elements each on their own).
+        let (mut first, mut rest) = (None, Vec::new());
+        let (mut building, mut ids) = (Request::empty(), 0);
+        let checked = json::check_visit(raw, &mut |seen| match seen {
+            json::Seen::Member(key, value) => building.member(key, value, &mut ids),
+            json::Seen::Request(bytes, twice) => {
+                let req = std::mem::replace(&mut building, Request::empty());
+                let req = req.finish(bytes, twice, std::mem::take(&mut ids));
+                match first {
+                    None => first = Some(req),
+                    Some(_) => rest.push(req),
                 }
             }
+        });
+        let unreadable = match checked {
+            Ok(()) | Err(json::Invalid::DuplicateMember) => None,
+            Err(e) => Some(e),
         };
-        // Where a member is named twice, each request is checked alone to
-        // tell which (its neighbours in a batch are fine).
-        let request = |e: &'a [u8]| Request::parse(e, strict || json::check(e).is_ok());
-        let (first, rest) = match kind {
-            Kind::Object => (Some(request(raw)), Vec::new()),
-            Kind::Batch => {
-                let mut it = elements(raw).map(request);
-                (it.next(), it.collect())
-            }
-            Kind::Other => (None, Vec::new()),
-        };
+        if unreadable.is_some() || kind == Kind::Other {
+            (first, rest) = (None, Vec::new());
+        }
         Call {
             raw,
             kind,
-            unreadable: None,
+            unreadable,
             first,
             rest,
         }

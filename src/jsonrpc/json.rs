@@ -51,6 +51,24 @@ impl Invalid {
 /// Check that `buf` is exactly one JSON value (whitespace around it allowed)
 /// with no duplicate member names anywhere.
 pub fn check(buf: &[u8]) -> Result<(), Invalid> {
+    check_visit(buf, &mut |_| {})
+}
+
+/// What a JSON-RPC reading is told as [`check_visit`] goes, in order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Seen<'a> {
+    /// A member of a request object (the top-level object, or an element of
+    /// a top-level array): its raw name (between the quotes) and raw value.
+    Member(&'a [u8], &'a [u8]),
+    /// A request (the top-level value, or an element of a top-level array)
+    /// ends: its bytes, and whether an object in it names a member twice.
+    Request(&'a [u8], bool),
+}
+
+/// [`check`], telling `visit` each request's members as it goes: one pass
+/// both checks a message and reads it. On an error, what `visit` was told
+/// is to be forgotten.
+pub fn check_visit<'a>(buf: &'a [u8], visit: &mut dyn FnMut(Seen<'a>)) -> Result<(), Invalid> {
     // Strings are checked byte by byte below; their UTF-8 once, here (a
     // WebSocket text message was already checked: this is the fast ASCII path).
     if std::str::from_utf8(buf).is_err() {
@@ -62,6 +80,8 @@ pub fn check(buf: &[u8]) -> Result<(), Invalid> {
             i: 0,
             names: std::mem::take(&mut *names.borrow_mut()),
             duplicate: false,
+            visit,
+            level: 1,
         };
         c.names.clear();
         let result = c.document();
@@ -161,8 +181,12 @@ fn hex4(raw: &[u8], at: usize) -> Option<u32> {
     Some(v)
 }
 
-struct Checker<'a> {
+struct Checker<'a, 'v> {
     buf: &'a [u8],
+    /// Told each request's members, and each request's end.
+    visit: &'v mut dyn FnMut(Seen<'a>),
+    /// The depth of request objects: 1 (the message is one), 2 (a batch's).
+    level: usize,
     i: usize,
     /// The member names (raw, as offsets) of the objects open now,
     /// innermost last (each object truncates back to where it started
@@ -175,6 +199,9 @@ struct Checker<'a> {
 
 /// Two raw member names mean the same name.
 fn same_name(a: &[u8], b: &[u8]) -> bool {
+    if a == b {
+        return true;
+    }
     if a.contains(&b'\\') || b.contains(&b'\\') {
         unescape(a) == unescape(b)
     } else {
@@ -182,13 +209,20 @@ fn same_name(a: &[u8], b: &[u8]) -> bool {
     }
 }
 
-impl<'a> Checker<'a> {
+impl<'a> Checker<'a, '_> {
     fn document(&mut self) -> Result<(), Invalid> {
         if self.buf.len() > u32::MAX as usize {
             return Err(Invalid::TooDeep);
         }
         self.ws();
+        let start = self.i;
+        if self.buf.get(start) == Some(&b'[') {
+            self.level = 2;
+        }
         self.value(0)?;
+        if self.level == 1 {
+            (self.visit)(Seen::Request(&self.buf[start..self.i], self.duplicate));
+        }
         self.ws();
         if self.i != self.buf.len() {
             return Err(Invalid::Syntax);
@@ -246,7 +280,16 @@ impl<'a> Checker<'a> {
             return Ok(());
         }
         loop {
-            self.value(depth)?;
+            if depth == 1 && self.level == 2 {
+                // An element of a batch: a request of its own.
+                let (start, before) = (self.i, std::mem::take(&mut self.duplicate));
+                self.value(depth)?;
+                let dup = self.duplicate;
+                self.duplicate |= before;
+                (self.visit)(Seen::Request(&self.buf[start..self.i], dup));
+            } else {
+                self.value(depth)?;
+            }
             self.ws();
             if self.eat(b']') {
                 return Ok(());
@@ -302,8 +345,12 @@ impl<'a> Checker<'a> {
                 break Err(Invalid::Syntax);
             }
             self.ws();
+            let value_at = self.i;
             if let Err(e) = self.value(depth) {
                 break Err(e);
+            }
+            if depth == self.level {
+                (self.visit)(Seen::Member(name, &buf[value_at..self.i]));
             }
             self.ws();
             if self.eat(b'}') {

@@ -124,7 +124,11 @@ pub async fn pump<R: ReadHalf>(
                         break;
                     }
                     if over(&dst.out) {
-                        src.paused.set(true);
+                        if !src.paused.replace(true) && from == Which::Node {
+                            // Its client reads nothing? The timer looks at
+                            // the write pending (send timeout).
+                            s.timer_wake.notify();
+                        }
                         dst.out.space_wake.wait().await;
                     } else if let Some(a) = s
                         .archive

@@ -77,9 +77,11 @@ pub struct Side {
     /// Its pump waits for the other side's writer (backpressure): nothing
     /// is read from it meanwhile, so its silence means nothing.
     pub paused: Cell<bool>,
-    /// Since when a write to it has been pending (the timer ends a session
-    /// whose client takes nothing for `send_timeout`).
-    pub writing_since: Cell<Option<monoio::time::Instant>>,
+    /// A write to it is pending, and writes started so far: the timer ends
+    /// a session whose client takes nothing for `send_timeout` (the same
+    /// write pending from one look to the next). No clock read per write.
+    pub writing: Cell<bool>,
+    pub writes: Cell<u32>,
 }
 
 impl Side {
@@ -91,7 +93,8 @@ impl Side {
             fd,
             reading: Cell::new(false),
             paused: Cell::new(false),
-            writing_since: Cell::new(None),
+            writing: Cell::new(false),
+            writes: Cell::new(0),
         }
     }
 }
@@ -196,6 +199,10 @@ pub async fn writer<W: WriteHalf>(s: &Session, which: Which, io: &mut W) {
                 .queued
                 .set(side.out.queued.get().saturating_sub(counted));
             side.out.space_wake.notify();
+            if which == Which::Client && side.out.queued.get() <= s.cfg.max_buffered {
+                // Back within the bound: a slow reader's clock starts anew.
+                s.slow_since.set(None);
+            }
         }
         if last && which == Which::Client {
             // Our close to the client is the last thing it gets: it leaves
@@ -208,9 +215,10 @@ pub async fn writer<W: WriteHalf>(s: &Session, which: Which, io: &mut W) {
             }
             continue;
         }
-        side.writing_since.set(Some(monoio::time::Instant::now()));
+        side.writing.set(true);
+        side.writes.set(side.writes.get().wrapping_add(1));
         let (r, _) = io.write_all(buf).await;
-        side.writing_since.set(None);
+        side.writing.set(false);
         if let Err(e) = r {
             if !s.closing.ended() {
                 crate::debug!("{} write error: {e}", side.name);

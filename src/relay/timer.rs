@@ -21,6 +21,8 @@ pub async fn timer(s: &Session, watch: Option<&NodeWatch>, shutdown: &Broadcast)
     let mut pinged = Instant::now();
     let mut next_check = watch.map(|w| Instant::now() + w.every);
     let mut drain_until = None;
+    // The client's write seen pending at a look, and since when.
+    let mut stuck: Option<(u32, Instant)> = None;
     while s.writers_left.get() > 0 {
         let now = Instant::now();
         if let Some(deadline) = s.close_deadline.get() {
@@ -64,13 +66,24 @@ pub async fn timer(s: &Session, watch: Option<&NodeWatch>, shutdown: &Broadcast)
             // A client that takes nothing: a write pending for the send
             // timeout, or answers that cannot wait at their source piling
             // up for the slow-reader time (see `Session::inject`).
-            if let Some(since) = s.client.writing_since.get() {
-                let at = since + s.cfg.send_timeout;
-                if now >= at {
-                    s.close_slow_reader("client reads nothing (send timeout)");
-                    continue;
+            if s.client.writing.get() {
+                let write = s.client.writes.get();
+                match stuck {
+                    Some((w, since)) if w == write => {
+                        let at = since + s.cfg.send_timeout;
+                        if now >= at {
+                            s.close_slow_reader("client reads nothing (send timeout)");
+                            continue;
+                        }
+                        soonest = soonest.min(at);
+                    }
+                    _ => {
+                        stuck = Some((write, now));
+                        soonest = soonest.min(now + s.cfg.send_timeout);
+                    }
                 }
-                soonest = soonest.min(at);
+            } else {
+                stuck = None;
             }
             if !s.client.out.injected.borrow().is_empty() && s.client_too_slow(now) {
                 s.close_slow_reader("client too slow to read its messages");
