@@ -4,6 +4,8 @@
 #
 #   loadtest/ab.sh OLD_BINARY NEW_BINARY [ROUNDS]     (default 3 rounds)
 #   DUR=5: seconds per load run; WORKERS=1: ringway workers
+#   The proxies run on CPU 0, the mock node and the load on the others
+#   (taskset), so that they do not take turns on one core.
 #
 # Each binary runs pinned (the default configuration) and --shared, with
 # TLS, in front of one mock node (ringway-load node), 100 connections:
@@ -29,7 +31,7 @@ if [ ! -f "$WORK/cert.pem" ]; then
     -keyout "$WORK/key.pem" -out "$WORK/cert.pem" -subj /CN=localhost \
     -addext "subjectAltName=DNS:localhost,IP:127.0.0.1" 2>/dev/null
 fi
-$LOAD node --listen 127.0.0.1:$NODE_PORT --block-ms 1000 --workers 1 >"$WORK/node.log" 2>&1 &
+taskset -c 1-$(($(nproc) - 1)) $LOAD node --listen 127.0.0.1:$NODE_PORT --block-ms 1000 --workers 1 >"$WORK/node.log" 2>&1 &
 pids+=($!)
 
 # name -> binary, flags, port
@@ -41,7 +43,7 @@ i=0
 for n in "${names[@]}"; do
   PORT[$n]=${PORTS[$i]}; i=$((i + 1))
   # shellcheck disable=SC2086
-  "${BIN[$n]}" --listen 127.0.0.1:${PORT[$n]} --workers "$WORKERS" --no-pin --cert "$WORK/cert.pem" \
+  taskset -c 0 "${BIN[$n]}" --listen 127.0.0.1:${PORT[$n]} --workers "$WORKERS" --no-pin --cert "$WORK/cert.pem" \
     --key "$WORK/key.pem" --upstream ws://127.0.0.1:$NODE_PORT --log-level error ${FLAGS[$n]} \
     >"$WORK/$n.log" 2>&1 &
   PID[$n]=$!; pids+=($!)
@@ -61,7 +63,7 @@ for round in $(seq "$ROUNDS"); do
         r8k) args=(--rate 8000) ;;
       esac
       c0=$(cpu "${PID[$n]}")
-      out=$($LOAD run "$U" --insecure --connections 100 "${args[@]}" --duration "$DUR" --json)
+      out=$(taskset -c 1-$(($(nproc) - 1)) $LOAD run "$U" --insecure --connections 100 "${args[@]}" --duration "$DUR" --json)
       c1=$(cpu "${PID[$n]}")
       us=$(echo "$c0 $c1 $(field "$out" ok) $(getconf CLK_TCK)" | awk '{printf "%.2f", ($2-$1)/$4/$3*1e6}')
       R[$n|$kind]="${R[$n|$kind]:-} $us"
@@ -70,13 +72,15 @@ for round in $(seq "$ROUNDS"); do
   done
 done
 median() { tr ' ' '\n' | grep . | sort -g | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
-echo "| proxy CPU per message (µs) | old | new | new/old |"
+lowest() { tr ' ' '\n' | grep . | sort -g | head -1; }
+echo "| proxy CPU per message (µs), median (lowest) | old | new | new/old |"
 echo "|---|---|---|---|"
 for mode in "" -shared; do
   for kind in d1 d4s r8k; do
     o=$(echo "${R[old$mode|$kind]}" | median); w=$(echo "${R[new$mode|$kind]}" | median)
+    ol=$(echo "${R[old$mode|$kind]}" | lowest); wl=$(echo "${R[new$mode|$kind]}" | lowest)
     label=$(case $kind in d1) echo "1 in flight" ;; d4s) echo "4 in flight, a write each" ;; r8k) echo "8,000 msgs/s" ;; esac)
     m=pinned; [ -n "$mode" ] && m=shared
-    echo "| $m, $label | $o | $w | $(echo "$o $w" | awk '{printf "%.3f", $2/$1}') |"
+    echo "| $m, $label | $o ($ol) | $w ($wl) | $(echo "$o $w $ol $wl" | awk '{printf "%.3f (%.3f)", $2/$1, $4/$3}') |"
   done
 done
