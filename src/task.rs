@@ -6,9 +6,9 @@
 //! the task's poll, logs it loudly with what the task was, and runs the
 //! task's `on_panic` (a shared connection fails its sessions over to
 //! another node, or closes them). A worker that dies anyway (a panic
-//! outside any task) takes the process down, also loudly (see
-//! [`crate::runtime`]): a service manager restarts it; it never leaves a
-//! silent hole.
+//! outside any task: the runtime's worker threads catch it) takes the
+//! process down, also loudly ([`fatal`]): a service manager restarts it;
+//! it never leaves a silent hole.
 
 use std::future::Future;
 use std::pin::Pin;
