@@ -638,3 +638,24 @@ fn a_write_that_makes_no_progress_ends_the_session() {
     );
     drop(hold);
 }
+
+/// The pong bound keeps what a reading client expects: a few pings sent at
+/// once get a pong each, in order (Autobahn 2.10 checks this).
+#[test]
+fn a_few_pings_at_once_each_get_their_pong() {
+    for mode in MODES {
+        let pki = TestPki::new();
+        let up = Upstream::start(Behaviour::Echo);
+        let gw = gateway(&pki, &up, ECHO, mode);
+        let mut s = raw_upgrade(&gw, &pki);
+        let pings: Vec<u8> = (0..10)
+            .flat_map(|i| client_frame(0x89, format!("payload-{i}").as_bytes(), Some([1, 2, 3, 4])))
+            .collect();
+        s.write_all(&pings).unwrap();
+        for i in 0..10 {
+            let (b0, payload) = read_frame(&mut s).expect("a pong");
+            assert_eq!(b0 & 0x0f, 0xA, "{mode:?}");
+            assert_eq!(payload, format!("payload-{i}").as_bytes(), "{mode:?}");
+        }
+    }
+}

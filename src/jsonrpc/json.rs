@@ -9,7 +9,7 @@
 //! accepts exactly what serde_json accepts as a `Value`, minus every object
 //! with a duplicate member name (compared after unescaping), so what it
 //! accepts has one meaning for every parser; [`unescape`] gives a string's
-//! meaning. [`super::peek`]'s lenient walker is then exact on what passed.
+//! meaning. [`super::peek()`]'s lenient walker is then exact on what passed.
 //!
 //! One pass. Strings are scanned a word at a time; member names are kept
 //! as offsets in a per-thread list (no allocation per message) and

@@ -19,6 +19,10 @@ use super::inflight::Inflight;
 use super::side::Side;
 use super::SessionConfig;
 
+/// Pongs queued towards one side at most (a client may send a few pings
+/// at once and expect each answered, as Autobahn's 2.10 does).
+pub const MAX_PONGS: usize = 16;
+
 /// One client session, in either mode.
 pub struct Session {
     pub cfg: SessionConfig,
@@ -151,9 +155,10 @@ impl Session {
         self.inject(Which::Client, f);
     }
 
-    /// A ping or pong to `to`, at its next frame boundary. A pong replaces
-    /// one still queued: only the latest ping is answered (RFC 6455
-    /// §5.5.3), so a peer that pings and never reads queues one pong.
+    /// A ping or pong to `to`, at its next frame boundary. Pongs queue up to
+    /// [`MAX_PONGS`]; past that, a new one replaces the last still queued
+    /// (RFC 6455 §5.5.3 lets an endpoint answer only the latest ping), so a
+    /// peer that pings and never reads holds at most that many (2 KiB).
     pub fn push_control(&self, to: Which, opcode: OpCode, payload: &[u8]) {
         let (true, Some(side)) = (self.takes_data(to), self.side_opt(to)) else {
             return;
@@ -167,8 +172,10 @@ impl Session {
         );
         let mut control = side.out.control.borrow_mut();
         let pong = |f: &Vec<u8>| f.first().is_some_and(|b| b & 0x0f == 0xA);
-        match control.iter_mut().find(|f| pong(f)) {
-            Some(queued) if opcode == OpCode::Pong => *queued = frame,
+        let full =
+            opcode == OpCode::Pong && control.iter().filter(|f| pong(f)).count() >= MAX_PONGS;
+        match control.iter_mut().rev().find(|f| pong(f)) {
+            Some(last) if full => *last = frame,
             _ => control.push_back(frame),
         }
         drop(control);
