@@ -35,6 +35,9 @@ pub struct Core {
     pub chain: WorkerChain,
     /// Open connections of every generation (shutdown waits for them).
     pub active: Cell<u64>,
+    /// Bytes held by HTTP request bodies still arriving on this core
+    /// (`http.max_bodies_bytes`).
+    pub bodies: Cell<usize>,
     /// Fired when the process shuts down: sessions finish and close.
     pub shutdown: crate::signal::Broadcast,
     /// The process's configuration generations.
@@ -63,6 +66,7 @@ impl Core {
                 finalized: RefCell::new(None),
             },
             active: Cell::new(0),
+            bodies: Cell::new(0),
             shutdown: crate::signal::Broadcast::default(),
             generations,
             current: RefCell::new(None),

@@ -180,3 +180,99 @@ fn a_refused_body_closes_the_connection_after_the_answer() {
     let _ = s.read_to_end(&mut rest);
     assert!(rest.is_empty(), "{}", String::from_utf8_lossy(&rest));
 }
+
+/// Issue 24: a body that arrives quickly and then stops was cut only at
+/// the whole body's deadline (30 s by default: its average rate stayed
+/// high). With no byte for `http.body_idle_timeout_ms` it gets 408, whatever
+/// came before.
+#[test]
+fn a_body_stalled_after_a_burst_gets_408_when_it_stalls() {
+    let pki = TestPki::new();
+    let node = Upstream::start(Behaviour::Substrate(FakeChain::new(10)));
+    let cfg = write_config(
+        &pki,
+        "idle.toml",
+        "[http]\nmax_body_bytes = 4194304\nbody_idle_timeout_ms = 500\n",
+    );
+    let gw = Gateway::start(
+        &pki,
+        &[node.url()],
+        &["--workers", "1", "--config", cfg.to_str().unwrap()],
+    );
+    let mut s = tls_connect(gw.addr, pki.client_config());
+    s.sock
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    s.write_all(format!("{HEAD}Content-Length: 2097152\r\n\r\n").as_bytes())
+        .unwrap();
+    s.write_all(&vec![b' '; 1 << 20]).unwrap();
+    let start = std::time::Instant::now();
+    let (status, _, body) = read_response(&mut s);
+    assert_eq!(status, 408, "{body}");
+    assert!(body.contains("stalled"), "{body}");
+    let took = start.elapsed();
+    assert!(took < Duration::from_secs(3), "cut after {took:?}");
+    still_serves(&gw, &pki);
+    let metrics = https_get(gw.addr, pki.client_config(), "/metrics").2;
+    assert!(
+        metrics.contains(r#"ringway_http_bodies_cut_total{reason="stalled"} 1"#),
+        "{metrics}"
+    );
+}
+
+/// Issue 24: every unfinished body held its declared length: 1,000 stalled
+/// 10 MB bodies could hold 10 GB. Beyond `http.max_bodies_bytes` per worker,
+/// a new body gets 503 (with Retry-After) before anything is read.
+#[test]
+fn unfinished_bodies_are_held_within_a_budget_per_worker() {
+    let pki = TestPki::new();
+    let node = Upstream::start(Behaviour::Substrate(FakeChain::new(10)));
+    let cfg = write_config(
+        &pki,
+        "budget.toml",
+        "[http]\nmax_body_bytes = 4194304\nmax_bodies_bytes = 8388608\n",
+    );
+    let gw = Gateway::start(
+        &pki,
+        &[node.url()],
+        &["--workers", "1", "--config", cfg.to_str().unwrap()],
+    );
+    // Four 2 MiB bodies fill the budget; they stall after 1 KiB.
+    let mut held = Vec::new();
+    for _ in 0..4 {
+        let mut s = tls_connect(gw.addr, pki.client_config());
+        s.write_all(format!("{HEAD}Content-Length: 2097152\r\n\r\n").as_bytes())
+            .unwrap();
+        s.write_all(&[b' '; 1024]).unwrap();
+        held.push(s);
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    let mut s = tls_connect(gw.addr, pki.client_config());
+    s.sock
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    s.write_all(format!("{HEAD}Content-Length: 2097152\r\n\r\n").as_bytes())
+        .unwrap();
+    let (status, head, _) = read_response(&mut s);
+    assert_eq!(status, 503, "{head}");
+    assert!(head.to_ascii_lowercase().contains("retry-after"), "{head}");
+    let metrics = https_get(gw.addr, pki.client_config(), "/metrics").2;
+    assert!(
+        metrics.contains(r#"ringway_http_bodies_cut_total{reason="budget"} 1"#),
+        "{metrics}"
+    );
+    // A small body still fits, and once the others go, so does a large one.
+    still_serves(&gw, &pki);
+    drop(held);
+    std::thread::sleep(Duration::from_millis(300));
+    let body = format!(
+        r#"{{"jsonrpc":"2.0","id":1,"method":"system_health","pad":"{}"}}"#,
+        "x".repeat(3 << 20)
+    );
+    let (status, _) = send(
+        &gw,
+        &pki,
+        format!("{HEAD}Content-Length: {}\r\n\r\n{body}", body.len()).as_bytes(),
+    );
+    assert_eq!(status, 200);
+}

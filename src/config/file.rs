@@ -126,6 +126,11 @@ pub struct HttpSection {
     /// A request body must arrive within this time (408 after it), and
     /// after 2 s at no less than `limits.handshake_min_rate` bytes/s.
     pub body_timeout_ms: u64,
+    /// A body with no byte for this long gets 408, whatever came before.
+    pub body_idle_timeout_ms: u64,
+    /// Bytes that bodies still arriving may hold, per worker (a body is
+    /// held at its declared length); a new one beyond it gets 503.
+    pub max_bodies_bytes: usize,
 }
 
 impl Default for HttpSection {
@@ -134,6 +139,8 @@ impl Default for HttpSection {
             cors_origins: vec!["*".into()],
             max_body_bytes: 10 << 20,
             body_timeout_ms: 30_000,
+            body_idle_timeout_ms: 10_000,
+            max_bodies_bytes: 64 << 20,
         }
     }
 }

@@ -148,6 +148,7 @@ impl Config {
             ("limits.slow_reader_ms", l.slow_reader_ms),
             ("limits.send_timeout_ms", l.send_timeout_ms),
             ("http.body_timeout_ms", file.http.body_timeout_ms),
+            ("http.body_idle_timeout_ms", file.http.body_idle_timeout_ms),
             ("pool.connect_timeout_ms", file.pool.connect_timeout_ms),
             ("pool.request_timeout_ms", file.pool.request_timeout_ms),
             ("pool.keepalive_interval_s", file.pool.keepalive_interval_s),

@@ -168,7 +168,8 @@ pub async fn http_loop<R: ReadHalf, W: WriteHalf>(
             .iter()
             .map(|(a, b)| (a.to_string(), b.to_string()))
             .collect();
-        // The body, within its deadline and minimum rate.
+        // The body, within its deadline, minimum rate and idle time, and
+        // (while it is still arriving) within the core's budget for bodies.
         let body = read_body(
             r,
             fd,
@@ -177,13 +178,26 @@ pub async fn http_loop<R: ReadHalf, W: WriteHalf>(
             kind,
             http,
             limits.handshake_min_rate,
+            &worker.core.bodies,
         )
         .await;
         let body = match body {
             Ok(b) => b,
             Err(BodyFailure::Gone) => return,
+            Err(BodyFailure::Cut(cut)) => {
+                crate::debug!("{peer}: request body cut: {}", cut.reason());
+                crate::metrics::count(|c| c.bodies_cut[cut as usize].add(1));
+                let mut out = Vec::new();
+                let retry: &[(&str, &str)] = match cut {
+                    Cut::Budget => &[("Retry-After", "1")],
+                    _ => &[],
+                };
+                write_response(&mut out, cut.status(), retry, cut.reason(), true);
+                return respond_and_close(r, w, fd, out).await;
+            }
             Err(BodyFailure::Refused(status, why)) => {
                 crate::debug!("{peer}: request body refused: {why} ({status})");
+
                 let mut out = Vec::new();
                 write_response(&mut out, status, &[], why, true);
                 return respond_and_close(r, w, fd, out).await;
@@ -253,13 +267,74 @@ enum BodyFailure {
     Gone,
     /// Answer with this status and reason, then close.
     Refused(u16, &'static str),
+    /// Cut for its time or the core's budget (counted by reason).
+    Cut(Cut),
+}
+
+/// Why a body was cut, in the order of `metrics::BODY_CUTS`.
+#[derive(Debug, Clone, Copy)]
+enum Cut {
+    /// No byte for `http.body_idle_timeout_ms`.
+    Stalled = 0,
+    /// Past `http.body_timeout_ms`, or below the minimum rate.
+    Slow = 1,
+    /// Over `http.max_bodies_bytes` on this core.
+    Budget = 2,
+}
+
+impl Cut {
+    fn status(self) -> u16 {
+        match self {
+            Cut::Stalled | Cut::Slow => 408,
+            Cut::Budget => 503,
+        }
+    }
+
+    fn reason(self) -> &'static str {
+        match self {
+            Cut::Stalled => "request body stalled (http.body_idle_timeout_ms)",
+            Cut::Slow => "request body not received in time",
+            Cut::Budget => {
+                "too many request bodies arriving at once (http.max_bodies_bytes); retry"
+            }
+        }
+    }
+}
+
+/// Bytes of a body still arriving, counted against its core's budget
+/// (`http.max_bodies_bytes`) until dropped.
+struct Held<'a> {
+    total: &'a Cell<usize>,
+    n: usize,
+}
+
+impl<'a> Held<'a> {
+    /// Hold `n` bytes more, if the budget has room.
+    fn grow(&mut self, n: usize, max: usize) -> bool {
+        if self.total.get() + n > max {
+            return false;
+        }
+        self.total.set(self.total.get() + n);
+        self.n += n;
+        true
+    }
+}
+
+impl Drop for Held<'_> {
+    fn drop(&mut self) {
+        self.total.set(self.total.get() - self.n);
+    }
 }
 
 /// Read the body that follows the head at `buf[..head_len]`, framed as
 /// `kind`; on success `buf` keeps only what follows the body (the next
 /// request). Linear in the body's size; a body that has not arrived within
-/// `http.body_timeout_ms`, or arrives slower than `min_rate` after the grace
-/// period, gets 408.
+/// `http.body_timeout_ms`, arrives slower than `min_rate` after the grace
+/// period, or sends no byte for `http.body_idle_timeout_ms`, gets 408. While
+/// a body is still arriving, what it holds (its declared length; a chunked
+/// body's bytes so far) counts against the core's `bodies` budget: beyond
+/// `http.max_bodies_bytes`, 503.
+#[allow(clippy::too_many_arguments)]
 async fn read_body<R: ReadHalf>(
     r: &mut R,
     fd: RawFd,
@@ -268,8 +343,17 @@ async fn read_body<R: ReadHalf>(
     kind: body::BodyKind,
     http: &crate::config::HttpSection,
     min_rate: u64,
+    bodies: &Cell<usize>,
 ) -> Result<Vec<u8>, BodyFailure> {
-    const SLOW: BodyFailure = BodyFailure::Refused(408, "request body not received in time");
+    const SLOW: BodyFailure = BodyFailure::Cut(Cut::Slow);
+    const STALLED: BodyFailure = BodyFailure::Cut(Cut::Stalled);
+    const FULL: BodyFailure = BodyFailure::Cut(Cut::Budget);
+    let mut held = Held {
+        total: bodies,
+        n: 0,
+    };
+    let idle_for = Duration::from_millis(http.body_idle_timeout_ms);
+    let stalled = Cell::new(false);
     let timed_out = Cell::new(false);
     let expire = || {
         timed_out.set(true);
@@ -294,6 +378,10 @@ async fn read_body<R: ReadHalf>(
                         buf.drain(..head_len + n);
                         return Ok(out);
                     }
+                    // Still arriving: it holds its length from now on.
+                    if held.n == 0 && !held.grow(n, http.max_bodies_bytes) {
+                        return Err(FULL);
+                    }
                     // All of it in one allocation, not a copy per read.
                     buf.reserve_exact(head_len + n - buf.len());
                 }
@@ -305,6 +393,9 @@ async fn read_body<R: ReadHalf>(
                         buf.drain(..at + used);
                         return Ok(std::mem::take(&mut out));
                     }
+                    if out.len() > held.n && !held.grow(out.len() - held.n, http.max_bodies_bytes) {
+                        return Err(FULL);
+                    }
                     buf.truncate(head_len);
                     at = head_len;
                 }
@@ -313,11 +404,22 @@ async fn read_body<R: ReadHalf>(
                 }
             }
             let before = buf.len();
-            let (res, b) = r.read_more(std::mem::take(buf)).await;
+            // No byte for the idle time: stalled, whatever came before.
+            let read = r.read_more(std::mem::take(buf));
+            let (res, b) = with_deadline(
+                idle_for,
+                || {
+                    stalled.set(true);
+                    stop(fd, Stop::Reads);
+                },
+                read,
+            )
+            .await;
             *buf = b;
             match res {
                 Ok(n) if n > 0 => received += buf.len() - before,
                 _ if timed_out.get() => return Err(SLOW),
+                _ if stalled.get() => return Err(STALLED),
                 _ => return Err(BodyFailure::Gone),
             }
             let elapsed = start.elapsed();

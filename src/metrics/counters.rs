@@ -236,7 +236,14 @@ pub struct CoreStats {
     pub topic_members: Counter,
     pub topic_notes: Counter,
     pub topic_deliveries: Counter,
+    /// HTTP request bodies cut, by reason ([`BODY_CUTS`]).
+    pub bodies_cut: [Counter; 3],
 }
+
+/// Why an HTTP request body was cut: `stalled` (no byte for
+/// `http.body_idle_timeout_ms`), `slow` (past `http.body_timeout_ms` or below
+/// the minimum rate), `budget` (over `http.max_bodies_bytes`, 503).
+pub const BODY_CUTS: [&str; 3] = ["stalled", "slow", "budget"];
 
 impl CoreStats {
     fn new() -> CoreStats {
@@ -258,6 +265,7 @@ impl CoreStats {
             topic_members: Counter::default(),
             topic_notes: Counter::default(),
             topic_deliveries: Counter::default(),
+            bodies_cut: Default::default(),
         }
     }
 
@@ -325,6 +333,8 @@ pub struct Sums {
     pub cache: [u64; 4],
     /// topics, members, notifications, deliveries.
     pub merged: [u64; 4],
+    /// By [`BODY_CUTS`].
+    pub bodies_cut: [u64; 3],
 }
 
 impl Registry {
@@ -365,6 +375,7 @@ impl Registry {
                 total(&|c| c.topic_notes.get()),
                 total(&|c| c.topic_deliveries.get()),
             ],
+            bodies_cut: [0, 1, 2].map(|i| total(&|c| c.bodies_cut[i].get())),
         }
     }
 }

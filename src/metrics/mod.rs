@@ -257,6 +257,14 @@ pub fn render(worker: &Worker, full: bool) -> String {
             );
         }
     }
+    t.family(
+        "ringway_http_bodies_cut_total",
+        "counter",
+        "HTTP request bodies cut, by reason (stalled, slow, budget).",
+    );
+    for (reason, n) in counters::BODY_CUTS.iter().zip(sums.bodies_cut) {
+        t.sample("ringway_http_bodies_cut_total", &[("reason", reason)], n);
+    }
     t.single(
         "ringway_tls_handshake_failures_total",
         "counter",
