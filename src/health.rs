@@ -118,6 +118,11 @@ pub struct NodeStatus {
     sessions_ended: [AtomicU64; 2],
     /// How long it takes to answer: [health probes, HTTP JSON-RPC requests].
     latency: [crate::metrics::Histogram; 2],
+    /// Its recent answer time to requests (µs): smoothed mean and deviation.
+    answer_mean: AtomicU64,
+    answer_dev: AtomicU64,
+    /// Hedges sent to it, and those it won (answered first).
+    hedges: [AtomicU64; 2],
 }
 
 /// What a node's response time was measured on.
@@ -144,6 +149,9 @@ impl NodeStatus {
             sessions_started: Default::default(),
             sessions_ended: Default::default(),
             latency: Default::default(),
+            answer_mean: AtomicU64::new(0),
+            answer_dev: AtomicU64::new(0),
+            hedges: Default::default(),
         }
     }
 }
@@ -269,9 +277,44 @@ impl Health {
         })
     }
 
-    /// One answer from node `i` took `d`.
+    /// One answer from node `i` took `d` (an answer to a request also
+    /// moves its recent answer time: see [`crate::hedge`]).
     pub fn record_latency(&self, i: usize, on: Timed, d: Duration) {
-        self.nodes[i].latency[on as usize].record(d);
+        let n = &self.nodes[i];
+        n.latency[on as usize].record(d);
+        if on == Timed::Http {
+            let e = self.estimate(i).update(d);
+            n.answer_mean.store(e.mean_us, Ordering::Relaxed);
+            n.answer_dev.store(e.dev_us, Ordering::Relaxed);
+        }
+    }
+
+    /// Node `i`'s recent answer time to requests.
+    pub fn estimate(&self, i: usize) -> crate::hedge::Estimate {
+        let n = &self.nodes[i];
+        crate::hedge::Estimate {
+            mean_us: n.answer_mean.load(Ordering::Relaxed),
+            dev_us: n.answer_dev.load(Ordering::Relaxed),
+        }
+    }
+
+    /// A read late on node `slow` was also sent to node `to` (a hedge);
+    /// `won`: `to` answered first, which counts as a failed check for
+    /// `slow` (its probes may not have noticed yet).
+    pub fn hedged(&self, slow: usize, to: usize, won: bool) {
+        self.nodes[to].hedges[0].fetch_add(1, Ordering::Relaxed);
+        if won {
+            self.nodes[to].hedges[1].fetch_add(1, Ordering::Relaxed);
+            self.report_connect_failure(slow);
+        }
+    }
+
+    /// Hedges sent to node `i`, and won by it.
+    pub fn hedges(&self, i: usize) -> [u64; 2] {
+        self.nodes[i]
+            .hedges
+            .each_ref()
+            .map(|h| h.load(Ordering::Relaxed))
     }
 
     pub fn latency(&self, i: usize, on: Timed) -> &crate::metrics::Histogram {

@@ -32,6 +32,7 @@ pub mod config;
 pub mod fuzzing;
 pub mod gateway;
 pub mod health;
+pub mod hedge;
 pub mod http;
 pub mod io;
 pub mod jsonrpc;

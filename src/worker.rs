@@ -38,6 +38,8 @@ pub struct Core {
     /// Bytes held by HTTP request bodies still arriving on this core
     /// (`http.max_bodies_bytes`).
     pub bodies: Cell<usize>,
+    /// This core's allowance of hedged reads (`pool.hedge_budget`).
+    pub hedges: Cell<crate::hedge::Budget>,
     /// Fired when the process shuts down: sessions finish and close.
     pub shutdown: crate::signal::Broadcast,
     /// The process's configuration generations.
@@ -67,6 +69,7 @@ impl Core {
             },
             active: Cell::new(0),
             bodies: Cell::new(0),
+            hedges: Cell::new(crate::hedge::Budget::new()),
             shutdown: crate::signal::Broadcast::default(),
             generations,
             current: RefCell::new(None),

@@ -279,6 +279,14 @@ pub struct PoolSection {
     /// After a reload removes a node, its open sessions go on this long,
     /// then finish their requests in flight and close (1001).
     pub removed_grace_ms: u64,
+    /// Hedged reads: `auto` (a node that has not answered a read within
+    /// its usual time plus four deviations, at least `hedge_min_ms`, gets
+    /// a second node asked too; the first answer wins), `off`, or a fixed
+    /// delay in milliseconds. Writes are never hedged.
+    pub hedge: String,
+    pub hedge_min_ms: u64,
+    /// At most this fraction of a worker's reads are hedged (plus a burst of 10).
+    pub hedge_budget: f64,
 }
 
 impl Default for PoolSection {
@@ -291,6 +299,9 @@ impl Default for PoolSection {
             shared_max_subscriptions: 512,
             shared_max_connections: 8,
             removed_grace_ms: 60_000,
+            hedge: "auto".into(),
+            hedge_min_ms: 20,
+            hedge_budget: 0.1,
         }
     }
 }

@@ -125,6 +125,9 @@ pub struct Config {
     /// Subscriptions per shared connection before another one opens.
     pub shared_max_subscriptions: usize,
     pub shared_max_connections: usize,
+    /// `pool.hedge` and `pool.hedge_budget`.
+    pub hedge: crate::hedge::Hedge,
+    pub hedge_budget: f64,
     /// `health.chain`, lower-cased (`None`: learned from the nodes).
     pub chain_id: Option<String>,
     pub nodes: Vec<NodeConfig>,

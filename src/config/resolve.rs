@@ -281,6 +281,22 @@ impl Config {
         );
         let mut file = file;
         file.admission.methods = methods;
+        let hedge = crate::hedge::Hedge::parse(
+            &file.pool.hedge,
+            Duration::from_millis(file.pool.hedge_min_ms),
+        )
+        .ok_or_else(|| {
+            err(
+                "pool.hedge",
+                format!("`{}` is not auto, off, or milliseconds", file.pool.hedge),
+            )
+        })?;
+        if !(0.0..=1.0).contains(&file.pool.hedge_budget) {
+            return Err(err(
+                "pool.hedge_budget",
+                "must be between 0 and 1 (a fraction of the reads)".into(),
+            ));
+        }
         let hs = &file.health;
         if hs.interval_ms == 0 || hs.timeout_ms == 0 {
             return Err(err(
@@ -341,6 +357,8 @@ impl Config {
             shared: file.pool.shared,
             shared_max_subscriptions: file.pool.shared_max_subscriptions as usize,
             shared_max_connections: file.pool.shared_max_connections as usize,
+            hedge,
+            hedge_budget: file.pool.hedge_budget,
             chain_id: Some(file.health.chain.to_ascii_lowercase()).filter(|c| !c.is_empty()),
             nodes,
             flavour,

@@ -434,6 +434,53 @@ async fn read_body<R: ReadHalf>(
     read.await
 }
 
+/// A request that may be asked twice: a read (not a write, not a
+/// subscription, not a call bound to the node of its subscription).
+fn repeatable(r: &crate::jsonrpc::Request<'_>) -> bool {
+    r.is_valid()
+        && r.sub == crate::jsonrpc::Sub::None
+        && r.method()
+            .is_some_and(|m| !crate::jsonrpc::call::writes(m) && !m.starts_with(b"chainHead_"))
+}
+
+/// Ask node `first`; if it has not answered within `delay`, ask the node
+/// `second` gives too (if any: it checks the hedge budget), and take the
+/// first answer (the later one is dropped, its connection closed). Returns
+/// the node that answered and its answer.
+async fn hedged<F, Fut>(
+    first: usize,
+    delay: Duration,
+    second: impl FnOnce() -> Option<usize>,
+    forward: &F,
+    health: &crate::health::Health,
+) -> (usize, Result<rpc_http::NodeAnswer, rpc_http::Failure>)
+where
+    F: Fn(usize) -> Fut,
+    Fut: std::future::Future<Output = Result<rpc_http::NodeAnswer, rpc_http::Failure>>,
+{
+    let mut a = std::pin::pin!(forward(first));
+    monoio::select! {
+        r = &mut a => return (first, r),
+        _ = monoio::time::sleep(delay) => {}
+    }
+    let Some(other) = second() else {
+        return (first, a.await);
+    };
+    let mut b = std::pin::pin!(forward(other));
+    let (winner, r) = monoio::select! {
+        r = &mut a => (first, r),
+        r = &mut b => (other, r),
+    };
+    // A failure is not an answer: the other may still give one.
+    let (winner, r) = match (winner == first, r) {
+        (_, Ok(answer)) => (winner, Ok(answer)),
+        (true, Err(_)) => (other, b.await),
+        (false, Err(_)) => (first, a.await),
+    };
+    health.hedged(first, other, winner == other && r.is_ok());
+    (winner, r)
+}
+
 /// Route one HTTP JSON-RPC body (parsed once) and forward it; retry a
 /// pruned node's "state is gone" answer once on an archive node. A node that
 /// cannot be reached is skipped for the next; one that took the request and
@@ -463,12 +510,36 @@ async fn answer_rpc(
         }
         answer
     };
+    // Reads may be asked of a second node when the first is late.
+    let hedge = worker.config.hedge;
+    let reads = hedge != crate::hedge::Hedge::Off && call.requests().all(repeatable);
+    if reads {
+        let mut budget = worker.core.hedges.get();
+        budget.earn(worker.config.hedge_budget);
+        worker.core.hedges.set(budget);
+    }
     let mut tried = vec![false; pool.nodes().len()];
     let mut failed = (502, String::from("no upstream node"));
-    while let Some(index) = pool.pick_role(role, &tried) {
+    while let Some(first) = pool.pick_role(role, &tried) {
+        tried[first] = true;
+        let delay = reads
+            .then(|| hedge.delay(pool.health().estimate(first), timeout / 2))
+            .flatten();
+        let (index, answered) = match delay {
+            None => (first, forward(first).await),
+            Some(delay) => {
+                let second = || {
+                    let mut budget = worker.core.hedges.get();
+                    let next = pool.pick_role(role, &tried).filter(|_| budget.take());
+                    worker.core.hedges.set(budget);
+                    next
+                };
+                hedged(first, delay, second, &forward, pool.health()).await
+            }
+        };
         tried[index] = true;
         let name = pool.nodes()[index].public_name();
-        match forward(index).await {
+        match answered {
             Ok(a) => {
                 let on_pruned = pool.nodes()[index].role == crate::config::Role::Pruned;
                 if on_pruned && a.status == 200 && worker.router.is_pruned_error(&a.body) {

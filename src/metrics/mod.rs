@@ -357,5 +357,38 @@ pub fn render(worker: &Worker, full: bool) -> String {
             t.sample(name, &[("url", &url), ("role", n.role.name())], value(i));
         }
     }
+    for (name, help, which) in [
+        (
+            "ringway_hedges_total",
+            "Reads sent to this node because another had not answered in time (hedges).",
+            0,
+        ),
+        (
+            "ringway_hedges_won_total",
+            "Hedges this node answered first.",
+            1,
+        ),
+    ] {
+        t.family(name, "counter", help);
+        for (i, n) in nodes.iter().enumerate() {
+            let url = label(n);
+            t.sample(
+                name,
+                &[("url", &url), ("role", n.role.name())],
+                h.hedges(i)[which],
+            );
+        }
+    }
+    for (name, help, value) in [(
+        "ringway_node_finalized",
+        "The block each node last reported finalized.",
+        &(|i| h.finalized_of(i)) as &dyn Fn(usize) -> u64,
+    )] {
+        t.family(name, "gauge", help);
+        for (i, n) in nodes.iter().enumerate() {
+            let url = label(n);
+            t.sample(name, &[("url", &url), ("role", n.role.name())], value(i));
+        }
+    }
     t.0
 }

@@ -180,6 +180,9 @@ pub struct FakeChain {
     pub metadata_bytes: std::sync::atomic::AtomicUsize,
     /// Its genesis hash (`chain_getBlockHash(0)`), when not the default.
     pub genesis: std::sync::Mutex<Option<String>>,
+    /// HTTP JSON-RPC requests received (each after `http_delay_ms`).
+    pub http_calls: std::sync::atomic::AtomicUsize,
+    pub http_delay_ms: std::sync::atomic::AtomicU64,
 }
 
 impl FakeChain {
@@ -199,6 +202,8 @@ impl FakeChain {
             delay_ms: 0.into(),
             metadata_bytes: 1000.into(),
             genesis: Default::default(),
+            http_calls: 0.into(),
+            http_delay_ms: 0.into(),
         })
     }
 
@@ -604,6 +609,15 @@ fn serve_http(stream: TcpStream, chain: &FakeChain, seen_tx: mpsc::Sender<SeenRe
                 .to_string(),
             headers,
         });
+        chain
+            .http_calls
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let delay = chain
+            .http_delay_ms
+            .load(std::sync::atomic::Ordering::SeqCst);
+        if delay > 0 {
+            thread::sleep(Duration::from_millis(delay));
+        }
         let answer = chain.answer_all(std::str::from_utf8(&body).unwrap_or(""));
         let resp = format!(
             "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{answer}",

@@ -1,0 +1,156 @@
+//! Hedged reads over HTTP (issue 24): a read a node is late with goes to a
+//! second node too and the first answer wins; writes are never sent twice;
+//! a budget keeps a slow pool from doubling its own load.
+
+mod common;
+
+use std::io::Write;
+use std::sync::atomic::Ordering::SeqCst;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+fn post(gw: &Gateway, pki: &TestPki, body: &str) -> (u16, String) {
+    let mut s = tls_connect(gw.addr, pki.client_config());
+    s.sock
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let req = format!(
+        "POST / HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(req.as_bytes()).unwrap();
+    let (status, _, body) = read_response(&mut s);
+    (status, body)
+}
+
+/// Two nodes of one chain; `extra` continues the `[pool]` table. Probes only
+/// test the upgrade: a slow node stays in service, as a hung one does until
+/// its probes notice.
+fn pool_of_two(
+    pki: &TestPki,
+    a: &Arc<FakeChain>,
+    b: &Arc<FakeChain>,
+    extra: &str,
+) -> (Gateway, Vec<Upstream>) {
+    let nodes = vec![
+        Upstream::start(Behaviour::Substrate(a.clone())),
+        Upstream::start(Behaviour::Substrate(b.clone())),
+    ];
+    let cfg = write_config(
+        pki,
+        "hedge.toml",
+        &format!("[health]\nprobe = \"connect\"\n[pool]\n{extra}"),
+    );
+    let urls: Vec<String> = nodes.iter().map(Upstream::url).collect();
+    (
+        Gateway::start(pki, &urls, &["--config", cfg.to_str().unwrap()]),
+        nodes,
+    )
+}
+
+fn read(id: u64) -> String {
+    format!(r#"{{"jsonrpc":"2.0","id":{id},"method":"system_health","params":[]}}"#)
+}
+
+#[test]
+fn a_read_a_node_is_late_with_is_answered_by_another() {
+    let pki = TestPki::new();
+    let (slow, fast) = (FakeChain::new(100), FakeChain::new(100));
+    slow.http_delay_ms.store(5_000, SeqCst);
+    let (gw, _nodes) = pool_of_two(
+        &pki,
+        &slow,
+        &fast,
+        "hedge_min_ms = 50\nrequest_timeout_ms = 20000\n",
+    );
+    for id in 0..12 {
+        let start = Instant::now();
+        let (status, body) = post(&gw, &pki, &read(id));
+        let took = start.elapsed();
+        assert_eq!(status, 200, "{body}");
+        assert!(
+            body.contains(&format!(r#""id":{id}"#)) && body.contains("peers"),
+            "{body}"
+        );
+        assert!(took < Duration::from_secs(1), "read {id} took {took:?}");
+    }
+    assert!(
+        slow.http_calls.load(SeqCst) > 0,
+        "some reads went to the slow node first"
+    );
+    let metrics = https_get(gw.addr, pki.client_config(), "/metrics").2;
+    let won: u64 = metrics
+        .lines()
+        .filter(|l| l.starts_with("ringway_hedges_won_total{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum();
+    assert_eq!(won as usize, slow.http_calls.load(SeqCst), "{metrics}");
+}
+
+#[test]
+fn a_write_is_never_sent_twice_and_gets_its_error_at_the_timeout() {
+    let pki = TestPki::new();
+    let (slow, fast) = (FakeChain::new(100), FakeChain::new(100));
+    slow.http_delay_ms.store(5_000, SeqCst);
+    let (gw, _nodes) = pool_of_two(
+        &pki,
+        &slow,
+        &fast,
+        "hedge_min_ms = 50\nrequest_timeout_ms = 1000\n",
+    );
+    let mut timed_out = 0;
+    for id in 0..8 {
+        let body = format!(
+            r#"{{"jsonrpc":"2.0","id":{id},"method":"author_submitExtrinsic","params":["0x00"]}}"#
+        );
+        let (status, answer) = post(&gw, &pki, &body);
+        assert!(answer.contains(&format!(r#""id":{id}"#)), "{answer}");
+        if status == 504 {
+            timed_out += 1;
+        }
+    }
+    let calls = slow.http_calls.load(SeqCst) + fast.http_calls.load(SeqCst);
+    assert_eq!(calls, 8, "each write reached one node once");
+    assert_eq!(
+        timed_out,
+        slow.http_calls.load(SeqCst),
+        "those on the slow node timed out"
+    );
+}
+
+#[test]
+fn the_hedge_budget_holds_when_every_node_is_slow() {
+    let pki = TestPki::new();
+    let (a, b) = (FakeChain::new(100), FakeChain::new(100));
+    a.http_delay_ms.store(300, SeqCst);
+    b.http_delay_ms.store(300, SeqCst);
+    let (gw, _nodes) = pool_of_two(&pki, &a, &b, "hedge_min_ms = 20\n");
+    let gw = Arc::new(gw);
+    let threads: Vec<_> = (0..100)
+        .map(|id| {
+            let (gw, cfg) = (gw.clone(), pki.client_config());
+            std::thread::spawn(move || {
+                let mut s = tls_connect(gw.addr, cfg);
+                s.sock.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+                let body = read(id);
+                let req = format!(
+                    "POST / HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}",
+                    body.len()
+                );
+                s.write_all(req.as_bytes()).unwrap();
+                read_response(&mut s).0
+            })
+        })
+        .collect();
+    for t in threads {
+        assert_eq!(t.join().unwrap(), 200);
+    }
+    // 100 reads; at most 10% hedged per worker, plus a burst of 10 each (2 workers).
+    let calls = a.http_calls.load(SeqCst) + b.http_calls.load(SeqCst);
+    assert!(
+        (100..=140).contains(&calls),
+        "{calls} requests reached the nodes"
+    );
+}
