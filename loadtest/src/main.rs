@@ -42,7 +42,7 @@ USAGE:
       burst (metadata included), subscriptions to new heads and runtime
       version, until the first head. Time to ready per client.
   ringway-load node [--listen 127.0.0.1:9944] [--block-ms 6000] [--archive | --pruning 256]
-                    [--delay-ms 0] [--storage-bytes 32] [--metadata-bytes 307200] [--workers 1] [--report]
+                    [--delay-ms 0] [--delay-every 1] [--storage-bytes 32] [--metadata-bytes 307200] [--workers 1] [--report]
       A mock Substrate-like node: JSON-RPC over WebSocket and HTTP on one port.
   ringway-load compare --target NAME=URL --target NAME=URL [--rounds 3] [run options]
       The same `run` against each target in turn (A B A B ...), medians and ratios.
@@ -194,6 +194,7 @@ fn node_main(args: &Args) -> Result<u8, String> {
             Some(args.num("pruning", 256)?)
         },
         delay: Duration::from_millis(args.num("delay-ms", 0)?),
+        delay_every: args.num("delay-every", 1)?,
         storage_bytes: args.num("storage-bytes", defaults.storage_bytes)?,
         metadata_bytes: args.num("metadata-bytes", defaults.metadata_bytes)?,
         report: args.flag("report"),

@@ -33,6 +33,9 @@ pub struct NodeConfig {
     /// `None`: archive. `Some(n)`: state older than n blocks behind the head is gone.
     pub pruning: Option<u64>,
     pub delay: Duration,
+    /// The delay applies to every `delay_every`-th answer (1: all of them;
+    /// 10: a tenth, as a node with an occasional slow answer).
+    pub delay_every: u64,
     /// Size of `state_getStorage` results in bytes (hex-encoded: twice as many characters).
     pub storage_bytes: usize,
     /// Size of `state_getMetadata` results in bytes of hex text.
@@ -52,6 +55,7 @@ impl Default for NodeConfig {
             block_ms: 6000,
             pruning: Some(256),
             delay: Duration::ZERO,
+            delay_every: 1,
             storage_bytes: 32,
             metadata_bytes: 300 * 1024,
             start_height: 1000,
@@ -67,11 +71,25 @@ struct Chain {
     /// Calls from clients (not from a gateway's health probes), for `--report`.
     calls: std::sync::atomic::AtomicU64,
     metadata_calls: std::sync::atomic::AtomicU64,
+    /// Answers given, for `delay_every`.
+    answers: std::sync::atomic::AtomicU64,
 }
 
 const HASH_PREFIX: &str = "0xabababababababababababababababababababababababab";
 
 impl Chain {
+    /// Wait before an answer, if this one is to be late.
+    async fn delay(&self) {
+        use std::sync::atomic::Ordering::Relaxed;
+        if self.cfg.delay.is_zero() {
+            return;
+        }
+        let n = self.answers.fetch_add(1, Relaxed);
+        if n % self.cfg.delay_every.max(1) == 0 {
+            monoio::time::sleep(self.cfg.delay).await;
+        }
+    }
+
     /// Count a client's message (each element of a batch).
     fn count(&self, msg: &[u8]) {
         use std::sync::atomic::Ordering::Relaxed;
@@ -290,6 +308,7 @@ pub fn run(cfg: NodeConfig) -> Result<(), String> {
         metadata,
         calls: 0.into(),
         metadata_calls: 0.into(),
+        answers: 0.into(),
     });
     if cfg.report {
         // A line whenever the count of client calls changed (once a second at most).
@@ -427,9 +446,7 @@ async fn connection(tcp: TcpStream, chain: Arc<Chain>) {
                 return;
             }
         }
-        if !chain.cfg.delay.is_zero() {
-            monoio::time::sleep(chain.cfg.delay).await;
-        }
+        chain.delay().await;
         let subs = Subscriptions::default();
         let body = chain
             .answer(&buf[head_len..head_len + content_length], &subs)
@@ -465,9 +482,7 @@ async fn websocket(
                     if counted {
                         chain.count(&m);
                     }
-                    if !chain.cfg.delay.is_zero() {
-                        monoio::time::sleep(chain.cfg.delay).await;
-                    }
+                    chain.delay().await;
                     if let Some(resp) = chain.answer(&m, &subs) {
                         out.push_text(&resp);
                     }
@@ -551,6 +566,7 @@ mod tests {
             metadata: "\"0x00\"".into(),
             calls: 0.into(),
             metadata_calls: 0.into(),
+            answers: 0.into(),
         }
     }
 
