@@ -85,7 +85,7 @@ impl Chain {
             return;
         }
         let n = self.answers.fetch_add(1, Relaxed);
-        if n % self.cfg.delay_every.max(1) == 0 {
+        if n.is_multiple_of(self.cfg.delay_every.max(1)) {
             monoio::time::sleep(self.cfg.delay).await;
         }
     }
