@@ -15,6 +15,12 @@
 //! hashes go to each worker through its own channel, drained when a worker
 //! needs its [`crate::route::HashWindow`].
 
+mod feed;
+mod plausible;
+
+pub use feed::HashFeed;
+pub use plausible::{plausible, MAX_JUMP};
+
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -67,28 +73,6 @@ impl Default for Hysteresis {
 /// True when a node at `head` is too far behind the `best` head.
 pub fn lagging(head: u64, best: u64, max_lag: u64) -> bool {
     best.saturating_sub(head) > max_lag
-}
-
-/// A head this far ahead of where the node (or, when known, the other
-/// nodes) stood is not believed: a node reporting `0xffff…`, or a node of
-/// another chain, must not make every correct node look behind.
-pub const MAX_JUMP: u64 = 10_000;
-
-/// No chain is this long: a head above it is nonsense.
-const MAX_HEIGHT: u64 = 1 << 48;
-
-/// Whether a reported `head` is believable for a node that stood at `prev`
-/// (0: unknown), with the other nodes at best `others` (0: none known).
-/// Pure: tested without a clock.
-pub fn plausible(head: u64, prev: u64, others: u64) -> bool {
-    if head > MAX_HEIGHT {
-        return false;
-    }
-    match (others, prev) {
-        (0, 0) => true,
-        (0, prev) => head <= prev.saturating_add(MAX_JUMP),
-        (others, _) => head <= others.saturating_add(MAX_JUMP),
-    }
 }
 
 /// What every worker can read about one node.
@@ -562,38 +546,6 @@ impl Health {
             let lag = head > 0 && lagging(head, best, max_lag);
             n.up.store(alive && !lag, Ordering::Relaxed);
         }
-    }
-}
-
-/// New block hashes for one worker, newest kept: at most [`HashFeed::CAP`]
-/// wait (a worker that never routes by hash takes none; it was an
-/// unbounded channel that grew forever).
-#[derive(Debug, Clone, Default)]
-pub struct HashFeed(Arc<Mutex<std::collections::VecDeque<(String, u64)>>>);
-
-impl HashFeed {
-    /// As many as a worker's window of recent hashes holds.
-    pub const CAP: usize = 4096;
-
-    fn push(&self, hash: &str, height: u64) {
-        let mut q = self.0.lock().expect("not poisoned");
-        if q.len() == Self::CAP {
-            q.pop_front();
-        }
-        q.push_back((hash.to_string(), height));
-    }
-
-    /// What waits, oldest first.
-    pub fn take(&self) -> std::collections::VecDeque<(String, u64)> {
-        std::mem::take(&mut *self.0.lock().expect("not poisoned"))
-    }
-
-    pub fn len(&self) -> usize {
-        self.0.lock().expect("not poisoned").len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 }
 

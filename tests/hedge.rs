@@ -4,26 +4,11 @@
 
 mod common;
 
-use std::io::Write;
 use std::sync::atomic::Ordering::SeqCst;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::*;
-
-fn post(gw: &Gateway, pki: &TestPki, body: &str) -> (u16, String) {
-    let mut s = tls_connect(gw.addr, pki.client_config());
-    s.sock
-        .set_read_timeout(Some(Duration::from_secs(30)))
-        .unwrap();
-    let req = format!(
-        "POST / HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    );
-    s.write_all(req.as_bytes()).unwrap();
-    let (status, _, body) = read_response(&mut s);
-    (status, body)
-}
 
 /// Two nodes of one chain; `extra` continues the `[pool]` table. Probes only
 /// test the upgrade: a slow node stays in service, as a hung one does until
@@ -67,7 +52,7 @@ fn a_read_a_node_is_late_with_is_answered_by_another() {
     );
     for id in 0..12 {
         let start = Instant::now();
-        let (status, body) = post(&gw, &pki, &read(id));
+        let (status, body) = post_json(gw.addr, pki.client_config(), &read(id));
         let took = start.elapsed();
         assert_eq!(status, 200, "{body}");
         assert!(
@@ -105,7 +90,7 @@ fn a_write_is_never_sent_twice_and_gets_its_error_at_the_timeout() {
         let body = format!(
             r#"{{"jsonrpc":"2.0","id":{id},"method":"author_submitExtrinsic","params":["0x00"]}}"#
         );
-        let (status, answer) = post(&gw, &pki, &body);
+        let (status, answer) = post_json(gw.addr, pki.client_config(), &body);
         assert!(answer.contains(&format!(r#""id":{id}"#)), "{answer}");
         if status == 504 {
             timed_out += 1;
@@ -131,17 +116,7 @@ fn the_hedge_budget_holds_when_every_node_is_slow() {
     let threads: Vec<_> = (0..100)
         .map(|id| {
             let (gw, cfg) = (gw.clone(), pki.client_config());
-            std::thread::spawn(move || {
-                let mut s = tls_connect(gw.addr, cfg);
-                s.sock.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-                let body = read(id);
-                let req = format!(
-                    "POST / HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}",
-                    body.len()
-                );
-                s.write_all(req.as_bytes()).unwrap();
-                read_response(&mut s).0
-            })
+            std::thread::spawn(move || post_json(gw.addr, cfg, &read(id)).0)
         })
         .collect();
     for t in threads {

@@ -120,17 +120,6 @@ fn the_node_never_runs_a_refused_method_whatever_the_encoding() {
     }
 }
 
-fn post(gw: &Gateway, pki: &TestPki, body: &str) -> (u16, String) {
-    let mut s = tls_connect(gw.addr, pki.client_config());
-    let req = format!(
-        "POST / HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    );
-    s.write_all(req.as_bytes()).unwrap();
-    let (status, _, body) = read_response(&mut s);
-    (status, body)
-}
-
 #[test]
 fn over_http_too_the_node_never_runs_a_refused_method() {
     let pki = TestPki::new();
@@ -138,16 +127,16 @@ fn over_http_too_the_node_never_runs_a_refused_method() {
     let up = Upstream::start(Behaviour::Substrate(chain.clone()));
     let gw = gateway(&pki, &up, "[http]\nmax_body_bytes = 1048576\n", &[]);
     for msg in disguises(5) {
-        let (status, body) = post(&gw, &pki, &msg);
+        let (status, body) = post_json(gw.addr, pki.client_config(), &msg);
         assert!(
             refused_with_id(&body, 5),
             "{status} {body} for {}",
             &msg[..msg.len().min(120)]
         );
     }
-    let (status, body) = post(
-        &gw,
-        &pki,
+    let (status, body) = post_json(
+        gw.addr,
+        pki.client_config(),
         r#"{"jsonrpc":"2.0","id":6,"method":"system_health","params":[]}"#,
     );
     assert_eq!(status, 200, "{body}");

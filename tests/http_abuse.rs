@@ -16,12 +16,13 @@ const HEAD: &str = "POST / HTTP/1.1\r\nHost: localhost\r\nContent-Type: applicat
 /// One worker (so a stalled core would stall the next request too), an
 /// HTTP-speaking node, a short body deadline.
 fn gateway(pki: &TestPki) -> (Gateway, Upstream) {
+    gateway_with(pki, "max_body_bytes = 1048576\nbody_timeout_ms = 400\n")
+}
+
+/// The same with `http`: keys of the `[http]` table.
+fn gateway_with(pki: &TestPki, http: &str) -> (Gateway, Upstream) {
     let node = Upstream::start(Behaviour::Substrate(FakeChain::new(10)));
-    let cfg = write_config(
-        pki,
-        "abuse.toml",
-        "[http]\nmax_body_bytes = 1048576\nbody_timeout_ms = 400\n",
-    );
+    let cfg = write_config(pki, "abuse.toml", &format!("[http]\n{http}"));
     let gw = Gateway::start(
         pki,
         &[node.url()],
@@ -188,16 +189,9 @@ fn a_refused_body_closes_the_connection_after_the_answer() {
 #[test]
 fn a_body_stalled_after_a_burst_gets_408_when_it_stalls() {
     let pki = TestPki::new();
-    let node = Upstream::start(Behaviour::Substrate(FakeChain::new(10)));
-    let cfg = write_config(
+    let (gw, _node) = gateway_with(
         &pki,
-        "idle.toml",
-        "[http]\nmax_body_bytes = 4194304\nbody_idle_timeout_ms = 500\n",
-    );
-    let gw = Gateway::start(
-        &pki,
-        &[node.url()],
-        &["--workers", "1", "--config", cfg.to_str().unwrap()],
+        "max_body_bytes = 4194304\nbody_idle_timeout_ms = 500\n",
     );
     let mut s = tls_connect(gw.addr, pki.client_config());
     s.sock
@@ -226,16 +220,9 @@ fn a_body_stalled_after_a_burst_gets_408_when_it_stalls() {
 #[test]
 fn unfinished_bodies_are_held_within_a_budget_per_worker() {
     let pki = TestPki::new();
-    let node = Upstream::start(Behaviour::Substrate(FakeChain::new(10)));
-    let cfg = write_config(
+    let (gw, _node) = gateway_with(
         &pki,
-        "budget.toml",
-        "[http]\nmax_body_bytes = 4194304\nmax_bodies_bytes = 8388608\n",
-    );
-    let gw = Gateway::start(
-        &pki,
-        &[node.url()],
-        &["--workers", "1", "--config", cfg.to_str().unwrap()],
+        "max_body_bytes = 4194304\nmax_bodies_bytes = 8388608\n",
     );
     // Four 2 MiB bodies fill the budget; they stall after 1 KiB.
     let mut held = Vec::new();

@@ -247,3 +247,19 @@ pub fn echo_call<S: std::io::Read + std::io::Write>(ws: &mut tungstenite::WebSoc
     ws.send(tungstenite::Message::Text(call.clone())).unwrap();
     assert_eq!(ws.read().unwrap(), tungstenite::Message::Text(call));
 }
+
+/// One HTTP JSON-RPC request on a connection of its own (`Connection:
+/// close`): the status and the body.
+pub fn post_json(addr: SocketAddr, cfg: Arc<rustls::ClientConfig>, body: &str) -> (u16, String) {
+    let mut s = tls_connect(addr, cfg);
+    s.sock
+        .set_read_timeout(Some(std::time::Duration::from_secs(30)))
+        .unwrap();
+    let req = format!(
+        "POST / HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(req.as_bytes()).unwrap();
+    let (status, _, body) = read_response(&mut s);
+    (status, body)
+}
