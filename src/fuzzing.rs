@@ -115,7 +115,7 @@ pub fn request_head(data: &[u8]) {
 /// whether fed at once or in pieces, never over its limit, and never
 /// consumes more than it was given.
 pub fn http_body(data: &[u8]) {
-    use crate::http::body::{framing, BodyKind, ChunkLimits, Chunked};
+    use crate::h1::{framing, BodyKind, ChunkLimits, Chunked};
     let mut headers = [httparse::EMPTY_HEADER; HEADER_ARRAY];
     let Ok(Parse::Done(head, n)) = parse_head(data, &mut headers, 16384, 64) else {
         return;

@@ -20,6 +20,8 @@ mod plausible;
 
 pub use feed::HashFeed;
 pub use plausible::{plausible, MAX_JUMP};
+// The settings are config's; re-exported where the probes read them.
+pub use crate::config::{HealthConfig, ProbeMode};
 
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -101,7 +103,7 @@ pub struct NodeStatus {
     sessions_started: [AtomicU64; 2],
     sessions_ended: [AtomicU64; 2],
     /// How long it takes to answer: [health probes, HTTP JSON-RPC requests].
-    latency: [crate::metrics::Histogram; 2],
+    latency: [crate::stats::Histogram; 2],
     /// Its recent answer time to requests (µs): smoothed mean and deviation.
     answer_mean: AtomicU64,
     answer_dev: AtomicU64,
@@ -176,7 +178,7 @@ struct Common {
     /// Each worker's feed of new (hash, height) pairs.
     hash_feeds: Mutex<Vec<HashFeed>>,
     /// No node passes its checks: sessions go to the best candidate anyway
-    /// (see [`crate::upstream::Pool::pick`]); logged when it starts and ends.
+    /// (see `upstream::Pool::pick`); logged when it starts and ends.
     panic: AtomicBool,
 }
 
@@ -301,7 +303,7 @@ impl Health {
             .map(|h| h.load(Ordering::Relaxed))
     }
 
-    pub fn latency(&self, i: usize, on: Timed) -> &crate::metrics::Histogram {
+    pub fn latency(&self, i: usize, on: Timed) -> &crate::stats::Histogram {
         &self.nodes[i].latency[on as usize]
     }
 
@@ -545,52 +547,6 @@ impl Health {
             // A node whose head is unknown yet (0) is judged by its probes alone.
             let lag = head > 0 && lagging(head, best, max_lag);
             n.up.store(alive && !lag, Ordering::Relaxed);
-        }
-    }
-}
-
-/// How nodes are probed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ProbeMode {
-    /// JSON-RPC health and head methods of the chain flavour (the default).
-    Rpc,
-    /// Only a WebSocket upgrade (for backends that are not blockchain nodes).
-    Connect,
-    /// No probes: every node counts as up (connect failures still move sessions on).
-    Off,
-}
-
-impl ProbeMode {
-    pub fn parse(s: &str) -> Option<ProbeMode> {
-        match s {
-            "rpc" => Some(ProbeMode::Rpc),
-            "connect" => Some(ProbeMode::Connect),
-            "off" => Some(ProbeMode::Off),
-            _ => None,
-        }
-    }
-}
-
-/// Probe settings.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct HealthConfig {
-    pub mode: ProbeMode,
-    pub interval: Duration,
-    pub timeout: Duration,
-    pub fall: u32,
-    pub rise: u32,
-    pub max_lag: u64,
-}
-
-impl Default for HealthConfig {
-    fn default() -> Self {
-        HealthConfig {
-            mode: ProbeMode::Rpc,
-            interval: Duration::from_secs(2),
-            timeout: Duration::from_secs(2),
-            fall: 3,
-            rise: 2,
-            max_lag: 10,
         }
     }
 }

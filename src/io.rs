@@ -14,7 +14,7 @@
 //! ability.
 //!
 //! Implemented for plain TCP and Unix stream halves here, and for TLS in
-//! [`crate::tls`].
+//! the `tls` module.
 
 use std::cell::RefCell;
 use std::io;

@@ -20,17 +20,35 @@
 //! with two kinds of node side: a socket of the session's own, or a slot on
 //! its core's multiplexed connection ([`relay::shared`]).
 //!
-//! The protocol modules (`ws`, `jsonrpc`, `http::body`, `route`,
+//! The protocol modules (`ws`, `jsonrpc`, `h1`, `route`,
 //! `relay::close`) are sans-io: bytes or events in, decisions out, tested
 //! without sockets. The runtime modules (`runtime`, `gateway`, `relay`,
 //! `tls`, `upstream`, `io`) own sockets, buffers and timers, per core,
 //! with no locks on the hot path.
+//!
+//! The rooms stand on floors; each uses only rooms below it (no import
+//! cycle: `tests/floors.rs` checks it):
+//!
+//! ```text
+//! 5  runtime/ (start, listeners, signals), main.rs (and fuzzing.rs, the fuzz targets' entry points)
+//! 4  gateway/ (accept ─▶ TLS ─▶ head ─▶ upgrade | HTTP | endpoint), http/ (server, endpoints)
+//! 3  worker/ (a core's state, per configuration generation; the generations and reloads)
+//! 2  relay/, probe.rs; upstream (node connections, HTTP node client), metrics/ (the scrape);
+//!    health.rs, policy/, cache/
+//! 1  config/ (every setting type), tls/, h1.rs, ws/, io.rs, stats.rs (per-core counters),
+//!    route.rs, hedge.rs, jsonrpc/, log.rs, signal.rs, task.rs, rng.rs
+//! ```
+//!
+//! A lower room never names a higher one: the scrape reads what the
+//! endpoint gathers for it ([`metrics::Scrape`]), the counters live below
+//! everything that counts ([`stats`]), the settings live in [`config`].
 
 pub mod cache;
 pub mod config;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod gateway;
+pub mod h1;
 pub mod health;
 pub mod hedge;
 pub mod http;
@@ -46,6 +64,7 @@ pub mod rng;
 pub mod route;
 pub mod runtime;
 pub mod signal;
+pub mod stats;
 pub mod task;
 pub mod tls;
 pub mod upstream;

@@ -20,6 +20,8 @@ use std::os::fd::{AsRawFd, RawFd};
 use monoio::io::{OwnedWriteHalf, Splitable};
 use monoio::net::{TcpStream, UnixStream};
 
+pub mod http;
+
 use crate::config::{join_path, NodeAddr, NodeConfig, Role};
 use crate::health::Health;
 use crate::io::{give_buf, read_append, take_buf, PlainReader, ReadHalf, WriteHalf};
@@ -389,7 +391,7 @@ async fn open_with(
 }
 
 /// Open a connection to `node` that the sessions of one core share (see
-/// [`crate::relay::shared`]): no client's headers, the node's own path.
+/// the relay's `shared` module): no client's headers, the node's own path.
 pub async fn open_shared(
     node: &NodeConfig,
     max_head: usize,

@@ -14,7 +14,7 @@
 //!   copied once into the client's frame, which TLS encrypts anyway).
 //! - Identical requests while one is on its way to a node wait for its
 //!   answer instead of going out again (in-flight deduplication: see
-//!   [`crate::relay::shared`]).
+//!   the relay's shared connections).
 
 pub mod rules;
 
@@ -77,16 +77,16 @@ impl Cache {
         };
         match hit {
             Some((head, expires)) if now < expires => {
-                crate::metrics::count(|c| c.cache_hits.add(1));
+                crate::stats::count(|c| c.cache_hits.add(1));
                 Some(head)
             }
             Some(_) => {
                 self.remove(key);
-                crate::metrics::count(|c| c.cache_misses.add(1));
+                crate::stats::count(|c| c.cache_misses.add(1));
                 None
             }
             None => {
-                crate::metrics::count(|c| c.cache_misses.add(1));
+                crate::stats::count(|c| c.cache_misses.add(1));
                 None
             }
         }
@@ -137,7 +137,7 @@ impl Cache {
         self.clock.borrow_mut().push_back(key);
         self.bytes.set(self.bytes.get() + cost);
         self.evict();
-        crate::metrics::count(|c| c.cache_bytes.set(self.bytes.get() as u64));
+        crate::stats::count(|c| c.cache_bytes.set(self.bytes.get() as u64));
         true
     }
 
@@ -176,7 +176,7 @@ impl Cache {
                 clock.push_back(key);
             } else {
                 self.remove(&key);
-                crate::metrics::count(|c| c.cache_evictions.add(1));
+                crate::stats::count(|c| c.cache_evictions.add(1));
             }
         }
         // Keys of removed entries do not pile up.

@@ -351,7 +351,7 @@ pub struct HealthSection {
 
 impl Default for HealthSection {
     fn default() -> Self {
-        let d = crate::health::HealthConfig::default();
+        let d = crate::config::HealthConfig::default();
         HealthSection {
             probe: "rpc".into(),
             interval_ms: d.interval.as_millis() as u64,

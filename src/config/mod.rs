@@ -8,10 +8,12 @@
 //! came from.
 
 mod file;
+mod health;
 pub mod nginx;
 mod resolve;
 
 pub use file::*;
+pub use health::{HealthConfig, ProbeMode};
 
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
@@ -133,7 +135,7 @@ pub struct Config {
     pub nodes: Vec<NodeConfig>,
     pub flavour: crate::route::Flavour,
     pub routing: RoutingSection,
-    pub health: crate::health::HealthConfig,
+    pub health: crate::config::HealthConfig,
     pub http: HttpSection,
     pub admission: AdmissionSection,
     /// Which method policy applies and why (`admission.methods = "auto"`

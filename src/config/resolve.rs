@@ -304,13 +304,13 @@ impl Config {
                 "interval and timeout must be greater than 0".into(),
             ));
         }
-        let mode = crate::health::ProbeMode::parse(&hs.probe).ok_or_else(|| {
+        let mode = super::ProbeMode::parse(&hs.probe).ok_or_else(|| {
             err(
                 "health.probe",
                 format!("`{}` is not one of rpc, connect, off", hs.probe),
             )
         })?;
-        let health = crate::health::HealthConfig {
+        let health = super::HealthConfig {
             mode,
             interval: Duration::from_millis(hs.interval_ms),
             timeout: Duration::from_millis(hs.timeout_ms),

@@ -37,7 +37,7 @@ use upgrade::{handshake, Handshake};
 
 /// Serve one worker's connections until shutdown: its `SO_REUSEPORT`
 /// listener, and (worker 0) the side listeners. On shutdown, sessions
-/// finish (see [`crate::runtime::Stopper::shutdown`]) within `drain_for`;
+/// finish (the runtime's `Stopper::shutdown`) within `drain_for`;
 /// then the worker reports itself drained. The runtime stays until the
 /// process exits.
 pub async fn serve(

@@ -22,7 +22,7 @@ use crate::ws::handshake::parse_head;
 /// [`crate::config::NodeConfig::public_name`].
 pub fn health_report(
     pool: &crate::upstream::Pool,
-    reloads: crate::runtime::reload::Outcome,
+    reloads: crate::metrics::Reloads,
     full: bool,
 ) -> (u16, String) {
     use std::fmt::Write;
@@ -156,7 +156,16 @@ pub async fn metrics_one(stream: TcpStream, worker: Rc<Worker>) {
 
 /// `GET /metrics`: 200 with the Prometheus text.
 pub fn metrics_response(out: &mut Vec<u8>, worker: &Worker, full: bool) {
-    let body = crate::metrics::render(worker, full);
+    let generations = &worker.core.generations;
+    let scrape = crate::metrics::Scrape {
+        stats: &generations.stats,
+        io_uring: generations.io_uring,
+        admission: &worker.admission.shared,
+        reloads: generations.outcome(),
+        health: worker.pool.health(),
+        nodes: worker.pool.nodes(),
+    };
+    let body = crate::metrics::render(&scrape, full);
     response::write(
         out,
         200,

@@ -48,7 +48,7 @@ pub fn write(
     close: bool,
 ) {
     use std::io::Write;
-    crate::metrics::count(|c| c.http_status(status));
+    crate::stats::count(|c| c.http_status(status));
     let _ = write!(out, "HTTP/1.1 {} {}\r\n", status, reason_phrase(status));
     for (name, value) in headers {
         let _ = write!(out, "{name}: {value}\r\n");

@@ -11,12 +11,12 @@ use std::os::fd::RawFd;
 use std::rc::Rc;
 use std::time::Duration;
 
-use crate::http::body;
-use crate::http::client as rpc_http;
+use crate::h1 as body;
 use crate::http::origin::origin_allowed;
 use crate::http::response::{self, refuse, respond_and_close, write_response};
 use crate::io::{stop, unless_shutdown, with_deadline, ReadHalf, Stop, WriteHalf};
 use crate::policy::{Admitted, MIN_RATE_GRACE};
+use crate::upstream::http as rpc_http;
 use crate::worker::Worker;
 use crate::ws::handshake::{HandshakeError, HEADER_ARRAY};
 
@@ -186,7 +186,7 @@ pub async fn http_loop<R: ReadHalf, W: WriteHalf>(
             Err(BodyFailure::Gone) => return,
             Err(BodyFailure::Cut(cut)) => {
                 crate::debug!("{peer}: request body cut: {}", cut.reason());
-                crate::metrics::count(|c| c.bodies_cut[cut as usize].add(1));
+                crate::stats::count(|c| c.bodies_cut[cut as usize].add(1));
                 let mut out = Vec::new();
                 let retry: &[(&str, &str)] = match cut {
                     Cut::Budget => &[("Retry-After", "1")],
@@ -217,13 +217,13 @@ pub async fn http_loop<R: ReadHalf, W: WriteHalf>(
         };
         let (status, answer, retry_after) = match checked {
             Ok(()) => {
-                crate::metrics::calls(&call, crate::metrics::Outcome::Forwarded);
+                crate::stats::calls(&call, crate::stats::Outcome::Forwarded);
                 let (status, answer) = answer_rpc(worker, &path, &call, &ip).await;
                 (status, answer, None)
             }
             Err((refusal, answer)) => {
                 crate::debug!("refused a call from {}: {refusal:?}", admitted.ip);
-                crate::metrics::calls(&call, crate::metrics::Outcome::Refused);
+                crate::stats::calls(&call, crate::stats::Outcome::Refused);
                 let retry = match refusal {
                     Some(crate::policy::Refusal::RateLimited(wait)) => Some(wait.as_secs().max(1)),
                     _ => None,

@@ -1,28 +1,32 @@
 //! Prometheus metrics: the text of `GET /metrics` ([`render`]), from
-//! per-core counters summed on scrape and per-node state (`counters`
+//! per-core counters summed on scrape and per-node state ([`crate::stats`]
 //! says which is kept where, and why that costs the hot path nothing but a
 //! plain add per read).
 
-mod counters;
+pub use crate::stats::{
+    calls, count, install, read, request, Histogram, Outcome, Registry, Source,
+};
 
-pub use counters::{count, install, Histogram, Outcome, Registry, Source};
-
-use crate::worker::Worker;
-
-/// `messages` data messages in `bytes` read from a `source` socket, on this core.
-#[inline]
-pub fn read(source: Source, messages: u64, bytes: usize) {
-    count(|c| c.read(source, messages, bytes as u64));
+/// What `/health` and `/metrics` say about reloads.
+#[derive(Debug, Clone, Copy)]
+pub struct Reloads {
+    pub generation: u64,
+    pub ok: u64,
+    pub failed: u64,
+    pub last_failed: bool,
 }
 
-/// One request (a batch element) had this `outcome`, on this core.
-pub fn request(req: &crate::jsonrpc::Request<'_>, outcome: Outcome) {
-    count(|c| c.request(req.method(), outcome));
-}
-
-/// Every request of `call` had this `outcome`, on this core.
-pub fn calls(call: &crate::jsonrpc::Call<'_>, outcome: Outcome) {
-    count(|c| c.call(call, outcome));
+/// What a scrape reads: every core's counters, the admission totals, how
+/// reloads went, and the current generation's node view. The caller (the
+/// endpoint, above the worker state) gathers it; this room reads no
+/// worker.
+pub struct Scrape<'a> {
+    pub stats: &'a Registry,
+    pub io_uring: bool,
+    pub admission: &'a crate::policy::SharedCounts,
+    pub reloads: Reloads,
+    pub health: &'a crate::health::Health,
+    pub nodes: &'a [crate::config::NodeConfig],
 }
 
 /// The Prometheus text being written: each family with its HELP and TYPE.
@@ -66,11 +70,10 @@ impl Text {
 /// TYPE, label sets bounded (methods, statuses and close codes from fixed
 /// tables; nodes from the configuration). Per-core counters are summed
 /// here; per-node ones come from the current generation's health view.
-pub fn render(worker: &Worker, full: bool) -> String {
+pub fn render(scrape: &Scrape<'_>, full: bool) -> String {
     use std::sync::atomic::Ordering::Relaxed;
-    let generations = &worker.core.generations;
-    let shared = &worker.admission.shared;
-    let sums = generations.stats.sum();
+    let shared = scrape.admission;
+    let sums = scrape.stats.sum();
     let mut t = Text(String::with_capacity(8192));
     t.family(
         "ringway_info",
@@ -81,14 +84,7 @@ pub fn render(worker: &Worker, full: bool) -> String {
         "ringway_info",
         &[
             ("version", env!("CARGO_PKG_VERSION")),
-            (
-                "driver",
-                if generations.io_uring {
-                    "io_uring"
-                } else {
-                    "epoll"
-                },
-            ),
+            ("driver", if scrape.io_uring { "io_uring" } else { "epoll" }),
         ],
         1,
     );
@@ -99,8 +95,8 @@ pub fn render(worker: &Worker, full: bool) -> String {
         shared.connections.load(Relaxed),
     );
 
-    let h = worker.pool.health();
-    let nodes = worker.pool.nodes();
+    let h = scrape.health;
+    let nodes = scrape.nodes;
     let label = |n: &crate::config::NodeConfig| if full { n.url.clone() } else { n.public_name() };
     for (name, kind, help, open) in [
         (
@@ -150,7 +146,7 @@ pub fn render(worker: &Worker, full: bool) -> String {
         "JSON-RPC calls (batch elements each), by method (the built-in table, else other) and outcome: forwarded to a node, refused by admission, cached (answered from the cache), joined (answered by an identical call already on its way).",
     );
     for (m, outcome, n) in &sums.calls {
-        let method = counters::METHODS.get(*m).copied().unwrap_or("other");
+        let method = crate::stats::METHODS.get(*m).copied().unwrap_or("other");
         t.sample(
             "ringway_calls_total",
             &[("method", method), ("outcome", outcome.name())],
@@ -228,7 +224,7 @@ pub fn render(worker: &Worker, full: bool) -> String {
                 ("measured", measured),
             ];
             for (b, c) in counts.iter().enumerate() {
-                let le = counters::LATENCY_BOUNDS
+                let le = crate::stats::LATENCY_BOUNDS
                     .get(b)
                     .map_or("+Inf".to_string(), |v| v.to_string());
                 let mut labels = base.to_vec();
@@ -262,7 +258,7 @@ pub fn render(worker: &Worker, full: bool) -> String {
         "counter",
         "HTTP request bodies cut, by reason (stalled, slow, budget).",
     );
-    for (reason, n) in counters::BODY_CUTS.iter().zip(sums.bodies_cut) {
+    for (reason, n) in crate::stats::BODY_CUTS.iter().zip(sums.bodies_cut) {
         t.sample("ringway_http_bodies_cut_total", &[("reason", reason)], n);
     }
     t.single(
@@ -277,7 +273,7 @@ pub fn render(worker: &Worker, full: bool) -> String {
         "HTTP responses to clients by status (101: WebSocket upgrades).",
     );
     for (i, n) in sums.http.iter().enumerate() {
-        let status = counters::STATUSES
+        let status = crate::stats::STATUSES
             .get(i)
             .map_or("other".to_string(), |s| s.to_string());
         if *n > 0 {
@@ -290,9 +286,9 @@ pub fn render(worker: &Worker, full: bool) -> String {
         "Close frames sent to clients, by close code (none: a close without a code).",
     );
     for (i, n) in sums.closes.iter().enumerate() {
-        let code = match counters::CLOSE_CODES.get(i) {
+        let code = match crate::stats::CLOSE_CODES.get(i) {
             Some(c) => c.to_string(),
-            None if i == counters::CLOSE_CODES.len() => "other".into(),
+            None if i == crate::stats::CLOSE_CODES.len() => "other".into(),
             None => "none".into(),
         };
         if *n > 0 {
@@ -317,7 +313,7 @@ pub fn render(worker: &Worker, full: bool) -> String {
         "Node answers on shared connections that matched no request in flight.",
         shared.unmatched_answers.load(Relaxed),
     );
-    let reloads = generations.outcome();
+    let reloads = scrape.reloads;
     t.single(
         "ringway_config_generation",
         "gauge",

@@ -19,7 +19,7 @@
 
 //!
 //! Per-session limits (requests in flight, subscriptions) are the relay's
-//! ([`crate::relay::limits`]): they count a session's own state.
+//! (`relay::limits`): they count a session's own state.
 
 mod client;
 mod methods;

@@ -21,9 +21,9 @@ use crate::io::{stop, ReadHalf, Stop, WriteHalf};
 use crate::jsonrpc::error::{code, errors};
 use crate::jsonrpc::scan::IdScanner;
 use crate::jsonrpc::Call;
-use crate::metrics::{Outcome, Source};
 use crate::route::{ChainView, Router, Target};
 use crate::signal::Signal;
+use crate::stats::{Outcome, Source};
 use crate::upstream::{NodeReader, NodeWriter, Pool, UpgradeTemplate};
 use crate::ws::codec::Role;
 use crate::ws::frame::{close_code, write_close, write_frame, OpCode};
@@ -218,7 +218,7 @@ pub fn on_held(
             // nor routing acts on it.
             let readable = call.refusal();
             if let (Some(answer), Some(_)) = (&readable, r.admission) {
-                crate::metrics::calls(&call, Outcome::Refused);
+                crate::stats::calls(&call, Outcome::Refused);
                 s.send_text(answer.as_bytes());
                 asm.clear();
                 return;
@@ -235,7 +235,7 @@ pub fn on_held(
                         .and_then(|req| super::limits::check(s, adm, req)),
                 };
                 if let Some(answer) = refused {
-                    crate::metrics::calls(&call, Outcome::Refused);
+                    crate::stats::calls(&call, Outcome::Refused);
                     if let Some(answer) = answer {
                         s.send_text(answer.as_bytes());
                     }
@@ -256,7 +256,7 @@ pub fn on_held(
                 }
             }
             if whole {
-                crate::metrics::calls(&call, Outcome::Forwarded);
+                crate::stats::calls(&call, Outcome::Forwarded);
             }
             let target = *hold.target.get_or_insert_with(|| {
                 if routed == Some(Target::Archive) && s.archive_usable(r) {
@@ -570,7 +570,7 @@ async fn reader(s: &Session, halves: &Halves) {
                 }
             }
             buf.drain(..pos);
-            crate::metrics::read(Source::Node, asm.messages() - seen, fresh);
+            crate::stats::read(Source::Node, asm.messages() - seen, fresh);
             if s.closing.ended() || s.closing.side(Which::Client).done() {
                 break;
             }

@@ -23,7 +23,7 @@ use monoio::time::Instant;
 use crate::io::ReadHalf;
 use crate::jsonrpc::scan::IdScanner;
 use crate::jsonrpc::Call;
-use crate::metrics::{Outcome, Source};
+use crate::stats::{Outcome, Source};
 use crate::ws::codec::Role;
 use crate::ws::frame::OpCode;
 use crate::ws::message::{Assembler, Event};
@@ -96,7 +96,7 @@ pub async fn pump<R: ReadHalf>(
         if !buf.is_empty() {
             let seen = asm.messages();
             let flow = process(s, from, &mut asm, &mut buf, &mut way);
-            crate::metrics::read(source, asm.messages() - seen, fresh);
+            crate::stats::read(source, asm.messages() - seen, fresh);
             fresh = 0;
             match flow {
                 Flow::Stop => break,
@@ -301,7 +301,7 @@ fn on_message(s: &Session, from: Which, asm: &mut Assembler, way: &mut Way<'_, '
         Way::Stream(scan) => match from {
             Which::Client => {
                 let call = Call::parse(asm.message());
-                crate::metrics::calls(&call, Outcome::Forwarded);
+                crate::stats::calls(&call, Outcome::Forwarded);
                 s.sent(&call);
                 asm.clear();
             }

@@ -250,7 +250,7 @@ impl Effects for Session {
             return;
         };
         if to == Which::Client {
-            crate::metrics::count(|c| c.close_sent(code));
+            crate::stats::count(|c| c.close_sent(code));
         }
         let mut frame = Vec::with_capacity(reason.len().min(123) + 8);
         write_close(

@@ -11,7 +11,7 @@
 
 pub mod driver;
 pub mod listeners;
-pub mod reload;
+pub use crate::worker::generations as reload;
 pub mod signals;
 
 use std::io;

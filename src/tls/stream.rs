@@ -54,7 +54,7 @@ pub async fn accept(
 ) -> io::Result<(TlsReader, TlsWriter)> {
     let conn = ServerConnection::new(config).map_err(io::Error::other)?;
     let done = handshake(tcp, conn, min_rate).await;
-    crate::metrics::count(|c| match &done {
+    crate::stats::count(|c| match &done {
         Ok((r, _)) => {
             let conn = r.conn.borrow();
             let tls13 = conn.protocol_version() == Some(rustls::ProtocolVersion::TLSv1_3);

@@ -260,7 +260,7 @@ pub fn validate_upgrade<'b>(head: &Head<'_, 'b>) -> Result<Upgrade<'b>, Handshak
 
 /// Append the 101 response for `key` (and the subprotocol the node chose).
 pub fn write_switching_protocols(out: &mut Vec<u8>, key: &[u8], protocol: Option<&[u8]>) {
-    crate::metrics::count(|c| c.http_status(101));
+    crate::stats::count(|c| c.http_status(101));
     out.extend_from_slice(
         b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: ",
     );

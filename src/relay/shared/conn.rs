@@ -11,9 +11,9 @@ use std::time::Instant;
 use ahash::AHashMap;
 
 use crate::io::{ReadHalf, WriteHalf};
-use crate::metrics::Source;
 use crate::relay::Session;
 use crate::signal::Signal;
+use crate::stats::Source;
 use crate::upstream::{NodeReader, NodeWriter};
 use crate::ws::codec::Role;
 use crate::ws::frame::{write_close, OpCode};
@@ -442,7 +442,7 @@ async fn reader(sh: &Rc<Shared>, conn: &Rc<Conn>, r: &mut NodeReader, early: Vec
             }
         }
         buf.drain(..pos);
-        crate::metrics::read(Source::Node, asm.messages() - seen, fresh);
+        crate::stats::read(Source::Node, asm.messages() - seen, fresh);
         if conn.state() == State::Dead {
             return String::new();
         }

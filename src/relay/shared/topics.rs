@@ -305,7 +305,7 @@ pub fn subscribe(ctx: &Ctx<'_>, to: &Rc<Conn>, s: &Rc<Session>, req: &Request<'_
     s.inflight.borrow_mut().add(id, 0);
     let mut topics = to.topics.borrow_mut();
     if let Some(t) = topics.get_mut(&key[..]) {
-        crate::metrics::request(req, crate::metrics::Outcome::Joined);
+        crate::stats::request(req, crate::stats::Outcome::Joined);
         if t.node_sub.is_none() {
             t.joining.push((Rc::downgrade(s), Box::from(id), sub_id));
             drop(topics);
@@ -326,7 +326,7 @@ pub fn subscribe(ctx: &Ctx<'_>, to: &Rc<Conn>, s: &Rc<Session>, req: &Request<'_
         }
         return;
     }
-    crate::metrics::request(req, crate::metrics::Outcome::Forwarded);
+    crate::stats::request(req, crate::stats::Outcome::Forwarded);
     let key: Box<[u8]> = key.into_boxed_slice();
     let mut t = Topic::new(key.clone(), unsub, latest_value);
     t.joining.push((Rc::downgrade(s), Box::from(id), sub_id));
@@ -504,7 +504,7 @@ pub fn notification(conn: &Rc<Conn>, sub: &[u8], msg: &[u8]) -> bool {
             delivered += 1;
         }
     }
-    crate::metrics::count(|c| {
+    crate::stats::count(|c| {
         c.topic_notes.add(1);
         c.topic_deliveries.add(delivered);
     });
@@ -622,7 +622,7 @@ pub fn recount(conn: &Conn) {
         (t.len() as u64, members as u64)
     };
     let (was_topics, was_members) = conn.census.replace((topics, members));
-    crate::metrics::count(|c| {
+    crate::stats::count(|c| {
         c.topics.add(topics);
         c.topics.sub(was_topics);
         c.topic_members.add(members);

@@ -8,7 +8,7 @@ use std::os::fd::RawFd;
 use std::time::Duration;
 
 use crate::config::Role;
-use crate::http::body::{framing, BodyKind, ChunkLimits, Chunked};
+use crate::h1::{framing, BodyKind, ChunkLimits, Chunked};
 use crate::io::{stop, with_deadline, ReadHalf, Stop, WriteHalf};
 use crate::upstream::{connect, NodeReader, NodeStream, NodeWriter, Pool};
 use crate::ws::handshake::Head;

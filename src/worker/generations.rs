@@ -25,6 +25,7 @@ use std::sync::{Arc, Mutex};
 
 use crate::config::{Config, TlsMode};
 use crate::health::Health;
+use crate::metrics::Reloads;
 
 /// One configuration and the node health view that goes with it.
 pub struct Generation {
@@ -70,18 +71,9 @@ pub struct Generations {
     /// live as long as the process.
     pub counts: &'static crate::policy::SharedCounts,
     /// Every core's counters, for `/metrics`.
-    pub stats: crate::metrics::Registry,
+    pub stats: crate::stats::Registry,
     /// The io driver the workers run on (io_uring, else epoll).
     pub io_uring: bool,
-}
-
-/// What `/health` and `/metrics` say about reloads.
-#[derive(Debug, Clone, Copy)]
-pub struct Outcome {
-    pub generation: u64,
-    pub ok: u64,
-    pub failed: u64,
-    pub last_failed: bool,
 }
 
 impl Generations {
@@ -113,8 +105,8 @@ impl Generations {
         self.current.lock().expect("not poisoned").clone()
     }
 
-    pub fn outcome(&self) -> Outcome {
-        Outcome {
+    pub fn outcome(&self) -> Reloads {
+        Reloads {
             generation: self.number(),
             ok: self.reloads_ok.load(Ordering::Relaxed),
             failed: self.reloads_failed.load(Ordering::Relaxed),

@@ -7,7 +7,7 @@
 //! - [`Core`], the thread's: TLS, the recent block hashes, the shutdown
 //!   event, the count of open connections, and the newest [`Worker`].
 //! - [`Worker`], one configuration generation's (a SIGHUP makes a new one,
-//!   see [`crate::runtime::reload`]): the config, node pool and health view,
+//!   see [`generations`]): the config, node pool and health view,
 //!   routing, admission settings, the HTTP node pool, shared node
 //!   connections. A connection takes the newest at accept and keeps it to
 //!   its end (as nginx's old workers serve their connections with the old
@@ -22,12 +22,14 @@ use rustls::ServerConfig;
 
 use crate::config::Config;
 use crate::health::Health;
-use crate::http::client::HttpPool;
 use crate::relay::SessionConfig;
 use crate::route::{ChainView, HashWindow, Router};
-use crate::runtime::reload::{Generation, Generations};
+use crate::upstream::http::HttpPool;
+pub mod generations;
+
 use crate::upstream::Pool;
 use crate::ws::codec::Limits as CodecLimits;
+use generations::{Generation, Generations};
 
 /// A worker thread's state across configuration generations.
 pub struct Core {
@@ -58,7 +60,7 @@ impl Core {
         generations: Arc<Generations>,
     ) -> Rc<Core> {
         let first = generations.current();
-        crate::metrics::install(&generations.stats);
+        crate::stats::install(&generations.stats);
         Rc::new(Core {
             tls,
             chain: WorkerChain {

@@ -7,7 +7,7 @@
 //!   A worker thread finds its own through a thread-local set at its start
 //!   ([`install`]); on other threads (the health thread, tools) counting
 //!   does nothing.
-//! - per node ([`crate::health::NodeStatus`]): sessions and response times,
+//! - per node (the health view's node status): sessions and response times,
 //!   touched per session and per probe or HTTP request, never per message.
 
 use std::cell::Cell;
@@ -399,6 +399,22 @@ pub fn count(f: impl FnOnce(&CoreStats)) {
     if let Some(s) = MINE.with(Cell::get) {
         f(s)
     }
+}
+
+/// `messages` data messages in `bytes` read from a `source` socket, on this core.
+#[inline]
+pub fn read(source: Source, messages: u64, bytes: usize) {
+    count(|c| c.read(source, messages, bytes as u64));
+}
+
+/// One request (a batch element) had this `outcome`, on this core.
+pub fn request(req: &crate::jsonrpc::Request<'_>, outcome: Outcome) {
+    count(|c| c.request(req.method(), outcome));
+}
+
+/// Every request of `call` had this `outcome`, on this core.
+pub fn calls(call: &crate::jsonrpc::Call<'_>, outcome: Outcome) {
+    count(|c| c.call(call, outcome));
 }
 
 /// A latency histogram in seconds, written by any thread (atomic adds: it
