@@ -229,6 +229,12 @@ impl Health {
         })
     }
 
+    /// Whether both views are of one pool (one made from the other by
+    /// reloads): they share heads, finality and hash feeds.
+    pub fn same_pool(&self, other: &Health) -> bool {
+        Arc::ptr_eq(&self.common, &other.common)
+    }
+
     /// Node `i` was removed from the configuration: its sessions end
     /// after `grace` (see [`Health::retired`]).
     pub fn retire(&self, i: usize, grace: Duration) {

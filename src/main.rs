@@ -199,7 +199,7 @@ fn load(flags: &Flags) -> Result<Config, String> {
 
 /// Say plainly at start when a node is not there, rather than at the first client.
 fn probe_nodes(config: &Config) {
-    for node in &config.nodes {
+    for node in config.chains.iter().flat_map(|c| &c.config.nodes) {
         let reachable = match &node.addr {
             NodeAddr::Tcp(addrs) => addrs.iter().any(|a| {
                 std::net::TcpStream::connect_timeout(a, std::time::Duration::from_secs(1)).is_ok()
@@ -334,7 +334,17 @@ fn main() -> ExitCode {
     let certs = server_config.as_ref().map(|t| t.certs.clone());
     let unix = config.unix_listen.clone();
     let workers = config.workers;
-    let nodes: Vec<String> = config.nodes.iter().map(|n| n.url.clone()).collect();
+    let nodes: Vec<String> = config
+        .chains
+        .iter()
+        .flat_map(|c| {
+            let named = config.chains.len() > 1;
+            c.config.nodes.iter().map(move |n| match named {
+                true => format!("{} (chain {})", n.url, c.name),
+                false => n.url.clone(),
+            })
+        })
+        .collect();
     let running = match ringway::runtime::start(config, server_config) {
         Ok(r) => r,
         Err(e) => {

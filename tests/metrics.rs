@@ -64,7 +64,7 @@ fn metrics_follow_the_traffic_and_pass_a_prometheus_parser() {
 
     let (status, text) = get(&gw, &pki, "/metrics");
     assert_eq!(status, 200);
-    let node = format!(r#"url="{public}",role="pruned""#);
+    let node = format!(r#"chain="default",url="{public}",role="pruned""#);
     assert_eq!(
         value(
             &text,

@@ -3,12 +3,12 @@
 
 use std::path::Path;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use super::ConfigError;
 
 /// The config file as written. All sections and keys are optional.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct FileConfig {
     pub server: ServerSection,
@@ -22,9 +22,12 @@ pub struct FileConfig {
     pub cache: CacheSection,
     pub node: Vec<NodeSection>,
     pub log: LogSection,
+    /// `[[chain]]`: several chains on one listener (see `config::chains`);
+    /// each table is read against the top-level sections it overrides.
+    pub chain: Vec<toml::Table>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct CacheSection {
     /// Answer what cannot have changed from a per-core cache (and send
@@ -53,7 +56,7 @@ impl Default for CacheSection {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AdmissionSection {
     /// JSON-RPC calls per second per client address (WebSocket messages and
@@ -115,7 +118,7 @@ impl Default for AdmissionSection {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct HttpSection {
     /// Origins whose browsers may call the HTTP JSON-RPC endpoint (CORS), like a
@@ -145,7 +148,7 @@ impl Default for HttpSection {
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ServerSection {
     /// Address to listen on.
@@ -183,7 +186,7 @@ impl Default for ServerSection {
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TlsSection {
     /// Terminate TLS (wss://). False serves plain ws:// (behind another proxy).
@@ -207,7 +210,7 @@ impl Default for TlsSection {
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LimitsSection {
     pub max_head_bytes: usize,
@@ -257,7 +260,7 @@ impl Default for LimitsSection {
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct PoolSection {
     pub connect_timeout_ms: u64,
@@ -306,7 +309,7 @@ impl Default for PoolSection {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RoutingSection {
     /// `substrate` or `ethereum`: selects the built-in method tables.
@@ -330,7 +333,7 @@ impl Default for RoutingSection {
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct HealthSection {
     /// `rpc` (health and head methods), `connect` (a WebSocket upgrade only), or `off`.
@@ -364,7 +367,7 @@ impl Default for HealthSection {
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NodeSection {
     /// `ws://host:port/path` or `unix:/path/to/socket`.
@@ -380,7 +383,7 @@ pub struct NodeSection {
     pub weight: Option<u32>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LogSection {
     /// error, warn, info, debug.

@@ -7,11 +7,13 @@
 //! (`resolve`). Each error names the key and the file (or the flag) it
 //! came from.
 
+pub mod chains;
 mod file;
 mod health;
 pub mod nginx;
 mod resolve;
 
+pub use chains::{Chain, Miss};
 pub use file::*;
 pub use health::{HealthConfig, ProbeMode};
 
@@ -149,6 +151,17 @@ pub struct Config {
     pub access_log: bool,
     /// The file it came from, if any.
     pub source: Option<PathBuf>,
+    /// The chains served, at least one (each with its own settings; the
+    /// top-level values above are the defaults they start from). Empty in
+    /// a chain's own settings.
+    pub chains: Vec<Chain>,
+}
+
+impl Config {
+    /// The chain named `name`, if this configuration has it.
+    pub fn chain_named(&self, name: &str) -> Option<&Chain> {
+        self.chains.iter().find(|c| c.name == name)
+    }
 }
 
 /// A configuration error: where (file or flags), which key, what is wrong.

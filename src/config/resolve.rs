@@ -3,13 +3,49 @@
 
 use std::net::ToSocketAddrs;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use super::*;
 
 impl Config {
-    /// Check values and build the runtime config. `origin` names the file, or "flags".
-    pub fn resolve(file: FileConfig, source: Option<PathBuf>) -> Result<Config, ConfigError> {
+    /// Check values and build the runtime config, with its chains: the
+    /// `[[chain]]` tables, or one chain for every host from the top-level
+    /// nodes. `source` names the file (else the command line).
+    pub fn resolve(mut file: FileConfig, source: Option<PathBuf>) -> Result<Config, ConfigError> {
+        let tables = std::mem::take(&mut file.chain);
+        let origin = source
+            .as_ref()
+            .map(|p| p.display().to_string())
+            .unwrap_or_else(|| "command line".into());
+        if !tables.is_empty() && !file.node.is_empty() {
+            return Err(ConfigError {
+                origin,
+                key: "node".into(),
+                message: "with [[chain]] tables, every node belongs to a chain ([[chain.node]])"
+                    .into(),
+            });
+        }
+        let mut config = Config::resolve_one(file.clone(), source.clone())?;
+        config.chains = if tables.is_empty() {
+            vec![Chain {
+                name: "default".into(),
+                hosts: Vec::new(),
+                path: String::new(),
+                cert: None,
+                config: Arc::new(config.clone()),
+            }]
+        } else {
+            super::chains::read(&file, &tables, &source, &config.tls)?
+        };
+        Ok(config)
+    }
+
+    /// One chain's settings (or the whole file's, before its chains).
+    pub(super) fn resolve_one(
+        file: FileConfig,
+        source: Option<PathBuf>,
+    ) -> Result<Config, ConfigError> {
         let origin = source
             .as_ref()
             .map(|p| p.display().to_string())
@@ -372,6 +408,7 @@ impl Config {
             access_log: file.log.access,
             methods_note,
             source,
+            chains: Vec::new(),
         })
     }
 }

@@ -32,7 +32,7 @@ use crate::io::{stop, with_deadline, PlainReader, ReadHalf, Stop, WriteHalf};
 use crate::policy::MIN_RATE_GRACE;
 use crate::relay::{relay, NodeWatch, Peer};
 use crate::signal::Shutdown;
-use crate::worker::{Core, Worker};
+use crate::worker::{Core, Served, Worker};
 use upgrade::{handshake, Handshake};
 
 /// Serve one worker's connections until shutdown: its `SO_REUSEPORT`
@@ -62,7 +62,7 @@ pub async fn serve(
     // by the newest configuration generation.
     let c = core.clone();
     accept_loop(&listener, &shutdown, move |(stream, peer)| {
-        connection(stream, peer, c.worker())
+        connection(stream, peer, c.served())
     })
     .await;
     core.shutdown.fire();
@@ -154,7 +154,7 @@ impl SideListeners {
             let (core, shutdown) = (core.clone(), shutdown.clone());
             let metrics = async move {
                 accept_loop(&l, &shutdown, move |(s, _)| {
-                    crate::http::endpoints::metrics_one(s, core.worker())
+                    crate::http::endpoints::metrics_one(s, core.served())
                 })
                 .await
             };
@@ -172,12 +172,12 @@ impl SideListeners {
             let local = SocketAddr::from(([127, 0, 0, 1], 0));
             let unix = async move {
                 accept_loop(&l, &shutdown, move |stream| {
-                    let worker = core.worker();
+                    let served = core.served();
                     async move {
-                        let _active = worker.enter();
+                        let _active = served.enter();
                         let fd = stream.as_raw_fd();
                         let (r, w) = stream.into_split();
-                        client(PlainReader::new(r), w, fd, local, &worker, "http").await;
+                        client(PlainReader::new(r), w, fd, local, &served, "http", None).await;
                     }
                 })
                 .await
@@ -189,16 +189,16 @@ impl SideListeners {
     }
 }
 
-async fn connection(tcp: TcpStream, peer: SocketAddr, worker: Rc<Worker>) {
-    let _active = worker.enter();
+async fn connection(tcp: TcpStream, peer: SocketAddr, served: Rc<Served>) {
+    let _active = served.enter();
     let fd = tcp.as_raw_fd();
-    match worker.core.tls.clone() {
+    match served.core.tls.clone() {
         Some(cfg) => {
-            let timeout = worker.config.limits.handshake_timeout;
+            let timeout = served.config.limits.handshake_timeout;
             // Boxed, like the HTTP phase: its memory is freed before the session starts.
             // Slowloris: the minimum rate of the request head applies to
             // the TLS handshake before it too.
-            let rate = worker.config.limits.handshake_min_rate;
+            let rate = served.config.limits.handshake_min_rate;
             let min_rate = (rate > 0).then_some(crate::tls::MinRate {
                 bytes_per_s: rate,
                 grace: MIN_RATE_GRACE,
@@ -206,13 +206,17 @@ async fn connection(tcp: TcpStream, peer: SocketAddr, worker: Rc<Worker>) {
             let accept = Box::pin(crate::tls::accept(tcp, cfg, min_rate));
             let accepted = with_deadline(timeout, || stop(fd, Stop::All), accept).await;
             match accepted {
-                Ok((r, w)) => client(r, w, fd, peer, &worker, "https").await,
+                Ok((r, w)) => {
+                    // The name the client asked for: its Host must agree (421).
+                    let sni = r.server_name();
+                    client(r, w, fd, peer, &served, "https", sni.as_deref()).await
+                }
                 Err(e) => crate::debug!("TLS handshake with {peer} failed: {e}"),
             }
         }
         None => {
             let (r, w) = tcp.into_split();
-            client(PlainReader::new(r), w, fd, peer, &worker, "http").await;
+            client(PlainReader::new(r), w, fd, peer, &served, "http", None).await;
         }
     }
 }
@@ -220,6 +224,7 @@ async fn connection(tcp: TcpStream, peer: SocketAddr, worker: Rc<Worker>) {
 /// A WebSocket session's access line (`log.access`, logfmt key=value
 /// pairs), begun at the session's start only when the log is on.
 struct Access {
+    chain: String,
     client: std::net::IpAddr,
     node: String,
     started: std::time::Instant,
@@ -232,6 +237,7 @@ impl Access {
         node: &crate::config::NodeConfig,
     ) -> Option<Access> {
         worker.config.access_log.then(|| Access {
+            chain: worker.name.clone(),
             client,
             node: node.url.clone(),
             started: std::time::Instant::now(),
@@ -242,7 +248,8 @@ impl Access {
         let out = messages_out.map_or("-".to_string(), |n| n.to_string());
         let close = close.map_or("-".to_string(), |c| c.to_string());
         crate::info!(
-            "access kind=ws client={} node={} ms={} in={messages_in} out={out} close={close} reason={reason:?}",
+            "access kind=ws chain={} client={} node={} ms={} in={messages_in} out={out} close={close} reason={reason:?}",
+            self.chain,
             self.client,
             self.node,
             self.started.elapsed().as_millis()
@@ -255,10 +262,11 @@ async fn client<R: ReadHalf, W: WriteHalf>(
     mut w: W,
     fd: RawFd,
     peer: SocketAddr,
-    worker: &Rc<Worker>,
+    served: &Rc<Served>,
     proto: &'static str,
+    sni: Option<&str>,
 ) {
-    let timeout = worker.config.limits.handshake_timeout;
+    let timeout = served.config.limits.handshake_timeout;
     let timed_out = Cell::new(false);
     let expire = || {
         timed_out.set(true);
@@ -266,7 +274,7 @@ async fn client<R: ReadHalf, W: WriteHalf>(
     };
     // Boxed so that its memory is freed before the long-lived relay starts.
     let phase = Box::pin(handshake(
-        &mut r, &mut w, fd, peer, worker, proto, &timed_out,
+        &mut r, &mut w, fd, peer, served, proto, sni, &timed_out,
     ));
     let outcome = with_deadline(timeout, expire, phase).await;
     match outcome {
@@ -278,7 +286,9 @@ async fn client<R: ReadHalf, W: WriteHalf>(
             _lease,
             template,
             admitted,
+            worker,
         } => {
+            let worker = &worker;
             // Messages are looked at one by one when this session routes
             // (see `Worker::routes`), or when admission limits apply to each call.
             let route = worker.routes(_lease.node());
@@ -286,7 +296,7 @@ async fn client<R: ReadHalf, W: WriteHalf>(
             let cache = worker.cache_side.clone().map(|c| (c, _lease.index()));
             let routed = (route || inspect || cache.is_some()).then(|| crate::relay::Routed {
                 router: &worker.router,
-                chain: &worker.core.chain,
+                chain: &*worker.chain,
                 pool: worker.pool.clone(),
                 // Kept only by sessions that may open an archive connection.
                 template: route.then_some(template),
@@ -330,13 +340,15 @@ async fn client<R: ReadHalf, W: WriteHalf>(
             conn,
             lease,
             admitted,
+            worker,
         } => {
+            let worker = &worker;
             let inspect = worker.admission.inspects();
             let access = Access::begin(worker, admitted.ip, lease.node());
             let ctx = crate::relay::shared::Ctx {
                 shared: worker.shared.clone().expect("shared mode"),
                 cfg: worker.session,
-                chain: &worker.core.chain,
+                chain: &*worker.chain,
                 route: worker.routes(lease.node()),
                 admission: inspect.then_some((&*worker.admission, admitted.ip)),
                 shutdown: &worker.core.shutdown,
@@ -353,7 +365,10 @@ async fn client<R: ReadHalf, W: WriteHalf>(
         }
         // Boxed: its header arrays must not size every WebSocket session's task.
         Handshake::Http { buf, admitted } => {
-            Box::pin(http_loop(&mut r, &mut w, fd, peer, worker, buf, &admitted)).await
+            Box::pin(http_loop(
+                &mut r, &mut w, fd, peer, served, sni, buf, &admitted,
+            ))
+            .await
         }
         Handshake::Done => {}
     }

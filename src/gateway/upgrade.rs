@@ -15,7 +15,7 @@ use crate::http::response::{refuse, respond_and_close, write_response};
 use crate::io::{give_buf, take_buf, ReadHalf, WriteHalf, BUF_SIZE};
 use crate::policy::Admitted;
 use crate::upstream;
-use crate::worker::Worker;
+use crate::worker::{Served, Worker};
 use crate::ws::handshake::{
     validate_upgrade, write_switching_protocols, Forwarded, HandshakeError, HEADER_ARRAY,
 };
@@ -31,6 +31,8 @@ pub enum Handshake<UR, UW> {
         _lease: upstream::NodeLease,
         template: upstream::UpgradeTemplate,
         admitted: Admitted,
+        /// The chain the session is on.
+        worker: Rc<Worker>,
     },
     /// Serve the session over this core's shared connection to a node.
     Shared {
@@ -38,23 +40,27 @@ pub enum Handshake<UR, UW> {
         conn: Rc<crate::relay::shared::Conn>,
         lease: upstream::NodeLease,
         admitted: Admitted,
+        worker: Rc<Worker>,
     },
-    /// HTTP requests (JSON-RPC POST, CORS preflight): `buf` starts with the first head.
+    /// HTTP requests (JSON-RPC POST, CORS preflight): `buf` starts with
+    /// the first head. Each request picks its chain.
     Http { buf: Vec<u8>, admitted: Admitted },
     /// A response was sent (or the client left): close.
     Done,
 }
 
+#[allow(clippy::too_many_arguments)] // the connection's own facts, each used once
 pub async fn handshake<R: ReadHalf, W: WriteHalf>(
     r: &mut R,
     w: &mut W,
     fd: RawFd,
     peer: SocketAddr,
-    worker: &Rc<Worker>,
+    served: &Rc<Served>,
     proto: &'static str,
+    sni: Option<&str>,
     timed_out: &Cell<bool>,
 ) -> Handshake<upstream::NodeReader, upstream::NodeWriter> {
-    let limits = &worker.config.limits;
+    let limits = &served.config.limits;
     let mut buf = if limits.max_head_bytes <= BUF_SIZE {
         take_buf()
     } else {
@@ -85,7 +91,15 @@ pub async fn handshake<R: ReadHalf, W: WriteHalf>(
         return Handshake::Done;
     };
 
-    // Admission: the client's address, then the connection caps.
+    // The chain, from Host (and the TLS server name) and the path; its
+    // admission: the client's address, then the connection caps. (A request
+    // for no chain is admitted by the first chain's, and answered below.)
+    let selected = served.select(head.single("host"), sni, head.path);
+    let worker = match &selected {
+        Ok((w, _)) => (*w).clone(),
+        Err(_) => served.chains[0].clone(),
+    };
+    let worker = &worker;
     let client_ip = crate::policy::client_ip_from(
         peer.ip(),
         head.single("x-forwarded-for"),
@@ -125,6 +139,7 @@ pub async fn handshake<R: ReadHalf, W: WriteHalf>(
         match err {
             Some(e) => refuse(r, w, fd, e).await,
             None if head.path == "/metrics" => {
+                let worker = served;
                 let mut out = Vec::new();
                 // Served apart (server.metrics_listen), or to clients on
                 // this host only unless server.public_metrics says otherwise.
@@ -138,7 +153,13 @@ pub async fn handshake<R: ReadHalf, W: WriteHalf>(
             }
             None if is_health(head.path) => {
                 let mut out = Vec::new();
-                health_response(&mut out, worker, false);
+                health_response(&mut out, served, head.path, false);
+                respond_and_close(r, w, fd, out).await;
+            }
+            None if selected.is_err() => {
+                let miss = selected.as_ref().err().copied().expect("a miss");
+                let mut out = Vec::new();
+                write_response(&mut out, miss.status(), &[], miss.reason(), true);
                 respond_and_close(r, w, fd, out).await;
             }
             None => {
@@ -156,8 +177,20 @@ pub async fn handshake<R: ReadHalf, W: WriteHalf>(
         give_buf(buf);
         return Handshake::Done;
     }
+    let path = match &selected {
+        Ok((_, path)) => path.clone(),
+        Err(miss) => {
+            crate::debug!("{peer}: {}", miss.reason());
+            let mut out = Vec::new();
+            write_response(&mut out, miss.status(), &[], miss.reason(), true);
+            respond_and_close(r, w, fd, out).await;
+            give_buf(buf);
+            return Handshake::Done;
+        }
+    };
     let upgrade = match validate_upgrade(&head) {
-        Ok(u) => u,
+        // The node sees the path without the chain's prefix.
+        Ok(u) => crate::ws::handshake::Upgrade { path: &path, ..u },
         Err(e) => {
             crate::debug!("bad upgrade from {peer}: {e}");
             refuse(r, w, fd, e).await;
@@ -212,6 +245,7 @@ pub async fn handshake<R: ReadHalf, W: WriteHalf>(
             conn,
             lease,
             admitted,
+            worker: worker.clone(),
         };
     }
     let ip = peer.ip().to_string();
@@ -260,5 +294,6 @@ pub async fn handshake<R: ReadHalf, W: WriteHalf>(
         _lease: session.lease,
         template: session.template,
         admitted,
+        worker: worker.clone(),
     }
 }

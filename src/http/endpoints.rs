@@ -12,19 +12,13 @@ use monoio::net::TcpStream;
 
 use crate::http::response::{self, write_response};
 use crate::io::{stop, with_deadline, PlainReader, ReadHalf, Stop, WriteHalf};
-use crate::worker::Worker;
+use crate::worker::Served;
 use crate::ws::frame::Parse;
 use crate::ws::handshake::parse_head;
 
-/// `GET /health`: each node's state as JSON, and the configuration
-/// generation and how the last reload went; node URLs in full only on the
-/// private metrics listener (`full`), else as
-/// [`crate::config::NodeConfig::public_name`].
-pub fn health_report(
-    pool: &crate::upstream::Pool,
-    reloads: crate::metrics::Reloads,
-    full: bool,
-) -> (u16, String) {
+/// One chain's part of `GET /health`: whether it can serve (a node up by
+/// its checks), and its JSON object (without the braces).
+fn chain_report(pool: &crate::upstream::Pool, full: bool) -> (bool, String) {
     use std::fmt::Write;
     let h = pool.health();
     let best = h.best();
@@ -38,9 +32,7 @@ pub fn health_report(
             nodes,
             r#"{}{{"url":"{}","role":"{}","up":{},"head":{},"lag":{},"finalized":{},"other_chain":{},"probes":{}}}"#,
             if i > 0 { "," } else { "" },
-            if full { n.url.clone() } else { n.public_name() }
-                .replace('\\', "\\\\")
-                .replace('"', "\\\""),
+            json_text(&if full { n.url.clone() } else { n.public_name() }),
             n.role.name(),
             up,
             head,
@@ -55,15 +47,69 @@ pub fn health_report(
         );
     }
     // No node up by its checks: sessions still go to the best candidate
-    // (panic routing), and the status says so; 503 lets a load balancer in
-    // front prefer another gateway.
+    // (panic routing), and the status says so.
     let status = if any_up { "ok" } else { "degraded" };
     (
-        if any_up { 200 } else { 503 },
+        any_up,
         format!(
-            r#"{{"status":"{status}","best_head":{best},"finalized":{},"chain":{},"config":{{"generation":{},"last_reload":"{}"}},"nodes":[{nodes}]}}"#,
+            r#""status":"{status}","best_head":{best},"finalized":{},"chain":{},"nodes":[{nodes}]"#,
             h.finalized(),
             h.chain().map_or("null".into(), |c| format!("{c:?}")),
+        ),
+    )
+}
+
+fn json_text(s: &str) -> String {
+    s.replace('\\', "\\\\").replace('"', "\\\"")
+}
+
+/// `GET /health`: each chain's nodes as JSON, the configuration generation
+/// and how the last reload went; node URLs in full only on the private
+/// metrics listener (`full`), else as
+/// [`crate::config::NodeConfig::public_name`]. 200 when every chain has a
+/// node up, else 503 (a load balancer in front may prefer another
+/// gateway); `/health?chain=NAME`: that chain alone (404 if none has that
+/// name). A report of one chain has its fields at the top level (as a
+/// single-chain gateway's); of several, each in `chains`.
+pub fn health_report(
+    chains: &[(&str, &crate::upstream::Pool)],
+    only: Option<&str>,
+    reloads: crate::metrics::Reloads,
+    full: bool,
+) -> (u16, String) {
+    let chosen: Vec<_> = chains
+        .iter()
+        .filter(|(name, _)| only.map_or(true, |o| o == *name))
+        .collect();
+    if chosen.is_empty() {
+        return (404, r#"{"status":"no such chain"}"#.to_string());
+    }
+    let mut all_up = true;
+    let mut list = String::new();
+    let mut first = None;
+    for (i, (name, pool)) in chosen.iter().enumerate() {
+        let (up, body) = chain_report(pool, full);
+        all_up &= up;
+        if i > 0 {
+            list.push(',');
+        }
+        // One chain: its report at the top level (as before there were
+        // chains), its name and status in the list.
+        let status = if up { "ok" } else { "degraded" };
+        if chosen.len() == 1 {
+            list.push_str(&format!(r#"{{"name":"{}","status":"{status}"}}"#, json_text(name)));
+            first = Some(body);
+        } else {
+            list.push_str(&format!(r#"{{"name":"{}",{body}}}"#, json_text(name)));
+        }
+    }
+    let top = first.unwrap_or_else(|| {
+        format!(r#""status":"{}""#, if all_up { "ok" } else { "degraded" })
+    });
+    (
+        if all_up { 200 } else { 503 },
+        format!(
+            r#"{{{top},"config":{{"generation":{},"last_reload":"{}"}},"chains":[{list}]}}"#,
             reloads.generation,
             match (reloads.ok + reloads.failed, reloads.last_failed) {
                 (0, _) => "none",
@@ -139,14 +185,14 @@ pub async fn redirect_one(stream: TcpStream, https_port: u16) {
 }
 
 /// `server.metrics_listen`: plain HTTP, `GET /metrics` and `GET /health`.
-pub async fn metrics_one(stream: TcpStream, worker: Rc<Worker>) {
+pub async fn metrics_one(stream: TcpStream, served: Rc<Served>) {
     let fd = stream.as_raw_fd();
     let (r, mut w) = stream.into_split();
     let mut r = PlainReader::new(r);
     let mut out = Vec::new();
     match read_target(&mut r, fd).await {
-        Some((path, _)) if path == "/metrics" => metrics_response(&mut out, &worker, true),
-        Some((path, _)) if is_health(&path) => health_response(&mut out, &worker, true),
+        Some((path, _)) if path == "/metrics" => metrics_response(&mut out, &served, true),
+        Some((path, _)) if is_health(&path) => health_response(&mut out, &served, &path, true),
         Some(_) => write_response(&mut out, 404, &[], "GET /metrics or /health", true),
         None => write_response(&mut out, 400, &[], "bad request", true),
     }
@@ -155,15 +201,19 @@ pub async fn metrics_one(stream: TcpStream, worker: Rc<Worker>) {
 }
 
 /// `GET /metrics`: 200 with the Prometheus text.
-pub fn metrics_response(out: &mut Vec<u8>, worker: &Worker, full: bool) {
-    let generations = &worker.core.generations;
+pub fn metrics_response(out: &mut Vec<u8>, served: &Served, full: bool) {
+    let generations = &served.core.generations;
+    let first = &served.chains[0];
     let scrape = crate::metrics::Scrape {
         stats: &generations.stats,
         io_uring: generations.io_uring,
-        admission: &worker.admission.shared,
+        admission: &first.admission.shared,
         reloads: generations.outcome(),
-        health: worker.pool.health(),
-        nodes: worker.pool.nodes(),
+        chains: served
+            .chains
+            .iter()
+            .map(|w| (w.name.as_str(), &**w.pool.health(), w.pool.nodes()))
+            .collect(),
     };
     let body = crate::metrics::render(&scrape, full);
     response::write(
@@ -176,10 +226,19 @@ pub fn metrics_response(out: &mut Vec<u8>, worker: &Worker, full: bool) {
     );
 }
 
-/// `GET /health`: 200 when a node can serve, else 503.
-pub fn health_response(out: &mut Vec<u8>, worker: &Worker, full: bool) {
-    let reloads = worker.core.generations.outcome();
-    let (status, body) = health_report(&worker.pool, reloads, full);
+/// `GET /health[?chain=NAME]`: 200 when every chain (or that one) has a
+/// node up, else 503.
+pub fn health_response(out: &mut Vec<u8>, served: &Served, path: &str, full: bool) {
+    let only = path
+        .split_once('?')
+        .and_then(|(_, q)| q.split('&').find_map(|kv| kv.strip_prefix("chain=")));
+    let chains: Vec<_> = served
+        .chains
+        .iter()
+        .map(|w| (w.name.as_str(), &*w.pool))
+        .collect();
+    let reloads = served.core.generations.outcome();
+    let (status, body) = health_report(&chains, only, reloads, full);
     response::write_json(
         out,
         status,

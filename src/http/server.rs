@@ -17,17 +17,19 @@ use crate::http::response::{self, refuse, respond_and_close, write_response};
 use crate::io::{stop, unless_shutdown, with_deadline, ReadHalf, Stop, WriteHalf};
 use crate::policy::{Admitted, MIN_RATE_GRACE};
 use crate::upstream::http as rpc_http;
-use crate::worker::Worker;
+use crate::worker::{Served, Worker};
 use crate::ws::handshake::{HandshakeError, HEADER_ARRAY};
 
 /// Serve HTTP JSON-RPC requests on a kept-alive client connection until the
 /// client closes, asks to close, or stays silent for the handshake timeout.
+#[allow(clippy::too_many_arguments)] // the connection's own facts, each used once
 pub async fn http_loop<R: ReadHalf, W: WriteHalf>(
     r: &mut R,
     w: &mut W,
     fd: RawFd,
     peer: SocketAddr,
-    worker: &Rc<Worker>,
+    served: &Rc<Served>,
+    sni: Option<&str>,
     mut buf: Vec<u8>,
     admitted: &Admitted,
 ) {
@@ -35,12 +37,12 @@ pub async fn http_loop<R: ReadHalf, W: WriteHalf>(
     loop {
         // Each request is served by the newest configuration (a reload
         // applies to kept-alive connections from their next request).
-        let newest = worker.core.worker();
-        let worker = &newest;
-        let limits = &worker.config.limits;
-        let http = &worker.config.http;
+        let newest = served.core.served();
+        let served = &newest;
+        let limits = &served.config.limits;
+        let http = &served.config.http;
         // Shutting down: no new request on this connection.
-        if worker.core.shutdown.fired() && buf.is_empty() {
+        if served.core.shutdown.fired() && buf.is_empty() {
             return;
         }
         // The head: already buffered, or read within the timeout.
@@ -57,7 +59,7 @@ pub async fn http_loop<R: ReadHalf, W: WriteHalf>(
         );
         // A keep-alive connection waiting for its next request ends on shutdown.
         let got = if idle {
-            unless_shutdown(&worker.core.shutdown, || stop(fd, Stop::Reads), head).await
+            unless_shutdown(&served.core.shutdown, || stop(fd, Stop::Reads), head).await
         } else {
             head.await
         };
@@ -77,6 +79,17 @@ pub async fn http_loop<R: ReadHalf, W: WriteHalf>(
         if head.minor_version >= 1 && head.single("host").is_none() {
             return refuse(r, w, fd, HandshakeError::BadHost).await;
         }
+        // Its chain, by Host (and the connection's TLS server name) and path.
+        let (worker, path) = match served.select(head.single("host"), sni, head.path) {
+            Ok((w, path)) => (w.clone(), path.into_owned()),
+            Err(miss) => {
+                crate::debug!("{peer}: {}", miss.reason());
+                let mut out = Vec::new();
+                write_response(&mut out, miss.status(), &[], miss.reason(), true);
+                return respond_and_close(r, w, fd, out).await;
+            }
+        };
+        let worker = &worker;
         let keep_alive = head.minor_version >= 1 && !head.has_token("connection", "close");
         let origin = head.single("origin").map(<[u8]>::to_vec);
         let cors = origin
@@ -163,7 +176,6 @@ pub async fn http_loop<R: ReadHalf, W: WriteHalf>(
                 }
             }
         }
-        let path = head.path.to_string();
         let extra: Vec<(String, String)> = extra
             .iter()
             .map(|(a, b)| (a.to_string(), b.to_string()))
@@ -236,7 +248,8 @@ pub async fn http_loop<R: ReadHalf, W: WriteHalf>(
         };
         if worker.config.access_log {
             crate::info!(
-                "access kind=http client={} path={:?} status={status} ms={} bytes_in={body_len} bytes_out={}",
+                "access kind=http chain={} client={} path={:?} status={status} ms={} bytes_in={body_len} bytes_out={}",
+                worker.name,
                 admitted.ip,
                 path,
                 now.elapsed().as_millis(),
@@ -494,7 +507,7 @@ async fn answer_rpc(
 ) -> (u16, Vec<u8>) {
     let pool = &worker.pool;
     let body = call.raw;
-    let target = worker.router.route_call(call, &worker.core.chain);
+    let target = worker.router.route_call(call, &*worker.chain);
     let role = rpc_http::role_for(target);
     let max = worker.config.limits.max_answer_bytes as usize;
     let timeout = worker.config.request_timeout;

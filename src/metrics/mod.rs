@@ -25,8 +25,21 @@ pub struct Scrape<'a> {
     pub io_uring: bool,
     pub admission: &'a crate::policy::SharedCounts,
     pub reloads: Reloads,
-    pub health: &'a crate::health::Health,
-    pub nodes: &'a [crate::config::NodeConfig],
+    /// Each chain: its name, its node health view and its nodes.
+    pub chains: Vec<(&'a str, &'a Health, &'a [NodeConfig])>,
+}
+
+use crate::config::NodeConfig;
+use crate::health::Health;
+
+/// Every node of every chain: (chain, its health view, index, node).
+fn each_node<'a>(
+    scrape: &'a Scrape<'a>,
+) -> impl Iterator<Item = (&'a str, &'a Health, usize, &'a NodeConfig)> + 'a {
+    scrape
+        .chains
+        .iter()
+        .flat_map(|&(chain, h, nodes)| nodes.iter().enumerate().map(move |(i, n)| (chain, h, i, n)))
 }
 
 /// The Prometheus text being written: each family with its HELP and TYPE.
@@ -95,8 +108,6 @@ pub fn render(scrape: &Scrape<'_>, full: bool) -> String {
         shared.connections.load(Relaxed),
     );
 
-    let h = scrape.health;
-    let nodes = scrape.nodes;
     let label = |n: &crate::config::NodeConfig| if full { n.url.clone() } else { n.public_name() };
     for (name, kind, help, open) in [
         (
@@ -113,12 +124,17 @@ pub fn render(scrape: &Scrape<'_>, full: bool) -> String {
         ),
     ] {
         t.family(name, kind, help);
-        for (i, n) in nodes.iter().enumerate() {
+        for (chain, h, i, n) in each_node(scrape) {
             let url = label(n);
             for (m, mode) in ["pinned", "shared"].iter().enumerate() {
                 let (started, ended) = h.sessions(i)[m];
                 let value = if open { started.saturating_sub(ended) } else { started };
-                let labels = [("url", url.as_str()), ("role", n.role.name()), ("mode", mode)];
+                let labels = [
+                    ("chain", chain),
+                    ("url", url.as_str()),
+                    ("role", n.role.name()),
+                    ("mode", mode),
+                ];
                 t.sample(name, &labels, value);
             }
         }
@@ -211,7 +227,7 @@ pub fn render(scrape: &Scrape<'_>, full: bool) -> String {
         "histogram",
         "How long nodes take to answer: health probes, and JSON-RPC requests over HTTP (WebSocket answers are not timed one by one).",
     );
-    for (i, n) in nodes.iter().enumerate() {
+    for (chain, h, i, n) in each_node(scrape) {
         let url = label(n);
         for (on, measured) in [
             (crate::health::Timed::Probe, "probe"),
@@ -219,6 +235,7 @@ pub fn render(scrape: &Scrape<'_>, full: bool) -> String {
         ] {
             let (counts, sum) = h.latency(i, on).snapshot();
             let base = [
+                ("chain", chain),
                 ("url", url.as_str()),
                 ("role", n.role.name()),
                 ("measured", measured),
@@ -331,26 +348,38 @@ pub fn render(scrape: &Scrape<'_>, full: bool) -> String {
         &[("outcome", "refused")],
         reloads.failed,
     );
-    t.single(
+    t.family(
         "ringway_degraded",
         "gauge",
-        "Whether no node passes its health checks (sessions go to the best candidate anyway).",
-        u8::from(h.degraded()),
+        "Whether no node of a chain passes its health checks (its sessions go to the best candidate anyway).",
     );
+    for &(chain, h, _) in &scrape.chains {
+        t.sample(
+            "ringway_degraded",
+            &[("chain", chain)],
+            u8::from(h.degraded()),
+        );
+    }
     for (name, help, value) in [
         (
             "ringway_node_up",
             "Whether a node passes its health checks.",
-            &(|i| u64::from(h.is_up(i))) as &dyn Fn(usize) -> u64,
+            &(|h: &Health, i| u64::from(h.is_up(i))) as &dyn Fn(&Health, usize) -> u64,
         ),
-        ("ringway_node_head", "Best block seen on each node.", &|i| {
-            h.head(i)
-        }),
+        (
+            "ringway_node_head",
+            "Best block seen on each node.",
+            &|h, i| h.head(i),
+        ),
     ] {
         t.family(name, "gauge", help);
-        for (i, n) in nodes.iter().enumerate() {
+        for (chain, h, i, n) in each_node(scrape) {
             let url = label(n);
-            t.sample(name, &[("url", &url), ("role", n.role.name())], value(i));
+            t.sample(
+                name,
+                &[("chain", chain), ("url", &url), ("role", n.role.name())],
+                value(h, i),
+            );
         }
     }
     for (name, help, which) in [
@@ -366,11 +395,11 @@ pub fn render(scrape: &Scrape<'_>, full: bool) -> String {
         ),
     ] {
         t.family(name, "counter", help);
-        for (i, n) in nodes.iter().enumerate() {
+        for (chain, h, i, n) in each_node(scrape) {
             let url = label(n);
             t.sample(
                 name,
-                &[("url", &url), ("role", n.role.name())],
+                &[("chain", chain), ("url", &url), ("role", n.role.name())],
                 h.hedges(i)[which],
             );
         }
@@ -378,12 +407,16 @@ pub fn render(scrape: &Scrape<'_>, full: bool) -> String {
     for (name, help, value) in [(
         "ringway_node_finalized",
         "The block each node last reported finalized.",
-        &(|i| h.finalized_of(i)) as &dyn Fn(usize) -> u64,
+        &(|h: &Health, i| h.finalized_of(i)) as &dyn Fn(&Health, usize) -> u64,
     )] {
         t.family(name, "gauge", help);
-        for (i, n) in nodes.iter().enumerate() {
+        for (chain, h, i, n) in each_node(scrape) {
             let url = label(n);
-            t.sample(name, &[("url", &url), ("role", n.role.name())], value(i));
+            t.sample(
+                name,
+                &[("chain", chain), ("url", &url), ("role", n.role.name())],
+                value(h, i),
+            );
         }
     }
     t.0

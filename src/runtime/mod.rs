@@ -104,9 +104,15 @@ pub fn start(config: Config, tls: Option<crate::tls::ServerTls>) -> io::Result<R
     let generations = reload::Generations::start(config, io_uring);
     // Every worker's hash channel exists before the health thread publishes
     // its first hashes: a worker starting late must not miss them.
-    let health = generations.current().health.clone();
-    let mut hash_channels: std::collections::VecDeque<_> = (0..listeners.len())
-        .map(|_| health.subscribe_hashes())
+    let first = generations.current();
+    let mut hash_channels: std::collections::VecDeque<Vec<_>> = (0..listeners.len())
+        .map(|_| {
+            first
+                .chains
+                .iter()
+                .map(|c| (c.chain.name.clone(), c.health.subscribe_hashes()))
+                .collect()
+        })
         .collect();
     let tls = match tls {
         Some(t) => Some((

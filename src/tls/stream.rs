@@ -180,6 +180,13 @@ pub struct TlsReader<C: TlsSide = ServerConnection> {
     sizer: ReadSizer,
 }
 
+impl TlsReader<ServerConnection> {
+    /// The server name the client asked for (SNI), if it sent one.
+    pub fn server_name(&self) -> Option<String> {
+        self.conn.borrow().server_name().map(str::to_string)
+    }
+}
+
 impl<C: TlsSide> TlsReader<C> {
     /// The negotiated ALPN protocol, if any.
     pub fn alpn(&self) -> Option<Vec<u8>> {

@@ -27,33 +27,74 @@ use crate::config::{Config, TlsMode};
 use crate::health::Health;
 use crate::metrics::Reloads;
 
-/// One configuration and the node health view that goes with it.
+/// One configuration: its chains, each with the node health view that goes
+/// with it.
 pub struct Generation {
     /// 1 at start, one more per reload that took effect.
     pub number: u64,
+    /// The whole file's settings (what is not per chain: listeners, TLS,
+    /// limits, logs).
     pub config: Arc<Config>,
+    /// In the order of the configuration.
+    pub chains: Vec<ChainState>,
+}
+
+/// One chain of a generation.
+pub struct ChainState {
+    pub chain: crate::config::Chain,
     pub health: Arc<Health>,
-    /// Stops this generation's health thread.
+    /// Stops this chain's health thread.
     probes: Arc<AtomicBool>,
 }
 
-impl Generation {
-    fn start(number: u64, config: Config, health: Arc<Health>) -> Generation {
+impl ChainState {
+    fn start(chain: crate::config::Chain, health: Arc<Health>) -> ChainState {
         let probes = Arc::new(AtomicBool::new(false));
+        let c = &chain.config;
         crate::probe::spawn(
-            config.nodes.clone(),
-            config.flavour,
-            config.health,
+            c.nodes.clone(),
+            c.flavour,
+            c.health,
             health.clone(),
             probes.clone(),
         );
-        Generation {
-            number,
-            config: Arc::new(config),
+        ChainState {
+            chain,
             health,
             probes,
         }
     }
+
+    /// This chain's settings.
+    pub fn config(&self) -> &Arc<Config> {
+        &self.chain.config
+    }
+}
+
+impl Generation {
+    fn start(number: u64, config: Config, healths: Vec<Arc<Health>>) -> Generation {
+        let chains = config
+            .chains
+            .iter()
+            .cloned()
+            .zip(healths)
+            .map(|(c, h)| ChainState::start(c, h))
+            .collect();
+        Generation {
+            number,
+            config: Arc::new(config),
+            chains,
+        }
+    }
+
+    /// The chain named `name`, if this generation serves it.
+    pub fn chain(&self, name: &str) -> Option<&ChainState> {
+        self.chains.iter().find(|c| c.chain.name == name)
+    }
+}
+
+fn fresh_health(c: &crate::config::Chain) -> Arc<Health> {
+    Health::for_chain(c.config.nodes.len(), c.config.chain_id.clone())
 }
 
 /// The process's generations: the current one, and how reloads went; and
@@ -79,8 +120,8 @@ pub struct Generations {
 impl Generations {
     /// Generation 1 from the configuration at start; its health thread starts.
     pub fn start(config: Config, io_uring: bool) -> Arc<Generations> {
-        let health = Health::for_chain(config.nodes.len(), config.chain_id.clone());
-        let first = Generation::start(1, config, health);
+        let healths = config.chains.iter().map(fresh_health).collect();
+        let first = Generation::start(1, config, healths);
         let totals: Arc<crate::policy::SharedCounts> = Arc::default();
         let counts: &'static Arc<_> = Box::leak(Box::new(totals.clone()));
         Arc::new(Generations {
@@ -137,18 +178,46 @@ impl Generations {
                 Err(e) => return Err(format!("tls: {e}")),
             }
         }
-        notes.extend(node_changes(&old.config, &new));
         crate::log::set_level(new.log_level);
         crate::log::set_json(new.log_json);
-        let health = old.health.next(&old.config.nodes, &new.nodes);
-        for (i, n) in old.config.nodes.iter().enumerate() {
-            if !new.nodes.iter().any(|m| m.url == n.url) {
-                old.health.retire(i, new.removed_grace);
+        // Chains by name: a chain kept keeps its nodes' health (its probes
+        // carry on in the new health thread); one removed has its sessions
+        // closed after the grace, as a removed node's.
+        let mut healths = Vec::new();
+        for c in &new.chains {
+            match old.chain(&c.name) {
+                Some(o) => {
+                    notes.extend(node_changes(&c.name, o.config(), &c.config));
+                    healths.push(o.health.next(&o.config().nodes, &c.config.nodes));
+                    for (i, n) in o.config().nodes.iter().enumerate() {
+                        if !c.config.nodes.iter().any(|m| m.url == n.url) {
+                            o.health.retire(i, new.removed_grace);
+                        }
+                    }
+                }
+                None => {
+                    notes.push(format!("chain {} added", c.name));
+                    healths.push(fresh_health(c));
+                }
             }
         }
-        old.probes.store(true, Ordering::Relaxed);
+        for o in &old.chains {
+            if new.chain_named(&o.chain.name).is_none() {
+                notes.push(format!(
+                    "chain {} removed: its sessions close in {} s",
+                    o.chain.name,
+                    new.removed_grace.as_secs()
+                ));
+                for i in 0..o.config().nodes.len() {
+                    o.health.retire(i, new.removed_grace);
+                }
+            }
+        }
+        for o in &old.chains {
+            o.probes.store(true, Ordering::Relaxed);
+        }
         let number = old.number + 1;
-        *current = Arc::new(Generation::start(number, new, health));
+        *current = Arc::new(Generation::start(number, new, healths));
         self.number.store(number, Ordering::Release);
         self.reloads_ok.fetch_add(1, Ordering::Relaxed);
         self.last_failed.store(false, Ordering::Relaxed);
@@ -203,18 +272,22 @@ fn keep_fixed(old: &Config, new: &mut Config) -> Vec<String> {
     kept
 }
 
-/// Nodes added and removed, for the log.
-fn node_changes(old: &Config, new: &Config) -> Vec<String> {
+/// Nodes added and removed in one chain, for the log.
+fn node_changes(chain: &str, old: &Config, new: &Config) -> Vec<String> {
     let mut notes = Vec::new();
     for n in &new.nodes {
         if !old.nodes.iter().any(|o| o.url == n.url) {
-            notes.push(format!("node {} added ({})", n.url, n.role.name()));
+            notes.push(format!(
+                "chain {chain}: node {} added ({})",
+                n.url,
+                n.role.name()
+            ));
         }
     }
     for o in &old.nodes {
         if !new.nodes.iter().any(|n| n.url == o.url) {
             notes.push(format!(
-                "node {} removed: its sessions close in {} s",
+                "chain {chain}: node {} removed: its sessions close in {} s",
                 o.url,
                 new.removed_grace.as_secs()
             ));

@@ -29,12 +29,14 @@ pub mod generations;
 
 use crate::upstream::Pool;
 use crate::ws::codec::Limits as CodecLimits;
-use generations::{Generation, Generations};
+use generations::{ChainState, Generation, Generations};
 
 /// A worker thread's state across configuration generations.
 pub struct Core {
     pub tls: Option<Arc<ServerConfig>>,
-    pub chain: WorkerChain,
+    /// This core's view of each chain by name (kept across generations
+    /// while the chain is: its window of recent block hashes).
+    chains: RefCell<Vec<(String, Rc<WorkerChain>)>>,
     /// Open connections of every generation (shutdown waits for them).
     pub active: Cell<u64>,
     /// Bytes held by HTTP request bodies still arriving on this core
@@ -48,27 +50,30 @@ pub struct Core {
     pub generations: Arc<Generations>,
     /// The newest generation's state, made again when the generation
     /// number moves. (It points back here: both live as long as the thread.)
-    current: RefCell<Option<Rc<Worker>>>,
+    current: RefCell<Option<Rc<Served>>>,
 }
 
 impl Core {
-    /// A worker thread's state: its TLS config, its channel of recent block
-    /// hashes, and the process's generations.
+    /// A worker thread's state: its TLS config, its channels of recent
+    /// block hashes (one per chain of the first generation, subscribed
+    /// before the health threads publish), and the process's generations.
     pub fn new(
         tls: Option<Arc<ServerConfig>>,
-        hashes: crate::health::HashFeed,
+        hashes: Vec<(String, crate::health::HashFeed)>,
         generations: Arc<Generations>,
     ) -> Rc<Core> {
         let first = generations.current();
         crate::stats::install(&generations.stats);
+        let chains = hashes
+            .into_iter()
+            .filter_map(|(name, feed)| {
+                let c = first.chain(&name)?;
+                Some((name, WorkerChain::new(&c.health, feed)))
+            })
+            .collect();
         Rc::new(Core {
             tls,
-            chain: WorkerChain {
-                hashes,
-                health: first.health.clone(),
-                window: RefCell::new(HashWindow::new(4096)),
-                finalized: RefCell::new(None),
-            },
+            chains: RefCell::new(chains),
             active: Cell::new(0),
             bodies: Cell::new(0),
             hedges: Cell::new(crate::hedge::Budget::new()),
@@ -79,34 +84,123 @@ impl Core {
     }
 
     /// The newest generation's state: one atomic load when nothing changed;
-    /// after a reload, this core's state for the new configuration (its
-    /// rate buckets and per-address connection counts carried over), and
-    /// the old one's idle shared node connections closed.
-    pub fn worker(self: &Rc<Core>) -> Rc<Worker> {
+    /// after a reload, this core's state for the new configuration (each
+    /// chain's rate buckets and per-address connection counts carried
+    /// over), and the old one's idle shared node connections closed.
+    pub fn served(self: &Rc<Core>) -> Rc<Served> {
         let number = self.generations.number();
-        if let Some(w) = self.current.borrow().as_ref() {
-            if w.generation == number {
-                return w.clone();
+        if let Some(s) = self.current.borrow().as_ref() {
+            if s.generation == number {
+                return s.clone();
             }
         }
         let generation = self.generations.current();
         let old = self.current.borrow_mut().take();
-        let admission = old.as_ref().map(|w| &*w.admission);
-        let new = Worker::new(&generation, self.clone(), admission);
-        if let Some(shared) = old.as_ref().and_then(|w| w.cache_side.as_ref()) {
-            shared.supersede();
+        let chains = generation
+            .chains
+            .iter()
+            .map(|c| {
+                let before = old.as_ref().and_then(|o| o.named(&c.chain.name));
+                let view = self.view(c);
+                Worker::new(
+                    &generation,
+                    c,
+                    view,
+                    self.clone(),
+                    before.map(|w| &*w.admission),
+                )
+            })
+            .collect();
+        if let Some(old) = &old {
+            for w in &old.chains {
+                if let Some(shared) = &w.cache_side {
+                    shared.supersede();
+                }
+            }
         }
+        let new = Rc::new(Served {
+            generation: generation.number,
+            config: generation.config.clone(),
+            chains,
+            core: self.clone(),
+        });
         *self.current.borrow_mut() = Some(new.clone());
         new
     }
+
+    /// This core's view of chain `c`: the one it had, if it is the same
+    /// chain (the same health across generations), else a new one.
+    fn view(&self, c: &ChainState) -> Rc<WorkerChain> {
+        let mut chains = self.chains.borrow_mut();
+        if let Some((_, v)) = chains
+            .iter()
+            .find(|(n, v)| *n == c.chain.name && v.health.same_pool(&c.health))
+        {
+            return v.clone();
+        }
+        let v = WorkerChain::new(&c.health, c.health.subscribe_hashes());
+        chains.retain(|(n, _)| *n != c.chain.name);
+        chains.push((c.chain.name.clone(), v.clone()));
+        v
+    }
 }
 
-/// One configuration generation's state on one core.
+/// One configuration generation's state on one core: a [`Worker`] per chain.
+pub struct Served {
+    /// The configuration generation this was made from.
+    pub generation: u64,
+    /// The whole file's settings (listeners, limits, TLS, logs).
+    pub config: Arc<Config>,
+    /// In the configuration's order.
+    pub chains: Vec<Rc<Worker>>,
+    pub core: Rc<Core>,
+}
+
+impl Served {
+    /// The chain for a request by its `Host`, its connection's TLS server
+    /// name and its path; and the path its node sees.
+    pub fn select<'p>(
+        &self,
+        host: Option<&[u8]>,
+        sni: Option<&str>,
+        path: &'p str,
+    ) -> Result<(&Rc<Worker>, std::borrow::Cow<'p, str>), crate::config::Miss> {
+        let host = host.and_then(crate::config::chains::host_name);
+        let sni = sni.map(str::to_ascii_lowercase);
+        let (i, path) = crate::config::chains::select(
+            &self.config.chains,
+            host.as_deref(),
+            sni.as_deref(),
+            path,
+        )?;
+        Ok((&self.chains[i], path))
+    }
+
+    /// The chain named `name`.
+    pub fn named(&self, name: &str) -> Option<&Rc<Worker>> {
+        self.chains.iter().find(|w| w.name == name)
+    }
+
+    /// Count a connection as open until the guard drops: at its end, or
+    /// when its task is dropped after a panic (shutdown waits for the count).
+    pub fn enter(&self) -> Active {
+        let active = &self.core.active;
+        active.set(active.get() + 1);
+        Active(self.core.clone())
+    }
+}
+
+/// One configuration generation's state of one chain on one core.
 pub struct Worker {
+    /// The chain's name.
+    pub name: String,
+    /// The chain's settings.
     pub config: Arc<Config>,
     /// The configuration generation this was made from.
     pub generation: u64,
     pub core: Rc<Core>,
+    /// This core's view of the chain's heads and recent block hashes.
+    pub chain: Rc<WorkerChain>,
     pub pool: Rc<Pool>,
     pub session: SessionConfig,
     pub router: Router,
@@ -125,11 +219,13 @@ impl Worker {
     /// before, if any, with the new settings.
     fn new(
         generation: &Generation,
+        state: &ChainState,
+        chain: Rc<WorkerChain>,
         core: Rc<Core>,
         before: Option<&crate::policy::AdmissionCtx>,
     ) -> Rc<Worker> {
-        let config = generation.config.clone();
-        let health = generation.health.clone();
+        let config = state.config().clone();
+        let health = state.health.clone();
         let total = core.generations.totals.clone();
         let counts = core.generations.counts;
         let l = &config.limits;
@@ -201,8 +297,10 @@ impl Worker {
         });
         let shared = side.clone().filter(|_| config.shared);
         Rc::new(Worker {
+            name: state.chain.name.clone(),
             generation: generation.number,
             core,
+            chain,
             shared,
             cache_side: side,
             admission,
@@ -225,14 +323,6 @@ impl Worker {
         })
     }
 
-    /// Count a connection as open until the guard drops: at its end, or
-    /// when its task is dropped after a panic (shutdown waits for the count).
-    pub fn enter(self: &Rc<Self>) -> Active {
-        let active = &self.core.active;
-        active.set(active.get() + 1);
-        Active(self.clone())
-    }
-
     /// Whether a session on `node` routes its messages: it is on a pruned
     /// node and the pool has archive nodes.
     pub fn routes(&self, node: &crate::config::NodeConfig) -> bool {
@@ -246,11 +336,11 @@ impl Worker {
 }
 
 /// A connection counted in [`Core::active`].
-pub struct Active(Rc<Worker>);
+pub struct Active(Rc<Core>);
 
 impl Drop for Active {
     fn drop(&mut self) {
-        let active = &self.0.core.active;
+        let active = &self.0.active;
         active.set(active.get() - 1);
     }
 }
@@ -296,6 +386,15 @@ impl ChainView for WorkerChain {
 }
 
 impl WorkerChain {
+    fn new(health: &Arc<Health>, hashes: crate::health::HashFeed) -> Rc<WorkerChain> {
+        Rc::new(WorkerChain {
+            hashes,
+            health: health.clone(),
+            window: RefCell::new(HashWindow::new(4096)),
+            finalized: RefCell::new(None),
+        })
+    }
+
     /// Take in the hashes the health thread published since.
     fn drain(&self) {
         let mut w = self.window.borrow_mut();
