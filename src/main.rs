@@ -273,7 +273,7 @@ fn main() -> ExitCode {
     if flags.check {
         if let TlsMode::Files { cert, key } = &config.tls {
             let loaded = ringway::tls::load_or_generate(&config.tls).and_then(|ck| {
-                ck.map(|ck| ringway::tls::server_config(&ck).map(|_| ()))
+                ck.map(|ck| ringway::tls::server_config(&ck, &config.chains).map(|_| ()))
                     .unwrap_or(Ok(()))
             });
             if let Err(e) = loaded {
@@ -288,6 +288,14 @@ fn main() -> ExitCode {
                 );
                 return ExitCode::from(2);
             }
+        }
+        if let Err(e) = ringway::tls::check_named(&config.chains) {
+            let from = config
+                .source
+                .as_ref()
+                .map_or("flags".to_string(), |p| p.display().to_string());
+            eprintln!("ringway: config error in {from}: {e}");
+            return ExitCode::from(2);
         }
         println!(
             "ringway: configuration OK ({})",
@@ -311,7 +319,11 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let server_config = match tls.as_ref().map(ringway::tls::server_config).transpose() {
+    let server_config = match tls
+        .as_ref()
+        .map(|ck| ringway::tls::server_config(ck, &config.chains))
+        .transpose()
+    {
         Ok(c) => c,
         Err(e) => {
             eprintln!("ringway: config error: tls: {e}");

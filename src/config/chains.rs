@@ -108,7 +108,7 @@ pub fn host_name(host: &[u8]) -> Option<String> {
 
 /// How well `pattern` names `host`: exact above every wildcard, a longer
 /// wildcard above a shorter one; `None`: it does not.
-fn rank(pattern: &str, host: &str) -> Option<usize> {
+pub fn rank(pattern: &str, host: &str) -> Option<usize> {
     if let Some(base) = pattern.strip_prefix("*.") {
         return (host.len() > base.len() + 1
             && host.ends_with(base)
@@ -297,6 +297,12 @@ pub(super) fn read(
             (None, None) => None,
             (Some(_), Some(_)) if matches!(tls, super::TlsMode::Off) => {
                 return Err(err("cert", "TLS is off (tls.enabled = false)".into()))
+            }
+            (Some(_), Some(_)) if hosts.is_empty() => {
+                return Err(err(
+                    "cert",
+                    "a chain's own certificate needs its hosts (clients get it by the name they ask for)".into(),
+                ))
             }
             (Some(c), Some(k)) => Some((PathBuf::from(c), PathBuf::from(k))),
             (Some(_), None) => return Err(err("key", "cert is set but key is not".into())),

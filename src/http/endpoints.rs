@@ -97,15 +97,17 @@ pub fn health_report(
         // chains), its name and status in the list.
         let status = if up { "ok" } else { "degraded" };
         if chosen.len() == 1 {
-            list.push_str(&format!(r#"{{"name":"{}","status":"{status}"}}"#, json_text(name)));
+            list.push_str(&format!(
+                r#"{{"name":"{}","status":"{status}"}}"#,
+                json_text(name)
+            ));
             first = Some(body);
         } else {
             list.push_str(&format!(r#"{{"name":"{}",{body}}}"#, json_text(name)));
         }
     }
-    let top = first.unwrap_or_else(|| {
-        format!(r#""status":"{}""#, if all_up { "ok" } else { "degraded" })
-    });
+    let top = first
+        .unwrap_or_else(|| format!(r#""status":"{}""#, if all_up { "ok" } else { "degraded" }));
     (
         if all_up { 200 } else { 503 },
         format!(

@@ -14,7 +14,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::ServerSessionMemoryCache;
 use rustls::ServerConfig;
 
-use crate::config::TlsMode;
+use crate::config::{Chain, TlsMode};
 
 use super::tickets::{TicketSeed, Tickets};
 
@@ -143,7 +143,10 @@ pub fn secure_random() -> &'static dyn rustls::crypto::SecureRandom {
 /// AES-256/SHA-384 suite rustls otherwise takes from clients' lists costs a
 /// software SHA-512 on every handshake. All suites offered are AEAD with
 /// forward secrecy.
-pub fn server_config(ck: &CertifiedKey) -> Result<ServerTls, String> {
+///
+/// `chains` with a certificate of their own have it served to the clients
+/// that ask for one of their host names (SNI); every other client gets `ck`.
+pub fn server_config(ck: &CertifiedKey, chains: &[Chain]) -> Result<ServerTls, String> {
     use rustls::crypto::ring::cipher_suite as cs;
     let provider = Arc::new(rustls::crypto::CryptoProvider {
         cipher_suites: vec![
@@ -161,8 +164,12 @@ pub fn server_config(ck: &CertifiedKey) -> Result<ServerTls, String> {
         secure_random: secure_random(),
         ..rustls::crypto::ring::default_provider()
     });
+    let set = CertSet {
+        default: Arc::new(certified(ck, &provider)?),
+        named: load_named(chains, &provider)?,
+    };
     let certs = Arc::new(Certs {
-        current: Mutex::new(Arc::new(certified(ck, &provider)?)),
+        current: Mutex::new(Arc::new(set)),
         generation: AtomicU64::new(0),
         provider: provider.clone(),
     });
@@ -191,39 +198,120 @@ pub fn certified(
         .map_err(|e| format!("certificate and key do not match or are unsupported: {e}"))
 }
 
-/// The certificate and key every worker serves. [`Certs::reload`] replaces
-/// them while running (SIGHUP, after a certbot renewal): sessions already
-/// open keep theirs, the next handshakes on every core get the new one.
+/// The certificates served: one per chain that has its own, chosen by the
+/// name the client asks for (SNI), and the default one for every other
+/// client (no SNI, an unknown name).
+#[derive(Clone)]
+pub struct CertSet {
+    default: Arc<rustls::sign::CertifiedKey>,
+    /// Host patterns (exact, `*.name`, `.name`) and their certificate.
+    named: Vec<(String, Arc<rustls::sign::CertifiedKey>)>,
+}
+
+impl CertSet {
+    /// The certificate for a client asking for `name` (SNI): the one of the
+    /// best matching pattern (exact, then the longest wildcard), else the default.
+    pub fn pick(&self, name: Option<&str>) -> &Arc<rustls::sign::CertifiedKey> {
+        let Some(name) = name.map(str::to_ascii_lowercase) else {
+            return &self.default;
+        };
+        self.named
+            .iter()
+            .filter_map(|(p, ck)| crate::config::chains::rank(p, &name).map(|r| (r, ck)))
+            .max_by_key(|(r, _)| *r)
+            .map_or(&self.default, |(_, ck)| ck)
+    }
+
+    /// The same certificates in allocations of their own (a core's copy).
+    fn copy(&self) -> CertSet {
+        CertSet {
+            default: Arc::new((*self.default).clone()),
+            named: self
+                .named
+                .iter()
+                .map(|(p, ck)| (p.clone(), Arc::new((**ck).clone())))
+                .collect(),
+        }
+    }
+}
+
+/// The certificates of the chains that have their own, by host pattern.
+fn load_named(
+    chains: &[Chain],
+    provider: &rustls::crypto::CryptoProvider,
+) -> Result<Vec<(String, Arc<rustls::sign::CertifiedKey>)>, String> {
+    let mut named = Vec::new();
+    for c in chains {
+        let Some((cert, key)) = &c.cert else { continue };
+        let ck = load_pem(cert, key).map_err(|e| format!("chain {}: {e}", c.name))?;
+        let ck = Arc::new(certified(&ck, provider).map_err(|e| {
+            format!(
+                "chain {}: {e} ({} / {})",
+                c.name,
+                cert.display(),
+                key.display()
+            )
+        })?);
+        for h in &c.hosts {
+            named.push((h.clone(), ck.clone()));
+        }
+    }
+    Ok(named)
+}
+
+/// Check that every chain's own certificate and key load (`--check`).
+pub fn check_named(chains: &[Chain]) -> Result<(), String> {
+    load_named(chains, &rustls::crypto::ring::default_provider()).map(|_| ())
+}
+
+/// The certificates every worker serves. [`Certs::reload`] replaces them
+/// while running (SIGHUP, after a certbot renewal): sessions already open
+/// keep theirs, the next handshakes on every core get the new ones.
 pub struct Certs {
-    current: Mutex<Arc<rustls::sign::CertifiedKey>>,
+    current: Mutex<Arc<CertSet>>,
     /// Bumped by each replacement; workers compare it with their copy's.
     generation: AtomicU64,
     provider: Arc<rustls::crypto::CryptoProvider>,
 }
 
 impl Certs {
-    /// Read the PEM files again; on any error the certificate in use stays.
-    pub fn reload(&self, mode: &TlsMode) -> Result<String, String> {
-        let TlsMode::Files { cert, key } = mode else {
-            return Err("no certificate files configured (tls.cert, tls.key)".into());
+    /// Read the PEM files again (the default pair when it comes from
+    /// files, and every chain's own); on any error the certificates in use
+    /// stay, all of them.
+    pub fn reload(&self, mode: &TlsMode, chains: &[Chain]) -> Result<String, String> {
+        let (default, what) = match mode {
+            TlsMode::Files { cert, key } => {
+                let ck = load_pem(cert, key)?;
+                let fresh = certified(&ck, &self.provider)
+                    .map_err(|e| format!("{e} ({} / {})", cert.display(), key.display()))?;
+                let what = format!(
+                    "{} ({} certificates in the chain) with {}",
+                    cert.display(),
+                    ck.chain.len(),
+                    key.display()
+                );
+                (Arc::new(fresh), what)
+            }
+            _ => (
+                self.current().default.clone(),
+                "the default certificate kept".into(),
+            ),
         };
-        let ck = load_pem(cert, key)?;
-        let fresh = certified(&ck, &self.provider)
-            .map_err(|e| format!("{e} ({} / {})", cert.display(), key.display()))?;
+        let named = load_named(chains, &self.provider)?;
+        let chains_with_own = chains.iter().filter(|c| c.cert.is_some()).count();
+        let set = CertSet { default, named };
         *self
             .current
             .lock()
-            .map_err(|_| "certificate store poisoned")? = Arc::new(fresh);
+            .map_err(|_| "certificate store poisoned")? = Arc::new(set);
         self.generation.fetch_add(1, Ordering::Release);
-        Ok(format!(
-            "{} ({} certificates in the chain) with {}",
-            cert.display(),
-            ck.chain.len(),
-            key.display()
-        ))
+        Ok(match chains_with_own {
+            0 => what,
+            n => format!("{what}; and {n} chains' own"),
+        })
     }
 
-    fn current(&self) -> Arc<rustls::sign::CertifiedKey> {
+    fn current(&self) -> Arc<CertSet> {
         self.current
             .lock()
             .map(|c| c.clone())
@@ -242,9 +330,9 @@ impl std::fmt::Debug for Certs {
 impl rustls::server::ResolvesServerCert for Certs {
     fn resolve(
         &self,
-        _: rustls::server::ClientHello<'_>,
+        hello: rustls::server::ClientHello<'_>,
     ) -> Option<Arc<rustls::sign::CertifiedKey>> {
-        Some(self.current())
+        Some(self.current().pick(hello.server_name()).clone())
     }
 }
 
@@ -253,13 +341,13 @@ impl rustls::server::ResolvesServerCert for Certs {
 /// shared one would be a cache line every core writes).
 struct WorkerCert {
     certs: Arc<Certs>,
-    mine: Mutex<(u64, Arc<rustls::sign::CertifiedKey>)>,
+    mine: Mutex<(u64, CertSet)>,
 }
 
 impl WorkerCert {
     fn new(certs: &Arc<Certs>) -> WorkerCert {
         let generation = certs.generation.load(Ordering::Acquire);
-        let copy = Arc::new((*certs.current()).clone());
+        let copy = certs.current().copy();
         WorkerCert {
             certs: certs.clone(),
             mine: Mutex::new((generation, copy)),
@@ -276,14 +364,14 @@ impl std::fmt::Debug for WorkerCert {
 impl rustls::server::ResolvesServerCert for WorkerCert {
     fn resolve(
         &self,
-        _: rustls::server::ClientHello<'_>,
+        hello: rustls::server::ClientHello<'_>,
     ) -> Option<Arc<rustls::sign::CertifiedKey>> {
         let mut mine = self.mine.lock().ok()?;
         let generation = self.certs.generation.load(Ordering::Acquire);
         if mine.0 != generation {
-            *mine = (generation, Arc::new((*self.certs.current()).clone()));
+            *mine = (generation, self.certs.current().copy());
         }
-        Some(mine.1.clone())
+        Some(mine.1.pick(hello.server_name()).clone())
     }
 }
 

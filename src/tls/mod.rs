@@ -7,7 +7,8 @@ pub mod stream;
 pub mod tickets;
 
 pub use certs::{
-    kx_groups, load_or_generate, per_worker, server_config, CertifiedKey, Certs, ServerTls,
+    check_named, kx_groups, load_or_generate, per_worker, server_config, CertifiedKey, Certs,
+    ServerTls,
 };
 pub use stream::{accept, connect, MinRate, TlsReader, TlsWriter};
 pub use tickets::TicketSeed;

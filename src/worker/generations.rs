@@ -172,8 +172,9 @@ impl Generations {
         let mut current = self.current.lock().expect("not poisoned");
         let old = current.clone();
         let mut notes = keep_fixed(&old.config, &mut new);
-        if let (Some(certs), TlsMode::Files { .. }) = (certs, &new.tls) {
-            match certs.reload(&new.tls) {
+        let own = new.chains.iter().any(|c| c.cert.is_some());
+        if let (Some(certs), true) = (certs, matches!(new.tls, TlsMode::Files { .. }) || own) {
+            match certs.reload(&new.tls, &new.chains) {
                 Ok(what) => notes.push(format!("certificate reloaded from {what}")),
                 Err(e) => return Err(format!("tls: {e}")),
             }

@@ -25,6 +25,20 @@ pub fn tls_connect(addr: SocketAddr, cfg: Arc<rustls::ClientConfig>) -> TlsStrea
     tls_connect_from(None, addr, cfg)
 }
 
+/// A TLS connection asking for (and verifying) the server name `name`.
+pub fn tls_connect_named(
+    addr: SocketAddr,
+    cfg: Arc<rustls::ClientConfig>,
+    name: &str,
+) -> TlsStream {
+    let tcp = TcpStream::connect(addr).unwrap();
+    tcp.set_nodelay(true).unwrap();
+    tcp.set_read_timeout(Some(TIMEOUT)).unwrap();
+    tcp.set_write_timeout(Some(TIMEOUT)).unwrap();
+    let conn = ClientConnection::new(cfg, ServerName::try_from(name.to_string()).unwrap()).unwrap();
+    StreamOwned::new(conn, tcp)
+}
+
 /// The same from a given local address (127.x.y.z: another client address).
 pub fn tls_connect_from(
     from: Option<std::net::IpAddr>,

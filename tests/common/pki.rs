@@ -23,6 +23,8 @@ pub struct TestPki {
     pub ca_pem: String,
     pub cert: PathBuf,
     pub key: PathBuf,
+    ca: rcgen::Certificate,
+    ca_key: rcgen::KeyPair,
 }
 
 impl TestPki {
@@ -59,7 +61,30 @@ impl TestPki {
             ca_pem: ca.pem(),
             cert,
             key,
+            ca,
+            ca_key,
         }
+    }
+
+    /// Another leaf certificate from the same CA, for `names`: the
+    /// certificate (with the CA) and key files, as certbot writes them.
+    pub fn issue(&self, names: &[&str]) -> (PathBuf, PathBuf) {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params =
+            rcgen::CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
+                .unwrap();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, names[0]);
+        let leaf = params.signed_by(&key, &self.ca, &self.ca_key).unwrap();
+        let stem = names[0].replace('*', "star");
+        let (c, k) = (
+            self.dir.join(format!("{stem}.crt")),
+            self.dir.join(format!("{stem}.key")),
+        );
+        std::fs::write(&c, format!("{}{}", leaf.pem(), self.ca.pem())).unwrap();
+        std::fs::write(&k, key.serialize_pem()).unwrap();
+        (c, k)
     }
 
     pub fn client_config(&self) -> Arc<rustls::ClientConfig> {
