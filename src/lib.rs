@@ -33,7 +33,7 @@
 //! 5  runtime/ (start, listeners, signals), main.rs (and fuzzing.rs, the fuzz targets' entry points)
 //! 4  gateway/ (accept ─▶ TLS ─▶ head ─▶ upgrade | HTTP | endpoint), http/ (server, endpoints)
 //! 3  worker/ (a core's state, per configuration generation; the generations and reloads)
-//! 2  relay/, probe.rs; upstream (node connections, HTTP node client), metrics/ (the scrape);
+//! 2  relay/, probe.rs, detect.rs; upstream (node connections, HTTP node client), metrics/ (the scrape);
 //!    health.rs, policy/, cache/
 //! 1  config/ (every setting type), tls/, h1.rs, ws/, io.rs, stats.rs (per-core counters),
 //!    route.rs, hedge.rs, jsonrpc/, log.rs, signal.rs, task.rs, rng.rs
@@ -45,6 +45,7 @@
 
 pub mod cache;
 pub mod config;
+pub mod detect;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod gateway;

@@ -14,7 +14,7 @@ ringway: WSS gateway for JSON-RPC node pools
 
 USAGE:
     ringway [--config FILE] [--check] [flags]
-    ringway import-nginx FILE    an nginx server block as a ringway config (stdout)
+    ringway import-nginx FILE    an nginx configuration (its includes, every server) as a ringway config (stdout)
 
 With no flags and no file: listen on 127.0.0.1:8443 with a self-signed
 certificate, in front of the node at ws://127.0.0.1:9944.
@@ -194,7 +194,12 @@ fn load(flags: &Flags) -> Result<Config, String> {
         }
         file.node = nodes;
     }
-    Config::resolve(file, flags.config.clone()).map_err(|e| format!("config error: {e}"))
+    // A chain whose kind the file does not give: its nodes are asked.
+    let detect = |nodes: &[ringway::config::NodeConfig]| {
+        ringway::detect::flavour(nodes, std::time::Duration::from_secs(2))
+    };
+    Config::resolve_detecting(file, flags.config.clone(), &detect)
+        .map_err(|e| format!("config error: {e}"))
 }
 
 /// Say plainly at start when a node is not there, rather than at the first client.
@@ -222,14 +227,7 @@ fn import_nginx(path: Option<&String>) -> ExitCode {
         eprintln!("ringway: usage: ringway import-nginx FILE > ringway.toml");
         return ExitCode::from(2);
     };
-    let text = match std::fs::read_to_string(path) {
-        Ok(t) => t,
-        Err(e) => {
-            eprintln!("ringway: {path}: {e}");
-            return ExitCode::from(2);
-        }
-    };
-    match ringway::config::nginx::import(&text) {
+    match ringway::config::nginx::import_file(std::path::Path::new(path)) {
         Ok(i) => {
             print!("{}", i.toml);
             for n in &i.notes {
@@ -238,7 +236,7 @@ fn import_nginx(path: Option<&String>) -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(e) => {
-            eprintln!("ringway: {path}: {e}");
+            eprintln!("ringway: {e}");
             ExitCode::from(2)
         }
     }

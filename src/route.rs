@@ -45,6 +45,13 @@ impl Flavour {
             _ => None,
         }
     }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Flavour::Substrate => "substrate",
+            Flavour::Ethereum => "ethereum",
+        }
+    }
 }
 
 /// Methods that always need history, by flavour.

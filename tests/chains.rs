@@ -312,3 +312,103 @@ fn a_chain_table_with_an_error_is_named_by_its_key() {
         assert!(err.contains(key) && err.contains("bad-chain.toml"), "{key}: {err}");
     }
 }
+
+/// A Debian `/etc/nginx`: nginx.conf including conf.d/*.conf (the pools
+/// and the rate zone) and sites-enabled/* (three sites: two chains by name,
+/// one host with a location per chain), and a redirect server.
+#[test]
+fn a_whole_etc_nginx_with_includes_converts_passes_check_and_serves_every_site() {
+    let pki = TestPki::new();
+    let n = nodes();
+    let etc = pki.dir.join("etc-nginx");
+    for d in ["conf.d", "sites-enabled"] {
+        std::fs::create_dir_all(etc.join(d)).unwrap();
+    }
+    let tls = |hosts: &[&str]| {
+        let (c, k) = pki.issue(hosts);
+        format!(
+            "ssl_certificate {};\n    ssl_certificate_key {};",
+            c.display(),
+            k.display()
+        )
+    };
+    let site = |file: &str, text: String| {
+        std::fs::write(etc.join("sites-enabled").join(file), text).unwrap()
+    };
+    std::fs::write(
+        etc.join("nginx.conf"),
+        "user www-data;\nworker_processes auto;\nevents { worker_connections 768; }\nhttp {\n  sendfile on;\n  include /etc/nginx/conf.d/*.conf;\n  include /etc/nginx/sites-enabled/*;\n  server { listen 80; server_name _; return 301 https://$host$request_uri; }\n}\n",
+    )
+    .unwrap();
+    std::fs::write(
+        etc.join("conf.d/pools.conf"),
+        format!(
+            "upstream polkadot {{ server {}; }}\nupstream kusama {{ server {} weight=2; }}\nlimit_req_zone $binary_remote_addr zone=rpc:10m rate=600r/m;\n",
+            n.dot_url.trim_start_matches("ws://"),
+            n.ksm_url.trim_start_matches("ws://")
+        ),
+    )
+    .unwrap();
+    site(
+        "polkadot",
+        format!("server {{\n    listen 443 ssl default_server;\n    server_name polkadot.test;\n    {}\n    location / {{\n        proxy_pass http://polkadot;\n        proxy_http_version 1.1;\n        proxy_set_header Upgrade $http_upgrade;\n        proxy_set_header Connection \"upgrade\";\n    }}\n}}\n", tls(&["polkadot.test"])),
+    );
+    site(
+        "kusama",
+        format!("server {{\n    listen 443 ssl;\n    server_name kusama.test *.kusama.test;\n    {}\n    location / {{\n        limit_req zone=rpc burst=20;\n        proxy_pass http://kusama;\n    }}\n}}\n", tls(&["kusama.test", "*.kusama.test"])),
+    );
+    site(
+        "rpc",
+        format!("server {{\n    listen 443 ssl;\n    server_name rpc.test;\n    {}\n    location /polkadot/ {{ proxy_pass http://polkadot/; }}\n    location /kusama/ {{ proxy_pass http://kusama/; }}\n}}\n", tls(&["rpc.test"])),
+    );
+    let out = Command::new(env!("CARGO_BIN_EXE_ringway"))
+        .args(["import-nginx", etc.join("nginx.conf").to_str().unwrap()])
+        .output()
+        .unwrap();
+    let notes = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{notes}");
+    let toml = String::from_utf8(out.stdout).unwrap();
+    assert!(notes.contains("worker_processes"), "{notes}");
+    assert_eq!(toml.matches("[[chain]]").count(), 4, "{toml}");
+    for part in [
+        "redirect_listen = \"0.0.0.0:80\"",
+        "hosts = [\"kusama.test\", \"*.kusama.test\"]",
+        "path = \"/kusama\"",
+        "rate = 10",
+        "burst = 20",
+    ] {
+        assert!(toml.contains(part), "{part}:\n{toml}");
+    }
+    // Port 80 is not ours to bind here.
+    let toml = toml.replace("redirect_listen = \"0.0.0.0:80\"", "");
+    let cfg = write_config(&pki, "imported.toml", &toml);
+    let check = Command::new(env!("CARGO_BIN_EXE_ringway"))
+        .args(["--check", "--config", cfg.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(
+        check.status.success(),
+        "{}\n{toml}",
+        String::from_utf8_lossy(&check.stderr)
+    );
+    let gw = Gateway::start_args(&[
+        "--config".into(),
+        cfg.display().to_string(),
+        "--listen".into(),
+        "127.0.0.1:0".into(),
+        "--workers".into(),
+        "1".into(),
+    ]);
+    for (sni, path, answer) in [
+        ("polkadot.test", "/", "DOT@10"),
+        ("kusama.test", "/", "KSM@10"),
+        ("ws.kusama.test", "/", "KSM@10"),
+        ("rpc.test", "/polkadot/", "DOT@10"),
+        ("rpc.test", "/kusama", "KSM@10"),
+    ] {
+        match session(&gw, &pki, sni, sni, path) {
+            Ok(mut ws) => assert_eq!(storage(&mut ws), answer, "{sni}{path}"),
+            Err(e) => panic!("{sni}{path}: {e:?}\n{toml}"),
+        }
+    }
+}

@@ -200,6 +200,7 @@ pub(super) fn read(
     tables: &[toml::Table],
     source: &Option<PathBuf>,
     tls: &super::TlsMode,
+    detect: &dyn Fn(&[super::NodeConfig]) -> Option<crate::route::Flavour>,
 ) -> Result<Vec<Chain>, super::ConfigError> {
     let origin = source
         .as_ref()
@@ -327,17 +328,28 @@ pub(super) fn read(
         overlay(&mut own.cache, t.get("cache"), &err, "cache")?;
         overlay(&mut own.admission, t.get("admission"), &err, "admission")?;
         overlay(&mut own.pool, t.get("pool"), &err, "pool")?;
-        match text("kind")?.as_deref() {
-            None | Some("auto") => {}
-            Some(kind) => own.routing.chain = kind.to_string(),
+        let kind = text("kind")?;
+        if let Some(kind) = kind.as_deref().filter(|k| *k != "auto") {
+            own.routing.chain = kind.to_string();
         }
-        let config = super::Config::resolve_one(own, source.clone()).map_err(|mut e| {
-            e.key = match e.key.as_str() {
-                "routing.chain" if t.contains_key("kind") => format!("chain[{k}].kind"),
-                key => format!("chain[{k}].{key}"),
-            };
-            e
-        })?;
+        let resolve = |own: super::FileConfig| {
+            super::Config::resolve_one(own, source.clone()).map_err(|mut e| {
+                e.key = match e.key.as_str() {
+                    "routing.chain" if t.contains_key("kind") => format!("chain[{k}].kind"),
+                    key => format!("chain[{k}].{key}"),
+                };
+                e
+            })
+        };
+        let mut config = resolve(own.clone())?;
+        // No kind given: the nodes tell (a file converted from nginx says nothing).
+        if kind.as_deref().map_or(true, |k| k == "auto") {
+            if let Some(f) = detect(&config.nodes).filter(|f| *f != config.flavour) {
+                crate::info!("chain {name}: its nodes answer as {} nodes", f.name());
+                own.routing.chain = f.name().to_string();
+                config = resolve(own)?;
+            }
+        }
         chains.push(Chain {
             name,
             hosts,

@@ -12,7 +12,18 @@ impl Config {
     /// Check values and build the runtime config, with its chains: the
     /// `[[chain]]` tables, or one chain for every host from the top-level
     /// nodes. `source` names the file (else the command line).
-    pub fn resolve(mut file: FileConfig, source: Option<PathBuf>) -> Result<Config, ConfigError> {
+    pub fn resolve(file: FileConfig, source: Option<PathBuf>) -> Result<Config, ConfigError> {
+        Config::resolve_detecting(file, source, &|_| None)
+    }
+
+    /// The same, asking `detect` what kind of chain a pool serves when its
+    /// `[[chain]]` table has no `kind` (`None`: it could not tell; the
+    /// top-level `routing.chain` stays).
+    pub fn resolve_detecting(
+        mut file: FileConfig,
+        source: Option<PathBuf>,
+        detect: &dyn Fn(&[NodeConfig]) -> Option<crate::route::Flavour>,
+    ) -> Result<Config, ConfigError> {
         let tables = std::mem::take(&mut file.chain);
         let origin = source
             .as_ref()
@@ -36,7 +47,7 @@ impl Config {
                 config: Arc::new(config.clone()),
             }]
         } else {
-            super::chains::read(&file, &tables, &source, &config.tls)?
+            super::chains::read(&file, &tables, &source, &config.tls, detect)?
         };
         Ok(config)
     }

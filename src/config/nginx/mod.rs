@@ -11,6 +11,11 @@
 use std::collections::BTreeMap;
 use std::fmt::Write;
 
+mod include;
+mod servers;
+
+pub use include::import_file;
+
 /// One directive: its name, arguments, and block if it has one.
 #[derive(Debug, Clone, PartialEq)]
 struct Directive {
@@ -29,11 +34,22 @@ pub struct Imported {
 /// Convert nginx configuration text. An error when there is no `server`
 /// block that proxies to a node.
 pub fn import(text: &str) -> Result<Imported, String> {
+    convert(&parse(text)?, Vec::new())
+}
+
+/// The directives of one file's text.
+fn parse(text: &str) -> Result<Vec<Directive>, String> {
     let tokens = tokenize(text)?;
     let mut at = 0;
-    let tree = parse_block(&tokens, &mut at, false)?;
+    parse_block(&tokens, &mut at, false)
+}
+
+/// Convert a whole configuration (its includes already in place): one
+/// server block proxying on one location as a single-pool file, several
+/// (or several locations) as a chain each.
+fn convert(tree: &[Directive], notes: Vec<String>) -> Result<Imported, String> {
     let mut all = Vec::new();
-    flatten(&tree, &mut all);
+    flatten(tree, &mut all);
     let upstreams: BTreeMap<String, &Directive> = all
         .iter()
         .filter(|d| d.name == "upstream" && d.block.is_some())
@@ -53,6 +69,15 @@ pub fn import(text: &str) -> Result<Imported, String> {
         .copied()
         .filter(|d| d.name == "server" && d.block.is_some())
         .collect();
+    let mut out = Out {
+        notes,
+        ..Out::default()
+    };
+    if servers::proxied(&servers) > 1 {
+        servers::convert(&servers, &upstreams, &zones, &mut out)?;
+        note_globals(&all, &mut out);
+        return Ok(out.finish());
+    }
     // The server that proxies with TLS, else the first that proxies.
     let server = servers
         .iter()
@@ -60,7 +85,6 @@ pub fn import(text: &str) -> Result<Imported, String> {
         .find(|s| has(s, "ssl_certificate"))
         .or_else(|| servers.iter().find(|s| has(s, "proxy_pass")))
         .ok_or("no server block with a proxy_pass to a node")?;
-    let mut out = Out::default();
     convert_server(server, &upstreams, &zones, &mut out);
     for s in &servers {
         if !std::ptr::eq(*s, *server) {
@@ -79,7 +103,13 @@ pub fn import(text: &str) -> Result<Imported, String> {
             }
         }
     }
-    for d in &all {
+    note_globals(&all, &mut out);
+    Ok(out.finish())
+}
+
+/// What the `http`, `events` and main contexts say that ringway does otherwise.
+fn note_globals(all: &[&Directive], out: &mut Out) {
+    for d in all {
         match d.name.as_str() {
             "http" | "server" | "upstream" | "events" | "limit_req_zone" | "limit_conn_zone"
             | "location" => {}
@@ -89,7 +119,11 @@ pub fn import(text: &str) -> Result<Imported, String> {
                 "{}: connection caps are admission.max_connections",
                 d.name
             )),
-            "include" | "default_type" | "sendfile" | "keepalive_timeout" | "access_log"
+            "include" => out.note(format!(
+                "include {}: not followed (convert the file: ringway import-nginx /etc/nginx/nginx.conf)",
+                d.args.join(" ")
+            )),
+            "default_type" | "sendfile" | "keepalive_timeout" | "access_log"
             | "error_log" | "pid" | "user" => out.note(format!(
                 "{}: not needed (ringway logs with log.access and log.format)",
                 d.name
@@ -97,7 +131,6 @@ pub fn import(text: &str) -> Result<Imported, String> {
             _ => {}
         }
     }
-    Ok(out.finish())
 }
 
 #[derive(Default)]
@@ -112,6 +145,8 @@ struct Out {
     per_ip: Option<u64>,
     idle_s: Option<u64>,
     notes: Vec<String>,
+    /// `[[chain]]` tables, when several servers or locations proxy.
+    chains: String,
 }
 
 impl Out {
@@ -162,15 +197,21 @@ impl Out {
                 let _ = writeln!(t, "# limit_conn\nmax_connections_per_ip = {n}");
             }
         }
-        for (url, weight) in &self.nodes {
-            let _ = write!(t, "\n[[node]]\nurl = {url:?}\n");
-            if let Some(w) = weight {
-                let _ = writeln!(t, "weight = {w}");
-            }
-        }
+        write_nodes(&mut t, "node", &self.nodes);
+        t.push_str(&self.chains);
         Imported {
             toml: t,
             notes: self.notes,
+        }
+    }
+}
+
+/// `[[node]]` (or `[[chain.node]]`) tables.
+fn write_nodes(t: &mut String, table: &str, nodes: &[(String, Option<u32>)]) {
+    for (url, weight) in nodes {
+        let _ = write!(t, "\n[[{table}]]\nurl = {url:?}\n");
+        if let Some(w) = weight {
+            let _ = writeln!(t, "weight = {w}");
         }
     }
 }
