@@ -412,3 +412,31 @@ fn a_whole_etc_nginx_with_includes_converts_passes_check_and_serves_every_site()
         }
     }
 }
+
+/// Real nodes and real clients: Polkadot-JS against a real Substrate runtime
+/// (chopsticks) by one host name, ethers against anvil by another, through
+/// one listener, each with its own certificate. Neither chain's kind is
+/// written: the gateway asks the nodes (anvil answers eth_chainId).
+#[test]
+fn polkadot_js_and_ethers_reach_their_own_real_chains_by_host_name() {
+    let pki = TestPki::new();
+    let substrate = chopsticks();
+    let ethereum = anvil(&anvil_path(), &[]);
+    let chains = chain(&pki, "asset-hub", "dot.test", "", &substrate.url)
+        + &chain(&pki, "anvil", "eth.test", "", &ethereum.url);
+    let (gw, _) = start(&pki, "real.toml", &chains);
+    let clients = JsScript::new("chains.mjs", &pki);
+    let port = gw.addr.port();
+    let (ok, stdout, stderr) = clients.run(&[
+        &format!("wss://dot.test:{port}/"),
+        &format!("wss://eth.test:{port}/"),
+    ]);
+    assert!(
+        ok && stdout.contains("polkadot-js statemine \"asset-hub-rococo\"")
+            && stdout.contains("ethers 31337"),
+        "{stdout}\n{stderr}"
+    );
+    // The Ethereum chain is routed as one: its probes speak eth_ methods.
+    let health = https_get(gw.addr, pki.client_config(), "/health?chain=anvil").2;
+    assert!(health.contains(r#""chain":"0x7a69""#), "{health}");
+}

@@ -5,60 +5,11 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Write};
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::io::Write;
 use std::time::{Duration, Instant};
 
 use common::*;
 use tungstenite::Message;
-
-/// The anvil binary: `RINGWAY_ANVIL`, or npm's package (installed into
-/// `target/anvil` on first use).
-fn anvil_path() -> PathBuf {
-    if let Some(p) = std::env::var_os("RINGWAY_ANVIL") {
-        return PathBuf::from(p);
-    }
-    let modules = npm_packages("anvil", ANVIL);
-    let bin = modules.join("@foundry-rs/anvil-linux-amd64/bin/anvil");
-    assert!(bin.exists(), "no anvil binary at {}", bin.display());
-    bin
-}
-
-struct Anvil {
-    child: Child,
-    url: String,
-}
-
-impl Drop for Anvil {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn anvil(bin: &PathBuf, args: &[&str]) -> Anvil {
-    let mut child = Command::new(bin)
-        .args(["--port", "0", "--host", "127.0.0.1"])
-        .args(args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start anvil");
-    let out = child.stdout.take().unwrap();
-    let mut lines = BufReader::new(out).lines();
-    let addr = loop {
-        let line = lines.next().expect("anvil output").unwrap();
-        if let Some(a) = line.strip_prefix("Listening on ") {
-            break a.trim().to_string();
-        }
-    };
-    std::thread::spawn(move || for _ in lines {});
-    Anvil {
-        child,
-        url: format!("ws://{addr}"),
-    }
-}
 
 /// JSON-RPC over plain HTTP to an anvil directly.
 fn direct(url: &str, body: &str) -> String {

@@ -123,6 +123,7 @@ pub const JS_CLIENTS: &[&str] = &[
     "ethers@6.17.0",
     "web3@4.16.0",
     "@polkadot/rpc-provider@16.5.6",
+    "@polkadot/api@16.5.6",
 ];
 pub const ANVIL: &[&str] = &["@foundry-rs/anvil@1.7.1"];
 

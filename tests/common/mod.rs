@@ -5,6 +5,7 @@
 //! - [`upstream`]: every fake node of the tests: behaviours (echo, silent,
 //!   frozen, scripted faults...), a Substrate-like mock chain, and a node
 //!   with subscriptions for shared connections;
+//! - [`nodes`]: real nodes (anvil, chopsticks) from npm;
 //! - [`clients`]: raw TLS, tungstenite, and real JavaScript clients;
 //! - [`wire`]: HTTP responses, upgrade requests and frames by hand.
 #![allow(dead_code)] // each test binary uses a different part of the harness
@@ -14,12 +15,14 @@
 
 pub mod clients;
 pub mod gateway;
+pub mod nodes;
 pub mod pki;
 pub mod upstream;
 pub mod wire;
 
 pub use clients::*;
 pub use gateway::*;
+pub use nodes::*;
 pub use pki::*;
 pub use upstream::*;
 pub use wire::*;

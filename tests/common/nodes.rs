@@ -1,0 +1,122 @@
+//! Real nodes, installed from npm into `target/` on first use: anvil
+//! (Ethereum) and chopsticks (a real Substrate runtime from a raw chain
+//! spec, offline).
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+
+use super::*;
+
+/// The anvil binary: `RINGWAY_ANVIL`, or npm's package (installed into
+/// `target/anvil` on first use).
+pub fn anvil_path() -> PathBuf {
+    if let Some(p) = std::env::var_os("RINGWAY_ANVIL") {
+        return PathBuf::from(p);
+    }
+    let modules = npm_packages("anvil", ANVIL);
+    let bin = modules.join("@foundry-rs/anvil-linux-amd64/bin/anvil");
+    assert!(bin.exists(), "no anvil binary at {}", bin.display());
+    bin
+}
+
+pub struct Anvil {
+    child: Child,
+    pub url: String,
+}
+
+impl Drop for Anvil {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn anvil(bin: &PathBuf, args: &[&str]) -> Anvil {
+    let mut child = Command::new(bin)
+        .args(["--port", "0", "--host", "127.0.0.1"])
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start anvil");
+    let out = child.stdout.take().unwrap();
+    let mut lines = BufReader::new(out).lines();
+    let addr = loop {
+        let line = lines.next().expect("anvil output").unwrap();
+        if let Some(a) = line.strip_prefix("Listening on ") {
+            break a.trim().to_string();
+        }
+    };
+    std::thread::spawn(move || for _ in lines {});
+    Anvil {
+        child,
+        url: format!("ws://{addr}"),
+    }
+}
+
+pub const CHOPSTICKS: &[&str] = &[
+    "@acala-network/chopsticks@1.5.1",
+    "@substrate/connect-known-chains@1.10.3",
+];
+
+/// A chopsticks node: Rococo's Asset Hub from its raw chain spec (its
+/// genesis holds the runtime and all storage), in memory, on a free port.
+pub struct Chopsticks {
+    child: Child,
+    pub url: String,
+}
+
+impl Drop for Chopsticks {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn chopsticks() -> Chopsticks {
+    let modules = npm_packages("chopsticks", CHOPSTICKS);
+    let root = modules.parent().unwrap().to_path_buf();
+    let spec = root.join("rococo-asset-hub.json");
+    if !spec.exists() {
+        let write = Command::new("node")
+            .current_dir(&root)
+            .args([
+                "-e",
+                r#"const {chainSpec} = require("@substrate/connect-known-chains/rococo_v2_2_asset_hub");
+                   require("fs").writeFileSync("rococo-asset-hub.json.part", chainSpec);
+                   require("fs").renameSync("rococo-asset-hub.json.part", "rococo-asset-hub.json")"#,
+            ])
+            .status()
+            .unwrap();
+        assert!(write.success(), "cannot write the Asset Hub chain spec");
+    }
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let mut child = Command::new(modules.join(".bin/chopsticks"))
+        .current_dir(&root)
+        .arg("--chain-spec")
+        .arg(&spec)
+        .args(["--host", "127.0.0.1", "--port", &port.to_string()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start chopsticks");
+    let out = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(out).lines().map_while(Result::ok) {
+            if line.contains("RPC listening on") {
+                let _ = tx.send(());
+            }
+        }
+    });
+    rx.recv_timeout(Duration::from_secs(90))
+        .expect("chopsticks did not listen within 90 s");
+    Chopsticks {
+        child,
+        url: format!("ws://127.0.0.1:{port}"),
+    }
+}
