@@ -34,7 +34,7 @@ fn cache(c: &mut Criterion) {
         final_ttl: Duration::from_secs(3600),
     };
     let rules = Rules::new(Flavour::Substrate, ttls, &[]);
-    let store = Cache::new(rules.clone(), 32 << 20);
+    let store = Cache::new(rules.clone(), 32 << 20, 0);
     let chain = br#"{"jsonrpc":"2.0","id":42,"method":"system_chain","params":[]}"#;
     let meta = br#"{"jsonrpc":"2.0","id":43,"method":"state_getMetadata","params":[]}"#;
     let miss = br#"{"jsonrpc":"2.0","id":44,"method":"state_getStorage","params":["0x26aa"]}"#;

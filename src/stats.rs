@@ -213,8 +213,9 @@ pub struct CoreStats {
     pub messages: [Counter; 2],
     /// Bytes read (after TLS), by where from.
     pub bytes: [Counter; 2],
-    /// By method ([`METHODS`] and other), then by [`Outcome`].
-    calls: Box<[[Counter; 4]]>,
+    /// Per chain (by [`chain_slot`]): calls and cache figures; made on
+    /// the first count of a chain on this core.
+    chains: Box<[std::sync::OnceLock<Box<ChainStats>>]>,
     /// By [`STATUSES`] and other.
     http: Box<[Counter]>,
     /// Close frames sent to clients, by [`CLOSE_CODES`], other, and none (no code).
@@ -223,13 +224,6 @@ pub struct CoreStats {
     tls: [[Counter; 2]; 2],
     /// TLS handshakes that failed or did not finish in time.
     pub tls_failed: Counter,
-    /// Response cache: lookups that found an answer, and that did not.
-    pub cache_hits: Counter,
-    pub cache_misses: Counter,
-    /// Answers dropped to stay within `cache.max_bytes`.
-    pub cache_evictions: Counter,
-    /// Bytes the cache holds (a gauge).
-    pub cache_bytes: Counter,
     /// Merged subscriptions: node subscriptions, and client subscriptions
     /// on them (gauges); notifications from the node, and copies delivered.
     pub topics: Counter,
@@ -238,6 +232,75 @@ pub struct CoreStats {
     pub topic_deliveries: Counter,
     /// HTTP request bodies cut, by reason ([`BODY_CUTS`]).
     pub bodies_cut: [Counter; 3],
+}
+
+/// One chain's counters on one core.
+#[derive(Debug)]
+pub struct ChainStats {
+    /// By method ([`METHODS`] and other), then by [`Outcome`].
+    calls: Box<[[Counter; 4]]>,
+    /// Response cache: lookups that found an answer, and that did not.
+    pub cache_hits: Counter,
+    pub cache_misses: Counter,
+    /// Answers dropped to stay within `cache.max_bytes`.
+    pub cache_evictions: Counter,
+    /// Bytes the cache holds (a gauge).
+    pub cache_bytes: Counter,
+}
+
+impl ChainStats {
+    fn new() -> ChainStats {
+        ChainStats {
+            calls: (0..=METHODS.len()).map(|_| Default::default()).collect(),
+            cache_hits: Counter::default(),
+            cache_misses: Counter::default(),
+            cache_evictions: Counter::default(),
+            cache_bytes: Counter::default(),
+        }
+    }
+
+    /// Every request of `call`.
+    pub fn call(&self, call: &crate::jsonrpc::Call<'_>, outcome: Outcome) {
+        for r in call.requests() {
+            self.request(r.method(), outcome);
+        }
+    }
+
+    /// One request (a batch element) calling `method`.
+    pub fn request(&self, method: Option<&[u8]>, outcome: Outcome) {
+        let i = method.map_or(METHODS.len(), method_index);
+        self.calls[i][outcome as usize].add(1);
+    }
+}
+
+/// Chains counted apart, at most; the names beyond share the last slot
+/// (labelled `other`).
+pub const MAX_CHAINS: usize = 256;
+
+static CHAIN_NAMES: Mutex<Vec<String>> = Mutex::new(Vec::new());
+
+/// The counters slot of the chain named `name`, process-wide and for the
+/// process's life (a chain keeps its counts across reloads). Taken when a
+/// core builds its state for a generation, never per call.
+pub fn chain_slot(name: &str) -> u8 {
+    let mut names = CHAIN_NAMES.lock().expect("not poisoned");
+    if let Some(i) = names.iter().position(|n| n == name) {
+        return i as u8;
+    }
+    if names.len() < MAX_CHAINS - 1 {
+        names.push(name.to_string());
+        return (names.len() - 1) as u8;
+    }
+    (MAX_CHAINS - 1) as u8
+}
+
+/// The name of each slot taken so far.
+pub fn chain_names() -> Vec<String> {
+    let mut names = CHAIN_NAMES.lock().expect("not poisoned").clone();
+    if names.len() == MAX_CHAINS - 1 {
+        names.push("other".into());
+    }
+    names
 }
 
 /// Why an HTTP request body was cut: `stalled` (no byte for
@@ -250,17 +313,15 @@ impl CoreStats {
         CoreStats {
             messages: Default::default(),
             bytes: Default::default(),
-            calls: (0..=METHODS.len()).map(|_| Default::default()).collect(),
+            chains: (0..MAX_CHAINS)
+                .map(|_| std::sync::OnceLock::new())
+                .collect(),
             http: (0..=STATUSES.len()).map(|_| Counter::default()).collect(),
             closes: (0..CLOSE_CODES.len() + 2)
                 .map(|_| Counter::default())
                 .collect(),
             tls: Default::default(),
             tls_failed: Counter::default(),
-            cache_hits: Counter::default(),
-            cache_misses: Counter::default(),
-            cache_evictions: Counter::default(),
-            cache_bytes: Counter::default(),
             topics: Counter::default(),
             topic_members: Counter::default(),
             topic_notes: Counter::default(),
@@ -276,17 +337,10 @@ impl CoreStats {
         self.bytes[from as usize].add(bytes);
     }
 
-    /// Every request of `call`.
-    pub fn call(&self, call: &crate::jsonrpc::Call<'_>, outcome: Outcome) {
-        for r in call.requests() {
-            self.request(r.method(), outcome);
-        }
-    }
-
-    /// One request (a batch element) calling `method`.
-    pub fn request(&self, method: Option<&[u8]>, outcome: Outcome) {
-        let i = method.map_or(METHODS.len(), method_index);
-        self.calls[i][outcome as usize].add(1);
+    /// Chain `slot`'s counters on this core.
+    #[inline]
+    pub fn chain(&self, slot: u8) -> &ChainStats {
+        self.chains[slot as usize].get_or_init(|| Box::new(ChainStats::new()))
     }
 
     pub fn http_status(&self, status: u16) {
@@ -323,14 +377,14 @@ pub struct Registry {
 pub struct Sums {
     pub messages: [u64; 2],
     pub bytes: [u64; 2],
-    /// (method index, outcome) -> count, only non-zero ones.
-    pub calls: Vec<(usize, Outcome, u64)>,
+    /// (chain slot, method index, outcome) -> count, only non-zero ones.
+    pub calls: Vec<(u8, usize, Outcome, u64)>,
     pub http: Vec<u64>,
     pub closes: Vec<u64>,
     pub tls: [[u64; 2]; 2],
     pub tls_failed: u64,
-    /// hits, misses, evictions, bytes.
-    pub cache: [u64; 4],
+    /// By chain slot (those counted): hits, misses, evictions, bytes.
+    pub cache: Vec<(u8, [u64; 4])>,
     /// topics, members, notifications, deliveries.
     pub merged: [u64; 4],
     /// By [`BODY_CUTS`].
@@ -343,13 +397,32 @@ impl Registry {
         let cores = self.cores.lock().expect("not poisoned");
         let total = |f: &dyn Fn(&CoreStats) -> u64| cores.iter().map(|c| f(c)).sum::<u64>();
         let mut calls = Vec::new();
-        for m in 0..=METHODS.len() {
-            for o in Outcome::ALL {
-                let n = total(&|c| c.calls[m][o as usize].get());
-                if n > 0 {
-                    calls.push((m, o, n));
+        let mut cache = Vec::new();
+        for slot in 0..MAX_CHAINS {
+            fn of(c: &CoreStats, slot: usize) -> Option<&ChainStats> {
+                c.chains[slot].get().map(|s| &**s)
+            }
+            if !cores.iter().any(|c| of(c, slot).is_some()) {
+                continue;
+            }
+            let chain = |f: &dyn Fn(&ChainStats) -> u64| total(&|c| of(c, slot).map_or(0, f));
+            for m in 0..=METHODS.len() {
+                for o in Outcome::ALL {
+                    let n = chain(&|s| s.calls[m][o as usize].get());
+                    if n > 0 {
+                        calls.push((slot as u8, m, o, n));
+                    }
                 }
             }
+            cache.push((
+                slot as u8,
+                [
+                    chain(&|s| s.cache_hits.get()),
+                    chain(&|s| s.cache_misses.get()),
+                    chain(&|s| s.cache_evictions.get()),
+                    chain(&|s| s.cache_bytes.get()),
+                ],
+            ));
         }
         Sums {
             messages: [0, 1].map(|d| total(&|c| c.messages[d].get())),
@@ -363,12 +436,7 @@ impl Registry {
                 .collect(),
             tls: [0, 1].map(|v| [0, 1].map(|r| total(&|c| c.tls[v][r].get()))),
             tls_failed: total(&|c| c.tls_failed.get()),
-            cache: [
-                total(&|c| c.cache_hits.get()),
-                total(&|c| c.cache_misses.get()),
-                total(&|c| c.cache_evictions.get()),
-                total(&|c| c.cache_bytes.get()),
-            ],
+            cache,
             merged: [
                 total(&|c| c.topics.get()),
                 total(&|c| c.topic_members.get()),
@@ -407,14 +475,14 @@ pub fn read(source: Source, messages: u64, bytes: usize) {
     count(|c| c.read(source, messages, bytes as u64));
 }
 
-/// One request (a batch element) had this `outcome`, on this core.
-pub fn request(req: &crate::jsonrpc::Request<'_>, outcome: Outcome) {
-    count(|c| c.request(req.method(), outcome));
+/// One request (a batch element) to chain `slot` had this `outcome`, on this core.
+pub fn request(slot: u8, req: &crate::jsonrpc::Request<'_>, outcome: Outcome) {
+    count(|c| c.chain(slot).request(req.method(), outcome));
 }
 
-/// Every request of `call` had this `outcome`, on this core.
-pub fn calls(call: &crate::jsonrpc::Call<'_>, outcome: Outcome) {
-    count(|c| c.call(call, outcome));
+/// Every request of `call` to chain `slot` had this `outcome`, on this core.
+pub fn calls(slot: u8, call: &crate::jsonrpc::Call<'_>, outcome: Outcome) {
+    count(|c| c.chain(slot).call(call, outcome));
 }
 
 /// A latency histogram in seconds, written by any thread (atomic adds: it
@@ -487,7 +555,7 @@ mod tests {
         install(&registry);
         count(|c| c.read(Source::Client, 2, 100));
         count(|c| {
-            c.call(
+            c.chain(3).call(
                 &crate::jsonrpc::Call::parse(
                     br#"[{"id":1,"method":"system_health"},{"id":2,"method":"x"}]"#,
                 ),
@@ -500,6 +568,7 @@ mod tests {
         assert_eq!(s.messages, [2, 0]);
         assert_eq!(s.bytes, [100, 0]);
         assert_eq!(s.calls.len(), 2);
+        assert!(s.calls.iter().all(|c| c.0 == 3), "by chain slot");
         assert_eq!(s.http[STATUSES.iter().position(|&x| x == 429).unwrap()], 1);
         assert_eq!(s.closes[1], 1);
     }

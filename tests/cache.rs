@@ -119,9 +119,14 @@ fn many_clients_cost_the_node_about_what_one_does() {
         chain.calls.lock().unwrap()
     );
     let metrics = metrics(&gw, &pki);
-    assert!(metrics.contains("ringway_cache_hits_total "), "{metrics}");
     assert!(
-        metrics.contains(r#"ringway_calls_total{method="state_getMetadata",outcome="cached"}"#),
+        metrics.contains(r#"ringway_cache_hits_total{chain="default"} "#),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(
+            r#"ringway_calls_total{chain="default",method="state_getMetadata",outcome="cached"}"#
+        ),
         "{metrics}"
     );
 }

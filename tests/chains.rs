@@ -139,6 +139,15 @@ fn each_host_name_reaches_its_own_chain_with_its_own_certificate() {
         (200, "KSM@10"),
         "{body}"
     );
+    // Calls are counted by chain, and each node's figures carry its chain.
+    let metrics = https_get(gw.addr, pki.client_config(), "/metrics").2;
+    for series in [
+        r#"ringway_calls_total{chain="polkadot",method="state_getStorage",outcome="forwarded"} 1"#,
+        r#"ringway_calls_total{chain="kusama",method="state_getStorage",outcome="forwarded"} 2"#,
+        r#"ringway_node_up{chain="kusama",url="#,
+    ] {
+        assert!(metrics.contains(series), "{series}\n{metrics}");
+    }
     // /health names both chains and their nodes.
     let health = https_get(gw.addr, pki.client_config(), "/health").2;
     assert!(

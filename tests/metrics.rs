@@ -81,7 +81,9 @@ fn metrics_follow_the_traffic_and_pass_a_prometheus_parser() {
         ("state_traceBlock", "refused"),
         ("eth_chainId", "forwarded"),
     ] {
-        let series = format!(r#"ringway_calls_total{{method="{method}",outcome="{outcome}"}}"#);
+        let series = format!(
+            r#"ringway_calls_total{{chain="default",method="{method}",outcome="{outcome}"}}"#
+        );
         assert_eq!(value(&text, &series), 1.0, "{series}");
     }
     assert!(

@@ -52,11 +52,14 @@ pub struct Cache {
     /// The clock's order of keys (oldest first).
     clock: RefCell<VecDeque<Rc<[u8]>>>,
     bytes: Cell<usize>,
+    /// The chain's counters slot.
+    slot: u8,
 }
 
 impl Cache {
-    pub fn new(rules: Rules, max_bytes: usize) -> Cache {
+    pub fn new(rules: Rules, max_bytes: usize, slot: u8) -> Cache {
         Cache {
+            slot,
             rules,
             max_bytes,
             entries: RefCell::new(AHashMap::new()),
@@ -77,16 +80,16 @@ impl Cache {
         };
         match hit {
             Some((head, expires)) if now < expires => {
-                crate::stats::count(|c| c.cache_hits.add(1));
+                crate::stats::count(|c| c.chain(self.slot).cache_hits.add(1));
                 Some(head)
             }
             Some(_) => {
                 self.remove(key);
-                crate::stats::count(|c| c.cache_misses.add(1));
+                crate::stats::count(|c| c.chain(self.slot).cache_misses.add(1));
                 None
             }
             None => {
-                crate::stats::count(|c| c.cache_misses.add(1));
+                crate::stats::count(|c| c.chain(self.slot).cache_misses.add(1));
                 None
             }
         }
@@ -137,7 +140,7 @@ impl Cache {
         self.clock.borrow_mut().push_back(key);
         self.bytes.set(self.bytes.get() + cost);
         self.evict();
-        crate::stats::count(|c| c.cache_bytes.set(self.bytes.get() as u64));
+        crate::stats::count(|c| c.chain(self.slot).cache_bytes.set(self.bytes.get() as u64));
         true
     }
 
@@ -176,7 +179,7 @@ impl Cache {
                 clock.push_back(key);
             } else {
                 self.remove(&key);
-                crate::stats::count(|c| c.cache_evictions.add(1));
+                crate::stats::count(|c| c.chain(self.slot).cache_evictions.add(1));
             }
         }
         // Keys of removed entries do not pile up.
@@ -202,7 +205,7 @@ mod tests {
             static_ttl: Duration::from_secs(60),
             final_ttl: Duration::from_secs(60),
         };
-        Cache::new(Rules::new(Flavour::Substrate, ttls, &[]), max)
+        Cache::new(Rules::new(Flavour::Substrate, ttls, &[]), max, 0)
     }
 
     #[test]

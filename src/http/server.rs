@@ -229,13 +229,17 @@ pub async fn http_loop<R: ReadHalf, W: WriteHalf>(
         };
         let (status, answer, retry_after) = match checked {
             Ok(()) => {
-                crate::stats::calls(&call, crate::stats::Outcome::Forwarded);
+                crate::stats::calls(
+                    worker.session.chain,
+                    &call,
+                    crate::stats::Outcome::Forwarded,
+                );
                 let (status, answer) = answer_rpc(worker, &path, &call, &ip).await;
                 (status, answer, None)
             }
             Err((refusal, answer)) => {
                 crate::debug!("refused a call from {}: {refusal:?}", admitted.ip);
-                crate::stats::calls(&call, crate::stats::Outcome::Refused);
+                crate::stats::calls(worker.session.chain, &call, crate::stats::Outcome::Refused);
                 let retry = match refusal {
                     Some(crate::policy::Refusal::RateLimited(wait)) => Some(wait.as_secs().max(1)),
                     _ => None,

@@ -161,40 +161,53 @@ pub fn render(scrape: &Scrape<'_>, full: bool) -> String {
         "counter",
         "JSON-RPC calls (batch elements each), by method (the built-in table, else other) and outcome: forwarded to a node, refused by admission, cached (answered from the cache), joined (answered by an identical call already on its way).",
     );
-    for (m, outcome, n) in &sums.calls {
+    let names = crate::stats::chain_names();
+    let chain_name = |slot: &u8| names.get(*slot as usize).map_or("other", String::as_str);
+    for (slot, m, outcome, n) in &sums.calls {
         let method = crate::stats::METHODS.get(*m).copied().unwrap_or("other");
         t.sample(
             "ringway_calls_total",
-            &[("method", method), ("outcome", outcome.name())],
+            &[
+                ("chain", chain_name(slot)),
+                ("method", method),
+                ("outcome", outcome.name()),
+            ],
             n,
         );
     }
-    let (cache, merged) = (sums.cache, sums.merged);
-    for (name, kind, help, value) in [
+    for (i, name, kind, help) in [
         (
+            0,
             "ringway_cache_hits_total",
             "counter",
-            "Requests answered from the response cache.",
-            cache[0],
+            "Requests answered from the response cache, by chain.",
         ),
         (
+            1,
             "ringway_cache_misses_total",
             "counter",
-            "Cacheable requests the cache had no answer for.",
-            cache[1],
+            "Cacheable requests the cache had no answer for, by chain.",
         ),
         (
+            2,
             "ringway_cache_evictions_total",
             "counter",
-            "Answers dropped from the cache to stay within cache.max_bytes.",
-            cache[2],
+            "Answers dropped from the cache to stay within cache.max_bytes, by chain.",
         ),
         (
+            3,
             "ringway_cache_bytes",
             "gauge",
-            "Bytes the response cache holds, over all cores.",
-            cache[3],
+            "Bytes the response cache holds, over all cores, by chain.",
         ),
+    ] {
+        t.family(name, kind, help);
+        for (slot, values) in &sums.cache {
+            t.sample(name, &[("chain", chain_name(slot))], values[i]);
+        }
+    }
+    let merged = sums.merged;
+    for (name, kind, help, value) in [
         (
             "ringway_merged_subscriptions",
             "gauge",

@@ -218,7 +218,7 @@ pub fn on_held(
             // nor routing acts on it.
             let readable = call.refusal();
             if let (Some(answer), Some(_)) = (&readable, r.admission) {
-                crate::stats::calls(&call, Outcome::Refused);
+                crate::stats::calls(s.cfg.chain, &call, Outcome::Refused);
                 s.send_text(answer.as_bytes());
                 asm.clear();
                 return;
@@ -235,7 +235,7 @@ pub fn on_held(
                         .and_then(|req| super::limits::check(s, adm, req)),
                 };
                 if let Some(answer) = refused {
-                    crate::stats::calls(&call, Outcome::Refused);
+                    crate::stats::calls(s.cfg.chain, &call, Outcome::Refused);
                     if let Some(answer) = answer {
                         s.send_text(answer.as_bytes());
                     }
@@ -256,7 +256,7 @@ pub fn on_held(
                 }
             }
             if whole {
-                crate::stats::calls(&call, Outcome::Forwarded);
+                crate::stats::calls(s.cfg.chain, &call, Outcome::Forwarded);
             }
             let target = *hold.target.get_or_insert_with(|| {
                 if routed == Some(Target::Archive) && s.archive_usable(r) {

@@ -53,6 +53,8 @@ pub use session::Session;
 /// Limits and timers of a session.
 #[derive(Debug, Clone, Copy)]
 pub struct SessionConfig {
+    /// The chain's counters slot (`stats::chain_slot`).
+    pub chain: u8,
     /// What a client may send.
     pub codec: CodecLimits,
     /// What a node may send (`limits.max_answer_bytes`).

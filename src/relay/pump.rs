@@ -301,7 +301,7 @@ fn on_message(s: &Session, from: Which, asm: &mut Assembler, way: &mut Way<'_, '
         Way::Stream(scan) => match from {
             Which::Client => {
                 let call = Call::parse(asm.message());
-                crate::stats::calls(&call, Outcome::Forwarded);
+                crate::stats::calls(s.cfg.chain, &call, Outcome::Forwarded);
                 s.sent(&call);
                 asm.clear();
             }

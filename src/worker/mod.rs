@@ -226,6 +226,7 @@ impl Worker {
     ) -> Rc<Worker> {
         let config = state.config().clone();
         let health = state.health.clone();
+        let slot = crate::stats::chain_slot(&state.chain.name);
         let total = core.generations.totals.clone();
         let counts = core.generations.counts;
         let l = &config.limits;
@@ -271,7 +272,7 @@ impl Worker {
             let methods: Vec<(String, u64)> =
                 c.methods.iter().map(|(m, t)| (m.clone(), *t)).collect();
             let rules = crate::cache::Rules::new(config.flavour, ttls, &methods);
-            Rc::new(crate::cache::Cache::new(rules, c.max_bytes))
+            Rc::new(crate::cache::Cache::new(rules, c.max_bytes, slot))
         });
         let settings = crate::relay::shared::Settings {
             connect_timeout: config.connect_timeout,
@@ -308,6 +309,7 @@ impl Worker {
             http: HttpPool::new(config.nodes.len()),
             pool,
             session: SessionConfig {
+                chain: slot,
                 codec,
                 node_codec,
                 max_buffered: l.max_buffered_bytes,

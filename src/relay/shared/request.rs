@@ -32,7 +32,7 @@ pub fn on_request(ctx: &Ctx<'_>, s: &Rc<Session>, msg: &[u8]) {
     if let Some((adm, ip)) = ctx.admission {
         if let Err((refusal, answer)) = adm.check_call(ip, &call, std::time::Instant::now()) {
             crate::debug!("refused a call from {ip}: {refusal:?}");
-            crate::stats::calls(&call, Outcome::Refused);
+            crate::stats::calls(s.cfg.chain, &call, Outcome::Refused);
             if let Some(a) = answer {
                 s.send_text(a.as_bytes());
             }
@@ -73,7 +73,7 @@ pub fn on_request(ctx: &Ctx<'_>, s: &Rc<Session>, msg: &[u8]) {
         };
         let full = c.subscription_load() >= ctx.shared.settings.max_subscriptions.max(1);
         if req.sub == Sub::Opens && full && !merged() {
-            crate::stats::request(req, Outcome::Refused);
+            crate::stats::request(s.cfg.chain, req, Outcome::Refused);
             let data = r#"{"limit":"pool.shared_max_connections"}"#;
             if let Some(id) = req.id {
                 s.send_text(
@@ -87,7 +87,7 @@ pub fn on_request(ctx: &Ctx<'_>, s: &Rc<Session>, msg: &[u8]) {
         Kind::Object => {
             let req = call.single().expect("an object is one request");
             if let Some(answer) = refuse(ctx, s, req) {
-                crate::stats::calls(&call, Outcome::Refused);
+                crate::stats::calls(s.cfg.chain, &call, Outcome::Refused);
                 if let Some(a) = answer {
                     s.send_text(a.as_bytes());
                 }
@@ -96,12 +96,12 @@ pub fn on_request(ctx: &Ctx<'_>, s: &Rc<Session>, msg: &[u8]) {
             // Streams the same for everyone: one node subscription per topic.
             match req.sub {
                 Sub::Ends(Some(sub)) if super::topics::unsubscribe_call(s, req, sub) => {
-                    crate::stats::request(req, Outcome::Cached);
+                    crate::stats::request(s.cfg.chain, req, Outcome::Cached);
                     return;
                 }
                 // Another session's merged subscription is not this one's to end.
                 Sub::Ends(Some(sub)) if super::topics::known(&home, sub) => {
-                    crate::stats::request(req, Outcome::Refused);
+                    crate::stats::request(s.cfg.chain, req, Outcome::Refused);
                     if let Some(id) = req.id {
                         let e = error(id, code::INVALID_PARAMS, "Invalid subscription id", None);
                         s.send_text(e.as_bytes());
@@ -127,7 +127,7 @@ pub fn on_request(ctx: &Ctx<'_>, s: &Rc<Session>, msg: &[u8]) {
                     return cached(&ctx.shared, to, s, req, plan, retryable);
                 }
             }
-            crate::stats::calls(&call, Outcome::Forwarded);
+            crate::stats::calls(s.cfg.chain, &call, Outcome::Forwarded);
             send_request(to, s, req, 0, retryable.then(|| Box::from(req.raw)), None);
         }
         Kind::Batch => send_batch(ctx, to, s, &call),
@@ -176,16 +176,16 @@ fn cached(
     let cache = sh.cache.as_ref().expect("a plan comes from the cache");
     let id = req.id.expect("cacheable requests have ids");
     if let Some(head) = cache.get(&plan.key, std::time::Instant::now()) {
-        crate::stats::request(req, Outcome::Cached);
+        crate::stats::request(s.cfg.chain, req, Outcome::Cached);
         super::answer::deliver(s, &crate::cache::answer_parts(&head, id));
         s.answered(id);
         return;
     }
     if sh.join_flight(&plan.key, s, id) {
-        crate::stats::request(req, Outcome::Joined);
+        crate::stats::request(s.cfg.chain, req, Outcome::Joined);
         return;
     }
-    crate::stats::request(req, Outcome::Forwarded);
+    crate::stats::request(s.cfg.chain, req, Outcome::Forwarded);
     let kept = Box::new(Kept {
         key: plan.key.clone().into_boxed_slice(),
         ttl: plan.ttl,
@@ -330,11 +330,11 @@ fn send_batch(ctx: &Ctx<'_>, to: &Conn, s: &Rc<Session>, call: &Call<'_>) {
     body.push(b'[');
     for req in call.requests() {
         if let Some(answer) = refuse(ctx, s, req) {
-            crate::stats::request(req, Outcome::Refused);
+            crate::stats::request(s.cfg.chain, req, Outcome::Refused);
             local.extend(answer);
             continue;
         }
-        crate::stats::request(req, Outcome::Forwarded);
+        crate::stats::request(s.cfg.chain, req, Outcome::Forwarded);
         if forwarded > 0 {
             body.push(b',');
         }

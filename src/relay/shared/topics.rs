@@ -305,7 +305,7 @@ pub fn subscribe(ctx: &Ctx<'_>, to: &Rc<Conn>, s: &Rc<Session>, req: &Request<'_
     s.inflight.borrow_mut().add(id, 0);
     let mut topics = to.topics.borrow_mut();
     if let Some(t) = topics.get_mut(&key[..]) {
-        crate::stats::request(req, crate::stats::Outcome::Joined);
+        crate::stats::request(s.cfg.chain, req, crate::stats::Outcome::Joined);
         if t.node_sub.is_none() {
             t.joining.push((Rc::downgrade(s), Box::from(id), sub_id));
             drop(topics);
@@ -326,7 +326,7 @@ pub fn subscribe(ctx: &Ctx<'_>, to: &Rc<Conn>, s: &Rc<Session>, req: &Request<'_
         }
         return;
     }
-    crate::stats::request(req, crate::stats::Outcome::Forwarded);
+    crate::stats::request(s.cfg.chain, req, crate::stats::Outcome::Forwarded);
     let key: Box<[u8]> = key.into_boxed_slice();
     let mut t = Topic::new(key.clone(), unsub, latest_value);
     t.joining.push((Rc::downgrade(s), Box::from(id), sub_id));
