@@ -6,7 +6,6 @@
 
 mod common;
 
-use std::io::Write;
 use std::process::Command;
 use std::sync::Arc;
 
@@ -108,14 +107,12 @@ fn post(
     path: &str,
     body: &str,
 ) -> (u16, String) {
-    let mut s = tls_connect_named(gw.addr, pki.client_config(), sni);
-    let req = format!(
-        "POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    );
-    s.write_all(req.as_bytes()).unwrap();
-    let (status, _, body) = read_response(&mut s);
-    (status, body)
+    post_json_to(
+        tls_connect_named(gw.addr, pki.client_config(), sni),
+        host,
+        path,
+        body,
+    )
 }
 
 #[test]

@@ -22,6 +22,7 @@ pub struct FileConfig {
     pub cache: CacheSection,
     pub node: Vec<NodeSection>,
     pub log: LogSection,
+    pub keys: super::keys::KeysSection,
     /// `[[chain]]`: several chains on one listener (see `config::chains`);
     /// each table is read against the top-level sections it overrides.
     pub chain: Vec<toml::Table>,

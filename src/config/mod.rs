@@ -10,6 +10,7 @@
 pub mod chains;
 mod file;
 mod health;
+pub mod keys;
 pub mod nginx;
 mod resolve;
 
@@ -151,6 +152,8 @@ pub struct Config {
     pub access_log: bool,
     /// The file it came from, if any.
     pub source: Option<PathBuf>,
+    /// The API keys (`keys.file`), if any.
+    pub keys: Option<std::sync::Arc<keys::KeysConfig>>,
     /// The chains served, at least one (each with its own settings; the
     /// top-level values above are the defaults they start from). Empty in
     /// a chain's own settings.

@@ -49,6 +49,8 @@ impl Config {
         } else {
             super::chains::read(&file, &tables, &source, &config.tls, detect)?
         };
+        let names: Vec<String> = config.chains.iter().map(|c| c.name.clone()).collect();
+        config.keys = super::keys::load(&file.keys, &source, &names)?.map(Arc::new);
         Ok(config)
     }
 
@@ -419,6 +421,7 @@ impl Config {
             access_log: file.log.access,
             methods_note,
             source,
+            keys: None,
             chains: Vec::new(),
         })
     }

@@ -225,6 +225,8 @@ async fn connection(tcp: TcpStream, peer: SocketAddr, served: Rc<Served>) {
 /// pairs), begun at the session's start only when the log is on.
 struct Access {
     chain: String,
+    /// The API key's name (never its secret), or `-`.
+    key: String,
     client: std::net::IpAddr,
     node: String,
     started: std::time::Instant,
@@ -233,11 +235,16 @@ struct Access {
 impl Access {
     fn begin(
         worker: &Worker,
-        client: std::net::IpAddr,
+        admitted: &crate::policy::Admitted,
         node: &crate::config::NodeConfig,
     ) -> Option<Access> {
+        let client = admitted.ip;
         worker.config.access_log.then(|| Access {
             chain: worker.name.clone(),
+            key: admitted
+                .key
+                .as_ref()
+                .map_or("-".into(), |(k, _)| k.name().to_string()),
             client,
             node: node.url.clone(),
             started: std::time::Instant::now(),
@@ -248,8 +255,9 @@ impl Access {
         let out = messages_out.map_or("-".to_string(), |n| n.to_string());
         let close = close.map_or("-".to_string(), |c| c.to_string());
         crate::info!(
-            "access kind=ws chain={} client={} node={} ms={} in={messages_in} out={out} close={close} reason={reason:?}",
+            "access kind=ws chain={} key={} client={} node={} ms={} in={messages_in} out={out} close={close} reason={reason:?}",
             self.chain,
+            self.key,
             self.client,
             self.node,
             self.started.elapsed().as_millis()
@@ -323,7 +331,7 @@ async fn client<R: ReadHalf, W: WriteHalf>(
                 early: upstream_early,
                 fd: upstream_fd,
             };
-            let access = Access::begin(worker, admitted.ip, _lease.node());
+            let access = Access::begin(worker, &admitted, _lease.node());
             let summary = relay(
                 client,
                 node,
@@ -331,6 +339,7 @@ async fn client<R: ReadHalf, W: WriteHalf>(
                 Some(watch),
                 routed,
                 &worker.core.shutdown,
+                admitted.key.as_ref().map(|(k, _)| k.clone()),
             )
             .await;
             ended(peer, access, &summary);
@@ -344,7 +353,7 @@ async fn client<R: ReadHalf, W: WriteHalf>(
         } => {
             let worker = &worker;
             let inspect = worker.admission.inspects();
-            let access = Access::begin(worker, admitted.ip, lease.node());
+            let access = Access::begin(worker, &admitted, lease.node());
             let ctx = crate::relay::shared::Ctx {
                 shared: worker.shared.clone().expect("shared mode"),
                 cfg: worker.session,
@@ -353,6 +362,7 @@ async fn client<R: ReadHalf, W: WriteHalf>(
                 admission: inspect.then_some((&*worker.admission, admitted.ip)),
                 shutdown: &worker.core.shutdown,
                 lease,
+                key: admitted.key.as_ref().map(|(k, _)| k.clone()),
             };
             let client = Peer {
                 r,

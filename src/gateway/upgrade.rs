@@ -10,9 +10,9 @@ use std::rc::Rc;
 
 use crate::http::endpoints::{health_response, is_health, metrics_response};
 use crate::http::head::{parsed, read_head};
-use crate::http::origin::origin_allowed;
 use crate::http::response::{refuse, respond_and_close, write_response};
 use crate::io::{give_buf, take_buf, ReadHalf, WriteHalf, BUF_SIZE};
+use crate::policy::origin_allowed;
 use crate::policy::Admitted;
 use crate::upstream;
 use crate::worker::{Served, Worker};
@@ -106,10 +106,11 @@ pub async fn handshake<R: ReadHalf, W: WriteHalf>(
         head.single("forwarded"),
         worker.admission.trusted_hops,
     );
-    let admitted = match worker.admission.admit(client_ip) {
+    let mut admitted = match worker.admission.admit(client_ip) {
         Ok(guard) => Admitted {
             _guard: guard,
             ip: client_ip,
+            key: None,
         },
         Err((status, why)) => {
             crate::debug!("refused {peer}: {why}");
@@ -188,6 +189,24 @@ pub async fn handshake<R: ReadHalf, W: WriteHalf>(
             return Handshake::Done;
         }
     };
+    // Its API key, if keys are on: out of the path the node sees.
+    let path = match served.keys.as_deref() {
+        None => path,
+        Some(keys) => match keys.admit(&head, &worker.name, &path) {
+            Ok((key, path)) => {
+                admitted.key = key;
+                path.into_owned().into()
+            }
+            Err((status, why)) => {
+                crate::debug!("{peer}: refused: {why}");
+                let mut out = Vec::new();
+                write_response(&mut out, status, &[], why, true);
+                respond_and_close(r, w, fd, out).await;
+                give_buf(buf);
+                return Handshake::Done;
+            }
+        },
+    };
     let upgrade = match validate_upgrade(&head) {
         // The node sees the path without the chain's prefix.
         Ok(u) => crate::ws::handshake::Upgrade { path: &path, ..u },
@@ -252,6 +271,7 @@ pub async fn handshake<R: ReadHalf, W: WriteHalf>(
     let fwd = Forwarded {
         client_ip: &ip,
         proto,
+        keys: served.keys.is_some(),
     };
     let node = upstream::open(
         &worker.pool,

@@ -8,11 +8,9 @@
 //! Body framing is [`crate::h1`]'s (the node client in
 //! [`crate::upstream::http`] reads its answers with it too).
 //! - [`endpoints`]: `/health`, `/metrics`, the redirect listener.
-//! - [`origin`]: origin allowlists (CORS and WebSocket `Origin`).
 
 pub mod endpoints;
 pub mod head;
-pub mod origin;
 pub mod response;
 pub mod server;
 

@@ -12,9 +12,9 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use crate::h1 as body;
-use crate::http::origin::origin_allowed;
 use crate::http::response::{self, refuse, respond_and_close, write_response};
 use crate::io::{stop, unless_shutdown, with_deadline, ReadHalf, Stop, WriteHalf};
+use crate::policy::origin_allowed;
 use crate::policy::{Admitted, MIN_RATE_GRACE};
 use crate::upstream::http as rpc_http;
 use crate::worker::{Served, Worker};
@@ -90,6 +90,21 @@ pub async fn http_loop<R: ReadHalf, W: WriteHalf>(
             }
         };
         let worker = &worker;
+        // Its API key, if keys are on (counted while the request lasts).
+        let (key_held, path) = match served.keys.as_deref() {
+            None => (None, path),
+            Some(keys) => match keys.admit(&head, &worker.name, &path) {
+                Ok((key, seen)) => (key, seen.into_owned()),
+                Err((status, why)) => {
+                    crate::debug!("{peer}: refused: {why}");
+                    let code = if status == 429 { -32005 } else { -32001 };
+                    let body = crate::jsonrpc::error::error(b"null", code, why, None);
+                    let mut out = Vec::new();
+                    response::write_json(&mut out, status, &[], body.as_bytes(), true);
+                    return respond_and_close(r, w, fd, out).await;
+                }
+            },
+        };
         let keep_alive = head.minor_version >= 1 && !head.has_token("connection", "close");
         let origin = head.single("origin").map(<[u8]>::to_vec);
         let cors = origin
@@ -252,8 +267,9 @@ pub async fn http_loop<R: ReadHalf, W: WriteHalf>(
         };
         if worker.config.access_log {
             crate::info!(
-                "access kind=http chain={} client={} path={:?} status={status} ms={} bytes_in={body_len} bytes_out={}",
+                "access kind=http chain={} key={} client={} path={:?} status={status} ms={} bytes_in={body_len} bytes_out={}",
                 worker.name,
+                key_held.as_ref().map_or("-", |(k, _)| k.name()),
                 admitted.ip,
                 path,
                 now.elapsed().as_millis(),

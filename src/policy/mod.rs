@@ -22,11 +22,14 @@
 //! (`relay::limits`): they count a session's own state.
 
 mod client;
+pub mod keys;
 mod methods;
+mod origin;
 mod rate;
 
 pub use client::*;
 pub use methods::*;
+pub use origin::*;
 pub use rate::*;
 
 use std::cell::RefCell;
@@ -421,6 +424,8 @@ pub const MIN_RATE_GRACE: std::time::Duration = std::time::Duration::from_secs(2
 pub struct Admitted {
     pub _guard: ConnGuard,
     pub ip: std::net::IpAddr,
+    /// The API key it came with, and its place in the key's connection count.
+    pub key: Option<keys::Held>,
 }
 
 #[cfg(test)]

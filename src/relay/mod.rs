@@ -120,6 +120,7 @@ pub async fn relay<CR, CW, UR, UW>(
     watch: Option<NodeWatch>,
     routed: Option<Routed<'_>>,
     shutdown: &Broadcast,
+    key: Option<std::sync::Arc<crate::policy::keys::Key>>,
 ) -> SessionSummary
 where
     CR: ReadHalf,
@@ -131,6 +132,7 @@ where
     let s = Rc::new_cyclic(|me| {
         let mut s = Session::new(cfg, client.fd, Some(node.fd), archive_routed);
         s.me = me.clone();
+        s.key = key;
         s
     });
     // The halves live here, not in the futures, so that both sockets stay open
@@ -198,6 +200,7 @@ where
 {
     let s = Rc::new_cyclic(|me| {
         let mut s = Session::new(ctx.cfg, client.fd, None, false);
+        s.key = ctx.key.clone();
         s.member = Some(Box::new(crate::relay::shared::Member::new(conn)));
         s.me = me.clone();
         s
@@ -239,7 +242,7 @@ mod size_tests {
     /// archive futures were inlined (7.5 KiB); they are boxed now.
     #[test]
     fn the_relay_future_of_a_tls_session_stays_small() {
-        fn out_size<A, B, C, D, E, G, F>(_: impl Fn(A, B, C, D, E, G) -> F) -> usize {
+        fn out_size<A, B, C, D, E, G, H, F>(_: impl Fn(A, B, C, D, E, G, H) -> F) -> usize {
             std::mem::size_of::<F>()
         }
         let relay = out_size(

@@ -26,6 +26,8 @@ pub const MAX_PONGS: usize = 16;
 /// One client session, in either mode.
 pub struct Session {
     pub cfg: SessionConfig,
+    /// The API key it came with: revoked by a reload, the session closes.
+    pub key: Option<std::sync::Arc<crate::policy::keys::Key>>,
     pub closing: Closing,
     pub client: Side,
     /// The node: a pinned session's own connection. A session on a shared
@@ -67,6 +69,7 @@ impl Session {
         let shared = node_fd.is_none();
         Session {
             cfg,
+            key: None,
             closing: Closing::new(!shared),
             client: Side::new("client", false, client_fd),
             node: node_fd.map(|fd| Box::new(Side::new("node", true, fd))),

@@ -14,12 +14,18 @@ use super::close::{Effects, Which};
 use super::session::Session;
 use super::{NodeWatch, DRAIN_POLL, SHUTDOWN_DRAIN};
 
+/// How often a session looks whether its API key was revoked.
+const KEY_CHECK: std::time::Duration = std::time::Duration::from_millis(500);
+
 pub async fn timer(s: &Session, watch: Option<&NodeWatch>, shutdown: &Broadcast) {
     // A shared connection pings its node and watches its health itself.
     let pinned = s.member.is_none();
     let mut next_ping = Instant::now() + s.cfg.keepalive;
     let mut pinged = Instant::now();
     let mut next_check = watch.map(|w| Instant::now() + w.every);
+    // A session with an API key looks at it every second: a reload that
+    // removes or disables it closes the session.
+    let mut next_key = s.key.as_ref().map(|_| Instant::now() + KEY_CHECK);
     let mut drain_until = None;
     // The client's write seen pending at a look, and since when.
     let mut stuck: Option<(u32, Instant)> = None;
@@ -138,7 +144,18 @@ pub async fn timer(s: &Session, watch: Option<&NodeWatch>, shutdown: &Broadcast)
                     next_check = Some(now + w.every);
                 }
             }
-            if let Some(c) = next_check {
+            if let (Some(key), Some(at)) = (&s.key, next_key) {
+                if now >= at {
+                    if key.revoked() {
+                        crate::debug!("session of key {} closed: key revoked", key.name());
+                        s.fail_inflight("API key revoked");
+                        s.closing.close_both(s, close_code::POLICY, "key revoked");
+                        continue;
+                    }
+                    next_key = Some(now + KEY_CHECK);
+                }
+            }
+            if let Some(c) = next_check.into_iter().chain(next_key).min() {
                 soonest = soonest.min(c);
             }
             wake = Some(soonest);

@@ -37,6 +37,8 @@ pub struct Generation {
     pub config: Arc<Config>,
     /// In the order of the configuration.
     pub chains: Vec<ChainState>,
+    /// The API keys (`keys.file`), if any.
+    pub keys: Option<Arc<crate::policy::keys::Keys>>,
 }
 
 /// One chain of a generation.
@@ -72,7 +74,21 @@ impl ChainState {
 }
 
 impl Generation {
-    fn start(number: u64, config: Config, healths: Vec<Arc<Health>>) -> Generation {
+    fn start(
+        number: u64,
+        config: Config,
+        healths: Vec<Arc<Health>>,
+        keys_before: Option<&crate::policy::keys::Keys>,
+    ) -> Generation {
+        let keys = match (&config.keys, keys_before) {
+            (Some(k), before) => Some(Arc::new(crate::policy::keys::Keys::build(k, before))),
+            // Keys turned off: every old key's sessions close.
+            (None, Some(before)) => {
+                before.revoke_all();
+                None
+            }
+            (None, None) => None,
+        };
         let chains = config
             .chains
             .iter()
@@ -84,6 +100,7 @@ impl Generation {
             number,
             config: Arc::new(config),
             chains,
+            keys,
         }
     }
 
@@ -121,7 +138,7 @@ impl Generations {
     /// Generation 1 from the configuration at start; its health thread starts.
     pub fn start(config: Config, io_uring: bool) -> Arc<Generations> {
         let healths = config.chains.iter().map(fresh_health).collect();
-        let first = Generation::start(1, config, healths);
+        let first = Generation::start(1, config, healths, None);
         let totals: Arc<crate::policy::SharedCounts> = Arc::default();
         let counts: &'static Arc<_> = Box::leak(Box::new(totals.clone()));
         Arc::new(Generations {
@@ -218,7 +235,7 @@ impl Generations {
             o.probes.store(true, Ordering::Relaxed);
         }
         let number = old.number + 1;
-        *current = Arc::new(Generation::start(number, new, healths));
+        *current = Arc::new(Generation::start(number, new, healths, old.keys.as_deref()));
         self.number.store(number, Ordering::Release);
         self.reloads_ok.fetch_add(1, Ordering::Relaxed);
         self.last_failed.store(false, Ordering::Relaxed);

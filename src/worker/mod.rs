@@ -119,6 +119,7 @@ impl Core {
             }
         }
         let new = Rc::new(Served {
+            keys: generation.keys.clone(),
             generation: generation.number,
             config: generation.config.clone(),
             chains,
@@ -154,6 +155,8 @@ pub struct Served {
     /// In the configuration's order.
     pub chains: Vec<Rc<Worker>>,
     pub core: Rc<Core>,
+    /// The API keys, if any.
+    pub keys: Option<Arc<crate::policy::keys::Keys>>,
 }
 
 impl Served {

@@ -303,6 +303,9 @@ pub struct Forwarded<'a> {
     pub client_ip: &'a str,
     /// `https` behind TLS, `http` on a plaintext listener.
     pub proto: &'a str,
+    /// API keys are on: `X-Api-Key` and `Authorization` (the client's
+    /// credentials for the gateway) stay here.
+    pub keys: bool,
 }
 
 /// Append the upgrade request the gateway sends to a node.
@@ -354,7 +357,10 @@ pub fn write_upstream_fields(
     out.extend_from_slice(fwd.proto.as_bytes());
     for h in client.headers {
         let skip = NOT_FORWARDED.iter().any(|n| h.name.eq_ignore_ascii_case(n))
-            || client.has_token("connection", h.name);
+            || client.has_token("connection", h.name)
+            || (fwd.keys
+                && (h.name.eq_ignore_ascii_case("x-api-key")
+                    || h.name.eq_ignore_ascii_case("authorization")));
         if !skip {
             out.extend_from_slice(b"\r\n");
             out.extend_from_slice(h.name.as_bytes());
@@ -558,6 +564,7 @@ mod tests {
             Forwarded {
                 client_ip: "192.0.2.7",
                 proto: "https",
+                keys: false,
             },
         );
         let text = String::from_utf8(out).unwrap();

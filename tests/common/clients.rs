@@ -266,12 +266,17 @@ pub fn echo_call<S: std::io::Read + std::io::Write>(ws: &mut tungstenite::WebSoc
 /// One HTTP JSON-RPC request on a connection of its own (`Connection:
 /// close`): the status and the body.
 pub fn post_json(addr: SocketAddr, cfg: Arc<rustls::ClientConfig>, body: &str) -> (u16, String) {
-    let mut s = tls_connect(addr, cfg);
+    post_json_to(tls_connect(addr, cfg), "localhost", "/", body)
+}
+
+/// The same on `s` (a connection asking for a given server name), with
+/// `Host: host`, to `path`.
+pub fn post_json_to(mut s: TlsStream, host: &str, path: &str, body: &str) -> (u16, String) {
     s.sock
         .set_read_timeout(Some(std::time::Duration::from_secs(30)))
         .unwrap();
     let req = format!(
-        "POST / HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}",
+        "POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}",
         body.len()
     );
     s.write_all(req.as_bytes()).unwrap();

@@ -182,26 +182,35 @@ impl Out {
         if let Some(s) = self.idle_s {
             let _ = writeln!(t, "\n[limits]\n# proxy_read_timeout\nidle_timeout_s = {s}");
         }
-        if self.rate.is_some() || self.per_ip.is_some() {
-            t.push_str("\n[admission]\n");
-            if let Some((rate, burst)) = self.rate {
-                let _ = writeln!(t, "# limit_req: every JSON-RPC call counts, inside WebSocket sessions too\nrate = {rate}");
-                if let Some(b) = burst {
-                    let _ = writeln!(t, "burst = {b}");
-                }
-            }
-            if let Some(h) = self.trusted_hops {
-                let _ = writeln!(t, "# the zone was keyed by X-Forwarded-For: believe one proxy hop\ntrusted_proxy_hops = {h}");
-            }
-            if let Some(n) = self.per_ip {
-                let _ = writeln!(t, "# limit_conn\nmax_connections_per_ip = {n}");
-            }
-        }
+        self.write_admission(&mut t, "\n[admission]");
         write_nodes(&mut t, "node", &self.nodes);
         t.push_str(&self.chains);
         Imported {
             toml: t,
             notes: self.notes,
+        }
+    }
+}
+
+impl Out {
+    /// The rate and connection limits as an admission table named `table`
+    /// (`[admission]`, `[chain.admission]`), if there are any.
+    fn write_admission(&self, t: &mut String, table: &str) {
+        if self.rate.is_none() && self.per_ip.is_none() {
+            return;
+        }
+        let _ = writeln!(t, "{table}");
+        if let Some((rate, burst)) = self.rate {
+            let _ = writeln!(t, "# limit_req: every JSON-RPC call counts, inside WebSocket sessions too\nrate = {rate}");
+            if let Some(b) = burst {
+                let _ = writeln!(t, "burst = {b}");
+            }
+        }
+        if let Some(h) = self.trusted_hops {
+            let _ = writeln!(t, "# the zone was keyed by X-Forwarded-For: believe one proxy hop\ntrusted_proxy_hops = {h}");
+        }
+        if let Some(n) = self.per_ip {
+            let _ = writeln!(t, "# limit_conn\nmax_connections_per_ip = {n}");
         }
     }
 }

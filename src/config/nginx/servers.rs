@@ -115,21 +115,7 @@ pub(super) fn convert(
                     let _ = writeln!(tables, "cert = {cert:?}\nkey = {key:?}");
                 }
             }
-            if c.rate.is_some() || c.per_ip.is_some() {
-                tables.push_str("[chain.admission]\n");
-                if let Some((rate, burst)) = c.rate {
-                    let _ = writeln!(tables, "rate = {rate}");
-                    if let Some(b) = burst {
-                        let _ = writeln!(tables, "burst = {b}");
-                    }
-                }
-                if let Some(h) = c.trusted_hops {
-                    let _ = writeln!(tables, "trusted_proxy_hops = {h}");
-                }
-                if let Some(n) = c.per_ip {
-                    let _ = writeln!(tables, "max_connections_per_ip = {n}");
-                }
-            }
+            c.write_admission(&mut tables, "[chain.admission]");
             write_nodes(&mut tables, "chain.node", &c.nodes);
         }
     }

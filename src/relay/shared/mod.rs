@@ -121,6 +121,8 @@ pub struct Ctx<'a> {
     pub shutdown: &'a Broadcast,
     /// Holds the session's place in its node's connection count.
     pub lease: NodeLease,
+    /// The API key it came with.
+    pub key: Option<std::sync::Arc<crate::policy::keys::Key>>,
 }
 
 /// Where a cacheable request's answer will come: its connection and its id there.

@@ -1,0 +1,255 @@
+//! API keys (first step): passed the ways providers pass them, never sent
+//! on to a node; refused with 401 (none, unknown, disabled), 403 (another
+//! chain, another origin) and 429 (its connections); revoked by a reload
+//! within a second without touching other keys' sessions; real clients
+//! with the key in the path and the query.
+
+mod common;
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::*;
+use tungstenite::Message;
+
+const ALICE: &str = "alice-0123456789abcdef";
+const BOB: &str = "bob-0123456789abcdef00";
+
+fn keys_file(pki: &TestPki, alice_disabled: bool) -> std::path::PathBuf {
+    write_config(
+        pki,
+        "keys.toml",
+        &format!(
+            "[[key]]\nname = \"alice\"\nkey = \"{ALICE}\"\ndisabled = {alice_disabled}\nmax_connections = 3\n\n[[key]]\nname = \"bob\"\nkey = \"{BOB}\"\nchains = [\"kusama\"]\norigins = [\"https://bob.example\"]\n"
+        ),
+    )
+}
+
+/// Two chains (polkadot for any host, kusama at /kusama), keys required.
+fn start(pki: &TestPki, dot: &str, ksm: &str) -> Gateway {
+    let keys = keys_file(pki, false);
+    let cfg = write_config(
+        pki,
+        "keys-gw.toml",
+        &format!(
+            "[keys]\nfile = \"{}\"\n[log]\naccess = true\n[[chain]]\nname = \"polkadot\"\n[[chain.node]]\nurl = \"{dot}\"\n[[chain]]\nname = \"kusama\"\npath = \"/kusama\"\n[[chain.node]]\nurl = \"{ksm}\"\n",
+            keys.display()
+        ),
+    );
+    Gateway::start(pki, &[], &["--config", cfg.to_str().unwrap()])
+}
+
+/// The status of an upgrade to `path` with extra header fields.
+fn upgrade_status(
+    gw: &Gateway,
+    pki: &TestPki,
+    path: &str,
+    extra: &[(&str, &str)],
+) -> (u16, String) {
+    let mut s = tls_connect(gw.addr, pki.client_config());
+    let req = upgrade_request(path, |h| {
+        for (n, v) in extra {
+            h.push((n.to_string(), v.to_string()));
+        }
+    });
+    std::io::Write::write_all(&mut s, req.as_bytes()).unwrap();
+    let (status, _, body) = read_response(&mut s);
+    (status, body)
+}
+
+/// The next connection the node saw that is not the gateway's health probe.
+fn seen(up: &Upstream) -> SeenRequest {
+    loop {
+        let s = up.next_session();
+        if s.header("user-agent") != Some("ringway-health") {
+            return s;
+        }
+    }
+}
+
+#[test]
+fn a_key_passed_as_providers_pass_it_is_used_and_never_reaches_the_node() {
+    let pki = TestPki::new();
+    let dot = Upstream::start(Behaviour::Substrate(FakeChain::new(100)));
+    let ksm = Upstream::start(Behaviour::Echo);
+    let gw = start(&pki, &dot.url(), &ksm.url());
+    let bearer = format!("Bearer {ALICE}");
+    for (path, header) in [
+        (format!("/{ALICE}"), None),
+        (format!("/?apikey={ALICE}&x=1"), None),
+        ("/".to_string(), Some(("X-Api-Key", ALICE))),
+        ("/".to_string(), Some(("Authorization", bearer.as_str()))),
+    ] {
+        let extra: Vec<(&str, &str)> = header.into_iter().collect();
+        let (status, body) = upgrade_status(&gw, &pki, &path, &extra);
+        assert_eq!(status, 101, "{path} {extra:?}: {body}");
+        let s = seen(&dot);
+        assert!(!s.path.contains(ALICE), "{}", s.path);
+        assert!(
+            s.header("x-api-key").is_none() && s.header("authorization").is_none(),
+            "{s:?}"
+        );
+        assert!(s.path == "/" || s.path == "/?x=1", "{}", s.path);
+    }
+    // A key on a chain's path: /kusama/<key> reaches kusama's node as /.
+    let (status, body) = upgrade_status(
+        &gw,
+        &pki,
+        &format!("/kusama/{BOB}"),
+        &[("Origin", "https://bob.example")],
+    );
+    assert_eq!(status, 101, "{body}");
+    assert_eq!(seen(&ksm).path, "/");
+    // Over HTTP: the call answered, the key in no access line.
+    let (status, body) = post_json_to(
+        tls_connect(gw.addr, pki.client_config()),
+        "localhost",
+        &format!("/{ALICE}"),
+        r#"{"jsonrpc":"2.0","id":1,"method":"echo"}"#,
+    );
+    assert_eq!(status, 200, "{body}");
+    let log = gw.stop_and_read_stderr();
+    assert!(!log.contains(ALICE) && !log.contains(BOB), "{log}");
+}
+
+#[test]
+fn requests_without_a_usable_key_are_refused_with_what_is_wrong() {
+    let pki = TestPki::new();
+    let dot = Upstream::start(Behaviour::Echo);
+    let ksm = Upstream::start(Behaviour::Echo);
+    let gw = start(&pki, &dot.url(), &ksm.url());
+    // Path, header fields, the status, a word of its reason.
+    type Case<'a> = (String, Vec<(&'a str, &'a str)>, u16, &'a str);
+    let cases: [Case; 5] = [
+        ("/".into(), vec![], 401, "required"),
+        (
+            "/".into(),
+            vec![("X-Api-Key", "not-a-key-at-all-000000")],
+            401,
+            "unknown",
+        ),
+        // Bob may use kusama only, and from his origin only.
+        (
+            format!("/{BOB}"),
+            vec![("Origin", "https://bob.example")],
+            403,
+            "chain",
+        ),
+        (
+            format!("/kusama/{BOB}"),
+            vec![("Origin", "https://evil.example")],
+            403,
+            "origin",
+        ),
+        (format!("/kusama?apikey={ALICE}"), vec![], 101, ""),
+    ];
+    for (path, extra, want, why) in cases {
+        let (status, body) = upgrade_status(&gw, &pki, &path, &extra);
+        assert_eq!(status, want, "{path}: {body}");
+        assert!(body.contains(why), "{path}: {body}");
+        assert!(!body.contains(ALICE) && !body.contains(BOB), "{body}");
+    }
+    // Over HTTP: 401 with a JSON-RPC error.
+    let (status, body) = post_json(
+        gw.addr,
+        pki.client_config(),
+        r#"{"jsonrpc":"2.0","id":1,"method":"echo"}"#,
+    );
+    assert_eq!(status, 401, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert!(
+        v["error"]["message"].as_str().unwrap().contains("API key"),
+        "{body}"
+    );
+    // Alice may hold three connections at once.
+    let open: Vec<_> = (0..3)
+        .map(|_| ws_connect(&gw, pki.client_config(), &format!("/{ALICE}")))
+        .collect();
+    assert_eq!(upgrade_status(&gw, &pki, &format!("/{ALICE}"), &[]).0, 429);
+    drop(open);
+    wait_for(TIMEOUT, "alice's connections closed", || {
+        upgrade_status(&gw, &pki, &format!("/{ALICE}"), &[]).0 == 101
+    });
+}
+
+#[test]
+fn a_reload_that_disables_a_key_closes_its_sessions_within_a_second_and_no_others() {
+    let pki = TestPki::new();
+    let dot = Upstream::start(Behaviour::Echo);
+    let ksm = Upstream::start(Behaviour::Echo);
+    let gw = start(&pki, &dot.url(), &ksm.url());
+    let mut alice = ws_connect(&gw, pki.client_config(), &format!("/{ALICE}"));
+    let mut bob = {
+        let stream = tls_connect(gw.addr, pki.client_config());
+        let mut req = tungstenite::client::IntoClientRequest::into_client_request(
+            gw.url(&format!("/kusama/{BOB}")),
+        )
+        .unwrap();
+        req.headers_mut()
+            .insert("Origin", "https://bob.example".parse().unwrap());
+        tungstenite::client::client(req, stream).unwrap().0
+    };
+    echo_call(&mut alice, "before");
+    echo_call(&mut bob, "before");
+
+    keys_file(&pki, true);
+    let ok = Command::new("kill")
+        .args(["-HUP", &gw.pid().to_string()])
+        .status()
+        .unwrap();
+    assert!(ok.success());
+    let start = Instant::now();
+    loop {
+        match alice.read() {
+            Ok(Message::Close(Some(f))) => {
+                assert_eq!(u16::from(f.code), 1008);
+                assert_eq!(f.reason, "key revoked");
+                break;
+            }
+            Ok(_) => {}
+            Err(e) => panic!("{e}"),
+        }
+    }
+    // The reload is seen at the next look (every 500 ms) after it took effect.
+    assert!(
+        start.elapsed() < Duration::from_millis(1500),
+        "{:?}",
+        start.elapsed()
+    );
+    echo_call(&mut bob, "after");
+    assert_eq!(upgrade_status(&gw, &pki, &format!("/{ALICE}"), &[]).0, 401);
+}
+
+/// ethers and web3 (unchanged) with the key in the path, against anvil.
+#[test]
+fn ethers_and_web3_use_a_key_in_the_path() {
+    let pki = TestPki::new();
+    let node = anvil(&anvil_path(), &[]);
+    let http = node.url.replacen("ws://", "http://", 1);
+    let keys = write_config(
+        &pki,
+        "eth-keys.toml",
+        &format!("[[key]]\nname = \"alice\"\nkey = \"{ALICE}\"\n"),
+    );
+    let cfg = write_config(
+        &pki,
+        "keys-eth.toml",
+        &format!(
+            "[keys]\nfile = \"{}\"\n[routing]\nchain = \"ethereum\"\n",
+            keys.display()
+        ),
+    );
+    let gw = Gateway::start(
+        &pki,
+        std::slice::from_ref(&node.url),
+        &["--config", cfg.to_str().unwrap()],
+    );
+    let clients = JsScript::new("clients.mjs", &pki);
+    let (ok, stdout, stderr) = clients.run(&[&gw.url(&format!("/{ALICE}")), &http]);
+    assert!(
+        ok && stdout.contains("ethers 31337") && stdout.contains("web3 31337"),
+        "{stdout}\n{stderr}"
+    );
+    let (status, _) = upgrade_status(&gw, &pki, "/", &[]);
+    assert_eq!(status, 401);
+}
