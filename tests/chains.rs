@@ -309,10 +309,7 @@ fn a_chain_table_with_an_error_is_named_by_its_key() {
         ("[[node]]\nurl = \"ws://127.0.0.1:9944\"\n[[chain]]\nname = \"a\"\n[[chain.node]]\nurl = \"ws://127.0.0.1:9944\"\n", "`node`"),
     ] {
         let cfg = write_config(&pki, "bad-chain.toml", text);
-        let out = Command::new(env!("CARGO_BIN_EXE_ringway"))
-            .args(["--check", "--config", cfg.to_str().unwrap()])
-            .output()
-            .unwrap();
+        let out = check_config(cfg.to_str().unwrap());
         let err = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(2), "{text}: {err}");
         assert!(err.contains(key) && err.contains("bad-chain.toml"), "{key}: {err}");
@@ -367,10 +364,7 @@ fn a_whole_etc_nginx_with_includes_converts_passes_check_and_serves_every_site()
         "rpc",
         format!("server {{\n    listen 443 ssl;\n    server_name rpc.test;\n    {}\n    location /polkadot/ {{ proxy_pass http://polkadot/; }}\n    location /kusama/ {{ proxy_pass http://kusama/; }}\n}}\n", tls(&["rpc.test"])),
     );
-    let out = Command::new(env!("CARGO_BIN_EXE_ringway"))
-        .args(["import-nginx", etc.join("nginx.conf").to_str().unwrap()])
-        .output()
-        .unwrap();
+    let out = run_ringway(&["import-nginx", etc.join("nginx.conf").to_str().unwrap()]);
     let notes = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{notes}");
     let toml = String::from_utf8(out.stdout).unwrap();
@@ -388,10 +382,7 @@ fn a_whole_etc_nginx_with_includes_converts_passes_check_and_serves_every_site()
     // Port 80 is not ours to bind here.
     let toml = toml.replace("redirect_listen = \"0.0.0.0:80\"", "");
     let cfg = write_config(&pki, "imported.toml", &toml);
-    let check = Command::new(env!("CARGO_BIN_EXE_ringway"))
-        .args(["--check", "--config", cfg.to_str().unwrap()])
-        .output()
-        .unwrap();
+    let check = check_config(cfg.to_str().unwrap());
     assert!(
         check.status.success(),
         "{}\n{toml}",

@@ -430,10 +430,7 @@ fn cache_methods_refuse_subscriptions_and_writes() {
             "cache.toml",
             &format!("[cache.methods]\n{method} = 60\n"),
         );
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_ringway"))
-            .args(["--check", "--config", cfg.to_str().unwrap()])
-            .output()
-            .unwrap();
+        let out = check_config(cfg.to_str().unwrap());
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success(), "{method} accepted");
         assert!(

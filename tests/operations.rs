@@ -8,13 +8,6 @@ use common::*;
 use tungstenite::Message;
 
 /// `ringway --check --config FILE`.
-fn check_config(file: &str) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_ringway"))
-        .args(["--check", "--config", file])
-        .output()
-        .unwrap()
-}
-
 /// The address the gateway printed after `marker` at start (`http://ADDR...`).
 fn printed_addr(gw: &Gateway, marker: &str) -> String {
     gw.stdout_lines
@@ -646,10 +639,7 @@ fn import_nginx_turns_the_seed_blocks_into_configs_that_serve() {
             .replace("CERT_LOCATION", pki.cert.to_str().unwrap())
             .replace("localhost:9944", &node);
         let nginx = write_config(&pki, &format!("{name}.nginx"), &text);
-        let out = Command::new(env!("CARGO_BIN_EXE_ringway"))
-            .args(["import-nginx", nginx.to_str().unwrap()])
-            .output()
-            .unwrap();
+        let out = run_ringway(&["import-nginx", nginx.to_str().unwrap()]);
         let notes = String::from_utf8_lossy(&out.stderr);
         assert!(out.status.success(), "{name}: {notes}");
         assert!(

@@ -373,56 +373,42 @@ pub fn render(scrape: &Scrape<'_>, full: bool) -> String {
             u8::from(h.degraded()),
         );
     }
-    for (name, help, value) in [
+    // Per node, with its chain: (family, type, help, value).
+    type PerNode<'a> = (&'a str, &'a str, &'a str, &'a dyn Fn(&Health, usize) -> u64);
+    let per_node: [PerNode; 5] = [
         (
             "ringway_node_up",
+            "gauge",
             "Whether a node passes its health checks.",
-            &(|h: &Health, i| u64::from(h.is_up(i))) as &dyn Fn(&Health, usize) -> u64,
+            &|h, i| u64::from(h.is_up(i)),
         ),
         (
             "ringway_node_head",
+            "gauge",
             "Best block seen on each node.",
             &|h, i| h.head(i),
         ),
-    ] {
-        t.family(name, "gauge", help);
-        for (chain, h, i, n) in each_node(scrape) {
-            let url = label(n);
-            t.sample(
-                name,
-                &[("chain", chain), ("url", &url), ("role", n.role.name())],
-                value(h, i),
-            );
-        }
-    }
-    for (name, help, which) in [
         (
             "ringway_hedges_total",
+            "counter",
             "Reads sent to this node because another had not answered in time (hedges).",
-            0,
+            &|h, i| h.hedges(i)[0],
         ),
         (
             "ringway_hedges_won_total",
+            "counter",
             "Hedges this node answered first.",
-            1,
+            &|h, i| h.hedges(i)[1],
         ),
-    ] {
-        t.family(name, "counter", help);
-        for (chain, h, i, n) in each_node(scrape) {
-            let url = label(n);
-            t.sample(
-                name,
-                &[("chain", chain), ("url", &url), ("role", n.role.name())],
-                h.hedges(i)[which],
-            );
-        }
-    }
-    for (name, help, value) in [(
-        "ringway_node_finalized",
-        "The block each node last reported finalized.",
-        &(|h: &Health, i| h.finalized_of(i)) as &dyn Fn(&Health, usize) -> u64,
-    )] {
-        t.family(name, "gauge", help);
+        (
+            "ringway_node_finalized",
+            "gauge",
+            "The block each node last reported finalized.",
+            &|h, i| h.finalized_of(i),
+        ),
+    ];
+    for (name, kind, help, value) in per_node {
+        t.family(name, kind, help);
         for (chain, h, i, n) in each_node(scrape) {
             let url = label(n);
             t.sample(

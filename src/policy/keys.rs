@@ -41,7 +41,10 @@ impl Key {
 
     /// Whether the key may use chain `chain`.
     pub fn allows_chain(&self, chain: &str) -> bool {
-        self.spec.chains.as_ref().is_none_or_contains(chain)
+        self.spec
+            .chains
+            .as_ref()
+            .map_or(true, |cs| cs.iter().any(|c| c == chain))
     }
 
     /// Count a connection; `None` when the key has `max_connections` open.
@@ -49,16 +52,6 @@ impl Key {
         let n = self.connections.fetch_add(1, Ordering::Relaxed) + 1;
         let guard = KeyConnection(self.connections.clone());
         (self.spec.max_connections == 0 || n <= self.spec.max_connections).then_some(guard)
-    }
-}
-
-trait NoneOrContains {
-    fn is_none_or_contains(&self, chain: &str) -> bool;
-}
-
-impl NoneOrContains for Option<&Vec<String>> {
-    fn is_none_or_contains(&self, chain: &str) -> bool {
-        self.map_or(true, |cs| cs.iter().any(|c| c == chain))
     }
 }
 
@@ -105,7 +98,7 @@ impl Keys {
                 let now = by_digest
                     .get(&k.spec.digest)
                     .filter(|n| n.spec.name == k.spec.name);
-                if now.is_none_or_disabled() {
+                if now.map_or(true, |n| n.spec.disabled) {
                     k.revoked.store(true, Ordering::Relaxed);
                 }
             }
@@ -176,16 +169,6 @@ impl Keys {
             seen.push_str(&rest.join("&"));
         }
         (key, seen.into())
-    }
-}
-
-trait DisabledOrGone {
-    fn is_none_or_disabled(&self) -> bool;
-}
-
-impl DisabledOrGone for Option<&Arc<Key>> {
-    fn is_none_or_disabled(&self) -> bool {
-        self.map_or(true, |k| k.spec.disabled)
     }
 }
 

@@ -160,3 +160,16 @@ impl Drop for Gateway {
         }
     }
 }
+
+/// The `ringway` binary run to its end with `args` (`--check`, `import-nginx`).
+pub fn run_ringway(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_ringway"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+/// `ringway --check --config FILE`.
+pub fn check_config(file: &str) -> std::process::Output {
+    run_ringway(&["--check", "--config", file])
+}
