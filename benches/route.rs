@@ -98,14 +98,46 @@ fn admission(c: &mut Criterion) {
     g.bench_function("rate_and_safe_methods", |b| {
         b.iter(|| {
             let parsed = ringway::jsonrpc::Call::parse(black_box(call));
-            limited.check_call(black_box(ip), &parsed, std::time::Instant::now())
+            limited.check_call(black_box(ip), &parsed, std::time::Instant::now(), None)
         })
     });
     let open = AdmissionCtx::new(&AdmissionSection::default(), total);
     g.bench_function("no_limits", |b| {
         b.iter(|| {
             let parsed = ringway::jsonrpc::Call::parse(black_box(call));
-            open.check_call(black_box(ip), &parsed, std::time::Instant::now())
+            open.check_call(black_box(ip), &parsed, std::time::Instant::now(), None)
+        })
+    });
+    // An API key with a rate and a quota (never reached): the cost of
+    // charging a call to it (a compare-and-swap and an add, shared by
+    // every core).
+    let dir = std::env::temp_dir().join(format!("ringway-bench-keys-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("keys.toml");
+    std::fs::write(
+        &file,
+        "[[key]]\nname = \"bench\"\nkey = \"bench-0123456789abcdef\"\nrate = 1e12\nburst = 1e12\nquota = 18000000000000000000\n",
+    )
+    .unwrap();
+    let section = ringway::config::keys::KeysSection {
+        file: file.display().to_string(),
+        ..Default::default()
+    };
+    let cfg = ringway::config::keys::load(&section, &None, &[])
+        .unwrap()
+        .unwrap();
+    let book = ringway::policy::usage::Book::default();
+    let keys = ringway::policy::keys::Keys::build(&cfg, None, &book);
+    let key = keys.named("bench").unwrap().clone();
+    g.bench_function("api_key_rate_and_quota", |b| {
+        b.iter(|| {
+            let parsed = ringway::jsonrpc::Call::parse(black_box(call));
+            open.check_call(
+                black_box(ip),
+                &parsed,
+                std::time::Instant::now(),
+                Some(&key),
+            )
         })
     });
     g.finish();

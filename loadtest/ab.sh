@@ -4,6 +4,9 @@
 #
 #   loadtest/ab.sh OLD_BINARY NEW_BINARY [ROUNDS]     (default 3 rounds)
 #   DUR=5: seconds per load run; WORKERS=1: ringway workers
+#   OLD_ARGS, NEW_ARGS: more flags for each binary (e.g. NEW_ARGS="--config
+#   keys.toml" with the same binary twice: a feature off and on);
+#   OLD_LOAD, NEW_LOAD: more `ringway-load run` flags for each (--keys FILE)
 #   The proxies run on CPU 0, the mock node and the load on the others
 #   (taskset), so that they do not take turns on one core.
 #
@@ -38,7 +41,9 @@ pids+=($!)
 declare -A BIN FLAGS PORT PID
 names=(old new old-shared new-shared)
 BIN=([old]=$OLD [new]=$NEW [old-shared]=$OLD [new-shared]=$NEW)
-FLAGS=([old]="" [new]="" [old-shared]="--shared" [new-shared]="--shared")
+FLAGS=([old]="${OLD_ARGS:-}" [new]="${NEW_ARGS:-}" [old-shared]="--shared ${OLD_ARGS:-}" [new-shared]="--shared ${NEW_ARGS:-}")
+declare -A LOADX
+LOADX=([old]="${OLD_LOAD:-}" [new]="${NEW_LOAD:-}" [old-shared]="${OLD_LOAD:-}" [new-shared]="${NEW_LOAD:-}")
 i=0
 for n in "${names[@]}"; do
   PORT[$n]=${PORTS[$i]}; i=$((i + 1))
@@ -63,7 +68,8 @@ for round in $(seq "$ROUNDS"); do
         r8k) args=(--rate 8000) ;;
       esac
       c0=$(cpu "${PID[$n]}")
-      out=$(taskset -c 1-$(($(nproc) - 1)) $LOAD run "$U" --insecure --connections 100 "${args[@]}" --duration "$DUR" --json)
+      # shellcheck disable=SC2086
+      out=$(taskset -c 1-$(($(nproc) - 1)) $LOAD run "$U" --insecure --connections 100 "${args[@]}" --duration "$DUR" --json ${LOADX[$n]})
       c1=$(cpu "${PID[$n]}")
       us=$(echo "$c0 $c1 $(field "$out" ok) $(getconf CLK_TCK)" | awk '{printf "%.2f", ($2-$1)/$4/$3*1e6}')
       R[$n|$kind]="${R[$n|$kind]:-} $us"

@@ -9,15 +9,6 @@ use tungstenite::Message;
 
 /// `ringway --check --config FILE`.
 /// The address the gateway printed after `marker` at start (`http://ADDR...`).
-fn printed_addr(gw: &Gateway, marker: &str) -> String {
-    gw.stdout_lines
-        .iter()
-        .find_map(|l| l.split(marker).nth(1))
-        .and_then(|r| r.split(['/', ' ']).next())
-        .map(str::to_string)
-        .unwrap_or_else(|| panic!("no `{marker}` address printed: {:?}", gw.stdout_lines))
-}
-
 #[test]
 fn without_a_certificate_a_self_signed_one_is_made_and_printed() {
     let up = Upstream::start(Behaviour::Echo);

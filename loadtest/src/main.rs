@@ -20,13 +20,15 @@ ringway-load: load generator and mock JSON-RPC node
 USAGE:
   ringway-load run URL [--connections 100] [--duration 10] [--depth 1 | --rate MSGS_PER_S]
                        [--separate] [--messages N] [--method NAME]... [--mix FILE] [--workers N]
-                       [--ca FILE | --insecure] [--bind IP] [--json] [--quiet]
+                       [--ca FILE | --insecure] [--bind IP] [--keys FILE] [--json] [--quiet]
       N connections, closed loop (each keeps --depth requests in flight) or open
       loop (--rate total messages/s, latency from the intended send time).
       --separate: each request leaves in a write of its own (one TLS record and
       one send each, as a browser's ws.send does), not with the others due.
       --method NAME[:WEIGHT] picks methods (params []); --mix FILE has lines
       'WEIGHT METHOD PARAMS_JSON'. Default: system_health.
+      --keys FILE: connections take the API keys of FILE in turn (X-Api-Key):
+      ringway's keys file (its `key = ` lines) or one key per line.
   ringway-load flood URL --rate MSGS_PER_S [--connections 10] [--bind 127.0.0.2] [run options]
       `run` for abuse tests: open loop from one client address (--bind picks the
       local address, any 127.x.y.z on loopback); rate-limited answers (-32005)

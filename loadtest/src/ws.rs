@@ -160,6 +160,8 @@ pub struct Target {
     pub tls: Option<Arc<rustls::ClientConfig>>,
     /// Local address to connect from (another client address on loopback: 127.x.y.z).
     pub bind: Option<std::net::IpAddr>,
+    /// API keys, one per connection in turn (`X-Api-Key`); empty: none.
+    pub keys: Arc<Vec<String>>,
 }
 
 impl Target {
@@ -203,6 +205,7 @@ impl Target {
             path: path.to_string(),
             tls: if secure { Some(tls()?) } else { None },
             bind: None,
+            keys: Arc::default(),
         })
     }
 }
@@ -258,8 +261,17 @@ pub async fn connect(t: &Target) -> Result<Client, (ConnectError, String)> {
         }
     };
     let key = ringway::rng::ws_key();
+    // Connections take the keys in turn (process-wide).
+    static NEXT_KEY: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let api_key = match t.keys.len() {
+        0 => String::new(),
+        n => {
+            let i = NEXT_KEY.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % n;
+            format!("X-Api-Key: {}\r\n", t.keys[i])
+        }
+    };
     let req = format!(
-        "GET {} HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n",
+        "GET {} HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n{api_key}Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n",
         t.path, t.host
     );
     let (res, _) = w.write_all(req.into_bytes()).await;

@@ -18,6 +18,16 @@ pub struct KeysSection {
     /// Whether a request without a key is refused (401); with false it is
     /// served under the per-address `[admission]` rules.
     pub required: bool,
+    /// Credits a call of a method costs against a key's quota (default 1).
+    pub method_costs: std::collections::BTreeMap<String, u64>,
+    /// Credits a notification costs: per notification, or per KiB begun
+    /// (`notification_cost_per = "KiB"`).
+    pub notification_cost: u64,
+    pub notification_cost_per: String,
+    /// Where usage is kept across restarts (empty: not kept).
+    pub state: String,
+    /// How often the state file is written (and at drain).
+    pub state_interval_ms: u64,
 }
 
 impl Default for KeysSection {
@@ -25,6 +35,11 @@ impl Default for KeysSection {
         KeysSection {
             file: String::new(),
             required: true,
+            method_costs: Default::default(),
+            notification_cost: 1,
+            notification_cost_per: "notification".into(),
+            state: String::new(),
+            state_interval_ms: 2000,
         }
     }
 }
@@ -48,6 +63,20 @@ struct KeyEntry {
     max_connections: usize,
     #[serde(default)]
     disabled: bool,
+    /// Calls per second (0: no limit), and the burst (default: the rate).
+    #[serde(default)]
+    rate: f64,
+    #[serde(default)]
+    burst: f64,
+    /// Credits per period (0: no quota).
+    #[serde(default)]
+    quota: u64,
+    /// "day" or "month" (UTC).
+    period: Option<String>,
+    #[serde(default)]
+    allow_methods: Vec<String>,
+    #[serde(default)]
+    deny_methods: Vec<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -58,7 +87,7 @@ struct KeysFile {
 }
 
 /// One key, read and checked.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct KeySpec {
     /// What logs, metrics and `/usage` call it (the secret never appears).
     pub name: String,
@@ -68,14 +97,42 @@ pub struct KeySpec {
     pub origins: Vec<String>,
     pub max_connections: usize,
     pub disabled: bool,
+    /// Calls per second and burst (rate 0: no limit).
+    pub rate: f64,
+    pub burst: f64,
+    /// Credits per period (0: no quota).
+    pub quota: u64,
+    pub period: Period,
+    pub allow_methods: Vec<String>,
+    pub deny_methods: Vec<String>,
+}
+
+/// A quota's period, in UTC.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub enum Period {
+    Day,
+    #[default]
+    Month,
+}
+
+/// What a notification costs: per notification, or per KiB begun.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NotificationCost {
+    PerNotification(u64),
+    PerKiB(u64),
 }
 
 /// The keys in force.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct KeysConfig {
     pub file: PathBuf,
     pub required: bool,
     pub keys: Vec<KeySpec>,
+    pub method_costs: std::collections::BTreeMap<String, u64>,
+    pub notification_cost: NotificationCost,
+    /// The usage state file (relative paths: to the configuration's directory).
+    pub state: Option<PathBuf>,
+    pub state_interval: std::time::Duration,
 }
 
 /// SHA-256 of `secret`.
@@ -94,11 +151,33 @@ pub fn load(
     if section.file.is_empty() {
         return Ok(None);
     }
-    let mut file = PathBuf::from(&section.file);
-    if file.is_relative() {
-        if let Some(dir) = source.as_ref().and_then(|s| s.parent()) {
-            file = dir.join(file);
+    let near = |path: &str| {
+        let p = PathBuf::from(path);
+        match source.as_ref().and_then(|s| s.parent()) {
+            Some(dir) if p.is_relative() => dir.join(p),
+            _ => p,
         }
+    };
+    let file = near(&section.file);
+    let config_err = |key: &str, message: String| ConfigError {
+        origin: source
+            .as_ref()
+            .map_or("configuration".into(), |s| s.display().to_string()),
+        key: format!("keys.{key}"),
+        message,
+    };
+    let notification_cost = match section.notification_cost_per.as_str() {
+        "notification" => NotificationCost::PerNotification(section.notification_cost),
+        "KiB" | "kib" => NotificationCost::PerKiB(section.notification_cost),
+        other => {
+            return Err(config_err(
+                "notification_cost_per",
+                format!("\"notification\" or \"KiB\", not {other:?}"),
+            ))
+        }
+    };
+    if section.state_interval_ms == 0 {
+        return Err(config_err("state_interval_ms", "at least 1".into()));
     }
     let text = std::fs::read_to_string(&file).map_err(|e| ConfigError {
         origin: file.display().to_string(),
@@ -110,6 +189,10 @@ pub fn load(
         file,
         required: section.required,
         keys,
+        method_costs: section.method_costs.clone(),
+        notification_cost,
+        state: (!section.state.is_empty()).then(|| near(&section.state)),
+        state_interval: std::time::Duration::from_millis(section.state_interval_ms),
     }))
 }
 
@@ -169,6 +252,22 @@ fn parse(text: &str, file: &Path, chains: &[String]) -> Result<Vec<KeySpec>, Con
                 ),
             ));
         }
+        if !(k.rate >= 0.0 && k.rate.is_finite()) {
+            return Err(err("rate", "calls per second, 0 or more".into()));
+        }
+        if !(k.burst >= 0.0 && k.burst.is_finite()) {
+            return Err(err("burst", "calls, 0 or more".into()));
+        }
+        let period = match k.period.as_deref() {
+            None | Some("month") => Period::Month,
+            Some("day") => Period::Day,
+            Some(other) => {
+                return Err(err(
+                    "period",
+                    format!("\"day\" or \"month\" (UTC), not {other:?}"),
+                ))
+            }
+        };
         out.push(KeySpec {
             name: k.name,
             digest,
@@ -176,6 +275,12 @@ fn parse(text: &str, file: &Path, chains: &[String]) -> Result<Vec<KeySpec>, Con
             origins: k.origins,
             max_connections: k.max_connections,
             disabled: k.disabled,
+            rate: k.rate,
+            burst: if k.burst > 0.0 { k.burst } else { k.rate },
+            quota: k.quota,
+            period,
+            allow_methods: k.allow_methods,
+            deny_methods: k.deny_methods,
         });
     }
     Ok(out)

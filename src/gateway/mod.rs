@@ -300,7 +300,8 @@ async fn client<R: ReadHalf, W: WriteHalf>(
             // Messages are looked at one by one when this session routes
             // (see `Worker::routes`), or when admission limits apply to each call.
             let route = worker.routes(_lease.node());
-            let inspect = worker.admission.inspects();
+            // A session with an API key has each call charged to it.
+            let inspect = worker.admission.inspects() || admitted.key.is_some();
             let cache = worker.cache_side.clone().map(|c| (c, _lease.index()));
             let routed = (route || inspect || cache.is_some()).then(|| crate::relay::Routed {
                 router: &worker.router,
@@ -352,7 +353,7 @@ async fn client<R: ReadHalf, W: WriteHalf>(
             worker,
         } => {
             let worker = &worker;
-            let inspect = worker.admission.inspects();
+            let inspect = worker.admission.inspects() || admitted.key.is_some();
             let access = Access::begin(worker, &admitted, lease.node());
             let ctx = crate::relay::shared::Ctx {
                 shared: worker.shared.clone().expect("shared mode"),

@@ -195,7 +195,8 @@ pub async fn metrics_one(stream: TcpStream, served: Rc<Served>) {
     match read_target(&mut r, fd).await {
         Some((path, _)) if path == "/metrics" => metrics_response(&mut out, &served, true),
         Some((path, _)) if is_health(&path) => health_response(&mut out, &served, &path, true),
-        Some(_) => write_response(&mut out, 404, &[], "GET /metrics or /health", true),
+        Some((path, _)) if path == "/usage" => usage_response(&mut out, &served),
+        Some(_) => write_response(&mut out, 404, &[], "GET /metrics, /health or /usage", true),
         None => write_response(&mut out, 400, &[], "bad request", true),
     }
     let _ = w.write_all(out).await;
@@ -216,6 +217,11 @@ pub fn metrics_response(out: &mut Vec<u8>, served: &Served, full: bool) {
             .iter()
             .map(|w| (w.name.as_str(), &**w.pool.health(), w.pool.nodes()))
             .collect(),
+        keys: if full {
+            generations.usage.all()
+        } else {
+            Vec::new()
+        },
     };
     let body = crate::metrics::render(&scrape, full);
     response::write(
@@ -223,6 +229,24 @@ pub fn metrics_response(out: &mut Vec<u8>, served: &Served, full: bool) {
         200,
         &[],
         Some(response::PROMETHEUS),
+        body.as_bytes(),
+        true,
+    );
+}
+
+/// `GET /usage` (metrics listener only): each API key's usage as JSON, by
+/// name, for billing (see [`crate::policy::usage::report`]).
+pub fn usage_response(out: &mut Vec<u8>, served: &Served) {
+    let keys = served.keys.as_deref();
+    let limits = |name: &str| {
+        keys.and_then(|k| k.named(name))
+            .map(|k| (k.spec.quota, k.spec.rate, k.spec.disabled))
+    };
+    let body = crate::policy::usage::report(&served.core.generations.usage, &limits);
+    response::write_json(
+        out,
+        200,
+        &[("Cache-Control", "no-store")],
         body.as_bytes(),
         true,
     );

@@ -240,7 +240,12 @@ pub async fn http_loop<R: ReadHalf, W: WriteHalf>(
             Some(answer) => Err((None, Some(answer))),
             None => worker
                 .admission
-                .check_call(admitted.ip, &call, now)
+                .check_call(
+                    admitted.ip,
+                    &call,
+                    now,
+                    key_held.as_ref().map(|(k, _)| &**k),
+                )
                 .map_err(|(refusal, answer)| (Some(refusal), answer)),
         };
         let (status, answer, retry_after) = match checked {
@@ -257,7 +262,10 @@ pub async fn http_loop<R: ReadHalf, W: WriteHalf>(
                 crate::debug!("refused a call from {}: {refusal:?}", admitted.ip);
                 crate::stats::calls(worker.session.chain, &call, crate::stats::Outcome::Refused);
                 let retry = match refusal {
-                    Some(crate::policy::Refusal::RateLimited(wait)) => Some(wait.as_secs().max(1)),
+                    Some(
+                        crate::policy::Refusal::RateLimited(wait)
+                        | crate::policy::Refusal::QuotaExceeded(wait),
+                    ) => Some(wait.as_secs_f64().ceil().max(1.0) as u64),
                     _ => None,
                 };
                 // Not one request a node could read (no refusal of a
@@ -284,6 +292,10 @@ pub async fn http_loop<R: ReadHalf, W: WriteHalf>(
         let headers: Vec<(&str, &str)> = extra.iter().map(|(n, v)| (&**n, &**v)).collect();
         let mut out = Vec::with_capacity(answer.len() + 128);
         response::write_json(&mut out, status, &headers, &answer, !keep_alive);
+        if let Some((k, _)) = &key_held {
+            k.usage.bytes_in(body_len);
+            k.usage.bytes_out(out.len());
+        }
         let (res, _) = w.write_all(out).await;
         if res.is_err() {
             return;

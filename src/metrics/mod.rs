@@ -27,6 +27,8 @@ pub struct Scrape<'a> {
     pub reloads: Reloads,
     /// Each chain: its name, its node health view and its nodes.
     pub chains: Vec<(&'a str, &'a Health, &'a [NodeConfig])>,
+    /// Each API key's usage in its current period, by name.
+    pub keys: Vec<(String, std::sync::Arc<crate::policy::usage::Usage>)>,
 }
 
 use crate::config::NodeConfig;
@@ -76,6 +78,82 @@ impl Text {
     fn single(&mut self, name: &str, kind: &str, help: &str, value: impl std::fmt::Display) {
         self.family(name, kind, help);
         self.sample(name, &[], value);
+    }
+}
+
+/// Per API key (by name; counters start again with each quota period, as
+/// a Prometheus counter may).
+fn render_keys(t: &mut Text, keys: &[(String, std::sync::Arc<crate::policy::usage::Usage>)]) {
+    if keys.is_empty() {
+        return;
+    }
+    let counts: Vec<_> = keys.iter().map(|(n, u)| (n.as_str(), u.counts())).collect();
+    type Get = fn(&crate::policy::usage::Counts) -> u64;
+    let families: [(&str, &str, Get); 3] = [
+        (
+            "ringway_key_calls_total",
+            "Calls admitted, per API key, this quota period.",
+            |c| c.calls,
+        ),
+        (
+            "ringway_key_credits_total",
+            "Credits used (calls and notifications), per API key, this quota period.",
+            |c| c.credits,
+        ),
+        (
+            "ringway_key_notifications_total",
+            "Notifications delivered, per API key, this quota period.",
+            |c| c.notifications,
+        ),
+    ];
+    for (name, help, get) in families {
+        t.family(name, "counter", help);
+        for (key, c) in &counts {
+            t.sample(name, &[("key", key)], get(c));
+        }
+    }
+    t.family(
+        "ringway_key_bytes_total",
+        "counter",
+        "Bytes from and to the clients of each API key, this quota period.",
+    );
+    for (key, c) in &counts {
+        t.sample(
+            "ringway_key_bytes_total",
+            &[("key", key), ("direction", "in")],
+            c.bytes_in,
+        );
+        t.sample(
+            "ringway_key_bytes_total",
+            &[("key", key), ("direction", "out")],
+            c.bytes_out,
+        );
+    }
+    t.family(
+        "ringway_key_refusals_total",
+        "counter",
+        "Requests refused, per API key and reason, this quota period.",
+    );
+    for (key, c) in &counts {
+        for (reason, n) in &c.refused {
+            t.sample(
+                "ringway_key_refusals_total",
+                &[("key", key), ("reason", reason)],
+                n,
+            );
+        }
+    }
+    t.family(
+        "ringway_key_sessions",
+        "gauge",
+        "Open connections per API key.",
+    );
+    for (key, u) in keys {
+        t.sample(
+            "ringway_key_sessions",
+            &[("key", key)],
+            u.sessions.load(std::sync::atomic::Ordering::Relaxed),
+        );
     }
 }
 
@@ -337,6 +415,7 @@ pub fn render(scrape: &Scrape<'_>, full: bool) -> String {
             shared.rejections.get(r),
         );
     }
+    render_keys(&mut t, &scrape.keys);
     t.single(
         "ringway_unmatched_answers_total",
         "counter",

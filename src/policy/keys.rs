@@ -15,10 +15,58 @@
 use std::borrow::Cow;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use ahash::AHashMap;
 
-use crate::config::keys::{digest, KeySpec, KeysConfig};
+use super::usage::{Book, KeyReason, Usage};
+use super::MethodPolicy;
+use crate::config::keys::{digest, KeySpec, KeysConfig, NotificationCost};
+
+/// What calls and notifications cost in credits (`keys.method_costs`,
+/// `keys.notification_cost`).
+#[derive(Debug)]
+pub struct Costs {
+    methods: AHashMap<Vec<u8>, u64>,
+    notification: NotificationCost,
+}
+
+impl Costs {
+    fn new(cfg: &KeysConfig) -> Costs {
+        Costs {
+            methods: cfg
+                .method_costs
+                .iter()
+                .map(|(m, c)| (m.as_bytes().to_vec(), *c))
+                .collect(),
+            notification: cfg.notification_cost,
+        }
+    }
+
+    /// Credits of one call of `method` (default 1).
+    pub fn method(&self, method: Option<&[u8]>) -> u64 {
+        method
+            .and_then(|m| self.methods.get(m).copied())
+            .unwrap_or(1)
+    }
+
+    /// Credits of one notification of `bytes`.
+    pub fn notification(&self, bytes: usize) -> u64 {
+        match self.notification {
+            NotificationCost::PerNotification(c) => c,
+            NotificationCost::PerKiB(c) => c * (bytes.div_ceil(1024).max(1) as u64),
+        }
+    }
+}
+
+/// Why a key's call is refused (its methods are checked before).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum KeyLimit {
+    /// Over its rate: try after this long.
+    Rate(Duration),
+    /// Its quota is used up: credits per period, and when it resets (Unix s).
+    Quota { quota: u64, resets: u64 },
+}
 
 /// One key of a configuration generation.
 #[derive(Debug)]
@@ -26,8 +74,10 @@ pub struct Key {
     pub spec: KeySpec,
     /// Removed or disabled by a reload: its sessions close (1008).
     revoked: AtomicBool,
-    /// Open connections with this key, across generations and cores.
-    connections: Arc<AtomicUsize>,
+    /// What it used, shared by every core and kept across reloads by name.
+    pub usage: Arc<Usage>,
+    methods: MethodPolicy,
+    costs: Arc<Costs>,
 }
 
 impl Key {
@@ -49,9 +99,76 @@ impl Key {
 
     /// Count a connection; `None` when the key has `max_connections` open.
     pub fn connect(self: &Arc<Self>) -> Option<KeyConnection> {
-        let n = self.connections.fetch_add(1, Ordering::Relaxed) + 1;
-        let guard = KeyConnection(self.connections.clone());
+        let sessions = &self.usage.sessions;
+        let n = sessions.fetch_add(1, Ordering::Relaxed) + 1;
+        let guard = KeyConnection(sessions.clone());
         (self.spec.max_connections == 0 || n <= self.spec.max_connections).then_some(guard)
+    }
+
+    /// Whether this key may call `method` (`allow_methods`, `deny_methods`).
+    pub fn allows_method(&self, method: &[u8]) -> bool {
+        self.methods.allows(method)
+    }
+
+    /// Whether this key restricts methods at all.
+    pub fn restricts_methods(&self) -> bool {
+        !self.methods.is_open()
+    }
+
+    /// Charge an admitted message (its calls against the rate, its credits
+    /// against the quota), or say which limit refuses it (nothing taken).
+    /// Exact across cores; no lock, no allocation.
+    pub fn charge(&self, call: &crate::jsonrpc::Call<'_>, now: Instant) -> Result<(), KeyLimit> {
+        let n = call.len().max(1) as u64;
+        let u = &self.usage;
+        if self.spec.rate > 0.0 {
+            if let Err(wait) = u.take_rate(n, self.spec.rate, self.spec.burst, now) {
+                u.refused(KeyReason::Rate);
+                return Err(KeyLimit::Rate(wait));
+            }
+        }
+        let cost = if call.is_empty() {
+            1
+        } else {
+            call.requests().map(|r| self.costs.method(r.method())).sum()
+        };
+        if !u.take_credits(cost, self.spec.quota) {
+            u.refused(KeyReason::Quota);
+            return Err(self.quota_limit());
+        }
+        u.called(n);
+        Ok(())
+    }
+
+    fn quota_limit(&self) -> KeyLimit {
+        KeyLimit::Quota {
+            quota: self.spec.quota,
+            resets: self.usage.period_bounds().1,
+        }
+    }
+
+    /// Past its quota (a notification that went out before it was counted).
+    pub fn over_quota(&self) -> bool {
+        self.spec.quota > 0 && self.usage.credits() > self.spec.quota
+    }
+
+    /// A notification of `bytes` for this key's client: charged, and true
+    /// while within the quota. `delivered`: it went out already (counted
+    /// whatever the quota); else, past the quota it is not to be
+    /// delivered (nothing is counted).
+    pub fn notification(&self, bytes: usize, delivered: bool) -> bool {
+        let cost = self.costs.notification(bytes);
+        let u = &self.usage;
+        if delivered {
+            u.notified(cost);
+            return self.spec.quota == 0 || u.credits() <= self.spec.quota;
+        }
+        if u.take_credits(cost, self.spec.quota) {
+            u.notified(0);
+            true
+        } else {
+            false
+        }
     }
 }
 
@@ -73,22 +190,25 @@ pub struct Keys {
 }
 
 impl Keys {
-    /// The table for `cfg`. Keys kept by name keep their connection counts;
-    /// in `before`, the keys gone or disabled now are marked revoked.
-    pub fn build(cfg: &KeysConfig, before: Option<&Keys>) -> Keys {
-        let old =
-            |name: &str| before.and_then(|b| b.by_digest.values().find(|k| k.spec.name == name));
+    /// The table for `cfg`. A key's usage (and so its connection count,
+    /// rate and quota) is the book's, by name, whatever the generation; in
+    /// `before`, the keys gone or disabled now are marked revoked.
+    pub fn build(cfg: &KeysConfig, before: Option<&Keys>, book: &Book) -> Keys {
+        let costs = Arc::new(Costs::new(cfg));
         let by_digest = cfg
             .keys
             .iter()
             .map(|spec| {
-                let connections = old(&spec.name)
-                    .map(|k| k.connections.clone())
-                    .unwrap_or_default();
                 let key = Arc::new(Key {
                     spec: spec.clone(),
                     revoked: AtomicBool::new(false),
-                    connections,
+                    usage: book.usage(&spec.name, spec.period),
+                    methods: MethodPolicy::new(
+                        false,
+                        spec.allow_methods.clone(),
+                        spec.deny_methods.clone(),
+                    ),
+                    costs: costs.clone(),
                 });
                 (spec.digest, key)
             })
@@ -114,6 +234,11 @@ impl Keys {
         for k in self.by_digest.values() {
             k.revoked.store(true, Ordering::Relaxed);
         }
+    }
+
+    /// The key named `name` (for `/usage`).
+    pub fn named(&self, name: &str) -> Option<&Arc<Key>> {
+        self.by_digest.values().find(|k| k.spec.name == name)
     }
 
     /// The key whose secret is `secret`, if any (enabled or not).
@@ -201,19 +326,31 @@ impl Keys {
             Ok(None) => return Ok((None, path)),
             Ok(Some(k)) => k,
         };
+        let refuse = |why: KeyReason, status: u16, text: &'static str| {
+            key.usage.refused(why);
+            Err((status, text))
+        };
         if key.spec.disabled || key.revoked() {
-            return Err((401, "this API key is disabled"));
+            return refuse(KeyReason::Disabled, 401, "this API key is disabled");
         }
         if !key.allows_chain(chain) {
-            return Err((403, "this API key may not use this chain"));
+            return refuse(KeyReason::Chain, 403, "this API key may not use this chain");
         }
         if let (false, Some(origin)) = (key.spec.origins.is_empty(), head.single("origin")) {
             if !super::origin_allowed(&key.spec.origins, origin) {
-                return Err((403, "this API key may not be used from this origin"));
+                return refuse(
+                    KeyReason::Origin,
+                    403,
+                    "this API key may not be used from this origin",
+                );
             }
         }
         let Some(counted) = key.connect() else {
-            return Err((429, "this API key has all the connections it may open"));
+            return refuse(
+                KeyReason::Connections,
+                429,
+                "this API key has all the connections it may open",
+            );
         };
         Ok((Some((key, counted)), path))
     }
@@ -249,8 +386,18 @@ mod tests {
                     origins: Vec::new(),
                     max_connections: 0,
                     disabled: *disabled,
+                    rate: 0.0,
+                    burst: 0.0,
+                    quota: 0,
+                    period: Default::default(),
+                    allow_methods: Vec::new(),
+                    deny_methods: Vec::new(),
                 })
                 .collect(),
+            method_costs: Default::default(),
+            notification_cost: NotificationCost::PerNotification(1),
+            state: None,
+            state_interval: Duration::from_secs(2),
         }
     }
 
@@ -264,7 +411,7 @@ mod tests {
 
     #[test]
     fn a_key_is_found_where_providers_put_it_and_taken_out_of_the_path() {
-        let keys = Keys::build(&table(&[("alice", A, false)]), None);
+        let keys = Keys::build(&table(&[("alice", A, false)]), None, &Book::default());
         assert_eq!(
             of(&keys, None, &format!("/{A}")),
             (Some("alice".into()), "/".into())
@@ -301,13 +448,19 @@ mod tests {
 
     #[test]
     fn a_reload_revokes_the_keys_it_removes_or_disables_and_keeps_counts() {
-        let first = Keys::build(&table(&[("alice", A, false), ("bob", B, false)]), None);
+        let book = Book::default();
+        let first = Keys::build(
+            &table(&[("alice", A, false), ("bob", B, false)]),
+            None,
+            &book,
+        );
         let alice = first.find(A.as_bytes()).unwrap().clone();
         let bob = first.find(B.as_bytes()).unwrap().clone();
         let _c = alice.connect().unwrap();
         let second = Keys::build(
             &table(&[("alice", A, false), ("bob", B, true)]),
             Some(&first),
+            &book,
         );
         assert!(!alice.revoked());
         assert!(bob.revoked());
@@ -315,11 +468,12 @@ mod tests {
             second
                 .find(A.as_bytes())
                 .unwrap()
-                .connections
+                .usage
+                .sessions
                 .load(Ordering::Relaxed),
             1
         );
-        let third = Keys::build(&table(&[]), Some(&second));
+        let third = Keys::build(&table(&[]), Some(&second), &book);
         assert!(second.find(A.as_bytes()).unwrap().revoked());
         assert!(third.find(A.as_bytes()).is_none());
     }

@@ -26,6 +26,7 @@ pub mod keys;
 mod methods;
 mod origin;
 mod rate;
+pub mod usage;
 
 pub use client::*;
 pub use methods::*;
@@ -44,6 +45,8 @@ use ahash::AHashMap;
 pub enum Refusal {
     /// Over the rate limit; try again after this long.
     RateLimited(std::time::Duration),
+    /// An API key's quota is used up until its period ends, this long from now.
+    QuotaExceeded(std::time::Duration),
     /// A method the policy refuses.
     Denied,
     /// More requests in one batch than allowed.
@@ -53,7 +56,7 @@ pub enum Refusal {
 impl Refusal {
     pub fn http_status(self) -> u16 {
         match self {
-            Refusal::RateLimited(_) => 429,
+            Refusal::RateLimited(_) | Refusal::QuotaExceeded(_) => 429,
             Refusal::Denied | Refusal::BatchTooLarge => 200,
         }
     }
@@ -230,14 +233,17 @@ impl AdmissionCtx {
         Ok(guard)
     }
 
-    /// Check one message (object or batch) from `ip`: its methods, batch size
-    /// and rate. On refusal, the JSON-RPC answer for it (`None` when it has no
-    /// ids: notifications get no answer).
+    /// Check one message (object or batch) from `ip`, with API key `key`:
+    /// its methods, batch size, and the key's rate and quota (charged when
+    /// admitted), or, without a key, the address's rate. On refusal, the
+    /// JSON-RPC answer for it (`None` when it has no ids: notifications get
+    /// no answer).
     pub fn check_call(
         &self,
         ip: IpAddr,
         call: &crate::jsonrpc::Call<'_>,
         now: Instant,
+        key: Option<&keys::Key>,
     ) -> Result<(), (Refusal, Option<String>)> {
         let batch = call.is_batch();
         let answer = |f: &dyn Fn(&crate::jsonrpc::Request<'_>) -> String| -> Option<String> {
@@ -260,10 +266,15 @@ impl AdmissionCtx {
                 answer(&|p| crate::jsonrpc::error::error(p.reply_id(), -32600, &why, None)),
             ));
         }
-        let denied =
-            |p: &crate::jsonrpc::Request<'_>| p.method().is_some_and(|m| !self.policy.allows(m));
+        let denied = |p: &crate::jsonrpc::Request<'_>| {
+            p.method()
+                .is_some_and(|m| !self.policy.allows(m) || key.is_some_and(|k| !k.allows_method(m)))
+        };
         if call.requests().any(denied) {
             self.shared.rejections.count(Reason::MethodDenied);
+            if let Some(k) = key {
+                k.usage.refused(usage::KeyReason::Method);
+            }
             return Err((
                 Refusal::Denied,
                 answer(&|p| {
@@ -285,6 +296,40 @@ impl AdmissionCtx {
                 }),
             ));
         }
+        if let Some(k) = key {
+            return match k.charge(call, now) {
+                Ok(()) => Ok(()),
+                Err(keys::KeyLimit::Rate(wait)) => {
+                    self.shared.rejections.count(Reason::RateLimited);
+                    Err((Refusal::RateLimited(wait), answer(&|p| rate_error(p, wait))))
+                }
+                Err(keys::KeyLimit::Quota { quota, resets }) => {
+                    self.shared.rejections.count(Reason::Quota);
+                    let data = format!(
+                        r#"{{"quota":{quota},"period":"{}","resets":"{}"}}"#,
+                        match k.spec.period {
+                            crate::config::keys::Period::Day => "day",
+                            crate::config::keys::Period::Month => "month",
+                        },
+                        usage::rfc3339(resets)
+                    );
+                    let wait = std::time::Duration::from_secs(
+                        resets.saturating_sub(usage::unix_now()).max(1),
+                    );
+                    Err((
+                        Refusal::QuotaExceeded(wait),
+                        answer(&|p| {
+                            crate::jsonrpc::error::error(
+                                p.reply_id(),
+                                -32005,
+                                "quota exceeded",
+                                Some(&data),
+                            )
+                        }),
+                    ))
+                }
+            };
+        }
         let Some(_) = self.limit else { return Ok(()) };
         let cost: f64 = call
             .requests()
@@ -299,19 +344,7 @@ impl AdmissionCtx {
             Ok(()) => Ok(()),
             Err(wait) => {
                 self.shared.rejections.count(Reason::RateLimited);
-                let ms = wait.as_millis().max(1);
-                let data = format!(r#"{{"retry_after_ms":{ms}}}"#);
-                Err((
-                    Refusal::RateLimited(wait),
-                    answer(&|p| {
-                        crate::jsonrpc::error::error(
-                            p.reply_id(),
-                            -32005,
-                            "rate limit exceeded",
-                            Some(&data),
-                        )
-                    }),
-                ))
+                Err((Refusal::RateLimited(wait), answer(&|p| rate_error(p, wait))))
             }
         }
     }
@@ -320,6 +353,13 @@ impl AdmissionCtx {
     pub fn buckets(&self) -> usize {
         self.shard.borrow().len()
     }
+}
+
+/// The answer to request `p` over a rate: -32005, with when to try again.
+fn rate_error(p: &crate::jsonrpc::Request<'_>, wait: std::time::Duration) -> String {
+    let ms = wait.as_millis().max(1);
+    let data = format!(r#"{{"retry_after_ms":{ms}}}"#);
+    crate::jsonrpc::error::error(p.reply_id(), -32005, "rate limit exceeded", Some(&data))
 }
 
 /// Why something was refused, for the counters.
@@ -336,10 +376,12 @@ pub enum Reason {
     Inflight,
     /// A client on a shared connection that did not read its answers (1008).
     SlowReader,
+    /// An API key's quota was used up.
+    Quota,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 10] = [
+    pub const ALL: [Reason; 11] = [
         Reason::RateLimited,
         Reason::MethodDenied,
         Reason::BatchTooLarge,
@@ -350,6 +392,7 @@ impl Reason {
         Reason::Subscriptions,
         Reason::Inflight,
         Reason::SlowReader,
+        Reason::Quota,
     ];
 
     pub fn name(self) -> &'static str {
@@ -364,6 +407,7 @@ impl Reason {
             Reason::Subscriptions => "subscriptions",
             Reason::Inflight => "inflight",
             Reason::SlowReader => "slow_reader",
+            Reason::Quota => "quota",
         }
     }
 }

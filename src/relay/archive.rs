@@ -225,7 +225,8 @@ pub fn on_held(
             }
             let readable = readable.is_none();
             if let (true, true, Some((adm, ip))) = (whole, hold.target.is_none(), r.admission) {
-                let refused = match adm.check_call(ip, &call, std::time::Instant::now()) {
+                let now = std::time::Instant::now();
+                let refused = match adm.check_call(ip, &call, now, s.key.as_deref()) {
                     Err((refusal, answer)) => {
                         crate::debug!("refused a call from {ip}: {refusal:?}");
                         Some(answer)
@@ -318,11 +319,16 @@ pub fn on_held(
                             }
                         }
                     }
-                    _ => {
-                        if let Some(id) = id {
-                            s.answered(id);
+                    _ => match id {
+                        Some(id) => s.answered(id),
+                        // A notification: past its key's quota, not delivered.
+                        None if s.key.is_some() && !s.notification(asm.message().len(), false) => {
+                            asm.clear();
+                            hold.target = None;
+                            return;
                         }
-                    }
+                        None => {}
+                    },
                 }
             }
             s.push_data(Which::Client, raw, frame_end, message_end);

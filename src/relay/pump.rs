@@ -97,6 +97,9 @@ pub async fn pump<R: ReadHalf>(
             let seen = asm.messages();
             let flow = process(s, from, &mut asm, &mut buf, &mut way);
             crate::stats::read(source, asm.messages() - seen, fresh);
+            if let (Which::Client, Some(k)) = (from, &s.key) {
+                k.usage.bytes_in(fresh);
+            }
             fresh = 0;
             match flow {
                 Flow::Stop => break,
@@ -201,6 +204,7 @@ fn process(
     let mut keep = 0;
     let mut flow = Flow::Continue;
     let mut data = false;
+    let mut quota_over = false;
     while pos < buf.len() {
         let payload_at = asm.decoder().payload_position().map(|_| pos);
         match asm.step(&buf[pos..]) {
@@ -218,6 +222,16 @@ fn process(
                 pos += n;
                 if end {
                     on_message(s, from, asm, way, true);
+                    // A notification streamed past its key's quota: what
+                    // is read so far goes out, then the session closes.
+                    if streams
+                        && from == Which::Node
+                        && s.key.as_ref().is_some_and(|k| k.over_quota())
+                    {
+                        quota_over = true;
+                        flow = Flow::Stop;
+                        break;
+                    }
                     // Answers the gateway gave itself filled the client's
                     // outbox: the rest waits (streamed data cannot).
                     let archive_over = s
@@ -289,6 +303,9 @@ fn process(
         if keep > 0 || pos > 0 {
             forward(s, from, buf, keep, pos, asm);
         }
+        if quota_over {
+            s.quota_used_up();
+        }
     } else {
         buf.drain(..pos);
     }
@@ -306,10 +323,16 @@ fn on_message(s: &Session, from: Which, asm: &mut Assembler, way: &mut Way<'_, '
                 asm.clear();
             }
             Which::Node => {
+                let mut ids = 0;
                 for id in scan.ids() {
                     s.answered(id);
+                    ids += 1;
                 }
                 scan.reset();
+                // No id: a notification (it went out as it streamed).
+                if ids == 0 && s.key.is_some() {
+                    s.notification(asm.last_length(), true);
+                }
             }
         },
         Way::Hold(r, hold) => on_held(s, from, asm, hold, r, whole),

@@ -316,6 +316,41 @@ impl Effects for Session {
 }
 
 impl Session {
+    /// A notification of `bytes` for this session's client (`delivered`:
+    /// it went out already: counted, and the caller calls
+    /// [`Session::quota_used_up`] once what it streamed is queued). False
+    /// when its API key's quota is used up: it is not to be delivered, and
+    /// the session closes.
+    pub fn notification(&self, bytes: usize, delivered: bool) -> bool {
+        let Some(key) = &self.key else {
+            return true;
+        };
+        if key.notification(bytes, delivered) {
+            return true;
+        }
+        if !delivered {
+            self.quota_used_up();
+        }
+        false
+    }
+
+    /// Its API key's quota is used up while notifications flow: the session
+    /// closes (1008), requests in flight answered with errors, so that the
+    /// client is told rather than left waiting for what no longer comes.
+    pub fn quota_used_up(&self) {
+        if !self.closing.ended() && self.closing.side(Which::Client).takes_data() {
+            if let Some(key) = &self.key {
+                crate::debug!("session of key {} closed: quota used up", key.name());
+            }
+            self.fail_inflight("API key quota used up until its period ends");
+            self.closing.close_both(
+                self,
+                crate::ws::frame::close_code::POLICY,
+                "API key quota used up",
+            );
+        }
+    }
+
     /// The close deadline passed: drop what is queued and stop every pending
     /// read and write.
     pub fn force_end(&self) {

@@ -217,6 +217,9 @@ pub async fn writer<W: WriteHalf>(s: &Session, which: Which, io: &mut W) {
         }
         side.writing.set(true);
         side.writes.set(side.writes.get().wrapping_add(1));
+        if let (Which::Client, Some(k)) = (which, &s.key) {
+            k.usage.bytes_out(buf.len());
+        }
         let (r, _) = io.write_all(buf).await;
         side.writing.set(false);
         if let Err(e) = r {

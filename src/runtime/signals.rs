@@ -98,6 +98,8 @@ pub fn spawn(
             } else {
                 warn!("exiting with sessions still open");
             }
+            // What the sessions used is written a last time.
+            generations.finish_usage();
             std::process::exit(0);
         });
     if let Err(e) = spawned {

@@ -79,9 +79,17 @@ impl Generation {
         config: Config,
         healths: Vec<Arc<Health>>,
         keys_before: Option<&crate::policy::keys::Keys>,
+        book: &crate::policy::usage::Book,
     ) -> Generation {
+        // The state file is read before the keys take their usage from it.
+        book.set_state(
+            config
+                .keys
+                .as_ref()
+                .and_then(|k| k.state.clone().map(|p| (p, k.state_interval))),
+        );
         let keys = match (&config.keys, keys_before) {
-            (Some(k), before) => Some(Arc::new(crate::policy::keys::Keys::build(k, before))),
+            (Some(k), before) => Some(Arc::new(crate::policy::keys::Keys::build(k, before, book))),
             // Keys turned off: every old key's sessions close.
             (None, Some(before)) => {
                 before.revoke_all();
@@ -132,13 +140,34 @@ pub struct Generations {
     pub stats: crate::stats::Registry,
     /// The io driver the workers run on (io_uring, else epoll).
     pub io_uring: bool,
+    /// Every API key's usage, across generations (`/usage`, the state file).
+    pub usage: Arc<crate::policy::usage::Book>,
+    /// Stops the usage keeper thread (which then writes the state file once more).
+    usage_stop: Arc<AtomicBool>,
+    usage_keeper: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
 impl Generations {
     /// Generation 1 from the configuration at start; its health thread starts.
     pub fn start(config: Config, io_uring: bool) -> Arc<Generations> {
         let healths = config.chains.iter().map(fresh_health).collect();
-        let first = Generation::start(1, config, healths, None);
+        let usage: Arc<crate::policy::usage::Book> = Arc::default();
+        let first = Generation::start(1, config, healths, None, &usage);
+        let usage_stop = Arc::new(AtomicBool::new(false));
+        let keeper = {
+            let (book, stop) = (usage.clone(), usage_stop.clone());
+            std::thread::Builder::new()
+                .name("usage".into())
+                .spawn(move || {
+                    let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        crate::policy::usage::keep(book, stop)
+                    }));
+                    if run.is_err() {
+                        crate::task::fatal("the usage keeper thread");
+                    }
+                })
+                .ok()
+        };
         let totals: Arc<crate::policy::SharedCounts> = Arc::default();
         let counts: &'static Arc<_> = Box::leak(Box::new(totals.clone()));
         Arc::new(Generations {
@@ -151,7 +180,19 @@ impl Generations {
             counts,
             stats: Default::default(),
             io_uring,
+            usage,
+            usage_stop,
+            usage_keeper: Mutex::new(keeper),
         })
+    }
+
+    /// At drain, once no session is left: the usage keeper writes the
+    /// state file a last time and ends.
+    pub fn finish_usage(&self) {
+        self.usage_stop.store(true, Ordering::Relaxed);
+        if let Some(h) = self.usage_keeper.lock().expect("not poisoned").take() {
+            let _ = h.join();
+        }
     }
 
     /// The current generation's number: what a worker compares at each accept.
@@ -235,7 +276,13 @@ impl Generations {
             o.probes.store(true, Ordering::Relaxed);
         }
         let number = old.number + 1;
-        *current = Arc::new(Generation::start(number, new, healths, old.keys.as_deref()));
+        *current = Arc::new(Generation::start(
+            number,
+            new,
+            healths,
+            old.keys.as_deref(),
+            &self.usage,
+        ));
         self.number.store(number, Ordering::Release);
         self.reloads_ok.fetch_add(1, Ordering::Relaxed);
         self.last_failed.store(false, Ordering::Relaxed);

@@ -46,6 +46,9 @@ pub struct Assembler {
     raw_cut: bool,
     /// Payload capacity kept between messages (more is freed).
     retain: usize,
+    /// Payload bytes of the message in progress, and of the last one done.
+    length: usize,
+    last_length: usize,
 }
 
 impl Assembler {
@@ -62,6 +65,8 @@ impl Assembler {
             raw_max: usize::MAX,
             raw_cut: false,
             retain: 64 * 1024,
+            length: 0,
+            last_length: 0,
         }
     }
 
@@ -98,6 +103,7 @@ impl Assembler {
                     }
                 }
                 if let Some((mask, offset)) = position {
+                    self.length += n;
                     let room = self.keep.saturating_sub(self.payload.len());
                     let take = n.min(room);
                     self.cut |= take < n;
@@ -107,10 +113,11 @@ impl Assembler {
                         apply_mask(&mut self.payload[start..], key, offset);
                     }
                 }
-                Ok(Event::Data {
-                    n,
-                    end: self.dec.at_message_boundary(),
-                })
+                let end = self.dec.at_message_boundary();
+                if end {
+                    self.last_length = std::mem::take(&mut self.length);
+                }
+                Ok(Event::Data { n, end })
             }
             Step::Control(frame, n) => Ok(Event::Control(frame, n)),
             Step::NeedMore => Ok(Event::NeedMore),
@@ -120,6 +127,11 @@ impl Assembler {
     /// The payload kept of the message in progress or just completed.
     pub fn message(&self) -> &[u8] {
         &self.payload
+    }
+
+    /// Payload bytes of the last whole message (kept or not).
+    pub fn last_length(&self) -> usize {
+        self.last_length
     }
 
     /// The message was longer than what was kept.

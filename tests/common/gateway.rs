@@ -161,6 +161,23 @@ impl Drop for Gateway {
     }
 }
 
+/// The address the gateway printed after `marker` (e.g. "metrics on http://").
+pub fn printed_addr(gw: &Gateway, marker: &str) -> String {
+    gw.stdout_lines
+        .iter()
+        .find_map(|l| l.split(marker).nth(1))
+        .and_then(|r| r.split(['/', ' ']).next())
+        .map(str::to_string)
+        .unwrap_or_else(|| panic!("no `{marker}` address printed: {:?}", gw.stdout_lines))
+}
+
+/// `GET path` over plain HTTP/1.1 from `addr` (the metrics listener).
+pub fn plain_get(addr: &str, path: &str) -> (u16, String, String) {
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    super::read_response(&mut s)
+}
+
 /// The `ringway` binary run to its end with `args` (`--check`, `import-nginx`).
 pub fn run_ringway(args: &[&str]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_ringway"))

@@ -103,7 +103,35 @@ pub fn target(args: &Args, mode: &str) -> Result<Target, String> {
                 .map_err(|_| format!("--bind {b}: not an IP address"))?,
         );
     }
+    if let Some(file) = args.str("keys") {
+        let text = std::fs::read_to_string(&file).map_err(|e| format!("--keys {file}: {e}"))?;
+        let keys = api_keys(&text);
+        if keys.is_empty() {
+            return Err(format!("--keys {file}: no key in it"));
+        }
+        t.keys = std::sync::Arc::new(keys);
+    }
     Ok(t)
+}
+
+/// The secrets of a keys file: its `key = "..."` lines (ringway's keys
+/// file; `key_sha256` entries hold none), or else one key per line.
+pub fn api_keys(text: &str) -> Vec<String> {
+    let from_toml: Vec<String> = text
+        .lines()
+        .filter_map(|l| {
+            let (name, value) = l.split_once('=')?;
+            (name.trim() == "key").then(|| value.trim().trim_matches('"').to_string())
+        })
+        .collect();
+    if !from_toml.is_empty() || text.contains("[[key]]") {
+        return from_toml;
+    }
+    text.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(str::to_string)
+        .collect()
 }
 
 /// Split `total` over `workers` as evenly as possible.

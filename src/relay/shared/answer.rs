@@ -33,6 +33,15 @@ pub(super) fn deliver(s: &Session, parts: &[&[u8]]) {
     s.inject(Which::Client, f);
 }
 
+/// Queue a notification for a session's client: charged to its API key,
+/// and not delivered past the key's quota (the session closes then).
+pub(super) fn deliver_notification(s: &Session, parts: &[&[u8]]) {
+    if s.key.is_some() && !s.notification(parts.iter().map(|p| p.len()).sum(), false) {
+        return;
+    }
+    deliver(s, parts);
+}
+
 /// One whole message from a node.
 pub(super) fn on_answer(sh: &Rc<Shared>, conn: &Rc<Conn>, msg: &[u8]) {
     match jsonrpc::kind(msg) {
@@ -66,7 +75,7 @@ pub(super) fn on_answer(sh: &Rc<Shared>, conn: &Rc<Conn>, msg: &[u8]) {
                 }
                 let owner = conn.subs.borrow().get(sub).and_then(Weak::upgrade);
                 if let Some(s) = owner {
-                    deliver(&s, &[msg]);
+                    deliver_notification(&s, &[msg]);
                 }
             } else {
                 unmatched(sh, msg);

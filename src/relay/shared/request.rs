@@ -30,7 +30,8 @@ pub fn on_request(ctx: &Ctx<'_>, s: &Rc<Session>, msg: &[u8]) {
         return;
     }
     if let Some((adm, ip)) = ctx.admission {
-        if let Err((refusal, answer)) = adm.check_call(ip, &call, std::time::Instant::now()) {
+        let now = std::time::Instant::now();
+        if let Err((refusal, answer)) = adm.check_call(ip, &call, now, s.key.as_deref()) {
             crate::debug!("refused a call from {ip}: {refusal:?}");
             crate::stats::calls(s.cfg.chain, &call, Outcome::Refused);
             if let Some(a) = answer {

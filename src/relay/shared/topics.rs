@@ -214,7 +214,7 @@ pub(super) fn notify(s: &Session, method: &[u8], sub: &[u8], result: &[u8]) {
         result,
         b"}}",
     ];
-    super::answer::deliver(s, &parts);
+    super::answer::deliver_notification(s, &parts);
 }
 
 impl Topic {
@@ -500,7 +500,7 @@ pub fn notification(conn: &Rc<Conn>, sub: &[u8], msg: &[u8]) -> bool {
         }
         if let Some(s) = m.session.upgrade() {
             let parts = [&msg[..at], &m.id[..], &msg[at + sub.len()..]];
-            super::answer::deliver(&s, &parts);
+            super::answer::deliver_notification(&s, &parts);
             delivered += 1;
         }
     }

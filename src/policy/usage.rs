@@ -1,0 +1,565 @@
+//! Usage per API key: what limits read and what billing reads.
+//!
+//! A key's [`Usage`] is one set of atomics shared by every worker, so a
+//! key's rate and quota hold across cores exactly (no per-core split): a
+//! call costs a compare-and-swap on the rate (GCRA: one "theoretical
+//! arrival time") and an add on the credits; no lock, no allocation.
+//! Counters belong to the key's current period (a UTC day or month); at
+//! its end they move to `previous` (kept for billing) and start at zero.
+//!
+//! The [`Book`] holds every key's usage by name, across reloads (a key
+//! kept by name keeps its usage; one removed keeps its figures until they
+//! are billed). It is written to the state file (`keys.state`) every
+//! `keys.state_interval_ms` and at drain, and read at start: a restart
+//! keeps the quota used, a SIGKILL loses at most one interval.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering::Relaxed};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant, SystemTime};
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::keys::Period;
+
+/// Why a key's request was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyReason {
+    Rate,
+    Quota,
+    Method,
+    Chain,
+    Origin,
+    Connections,
+    Disabled,
+}
+
+impl KeyReason {
+    pub const ALL: [KeyReason; 7] = [
+        KeyReason::Rate,
+        KeyReason::Quota,
+        KeyReason::Method,
+        KeyReason::Chain,
+        KeyReason::Origin,
+        KeyReason::Connections,
+        KeyReason::Disabled,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            KeyReason::Rate => "rate",
+            KeyReason::Quota => "quota",
+            KeyReason::Method => "method",
+            KeyReason::Chain => "chain",
+            KeyReason::Origin => "origin",
+            KeyReason::Connections => "connections",
+            KeyReason::Disabled => "disabled",
+        }
+    }
+}
+
+/// What a key used in one period (as `/usage` and the state file write it).
+#[derive(Debug, Default, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Counts {
+    /// Unix seconds.
+    pub period_start: u64,
+    pub calls: u64,
+    pub credits: u64,
+    pub notifications: u64,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    pub refused: BTreeMap<String, u64>,
+}
+
+/// One key's usage in its current period, shared by every worker.
+#[derive(Debug, Default)]
+pub struct Usage {
+    calls: AtomicU64,
+    credits: AtomicU64,
+    notifications: AtomicU64,
+    bytes_in: AtomicU64,
+    bytes_out: AtomicU64,
+    refused: [AtomicU64; KeyReason::ALL.len()],
+    /// Open connections (WebSocket sessions and HTTP connections).
+    pub sessions: Arc<AtomicUsize>,
+    period_start: AtomicU64,
+    /// 0: month, 1: day (the key's period, as last configured).
+    period: AtomicU8,
+    /// GCRA: when the next call would be on time, in ns since [`epoch`].
+    tat: AtomicU64,
+    previous: Mutex<Option<Counts>>,
+}
+
+fn epoch() -> Instant {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    *EPOCH.get_or_init(Instant::now)
+}
+
+/// Seconds since the Unix epoch, now.
+pub fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// When the period holding `t` (Unix seconds) starts, and when it ends.
+pub fn period_bounds(period: Period, t: u64) -> (u64, u64) {
+    let day = (t / 86_400) as i64;
+    let (start, end) = match period {
+        Period::Day => (day, day + 1),
+        Period::Month => {
+            let (y, m, _) = crate::log::civil_from_days(day);
+            let (ny, nm) = if m == 12 { (y + 1, 1) } else { (y, m + 1) };
+            (
+                crate::log::days_from_civil(y, m, 1),
+                crate::log::days_from_civil(ny, nm, 1),
+            )
+        }
+    };
+    (start as u64 * 86_400, end as u64 * 86_400)
+}
+
+/// Unix seconds as RFC 3339 (UTC, whole seconds).
+pub fn rfc3339(t: u64) -> String {
+    let mut s = crate::log::rfc3339(Duration::from_secs(t));
+    // "...:SS.000Z" -> "...:SSZ"
+    s.truncate(s.len() - 5);
+    s.push('Z');
+    s
+}
+
+fn period_name(p: Period) -> &'static str {
+    match p {
+        Period::Day => "day",
+        Period::Month => "month",
+    }
+}
+
+impl Usage {
+    fn period(&self) -> Period {
+        match self.period.load(Relaxed) {
+            1 => Period::Day,
+            _ => Period::Month,
+        }
+    }
+
+    /// The current period's start and end (Unix seconds).
+    pub fn period_bounds(&self) -> (u64, u64) {
+        let start = self.period_start.load(Relaxed);
+        (start, period_bounds(self.period(), start).1)
+    }
+
+    /// Take `n` calls from a rate of `rate` per second with `burst`
+    /// (GCRA, exact across cores). `Err(wait)`: over; try after `wait`.
+    pub fn take_rate(&self, n: u64, rate: f64, burst: f64, now: Instant) -> Result<(), Duration> {
+        let interval = (1e9 / rate) as u64;
+        let tolerance = (burst.max(1.0) * 1e9 / rate) as u64;
+        let now = now.saturating_duration_since(epoch()).as_nanos() as u64;
+        let mut tat = self.tat.load(Relaxed);
+        loop {
+            let next = tat.max(now) + n * interval;
+            if next > now + tolerance {
+                return Err(Duration::from_nanos(next - now - tolerance));
+            }
+            match self.tat.compare_exchange_weak(tat, next, Relaxed, Relaxed) {
+                Ok(_) => return Ok(()),
+                Err(seen) => tat = seen,
+            }
+        }
+    }
+
+    /// Take `cost` credits from `quota` (0: none); false when they would
+    /// go over it (nothing is taken then).
+    pub fn take_credits(&self, cost: u64, quota: u64) -> bool {
+        let used = self.credits.fetch_add(cost, Relaxed) + cost;
+        if quota > 0 && used > quota {
+            self.credits.fetch_sub(cost, Relaxed);
+            return false;
+        }
+        true
+    }
+
+    /// Credits used in this period.
+    pub fn credits(&self) -> u64 {
+        self.credits.load(Relaxed)
+    }
+
+    /// `n` calls admitted.
+    pub fn called(&self, n: u64) {
+        self.calls.fetch_add(n, Relaxed);
+    }
+
+    /// A notification delivered, with `cost` credits already taken (or
+    /// forced: one that went out before it could be counted).
+    pub fn notified(&self, forced_cost: u64) {
+        self.notifications.fetch_add(1, Relaxed);
+        if forced_cost > 0 {
+            self.credits.fetch_add(forced_cost, Relaxed);
+        }
+    }
+
+    pub fn refused(&self, why: KeyReason) {
+        self.refused[why as usize].fetch_add(1, Relaxed);
+    }
+
+    pub fn bytes_in(&self, n: usize) {
+        self.bytes_in.fetch_add(n as u64, Relaxed);
+    }
+
+    pub fn bytes_out(&self, n: usize) {
+        self.bytes_out.fetch_add(n as u64, Relaxed);
+    }
+
+    /// The current period's figures.
+    pub fn counts(&self) -> Counts {
+        Counts {
+            period_start: self.period_start.load(Relaxed),
+            calls: self.calls.load(Relaxed),
+            credits: self.credits.load(Relaxed),
+            notifications: self.notifications.load(Relaxed),
+            bytes_in: self.bytes_in.load(Relaxed),
+            bytes_out: self.bytes_out.load(Relaxed),
+            refused: refused_map(|i| self.refused[i].load(Relaxed)),
+        }
+    }
+
+    /// Set the period (a reload may change it) and start a new one if the
+    /// current one is over at `now` (Unix seconds): the figures so far
+    /// move to `previous`; each counter moves whole (an atomic swap), so
+    /// a call counted meanwhile lands in one period or the other.
+    pub fn roll(&self, period: Period, now: u64) {
+        self.period.store(u8::from(period == Period::Day), Relaxed);
+        let start = period_bounds(period, now).0;
+        let was = self.period_start.load(Relaxed);
+        if was == start {
+            return;
+        }
+        self.period_start.store(start, Relaxed);
+        let ended = Counts {
+            period_start: was,
+            calls: self.calls.swap(0, Relaxed),
+            credits: self.credits.swap(0, Relaxed),
+            notifications: self.notifications.swap(0, Relaxed),
+            bytes_in: self.bytes_in.swap(0, Relaxed),
+            bytes_out: self.bytes_out.swap(0, Relaxed),
+            refused: refused_map(|i| self.refused[i].swap(0, Relaxed)),
+        };
+        if was != 0 {
+            *self.previous.lock().expect("not poisoned") = Some(ended);
+        }
+    }
+
+    /// The figures a state file kept (its current period, if it is still
+    /// current, and the one before).
+    fn restore(&self, current: &Counts, previous: Option<Counts>) {
+        self.period_start.store(current.period_start, Relaxed);
+        self.calls.store(current.calls, Relaxed);
+        self.credits.store(current.credits, Relaxed);
+        self.notifications.store(current.notifications, Relaxed);
+        self.bytes_in.store(current.bytes_in, Relaxed);
+        self.bytes_out.store(current.bytes_out, Relaxed);
+        for (i, r) in KeyReason::ALL.iter().enumerate() {
+            let n = current.refused.get(r.name()).copied().unwrap_or(0);
+            self.refused[i].store(n, Relaxed);
+        }
+        *self.previous.lock().expect("not poisoned") = previous;
+    }
+
+    pub fn previous(&self) -> Option<Counts> {
+        self.previous.lock().expect("not poisoned").clone()
+    }
+}
+
+fn refused_map(get: impl Fn(usize) -> u64) -> BTreeMap<String, u64> {
+    KeyReason::ALL
+        .iter()
+        .enumerate()
+        .map(|(i, r)| (r.name().to_string(), get(i)))
+        .collect()
+}
+
+/// One key's entry in the state file.
+#[derive(Debug, Serialize, Deserialize)]
+struct Saved {
+    period: Period,
+    current: Counts,
+    previous: Option<Counts>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct StateFile {
+    version: u32,
+    saved_at: String,
+    keys: BTreeMap<String, Saved>,
+}
+
+/// Every key's usage, by name, for the life of the process.
+#[derive(Debug, Default)]
+pub struct Book {
+    keys: Mutex<BTreeMap<String, Arc<Usage>>>,
+    /// The state file and how often it is written (`keys.state`).
+    state: Mutex<Option<(PathBuf, Duration)>>,
+    /// Set once the state file was read (at the first configuration
+    /// naming one).
+    loaded: std::sync::atomic::AtomicBool,
+}
+
+impl Book {
+    /// Key `name`'s usage (a new one starts at zero in the current period).
+    pub fn usage(&self, name: &str, period: Period) -> Arc<Usage> {
+        let mut keys = self.keys.lock().expect("not poisoned");
+        let u = keys.entry(name.to_string()).or_default().clone();
+        u.roll(period, unix_now());
+        u
+    }
+
+    /// The state file in force, read the first time one is named: what it
+    /// kept of a period still current counts on; an older period is
+    /// `previous`. A file that cannot be read is named in the log and
+    /// usage starts at zero (it is written again at the next interval).
+    pub fn set_state(&self, state: Option<(PathBuf, Duration)>) {
+        if let (Some((path, _)), false) = (&state, self.loaded.swap(true, Relaxed)) {
+            match std::fs::read(path) {
+                Ok(bytes) => match serde_json::from_slice::<StateFile>(&bytes) {
+                    Ok(file) => self.restore(file, unix_now()),
+                    Err(e) => crate::error!(
+                        "keys.state {}: not a usage state file ({e}); usage starts at zero",
+                        path.display()
+                    ),
+                },
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => crate::error!(
+                    "keys.state {}: cannot read it ({e}); usage starts at zero",
+                    path.display()
+                ),
+            }
+        }
+        *self.state.lock().expect("not poisoned") = state;
+    }
+
+    fn restore(&self, file: StateFile, now: u64) {
+        let mut keys = self.keys.lock().expect("not poisoned");
+        for (name, saved) in file.keys {
+            let u = keys.entry(name).or_default();
+            u.restore(&saved.current, saved.previous);
+            u.roll(saved.period, now);
+        }
+    }
+
+    /// Every key's usage, by name.
+    pub fn all(&self) -> Vec<(String, Arc<Usage>)> {
+        let keys = self.keys.lock().expect("not poisoned");
+        keys.iter().map(|(n, u)| (n.clone(), u.clone())).collect()
+    }
+
+    /// Periods that ended at `now` start anew.
+    pub fn tick(&self, now: u64) {
+        for (_, u) in self.all() {
+            u.roll(u.period(), now);
+        }
+    }
+
+    /// Write the state file (a temporary file renamed over it: a crash
+    /// mid-write leaves the last whole one).
+    pub fn save(&self) -> std::io::Result<()> {
+        let Some((path, _)) = self.state.lock().expect("not poisoned").clone() else {
+            return Ok(());
+        };
+        let keys = self
+            .all()
+            .into_iter()
+            .map(|(n, u)| {
+                let saved = Saved {
+                    period: u.period(),
+                    current: u.counts(),
+                    previous: u.previous(),
+                };
+                (n, saved)
+            })
+            .collect();
+        let file = StateFile {
+            version: 1,
+            saved_at: rfc3339(unix_now()),
+            keys,
+        };
+        let text = serde_json::to_vec_pretty(&file).map_err(std::io::Error::other)?;
+        write_atomically(&path, &text)
+    }
+
+    /// How often the state file is written, if there is one.
+    pub fn interval(&self) -> Option<Duration> {
+        self.state
+            .lock()
+            .expect("not poisoned")
+            .as_ref()
+            .map(|s| s.1)
+    }
+}
+
+fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::File::create(&tmp)?;
+    f.write_all(bytes)?;
+    f.sync_data()?;
+    std::fs::rename(&tmp, path)
+}
+
+/// The book's keeper: rolls periods over every second and writes the
+/// state file every interval, until `stop`; then writes it once more.
+pub fn keep(book: Arc<Book>, stop: Arc<std::sync::atomic::AtomicBool>) {
+    let mut last_save = Instant::now();
+    let mut failing = false;
+    loop {
+        let stopping = stop.load(Relaxed);
+        book.tick(unix_now());
+        let due = book
+            .interval()
+            .is_some_and(|every| last_save.elapsed() >= every);
+        if due || stopping {
+            last_save = Instant::now();
+            match book.save() {
+                Ok(()) if failing => {
+                    failing = false;
+                    crate::info!("keys.state: written again");
+                }
+                Ok(()) => {}
+                Err(e) if !failing => {
+                    failing = true;
+                    crate::error!("keys.state: cannot write it ({e}); usage is kept in memory and written when it can be");
+                }
+                Err(_) => {}
+            }
+        }
+        if stopping {
+            return;
+        }
+        let step = book
+            .interval()
+            .unwrap_or(Duration::from_secs(1))
+            .min(Duration::from_secs(1));
+        std::thread::sleep(step.min(Duration::from_millis(250)));
+    }
+}
+
+/// A key's limits as `/usage` shows them: quota, rate, disabled.
+pub type Limits = (u64, f64, bool);
+
+/// `GET /usage`: every key's figures, by name, as JSON. `limits`: those of
+/// the keys in force, by name (a key no longer in the file: "removed").
+pub fn report(book: &Book, limits: &dyn Fn(&str) -> Option<Limits>) -> String {
+    use std::fmt::Write;
+    let mut out = String::from("{\"keys\":{");
+    for (i, (name, u)) in book.all().iter().enumerate() {
+        let c = u.counts();
+        let (start, end) = u.period_bounds();
+        let (quota, rate, state) = match limits(name) {
+            Some((q, r, disabled)) => (q, r, if disabled { "disabled" } else { "active" }),
+            None => (0, 0.0, "removed"),
+        };
+        let _ = write!(
+            out,
+            "{}\"{}\":{{\"state\":\"{state}\",\"period\":\"{}\",\"period_start\":\"{}\",\"period_end\":\"{}\",\"quota\":{quota},\"rate\":{rate},\"sessions\":{},\"current\":{},\"previous\":{}}}",
+            if i > 0 { "," } else { "" },
+            name,
+            period_name(u.period()),
+            rfc3339(start),
+            rfc3339(end),
+            u.sessions.load(Relaxed),
+            serde_json::to_string(&c).unwrap_or_default(),
+            serde_json::to_string(&u.previous()).unwrap_or_default(),
+        );
+    }
+    let _ = write!(out, "}},\"at\":\"{}\"}}", rfc3339(unix_now()));
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn periods_are_utc_days_and_calendar_months() {
+        // 2026-12-05T16:30:00Z
+        let t = 1_796_488_200;
+        assert_eq!(rfc3339(t), "2026-12-05T16:30:00Z");
+        let (s, e) = period_bounds(Period::Day, t);
+        assert_eq!(
+            (rfc3339(s).as_str(), rfc3339(e).as_str()),
+            ("2026-12-05T00:00:00Z", "2026-12-06T00:00:00Z")
+        );
+        let (s, e) = period_bounds(Period::Month, t);
+        assert_eq!(
+            (rfc3339(s).as_str(), rfc3339(e).as_str()),
+            ("2026-12-01T00:00:00Z", "2027-01-01T00:00:00Z")
+        );
+        let feb = period_bounds(Period::Month, 1_709_164_800); // 2024-02-29
+        assert_eq!(rfc3339(feb.1), "2024-03-01T00:00:00Z");
+    }
+
+    #[test]
+    fn a_rate_holds_exactly_across_threads() {
+        let u = Arc::new(Usage::default());
+        let t0 = Instant::now();
+        // 8 threads ask 1,000 times each at one instant: the burst passes.
+        let taken: usize = (0..8)
+            .map(|_| {
+                let u = u.clone();
+                std::thread::spawn(move || {
+                    (0..1000)
+                        .filter(|_| u.take_rate(1, 100.0, 50.0, t0).is_ok())
+                        .count()
+                })
+            })
+            .collect::<Vec<_>>()
+            .into_iter()
+            .map(|h| h.join().unwrap())
+            .sum();
+        assert_eq!(taken, 50);
+        // Then, asked every millisecond for a second: the rate, 100.
+        let more = (1..=1000)
+            .filter(|i| {
+                u.take_rate(1, 100.0, 50.0, t0 + Duration::from_millis(*i))
+                    .is_ok()
+            })
+            .count();
+        assert!((99..=101).contains(&more), "{more}");
+        let later = t0 + Duration::from_millis(1000);
+        let wait = u.take_rate(1, 100.0, 50.0, later).unwrap_err();
+        assert!(wait <= Duration::from_millis(10), "{wait:?}");
+    }
+
+    #[test]
+    fn a_quota_is_never_passed_and_a_new_period_starts_at_zero() {
+        let u = Usage::default();
+        u.roll(Period::Day, 1_796_488_200);
+        assert_eq!((0..20).filter(|_| u.take_credits(3, 30)).count(), 10);
+        assert_eq!(u.credits(), 30);
+        u.called(10);
+        u.roll(Period::Day, 1_796_488_200 + 86_400);
+        assert_eq!(u.credits(), 0);
+        let prev = u.previous().unwrap();
+        assert_eq!((prev.calls, prev.credits), (10, 30));
+    }
+
+    #[test]
+    fn the_state_file_keeps_a_current_period_across_a_restart() {
+        let dir = std::env::temp_dir().join(format!("ringway-usage-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("usage.json");
+        let _ = std::fs::remove_file(&path);
+        let book = Book::default();
+        book.set_state(Some((path.clone(), Duration::from_secs(1))));
+        let u = book.usage("alice", Period::Month);
+        assert!(u.take_credits(7, 0));
+        u.called(7);
+        u.refused(KeyReason::Rate);
+        book.save().unwrap();
+        let again = Book::default();
+        again.set_state(Some((path, Duration::from_secs(1))));
+        let c = again.usage("alice", Period::Month).counts();
+        assert_eq!((c.calls, c.credits, c.refused["rate"]), (7, 7, 1));
+    }
+}
