@@ -116,7 +116,7 @@ fn admission(c: &mut Criterion) {
     let file = dir.join("keys.toml");
     std::fs::write(
         &file,
-        "[[key]]\nname = \"bench\"\nkey = \"bench-0123456789abcdef\"\nrate = 1e12\nburst = 1e12\nquota = 18000000000000000000\n",
+        "[[key]]\nname = \"bench\"\nkey = \"bench-0123456789abcdef\"\nrate = 1e12\nburst = 1e12\nquota = 9000000000000000000\n",
     )
     .unwrap();
     let section = ringway::config::keys::KeysSection {

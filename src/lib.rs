@@ -32,7 +32,8 @@
 //! ```text
 //! 5  runtime/ (start, listeners, signals), main.rs (and fuzzing.rs, the fuzz targets' entry points)
 //! 4  gateway/ (accept ─▶ TLS ─▶ head ─▶ upgrade | HTTP | endpoint), http/ (server, endpoints)
-//! 3  worker/ (a core's state, per configuration generation; the generations and reloads)
+//! 3  worker/ (a core's state, per configuration generation; the generations and reloads),
+//!    cluster/ (the sync thread: budgets, usage and revocations shared through Redis)
 //! 2  relay/, probe.rs, detect.rs; upstream (node connections, HTTP node client), metrics/ (the scrape);
 //!    health.rs, policy/, cache/
 //! 1  config/ (every setting type), tls/, h1.rs, ws/, io.rs, stats.rs (per-core counters),
@@ -44,6 +45,7 @@
 //! everything that counts ([`stats`]), the settings live in [`config`].
 
 pub mod cache;
+pub mod cluster;
 pub mod config;
 pub mod detect;
 #[doc(hidden)]

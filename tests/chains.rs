@@ -419,20 +419,49 @@ fn polkadot_js_and_ethers_reach_their_own_real_chains_by_host_name() {
     let pki = TestPki::new();
     let substrate = chopsticks();
     let ethereum = anvil(&anvil_path(), &[]);
-    let chains = chain(&pki, "asset-hub", "dot.test", "", &substrate.url)
+    // API keys as a provider's customers pass them: Polkadot-JS's in the
+    // path, ethers' in an X-Api-Key header field.
+    const DOT_KEY: &str = "dot-customer-0123456789";
+    const ETH_KEY: &str = "eth-customer-0123456789";
+    let keys = write_config(
+        &pki,
+        "real-keys.toml",
+        &format!("[[key]]\nname = \"dot-customer\"\nkey = \"{DOT_KEY}\"\nchains = [\"asset-hub\"]\n\n[[key]]\nname = \"eth-customer\"\nkey = \"{ETH_KEY}\"\nchains = [\"anvil\"]\n"),
+    );
+    let chains = format!(
+        "[server]\nmetrics_listen = \"127.0.0.1:0\"\n[keys]\nfile = \"{}\"\n",
+        keys.display()
+    ) + &chain(&pki, "asset-hub", "dot.test", "", &substrate.url)
         + &chain(&pki, "anvil", "eth.test", "", &ethereum.url);
     let (gw, _) = start(&pki, "real.toml", &chains);
     let clients = JsScript::new("chains.mjs", &pki);
     let port = gw.addr.port();
     let (ok, stdout, stderr) = clients.run(&[
-        &format!("wss://dot.test:{port}/"),
+        &format!("wss://dot.test:{port}/{DOT_KEY}"),
         &format!("wss://eth.test:{port}/"),
+        ETH_KEY,
     ]);
     assert!(
         ok && stdout.contains("polkadot-js statemine \"asset-hub-rococo\"")
             && stdout.contains("ethers 31337"),
         "{stdout}\n{stderr}"
     );
+    // Each customer's usage: Polkadot-JS's start-up calls and the head
+    // it was notified of; ethers' calls.
+    let metrics = printed_addr(&gw, "metrics on http://");
+    let usage: serde_json::Value = serde_json::from_str(&plain_get(&metrics, "/usage").2).unwrap();
+    let dot = &usage["keys"]["dot-customer"]["current"];
+    assert!(dot["calls"].as_u64().unwrap() >= 5, "{usage}");
+    assert!(dot["notifications"].as_u64().unwrap() >= 1, "{usage}");
+    assert!(
+        dot["bytes_out"].as_u64().unwrap() > 100_000,
+        "metadata: {usage}"
+    );
+    let eth = &usage["keys"]["eth-customer"]["current"];
+    assert!(eth["calls"].as_u64().unwrap() >= 2, "{usage}");
+    // Without a key, nothing.
+    let refused = session(&gw, &pki, "dot.test", "dot.test", "/");
+    assert!(refused.is_err(), "a session without a key");
     // The Ethereum chain is routed as one: its probes speak eth_ methods.
     let health = https_get(gw.addr, pki.client_config(), "/health?chain=anvil").2;
     assert!(health.contains(r#""chain":"0x7a69""#), "{health}");

@@ -19,7 +19,7 @@ const FLOORS: &[(u8, &[&str])] = &[
             "relay", "probe", "detect", "upstream", "metrics", "health", "policy", "cache",
         ],
     ),
-    (3, &["worker"]),
+    (3, &["worker", "cluster"]),
     (4, &["gateway", "http"]),
     (5, &["runtime", "fuzzing"]),
 ];

@@ -32,7 +32,7 @@ fn start(pki: &TestPki, dot: &str, ksm: &str) -> Gateway {
         pki,
         "keys-gw.toml",
         &format!(
-            "[keys]\nfile = \"{}\"\n[log]\naccess = true\n[[chain]]\nname = \"polkadot\"\n[[chain.node]]\nurl = \"{dot}\"\n[[chain]]\nname = \"kusama\"\npath = \"/kusama\"\n[[chain.node]]\nurl = \"{ksm}\"\n",
+            "[server]\nmetrics_listen = \"127.0.0.1:0\"\n[keys]\nfile = \"{}\"\n[log]\naccess = true\n[[chain]]\nname = \"polkadot\"\n[[chain.node]]\nurl = \"{dot}\"\n[[chain]]\nname = \"kusama\"\npath = \"/kusama\"\n[[chain.node]]\nurl = \"{ksm}\"\n",
             keys.display()
         ),
     );
@@ -192,6 +192,9 @@ fn a_reload_that_disables_a_key_closes_its_sessions_within_a_second_and_no_other
     echo_call(&mut alice, "before");
     echo_call(&mut bob, "before");
 
+    // Under load: alice keeps a call in flight all along.
+    let call = |id: u64| Message::text(format!(r#"{{"jsonrpc":"2.0","id":{id},"method":"echo"}}"#));
+    alice.send(call(1)).unwrap();
     keys_file(&pki, true);
     let ok = Command::new("kill")
         .args(["-HUP", &gw.pid().to_string()])
@@ -199,6 +202,7 @@ fn a_reload_that_disables_a_key_closes_its_sessions_within_a_second_and_no_other
         .unwrap();
     assert!(ok.success());
     let start = Instant::now();
+    let mut answered = 0;
     loop {
         match alice.read() {
             Ok(Message::Close(Some(f))) => {
@@ -206,10 +210,15 @@ fn a_reload_that_disables_a_key_closes_its_sessions_within_a_second_and_no_other
                 assert_eq!(f.reason, "key revoked");
                 break;
             }
+            Ok(Message::Text(_)) => {
+                answered += 1;
+                let _ = alice.send(call(answered + 1));
+            }
             Ok(_) => {}
-            Err(e) => panic!("{e}"),
+            Err(e) => panic!("{e} after {answered} answers"),
         }
     }
+    assert!(answered > 10, "alice was under load: {answered} answers");
     // The reload is seen at the next look (every 500 ms) after it took effect.
     assert!(
         start.elapsed() < Duration::from_millis(1500),
@@ -218,11 +227,24 @@ fn a_reload_that_disables_a_key_closes_its_sessions_within_a_second_and_no_other
     );
     echo_call(&mut bob, "after");
     assert_eq!(upgrade_status(&gw, &pki, &format!("/{ALICE}"), &[]).0, 401);
+    // Usage is untouched by the reload: bob's two calls, alice's calls,
+    // her refused connection.
+    let metrics = printed_addr(&gw, "metrics on http://");
+    let usage: serde_json::Value = serde_json::from_str(&plain_get(&metrics, "/usage").2).unwrap();
+    assert_eq!(usage["keys"]["bob"]["current"]["calls"], 2, "{usage}");
+    assert_eq!(usage["keys"]["bob"]["state"], "active", "{usage}");
+    let a = &usage["keys"]["alice"];
+    assert_eq!(a["state"], "disabled", "{usage}");
+    assert!(
+        a["current"]["calls"].as_u64().unwrap() > answered,
+        "{usage}"
+    );
+    assert_eq!(a["current"]["refused"]["disabled"], 1, "{usage}");
 }
 
-/// ethers and web3 (unchanged) with the key in the path, against anvil.
+/// ethers and web3 (unchanged) with the key in the query, against anvil.
 #[test]
-fn ethers_and_web3_use_a_key_in_the_path() {
+fn ethers_and_web3_use_a_key_in_the_query() {
     let pki = TestPki::new();
     let node = anvil(&anvil_path(), &[]);
     let http = node.url.replacen("ws://", "http://", 1);
@@ -245,7 +267,7 @@ fn ethers_and_web3_use_a_key_in_the_path() {
         &["--config", cfg.to_str().unwrap()],
     );
     let clients = JsScript::new("clients.mjs", &pki);
-    let (ok, stdout, stderr) = clients.run(&[&gw.url(&format!("/{ALICE}")), &http]);
+    let (ok, stdout, stderr) = clients.run(&[&gw.url(&format!("/?apikey={ALICE}")), &http]);
     assert!(
         ok && stdout.contains("ethers 31337") && stdout.contains("web3 31337"),
         "{stdout}\n{stderr}"

@@ -23,6 +23,7 @@ pub struct FileConfig {
     pub node: Vec<NodeSection>,
     pub log: LogSection,
     pub keys: super::keys::KeysSection,
+    pub cluster: super::cluster::ClusterSection,
     /// `[[chain]]`: several chains on one listener (see `config::chains`);
     /// each table is read against the top-level sections it overrides.
     pub chain: Vec<toml::Table>,

@@ -8,6 +8,7 @@
 //! came from.
 
 pub mod chains;
+pub mod cluster;
 mod file;
 mod health;
 pub mod keys;
@@ -154,6 +155,8 @@ pub struct Config {
     pub source: Option<PathBuf>,
     /// The API keys (`keys.file`), if any.
     pub keys: Option<std::sync::Arc<keys::KeysConfig>>,
+    /// Several gateways on one Redis (`[cluster]`), if any.
+    pub cluster: Option<cluster::ClusterConfig>,
     /// The chains served, at least one (each with its own settings; the
     /// top-level values above are the defaults they start from). Empty in
     /// a chain's own settings.

@@ -51,6 +51,7 @@ impl Config {
         };
         let names: Vec<String> = config.chains.iter().map(|c| c.name.clone()).collect();
         config.keys = super::keys::load(&file.keys, &source, &names)?.map(Arc::new);
+        config.cluster = super::cluster::read(&file.cluster, &origin, config.listen.port())?;
         Ok(config)
     }
 
@@ -422,6 +423,7 @@ impl Config {
             methods_note,
             source,
             keys: None,
+            cluster: None,
             chains: Vec::new(),
         })
     }

@@ -123,7 +123,11 @@ pub fn health_report(
 }
 
 /// The target and `Host` of one plain HTTP request head (within 5 s).
-async fn read_target(r: &mut PlainReader<TcpStream>, fd: RawFd) -> Option<(String, String)> {
+/// A request's (path, Host, method) on a side listener.
+async fn read_target(
+    r: &mut PlainReader<TcpStream>,
+    fd: RawFd,
+) -> Option<(String, String, String)> {
     with_deadline(Duration::from_secs(5), || stop(fd, Stop::Reads), async {
         let mut buf = Vec::with_capacity(4096);
         loop {
@@ -139,7 +143,11 @@ async fn read_target(r: &mut PlainReader<TcpStream>, fd: RawFd) -> Option<(Strin
                         .single("host")
                         .and_then(|h| std::str::from_utf8(h).ok())
                         .unwrap_or("localhost");
-                    return Some((head.path.to_string(), host.to_string()));
+                    return Some((
+                        head.path.to_string(),
+                        host.to_string(),
+                        head.method.to_string(),
+                    ));
                 }
                 Ok(Parse::NeedMore(_)) => {}
                 Err(_) => return None,
@@ -153,7 +161,7 @@ pub async fn redirect_one(stream: TcpStream, https_port: u16) {
     let fd = stream.as_raw_fd();
     let (r, mut w) = stream.into_split();
     let mut r = PlainReader::new(r);
-    let location = read_target(&mut r, fd).await.map(|(path, host)| {
+    let location = read_target(&mut r, fd).await.map(|(path, host, _)| {
         // Drop the port: "example.com:80", "[::1]:80" (not the colons of a bare IPv6).
         let host = match host.rsplit_once(':') {
             Some((h, p))
@@ -193,10 +201,19 @@ pub async fn metrics_one(stream: TcpStream, served: Rc<Served>) {
     let mut r = PlainReader::new(r);
     let mut out = Vec::new();
     match read_target(&mut r, fd).await {
-        Some((path, _)) if path == "/metrics" => metrics_response(&mut out, &served, true),
-        Some((path, _)) if is_health(&path) => health_response(&mut out, &served, &path, true),
-        Some((path, _)) if path == "/usage" => usage_response(&mut out, &served),
-        Some(_) => write_response(&mut out, 404, &[], "GET /metrics, /health or /usage", true),
+        Some((path, _, m)) if m == "POST" && path.starts_with("/keys/") => {
+            key_command(&mut out, &served, &path)
+        }
+        Some((path, _, _)) if path == "/metrics" => metrics_response(&mut out, &served, true),
+        Some((path, _, _)) if is_health(&path) => health_response(&mut out, &served, &path, true),
+        Some((path, _, _)) if path == "/usage" => usage_response(&mut out, &served),
+        Some(_) => write_response(
+            &mut out,
+            404,
+            &[],
+            "GET /metrics, /health or /usage; POST /keys/<name>/disable or /enable",
+            true,
+        ),
         None => write_response(&mut out, 400, &[], "bad request", true),
     }
     let _ = w.write_all(out).await;
@@ -222,6 +239,10 @@ pub fn metrics_response(out: &mut Vec<u8>, served: &Served, full: bool) {
         } else {
             Vec::new()
         },
+        cluster: generations
+            .cluster
+            .as_ref()
+            .map(|c| (c.up(), c.instances(), c.failures())),
     };
     let body = crate::metrics::render(&scrape, full);
     response::write(
@@ -242,7 +263,50 @@ pub fn usage_response(out: &mut Vec<u8>, served: &Served) {
         keys.and_then(|k| k.named(name))
             .map(|k| (k.spec.quota, k.spec.rate, k.spec.disabled))
     };
-    let body = crate::policy::usage::report(&served.core.generations.usage, &limits);
+    let generations = &served.core.generations;
+    let cluster = generations.cluster.is_some();
+    let body = crate::policy::usage::report(&generations.usage, &limits, cluster);
+    response::write_json(
+        out,
+        200,
+        &[("Cache-Control", "no-store")],
+        body.as_bytes(),
+        true,
+    );
+}
+
+/// `POST /keys/<name>/disable` (or `/enable`), metrics listener only: the
+/// key's sessions close (1008 "key revoked") within a second and its next
+/// connection gets 401, here and, with `[cluster]`, on every gateway of the
+/// cluster (kept in Redis: one that starts later knows it too). Without a
+/// cluster it holds on this gateway until it restarts.
+pub fn key_command(out: &mut Vec<u8>, served: &Served, path: &str) {
+    let rest = &path["/keys/".len()..];
+    let (name, disable) = match rest.rsplit_once('/') {
+        Some((n, "disable")) => (n, true),
+        Some((n, "enable")) => (n, false),
+        _ => {
+            return write_response(out, 404, &[], "POST /keys/<name>/disable or /enable", true);
+        }
+    };
+    let Some(key) = served.keys.as_deref().and_then(|k| k.named(name)) else {
+        return write_response(out, 404, &[], "no key has that name", true);
+    };
+    let command = if disable {
+        crate::cluster::Command::Disable(name.to_string())
+    } else {
+        crate::cluster::Command::Enable(name.to_string())
+    };
+    match &served.core.generations.cluster {
+        Some(c) => c.ask(&key.usage, command),
+        None => key.usage.set_cluster_disabled(disable),
+    }
+    crate::info!(
+        "key {name} {} by POST /keys/{name}/{}",
+        if disable { "disabled" } else { "enabled" },
+        if disable { "disable" } else { "enable" }
+    );
+    let body = format!(r#"{{"key":"{}","disabled":{disable}}}"#, json_text(name));
     response::write_json(
         out,
         200,
@@ -264,7 +328,20 @@ pub fn health_response(out: &mut Vec<u8>, served: &Served, path: &str, full: boo
         .map(|w| (w.name.as_str(), &*w.pool))
         .collect();
     let reloads = served.core.generations.outcome();
-    let (status, body) = health_report(&chains, only, reloads, full);
+    let (status, mut body) = health_report(&chains, only, reloads, full);
+    // With [cluster]: whether Redis answers (down: still serving, on a local
+    // share of each budget) and the gateways seen alive.
+    if let (Some(c), Some(end)) = (&served.core.generations.cluster, body.rfind('}')) {
+        body.insert_str(
+            end,
+            &format!(
+                r#","cluster":{{"redis":"{}","instances":{},"sync_failures":{}}}"#,
+                if c.up() { "up" } else { "degraded" },
+                c.instances(),
+                c.failures()
+            ),
+        );
+    }
     response::write_json(
         out,
         status,

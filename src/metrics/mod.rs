@@ -29,6 +29,8 @@ pub struct Scrape<'a> {
     pub chains: Vec<(&'a str, &'a Health, &'a [NodeConfig])>,
     /// Each API key's usage in its current period, by name.
     pub keys: Vec<(String, std::sync::Arc<crate::policy::usage::Usage>)>,
+    /// `[cluster]`: Redis answering, live instances, failed syncs.
+    pub cluster: Option<(bool, u32, u64)>,
 }
 
 use crate::config::NodeConfig;
@@ -416,6 +418,21 @@ pub fn render(scrape: &Scrape<'_>, full: bool) -> String {
         );
     }
     render_keys(&mut t, &scrape.keys);
+    if let Some((up, instances, failures)) = scrape.cluster {
+        t.single("ringway_cluster_up", "gauge", "1 while Redis answers the cluster's syncs; 0: serving on a local share of each budget.", u8::from(up));
+        t.single(
+            "ringway_cluster_instances",
+            "gauge",
+            "Gateways of the cluster seen alive (this one included).",
+            instances,
+        );
+        t.single(
+            "ringway_cluster_sync_failures_total",
+            "counter",
+            "Syncs with Redis that failed.",
+            failures,
+        );
+    }
     t.single(
         "ringway_unmatched_answers_total",
         "counter",

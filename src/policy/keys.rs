@@ -85,8 +85,9 @@ impl Key {
         &self.spec.name
     }
 
+    /// Removed or disabled by a reload, or disabled through the cluster.
     pub fn revoked(&self) -> bool {
-        self.revoked.load(Ordering::Relaxed)
+        self.revoked.load(Ordering::Relaxed) || self.usage.cluster_disabled()
     }
 
     /// Whether the key may use chain `chain`.
@@ -100,7 +101,7 @@ impl Key {
     /// Count a connection; `None` when the key has `max_connections` open.
     pub fn connect(self: &Arc<Self>) -> Option<KeyConnection> {
         let sessions = &self.usage.sessions;
-        let n = sessions.fetch_add(1, Ordering::Relaxed) + 1;
+        let n = sessions.fetch_add(1, Ordering::Relaxed) + 1 + self.usage.others_sessions();
         let guard = KeyConnection(sessions.clone());
         (self.spec.max_connections == 0 || n <= self.spec.max_connections).then_some(guard)
     }
@@ -199,10 +200,12 @@ impl Keys {
             .keys
             .iter()
             .map(|spec| {
+                let usage = book.usage(&spec.name, spec.period);
+                usage.set_quota(spec.quota);
                 let key = Arc::new(Key {
                     spec: spec.clone(),
                     revoked: AtomicBool::new(false),
-                    usage: book.usage(&spec.name, spec.period),
+                    usage,
                     methods: MethodPolicy::new(
                         false,
                         spec.allow_methods.clone(),

@@ -330,7 +330,9 @@ impl AdmissionCtx {
                 }
             };
         }
-        let Some(_) = self.limit else { return Ok(()) };
+        let Some(limit) = self.limit else {
+            return Ok(());
+        };
         let cost: f64 = call
             .requests()
             .map(|p| {
@@ -340,6 +342,9 @@ impl AdmissionCtx {
             })
             .sum::<f64>()
             .max(1.0);
+        // In a cluster, each gateway admits its share of an address's rate:
+        // a call costs as many tokens as there are gateways (at most the burst).
+        let cost = (cost * f64::from(usage::instances())).min(limit.burst.max(cost));
         match self.shard.borrow_mut().take(ip, cost, now) {
             Ok(()) => Ok(()),
             Err(wait) => {

@@ -90,6 +90,42 @@ pub struct Usage {
     /// GCRA: when the next call would be on time, in ns since [`epoch`].
     tat: AtomicU64,
     previous: Mutex<Option<Counts>>,
+    /// The other gateways' figures for this key in this period (`[cluster]`:
+    /// written by the sync thread every `sync_ms`; zero without a cluster).
+    pub others: Others,
+    /// Disabled through the cluster (`POST /keys/<name>/disable`).
+    cluster_disabled: std::sync::atomic::AtomicBool,
+    /// In a cluster: the credits this gateway may use in this period (its
+    /// reservations from the cluster's quota), plus one; 0: none (the
+    /// quota alone applies).
+    grant: AtomicU64,
+    /// The key's quota, as last configured (for the cluster's reservations).
+    quota: AtomicU64,
+}
+
+/// Another gateway's, or all other gateways', figures for a key.
+#[derive(Debug, Default)]
+pub struct Others {
+    pub calls: AtomicU64,
+    pub credits: AtomicU64,
+    pub notifications: AtomicU64,
+    pub bytes_in: AtomicU64,
+    pub bytes_out: AtomicU64,
+    pub sessions: AtomicU64,
+}
+
+/// How many gateways share each budget (`[cluster]`: the live instances
+/// last seen; 1 without a cluster). Each admits its share of a rate.
+static INSTANCES: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(1);
+
+/// The gateways sharing each budget now.
+pub fn instances() -> u32 {
+    INSTANCES.load(Relaxed).max(1)
+}
+
+/// Set by the cluster's sync thread.
+pub fn set_instances(n: u32) {
+    INSTANCES.store(n.max(1), Relaxed);
 }
 
 fn epoch() -> Instant {
@@ -154,6 +190,9 @@ impl Usage {
     /// Take `n` calls from a rate of `rate` per second with `burst`
     /// (GCRA, exact across cores). `Err(wait)`: over; try after `wait`.
     pub fn take_rate(&self, n: u64, rate: f64, burst: f64, now: Instant) -> Result<(), Duration> {
+        // In a cluster, this gateway's share of the rate and the burst.
+        let share = f64::from(instances());
+        let (rate, burst) = (rate / share, burst / share);
         let interval = (1e9 / rate) as u64;
         let tolerance = (burst.max(1.0) * 1e9 / rate) as u64;
         let now = now.saturating_duration_since(epoch()).as_nanos() as u64;
@@ -171,19 +210,64 @@ impl Usage {
     }
 
     /// Take `cost` credits from `quota` (0: none); false when they would
-    /// go over it (nothing is taken then).
+    /// go over it (nothing is taken then). In a cluster, over what this
+    /// gateway reserved of it.
     pub fn take_credits(&self, cost: u64, quota: u64) -> bool {
         let used = self.credits.fetch_add(cost, Relaxed) + cost;
-        if quota > 0 && used > quota {
+        let over = quota > 0
+            && match self.grant.load(Relaxed) {
+                0 => used + self.others.credits.load(Relaxed) > quota,
+                g => used > g - 1,
+            };
+        if over {
             self.credits.fetch_sub(cost, Relaxed);
             return false;
         }
         true
     }
 
-    /// Credits used in this period.
+    /// Credits used in this period, by every gateway.
     pub fn credits(&self) -> u64 {
+        self.credits.load(Relaxed) + self.others.credits.load(Relaxed)
+    }
+
+    /// Disabled through the cluster.
+    pub fn cluster_disabled(&self) -> bool {
+        self.cluster_disabled.load(Relaxed)
+    }
+
+    pub fn set_cluster_disabled(&self, disabled: bool) {
+        self.cluster_disabled.store(disabled, Relaxed);
+    }
+
+    /// The key's quota as configured (0: none).
+    pub fn quota(&self) -> u64 {
+        self.quota.load(Relaxed)
+    }
+
+    pub fn set_quota(&self, quota: u64) {
+        self.quota.store(quota, Relaxed);
+    }
+
+    /// This gateway's reservation of the cluster's quota (`None`: none yet).
+    pub fn grant(&self) -> Option<u64> {
+        self.grant.load(Relaxed).checked_sub(1)
+    }
+
+    /// Set by the cluster's sync thread (`None`: the quota alone applies).
+    pub fn set_grant(&self, credits: Option<u64>) {
+        self.grant
+            .store(credits.map_or(0, |c| c.saturating_add(1)), Relaxed);
+    }
+
+    /// Credits used by this gateway in this period.
+    pub fn local_credits(&self) -> u64 {
         self.credits.load(Relaxed)
+    }
+
+    /// Open connections on the other gateways.
+    pub fn others_sessions(&self) -> usize {
+        self.others.sessions.load(Relaxed) as usize
     }
 
     /// `n` calls admitted.
@@ -249,6 +333,8 @@ impl Usage {
         if was != 0 {
             *self.previous.lock().expect("not poisoned") = Some(ended);
         }
+        // A new period: reservations start again.
+        self.grant.store(0, Relaxed);
     }
 
     /// The figures a state file kept (its current period, if it is still
@@ -449,19 +535,43 @@ pub type Limits = (u64, f64, bool);
 
 /// `GET /usage`: every key's figures, by name, as JSON. `limits`: those of
 /// the keys in force, by name (a key no longer in the file: "removed").
-pub fn report(book: &Book, limits: &dyn Fn(&str) -> Option<Limits>) -> String {
+/// With `cluster`, each key also has `cluster`: every gateway's figures
+/// summed (this one's now, the others' as of the last sync).
+pub fn report(book: &Book, limits: &dyn Fn(&str) -> Option<Limits>, cluster: bool) -> String {
     use std::fmt::Write;
     let mut out = String::from("{\"keys\":{");
     for (i, (name, u)) in book.all().iter().enumerate() {
         let c = u.counts();
         let (start, end) = u.period_bounds();
         let (quota, rate, state) = match limits(name) {
-            Some((q, r, disabled)) => (q, r, if disabled { "disabled" } else { "active" }),
+            Some((q, r, disabled)) => (
+                q,
+                r,
+                if disabled || u.cluster_disabled() {
+                    "disabled"
+                } else {
+                    "active"
+                },
+            ),
             None => (0, 0.0, "removed"),
+        };
+        let cluster = if cluster {
+            let o = &u.others;
+            format!(
+                ",\"cluster\":{{\"calls\":{},\"credits\":{},\"notifications\":{},\"bytes_in\":{},\"bytes_out\":{},\"sessions\":{}}}",
+                c.calls + o.calls.load(Relaxed),
+                c.credits + o.credits.load(Relaxed),
+                c.notifications + o.notifications.load(Relaxed),
+                c.bytes_in + o.bytes_in.load(Relaxed),
+                c.bytes_out + o.bytes_out.load(Relaxed),
+                u.sessions.load(Relaxed) as u64 + o.sessions.load(Relaxed),
+            )
+        } else {
+            String::new()
         };
         let _ = write!(
             out,
-            "{}\"{}\":{{\"state\":\"{state}\",\"period\":\"{}\",\"period_start\":\"{}\",\"period_end\":\"{}\",\"quota\":{quota},\"rate\":{rate},\"sessions\":{},\"current\":{},\"previous\":{}}}",
+            "{}\"{}\":{{\"state\":\"{state}\",\"period\":\"{}\",\"period_start\":\"{}\",\"period_end\":\"{}\",\"quota\":{quota},\"rate\":{rate},\"sessions\":{},\"current\":{},\"previous\":{}{cluster}}}",
             if i > 0 { "," } else { "" },
             name,
             period_name(u.period()),

@@ -142,6 +142,8 @@ pub struct Generations {
     pub io_uring: bool,
     /// Every API key's usage, across generations (`/usage`, the state file).
     pub usage: Arc<crate::policy::usage::Book>,
+    /// The cluster's sync thread (`[cluster]`, read at start).
+    pub cluster: Option<Arc<crate::cluster::Cluster>>,
     /// Stops the usage keeper thread (which then writes the state file once more).
     usage_stop: Arc<AtomicBool>,
     usage_keeper: Mutex<Option<std::thread::JoinHandle<()>>>,
@@ -152,6 +154,10 @@ impl Generations {
     pub fn start(config: Config, io_uring: bool) -> Arc<Generations> {
         let healths = config.chains.iter().map(fresh_health).collect();
         let usage: Arc<crate::policy::usage::Book> = Arc::default();
+        let cluster = config
+            .cluster
+            .clone()
+            .map(|c| crate::cluster::Cluster::start(c, usage.clone()));
         let first = Generation::start(1, config, healths, None, &usage);
         let usage_stop = Arc::new(AtomicBool::new(false));
         let keeper = {
@@ -181,6 +187,7 @@ impl Generations {
             stats: Default::default(),
             io_uring,
             usage,
+            cluster,
             usage_stop,
             usage_keeper: Mutex::new(keeper),
         })
@@ -302,6 +309,12 @@ fn keep_fixed(old: &Config, new: &mut Config) -> Vec<String> {
     };
     if keep("server.listen", old.listen != new.listen) {
         new.listen = old.listen;
+    }
+    if keep(
+        "cluster",
+        old.cluster.as_ref().map(|c| &c.redis) != new.cluster.as_ref().map(|c| &c.redis),
+    ) {
+        new.cluster = old.cluster.clone();
     }
     if keep("server.workers", old.workers != new.workers) {
         new.workers = old.workers;

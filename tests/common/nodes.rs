@@ -120,3 +120,66 @@ pub fn chopsticks() -> Chopsticks {
         url: format!("ws://127.0.0.1:{port}"),
     }
 }
+
+/// A throwaway `redis-server` (Debian's package, which `.ci/run` installs)
+/// on a free port below 32768, no persistence: stopped and started again,
+/// it comes back empty.
+pub struct Redis {
+    child: Option<Child>,
+    pub port: u16,
+}
+
+impl Redis {
+    pub fn start() -> Redis {
+        let port = loop {
+            let seed = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .subsec_nanos() as u64
+                + u64::from(std::process::id()) * 7919;
+            let p = 20_000 + (seed % 12_000) as u16;
+            if std::net::TcpListener::bind(("127.0.0.1", p)).is_ok() {
+                break p;
+            }
+        };
+        let mut r = Redis { child: None, port };
+        r.restart();
+        r
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.port)
+    }
+
+    /// Start it (again, empty) on its port.
+    pub fn restart(&mut self) {
+        let child = Command::new("redis-server")
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect(
+                "redis-server: the cluster tests run a real Redis; install it \
+                 (Debian: apt-get install redis-server)",
+            );
+        self.child = Some(child);
+        let port = self.port;
+        wait_for(TIMEOUT, "redis-server to listen", || {
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+        });
+    }
+
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}

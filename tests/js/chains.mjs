@@ -2,7 +2,10 @@
 // reaching its own chain of one gateway by host name, each verifying the
 // certificate of its own name (NODE_EXTRA_CA_CERTS trusts the test CA).
 //
-//   node tests/js/chains.mjs wss://dot.test:PORT/ wss://eth.test:PORT/
+//   node tests/js/chains.mjs wss://dot.test:PORT/ wss://eth.test:PORT/ [ETH_API_KEY]
+//
+// With ETH_API_KEY, ethers sends it in an X-Api-Key header field (through
+// the `ws` WebSocket it is built on); Polkadot-JS's key, if any, is in its URL.
 //
 // Names under .test resolve to 127.0.0.1 here (the gateway listens on
 // loopback): the clients connect by name, send it as SNI and Host.
@@ -20,7 +23,7 @@ dns.lookup = function (host, options, callback) {
 const { ApiPromise, WsProvider } = await import("@polkadot/api");
 const { WebSocketProvider } = await import("ethers");
 
-const [dot, eth] = process.argv.slice(2);
+const [dot, eth, ethKey] = process.argv.slice(2);
 const within = (ms, what, p) =>
   Promise.race([
     p,
@@ -45,7 +48,13 @@ try {
   await api.disconnect();
   console.log(`polkadot-js ${spec} "${chain}" head ${before} -> ${after}`);
 
-  const p = new WebSocketProvider(eth);
+  let p;
+  if (ethKey) {
+    const { WebSocket } = await import("ws");
+    p = new WebSocketProvider(() => new WebSocket(eth, { headers: { "X-Api-Key": ethKey } }));
+  } else {
+    p = new WebSocketProvider(eth);
+  }
   const net = await within(10000, "ethers getNetwork", p.getNetwork());
   const block = await within(10000, "ethers getBlockNumber", p.getBlockNumber());
   await p.destroy();

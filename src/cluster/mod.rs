@@ -1,0 +1,385 @@
+//! Several gateways on one Redis (`[cluster]`): keys' budgets, usage and
+//! revocations shared, with a stated bound, and nothing lost when Redis is
+//! down.
+//!
+//! One sync thread per process owns the Redis connection (the `redis`
+//! crate's synchronous client, with timeouts); workers never wait on it.
+//! Every `sync_ms` it:
+//!
+//! - announces this instance (`ZADD <p>:instances <now> <instance>`) and
+//!   counts the live ones (seen within [`alive`]): each gateway admits
+//!   `rate / live` of a key's rate and of an address's rate
+//!   ([`crate::policy::usage::set_instances`]);
+//! - publishes each key's figures for its period, this instance's own
+//!   totals (`HSET <p>:usage:<key>:<period start> <instance> "calls credits
+//!   notifications bytes_in bytes_out sessions"`), and reads the others'
+//!   into [`crate::policy::usage::Others`]: a quota is checked against
+//!   every gateway's credits, `max_connections` against every gateway's
+//!   sessions, and `/usage` reports the sum;
+//! - pushes revocations asked of it (`POST /keys/<name>/disable`) into
+//!   `<p>:disabled` and reads that set: a key disabled anywhere is revoked
+//!   here within `sync_ms` (its sessions close at their next look, 500 ms).
+//!
+//! Each instance publishes its own cumulative totals (a field it alone
+//! writes), so a retry, a Redis that restarts empty, or an instance that
+//! was cut off for a while neither loses nor doubles a count: the next
+//! sync writes them all again. Redis down: the thread says so once, counts
+//! a failure per attempt, reconnects with backoff (up to 5 s), and the
+//! workers go on with the last figures they had: a local share (the rate
+//! divided by the instances last seen alive; the quota less what the
+//! others had used), never open, never closed.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::config::cluster::ClusterConfig;
+use crate::policy::usage::{set_instances, Book, Usage};
+
+/// A revocation (or its end) asked of this instance, to push to the others.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Command {
+    Disable(String),
+    Enable(String),
+}
+
+/// The sync thread's handle: what the endpoints ask of it, and its state.
+#[derive(Debug)]
+pub struct Cluster {
+    pub config: ClusterConfig,
+    commands: Mutex<Vec<Command>>,
+    /// Redis answered the last sync.
+    up: AtomicBool,
+    /// Syncs that failed (`ringway_cluster_sync_failures_total`).
+    failures: AtomicU64,
+    /// Live instances last seen (this one included).
+    instances: AtomicU32,
+    /// Key names disabled through the cluster, as this instance knows them
+    /// (pushed again when Redis comes back empty).
+    disabled: Mutex<std::collections::BTreeSet<String>>,
+}
+
+/// Publishes one instance's figures for a key and period, with its
+/// reservation of the quota, atomically against the others':
+/// KEYS[1] the key's hash for the period (a field per instance: "calls
+/// credits notifications bytes_in bytes_out sessions granted"); ARGV: the
+/// instance, its figures, the credits it holds, the credits it asks for
+/// more, the quota, the hash's lifetime (ms). Grants what is free of the
+/// quota (never more), and answers {granted, the hash's fields}.
+const RESERVE: &str = r#"
+local all = redis.call('HGETALL', KEYS[1])
+local others = 0
+for i = 1, #all, 2 do
+  if all[i] ~= ARGV[1] then
+    others = others + (tonumber(string.match(all[i + 1], '(%d+)$')) or 0)
+  end
+end
+local keep, want, quota = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
+local got = 0
+if want > 0 then
+  got = math.max(0, math.min(want, quota - others - keep))
+end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2] .. ' ' .. (keep + got))
+redis.call('PEXPIRE', KEYS[1], ARGV[6])
+return {got, redis.call('HGETALL', KEYS[1])}
+"#;
+
+/// How long an instance counts as alive after its last announcement.
+pub fn alive(sync: Duration) -> Duration {
+    (sync * 20).max(Duration::from_secs(2))
+}
+
+impl Cluster {
+    /// Start the sync thread for `config` over `book`'s keys.
+    pub fn start(config: ClusterConfig, book: Arc<Book>) -> Arc<Cluster> {
+        let c = Arc::new(Cluster {
+            config,
+            commands: Mutex::default(),
+            up: AtomicBool::new(false),
+            failures: AtomicU64::new(0),
+            instances: AtomicU32::new(1),
+            disabled: Mutex::default(),
+        });
+        let run = c.clone();
+        let spawned = std::thread::Builder::new()
+            .name("cluster".into())
+            .spawn(move || {
+                let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run.run(&book)));
+                if r.is_err() {
+                    crate::task::fatal("the cluster sync thread");
+                }
+            });
+        if let Err(e) = spawned {
+            crate::error!(
+                "cluster: cannot start the sync thread ({e}); budgets are this instance's alone"
+            );
+        }
+        c
+    }
+
+    pub fn up(&self) -> bool {
+        self.up.load(Relaxed)
+    }
+
+    pub fn failures(&self) -> u64 {
+        self.failures.load(Relaxed)
+    }
+
+    pub fn instances(&self) -> u32 {
+        self.instances.load(Relaxed)
+    }
+
+    /// Disable or enable key `usage` (named `name`) everywhere: here at
+    /// once, on the other instances at their next sync.
+    pub fn ask(&self, usage: &Usage, command: Command) {
+        let (name, disabled) = match &command {
+            Command::Disable(n) => (n.clone(), true),
+            Command::Enable(n) => (n.clone(), false),
+        };
+        usage.set_cluster_disabled(disabled);
+        let mut known = self.disabled.lock().expect("not poisoned");
+        if disabled {
+            known.insert(name);
+        } else {
+            known.remove(&name);
+        }
+        self.commands.lock().expect("not poisoned").push(command);
+    }
+
+    fn key(&self, rest: &str) -> String {
+        format!("{}:{rest}", self.config.prefix)
+    }
+
+    fn run(&self, book: &Book) {
+        let mut con: Option<redis::Connection> = None;
+        let mut backoff = self.config.sync;
+        let mut said_down = false;
+        // Each key's credits at the last sync (its pace sizes reservations).
+        let mut last = HashMap::new();
+        loop {
+            let started = Instant::now();
+            if con.is_none() {
+                con = self
+                    .connect()
+                    .map_err(|e| self.down(&e, &mut said_down, book))
+                    .ok();
+            }
+            if let Some(c) = con.as_mut() {
+                match self.sync(c, book, &mut last) {
+                    Ok(()) => {
+                        if said_down {
+                            crate::info!("cluster: Redis is back; budgets are shared again");
+                            said_down = false;
+                        }
+                        self.up.store(true, Relaxed);
+                        backoff = self.config.sync;
+                    }
+                    Err(e) => {
+                        self.down(&e, &mut said_down, book);
+                        con = None;
+                    }
+                }
+            }
+            let wait = if con.is_some() {
+                self.config.sync
+            } else {
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+                backoff
+            };
+            std::thread::sleep(wait.saturating_sub(started.elapsed()));
+        }
+    }
+
+    /// Redis did not answer: said once; each key's quota falls to a local
+    /// share (what it held, or its part of what was left: the quota less
+    /// every gateway's credits as last seen, divided by the gateways last
+    /// seen alive), rates stay divided as they were.
+    fn down(&self, e: &redis::RedisError, said: &mut bool, book: &Book) {
+        self.up.store(false, Relaxed);
+        self.failures.fetch_add(1, Relaxed);
+        if !*said {
+            *said = true;
+            let n = u64::from(self.instances().max(1));
+            for (_, u) in book.all() {
+                let quota = u.quota();
+                if quota == 0 {
+                    continue;
+                }
+                let used = u.local_credits();
+                let left = quota.saturating_sub(u.credits());
+                let share = used + left / n;
+                u.set_grant(Some(u.grant().map_or(share, |g| g.max(share))));
+            }
+            crate::warn!(
+                "cluster: Redis unreachable ({e}); serving on a local share of each budget (1/{} of a rate, the quota less what the others had used); counts are kept and sent when it is back",
+                self.instances()
+            );
+        }
+    }
+
+    fn connect(&self) -> redis::RedisResult<redis::Connection> {
+        let timeout = (self.config.sync * 5).max(Duration::from_millis(500));
+        let client = redis::Client::open(self.config.redis.as_str())?;
+        let con = client.get_connection_with_timeout(timeout)?;
+        con.set_read_timeout(Some(timeout))?;
+        con.set_write_timeout(Some(timeout))?;
+        Ok(con)
+    }
+
+    /// One exchange with Redis (one round trip; two when Redis came back
+    /// empty and revocations must be pushed again).
+    fn sync(
+        &self,
+        con: &mut redis::Connection,
+        book: &Book,
+        last: &mut HashMap<String, u64>,
+    ) -> redis::RedisResult<()> {
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        let me = &self.config.instance;
+        let instances = self.key("instances");
+        let disabled_set = self.key("disabled");
+        let epoch = self.key("epoch");
+        let keys = book.all();
+        let commands = std::mem::take(&mut *self.commands.lock().expect("not poisoned"));
+        let mut pipe = redis::pipe();
+        pipe.cmd("ZADD")
+            .arg(&instances)
+            .arg(now_ms)
+            .arg(me)
+            .ignore();
+        pipe.cmd("ZREMRANGEBYSCORE")
+            .arg(&instances)
+            .arg("-inf")
+            .arg(now_ms.saturating_sub(alive(self.config.sync).as_millis() as u64))
+            .ignore();
+        pipe.cmd("ZCARD").arg(&instances);
+        // Redis restarted empty (or never saw this cluster): the epoch mark
+        // is gone; the revocations this instance knows are pushed again.
+        pipe.cmd("SET").arg(&epoch).arg(me).arg("NX");
+        for c in &commands {
+            match c {
+                Command::Disable(n) => pipe.cmd("SADD").arg(&disabled_set).arg(n).ignore(),
+                Command::Enable(n) => pipe.cmd("SREM").arg(&disabled_set).arg(n).ignore(),
+            };
+        }
+        // Each key: this instance's figures and reservation published, a
+        // reservation topped up, the others' figures read (one script, so
+        // that reservations never grant more than the quota).
+        let mut asked = Vec::with_capacity(keys.len());
+        for (name, u) in &keys {
+            let c = u.counts();
+            let quota = u.quota();
+            let used = c.credits;
+            let consumed = used.saturating_sub(last.get(name).copied().unwrap_or(used));
+            last.insert(name.clone(), used);
+            // Enough for two intervals at the pace of the last one, or half
+            // of this gateway's part of what is left, whichever is more.
+            let left = quota.saturating_sub(u.credits());
+            let n = u64::from(self.instances().max(1));
+            let headroom = (2 * consumed).max(left / (2 * n)).max(1);
+            let held = u.grant().unwrap_or(used).max(used);
+            let target = used + headroom;
+            let keep = held.min(target);
+            let want = if quota > 0 { target - keep } else { 0 };
+            asked.push(keep);
+            let hash = self.key(&format!("usage:{name}:{}", c.period_start));
+            pipe.cmd("EVAL")
+                .arg(RESERVE)
+                .arg(1)
+                .arg(&hash)
+                .arg(me)
+                .arg(format!(
+                    "{} {} {} {} {} {}",
+                    c.calls,
+                    c.credits,
+                    c.notifications,
+                    c.bytes_in,
+                    c.bytes_out,
+                    u.sessions.load(Relaxed)
+                ))
+                .arg(keep)
+                .arg(want)
+                .arg(quota)
+                // Kept a while after the period, for billing.
+                .arg(40u64 * 86_400_000);
+        }
+        pipe.cmd("SMEMBERS").arg(&disabled_set);
+        let reply: Vec<redis::Value> = match pipe.query(con) {
+            Ok(r) => r,
+            Err(e) => {
+                // Not sent: asked again at the next sync.
+                self.commands
+                    .lock()
+                    .expect("not poisoned")
+                    .splice(0..0, commands);
+                return Err(e);
+            }
+        };
+        let mut reply = reply.into_iter();
+        let mut next = || reply.next().unwrap_or(redis::Value::Nil);
+        let live: u32 = redis::from_redis_value(&next())?;
+        let fresh_epoch = !matches!(next(), redis::Value::Nil);
+        for ((_, u), keep) in keys.iter().zip(asked) {
+            let (got, all): (u64, Vec<String>) = redis::from_redis_value(&next())?;
+            if u.quota() > 0 {
+                u.set_grant(Some(keep + got));
+            }
+            let mut sums = [0u64; 6];
+            for pair in all.chunks(2) {
+                let [instance, figures] = pair else { continue };
+                if instance == me {
+                    continue;
+                }
+                for (sum, f) in sums.iter_mut().zip(figures.split(' ')) {
+                    *sum += f.parse::<u64>().unwrap_or(0);
+                }
+            }
+            let o = &u.others;
+            for (cell, v) in [
+                &o.calls,
+                &o.credits,
+                &o.notifications,
+                &o.bytes_in,
+                &o.bytes_out,
+                &o.sessions,
+            ]
+            .into_iter()
+            .zip(sums)
+            {
+                cell.store(v, Relaxed);
+            }
+        }
+        let disabled: Vec<String> = redis::from_redis_value(&next())?;
+        let mut known = self.disabled.lock().expect("not poisoned");
+        if fresh_epoch && !known.is_empty() {
+            // The set was lost with Redis's data: what this instance knows
+            // goes back (before the next read of it).
+            let mut again = redis::cmd("SADD");
+            again.arg(&disabled_set);
+            for n in known.iter() {
+                again.arg(n);
+            }
+            again.query::<()>(con)?;
+        } else {
+            *known = disabled.iter().cloned().collect();
+            // Asked meanwhile, sent at the next sync: they stand.
+            for c in self.commands.lock().expect("not poisoned").iter() {
+                match c {
+                    Command::Disable(n) => known.insert(n.clone()),
+                    Command::Enable(n) => known.remove(n),
+                };
+            }
+        }
+        for (name, u) in &keys {
+            u.set_cluster_disabled(known.contains(name));
+        }
+        drop(known);
+        let live = live.max(1);
+        self.instances.store(live, Relaxed);
+        set_instances(live);
+        Ok(())
+    }
+}

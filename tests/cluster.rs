@@ -1,0 +1,266 @@
+//! Several gateways on one real `redis-server` (`[cluster]`): a key's rate
+//! and quota hold across three of them within the README's bound, `/usage`
+//! on any of them reports the cluster's totals, equal to what clients were
+//! answered; Redis stopped and started again empty loses nothing and stops
+//! nothing; a key disabled on one gateway closes its sessions on all.
+
+mod common;
+
+use std::thread;
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::Value;
+use tungstenite::Message;
+
+const ALICE: &str = "alice-0123456789abcdef";
+const BOB: &str = "bob-0123456789abcdef00";
+const CAROL: &str = "carol-0123456789abcdef";
+const DAVE: &str = "dave-0123456789abcdef0";
+
+const KEYS: &str = "[[key]]\nname = \"alice\"\nkey = \"alice-0123456789abcdef\"\nrate = 30\n\n[[key]]\nname = \"bob\"\nkey = \"bob-0123456789abcdef00\"\nquota = 600\n\n[[key]]\nname = \"carol\"\nkey = \"carol-0123456789abcdef\"\n\n[[key]]\nname = \"dave\"\nkey = \"dave-0123456789abcdef0\"\n";
+
+/// A gateway of the cluster on `redis` (its metrics listener's address too).
+fn gateway(pki: &TestPki, redis: &Redis, node: &str, i: usize) -> (Gateway, String) {
+    let keys = write_config(pki, "cluster-keys.toml", KEYS);
+    let cfg = write_config(
+        pki,
+        &format!("cluster-{i}.toml"),
+        &format!(
+            "[server]\nmetrics_listen = \"127.0.0.1:0\"\n[keys]\nfile = \"{}\"\n[cluster]\nredis = \"{}\"\nsync_ms = 100\ninstance = \"gw{i}\"\n",
+            keys.display(),
+            redis.url()
+        ),
+    );
+    let gw = Gateway::start(
+        pki,
+        &[node.to_string()],
+        &["--config", cfg.to_str().unwrap()],
+    );
+    let metrics = printed_addr(&gw, "metrics on http://");
+    (gw, metrics)
+}
+
+fn health(metrics: &str) -> Value {
+    serde_json::from_str(&plain_get(metrics, "/health").2).unwrap()
+}
+
+fn usage(metrics: &str, key: &str) -> Value {
+    let v: Value = serde_json::from_str(&plain_get(metrics, "/usage").2).unwrap();
+    v["keys"][key].clone()
+}
+
+/// Three gateways that see each other.
+fn three(pki: &TestPki, redis: &Redis, node: &str) -> Vec<(Gateway, String)> {
+    let gws: Vec<_> = (0..3).map(|i| gateway(pki, redis, node, i)).collect();
+    for (_, m) in &gws {
+        wait_for(TIMEOUT, "three gateways in the cluster", || {
+            health(m)["cluster"]["instances"] == 3
+        });
+    }
+    gws
+}
+
+/// One call: true when answered, false when refused with -32005.
+fn call(ws: &mut tungstenite::WebSocket<TlsStream>, id: u64) -> bool {
+    ws.send(Message::text(format!(
+        r#"{{"jsonrpc":"2.0","id":{id},"method":"echo"}}"#
+    )))
+    .unwrap();
+    loop {
+        if let Message::Text(t) = ws.read().unwrap() {
+            let v: Value = serde_json::from_str(&t).unwrap();
+            assert_eq!(v["id"], id, "{t}");
+            return v["error"]["code"] != -32005;
+        }
+    }
+}
+
+#[test]
+fn three_gateways_hold_one_rate_and_one_quota_and_report_one_usage() {
+    let pki = TestPki::new();
+    let redis = Redis::start();
+    let node = Upstream::start(Behaviour::Echo);
+    let gws = three(&pki, &redis, &node.url());
+    let addrs: Vec<_> = gws.iter().map(|(g, _)| g.addr).collect();
+
+    // Rate 30/s (burst 30), driven at 300 calls/s over the three for 4 s:
+    // one budget answers at most 30 x 4 + 30 (+ the README's sync bound,
+    // 3 x 30 x 0.1 s); three separate ones would answer about 450.
+    let secs = 4.0;
+    let answered: usize = addrs
+        .iter()
+        .map(|&addr| {
+            let cfg = pki.client_config();
+            thread::spawn(move || {
+                let url = format!("wss://localhost:{}/{ALICE}", addr.port());
+                let stream = tls_connect(addr, cfg);
+                let mut ws = tungstenite::client::client(url, stream).unwrap().0;
+                let start = Instant::now();
+                let mut ok = 0;
+                for i in 0..(secs * 100.0) as u64 {
+                    let due = start + Duration::from_millis(i * 10);
+                    thread::sleep(due.saturating_duration_since(Instant::now()));
+                    ok += usize::from(call(&mut ws, i));
+                }
+                ok
+            })
+        })
+        .collect::<Vec<_>>()
+        .into_iter()
+        .map(|h| h.join().unwrap())
+        .sum();
+    let bound = (30.0 * secs + 30.0 + 3.0 * 30.0 * 0.1) as usize;
+    eprintln!("rate 30/s for {secs} s over three gateways: {answered} answered (bound {bound})");
+    assert!(
+        answered <= bound,
+        "{answered} answered, over the bound {bound}"
+    );
+    assert!(answered >= 100, "only {answered} answered");
+
+    // Quota 600 credits through all three, as fast as each goes, until
+    // each has been refused for half a second: never over it, and refused
+    // on every gateway at the end.
+    let quota_answered: usize = addrs
+        .iter()
+        .map(|&addr| {
+            let cfg = pki.client_config();
+            thread::spawn(move || {
+                let url = format!("wss://localhost:{}/{BOB}", addr.port());
+                let stream = tls_connect(addr, cfg);
+                let mut ws = tungstenite::client::client(url, stream).unwrap().0;
+                let (mut ok, mut last_ok, mut id) = (0, Instant::now(), 0);
+                while last_ok.elapsed() < Duration::from_millis(500) {
+                    id += 1;
+                    if call(&mut ws, id) {
+                        ok += 1;
+                        last_ok = Instant::now();
+                    }
+                }
+                ok
+            })
+        })
+        .collect::<Vec<_>>()
+        .into_iter()
+        .map(|h| h.join().unwrap())
+        .sum();
+    eprintln!("quota 600 over three gateways: {quota_answered} answered");
+    assert!(
+        (590..=600).contains(&quota_answered),
+        "{quota_answered} answered of a quota of 600"
+    );
+
+    // /usage on each gateway: the cluster's totals, as answered.
+    for (_, m) in &gws {
+        wait_for(TIMEOUT, "the cluster's usage on every gateway", || {
+            let (a, b) = (usage(m, "alice"), usage(m, "bob"));
+            a["cluster"]["calls"] == answered as u64
+                && b["cluster"]["calls"] == quota_answered as u64
+        });
+        let b = usage(m, "bob");
+        assert_eq!(b["cluster"]["credits"], quota_answered as u64, "{b}");
+    }
+    let (_, _, text) = plain_get(&gws[0].1, "/metrics");
+    assert!(text.contains("ringway_cluster_instances 3"), "{text}");
+    assert!(text.contains("ringway_cluster_up 1"), "{text}");
+}
+
+#[test]
+fn redis_down_and_back_empty_loses_nothing_and_a_revocation_reaches_every_gateway() {
+    let pki = TestPki::new();
+    let mut redis = Redis::start();
+    let node = Upstream::start(Behaviour::Echo);
+    let gws = three(&pki, &redis, &node.url());
+    let mut carol: Vec<_> = gws
+        .iter()
+        .map(|(g, _)| ws_connect(g, pki.client_config(), &format!("/{CAROL}")))
+        .collect();
+    let mut sent = 0;
+    for ws in carol.iter_mut() {
+        for _ in 0..20 {
+            sent += 1;
+            assert!(call(ws, sent));
+        }
+    }
+    // Redis goes away: every gateway says so and goes on serving.
+    redis.stop();
+    for (_, m) in &gws {
+        wait_for(TIMEOUT, "the cluster degraded on every gateway", || {
+            health(m)["cluster"]["redis"] == "degraded"
+        });
+    }
+    for ws in carol.iter_mut() {
+        for _ in 0..20 {
+            sent += 1;
+            assert!(call(ws, sent), "served while Redis is down");
+        }
+    }
+    // Back, empty: each gateway publishes its own totals again.
+    redis.restart();
+    for (_, m) in &gws {
+        wait_for(TIMEOUT, "the cluster's usage back on every gateway", || {
+            let h = health(m);
+            h["cluster"]["redis"] == "up" && usage(m, "carol")["cluster"]["calls"] == sent
+        });
+    }
+    let (_, _, text) = plain_get(&gws[0].1, "/metrics");
+    let failures = text
+        .lines()
+        .find_map(|l| l.strip_prefix("ringway_cluster_sync_failures_total "))
+        .unwrap();
+    assert!(failures.parse::<u64>().unwrap() >= 1, "{text}");
+
+    // Dave disabled on one gateway: his sessions on all three close.
+    let mut dave: Vec<_> = gws
+        .iter()
+        .map(|(g, _)| ws_connect(g, pki.client_config(), &format!("/{DAVE}")))
+        .collect();
+    let asked = Instant::now();
+    let (status, _, body) = post_plain(&gws[0].1, "/keys/dave/disable");
+    assert_eq!(status, 200, "{body}");
+    for ws in dave.iter_mut() {
+        loop {
+            match ws.read() {
+                Ok(Message::Close(Some(f))) => {
+                    assert_eq!(u16::from(f.code), 1008);
+                    break;
+                }
+                Ok(_) => {}
+                Err(e) => panic!("{e}"),
+            }
+        }
+    }
+    assert!(
+        asked.elapsed() < Duration::from_millis(1500),
+        "{:?}",
+        asked.elapsed()
+    );
+    // A gateway that starts later knows it.
+    let (late, _) = gateway(&pki, &redis, &node.url(), 3);
+    wait_for(TIMEOUT, "dave refused by a gateway started later", || {
+        let mut s = tls_connect(late.addr, pki.client_config());
+        let req = upgrade_request(&format!("/{DAVE}"), |_| {});
+        std::io::Write::write_all(&mut s, req.as_bytes()).unwrap();
+        read_response(&mut s).0 == 401
+    });
+    // Enabled again: served again.
+    assert_eq!(post_plain(&gws[1].1, "/keys/dave/enable").0, 200);
+    wait_for(TIMEOUT, "dave served again", || {
+        let mut s = tls_connect(gws[2].0.addr, pki.client_config());
+        let req = upgrade_request(&format!("/{DAVE}"), |_| {});
+        std::io::Write::write_all(&mut s, req.as_bytes()).unwrap();
+        read_response(&mut s).0 == 101
+    });
+}
+
+/// `POST path` with no body to a plain HTTP listener.
+fn post_plain(addr: &str, path: &str) -> (u16, String, String) {
+    use std::io::Write;
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    write!(
+        s,
+        "POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n"
+    )
+    .unwrap();
+    read_response(&mut s)
+}
