@@ -153,6 +153,7 @@ impl Redis {
 
     /// Start it (again, empty) on its port.
     pub fn restart(&mut self) {
+        install_redis();
         let child = Command::new("redis-server")
             .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no"])
@@ -176,6 +177,28 @@ impl Redis {
             let _ = c.wait();
         }
     }
+}
+
+/// `redis-server` on this machine: when it is missing, Debian's package is
+/// installed (once; as root, like `.ci/run`), as the npm peers are.
+fn install_redis() {
+    static ONCE: std::sync::Mutex<bool> = std::sync::Mutex::new(false);
+    let mut tried = ONCE.lock().unwrap_or_else(|e| e.into_inner());
+    let present = || {
+        Command::new("redis-server")
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    if *tried || present() {
+        return;
+    }
+    *tried = true;
+    let _ = Command::new("sh")
+        .args(["-c", "apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
 }
 
 impl Drop for Redis {
