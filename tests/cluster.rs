@@ -76,6 +76,33 @@ fn call(ws: &mut tungstenite::WebSocket<TlsStream>, id: u64) -> bool {
     }
 }
 
+/// A session with `key` to each gateway at `addrs`, each driven by `drive`
+/// on a thread of its own: the sum of what they return.
+fn on_each(
+    pki: &TestPki,
+    addrs: &[std::net::SocketAddr],
+    key: &'static str,
+    drive: fn(&mut tungstenite::WebSocket<TlsStream>) -> usize,
+) -> usize {
+    addrs
+        .iter()
+        .map(|&addr| {
+            let cfg = pki.client_config();
+            thread::spawn(move || {
+                let url = format!("wss://localhost:{}/{key}", addr.port());
+                let stream = tls_connect(addr, cfg);
+                let mut ws = tungstenite::client::client(url, stream).unwrap().0;
+                drive(&mut ws)
+            })
+        })
+        .collect::<Vec<_>>()
+        .into_iter()
+        .map(|h| h.join().unwrap())
+        .sum()
+}
+
+const SECS: f64 = 4.0;
+
 #[test]
 fn three_gateways_hold_one_rate_and_one_quota_and_report_one_usage() {
     let pki = TestPki::new();
@@ -87,29 +114,17 @@ fn three_gateways_hold_one_rate_and_one_quota_and_report_one_usage() {
     // Rate 30/s (burst 30), driven at 300 calls/s over the three for 4 s:
     // one budget answers at most 30 x 4 + 30 (+ the README's sync bound,
     // 3 x 30 x 0.1 s); three separate ones would answer about 450.
-    let secs = 4.0;
-    let answered: usize = addrs
-        .iter()
-        .map(|&addr| {
-            let cfg = pki.client_config();
-            thread::spawn(move || {
-                let url = format!("wss://localhost:{}/{ALICE}", addr.port());
-                let stream = tls_connect(addr, cfg);
-                let mut ws = tungstenite::client::client(url, stream).unwrap().0;
-                let start = Instant::now();
-                let mut ok = 0;
-                for i in 0..(secs * 100.0) as u64 {
-                    let due = start + Duration::from_millis(i * 10);
-                    thread::sleep(due.saturating_duration_since(Instant::now()));
-                    ok += usize::from(call(&mut ws, i));
-                }
-                ok
-            })
-        })
-        .collect::<Vec<_>>()
-        .into_iter()
-        .map(|h| h.join().unwrap())
-        .sum();
+    let secs = SECS;
+    let answered = on_each(&pki, &addrs, ALICE, |ws| {
+        let start = Instant::now();
+        let mut ok = 0;
+        for i in 0..(SECS * 100.0) as u64 {
+            let due = start + Duration::from_millis(i * 10);
+            thread::sleep(due.saturating_duration_since(Instant::now()));
+            ok += usize::from(call(ws, i));
+        }
+        ok
+    });
     let bound = (30.0 * secs + 30.0 + 3.0 * 30.0 * 0.1) as usize;
     eprintln!("rate 30/s for {secs} s over three gateways: {answered} answered (bound {bound})");
     assert!(
@@ -121,29 +136,17 @@ fn three_gateways_hold_one_rate_and_one_quota_and_report_one_usage() {
     // Quota 600 credits through all three, as fast as each goes, until
     // each has been refused for half a second: never over it, and refused
     // on every gateway at the end.
-    let quota_answered: usize = addrs
-        .iter()
-        .map(|&addr| {
-            let cfg = pki.client_config();
-            thread::spawn(move || {
-                let url = format!("wss://localhost:{}/{BOB}", addr.port());
-                let stream = tls_connect(addr, cfg);
-                let mut ws = tungstenite::client::client(url, stream).unwrap().0;
-                let (mut ok, mut last_ok, mut id) = (0, Instant::now(), 0);
-                while last_ok.elapsed() < Duration::from_millis(500) {
-                    id += 1;
-                    if call(&mut ws, id) {
-                        ok += 1;
-                        last_ok = Instant::now();
-                    }
-                }
-                ok
-            })
-        })
-        .collect::<Vec<_>>()
-        .into_iter()
-        .map(|h| h.join().unwrap())
-        .sum();
+    let quota_answered = on_each(&pki, &addrs, BOB, |ws| {
+        let (mut ok, mut last_ok, mut id) = (0, Instant::now(), 0);
+        while last_ok.elapsed() < Duration::from_millis(500) {
+            id += 1;
+            if call(ws, id) {
+                ok += 1;
+                last_ok = Instant::now();
+            }
+        }
+        ok
+    });
     eprintln!("quota 600 over three gateways: {quota_answered} answered");
     assert!(
         (590..=600).contains(&quota_answered),
@@ -219,16 +222,7 @@ fn redis_down_and_back_empty_loses_nothing_and_a_revocation_reaches_every_gatewa
     let (status, _, body) = post_plain(&gws[0].1, "/keys/dave/disable");
     assert_eq!(status, 200, "{body}");
     for ws in dave.iter_mut() {
-        loop {
-            match ws.read() {
-                Ok(Message::Close(Some(f))) => {
-                    assert_eq!(u16::from(f.code), 1008);
-                    break;
-                }
-                Ok(_) => {}
-                Err(e) => panic!("{e}"),
-            }
-        }
+        assert_eq!(close_frame(ws).0, 1008);
     }
     assert!(
         asked.elapsed() < Duration::from_millis(1500),

@@ -99,6 +99,22 @@ fn post(gw: &Gateway, pki: &TestPki, key: &str, method: &str) -> (u16, String, S
     read_response(&mut s)
 }
 
+/// A POST with `key` refused: 429, a Retry-After field (`retry`, in
+/// lower case), and the JSON-RPC error (`error` in it) with the id.
+fn refused_over_http(
+    gw: &Gateway,
+    pki: &TestPki,
+    key: &str,
+    method: &str,
+    retry: &str,
+    error: &str,
+) {
+    let (status, head, body) = post(gw, pki, key, method);
+    assert_eq!(status, 429, "{body}");
+    assert!(head.to_ascii_lowercase().contains(retry), "{head}");
+    assert!(body.contains(error) && body.contains("\"id\":7"), "{body}");
+}
+
 #[test]
 fn a_key_over_its_rate_gets_32005_with_each_id_while_another_key_goes_on() {
     let pki = TestPki::new();
@@ -126,16 +142,7 @@ fn a_key_over_its_rate_gets_32005_with_each_id_while_another_key_goes_on() {
     // Over HTTP (a key of one call per second): 429 with Retry-After, the
     // error with the request's id.
     assert_eq!(post(&gw, &pki, CAROL, "echo").0, 200);
-    let (status, head, body) = post(&gw, &pki, CAROL, "echo");
-    assert_eq!(status, 429, "{body}");
-    assert!(
-        head.to_ascii_lowercase().contains("retry-after: 1"),
-        "{head}"
-    );
-    assert!(
-        body.contains("-32005") && body.contains("\"id\":7"),
-        "{body}"
-    );
+    refused_over_http(&gw, &pki, CAROL, "echo", "retry-after: 1", "-32005");
     // The session stays open: a call after the wait it was told is answered.
     let told = refused.last().unwrap().1["data"]["retry_after_ms"]
         .as_u64()
@@ -192,16 +199,7 @@ fn a_quota_runs_out_by_calls_and_by_notifications_and_the_client_is_told() {
     // What is left goes to cheap calls: five, then none.
     let (ok, refused) = burst(&mut carol, 4, 6, "light");
     assert_eq!((ok.len(), refused.len()), (5, 1));
-    let (status, head, body) = post(&gw, &pki, CAROL, "light");
-    assert_eq!(status, 429, "{body}");
-    assert!(
-        head.to_ascii_lowercase().contains("retry-after: "),
-        "{head}"
-    );
-    assert!(
-        body.contains("quota exceeded") && body.contains("\"id\":7"),
-        "{body}"
-    );
+    refused_over_http(&gw, &pki, CAROL, "light", "retry-after: ", "quota exceeded");
     let c = usage(&metrics, "carol");
     assert_eq!(c["current"]["credits"], 25, "{c}");
     assert_eq!(c["current"]["calls"], 7, "{c}");
@@ -210,17 +208,9 @@ fn a_quota_runs_out_by_calls_and_by_notifications_and_the_client_is_told() {
     // Notifications: 100 pushed, 30 credits. Past the quota they stop, and
     // the session closes 1008 saying why.
     let mut dave = connect(&gw, &pki, &format!("/push/{DAVE}"));
-    let mut notes = 0;
-    let close = loop {
-        match dave.read() {
-            Ok(Message::Text(_)) => notes += 1,
-            Ok(Message::Close(f)) => break f.expect("a close frame with a code"),
-            Ok(_) => {}
-            Err(e) => panic!("{e} after {notes} notifications"),
-        }
-    };
-    assert_eq!(u16::from(close.code), 1008);
-    assert!(close.reason.contains("quota"), "{}", close.reason);
+    let (code, reason, notes) = close_frame(&mut dave);
+    assert_eq!(code, 1008);
+    assert!(reason.contains("quota"), "{reason}");
     // A pinned session's notification streams out before it is counted:
     // the one that crosses the quota has gone out.
     assert!((30..=31).contains(&notes), "{notes}");

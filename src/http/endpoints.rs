@@ -266,9 +266,14 @@ pub fn usage_response(out: &mut Vec<u8>, served: &Served) {
     let generations = &served.core.generations;
     let cluster = generations.cluster.is_some();
     let body = crate::policy::usage::report(&generations.usage, &limits, cluster);
+    fresh_json(out, 200, &body);
+}
+
+/// A JSON answer that is never to be cached (a state read now).
+fn fresh_json(out: &mut Vec<u8>, status: u16, body: &str) {
     response::write_json(
         out,
-        200,
+        status,
         &[("Cache-Control", "no-store")],
         body.as_bytes(),
         true,
@@ -307,13 +312,7 @@ pub fn key_command(out: &mut Vec<u8>, served: &Served, path: &str) {
         if disable { "disable" } else { "enable" }
     );
     let body = format!(r#"{{"key":"{}","disabled":{disable}}}"#, json_text(name));
-    response::write_json(
-        out,
-        200,
-        &[("Cache-Control", "no-store")],
-        body.as_bytes(),
-        true,
-    );
+    fresh_json(out, 200, &body);
 }
 
 /// `GET /health[?chain=NAME]`: 200 when every chain (or that one) has a
@@ -342,13 +341,7 @@ pub fn health_response(out: &mut Vec<u8>, served: &Served, path: &str, full: boo
             ),
         );
     }
-    response::write_json(
-        out,
-        status,
-        &[("Cache-Control", "no-store")],
-        body.as_bytes(),
-        true,
-    );
+    fresh_json(out, status, &body);
 }
 
 /// `/health`, with or without a query.

@@ -283,3 +283,21 @@ pub fn post_json_to(mut s: TlsStream, host: &str, path: &str, body: &str) -> (u1
     let (status, _, body) = read_response(&mut s);
     (status, body)
 }
+
+/// Read until the close frame: its code and reason (panics on an error
+/// first, naming how many text messages came before).
+pub fn close_frame<S: std::io::Read + std::io::Write>(
+    ws: &mut tungstenite::WebSocket<S>,
+) -> (u16, String, usize) {
+    let mut texts = 0;
+    loop {
+        match ws.read() {
+            Ok(tungstenite::Message::Close(Some(f))) => {
+                return (u16::from(f.code), f.reason.to_string(), texts)
+            }
+            Ok(tungstenite::Message::Text(_)) => texts += 1,
+            Ok(_) => {}
+            Err(e) => panic!("no close frame: {e} after {texts} text messages"),
+        }
+    }
+}
