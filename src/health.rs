@@ -281,6 +281,15 @@ impl Health {
         }
     }
 
+    /// Node `i` answered a request on a shared WebSocket connection after
+    /// `d`: its recent answer time moves (the hedge delay follows it).
+    pub fn record_answer(&self, i: usize, d: Duration) {
+        let n = &self.nodes[i];
+        let e = self.estimate(i).update(d);
+        n.answer_mean.store(e.mean_us, Ordering::Relaxed);
+        n.answer_dev.store(e.dev_us, Ordering::Relaxed);
+    }
+
     /// Node `i`'s recent answer time to requests.
     pub fn estimate(&self, i: usize) -> crate::hedge::Estimate {
         let n = &self.nodes[i];
@@ -291,12 +300,14 @@ impl Health {
     }
 
     /// A read late on node `slow` was also sent to node `to` (a hedge);
-    /// `won`: `to` answered first, which counts as a failed check for
-    /// `slow` (its probes may not have noticed yet).
-    pub fn hedged(&self, slow: usize, to: usize, won: bool) {
+    /// `won`: `to` answered first; `failing`: that counts as a failed check
+    /// for `slow` (its probes may not have noticed yet).
+    pub fn hedged(&self, slow: usize, to: usize, won: bool, failing: bool) {
         self.nodes[to].hedges[0].fetch_add(1, Ordering::Relaxed);
         if won {
             self.nodes[to].hedges[1].fetch_add(1, Ordering::Relaxed);
+        }
+        if failing {
             self.report_connect_failure(slow);
         }
     }

@@ -129,3 +129,77 @@ fn the_hedge_budget_holds_when_every_node_is_slow() {
         "{calls} requests reached the nodes"
     );
 }
+
+/// Over a shared WebSocket connection: a read its node is late with is
+/// answered by the other node well within a second; a write is sent once.
+#[test]
+fn a_read_late_on_a_shared_connection_is_answered_by_another_node_and_a_write_is_sent_once() {
+    use tungstenite::Message;
+    let pki = TestPki::new();
+    let (slow, fast) = (FakeChain::new(100), FakeChain::new(100));
+    slow.delay_ms.store(3_000, SeqCst);
+    let (gw, _nodes) = pool_of_two(
+        &pki,
+        &slow,
+        &fast,
+        "shared = true\nhedge_min_ms = 50\nrequest_timeout_ms = 20000\n",
+    );
+    // Four sessions: each node is the home of two.
+    let mut sessions: Vec<_> = (0..4)
+        .map(|_| ws_connect(&gw, pki.client_config(), "/"))
+        .collect();
+    let text = |ws: &mut tungstenite::WebSocket<TlsStream>| loop {
+        if let Message::Text(t) = ws.read().unwrap() {
+            return t;
+        }
+    };
+    for (id, ws) in sessions.iter_mut().enumerate() {
+        let start = Instant::now();
+        ws.send(Message::text(read(id as u64))).unwrap();
+        let answer = text(ws);
+        let took = start.elapsed();
+        assert!(
+            answer.contains(&format!(r#""id":{id}"#)) && answer.contains("peers"),
+            "{answer}"
+        );
+        assert!(took < Duration::from_secs(1), "read {id} took {took:?}");
+    }
+    assert!(
+        slow.calls_of("system_health") > 0,
+        "some reads went to the slow node first"
+    );
+    let metrics = https_get(gw.addr, pki.client_config(), "/metrics").2;
+    let won: u64 = metrics
+        .lines()
+        .filter(|l| l.starts_with("ringway_hedges_won_total{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum();
+    // Each read at home on the slow node was answered by its copy (the
+    // slow node reads its next message only after 3 s on each).
+    let hedges: u64 = metrics
+        .lines()
+        .filter(|l| l.starts_with("ringway_hedges_total{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum();
+    assert!(won >= 1 && won == hedges, "{metrics}");
+    let on_slow = won as usize;
+    // A write from every session: those at home on the fast node reach it,
+    // and nothing more reaches it well past the hedge delay.
+    for (id, ws) in sessions.iter_mut().enumerate() {
+        let body = format!(
+            r#"{{"jsonrpc":"2.0","id":{},"method":"author_submitExtrinsic","params":["0x00"]}}"#,
+            100 + id
+        );
+        ws.send(Message::text(body)).unwrap();
+    }
+    let on_fast = 4 - on_slow;
+    wait_for(TIMEOUT, "the writes at home on the fast node", || {
+        fast.calls_of("author_submitExtrinsic") == on_fast
+    });
+    std::thread::sleep(Duration::from_millis(400));
+    assert_eq!(
+        fast.calls_of("author_submitExtrinsic"),
+        on_fast,
+        "a write sent twice"
+    );
+}

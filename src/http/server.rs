@@ -307,15 +307,6 @@ pub async fn http_loop<R: ReadHalf, W: WriteHalf>(
     }
 }
 
-/// A request that may be asked twice: a read (not a write, not a
-/// subscription, not a call bound to the node of its subscription).
-fn repeatable(r: &crate::jsonrpc::Request<'_>) -> bool {
-    r.is_valid()
-        && r.sub == crate::jsonrpc::Sub::None
-        && r.method()
-            .is_some_and(|m| !crate::jsonrpc::call::writes(m) && !m.starts_with(b"chainHead_"))
-}
-
 /// Ask node `first`; if it has not answered within `delay`, ask the node
 /// `second` gives too (if any: it checks the hedge budget), and take the
 /// first answer (the later one is dropped, its connection closed). Returns
@@ -350,7 +341,8 @@ where
         (true, Err(_)) => (other, b.await),
         (false, Err(_)) => (first, a.await),
     };
-    health.hedged(first, other, winner == other && r.is_ok());
+    let won = winner == other && r.is_ok();
+    health.hedged(first, other, won, won);
     (winner, r)
 }
 
@@ -385,7 +377,7 @@ async fn answer_rpc(
     };
     // Reads may be asked of a second node when the first is late.
     let hedge = worker.config.hedge;
-    let reads = hedge != crate::hedge::Hedge::Off && call.requests().all(repeatable);
+    let reads = hedge != crate::hedge::Hedge::Off && call.requests().all(|r| r.repeatable());
     if reads {
         let mut budget = worker.core.hedges.get();
         budget.earn(worker.config.hedge_budget);

@@ -286,6 +286,8 @@ impl Worker {
             max_subscriptions: config.shared_max_subscriptions,
             max_connections: config.shared_max_connections,
             request_timeout: config.request_timeout,
+            hedge: config.hedge,
+            hedge_budget: config.hedge_budget,
         };
         // One set of shared connections (and the cache with them) per core:
         // every session's node side in shared mode; in pinned mode only

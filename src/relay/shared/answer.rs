@@ -11,7 +11,7 @@ use crate::jsonrpc::{self, Kind};
 use crate::relay::Session;
 use crate::ws::frame::OpCode;
 
-use super::conn::{Asked, Conn, SubCall, Waiting};
+use super::conn::{Asked, Conn, Hedging, SubCall, Waiting};
 use super::request::{frame_parts, offset_in, unsubscribe};
 use super::Shared;
 
@@ -236,6 +236,21 @@ fn settle_subscription(conn: &Rc<Conn>, s: &Rc<Session>, p: &jsonrpc::Peek<'_>, 
 
 /// A single answer to a request of ours.
 fn answer(sh: &Rc<Shared>, conn: &Rc<Conn>, msg: &[u8], id: &[u8], mut w: Waiting) {
+    // A hedged read: the first answer wins (see `super::hedge`).
+    match std::mem::take(&mut w.hedging) {
+        Hedging::Twin { of, gid } => {
+            if let Some(request) = super::hedge::copy_answered(sh, conn, &of, gid) {
+                answer(sh, conn, msg, id, request);
+            }
+            return;
+        }
+        Hedging::Abandoned => return,
+        // Its own answer first (a copy that comes later is dropped).
+        Hedging::Due(_, sent) | Hedging::Copied(sent) => {
+            sh.pool.health().record_answer(conn.node, sent.elapsed())
+        }
+        Hedging::None => {}
+    }
     match &w.call {
         SubCall::Topic(key) => return super::topics::answered(conn, key, msg),
         SubCall::Fill(key, i, header) => return super::fill::filled(conn, key, *i, *header, msg),

@@ -64,6 +64,25 @@ pub struct Waiting {
     /// A cacheable request: how to keep its answer, and the identical
     /// requests waiting for it.
     pub kept: Option<Box<Kept>>,
+    /// Its part in a hedged read (see [`super::hedge`]).
+    pub hedging: Hedging,
+}
+
+/// A request's part in a hedged read (see [`super::hedge`]).
+#[derive(Default)]
+pub enum Hedging {
+    #[default]
+    None,
+    /// A read that may still be asked of another node: as the client sent
+    /// it, and when it left.
+    Due(Box<[u8]>, Instant),
+    /// A read also asked of another node (it left at this time).
+    Copied(Instant),
+    /// The copy sent to this node of request `gid` of connection `of`
+    /// (where the request itself waits): the first answer wins.
+    Twin { of: Weak<Conn>, gid: u64 },
+    /// The request whose copy answered first: its own answer is dropped.
+    Abandoned,
 }
 
 /// A cacheable request on its way: where its answer goes besides its own
@@ -136,6 +155,8 @@ pub struct Conn {
     pub opening: Cell<usize>,
     /// When the node last sent anything.
     seen: Cell<Instant>,
+    /// Reads that may be hedged: when, and their ids here (oldest first).
+    pub hedge_queue: RefCell<std::collections::VecDeque<(Instant, u64)>>,
 }
 
 fn key(s: &Session) -> usize {
@@ -163,6 +184,7 @@ impl Conn {
             fd: Cell::new(None),
             opening: Cell::new(0),
             seen: Cell::new(Instant::now()),
+            hedge_queue: RefCell::default(),
         }
     }
 
@@ -181,6 +203,11 @@ impl Conn {
     /// Subscriptions held here, and being opened.
     pub fn subscription_load(&self) -> usize {
         self.subs.borrow().len() + self.topics.borrow().len() + self.opening.get()
+    }
+
+    /// When the node last sent anything on this connection.
+    pub fn seen(&self) -> Instant {
+        self.seen.get()
     }
 
     pub fn out_len(&self) -> usize {
@@ -392,7 +419,10 @@ async fn timer(sh: &Rc<Shared>, conn: &Rc<Conn>) {
             pinged = now;
             next_ping = now + sh.settings.keepalive;
         }
-        let at = next_ping.min(now + sh.settings.health_every);
+        let mut at = next_ping.min(now + sh.settings.health_every);
+        if let Some(hedge_at) = super::hedge::tick(sh, conn, now) {
+            at = at.min(hedge_at);
+        }
         let sleep = monoio::time::sleep_until(at.into());
         monoio::select! {
             _ = sleep => {}

@@ -45,6 +45,7 @@ mod answer;
 pub mod conn;
 mod failover;
 mod fill;
+mod hedge;
 pub mod request;
 pub mod topics;
 
@@ -88,6 +89,8 @@ pub struct Shared {
     flights: RefCell<ahash::AHashMap<Box<[u8]>, Flight>>,
     /// The last subscription id given out for a merged subscription.
     next_sub: Cell<u64>,
+    /// This core's allowance of hedged reads on its shared connections.
+    hedges: Cell<crate::hedge::Budget>,
 }
 
 /// How shared connections are opened and kept.
@@ -107,6 +110,10 @@ pub struct Settings {
     /// Requests outstanding this long with nothing read from the node: the
     /// connection is taken for lost (a hung node).
     pub request_timeout: Duration,
+    /// `pool.hedge`, `pool.hedge_budget`: reads a node is late with are
+    /// asked of another node too.
+    pub hedge: crate::hedge::Hedge,
+    pub hedge_budget: f64,
 }
 
 /// What a session in shared mode needs besides its connection.
@@ -263,6 +270,7 @@ impl Shared {
             cache,
             flights: RefCell::new(ahash::AHashMap::new()),
             next_sub: Cell::new(0),
+            hedges: Cell::new(crate::hedge::Budget::new()),
         })
     }
 
@@ -306,6 +314,9 @@ impl Shared {
             self.flights
                 .borrow_mut()
                 .insert(key, (Rc::downgrade(to), gid));
+        }
+        if let (Some(gid), 0) = (gid, batch) {
+            hedge::arm(self, to, gid, req);
         }
     }
 

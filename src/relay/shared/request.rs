@@ -129,7 +129,8 @@ pub fn on_request(ctx: &Ctx<'_>, s: &Rc<Session>, msg: &[u8]) {
                 }
             }
             crate::stats::calls(s.cfg.chain, &call, Outcome::Forwarded);
-            send_request(to, s, req, 0, retryable.then(|| Box::from(req.raw)), None);
+            let retry = retryable.then(|| Box::from(req.raw));
+            ctx.shared.send_kept(to, s, req, 0, retry, None);
         }
         Kind::Batch => send_batch(ctx, to, s, &call),
         Kind::Other => {
@@ -315,6 +316,7 @@ fn register(
             call,
             retry,
             kept,
+            hedging: Default::default(),
         },
     );
 }
@@ -387,6 +389,7 @@ pub fn send_own(c: &Conn, method: &[u8], params: &[u8], call: SubCall) {
             call,
             retry: None,
             kept: None,
+            hedging: Default::default(),
         },
     );
     c.send_parts(&[
@@ -433,7 +436,7 @@ pub fn frame_parts(out: &mut Vec<u8>, opcode: OpCode, parts: &[&[u8]], mask: Opt
 }
 
 /// `n` in decimal, written into `buf` (a gateway id, without a String per request).
-fn decimal(n: u64, buf: &mut [u8; 20]) -> &[u8] {
+pub(super) fn decimal(n: u64, buf: &mut [u8; 20]) -> &[u8] {
     let mut i = buf.len();
     let mut n = n;
     loop {
