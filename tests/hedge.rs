@@ -35,6 +35,25 @@ fn pool_of_two(
     )
 }
 
+/// The sum of a counter family's samples in `/metrics`.
+fn total(gw: &Gateway, pki: &TestPki, family: &str) -> u64 {
+    let metrics = https_get(gw.addr, pki.client_config(), "/metrics").2;
+    metrics
+        .lines()
+        .filter(|l| l.starts_with(&format!("{family}{{")))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
+}
+
+/// The answer to `read(id)` is a node's, within a second.
+fn answered_within_a_second(id: u64, took: Duration, answer: &str) {
+    assert!(
+        answer.contains(&format!(r#""id":{id}"#)) && answer.contains("peers"),
+        "{answer}"
+    );
+    assert!(took < Duration::from_secs(1), "read {id} took {took:?}");
+}
+
 fn read(id: u64) -> String {
     format!(r#"{{"jsonrpc":"2.0","id":{id},"method":"system_health","params":[]}}"#)
 }
@@ -53,25 +72,15 @@ fn a_read_a_node_is_late_with_is_answered_by_another() {
     for id in 0..12 {
         let start = Instant::now();
         let (status, body) = post_json(gw.addr, pki.client_config(), &read(id));
-        let took = start.elapsed();
         assert_eq!(status, 200, "{body}");
-        assert!(
-            body.contains(&format!(r#""id":{id}"#)) && body.contains("peers"),
-            "{body}"
-        );
-        assert!(took < Duration::from_secs(1), "read {id} took {took:?}");
+        answered_within_a_second(id, start.elapsed(), &body);
     }
     assert!(
         slow.http_calls.load(SeqCst) > 0,
         "some reads went to the slow node first"
     );
-    let metrics = https_get(gw.addr, pki.client_config(), "/metrics").2;
-    let won: u64 = metrics
-        .lines()
-        .filter(|l| l.starts_with("ringway_hedges_won_total{"))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
-        .sum();
-    assert_eq!(won as usize, slow.http_calls.load(SeqCst), "{metrics}");
+    let won = total(&gw, &pki, "ringway_hedges_won_total");
+    assert_eq!(won as usize, slow.http_calls.load(SeqCst));
 }
 
 #[test]
@@ -157,31 +166,17 @@ fn a_read_late_on_a_shared_connection_is_answered_by_another_node_and_a_write_is
         let start = Instant::now();
         ws.send(Message::text(read(id as u64))).unwrap();
         let answer = text(ws);
-        let took = start.elapsed();
-        assert!(
-            answer.contains(&format!(r#""id":{id}"#)) && answer.contains("peers"),
-            "{answer}"
-        );
-        assert!(took < Duration::from_secs(1), "read {id} took {took:?}");
+        answered_within_a_second(id as u64, start.elapsed(), &answer);
     }
     assert!(
         slow.calls_of("system_health") > 0,
         "some reads went to the slow node first"
     );
-    let metrics = https_get(gw.addr, pki.client_config(), "/metrics").2;
-    let won: u64 = metrics
-        .lines()
-        .filter(|l| l.starts_with("ringway_hedges_won_total{"))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
-        .sum();
     // Each read at home on the slow node was answered by its copy (the
     // slow node reads its next message only after 3 s on each).
-    let hedges: u64 = metrics
-        .lines()
-        .filter(|l| l.starts_with("ringway_hedges_total{"))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
-        .sum();
-    assert!(won >= 1 && won == hedges, "{metrics}");
+    let won = total(&gw, &pki, "ringway_hedges_won_total");
+    let hedges = total(&gw, &pki, "ringway_hedges_total");
+    assert!(won >= 1 && won == hedges, "{won} of {hedges} hedges won");
     let on_slow = won as usize;
     // A write from every session: those at home on the fast node reach it,
     // and nothing more reaches it well past the hedge delay.

@@ -221,8 +221,14 @@ fn parse(text: &str, file: &Path, chains: &[String]) -> Result<Vec<KeySpec>, Con
             ),
             message,
         };
-        if k.name.is_empty() || k.name.contains(['"', '\\', '\n']) {
-            return Err(err("name", "a name without quotes or backslashes".into()));
+        // It is written as it is into /usage, metric labels, log lines and
+        // the path of POST /keys/<name>/disable.
+        let plain = |c: char| !c.is_control() && !matches!(c, '"' | '\\' | '/' | ' ' | '?' | '%');
+        if k.name.is_empty() || !k.name.chars().all(plain) {
+            return Err(err(
+                "name",
+                "a name without spaces, quotes, backslashes, slashes, `?`, `%` or control characters".into(),
+            ));
         }
         if out.iter().any(|o| o.name == k.name) {
             return Err(err("name", "names another key too".into()));
@@ -348,6 +354,9 @@ mod tests {
         let text = "[[key]]\nname = \"a\"\nkey = \"aaaaaaaaaaaaaaaaaaaa\"\nrole = \"x\"\n";
         let e = parse(text, Path::new("k.toml"), &chains()).unwrap_err();
         assert!(e.message.contains("role"), "{e}");
+        let tab = "[[key]]\nname = \"a\\tb\"\nkey = \"aaaaaaaaaaaaaaaaaaaa\"\n";
+        let e = parse(tab, Path::new("k.toml"), &chains()).unwrap_err();
+        assert!(e.key.contains("key[0].name"), "{e}");
         let twice = "[[key]]\nname = \"a\"\nkey = \"aaaaaaaaaaaaaaaaaaaa\"\n[[key]]\nname = \"b\"\nkey = \"aaaaaaaaaaaaaaaaaaaa\"\n";
         assert!(parse(twice, Path::new("k.toml"), &chains()).is_err());
     }
