@@ -17,6 +17,7 @@
 //!   the relay's shared connections).
 
 pub mod rules;
+pub mod second;
 
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
@@ -105,24 +106,38 @@ impl Cache {
         ttl: Duration,
         final_in_answer: Option<u64>,
     ) -> bool {
-        let Some(p) = crate::jsonrpc::peek(msg) else {
-            return false;
-        };
-        let Some(result) = p.result.filter(|r| *r != b"null") else {
-            return false;
-        };
+        self.keep(key, msg, ttl, final_in_answer).is_some()
+    }
+
+    /// [`Cache::insert`], giving the head kept.
+    pub fn keep(
+        &self,
+        key: &[u8],
+        msg: &[u8],
+        ttl: Duration,
+        final_in_answer: Option<u64>,
+    ) -> Option<Rc<[u8]>> {
+        let p = crate::jsonrpc::peek(msg)?;
+        let result = p.result.filter(|r| *r != b"null")?;
         if p.error.is_some() {
-            return false;
+            return None;
         }
         if let Some(finalized) = final_in_answer {
             if !rules::final_in_answer(result, finalized) {
-                return false;
+                return None;
             }
         }
         let mut head = Vec::with_capacity(result.len() + 32);
         head.extend_from_slice(br#"{"jsonrpc":"2.0","result":"#);
         head.extend_from_slice(result);
         head.extend_from_slice(br#","id":"#);
+        let head: Rc<[u8]> = head.into();
+        self.insert_head(key, head.clone(), ttl).then_some(head)
+    }
+
+    /// Keep `head` (`{"jsonrpc":"2.0","result":…,"id":`, as [`Cache::get`]
+    /// gives it) under `key` for `ttl`. Returns whether it was kept.
+    pub fn insert_head(&self, key: &[u8], head: Rc<[u8]>, ttl: Duration) -> bool {
         let cost = cost(key, &head);
         if cost > self.max_bytes / 4 {
             return false;
@@ -132,7 +147,7 @@ impl Cache {
         self.entries.borrow_mut().insert(
             key.clone(),
             Entry {
-                head: Rc::from(head),
+                head,
                 expires: Instant::now() + ttl,
                 used: Cell::new(false),
             },

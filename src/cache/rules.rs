@@ -212,6 +212,10 @@ pub struct Plan {
     /// The block number asked at (an answer about it is kept only if the
     /// node that gives it has finalized it).
     pub at: Option<u64>,
+    /// The answer can never change (at a hash, a finalized block, found
+    /// final): it may be kept where every gateway of a cluster finds it.
+    /// Static answers (a node's name and version) stay per core.
+    pub lasting: bool,
 }
 
 /// How a request may be answered from the cache, or `None`.
@@ -234,6 +238,7 @@ pub fn plan(rules: &Rules, req: &Request<'_>, chain: &dyn ChainView) -> Option<P
         params: None,
         final_in_answer: false,
         at: None,
+        lasting: rule != Rule::Static,
     };
     match rule {
         Rule::Static => Some(plan),

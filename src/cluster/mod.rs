@@ -29,6 +29,8 @@
 //! divided by the instances last seen alive; the quota less what the
 //! others had used), never open, never closed.
 
+pub mod cache;
+
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
@@ -58,6 +60,9 @@ pub struct Cluster {
     /// Key names disabled through the cluster, as this instance knows them
     /// (pushed again when Redis comes back empty).
     disabled: Mutex<std::collections::BTreeSet<String>>,
+    /// The way to the second-level cache's thread (`[cluster] cache`).
+    pub cache: Option<crate::cache::second::Link>,
+    pub cache_counts: Arc<cache::CacheCounts>,
 }
 
 /// Publishes one instance's figures for a key and period, with its
@@ -93,7 +98,14 @@ pub fn alive(sync: Duration) -> Duration {
 impl Cluster {
     /// Start the sync thread for `config` over `book`'s keys.
     pub fn start(config: ClusterConfig, book: Arc<Book>) -> Arc<Cluster> {
+        let cache_counts = Arc::<cache::CacheCounts>::default();
+        let cache = config
+            .cache
+            .then(|| cache::start(config.clone(), cache_counts.clone()))
+            .flatten();
         let c = Arc::new(Cluster {
+            cache,
+            cache_counts,
             config,
             commands: Mutex::default(),
             up: AtomicBool::new(false),
@@ -128,6 +140,20 @@ impl Cluster {
 
     pub fn instances(&self) -> u32 {
         self.instances.load(Relaxed)
+    }
+
+    /// What `/metrics` shows of the cluster.
+    pub fn scrape(&self) -> crate::metrics::ClusterScrape {
+        let n = &self.cache_counts;
+        crate::metrics::ClusterScrape {
+            up: self.up(),
+            instances: self.instances(),
+            failures: self.failures(),
+            cache: self.cache.as_ref().map(|_| {
+                let lookups = [&n.hits, &n.misses, &n.waited, &n.failed].map(|a| a.load(Relaxed));
+                (lookups, n.stores.load(Relaxed))
+            }),
+        }
     }
 
     /// Disable or enable key `usage` (named `name`) everywhere: here at

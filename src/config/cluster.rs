@@ -19,6 +19,9 @@ pub struct ClusterSection {
     /// This instance's name in the cluster (its figures in Redis are under
     /// it: keep it across restarts); empty: host name and listening port.
     pub instance: String,
+    /// The second level of the response cache in Redis: answers that can
+    /// never change, shared by every instance.
+    pub cache: bool,
 }
 
 impl Default for ClusterSection {
@@ -28,6 +31,7 @@ impl Default for ClusterSection {
             sync_ms: 100,
             prefix: "ringway".into(),
             instance: String::new(),
+            cache: true,
         }
     }
 }
@@ -39,6 +43,7 @@ pub struct ClusterConfig {
     pub sync: std::time::Duration,
     pub prefix: String,
     pub instance: String,
+    pub cache: bool,
 }
 
 /// `[cluster]` read and checked; `None` without `redis`.
@@ -88,5 +93,6 @@ pub fn read(
         sync: std::time::Duration::from_millis(s.sync_ms),
         prefix: s.prefix.clone(),
         instance,
+        cache: s.cache,
     }))
 }

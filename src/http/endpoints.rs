@@ -239,10 +239,7 @@ pub fn metrics_response(out: &mut Vec<u8>, served: &Served, full: bool) {
         } else {
             Vec::new()
         },
-        cluster: generations
-            .cluster
-            .as_ref()
-            .map(|c| (c.up(), c.instances(), c.failures())),
+        cluster: generations.cluster.as_ref().map(|c| c.scrape()),
     };
     let body = crate::metrics::render(&scrape, full);
     response::write(

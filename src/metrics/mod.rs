@@ -30,7 +30,18 @@ pub struct Scrape<'a> {
     /// Each API key's usage in its current period, by name.
     pub keys: Vec<(String, std::sync::Arc<crate::policy::usage::Usage>)>,
     /// `[cluster]`: Redis answering, live instances, failed syncs.
-    pub cluster: Option<(bool, u32, u64)>,
+    pub cluster: Option<ClusterScrape>,
+}
+
+/// What the cluster's threads report.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ClusterScrape {
+    pub up: bool,
+    pub instances: u32,
+    pub failures: u64,
+    /// The second-level cache's lookups (hit, miss, waited, failed) and
+    /// stores, if it is on.
+    pub cache: Option<([u64; 4], u64)>,
 }
 
 use crate::config::NodeConfig;
@@ -418,7 +429,13 @@ pub fn render(scrape: &Scrape<'_>, full: bool) -> String {
         );
     }
     render_keys(&mut t, &scrape.keys);
-    if let Some((up, instances, failures)) = scrape.cluster {
+    if let Some(ClusterScrape {
+        up,
+        instances,
+        failures,
+        cache,
+    }) = scrape.cluster
+    {
         t.single("ringway_cluster_up", "gauge", "1 while Redis answers the cluster's syncs; 0: serving on a local share of each budget.", u8::from(up));
         t.single(
             "ringway_cluster_instances",
@@ -432,6 +449,19 @@ pub fn render(scrape: &Scrape<'_>, full: bool) -> String {
             "Syncs with Redis that failed.",
             failures,
         );
+        if let Some((lookups, stores)) = cache {
+            let name = "ringway_cluster_cache_lookups_total";
+            t.family(name, "counter", "Lookups in the second-level cache (Redis) after a first-level miss, by result: hit, miss (this instance fetched), waited (for another's fetch of the same answer), failed (Redis down or slow: a miss).");
+            for (result, n) in ["hit", "miss", "waited", "failed"].iter().zip(lookups) {
+                t.sample(name, &[("result", result)], n);
+            }
+            t.single(
+                "ringway_cluster_cache_stores_total",
+                "counter",
+                "Answers kept in the second-level cache.",
+                stores,
+            );
+        }
     }
     t.single(
         "ringway_unmatched_answers_total",

@@ -289,6 +289,22 @@ impl Worker {
             hedge: config.hedge,
             hedge_budget: config.hedge_budget,
         };
+        // The cluster's second level, for lasting answers the first misses.
+        let second = core
+            .generations
+            .cluster
+            .as_ref()
+            .and_then(|c| c.cache.as_ref())
+            .filter(|_| cache.is_some())
+            .and_then(
+                |link| match crate::cache::second::Level2::new(link, &state.chain.name) {
+                    Ok(l) => Some(l),
+                    Err(e) => {
+                        crate::error!("cache: no second level on this core ({e})");
+                        None
+                    }
+                },
+            );
         // One set of shared connections (and the cache with them) per core:
         // every session's node side in shared mode; in pinned mode only
         // what pinned sessions send for the cache to answer.
@@ -299,6 +315,7 @@ impl Worker {
                 settings,
                 admission.shared.clone(),
                 cache,
+                second,
             )
         });
         let shared = side.clone().filter(|_| config.shared);

@@ -85,6 +85,9 @@ pub enum Hedging {
     Abandoned,
 }
 
+/// A session waiting for a cacheable request's answer, with its own id.
+pub type Follower = (Weak<Session>, Box<[u8]>);
+
 /// A cacheable request on its way: where its answer goes besides its own
 /// session.
 pub struct Kept {
@@ -93,8 +96,10 @@ pub struct Kept {
     /// What must be final at the node that answers for the answer to be kept.
     pub must_be_final: MustBeFinal,
     /// Identical requests that came while it was out: (session, its id).
-    pub followers: Vec<(Weak<Session>, Box<[u8]>)>,
+    pub followers: Vec<Follower>,
     pub asked: Asked,
+    /// Its answer may go to the cluster's second level too.
+    pub lasting: bool,
 }
 
 /// What must be final at the answering node (by its own finality, not the

@@ -87,6 +87,11 @@ pub struct Shared {
     /// Cacheable requests on their way, by cache key: where their answer
     /// will come (identical requests wait for it: see [`Shared::join_flight`]).
     flights: RefCell<ahash::AHashMap<Box<[u8]>, Flight>>,
+    /// The cluster's second level of the cache (`[cluster] cache`).
+    pub second: Option<crate::cache::second::Level2>,
+    /// Lasting requests the first level missed, being looked up in the
+    /// second, by cache key: the sessions waiting (identical ones join).
+    pub lookups: RefCell<ahash::AHashMap<Box<[u8]>, Vec<conn::Follower>>>,
     /// The last subscription id given out for a merged subscription.
     next_sub: Cell<u64>,
     /// This core's allowance of hedged reads on its shared connections.
@@ -258,6 +263,7 @@ impl Shared {
         settings: Settings,
         counts: std::sync::Arc<crate::policy::SharedCounts>,
         cache: Option<Rc<crate::cache::Cache>>,
+        second: Option<crate::cache::second::Level2>,
     ) -> Rc<Shared> {
         let n = pool.nodes().len();
         Rc::new(Shared {
@@ -269,6 +275,8 @@ impl Shared {
             superseded: Cell::new(false),
             cache,
             flights: RefCell::new(ahash::AHashMap::new()),
+            second,
+            lookups: RefCell::new(ahash::AHashMap::new()),
             next_sub: Cell::new(0),
             hedges: Cell::new(crate::hedge::Budget::new()),
         })
@@ -277,6 +285,10 @@ impl Shared {
     /// If an identical cacheable request (same `key`) is on its way, wait
     /// for its answer instead of sending another: `s` gets it with `id`.
     pub fn join_flight(&self, key: &[u8], s: &Rc<Session>, id: &[u8]) -> bool {
+        if let Some(waiting) = self.lookups.borrow_mut().get_mut(key) {
+            waiting.push((Rc::downgrade(s), Box::from(id)));
+            return true;
+        }
         let mut flights = self.flights.borrow_mut();
         let Some((conn, gid)) = flights.get(key) else {
             return false;
@@ -333,8 +345,13 @@ impl Shared {
             };
         let answers_block =
             (kept.must_be_final == conn::MustBeFinal::AnswersBlock).then_some(node_final);
-        if let Some(cache) = self.cache.as_ref().filter(|_| keep) {
-            cache.insert(&kept.key, msg, kept.ttl, answers_block);
+        let head = self.cache.as_ref().filter(|_| keep);
+        let head = head.and_then(|c| c.keep(&kept.key, msg, kept.ttl, answers_block));
+        if let Some(second) = self.second.as_ref().filter(|_| kept.lasting) {
+            match head {
+                Some(head) => second.put(&kept.key, &head, kept.ttl),
+                None => second.forget(&kept.key),
+            }
         }
         for (s, id) in kept.followers {
             let Some(s) = s.upgrade() else {

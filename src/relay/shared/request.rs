@@ -165,8 +165,9 @@ pub fn cache_pinned(
 }
 
 /// A cacheable request: answered from the cache, or by an identical one
-/// already on its way, or sent (with the finalized hash filled in where the
-/// plan says) with its answer to be kept.
+/// already on its way (or being looked up in the cluster's second level),
+/// or sent (with the finalized hash filled in where the plan says) with its
+/// answer to be kept.
 fn cached(
     sh: &Rc<super::Shared>,
     to: &Rc<Conn>,
@@ -187,7 +188,98 @@ fn cached(
         crate::stats::request(s.cfg.chain, req, Outcome::Joined);
         return;
     }
+    if plan.lasting && look_up(sh, to, s, req, &plan, retryable) {
+        return;
+    }
     crate::stats::request(s.cfg.chain, req, Outcome::Forwarded);
+    forward(sh, to, s, req, plan, retryable, Vec::new());
+}
+
+/// Ask the cluster's second level for a lasting answer the first missed.
+/// The request (and identical ones meanwhile: they join it) waits for the
+/// answer: served from it, or sent to the node as usual when it has none.
+/// False when there is no second level or it could not be asked.
+fn look_up(
+    sh: &Rc<super::Shared>,
+    to: &Rc<Conn>,
+    s: &Rc<Session>,
+    req: &Request<'_>,
+    plan: &crate::cache::Plan,
+    retryable: bool,
+) -> bool {
+    let Some(second) = sh.second.as_ref() else {
+        return false;
+    };
+    let (shared, to, plan) = (Rc::downgrade(sh), to.clone(), plan.clone());
+    let raw: Box<[u8]> = Box::from(req.raw);
+    let key: Box<[u8]> = plan.key.clone().into_boxed_slice();
+    let asked = second.get(&key, move |head| {
+        let Some(sh) = shared.upgrade() else {
+            return;
+        };
+        let waiting = sh.lookups.borrow_mut().remove(&plan.key[..]);
+        let waiting = waiting.unwrap_or_default().into_iter();
+        let mut live = waiting.filter_map(|(s, id)| s.upgrade().map(|s| (s, id)));
+        let Some((first, id)) = live.next() else {
+            if head.is_none() {
+                if let Some(second) = sh.second.as_ref() {
+                    second.forget(&plan.key);
+                }
+            }
+            return;
+        };
+        let call = Call::parse(&raw);
+        let Some(req) = call.single() else {
+            return;
+        };
+        if let Some(head) = head {
+            let head: Rc<[u8]> = head.into();
+            if let Some(cache) = sh.cache.as_ref() {
+                cache.insert_head(&plan.key, head.clone(), plan.ttl);
+            }
+            crate::stats::request(first.cfg.chain, req, Outcome::Cached);
+            for (s, id) in std::iter::once((first, id)).chain(live) {
+                super::answer::deliver(&s, &crate::cache::answer_parts(&head, &id));
+                s.answered(&id);
+            }
+            return;
+        }
+        // None kept: the first still waiting asks the node (as itself).
+        let followers = live.map(|(s, id)| (Rc::downgrade(&s), id)).collect();
+        let mut own = Vec::new();
+        if req.id != Some(&id[..]) {
+            req.write(&mut own, Some(&id), req.params);
+        }
+        let own_call = (!own.is_empty()).then(|| Call::parse(&own));
+        let req = own_call.as_ref().and_then(|c| c.single()).unwrap_or(req);
+        let to = match to.state() {
+            super::conn::State::Dead => sh.conn(to.node),
+            _ => to,
+        };
+        crate::stats::request(first.cfg.chain, req, Outcome::Forwarded);
+        forward(&sh, &to, &first, req, plan, retryable, followers);
+    });
+    if asked {
+        let id = Box::from(req.id.expect("cacheable requests have ids"));
+        sh.lookups
+            .borrow_mut()
+            .insert(key, vec![(Rc::downgrade(s), id)]);
+    }
+    asked
+}
+
+/// Send a cacheable request that nothing kept, its answer to be kept and
+/// given to `followers` too.
+fn forward(
+    sh: &Rc<super::Shared>,
+    to: &Rc<Conn>,
+    s: &Rc<Session>,
+    req: &Request<'_>,
+    plan: crate::cache::Plan,
+    retryable: bool,
+    followers: Vec<super::conn::Follower>,
+) {
+    let id = req.id.expect("cacheable requests have ids");
     let kept = Box::new(Kept {
         key: plan.key.clone().into_boxed_slice(),
         ttl: plan.ttl,
@@ -196,11 +288,12 @@ fn cached(
             (false, Some(n)) => MustBeFinal::Block(n),
             (false, None) => MustBeFinal::Nothing,
         },
-        followers: Vec::new(),
+        followers,
         asked: match plan.params {
             Some(_) => Asked::Filled(Box::from(req.raw)),
             None => Asked::AsSent,
         },
+        lasting: plan.lasting,
     });
     // The request as sent: the client's, or one with the params filled in.
     let filled = plan.params.as_ref().map(|params| {
