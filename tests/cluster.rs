@@ -396,3 +396,68 @@ fn three_cold_gateways_cost_the_node_one_metadata_call_per_hash() {
     );
     assert_eq!(chain.calls_of("state_getMetadata"), 2);
 }
+
+#[test]
+fn gateways_reach_redis_over_tls_with_a_client_certificate() {
+    let pki = TestPki::new();
+    let ca = pki.dir.join("ca.pem");
+    std::fs::write(&ca, &pki.ca_pem).unwrap();
+    let redis = Redis::start_tls(&pki.cert, &pki.key, &ca);
+    assert!(redis.url().starts_with("rediss://"));
+    let (cert, key) = pki.issue(&["gateway"]);
+    let tls = format!(
+        "tls_ca = \"{}\"\ntls_cert = \"{}\"\ntls_key = \"{}\"\n",
+        ca.display(),
+        cert.display(),
+        key.display()
+    );
+    let node = Upstream::start(Behaviour::Echo);
+    let gws: Vec<_> = (0..2)
+        .map(|i| gateway_tls(&pki, &redis, &node.url(), i, &tls))
+        .collect();
+    for (_, m) in &gws {
+        wait_for(TIMEOUT, "two gateways on Redis over TLS", || {
+            let h = health(m);
+            h["cluster"]["redis"] == "up" && h["cluster"]["instances"] == 2
+        });
+    }
+    // A revocation travels through it.
+    let mut dave = ws_connect(&gws[1].0, pki.client_config(), &format!("/{DAVE}"));
+    assert_eq!(post_plain(&gws[0].1, "/keys/dave/disable").0, 200);
+    assert_eq!(close_frame(&mut dave).0, 1008);
+
+    // Without the client certificate Redis refuses it: the gateway serves
+    // on its own share, and says Redis is degraded.
+    let ca_only = format!("tls_ca = \"{}\"\n", ca.display());
+    let (lone, m) = gateway_tls(&pki, &redis, &node.url(), 2, &ca_only);
+    wait_for(TIMEOUT, "a sync failure", || {
+        plain_get(&m, "/metrics")
+            .2
+            .lines()
+            .any(|l| l.starts_with("ringway_cluster_sync_failures_total ") && !l.ends_with(" 0"))
+    });
+    assert_eq!(health(&m)["cluster"]["redis"], "degraded");
+    let mut ws = ws_connect(&lone, pki.client_config(), &format!("/{CAROL}"));
+    assert!(call(&mut ws, 1));
+}
+
+/// A gateway of the cluster with `tls` lines in `[cluster]`.
+fn gateway_tls(pki: &TestPki, redis: &Redis, node: &str, i: usize, tls: &str) -> (Gateway, String) {
+    let keys = write_config(pki, "cluster-keys.toml", KEYS);
+    let cfg = write_config(
+        pki,
+        &format!("cluster-tls-{i}.toml"),
+        &format!(
+            "[server]\nmetrics_listen = \"127.0.0.1:0\"\n[keys]\nfile = \"{}\"\n[cluster]\nredis = \"{}\"\ninstance = \"tls{i}\"\n{tls}",
+            keys.display(),
+            redis.url()
+        ),
+    );
+    let gw = Gateway::start(
+        pki,
+        &[node.to_string()],
+        &["--config", cfg.to_str().unwrap()],
+    );
+    let metrics = printed_addr(&gw, "metrics on http://");
+    (gw, metrics)
+}

@@ -156,11 +156,7 @@ impl Store {
     }
 
     fn connect(&self) -> redis::RedisResult<redis::Connection> {
-        let client = redis::Client::open(self.config.redis.as_str())?;
-        let con = client.get_connection_with_timeout(TIMEOUT)?;
-        con.set_read_timeout(Some(TIMEOUT))?;
-        con.set_write_timeout(Some(TIMEOUT))?;
-        Ok(con)
+        super::open(&self.config, TIMEOUT)
     }
 
     /// One round trip: the batch's lookups and stores, and another look

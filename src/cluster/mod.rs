@@ -90,6 +90,43 @@ redis.call('PEXPIRE', KEYS[1], ARGV[6])
 return {got, redis.call('HGETALL', KEYS[1])}
 "#;
 
+/// A connection to the cluster's Redis (over TLS for `rediss://`), with
+/// `timeout` to connect, and for each read and write.
+pub fn open(config: &ClusterConfig, timeout: Duration) -> redis::RedisResult<redis::Connection> {
+    let client = match &config.tls {
+        None => redis::Client::open(config.redis.as_str())?,
+        Some(tls) => {
+            let read = |p: &std::path::Path| {
+                std::fs::read(p).map_err(|e| {
+                    let what = format!("{}: {e}", p.display());
+                    redis::RedisError::from((
+                        redis::ErrorKind::InvalidClientConfig,
+                        "TLS file",
+                        what,
+                    ))
+                })
+            };
+            let client_tls = match &tls.client {
+                Some((cert, key)) => Some(redis::ClientTlsConfig {
+                    client_cert: read(cert)?,
+                    client_key: read(key)?,
+                }),
+                None => None,
+            };
+            let root_cert = tls.ca.as_deref().map(read).transpose()?;
+            let certs = redis::TlsCertificates {
+                client_tls,
+                root_cert,
+            };
+            redis::Client::build_with_tls(config.redis.as_str(), certs)?
+        }
+    };
+    let con = client.get_connection_with_timeout(timeout)?;
+    con.set_read_timeout(Some(timeout))?;
+    con.set_write_timeout(Some(timeout))?;
+    Ok(con)
+}
+
 /// How long an instance counts as alive after its last announcement.
 pub fn alive(sync: Duration) -> Duration {
     (sync * 20).max(Duration::from_secs(2))
@@ -98,6 +135,11 @@ pub fn alive(sync: Duration) -> Duration {
 impl Cluster {
     /// Start the sync thread for `config` over `book`'s keys.
     pub fn start(config: ClusterConfig, book: Arc<Book>) -> Arc<Cluster> {
+        if config.tls.is_some() {
+            // The Redis client builds its TLS configuration on the
+            // process's default provider: ring's, as everywhere else.
+            let _ = rustls::crypto::ring::default_provider().install_default();
+        }
         let cache_counts = Arc::<cache::CacheCounts>::default();
         let cache = config
             .cache
@@ -245,12 +287,10 @@ impl Cluster {
     }
 
     fn connect(&self) -> redis::RedisResult<redis::Connection> {
-        let timeout = (self.config.sync * 5).max(Duration::from_millis(500));
-        let client = redis::Client::open(self.config.redis.as_str())?;
-        let con = client.get_connection_with_timeout(timeout)?;
-        con.set_read_timeout(Some(timeout))?;
-        con.set_write_timeout(Some(timeout))?;
-        Ok(con)
+        open(
+            &self.config,
+            (self.config.sync * 5).max(Duration::from_millis(500)),
+        )
     }
 
     /// One exchange with Redis (one round trip; two when Redis came back

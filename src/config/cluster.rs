@@ -22,6 +22,13 @@ pub struct ClusterSection {
     /// The second level of the response cache in Redis: answers that can
     /// never change, shared by every instance.
     pub cache: bool,
+    /// `rediss://`: the CA that signed Redis's certificate (PEM); empty:
+    /// the system's roots.
+    pub tls_ca: String,
+    /// `rediss://` with `tls-auth-clients`: this gateway's certificate
+    /// (PEM, with its chain) and key.
+    pub tls_cert: String,
+    pub tls_key: String,
 }
 
 impl Default for ClusterSection {
@@ -32,6 +39,9 @@ impl Default for ClusterSection {
             prefix: "ringway".into(),
             instance: String::new(),
             cache: true,
+            tls_ca: String::new(),
+            tls_cert: String::new(),
+            tls_key: String::new(),
         }
     }
 }
@@ -44,6 +54,17 @@ pub struct ClusterConfig {
     pub prefix: String,
     pub instance: String,
     pub cache: bool,
+    /// `rediss://`: what to trust and what to show.
+    pub tls: Option<RedisTls>,
+}
+
+/// TLS to Redis (`rediss://`): files read at each connection.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct RedisTls {
+    /// The CA's certificate (PEM); `None`: the system's roots.
+    pub ca: Option<std::path::PathBuf>,
+    /// This gateway's certificate and key (PEM), for `tls-auth-clients`.
+    pub client: Option<(std::path::PathBuf, std::path::PathBuf)>,
 }
 
 /// `[cluster]` read and checked; `None` without `redis`.
@@ -60,12 +81,31 @@ pub fn read(
         key: format!("cluster.{key}"),
         message: message.to_string(),
     };
-    if !s.redis.starts_with("redis://") {
+    let tls = s.redis.starts_with("rediss://");
+    if !tls && !s.redis.starts_with("redis://") {
         return Err(err(
             "redis",
-            "redis://[:password@]host:port/db (rediss:// is not built in: put Redis on a private network or a local TLS tunnel)",
+            "redis://[:password@]host:port/db, or rediss:// for TLS",
         ));
     }
+    let file = |key: &str, path: &str| -> Result<Option<std::path::PathBuf>, ConfigError> {
+        if path.is_empty() {
+            return Ok(None);
+        }
+        if !tls {
+            return Err(err(key, "only with a rediss:// address"));
+        }
+        std::fs::metadata(path)
+            .map_err(|e| err(key, &format!("{path}: {e}")))
+            .map(|_| Some(path.into()))
+    };
+    let ca = file("tls_ca", &s.tls_ca)?;
+    let client = match (file("tls_cert", &s.tls_cert)?, file("tls_key", &s.tls_key)?) {
+        (Some(c), Some(k)) => Some((c, k)),
+        (None, None) => None,
+        (Some(_), None) => return Err(err("tls_key", "tls_cert needs its key")),
+        (None, Some(_)) => return Err(err("tls_cert", "tls_key needs its certificate")),
+    };
     if !(10..=10_000).contains(&s.sync_ms) {
         return Err(err("sync_ms", "from 10 to 10000 milliseconds"));
     }
@@ -94,5 +134,51 @@ pub fn read(
         prefix: s.prefix.clone(),
         instance,
         cache: s.cache,
+        tls: tls.then_some(RedisTls { ca, client }),
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn section(redis: &str) -> ClusterSection {
+        ClusterSection {
+            redis: redis.into(),
+            ..ClusterSection::default()
+        }
+    }
+
+    #[test]
+    fn tls_files_are_refused_without_rediss_and_named_when_missing() {
+        let mut s = section("redis://127.0.0.1:6379/");
+        s.tls_ca = "/etc/hostname".into();
+        let e = read(&s, "ringway.toml", 443).unwrap_err();
+        assert_eq!(e.key, "cluster.tls_ca");
+        assert_eq!(e.origin, "ringway.toml");
+
+        let mut s = section("rediss://redis.internal:6380/");
+        s.tls_ca = "/nonexistent/ca.pem".into();
+        let e = read(&s, "ringway.toml", 443).unwrap_err();
+        assert_eq!(e.key, "cluster.tls_ca");
+        assert!(e.message.contains("/nonexistent/ca.pem"), "{}", e.message);
+
+        let mut s = section("rediss://redis.internal:6380/");
+        s.tls_cert = "/etc/hostname".into();
+        assert_eq!(read(&s, "f", 443).unwrap_err().key, "cluster.tls_key");
+
+        let s = section("rediss://redis.internal:6380/");
+        let c = read(&s, "f", 443).unwrap().unwrap();
+        assert_eq!(c.tls, Some(RedisTls::default()));
+        assert_eq!(
+            read(&section("redis://h/"), "f", 443).unwrap().unwrap().tls,
+            None
+        );
+    }
+
+    #[test]
+    fn an_address_of_another_scheme_is_refused() {
+        let e = read(&section("http://h:6379"), "f", 443).unwrap_err();
+        assert_eq!(e.key, "cluster.redis");
+    }
 }

@@ -127,10 +127,32 @@ pub fn chopsticks() -> Chopsticks {
 pub struct Redis {
     child: Option<Child>,
     pub port: u16,
+    /// `redis-server`'s TLS arguments, when it takes only TLS.
+    tls: Vec<String>,
 }
 
 impl Redis {
     pub fn start() -> Redis {
+        Self::start_with(Vec::new())
+    }
+
+    /// A Redis that takes TLS only, with `cert` and `key` (from `ca`), and
+    /// asks clients for a certificate from `ca`.
+    pub fn start_tls(cert: &std::path::Path, key: &std::path::Path, ca: &std::path::Path) -> Redis {
+        let path = |p: &std::path::Path| p.to_str().unwrap().to_string();
+        Self::start_with(vec![
+            "--tls-cert-file".into(),
+            path(cert),
+            "--tls-key-file".into(),
+            path(key),
+            "--tls-ca-cert-file".into(),
+            path(ca),
+            "--tls-auth-clients".into(),
+            "yes".into(),
+        ])
+    }
+
+    fn start_with(tls: Vec<String>) -> Redis {
         let port = loop {
             let seed = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
@@ -142,20 +164,37 @@ impl Redis {
                 break p;
             }
         };
-        let mut r = Redis { child: None, port };
+        let mut r = Redis {
+            child: None,
+            port,
+            tls,
+        };
         r.restart();
         r
     }
 
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/", self.port)
+        match self.tls.is_empty() {
+            true => format!("redis://127.0.0.1:{}/", self.port),
+            false => format!("rediss://localhost:{}/", self.port),
+        }
     }
 
     /// Start it (again, empty) on its port.
     pub fn restart(&mut self) {
         install_redis();
         let child = Command::new("redis-server")
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args(match self.tls.is_empty() {
+                true => vec!["--port".to_string(), self.port.to_string()],
+                false => vec![
+                    "--port".to_string(),
+                    "0".to_string(),
+                    "--tls-port".to_string(),
+                    self.port.to_string(),
+                ],
+            })
+            .args(&self.tls)
+            .args(["--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no"])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
