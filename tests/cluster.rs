@@ -398,15 +398,16 @@ fn three_cold_gateways_cost_the_node_one_metadata_call_per_hash() {
 }
 
 #[test]
-fn gateways_reach_redis_over_tls_with_a_client_certificate() {
+fn gateways_reach_redis_over_tls_and_a_revocation_is_pushed_between_syncs() {
     let pki = TestPki::new();
     let ca = pki.dir.join("ca.pem");
     std::fs::write(&ca, &pki.ca_pem).unwrap();
     let redis = Redis::start_tls(&pki.cert, &pki.key, &ca);
     assert!(redis.url().starts_with("rediss://"));
     let (cert, key) = pki.issue(&["gateway"]);
+    // Syncs far apart: a revocation must be pushed, not read at a sync.
     let tls = format!(
-        "tls_ca = \"{}\"\ntls_cert = \"{}\"\ntls_key = \"{}\"\n",
+        "sync_ms = 10000\ntls_ca = \"{}\"\ntls_cert = \"{}\"\ntls_key = \"{}\"\n",
         ca.display(),
         cert.display(),
         key.display()
@@ -415,16 +416,25 @@ fn gateways_reach_redis_over_tls_with_a_client_certificate() {
     let gws: Vec<_> = (0..2)
         .map(|i| gateway_tls(&pki, &redis, &node.url(), i, &tls))
         .collect();
-    for (_, m) in &gws {
-        wait_for(TIMEOUT, "two gateways on Redis over TLS", || {
-            let h = health(m);
-            h["cluster"]["redis"] == "up" && h["cluster"]["instances"] == 2
-        });
-    }
-    // A revocation travels through it.
+    // The second sees both at its first sync (the first at its next).
+    wait_for(TIMEOUT, "two gateways on Redis over TLS", || {
+        let h = health(&gws[1].1);
+        h["cluster"]["redis"] == "up" && h["cluster"]["instances"] == 2
+    });
+    assert_eq!(health(&gws[0].1)["cluster"]["redis"], "up");
+    // A revocation is pushed through it (pub/sub): the other gateway's
+    // session closes within a second, well before its next sync.
     let mut dave = ws_connect(&gws[1].0, pki.client_config(), &format!("/{DAVE}"));
+    assert!(call(&mut dave, 1));
+    let asked = Instant::now();
     assert_eq!(post_plain(&gws[0].1, "/keys/dave/disable").0, 200);
     assert_eq!(close_frame(&mut dave).0, 1008);
+    eprintln!("revoked on the other gateway after {:?}", asked.elapsed());
+    assert!(
+        asked.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        asked.elapsed()
+    );
 
     // Without the client certificate Redis refuses it: the gateway serves
     // on its own share, and says Redis is degraded.

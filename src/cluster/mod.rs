@@ -17,8 +17,11 @@
 //!   every gateway's credits, `max_connections` against every gateway's
 //!   sessions, and `/usage` reports the sum;
 //! - pushes revocations asked of it (`POST /keys/<name>/disable`) into
-//!   `<p>:disabled` and reads that set: a key disabled anywhere is revoked
-//!   here within `sync_ms` (its sessions close at their next look, 500 ms).
+//!   `<p>:disabled`, publishes them on `<p>:revocations` (a listener
+//!   thread on every gateway takes them at once), and reads that set: a
+//!   key disabled anywhere is revoked here at once, or within `sync_ms`
+//!   when the push was missed (its sessions close at their next look,
+//!   500 ms).
 //!
 //! Each instance publishes its own cumulative totals (a field it alone
 //! writes), so a retry, a Redis that restarts empty, or an instance that
@@ -51,6 +54,8 @@ pub enum Command {
 pub struct Cluster {
     pub config: ClusterConfig,
     commands: Mutex<Vec<Command>>,
+    /// Rung when a command is asked: the sync thread sends it at once.
+    asked: std::sync::Condvar,
     /// Redis answered the last sync.
     up: AtomicBool,
     /// Syncs that failed (`ringway_cluster_sync_failures_total`).
@@ -150,11 +155,32 @@ impl Cluster {
             cache_counts,
             config,
             commands: Mutex::default(),
+            asked: std::sync::Condvar::new(),
             up: AtomicBool::new(false),
             failures: AtomicU64::new(0),
             instances: AtomicU32::new(1),
             disabled: Mutex::default(),
         });
+        let (push, pushed) = (c.clone(), book.clone());
+        let (subscribed, first) = std::sync::mpsc::channel();
+        let listening = std::thread::Builder::new()
+            .name("cluster-push".into())
+            .spawn(move || {
+                let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    push.listen(&pushed, subscribed)
+                }));
+                if r.is_err() {
+                    crate::task::fatal("the cluster's revocation listener");
+                }
+            });
+        match listening {
+            // Listening before this gateway first shows itself: a
+            // revocation pushed once the others see it is not missed.
+            Ok(_) => drop(first.recv_timeout(Duration::from_secs(1))),
+            Err(e) => crate::error!(
+                "cluster: cannot start the revocation listener ({e}); revocations arrive at each sync"
+            ),
+        }
         let run = c.clone();
         let spawned = std::thread::Builder::new()
             .name("cluster".into())
@@ -213,10 +239,45 @@ impl Cluster {
             known.remove(&name);
         }
         self.commands.lock().expect("not poisoned").push(command);
+        self.asked.notify_one();
     }
 
     fn key(&self, rest: &str) -> String {
         format!("{}:{rest}", self.config.prefix)
+    }
+
+    /// Revocations pushed by the other gateways (`PUBLISH
+    /// <p>:revocations "disable <name>"`), taken at once; the set they are
+    /// kept in is read at each sync anyway (a push missed while this
+    /// connection was away arrives then).
+    fn listen(&self, book: &Book, subscribed: std::sync::mpsc::Sender<()>) {
+        let channel = self.key("revocations");
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            let Ok(mut con) = open(&self.config, Duration::from_secs(10)) else {
+                std::thread::sleep(backoff);
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+                continue;
+            };
+            backoff = Duration::from_millis(100);
+            let mut sub = con.as_pubsub();
+            if sub.subscribe(&channel).is_err() {
+                continue;
+            }
+            let _ = subscribed.send(());
+            // Any error (a quiet 10 s included): connect again.
+            while let Ok(msg) = sub.get_message() {
+                let text: String = msg.get_payload().unwrap_or_default();
+                let (disable, name) = match text.split_once(' ') {
+                    Some(("disable", n)) => (true, n),
+                    Some(("enable", n)) => (false, n),
+                    _ => continue,
+                };
+                if let Some((_, u)) = book.all().into_iter().find(|(n, _)| n == name) {
+                    u.set_cluster_disabled(disable);
+                }
+            }
+        }
     }
 
     fn run(&self, book: &Book) {
@@ -255,7 +316,12 @@ impl Cluster {
                 backoff = (backoff * 2).min(Duration::from_secs(5));
                 backoff
             };
-            std::thread::sleep(wait.saturating_sub(started.elapsed()));
+            // Until the next sync, or a command asked (sent at once).
+            let pending = self.commands.lock().expect("not poisoned");
+            let left = wait.saturating_sub(started.elapsed());
+            if pending.is_empty() || con.is_none() {
+                drop(self.asked.wait_timeout(pending, left));
+            }
         }
     }
 
@@ -325,11 +391,23 @@ impl Cluster {
         // Redis restarted empty (or never saw this cluster): the epoch mark
         // is gone; the revocations this instance knows are pushed again.
         pipe.cmd("SET").arg(&epoch).arg(me).arg("NX");
+        // Kept in the set first, then pushed to the gateways listening.
+        let revocations = self.key("revocations");
         for c in &commands {
-            match c {
-                Command::Disable(n) => pipe.cmd("SADD").arg(&disabled_set).arg(n).ignore(),
-                Command::Enable(n) => pipe.cmd("SREM").arg(&disabled_set).arg(n).ignore(),
+            let (push, n) = match c {
+                Command::Disable(n) => {
+                    pipe.cmd("SADD").arg(&disabled_set).arg(n).ignore();
+                    ("disable", n)
+                }
+                Command::Enable(n) => {
+                    pipe.cmd("SREM").arg(&disabled_set).arg(n).ignore();
+                    ("enable", n)
+                }
             };
+            pipe.cmd("PUBLISH")
+                .arg(&revocations)
+                .arg(format!("{push} {n}"))
+                .ignore();
         }
         // Each key: this instance's figures and reservation published, a
         // reservation topped up, the others' figures read (one script, so
