@@ -17,8 +17,9 @@ const ALICE: &str = "alice-0123456789abcdef";
 const BOB: &str = "bob-0123456789abcdef00";
 const CAROL: &str = "carol-0123456789abcdef";
 const DAVE: &str = "dave-0123456789abcdef0";
+const ERIN: &str = "erin-0123456789abcdef0";
 
-const KEYS: &str = "[[key]]\nname = \"alice\"\nkey = \"alice-0123456789abcdef\"\nrate = 50\n\n[[key]]\nname = \"bob\"\nkey = \"bob-0123456789abcdef00\"\nquota = 1000\n\n[[key]]\nname = \"carol\"\nkey = \"carol-0123456789abcdef\"\n\n[[key]]\nname = \"dave\"\nkey = \"dave-0123456789abcdef0\"\n";
+const KEYS: &str = "[[key]]\nname = \"alice\"\nkey = \"alice-0123456789abcdef\"\nrate = 50\n\n[[key]]\nname = \"bob\"\nkey = \"bob-0123456789abcdef00\"\nquota = 1000\n\n[[key]]\nname = \"carol\"\nkey = \"carol-0123456789abcdef\"\n\n[[key]]\nname = \"dave\"\nkey = \"dave-0123456789abcdef0\"\n\n[[key]]\nname = \"erin\"\nkey = \"erin-0123456789abcdef0\"\nrate = 50\n";
 
 /// A gateway of the cluster on `redis` (its metrics listener's address too).
 fn gateway(pki: &TestPki, redis: &Redis, node: &str, i: usize) -> (Gateway, String) {
@@ -144,6 +145,33 @@ fn three_gateways_hold_one_rate_and_one_quota_and_report_one_usage() {
         "{answered} answered, over the bound {bound}"
     );
     assert!(answered >= 400, "only {answered} answered");
+
+    // Rate 50/s again, for a key whose one client reaches one gateway (a
+    // single WebSocket behind an L4 balancer), driven at 100 calls/s for
+    // 4 s: that gateway gets most of the rate once the shares follow the
+    // calls (an even share would answer about 50 / 3 x 4 + 17 = 83).
+    let one = on_each(&pki, &addrs[..1], ERIN, |ws| {
+        let start = Instant::now();
+        let mut ok = 0;
+        for i in 0..400 {
+            let due = start + Duration::from_millis(i * 10);
+            thread::sleep(due.saturating_duration_since(Instant::now()));
+            ok += usize::from(call(ws, i));
+        }
+        ok
+    });
+    let one_bound = (50.0 * 4.0 + 50.0 + 3.0 * 50.0 * 0.1) as usize;
+    eprintln!(
+        "rate 50/s for 4 s through one of three gateways: {one} answered (bound {one_bound})"
+    );
+    assert!(
+        one <= one_bound,
+        "{one} answered, over the bound {one_bound}"
+    );
+    assert!(
+        one >= 160,
+        "{one} answered: the calls' gateway kept an even share"
+    );
 
     // Quota 1,000 credits through all three, as fast as each goes, until
     // each has been refused for half a second: never over it, and refused

@@ -8,8 +8,10 @@
 //!
 //! - announces this instance (`ZADD <p>:instances <now> <instance>`) and
 //!   counts the live ones (seen within [`alive`]): each gateway admits
-//!   `rate / live` of a key's rate and of an address's rate
-//!   ([`crate::policy::usage::set_instances`]);
+//!   `rate / live` of an address's rate
+//!   ([`crate::policy::usage::set_instances`]), and of a key's rate the
+//!   share the key's script gives it by where the calls come (see
+//!   [`RESERVE`]);
 //! - publishes each key's figures for its period, this instance's own
 //!   totals (`HSET <p>:usage:<key>:<period start> <instance> "calls credits
 //!   notifications bytes_in bytes_out sessions"`), and reads the others'
@@ -71,12 +73,21 @@ pub struct Cluster {
 }
 
 /// Publishes one instance's figures for a key and period, with its
-/// reservation of the quota, atomically against the others':
+/// reservation of the quota and its share of the rate, atomically against
+/// the others':
 /// KEYS[1] the key's hash for the period (a field per instance: "calls
-/// credits notifications bytes_in bytes_out sessions granted"); ARGV: the
-/// instance, its figures, the credits it holds, the credits it asks for
-/// more, the quota, the hash's lifetime (ms). Grants what is free of the
-/// quota (never more), and answers {granted, the hash's fields}.
+/// credits notifications bytes_in bytes_out sessions granted"), KEYS[2]
+/// the key's rate shares (a field per instance: "share demand time");
+/// ARGV: the instance, its figures, the credits it holds, the credits it
+/// asks for more, the quota, the hash's lifetime (ms), the calls asked of
+/// it against the rate since its last sync (-1: the key has no rate), how
+/// long an instance counts as alive (ms).
+///
+/// Quota: grants what is free of it (never more). Rate: each live
+/// instance's share is a floor (1 / 10n) plus the rest in proportion to
+/// where the calls come, and never more than the others leave free: the
+/// shares written never add up to more than the whole. Answers {granted,
+/// the hash's fields, this instance's share in millionths (-1: none)}.
 const RESERVE: &str = r#"
 local all = redis.call('HGETALL', KEYS[1])
 local others = 0
@@ -92,7 +103,37 @@ if want > 0 then
 end
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[2] .. ' ' .. (keep + got))
 redis.call('PEXPIRE', KEYS[1], ARGV[6])
-return {got, redis.call('HGETALL', KEYS[1])}
+local share = -1
+local demand = tonumber(ARGV[7])
+if demand >= 0 then
+  local t = redis.call('TIME')
+  local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  local alive = tonumber(ARGV[8])
+  local rows = redis.call('HGETALL', KEYS[2])
+  local n, asked, held = 1, demand, 0
+  for i = 1, #rows, 2 do
+    if rows[i] ~= ARGV[1] then
+      local s, d, at = string.match(rows[i + 1], '(%S+) (%S+) (%S+)')
+      if s and now - tonumber(at) <= alive then
+        n = n + 1
+        asked = asked + tonumber(d)
+        held = held + tonumber(s)
+      else
+        redis.call('HDEL', KEYS[2], rows[i])
+      end
+    end
+  end
+  local floor = 1 / (10 * n)
+  local want = 1 / n
+  if asked > 0 then
+    want = floor + (1 - n * floor) * demand / asked
+  end
+  share = math.max(floor, math.min(want, 1 - held))
+  redis.call('HSET', KEYS[2], ARGV[1], string.format('%.6f %d %d', share, demand, now))
+  redis.call('PEXPIRE', KEYS[2], alive * 2)
+  share = math.floor(share * 1000000)
+end
+return {got, redis.call('HGETALL', KEYS[1]), share}
 "#;
 
 /// A connection to the cluster's Redis (over TLS for `rediss://`), with
@@ -284,7 +325,8 @@ impl Cluster {
         let mut con: Option<redis::Connection> = None;
         let mut backoff = self.config.sync;
         let mut said_down = false;
-        // Each key's credits at the last sync (its pace sizes reservations).
+        // Each key's credits and demand at the last sync (the pace sizes
+        // reservations; the demand, shares of the rate).
         let mut last = HashMap::new();
         loop {
             let started = Instant::now();
@@ -336,6 +378,8 @@ impl Cluster {
             *said = true;
             let n = u64::from(self.instances().max(1));
             for (_, u) in book.all() {
+                // Rates: an even share of the gateways last seen.
+                u.set_share(None);
                 let quota = u.quota();
                 if quota == 0 {
                     continue;
@@ -365,7 +409,7 @@ impl Cluster {
         &self,
         con: &mut redis::Connection,
         book: &Book,
-        last: &mut HashMap<String, u64>,
+        last: &mut HashMap<String, (u64, u64)>,
     ) -> redis::RedisResult<()> {
         let now_ms = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -417,8 +461,11 @@ impl Cluster {
             let c = u.counts();
             let quota = u.quota();
             let used = c.credits;
-            let consumed = used.saturating_sub(last.get(name).copied().unwrap_or(used));
-            last.insert(name.clone(), used);
+            let demand = u.demand();
+            let (was_used, was_demand) = last.get(name).copied().unwrap_or((used, demand));
+            let consumed = used.saturating_sub(was_used);
+            let asked_rate = demand.saturating_sub(was_demand);
+            last.insert(name.clone(), (used, demand));
             // Enough for two intervals at the pace of the last one, or half
             // of this gateway's part of what is left, whichever is more.
             let left = quota.saturating_sub(u.credits());
@@ -432,8 +479,9 @@ impl Cluster {
             let hash = self.key(&format!("usage:{name}:{}", c.period_start));
             pipe.cmd("EVAL")
                 .arg(RESERVE)
-                .arg(1)
+                .arg(2)
                 .arg(&hash)
+                .arg(self.key(&format!("share:{name}")))
                 .arg(me)
                 .arg(format!(
                     "{} {} {} {} {} {}",
@@ -448,7 +496,9 @@ impl Cluster {
                 .arg(want)
                 .arg(quota)
                 // Kept a while after the period, for billing.
-                .arg(40u64 * 86_400_000);
+                .arg(40u64 * 86_400_000)
+                .arg(if u.rated() { asked_rate as i64 } else { -1 })
+                .arg(alive(self.config.sync).as_millis() as u64);
         }
         pipe.cmd("SMEMBERS").arg(&disabled_set);
         let reply: Vec<redis::Value> = match pipe.query(con) {
@@ -467,10 +517,11 @@ impl Cluster {
         let live: u32 = redis::from_redis_value(&next())?;
         let fresh_epoch = !matches!(next(), redis::Value::Nil);
         for ((_, u), keep) in keys.iter().zip(asked) {
-            let (got, all): (u64, Vec<String>) = redis::from_redis_value(&next())?;
+            let (got, all, share): (u64, Vec<String>, i64) = redis::from_redis_value(&next())?;
             if u.quota() > 0 {
                 u.set_grant(Some(keep + got));
             }
+            u.set_share(u32::try_from(share).ok());
             let mut sums = [0u64; 6];
             for pair in all.chunks(2) {
                 let [instance, figures] = pair else { continue };

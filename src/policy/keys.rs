@@ -202,6 +202,7 @@ impl Keys {
             .map(|spec| {
                 let usage = book.usage(&spec.name, spec.period);
                 usage.set_quota(spec.quota);
+                usage.set_rated(spec.rate > 0.0);
                 let key = Arc::new(Key {
                     spec: spec.clone(),
                     revoked: AtomicBool::new(false),

@@ -101,6 +101,12 @@ pub struct Usage {
     grant: AtomicU64,
     /// The key's quota, as last configured (for the cluster's reservations).
     quota: AtomicU64,
+    /// The key has a rate (as last configured): the cluster shares it out.
+    rated: std::sync::atomic::AtomicBool,
+    /// In a cluster: this gateway's share of the key's rate and burst, in
+    /// millionths, by where the calls come (the sync thread's); 0: an even
+    /// share (1 / the gateways seen alive).
+    share: std::sync::atomic::AtomicU32,
 }
 
 /// Another gateway's, or all other gateways', figures for a key.
@@ -191,8 +197,11 @@ impl Usage {
     /// (GCRA, exact across cores). `Err(wait)`: over; try after `wait`.
     pub fn take_rate(&self, n: u64, rate: f64, burst: f64, now: Instant) -> Result<(), Duration> {
         // In a cluster, this gateway's share of the rate and the burst.
-        let share = f64::from(instances());
-        let (rate, burst) = (rate / share, burst / share);
+        let share = match self.share.load(Relaxed) {
+            0 => 1.0 / f64::from(instances()),
+            ppm => f64::from(ppm) / 1e6,
+        };
+        let (rate, burst) = (rate * share, burst * share);
         let interval = (1e9 / rate) as u64;
         let tolerance = (burst.max(1.0) * 1e9 / rate) as u64;
         let now = now.saturating_duration_since(epoch()).as_nanos() as u64;
@@ -247,6 +256,27 @@ impl Usage {
 
     pub fn set_quota(&self, quota: u64) {
         self.quota.store(quota, Relaxed);
+    }
+
+    pub fn rated(&self) -> bool {
+        self.rated.load(Relaxed)
+    }
+
+    pub fn set_rated(&self, rated: bool) {
+        self.rated.store(rated, Relaxed);
+    }
+
+    /// Set by the cluster's sync thread: this gateway's share of the rate
+    /// in millionths (`None`: an even share).
+    pub fn set_share(&self, ppm: Option<u32>) {
+        self.share
+            .store(ppm.map_or(0, |p| p.clamp(1, 1_000_000)), Relaxed);
+    }
+
+    /// Calls this gateway was asked for against the rate so far (admitted
+    /// or refused by it): where the demand is.
+    pub fn demand(&self) -> u64 {
+        self.calls.load(Relaxed) + self.refused[KeyReason::Rate as usize].load(Relaxed)
     }
 
     /// This gateway's reservation of the cluster's quota (`None`: none yet).
