@@ -34,12 +34,31 @@ fn gateway_with(
     i: usize,
     extra: &str,
 ) -> (Gateway, String) {
+    gateway_in(
+        pki,
+        redis,
+        node,
+        &format!("gw{i}"),
+        extra,
+        "sync_ms = 100\n",
+    )
+}
+
+/// Gateway `name` of the cluster: `extra` before `[cluster]`, `more` in it.
+fn gateway_in(
+    pki: &TestPki,
+    redis: &Redis,
+    node: &str,
+    name: &str,
+    extra: &str,
+    more: &str,
+) -> (Gateway, String) {
     let keys = write_config(pki, "cluster-keys.toml", KEYS);
     let cfg = write_config(
         pki,
-        &format!("cluster-{i}.toml"),
+        &format!("cluster-{name}.toml"),
         &format!(
-            "[server]\nmetrics_listen = \"127.0.0.1:0\"\n[keys]\nfile = \"{}\"\n{extra}\n[cluster]\nredis = \"{}\"\nsync_ms = 100\ninstance = \"gw{i}\"\n",
+            "[server]\nmetrics_listen = \"127.0.0.1:0\"\n[keys]\nfile = \"{}\"\n{extra}\n[cluster]\nredis = \"{}\"\ninstance = \"{name}\"\n{more}",
             keys.display(),
             redis.url()
         ),
@@ -481,21 +500,5 @@ fn gateways_reach_redis_over_tls_and_a_revocation_is_pushed_between_syncs() {
 
 /// A gateway of the cluster with `tls` lines in `[cluster]`.
 fn gateway_tls(pki: &TestPki, redis: &Redis, node: &str, i: usize, tls: &str) -> (Gateway, String) {
-    let keys = write_config(pki, "cluster-keys.toml", KEYS);
-    let cfg = write_config(
-        pki,
-        &format!("cluster-tls-{i}.toml"),
-        &format!(
-            "[server]\nmetrics_listen = \"127.0.0.1:0\"\n[keys]\nfile = \"{}\"\n[cluster]\nredis = \"{}\"\ninstance = \"tls{i}\"\n{tls}",
-            keys.display(),
-            redis.url()
-        ),
-    );
-    let gw = Gateway::start(
-        pki,
-        &[node.to_string()],
-        &["--config", cfg.to_str().unwrap()],
-    );
-    let metrics = printed_addr(&gw, "metrics on http://");
-    (gw, metrics)
+    gateway_in(pki, redis, node, &format!("tls{i}"), "", tls)
 }
