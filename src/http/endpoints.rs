@@ -253,7 +253,7 @@ pub fn metrics_response(out: &mut Vec<u8>, served: &Served, full: bool) {
 }
 
 /// `GET /usage` (metrics listener only): each API key's usage as JSON, by
-/// name, for billing (see [`crate::policy::usage::report`]).
+/// name, for billing (see [`crate::policy::report::report`]).
 pub fn usage_response(out: &mut Vec<u8>, served: &Served) {
     let keys = served.keys.as_deref();
     let limits = |name: &str| {
@@ -262,7 +262,7 @@ pub fn usage_response(out: &mut Vec<u8>, served: &Served) {
     };
     let generations = &served.core.generations;
     let cluster = generations.cluster.is_some();
-    let body = crate::policy::usage::report(&generations.usage, &limits, cluster);
+    let body = crate::policy::report::report(&generations.usage, &limits, cluster);
     fresh_json(out, 200, &body);
 }
 

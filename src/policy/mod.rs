@@ -26,6 +26,7 @@ pub mod keys;
 mod methods;
 mod origin;
 mod rate;
+pub mod report;
 pub mod usage;
 
 pub use client::*;
