@@ -198,3 +198,42 @@ fn a_read_late_on_a_shared_connection_is_answered_by_another_node_and_a_write_is
         "a write sent twice"
     );
 }
+
+/// A node only briefly late on a shared connection (60 ms on every call,
+/// sending nothing meanwhile: a busy or descheduled node) has its reads
+/// answered by the other node, and is not taken for a hung one: it stays
+/// in service and no request gets an error (a lost connection's).
+#[test]
+fn a_node_briefly_late_on_a_shared_connection_is_not_taken_out_by_its_hedges() {
+    use tungstenite::Message;
+    let pki = TestPki::new();
+    let (slow, fast) = (FakeChain::new(100), FakeChain::new(100));
+    slow.delay_ms.store(60, SeqCst);
+    let (gw, _nodes) = pool_of_two(&pki, &slow, &fast, "shared = true\nhedge_min_ms = 20\n");
+    let mut sessions: Vec<_> = (0..4)
+        .map(|_| ws_connect(&gw, pki.client_config(), "/"))
+        .collect();
+    let text = |ws: &mut tungstenite::WebSocket<TlsStream>| loop {
+        if let Message::Text(t) = ws.read().unwrap() {
+            return t;
+        }
+    };
+    // Over two probe intervals: enough silent late reads to fall three
+    // times over if each counted as a failed check.
+    let start = Instant::now();
+    let mut id = 0u64;
+    while start.elapsed() < Duration::from_secs(5) {
+        for ws in sessions.iter_mut() {
+            id += 1;
+            ws.send(Message::text(read(id))).unwrap();
+            let answer = text(ws);
+            assert!(answer.contains("peers"), "read {id}: {answer}");
+        }
+    }
+    assert!(
+        total(&gw, &pki, "ringway_hedges_won_total") >= 6,
+        "the slow node's reads were hedged"
+    );
+    let health = https_get(gw.addr, pki.client_config(), "/health").2;
+    assert!(!health.contains(r#""up":false"#), "{health}");
+}

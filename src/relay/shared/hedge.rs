@@ -15,8 +15,9 @@
 //! and keeps a hung node's connection counted as waiting, so that it is
 //! still found hung) and answered with the copy's answer; when that node
 //! sent nothing on the connection since the read left, it counts as a
-//! failed check of the node (a node merely slower than usual while it
-//! answers other requests does not: on a busy machine, copies win often). A copy has no
+//! failed check of the node once it has been silent for [`SILENT_FOR`] (a
+//! node merely slower than usual while it answers other requests does not,
+//! nor one quiet for a moment: on a busy machine, copies win often). A copy has no
 //! session of its own: when a connection fails, only the requests
 //! themselves get errors.
 
@@ -27,6 +28,10 @@ use crate::jsonrpc::{Call, Request};
 
 use super::conn::{Conn, Hedging, SubCall, Waiting};
 use super::Shared;
+
+/// How long a node must have sent nothing on a connection before a read
+/// hedged away from it counts as a failed check of the node.
+pub const SILENT_FOR: std::time::Duration = std::time::Duration::from_millis(500);
 
 /// A request just sent on `to` as `gid`: if it is a read that may be
 /// hedged, when its hedge is due.
@@ -161,10 +166,13 @@ pub fn copy_answered(
             hedging: Hedging::Abandoned,
         },
     );
-    // A node that sent nothing on the connection since the read left is
-    // failing (hung, stopped): that counts as a failed check. One that only
-    // answers later than usual while it answers others is not.
-    let silent = first.seen() < sent;
+    // A node that sent nothing on the connection since the read left, and
+    // nothing for `SILENT_FOR`, is failing (hung, stopped): that counts as a
+    // failed check. One that only answers later than usual while it answers
+    // others is not, nor one quiet for a moment (busy, descheduled: on a
+    // loaded machine that is tens of milliseconds, a hedge delay or two).
+    let seen = first.seen();
+    let silent = seen < sent && seen.elapsed() >= SILENT_FOR;
     health.hedged(first.node, conn.node, true, silent);
     w
 }
