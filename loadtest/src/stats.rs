@@ -8,6 +8,16 @@ use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 
+/// The first error answer the run got (its text, cut to 300 bytes): the
+/// report shows it, so a failing run says what failed.
+static FIRST_ERROR: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+/// Keep `message` if it is the run's first error answer.
+pub fn first_error(message: &[u8]) {
+    FIRST_ERROR
+        .get_or_init(|| String::from_utf8_lossy(&message[..message.len().min(300)]).into_owned());
+}
+
 /// Latency histogram in microseconds, 1 µs to 60 s, 3 significant digits.
 pub fn histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid bounds")
@@ -95,7 +105,7 @@ impl Summary {
                 .map(|(k, v)| format!(r#""{k}":{v}"#))
                 .collect();
             println!(
-                r#"{{"mode":"{}","elapsed_s":{:.3},"ok":{},"rate":{:.1},"p50_ms":{:.3},"p90_ms":{:.3},"p99_ms":{:.3},"p999_ms":{:.3},"max_ms":{:.3},"mean_ms":{:.3},"errors":{},"error_kinds":{{{}}},"bytes":{},"peak_open":{}}}"#,
+                r#"{{"mode":"{}","elapsed_s":{:.3},"ok":{},"rate":{:.1},"p50_ms":{:.3},"p90_ms":{:.3},"p99_ms":{:.3},"p999_ms":{:.3},"max_ms":{:.3},"mean_ms":{:.3},"errors":{},"error_kinds":{{{}}},"bytes":{},"peak_open":{}{}}}"#,
                 self.label,
                 self.elapsed.as_secs_f64(),
                 self.ok,
@@ -109,7 +119,15 @@ impl Summary {
                 errors,
                 errs.join(","),
                 self.bytes,
-                self.peak_open
+                self.peak_open,
+                FIRST_ERROR
+                    .get()
+                    .map(|e| {
+                        let mut j = String::from(r#","first_error":""#);
+                        ringway::jsonrpc::error::escape_into(&mut j, e);
+                        j + "\""
+                    })
+                    .unwrap_or_default()
             );
             return;
         }
@@ -128,6 +146,9 @@ impl Summary {
             },
             self.peak_open
         );
+        if let Some(e) = FIRST_ERROR.get() {
+            println!("first error: {e}");
+        }
         if self.bytes > 0 {
             println!(
                 "received {:.1} MB = {:.1} MB/s",

@@ -68,7 +68,7 @@ fn push_error(out: &mut String, id: &[u8], code: i32, message: &str, data: Optio
 }
 
 /// JSON string escaping (RFC 8259 §7) of `s` into `out`.
-fn escape_into(out: &mut String, s: &str) {
+pub fn escape_into(out: &mut String, s: &str) {
     for c in s.chars() {
         match c {
             '"' => out.push_str("\\\""),

@@ -261,6 +261,9 @@ fn handle_response(m: &[u8], inflight: &RefCell<AHashMap<u64, Instant>>, c: &Ref
                     // Rate-limited calls are counted apart: they are the point of a flood run.
                     let limited = m.windows(6).any(|w| w == b"-32005");
                     c.error(if limited { "rate_limited" } else { "rpc_error" });
+                    if !limited {
+                        crate::stats::first_error(m);
+                    }
                 }
                 c.record(sent.elapsed());
             }

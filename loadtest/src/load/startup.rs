@@ -76,6 +76,7 @@ async fn start_one(t: &Target, c: &RefCell<Counters>) {
                 };
                 if p.error.is_some() {
                     c.borrow_mut().error("rpc_error");
+                    crate::stats::first_error(&m);
                     return;
                 }
                 if p.id.is_some() {

@@ -68,6 +68,7 @@ async fn subscription(t: &Target, method: &str, c: &RefCell<Counters>) {
                 };
                 if p.error.is_some() {
                     c.borrow_mut().error("rpc_error");
+                    crate::stats::first_error(&m);
                     return;
                 }
                 let Some(params) = p.params else { continue };

@@ -5,9 +5,19 @@
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-pub struct Proc(pub Child);
+/// A program and what it warned of on stderr (lines with WARN or ERROR),
+/// for a failing test to show.
+pub struct Proc(pub Child, pub Arc<Mutex<Vec<String>>>);
+
+impl Proc {
+    /// What the program warned of so far, one line each.
+    pub fn warnings(&self) -> String {
+        self.1.lock().unwrap().join("\n")
+    }
+}
 
 impl Drop for Proc {
     fn drop(&mut self) {
@@ -21,9 +31,22 @@ pub fn start(bin: &PathBuf, args: &[&str]) -> (Proc, String) {
     let mut child = Command::new(bin)
         .args(args)
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(Stdio::piped())
         .spawn()
         .unwrap_or_else(|e| panic!("{}: {e}", bin.display()));
+    let warned = Arc::new(Mutex::new(Vec::new()));
+    let err = BufReader::new(child.stderr.take().unwrap());
+    let keep = warned.clone();
+    std::thread::spawn(move || {
+        for line in err.lines().map_while(Result::ok) {
+            if line.contains("WARN") || line.contains("ERROR") || line.contains("panic") {
+                let mut k = keep.lock().unwrap();
+                if k.len() < 50 {
+                    k.push(line);
+                }
+            }
+        }
+    });
     let out = child.stdout.take().unwrap();
     let mut lines = BufReader::new(out).lines();
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -33,7 +56,7 @@ pub fn start(bin: &PathBuf, args: &[&str]) -> (Proc, String) {
         if let Some(rest) = line.split("ws://").nth(1) {
             let addr = rest.split_whitespace().next().unwrap().to_string();
             std::thread::spawn(move || for _ in lines {});
-            return (Proc(child), addr);
+            return (Proc(child, warned), addr);
         }
     }
 }
