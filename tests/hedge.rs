@@ -54,6 +54,22 @@ fn answered_within_a_second(id: u64, took: Duration, answer: &str) {
     assert!(took < Duration::from_secs(1), "read {id} took {took:?}");
 }
 
+/// Four WebSocket sessions through the gateway.
+fn four_sessions(gw: &Gateway, pki: &TestPki) -> Vec<tungstenite::WebSocket<TlsStream>> {
+    (0..4)
+        .map(|_| ws_connect(gw, pki.client_config(), "/"))
+        .collect()
+}
+
+/// The next text message of a session.
+fn text(ws: &mut tungstenite::WebSocket<TlsStream>) -> String {
+    loop {
+        if let tungstenite::Message::Text(t) = ws.read().unwrap() {
+            return t.to_string();
+        }
+    }
+}
+
 fn read(id: u64) -> String {
     format!(r#"{{"jsonrpc":"2.0","id":{id},"method":"system_health","params":[]}}"#)
 }
@@ -154,14 +170,7 @@ fn a_read_late_on_a_shared_connection_is_answered_by_another_node_and_a_write_is
         "shared = true\nhedge_min_ms = 50\nrequest_timeout_ms = 20000\n",
     );
     // Four sessions: each node is the home of two.
-    let mut sessions: Vec<_> = (0..4)
-        .map(|_| ws_connect(&gw, pki.client_config(), "/"))
-        .collect();
-    let text = |ws: &mut tungstenite::WebSocket<TlsStream>| loop {
-        if let Message::Text(t) = ws.read().unwrap() {
-            return t;
-        }
-    };
+    let mut sessions = four_sessions(&gw, &pki);
     for (id, ws) in sessions.iter_mut().enumerate() {
         let start = Instant::now();
         ws.send(Message::text(read(id as u64))).unwrap();
@@ -210,14 +219,7 @@ fn a_node_briefly_late_on_a_shared_connection_is_not_taken_out_by_its_hedges() {
     let (slow, fast) = (FakeChain::new(100), FakeChain::new(100));
     slow.delay_ms.store(60, SeqCst);
     let (gw, _nodes) = pool_of_two(&pki, &slow, &fast, "shared = true\nhedge_min_ms = 20\n");
-    let mut sessions: Vec<_> = (0..4)
-        .map(|_| ws_connect(&gw, pki.client_config(), "/"))
-        .collect();
-    let text = |ws: &mut tungstenite::WebSocket<TlsStream>| loop {
-        if let Message::Text(t) = ws.read().unwrap() {
-            return t;
-        }
-    };
+    let mut sessions = four_sessions(&gw, &pki);
     // Over two probe intervals: enough silent late reads to fall three
     // times over if each counted as a failed check.
     let start = Instant::now();
