@@ -7,8 +7,14 @@
 //! marked down after `fall` consecutive failures and up after `rise`
 //! successes ([`Hysteresis`], a pure function with no clock inside), and is
 //! down while its head lags the best head by more than `max_lag` blocks.
-//! Workers also report failed connects ([`Health::report_connect_failure`]),
-//! which count as failed probes.
+//! Workers also report what they see ([`Health::report_connect_failure`]:
+//! a connect that failed, a request that timed out, a busy connection that
+//! went silent). Such passive reports are evidence beside the probes', never
+//! on their own: a node that answers its probe stays up, and one that fails
+//! it falls one step faster, at most one passive failure counting per probe
+//! interval. So no pattern of client traffic (slow reads, hedges lost to a
+//! faster node) takes a node out that answers its probes; a dead or hung one
+//! still falls at its next failed probe.
 //!
 //! The state is atomics in an `Arc`: workers read it on every new session
 //! and every session's timer checks its node, with no lock anywhere. New block
@@ -93,6 +99,8 @@ pub struct NodeStatus {
     /// Its chain is not the pool's: taken out.
     other_chain: AtomicBool,
     passive_failures: AtomicU32,
+    /// Passive reports ever made (for metrics; the count above is reset).
+    passive_total: AtomicU64,
     probes: AtomicU64,
     /// Probe round-trip time, smoothed (µs; 0: not measured yet).
     rtt_us: AtomicU64,
@@ -129,6 +137,7 @@ impl NodeStatus {
             identity: Mutex::new(None),
             other_chain: AtomicBool::new(false),
             passive_failures: AtomicU32::new(0),
+            passive_total: AtomicU64::new(0),
             probes: AtomicU64::new(0),
             rtt_us: AtomicU64::new(0),
             retire_at: AtomicU64::new(0),
@@ -449,11 +458,34 @@ impl Health {
             .min(16)
     }
 
-    /// A worker could not connect to node `i` (counts as a failed probe).
+    /// A worker saw node `i` fail: a connect failed, a request timed out,
+    /// a busy connection went silent. Evidence beside the next probe's (see
+    /// the module's doc): it counts only if that probe fails too.
     pub fn report_connect_failure(&self, i: usize) {
-        self.nodes[i]
-            .passive_failures
-            .fetch_add(1, Ordering::Relaxed);
+        let n = &self.nodes[i];
+        n.passive_failures.fetch_add(1, Ordering::Relaxed);
+        n.passive_total.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Passive failure reports about node `i` so far.
+    pub fn passive_failures(&self, i: usize) -> u64 {
+        self.nodes[i].passive_total.load(Ordering::Relaxed)
+    }
+
+    /// Why node `i` is not up, as a log line says it.
+    pub fn down_reason(&self, i: usize) -> String {
+        let n = &self.nodes[i];
+        if n.other_chain.load(Ordering::Relaxed) {
+            return "on another chain than the pool".into();
+        }
+        if !n.alive.load(Ordering::Relaxed) {
+            return "failed its health checks".into();
+        }
+        let (head, best) = (n.head.load(Ordering::Relaxed), self.best());
+        format!(
+            "lagging {} blocks behind the best head",
+            best.saturating_sub(head)
+        )
     }
 
     /// The feed from which this worker takes new block hashes. Setup only.
@@ -482,8 +514,10 @@ impl Health {
         head: Option<u64>,
         cfg: &HealthConfig,
     ) {
+        // Passive reports since the last probe: one failure at most, and
+        // only beside a failed probe (a node that answers stays up).
         let passive = self.nodes[i].passive_failures.swap(0, Ordering::Relaxed);
-        for _ in 0..passive {
+        if passive > 0 && !ok {
             *h = h.observe(false, cfg.fall, cfg.rise);
         }
         // A node of another chain fails its checks, whatever it answers.
@@ -664,15 +698,37 @@ mod tests {
         assert!(!old.retired(1), "not before the grace");
     }
 
+    /// Guards health from evidence: every passive report counted as a
+    /// failed probe, so a burst of client traffic (hedges lost to a faster
+    /// node, 30 slow reads at once) took out nodes that answered every probe.
     #[test]
-    fn connect_failures_count_as_failed_probes() {
-        let health = Health::new(1);
+    fn passive_reports_count_beside_failed_probes_only_and_once_per_interval() {
         let cfg = HealthConfig::default();
+        assert_eq!(cfg.fall, 3);
+        // A node that answers its probes stays up, whatever is reported.
+        let health = Health::new(1);
         let mut h = Hysteresis::new();
-        health.report_connect_failure(0);
+        for _ in 0..10 {
+            for _ in 0..100 {
+                health.report_connect_failure(0);
+            }
+            health.record(0, &mut h, true, None, &cfg);
+            assert!(health.is_up(0));
+        }
+        assert_eq!(health.passive_failures(0), 1000);
+        // One that fails them falls a step faster: one passive failure per
+        // interval at most, however many were reported.
+        let health = Health::new(1);
+        let mut h = Hysteresis::new();
+        for _ in 0..50 {
+            health.report_connect_failure(0);
+        }
+        health.record(0, &mut h, false, None, &cfg);
+        assert!(health.is_up(0), "two failures are not three");
         health.report_connect_failure(0);
         health.record(0, &mut h, false, None, &cfg);
         assert!(!health.is_up(0));
+        assert_eq!(health.down_reason(0), "failed its health checks");
     }
 
     /// Guards the best head and finality: they were a maximum over all

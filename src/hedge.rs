@@ -12,11 +12,112 @@
 //!   small burst), so a pool that is slow everywhere does not double its
 //!   own load.
 //!
-//! Only reads are hedged: never a submission or another write
-//! ([`crate::jsonrpc::call::writes`]), a subscription, or a call bound to
-//! the node that holds its subscription (`chainHead_*`).
+//! - [`SafeReads`]: what may be asked twice. An allowlist: the reads every
+//!   node answers alike however often it is asked ([`SAFE_READS`], plus
+//!   `pool.hedge_methods`). Everything else is sent once: writes of every
+//!   kind (a bundle, a user operation, `engine_*`), node-local cursors
+//!   (`eth_getFilterChanges`), subscriptions and the calls bound to one
+//!   (`chainHead_*`).
+//!
+//! What a hedge says of the node it left behind: nothing. A copy that
+//! answered first shows that the other node was faster this once, not
+//! that the first is failing (see [`crate::health`]: a node fails on
+//! errors, timeouts and silence on a busy connection).
 
+use std::sync::Arc;
 use std::time::Duration;
+
+use crate::jsonrpc::{Request, Sub};
+
+/// Reads that may be asked of a second node: answered alike by every node
+/// of the chain (at the same block), with no effect and no state on the
+/// node. `*` ends a prefix.
+pub const SAFE_READS: &[&str] = &[
+    // Ethereum.
+    "eth_call",
+    "eth_estimateGas",
+    "eth_createAccessList",
+    "eth_getBalance",
+    "eth_getCode",
+    "eth_getStorageAt",
+    "eth_getProof",
+    "eth_getTransactionCount",
+    "eth_getBlockBy*",
+    "eth_getBlockReceipts",
+    "eth_getBlockTransactionCountBy*",
+    "eth_getTransactionBy*",
+    "eth_getTransactionReceipt",
+    "eth_getUncle*",
+    "eth_getLogs",
+    "eth_blockNumber",
+    "eth_chainId",
+    "eth_gasPrice",
+    "eth_maxPriorityFeePerGas",
+    "eth_blobBaseFee",
+    "eth_feeHistory",
+    "eth_syncing",
+    "net_version",
+    "web3_clientVersion",
+    // Substrate.
+    "state_call",
+    "state_get*",
+    "state_queryStorageAt",
+    "chain_getBlock",
+    "chain_getBlockHash",
+    "chain_getHeader",
+    "chain_getFinalizedHead",
+    "chain_getFinalisedHead",
+    "system_health",
+    "system_chain",
+    "system_chainType",
+    "system_name",
+    "system_version",
+    "system_properties",
+    "system_accountNextIndex",
+    "rpc_methods",
+    "payment_query*",
+    "archive_v1_body",
+    "archive_v1_call",
+    "archive_v1_header",
+    "archive_v1_hashByHeight",
+    "archive_v1_genesisHash",
+    "archive_v1_finalizedHeight",
+    "chainSpec_v1_*",
+];
+
+fn matches(pattern: &str, method: &[u8]) -> bool {
+    match pattern.strip_suffix('*') {
+        Some(prefix) => method.starts_with(prefix.as_bytes()),
+        None => method == pattern.as_bytes(),
+    }
+}
+
+/// What may be hedged: [`SAFE_READS`] and the configured extra methods
+/// (`pool.hedge_methods`, exact names or `*` prefixes).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SafeReads {
+    extra: Arc<[String]>,
+}
+
+impl SafeReads {
+    pub fn new(extra: &[String]) -> SafeReads {
+        SafeReads {
+            extra: extra.into(),
+        }
+    }
+
+    /// Whether `method` may be asked of a second node.
+    pub fn allows(&self, method: &[u8]) -> bool {
+        SAFE_READS.iter().any(|p| matches(p, method))
+            || self.extra.iter().any(|p| matches(p, method))
+    }
+
+    /// Whether this request may be asked of a second node: valid, no
+    /// subscription, and a safe read.
+    pub fn hedgeable(&self, req: &Request<'_>) -> bool {
+        req.is_valid() && req.sub == Sub::None && req.method().is_some_and(|m| self.allows(m))
+    }
+}
 
 /// `pool.hedge`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -116,6 +217,64 @@ impl Budget {
     }
 }
 
+/// Hedging as a core applies it, to every transport alike: the setting,
+/// what may be hedged, and the core's one budget (shared by HTTP requests
+/// and shared WebSocket connections: `pool.hedge_budget` is the core's).
+#[derive(Debug, Clone)]
+pub struct Hedging {
+    pub hedge: Hedge,
+    pub reads: SafeReads,
+    /// The fraction of a hedgeable request each one earns.
+    fraction: f64,
+    budget: std::rc::Rc<std::cell::Cell<Budget>>,
+}
+
+impl Hedging {
+    pub fn new(hedge: Hedge, reads: SafeReads, fraction: f64) -> Hedging {
+        Hedging {
+            hedge,
+            reads,
+            fraction,
+            budget: Default::default(),
+        }
+    }
+
+    /// The same rule with another generation's settings, on this core's budget.
+    pub fn renew(&self, hedge: Hedge, reads: SafeReads, fraction: f64) -> Hedging {
+        Hedging {
+            hedge,
+            reads,
+            fraction,
+            budget: self.budget.clone(),
+        }
+    }
+
+    /// Whether a request to a node made of `requests` may be hedged: hedging
+    /// is on and every one is a safe read. It earns its share of a hedge.
+    pub fn arm<'r, 'a: 'r>(&self, mut requests: impl Iterator<Item = &'r Request<'a>>) -> bool {
+        let yes = self.hedge != Hedge::Off && requests.all(|r| self.reads.hedgeable(r));
+        if yes {
+            let mut b = self.budget.get();
+            b.earn(self.fraction);
+            self.budget.set(b);
+        }
+        yes
+    }
+
+    /// A hedge is due: whether the budget allows it (and takes it).
+    pub fn take(&self) -> bool {
+        let mut b = self.budget.get();
+        let yes = b.take();
+        self.budget.set(b);
+        yes
+    }
+
+    /// How long to wait for a node with this estimate (see [`Hedge::delay`]).
+    pub fn delay(&self, estimate: Estimate, cap: Duration) -> Option<Duration> {
+        self.hedge.delay(estimate, cap)
+    }
+}
+
 impl Default for Budget {
     fn default() -> Self {
         Budget::new()
@@ -160,6 +319,48 @@ mod tests {
             h.delay(e, Duration::from_millis(50)),
             Some(Duration::from_millis(50))
         );
+    }
+
+    #[test]
+    fn only_safe_reads_are_hedged() {
+        let reads = SafeReads::new(&["my_read".into(), "mine_*".into()]);
+        let req = |m: &str| {
+            let msg = format!(r#"{{"jsonrpc":"2.0","id":1,"method":"{m}","params":[]}}"#);
+            let call = crate::jsonrpc::Call::parse(msg.as_bytes());
+            reads.hedgeable(call.single().unwrap())
+        };
+        for yes in [
+            "eth_call",
+            "eth_getBlockByNumber",
+            "eth_getLogs",
+            "state_getStorage",
+            "system_health",
+            "chain_getBlockHash",
+            "my_read",
+            "mine_anything",
+        ] {
+            assert!(req(yes), "{yes}");
+        }
+        for no in [
+            "eth_getFilterChanges",
+            "eth_getFilterLogs",
+            "eth_newFilter",
+            "eth_sendRawTransaction",
+            "eth_sendRawTransactionConditional",
+            "eth_sendRawTransactionSync",
+            "eth_sendBundle",
+            "eth_sendPrivateTransaction",
+            "eth_sendUserOperation",
+            "engine_newPayloadV3",
+            "author_submitExtrinsic",
+            "chainHead_v1_call",
+            "chain_subscribeNewHeads",
+            "state_subscribeStorage",
+            "eth_subscribe",
+            "my_readx",
+        ] {
+            assert!(!req(no), "{no}");
+        }
     }
 
     #[test]

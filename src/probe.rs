@@ -162,15 +162,7 @@ async fn probe_node(
             if health.is_up(i) {
                 crate::info!("node {} is up (head {})", node.url, health.head(i));
             } else {
-                crate::warn!(
-                    "node {} is down ({})",
-                    node.url,
-                    if ok {
-                        "lagging behind the best head"
-                    } else {
-                        "failed health checks"
-                    }
-                );
+                crate::warn!("node {} is down ({})", node.url, health.down_reason(i));
             }
         }
         // Feed the routers' recent-hash window from this node's new heads.

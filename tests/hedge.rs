@@ -239,3 +239,157 @@ fn a_node_briefly_late_on_a_shared_connection_is_not_taken_out_by_its_hedges() {
     let health = https_get(gw.addr, pki.client_config(), "/health").2;
     assert!(!health.contains(r#""up":false"#), "{health}");
 }
+
+/// A pool of two whose `[health]` probes every 100 ms (a node marked down
+/// shows within a second), with `pool` continuing the `[pool]` table.
+fn probed_pool_of_two(
+    pki: &TestPki,
+    a: &Arc<FakeChain>,
+    b: &Arc<FakeChain>,
+    pool: &str,
+) -> (Gateway, Vec<Upstream>) {
+    let nodes = vec![
+        Upstream::start(Behaviour::Substrate(a.clone())),
+        Upstream::start(Behaviour::Substrate(b.clone())),
+    ];
+    let cfg = write_config(
+        pki,
+        "probed.toml",
+        &format!("[health]\nprobe = \"connect\"\ninterval_ms = 100\n[pool]\n{pool}"),
+    );
+    let urls: Vec<String> = nodes.iter().map(Upstream::url).collect();
+    (
+        Gateway::start(pki, &urls, &["--config", cfg.to_str().unwrap()]),
+        nodes,
+    )
+}
+
+/// Probes run so far on every node, from `/health`.
+fn probes(gw: &Gateway, pki: &TestPki) -> u64 {
+    let body = https_get(gw.addr, pki.client_config(), "/health").2;
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let nodes = v["nodes"].as_array().expect("nodes");
+    nodes.iter().map(|n| n["probes"].as_u64().unwrap()).sum()
+}
+
+/// Guards health from evidence: over HTTP, every hedge the copy won counted
+/// as a failed check of the first node, so a burst of reads that are slow on
+/// one node (an `eth_call` looping to the gas cap) took a healthy node out
+/// and closed the WebSocket sessions on it (1012).
+#[test]
+fn a_burst_of_slow_reads_over_http_leaves_every_node_up_and_every_session_open() {
+    use tungstenite::Message;
+    let pki = TestPki::new();
+    let (slow, fast) = (FakeChain::new(100), FakeChain::new(100));
+    slow.http_delay_ms.store(200, SeqCst);
+    let (gw, _nodes) = probed_pool_of_two(&pki, &slow, &fast, "hedge_min_ms = 20\n");
+    let mut sessions = four_sessions(&gw, &pki);
+    let gw = Arc::new(gw);
+    let probes_before = probes(&gw, &pki);
+    // Rounds of 30 reads at once, over several probe intervals.
+    for round in 0..4u64 {
+        let threads: Vec<_> = (0..30)
+            .map(|i| {
+                let (gw, cfg) = (gw.clone(), pki.client_config());
+                std::thread::spawn(move || post_json(gw.addr, cfg, &read(round * 100 + i)))
+            })
+            .collect();
+        for t in threads {
+            let (status, body) = t.join().unwrap();
+            assert_eq!(status, 200, "{body}");
+        }
+    }
+    assert!(
+        slow.http_calls.load(SeqCst) > 0 && total(&gw, &pki, "ringway_hedges_won_total") > 3,
+        "reads went to the slow node first and were hedged"
+    );
+    // Probes ran since the burst: a node taken out would show now.
+    wait_for(TIMEOUT, "more probes", || {
+        probes(&gw, &pki) >= probes_before + 10
+    });
+    let health = https_get(gw.addr, pki.client_config(), "/health").2;
+    assert!(!health.contains(r#""up":false"#), "{health}");
+    for (id, ws) in sessions.iter_mut().enumerate() {
+        ws.send(Message::text(read(9_000 + id as u64))).unwrap();
+        assert!(text(ws).contains("peers"), "session {id} still served");
+    }
+}
+
+/// Node-local cursors and every kind of write: never asked of a second node.
+const NEVER_TWICE: &[&str] = &[
+    "eth_getFilterChanges",
+    "eth_getFilterLogs",
+    "eth_sendRawTransactionConditional",
+    "eth_sendRawTransactionSync",
+    "eth_sendBundle",
+    "eth_sendPrivateTransaction",
+    "eth_sendUserOperation",
+    "engine_newPayloadV3",
+    "engine_forkchoiceUpdatedV3",
+];
+
+fn call_of(id: usize, method: &str) -> String {
+    format!(r#"{{"jsonrpc":"2.0","id":{id},"method":"{method}","params":["0x01"]}}"#)
+}
+
+/// Guards the hedging rule: what may be asked twice came from a deny-list
+/// of writes, so `eth_getFilterChanges` (a cursor on one node) and writes
+/// not on the list were sent to a second node when the first was late.
+#[test]
+fn filters_and_writes_off_the_safe_list_are_sent_once_over_http() {
+    let pki = TestPki::new();
+    let (slow, fast) = (FakeChain::new(100), FakeChain::new(100));
+    slow.http_delay_ms.store(1_500, SeqCst);
+    let (gw, _nodes) = pool_of_two(
+        &pki,
+        &slow,
+        &fast,
+        "hedge_min_ms = 20\nrequest_timeout_ms = 1000\n",
+    );
+    let mut sent = 0;
+    for (i, m) in NEVER_TWICE.iter().enumerate() {
+        for k in 0..3 {
+            let id = i * 10 + k;
+            let (_, answer) = post_json(gw.addr, pki.client_config(), &call_of(id, m));
+            assert!(answer.contains(&format!(r#""id":{id}"#)), "{m}: {answer}");
+            sent += 1;
+        }
+    }
+    assert!(
+        slow.http_calls.load(SeqCst) > 0,
+        "some went to the slow node"
+    );
+    let calls = slow.http_calls.load(SeqCst) + fast.http_calls.load(SeqCst);
+    assert_eq!(calls, sent, "each reached one node once");
+    assert_eq!(total(&gw, &pki, "ringway_hedges_total"), 0);
+}
+
+/// The same rule on shared WebSocket connections.
+#[test]
+fn filters_and_writes_off_the_safe_list_are_sent_once_on_shared_connections() {
+    use tungstenite::Message;
+    let pki = TestPki::new();
+    let (slow, fast) = (FakeChain::new(100), FakeChain::new(100));
+    slow.delay_ms.store(150, SeqCst);
+    let (gw, _nodes) = pool_of_two(
+        &pki,
+        &slow,
+        &fast,
+        "shared = true\nhedge_min_ms = 20\nrequest_timeout_ms = 20000\n",
+    );
+    let mut sessions = four_sessions(&gw, &pki);
+    for (i, m) in NEVER_TWICE.iter().enumerate() {
+        for (k, ws) in sessions.iter_mut().enumerate() {
+            let id = i * 10 + k;
+            ws.send(Message::text(call_of(id, m))).unwrap();
+            assert!(text(ws).contains(&format!(r#""id":{id}"#)), "{m}");
+        }
+    }
+    assert!(slow.total_calls() > 0, "some went to the slow node");
+    assert_eq!(
+        slow.total_calls() + fast.total_calls(),
+        NEVER_TWICE.len() * 4,
+        "each reached one node once"
+    );
+    assert_eq!(total(&gw, &pki, "ringway_hedges_total"), 0);
+}

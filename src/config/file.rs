@@ -292,6 +292,10 @@ pub struct PoolSection {
     pub hedge_min_ms: u64,
     /// At most this fraction of a worker's reads are hedged (plus a burst of 10).
     pub hedge_budget: f64,
+    /// Methods that may be hedged besides the built-in safe reads (exact
+    /// names, or prefixes ending in `*`). Only reads every node answers
+    /// alike belong here: never a write or a node-local cursor.
+    pub hedge_methods: Vec<String>,
 }
 
 impl Default for PoolSection {
@@ -307,6 +311,7 @@ impl Default for PoolSection {
             hedge: "auto".into(),
             hedge_min_ms: 20,
             hedge_budget: 0.1,
+            hedge_methods: Vec::new(),
         }
     }
 }

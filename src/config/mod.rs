@@ -134,6 +134,8 @@ pub struct Config {
     /// `pool.hedge` and `pool.hedge_budget`.
     pub hedge: crate::hedge::Hedge,
     pub hedge_budget: f64,
+    /// What may be hedged (`pool.hedge_methods` with the built-in safe reads).
+    pub hedge_reads: crate::hedge::SafeReads,
     /// `health.chain`, lower-cased (`None`: learned from the nodes).
     pub chain_id: Option<String>,
     pub nodes: Vec<NodeConfig>,

@@ -409,6 +409,7 @@ impl Config {
             shared_max_connections: file.pool.shared_max_connections as usize,
             hedge,
             hedge_budget: file.pool.hedge_budget,
+            hedge_reads: crate::hedge::SafeReads::new(&file.pool.hedge_methods),
             chain_id: Some(file.health.chain.to_ascii_lowercase()).filter(|c| !c.is_empty()),
             nodes,
             flavour,

@@ -341,8 +341,10 @@ where
         (true, Err(_)) => (other, b.await),
         (false, Err(_)) => (first, a.await),
     };
+    // A copy that answered first is no evidence against the first node
+    // (it was faster this once); its timeout or error would have been.
     let won = winner == other && r.is_ok();
-    health.hedged(first, other, won, won);
+    health.hedged(first, other, won, false);
     (winner, r)
 }
 
@@ -376,29 +378,19 @@ async fn answer_rpc(
         answer
     };
     // Reads may be asked of a second node when the first is late.
-    let hedge = worker.config.hedge;
-    let reads = hedge != crate::hedge::Hedge::Off && call.requests().all(|r| r.repeatable());
-    if reads {
-        let mut budget = worker.core.hedges.get();
-        budget.earn(worker.config.hedge_budget);
-        worker.core.hedges.set(budget);
-    }
+    let hedging = &worker.hedging;
+    let reads = hedging.arm(call.requests());
     let mut tried = vec![false; pool.nodes().len()];
     let mut failed = (502, String::from("no upstream node"));
     while let Some(first) = pool.pick_role(role, &tried) {
         tried[first] = true;
         let delay = reads
-            .then(|| hedge.delay(pool.health().estimate(first), timeout / 2))
+            .then(|| hedging.delay(pool.health().estimate(first), timeout / 2))
             .flatten();
         let (index, answered) = match delay {
             None => (first, forward(first).await),
             Some(delay) => {
-                let second = || {
-                    let mut budget = worker.core.hedges.get();
-                    let next = pool.pick_role(role, &tried).filter(|_| budget.take());
-                    worker.core.hedges.set(budget);
-                    next
-                };
+                let second = || pool.pick_role(role, &tried).filter(|_| hedging.take());
                 hedged(first, delay, second, &forward, pool.health()).await
             }
         };

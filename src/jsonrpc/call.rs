@@ -278,17 +278,6 @@ impl<'a> Request<'a> {
         self.invalid.is_none()
     }
 
-    /// A request that may be asked twice (of a second node, when the first
-    /// is late): a read; not a write ([`writes`]), not a subscription, not a
-    /// call bound to the node of its subscription (`chainHead_*`).
-    pub fn repeatable(&self) -> bool {
-        self.is_valid()
-            && self.sub == Sub::None
-            && self
-                .method()
-                .is_some_and(|m| !writes(m) && !m.starts_with(b"chainHead_"))
-    }
-
     /// The id to answer with: its own, or `null` when it has none the
     /// gateway can tell (none, an invalid one, or two).
     pub fn reply_id(&self) -> &'a [u8] {

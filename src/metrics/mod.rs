@@ -501,7 +501,7 @@ pub fn render(scrape: &Scrape<'_>, full: bool) -> String {
     }
     // Per node, with its chain: (family, type, help, value).
     type PerNode<'a> = (&'a str, &'a str, &'a str, &'a dyn Fn(&Health, usize) -> u64);
-    let per_node: [PerNode; 5] = [
+    let per_node: [PerNode; 7] = [
         (
             "ringway_node_up",
             "gauge",
@@ -525,6 +525,18 @@ pub fn render(scrape: &Scrape<'_>, full: bool) -> String {
             "counter",
             "Hedges this node answered first.",
             &|h, i| h.hedges(i)[1],
+        ),
+        (
+            "ringway_node_probes_total",
+            "counter",
+            "Health probes run on each node.",
+            &|h, i| h.probes(i),
+        ),
+        (
+            "ringway_node_passive_failures_total",
+            "counter",
+            "Failures workers saw on each node between probes (connects, timeouts, silence); they count only beside a failed probe.",
+            &|h, i| h.passive_failures(i),
         ),
         (
             "ringway_node_finalized",

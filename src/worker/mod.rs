@@ -42,8 +42,9 @@ pub struct Core {
     /// Bytes held by HTTP request bodies still arriving on this core
     /// (`http.max_bodies_bytes`).
     pub bodies: Cell<usize>,
-    /// This core's allowance of hedged reads (`pool.hedge_budget`).
-    pub hedges: Cell<crate::hedge::Budget>,
+    /// This core's hedging (its one budget, `pool.hedge_budget`), renewed
+    /// with each generation's settings.
+    hedging: RefCell<Option<crate::hedge::Hedging>>,
     /// Fired when the process shuts down: sessions finish and close.
     pub shutdown: crate::signal::Broadcast,
     /// The process's configuration generations.
@@ -76,7 +77,7 @@ impl Core {
             chains: RefCell::new(chains),
             active: Cell::new(0),
             bodies: Cell::new(0),
-            hedges: Cell::new(crate::hedge::Budget::new()),
+            hedging: RefCell::new(None),
             shutdown: crate::signal::Broadcast::default(),
             generations,
             current: RefCell::new(None),
@@ -127,6 +128,23 @@ impl Core {
         });
         *self.current.borrow_mut() = Some(new.clone());
         new
+    }
+
+    /// This core's hedging with `config`'s settings: one budget per core,
+    /// whatever the chain or generation.
+    fn hedging(&self, config: &Config) -> crate::hedge::Hedging {
+        let mut h = self.hedging.borrow_mut();
+        let (hedge, reads, fraction) = (
+            config.hedge,
+            config.hedge_reads.clone(),
+            config.hedge_budget,
+        );
+        let renewed = match h.as_ref() {
+            Some(old) => old.renew(hedge, reads, fraction),
+            None => crate::hedge::Hedging::new(hedge, reads, fraction),
+        };
+        *h = Some(renewed.clone());
+        renewed
     }
 
     /// This core's view of chain `c`: the one it had, if it is the same
@@ -208,6 +226,8 @@ pub struct Worker {
     pub session: SessionConfig,
     pub router: Router,
     pub http: HttpPool,
+    /// Hedged reads: the rule and this core's budget (HTTP and shared alike).
+    pub hedging: crate::hedge::Hedging,
     pub admission: Rc<crate::policy::AdmissionCtx>,
     /// Shared node connections (`pool.shared`), else `None`: pinned sessions.
     pub shared: Option<Rc<crate::relay::shared::Shared>>,
@@ -286,9 +306,8 @@ impl Worker {
             max_subscriptions: config.shared_max_subscriptions,
             max_connections: config.shared_max_connections,
             request_timeout: config.request_timeout,
-            hedge: config.hedge,
-            hedge_budget: config.hedge_budget,
         };
+        let hedging = core.hedging(&config);
         // The cluster's second level, for lasting answers the first misses.
         let second = core
             .generations
@@ -316,6 +335,7 @@ impl Worker {
                 admission.shared.clone(),
                 cache,
                 second,
+                hedging.clone(),
             )
         });
         let shared = side.clone().filter(|_| config.shared);
@@ -329,6 +349,7 @@ impl Worker {
             admission,
             router,
             http: HttpPool::new(config.nodes.len()),
+            hedging,
             pool,
             session: SessionConfig {
                 chain: slot,

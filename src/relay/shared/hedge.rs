@@ -36,15 +36,11 @@ pub const SILENT_FOR: std::time::Duration = std::time::Duration::from_millis(500
 /// A request just sent on `to` as `gid`: if it is a read that may be
 /// hedged, when its hedge is due.
 pub fn arm(sh: &Shared, to: &Conn, gid: u64, req: &Request<'_>) {
-    let s = &sh.settings;
-    if s.hedge == crate::hedge::Hedge::Off || sh.pool.nodes().len() < 2 || !req.repeatable() {
+    if sh.pool.nodes().len() < 2 || !sh.hedging.arm(std::iter::once(req)) {
         return;
     }
-    let mut budget = sh.hedges.get();
-    budget.earn(s.hedge_budget);
-    sh.hedges.set(budget);
     let estimate = sh.pool.health().estimate(to.node);
-    let Some(delay) = s.hedge.delay(estimate, s.request_timeout / 2) else {
+    let Some(delay) = sh.hedging.delay(estimate, sh.settings.request_timeout / 2) else {
         return;
     };
     let now = Instant::now();
@@ -96,10 +92,7 @@ fn hedge(sh: &Rc<Shared>, conn: &Rc<Conn>, gid: u64) {
     let Some(other) = pool.pick_role(role, &tried).filter(|&o| o != conn.node) else {
         return;
     };
-    let mut budget = sh.hedges.get();
-    let allowed = budget.take();
-    sh.hedges.set(budget);
-    if !allowed {
+    if !sh.hedging.take() {
         return;
     }
     let call = Call::parse(&raw);

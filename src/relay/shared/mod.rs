@@ -94,8 +94,8 @@ pub struct Shared {
     pub lookups: RefCell<ahash::AHashMap<Box<[u8]>, Vec<conn::Follower>>>,
     /// The last subscription id given out for a merged subscription.
     next_sub: Cell<u64>,
-    /// This core's allowance of hedged reads on its shared connections.
-    hedges: Cell<crate::hedge::Budget>,
+    /// Hedging as this core applies it (its one budget, shared with HTTP).
+    pub hedging: crate::hedge::Hedging,
 }
 
 /// How shared connections are opened and kept.
@@ -115,10 +115,6 @@ pub struct Settings {
     /// Requests outstanding this long with nothing read from the node: the
     /// connection is taken for lost (a hung node).
     pub request_timeout: Duration,
-    /// `pool.hedge`, `pool.hedge_budget`: reads a node is late with are
-    /// asked of another node too.
-    pub hedge: crate::hedge::Hedge,
-    pub hedge_budget: f64,
 }
 
 /// What a session in shared mode needs besides its connection.
@@ -264,6 +260,7 @@ impl Shared {
         counts: std::sync::Arc<crate::policy::SharedCounts>,
         cache: Option<Rc<crate::cache::Cache>>,
         second: Option<crate::cache::second::Level2>,
+        hedging: crate::hedge::Hedging,
     ) -> Rc<Shared> {
         let n = pool.nodes().len();
         Rc::new(Shared {
@@ -278,7 +275,7 @@ impl Shared {
             second,
             lookups: RefCell::new(ahash::AHashMap::new()),
             next_sub: Cell::new(0),
-            hedges: Cell::new(crate::hedge::Budget::new()),
+            hedging,
         })
     }
 
