@@ -279,6 +279,7 @@ fn node_sees_path_subprotocol_and_forwarding_headers() {
     assert_eq!(seen.header("x-forwarded-proto"), Some("https"));
     assert_eq!(seen.header("origin"), Some("https://polkadot.js.org"));
     assert_eq!(seen.header("host"), Some("localhost"));
+    assert_eq!(seen.header("x-forwarded-host"), Some("localhost"));
 }
 
 #[test]

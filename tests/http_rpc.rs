@@ -365,3 +365,34 @@ mod websocket {
         }
     }
 }
+
+/// Guards one rule for what a node is told of the client: over HTTP the
+/// node saw its own address as Host, only the peer in X-Forwarded-For, and
+/// no X-Forwarded-Proto (over WebSocket it saw all three as nginx sends them).
+#[test]
+fn a_node_is_told_of_an_http_client_as_of_a_websocket_one() {
+    let pki = TestPki::new();
+    let node = Upstream::start(Behaviour::Substrate(FakeChain::new(100)));
+    let gw = Gateway::start(&pki, &[node.url()], &[]);
+    let mut s = tls_connect(gw.addr, pki.client_config());
+    let body = r#"{"jsonrpc":"2.0","id":1,"method":"system_name","params":[]}"#;
+    let (status, _, answer) = post(&mut s, body, "X-Forwarded-For: 203.0.113.9\r\n");
+    assert_eq!(status, 200, "{answer}");
+    let seen = loop {
+        let seen = node
+            .seen
+            .recv_timeout(TIMEOUT)
+            .expect("the node saw the POST");
+        if seen.path == "/" && seen.header("content-type").is_some() {
+            break seen;
+        }
+    };
+    assert_eq!(seen.header("host"), Some("localhost"));
+    assert_eq!(seen.header("x-forwarded-host"), Some("localhost"));
+    assert_eq!(
+        seen.header("x-forwarded-for"),
+        Some("203.0.113.9, 127.0.0.1")
+    );
+    assert_eq!(seen.header("x-real-ip"), Some("127.0.0.1"));
+    assert_eq!(seen.header("x-forwarded-proto"), Some("https"));
+}

@@ -377,7 +377,7 @@ async fn client<R: ReadHalf, W: WriteHalf>(
         // Boxed: its header arrays must not size every WebSocket session's task.
         Handshake::Http { buf, admitted } => {
             Box::pin(http_loop(
-                &mut r, &mut w, fd, peer, served, sni, buf, &admitted,
+                &mut r, &mut w, fd, peer, served, sni, proto, buf, &admitted,
             ))
             .await
         }

@@ -31,6 +31,7 @@ pub async fn http_loop<R: ReadHalf, W: WriteHalf>(
     peer: SocketAddr,
     served: &Rc<Served>,
     sni: Option<&str>,
+    proto: &'static str,
     mut buf: Vec<u8>,
     admitted: &Admitted,
 ) {
@@ -107,6 +108,14 @@ pub async fn http_loop<R: ReadHalf, W: WriteHalf>(
             },
         };
         let keep_alive = head.minor_version >= 1 && !head.has_token("connection", "close");
+        // What the node is told of the client: the same as over WebSocket.
+        let mut forwarded = Vec::with_capacity(160);
+        let fwd = crate::ws::handshake::Forwarded {
+            client_ip: &ip,
+            proto,
+            keys: served.keys.is_some(),
+        };
+        crate::ws::handshake::write_forwarded(&mut forwarded, &head, fwd);
         let origin = head.single("origin").map(<[u8]>::to_vec);
         let cors = origin
             .as_deref()
@@ -255,7 +264,7 @@ pub async fn http_loop<R: ReadHalf, W: WriteHalf>(
                     &call,
                     crate::stats::Outcome::Forwarded,
                 );
-                let (status, answer) = answer_rpc(worker, &path, &call, &ip).await;
+                let (status, answer) = answer_rpc(worker, &path, &call, &forwarded).await;
                 (status, answer, None)
             }
             Err((refusal, answer)) => {
@@ -357,7 +366,7 @@ async fn answer_rpc(
     worker: &Rc<Worker>,
     path: &str,
     call: &crate::jsonrpc::Call<'_>,
-    ip: &str,
+    forwarded: &[u8],
 ) -> (u16, Vec<u8>) {
     let pool = &worker.pool;
     let body = call.raw;
@@ -368,7 +377,16 @@ async fn answer_rpc(
     // Each answer's time is the node's response time (a histogram per node).
     let forward = |index| async move {
         let start = std::time::Instant::now();
-        let answer = rpc_http::forward(pool, &worker.http, index, path, body, ip, max, timeout);
+        let answer = rpc_http::forward(
+            pool,
+            &worker.http,
+            index,
+            path,
+            body,
+            forwarded,
+            max,
+            timeout,
+        );
         let answer = answer.await;
         if answer.is_ok() {
             let took = start.elapsed();

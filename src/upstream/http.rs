@@ -80,21 +80,23 @@ pub async fn forward(
     index: usize,
     path: &str,
     body: &[u8],
-    client_ip: &str,
+    forwarded: &[u8],
     max_body: usize,
     timeout: Duration,
 ) -> Result<NodeAnswer, Failure> {
     let node = &pool.nodes()[index];
-    let host = match &node.addr {
-        crate::config::NodeAddr::Tcp(a) => a[0].to_string(),
-        crate::config::NodeAddr::Unix(_) => "localhost".into(),
-    };
     let target = crate::config::join_path(&node.path, path);
-    let mut req = format!(
-        "POST {target} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nX-Forwarded-For: {client_ip}\r\nX-Real-IP: {client_ip}\r\n\r\n",
-        body.len()
-    )
-    .into_bytes();
+    // `forwarded`: Host and what the node is told of the client
+    // ([`crate::ws::handshake::write_forwarded`]), as over WebSocket.
+    let mut req = format!("POST {target} HTTP/1.1\r\n").into_bytes();
+    req.extend_from_slice(forwarded);
+    req.extend_from_slice(
+        format!(
+            "Content-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        )
+        .as_bytes(),
+    );
     req.extend_from_slice(body);
     let start = std::time::Instant::now();
     for attempt in 0..2 {

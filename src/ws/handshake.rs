@@ -294,6 +294,7 @@ const NOT_FORWARDED: &[&str] = &[
     "x-forwarded-for",
     "x-real-ip",
     "x-forwarded-proto",
+    "x-forwarded-host",
 ];
 
 /// What the gateway adds about the client, as nginx's `proxy_set_header` lines in the seeds do.
@@ -335,26 +336,14 @@ pub fn write_upstream_fields(
     upgrade: &Upgrade<'_>,
     fwd: Forwarded<'_>,
 ) {
-    out.extend_from_slice(b"Host: ");
-    out.extend_from_slice(upgrade.host);
+    write_forwarded(out, client, fwd);
     out.extend_from_slice(
-        b"\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13",
+        b"Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13",
     );
     if let Some(p) = upgrade.protocols {
         out.extend_from_slice(b"\r\nSec-WebSocket-Protocol: ");
         out.extend_from_slice(p);
     }
-    // X-Forwarded-For: $proxy_add_x_forwarded_for (the client's list, then its address).
-    out.extend_from_slice(b"\r\nX-Forwarded-For: ");
-    for v in client.values("x-forwarded-for") {
-        out.extend_from_slice(trim(v));
-        out.extend_from_slice(b", ");
-    }
-    out.extend_from_slice(fwd.client_ip.as_bytes());
-    out.extend_from_slice(b"\r\nX-Real-IP: ");
-    out.extend_from_slice(fwd.client_ip.as_bytes());
-    out.extend_from_slice(b"\r\nX-Forwarded-Proto: ");
-    out.extend_from_slice(fwd.proto.as_bytes());
     for h in client.headers {
         let skip = NOT_FORWARDED.iter().any(|n| h.name.eq_ignore_ascii_case(n))
             || client.has_token("connection", h.name)
@@ -368,6 +357,36 @@ pub fn write_upstream_fields(
             out.extend_from_slice(h.value);
         }
     }
+    out.extend_from_slice(b"\r\n");
+}
+
+/// What a node is told of the client, over WebSocket and HTTP alike (the
+/// seeds' nginx lines: `Host $host`, `X-Real-IP $remote_addr`,
+/// `X-Forwarded-For $proxy_add_x_forwarded_for`, `X-Forwarded-Proto
+/// $scheme`), each field CRLF-terminated:
+///
+/// - `Host` and `X-Forwarded-Host`: the client's `Host` (`localhost` if it sent none);
+/// - `X-Forwarded-For`: the client's list, then the address the gateway saw;
+/// - `X-Real-IP`: that address; `X-Forwarded-Proto`: `https` or `http`.
+///
+/// The client's own copies of these fields never reach the node.
+pub fn write_forwarded(out: &mut Vec<u8>, client: &Head<'_, '_>, fwd: Forwarded<'_>) {
+    let host = client.single("host").map_or(&b"localhost"[..], trim);
+    for name in [&b"Host: "[..], b"X-Forwarded-Host: "] {
+        out.extend_from_slice(name);
+        out.extend_from_slice(host);
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"X-Forwarded-For: ");
+    for v in client.values("x-forwarded-for") {
+        out.extend_from_slice(trim(v));
+        out.extend_from_slice(b", ");
+    }
+    out.extend_from_slice(fwd.client_ip.as_bytes());
+    out.extend_from_slice(b"\r\nX-Real-IP: ");
+    out.extend_from_slice(fwd.client_ip.as_bytes());
+    out.extend_from_slice(b"\r\nX-Forwarded-Proto: ");
+    out.extend_from_slice(fwd.proto.as_bytes());
     out.extend_from_slice(b"\r\n");
 }
 
