@@ -427,3 +427,46 @@ fn shared_subscriptions_spread_over_connections_at_their_cap() {
         assert!(text(&mut ws).unwrap().contains("true"), "{sub}");
     }
 }
+
+/// Guards the accounting of large answers on a routed pinned session: an
+/// answer over 64 KiB (held only in part) skipped its id, so after 256 of
+/// them every request was refused with `max_inflight_per_connection`.
+#[test]
+fn large_answers_on_a_routed_session_leave_nothing_in_flight() {
+    let pki = TestPki::new();
+    let pruned_chain = FakeChain::node(1000, 16, "pruned");
+    pruned_chain.metadata_bytes.store(128 * 1024, Relaxed);
+    let pruned = Upstream::start(Behaviour::Substrate(pruned_chain));
+    let archive = Upstream::start(Behaviour::Substrate(FakeChain::node(
+        1000,
+        u64::MAX,
+        "archive",
+    )));
+    let cfg = write_config(
+        &pki,
+        "routed.toml",
+        &format!(
+            "[cache]\nenabled = false\n[[node]]\nurl = \"{}\"\nrole = \"pruned\"\npruning = 256\n\
+             [[node]]\nurl = \"{}\"\nrole = \"archive\"\n",
+            pruned.url(),
+            archive.url()
+        ),
+    );
+    let gw = Gateway::start(&pki, &[], &["--config", cfg.to_str().unwrap()]);
+    let mut ws = ws_connect(&gw, pki.client_config(), "/");
+    for id in 1..=300 {
+        ws.send(Message::Text(format!(
+            r#"{{"jsonrpc":"2.0","id":{id},"method":"state_getMetadata","params":[]}}"#
+        )))
+        .unwrap();
+        let answer = match ws.read() {
+            Ok(Message::Text(t)) => t,
+            other => panic!("{id}: {other:?}"),
+        };
+        assert!(
+            answer.len() > 128 * 1024 && answer.contains(&format!(r#""id":{id}"#)),
+            "{id}: {}",
+            &answer[..answer.len().min(200)]
+        );
+    }
+}

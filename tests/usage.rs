@@ -291,3 +291,53 @@ fn usage_equals_what_was_answered_and_survives_sigterm_and_sigkill() {
         "the quota is still used up"
     );
 }
+
+/// Guards notification charging on a routed session's archive connection:
+/// a subscription routed to an archive node streamed its notifications to
+/// the client uncharged, past any quota.
+#[test]
+fn notifications_from_an_archive_node_are_charged_like_any() {
+    let pki = TestPki::new();
+    let (pruned, archive) = (PubsubNode::start(), PubsubNode::start());
+    let keys = write_config(
+        &pki,
+        "archive-keys.toml",
+        &format!("[[key]]\nname = \"dave\"\nkey = \"{DAVE}\"\nquota = 30\n"),
+    );
+    let cfg = write_config(
+        &pki,
+        "archive-notes.toml",
+        &format!(
+            "[server]\nmetrics_listen = \"127.0.0.1:0\"\n[keys]\nfile = \"{}\"\n\
+             [health]\nprobe = \"connect\"\n[routing]\narchive_methods = [\"test_subscribe\"]\n\
+             [[node]]\nurl = \"{}\"\nrole = \"pruned\"\n[[node]]\nurl = \"{}\"\nrole = \"archive\"\n",
+            keys.display(),
+            pruned.url,
+            archive.url
+        ),
+    );
+    let gw = Gateway::start(&pki, &[], &["--config", cfg.to_str().unwrap()]);
+    let metrics = printed_addr(&gw, "metrics on http://");
+    let mut dave = connect(&gw, &pki, &format!("/{DAVE}"));
+    dave.send(Message::text(
+        r#"{"jsonrpc":"2.0","id":1,"method":"test_subscribe","params":[]}"#,
+    ))
+    .unwrap();
+    // The close comes within the quota's worth of messages (uncharged,
+    // they would flow for ever: 100 is well past it).
+    let mut texts = 0;
+    let (code, reason) = loop {
+        match dave.read().unwrap() {
+            Message::Close(Some(f)) => break (u16::from(f.code), f.reason.to_string()),
+            Message::Text(_) => texts += 1,
+            _ => {}
+        }
+        assert!(texts < 100, "{texts} messages and no close: uncharged");
+    };
+    assert_eq!(code, 1008, "{reason}");
+    assert!(reason.contains("quota"), "{reason}");
+    // The subscription's answer and its notifications, within the quota.
+    assert!((29..=31).contains(&texts), "{texts}");
+    let d = usage(&metrics, "dave");
+    assert_eq!(d["current"]["notifications"], texts - 1, "{d}");
+}

@@ -81,7 +81,13 @@ pub async fn pump<R: ReadHalf>(
         Which::Client => s.cfg.codec,
         Which::Node => s.cfg.node_codec,
     };
-    let mut asm = Assembler::new(role, limits, keep, keep_raw).raw_max(HOLD_MAX);
+    // A client's frames are kept up to HOLD_MAX (a larger message is framed
+    // again from its payload); a node's held answer goes out in parts of
+    // HOLD_MAX, so its frames are never dropped: each part is all of them.
+    let mut asm = Assembler::new(role, limits, keep, keep_raw);
+    if from == Which::Client {
+        asm = asm.raw_max(HOLD_MAX);
+    }
     let src = s.side(from);
     // Bytes that came with the handshake are the first buffer. Later buffers
     // start empty and get room from the reader, sized to the traffic.
@@ -210,8 +216,12 @@ fn process(
         match asm.step(&buf[pos..]) {
             Ok(Event::Data { n, end }) => {
                 data = true;
-                if let (Way::Stream(scan), Some(at), Which::Node) = (&mut *way, payload_at, from) {
-                    scan.feed(&buf[at..at + n]);
+                match (&mut *way, payload_at, from) {
+                    (Way::Stream(scan), Some(at), Which::Node) => scan.feed(&buf[at..at + n]),
+                    // A held answer's ids, read as it passes (a large one
+                    // goes out in parts before it is whole).
+                    (Way::Hold(_, hold), Some(at), Which::Node) => hold.ids.feed(&buf[at..at + n]),
+                    _ => {}
                 }
                 if streams {
                     if keep != pos {

@@ -217,9 +217,20 @@ async fn reader(s: &Session, halves: &Halves) {
                         }
                         pos += n;
                         if end {
-                            answered(a, ids.ids().next());
+                            let first = ids.ids().next();
+                            let notification = first.is_none();
+                            answered(a, first);
                             ids.reset();
-                            s.inject(Which::Client, asm.take_raw());
+                            let frames = asm.take_raw();
+                            // A notification (of a subscription routed
+                            // here) is charged as any: past the key's
+                            // quota it is not delivered, and the session closes.
+                            let charged = !notification
+                                || s.key.is_none()
+                                || s.notification(asm.last_length(), false);
+                            if charged {
+                                s.inject(Which::Client, frames);
+                            }
                         }
                     }
                     Ok(Event::Control(frame, n)) => {

@@ -67,6 +67,9 @@ const ARCHIVE_RETRY: Duration = Duration::from_secs(1);
 pub struct Hold {
     /// Decided for a large message whose first part already went out.
     pub target: Option<Target>,
+    /// A node's answer: its ids, read as it passes (nodes put the id
+    /// first, but a large answer is not held whole to look).
+    pub ids: crate::jsonrpc::scan::IdScanner,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Default, Debug)]
@@ -209,11 +212,10 @@ pub fn on_held(
     };
     let frame_end = asm.decoder().at_frame_boundary();
     let message_end = whole && asm.decoder().at_message_boundary();
-    // Parsed once, for every decision below (a part of a large answer is
-    // not parsed: it streams to the client).
-    let call = Call::parse(if whole { asm.message() } else { b"" });
     match from {
         Which::Client => {
+            // Parsed once, for every decision below.
+            let call = Call::parse(if whole { asm.message() } else { b"" });
             // A client message is always whole here. One that cannot be
             // read one way only is answered by the gateway where a policy
             // reads calls; where none does (a plain WebSocket relay), it
@@ -288,59 +290,89 @@ pub fn on_held(
                 }
             }
         }
-        Which::Node => {
-            let first_part = hold.target.is_none();
-            let id = (whole && first_part)
-                .then(|| crate::jsonrpc::member(asm.message(), b"id"))
-                .flatten();
-            let retries = s
-                .archive
-                .as_ref()
-                .is_some_and(|a| !a.retry.borrow().is_empty());
-            if let (Some(id), true) = (id, retries) {
-                let mut retry = s.archive().retry.borrow_mut();
-                if let Some(i) = retry.iter().position(|(rid, _)| rid.as_slice() == id) {
-                    let (_, request) = retry.remove(i).expect("index from position");
-                    drop(retry);
-                    if r.router.is_pruned_error(asm.message()) && s.archive_usable(r) {
-                        crate::debug!("pruned node lacks the state; retrying on archive");
-                        // The archive answers it now, not the session's node.
-                        s.answered(id);
-                        let again = Call::parse(asm.message());
-                        s.archive().send(request, &again);
-                        asm.clear();
-                        return;
-                    }
-                }
-            }
-            if whole && first_part {
-                match call.kind {
-                    crate::jsonrpc::Kind::Batch => {
-                        for e in crate::jsonrpc::elements(asm.message()) {
-                            if let Some(id) = crate::jsonrpc::member(e, b"id") {
-                                s.answered(id);
-                            }
-                        }
-                    }
-                    _ => match id {
-                        Some(id) => s.answered(id),
-                        // A notification: past its key's quota, not delivered.
-                        None if s.key.is_some() && !s.notification(asm.message().len(), false) => {
-                            asm.clear();
-                            hold.target = None;
-                            return;
-                        }
-                        None => {}
-                    },
-                }
-            }
-            s.push_data(Which::Client, raw, frame_end, message_end);
-        }
+        Which::Node => node_message(s, asm, hold, r, whole, raw, (frame_end, message_end)),
     }
     if whole {
         asm.clear();
         hold.target = None;
+        hold.ids.reset();
     } else {
         hold.target.get_or_insert(Target::Pruned);
     }
+}
+
+/// A node's held answer (or, `whole == false`, a part of a large one), as
+/// its frames `raw` and where they end: the request it answers is done
+/// (a "state is gone" answer is asked of an archive node instead); a
+/// notification is charged to the session's key, and not delivered past
+/// its quota. Each id is read as the answer passes ([`Hold::ids`]), so a
+/// large answer frees its request like a small one.
+fn node_message(
+    s: &Session,
+    asm: &Assembler,
+    hold: &mut Hold,
+    r: &Routed<'_>,
+    whole: bool,
+    raw: Vec<u8>,
+    (frame_end, message_end): (bool, bool),
+) {
+    let first_part = hold.target.is_none();
+    if !whole {
+        // A part of a large answer streams on; what it means is read at its end.
+        s.push_data(Which::Client, raw, frame_end, message_end);
+        return;
+    }
+    let mut ids = hold.ids.ids().peekable();
+    let first = ids.peek().copied();
+    if let (true, Some(id)) = (first_part, first) {
+        if retried_on_archive(s, asm.message(), id, r) {
+            return;
+        }
+    }
+    let mut answered = 0;
+    for id in ids {
+        s.answered(id);
+        answered += 1;
+    }
+    if answered == 0 && s.key.is_some() {
+        // A notification: a held one past its key's quota is not delivered;
+        // a large one went out as it streamed (the session closes after it).
+        let delivered = !first_part;
+        let length = if first_part {
+            asm.message().len()
+        } else {
+            asm.last_length()
+        };
+        if !s.notification(length, delivered) && !delivered {
+            return;
+        }
+    }
+    let over = !first_part && s.key.as_ref().is_some_and(|k| k.over_quota());
+    s.push_data(Which::Client, raw, frame_end, message_end);
+    if over {
+        s.quota_used_up();
+    }
+}
+
+/// The answer `msg` to request `id`, held whole: if it is a pruned node's
+/// "state is gone" to a request kept for it, the request goes to the
+/// archive connection instead, and true is returned.
+fn retried_on_archive(s: &Session, msg: &[u8], id: &[u8], r: &Routed<'_>) -> bool {
+    let Some(a) = s.archive.as_deref() else {
+        return false;
+    };
+    let mut retry = a.retry.borrow_mut();
+    let Some(i) = retry.iter().position(|(rid, _)| rid.as_slice() == id) else {
+        return false;
+    };
+    let (_, request) = retry.remove(i).expect("index from position");
+    drop(retry);
+    if !(r.router.is_pruned_error(msg) && s.archive_usable(r)) {
+        return false;
+    }
+    crate::debug!("pruned node lacks the state; retrying on archive");
+    // The archive answers it now, not the session's node.
+    s.answered(id);
+    a.send(request, &Call::parse(msg));
+    true
 }
