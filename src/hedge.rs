@@ -21,7 +21,7 @@
 //!
 //! What a hedge says of the node it left behind: nothing. A copy that
 //! answered first shows that the other node was faster this once, not
-//! that the first is failing (see [`crate::health`]: a node fails on
+//! that the first is failing (see the health module: a node fails on
 //! errors, timeouts and silence on a busy connection).
 
 use std::sync::Arc;

@@ -45,6 +45,7 @@
 //! everything that counts ([`stats`]), the settings live in [`config`].
 
 pub mod cache;
+pub mod call;
 pub mod cluster;
 pub mod config;
 pub mod detect;

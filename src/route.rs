@@ -328,6 +328,26 @@ impl Router {
         }
     }
 
+    /// Where one request of a call goes, by its method and block.
+    pub fn route_request(
+        &self,
+        req: &jsonrpc::Request<'_>,
+        chain: &(impl ChainView + ?Sized),
+    ) -> Target {
+        let p = jsonrpc::Peek {
+            method: req.method(),
+            params: req.params,
+            ..Default::default()
+        };
+        self.route_one(&p, chain)
+    }
+
+    /// Whether `method` has a block argument (its answer may be "state is
+    /// gone" on a pruned node).
+    pub fn names_a_block(&self, method: &[u8]) -> bool {
+        self.block_args.contains_key(method)
+    }
+
     /// [`Router::retryable`] of a call parsed once (a single request).
     pub fn retryable_call(&self, call: &jsonrpc::Call<'_>) -> bool {
         call.single()

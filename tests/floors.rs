@@ -16,7 +16,7 @@ const FLOORS: &[(u8, &[&str])] = &[
     (
         2,
         &[
-            "relay", "probe", "detect", "upstream", "metrics", "health", "policy", "cache",
+            "relay", "probe", "detect", "upstream", "metrics", "health", "policy", "cache", "call",
         ],
     ),
     (3, &["worker", "cluster"]),

@@ -363,17 +363,28 @@ fn pings_alone_do_not_keep_a_session_from_idling_out() {
     }
 }
 
-/// Shared mode: a node's error with `"id":null` (jsonrpsee's answer to a
-/// batch over its limit) names no request. With two batches of two
-/// clients waiting on one connection, it belongs to neither for sure:
-/// neither client gets it (it was given to the oldest batch, another
-/// client's); each gets the gateway's own error for its requests.
+/// Shared mode: a node's error with `"id":null` names no request. With
+/// requests of two clients waiting on one connection, it belongs to
+/// neither for sure: neither client gets it (it was once given to the
+/// oldest batch, another client's); each gets the gateway's own error for
+/// its request at the request timeout, in its batch's place.
 #[test]
 fn shared_an_error_naming_no_request_goes_to_no_other_client() {
     let pki = TestPki::new();
     let node = Upstream::start(Behaviour::Scripted(Script::new(10)));
+    let cfg = write_config(&pki, "null-id.toml", "[pool]\nrequest_timeout_ms = 1000\n");
     // One worker: both sessions on one node connection.
-    let gw = Gateway::start(&pki, &[node.url()], &["--shared", "--workers", "1"]);
+    let gw = Gateway::start(
+        &pki,
+        &[node.url()],
+        &[
+            "--shared",
+            "--workers",
+            "1",
+            "--config",
+            cfg.to_str().unwrap(),
+        ],
+    );
     let mut a = ws_connect(&gw, pki.client_config(), "/");
     let mut b = ws_connect(&gw, pki.client_config(), "/");
     // A's batch waits (the node never answers "hang")...

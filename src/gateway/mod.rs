@@ -302,8 +302,14 @@ async fn client<R: ReadHalf, W: WriteHalf>(
             let route = worker.routes(_lease.node());
             // A session with an API key has each call charged to it.
             let inspect = worker.admission.inspects() || admitted.key.is_some();
-            let cache = worker.cache_side.clone().map(|c| (c, _lease.index()));
-            let routed = (route || inspect || cache.is_some()).then(|| crate::relay::Routed {
+            // This core's shared connections: for what the cache may
+            // answer, and for batches split by where their requests go.
+            let side = worker
+                .cache_side
+                .clone()
+                .filter(|_| route || worker.answers.is_some())
+                .map(|c| (c, _lease.index()));
+            let routed = (route || inspect || side.is_some()).then(|| crate::relay::Routed {
                 router: &worker.router,
                 chain: &*worker.chain,
                 pool: worker.pool.clone(),
@@ -312,7 +318,7 @@ async fn client<R: ReadHalf, W: WriteHalf>(
                 connect_timeout: worker.config.connect_timeout,
                 route,
                 admission: inspect.then_some((&*worker.admission, admitted.ip)),
-                cache,
+                side,
             });
             let watch = NodeWatch {
                 health: worker.pool.health().clone(),

@@ -9,6 +9,10 @@
 //! - The same id sent twice before its answer is counted twice (each answer
 //!   clears one).
 //! - A batch's unanswered requests fail as one array (JSON-RPC 2.0 §6).
+//! - A batch whose requests went their own ways (the cache, another node)
+//!   is gathered here ([`crate::call::Gather`]): its answers, in order,
+//!   until it is whole; when the node is lost, its array goes out with
+//!   errors in the places still waiting.
 
 use std::borrow::Cow;
 
@@ -40,8 +44,11 @@ enum Same {
 pub struct Inflight {
     /// By key ([`key`]); one allocation per request (the key), none per answer.
     ids: AHashMap<Vec<u8>, Same>,
-    len: usize,
+    len: u32,
     batches: u32,
+    /// Batches being gathered, by number (allocated only when there is one).
+    #[allow(clippy::box_collection)] // 8 bytes in every session, not 24: most never gather
+    gathers: Option<Box<Vec<(u32, crate::call::Gather)>>>,
     /// Since when requests have been waiting without a pause (none: idle).
     since: Option<std::time::Instant>,
 }
@@ -71,7 +78,7 @@ fn key(id: &[u8]) -> Cow<'_, [u8]> {
 
 impl Inflight {
     pub fn len(&self) -> usize {
-        self.len
+        self.len as usize
     }
 
     pub fn is_empty(&self) -> bool {
@@ -98,7 +105,7 @@ impl Inflight {
 
     /// One id sent (`batch`: 0, or a number from [`Inflight::next_batch`]).
     pub fn add(&mut self, id: &[u8], batch: u32) {
-        if self.len >= MAX {
+        if self.len as usize >= MAX {
             return;
         }
         let k = key(id);
@@ -125,6 +132,35 @@ impl Inflight {
         }
         self.len += 1;
         self.since.get_or_insert_with(std::time::Instant::now);
+    }
+
+    /// A batch whose requests go their own ways, with these ids (those of
+    /// its requests that have one, in order): its number, for the tags of
+    /// their answers. (Its ids are added one by one as they go out.)
+    pub fn gather(&mut self, ids: &[&[u8]]) -> u32 {
+        let batch = self.next_batch();
+        if !ids.is_empty() {
+            let g = crate::call::Gather::new(ids);
+            self.gathers
+                .get_or_insert_with(Default::default)
+                .push((batch, g));
+        }
+        batch
+    }
+
+    /// The answer for place `slot` of gathered batch `batch`: the batch's
+    /// array when it is whole.
+    pub fn fill(&mut self, batch: u32, slot: usize, parts: &[&[u8]]) -> Option<Vec<u8>> {
+        let gathers = self.gathers.as_mut()?;
+        let i = gathers.iter().position(|(b, _)| *b == batch)?;
+        if !gathers[i].1.fill(slot, parts) {
+            return None;
+        }
+        let (_, whole) = gathers.swap_remove(i);
+        if gathers.is_empty() {
+            self.gathers = None;
+        }
+        Some(whole.finish())
     }
 
     /// A batch number for requests added one by one.
@@ -155,8 +191,16 @@ impl Inflight {
     }
 
     /// Every request still waiting, answered with `why`: the bodies of the
-    /// error responses, a batch's as one array.
-    pub fn fail_all(&mut self, why: &str) -> Vec<String> {
+    /// error responses, a batch's as one array (a gathered one's with the
+    /// answers it has).
+    pub fn fail_all(&mut self, why: &str) -> Vec<Vec<u8>> {
+        let mut gathered = Vec::new();
+        for (_, mut g) in self.gathers.take().map(|g| *g).unwrap_or_default() {
+            for id in g.fail(why) {
+                self.answered(&id);
+            }
+            gathered.push(g.finish());
+        }
         let mut singles = Vec::new();
         let mut batches: AHashMap<u32, Vec<Box<[u8]>>> = AHashMap::new();
         for (k, same) in self.ids.drain() {
@@ -178,7 +222,8 @@ impl Inflight {
         let arrays = batches.into_values().filter_map(|ids| {
             crate::jsonrpc::error::errors(ids.iter().map(|i| &**i), true, code::INTERNAL_ERROR, why)
         });
-        singles.into_iter().chain(arrays).collect()
+        let errors = singles.into_iter().chain(arrays).map(String::into_bytes);
+        gathered.into_iter().chain(errors).collect()
     }
 }
 
@@ -186,11 +231,11 @@ impl Inflight {
 mod tests {
     use super::*;
 
-    fn ids_of(bodies: &[String]) -> Vec<String> {
+    fn ids_of(bodies: &[Vec<u8>]) -> Vec<String> {
         let mut out: Vec<String> = bodies
             .iter()
             .flat_map(|b| {
-                let v: serde_json::Value = serde_json::from_str(b).unwrap();
+                let v: serde_json::Value = serde_json::from_slice(b).unwrap();
                 match v {
                     serde_json::Value::Array(a) => {
                         a.into_iter().map(|e| e["id"].to_string()).collect()
@@ -237,7 +282,32 @@ mod tests {
         let errors = f.fail_all("node lost");
         assert_eq!(errors.len(), 2);
         assert_eq!(ids_of(&errors), ["\"x\"", "1", "3"]);
-        assert!(errors.iter().any(|e| e.starts_with('[')));
+        assert!(errors.iter().any(|e| e.starts_with(b"[")));
         assert!(f.is_empty());
+    }
+
+    #[test]
+    fn a_gathered_batch_goes_out_whole_in_order_or_with_errors_where_it_waits() {
+        let mut f = Inflight::default();
+        let b = f.gather(&[b"1", b"2", b"3"]);
+        for id in [b"1", b"2", b"3"] {
+            f.add(id, 0);
+        }
+        f.answered(b"3");
+        assert_eq!(f.fill(b, 2, &[br#"{"id":3}"#]), None);
+        f.answered(b"1");
+        assert_eq!(f.fill(b, 0, &[br#"{"id":1}"#]), None);
+        let errors = f.fail_all("node lost");
+        assert_eq!(errors.len(), 1, "one array, not a single error besides");
+        let v: serde_json::Value = serde_json::from_slice(&errors[0]).unwrap();
+        assert_eq!(v[0]["id"], 1);
+        assert_eq!(v[1]["id"], 2);
+        assert_eq!(v[1]["error"]["code"], -32603);
+        assert_eq!(v[2]["id"], 3);
+        assert!(f.is_empty());
+        let b = f.gather(&[b"7"]);
+        f.add(b"7", 0);
+        f.answered(b"7");
+        assert_eq!(f.fill(b, 0, &[b"{}"]), Some(b"[{}]".to_vec()));
     }
 }

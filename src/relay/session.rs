@@ -153,9 +153,40 @@ impl Session {
 
     /// Queue a text message to the client (a JSON-RPC answer or error).
     pub fn send_text(&self, payload: &[u8]) {
-        let mut f = Vec::with_capacity(payload.len() + 10);
-        write_frame(&mut f, OpCode::Text, payload, None);
+        self.send_parts(&[payload]);
+    }
+
+    /// Queue a text message whose payload is `parts` joined.
+    pub fn send_parts(&self, parts: &[&[u8]]) {
+        if !self.takes_data(Which::Client) {
+            return;
+        }
+        let len: usize = parts.iter().map(|p| p.len()).sum();
+        let mut f = Vec::with_capacity(len + 10);
+        crate::ws::frame::write_frame_parts(&mut f, OpCode::Text, parts, None);
         self.inject(Which::Client, f);
+    }
+
+    /// A batch whose requests go their own ways (ids: those with one, in
+    /// order): its number, for the tags of its requests' answers.
+    pub fn gather(&self, ids: &[&[u8]]) -> u32 {
+        self.inflight.borrow_mut().gather(ids)
+    }
+
+    /// The answer to the request `id` tagged `tag` (`parts` joined): to the
+    /// client at once, or (a batch's) into its place, the batch going out
+    /// as one array when it is whole. The request is done either way.
+    pub fn reply(&self, tag: u64, id: &[u8], parts: &[&[u8]]) {
+        match crate::call::batch::untag(tag) {
+            None => self.send_parts(parts),
+            Some((batch, slot)) => {
+                let whole = self.inflight.borrow_mut().fill(batch, slot, parts);
+                if let Some(array) = whole {
+                    self.send_parts(&[&array]);
+                }
+            }
+        }
+        self.answered(id);
     }
 
     /// A ping or pong to `to`, at its next frame boundary. Pongs queue up to
@@ -247,6 +278,12 @@ impl Session {
     }
 }
 
+impl crate::call::Reply for Session {
+    fn answer(&self, tag: u64, id: &[u8], parts: &[&[u8]]) {
+        self.reply(tag, id, parts);
+    }
+}
+
 impl Effects for Session {
     fn queue_close(&self, to: Which, code: Option<u16>, reason: &str) {
         let Some(side) = self.side_opt(to) else {
@@ -272,7 +309,7 @@ impl Effects for Session {
         }
         let bodies = self.inflight.borrow_mut().fail_all(why);
         for body in bodies {
-            self.send_text(body.as_bytes());
+            self.send_text(&body);
         }
     }
 

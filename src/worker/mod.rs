@@ -231,9 +231,13 @@ pub struct Worker {
     pub admission: Rc<crate::policy::AdmissionCtx>,
     /// Shared node connections (`pool.shared`), else `None`: pinned sessions.
     pub shared: Option<Rc<crate::relay::shared::Shared>>,
-    /// What pinned sessions send their cacheable calls on (the response
-    /// cache and its shared connections: opened on first use), if the cache is on.
+    /// What pinned sessions send their cacheable calls and split batches
+    /// on (this core's shared connections: opened on first use), if the
+    /// cache is on or the pool has archive nodes.
     pub cache_side: Option<Rc<crate::relay::shared::Shared>>,
+    /// The kept answers and requests on their way (`cache.enabled`), for
+    /// HTTP and WebSocket alike.
+    pub answers: Option<Rc<crate::call::Answers>>,
 }
 
 impl Worker {
@@ -295,7 +299,7 @@ impl Worker {
             let methods: Vec<(String, u64)> =
                 c.methods.iter().map(|(m, t)| (m.clone(), *t)).collect();
             let rules = crate::cache::Rules::new(config.flavour, ttls, &methods);
-            Rc::new(crate::cache::Cache::new(rules, c.max_bytes, slot))
+            crate::cache::Cache::new(rules, c.max_bytes, slot)
         });
         let settings = crate::relay::shared::Settings {
             connect_timeout: config.connect_timeout,
@@ -324,17 +328,23 @@ impl Worker {
                     }
                 },
             );
-        // One set of shared connections (and the cache with them) per core:
-        // every session's node side in shared mode; in pinned mode only
-        // what pinned sessions send for the cache to answer.
-        let side = (config.shared || cache.is_some()).then(|| {
+        // The kept answers and requests on their way: HTTP's and every
+        // session's, of both modes.
+        let answers = cache.map(|c| Rc::new(crate::call::Answers::new(c, second)));
+        // One set of shared connections per core: every session's node side
+        // in shared mode; in pinned mode only what pinned sessions send for
+        // the cache to answer, and the batches they split by role.
+        let has_archive = config
+            .nodes
+            .iter()
+            .any(|n| n.role == crate::config::Role::Archive);
+        let side = (config.shared || answers.is_some() || has_archive).then(|| {
             crate::relay::shared::Shared::new(
                 pool.clone(),
                 router.clone(),
                 settings,
                 admission.shared.clone(),
-                cache,
-                second,
+                answers.clone(),
                 hedging.clone(),
             )
         });
@@ -346,6 +356,7 @@ impl Worker {
             chain,
             shared,
             cache_side: side,
+            answers,
             admission,
             router,
             http: HttpPool::new(config.nodes.len()),

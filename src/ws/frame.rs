@@ -152,18 +152,33 @@ impl FrameHeader {
 
 /// Append a whole frame (header and payload, masked with `mask` if given) to `out`.
 pub fn write_frame(out: &mut Vec<u8>, opcode: OpCode, payload: &[u8], mask: Option<[u8; 4]>) {
+    write_frame_parts(out, opcode, &[payload], mask);
+}
+
+/// Append one whole frame whose payload is `parts` joined (an answer with
+/// another id put in, without joining it first).
+pub fn write_frame_parts(
+    out: &mut Vec<u8>,
+    opcode: OpCode,
+    parts: &[&[u8]],
+    mask: Option<[u8; 4]>,
+) {
+    let len: usize = parts.iter().map(|p| p.len()).sum();
     let header = FrameHeader {
         fin: true,
         rsv: 0,
         opcode,
         mask,
-        payload_len: payload.len() as u64,
+        payload_len: len as u64,
     };
     let mut h = [0u8; MAX_HEADER_LEN];
     let n = header.encode(&mut h);
+    out.reserve(n + len);
     out.extend_from_slice(&h[..n]);
     let start = out.len();
-    out.extend_from_slice(payload);
+    for p in parts {
+        out.extend_from_slice(p);
+    }
     if let Some(key) = mask {
         crate::ws::mask::apply_mask(&mut out[start..], key, 0);
     }

@@ -47,10 +47,11 @@ pub struct Routed<'r> {
     pub route: bool,
     /// Check each call against admission limits, for this client address.
     pub admission: Option<(&'r crate::policy::AdmissionCtx, std::net::IpAddr)>,
-    /// The response cache: calls it may answer are answered from it, or
-    /// sent on this core's shared connection to the session's node (index),
-    /// whose answers fill it (see [`crate::relay::shared`]).
-    pub cache: Option<(Rc<crate::relay::shared::Shared>, usize)>,
+    /// This core's shared connections, and the session's node (index)
+    /// among them: what the cache may answer goes there (its answers fill
+    /// it), and so does a batch split by where its requests go (see
+    /// [`crate::relay::shared`]).
+    pub side: Option<(Rc<crate::relay::shared::Shared>, usize)>,
 }
 
 /// Messages larger than this are not held: they stream to the pruned node.
@@ -213,83 +214,7 @@ pub fn on_held(
     let frame_end = asm.decoder().at_frame_boundary();
     let message_end = whole && asm.decoder().at_message_boundary();
     match from {
-        Which::Client => {
-            // Parsed once, for every decision below.
-            let call = Call::parse(if whole { asm.message() } else { b"" });
-            // A client message is always whole here. One that cannot be
-            // read one way only is answered by the gateway where a policy
-            // reads calls; where none does (a plain WebSocket relay), it
-            // goes to the session's node unchanged, and neither the cache
-            // nor routing acts on it.
-            let readable = call.refusal();
-            if let (Some(answer), Some(_)) = (&readable, r.admission) {
-                crate::stats::calls(s.cfg.chain, &call, Outcome::Refused);
-                s.send_text(answer.as_bytes());
-                asm.clear();
-                return;
-            }
-            let readable = readable.is_none();
-            if let (true, true, Some((adm, ip))) = (whole, hold.target.is_none(), r.admission) {
-                let now = std::time::Instant::now();
-                let refused = match adm.check_call(ip, &call, now, s.key.as_deref()) {
-                    Err((refusal, answer)) => {
-                        crate::debug!("refused a call from {ip}: {refusal:?}");
-                        Some(answer)
-                    }
-                    Ok(()) => call
-                        .single()
-                        .and_then(|req| super::limits::check(s, adm, req)),
-                };
-                if let Some(answer) = refused {
-                    crate::stats::calls(s.cfg.chain, &call, Outcome::Refused);
-                    if let Some(answer) = answer {
-                        s.send_text(answer.as_bytes());
-                    }
-                    asm.clear();
-                    return;
-                }
-            }
-            // Where a whole message would go by its method and block (once).
-            let routed = (readable && r.route && hold.target.is_none())
-                .then(|| r.router.route_call(&call, r.chain));
-            if let (true, true, Some((side, node))) = (readable, hold.target.is_none(), &r.cache) {
-                let to_pruned = routed != Some(Target::Archive);
-                if let (true, Some(req), Some(me)) = (to_pruned, call.single(), s.me.upgrade()) {
-                    if crate::relay::shared::request::cache_pinned(side, *node, r.chain, &me, req) {
-                        asm.clear();
-                        return;
-                    }
-                }
-            }
-            if whole {
-                crate::stats::calls(s.cfg.chain, &call, Outcome::Forwarded);
-            }
-            let target = *hold.target.get_or_insert_with(|| {
-                if routed == Some(Target::Archive) && s.archive_usable(r) {
-                    Target::Archive
-                } else {
-                    Target::Pruned
-                }
-            });
-            match target {
-                Target::Archive => s.archive().send(raw, &call),
-                Target::Pruned => {
-                    if whole {
-                        s.sent(&call);
-                    }
-                    if whole && r.route && r.router.retryable_call(&call) && s.archive_usable(r) {
-                        if let Some(id) = call.single().and_then(|q| q.id) {
-                            let mut retry = s.archive().retry.borrow_mut();
-                            if retry.len() == RETRY_MAX {
-                                retry.pop_front();
-                            }
-                            retry.push_back((id.to_vec(), raw.clone()));
-                        }
-                    }
-                    s.push_data(Which::Node, raw, frame_end, message_end);
-                }
-            }
-        }
+        Which::Client => client_message(s, asm, r, raw),
         Which::Node => node_message(s, asm, hold, r, whole, raw, (frame_end, message_end)),
     }
     if whole {
@@ -375,4 +300,120 @@ fn retried_on_archive(s: &Session, msg: &[u8], id: &[u8], r: &Routed<'_>) -> boo
     s.answered(id);
     a.send(request, &Call::parse(msg));
     true
+}
+
+/// A client's message, always whole here (its frames `raw`, masked): read
+/// once, admitted ([`crate::call::admit`]), then sent where it must go. A
+/// message that cannot be read one way only is answered by the gateway
+/// where a policy reads calls; where none does (a plain WebSocket relay),
+/// it goes to the session's node unchanged, and neither the cache nor
+/// routing acts on it.
+fn client_message(s: &Session, asm: &Assembler, r: &Routed<'_>, raw: Vec<u8>) {
+    let call = Call::parse(asm.message());
+    if let Some((adm, ip)) = r.admission {
+        if let Err(refused) = crate::call::admit(adm, ip, s.key.as_deref(), &call, s.cfg.chain) {
+            if let Some(answer) = refused.answer {
+                s.send_text(answer.as_bytes());
+            }
+            return;
+        }
+    }
+    let readable = call.unreadable.is_none() && call.refusal().is_none();
+    if !readable {
+        crate::stats::calls(s.cfg.chain, &call, Outcome::Forwarded);
+        s.sent(&call);
+        return s.push_data(Which::Node, raw, true, true);
+    }
+    let me = s.me.upgrade().expect("a session's own weak");
+    if let Some(req) = call.single() {
+        if let Some(answer) = r
+            .admission
+            .and_then(|(adm, _)| super::limits::check(s, adm, req))
+        {
+            crate::stats::request(s.cfg.chain, req, Outcome::Refused);
+            if let Some(answer) = answer {
+                s.send_text(answer.as_bytes());
+            }
+            return;
+        }
+        if let Some((side, node)) = &r.side {
+            if side.plan(req, r.chain).is_some() {
+                crate::relay::shared::request::pinned(side, *node, r.chain, r.route, &me, req, 0);
+                return;
+            }
+        }
+    } else if let Some((side, node)) = r.side.as_ref().filter(|(sh, _)| splits(sh, r, &call)) {
+        return split(s, &me, side, *node, r, &call);
+    }
+    crate::stats::calls(s.cfg.chain, &call, Outcome::Forwarded);
+    let archive =
+        r.route && r.router.route_call(&call, r.chain) == Target::Archive && s.archive_usable(r);
+    if archive {
+        return s.archive().send(raw, &call);
+    }
+    s.sent(&call);
+    if r.route && r.router.retryable_call(&call) && s.archive_usable(r) {
+        if let Some(id) = call.single().and_then(|q| q.id) {
+            let mut retry = s.archive().retry.borrow_mut();
+            if retry.len() == RETRY_MAX {
+                retry.pop_front();
+            }
+            retry.push_back((id.to_vec(), raw.clone()));
+        }
+    }
+    s.push_data(Which::Node, raw, true, true);
+}
+
+/// Whether a batch goes request by request (over this core's shared
+/// connections, its answers put back as one array): the cache may answer
+/// one of them, or they need different nodes (by role and block), or one
+/// may need an archive node after the pruned one (a block named). A batch
+/// that opens or uses a subscription stays whole on the session's node.
+fn splits(sh: &crate::relay::shared::Shared, r: &Routed<'_>, call: &Call<'_>) -> bool {
+    if call.requests().any(|q| q.sub != crate::jsonrpc::Sub::None) {
+        return false;
+    }
+    let cached = call.requests().any(|q| sh.plan(q, r.chain).is_some());
+    let routed = r.route
+        && call.requests().any(|q| {
+            r.router.route_request(q, r.chain) == Target::Archive
+                || crate::call::retry::may_need_archive(r.router, q)
+        });
+    cached || routed
+}
+
+/// A batch split: each request on its own way (refused here, answered from
+/// the cache, sent to the session's node's or an archive node's shared
+/// connection), its answer in its place of the batch's array.
+fn split(
+    s: &Session,
+    me: &Rc<Session>,
+    sh: &Rc<crate::relay::shared::Shared>,
+    node: usize,
+    r: &Routed<'_>,
+    call: &Call<'_>,
+) {
+    let ids: Vec<&[u8]> = call.ids().collect();
+    let batch = s.gather(&ids);
+    let mut slot = 0;
+    for req in call.requests() {
+        let tag = match req.id {
+            Some(_) => {
+                slot += 1;
+                crate::call::batch::tag(batch, slot - 1)
+            }
+            None => 0,
+        };
+        let limited = r
+            .admission
+            .and_then(|(adm, _)| super::limits::check(s, adm, req));
+        if let Some(answer) = limited {
+            crate::stats::request(s.cfg.chain, req, Outcome::Refused);
+            if let (Some(a), Some(id)) = (answer, req.id) {
+                s.reply(tag, id, &[a.as_bytes()]);
+            }
+            continue;
+        }
+        crate::relay::shared::request::pinned(sh, node, r.chain, r.route, me, req, tag);
+    }
 }

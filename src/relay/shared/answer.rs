@@ -1,36 +1,21 @@
 //! The way back on a shared connection: a node's answer gets the client's
-//! id back and goes to the session that asked (a batch's answers as one
-//! array; an error for a whole batch to that batch's session); a
-//! notification goes to the session that owns its subscription; what
-//! matches nothing is counted. Subscriptions opened or ended by answers are
-//! followed here.
+//! id back and goes to whoever asked (a session, in its batch's place; or
+//! every waiter of a cacheable request); a notification goes to the
+//! session that owns its subscription; what matches nothing is counted.
+//! Subscriptions opened or ended by answers are followed here.
 
 use std::rc::{Rc, Weak};
 
 use crate::jsonrpc::{self, Kind};
 use crate::relay::Session;
-use crate::ws::frame::OpCode;
 
 use super::conn::{Asked, Conn, Hedging, SubCall, Waiting};
-use super::request::{frame_parts, offset_in, unsubscribe};
+use super::request::{offset_in, unsubscribe};
 use super::Shared;
 
 /// Our id in an answer, if it is one of ours.
 fn our_id(raw: &[u8]) -> Option<u64> {
     std::str::from_utf8(raw).ok()?.parse().ok()
-}
-
-/// Queue a text message for a session's client (a client that does not
-/// read what it asked for cannot hold the shared connection back: see
-/// [`Session::inject`]).
-pub(super) fn deliver(s: &Session, parts: &[&[u8]]) {
-    use crate::relay::Which;
-    if !s.closing.side(Which::Client).takes_data() {
-        return;
-    }
-    let mut f = Vec::new();
-    frame_parts(&mut f, OpCode::Text, parts, None);
-    s.inject(Which::Client, f);
 }
 
 /// Queue a notification for a session's client: charged to its API key,
@@ -39,7 +24,7 @@ pub(super) fn deliver_notification(s: &Session, parts: &[&[u8]]) {
     if s.key.is_some() && !s.notification(parts.iter().map(|p| p.len()).sum(), false) {
         return;
     }
-    deliver(s, parts);
+    s.send_parts(parts);
 }
 
 /// One whole message from a node.
@@ -59,9 +44,6 @@ pub(super) fn on_answer(sh: &Rc<Shared>, conn: &Rc<Conn>, msg: &[u8]) {
             let Some(p) = jsonrpc::peek(msg) else {
                 return unmatched(sh, msg);
             };
-            if p.id == Some(b"null") && p.error.is_some() {
-                return batch_error(sh, conn, msg);
-            }
             if p.id.is_none() {
                 // A notification: to the session that owns its subscription.
                 let Some(sub) = p
@@ -81,52 +63,11 @@ pub(super) fn on_answer(sh: &Rc<Shared>, conn: &Rc<Conn>, msg: &[u8]) {
                 unmatched(sh, msg);
             }
         }
+        // The gateway sends single requests only (a client's batch goes out
+        // request by request): an array is read element by element.
         Kind::Batch => {
-            // The answers to one batch: one array back to its session.
-            let mut to: Option<Rc<Session>> = None;
-            let mut done: Vec<Box<[u8]>> = Vec::new();
-            let mut body: Vec<u8> = Vec::with_capacity(msg.len() + 16);
-            body.push(b'[');
-            let mut first = true;
             for e in jsonrpc::elements(msg) {
-                let Some(p) = jsonrpc::peek(e) else {
-                    continue;
-                };
-                let w =
-                    p.id.and_then(our_id)
-                        .and_then(|id| conn.pending.borrow_mut().remove(&id));
-                let Some(w) = w else {
-                    continue;
-                };
-                let Some(s) = w.session.upgrade() else {
-                    orphan(conn, &p, &w.call);
-                    continue;
-                };
-                settle_subscription(conn, &s, &p, &w.call);
-                if !first {
-                    body.push(b',');
-                }
-                first = false;
-                let id = p.id.expect("matched by id");
-                let at = offset_in(e, id);
-                body.extend_from_slice(&e[..at]);
-                body.extend_from_slice(&w.id);
-                body.extend_from_slice(&e[at + id.len()..]);
-                done.push(w.id);
-                to.get_or_insert(s);
-            }
-            body.push(b']');
-            {
-                let pending = conn.pending.borrow();
-                conn.batches
-                    .borrow_mut()
-                    .retain(|b| b.iter().any(|g| pending.contains_key(g)));
-            }
-            if let Some(s) = to {
-                deliver(&s, &[&body]);
-                for id in done {
-                    s.answered(&id);
-                }
+                on_answer(sh, conn, e);
             }
         }
         Kind::Other => {}
@@ -144,50 +85,6 @@ fn unmatched(sh: &Shared, msg: &[u8]) {
             n + 1,
             String::from_utf8_lossy(&msg[..msg.len().min(200)])
         );
-    }
-}
-
-/// One error with `"id":null` for a whole batch (jsonrpsee's answer to a
-/// batch over its limit). It names no request: it goes, as it is, to the
-/// session of the batch waiting here only when there is exactly one. With
-/// several, it could be any one's, so no client gets it: each of those
-/// batches' requests gets the gateway's own error instead (a late answer
-/// to one is then counted as unmatched).
-fn batch_error(sh: &Shared, conn: &Conn, msg: &[u8]) {
-    let candidates: Vec<Vec<u64>> = {
-        let mut batches = conn.batches.borrow_mut();
-        let pending = conn.pending.borrow();
-        batches.retain(|b| b.iter().any(|g| pending.contains_key(g)));
-        batches.drain(..).collect()
-    };
-    if candidates.is_empty() {
-        return unmatched(sh, msg);
-    }
-    let one = candidates.len() == 1;
-    for gids in candidates {
-        let waiting: Vec<Waiting> = gids
-            .iter()
-            .filter_map(|g| conn.pending.borrow_mut().remove(g))
-            .collect();
-        let Some(s) = waiting.first().and_then(|w| w.session.upgrade()) else {
-            continue;
-        };
-        if one {
-            deliver(&s, &[msg]);
-        } else {
-            let body = crate::jsonrpc::error::errors(
-                waiting.iter().map(|w| &*w.id),
-                true,
-                crate::jsonrpc::error::code::INTERNAL_ERROR,
-                "the node refused a batch without saying which; retry",
-            );
-            if let Some(body) = body {
-                deliver(&s, &[body.as_bytes()]);
-            }
-        }
-        for w in &waiting {
-            s.answered(&w.id);
-        }
     }
 }
 
@@ -256,43 +153,51 @@ fn answer(sh: &Rc<Shared>, conn: &Rc<Conn>, msg: &[u8], id: &[u8], mut w: Waitin
         SubCall::Fill(key, i, header) => return super::fill::filled(conn, key, *i, *header, msg),
         _ => {}
     }
-    let settle = |s: Option<&Rc<Session>>| {
-        if w.call == SubCall::Plain {
-            return;
-        }
-        let Some(p) = jsonrpc::peek(msg) else {
-            return;
-        };
-        match s {
-            Some(s) => settle_subscription(conn, s, &p, &w.call),
-            None => orphan(conn, &p, &w.call),
-        }
-    };
-    let at = offset_in(msg, id);
-    let Some(s) = w.session.upgrade() else {
-        settle(None);
-        if let Some(kept) = w.kept.take() {
-            sh.land(conn.node, msg, at..at + id.len(), *kept);
-        }
+    if asked_again(sh, conn, msg, &mut w) {
         return;
-    };
-    // A pruned node without the state: ask an archive node, once (the
-    // requests waiting for this one's answer wait for that one's).
-    if let Some(request) = &w.retry {
-        if sh.router.is_pruned_error(msg) {
-            if let Some(archive) = sh.archive_for(&s) {
-                if let Some(req) = jsonrpc::Call::parse(request).single().cloned() {
+    }
+    let session = w.session.upgrade();
+    if w.call != SubCall::Plain {
+        if let Some(p) = jsonrpc::peek(msg) {
+            match &session {
+                Some(s) => settle_subscription(conn, s, &p, &w.call),
+                None => orphan(conn, &p, &w.call),
+            }
+        }
+    }
+    let at = offset_in(msg, id);
+    if let Some(kept) = w.kept.take() {
+        // For every request waiting for it (each gets it with its own id).
+        sh.land(conn.node, msg, at..at + id.len(), *kept);
+    }
+    if let Some(s) = session {
+        // After the answer is queued: a close owed to the client may follow it.
+        s.reply(w.tag, &w.id, &[&msg[..at], &w.id, &msg[at + id.len()..]]);
+    }
+}
+
+/// Whether the request is asked again instead of being answered by `msg`:
+/// a pruned node without the state asks an archive node, once
+/// ([`crate::call::retry`]); a node that does not know the finalized hash
+/// the cache filled in (it is a few blocks behind the node that reported
+/// it) is asked as the client asked, once, on the same connection. The
+/// requests waiting for its answer wait for that one's.
+fn asked_again(sh: &Rc<Shared>, conn: &Rc<Conn>, msg: &[u8], w: &mut Waiting) -> bool {
+    let role = sh.pool.nodes()[conn.node].role;
+    if let Some(request) = w.retry.take() {
+        if crate::call::retry::on_archive(&sh.router, role, msg) {
+            let s = w.session.upgrade();
+            if let Some(archive) = sh.archive_for(s.as_deref()) {
+                if let Some(req) = jsonrpc::Call::parse(&request).single().cloned() {
                     crate::debug!("pruned node lacks the state; retrying on archive");
-                    sh.send_kept(&archive, &s, &req, w.batch, None, w.kept.take());
-                    return;
+                    let (session, kept) = (w.session.clone(), w.kept.take());
+                    sh.send_kept(&archive, session, &req, w.tag, None, kept);
+                    return true;
                 }
             }
         }
     }
-    // The finalized hash the cache filled in is one this node does not know
-    // yet (it is a few blocks behind the node that reported it): ask again
-    // as the client asked, once, on the same connection. (Only such answers
-    // are searched for an error: a kept answer may be 300 KB.)
+    // (Only such answers are searched for an error: a kept answer may be 300 KB.)
     let filled = w
         .kept
         .as_ref()
@@ -302,16 +207,11 @@ fn answer(sh: &Rc<Shared>, conn: &Rc<Conn>, msg: &[u8], id: &[u8], mut w: Waitin
         if let Asked::Filled(sent) = std::mem::replace(&mut kept.asked, Asked::Again) {
             if let Some(req) = jsonrpc::Call::parse(&sent).single().cloned() {
                 crate::debug!("node lacks the finalized block; asking as the client did");
-                sh.send_kept(conn, &s, &req, w.batch, None, w.kept.take());
-                return;
+                let (session, kept) = (w.session.clone(), w.kept.take());
+                sh.send_kept(conn, session, &req, w.tag, None, kept);
+                return true;
             }
         }
     }
-    settle(Some(&s));
-    if let Some(kept) = w.kept.take() {
-        sh.land(conn.node, msg, at..at + id.len(), *kept);
-    }
-    deliver(&s, &[&msg[..at], &w.id, &msg[at + id.len()..]]);
-    // After the answer is queued: a close owed to the client may follow it.
-    s.answered(&w.id);
+    false
 }

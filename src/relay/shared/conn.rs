@@ -19,8 +19,8 @@ use crate::ws::codec::Role;
 use crate::ws::frame::{write_close, OpCode};
 use crate::ws::message::{Assembler, Event};
 
-use super::request::frame_parts;
 use super::Shared;
+use crate::ws::frame::write_frame_parts as frame_parts;
 
 /// Read size on a shared connection.
 const CONN_READ: usize = 256 * 1024;
@@ -55,8 +55,8 @@ pub struct Waiting {
     pub session: Weak<Session>,
     /// The client's id, raw JSON.
     pub id: Box<[u8]>,
-    /// The client's batch it came in (0: a single request).
-    pub batch: u32,
+    /// Read back by its session: its place in a batch (0: a single request).
+    pub tag: u64,
     pub call: SubCall,
     /// The client's request, kept to ask an archive node if the pruned node
     /// answers that the state is gone.
@@ -66,6 +66,21 @@ pub struct Waiting {
     pub kept: Option<Box<Kept>>,
     /// Its part in a hedged read (see [`super::hedge`]).
     pub hedging: Hedging,
+    /// The connection's sweep count when it was sent ([`Conn::epoch`]).
+    pub epoch: u32,
+}
+
+impl Waiting {
+    /// Someone still waits for its answer: its session, or (a cacheable
+    /// request's) the waiters of its key.
+    pub fn wanted(&self, answers: Option<&crate::call::Answers>) -> bool {
+        self.session.strong_count() > 0
+            || self
+                .kept
+                .as_ref()
+                .zip(answers)
+                .is_some_and(|(k, a)| a.flying(&k.key))
+    }
 }
 
 /// A request's part in a hedged read (see [`super::hedge`]).
@@ -85,34 +100,13 @@ pub enum Hedging {
     Abandoned,
 }
 
-/// A session waiting for a cacheable request's answer, with its own id.
-pub type Follower = (Weak<Session>, Box<[u8]>);
-
-/// A cacheable request on its way: where its answer goes besides its own
-/// session.
+/// A cacheable request on its way, for whoever waits for its answer (see
+/// [`crate::call::answers`]): the key the answer lands under, how it may
+/// be kept, and how it was asked.
 pub struct Kept {
     pub key: Box<[u8]>,
-    pub ttl: std::time::Duration,
-    /// What must be final at the node that answers for the answer to be kept.
-    pub must_be_final: MustBeFinal,
-    /// Identical requests that came while it was out: (session, its id).
-    pub followers: Vec<Follower>,
+    pub keep: crate::call::Keep,
     pub asked: Asked,
-    /// Its answer may go to the cluster's second level too.
-    pub lasting: bool,
-}
-
-/// What must be final at the answering node (by its own finality, not the
-/// pool's: a lagging node on a short fork answers for its fork) for an
-/// answer to be kept.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum MustBeFinal {
-    /// Nothing: a static answer, or one at a block hash.
-    Nothing,
-    /// The block number it was asked at.
-    Block(u64),
-    /// The block the answer names (`blockNumber`: receipts, transactions).
-    AnswersBlock,
 }
 
 /// How a cacheable request was asked of the node.
@@ -150,10 +144,6 @@ pub struct Conn {
     pub topic_of: RefCell<AHashMap<Box<[u8]>, TopicKey>>,
     /// Topics and their sessions as last counted in the core's gauges.
     pub census: Cell<(u64, u64)>,
-    /// Batches in flight, oldest first, by their requests' ids here: a node
-    /// may answer a whole batch with one error (`"id":null`, as jsonrpsee
-    /// does for a batch over its limit).
-    pub batches: RefCell<std::collections::VecDeque<Vec<u64>>>,
     next_id: Cell<u64>,
     pub fd: Cell<Option<RawFd>>,
     /// Subscribe calls sent and not answered yet.
@@ -162,7 +152,14 @@ pub struct Conn {
     seen: Cell<Instant>,
     /// Reads that may be hedged: when, and their ids here (oldest first).
     pub hedge_queue: RefCell<std::collections::VecDeque<(Instant, u64)>>,
+    /// Sweeps of requests gone unanswered so far (one each [`SWEEP`]).
+    pub(super) epoch: Cell<u32>,
 }
+
+/// How often a connection looks for requests its node never answered
+/// (while it answers others): each gets its error once it is
+/// `pool.request_timeout_ms` old, to a sweep's precision.
+pub const SWEEP: std::time::Duration = std::time::Duration::from_secs(1);
 
 fn key(s: &Session) -> usize {
     s as *const Session as usize
@@ -184,12 +181,12 @@ impl Conn {
             topics: RefCell::new(AHashMap::new()),
             topic_of: RefCell::new(AHashMap::new()),
             census: Cell::new((0, 0)),
-            batches: RefCell::new(std::collections::VecDeque::new()),
             next_id: Cell::new(1),
             fd: Cell::new(None),
             opening: Cell::new(0),
             seen: Cell::new(Instant::now()),
             hedge_queue: RefCell::default(),
+            epoch: Cell::new(0),
         }
     }
 
@@ -253,9 +250,7 @@ impl Conn {
                 opening = opening.saturating_sub(1);
             }
             // Other sessions wait for its answer: it stays, without an owner.
-            let shared = w.kept.as_ref().is_some_and(|k| !k.followers.is_empty())
-                || matches!(w.call, SubCall::Topic(_));
-            if mine && shared {
+            if mine && matches!(w.call, SubCall::Topic(_)) {
                 w.session = Weak::new();
                 return true;
             }
@@ -282,6 +277,12 @@ impl Conn {
         for w in waiters {
             w.wake();
         }
+    }
+
+    /// The sweep count now (a request's age is counted in sweeps: no clock
+    /// read per request).
+    pub fn epoch(&self) -> u32 {
+        self.epoch.get()
     }
 
     pub fn next_id(&self) -> u64 {
@@ -381,6 +382,7 @@ async fn timer(sh: &Rc<Shared>, conn: &Rc<Conn>) {
     let mut next_ping = Instant::now() + sh.settings.keepalive;
     let mut pinged = Instant::now();
     let mut waiting_since: Option<Instant> = None;
+    let mut next_sweep = Instant::now() + SWEEP;
     let mut retired = false;
     loop {
         if conn.state() == State::Dead {
@@ -419,12 +421,18 @@ async fn timer(sh: &Rc<Shared>, conn: &Rc<Conn>) {
                 return;
             }
         }
+        if now >= next_sweep {
+            next_sweep = now + SWEEP;
+            sh.sweep(conn);
+        }
         if now >= next_ping {
             conn.send_control(OpCode::Ping, b"");
             pinged = now;
             next_ping = now + sh.settings.keepalive;
         }
-        let mut at = next_ping.min(now + sh.settings.health_every);
+        let mut at = next_ping
+            .min(now + sh.settings.health_every)
+            .min(next_sweep);
         if let Some(hedge_at) = super::hedge::tick(sh, conn, now) {
             at = at.min(hedge_at);
         }

@@ -76,7 +76,7 @@ fn hedge(sh: &Rc<Shared>, conn: &Rc<Conn>, gid: u64) {
         let Some(w) = pending.get_mut(&gid) else {
             return;
         };
-        if w.session.strong_count() == 0 {
+        if !w.wanted(sh.answers.as_deref()) {
             return;
         }
         let Hedging::Due(raw, sent) = std::mem::take(&mut w.hedging) else {
@@ -108,7 +108,7 @@ fn hedge(sh: &Rc<Shared>, conn: &Rc<Conn>, gid: u64) {
         Waiting {
             session: std::rc::Weak::new(),
             id,
-            batch: 0,
+            tag: 0,
             call: SubCall::Plain,
             retry: None,
             kept: None,
@@ -116,6 +116,7 @@ fn hedge(sh: &Rc<Shared>, conn: &Rc<Conn>, gid: u64) {
                 of: Rc::downgrade(conn),
                 gid,
             },
+            epoch: to.epoch(),
         },
     );
     crate::debug!(
@@ -137,7 +138,7 @@ pub fn copy_answered(
     let mut pending = first.pending.borrow_mut();
     let health = sh.pool.health();
     let sent = match pending.get(&gid) {
-        Some(w) if w.session.strong_count() > 0 => match w.hedging {
+        Some(w) if w.wanted(sh.answers.as_deref()) => match w.hedging {
             Hedging::Copied(sent) => Some(sent),
             _ => None,
         },
@@ -152,11 +153,12 @@ pub fn copy_answered(
         Waiting {
             session: std::rc::Weak::new(),
             id: Box::from(&b"null"[..]),
-            batch: 0,
+            tag: 0,
             call: SubCall::Plain,
             retry: None,
             kept: None,
             hedging: Hedging::Abandoned,
+            epoch: first.epoch(),
         },
     );
     // A node that sent nothing on the connection since the read left, and

@@ -82,16 +82,9 @@ pub struct Shared {
     /// A reload made a newer generation: connections close once nothing
     /// is left on them (new sessions use the new generation's).
     superseded: Cell<bool>,
-    /// This core's response cache (`cache.enabled`).
-    pub cache: Option<Rc<crate::cache::Cache>>,
-    /// Cacheable requests on their way, by cache key: where their answer
-    /// will come (identical requests wait for it: see [`Shared::join_flight`]).
-    flights: RefCell<ahash::AHashMap<Box<[u8]>, Flight>>,
-    /// The cluster's second level of the cache (`[cluster] cache`).
-    pub second: Option<crate::cache::second::Level2>,
-    /// Lasting requests the first level missed, being looked up in the
-    /// second, by cache key: the sessions waiting (identical ones join).
-    pub lookups: RefCell<ahash::AHashMap<Box<[u8]>, Vec<conn::Follower>>>,
+    /// This core's kept answers and requests on their way, shared with
+    /// HTTP and pinned sessions (`cache.enabled`).
+    pub answers: Option<Rc<crate::call::Answers>>,
     /// The last subscription id given out for a merged subscription.
     next_sub: Cell<u64>,
     /// Hedging as this core applies it (its one budget, shared with HTTP).
@@ -133,9 +126,6 @@ pub struct Ctx<'a> {
     pub key: Option<std::sync::Arc<crate::policy::keys::Key>>,
 }
 
-/// Where a cacheable request's answer will come: its connection and its id there.
-type Flight = (Weak<Conn>, u64);
-
 /// A subscription a session owns: its connection, its id (raw JSON), and
 /// the method that ends it.
 type Owned = (Rc<Conn>, Box<[u8]>, Box<str>);
@@ -154,8 +144,6 @@ pub struct Member {
     subs: RefCell<Vec<Owned>>,
     /// The session's archive connection, picked on first need.
     archive: RefCell<Option<Rc<Conn>>>,
-    /// The last batch number given out (answers to one batch go back as one array).
-    batches: Cell<u32>,
     /// Merged subscriptions it is on: (connection, its id, topic key).
     merged: RefCell<Vec<Merged>>,
 }
@@ -167,7 +155,6 @@ impl Member {
             moved_at: Cell::new(None),
             subs: RefCell::new(Vec::new()),
             archive: RefCell::new(None),
-            batches: Cell::new(0),
             merged: RefCell::new(Vec::new()),
         }
     }
@@ -192,12 +179,6 @@ impl Member {
         for c in std::iter::once(&self.conn()).chain(archive.as_ref()) {
             c.forget_waiting_of(s);
         }
-    }
-
-    fn next_batch(&self) -> u32 {
-        let n = self.batches.get().wrapping_add(1).max(1);
-        self.batches.set(n);
-        n
     }
 }
 
@@ -258,8 +239,7 @@ impl Shared {
         router: Router,
         settings: Settings,
         counts: std::sync::Arc<crate::policy::SharedCounts>,
-        cache: Option<Rc<crate::cache::Cache>>,
-        second: Option<crate::cache::second::Level2>,
+        answers: Option<Rc<crate::call::Answers>>,
         hedging: crate::hedge::Hedging,
     ) -> Rc<Shared> {
         let n = pool.nodes().len();
@@ -270,93 +250,98 @@ impl Shared {
             settings,
             counts,
             superseded: Cell::new(false),
-            cache,
-            flights: RefCell::new(ahash::AHashMap::new()),
-            second,
-            lookups: RefCell::new(ahash::AHashMap::new()),
+            answers,
             next_sub: Cell::new(0),
             hedging,
         })
     }
 
-    /// If an identical cacheable request (same `key`) is on its way, wait
-    /// for its answer instead of sending another: `s` gets it with `id`.
-    pub fn join_flight(&self, key: &[u8], s: &Rc<Session>, id: &[u8]) -> bool {
-        if let Some(waiting) = self.lookups.borrow_mut().get_mut(key) {
-            waiting.push((Rc::downgrade(s), Box::from(id)));
-            return true;
-        }
-        let mut flights = self.flights.borrow_mut();
-        let Some((conn, gid)) = flights.get(key) else {
-            return false;
-        };
-        let joined = conn.upgrade().is_some_and(|c| {
-            let mut pending = c.pending.borrow_mut();
-            match pending.get_mut(gid).and_then(|w| w.kept.as_mut()) {
-                Some(k) if &*k.key == key => {
-                    k.followers.push((Rc::downgrade(s), Box::from(id)));
-                    true
-                }
-                _ => false,
-            }
-        });
-        if !joined {
-            flights.remove(key);
-        }
-        joined
+    /// The cache's plan for `req`, if the cache is on and may answer it.
+    pub fn plan(
+        &self,
+        req: &crate::jsonrpc::Request<'_>,
+        chain: &dyn ChainView,
+    ) -> Option<crate::cache::Plan> {
+        let answers = self.answers.as_ref()?;
+        crate::cache::plan(&answers.cache.rules, req, chain)
     }
 
-    /// Send a request whose answer is to be kept (`kept`, if any): identical
-    /// requests join it until it lands.
+    /// Send a request (for `session`, or for the waiters of its cache key:
+    /// `kept`); a single read may be hedged.
     pub fn send_kept(
         &self,
         to: &Rc<Conn>,
-        s: &Rc<Session>,
+        session: Weak<Session>,
         req: &crate::jsonrpc::Request<'_>,
-        batch: u32,
+        tag: u64,
         retry: Option<Box<[u8]>>,
         kept: Option<Box<conn::Kept>>,
     ) {
-        let key = kept.as_ref().map(|k| k.key.clone());
-        let gid = request::send_request(to, s, req, batch, retry, kept);
-        if let (Some(key), Some(gid)) = (key, gid) {
-            self.flights
-                .borrow_mut()
-                .insert(key, (Rc::downgrade(to), gid));
-        }
-        if let (Some(gid), 0) = (gid, batch) {
+        if let Some(gid) = request::send_request(to, session, req, tag, retry, kept) {
             hedge::arm(self, to, gid, req);
         }
     }
 
-    /// A cacheable request was answered: keep the answer, and give it to
-    /// the requests that waited for it (each with its own id).
-    /// `node` answered it: what it must have finalized is by its own view.
+    /// A cacheable request was answered by `node`: kept (by what that node
+    /// has finalized), and given to every request that waits for it.
     fn land(&self, node: usize, msg: &[u8], id_at: std::ops::Range<usize>, kept: conn::Kept) {
-        self.flights.borrow_mut().remove(&kept.key);
-        let node_final = self.pool.health().finalized_of(node);
-        let keep = !matches!(kept.asked, conn::Asked::Again)
-            && match kept.must_be_final {
-                conn::MustBeFinal::Block(n) => n == 0 || n <= node_final,
-                _ => true,
-            };
-        let answers_block =
-            (kept.must_be_final == conn::MustBeFinal::AnswersBlock).then_some(node_final);
-        let head = self.cache.as_ref().filter(|_| keep);
-        let head = head.and_then(|c| c.keep(&kept.key, msg, kept.ttl, answers_block));
-        if let Some(second) = self.second.as_ref().filter(|_| kept.lasting) {
-            match head {
-                Some(head) => second.put(&kept.key, &head, kept.ttl),
-                None => second.forget(&kept.key),
-            }
+        let Some(answers) = self.answers.as_ref() else {
+            return;
+        };
+        let mut keep = kept.keep;
+        keep.node_final = self.pool.health().finalized_of(node);
+        keep.not_the_keys = matches!(kept.asked, conn::Asked::Again);
+        answers.land(&kept.key, msg, id_at, keep);
+    }
+
+    /// Requests `conn`'s node has not answered within the request timeout
+    /// while it answered others (a node that answers nothing is found hung
+    /// instead): each gets its error, its waiters too. The gateway's own
+    /// requests, hedge copies and marks left by them are dropped.
+    fn sweep(&self, conn: &Rc<Conn>) {
+        let epoch = conn.epoch.get().wrapping_add(1);
+        conn.epoch.set(epoch);
+        // A request sent during sweep k is 0-1 sweep old at sweep k+1.
+        let timeout = self.settings.request_timeout.as_millis();
+        let sweeps = timeout.div_ceil(conn::SWEEP.as_millis()) as u32 + 1;
+        let overdue: Vec<conn::Waiting> = {
+            let mut pending = conn.pending.borrow_mut();
+            let old: Vec<u64> = pending
+                .iter()
+                .filter(|(_, w)| epoch.wrapping_sub(w.epoch) >= sweeps)
+                .filter(|(_, w)| {
+                    !matches!(w.call, conn::SubCall::Topic(_) | conn::SubCall::Fill(..))
+                })
+                .map(|(gid, _)| *gid)
+                .collect();
+            old.iter().filter_map(|g| pending.remove(g)).collect()
+        };
+        if overdue.is_empty() {
+            return;
         }
-        for (s, id) in kept.followers {
-            let Some(s) = s.upgrade() else {
-                continue;
-            };
-            let parts = [&msg[..id_at.start], &id[..], &msg[id_at.end..]];
-            answer::deliver(&s, &parts);
-            s.answered(&id);
+        crate::warn!(
+            "{} requests to {} had no answer within {} ms while it answered others",
+            overdue.len(),
+            self.pool.nodes()[conn.node].public_name(),
+            self.settings.request_timeout.as_millis()
+        );
+        let why = format!(
+            "no answer from the node within {} ms",
+            self.settings.request_timeout.as_millis()
+        );
+        for w in overdue {
+            if let (Some(k), Some(answers)) = (&w.kept, &self.answers) {
+                answers.fail(&k.key, &why);
+            }
+            if let Some(s) = w.session.upgrade() {
+                let e = crate::jsonrpc::error::error(
+                    &w.id,
+                    crate::jsonrpc::error::code::INTERNAL_ERROR,
+                    &why,
+                    None,
+                );
+                s.reply(w.tag, &w.id, &[e.as_bytes()]);
+            }
         }
     }
 
@@ -438,17 +423,20 @@ impl Shared {
         ))
     }
 
-    /// The session's archive connection: the one it has, or a new pick.
-    fn archive_for(self: &Rc<Self>, s: &Session) -> Option<Rc<Conn>> {
-        let m = member(s);
-        if let Some(c) = &*m.archive.borrow() {
+    /// An archive node's connection: the one a session in shared mode has
+    /// (it stays with one), else a new pick (kept by that session).
+    fn archive_for(self: &Rc<Self>, s: Option<&Session>) -> Option<Rc<Conn>> {
+        let m = s.and_then(|s| s.member.as_deref());
+        if let Some(c) = m.and_then(|m| m.archive.borrow().clone()) {
             if c.state() != State::Dead {
-                return Some(c.clone());
+                return Some(c);
             }
         }
         let index = self.pool.pick_archive()?;
         let conn = self.conn(index);
-        *m.archive.borrow_mut() = Some(conn.clone());
+        if let Some(m) = m {
+            *m.archive.borrow_mut() = Some(conn.clone());
+        }
         Some(conn)
     }
 
@@ -493,24 +481,10 @@ impl Shared {
         let message = format!("upstream node connection lost ({why}); reconnect and retry");
         let pending: Vec<conn::Waiting> =
             conn.pending.borrow_mut().drain().map(|(_, w)| w).collect();
-        for mut w in pending {
-            // Requests that waited for this one's answer fail with it.
-            let followers = w.kept.take().map(|k| k.followers).unwrap_or_default();
-            for (f, id) in followers {
-                let Some(f) = f.upgrade() else {
-                    continue;
-                };
-                if sessions.iter().any(|c| Rc::ptr_eq(c, &f)) {
-                    continue;
-                }
-                f.answered(&id);
-                let e = crate::jsonrpc::error::error(
-                    &id,
-                    crate::jsonrpc::error::code::INTERNAL_ERROR,
-                    &message,
-                    None,
-                );
-                f.send_text(e.as_bytes());
+        for w in pending {
+            // Requests that waited for a cacheable one's answer fail with it.
+            if let (Some(k), Some(answers)) = (&w.kept, &self.answers) {
+                answers.fail(&k.key, &message);
             }
             let Some(s) = w.session.upgrade() else {
                 continue;
@@ -518,16 +492,13 @@ impl Shared {
             if sessions.iter().any(|c| Rc::ptr_eq(c, &s)) {
                 continue;
             }
-            s.answered(&w.id);
-            s.send_text(
-                crate::jsonrpc::error::error(
-                    &w.id,
-                    crate::jsonrpc::error::code::INTERNAL_ERROR,
-                    &message,
-                    None,
-                )
-                .as_bytes(),
+            let e = crate::jsonrpc::error::error(
+                &w.id,
+                crate::jsonrpc::error::code::INTERNAL_ERROR,
+                &message,
+                None,
             );
+            s.reply(w.tag, &w.id, &[e.as_bytes()]);
         }
         for s in sessions {
             s.closing.on_gone(&*s, Which::Node);

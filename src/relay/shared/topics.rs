@@ -199,7 +199,7 @@ pub(super) fn reply(s: &Session, id: &[u8], result: &[u8]) {
         id,
         b"}",
     ];
-    super::answer::deliver(s, &parts);
+    s.send_parts(&parts);
     s.answered(id);
 }
 
@@ -376,9 +376,9 @@ pub fn answered(conn: &Conn, key: &[u8], msg: &[u8]) {
                 Some(their) => {
                     let at = offset_in(msg, their);
                     let parts = [&msg[..at], &id[..], &msg[at + their.len()..]];
-                    super::answer::deliver(&s, &parts);
+                    s.send_parts(&parts);
                 }
-                None => super::answer::deliver(&s, &[msg]),
+                None => s.send_parts(&[msg]),
             }
             s.answered(&id);
         }
