@@ -100,13 +100,13 @@ fn requests_are_routed_by_block_and_retried_on_pruned_state_errors() {
     // A hash outside the recent window: straight to archive.
     let (_, _, body) = post(&mut s, &storage_at(10), "");
     assert!(body.contains("archive@10"), "{body}");
-    // A batch with one old element goes to archive as a whole.
+    // A batch with one old element is split by role and answered in order.
     let batch = format!(r#"[{},{}]"#, storage_at(999), storage_at(20));
-    let (_, _, body) = post(&mut s, &batch, "");
-    assert!(
-        body.contains("archive@999") && body.contains("archive@20"),
-        "{body}"
-    );
+    let (status, _, body) = post(&mut s, &batch, "");
+    assert_eq!(status, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v[0]["result"], "pruned@999", "{body}");
+    assert_eq!(v[1]["result"], "archive@20", "{body}");
     // Methods without a block: pruned.
     let (_, _, body) = post(
         &mut s,

@@ -82,6 +82,11 @@ impl Gather {
         failed
     }
 
+    /// The answer in place `slot`, if it came.
+    pub fn answer(&self, slot: usize) -> Option<&[u8]> {
+        self.slots.get(slot)?.1.as_deref()
+    }
+
     /// The array of answers, in order (places without one are left out).
     pub fn finish(&self) -> Vec<u8> {
         let len: usize = self

@@ -382,10 +382,14 @@ async fn client<R: ReadHalf, W: WriteHalf>(
         }
         // Boxed: its header arrays must not size every WebSocket session's task.
         Handshake::Http { buf, admitted } => {
-            Box::pin(http_loop(
-                &mut r, &mut w, fd, peer, served, sni, proto, buf, &admitted,
-            ))
-            .await
+            let conn = crate::http::server::Conn {
+                fd,
+                peer,
+                sni,
+                proto,
+                admitted: &admitted,
+            };
+            Box::pin(http_loop(&mut r, &mut w, conn, served, buf)).await
         }
         Handshake::Done => {}
     }

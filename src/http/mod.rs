@@ -13,6 +13,7 @@ mod body;
 pub mod endpoints;
 pub mod head;
 pub mod response;
+pub mod rpc;
 pub mod server;
 
 pub use response::{reason_phrase, write_response};

@@ -123,11 +123,24 @@ pub async fn respond_and_close<R: ReadHalf, W: WriteHalf>(
     .await;
 }
 
+/// Answer with `status`, `headers` and a one-line reason, then close: the
+/// one way a request the gateway will not serve is answered.
+pub async fn close_with<R: ReadHalf, W: WriteHalf>(
+    r: &mut R,
+    w: &mut W,
+    fd: RawFd,
+    status: u16,
+    headers: &[(&str, &str)],
+    why: &str,
+) {
+    let mut out = Vec::new();
+    write_response(&mut out, status, headers, why, true);
+    respond_and_close(r, w, fd, out).await;
+}
+
 /// Answer a refused request head with its status and reason, then close.
 pub async fn refuse<R: ReadHalf, W: WriteHalf>(r: &mut R, w: &mut W, fd: RawFd, e: HandshakeError) {
-    let mut out = Vec::new();
-    write_response(&mut out, e.status(), e.extra_headers(), e.reason(), true);
-    respond_and_close(r, w, fd, out).await;
+    close_with(r, w, fd, e.status(), e.extra_headers(), e.reason()).await;
 }
 
 #[cfg(test)]

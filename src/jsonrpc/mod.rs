@@ -17,4 +17,4 @@ pub mod peek;
 pub mod scan;
 
 pub use call::{Call, Request, Sub};
-pub use peek::{elements, kind, member, param, peek, unquote, Elements, Kind, Peek};
+pub use peek::{elements, kind, member, offset_in, param, peek, unquote, Elements, Kind, Peek};

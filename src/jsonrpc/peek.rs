@@ -227,6 +227,11 @@ fn value_end(buf: &[u8], i: usize) -> Option<usize> {
     }
 }
 
+/// Where `part` (a subslice of `whole`, as [`member`] gives) starts in it.
+pub fn offset_in(whole: &[u8], part: &[u8]) -> usize {
+    part.as_ptr() as usize - whole.as_ptr() as usize
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

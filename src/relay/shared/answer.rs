@@ -10,8 +10,9 @@ use crate::jsonrpc::{self, Kind};
 use crate::relay::Session;
 
 use super::conn::{Asked, Conn, Hedging, SubCall, Waiting};
-use super::request::{offset_in, unsubscribe};
+use super::request::unsubscribe;
 use super::Shared;
+use crate::jsonrpc::offset_in;
 
 /// Our id in an answer, if it is one of ours.
 fn our_id(raw: &[u8]) -> Option<u64> {

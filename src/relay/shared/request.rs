@@ -398,11 +398,6 @@ pub(super) fn decimal(n: u64, buf: &mut [u8; 20]) -> &[u8] {
     }
 }
 
-/// Where `part` (a subslice of `whole`) starts in it.
-pub fn offset_in(whole: &[u8], part: &[u8]) -> usize {
-    part.as_ptr() as usize - whole.as_ptr() as usize
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

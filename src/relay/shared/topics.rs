@@ -27,8 +27,9 @@ use crate::jsonrpc::{self, Request};
 use crate::relay::Session;
 
 use super::conn::{Conn, SubCall};
-use super::request::{offset_in, send_as, unsubscribe};
+use super::request::{send_as, unsubscribe};
 use super::{member, Ctx};
+use crate::jsonrpc::offset_in;
 
 /// Gaps longer than this are not filled (the stream goes on from where the
 /// new node is).
