@@ -330,3 +330,46 @@ fn a_node_behind_the_finalized_block_still_answers_latest_metadata() {
         );
     }
 }
+
+/// Guards the cache over HTTP: 50 identical reads of a finalized block
+/// over HTTP reached the node 50 times, and 20 at once 20 times (HTTP had
+/// no cache and no in-flight joins: most EVM backends talk HTTP).
+#[test]
+fn identical_finalized_reads_over_http_cost_the_node_one_call_even_at_once() {
+    let pki = TestPki::new();
+    let chain = FakeChain::new(1000);
+    let up = Upstream::start(Behaviour::Substrate(chain.clone()));
+    let gw = gateway_in(&pki, &chain, &up, "", &[]);
+    let read = |id: usize, n: u64| {
+        format!(r#"{{"jsonrpc":"2.0","id":{id},"method":"chain_getBlockHash","params":[{n}]}}"#)
+    };
+    for id in 0..50 {
+        let (status, body) = post_json(gw.addr, pki.client_config(), &read(id, 5));
+        assert_eq!(status, 200, "{body}");
+        assert!(
+            body.contains(&format!("\"0x{:064x}\"", 5)) && body.contains(&format!(r#""id":{id}"#)),
+            "{body}"
+        );
+    }
+    // One call per core at most: each of the two workers keeps its own.
+    let first = chain.http_calls.load(std::sync::atomic::Ordering::SeqCst);
+    assert!((1..=2).contains(&first), "{first} calls");
+    // 20 at once, while the node takes its time: they join the first.
+    chain
+        .http_delay_ms
+        .store(300, std::sync::atomic::Ordering::SeqCst);
+    let gw = Arc::new(gw);
+    let threads: Vec<_> = (0..20)
+        .map(|id| {
+            let (gw, cfg, body) = (gw.clone(), pki.client_config(), read(100 + id, 6));
+            std::thread::spawn(move || post_json(gw.addr, cfg, &body))
+        })
+        .collect();
+    for (id, t) in threads.into_iter().enumerate() {
+        let (status, body) = t.join().unwrap();
+        assert_eq!(status, 200, "{body}");
+        assert!(body.contains(&format!(r#""id":{}"#, 100 + id)), "{body}");
+    }
+    let more = chain.http_calls.load(std::sync::atomic::Ordering::SeqCst) - first;
+    assert!((1..=2).contains(&more), "{more} calls for 20 at once");
+}

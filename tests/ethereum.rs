@@ -216,3 +216,55 @@ fn ethers_and_web3_work_through_the_gateway_unchanged() {
         );
     }
 }
+
+/// Guards batches split by role: a batch mixing head reads and a read at a
+/// block the pruned node has pruned went to the pruned node whole and got
+/// `BlockOutOfRangeError`, over HTTP and WebSocket, in both modes. Now
+/// viem's and ethers' batching transports, ethers over WebSocket and a
+/// raw WebSocket batch each get every answer, in order.
+#[test]
+fn batches_mixing_head_and_archive_reads_are_answered_whole_by_batching_clients() {
+    let bin = anvil_path();
+    let pki = TestPki::new();
+    let script = JsScript::new("batches.mjs", &pki);
+    let pruned = anvil(&bin, &["--prune-history", "2"]);
+    let archive = anvil(&bin, &[]);
+    for node in [&pruned, &archive] {
+        let r = direct(
+            &node.url,
+            r#"{"jsonrpc":"2.0","id":1,"method":"anvil_mine","params":["0x64"]}"#,
+        );
+        assert!(r.contains("result"), "{r}");
+    }
+    assert!(direct(&pruned.url, &balance_at(1, "0x1")).contains("BlockOutOfRange"));
+    for shared in [false, true] {
+        // The gateway believes the pruned node keeps 256 blocks: it asks it
+        // first, and each answer it lacks the state for goes to archive.
+        let cfg = write_config(
+            &pki,
+            "batches.toml",
+            &format!(
+                "[routing]\nchain = \"ethereum\"\n[health]\ninterval_ms = 100\n[pool]\nshared = {shared}\n\
+                 [[node]]\nurl = \"{}\"\nrole = \"pruned\"\n[[node]]\nurl = \"{}\"\nrole = \"archive\"\n",
+                pruned.url, archive.url
+            ),
+        );
+        let gw = Gateway::start(&pki, &[], &["--config", cfg.to_str().unwrap()]);
+        wait_for(TIMEOUT, "both heads at 100", || {
+            https_get(gw.addr, pki.client_config(), "/health")
+                .2
+                .matches(r#""head":100"#)
+                .count()
+                == 2
+        });
+        let https = format!("https://localhost:{}/", gw.addr.port());
+        let (ok, stdout, stderr) = script.run(&[&https, &gw.url("/")]);
+        assert!(ok, "shared = {shared}: {stdout}\n{stderr}");
+        for who in ["viem-http-batch", "ethers-http", "ethers-ws", "ws-batch"] {
+            assert!(
+                stdout.contains(&format!("{who} chain 31337 head 100")),
+                "{who}: {stdout}"
+            );
+        }
+    }
+}

@@ -124,6 +124,7 @@ pub const JS_CLIENTS: &[&str] = &[
     "web3@4.16.0",
     "@polkadot/rpc-provider@16.5.6",
     "@polkadot/api@16.5.6",
+    "viem@2.58.8",
 ];
 pub const ANVIL: &[&str] = &["@foundry-rs/anvil@1.7.1"];
 
