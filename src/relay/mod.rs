@@ -11,7 +11,7 @@
 //! A session is a [`Session`] and a handful of futures on one task (run by
 //! [`join`], which polls only the woken ones): a pump
 //! per side it reads ([`pump`]), a writer per side it writes
-//! ([`side::writer`]), and a [`timer`]. The two modes differ only in the
+//! ([`writer`]), and a [`timer`]. The two modes differ only in the
 //! node side: a pinned session has a socket of its own to its node (and,
 //! when it routes, an archive connection: [`archive`]); a session in shared
 //! mode has a slot on its core's multiplexed connection to the node
@@ -24,6 +24,12 @@
 //! client outbox does, or the connection's), so a slow reader slows its sender
 //! instead of growing memory; a shared connection cannot wait for one slow
 //! client, so such a client is closed (1008) instead.
+//!
+//! The room's files stand on floors (no circle: `tests/floors.rs`):
+//! this file (the two relays) on top; then `pump`; `archive` and `shared`
+//! (their node sides); `limits`, `timer`, `writer`; [`session`] (which
+//! names its shared slot only through the [`session::Slot`] trait); and
+//! below it `side`, `close`, `inflight`, `join`, `archive::state`.
 
 pub mod archive;
 pub mod close;
@@ -35,53 +41,20 @@ pub mod session;
 pub mod shared;
 pub mod side;
 pub mod timer;
+pub mod writer;
 
 use std::cell::Cell;
 use std::os::fd::RawFd;
 use std::pin::pin;
 use std::rc::Rc;
-use std::time::Duration;
 
 use crate::io::{ReadHalf, WriteHalf};
 use crate::signal::Broadcast;
-use crate::ws::codec::Limits as CodecLimits;
 
 pub use archive::Routed;
 pub use close::Which;
-pub use session::Session;
-
-/// Limits and timers of a session.
-#[derive(Debug, Clone, Copy)]
-pub struct SessionConfig {
-    /// The chain's counters slot (`stats::chain_slot`).
-    pub chain: u8,
-    /// What a client may send.
-    pub codec: CodecLimits,
-    /// What a node may send (`limits.max_answer_bytes`).
-    pub node_codec: CodecLimits,
-    pub max_buffered: usize,
-    pub idle_timeout: Duration,
-    pub close_timeout: Duration,
-    pub keepalive: Duration,
-    /// Requests outstanding this long with nothing from the node: it hung.
-    pub request_timeout: Duration,
-    /// Over `max_buffered` of what cannot wait at its source this long: a
-    /// slow reader (1008).
-    pub slow_reader: Duration,
-    /// A write to the client pending this long ends the session.
-    pub send_timeout: Duration,
-    /// Refusal counters (slow readers), process-wide.
-    pub counts: &'static crate::policy::SharedCounts,
-}
-
-/// The node a session is on, watched so that the session moves away (close
-/// 1012, clients reconnect to a healthy node) when health checks mark it down.
-#[derive(Debug, Clone)]
-pub struct NodeWatch {
-    pub health: std::sync::Arc<crate::health::Health>,
-    pub index: usize,
-    pub every: Duration,
-}
+pub use session::{Session, SessionConfig};
+pub use timer::{NodeWatch, DRAIN_POLL, SHUTDOWN_DRAIN};
 
 /// How a session ended, for logs and counters.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -103,13 +76,6 @@ pub struct Peer<R, W> {
     /// Its socket, to stop pending I/O when the session ends.
     pub fd: RawFd,
 }
-
-/// How long a session waits on shutdown for answers to requests in flight
-/// before it fails them (JSON-RPC errors with their ids) and closes (1001).
-pub const SHUTDOWN_DRAIN: Duration = Duration::from_secs(5);
-
-/// How often a draining session (or worker) looks at what is still in flight.
-pub const DRAIN_POLL: Duration = Duration::from_millis(20);
 
 /// A pinned session: relay frames between a client and its own node
 /// connection until both sides are closed.
@@ -165,8 +131,8 @@ where
         )),
     );
     let mut writers = (
-        pin!(side::writer(&s, Which::Client, &mut client_w)),
-        pin!(side::writer(&s, Which::Node, &mut node_w)),
+        pin!(writer::writer(&s, Which::Client, &mut client_w)),
+        pin!(writer::writer(&s, Which::Node, &mut node_w)),
     );
     let mut timer = pin!(timer::timer(&s, watch.as_ref(), shutdown));
     // Boxed, and only for routed sessions: the others keep a small task.
@@ -218,7 +184,7 @@ where
         mux,
         &client_msgs
     ));
-    let mut writer = pin!(side::writer(&s, Which::Client, &mut w));
+    let mut writer = pin!(writer::writer(&s, Which::Client, &mut w));
     let mut timer = pin!(timer::timer(&s, None, ctx.shutdown));
     join::join([pump.as_mut(), writer.as_mut(), timer.as_mut()]).await;
     let client_msgs = client_msgs.get();

@@ -13,11 +13,45 @@ use crate::jsonrpc::Call;
 use crate::signal::Signal;
 use crate::ws::frame::{write_close, write_frame, OpCode};
 
-use super::archive::Archive;
+use super::archive::state::Archive;
 use super::close::{Closing, Effects, Which};
 use super::inflight::Inflight;
 use super::side::Side;
-use super::SessionConfig;
+
+/// Limits and timers of a session.
+#[derive(Debug, Clone, Copy)]
+pub struct SessionConfig {
+    /// The chain's counters slot (`stats::chain_slot`).
+    pub chain: u8,
+    /// What a client may send.
+    pub codec: crate::ws::codec::Limits,
+    /// What a node may send (`limits.max_answer_bytes`).
+    pub node_codec: crate::ws::codec::Limits,
+    pub max_buffered: usize,
+    pub idle_timeout: std::time::Duration,
+    pub close_timeout: std::time::Duration,
+    pub keepalive: std::time::Duration,
+    /// Requests outstanding this long with nothing from the node: it hung.
+    pub request_timeout: std::time::Duration,
+    /// Over `max_buffered` of what cannot wait at its source this long: a
+    /// slow reader (1008).
+    pub slow_reader: std::time::Duration,
+    /// A write to the client pending this long ends the session.
+    pub send_timeout: std::time::Duration,
+    /// Refusal counters (slow readers), process-wide.
+    pub counts: &'static crate::policy::SharedCounts,
+}
+
+/// A session's slot on its core's shared node connections (the shared
+/// module's `Member`): what the session itself asks of it. A trait, so
+/// that a session does not name the connections that name it.
+pub trait Slot: std::any::Any {
+    /// The session answers its requests in flight itself (errors): they
+    /// are forgotten on the connections.
+    fn forget_waiting(&self, s: &Session);
+    /// Subscriptions it holds there.
+    fn subscriptions(&self) -> u32;
+}
 
 /// Pongs queued towards one side at most (a client may send a few pings
 /// at once and expect each answered, as Autobahn's 2.10 does).
@@ -49,7 +83,7 @@ pub struct Session {
     /// as on shutdown (answers in flight go out, then 1001).
     pub retiring: Cell<bool>,
     /// A session on a shared node connection: its slot there.
-    pub member: Option<Box<crate::relay::shared::Member>>,
+    pub member: Option<Box<dyn Slot>>,
     /// Itself, for what must outlive a call into it (answers that come
     /// back on a shared connection).
     pub me: std::rc::Weak<Session>,
@@ -165,6 +199,15 @@ impl Session {
         let mut f = Vec::with_capacity(len + 10);
         crate::ws::frame::write_frame_parts(&mut f, OpCode::Text, parts, None);
         self.inject(Which::Client, f);
+    }
+
+    /// Queue a notification for the client: charged to its API key, and
+    /// not delivered past the key's quota (the session closes then).
+    pub fn send_notification(&self, parts: &[&[u8]]) {
+        if self.key.is_some() && !self.notification(parts.iter().map(|p| p.len()).sum(), false) {
+            return;
+        }
+        self.send_parts(parts);
     }
 
     /// A batch whose requests go their own ways (ids: those with one, in

@@ -12,10 +12,26 @@ use crate::ws::frame::{close_code, OpCode};
 
 use super::close::{Effects, Which};
 use super::session::Session;
-use super::{NodeWatch, DRAIN_POLL, SHUTDOWN_DRAIN};
+use std::time::Duration;
 
 /// How often a session looks whether its API key was revoked.
 const KEY_CHECK: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// The node a session is on, watched so that the session moves away (close
+/// 1012, clients reconnect to a healthy node) when health checks mark it down.
+#[derive(Debug, Clone)]
+pub struct NodeWatch {
+    pub health: std::sync::Arc<crate::health::Health>,
+    pub index: usize,
+    pub every: Duration,
+}
+
+/// How long a session waits on shutdown for answers to requests in flight
+/// before it fails them (JSON-RPC errors with their ids) and closes (1001).
+pub const SHUTDOWN_DRAIN: Duration = Duration::from_secs(5);
+
+/// How often a draining session (or worker) looks at what is still in flight.
+pub const DRAIN_POLL: Duration = Duration::from_millis(20);
 
 pub async fn timer(s: &Session, watch: Option<&NodeWatch>, shutdown: &Broadcast) {
     // A shared connection pings its node and watches its health itself.

@@ -339,7 +339,7 @@ impl Worker {
             .iter()
             .any(|n| n.role == crate::config::Role::Archive);
         let side = (config.shared || answers.is_some() || has_archive).then(|| {
-            crate::relay::shared::Shared::new(
+            crate::relay::shared::new(
                 pool.clone(),
                 router.clone(),
                 settings,

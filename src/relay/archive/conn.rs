@@ -1,6 +1,6 @@
 //! The session's archive connection: opened on the first message routed to
 //! an archive node, written to and read from beside the session's pruned
-//! node, and opened again (after [`super::ARCHIVE_RETRY`]) when it fails. Its
+//! node, and opened again (after [`super::state::ARCHIVE_RETRY`]) when it fails. Its
 //! sockets are owned by the session's future ([`Halves`]), never closed
 //! under pending I/O.
 
@@ -14,7 +14,8 @@ use crate::ws::codec::Role;
 use crate::ws::frame::{close_code, write_close, write_frame, OpCode};
 use crate::ws::message::{Assembler, Event};
 
-use super::{Archive, ArchiveState, Routed};
+use super::routed::Routed;
+use super::state::{Archive, ArchiveState};
 use crate::relay::close::Which;
 use crate::relay::session::Session;
 
@@ -77,7 +78,7 @@ enum Half<R, W> {
 }
 
 /// Write to the archive node: opens the connection on the first message, and
-/// another after a failure once [`super::ARCHIVE_RETRY`] has passed.
+/// another after a failure once [`super::state::ARCHIVE_RETRY`] has passed.
 async fn writer(s: &Session, r: &Routed<'_>, halves: &Halves) {
     let (slot_r, early) = (&halves.reader, &halves.early);
     let a = s.archive();

@@ -11,160 +11,25 @@
 //! The archive connection itself (opening, writing, reading, retiring
 //! its sockets) is [`conn`]'s.
 
-use std::cell::{Cell, RefCell};
-use std::collections::VecDeque;
-use std::os::fd::RawFd;
 use std::rc::Rc;
-use std::time::Duration;
 
 use monoio::time::Instant;
 
-use crate::io::{stop, Stop};
-use crate::jsonrpc::error::{code, errors};
 use crate::jsonrpc::Call;
-use crate::route::{ChainView, Router, Target};
-use crate::signal::Signal;
+use crate::route::Target;
 use crate::stats::Outcome;
-use crate::upstream::{Pool, UpgradeTemplate};
-use crate::ws::frame::{write_frame, OpCode};
 use crate::ws::message::Assembler;
 
 use super::close::Which;
 use super::session::Session;
 
 mod conn;
+mod routed;
+pub mod state;
 pub use conn::{connection, Halves};
-
-/// What a routed (or admission-checked) pinned session needs.
-pub struct Routed<'r> {
-    pub router: &'r Router,
-    pub chain: &'r dyn ChainView,
-    pub pool: Rc<Pool>,
-    /// How to open an archive connection like the session's (when it routes).
-    pub template: Option<UpgradeTemplate>,
-    pub connect_timeout: Duration,
-    /// Route messages to archive (else all go to the session's node).
-    pub route: bool,
-    /// Check each call against admission limits, for this client address.
-    pub admission: Option<(&'r crate::policy::AdmissionCtx, std::net::IpAddr)>,
-    /// This core's shared connections, and the session's node (index)
-    /// among them: what the cache may answer goes there (its answers fill
-    /// it), and so does a batch split by where its requests go (see
-    /// [`crate::relay::shared`]).
-    pub side: Option<(Rc<crate::relay::shared::Shared>, usize)>,
-}
-
-/// Messages larger than this are not held: they stream to the pruned node.
-pub const HOLD_MAX: usize = 64 * 1024;
-/// Requests kept for a possible retry on archive.
-const RETRY_MAX: usize = 256;
-/// After the archive connection fails, archive-bound calls go to the pruned
-/// node (which answers truthfully) for this long; then another connection is tried.
-const ARCHIVE_RETRY: Duration = Duration::from_secs(1);
-
-/// Where the message being held goes (its frames and payload are in the
-/// pump's assembler).
-#[derive(Default)]
-pub struct Hold {
-    /// Decided for a large message whose first part already went out.
-    pub target: Option<Target>,
-    /// A node's answer: its ids, read as it passes (nodes put the id
-    /// first, but a large answer is not held whole to look).
-    pub ids: crate::jsonrpc::scan::IdScanner,
-}
-
-#[derive(Clone, Copy, PartialEq, Eq, Default, Debug)]
-enum ArchiveState {
-    #[default]
-    Idle,
-    Connecting,
-    Up,
-    Failed,
-}
-
-/// A message sent to the archive node and not answered yet.
-struct Pending {
-    ids: Vec<Vec<u8>>,
-    batch: bool,
-}
-
-/// The session's archive connection and what waits on it.
-#[derive(Default)]
-pub struct Archive {
-    /// Whole client messages (masked frames) to write.
-    queue: RefCell<VecDeque<(Pending, Vec<u8>)>>,
-    /// Their bytes: over `max_buffered`, the client's pump waits
-    /// (backpressure, as towards the session's own node).
-    pub queued: Cell<usize>,
-    /// Room freed in the queue.
-    pub space: Signal,
-    pending: RefCell<Vec<Pending>>,
-    /// Pongs and the close for the archive node.
-    control: RefCell<VecDeque<Vec<u8>>>,
-    state: Cell<ArchiveState>,
-    fd: Cell<Option<RawFd>>,
-    reading: Cell<bool>,
-    wake_writer: Signal,
-    wake_reader: Signal,
-    /// Requests sent to the pruned node that may come back "state is gone".
-    retry: RefCell<VecDeque<(Vec<u8>, Vec<u8>)>>,
-    /// When the connection last failed: another is tried after [`ARCHIVE_RETRY`].
-    failed_at: Cell<Option<Instant>>,
-    /// Connections opened so far: a reader of an older one fails nothing.
-    generation: Cell<u32>,
-}
-
-impl Archive {
-    /// After a failure, time to try another connection.
-    fn retry_due(&self) -> bool {
-        self.state.get() == ArchiveState::Failed
-            && self
-                .failed_at
-                .get()
-                .map_or(true, |t| t.elapsed() >= ARCHIVE_RETRY)
-    }
-
-    fn send(&self, message: Vec<u8>, call: &Call<'_>) {
-        let pending = Pending {
-            ids: call.ids().map(<[u8]>::to_vec).collect(),
-            batch: call.is_batch(),
-        };
-        self.queued.set(self.queued.get() + message.len());
-        self.queue.borrow_mut().push_back((pending, message));
-        self.wake_writer.notify();
-    }
-
-    /// The session ended: the archive reader stops, both tasks look again.
-    pub fn end(&self) {
-        if let (true, Some(fd)) = (self.reading.get(), self.fd.get()) {
-            stop(fd, Stop::Reads);
-        }
-        self.wake_writer.notify();
-        self.wake_reader.notify();
-        self.space.notify();
-    }
-
-    /// The close deadline passed.
-    pub fn stop_all(&self) {
-        if let Some(fd) = self.fd.get() {
-            stop(fd, Stop::All);
-        }
-    }
-}
-
-/// A text frame (server to client) with JSON-RPC errors for `p`'s ids.
-fn error_frame(p: &Pending, why: &str) -> Option<Vec<u8>> {
-    let message = format!("archive node unavailable: {why}");
-    let body = errors(
-        p.ids.iter().map(Vec::as_slice),
-        p.batch,
-        code::INTERNAL_ERROR,
-        &message,
-    )?;
-    let mut f = Vec::with_capacity(body.len() + 10);
-    write_frame(&mut f, OpCode::Text, body.as_bytes(), None);
-    Some(f)
-}
+pub use routed::Routed;
+use state::{error_frame, ArchiveState, Pending, RETRY_MAX};
+pub use state::{Archive, Hold, HOLD_MAX};
 
 impl Session {
     /// The archive connection failed: every request waiting on it gets an error.

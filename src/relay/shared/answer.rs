@@ -9,23 +9,14 @@ use std::rc::{Rc, Weak};
 use crate::jsonrpc::{self, Kind};
 use crate::relay::Session;
 
+use super::conn::unsubscribe;
 use super::conn::{Asked, Conn, Hedging, SubCall, Waiting};
-use super::request::unsubscribe;
 use super::Shared;
 use crate::jsonrpc::offset_in;
 
 /// Our id in an answer, if it is one of ours.
 fn our_id(raw: &[u8]) -> Option<u64> {
     std::str::from_utf8(raw).ok()?.parse().ok()
-}
-
-/// Queue a notification for a session's client: charged to its API key,
-/// and not delivered past the key's quota (the session closes then).
-pub(super) fn deliver_notification(s: &Session, parts: &[&[u8]]) {
-    if s.key.is_some() && !s.notification(parts.iter().map(|p| p.len()).sum(), false) {
-        return;
-    }
-    s.send_parts(parts);
 }
 
 /// One whole message from a node.
@@ -58,7 +49,7 @@ pub(super) fn on_answer(sh: &Rc<Shared>, conn: &Rc<Conn>, msg: &[u8]) {
                 }
                 let owner = conn.subs.borrow().get(sub).and_then(Weak::upgrade);
                 if let Some(s) = owner {
-                    deliver_notification(&s, &[msg]);
+                    s.send_notification(&[msg]);
                 }
             } else {
                 unmatched(sh, msg);
@@ -151,7 +142,7 @@ fn answer(sh: &Rc<Shared>, conn: &Rc<Conn>, msg: &[u8], id: &[u8], mut w: Waitin
     }
     match &w.call {
         SubCall::Topic(key) => return super::topics::answered(conn, key, msg),
-        SubCall::Fill(key, i, header) => return super::fill::filled(conn, key, *i, *header, msg),
+        SubCall::Fill(key, i, header) => return super::topics::filled(conn, key, *i, *header, msg),
         _ => {}
     }
     if asked_again(sh, conn, msg, &mut w) {

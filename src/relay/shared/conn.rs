@@ -1,6 +1,8 @@
-//! One WebSocket connection to a node, shared by a core's sessions: its
-//! life (connect, reader, writer, keepalive, health, a hung node). What the
-//! node sends goes back to sessions in `answer`.
+//! One WebSocket connection to a node, shared by a core's sessions, as
+//! data: what waits to be written, the requests waiting for answers, the
+//! subscriptions it carries, its sessions; and the writing of requests
+//! onto it (each id replaced by one unique on the connection). Its life
+//! (connect, reader, writer, keepalive, a hung node) is [`super::io`]'s.
 
 use std::cell::{Cell, RefCell};
 use std::os::fd::RawFd;
@@ -10,20 +12,12 @@ use std::time::Instant;
 
 use ahash::AHashMap;
 
-use crate::io::{ReadHalf, WriteHalf};
+use crate::jsonrpc::{call::unsubscribe_method, Request, Sub};
 use crate::relay::Session;
 use crate::signal::Signal;
-use crate::stats::Source;
-use crate::upstream::{NodeReader, NodeWriter};
-use crate::ws::codec::Role;
-use crate::ws::frame::{write_close, OpCode};
-use crate::ws::message::{Assembler, Event};
+use crate::ws::frame::OpCode;
 
-use super::Shared;
 use crate::ws::frame::write_frame_parts as frame_parts;
-
-/// Read size on a shared connection.
-const CONN_READ: usize = 256 * 1024;
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub enum State {
@@ -125,31 +119,31 @@ pub enum Asked {
 /// One WebSocket connection to a node, shared by this core's sessions.
 pub struct Conn {
     pub node: usize,
-    state: Cell<State>,
+    pub(super) state: Cell<State>,
     /// Why it died, for the sessions that waited on it.
     pub why: RefCell<String>,
     /// Masked frames to write to the node.
-    out: RefCell<Vec<u8>>,
-    writer_wake: Signal,
-    timer_wake: Signal,
+    pub(super) out: RefCell<Vec<u8>>,
+    pub(super) writer_wake: Signal,
+    pub(super) timer_wake: Signal,
     /// Sessions waiting for the connection to come up, or for room in `out`.
-    waiters: RefCell<Vec<Waker>>,
+    pub(super) waiters: RefCell<Vec<Waker>>,
     pub pending: RefCell<AHashMap<u64, Waiting>>,
     /// Subscription id (raw JSON) -> the session that owns it.
     pub subs: RefCell<AHashMap<Box<[u8]>, Weak<Session>>>,
     /// Sessions whose node this is, by address.
     pub members: RefCell<AHashMap<usize, Weak<Session>>>,
     /// Merged subscriptions, by topic key; and their node ids -> topic key.
-    pub topics: RefCell<AHashMap<Box<[u8]>, super::topics::Topic>>,
+    pub topics: RefCell<AHashMap<Box<[u8]>, super::topic::Topic>>,
     pub topic_of: RefCell<AHashMap<Box<[u8]>, TopicKey>>,
     /// Topics and their sessions as last counted in the core's gauges.
     pub census: Cell<(u64, u64)>,
-    next_id: Cell<u64>,
+    pub(super) next_id: Cell<u64>,
     pub fd: Cell<Option<RawFd>>,
     /// Subscribe calls sent and not answered yet.
     pub opening: Cell<usize>,
     /// When the node last sent anything.
-    seen: Cell<Instant>,
+    pub(super) seen: Cell<Instant>,
     /// Reads that may be hedged: when, and their ids here (oldest first).
     pub hedge_queue: RefCell<std::collections::VecDeque<(Instant, u64)>>,
     /// Sweeps of requests gone unanswered so far (one each [`SWEEP`]).
@@ -234,7 +228,7 @@ impl Conn {
     }
 
     /// Nothing uses it: no session on it, no subscription, no request.
-    fn unused(&self) -> bool {
+    pub(super) fn unused(&self) -> bool {
         self.members.borrow().is_empty()
             && self.subs.borrow().is_empty()
             && self.topics.borrow().is_empty()
@@ -272,7 +266,7 @@ impl Conn {
         .await
     }
 
-    fn wake_all(&self) {
+    pub(super) fn wake_all(&self) {
         let waiters = std::mem::take(&mut *self.waiters.borrow_mut());
         for w in waiters {
             w.wake();
@@ -300,7 +294,7 @@ impl Conn {
         self.writer_wake.notify();
     }
 
-    fn send_control(&self, opcode: OpCode, payload: &[u8]) {
+    pub(super) fn send_control(&self, opcode: OpCode, payload: &[u8]) {
         let mut out = self.out.borrow_mut();
         frame_parts(&mut out, opcode, &[payload], Some(crate::rng::mask_key()));
         drop(out);
@@ -308,200 +302,142 @@ impl Conn {
     }
 }
 
-/// Open a shared connection and run it until it is lost.
-pub async fn run(sh: Rc<Shared>, conn: Rc<Conn>) {
-    let node = &sh.pool.nodes()[conn.node];
-    let attempt =
-        crate::upstream::open_shared(node, sh.settings.max_head, sh.settings.connect_timeout).await;
-    let (stream, early) = match attempt {
-        Ok(s) => s,
-        Err(e) => {
-            sh.pool.health().report_connect_failure(conn.node);
-            sh.fail(&conn, &e);
-            return;
-        }
-    };
-    conn.fd.set(Some(stream.raw_fd()));
-    if conn.state() == State::Dead {
-        // Failed while connecting (nothing can, today; but never resurrect).
-        return;
+/// What a request does to the subscriptions the connection follows.
+pub fn sub_call(req: &Request<'_>) -> SubCall {
+    match req.sub {
+        Sub::Ends(Some(sub)) => SubCall::Unsubscribe(Box::from(sub)),
+        Sub::Opens => req
+            .method()
+            .and_then(|m| std::str::from_utf8(m).ok())
+            .and_then(unsubscribe_method)
+            .map_or(SubCall::Plain, |m| SubCall::Subscribe(m.into_boxed_str())),
+        _ => SubCall::Plain,
     }
-    conn.state.set(State::Up);
-    conn.wake_all();
-    conn.writer_wake.notify();
-    let (mut r, mut w) = stream.into_split();
-    monoio::join!(
-        async {
-            let why = reader(&sh, &conn, &mut r, early).await;
-            sh.fail(&conn, &why);
+}
+
+/// Send one request with its id replaced; remember how to answer it (for
+/// `session`, or for nobody: a cacheable request's waiters). Returns the
+/// id it has on the connection (none for a notification).
+pub fn send_request(
+    to: &Conn,
+    session: Weak<Session>,
+    req: &Request<'_>,
+    tag: u64,
+    retry: Option<Box<[u8]>>,
+    kept: Option<Box<Kept>>,
+) -> Option<u64> {
+    let Some(id) = req.id else {
+        // A notification: no answer to map.
+        to.send_parts(&req.parts(None, req.params));
+        return None;
+    };
+    let gid = to.next_id();
+    let mut digits = [0u8; 20];
+    to.send_parts(&req.parts(Some(decimal(gid, &mut digits)), req.params));
+    if matches!(req.sub, Sub::Opens) {
+        to.opening.set(to.opening.get() + 1);
+    }
+    register(to, session, gid, id, tag, sub_call(req), retry, kept);
+    Some(gid)
+}
+
+/// Send one request (with an id) whose answer is handled as `call` says.
+pub fn send_as(to: &Conn, s: &Rc<Session>, req: &Request<'_>, call: SubCall) {
+    let Some(id) = req.id else {
+        return;
+    };
+    let gid = to.next_id();
+    let mut digits = [0u8; 20];
+    to.send_parts(&req.parts(Some(decimal(gid, &mut digits)), req.params));
+    register(to, Rc::downgrade(s), gid, id, 0, call, None, None);
+}
+
+#[allow(clippy::too_many_arguments)]
+fn register(
+    to: &Conn,
+    session: Weak<Session>,
+    gid: u64,
+    id: &[u8],
+    tag: u64,
+    call: SubCall,
+    retry: Option<Box<[u8]>>,
+    kept: Option<Box<Kept>>,
+) {
+    to.pending.borrow_mut().insert(
+        gid,
+        Waiting {
+            session,
+            id: Box::from(id),
+            tag,
+            call,
+            retry,
+            kept,
+            hedging: Default::default(),
+            epoch: to.epoch(),
         },
-        async {
-            let why = writer(&conn, &mut w).await;
-            sh.fail(&conn, &why);
-        },
-        timer(&sh, &conn),
     );
 }
 
-async fn writer(conn: &Conn, w: &mut NodeWriter) -> String {
-    let mut spare: Vec<u8> = Vec::new();
-    loop {
-        if conn.state() == State::Dead {
-            return String::new();
-        }
-        let out = {
-            let mut o = conn.out.borrow_mut();
-            if o.is_empty() {
-                None
-            } else {
-                Some(std::mem::replace(&mut *o, std::mem::take(&mut spare)))
-            }
-        };
-        let Some(buf) = out else {
-            conn.writer_wake.wait().await;
-            continue;
-        };
-        let (res, mut b) = w.write_all(buf).await;
-        if let Err(e) = res {
-            return format!("write failed: {e}");
-        }
-        b.clear();
-        if b.capacity() <= CONN_READ {
-            spare = b;
-        }
-        conn.wake_all();
-    }
+/// Send the gateway's own request `method(params)` (params raw JSON); its
+/// answer is handled as `call` says (`Plain`: dropped).
+pub fn send_own(c: &Conn, method: &[u8], params: &[u8], call: SubCall) {
+    let id = c.next_id();
+    let mut digits = [0u8; 20];
+    c.pending.borrow_mut().insert(
+        id,
+        Waiting {
+            session: Weak::new(),
+            id: Box::from(&b"null"[..]),
+            tag: 0,
+            call,
+            retry: None,
+            kept: None,
+            hedging: Default::default(),
+            epoch: c.epoch(),
+        },
+    );
+    c.send_parts(&[
+        br#"{"jsonrpc":"2.0","id":"#,
+        decimal(id, &mut digits),
+        br#","method":""#,
+        method,
+        br#"","params":"#,
+        params,
+        b"}",
+    ]);
 }
 
-/// Keepalive pings, and the node's health: a node marked down loses its
-/// connection, and so does one that sends nothing while requests wait on it
-/// for `pool.request_timeout_ms` (a hung node). After a reload: a removed
-/// node's sessions are retired (after the grace), and a superseded
-/// connection closes once unused.
-async fn timer(sh: &Rc<Shared>, conn: &Rc<Conn>) {
-    let mut next_ping = Instant::now() + sh.settings.keepalive;
-    let mut pinged = Instant::now();
-    let mut waiting_since: Option<Instant> = None;
-    let mut next_sweep = Instant::now() + SWEEP;
-    let mut retired = false;
+/// Send `method(sub)` on behalf of a session that is gone; its answer is dropped.
+pub fn unsubscribe(c: &Conn, sub: &[u8], method: &str) {
+    let mut params = Vec::with_capacity(sub.len() + 2);
+    params.push(b'[');
+    params.extend_from_slice(sub);
+    params.push(b']');
+    send_own(c, method.as_bytes(), &params, SubCall::Plain);
+}
+
+/// `n` in decimal, written into `buf` (a gateway id, without a String per request).
+pub fn decimal(n: u64, buf: &mut [u8; 20]) -> &[u8] {
+    let mut i = buf.len();
+    let mut n = n;
     loop {
-        if conn.state() == State::Dead {
-            return;
-        }
-        if !retired && sh.pool.health().retired(conn.node) {
-            retired = true;
-            let members: Vec<_> = conn.members.borrow().values().cloned().collect();
-            for s in members.iter().filter_map(std::rc::Weak::upgrade) {
-                s.retire();
-            }
-        }
-        // (No session of its generation on the node: none on its way to it.)
-        if sh.superseded.get() && conn.unused() && sh.pool.active(conn.node) == 0 {
-            sh.close_idle(conn);
-            return;
-        }
-        if !sh.pool.health().serving(conn.node) {
-            sh.fail(conn, "the node failed its health checks");
-            return;
-        }
-        let now = Instant::now();
-        if conn.pending.borrow().is_empty() {
-            waiting_since = None;
-        } else {
-            let since = *waiting_since.get_or_insert(now);
-            let quiet = conn.seen.get().max(since);
-            // Halfway, a ping (once): a node that is only slow answers it.
-            let probe = quiet + sh.settings.request_timeout / 2;
-            if probe > pinged {
-                next_ping = next_ping.min(probe);
-            }
-            if now >= quiet + sh.settings.request_timeout {
-                sh.pool.health().report_connect_failure(conn.node);
-                sh.fail(conn, "the node stopped answering");
-                return;
-            }
-        }
-        if now >= next_sweep {
-            next_sweep = now + SWEEP;
-            sh.sweep(conn);
-        }
-        if now >= next_ping {
-            conn.send_control(OpCode::Ping, b"");
-            pinged = now;
-            next_ping = now + sh.settings.keepalive;
-        }
-        let mut at = next_ping
-            .min(now + sh.settings.health_every)
-            .min(next_sweep);
-        if let Some(hedge_at) = super::hedge::tick(sh, conn, now) {
-            at = at.min(hedge_at);
-        }
-        let sleep = monoio::time::sleep_until(at.into());
-        monoio::select! {
-            _ = sleep => {}
-            _ = conn.timer_wake.wait() => {}
+        i -= 1;
+        buf[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            return &buf[i..];
         }
     }
 }
 
-async fn reader(sh: &Rc<Shared>, conn: &Rc<Conn>, r: &mut NodeReader, early: Vec<u8>) -> String {
-    let mut asm =
-        Assembler::new(Role::Server, sh.settings.codec, usize::MAX, false).retain(1 << 20);
-    let mut buf = early;
-    let mut fresh = buf.len();
-    loop {
-        let mut pos = 0;
-        let seen = asm.messages();
-        while pos < buf.len() {
-            match asm.step(&buf[pos..]) {
-                Ok(Event::Data { n, end }) => {
-                    pos += n;
-                    if end {
-                        super::answer::on_answer(sh, conn, asm.message());
-                        asm.clear();
-                    }
-                }
-                Ok(Event::Control(frame, n)) => {
-                    pos += n;
-                    match frame.opcode {
-                        OpCode::Ping => conn.send_control(OpCode::Pong, frame.payload()),
-                        OpCode::Pong => {}
-                        _ => {
-                            let mut f = Vec::new();
-                            write_close(
-                                &mut f,
-                                frame.close_code(),
-                                "",
-                                Some(crate::rng::mask_key()),
-                            );
-                            conn.out.borrow_mut().extend_from_slice(&f);
-                            conn.writer_wake.notify();
-                            return "the node closed the connection".into();
-                        }
-                    }
-                }
-                Ok(Event::NeedMore) => break,
-                Err(e) => return format!("protocol error: {e}"),
-            }
-        }
-        buf.drain(..pos);
-        crate::stats::read(Source::Node, asm.messages() - seen, fresh);
-        if conn.state() == State::Dead {
-            return String::new();
-        }
-        // One connection carries the answers of many sessions: large reads.
-        if buf.capacity() - buf.len() < CONN_READ / 4 {
-            buf.reserve(CONN_READ);
-        }
-        let (res, b) = r.read_more(buf).await;
-        buf = b;
-        match res {
-            Ok(0) => return "the node closed the connection".into(),
-            Err(e) => return format!("read failed: {e}"),
-            Ok(n) => {
-                fresh = n;
-                conn.seen.set(Instant::now());
-            }
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_in_decimal() {
+        for n in [0, 7, 10, 12345, u64::MAX] {
+            assert_eq!(decimal(n, &mut [0u8; 20]), n.to_string().as_bytes());
         }
     }
 }

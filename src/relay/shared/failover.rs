@@ -13,16 +13,20 @@
 //!   that node knows), that moved less than [`MOVE_AGAIN`] ago, or for which
 //!   no other node is up, loses its node side as before: errors, then 1012.
 
-use std::rc::Rc;
+use std::rc::{Rc, Weak};
+
+use crate::io::{stop, Stop};
+use crate::relay::Which;
 use std::time::{Duration, Instant};
 
 use crate::relay::Session;
 
-use super::conn::Conn;
-use super::conn::SubCall;
-use super::request::send_own;
+use super::conn::send_own;
+use super::conn::{self, Conn, State, SubCall};
+use super::core::Shared;
+use super::member::member;
+use super::topics;
 use super::topics::{notify, recount, reply, split_key, Joiner, Member, Topic};
-use super::{member, Shared};
 
 /// A session does not move twice within this time (it closes instead).
 pub const MOVE_AGAIN: Duration = Duration::from_secs(10);
@@ -206,6 +210,73 @@ fn repoint(s: &Session, to: &Rc<Conn>, sub_id: &[u8]) {
     for m in member(s).merged.borrow_mut().iter_mut() {
         if &*m.1 == sub_id {
             m.0 = to.clone();
+        }
+    }
+}
+
+impl Shared {
+    /// The connection is lost: its sessions lose their node side (errors for
+    /// what they wait for, then 1012), and so do the sessions that own a
+    /// subscription on it.
+    pub(super) fn fail(self: &Rc<Self>, conn: &Rc<Conn>, why: &str) {
+        if conn.state() == State::Dead {
+            return;
+        }
+        crate::warn!(
+            "shared connection to {}: {why}",
+            self.pool.nodes()[conn.node].url
+        );
+        conn.set_dead(why);
+        self.slots.borrow_mut()[conn.node].retain(|c| !Rc::ptr_eq(c, conn));
+        if let Some(fd) = conn.fd.get() {
+            stop(fd, Stop::All);
+        }
+        // Sessions whose node this is, or that own a subscription on it,
+        // lose their node side: errors for all they wait for, then 1012.
+        let subs: Vec<Weak<Session>> = conn.subs.borrow_mut().drain().map(|(_, s)| s).collect();
+        let members: Vec<Weak<Session>> =
+            conn.members.borrow_mut().drain().map(|(_, s)| s).collect();
+        let on_topics = topics::sessions_on(conn);
+        let carried: Vec<topics::Topic> =
+            conn.topics.borrow_mut().drain().map(|(_, t)| t).collect();
+        conn.topic_of.borrow_mut().clear();
+        topics::recount(conn);
+        let mut sessions: Vec<Rc<Session>> = subs
+            .iter()
+            .chain(members.iter())
+            .chain(on_topics.iter())
+            .filter_map(Weak::upgrade)
+            .collect();
+        sessions.sort_by_key(Rc::as_ptr);
+        sessions.dedup_by(|a, b| Rc::ptr_eq(a, b));
+        // Those that can move to another node do; the others close below.
+        let sessions = rehome(self, conn, sessions, carried);
+        // Others that sent a request here (to an archive node) get an error
+        // for each such request and go on.
+        let message = format!("upstream node connection lost ({why}); reconnect and retry");
+        let pending: Vec<conn::Waiting> =
+            conn.pending.borrow_mut().drain().map(|(_, w)| w).collect();
+        for w in pending {
+            // Requests that waited for a cacheable one's answer fail with it.
+            if let (Some(k), Some(answers)) = (&w.kept, &self.answers) {
+                answers.fail(&k.key, &message);
+            }
+            let Some(s) = w.session.upgrade() else {
+                continue;
+            };
+            if sessions.iter().any(|c| Rc::ptr_eq(c, &s)) {
+                continue;
+            }
+            let e = crate::jsonrpc::error::error(
+                &w.id,
+                crate::jsonrpc::error::code::INTERNAL_ERROR,
+                &message,
+                None,
+            );
+            s.reply(w.tag, &w.id, &[e.as_bytes()]);
+        }
+        for s in sessions {
+            s.closing.on_gone(&*s, Which::Node);
         }
     }
 }

@@ -1,10 +1,13 @@
-//! Hedged reads on shared connections (issue 24), as over HTTP
+//! Hedged reads on shared connections, as over HTTP
 //! ([`crate::hedge`]): a read its node has not answered within the hedge
 //! delay (learned from the node's answers here, at least `pool.hedge_min_ms`)
 //! is sent to another serving node of the same role too, and the first
 //! answer wins. At most one copy per read, within the core's budget
 //! (`pool.hedge_budget` of its reads); never a write, a subscription, a
 //! `chainHead_*` call or a batch.
+//!
+//! A read is armed when it is sent ([`super::core::Shared`]'s `arm`);
+//! this is what happens when its hedge is due, and to the copy's answer.
 //!
 //! The request itself stays where it was sent (its `Waiting`); the copy
 //! waits on the other connection as a [`Hedging::Twin`] naming it. The
@@ -24,7 +27,7 @@
 use std::rc::Rc;
 use std::time::Instant;
 
-use crate::jsonrpc::{Call, Request};
+use crate::jsonrpc::Call;
 
 use super::conn::{Conn, Hedging, SubCall, Waiting};
 use super::Shared;
@@ -32,29 +35,6 @@ use super::Shared;
 /// How long a node must have sent nothing on a connection before a read
 /// hedged away from it counts as a failed check of the node.
 pub const SILENT_FOR: std::time::Duration = std::time::Duration::from_millis(500);
-
-/// A request just sent on `to` as `gid`: if it is a read that may be
-/// hedged, when its hedge is due.
-pub fn arm(sh: &Shared, to: &Conn, gid: u64, req: &Request<'_>) {
-    if sh.pool.nodes().len() < 2 || !sh.hedging.arm(std::iter::once(req)) {
-        return;
-    }
-    let estimate = sh.pool.health().estimate(to.node);
-    let Some(delay) = sh.hedging.delay(estimate, sh.settings.request_timeout / 2) else {
-        return;
-    };
-    let now = Instant::now();
-    if let Some(w) = to.pending.borrow_mut().get_mut(&gid) {
-        w.hedging = Hedging::Due(Box::from(req.raw), now);
-    }
-    let mut queue = to.hedge_queue.borrow_mut();
-    let first = queue.is_empty();
-    queue.push_back((now + delay, gid));
-    drop(queue);
-    if first {
-        to.wake_timer();
-    }
-}
 
 /// The connection's timer: the hedges due now go out; when the next is due.
 pub fn tick(sh: &Rc<Shared>, conn: &Rc<Conn>, now: Instant) -> Option<Instant> {
@@ -102,7 +82,7 @@ fn hedge(sh: &Rc<Shared>, conn: &Rc<Conn>, gid: u64) {
     let to = sh.conn(other);
     let copy = to.next_id();
     let mut digits = [0u8; 20];
-    to.send_parts(&req.parts(Some(super::request::decimal(copy, &mut digits)), req.params));
+    to.send_parts(&req.parts(Some(super::conn::decimal(copy, &mut digits)), req.params));
     to.pending.borrow_mut().insert(
         copy,
         Waiting {

@@ -12,12 +12,12 @@ use std::rc::{Rc, Weak};
 
 use crate::call::{Found, Waiter};
 use crate::jsonrpc::error::{code, error};
-use crate::jsonrpc::{call::unsubscribe_method, Call, Kind, Request, Sub};
+use crate::jsonrpc::{Call, Kind, Request, Sub};
 use crate::relay::Session;
 use crate::route::Target;
 use crate::stats::Outcome;
 
-use super::conn::{Asked, Conn, Kept, SubCall, Waiting};
+use super::conn::{Asked, Conn, Kept};
 use super::{member, Ctx, Shared};
 
 /// One whole text message from the client.
@@ -268,144 +268,4 @@ fn refuse(ctx: &Ctx<'_>, s: &Session, req: &Request<'_>) -> Option<Option<String
     }
     let (adm, _) = ctx.admission?;
     crate::relay::limits::check(s, adm, req)
-}
-
-/// What a request does to the subscriptions the connection follows.
-fn sub_call(req: &Request<'_>) -> SubCall {
-    match req.sub {
-        Sub::Ends(Some(sub)) => SubCall::Unsubscribe(Box::from(sub)),
-        Sub::Opens => req
-            .method()
-            .and_then(|m| std::str::from_utf8(m).ok())
-            .and_then(unsubscribe_method)
-            .map_or(SubCall::Plain, |m| SubCall::Subscribe(m.into_boxed_str())),
-        _ => SubCall::Plain,
-    }
-}
-
-/// Send one request with its id replaced; remember how to answer it (for
-/// `session`, or for nobody: a cacheable request's waiters). Returns the
-/// id it has on the connection (none for a notification).
-pub fn send_request(
-    to: &Conn,
-    session: Weak<Session>,
-    req: &Request<'_>,
-    tag: u64,
-    retry: Option<Box<[u8]>>,
-    kept: Option<Box<Kept>>,
-) -> Option<u64> {
-    let Some(id) = req.id else {
-        // A notification: no answer to map.
-        to.send_parts(&req.parts(None, req.params));
-        return None;
-    };
-    let gid = to.next_id();
-    let mut digits = [0u8; 20];
-    to.send_parts(&req.parts(Some(decimal(gid, &mut digits)), req.params));
-    if matches!(req.sub, Sub::Opens) {
-        to.opening.set(to.opening.get() + 1);
-    }
-    register(to, session, gid, id, tag, sub_call(req), retry, kept);
-    Some(gid)
-}
-
-/// Send one request (with an id) whose answer is handled as `call` says.
-pub fn send_as(to: &Conn, s: &Rc<Session>, req: &Request<'_>, call: SubCall) {
-    let Some(id) = req.id else {
-        return;
-    };
-    let gid = to.next_id();
-    let mut digits = [0u8; 20];
-    to.send_parts(&req.parts(Some(decimal(gid, &mut digits)), req.params));
-    register(to, Rc::downgrade(s), gid, id, 0, call, None, None);
-}
-
-#[allow(clippy::too_many_arguments)]
-fn register(
-    to: &Conn,
-    session: Weak<Session>,
-    gid: u64,
-    id: &[u8],
-    tag: u64,
-    call: SubCall,
-    retry: Option<Box<[u8]>>,
-    kept: Option<Box<Kept>>,
-) {
-    to.pending.borrow_mut().insert(
-        gid,
-        Waiting {
-            session,
-            id: Box::from(id),
-            tag,
-            call,
-            retry,
-            kept,
-            hedging: Default::default(),
-            epoch: to.epoch(),
-        },
-    );
-}
-
-/// Send the gateway's own request `method(params)` (params raw JSON); its
-/// answer is handled as `call` says (`Plain`: dropped).
-pub fn send_own(c: &Conn, method: &[u8], params: &[u8], call: SubCall) {
-    let id = c.next_id();
-    let mut digits = [0u8; 20];
-    c.pending.borrow_mut().insert(
-        id,
-        Waiting {
-            session: Weak::new(),
-            id: Box::from(&b"null"[..]),
-            tag: 0,
-            call,
-            retry: None,
-            kept: None,
-            hedging: Default::default(),
-            epoch: c.epoch(),
-        },
-    );
-    c.send_parts(&[
-        br#"{"jsonrpc":"2.0","id":"#,
-        decimal(id, &mut digits),
-        br#","method":""#,
-        method,
-        br#"","params":"#,
-        params,
-        b"}",
-    ]);
-}
-
-/// Send `method(sub)` on behalf of a session that is gone; its answer is dropped.
-pub fn unsubscribe(c: &Conn, sub: &[u8], method: &str) {
-    let mut params = Vec::with_capacity(sub.len() + 2);
-    params.push(b'[');
-    params.extend_from_slice(sub);
-    params.push(b']');
-    send_own(c, method.as_bytes(), &params, SubCall::Plain);
-}
-
-/// `n` in decimal, written into `buf` (a gateway id, without a String per request).
-pub(super) fn decimal(n: u64, buf: &mut [u8; 20]) -> &[u8] {
-    let mut i = buf.len();
-    let mut n = n;
-    loop {
-        i -= 1;
-        buf[i] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            return &buf[i..];
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn ids_in_decimal() {
-        for n in [0, 7, 10, 12345, u64::MAX] {
-            assert_eq!(decimal(n, &mut [0u8; 20]), n.to_string().as_bytes());
-        }
-    }
 }
