@@ -156,7 +156,7 @@ impl Store {
     }
 
     fn connect(&self) -> redis::RedisResult<redis::Connection> {
-        super::open(&self.config, TIMEOUT)
+        super::link::open(&self.config, TIMEOUT)
     }
 
     /// One round trip: the batch's lookups and stores, and another look

@@ -4,7 +4,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::ConfigError;
+use super::error::ConfigError;
 
 /// `[cluster]` as the file writes it.
 #[derive(Debug, Clone, Serialize, Deserialize)]

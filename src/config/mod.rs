@@ -9,6 +9,8 @@
 
 pub mod chains;
 pub mod cluster;
+mod error;
+pub use error::ConfigError;
 mod file;
 mod health;
 pub mod keys;
@@ -171,26 +173,6 @@ impl Config {
         self.chains.iter().find(|c| c.name == name)
     }
 }
-
-/// A configuration error: where (file or flags), which key, what is wrong.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ConfigError {
-    pub origin: String,
-    pub key: String,
-    pub message: String,
-}
-
-impl std::fmt::Display for ConfigError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        if self.key.is_empty() {
-            write!(f, "{}: {}", self.origin, self.message)
-        } else {
-            write!(f, "{}: key `{}`: {}", self.origin, self.key, self.message)
-        }
-    }
-}
-
-impl std::error::Error for ConfigError {}
 
 /// Parse a node URL: `ws://host:port/path` or `unix:/path/to/socket`.
 pub fn parse_node_url(url: &str) -> Result<NodeConfig, String> {

@@ -199,7 +199,33 @@ pub fn render(scrape: &Scrape<'_>, full: bool) -> String {
         shared.connections.load(Relaxed),
     );
 
-    let label = |n: &crate::config::NodeConfig| if full { n.url.clone() } else { n.public_name() };
+    sessions(&mut t, scrape, &sums, full);
+    calls_and_cache(&mut t, &sums);
+    latency(&mut t, scrape, full);
+    http(&mut t, &sums, shared);
+    render_keys(&mut t, &scrape.keys);
+    cluster(&mut t, scrape);
+    t.single(
+        "ringway_unmatched_answers_total",
+        "counter",
+        "Node answers on shared connections that matched no request in flight.",
+        shared.unmatched_answers.load(Relaxed),
+    );
+    nodes(&mut t, scrape, full);
+    t.0
+}
+
+/// A node's label: its url in full (the operator's listener), else its public name.
+fn label(n: &crate::config::NodeConfig, full: bool) -> String {
+    if full {
+        n.url.clone()
+    } else {
+        n.public_name()
+    }
+}
+
+/// Sessions by node and mode; messages and bytes by where they came from.
+fn sessions(t: &mut Text, scrape: &Scrape<'_>, sums: &crate::stats::Sums, full: bool) {
     for (name, kind, help, open) in [
         (
             "ringway_sessions",
@@ -216,7 +242,7 @@ pub fn render(scrape: &Scrape<'_>, full: bool) -> String {
     ] {
         t.family(name, kind, help);
         for (chain, h, i, n) in each_node(scrape) {
-            let url = label(n);
+            let url = label(n, full);
             for (m, mode) in ["pinned", "shared"].iter().enumerate() {
                 let (started, ended) = h.sessions(i)[m];
                 let value = if open { started.saturating_sub(ended) } else { started };
@@ -247,6 +273,10 @@ pub fn render(scrape: &Scrape<'_>, full: bool) -> String {
             t.sample(name, &[("from", source.name())], values[source as usize]);
         }
     }
+}
+
+/// Calls by method and outcome, the cache, merged subscriptions.
+fn calls_and_cache(t: &mut Text, sums: &crate::stats::Sums) {
     t.family(
         "ringway_calls_total",
         "counter",
@@ -326,13 +356,17 @@ pub fn render(scrape: &Scrape<'_>, full: bool) -> String {
     ] {
         t.single(name, kind, help, value);
     }
+}
+
+/// How long nodes take to answer, as histograms.
+fn latency(t: &mut Text, scrape: &Scrape<'_>, full: bool) {
     t.family(
         "ringway_node_response_seconds",
         "histogram",
         "How long nodes take to answer: health probes, and JSON-RPC requests over HTTP (WebSocket answers are not timed one by one).",
     );
     for (chain, h, i, n) in each_node(scrape) {
-        let url = label(n);
+        let url = label(n, full);
         for (on, measured) in [
             (crate::health::Timed::Probe, "probe"),
             (crate::health::Timed::Http, "http"),
@@ -360,6 +394,10 @@ pub fn render(scrape: &Scrape<'_>, full: bool) -> String {
             );
         }
     }
+}
+
+/// TLS handshakes, HTTP bodies cut and responses, close codes, refusals.
+fn http(t: &mut Text, sums: &crate::stats::Sums, shared: &crate::policy::SharedCounts) {
     t.family(
         "ringway_tls_handshakes_total",
         "counter",
@@ -428,7 +466,10 @@ pub fn render(scrape: &Scrape<'_>, full: bool) -> String {
             shared.rejections.get(r),
         );
     }
-    render_keys(&mut t, &scrape.keys);
+}
+
+/// The cluster's link to Redis and its second-level cache.
+fn cluster(t: &mut Text, scrape: &Scrape<'_>) {
     if let Some(ClusterScrape {
         up,
         instances,
@@ -463,12 +504,10 @@ pub fn render(scrape: &Scrape<'_>, full: bool) -> String {
             );
         }
     }
-    t.single(
-        "ringway_unmatched_answers_total",
-        "counter",
-        "Node answers on shared connections that matched no request in flight.",
-        shared.unmatched_answers.load(Relaxed),
-    );
+}
+
+/// Reloads, degraded chains, and each node's state.
+fn nodes(t: &mut Text, scrape: &Scrape<'_>, full: bool) {
     let reloads = scrape.reloads;
     t.single(
         "ringway_config_generation",
@@ -548,7 +587,7 @@ pub fn render(scrape: &Scrape<'_>, full: bool) -> String {
     for (name, kind, help, value) in per_node {
         t.family(name, kind, help);
         for (chain, h, i, n) in each_node(scrape) {
-            let url = label(n);
+            let url = label(n, full);
             t.sample(
                 name,
                 &[("chain", chain), ("url", &url), ("role", n.role.name())],
@@ -556,5 +595,4 @@ pub fn render(scrape: &Scrape<'_>, full: bool) -> String {
             );
         }
     }
-    t.0
 }

@@ -19,8 +19,8 @@ use std::time::{Duration, Instant};
 
 use ahash::AHashMap;
 
+use super::methods::MethodPolicy;
 use super::usage::{Book, KeyReason, Usage};
-use super::MethodPolicy;
 use crate::config::keys::{digest, KeySpec, KeysConfig, NotificationCost};
 
 /// What calls and notifications cost in credits (`keys.method_costs`,
@@ -341,7 +341,7 @@ impl Keys {
             return refuse(KeyReason::Chain, 403, "this API key may not use this chain");
         }
         if let (false, Some(origin)) = (key.spec.origins.is_empty(), head.single("origin")) {
-            if !super::origin_allowed(&key.spec.origins, origin) {
+            if !super::origin::origin_allowed(&key.spec.origins, origin) {
                 return refuse(
                     KeyReason::Origin,
                     403,

@@ -5,7 +5,9 @@
 
 use std::path::{Path, PathBuf};
 
-use super::{convert, parse, Directive, Imported};
+use super::convert::convert;
+use super::out::Imported;
+use super::syntax::{parse, Directive};
 
 /// Includes nested deeper than this are a loop.
 const MAX_DEPTH: usize = 16;

@@ -11,9 +11,8 @@
 use std::collections::BTreeMap;
 use std::fmt::Write;
 
-use super::{
-    convert_server, flatten, has, has_return_https, listen_addr, write_nodes, Directive, Out,
-};
+use super::out::{write_nodes, Out};
+use super::syntax::*;
 
 /// How many chains the servers make: each proxying location (or a server
 /// proxying outside any location).
@@ -259,4 +258,128 @@ fn unique(name: String, taken: &[String]) -> String {
         .map(|i| format!("{name}-{i}"))
         .find(|n| !taken.contains(n))
         .expect("a free name")
+}
+
+pub(super) fn convert_server(
+    server: &Directive,
+    upstreams: &BTreeMap<String, &Directive>,
+    zones: &BTreeMap<String, (f64, String)>,
+    out: &mut Out,
+) {
+    let mut inner = Vec::new();
+    flatten(server.block.as_ref().expect("a server block"), &mut inner);
+    for d in inner {
+        let a0 = d.args.first().map(String::as_str).unwrap_or("");
+        match d.name.as_str() {
+            "listen" => {
+                let addr = listen_addr(a0);
+                if d.args.iter().any(|a| a == "ssl") || out.listen.is_none() {
+                    out.listen = Some(addr);
+                }
+            }
+            "ssl_certificate" => out.cert = Some(a0.to_string()),
+            "ssl_certificate_key" => out.key = Some(a0.to_string()),
+            "server_name" => out.note(format!(
+                "server_name {}: ringway serves whatever host name clients use (one certificate, from tls.cert)",
+                d.args.join(" ")
+            )),
+            "location" if d.args.last().map(String::as_str) != Some("/") => out.note(format!(
+                "location {}: ringway proxies every path, and passes the client's path on to the node",
+                d.args.join(" ")
+            )),
+            "location" => {}
+            "proxy_pass" => proxy_pass(a0, upstreams, out),
+            "proxy_set_header" => out.note(format!(
+                "proxy_set_header {}: ringway sends Host, Upgrade, Connection, X-Forwarded-For, X-Real-IP and X-Forwarded-Proto itself",
+                d.args.first().cloned().unwrap_or_default()
+            )),
+            "proxy_http_version" | "proxy_buffering" | "proxy_buffers" | "proxy_buffer_size"
+            | "proxy_cache_bypass" => out.note(format!(
+                "{}: not needed (ringway relays WebSocket frames as they come, unbuffered)",
+                d.name
+            )),
+            "limit_req" => {
+                let zone = arg_value(&d.args, "zone=").unwrap_or_default();
+                let burst = arg_value(&d.args, "burst=").and_then(|b| b.parse().ok());
+                match zones.get(zone) {
+                    Some((rate, key)) => {
+                        out.rate = Some((*rate, burst));
+                        if key.contains("x_forwarded_for") {
+                            out.trusted_hops = Some(1);
+                        }
+                    }
+                    None => out.note(format!("limit_req zone={zone}: no limit_req_zone by that name")),
+                }
+                if d.args.iter().any(|a| a == "nodelay") {
+                    out.note("limit_req nodelay: ringway answers calls over the rate at once (-32005), it never delays them".into());
+                }
+            }
+            "limit_conn" => {
+                if let Some(n) = d.args.get(1).and_then(|n| n.parse().ok()) {
+                    out.per_ip = Some(n);
+                }
+            }
+            "proxy_read_timeout" => match seconds(a0) {
+                Some(s) => out.idle_s = Some(s),
+                None => out.note(format!("proxy_read_timeout {a0}: not a time nginx would accept")),
+            },
+            "ssl_protocols" => out.note(format!(
+                "ssl_protocols {}: rustls offers TLS 1.2 and 1.3 only{}",
+                d.args.join(" "),
+                if d.args.iter().any(|p| p == "TLSv1" || p == "TLSv1.1") {
+                    " (TLSv1 and TLSv1.1 are not offered)"
+                } else {
+                    ""
+                }
+            )),
+            "ssl_ciphers" | "ssl_prefer_server_ciphers" => out.note(format!(
+                "{}: rustls offers AEAD suites only (AES-GCM, ChaCha20-Poly1305), in its own order",
+                d.name
+            )),
+            "ssl_dhparam" => out.note("ssl_dhparam: no finite-field Diffie-Hellman in rustls (ECDHE only)".into()),
+            "ssl_session_cache" | "ssl_session_timeout" | "ssl_session_tickets" => out.note(format!(
+                "{}: ringway resumes sessions with stateless tickets every core opens",
+                d.name
+            )),
+            "try_files" | "root" | "index" => out.note(format!("{}: ringway serves no files", d.name)),
+            "return" if d.args.iter().any(|a| a.starts_with("https://")) => {}
+            other if !matches!(other, "server") => out.note(format!("{other}: not carried over")),
+            _ => {}
+        }
+    }
+}
+
+fn proxy_pass(target: &str, upstreams: &BTreeMap<String, &Directive>, out: &mut Out) {
+    let (scheme, rest) = target.split_once("://").unwrap_or(("http", target));
+    let ws = if scheme == "https" { "wss" } else { "ws" };
+    let (host, path) = match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, ""),
+    };
+    match upstreams.get(host) {
+        Some(up) => {
+            for s in up
+                .block
+                .as_ref()
+                .expect("filtered")
+                .iter()
+                .filter(|d| d.name == "server")
+            {
+                let Some(addr) = s.args.first() else { continue };
+                let weight = arg_value(&s.args, "weight=").and_then(|w| w.parse().ok());
+                if s.args.iter().any(|a| a == "backup") {
+                    out.note(format!(
+                        "server {addr} backup: ringway has no standby nodes; it is a node like the others (health checks take failing nodes out)"
+                    ));
+                }
+                let addr = if addr.starts_with("unix:") {
+                    addr.clone()
+                } else {
+                    format!("{ws}://{addr}{path}")
+                };
+                out.nodes.push((addr, weight));
+            }
+        }
+        None => out.nodes.push((format!("{ws}://{host}{path}"), None)),
+    }
 }
