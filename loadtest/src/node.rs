@@ -446,6 +446,9 @@ async fn connection(tcp: TcpStream, chain: Arc<Chain>) {
                 return;
             }
         }
+        if !probe {
+            chain.count(&buf[head_len..head_len + content_length]);
+        }
         chain.delay().await;
         let subs = Subscriptions::default();
         let body = chain

@@ -87,6 +87,36 @@ pub fn default_rules(f: Flavour) -> &'static [(&'static str, Rule)] {
                     inject: false,
                 },
             ),
+            // State at a block hash never changes (without one: the best
+            // block's, not kept).
+            (
+                "state_getStorage",
+                Block {
+                    arg: 1,
+                    inject: false,
+                },
+            ),
+            (
+                "state_getStorageHash",
+                Block {
+                    arg: 1,
+                    inject: false,
+                },
+            ),
+            (
+                "state_getStorageSize",
+                Block {
+                    arg: 1,
+                    inject: false,
+                },
+            ),
+            (
+                "state_call",
+                Block {
+                    arg: 2,
+                    inject: false,
+                },
+            ),
         ],
         Flavour::Ethereum => &[
             ("eth_chainId", Static),
