@@ -148,7 +148,9 @@ fn each_host_name_reaches_its_own_chain_with_its_own_certificate() {
     // come from the cache of the core that made the first.
     let kusama: u64 = metrics
         .lines()
-        .filter(|l| l.starts_with(r#"ringway_calls_total{chain="kusama",method="state_getStorage""#))
+        .filter(|l| {
+            l.starts_with(r#"ringway_calls_total{chain="kusama",method="state_getStorage""#)
+        })
         .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
         .sum();
     assert_eq!(kusama, 2, "{metrics}");

@@ -1,42 +1,45 @@
 //! Several gateways on one Redis (`[cluster]`): keys' budgets, usage and
 //! revocations shared, with a stated bound, and nothing lost when Redis is
-//! down.
+//! down or a gateway dies, restarts or is renamed.
 //!
 //! One sync thread per process owns the Redis connection (the `redis`
 //! crate's synchronous client, with timeouts); workers never wait on it.
-//! Every `sync_ms` it:
+//! Every `sync_ms` it, in one round trip:
 //!
+//! - renews this instance's hold on its name ([`claim`]: one name, one
+//!   gateway; a run that lost it publishes nothing);
 //! - announces this instance (`ZADD <p>:instances <now> <instance>`) and
 //!   counts the live ones (seen within [`alive`]): each gateway admits
 //!   `rate / live` of an address's rate
 //!   ([`crate::policy::usage::set_instances`]), and of a key's rate the
-//!   share the key's script gives it by where the calls come (see
-//!   [`RESERVE`]);
-//! - publishes each key's figures for its period, this instance's own
-//!   totals (`HSET <p>:usage:<key>:<period start> <instance> "calls credits
-//!   notifications bytes_in bytes_out sessions"`), and reads the others'
-//!   into [`crate::policy::usage::Others`]: a quota is checked against
-//!   every gateway's credits, `max_connections` against every gateway's
-//!   sessions, and `/usage` reports the sum;
-//! - pushes revocations asked of it (`POST /keys/<name>/disable`) into
-//!   `<p>:disabled`, publishes them on `<p>:revocations` (a listener
-//!   thread on every gateway takes them at once), and reads that set: a
-//!   key disabled anywhere is revoked here at once, or within `sync_ms`
-//!   when the push was missed (its sessions close at their next look,
-//!   500 ms).
+//!   share the key's script gives it by where the calls come;
+//! - publishes each key's figures for its period, with a heartbeat, and
+//!   reads the others' ([`ledger`]): a quota is checked against every
+//!   gateway's credits, `max_connections` against the sessions of the
+//!   gateways alive, and `/usage` reports the sum; a field whose heartbeat
+//!   stopped holds no sessions and no grant, and keeps its figures for billing;
+//! - keeps revocations asked of it (`POST /keys/<name>/disable`) in
+//!   `<p>:disabled` and reads that set: a key disabled anywhere is revoked
+//!   here within `sync_ms`; they are also pushed at once ([`push`]), apart
+//!   from the sync, so a Redis user without channels costs the push only.
 //!
-//! Each instance publishes its own cumulative totals (a field it alone
-//! writes), so a retry, a Redis that restarts empty, or an instance that
-//! was cut off for a while neither loses nor doubles a count: the next
-//! sync writes them all again. Redis down: the thread says so once, counts
-//! a failure per attempt, reconnects with backoff (up to 5 s), and the
-//! workers go on with the last figures they had: a local share (the rate
-//! divided by the instances last seen alive; the quota less what the
-//! others had used), never open, never closed.
+//! At start, a gateway holds its name (waiting out the alive window of a
+//! run that died), and reads its own fields back for each key before it
+//! first publishes: a restart under the same name neither loses nor
+//! doubles a count. At the drain, its last sync gives back its sessions
+//! and its unused grant and releases its name. Redis down: the thread says
+//! so once, counts a failure per attempt, reconnects with backoff (up to
+//! 5 s), and the workers go on with the last figures they had: a local
+//! share (the rate divided by the instances last seen alive; the quota
+//! less what the others had used), never open, never closed.
 
-mod link;
-pub use link::open;
 pub mod cache;
+pub mod check;
+mod claim;
+mod ledger;
+mod link;
+mod push;
+pub use link::open;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::Relaxed};
@@ -72,71 +75,19 @@ pub struct Cluster {
     /// The way to the second-level cache's thread (`[cluster] cache`).
     pub cache: Option<crate::cache::second::Link>,
     pub cache_counts: Arc<cache::CacheCounts>,
+    /// This run's id: what its hold on its name carries ([`claim`]).
+    run: String,
+    /// How revocation pushes fare ([`push`]).
+    push: push::PushState,
+    /// Another run holds this instance's name (seen at a sync): its field
+    /// is left alone until the name is this run's again.
+    name_taken: AtomicBool,
+    /// What the configuration needs of Redis and was refused (`/health`).
+    pub missing: Mutex<Vec<String>>,
+    /// The drain asks for a last sync; the sync thread says it is done.
+    leaving: Mutex<Option<bool>>,
+    left: std::sync::Condvar,
 }
-
-/// Publishes one instance's figures for a key and period, with its
-/// reservation of the quota and its share of the rate, atomically against
-/// the others':
-/// KEYS[1] the key's hash for the period (a field per instance: "calls
-/// credits notifications bytes_in bytes_out sessions granted"), KEYS[2]
-/// the key's rate shares (a field per instance: "share demand time");
-/// ARGV: the instance, its figures, the credits it holds, the credits it
-/// asks for more, the quota, the hash's lifetime (ms), the calls asked of
-/// it against the rate since its last sync (-1: the key has no rate), how
-/// long an instance counts as alive (ms).
-///
-/// Quota: grants what is free of it (never more). Rate: each live
-/// instance's share is a floor (1 / 10n) plus the rest in proportion to
-/// where the calls come, and never more than the others leave free: the
-/// shares written never add up to more than the whole. Answers {granted,
-/// the hash's fields, this instance's share in millionths (-1: none)}.
-const RESERVE: &str = r#"
-local all = redis.call('HGETALL', KEYS[1])
-local others = 0
-for i = 1, #all, 2 do
-  if all[i] ~= ARGV[1] then
-    others = others + (tonumber(string.match(all[i + 1], '(%d+)$')) or 0)
-  end
-end
-local keep, want, quota = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
-local got = 0
-if want > 0 then
-  got = math.max(0, math.min(want, quota - others - keep))
-end
-redis.call('HSET', KEYS[1], ARGV[1], ARGV[2] .. ' ' .. (keep + got))
-redis.call('PEXPIRE', KEYS[1], ARGV[6])
-local share = -1
-local demand = tonumber(ARGV[7])
-if demand >= 0 then
-  local t = redis.call('TIME')
-  local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-  local alive = tonumber(ARGV[8])
-  local rows = redis.call('HGETALL', KEYS[2])
-  local n, asked, held = 1, demand, 0
-  for i = 1, #rows, 2 do
-    if rows[i] ~= ARGV[1] then
-      local s, d, at = string.match(rows[i + 1], '(%S+) (%S+) (%S+)')
-      if s and now - tonumber(at) <= alive then
-        n = n + 1
-        asked = asked + tonumber(d)
-        held = held + tonumber(s)
-      else
-        redis.call('HDEL', KEYS[2], rows[i])
-      end
-    end
-  end
-  local floor = 1 / (10 * n)
-  local want = 1 / n
-  if asked > 0 then
-    want = floor + (1 - n * floor) * demand / asked
-  end
-  share = math.max(floor, math.min(want, 1 - held))
-  redis.call('HSET', KEYS[2], ARGV[1], string.format('%.6f %d %d', share, demand, now))
-  redis.call('PEXPIRE', KEYS[2], alive * 2)
-  share = math.floor(share * 1000000)
-end
-return {got, redis.call('HGETALL', KEYS[1]), share}
-"#;
 
 /// How long an instance counts as alive after its last announcement.
 pub fn alive(sync: Duration) -> Duration {
@@ -144,12 +95,23 @@ pub fn alive(sync: Duration) -> Duration {
 }
 
 impl Cluster {
-    /// Start the sync thread for `config` over `book`'s keys.
-    pub fn start(config: ClusterConfig, book: Arc<Book>) -> Arc<Cluster> {
+    /// Start the sync thread for `config` over `book`'s keys, once this
+    /// instance holds its name (`Err`: another gateway runs under it).
+    pub fn start(config: ClusterConfig, book: Arc<Book>) -> Result<Arc<Cluster>, String> {
+        let run = format!(
+            "{:08x}{:08x}",
+            std::process::id(),
+            crate::rng::below(u32::MAX as usize)
+        );
         if config.tls.is_some() {
             // The Redis client builds its TLS configuration on the
             // process's default provider: ring's, as everywhere else.
             let _ = rustls::crypto::ring::default_provider().install_default();
+        }
+        claim::at_start(&config, &run, alive(config.sync)).map_err(|t| t.0)?;
+        let missing = check::permissions(&config).unwrap_or_default();
+        for m in &missing {
+            crate::warn!("cluster: {m}");
         }
         let cache_counts = Arc::<cache::CacheCounts>::default();
         let cache = config
@@ -166,6 +128,12 @@ impl Cluster {
             failures: AtomicU64::new(0),
             instances: AtomicU32::new(1),
             disabled: Mutex::default(),
+            run,
+            push: push::PushState::default(),
+            name_taken: AtomicBool::new(false),
+            missing: Mutex::new(missing),
+            leaving: Mutex::new(None),
+            left: std::sync::Condvar::new(),
         });
         let (push, pushed) = (c.clone(), book.clone());
         let (subscribed, first) = std::sync::mpsc::channel();
@@ -201,7 +169,41 @@ impl Cluster {
                 "cluster: cannot start the sync thread ({e}); budgets are this instance's alone"
             );
         }
-        c
+        Ok(c)
+    }
+
+    /// The drain: a last sync (this instance's sessions 0, its unused grant
+    /// given back, its name released), waited for up to `within`.
+    pub fn finish(&self, within: Duration) {
+        let mut leaving = self.leaving.lock().expect("not poisoned");
+        *leaving = Some(false);
+        self.asked.notify_one();
+        let until = Instant::now() + within;
+        while *leaving == Some(false) {
+            let left = until.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                crate::warn!("cluster: no last sync within {} ms; the others free this instance's sessions and grant after the alive window", within.as_millis());
+                return;
+            }
+            leaving = self
+                .left
+                .wait_timeout(leaving, left)
+                .expect("not poisoned")
+                .0;
+        }
+    }
+
+    /// What `/health` says of pushes and permissions, if anything.
+    pub fn problems(&self) -> Vec<String> {
+        let mut all = self.missing.lock().expect("not poisoned").clone();
+        all.extend(self.push.problem().map(String::from));
+        if self.name_taken.load(Relaxed) {
+            all.push(format!(
+                "another gateway holds the name `{}`",
+                self.config.instance
+            ));
+        }
+        all
     }
 
     pub fn up(&self) -> bool {
@@ -252,40 +254,6 @@ impl Cluster {
         format!("{}:{rest}", self.config.prefix)
     }
 
-    /// Revocations pushed by the other gateways (`PUBLISH
-    /// <p>:revocations "disable <name>"`), taken at once; the set they are
-    /// kept in is read at each sync anyway (a push missed while this
-    /// connection was away arrives then).
-    fn listen(&self, book: &Book, subscribed: std::sync::mpsc::Sender<()>) {
-        let channel = self.key("revocations");
-        let mut backoff = Duration::from_millis(100);
-        loop {
-            let Ok(mut con) = open(&self.config, Duration::from_secs(10)) else {
-                std::thread::sleep(backoff);
-                backoff = (backoff * 2).min(Duration::from_secs(5));
-                continue;
-            };
-            backoff = Duration::from_millis(100);
-            let mut sub = con.as_pubsub();
-            if sub.subscribe(&channel).is_err() {
-                continue;
-            }
-            let _ = subscribed.send(());
-            // Any error (a quiet 10 s included): connect again.
-            while let Ok(msg) = sub.get_message() {
-                let text: String = msg.get_payload().unwrap_or_default();
-                let (disable, name) = match text.split_once(' ') {
-                    Some(("disable", n)) => (true, n),
-                    Some(("enable", n)) => (false, n),
-                    _ => continue,
-                };
-                if let Some((_, u)) = book.all().into_iter().find(|(n, _)| n == name) {
-                    u.set_cluster_disabled(disable);
-                }
-            }
-        }
-    }
-
     fn run(&self, book: &Book) {
         let mut con: Option<redis::Connection> = None;
         let mut backoff = self.config.sync;
@@ -293,8 +261,11 @@ impl Cluster {
         // Each key's credits and demand at the last sync (the pace sizes
         // reservations; the demand, shares of the rate).
         let mut last = HashMap::new();
+        // Keys (by name and period) whose own field was read back.
+        let mut resumed = std::collections::HashSet::new();
         loop {
             let started = Instant::now();
+            let leaving = *self.leaving.lock().expect("not poisoned") == Some(false);
             if con.is_none() {
                 con = self
                     .connect()
@@ -302,7 +273,7 @@ impl Cluster {
                     .ok();
             }
             if let Some(c) = con.as_mut() {
-                match self.sync(c, book, &mut last) {
+                match self.sync(c, book, &mut last, &mut resumed, leaving) {
                     Ok(()) => {
                         if said_down {
                             crate::info!("cluster: Redis is back; budgets are shared again");
@@ -316,6 +287,11 @@ impl Cluster {
                         con = None;
                     }
                 }
+            }
+            if leaving {
+                *self.leaving.lock().expect("not poisoned") = Some(true);
+                self.left.notify_all();
+                return;
             }
             let wait = if con.is_some() {
                 self.config.sync
@@ -361,20 +337,34 @@ impl Cluster {
         }
     }
 
+    /// A connection, with the ledger's script loaded (it then travels as
+    /// its SHA-1, not its text, once per key per sync).
     fn connect(&self) -> redis::RedisResult<redis::Connection> {
-        open(
+        let mut con = open(
             &self.config,
             (self.config.sync * 5).max(Duration::from_millis(500)),
-        )
+        )?;
+        redis::cmd("SCRIPT")
+            .arg("LOAD")
+            .arg(ledger::RESERVE)
+            .query::<String>(&mut con)?;
+        redis::cmd("SCRIPT")
+            .arg("LOAD")
+            .arg(claim::CLAIM)
+            .query::<String>(&mut con)?;
+        Ok(con)
     }
 
-    /// One exchange with Redis (one round trip; two when Redis came back
-    /// empty and revocations must be pushed again).
+    /// One exchange with Redis (one round trip; more when Redis came back
+    /// empty, a revocation is pushed, or keys are read back at start).
+    /// `leaving`: the drain's last one.
     fn sync(
         &self,
         con: &mut redis::Connection,
         book: &Book,
         last: &mut HashMap<String, (u64, u64)>,
+        resumed: &mut std::collections::HashSet<(String, u64)>,
+        leaving: bool,
     ) -> redis::RedisResult<()> {
         let now_ms = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -383,89 +373,73 @@ impl Cluster {
         let instances = self.key("instances");
         let disabled_set = self.key("disabled");
         let epoch = self.key("epoch");
+        let alive_ms = alive(self.config.sync).as_millis() as u64;
         let keys = book.all();
+        // A key seen for the first time in its period: what this instance
+        // published of it before it restarted is read back first.
+        let fresh: Vec<_> = keys
+            .iter()
+            .filter(|(n, u)| !resumed.contains(&(n.clone(), u.counts().period_start)))
+            .cloned()
+            .collect();
+        if !fresh.is_empty() && !self.name_taken.load(Relaxed) {
+            ledger::resume(con, self, &fresh)?;
+            resumed.extend(
+                fresh
+                    .iter()
+                    .map(|(n, u)| (n.clone(), u.counts().period_start)),
+            );
+        }
         let commands = std::mem::take(&mut *self.commands.lock().expect("not poisoned"));
         let mut pipe = redis::pipe();
-        pipe.cmd("ZADD")
-            .arg(&instances)
-            .arg(now_ms)
-            .arg(me)
-            .ignore();
+        // The name first: a sync of a run that does not hold it writes no field.
+        pipe.cmd("EVALSHA")
+            .arg(ledger::sha(claim::CLAIM))
+            .arg(1)
+            .arg(claim::key(&self.config))
+            .arg(&self.run)
+            .arg(alive_ms);
+        match leaving {
+            true => pipe.cmd("ZREM").arg(&instances).arg(me).ignore(),
+            false => pipe
+                .cmd("ZADD")
+                .arg(&instances)
+                .arg(now_ms)
+                .arg(me)
+                .ignore(),
+        };
         pipe.cmd("ZREMRANGEBYSCORE")
             .arg(&instances)
             .arg("-inf")
-            .arg(now_ms.saturating_sub(alive(self.config.sync).as_millis() as u64))
+            .arg(now_ms.saturating_sub(alive_ms))
             .ignore();
         pipe.cmd("ZCARD").arg(&instances);
         // Redis restarted empty (or never saw this cluster): the epoch mark
         // is gone; the revocations this instance knows are pushed again.
         pipe.cmd("SET").arg(&epoch).arg(me).arg("NX");
-        // Kept in the set first, then pushed to the gateways listening.
-        let revocations = self.key("revocations");
+        // Kept in the set (pushed to the listening gateways apart, below).
         for c in &commands {
-            let (push, n) = match c {
-                Command::Disable(n) => {
-                    pipe.cmd("SADD").arg(&disabled_set).arg(n).ignore();
-                    ("disable", n)
-                }
-                Command::Enable(n) => {
-                    pipe.cmd("SREM").arg(&disabled_set).arg(n).ignore();
-                    ("enable", n)
-                }
+            match c {
+                Command::Disable(n) => pipe.cmd("SADD").arg(&disabled_set).arg(n).ignore(),
+                Command::Enable(n) => pipe.cmd("SREM").arg(&disabled_set).arg(n).ignore(),
             };
-            pipe.cmd("PUBLISH")
-                .arg(&revocations)
-                .arg(format!("{push} {n}"))
+        }
+        let publish = !self.name_taken.load(Relaxed);
+        let sha = ledger::sha(ledger::RESERVE);
+        let asked: Vec<_> = keys
+            .iter()
+            .filter(|_| publish)
+            .map(|(name, u)| ledger::publish(&mut pipe, self, &sha, name, u, last, leaving))
+            .collect();
+        pipe.cmd("SMEMBERS").arg(&disabled_set);
+        if leaving {
+            pipe.cmd("EVAL")
+                .arg(claim::RELEASE)
+                .arg(1)
+                .arg(claim::key(&self.config))
+                .arg(&self.run)
                 .ignore();
         }
-        // Each key: this instance's figures and reservation published, a
-        // reservation topped up, the others' figures read (one script, so
-        // that reservations never grant more than the quota).
-        let mut asked = Vec::with_capacity(keys.len());
-        for (name, u) in &keys {
-            let c = u.counts();
-            let quota = u.quota();
-            let used = c.credits;
-            let demand = u.demand();
-            let (was_used, was_demand) = last.get(name).copied().unwrap_or((used, demand));
-            let consumed = used.saturating_sub(was_used);
-            let asked_rate = demand.saturating_sub(was_demand);
-            last.insert(name.clone(), (used, demand));
-            // Enough for two intervals at the pace of the last one, or half
-            // of this gateway's part of what is left, whichever is more.
-            let left = quota.saturating_sub(u.credits());
-            let n = u64::from(self.instances().max(1));
-            let headroom = (2 * consumed).max(left / (2 * n)).max(1);
-            let held = u.grant().unwrap_or(used).max(used);
-            let target = used + headroom;
-            let keep = held.min(target);
-            let want = if quota > 0 { target - keep } else { 0 };
-            asked.push(keep);
-            let hash = self.key(&format!("usage:{name}:{}", c.period_start));
-            pipe.cmd("EVAL")
-                .arg(RESERVE)
-                .arg(2)
-                .arg(&hash)
-                .arg(self.key(&format!("share:{name}")))
-                .arg(me)
-                .arg(format!(
-                    "{} {} {} {} {} {}",
-                    c.calls,
-                    c.credits,
-                    c.notifications,
-                    c.bytes_in,
-                    c.bytes_out,
-                    u.sessions.load(Relaxed)
-                ))
-                .arg(keep)
-                .arg(want)
-                .arg(quota)
-                // Kept a while after the period, for billing.
-                .arg(40u64 * 86_400_000)
-                .arg(if u.rated() { asked_rate as i64 } else { -1 })
-                .arg(alive(self.config.sync).as_millis() as u64);
-        }
-        pipe.cmd("SMEMBERS").arg(&disabled_set);
         let reply: Vec<redis::Value> = match pipe.query(con) {
             Ok(r) => r,
             Err(e) => {
@@ -477,46 +451,46 @@ impl Cluster {
                 return Err(e);
             }
         };
+        if !commands.is_empty() {
+            self.publish(con, &commands);
+        }
         let mut reply = reply.into_iter();
         let mut next = || reply.next().unwrap_or(redis::Value::Nil);
-        let live: u32 = redis::from_redis_value(&next())?;
-        let fresh_epoch = !matches!(next(), redis::Value::Nil);
-        for ((_, u), keep) in keys.iter().zip(asked) {
-            let (got, all, share): (u64, Vec<String>, i64) = redis::from_redis_value(&next())?;
-            if u.quota() > 0 {
-                u.set_grant(Some(keep + got));
-            }
-            u.set_share(u32::try_from(share).ok());
-            let mut sums = [0u64; 6];
-            for pair in all.chunks(2) {
-                let [instance, figures] = pair else { continue };
-                if instance == me {
-                    continue;
-                }
-                for (sum, f) in sums.iter_mut().zip(figures.split(' ')) {
-                    *sum += f.parse::<u64>().unwrap_or(0);
-                }
-            }
-            let o = &u.others;
-            for (cell, v) in [
-                &o.calls,
-                &o.credits,
-                &o.notifications,
-                &o.bytes_in,
-                &o.bytes_out,
-                &o.sessions,
-            ]
-            .into_iter()
-            .zip(sums)
-            {
-                cell.store(v, Relaxed);
+        let held = matches!(next(), redis::Value::Int(1));
+        if self.name_taken.swap(!held, Relaxed) == held {
+            match held {
+                true => crate::info!("cluster: the name `{me}` is this gateway's again"),
+                false => crate::error!(
+                    "cluster: another gateway holds the name `{me}`: this one publishes nothing until it is free (give each gateway its own cluster.instance)"
+                ),
             }
         }
+        let live: u32 = redis::from_redis_value(&next())?;
+        let fresh_epoch = !matches!(next(), redis::Value::Nil);
+        for ((_, u), asked) in keys.iter().zip(asked) {
+            ledger::read(u, asked, next())?;
+        }
         let disabled: Vec<String> = redis::from_redis_value(&next())?;
+        self.revocations(con, &keys, disabled, fresh_epoch)?;
+        let live = live.max(1);
+        self.instances.store(live, Relaxed);
+        set_instances(live);
+        Ok(())
+    }
+
+    /// The set of keys disabled through the cluster, as read at a sync
+    /// (`fresh_epoch`: Redis restarted empty: what this instance knows goes
+    /// back): each key's state follows it.
+    fn revocations(
+        &self,
+        con: &mut redis::Connection,
+        keys: &[(String, Arc<Usage>)],
+        disabled: Vec<String>,
+        fresh_epoch: bool,
+    ) -> redis::RedisResult<()> {
+        let disabled_set = self.key("disabled");
         let mut known = self.disabled.lock().expect("not poisoned");
         if fresh_epoch && !known.is_empty() {
-            // The set was lost with Redis's data: what this instance knows
-            // goes back (before the next read of it).
             let mut again = redis::cmd("SADD");
             again.arg(&disabled_set);
             for n in known.iter() {
@@ -533,13 +507,9 @@ impl Cluster {
                 };
             }
         }
-        for (name, u) in &keys {
+        for (name, u) in keys {
             u.set_cluster_disabled(known.contains(name));
         }
-        drop(known);
-        let live = live.max(1);
-        self.instances.store(live, Relaxed);
-        set_instances(live);
         Ok(())
     }
 }

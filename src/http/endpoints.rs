@@ -331,10 +331,15 @@ pub fn health_response(out: &mut Vec<u8>, served: &Served, path: &str, full: boo
         body.insert_str(
             end,
             &format!(
-                r#","cluster":{{"redis":"{}","instances":{},"sync_failures":{}}}"#,
+                r#","cluster":{{"redis":"{}","instances":{},"sync_failures":{},"problems":[{}]}}"#,
                 if c.up() { "up" } else { "degraded" },
                 c.instances(),
-                c.failures()
+                c.failures(),
+                c.problems()
+                    .iter()
+                    .map(|p| format!("\"{}\"", json_text(p)))
+                    .collect::<Vec<_>>()
+                    .join(",")
             ),
         );
     }

@@ -290,6 +290,35 @@ impl Usage {
             .store(credits.map_or(0, |c| c.saturating_add(1)), Relaxed);
     }
 
+    /// The sync thread's grant for period `period_start`: dropped when the
+    /// period rolled over meanwhile (a new period starts without one).
+    pub fn set_grant_for(&self, period_start: u64, credits: Option<u64>) {
+        self.set_grant(credits);
+        // Stored, then checked: a roll that came before or after leaves 0.
+        if self.period_start.load(Relaxed) != period_start {
+            self.grant.store(0, Relaxed);
+        }
+    }
+
+    /// What this instance published of period `at.period_start` before it
+    /// restarted (read back from the cluster): each counter resumes from
+    /// the larger of that and what it has (from its state file), so a
+    /// restart under the same name neither loses nor doubles a count.
+    pub fn resume_at_least(&self, at: &Counts) {
+        if self.period_start.load(Relaxed) != at.period_start {
+            return;
+        }
+        for (cell, v) in [
+            (&self.calls, at.calls),
+            (&self.credits, at.credits),
+            (&self.notifications, at.notifications),
+            (&self.bytes_in, at.bytes_in),
+            (&self.bytes_out, at.bytes_out),
+        ] {
+            cell.fetch_max(v, Relaxed);
+        }
+    }
+
     /// Credits used by this gateway in this period.
     pub fn local_credits(&self) -> u64 {
         self.credits.load(Relaxed)

@@ -101,7 +101,7 @@ pub fn start(config: Config, tls: Option<crate::tls::ServerTls>) -> io::Result<R
     let io_uring = monoio::utils::detect_uring();
     let drain_for = worker_drain_deadline(&config.limits);
     let pin = config.pin_workers;
-    let generations = reload::Generations::start(config, io_uring);
+    let generations = reload::Generations::start(config, io_uring).map_err(io::Error::other)?;
     // Every worker's hash channel exists before the health thread publishes
     // its first hashes: a worker starting late must not miss them.
     let first = generations.current();

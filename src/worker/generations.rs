@@ -150,14 +150,23 @@ pub struct Generations {
 }
 
 impl Generations {
-    /// Generation 1 from the configuration at start; its health thread starts.
-    pub fn start(config: Config, io_uring: bool) -> Arc<Generations> {
+    /// Generation 1 from the configuration at start; its health thread
+    /// starts. `Err`: the cluster's name is another running gateway's (the
+    /// error names the key and the file).
+    pub fn start(config: Config, io_uring: bool) -> Result<Arc<Generations>, String> {
         let healths = config.chains.iter().map(fresh_health).collect();
         let usage: Arc<crate::policy::usage::Book> = Arc::default();
-        let cluster = config
-            .cluster
-            .clone()
-            .map(|c| crate::cluster::Cluster::start(c, usage.clone()));
+        let origin = config
+            .source
+            .as_ref()
+            .map_or("command line".into(), |p| p.display().to_string());
+        let cluster = match config.cluster.clone() {
+            Some(c) => Some(
+                crate::cluster::Cluster::start(c, usage.clone())
+                    .map_err(|e| format!("{origin}: key `cluster.instance`: {e}"))?,
+            ),
+            None => None,
+        };
         let first = Generation::start(1, config, healths, None, &usage);
         let usage_stop = Arc::new(AtomicBool::new(false));
         let keeper = {
@@ -176,7 +185,7 @@ impl Generations {
         };
         let totals: Arc<crate::policy::SharedCounts> = Arc::default();
         let counts: &'static Arc<_> = Box::leak(Box::new(totals.clone()));
-        Arc::new(Generations {
+        Ok(Arc::new(Generations {
             current: Mutex::new(Arc::new(first)),
             number: AtomicU64::new(1),
             reloads_ok: AtomicU64::new(0),
@@ -190,12 +199,17 @@ impl Generations {
             cluster,
             usage_stop,
             usage_keeper: Mutex::new(keeper),
-        })
+        }))
     }
 
     /// At drain, once no session is left: the usage keeper writes the
     /// state file a last time and ends.
     pub fn finish_usage(&self) {
+        // The cluster's last sync first: this instance's sessions 0, its
+        // unused grant back, its name free.
+        if let Some(c) = &self.cluster {
+            c.finish(std::time::Duration::from_secs(2));
+        }
         self.usage_stop.store(true, Ordering::Relaxed);
         if let Some(h) = self.usage_keeper.lock().expect("not poisoned").take() {
             let _ = h.join();

@@ -174,7 +174,7 @@ pub fn printed_addr(gw: &Gateway, marker: &str) -> String {
 /// `GET path` over plain HTTP/1.1 from `addr` (the metrics listener).
 pub fn plain_get(addr: &str, path: &str) -> (u16, String, String) {
     let mut s = std::net::TcpStream::connect(addr).unwrap();
-    write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\n\r\n").unwrap();
     super::read_response(&mut s)
 }
 

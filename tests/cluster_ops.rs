@@ -1,0 +1,411 @@
+//! Gateways run the way a provider runs them, on one real `redis-server`:
+//! killed with `kill -9`, restarted under their name or a new one, stopped
+//! with SIGTERM, started twice under one name, given a Redis user without
+//! pub/sub. Usage stays exact, no key is locked out, no name is shared.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::Value;
+use tungstenite::Message;
+
+const ACME: &str = "acme-0123456789abcdef0";
+const BILL: &str = "bill-0123456789abcdef0";
+
+/// `acme`: two connections at most; `bill`: 400 credits a day.
+const KEYS: &str = "[[key]]\nname = \"acme\"\nkey = \"acme-0123456789abcdef0\"\nmax_connections = 2\n\n[[key]]\nname = \"bill\"\nkey = \"bill-0123456789abcdef0\"\nquota = 400\nperiod = \"day\"\n";
+
+/// The cluster's alive window at `sync_ms = 100`: 20 syncs, at least 2 s.
+const ALIVE: Duration = Duration::from_secs(2);
+
+/// A gateway of the cluster named `name` (its metrics listener too).
+fn member(pki: &TestPki, redis_url: &str, node: &str, name: &str) -> (Gateway, String) {
+    let keys = write_config(pki, "ops-keys.toml", KEYS);
+    let cfg = config(pki, redis_url, name, &keys);
+    let gw = Gateway::start(
+        pki,
+        &[node.to_string()],
+        &["--config", cfg.to_str().unwrap()],
+    );
+    let metrics = printed_addr(&gw, "metrics on http://");
+    (gw, metrics)
+}
+
+fn config(
+    pki: &TestPki,
+    redis_url: &str,
+    name: &str,
+    keys: &std::path::Path,
+) -> std::path::PathBuf {
+    write_config(
+        pki,
+        &format!("ops-{name}.toml"),
+        &format!(
+            "[server]\nmetrics_listen = \"127.0.0.1:0\"\n[keys]\nfile = \"{}\"\n[cluster]\nredis = \"{redis_url}\"\ninstance = \"{name}\"\nsync_ms = 100\n",
+            keys.display()
+        ),
+    )
+}
+
+fn json(metrics: &str, path: &str) -> Value {
+    serde_json::from_str(&plain_get(metrics, path).2).unwrap()
+}
+
+fn usage(metrics: &str, key: &str) -> Value {
+    json(metrics, "/usage")["keys"][key].clone()
+}
+
+/// Kill the gateway the way a crash or `kill -9` does: nothing written.
+fn kill9(gw: Gateway) {
+    let _ = std::process::Command::new("kill")
+        .args(["-9", &gw.pid().to_string()])
+        .status();
+    drop(gw);
+}
+
+/// A WebSocket session with `key`, or the status that refused it.
+fn session(
+    gw: &Gateway,
+    pki: &TestPki,
+    key: &str,
+) -> Result<tungstenite::WebSocket<TlsStream>, u16> {
+    let mut s = tls_connect(gw.addr, pki.client_config());
+    s.write_all(upgrade_request(&format!("/{key}"), |_| {}).as_bytes())
+        .unwrap();
+    let (status, _, _) = read_response(&mut s);
+    if status != 101 {
+        return Err(status);
+    }
+    Ok(tungstenite::WebSocket::from_raw_socket(
+        s,
+        tungstenite::protocol::Role::Client,
+        None,
+    ))
+}
+
+/// One call: true when answered, false when refused (-32005).
+fn call(ws: &mut tungstenite::WebSocket<TlsStream>, id: u64) -> bool {
+    ws.send(Message::text(format!(
+        r#"{{"jsonrpc":"2.0","id":{id},"method":"echo"}}"#
+    )))
+    .unwrap();
+    loop {
+        if let Message::Text(t) = ws.read().unwrap() {
+            let v: Value = serde_json::from_str(&t).unwrap();
+            return v["error"]["code"] != -32005;
+        }
+    }
+}
+
+/// One Redis command over RESP, its raw answer.
+fn redis_cmd(port: u16, args: &[&str]) -> String {
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let mut req = format!("*{}\r\n", args.len());
+    for a in args {
+        req.push_str(&format!("${}\r\n{a}\r\n", a.len()));
+    }
+    s.write_all(req.as_bytes()).unwrap();
+    s.set_read_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    while let Ok(n) = s.read(&mut buf) {
+        if n == 0 {
+            break;
+        }
+        out.extend_from_slice(&buf[..n]);
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Guards the ledger's heartbeat: a gateway killed while it held a key's
+/// `max_connections` sessions left its field in Redis with `sessions 2`,
+/// and every other gateway refused the key (429) for the rest of the period.
+#[test]
+fn a_killed_gateways_sessions_stop_counting_within_the_alive_window() {
+    let pki = TestPki::new();
+    let redis = Redis::start();
+    let node = Upstream::start(Behaviour::Echo);
+    let (a, _) = member(&pki, &redis.url(), &node.url(), "kill-a");
+    let (b, b_metrics) = member(&pki, &redis.url(), &node.url(), "kill-b");
+    let held: Vec<_> = (0..2).map(|_| session(&a, &pki, ACME).unwrap()).collect();
+    wait_for(TIMEOUT, "b to see a's two sessions", || {
+        usage(&b_metrics, "acme")["cluster"]["sessions"] == 2
+    });
+    assert_eq!(
+        session(&b, &pki, ACME).err(),
+        Some(429),
+        "the key is at its limit"
+    );
+    kill9(a);
+    drop(held);
+    let killed = Instant::now();
+    wait_for(
+        ALIVE + Duration::from_secs(3),
+        "the key admitted again",
+        || session(&b, &pki, ACME).is_ok(),
+    );
+    let took = killed.elapsed();
+    assert!(
+        took <= ALIVE + Duration::from_secs(1),
+        "admitted after {took:?}"
+    );
+}
+
+/// Guards resuming one's own field: a gateway restarted under its name
+/// without a state file published zeros over its field, and the key's
+/// usage (and its quota) went back to what the others had used.
+#[test]
+fn a_gateway_restarted_under_its_name_resumes_its_usage() {
+    let pki = TestPki::new();
+    let redis = Redis::start();
+    let node = Upstream::start(Behaviour::Echo);
+    let (a, a_metrics) = member(&pki, &redis.url(), &node.url(), "resume-a");
+    let (b, _) = member(&pki, &redis.url(), &node.url(), "resume-b");
+    let mut ws = session(&b, &pki, BILL).unwrap();
+    for id in 0..30 {
+        assert!(call(&mut ws, id));
+    }
+    drop(ws);
+    wait_for(TIMEOUT, "a to see b's 30 calls", || {
+        usage(&a_metrics, "bill")["cluster"]["calls"] == 30
+    });
+    kill9(b);
+    let (b, b_metrics) = member(&pki, &redis.url(), &node.url(), "resume-b");
+    wait_for(TIMEOUT, "b's own 30 calls back", || {
+        usage(&b_metrics, "bill")["current"]["calls"] == 30
+    });
+    // Neither lost nor doubled, seen from either gateway.
+    for m in [&a_metrics, &b_metrics] {
+        wait_for(TIMEOUT, "the totals", || {
+            usage(m, "bill")["cluster"]["calls"] == 30
+        });
+    }
+    let mut ws = session(&b, &pki, BILL).unwrap();
+    assert!(call(&mut ws, 99));
+    wait_for(TIMEOUT, "31 in the totals", || {
+        usage(&a_metrics, "bill")["cluster"]["calls"] == 31
+    });
+    drop(a);
+}
+
+/// Guards the grant of a gateway that died: restarted under a new name
+/// (as pods are), only 267 of a quota of 400 could be used: the dead
+/// field's reservation still counted.
+#[test]
+fn a_gateway_renamed_after_a_crash_can_use_the_whole_remaining_quota_and_no_more() {
+    let pki = TestPki::new();
+    let redis = Redis::start();
+    let node = Upstream::start(Behaviour::Echo);
+    let (a, _) = member(&pki, &redis.url(), &node.url(), "pod-1");
+    let (b, b_metrics) = member(&pki, &redis.url(), &node.url(), "pod-2");
+    let mut ws = session(&a, &pki, BILL).unwrap();
+    for id in 0..100 {
+        assert!(call(&mut ws, id));
+    }
+    drop(ws);
+    wait_for(TIMEOUT, "b to see a's 100 credits", || {
+        usage(&b_metrics, "bill")["cluster"]["credits"] == 100
+    });
+    kill9(a);
+    let (c, _) = member(&pki, &redis.url(), &node.url(), "pod-3");
+    // Once the dead field stops holding its grant, every credit left is usable.
+    std::thread::sleep(ALIVE + Duration::from_millis(500));
+    let mut answered = 0;
+    let mut refused_since: Option<Instant> = None;
+    let mut id = 1000;
+    for gw in [&c, &b] {
+        let mut ws = session(gw, &pki, BILL).unwrap();
+        refused_since = None;
+        while refused_since.is_none_or(|t| t.elapsed() < Duration::from_millis(800)) {
+            id += 1;
+            if call(&mut ws, id) {
+                answered += 1;
+                refused_since = None;
+            } else {
+                refused_since.get_or_insert_with(Instant::now);
+            }
+        }
+    }
+    assert!(refused_since.is_some());
+    assert_eq!(answered, 300, "the quota left was 300");
+    drop((b, c));
+}
+
+/// A gateway stopped with SIGTERM gives back at once what it held: its
+/// sessions and its unused grant (before, after the alive window at best).
+#[test]
+fn sigterm_gives_back_the_sessions_and_the_grant_at_once() {
+    let pki = TestPki::new();
+    let redis = Redis::start();
+    let node = Upstream::start(Behaviour::Echo);
+    let (a, _) = member(&pki, &redis.url(), &node.url(), "term-a");
+    let (b, b_metrics) = member(&pki, &redis.url(), &node.url(), "term-b");
+    let _held: Vec<_> = (0..2).map(|_| session(&a, &pki, ACME).unwrap()).collect();
+    let mut ws = session(&a, &pki, BILL).unwrap();
+    for id in 0..10 {
+        assert!(call(&mut ws, id));
+    }
+    wait_for(TIMEOUT, "b to see a's sessions", || {
+        usage(&b_metrics, "acme")["cluster"]["sessions"] == 2
+    });
+    let mut a = a;
+    let _ = std::process::Command::new("kill")
+        .args(["-TERM", &a.pid().to_string()])
+        .status();
+    assert!(a.wait_exit(TIMEOUT).is_some_and(|s| s.success()));
+    // At its exit, not after the alive window: given back by its last sync.
+    let exited = Instant::now();
+    wait_for(Duration::from_secs(1), "a's sessions given back", || {
+        usage(&b_metrics, "acme")["cluster"]["sessions"] == 0
+    });
+    assert!(session(&b, &pki, ACME).is_ok());
+    assert!(exited.elapsed() < ALIVE);
+    // Its field keeps its figures for billing, with its grant down to what it used.
+    let fields = redis_cmd(redis.port, &["KEYS", "ringway:usage:bill:*"]);
+    let hash = fields
+        .lines()
+        .find(|l| l.starts_with("ringway:usage:bill:"))
+        .unwrap_or_else(|| panic!("{fields}"))
+        .to_string();
+    let field = redis_cmd(redis.port, &["HGET", &hash, "term-a"]);
+    let numbers: Vec<u64> = field
+        .lines()
+        .nth(1)
+        .unwrap_or_else(|| panic!("{field}"))
+        .split(' ')
+        .map(|n| n.parse().unwrap())
+        .collect();
+    // calls credits notifications bytes_in bytes_out sessions granted beat
+    assert_eq!((numbers[0], numbers[1]), (10, 10), "{field}");
+    assert_eq!(numbers[5], 0, "no session: {field}");
+    assert_eq!(numbers[6], 10, "the unused grant given back: {field}");
+    assert_eq!(numbers[7], 0, "gone: {field}");
+}
+
+/// Guards one name, one gateway: two gateways with one `cluster.instance`
+/// both ran, overwriting each other's figures (budgets doubled, usage lost).
+#[test]
+fn a_second_gateway_under_a_running_ones_name_refuses_to_start() {
+    let pki = TestPki::new();
+    let redis = Redis::start();
+    let node = Upstream::start(Behaviour::Echo);
+    let (_a, _) = member(&pki, &redis.url(), &node.url(), "twin");
+    let keys = write_config(&pki, "ops-keys.toml", KEYS);
+    let cfg = config(&pki, &redis.url(), "twin", &keys);
+    let started = Instant::now();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ringway"))
+        .args(["--listen", "127.0.0.1:0", "--upstream", &node.url()])
+        .args([
+            "--cert",
+            pki.cert.to_str().unwrap(),
+            "--key",
+            pki.key.to_str().unwrap(),
+        ])
+        .args(["--config", cfg.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("cluster.instance") && stderr.contains(cfg.to_str().unwrap()),
+        "{stderr}"
+    );
+    assert!(started.elapsed() < ALIVE + Duration::from_secs(2));
+}
+
+/// A gateway restarting after a crash waits out the alive window for its
+/// own name instead of failing.
+#[test]
+fn a_gateway_restarted_after_a_crash_waits_for_its_name() {
+    let pki = TestPki::new();
+    let redis = Redis::start();
+    let node = Upstream::start(Behaviour::Echo);
+    let (a, _) = member(&pki, &redis.url(), &node.url(), "phoenix");
+    kill9(a);
+    let start = Instant::now();
+    let (_a, metrics) = member(&pki, &redis.url(), &node.url(), "phoenix");
+    assert!(start.elapsed() <= ALIVE + Duration::from_secs(2));
+    wait_for(TIMEOUT, "the cluster up", || {
+        json(&metrics, "/health")["cluster"]["redis"] == "up"
+    });
+}
+
+/// CPU time (utime + stime) of process `pid`, in clock ticks.
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let after = stat.rsplit_once(')').unwrap().1;
+    let f: Vec<&str> = after.split_whitespace().collect();
+    f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap()
+}
+
+/// Guards a Redis user without pub/sub (Redis 7's `resetchannels`): the
+/// revocation listener reconnected in a busy loop (0.4 of a core, idle,
+/// nothing in the log). Now it backs off, the syncs go on, `/health` names
+/// the missing permission, and a revocation still reaches every gateway
+/// within a sync and a second.
+#[test]
+fn a_redis_user_without_channels_costs_the_push_not_the_cluster() {
+    let pki = TestPki::new();
+    let redis = Redis::start();
+    let acl = redis_cmd(
+        redis.port,
+        &[
+            "ACL",
+            "SETUSER",
+            "ringway",
+            "on",
+            ">pw",
+            "~*",
+            "+@all",
+            "resetchannels",
+        ],
+    );
+    assert!(acl.starts_with("+OK"), "{acl}");
+    let url = format!("redis://ringway:pw@127.0.0.1:{}/", redis.port);
+    let node = Upstream::start(Behaviour::Echo);
+    let (a, a_metrics) = member(&pki, &url, &node.url(), "acl-a");
+    let (b, b_metrics) = member(&pki, &url, &node.url(), "acl-b");
+    wait_for(TIMEOUT, "both in the cluster", || {
+        json(&b_metrics, "/health")["cluster"]["instances"] == 2
+    });
+    let health = json(&a_metrics, "/health");
+    assert_eq!(health["cluster"]["redis"], "up", "{health}");
+    assert!(
+        health["cluster"]["problems"].to_string().contains("NOPERM"),
+        "{health}"
+    );
+    // Idle: no busy loop (a second of CPU per ten seconds would be 0.1 of a core).
+    let ticks_per_s = 100;
+    let before = cpu_ticks(a.pid());
+    std::thread::sleep(Duration::from_secs(3));
+    let used = cpu_ticks(a.pid()) - before;
+    assert!(used < 3 * ticks_per_s / 10, "{used} ticks in 3 s");
+    // A revocation asked of a reaches b's session within a sync and a second.
+    let mut held = session(&b, &pki, ACME).unwrap();
+    let (status, _, body) = post_admin(&a_metrics, "/keys/acme/disable");
+    assert_eq!(status, 200, "{body}");
+    let asked = Instant::now();
+    let (code, _, _) = close_frame(&mut held);
+    assert_eq!(code, 1008);
+    assert!(
+        asked.elapsed() < Duration::from_millis(1100),
+        "{:?}",
+        asked.elapsed()
+    );
+    assert_eq!(json(&a_metrics, "/health")["cluster"]["redis"], "up");
+}
+
+/// `POST path` to a metrics listener, from this host, naming it as Host.
+fn post_admin(addr: &str, path: &str) -> (u16, String, String) {
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    write!(
+        s,
+        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\n\r\n"
+    )
+    .unwrap();
+    read_response(&mut s)
+}
