@@ -96,6 +96,9 @@ pub struct NodeStatus {
     /// Which chain it says it is on (Substrate: its genesis hash;
     /// Ethereum: `eth_chainId`), once per probe connection.
     identity: Mutex<Option<String>>,
+    /// Ethereum: its genesis block's hash (a chain id alone names many
+    /// chains: every devnet is 31337).
+    genesis: Mutex<Option<String>>,
     /// Its chain is not the pool's: taken out.
     other_chain: AtomicBool,
     passive_failures: AtomicU32,
@@ -135,6 +138,7 @@ impl NodeStatus {
             finalized: AtomicU64::new(0),
             finalized_hash: Mutex::new(None),
             identity: Mutex::new(None),
+            genesis: Mutex::new(None),
             other_chain: AtomicBool::new(false),
             passive_failures: AtomicU32::new(0),
             passive_total: AtomicU64::new(0),
@@ -399,6 +403,27 @@ impl Health {
     /// Node `i` says it is on chain `id` (its genesis hash or chain id).
     pub fn record_identity(&self, i: usize, id: &str) {
         *self.nodes[i].identity.lock().expect("not poisoned") = Some(id.to_string());
+    }
+
+    /// Node `i`'s genesis block hash (Ethereum), recorded before its identity.
+    pub fn record_genesis(&self, i: usize, hash: &str) {
+        *self.nodes[i].genesis.lock().expect("not poisoned") = Some(hash.to_string());
+    }
+
+    /// What names the pool's chain wherever its answers are shared (the
+    /// cluster's cache): its identity, and for Ethereum the genesis block
+    /// a node of it reported. `None` while no node said.
+    pub fn namespace(&self) -> Option<String> {
+        let chain = self.chain()?;
+        let genesis = self.nodes.iter().find_map(|n| {
+            let same = n.identity.lock().expect("not poisoned").as_deref() == Some(&chain);
+            same.then(|| n.genesis.lock().expect("not poisoned").clone())
+                .flatten()
+        });
+        Some(match genesis {
+            Some(g) => format!("{chain}/{g}"),
+            None => chain,
+        })
     }
 
     /// The chain the pool is on: configured, else the one most nodes

@@ -143,7 +143,10 @@ async fn probe_node(
         if let (true, Some(_), Some(c)) = (ok && !identified, head, conn.as_mut()) {
             let fd = c.fd;
             match within(fd, cfg.timeout, identity(c, flavour)).await {
-                Ok(Some(id)) => {
+                Ok(Some((id, genesis))) => {
+                    if let Some(g) = genesis {
+                        health.record_genesis(i, &g);
+                    }
                     health.record_identity(i, &id);
                     identified = true;
                 }
@@ -318,16 +321,33 @@ async fn finalized(
 
 /// The chain a node is on: Substrate its genesis hash, Ethereum its chain
 /// id (`None`: it does not say).
-async fn identity(c: &mut Probe, flavour: Flavour) -> Result<Option<String>, String> {
+/// Which chain a node says it is on (Substrate: its genesis hash;
+/// Ethereum: `eth_chainId`), and for Ethereum its genesis block's hash.
+async fn identity(
+    c: &mut Probe,
+    flavour: Flavour,
+) -> Result<Option<(String, Option<String>)>, String> {
     let (method, params) = match flavour {
         Flavour::Substrate => ("chain_getBlockHash", "[0]"),
         Flavour::Ethereum => ("eth_chainId", "[]"),
     };
-    match c.call(method, params).await {
-        Err(e) if e == NOT_RPC || e.starts_with(RPC_ERROR) => Ok(None),
-        Err(e) => Err(e),
-        Ok(v) => Ok(jsonrpc::unquote(&v).map(|s| String::from_utf8_lossy(s).to_ascii_lowercase())),
-    }
+    let text =
+        |v: &[u8]| jsonrpc::unquote(v).map(|s| String::from_utf8_lossy(s).to_ascii_lowercase());
+    let id = match c.call(method, params).await {
+        Err(e) if e == NOT_RPC || e.starts_with(RPC_ERROR) => return Ok(None),
+        Err(e) => return Err(e),
+        Ok(v) => text(&v),
+    };
+    let Some(id) = id else { return Ok(None) };
+    let genesis = match flavour {
+        Flavour::Substrate => None,
+        Flavour::Ethereum => match c.call("eth_getBlockByNumber", r#"["0x0",false]"#).await {
+            Ok(block) => jsonrpc::member(&block, b"hash").and_then(text),
+            Err(e) if e == NOT_RPC || e.starts_with(RPC_ERROR) => None,
+            Err(e) => return Err(e),
+        },
+    };
+    Ok(Some((id, genesis)))
 }
 
 async fn fetch_hashes(c: &mut Probe, from: u64, to: u64, health: &Health) -> Result<(), String> {

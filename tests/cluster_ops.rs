@@ -409,3 +409,121 @@ fn post_admin(addr: &str, path: &str) -> (u16, String, String) {
     .unwrap();
     read_response(&mut s)
 }
+
+/// JSON-RPC over plain HTTP to an anvil directly.
+fn direct(url: &str, body: &str) -> Value {
+    let addr = url.trim_start_matches("ws://");
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    write!(
+        s,
+        "POST / HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    serde_json::from_str(&read_response(&mut s).2).unwrap()
+}
+
+/// A single-chain gateway (named `default`, as every single-chain one is)
+/// on the cluster's Redis, with the second-level cache.
+fn chain_gateway(pki: &TestPki, redis: &Redis, node: &str, name: &str) -> Gateway {
+    let cfg = write_config(
+        pki,
+        &format!("l2-{name}.toml"),
+        &format!(
+            "[routing]\nchain = \"ethereum\"\n[health]\ninterval_ms = 100\n[cluster]\nredis = \"{}\"\ninstance = \"{name}\"\n",
+            redis.url()
+        ),
+    );
+    Gateway::start(
+        pki,
+        &[node.to_string()],
+        &["--config", cfg.to_str().unwrap()],
+    )
+}
+
+/// Guards the second level's keys: two single-chain gateways in front of
+/// chain ids 1 and 5 (both named `default`) on one Redis served each
+/// other's blocks from it, for up to an hour.
+#[test]
+fn two_chains_on_one_redis_each_answer_their_own_blocks() {
+    let bin = anvil_path();
+    let one = anvil(&bin, &["--chain-id", "1", "--timestamp", "1700000000"]);
+    let five = anvil(&bin, &["--chain-id", "5", "--timestamp", "1600000000"]);
+    for node in [&one, &five] {
+        let r = direct(
+            &node.url,
+            r#"{"jsonrpc":"2.0","id":1,"method":"anvil_mine","params":["0x64"]}"#,
+        );
+        assert!(r.get("result").is_some(), "{r}");
+    }
+    let block =
+        r#"{"jsonrpc":"2.0","id":7,"method":"eth_getBlockByNumber","params":["0x5",false]}"#;
+    let want = |url: &str| direct(url, block)["result"]["hash"].clone();
+    assert_ne!(want(&one.url), want(&five.url));
+    let pki = TestPki::new();
+    let redis = Redis::start();
+    let g1 = chain_gateway(&pki, &redis, &one.url, "chain-1");
+    let g5 = chain_gateway(&pki, &redis, &five.url, "chain-5");
+    let through = |gw: &Gateway| {
+        let (status, body) = post_json(gw.addr, pki.client_config(), block);
+        assert_eq!(status, 200, "{body}");
+        serde_json::from_str::<Value>(&body).unwrap()["result"]["hash"].clone()
+    };
+    // Chain 1's block 5 reaches Redis first; chain 5's gateway must not take it.
+    wait_for(TIMEOUT, "chain 1's block in Redis", || {
+        assert_eq!(through(&g1), want(&one.url));
+        redis_cmd(redis.port, &["KEYS", "ringway:cache:*"]).contains("ringway:cache:")
+    });
+    for _ in 0..5 {
+        assert_eq!(through(&g5), want(&five.url));
+        assert_eq!(through(&g1), want(&one.url));
+    }
+    // Keys are digests, not a client's params.
+    let keys = redis_cmd(redis.port, &["KEYS", "ringway:cache:*"]);
+    for k in keys.lines().filter(|l| l.starts_with("ringway:cache:")) {
+        assert_eq!(k.len(), "ringway:cache:".len() + 64, "{k}");
+    }
+}
+
+/// Answers larger than `cluster.cache_max_bytes` (1 MiB) stay out of
+/// Redis: one client could otherwise fill it with 8 MiB answers.
+#[test]
+fn a_five_mib_answer_is_not_kept_in_redis() {
+    let pki = TestPki::new();
+    let redis = Redis::start();
+    let chain = FakeChain::new(100);
+    chain
+        .metadata_bytes
+        .store(5 << 20, std::sync::atomic::Ordering::Relaxed);
+    let node = Upstream::start(Behaviour::Substrate(chain.clone()));
+    let cfg = write_config(
+        &pki,
+        "l2-big.toml",
+        &format!(
+            "[health]\ninterval_ms = 100\n[cluster]\nredis = \"{}\"\ninstance = \"big\"\n",
+            redis.url()
+        ),
+    );
+    let gw = Gateway::start(&pki, &[node.url()], &["--config", cfg.to_str().unwrap()]);
+    let small = r#"{"jsonrpc":"2.0","id":1,"method":"state_getRuntimeVersion","params":["0x0000000000000000000000000000000000000000000000000000000000000050"]}"#;
+    let big = r#"{"jsonrpc":"2.0","id":2,"method":"state_getMetadata","params":["0x0000000000000000000000000000000000000000000000000000000000000050"]}"#;
+    wait_for(TIMEOUT, "the small answer kept in Redis", || {
+        let (status, _) = post_json(gw.addr, pki.client_config(), small);
+        assert_eq!(status, 200);
+        redis_cmd(redis.port, &["KEYS", "ringway:cache:*"]).contains("ringway:cache:")
+    });
+    let (status, body) = post_json(gw.addr, pki.client_config(), big);
+    assert_eq!(status, 200);
+    assert!(body.len() > 5 << 20);
+    let keys = redis_cmd(redis.port, &["KEYS", "ringway:cache:*"]);
+    let keys: Vec<&str> = keys
+        .lines()
+        .filter(|l| l.starts_with("ringway:cache:"))
+        .collect();
+    assert_eq!(keys.len(), 1, "only the small answer: {keys:?}");
+    let len = redis_cmd(redis.port, &["STRLEN", keys[0]]);
+    assert!(
+        len.trim_start_matches(':').trim().parse::<usize>().unwrap() < 1 << 20,
+        "{len}"
+    );
+}

@@ -112,16 +112,28 @@ thread_local! {
     static PORT: RefCell<Option<Rc<Port>>> = const { RefCell::new(None) };
 }
 
-/// The second level as one chain's cache sees it (its keys apart from
-/// other chains').
+/// The second level as one chain's cache sees it: its keys apart from any
+/// other chain's, whatever the chains are called (two deployments on one
+/// Redis may both name theirs `default`). A key is the SHA-256 of the
+/// chain's identity as its nodes report it (the genesis hash; Ethereum's
+/// chain id and genesis block), the method and the params: nothing is
+/// stored or looked up before the identity is known, and no client's
+/// params (up to a message's size) become a Redis key. Answers larger
+/// than `max_bytes` are not stored.
 pub struct Level2 {
     port: Rc<Port>,
-    space: Vec<u8>,
+    health: std::sync::Arc<crate::health::Health>,
+    max_bytes: usize,
 }
 
 impl Level2 {
-    /// This core's way to the store, for chain `chain`.
-    pub fn new(link: &Link, chain: &str) -> std::io::Result<Level2> {
+    /// This core's way to the store, for the chain whose nodes `health`
+    /// follows; answers up to `max_bytes` are stored.
+    pub fn new(
+        link: &Link,
+        health: std::sync::Arc<crate::health::Health>,
+        max_bytes: usize,
+    ) -> std::io::Result<Level2> {
         let port = PORT.with(|p| -> std::io::Result<Rc<Port>> {
             if let Some(port) = p.borrow().as_ref() {
                 return Ok(port.clone());
@@ -141,13 +153,30 @@ impl Level2 {
             *p.borrow_mut() = Some(port.clone());
             Ok(port)
         })?;
-        let mut space = chain.as_bytes().to_vec();
-        space.push(b':');
-        Ok(Level2 { port, space })
+        Ok(Level2 {
+            port,
+            health,
+            max_bytes,
+        })
     }
 
-    fn key(&self, key: &[u8]) -> Vec<u8> {
-        [&self.space[..], key].concat()
+    /// The store's key for `key` (a cache key: method, 0, params), once
+    /// the chain's identity is known.
+    fn key(&self, key: &[u8]) -> Option<Vec<u8>> {
+        let identity = self.health.namespace()?;
+        let mut h = ring::digest::Context::new(&ring::digest::SHA256);
+        h.update(identity.as_bytes());
+        h.update(&[0]);
+        h.update(key);
+        let digest = h.finish();
+        Some(
+            digest
+                .as_ref()
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect::<String>()
+                .into_bytes(),
+        )
     }
 
     /// Look `key` up; `then` runs on this core with the answer. Returns
@@ -167,10 +196,11 @@ impl Level2 {
             token,
             sent: false,
         };
-        let job = Job::Get {
-            key: self.key(key),
-            reply,
+        let Some(key) = self.key(key) else {
+            // The chain's identity is not known yet: a miss.
+            return false;
         };
+        let job = Job::Get { key, reply };
         // Not queued: its reply, dropped, posts a miss nobody waits for.
         if port.link.jobs.try_send(job).is_err() {
             return false;
@@ -181,8 +211,15 @@ impl Level2 {
 
     /// Keep an answer's head (`{"jsonrpc":"2.0","result":…,"id":`).
     pub fn put(&self, key: &[u8], head: &[u8], ttl: Duration) {
+        let Some(key) = self.key(key) else {
+            return;
+        };
+        if head.len() > self.max_bytes {
+            // Too large to share: this answer is fetched per gateway.
+            return self.forget_key(key);
+        }
         let _ = self.port.link.jobs.try_send(Job::Put {
-            key: self.key(key),
+            key,
             head: head.to_vec(),
             ttl,
         });
@@ -190,11 +227,13 @@ impl Level2 {
 
     /// The fetch of `key` this instance noted came to nothing.
     pub fn forget(&self, key: &[u8]) {
-        let _ = self
-            .port
-            .link
-            .jobs
-            .try_send(Job::Forget { key: self.key(key) });
+        if let Some(key) = self.key(key) {
+            self.forget_key(key);
+        }
+    }
+
+    fn forget_key(&self, key: Vec<u8>) {
+        let _ = self.port.link.jobs.try_send(Job::Forget { key });
     }
 }
 

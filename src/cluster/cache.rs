@@ -4,16 +4,21 @@
 //! One thread per process owns its own Redis connection (apart from the
 //! sync thread's, so that a lookup never waits behind a sync). It takes the
 //! cores' jobs in batches, one pipelined round trip per batch:
-//! - a lookup is `GET <p>:cache:<chain>:<key>`, with `SET
-//!   <p>:fetching:<chain>:<key> <instance> NX PX 1000`: when nothing is
+//! - keys are the SHA-256 of the chain's identity, the method and the
+//!   params (see [`crate::cache::second::Level2`]): two deployments on one
+//!   Redis never serve each other's answers, and a key is 64 bytes;
+//! - a lookup is `GET <p>:cache:<sha>`, with `SET <p>:fetching:<sha>
+//!   <instance> NX PX 1000`: when nothing is
 //!   kept, the first instance (or core) to ask fetches it from its node
 //!   (a miss); any other waits, looking again every 5 ms, until the answer
 //!   is kept (a hit), the fetch is given up, or a second has passed (then
 //!   a miss). N instances starting cold thus cost the nodes one
 //!   `state_getMetadata` per hash, not N;
-//! - a store is `SET <p>:cache:<chain>:<key> <head> PX <ttl>` (the first
-//!   level's TTL: Redis bounds nothing else; give it a `maxmemory` and a
-//!   `volatile-lru` policy) and ends the fetching note.
+//! - a store is `SET <p>:cache:<sha> <head> PX <ttl>` (the first level's
+//!   TTL; answers over `cluster.cache_max_bytes`, 1 MiB, are not stored;
+//!   give the cache a Redis database or instance of its own with a
+//!   `maxmemory` and `maxmemory-policy allkeys-lru`) and ends the fetching
+//!   note.
 //!
 //! Redis down or slow (200 ms timeouts): lookups are misses, stores are
 //! skipped, and the thread reconnects with backoff (up to 5 s). The cores

@@ -22,6 +22,9 @@ pub struct ClusterSection {
     /// The second level of the response cache in Redis: answers that can
     /// never change, shared by every instance.
     pub cache: bool,
+    /// The second level stores answers up to this size (bytes): a larger
+    /// one (a 5 MiB `eth_call`) is fetched by each gateway.
+    pub cache_max_bytes: u64,
     /// `rediss://`: the CA that signed Redis's certificate (PEM); empty:
     /// the system's roots.
     pub tls_ca: String,
@@ -39,6 +42,7 @@ impl Default for ClusterSection {
             prefix: "ringway".into(),
             instance: String::new(),
             cache: true,
+            cache_max_bytes: 1 << 20,
             tls_ca: String::new(),
             tls_cert: String::new(),
             tls_key: String::new(),
@@ -54,6 +58,7 @@ pub struct ClusterConfig {
     pub prefix: String,
     pub instance: String,
     pub cache: bool,
+    pub cache_max_bytes: usize,
     /// `rediss://`: what to trust and what to show.
     pub tls: Option<RedisTls>,
 }
@@ -134,6 +139,7 @@ pub fn read(
         prefix: s.prefix.clone(),
         instance,
         cache: s.cache,
+        cache_max_bytes: s.cache_max_bytes as usize,
         tls: tls.then_some(RedisTls { ca, client }),
     }))
 }

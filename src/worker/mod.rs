@@ -319,15 +319,22 @@ impl Worker {
             .as_ref()
             .and_then(|c| c.cache.as_ref())
             .filter(|_| cache.is_some())
-            .and_then(
-                |link| match crate::cache::second::Level2::new(link, &state.chain.name) {
+            .and_then(|link| {
+                match crate::cache::second::Level2::new(
+                    link,
+                    state.health.clone(),
+                    core.generations
+                        .cluster
+                        .as_ref()
+                        .map_or(1 << 20, |c| c.config.cache_max_bytes),
+                ) {
                     Ok(l) => Some(l),
                     Err(e) => {
                         crate::error!("cache: no second level on this core ({e})");
                         None
                     }
-                },
-            );
+                }
+            });
         // The kept answers and requests on their way: HTTP's and every
         // session's, of both modes.
         let answers = cache.map(|c| Rc::new(crate::call::Answers::new(c, second)));
