@@ -33,7 +33,7 @@ pub fn missing(config: &ClusterConfig) -> Result<Vec<Missing>, String> {
     let mut con = super::link::open(config, timeout).map_err(|e| e.to_string())?;
     let p = &config.prefix;
     let refused = |r: redis::RedisResult<redis::Value>| match r {
-        Err(e) if super::push::no_permission(&e) => Some(e.to_string()),
+        Err(e) if super::link::no_permission(&e) => Some(e.to_string()),
         _ => None,
     };
     let mut out = Vec::new();
@@ -71,7 +71,7 @@ pub fn missing(config: &ClusterConfig) -> Result<Vec<Missing>, String> {
     let mut sub_con = super::link::open(config, timeout).map_err(|e| e.to_string())?;
     let subscribed = sub_con.as_pubsub().subscribe(&channel);
     if let Err(e) = subscribed.as_ref().map(|_| ()) {
-        if super::push::no_permission(e) {
+        if super::link::no_permission(e) {
             out.push(Missing {
                 needed: false,
                 what: format!("SUBSCRIBE to `{channel}` is refused ({e}): give the user `&{p}:*`; revocations arrive at each sync instead of at once"),

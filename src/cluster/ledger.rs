@@ -9,7 +9,14 @@
 use std::collections::HashMap;
 use std::sync::atomic::Ordering::Relaxed;
 
+use std::time::Duration;
+
 use crate::policy::usage::{Counts, Usage};
+
+/// How long an instance counts as alive after its last announcement.
+pub fn alive(sync: Duration) -> Duration {
+    (sync * 20).max(Duration::from_secs(2))
+}
 
 /// Publishes one instance's figures for a key and period, with its
 /// reservation of the quota and its share of the rate, atomically against
@@ -108,6 +115,19 @@ pub fn sha(script: &str) -> String {
     d.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// What the ledger writes under.
+pub struct Names<'a> {
+    pub config: &'a crate::config::cluster::ClusterConfig,
+    /// The live instances last seen (this one included).
+    pub instances: u32,
+}
+
+impl Names<'_> {
+    fn key(&self, rest: &str) -> String {
+        format!("{}:{rest}", self.config.prefix)
+    }
+}
+
 /// What one key's exchange needs to read its answer: what it kept of its
 /// grant, and the period it asked in.
 pub struct Asked {
@@ -131,7 +151,7 @@ fn figures(c: &Counts, sessions: usize) -> String {
 #[allow(clippy::too_many_arguments)] // the sync's facts, each used once
 pub fn publish(
     pipe: &mut redis::Pipeline,
-    c: &super::Cluster,
+    c: &Names<'_>,
     sha: &str,
     name: &str,
     u: &Usage,
@@ -149,7 +169,7 @@ pub fn publish(
     // Enough for two intervals at the pace of the last one, or half of this
     // gateway's part of what is left, whichever is more.
     let left = quota.saturating_sub(u.credits());
-    let n = u64::from(c.instances().max(1));
+    let n = u64::from(c.instances.max(1));
     let headroom = (2 * consumed).max(left / (2 * n)).max(1);
     let held = u.grant().unwrap_or(used).max(used);
     let target = used + headroom;
@@ -161,7 +181,7 @@ pub fn publish(
         }
     };
     let sessions = if leaving { 0 } else { u.sessions.load(Relaxed) };
-    let alive = super::alive(c.config.sync).as_millis() as u64;
+    let alive = alive(c.config.sync).as_millis() as u64;
     pipe.cmd("EVALSHA")
         .arg(sha)
         .arg(2)
@@ -218,7 +238,7 @@ pub fn read(u: &Usage, asked: Asked, reply: redis::Value) -> redis::RedisResult<
 /// of that and its state file's (see [`Usage::resume_at_least`]).
 pub fn resume(
     con: &mut redis::Connection,
-    c: &super::Cluster,
+    c: &Names<'_>,
     keys: &[(String, std::sync::Arc<Usage>)],
 ) -> redis::RedisResult<()> {
     if keys.is_empty() {

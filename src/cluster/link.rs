@@ -40,3 +40,8 @@ pub fn open(config: &ClusterConfig, timeout: Duration) -> redis::RedisResult<red
     con.set_write_timeout(Some(timeout))?;
     Ok(con)
 }
+
+/// Whether an error is Redis refusing a permission (`NOPERM`).
+pub fn no_permission(e: &redis::RedisError) -> bool {
+    e.code() == Some("NOPERM") || e.to_string().contains("NOPERM")
+}

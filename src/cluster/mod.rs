@@ -49,12 +49,8 @@ use std::time::{Duration, Instant};
 use crate::config::cluster::ClusterConfig;
 use crate::policy::usage::{set_instances, Book, Usage};
 
-/// A revocation (or its end) asked of this instance, to push to the others.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Command {
-    Disable(String),
-    Enable(String),
-}
+pub use ledger::alive;
+pub use push::Command;
 
 /// The sync thread's handle: what the endpoints ask of it, and its state.
 #[derive(Debug)]
@@ -87,11 +83,6 @@ pub struct Cluster {
     /// The drain asks for a last sync; the sync thread says it is done.
     leaving: Mutex<Option<bool>>,
     left: std::sync::Condvar,
-}
-
-/// How long an instance counts as alive after its last announcement.
-pub fn alive(sync: Duration) -> Duration {
-    (sync * 20).max(Duration::from_secs(2))
 }
 
 impl Cluster {
@@ -141,7 +132,7 @@ impl Cluster {
             .name("cluster-push".into())
             .spawn(move || {
                 let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                    push.listen(&pushed, subscribed)
+                    push.push.listen(&push.config, &pushed, subscribed)
                 }));
                 if r.is_err() {
                     crate::task::fatal("the cluster's revocation listener");
@@ -252,6 +243,15 @@ impl Cluster {
 
     fn key(&self, rest: &str) -> String {
         format!("{}:{rest}", self.config.prefix)
+    }
+
+    /// What the ledger writes under: this instance, the cluster's prefix,
+    /// its view of the live instances.
+    fn names(&self) -> ledger::Names<'_> {
+        ledger::Names {
+            config: &self.config,
+            instances: self.instances(),
+        }
     }
 
     fn run(&self, book: &Book) {
@@ -383,7 +383,7 @@ impl Cluster {
             .cloned()
             .collect();
         if !fresh.is_empty() && !self.name_taken.load(Relaxed) {
-            ledger::resume(con, self, &fresh)?;
+            ledger::resume(con, &self.names(), &fresh)?;
             resumed.extend(
                 fresh
                     .iter()
@@ -426,10 +426,11 @@ impl Cluster {
         }
         let publish = !self.name_taken.load(Relaxed);
         let sha = ledger::sha(ledger::RESERVE);
+        let names = self.names();
         let asked: Vec<_> = keys
             .iter()
             .filter(|_| publish)
-            .map(|(name, u)| ledger::publish(&mut pipe, self, &sha, name, u, last, leaving))
+            .map(|(name, u)| ledger::publish(&mut pipe, &names, &sha, name, u, last, leaving))
             .collect();
         pipe.cmd("SMEMBERS").arg(&disabled_set);
         if leaving {
@@ -452,7 +453,7 @@ impl Cluster {
             }
         };
         if !commands.is_empty() {
-            self.publish(con, &commands);
+            self.push.publish(&self.config, con, &commands);
         }
         let mut reply = reply.into_iter();
         let mut next = || reply.next().unwrap_or(redis::Value::Nil);

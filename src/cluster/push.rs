@@ -13,7 +13,8 @@
 use std::sync::atomic::{AtomicU8, Ordering::Relaxed};
 use std::time::Duration;
 
-use super::Cluster;
+use super::link::no_permission;
+use crate::config::cluster::ClusterConfig;
 use crate::policy::usage::Book;
 
 /// The longest wait between two attempts of the listener.
@@ -44,20 +45,32 @@ impl PushState {
     }
 }
 
-/// Whether an error is Redis refusing a permission.
-pub fn no_permission(e: &redis::RedisError) -> bool {
-    e.code() == Some("NOPERM") || e.to_string().contains("NOPERM")
+/// A revocation (or its end) asked of this instance, to push to the others.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Command {
+    Disable(String),
+    Enable(String),
 }
 
-impl Cluster {
+/// The channel revocations travel on.
+pub fn channel(config: &ClusterConfig) -> String {
+    format!("{}:revocations", config.prefix)
+}
+
+impl PushState {
     /// The listener: the other gateways' pushes (`disable <name>`,
     /// `enable <name>`), applied at once.
-    pub(super) fn listen(&self, book: &Book, subscribed: std::sync::mpsc::Sender<()>) {
-        let channel = self.key("revocations");
+    pub fn listen(
+        &self,
+        config: &ClusterConfig,
+        book: &Book,
+        subscribed: std::sync::mpsc::Sender<()>,
+    ) {
+        let channel = channel(config);
         let mut backoff = Duration::from_millis(100);
         let mut told = false;
         loop {
-            let got = super::link::open(&self.config, Duration::from_secs(10))
+            let got = super::link::open(config, Duration::from_secs(10))
                 .and_then(|mut con| self.take_pushes(&mut con, &channel, book, &subscribed));
             let (state, why) = match &got {
                 Err(e) if no_permission(e) => (PushState::DENIED, e.to_string()),
@@ -65,12 +78,12 @@ impl Cluster {
                 // Subscribed, then the connection ended: connect again soon.
                 Ok(()) => (PushState::OK, String::new()),
             };
-            let was = self.push.set(state);
+            let was = self.set(state);
             if state != PushState::OK && (was != state || !told) {
                 told = true;
                 crate::warn!(
                     "cluster: revocations cannot be pushed ({why}); they arrive at each sync (every {} ms) instead; trying again every {} s at most",
-                    self.config.sync.as_millis(),
+                    config.sync.as_millis(),
                     MAX_BACKOFF.as_secs()
                 );
             }
@@ -100,7 +113,7 @@ impl Cluster {
     ) -> redis::RedisResult<()> {
         let mut sub = con.as_pubsub();
         sub.subscribe(channel)?;
-        self.push.set(PushState::OK);
+        self.set(PushState::OK);
         let _ = subscribed.send(());
         // Any error (a quiet read timeout included): connect again.
         while let Ok(msg) = sub.get_message() {
@@ -120,17 +133,22 @@ impl Cluster {
     /// Push revocations asked of this gateway to the listening ones, each
     /// on its own (a refused PUBLISH fails no sync): the others read the
     /// set they are kept in at their next sync in any case.
-    pub(super) fn publish(&self, con: &mut redis::Connection, commands: &[super::Command]) {
-        let channel = self.key("revocations");
+    pub fn publish(
+        &self,
+        config: &ClusterConfig,
+        con: &mut redis::Connection,
+        commands: &[Command],
+    ) {
+        let channel = channel(config);
         for c in commands {
             let text = match c {
-                super::Command::Disable(n) => format!("disable {n}"),
-                super::Command::Enable(n) => format!("enable {n}"),
+                Command::Disable(n) => format!("disable {n}"),
+                Command::Enable(n) => format!("enable {n}"),
             };
             let sent: redis::RedisResult<i64> =
                 redis::cmd("PUBLISH").arg(&channel).arg(text).query(con);
             if let Err(e) = sent {
-                if no_permission(&e) && self.push.set(PushState::DENIED) != PushState::DENIED {
+                if no_permission(&e) && self.set(PushState::DENIED) != PushState::DENIED {
                     crate::warn!("cluster: PUBLISH refused ({e}); revocations arrive at each sync");
                 }
             }

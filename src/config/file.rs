@@ -171,6 +171,13 @@ pub struct ServerSection {
     pub unix_listen: String,
     /// File mode of the Unix socket (octal).
     pub unix_mode: String,
+    /// A file holding the admin plane's bearer token: `GET /usage` and
+    /// `POST /keys/...` on the metrics listener then need `Authorization:
+    /// Bearer <token>`. Empty: none (commands on a loopback listener only).
+    pub admin_token_file: String,
+    /// More names the admin plane's `Host` may carry (besides the
+    /// listener's own address, localhost and loopback addresses).
+    pub admin_hosts: Vec<String>,
 }
 
 impl Default for ServerSection {
@@ -184,6 +191,8 @@ impl Default for ServerSection {
             public_metrics: false,
             unix_listen: String::new(),
             unix_mode: "660".into(),
+            admin_token_file: String::new(),
+            admin_hosts: Vec::new(),
         }
     }
 }

@@ -11,6 +11,25 @@ pub mod chains;
 pub mod cluster;
 mod error;
 pub use error::ConfigError;
+
+/// The admin plane's settings (`server.admin_token_file`, `server.admin_hosts`).
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct AdminConfig {
+    /// The bearer token: `server.admin_token_file`'s content, trimmed.
+    pub token: Option<String>,
+    /// More names a request's `Host` may carry.
+    pub hosts: Vec<String>,
+}
+
+impl std::fmt::Debug for AdminConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the token itself.
+        f.debug_struct("AdminConfig")
+            .field("token", &self.token.as_ref().map(|_| "(set)"))
+            .field("hosts", &self.hosts)
+            .finish()
+    }
+}
 mod file;
 mod health;
 pub mod keys;
@@ -149,6 +168,8 @@ pub struct Config {
     /// Which method policy applies and why (`admission.methods = "auto"`
     /// decides by the listen address), for the start-up log.
     pub methods_note: String,
+    /// The admin plane (the metrics listener's `/usage` and `/keys`).
+    pub admin: AdminConfig,
     pub cache: CacheSection,
     pub log_level: crate::log::Level,
     /// One JSON object per log line.

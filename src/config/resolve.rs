@@ -76,6 +76,7 @@ impl Config {
         let hedge = hedge(&file, &at)?;
         let health = health(&file, &at)?;
         let (log_level, log_json) = logging(&file, &at)?;
+        let admin = admin(&file, &at)?;
         Ok(Config {
             listen,
             workers,
@@ -108,6 +109,7 @@ impl Config {
             log_json,
             access_log: file.log.access,
             methods_note,
+            admin,
             source,
             keys: None,
             cluster: None,
@@ -486,4 +488,29 @@ fn logging(file: &FileConfig, at: &At) -> Result<(crate::log::Level, bool), Conf
         other => return Err(at.err("log.format", format!("`{other}` is not one of text, json"))),
     };
     Ok((log_level, log_json))
+}
+
+/// `server.admin_token_file` (read now: a token that cannot be read stops
+/// the configuration, naming the key) and `server.admin_hosts`.
+fn admin(file: &FileConfig, at: &At) -> Result<AdminConfig, ConfigError> {
+    let path = &file.server.admin_token_file;
+    let token = match path.as_str() {
+        "" => None,
+        p => {
+            let text = std::fs::read_to_string(p)
+                .map_err(|e| at.err("server.admin_token_file", format!("{p}: {e}")))?;
+            let token = text.trim().to_string();
+            if token.len() < 16 {
+                return Err(at.err(
+                    "server.admin_token_file",
+                    format!("{p}: the token must be at least 16 characters"),
+                ));
+            }
+            Some(token)
+        }
+    };
+    Ok(AdminConfig {
+        token,
+        hosts: file.server.admin_hosts.clone(),
+    })
 }

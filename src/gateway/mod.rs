@@ -153,8 +153,8 @@ impl SideListeners {
         if let Some(l) = self.metrics.and_then(tcp) {
             let (core, shutdown) = (core.clone(), shutdown.clone());
             let metrics = async move {
-                accept_loop(&l, &shutdown, move |(s, _)| {
-                    crate::http::endpoints::metrics_one(s, core.served())
+                accept_loop(&l, &shutdown, move |(s, peer)| {
+                    crate::http::endpoints::metrics_one(s, peer, core.served())
                 })
                 .await
             };

@@ -122,12 +122,17 @@ pub fn health_report(
     )
 }
 
-/// The target and `Host` of one plain HTTP request head (within 5 s).
-/// A request's (path, Host, method) on a side listener.
-async fn read_target(
-    r: &mut PlainReader<TcpStream>,
-    fd: RawFd,
-) -> Option<(String, String, String)> {
+/// What the side listeners read of one plain HTTP request head (within 5 s).
+struct Target {
+    path: String,
+    host: Option<String>,
+    method: String,
+    /// It carries an `Origin`, or a `Sec-Fetch-Site` of another site.
+    from_a_page: bool,
+    bearer: Option<String>,
+}
+
+async fn read_target(r: &mut PlainReader<TcpStream>, fd: RawFd) -> Option<Target> {
     with_deadline(Duration::from_secs(5), || stop(fd, Stop::Reads), async {
         let mut buf = Vec::with_capacity(4096);
         loop {
@@ -139,15 +144,27 @@ async fn read_target(
             let mut headers = [httparse::EMPTY_HEADER; 64];
             match parse_head(&buf, &mut headers, 8192, 64) {
                 Ok(Parse::Done(head, _)) => {
-                    let host = head
-                        .single("host")
-                        .and_then(|h| std::str::from_utf8(h).ok())
-                        .unwrap_or("localhost");
-                    return Some((
-                        head.path.to_string(),
-                        host.to_string(),
-                        head.method.to_string(),
-                    ));
+                    let text = |name: &'static str| {
+                        head.single(name)
+                            .and_then(|h| std::str::from_utf8(h).ok())
+                            .map(str::to_string)
+                    };
+                    let site = text("sec-fetch-site");
+                    let from_a_page = head.single("origin").is_some()
+                        || site.is_some_and(|s| !matches!(s.as_str(), "none" | "same-origin"));
+                    let bearer = text("authorization").and_then(|a| {
+                        let (scheme, token) = a.split_once(' ')?;
+                        scheme
+                            .eq_ignore_ascii_case("bearer")
+                            .then(|| token.trim().to_string())
+                    });
+                    return Some(Target {
+                        path: head.path.to_string(),
+                        host: text("host"),
+                        method: head.method.to_string(),
+                        from_a_page,
+                        bearer,
+                    });
                 }
                 Ok(Parse::NeedMore(_)) => {}
                 Err(_) => return None,
@@ -161,7 +178,8 @@ pub async fn redirect_one(stream: TcpStream, https_port: u16) {
     let fd = stream.as_raw_fd();
     let (r, mut w) = stream.into_split();
     let mut r = PlainReader::new(r);
-    let location = read_target(&mut r, fd).await.map(|(path, host, _)| {
+    let location = read_target(&mut r, fd).await.map(|t| {
+        let (path, host) = (t.path, t.host.unwrap_or_else(|| "localhost".into()));
         // Drop the port: "example.com:80", "[::1]:80" (not the colons of a bare IPv6).
         let host = match host.rsplit_once(':') {
             Some((h, p))
@@ -194,27 +212,67 @@ pub async fn redirect_one(stream: TcpStream, https_port: u16) {
     w.shutdown().await;
 }
 
-/// `server.metrics_listen`: plain HTTP, `GET /metrics` and `GET /health`.
-pub async fn metrics_one(stream: TcpStream, served: Rc<Served>) {
+/// `server.metrics_listen`: plain HTTP, `GET /metrics` and `GET /health`,
+/// and the admin plane (`GET /usage`, `POST /keys/<name>/disable|enable`),
+/// which only the operator reaches ([`super::admin`]).
+pub async fn metrics_one(stream: TcpStream, peer: std::net::SocketAddr, served: Rc<Served>) {
+    use super::admin::{decide, Asked, Endpoint, Verdict};
     let fd = stream.as_raw_fd();
+    let local = stream
+        .local_addr()
+        .map_or(std::net::Ipv4Addr::LOCALHOST.into(), |a| a.ip());
     let (r, mut w) = stream.into_split();
     let mut r = PlainReader::new(r);
     let mut out = Vec::new();
-    match read_target(&mut r, fd).await {
-        Some((path, _, m)) if m == "POST" && path.starts_with("/keys/") => {
-            key_command(&mut out, &served, &path)
+    let Some(t) = read_target(&mut r, fd).await else {
+        write_response(&mut out, 400, &[], "bad request", true);
+        let _ = w.write_all(out).await;
+        return w.shutdown().await;
+    };
+    let endpoint = match (t.method.as_str(), t.path.as_str()) {
+        ("POST", p) if p.starts_with("/keys/") => Some(Endpoint::Command),
+        (_, "/metrics") => Some(Endpoint::Metrics),
+        (_, p) if is_health(p) => Some(Endpoint::Health),
+        (_, "/usage") => Some(Endpoint::Usage),
+        _ => None,
+    };
+    let verdict = endpoint.map(|endpoint| {
+        let asked = Asked {
+            endpoint,
+            host: t.host.as_deref(),
+            from_a_page: t.from_a_page,
+            bearer: t.bearer.as_deref(),
+            peer: peer.ip(),
+            local,
+        };
+        (endpoint, decide(&asked, &served.config.admin))
+    });
+    match verdict {
+        Some((_, Verdict::Refuse(status, why))) => {
+            let challenge: &[(&str, &str)] = match status {
+                401 => &[("WWW-Authenticate", "Bearer")],
+                _ => &[],
+            };
+            crate::debug!(
+                "admin plane: {} {} from {peer}: {status} {why}",
+                t.method,
+                t.path
+            );
+            write_response(&mut out, status, challenge, why, true)
         }
-        Some((path, _, _)) if path == "/metrics" => metrics_response(&mut out, &served, true),
-        Some((path, _, _)) if is_health(&path) => health_response(&mut out, &served, &path, true),
-        Some((path, _, _)) if path == "/usage" => usage_response(&mut out, &served),
-        Some(_) => write_response(
+        Some((Endpoint::Command, _)) => key_command(&mut out, &served, &t.path),
+        Some((Endpoint::Metrics, _)) => metrics_response(&mut out, &served, true),
+        Some((Endpoint::Health, Verdict::Serve { full })) => {
+            health_response(&mut out, &served, &t.path, full)
+        }
+        Some((Endpoint::Usage, _)) => usage_response(&mut out, &served),
+        None => write_response(
             &mut out,
             404,
             &[],
             "GET /metrics, /health or /usage; POST /keys/<name>/disable or /enable",
             true,
         ),
-        None => write_response(&mut out, 400, &[], "bad request", true),
     }
     let _ = w.write_all(out).await;
     w.shutdown().await;

@@ -9,6 +9,7 @@
 //! [`crate::upstream::http`] reads its answers with it too).
 //! - [`endpoints`]: `/health`, `/metrics`, the redirect listener.
 
+pub mod admin;
 mod body;
 pub mod endpoints;
 pub mod head;
