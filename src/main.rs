@@ -295,6 +295,23 @@ fn main() -> ExitCode {
             eprintln!("ringway: config error in {from}: {e}");
             return ExitCode::from(2);
         }
+        // What the cluster needs of its Redis user, tried.
+        if let Some(c) = &config.cluster {
+            match ringway::cluster::check::missing(c) {
+                Err(e) => eprintln!(
+                    "ringway: warning: cannot reach the cluster's Redis ({e}): its permissions are not checked"
+                ),
+                Ok(missing) => {
+                    for m in &missing {
+                        let kind = if m.needed { "error" } else { "warning" };
+                        eprintln!("ringway: {kind}: cluster.redis: {m}");
+                    }
+                    if missing.iter().any(|m| m.needed) {
+                        return ExitCode::from(2);
+                    }
+                }
+            }
+        }
         println!(
             "ringway: configuration OK ({})",
             config

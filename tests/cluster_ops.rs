@@ -527,3 +527,30 @@ fn a_five_mib_answer_is_not_kept_in_redis() {
         "{len}"
     );
 }
+
+/// `--check` tries what the configuration needs of its Redis user: keys
+/// and scripts it cannot do without (exit 2, naming them), channels it can
+/// (a warning).
+#[test]
+fn check_names_the_redis_permissions_that_are_missing() {
+    let pki = TestPki::new();
+    let redis = Redis::start();
+    for (user, rules) in [
+        ("nochan", vec!["~*", "+@all", "resetchannels"]),
+        ("nokeys", vec!["~other:*", "+@all", "allchannels"]),
+    ] {
+        let mut args = vec!["ACL", "SETUSER", user, "on", ">pw"];
+        args.extend(rules);
+        assert!(redis_cmd(redis.port, &args).starts_with("+OK"));
+    }
+    let keys = write_config(&pki, "ops-keys.toml", KEYS);
+    let url = |user: &str| format!("redis://{user}:pw@127.0.0.1:{}/", redis.port);
+    let out = check_config(config(&pki, &url("nochan"), "check-a", &keys).to_str().unwrap());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("warning") && stderr.contains("SUBSCRIBE") && stderr.contains("PUBLISH"), "{stderr}");
+    let out = check_config(config(&pki, &url("nokeys"), "check-b", &keys).to_str().unwrap());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("error") && stderr.contains("keys under `ringway:*`"), "{stderr}");
+}
