@@ -545,12 +545,26 @@ fn check_names_the_redis_permissions_that_are_missing() {
     }
     let keys = write_config(&pki, "ops-keys.toml", KEYS);
     let url = |user: &str| format!("redis://{user}:pw@127.0.0.1:{}/", redis.port);
-    let out = check_config(config(&pki, &url("nochan"), "check-a", &keys).to_str().unwrap());
+    let out = check_config(
+        config(&pki, &url("nochan"), "check-a", &keys)
+            .to_str()
+            .unwrap(),
+    );
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
-    assert!(stderr.contains("warning") && stderr.contains("SUBSCRIBE") && stderr.contains("PUBLISH"), "{stderr}");
-    let out = check_config(config(&pki, &url("nokeys"), "check-b", &keys).to_str().unwrap());
+    assert!(
+        stderr.contains("warning") && stderr.contains("SUBSCRIBE") && stderr.contains("PUBLISH"),
+        "{stderr}"
+    );
+    let out = check_config(
+        config(&pki, &url("nokeys"), "check-b", &keys)
+            .to_str()
+            .unwrap(),
+    );
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{stderr}");
-    assert!(stderr.contains("error") && stderr.contains("keys under `ringway:*`"), "{stderr}");
+    assert!(
+        stderr.contains("error") && stderr.contains("keys under `ringway:*`"),
+        "{stderr}"
+    );
 }

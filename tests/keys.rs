@@ -275,3 +275,77 @@ fn ethers_and_web3_use_a_key_in_the_query() {
     let (status, _) = upgrade_status(&gw, &pki, "/", &[]);
     assert_eq!(status, 401);
 }
+
+/// A gateway on two chains with key `carol`, whose keys file is `keys`.
+fn start_with_keys(pki: &TestPki, dot: &str, ksm: &str, keys: &str) -> Gateway {
+    let file = write_config(pki, "tight-keys.toml", keys);
+    let cfg = write_config(
+        pki,
+        "tight-gw.toml",
+        &format!(
+            "[keys]\nfile = \"{}\"\n[[chain]]\nname = \"polkadot\"\n[[chain.node]]\nurl = \"{dot}\"\n[[chain]]\nname = \"kusama\"\npath = \"/kusama\"\n[[chain.node]]\nurl = \"{ksm}\"\n",
+            file.display()
+        ),
+    );
+    Gateway::start(pki, &[], &["--config", cfg.to_str().unwrap()])
+}
+
+fn hup(gw: &Gateway) {
+    let ok = Command::new("kill")
+        .args(["-HUP", &gw.pid().to_string()])
+        .status()
+        .unwrap();
+    assert!(ok.success());
+}
+
+/// The answer to `method` on `ws`.
+fn answer(ws: &mut tungstenite::WebSocket<TlsStream>, id: u64, method: &str) -> serde_json::Value {
+    ws.send(Message::text(format!(
+        r#"{{"jsonrpc":"2.0","id":{id},"method":"{method}"}}"#
+    )))
+    .unwrap();
+    loop {
+        if let Message::Text(t) = ws.read().unwrap() {
+            return serde_json::from_str(&t).unwrap();
+        }
+    }
+}
+
+/// Guards keys tightened at reload: their open sessions kept the old key
+/// (its chains, methods, rate and quota) for as long as they lived.
+#[test]
+fn a_key_tightened_by_a_reload_binds_its_open_sessions_from_their_next_call() {
+    const CAROL: &str = "carol-0123456789abcdef";
+    let pki = TestPki::new();
+    let dot = Upstream::start(Behaviour::Echo);
+    let ksm = Upstream::start(Behaviour::Echo);
+    let open = format!("[[key]]\nname = \"carol\"\nkey = \"{CAROL}\"\n");
+    let gw = start_with_keys(&pki, &dot.url(), &ksm.url(), &open);
+    let mut on_dot = ws_connect(&gw, pki.client_config(), &format!("/{CAROL}"));
+    let mut on_ksm = ws_connect(&gw, pki.client_config(), &format!("/kusama/{CAROL}"));
+    assert!(answer(&mut on_dot, 1, "anything").get("error").is_none());
+    assert!(answer(&mut on_ksm, 1, "anything").get("error").is_none());
+    // Tightened: polkadot only, `echo` only, a quota of 3 credits.
+    let tight = format!(
+        "[[key]]\nname = \"carol\"\nkey = \"{CAROL}\"\nchains = [\"polkadot\"]\nallow_methods = [\"echo\"]\nquota = 4\n"
+    );
+    write_config(&pki, "tight-keys.toml", &tight);
+    hup(&gw);
+    // The next call of each session finds the new limits (a reload is
+    // taken within the gateway's next look at its file: wait for it).
+    wait_for(TIMEOUT, "the method refused", || {
+        answer(&mut on_dot, 2, "anything")["error"]["code"] == -32601
+    });
+    // The quota of 4 credits (some used already) holds for the open session.
+    let answers: Vec<_> = (10..20).map(|id| answer(&mut on_dot, id, "echo")).collect();
+    let ok = answers.iter().filter(|a| a.get("error").is_none()).count();
+    assert!(ok < 4, "{ok} answered");
+    let last = answers.last().unwrap();
+    assert_eq!(last["error"]["code"], -32005, "{last}");
+    assert_eq!(last["error"]["data"]["quota"], 4, "{last}");
+    let closed = on_ksm.send(Message::text(r#"{"jsonrpc":"2.0","id":3,"method":"echo"}"#));
+    assert!(closed.is_ok());
+    let (code, reason, _) = close_frame(&mut on_ksm);
+    assert_eq!(code, 1008);
+    assert!(reason.contains("chain"), "{reason}");
+}

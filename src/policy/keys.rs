@@ -10,7 +10,11 @@
 //!
 //! The table is swapped whole on reload; a key removed or disabled there is
 //! marked revoked in the table before, which its open sessions watch (they
-//! close within a second: see the relay's timer).
+//! close within a second: see the relay's timer). A key whose limits
+//! changed (chains, methods, rate, quota) gets its successor, which its
+//! open sessions follow from their next call ([`Key::current`]): a lower
+//! rate or quota applies from then on, a narrower list of methods refuses,
+//! a narrower list of chains closes the session.
 
 use std::borrow::Cow;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -78,9 +82,21 @@ pub struct Key {
     pub usage: Arc<Usage>,
     methods: MethodPolicy,
     costs: Arc<Costs>,
+    /// The same key with the limits of a later reload.
+    next: std::sync::OnceLock<Arc<Key>>,
 }
 
 impl Key {
+    /// This key as the newest configuration has it (itself, unless a reload
+    /// changed its limits): one atomic load per generation since.
+    pub fn current(self: &Arc<Self>) -> &Arc<Key> {
+        let mut k = self;
+        while let Some(n) = k.next.get() {
+            k = n;
+        }
+        k
+    }
+
     pub fn name(&self) -> &str {
         &self.spec.name
     }
@@ -213,6 +229,7 @@ impl Keys {
                         spec.deny_methods.clone(),
                     ),
                     costs: costs.clone(),
+                    next: std::sync::OnceLock::new(),
                 });
                 (spec.digest, key)
             })
@@ -222,8 +239,13 @@ impl Keys {
                 let now = by_digest
                     .get(&k.spec.digest)
                     .filter(|n| n.spec.name == k.spec.name);
-                if now.map_or(true, |n| n.spec.disabled) {
-                    k.revoked.store(true, Ordering::Relaxed);
+                match now {
+                    None => k.revoked.store(true, Ordering::Relaxed),
+                    Some(n) if n.spec.disabled => k.revoked.store(true, Ordering::Relaxed),
+                    // Its sessions follow the new limits (and costs).
+                    Some(n) => {
+                        let _ = k.next.set(n.clone());
+                    }
                 }
             }
         }

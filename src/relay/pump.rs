@@ -234,10 +234,7 @@ fn process(
                     on_message(s, from, asm, way, true);
                     // A notification streamed past its key's quota: what
                     // is read so far goes out, then the session closes.
-                    if streams
-                        && from == Which::Node
-                        && s.key.as_ref().is_some_and(|k| k.over_quota())
-                    {
+                    if streams && from == Which::Node && s.key().is_some_and(|k| k.over_quota()) {
                         quota_over = true;
                         flow = Flow::Stop;
                         break;

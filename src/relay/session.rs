@@ -312,6 +312,45 @@ impl Session {
         self.closing.set_reason(reason);
     }
 
+    /// Its API key as the newest configuration has it (a reload that
+    /// changed its limits applies from the next call).
+    pub fn key(&self) -> Option<&std::sync::Arc<crate::policy::keys::Key>> {
+        self.key.as_ref().map(|k| k.current())
+    }
+
+    /// Whether a reload changed its key since it started (then each call
+    /// looks whether the key still allows it).
+    pub fn key_changed(&self) -> bool {
+        self.key
+            .as_ref()
+            .is_some_and(|k| !std::sync::Arc::ptr_eq(k, k.current()))
+    }
+
+    /// Whether its key lost the right to this session: revoked, or a
+    /// reload took its chain away. Then the session closes (1008): its
+    /// requests in flight answered with errors.
+    pub fn key_withdrawn(&self) -> bool {
+        let Some(key) = self.key() else {
+            return false;
+        };
+        let why = if key.revoked() {
+            "key revoked"
+        } else if key.spec.chains.is_some()
+            && !crate::stats::chain_names()
+                .get(self.cfg.chain as usize)
+                .is_some_and(|c| key.allows_chain(c))
+        {
+            "key no longer allows this chain"
+        } else {
+            return false;
+        };
+        crate::debug!("session of key {} closed: {why}", key.name());
+        self.fail_inflight(&format!("API {why}"));
+        self.closing
+            .close_both(self, crate::ws::frame::close_code::POLICY, why);
+        true
+    }
+
     /// Subscriptions the session holds, for its limit.
     pub fn subscription_count(&self) -> u32 {
         match &self.member {
@@ -402,7 +441,7 @@ impl Session {
     /// when its API key's quota is used up: it is not to be delivered, and
     /// the session closes.
     pub fn notification(&self, bytes: usize, delivered: bool) -> bool {
-        let Some(key) = &self.key else {
+        let Some(key) = self.key() else {
             return true;
         };
         if key.notification(bytes, delivered) {

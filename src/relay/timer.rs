@@ -160,12 +160,9 @@ pub async fn timer(s: &Session, watch: Option<&NodeWatch>, shutdown: &Broadcast)
                     next_check = Some(now + w.every);
                 }
             }
-            if let (Some(key), Some(at)) = (&s.key, next_key) {
+            if let (Some(_), Some(at)) = (&s.key, next_key) {
                 if now >= at {
-                    if key.revoked() {
-                        crate::debug!("session of key {} closed: key revoked", key.name());
-                        s.fail_inflight("API key revoked");
-                        s.closing.close_both(s, close_code::POLICY, "key revoked");
+                    if s.key_withdrawn() {
                         continue;
                     }
                     next_key = Some(now + KEY_CHECK);

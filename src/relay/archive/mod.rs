@@ -137,7 +137,7 @@ fn node_message(
             return;
         }
     }
-    let over = !first_part && s.key.as_ref().is_some_and(|k| k.over_quota());
+    let over = !first_part && s.key().is_some_and(|k| k.over_quota());
     s.push_data(Which::Client, raw, frame_end, message_end);
     if over {
         s.quota_used_up();
@@ -174,9 +174,13 @@ fn retried_on_archive(s: &Session, msg: &[u8], id: &[u8], r: &Routed<'_>) -> boo
 /// it goes to the session's node unchanged, and neither the cache nor
 /// routing acts on it.
 fn client_message(s: &Session, asm: &Assembler, r: &Routed<'_>, raw: Vec<u8>) {
+    if s.key_changed() && s.key_withdrawn() {
+        return;
+    }
     let call = Call::parse(asm.message());
     if let Some((adm, ip)) = r.admission {
-        if let Err(refused) = crate::call::admit(adm, ip, s.key.as_deref(), &call, s.cfg.chain) {
+        if let Err(refused) = crate::call::admit(adm, ip, s.key().map(|k| &**k), &call, s.cfg.chain)
+        {
             if let Some(answer) = refused.answer {
                 s.send_text(answer.as_bytes());
             }

@@ -25,12 +25,15 @@ pub fn on_request(ctx: &Ctx<'_>, s: &Rc<Session>, msg: &[u8]) {
     if !s.closing.side(crate::relay::Which::Client).takes_data() {
         return;
     }
+    if s.key_changed() && s.key_withdrawn() {
+        return;
+    }
     // Read once, strictly: what is not JSON with one meaning is answered
     // here (the node would answer it with `"id":null`, which maps back to
     // nobody); each request that goes out is what this reading says.
     let call = Call::parse(msg);
     let refused = match ctx.admission {
-        Some((adm, ip)) => crate::call::admit(adm, ip, s.key.as_deref(), &call, s.cfg.chain)
+        Some((adm, ip)) => crate::call::admit(adm, ip, s.key().map(|k| &**k), &call, s.cfg.chain)
             .err()
             .map(|r| r.answer),
         None => call.refusal().map(Some),
