@@ -341,3 +341,76 @@ fn notifications_from_an_archive_node_are_charged_like_any() {
     let d = usage(&metrics, "dave");
     assert_eq!(d["current"]["notifications"], texts - 1, "{d}");
 }
+
+/// Guards the usage state file: one that could not be read was replaced
+/// within `state_interval_ms`, usage starting again from zero: the
+/// billing record was gone without a word but a log line.
+#[test]
+fn an_unreadable_state_file_stops_the_start_or_is_moved_aside_never_overwritten() {
+    let pki = TestPki::new();
+    let node = Upstream::start(Behaviour::Echo);
+    let keys = write_config(
+        &pki,
+        "state-keys.toml",
+        &format!("[[key]]\nname = \"carol\"\nkey = \"{CAROL}\"\n"),
+    );
+    let state = pki.dir.join("keys.state");
+    std::fs::write(&state, b"{ this is not a state file").unwrap();
+    let cfg = |reset: bool| {
+        write_config(
+            &pki,
+            "state.toml",
+            &format!(
+                "[keys]\nfile = \"{}\"\nstate = \"{}\"\nstate_reset = {reset}\n",
+                keys.display(),
+                state.display()
+            ),
+        )
+    };
+    // Without a cluster to resume from: refused, the file as it was.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ringway"))
+        .args(["--listen", "127.0.0.1:0", "--upstream", &node.url()])
+        .args([
+            "--cert",
+            pki.cert.to_str().unwrap(),
+            "--key",
+            pki.key.to_str().unwrap(),
+        ])
+        .args(["--config", cfg(false).to_str().unwrap()])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("keys.state") && stderr.contains("state_reset"),
+        "{stderr}"
+    );
+    assert_eq!(
+        std::fs::read(&state).unwrap(),
+        b"{ this is not a state file"
+    );
+    // With keys.state_reset: moved aside, and a new one written.
+    let gw = Gateway::start(
+        &pki,
+        &[node.url()],
+        &["--config", cfg(true).to_str().unwrap()],
+    );
+    let aside: Vec<_> = std::fs::read_dir(&pki.dir)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with("keys.state.bad-")
+        })
+        .collect();
+    assert_eq!(aside.len(), 1);
+    assert_eq!(
+        std::fs::read(aside[0].path()).unwrap(),
+        b"{ this is not a state file"
+    );
+    wait_for(TIMEOUT, "a new state file", || {
+        std::fs::read_to_string(&state).is_ok_and(|t| t.contains("\"version\""))
+    });
+    drop(gw);
+}

@@ -28,6 +28,10 @@ pub struct KeysSection {
     pub state: String,
     /// How often the state file is written (and at drain).
     pub state_interval_ms: u64,
+    /// A state file that cannot be read is moved aside and usage starts at
+    /// zero (without it, and without `[cluster]` to resume from, the
+    /// gateway refuses to start).
+    pub state_reset: bool,
 }
 
 impl Default for KeysSection {
@@ -40,6 +44,7 @@ impl Default for KeysSection {
             notification_cost_per: "notification".into(),
             state: String::new(),
             state_interval_ms: 2000,
+            state_reset: false,
         }
     }
 }
@@ -133,6 +138,7 @@ pub struct KeysConfig {
     /// The usage state file (relative paths: to the configuration's directory).
     pub state: Option<PathBuf>,
     pub state_interval: std::time::Duration,
+    pub state_reset: bool,
 }
 
 /// SHA-256 of `secret`.
@@ -193,6 +199,7 @@ pub fn load(
         notification_cost,
         state: (!section.state.is_empty()).then(|| near(&section.state)),
         state_interval: std::time::Duration::from_millis(section.state_interval_ms),
+        state_reset: section.state_reset,
     }))
 }
 

@@ -440,6 +440,16 @@ struct StateFile {
     keys: BTreeMap<String, Saved>,
 }
 
+impl StateFile {
+    fn empty() -> StateFile {
+        StateFile {
+            version: 1,
+            saved_at: String::new(),
+            keys: BTreeMap::new(),
+        }
+    }
+}
+
 /// Every key's usage, by name, for the life of the process.
 #[derive(Debug, Default)]
 pub struct Book {
@@ -462,26 +472,57 @@ impl Book {
 
     /// The state file in force, read the first time one is named: what it
     /// kept of a period still current counts on; an older period is
-    /// `previous`. A file that cannot be read is named in the log and
-    /// usage starts at zero (it is written again at the next interval).
-    pub fn set_state(&self, state: Option<(PathBuf, Duration)>) {
-        if let (Some((path, _)), false) = (&state, self.loaded.swap(true, Relaxed)) {
-            match std::fs::read(path) {
-                Ok(bytes) => match serde_json::from_slice::<StateFile>(&bytes) {
-                    Ok(file) => self.restore(file, unix_now()),
-                    Err(e) => crate::error!(
-                        "keys.state {}: not a usage state file ({e}); usage starts at zero",
+    /// `previous`. A file that cannot be read or is not a state file is
+    /// never silently replaced: with `resumes` (a cluster, where this
+    /// instance's usage is read back) or `reset` (`keys.state_reset`) it is
+    /// moved aside (`<file>.bad-<unix time>`) and usage starts from there;
+    /// otherwise the configuration is refused, naming the file.
+    pub fn set_state(
+        &self,
+        state: Option<(PathBuf, Duration)>,
+        resumes: bool,
+        reset: bool,
+    ) -> Result<(), String> {
+        if let (Some((path, _)), false) = (&state, self.loaded.load(Relaxed)) {
+            let read = match std::fs::read(path) {
+                Ok(bytes) => serde_json::from_slice::<StateFile>(&bytes)
+                    .map_err(|e| format!("not a usage state file ({e})")),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(StateFile::empty()),
+                Err(e) => Err(format!("cannot read it ({e})")),
+            };
+            match read {
+                Ok(file) => self.restore(file, unix_now()),
+                Err(why) if !resumes && !reset => {
+                    return Err(format!(
+                        "keys.state {}: {why}; usage cannot be resumed without [cluster] (set keys.state_reset = true to start this key's usage from zero)",
                         path.display()
-                    ),
-                },
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => crate::error!(
-                    "keys.state {}: cannot read it ({e}); usage starts at zero",
-                    path.display()
-                ),
+                    ));
+                }
+                Err(why) => {
+                    let bad = PathBuf::from(format!("{}.bad-{}", path.display(), unix_now()));
+                    let moved = std::fs::rename(path, &bad);
+                    let from = if resumes {
+                        "usage resumes from the cluster"
+                    } else {
+                        "usage starts at zero (keys.state_reset)"
+                    };
+                    match moved {
+                        Ok(()) => crate::error!(
+                            "keys.state {}: {why}; moved aside to {}; {from}",
+                            path.display(),
+                            bad.display()
+                        ),
+                        Err(e) => crate::error!(
+                            "keys.state {}: {why}; it could not be moved aside ({e}); {from}",
+                            path.display()
+                        ),
+                    }
+                }
             }
+            self.loaded.store(true, Relaxed);
         }
         *self.state.lock().expect("not poisoned") = state;
+        Ok(())
     }
 
     fn restore(&self, file: StateFile, now: u64) {
@@ -543,13 +584,20 @@ impl Book {
     }
 }
 
+/// Temporary file, fsync, rename over `path`, fsync of the directory: a
+/// crash at any point leaves the last whole file or the new one.
 fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     use std::io::Write;
     let tmp = path.with_extension("tmp");
     let mut f = std::fs::File::create(&tmp)?;
     f.write_all(bytes)?;
     f.sync_data()?;
-    std::fs::rename(&tmp, path)
+    std::fs::rename(&tmp, path)?;
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    std::fs::File::open(dir)?.sync_all()
 }
 
 /// The book's keeper: rolls periods over every second and writes the
@@ -664,14 +712,17 @@ mod tests {
         let path = dir.join("usage.json");
         let _ = std::fs::remove_file(&path);
         let book = Book::default();
-        book.set_state(Some((path.clone(), Duration::from_secs(1))));
+        book.set_state(Some((path.clone(), Duration::from_secs(1))), false, false)
+            .unwrap();
         let u = book.usage("alice", Period::Month);
         assert!(u.take_credits(7, 0));
         u.called(7);
         u.refused(KeyReason::Rate);
         book.save().unwrap();
         let again = Book::default();
-        again.set_state(Some((path, Duration::from_secs(1))));
+        again
+            .set_state(Some((path, Duration::from_secs(1))), false, false)
+            .unwrap();
         let c = again.usage("alice", Period::Month).counts();
         assert_eq!((c.calls, c.credits, c.refused["rate"]), (7, 7, 1));
     }

@@ -73,6 +73,16 @@ impl ChainState {
     }
 }
 
+/// The usage state file `config` names, read before the keys take their
+/// usage from it (the first time one is named; see
+/// [`crate::policy::usage::Book::set_state`]).
+fn read_state(config: &Config, book: &crate::policy::usage::Book) -> Result<(), String> {
+    let keys = config.keys.as_ref();
+    let state = keys.and_then(|k| k.state.clone().map(|p| (p, k.state_interval)));
+    let reset = keys.is_some_and(|k| k.state_reset);
+    book.set_state(state, config.cluster.is_some(), reset)
+}
+
 impl Generation {
     fn start(
         number: u64,
@@ -81,13 +91,6 @@ impl Generation {
         keys_before: Option<&crate::policy::keys::Keys>,
         book: &crate::policy::usage::Book,
     ) -> Generation {
-        // The state file is read before the keys take their usage from it.
-        book.set_state(
-            config
-                .keys
-                .as_ref()
-                .and_then(|k| k.state.clone().map(|p| (p, k.state_interval))),
-        );
         let keys = match (&config.keys, keys_before) {
             (Some(k), before) => Some(Arc::new(crate::policy::keys::Keys::build(k, before, book))),
             // Keys turned off: every old key's sessions close.
@@ -160,6 +163,7 @@ impl Generations {
             .source
             .as_ref()
             .map_or("command line".into(), |p| p.display().to_string());
+        read_state(&config, &usage).map_err(|e| format!("{origin}: {e}"))?;
         let cluster = match config.cluster.clone() {
             Some(c) => Some(
                 crate::cluster::Cluster::start(c, usage.clone())
@@ -251,6 +255,7 @@ impl Generations {
         let mut current = self.current.lock().expect("not poisoned");
         let old = current.clone();
         let mut notes = keep_fixed(&old.config, &mut new);
+        read_state(&new, &self.usage)?;
         let own = new.chains.iter().any(|c| c.cert.is_some());
         if let (Some(certs), true) = (certs, matches!(new.tls, TlsMode::Files { .. }) || own) {
             match certs.reload(&new.tls, &new.chains) {
