@@ -424,6 +424,7 @@ mod tests {
             notification_cost: NotificationCost::PerNotification(1),
             state: None,
             state_interval: Duration::from_secs(2),
+            state_reset: false,
         }
     }
 
