@@ -196,7 +196,7 @@ fn load(flags: &Flags) -> Result<Config, String> {
     }
     // A chain whose kind the file does not give: its nodes are asked.
     let detect = |nodes: &[ringway::config::NodeConfig]| {
-        ringway::detect::flavour(nodes, std::time::Duration::from_secs(2))
+        ringway::detect::flavour(nodes, std::time::Duration::from_secs(5))
     };
     Config::resolve_detecting(file, flags.config.clone(), &detect)
         .map_err(|e| format!("config error: {e}"))

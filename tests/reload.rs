@@ -176,3 +176,72 @@ fn reloads_are_counted_on_metrics() {
             && m.contains("ringway_config_generation 2")
     });
 }
+
+/// A node that accepts and then sends a byte every 200 ms, for ever; and
+/// the connections it took so far.
+fn trickling_node() -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("ws://{}", l.local_addr().unwrap());
+    let taken = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count = taken.clone();
+    std::thread::spawn(move || {
+        for s in l.incoming() {
+            let Ok(mut s) = s else { continue };
+            count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            std::thread::spawn(move || loop {
+                use std::io::Write;
+                std::thread::sleep(std::time::Duration::from_millis(200));
+                if s.write_all(b"H").is_err() {
+                    return;
+                }
+            });
+        }
+    });
+    (url, taken)
+}
+
+/// Guards operations off the signal thread: asking a chain's nodes what
+/// they are had a per-read timeout and no total one, on the signal thread,
+/// so a node trickling bytes held a reload, and SIGTERM behind it, for ever.
+#[test]
+fn sigterm_is_served_at_once_while_a_reload_asks_a_trickling_node_its_kind() {
+    let pki = TestPki::new();
+    let (trickle, taken) = trickling_node();
+    let path = pki.dir.join("trickle.toml");
+    let write = |extra: &str| {
+        std::fs::write(
+            &path,
+            format!("[health]\nprobe = \"connect\"\n{extra}\n[[chain]]\nname = \"slow\"\n[[chain.node]]\nurl = \"{trickle}\"\n"),
+        )
+        .unwrap()
+    };
+    write("");
+    let start = std::time::Instant::now();
+    let mut gw = Gateway::start(&pki, &[], &["--config", path.to_str().unwrap()]);
+    // The start asked the node within its deadline (5 s), not for ever.
+    assert!(
+        start.elapsed() < std::time::Duration::from_secs(9),
+        "{:?}",
+        start.elapsed()
+    );
+    write("# changed");
+    // The reload is asking the node (probes only connect and let go).
+    let before = taken.load(std::sync::atomic::Ordering::SeqCst);
+    hup(&gw);
+    wait_for(TIMEOUT, "the reload to ask the node", || {
+        taken.load(std::sync::atomic::Ordering::SeqCst) > before + 1
+    });
+    let term = std::time::Instant::now();
+    let ok = Command::new("kill")
+        .args(["-TERM", &gw.pid().to_string()])
+        .status()
+        .unwrap();
+    assert!(ok.success());
+    let exit = gw.wait_exit(std::time::Duration::from_secs(10));
+    assert!(exit.is_some_and(|s| s.success()), "{exit:?}");
+    assert!(
+        term.elapsed() < std::time::Duration::from_secs(1),
+        "{:?}",
+        term.elapsed()
+    );
+}

@@ -62,6 +62,21 @@ pub fn spawn(
     load: Loader,
     stopper: super::Stopper,
 ) {
+    // Reloads run on a thread of their own: reading the file may ask nodes
+    // what they are (with a deadline, but seconds), and SIGTERM must be
+    // served meanwhile. SIGHUPs while one runs make one more, not many.
+    let (ask, asked) = std::sync::mpsc::sync_channel::<()>(1);
+    let reloads = generations.clone();
+    let reloader = std::thread::Builder::new()
+        .name("reload".into())
+        .spawn(move || {
+            while asked.recv().is_ok() {
+                reload(&load, &reloads, certs.as_deref());
+            }
+        });
+    if let Err(e) = reloader {
+        warn!("cannot start the reload thread: {e}; SIGHUP is ignored");
+    }
     let spawned = std::thread::Builder::new()
         .name("signals".into())
         .spawn(move || loop {
@@ -69,25 +84,8 @@ pub fn spawn(
                 return;
             };
             if sig == libc::SIGHUP {
-                // A panic in a reload is a refused reload: this thread must
-                // live on (it is the one that hears SIGTERM).
-                let applied = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                    load().and_then(|c| generations.apply(c, certs.as_deref()))
-                }))
-                .unwrap_or_else(|_| Err("the reload panicked (a bug: please report it)".into()));
-                let running = generations.number();
-                match applied {
-                    Ok(notes) => {
-                        info!("SIGHUP: configuration reloaded (generation {running})");
-                        for n in notes {
-                            info!("SIGHUP: {n}");
-                        }
-                    }
-                    Err(e) => {
-                        generations.refused();
-                        crate::error!("SIGHUP: reload refused, generation {running} stays: {e}");
-                    }
-                }
+                // Full: a reload is already asked for, and will read the file as it is now.
+                let _ = ask.try_send(());
                 continue;
             }
             info!("shutting down: no new connections; sessions finish and close (1001)");
@@ -104,5 +102,32 @@ pub fn spawn(
         });
     if let Err(e) = spawned {
         warn!("cannot start the signal thread: {e}");
+    }
+}
+
+/// One reload (SIGHUP), as `nginx -s reload`: the file read again and
+/// applied, or refused with the file, key and reason in the log.
+fn reload(
+    load: &Loader,
+    generations: &super::reload::Generations,
+    certs: Option<&crate::tls::Certs>,
+) {
+    // A panic in a reload is a refused reload: this thread lives on.
+    let applied = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        load().and_then(|c| generations.apply(c, certs))
+    }))
+    .unwrap_or_else(|_| Err("the reload panicked (a bug: please report it)".into()));
+    let running = generations.number();
+    match applied {
+        Ok(notes) => {
+            info!("SIGHUP: configuration reloaded (generation {running})");
+            for n in notes {
+                info!("SIGHUP: {n}");
+            }
+        }
+        Err(e) => {
+            generations.refused();
+            crate::error!("SIGHUP: reload refused, generation {running} stays: {e}");
+        }
     }
 }
