@@ -14,7 +14,9 @@ ringway: WSS gateway for JSON-RPC node pools
 
 USAGE:
     ringway [--config FILE] [--check] [flags]
-    ringway import-nginx FILE    an nginx configuration (its includes, every server) as a ringway config (stdout)
+    ringway import-nginx [--allow-open] FILE
+                         an nginx configuration (its includes, every server) as a ringway config
+                         (stdout); access rules on proxied locations stop it unless --allow-open
 
 With no flags and no file: listen on 127.0.0.1:8443 with a self-signed
 certificate, in front of the node at ws://127.0.0.1:9944.
@@ -222,12 +224,13 @@ fn probe_nodes(config: &Config) {
 
 /// `ringway import-nginx FILE`: the TOML on stdout, what was not carried
 /// over (and why) on stderr.
-fn import_nginx(path: Option<&String>) -> ExitCode {
-    let Some(path) = path else {
-        eprintln!("ringway: usage: ringway import-nginx FILE > ringway.toml");
+fn import_nginx(args: &[String]) -> ExitCode {
+    let allow_open = args.iter().any(|a| a == "--allow-open");
+    let Some(path) = args.iter().find(|a| !a.starts_with("--")) else {
+        eprintln!("ringway: usage: ringway import-nginx [--allow-open] FILE > ringway.toml");
         return ExitCode::from(2);
     };
-    match ringway::config::nginx::import_file(std::path::Path::new(path)) {
+    match ringway::config::nginx::import_file(std::path::Path::new(path), allow_open) {
         Ok(i) => {
             print!("{}", i.toml);
             for n in &i.notes {
@@ -245,7 +248,7 @@ fn import_nginx(path: Option<&String>) -> ExitCode {
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     if args.first().map(String::as_str) == Some("import-nginx") {
-        return import_nginx(args.get(1));
+        return import_nginx(&args[1..]);
     }
     let flags = match parse_flags(args) {
         Ok(Some(f)) => f,

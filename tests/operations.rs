@@ -667,3 +667,41 @@ fn import_nginx_turns_the_seed_blocks_into_configs_that_serve() {
         assert_eq!(ws.read().unwrap(), Message::Text(call));
     }
 }
+
+/// `ringway import-nginx` never widens access: an `allow`/`deny` pair in
+/// an included site on a proxied location fails the conversion, naming
+/// the site's file and line; `--allow-open` converts it with a warning.
+#[test]
+fn import_nginx_refuses_to_open_a_location_nginx_restricted() {
+    let pki = TestPki::new();
+    let etc = pki.dir.join("nginx-access");
+    std::fs::create_dir_all(etc.join("sites-enabled")).unwrap();
+    std::fs::write(
+        etc.join("nginx.conf"),
+        "events {}\nhttp {\n  include sites-enabled/*;\n}\n",
+    )
+    .unwrap();
+    let site = etc.join("sites-enabled/rpc");
+    std::fs::write(
+        &site,
+        "server {\n  listen 443 ssl;\n  location / {\n    allow 10.0.0.0/8;\n    deny all;\n    proxy_pass http://localhost:9944;\n  }\n}\n",
+    )
+    .unwrap();
+    let conf = etc.join("nginx.conf");
+    let out = run_ringway(&["import-nginx", conf.to_str().unwrap()]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains(&format!("{}:4", site.display())) && stderr.contains("allow 10.0.0.0/8"),
+        "{stderr}"
+    );
+    assert!(out.stdout.is_empty());
+    let out = run_ringway(&["import-nginx", "--allow-open", conf.to_str().unwrap()]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("warning") && stderr.contains(&format!("{}:5", site.display())),
+        "{stderr}"
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("[[node]]"));
+}

@@ -8,10 +8,63 @@ use super::out::Out;
 use super::servers::{self, convert_server};
 use super::syntax::*;
 
+/// Directives that restrict who reaches a location: ringway has no rule of
+/// the kind (its keys and admission are others), so a location they guard
+/// would be open to everyone after the conversion.
+const ACCESS: &[&str] = &[
+    "allow",
+    "deny",
+    "auth_basic",
+    "auth_request",
+    "satisfy",
+    "limit_except",
+];
+
+/// The access rules on the way to each proxying block: `http`'s, a
+/// server's, a location's own (and its enclosing locations').
+fn guards<'a>(block: &'a [Directive], outer: &[&'a Directive], out: &mut Vec<&'a Directive>) {
+    let mut here: Vec<&Directive> = outer.to_vec();
+    here.extend(block.iter().filter(|d| ACCESS.contains(&d.name.as_str())));
+    if block.iter().any(|d| d.name == "proxy_pass") {
+        for r in &here {
+            if !out.iter().any(|o| std::ptr::eq(*o, *r)) {
+                out.push(r);
+            }
+        }
+    }
+    for d in block {
+        if let (Some(b), "http" | "server" | "location") = (&d.block, d.name.as_str()) {
+            guards(b, &here, out);
+        }
+    }
+}
+
 /// Convert a whole configuration (its includes already in place): one
 /// server block proxying on one location as a single-pool file, several
-/// (or several locations) as a chain each.
-pub(super) fn convert(tree: &[Directive], notes: Vec<String>) -> Result<Imported, String> {
+/// (or several locations) as a chain each. A proxied location guarded by
+/// an access rule fails the conversion (naming the rule's file and line)
+/// unless `allow_open`: then each such rule gets a warning in the notes.
+pub(super) fn convert(
+    tree: &[Directive],
+    notes: Vec<String>,
+    allow_open: bool,
+) -> Result<Imported, String> {
+    let mut guarded = Vec::new();
+    guards(tree, &[], &mut guarded);
+    let mut notes = notes;
+    for rule in guarded {
+        let what = format!("`{} {}`", rule.name, rule.args.join(" "));
+        if !allow_open {
+            return Err(format!(
+                "{}: {what} restricts who may reach a proxied location, and ringway has no such rule: converted, that location would be open to everyone; restrict it with [keys] or [admission] instead, or convert anyway with `ringway import-nginx --allow-open FILE`",
+                rule.place()
+            ));
+        }
+        notes.push(format!(
+            "warning: {}: {what}: its location is open to everyone in the converted file (--allow-open)",
+            rule.place()
+        ));
+    }
     let mut all = Vec::new();
     flatten(tree, &mut all);
     let upstreams: BTreeMap<String, &Directive> = all

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use super::convert::convert;
 use super::out::Imported;
-use super::syntax::{parse, Directive};
+use super::syntax::{mark, parse, Directive};
 
 /// Includes nested deeper than this are a loop.
 const MAX_DEPTH: usize = 16;
@@ -17,11 +17,12 @@ const MAX_DEPTH: usize = 16;
 /// sites-enabled/*). A tree copied out of `/etc/nginx` converts where it
 /// lies: an absolute `/etc/nginx/...` include is looked for under the main
 /// file's directory first.
-pub fn import_file(path: &Path) -> Result<Imported, String> {
+/// `allow_open`: see [`super::import`].
+pub fn import_file(path: &Path, allow_open: bool) -> Result<Imported, String> {
     let base = path.parent().unwrap_or(Path::new(".")).to_path_buf();
     let mut notes = Vec::new();
     let tree = read(path, &base, 0, &mut notes)?;
-    convert(&tree, notes).map_err(|e| format!("{}: {e}", path.display()))
+    convert(&tree, notes, allow_open).map_err(|e| format!("{}: {e}", path.display()))
 }
 
 fn read(
@@ -37,7 +38,8 @@ fn read(
         ));
     }
     let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let tree = parse(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+    let mut tree = parse(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+    mark(&mut tree, &std::rc::Rc::from(path.display().to_string()));
     expand(tree, base, depth, notes)
 }
 

@@ -6,7 +6,9 @@
 //! `limit_req_zone`/`limit_req` (rate, burst, key), `limit_conn`,
 //! `proxy_read_timeout`. Everything else is listed in the notes with the
 //! reason it is not carried over (what ringway does instead, or why rustls
-//! has no such knob).
+//! has no such knob). Access rules on the way to a proxied location
+//! (`allow`, `deny`, `auth_basic`, ...) are never dropped in silence: the
+//! conversion fails naming them, unless `--allow-open` says to go on.
 
 mod convert;
 mod include;
@@ -18,9 +20,12 @@ pub use include::import_file;
 pub use out::Imported;
 
 /// Convert nginx configuration text. An error when there is no `server`
-/// block that proxies to a node.
-pub fn import(text: &str) -> Result<Imported, String> {
-    convert::convert(&syntax::parse(text)?, Vec::new())
+/// block that proxies to a node, or when an access rule (`allow`, `deny`,
+/// `auth_basic`, `auth_request`, `satisfy`, `limit_except`) guards a
+/// proxied location and not `allow_open` (the converted file would open
+/// it to everyone).
+pub fn import(text: &str, allow_open: bool) -> Result<Imported, String> {
+    convert::convert(&syntax::parse(text)?, Vec::new(), allow_open)
 }
 
 #[cfg(test)]
@@ -58,7 +63,7 @@ server {
 
     #[test]
     fn the_polkadot_wiki_server_block_converts() {
-        let i = import(SEED_000).unwrap();
+        let i = import(SEED_000, false).unwrap();
         assert!(i.toml.contains("listen = \"0.0.0.0:443\""), "{}", i.toml);
         assert!(i
             .toml
@@ -111,7 +116,7 @@ http {
     }
   }
 }"#;
-        let i = import(conf).unwrap();
+        let i = import(conf, false).unwrap();
         let file: crate::config::FileConfig = toml::from_str(&i.toml).unwrap();
         assert_eq!(file.server.listen, "0.0.0.0:8443");
         assert_eq!(file.server.redirect_listen, "0.0.0.0:80");
@@ -143,13 +148,49 @@ http {
 
     #[test]
     fn broken_configs_say_what_is_wrong() {
-        assert!(import("server { listen 443")
+        assert!(import("server { listen 443", false)
             .unwrap_err()
             .contains("not closed"));
-        assert!(import("}").unwrap_err().contains("without its"));
-        assert!(import("events {}").unwrap_err().contains("no server block"));
-        assert!(import("server { listen \"443 }")
+        assert!(import("}", false).unwrap_err().contains("without its"));
+        assert!(import("events {}", false)
+            .unwrap_err()
+            .contains("no server block"));
+        assert!(import("server { listen \"443 }", false)
             .unwrap_err()
             .contains("quoted"));
+    }
+
+    /// Guards import-nginx's access rules: `allow`/`deny`, `auth_basic`,
+    /// `auth_request` and `limit_except` on a proxying location became an
+    /// open chain, with a note only.
+    #[test]
+    fn access_rules_on_a_proxied_location_stop_the_conversion_unless_allowed() {
+        let guarded = [
+            "allow 10.0.0.0/8;\n      deny all;",
+            "auth_basic \"rpc\";\n      auth_basic_user_file /etc/nginx/htpasswd;",
+            "auth_request /auth;",
+            "satisfy any;",
+            "limit_except POST { deny all; }",
+        ];
+        for rules in guarded {
+            let conf = format!(
+                "server {{\n  listen 443 ssl;\n  location / {{\n      {rules}\n      proxy_pass http://localhost:9944;\n  }}\n}}\n"
+            );
+            let e = import(&conf, false).unwrap_err();
+            assert!(e.starts_with("line 4: `"), "{rules}: {e}");
+            assert!(e.contains("--allow-open"), "{e}");
+            let i = import(&conf, true).unwrap();
+            assert!(
+                i.notes.iter().any(|n| n.starts_with("warning: line 4:")),
+                "{:?}",
+                i.notes
+            );
+        }
+        // On the server: it guards its proxied locations too.
+        let conf = "server {\n  listen 443;\n  deny 1.2.3.4;\n  location / { proxy_pass http://localhost:9944; }\n}\n";
+        assert!(import(conf, false).unwrap_err().starts_with("line 3:"));
+        // A location that proxies nothing may keep its rules.
+        let conf = "server {\n  listen 443;\n  location /status { allow 127.0.0.1; deny all; }\n  location / { proxy_pass http://localhost:9944; }\n}\n";
+        assert!(import(conf, false).is_ok());
     }
 }

@@ -78,6 +78,8 @@ pub(super) fn convert(
                 name: "server".into(),
                 args: Vec::new(),
                 block: Some(block),
+                file: server.file.clone(),
+                line: server.line,
             };
             let mut c = Out::default();
             convert_server(&one, upstreams, zones, &mut c);

@@ -7,6 +7,29 @@ pub(super) struct Directive {
     pub(super) name: String,
     pub(super) args: Vec<String>,
     pub(super) block: Option<Vec<Directive>>,
+    /// Where it is: the file (once its includer marks it) and the line.
+    pub(super) file: Option<std::rc::Rc<str>>,
+    pub(super) line: usize,
+}
+
+impl Directive {
+    /// `file:line` (or `line N` for text without a file).
+    pub(super) fn place(&self) -> String {
+        match &self.file {
+            Some(f) => format!("{f}:{}", self.line),
+            None => format!("line {}", self.line),
+        }
+    }
+}
+
+/// Mark every directive of `tree` as read from `file`.
+pub(super) fn mark(tree: &mut [Directive], file: &std::rc::Rc<str>) {
+    for d in tree {
+        d.file = Some(file.clone());
+        if let Some(b) = d.block.as_mut() {
+            mark(b, file);
+        }
+    }
 }
 
 /// The directives of one file's text.
@@ -82,7 +105,8 @@ pub(super) fn flatten<'a>(block: &'a [Directive], out: &mut Vec<&'a Directive>) 
 
 #[derive(Debug, Clone, PartialEq)]
 pub(super) enum Token {
-    Word(String),
+    /// A word, and the line it is on.
+    Word(String, usize),
     Open,
     Close,
     End,
@@ -91,9 +115,13 @@ pub(super) enum Token {
 pub(super) fn tokenize(text: &str) -> Result<Vec<Token>, String> {
     let mut out = Vec::new();
     let mut chars = text.chars().peekable();
+    let mut line = 1;
     while let Some(&c) = chars.peek() {
         match c {
-            '#' => while chars.next().is_some_and(|c| c != '\n') {},
+            '#' => {
+                while chars.next().is_some_and(|c| c != '\n') {}
+                line += 1;
+            }
             '{' | '}' | ';' => {
                 chars.next();
                 out.push(match c {
@@ -105,17 +133,22 @@ pub(super) fn tokenize(text: &str) -> Result<Vec<Token>, String> {
             '"' | '\'' => {
                 chars.next();
                 let mut w = String::new();
+                let at = line;
                 loop {
                     match chars.next() {
                         Some('\\') => w.extend(chars.next()),
                         Some(q) if q == c => break,
-                        Some(ch) => w.push(ch),
+                        Some(ch) => {
+                            line += usize::from(ch == '\n');
+                            w.push(ch)
+                        }
                         None => return Err("a quoted string is not closed".into()),
                     }
                 }
-                out.push(Token::Word(w));
+                out.push(Token::Word(w, at));
             }
             c if c.is_whitespace() => {
+                line += usize::from(c == '\n');
                 chars.next();
             }
             _ => {
@@ -127,7 +160,7 @@ pub(super) fn tokenize(text: &str) -> Result<Vec<Token>, String> {
                     w.push(ch);
                     chars.next();
                 }
-                out.push(Token::Word(w));
+                out.push(Token::Word(w, line));
             }
         }
     }
@@ -141,13 +174,19 @@ pub(super) fn parse_block(
 ) -> Result<Vec<Directive>, String> {
     let mut out = Vec::new();
     let mut words: Vec<String> = Vec::new();
+    let mut first_line = 0;
     while *at < tokens.len() {
         let t = &tokens[*at];
         *at += 1;
         match t {
             // The documentation's placeholder for "the rest of your block".
-            Token::Word(w) if w == "(...)" => {}
-            Token::Word(w) => words.push(w.clone()),
+            Token::Word(w, _) if w == "(...)" => {}
+            Token::Word(w, line) => {
+                if words.is_empty() {
+                    first_line = *line;
+                }
+                words.push(w.clone())
+            }
             Token::End | Token::Open => {
                 if words.is_empty() {
                     return Err("a `;` or `{` without a directive".into());
@@ -161,6 +200,8 @@ pub(super) fn parse_block(
                     name,
                     args: std::mem::take(&mut words),
                     block,
+                    file: None,
+                    line: first_line,
                 });
             }
             Token::Close if nested => {
