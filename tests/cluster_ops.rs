@@ -568,3 +568,155 @@ fn check_names_the_redis_permissions_that_are_missing() {
         "{stderr}"
     );
 }
+
+/// A rolling restart of all three gateways while clients call through
+/// them (each reconnecting to another when its gateway drains): every call
+/// a gateway took is in `/usage` exactly once, and no client is refused
+/// for connections its key does not have.
+#[test]
+fn a_rolling_restart_under_load_counts_every_call_once_and_locks_no_key_out() {
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::SeqCst};
+    use std::sync::{Arc, Mutex};
+    let pki = Arc::new(TestPki::new());
+    let redis = Redis::start();
+    let node = Upstream::start(Behaviour::Echo);
+    let names = ["roll-a", "roll-b", "roll-c"];
+    let mut gws: Vec<(Gateway, String)> = names
+        .iter()
+        .map(|n| member(&pki, &redis.url(), &node.url(), n))
+        .collect();
+    let addrs = Arc::new(Mutex::new(
+        gws.iter().map(|(g, _)| g.addr).collect::<Vec<_>>(),
+    ));
+    let (answered, refused, stop) = (
+        Arc::new(AtomicU64::new(0)),
+        Arc::new(AtomicU64::new(0)),
+        Arc::new(AtomicBool::new(false)),
+    );
+    // Two clients of `acme` (two connections at most: a connection each
+    // everywhere, as a rollout moves them), two of `bill` (until its
+    // credits are used up).
+    let clients: Vec<_> = [ACME, ACME, BILL, BILL]
+        .into_iter()
+        .enumerate()
+        .map(|(i, key)| {
+            let (pki, addrs, answered, refused, stop) = (
+                pki.clone(),
+                addrs.clone(),
+                answered.clone(),
+                refused.clone(),
+                stop.clone(),
+            );
+            std::thread::spawn(move || {
+                let mut id = 0u64;
+                let mut turn = i;
+                while !stop.load(SeqCst) {
+                    turn += 1;
+                    let addr = addrs.lock().unwrap()[turn % 3];
+                    let mut ws = match connect_to(addr, &pki, key) {
+                        Ok(ws) => ws,
+                        // bill's credits are used up: nothing more to do.
+                        Err(Some(429)) if key == BILL => break,
+                        // The gateway said no to acme: the lockout.
+                        Err(Some(status)) if status != 503 => {
+                            refused.fetch_add(1, SeqCst);
+                            eprintln!("refused: {status}");
+                            continue;
+                        }
+                        // Draining (503), or gone (between its drain and
+                        // its successor): the client tries the next one.
+                        Err(_) => continue,
+                    };
+                    while !stop.load(SeqCst) {
+                        id += 1;
+                        let sent = ws.send(Message::text(format!(
+                            r#"{{"jsonrpc":"2.0","id":{id},"method":"echo"}}"#
+                        )));
+                        if sent.is_err() {
+                            break;
+                        }
+                        match ws.read() {
+                            // Past bill's quota: refused, not a call.
+                            Ok(Message::Text(t)) if t.contains("-32005") => {}
+                            Ok(Message::Text(_)) => {
+                                answered.fetch_add(1, SeqCst);
+                            }
+                            _ => break,
+                        }
+                    }
+                }
+            })
+        })
+        .collect();
+    wait_for(TIMEOUT, "calls through every gateway", || {
+        answered.load(SeqCst) > 300
+    });
+    for (i, name) in names.iter().enumerate() {
+        let (mut old, _) = gws.remove(0);
+        let _ = std::process::Command::new("kill")
+            .args(["-TERM", &old.pid().to_string()])
+            .status();
+        assert!(old.wait_exit(TIMEOUT).is_some_and(|s| s.success()));
+        let fresh = member(&pki, &redis.url(), &node.url(), name);
+        addrs.lock().unwrap()[i] = fresh.0.addr;
+        gws.push(fresh);
+        let at = answered.load(SeqCst);
+        wait_for(TIMEOUT, "calls after the restart", || {
+            answered.load(SeqCst) > at + 200
+        });
+    }
+    stop.store(true, SeqCst);
+    for c in clients {
+        c.join().unwrap();
+    }
+    let total = answered.load(SeqCst);
+    let metrics = &gws[0].1;
+    let counted = || {
+        let (a, b) = (usage(metrics, "acme"), usage(metrics, "bill"));
+        a["cluster"]["calls"].as_u64().unwrap_or(0) + b["cluster"]["calls"].as_u64().unwrap_or(0)
+    };
+    let start = Instant::now();
+    while counted() != total && start.elapsed() < TIMEOUT {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(
+        counted(),
+        total,
+        "calls in /usage against calls answered: {}",
+        json(metrics, "/usage")
+    );
+    // Two clients of acme, two connections: none was ever refused for more.
+    let a = usage(metrics, "acme");
+    assert_eq!(
+        a["cluster"]["refused"]["connections"].as_u64().unwrap_or(0),
+        0,
+        "{a}"
+    );
+    assert_eq!(refused.load(SeqCst), 0, "a client was refused a connection");
+}
+
+/// A WebSocket session with `key` to the gateway at `addr`; refused, the
+/// HTTP status the gateway answered (`None`: no gateway there).
+fn connect_to(
+    addr: std::net::SocketAddr,
+    pki: &TestPki,
+    key: &str,
+) -> Result<tungstenite::WebSocket<TlsStream>, Option<u16>> {
+    let Ok(tcp) = std::net::TcpStream::connect(addr) else {
+        return Err(None);
+    };
+    tcp.set_nodelay(true).unwrap();
+    tcp.set_read_timeout(Some(TIMEOUT)).unwrap();
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let conn = rustls::ClientConnection::new(pki.client_config(), name).unwrap();
+    let stream = rustls::StreamOwned::new(conn, tcp);
+    let url = format!("wss://localhost:{}/{key}", addr.port());
+    tungstenite::client::client(url, stream)
+        .map(|(ws, _)| ws)
+        .map_err(|e| match e {
+            tungstenite::HandshakeError::Failure(tungstenite::Error::Http(r)) => {
+                Some(r.status().as_u16())
+            }
+            _ => None,
+        })
+}

@@ -120,6 +120,8 @@ pub struct Names<'a> {
     pub config: &'a crate::config::cluster::ClusterConfig,
     /// The live instances last seen (this one included).
     pub instances: u32,
+    /// This instance drains: its sessions are published as 0.
+    pub draining: bool,
 }
 
 impl Names<'_> {
@@ -180,7 +182,11 @@ pub fn publish(
             (keep, if quota > 0 { target - keep } else { 0 })
         }
     };
-    let sessions = if leaving { 0 } else { u.sessions.load(Relaxed) };
+    let sessions = if leaving || c.draining {
+        0
+    } else {
+        u.sessions.load(Relaxed)
+    };
     let alive = alive(c.config.sync).as_millis() as u64;
     pipe.cmd("EVALSHA")
         .arg(sha)

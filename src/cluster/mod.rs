@@ -80,6 +80,12 @@ pub struct Cluster {
     name_taken: AtomicBool,
     /// What the configuration needs of Redis and was refused (`/health`).
     pub missing: Mutex<Vec<String>>,
+    /// The drain began: this instance's sessions are on their way out, and
+    /// count for nothing more (their clients reconnect to the others).
+    draining: AtomicBool,
+    /// A sync since the drain began is written (its sessions 0).
+    drain_written: Mutex<bool>,
+    drain_wake: std::sync::Condvar,
     /// The drain asks for a last sync; the sync thread says it is done.
     leaving: Mutex<Option<bool>>,
     left: std::sync::Condvar,
@@ -123,6 +129,9 @@ impl Cluster {
             push: push::PushState::default(),
             name_taken: AtomicBool::new(false),
             missing: Mutex::new(missing),
+            draining: AtomicBool::new(false),
+            drain_written: Mutex::new(false),
+            drain_wake: std::sync::Condvar::new(),
             leaving: Mutex::new(None),
             left: std::sync::Condvar::new(),
         });
@@ -161,6 +170,34 @@ impl Cluster {
             );
         }
         Ok(c)
+    }
+
+    /// The drain begins, before any session closes: this instance's
+    /// sessions are written as 0 at once, and the others are given a sync
+    /// to read it, so that the clients about to reconnect to them are not
+    /// refused for connections that are going away. Each wait is at most
+    /// a sync and a half (3 s at most); Redis down, the others free them
+    /// after the alive window, as for a crash.
+    pub fn draining(&self) {
+        let step = (self.config.sync * 3 / 2).min(Duration::from_secs(3));
+        let until = Instant::now() + step;
+        self.draining.store(true, Relaxed);
+        self.asked.notify_one();
+        let mut written = self.drain_written.lock().expect("not poisoned");
+        while !*written {
+            let left = until.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return;
+            }
+            written = self
+                .drain_wake
+                .wait_timeout(written, left)
+                .expect("not poisoned")
+                .0;
+        }
+        drop(written);
+        // Each of the others syncs within its interval of the write.
+        std::thread::sleep(step);
     }
 
     /// The drain: a last sync (this instance's sessions 0, its unused grant
@@ -251,6 +288,7 @@ impl Cluster {
         ledger::Names {
             config: &self.config,
             instances: self.instances(),
+            draining: self.draining.load(Relaxed),
         }
     }
 
@@ -266,6 +304,7 @@ impl Cluster {
         loop {
             let started = Instant::now();
             let leaving = *self.leaving.lock().expect("not poisoned") == Some(false);
+            let draining = self.draining.load(Relaxed);
             if con.is_none() {
                 con = self
                     .connect()
@@ -281,6 +320,10 @@ impl Cluster {
                         }
                         self.up.store(true, Relaxed);
                         backoff = self.config.sync;
+                        if draining {
+                            *self.drain_written.lock().expect("not poisoned") = true;
+                            self.drain_wake.notify_all();
+                        }
                     }
                     Err(e) => {
                         self.down(&e, &mut said_down, book);

@@ -321,6 +321,13 @@ fn process(
 
 /// A whole message (or, `whole == false`, the first part of a large held one).
 fn on_message(s: &Session, from: Which, asm: &mut Assembler, way: &mut Way<'_, '_>, whole: bool) {
+    // A request that crossed our Close (shutdown, idle, a key withdrawn):
+    // it can get no answer (RFC 6455 5.5.1: no data after a Close), so it
+    // is neither taken nor charged; the client sees the Close and retries.
+    if from == Which::Client && !s.closing.side(Which::Client).takes_data() {
+        asm.clear();
+        return;
+    }
     match way {
         Way::Stream(scan) => match from {
             Which::Client => {

@@ -89,6 +89,7 @@ pub fn spawn(
                 continue;
             }
             info!("shutting down: no new connections; sessions finish and close (1001)");
+            generations.draining();
             let done = stopper
                 .shutdown(|d| matches!(next_signal(&set, Some(d)), Some(s) if s != libc::SIGHUP));
             if done {

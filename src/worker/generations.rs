@@ -206,6 +206,14 @@ impl Generations {
         }))
     }
 
+    /// The drain begins: the cluster stops counting this gateway's
+    /// sessions (their clients reconnect to the others).
+    pub fn draining(&self) {
+        if let Some(c) = &self.cluster {
+            c.draining();
+        }
+    }
+
     /// At drain, once no session is left: the usage keeper writes the
     /// state file a last time and ends.
     pub fn finish_usage(&self) {
