@@ -271,6 +271,14 @@ fn redis_down_and_back_empty_loses_nothing_and_a_revocation_reaches_every_gatewa
         .find_map(|l| l.strip_prefix("ringway_cluster_sync_failures_total "))
         .unwrap();
     assert!(failures.parse::<u64>().unwrap() >= 1, "{text}");
+    let value = |name: &str| -> f64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+            .map_or(0.0, |v| v.parse().unwrap())
+    };
+    // The syncs that went through, and the time they took.
+    assert!(value("ringway_cluster_syncs_total") >= 1.0, "{text}");
+    assert!(value("ringway_cluster_sync_seconds_total") > 0.0, "{text}");
 
     // Dave disabled on one gateway: his sessions on all three close.
     let mut dave: Vec<_> = gws

@@ -115,6 +115,67 @@ pub fn sha(script: &str) -> String {
     d.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// How often a key with nothing new is published all the same (in syncs):
+/// four times in the alive window, so that its heartbeat (and its share
+/// of the rate) never goes stale.
+pub fn refresh_every(sync: Duration) -> u64 {
+    (alive(sync).as_millis() / 4 / sync.as_millis().max(1)).max(1) as u64
+}
+
+/// What a key's last publication said, for the syncs after it.
+#[derive(Debug)]
+pub struct Published {
+    /// Its credits and demand (the pace sizes reservations; the demand,
+    /// shares of the rate).
+    used: u64,
+    demand: u64,
+    /// Its figures ([`Usage::mark`]) and sessions as written, and the sync
+    /// that wrote them.
+    said: ((u64, u64), usize),
+    round: u64,
+    /// Redis took it (false: the sync failed, or Redis restarted empty).
+    sent: bool,
+}
+
+/// What was published did not reach Redis, or Redis lost it: every key is
+/// written at the next sync.
+pub fn unsent(last: &mut Ledger) {
+    for p in last.values_mut() {
+        p.sent = false;
+    }
+}
+
+/// Each key's last publication, by name.
+pub type Ledger = HashMap<String, Published>;
+
+/// Whether `u` can wait for a later sync: a key whose only cluster-wide
+/// limit is its rate (no quota: reservations are a negotiation at every
+/// sync; no `max_connections`: the others' sessions are read at every
+/// sync), nothing of which changed since it was last published (counts,
+/// refusals, sessions), and that was published within [`refresh_every`]
+/// syncs. A gateway with 10,000 such keys, most of them idle, writes the
+/// few in use at each sync and the rest in turn; what `/usage` shows of
+/// the others' use of the rest is then at most that many syncs old.
+pub fn quiet(c: &Names<'_>, name: &str, u: &Usage, last: &Ledger) -> bool {
+    let Some(p) = last.get(name) else {
+        return false;
+    };
+    p.sent
+        && u.quota() == 0
+        && !u.capped()
+        && c.round.saturating_sub(p.round) < c.every
+        && p.said == (u.mark(), sessions(c, u, false))
+}
+
+/// The sessions this instance publishes for `u` (none once it drains).
+fn sessions(c: &Names<'_>, u: &Usage, leaving: bool) -> usize {
+    if leaving || c.draining {
+        0
+    } else {
+        u.sessions.load(Relaxed)
+    }
+}
+
 /// What the ledger writes under.
 pub struct Names<'a> {
     pub config: &'a crate::config::cluster::ClusterConfig,
@@ -122,6 +183,9 @@ pub struct Names<'a> {
     pub instances: u32,
     /// This instance drains: its sessions are published as 0.
     pub draining: bool,
+    /// This sync's number, and how often a quiet key is published.
+    pub round: u64,
+    pub every: u64,
 }
 
 impl Names<'_> {
@@ -147,8 +211,7 @@ fn figures(c: &Counts, sessions: usize) -> String {
 
 /// One key's part of a sync: its figures and reservation published (with
 /// its heartbeat), its grant topped up, the others' read: one `EVALSHA`
-/// on `pipe`. `last`: each key's credits and demand at the last sync (the
-/// pace sizes reservations; the demand, shares of the rate). `leaving`:
+/// on `pipe`. `last`: each key's last publication. `leaving`:
 /// the drain's last sync (sessions 0, the unused grant given back).
 #[allow(clippy::too_many_arguments)] // the sync's facts, each used once
 pub fn publish(
@@ -157,17 +220,30 @@ pub fn publish(
     sha: &str,
     name: &str,
     u: &Usage,
-    last: &mut HashMap<String, (u64, u64)>,
+    last: &mut Ledger,
     leaving: bool,
 ) -> Asked {
+    let mark = u.mark();
     let counts = u.counts();
     let quota = u.quota();
     let used = counts.credits;
     let demand = u.demand();
-    let (was_used, was_demand) = last.get(name).copied().unwrap_or((used, demand));
+    let sessions = sessions(c, u, leaving);
+    let (was_used, was_demand) = last
+        .get(name)
+        .map_or((used, demand), |p| (p.used, p.demand));
     let consumed = used.saturating_sub(was_used);
     let asked_rate = demand.saturating_sub(was_demand);
-    last.insert(name.to_string(), (used, demand));
+    last.insert(
+        name.to_string(),
+        Published {
+            used,
+            demand,
+            said: (mark, sessions),
+            round: c.round,
+            sent: true,
+        },
+    );
     // Enough for two intervals at the pace of the last one, or half of this
     // gateway's part of what is left, whichever is more.
     let left = quota.saturating_sub(u.credits());
@@ -181,11 +257,6 @@ pub fn publish(
             let keep = held.min(target);
             (keep, if quota > 0 { target - keep } else { 0 })
         }
-    };
-    let sessions = if leaving || c.draining {
-        0
-    } else {
-        u.sessions.load(Relaxed)
     };
     let alive = alive(c.config.sync).as_millis() as u64;
     pipe.cmd("EVALSHA")
@@ -280,4 +351,103 @@ pub fn resume(
         u.resume_at_least(&at);
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::usage::KeyReason;
+
+    fn config() -> crate::config::cluster::ClusterConfig {
+        crate::config::cluster::ClusterConfig {
+            redis: "redis://127.0.0.1/".into(),
+            sync: Duration::from_millis(100),
+            prefix: "t".into(),
+            instance: "a".into(),
+            cache: false,
+            cache_max_bytes: 1 << 20,
+            tls: None,
+        }
+    }
+
+    fn names(config: &crate::config::cluster::ClusterConfig, round: u64) -> Names<'_> {
+        Names {
+            config,
+            instances: 1,
+            draining: false,
+            round,
+            every: refresh_every(config.sync),
+        }
+    }
+
+    fn published(
+        config: &crate::config::cluster::ClusterConfig,
+        u: &Usage,
+        last: &mut Ledger,
+        round: u64,
+    ) {
+        let mut pipe = redis::pipe();
+        publish(&mut pipe, &names(config, round), "sha", "k", u, last, false);
+    }
+
+    #[test]
+    fn a_rate_only_key_with_nothing_new_waits_until_its_refresh() {
+        let config = config();
+        assert_eq!(
+            refresh_every(config.sync),
+            5,
+            "four times in the 2 s alive window"
+        );
+        let u = Usage::default();
+        u.set_rated(true);
+        let mut last = Ledger::new();
+        assert!(
+            !quiet(&names(&config, 1), "k", &u, &last),
+            "never published"
+        );
+        published(&config, &u, &mut last, 1);
+        assert!(quiet(&names(&config, 2), "k", &u, &last));
+        assert!(quiet(&names(&config, 5), "k", &u, &last));
+        assert!(
+            !quiet(&names(&config, 6), "k", &u, &last),
+            "its refresh is due"
+        );
+        for change in [
+            &(|u: &Usage| u.called(1)) as &dyn Fn(&Usage),
+            &|u: &Usage| u.refused(KeyReason::Rate),
+            &|u: &Usage| u.bytes_out(10),
+            &|u: &Usage| {
+                u.sessions.fetch_add(1, Relaxed);
+            },
+        ] {
+            published(&config, &u, &mut last, 10);
+            change(&u);
+            assert!(
+                !quiet(&names(&config, 11), "k", &u, &last),
+                "a change is written at once"
+            );
+        }
+        published(&config, &u, &mut last, 20);
+        unsent(&mut last);
+        assert!(
+            !quiet(&names(&config, 21), "k", &u, &last),
+            "what Redis did not take goes again"
+        );
+    }
+
+    #[test]
+    fn a_key_with_a_quota_or_a_connection_cap_is_written_at_every_sync() {
+        let config = config();
+        for (quota, capped) in [(100, false), (0, true)] {
+            let u = Usage::default();
+            u.set_quota(quota);
+            u.set_capped(capped);
+            let mut last = Ledger::new();
+            published(&config, &u, &mut last, 1);
+            assert!(
+                !quiet(&names(&config, 2), "k", &u, &last),
+                "quota {quota}, capped {capped}"
+            );
+        }
+    }
 }

@@ -63,6 +63,9 @@ pub struct Cluster {
     up: AtomicBool,
     /// Syncs that failed (`ringway_cluster_sync_failures_total`).
     failures: AtomicU64,
+    /// Syncs that succeeded, and the µs they took in all.
+    syncs: AtomicU64,
+    sync_micros: AtomicU64,
     /// Live instances last seen (this one included).
     instances: AtomicU32,
     /// Key names disabled through the cluster, as this instance knows them
@@ -123,6 +126,8 @@ impl Cluster {
             asked: std::sync::Condvar::new(),
             up: AtomicBool::new(false),
             failures: AtomicU64::new(0),
+            syncs: AtomicU64::new(0),
+            sync_micros: AtomicU64::new(0),
             instances: AtomicU32::new(1),
             disabled: Mutex::default(),
             run,
@@ -253,6 +258,7 @@ impl Cluster {
             up: self.up(),
             instances: self.instances(),
             failures: self.failures(),
+            syncs: (self.syncs.load(Relaxed), self.sync_micros.load(Relaxed)),
             cache: self.cache.as_ref().map(|_| {
                 let lookups = [&n.hits, &n.misses, &n.waited, &n.failed].map(|a| a.load(Relaxed));
                 (lookups, n.stores.load(Relaxed))
@@ -284,11 +290,13 @@ impl Cluster {
 
     /// What the ledger writes under: this instance, the cluster's prefix,
     /// its view of the live instances.
-    fn names(&self) -> ledger::Names<'_> {
+    fn names(&self, round: u64) -> ledger::Names<'_> {
         ledger::Names {
             config: &self.config,
             instances: self.instances(),
             draining: self.draining.load(Relaxed),
+            round,
+            every: ledger::refresh_every(self.config.sync),
         }
     }
 
@@ -296,11 +304,11 @@ impl Cluster {
         let mut con: Option<redis::Connection> = None;
         let mut backoff = self.config.sync;
         let mut said_down = false;
-        // Each key's credits and demand at the last sync (the pace sizes
-        // reservations; the demand, shares of the rate).
-        let mut last = HashMap::new();
+        // Each key's last publication.
+        let mut last = ledger::Ledger::new();
+        let mut round = 0u64;
         // Keys (by name and period) whose own field was read back.
-        let mut resumed = std::collections::HashSet::new();
+        let mut resumed = HashMap::new();
         loop {
             let started = Instant::now();
             let leaving = *self.leaving.lock().expect("not poisoned") == Some(false);
@@ -312,13 +320,17 @@ impl Cluster {
                     .ok();
             }
             if let Some(c) = con.as_mut() {
-                match self.sync(c, book, &mut last, &mut resumed, leaving) {
+                round += 1;
+                match self.sync(c, book, (&mut last, round), &mut resumed, leaving) {
                     Ok(()) => {
                         if said_down {
                             crate::info!("cluster: Redis is back; budgets are shared again");
                             said_down = false;
                         }
                         self.up.store(true, Relaxed);
+                        self.syncs.fetch_add(1, Relaxed);
+                        self.sync_micros
+                            .fetch_add(started.elapsed().as_micros() as u64, Relaxed);
                         backoff = self.config.sync;
                         if draining {
                             *self.drain_written.lock().expect("not poisoned") = true;
@@ -405,8 +417,8 @@ impl Cluster {
         &self,
         con: &mut redis::Connection,
         book: &Book,
-        last: &mut HashMap<String, (u64, u64)>,
-        resumed: &mut std::collections::HashSet<(String, u64)>,
+        (last, round): (&mut ledger::Ledger, u64),
+        resumed: &mut HashMap<String, u64>,
         leaving: bool,
     ) -> redis::RedisResult<()> {
         let now_ms = std::time::SystemTime::now()
@@ -422,16 +434,12 @@ impl Cluster {
         // published of it before it restarted is read back first.
         let fresh: Vec<_> = keys
             .iter()
-            .filter(|(n, u)| !resumed.contains(&(n.clone(), u.counts().period_start)))
+            .filter(|(n, u)| resumed.get(n.as_str()) != Some(&u.period_start()))
             .cloned()
             .collect();
         if !fresh.is_empty() && !self.name_taken.load(Relaxed) {
-            ledger::resume(con, &self.names(), &fresh)?;
-            resumed.extend(
-                fresh
-                    .iter()
-                    .map(|(n, u)| (n.clone(), u.counts().period_start)),
-            );
+            ledger::resume(con, &self.names(round), &fresh)?;
+            resumed.extend(fresh.iter().map(|(n, u)| (n.clone(), u.period_start())));
         }
         let commands = std::mem::take(&mut *self.commands.lock().expect("not poisoned"));
         let mut pipe = redis::pipe();
@@ -469,12 +477,14 @@ impl Cluster {
         }
         let publish = !self.name_taken.load(Relaxed);
         let sha = ledger::sha(ledger::RESERVE);
-        let names = self.names();
-        let asked: Vec<_> = keys
-            .iter()
-            .filter(|_| publish)
-            .map(|(name, u)| ledger::publish(&mut pipe, &names, &sha, name, u, last, leaving))
-            .collect();
+        let names = self.names(round);
+        let mut asked = Vec::new();
+        for (name, u) in keys.iter().filter(|_| publish) {
+            if leaving || !ledger::quiet(&names, name, u, last) {
+                let a = ledger::publish(&mut pipe, &names, &sha, name, u, last, leaving);
+                asked.push((u, a));
+            }
+        }
         pipe.cmd("SMEMBERS").arg(&disabled_set);
         if leaving {
             pipe.cmd("EVAL")
@@ -487,7 +497,9 @@ impl Cluster {
         let reply: Vec<redis::Value> = match pipe.query(con) {
             Ok(r) => r,
             Err(e) => {
-                // Not sent: asked again at the next sync.
+                // Not sent: the keys are written again at the next sync,
+                // the commands asked again.
+                ledger::unsent(last);
                 self.commands
                     .lock()
                     .expect("not poisoned")
@@ -511,7 +523,11 @@ impl Cluster {
         }
         let live: u32 = redis::from_redis_value(&next())?;
         let fresh_epoch = !matches!(next(), redis::Value::Nil);
-        for ((_, u), asked) in keys.iter().zip(asked) {
+        if fresh_epoch {
+            // Redis lost what it had: every key is written at the next sync.
+            ledger::unsent(last);
+        }
+        for (u, asked) in asked {
             ledger::read(u, asked, next())?;
         }
         let disabled: Vec<String> = redis::from_redis_value(&next())?;

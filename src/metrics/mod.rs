@@ -39,6 +39,8 @@ pub struct ClusterScrape {
     pub up: bool,
     pub instances: u32,
     pub failures: u64,
+    /// Syncs that succeeded, and the time they took in all (µs).
+    pub syncs: (u64, u64),
     /// The second-level cache's lookups (hit, miss, waited, failed) and
     /// stores, if it is on.
     pub cache: Option<([u64; 4], u64)>,
@@ -474,6 +476,7 @@ fn cluster(t: &mut Text, scrape: &Scrape<'_>) {
         up,
         instances,
         failures,
+        syncs,
         cache,
     }) = scrape.cluster
     {
@@ -489,6 +492,18 @@ fn cluster(t: &mut Text, scrape: &Scrape<'_>) {
             "counter",
             "Syncs with Redis that failed.",
             failures,
+        );
+        t.single(
+            "ringway_cluster_syncs_total",
+            "counter",
+            "Syncs with Redis that succeeded (one round trip each, more when keys are read back or a revocation is pushed).",
+            syncs.0,
+        );
+        t.single(
+            "ringway_cluster_sync_seconds_total",
+            "counter",
+            "Time the successful syncs took, in all (divided by ringway_cluster_syncs_total: the time per sync).",
+            syncs.1 as f64 / 1e6,
         );
         if let Some((lookups, stores)) = cache {
             let name = "ringway_cluster_cache_lookups_total";

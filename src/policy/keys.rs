@@ -219,6 +219,7 @@ impl Keys {
                 let usage = book.usage(&spec.name, spec.period);
                 usage.set_quota(spec.quota);
                 usage.set_rated(spec.rate > 0.0);
+                usage.set_capped(spec.max_connections > 0);
                 let key = Arc::new(Key {
                     spec: spec.clone(),
                     revoked: AtomicBool::new(false),

@@ -103,6 +103,8 @@ pub struct Usage {
     quota: AtomicU64,
     /// The key has a rate (as last configured): the cluster shares it out.
     rated: std::sync::atomic::AtomicBool,
+    /// The key has a `max_connections`.
+    capped: std::sync::atomic::AtomicBool,
     /// In a cluster: this gateway's share of the key's rate and burst, in
     /// millionths, by where the calls come (the sync thread's); 0: an even
     /// share (1 / the gateways seen alive).
@@ -262,6 +264,16 @@ impl Usage {
         self.rated.load(Relaxed)
     }
 
+    /// Whether the key has a `max_connections` (its connections on the
+    /// other gateways count).
+    pub fn capped(&self) -> bool {
+        self.capped.load(Relaxed)
+    }
+
+    pub fn set_capped(&self, capped: bool) {
+        self.capped.store(capped, Relaxed);
+    }
+
     pub fn set_rated(&self, rated: bool) {
         self.rated.store(rated, Relaxed);
     }
@@ -353,6 +365,28 @@ impl Usage {
 
     pub fn bytes_out(&self, n: usize) {
         self.bytes_out.fetch_add(n as u64, Relaxed);
+    }
+
+    /// A mark that moves whenever any figure of the period does (each
+    /// counter only grows within a period): the period and their sum.
+    pub fn mark(&self) -> (u64, u64) {
+        let counters = [
+            &self.calls,
+            &self.credits,
+            &self.notifications,
+            &self.bytes_in,
+            &self.bytes_out,
+        ];
+        let sum = counters
+            .into_iter()
+            .chain(&self.refused)
+            .fold(0u64, |a, c| a.wrapping_add(c.load(Relaxed)));
+        (self.period_start.load(Relaxed), sum)
+    }
+
+    /// The current period's first second (Unix).
+    pub fn period_start(&self) -> u64 {
+        self.period_start.load(Relaxed)
     }
 
     /// The current period's figures.
