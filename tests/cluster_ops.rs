@@ -528,6 +528,40 @@ fn a_five_mib_answer_is_not_kept_in_redis() {
     );
 }
 
+/// `cluster.cache_redis`: the second level on a Redis of its own (one that
+/// may evict, `allkeys-lru`), the ledger on the cluster's: eviction never
+/// reaches a key's usage.
+#[test]
+fn the_cache_can_live_on_a_redis_of_its_own() {
+    let pki = TestPki::new();
+    let (ledger, cache) = (Redis::start(), Redis::start());
+    let chain = FakeChain::new(100);
+    let node = Upstream::start(Behaviour::Substrate(chain));
+    let cfg = write_config(
+        &pki,
+        "l2-apart.toml",
+        &format!(
+            "[health]\ninterval_ms = 100\n[keys]\nfile = \"{}\"\n[cluster]\nredis = \"{}\"\ncache_redis = \"{}\"\ninstance = \"apart\"\n",
+            write_config(&pki, "ops-keys.toml", KEYS).display(),
+            ledger.url(),
+            cache.url()
+        ),
+    );
+    let gw = Gateway::start(&pki, &[node.url()], &["--config", cfg.to_str().unwrap()]);
+    let mut ws = session(&gw, &pki, ACME).unwrap();
+    let ask = r#"{"jsonrpc":"2.0","id":1,"method":"state_getRuntimeVersion","params":["0x0000000000000000000000000000000000000000000000000000000000000050"]}"#;
+    wait_for(TIMEOUT, "the answer kept in the cache's Redis", || {
+        ws.send(Message::text(ask)).unwrap();
+        assert!(matches!(ws.read(), Ok(Message::Text(t)) if t.contains("result")));
+        redis_cmd(cache.port, &["KEYS", "ringway:cache:*"]).contains("ringway:cache:")
+    });
+    wait_for(TIMEOUT, "the key's usage in the cluster's Redis", || {
+        redis_cmd(ledger.port, &["KEYS", "ringway:usage:*"]).contains("ringway:usage:acme")
+    });
+    assert!(!redis_cmd(ledger.port, &["KEYS", "ringway:cache:*"]).contains("ringway:cache:"));
+    assert!(!redis_cmd(cache.port, &["KEYS", "ringway:usage:*"]).contains("ringway:usage:"));
+}
+
 /// `--check` tries what the configuration needs of its Redis user: keys
 /// and scripts it cannot do without (exit 2, naming them), channels it can
 /// (a warning).

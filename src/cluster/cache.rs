@@ -161,7 +161,7 @@ impl Store {
     }
 
     fn connect(&self) -> redis::RedisResult<redis::Connection> {
-        super::link::open(&self.config, TIMEOUT)
+        super::link::open_at(&self.config, &self.config.cache_redis, TIMEOUT)
     }
 
     /// One round trip: the batch's lookups and stores, and another look

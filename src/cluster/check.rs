@@ -78,6 +78,24 @@ pub fn missing(config: &ClusterConfig) -> Result<Vec<Missing>, String> {
             });
         }
     }
+    if config.cache && config.cache_redis != config.redis {
+        // The second level's own Redis: a miss when it says no, not an error.
+        let stored =
+            super::link::open_at(config, &config.cache_redis, timeout).and_then(|mut c| {
+                redis::cmd("SET")
+                    .arg(&probe)
+                    .arg("1")
+                    .arg("PX")
+                    .arg(1000)
+                    .query::<redis::Value>(&mut c)
+            });
+        if let Err(e) = stored {
+            out.push(Missing {
+                needed: false,
+                what: format!("the cache's Redis (cluster.cache_redis) takes no `{p}:cache:*` key ({e}): the second level is a miss until it does"),
+            });
+        }
+    }
     Ok(out)
 }
 

@@ -365,6 +365,7 @@ mod tests {
             prefix: "t".into(),
             instance: "a".into(),
             cache: false,
+            cache_redis: "redis://127.0.0.1/".into(),
             cache_max_bytes: 1 << 20,
             tls: None,
         }

@@ -7,8 +7,18 @@ use crate::config::cluster::ClusterConfig;
 /// A connection to the cluster's Redis (over TLS for `rediss://`), with
 /// `timeout` to connect, and for each read and write.
 pub fn open(config: &ClusterConfig, timeout: Duration) -> redis::RedisResult<redis::Connection> {
+    open_at(config, &config.redis, timeout)
+}
+
+/// A connection to `url` (the cluster's Redis or its cache's), with the
+/// cluster's TLS settings.
+pub fn open_at(
+    config: &ClusterConfig,
+    url: &str,
+    timeout: Duration,
+) -> redis::RedisResult<redis::Connection> {
     let client = match &config.tls {
-        None => redis::Client::open(config.redis.as_str())?,
+        None => redis::Client::open(url)?,
         Some(tls) => {
             let read = |p: &std::path::Path| {
                 std::fs::read(p).map_err(|e| {
@@ -32,7 +42,7 @@ pub fn open(config: &ClusterConfig, timeout: Duration) -> redis::RedisResult<red
                 client_tls,
                 root_cert,
             };
-            redis::Client::build_with_tls(config.redis.as_str(), certs)?
+            redis::Client::build_with_tls(url, certs)?
         }
     };
     let con = client.get_connection_with_timeout(timeout)?;

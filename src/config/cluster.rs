@@ -22,6 +22,10 @@ pub struct ClusterSection {
     /// The second level of the response cache in Redis: answers that can
     /// never change, shared by every instance.
     pub cache: bool,
+    /// Another Redis (or database) for the second level, e.g. one with
+    /// `maxmemory-policy allkeys-lru`, so that eviction never reaches the
+    /// ledger; empty: `redis`.
+    pub cache_redis: String,
     /// The second level stores answers up to this size (bytes): a larger
     /// one (a 5 MiB `eth_call`) is fetched by each gateway.
     pub cache_max_bytes: u64,
@@ -42,6 +46,7 @@ impl Default for ClusterSection {
             prefix: "ringway".into(),
             instance: String::new(),
             cache: true,
+            cache_redis: String::new(),
             cache_max_bytes: 1 << 20,
             tls_ca: String::new(),
             tls_cert: String::new(),
@@ -58,6 +63,8 @@ pub struct ClusterConfig {
     pub prefix: String,
     pub instance: String,
     pub cache: bool,
+    /// The second level's Redis (`cache_redis`, or `redis`).
+    pub cache_redis: String,
     pub cache_max_bytes: usize,
     /// `rediss://`: what to trust and what to show.
     pub tls: Option<RedisTls>,
@@ -133,8 +140,19 @@ pub fn read(
     } else {
         s.instance.clone()
     };
+    let cache_redis = match s.cache_redis.as_str() {
+        "" => s.redis.clone(),
+        url if url.starts_with("rediss://") == tls && url.contains("://") => url.to_string(),
+        _ => {
+            return Err(err(
+                "cache_redis",
+                "a URL of the same scheme as cluster.redis (redis:// or rediss://: the tls_* files serve both)",
+            ))
+        }
+    };
     Ok(Some(ClusterConfig {
         redis: s.redis.clone(),
+        cache_redis,
         sync: std::time::Duration::from_millis(s.sync_ms),
         prefix: s.prefix.clone(),
         instance,
@@ -186,5 +204,19 @@ mod tests {
     fn an_address_of_another_scheme_is_refused() {
         let e = read(&section("http://h:6379"), "f", 443).unwrap_err();
         assert_eq!(e.key, "cluster.redis");
+    }
+
+    #[test]
+    fn the_cache_redis_is_the_clusters_unless_named_and_of_the_same_scheme() {
+        let c = read(&section("redis://h/0"), "f", 443).unwrap().unwrap();
+        assert_eq!(c.cache_redis, "redis://h/0");
+        let mut s = section("redis://h/0");
+        s.cache_redis = "redis://cache/1".into();
+        assert_eq!(
+            read(&s, "f", 443).unwrap().unwrap().cache_redis,
+            "redis://cache/1"
+        );
+        s.cache_redis = "rediss://cache/1".into();
+        assert_eq!(read(&s, "f", 443).unwrap_err().key, "cluster.cache_redis");
     }
 }
