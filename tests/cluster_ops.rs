@@ -297,17 +297,7 @@ fn a_second_gateway_under_a_running_ones_name_refuses_to_start() {
     let keys = write_config(&pki, "ops-keys.toml", KEYS);
     let cfg = config(&pki, &redis.url(), "twin", &keys);
     let started = Instant::now();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ringway"))
-        .args(["--listen", "127.0.0.1:0", "--upstream", &node.url()])
-        .args([
-            "--cert",
-            pki.cert.to_str().unwrap(),
-            "--key",
-            pki.key.to_str().unwrap(),
-        ])
-        .args(["--config", cfg.to_str().unwrap()])
-        .output()
-        .unwrap();
+    let out = Gateway::run_to_exit(&pki, &node.url(), &["--config", cfg.to_str().unwrap()]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "{stderr}");
     assert!(
@@ -687,9 +677,7 @@ fn a_rolling_restart_under_load_counts_every_call_once_and_locks_no_key_out() {
     });
     for (i, name) in names.iter().enumerate() {
         let (mut old, _) = gws.remove(0);
-        let _ = std::process::Command::new("kill")
-            .args(["-TERM", &old.pid().to_string()])
-            .status();
+        old.signal("TERM");
         assert!(old.wait_exit(TIMEOUT).is_some_and(|s| s.success()));
         let fresh = member(&pki, &redis.url(), &node.url(), name);
         addrs.lock().unwrap()[i] = fresh.0.addr;
@@ -709,10 +697,9 @@ fn a_rolling_restart_under_load_counts_every_call_once_and_locks_no_key_out() {
         let (a, b) = (usage(metrics, "acme"), usage(metrics, "bill"));
         a["cluster"]["calls"].as_u64().unwrap_or(0) + b["cluster"]["calls"].as_u64().unwrap_or(0)
     };
-    let start = Instant::now();
-    while counted() != total && start.elapsed() < TIMEOUT {
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_for(TIMEOUT, "every answered call in /usage", || {
+        counted() >= total
+    });
     assert_eq!(
         counted(),
         total,

@@ -291,11 +291,7 @@ fn start_with_keys(pki: &TestPki, dot: &str, ksm: &str, keys: &str) -> Gateway {
 }
 
 fn hup(gw: &Gateway) {
-    let ok = Command::new("kill")
-        .args(["-HUP", &gw.pid().to_string()])
-        .status()
-        .unwrap();
-    assert!(ok.success());
+    gw.signal("HUP");
 }
 
 /// The answer to `method` on `ws`.

@@ -13,11 +13,7 @@ use tungstenite::protocol::frame::coding::CloseCode;
 use tungstenite::Message;
 
 fn hup(gw: &Gateway) {
-    let ok = Command::new("kill")
-        .args(["-HUP", &gw.pid().to_string()])
-        .status()
-        .unwrap();
-    assert!(ok.success());
+    gw.signal("HUP");
 }
 
 /// A config file in front of `nodes`, with fast health checks.

@@ -368,17 +368,11 @@ fn an_unreadable_state_file_stops_the_start_or_is_moved_aside_never_overwritten(
         )
     };
     // Without a cluster to resume from: refused, the file as it was.
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ringway"))
-        .args(["--listen", "127.0.0.1:0", "--upstream", &node.url()])
-        .args([
-            "--cert",
-            pki.cert.to_str().unwrap(),
-            "--key",
-            pki.key.to_str().unwrap(),
-        ])
-        .args(["--config", cfg(false).to_str().unwrap()])
-        .output()
-        .unwrap();
+    let out = Gateway::run_to_exit(
+        &pki,
+        &node.url(),
+        &["--config", cfg(false).to_str().unwrap()],
+    );
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "{stderr}");
     assert!(

@@ -58,6 +58,27 @@ impl Gateway {
         self.child.id()
     }
 
+    /// Send the gateway `signal` (`"HUP"`, `"TERM"`, ...).
+    pub fn signal(&self, signal: &str) {
+        let sent = std::process::Command::new("kill")
+            .args([format!("-{signal}"), self.pid().to_string()])
+            .status()
+            .unwrap();
+        assert!(sent.success(), "kill -{signal}");
+    }
+
+    /// Run the gateway (TLS from `pki`, in front of `upstream`, plus
+    /// `extra`) as one that is expected to exit by itself: what it did.
+    pub fn run_to_exit(pki: &TestPki, upstream: &str, extra: &[&str]) -> std::process::Output {
+        let (cert, key) = (pki.cert.to_str().unwrap(), pki.key.to_str().unwrap());
+        std::process::Command::new(env!("CARGO_BIN_EXE_ringway"))
+            .args(["--listen", "127.0.0.1:0", "--upstream", upstream])
+            .args(["--cert", cert, "--key", key])
+            .args(extra)
+            .output()
+            .unwrap()
+    }
+
     /// Start with TLS from `pki`, in front of `upstreams`, plus extra flags.
     pub fn start(pki: &TestPki, upstreams: &[String], extra: &[&str]) -> Gateway {
         let mut args: Vec<String> = vec![
