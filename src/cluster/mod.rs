@@ -339,6 +339,9 @@ impl Cluster {
                     }
                     Err(e) => {
                         self.down(&e, &mut said_down, book);
+                        // What it wrote may not have reached Redis: every
+                        // key is written at the next sync.
+                        ledger::unsent(&mut last);
                         con = None;
                     }
                 }
@@ -497,9 +500,7 @@ impl Cluster {
         let reply: Vec<redis::Value> = match pipe.query(con) {
             Ok(r) => r,
             Err(e) => {
-                // Not sent: the keys are written again at the next sync,
-                // the commands asked again.
-                ledger::unsent(last);
+                // Not sent: asked again at the next sync.
                 self.commands
                     .lock()
                     .expect("not poisoned")
