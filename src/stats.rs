@@ -230,6 +230,11 @@ pub struct CoreStats {
     pub topic_members: Counter,
     pub topic_notes: Counter,
     pub topic_deliveries: Counter,
+    /// Merged `chainHead_v1_follow`s (gauges): node follows, client follows
+    /// on them, blocks pinned at nodes by them.
+    pub follows: [Counter; 3],
+    /// Client follows the gateway stopped for their pins.
+    pub follow_stopped: Counter,
     /// HTTP request bodies cut, by reason ([`BODY_CUTS`]).
     pub bodies_cut: [Counter; 3],
 }
@@ -326,6 +331,8 @@ impl CoreStats {
             topic_members: Counter::default(),
             topic_notes: Counter::default(),
             topic_deliveries: Counter::default(),
+            follows: Default::default(),
+            follow_stopped: Counter::default(),
             bodies_cut: Default::default(),
         }
     }
@@ -387,6 +394,8 @@ pub struct Sums {
     pub cache: Vec<(u8, [u64; 4])>,
     /// topics, members, notifications, deliveries.
     pub merged: [u64; 4],
+    /// Node follows, client follows, pinned blocks; client follows stopped.
+    pub follows: [u64; 4],
     /// By [`BODY_CUTS`].
     pub bodies_cut: [u64; 3],
 }
@@ -442,6 +451,12 @@ impl Registry {
                 total(&|c| c.topic_members.get()),
                 total(&|c| c.topic_notes.get()),
                 total(&|c| c.topic_deliveries.get()),
+            ],
+            follows: [
+                total(&|c| c.follows[0].get()),
+                total(&|c| c.follows[1].get()),
+                total(&|c| c.follows[2].get()),
+                total(&|c| c.follow_stopped.get()),
             ],
             bodies_cut: [0, 1, 2].map(|i| total(&|c| c.bodies_cut[i].get())),
         }

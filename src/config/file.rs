@@ -250,6 +250,13 @@ pub struct LimitsSection {
     /// A write to a client pending this long (it reads nothing) ends the
     /// session (nginx's `send_timeout`).
     pub send_timeout_ms: u64,
+    /// Blocks one client's `chainHead_v1_follow` may hold pinned; past it
+    /// that follow alone is stopped (the node holds at most 512 for all).
+    pub follow_max_pins: usize,
+    /// How long a client's follow may hold a block the gateway's own view
+    /// has let go of (finalized past, or pruned) before it alone is stopped
+    /// (below a Substrate node's 60 s, which would stop every client's).
+    pub follow_pin_age_ms: u64,
 }
 
 impl Default for LimitsSection {
@@ -266,6 +273,8 @@ impl Default for LimitsSection {
             max_answer_bytes: 64 << 20,
             max_buffered_bytes: 256 * 1024,
             slow_reader_ms: 5_000,
+            follow_max_pins: 256,
+            follow_pin_age_ms: 45_000,
             send_timeout_ms: 30_000,
         }
     }

@@ -125,6 +125,8 @@ pub struct Limits {
     pub max_buffered_bytes: usize,
     pub slow_reader: Duration,
     pub send_timeout: Duration,
+    pub follow_max_pins: usize,
+    pub follow_pin_age: Duration,
 }
 
 /// The resolved configuration every worker reads.

@@ -286,6 +286,8 @@ fn limits(file: &FileConfig, at: &At) -> Result<Limits, ConfigError> {
         ("limits.close_timeout_ms", l.close_timeout_ms),
         ("limits.slow_reader_ms", l.slow_reader_ms),
         ("limits.send_timeout_ms", l.send_timeout_ms),
+        ("limits.follow_pin_age_ms", l.follow_pin_age_ms),
+        ("limits.follow_max_pins", l.follow_max_pins as u64),
         ("http.body_timeout_ms", file.http.body_timeout_ms),
         ("http.body_idle_timeout_ms", file.http.body_idle_timeout_ms),
         ("pool.connect_timeout_ms", file.pool.connect_timeout_ms),
@@ -337,6 +339,8 @@ fn limits(file: &FileConfig, at: &At) -> Result<Limits, ConfigError> {
         max_buffered_bytes: l.max_buffered_bytes,
         slow_reader: Duration::from_millis(l.slow_reader_ms),
         send_timeout: Duration::from_millis(l.send_timeout_ms),
+        follow_max_pins: l.follow_max_pins,
+        follow_pin_age: Duration::from_millis(l.follow_pin_age_ms),
     };
     Ok(limits)
 }

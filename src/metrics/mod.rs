@@ -355,6 +355,30 @@ fn calls_and_cache(t: &mut Text, sums: &crate::stats::Sums) {
             "Copies of those notifications delivered to clients (the fan-out).",
             merged[3],
         ),
+        (
+            "ringway_follows",
+            "gauge",
+            "Node chainHead_v1_follow subscriptions, one per node per core, each carrying several client follows.",
+            sums.follows[0],
+        ),
+        (
+            "ringway_follow_clients",
+            "gauge",
+            "Client chainHead_v1_follow subscriptions served by the node follows.",
+            sums.follows[1],
+        ),
+        (
+            "ringway_follow_pinned_blocks",
+            "gauge",
+            "Blocks the node follows hold pinned at their nodes (for the view and for clients).",
+            sums.follows[2],
+        ),
+        (
+            "ringway_follow_stopped_total",
+            "counter",
+            "Client follows stopped alone for holding too many or too old pins.",
+            sums.follows[3],
+        ),
     ] {
         t.single(name, kind, help, value);
     }

@@ -150,6 +150,10 @@ where
         archive.as_mut(),
     ])
     .await;
+    // Its client follows on this core's follow hubs end with it.
+    if let Some((side, _)) = routed.and_then(|r| r.side.as_ref()) {
+        crate::relay::shared::follow::leave(side, &s);
+    }
     let (client_msgs, node_msgs) = (client_msgs.get(), node_msgs.get());
     summary(&s, client_msgs, Some(node_msgs))
 }
@@ -188,7 +192,7 @@ where
     let mut timer = pin!(timer::timer(&s, None, ctx.shutdown));
     join::join([pump.as_mut(), writer.as_mut(), timer.as_mut()]).await;
     let client_msgs = client_msgs.get();
-    crate::relay::shared::leave(&s);
+    crate::relay::shared::leave(&ctx.shared, &s);
     summary(&s, client_msgs, None)
 }
 

@@ -310,6 +310,11 @@ impl Worker {
             max_subscriptions: config.shared_max_subscriptions,
             max_connections: config.shared_max_connections,
             request_timeout: config.request_timeout,
+            follow: crate::relay::shared::FollowLimits {
+                pins: l.follow_max_pins,
+                pin_age: l.follow_pin_age,
+                ..Default::default()
+            },
         };
         let hedging = core.hedging(&config);
         // The cluster's second level, for lasting answers the first misses.

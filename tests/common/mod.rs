@@ -5,6 +5,7 @@
 //! - [`upstream`]: every fake node of the tests: behaviours (echo, silent,
 //!   frozen, scripted faults...), a Substrate-like mock chain, and a node
 //!   with subscriptions for shared connections;
+//! - [`chainhead`]: a node's `chainHead_v1_*` with a real node's limits;
 //! - [`nodes`]: real nodes (anvil, chopsticks) from npm;
 //! - [`clients`]: raw TLS, tungstenite, and real JavaScript clients;
 //! - [`wire`]: HTTP responses, upgrade requests and frames by hand.
@@ -13,6 +14,7 @@
 #![allow(clippy::result_large_err)] // tungstenite's handshake callback signature
 #![allow(clippy::zombie_processes)] // the child is waited for in Gateway's Drop
 
+pub mod chainhead;
 pub mod clients;
 pub mod gateway;
 pub mod nodes;
@@ -20,6 +22,7 @@ pub mod pki;
 pub mod upstream;
 pub mod wire;
 
+pub use chainhead::*;
 pub use clients::*;
 pub use gateway::*;
 pub use nodes::*;

@@ -206,6 +206,10 @@ fn client_message(s: &Session, asm: &Assembler, r: &Routed<'_>, raw: Vec<u8>) {
             return;
         }
         if let Some((side, node)) = &r.side {
+            // Follows merged on this core's follow hub (its shared connection).
+            if crate::relay::shared::follow::claims(side, req, 0) {
+                return crate::relay::shared::follow::on_call(side, *node, &me, req, 0);
+            }
             if side.plan(req, r.chain).is_some() {
                 crate::relay::shared::request::pinned(side, *node, r.chain, r.route, &me, req, 0);
                 return;

@@ -44,6 +44,9 @@ pub(super) fn on_answer(sh: &Rc<Shared>, conn: &Rc<Conn>, msg: &[u8]) {
                 else {
                     return;
                 };
+                if super::follow::event(sh, conn, sub, msg) {
+                    return;
+                }
                 if super::topics::notification(conn, sub, msg) {
                     return;
                 }
@@ -101,7 +104,7 @@ fn settle_subscription(conn: &Rc<Conn>, s: &Rc<Session>, p: &jsonrpc::Peek<'_>, 
     let m = super::member(s);
     match call {
         // Topics are settled in `answer` (never in a batch).
-        SubCall::Plain | SubCall::Topic(_) | SubCall::Fill(..) => {}
+        SubCall::Plain | SubCall::Topic(_) | SubCall::Fill(..) | SubCall::Follow(..) => {}
         SubCall::Subscribe(unsub) => {
             if let Some(sub) = p.result {
                 // A session that is closing still gets it: it ends its
@@ -139,6 +142,9 @@ fn answer(sh: &Rc<Shared>, conn: &Rc<Conn>, msg: &[u8], id: &[u8], mut w: Waitin
             sh.pool.health().record_answer(conn.node, sent.elapsed())
         }
         Hedging::None => {}
+    }
+    if let SubCall::Follow(serial, call) = w.call {
+        return super::follow::answered(sh, conn, serial, call, msg);
     }
     match &w.call {
         SubCall::Topic(key) => return super::topics::answered(conn, key, msg),

@@ -39,6 +39,21 @@ pub enum SubCall {
     /// Fills a gap of that topic: the hash (false) or header (true) of its
     /// missing block number `i`.
     Fill(Box<[u8]>, u32, bool),
+    /// A request of the follow hub with this serial (see [`super::follow`]).
+    Follow(u64, FollowCall),
+}
+
+/// What a follow hub's request was for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FollowCall {
+    /// The node follow itself.
+    Open,
+    /// A block's header (its hash, raw JSON).
+    Header(std::rc::Rc<[u8]>),
+    /// The hub's operation with this number.
+    Op(u64),
+    /// Unpin, continue, stop an operation, unfollow: the answer is dropped.
+    Own,
 }
 
 /// A merged subscription's topic key (see [`super::topics`]).
@@ -148,6 +163,10 @@ pub struct Conn {
     pub hedge_queue: RefCell<std::collections::VecDeque<(Instant, u64)>>,
     /// Sweeps of requests gone unanswered so far (one each [`SWEEP`]).
     pub(super) epoch: Cell<u32>,
+    /// Follow hubs' node follows here (opening or live), and the live
+    /// one's subscription id (see [`super::follow`]).
+    pub follows: Cell<usize>,
+    pub follow_sub: RefCell<Option<Box<[u8]>>>,
 }
 
 /// How often a connection looks for requests its node never answered
@@ -181,6 +200,8 @@ impl Conn {
             seen: Cell::new(Instant::now()),
             hedge_queue: RefCell::default(),
             epoch: Cell::new(0),
+            follows: Cell::new(0),
+            follow_sub: RefCell::new(None),
         }
     }
 
@@ -198,7 +219,10 @@ impl Conn {
 
     /// Subscriptions held here, and being opened.
     pub fn subscription_load(&self) -> usize {
-        self.subs.borrow().len() + self.topics.borrow().len() + self.opening.get()
+        self.subs.borrow().len()
+            + self.topics.borrow().len()
+            + self.opening.get()
+            + self.follows.get()
     }
 
     /// When the node last sent anything on this connection.
@@ -233,6 +257,7 @@ impl Conn {
             && self.subs.borrow().is_empty()
             && self.topics.borrow().is_empty()
             && self.pending.borrow().is_empty()
+            && self.follows.get() == 0
     }
 
     /// Drop `s`'s requests in flight here (it answers them itself).

@@ -42,6 +42,12 @@ pub struct Shared {
     pub hedging: crate::hedge::Hedging,
     /// Starts a new connection's task ([`super::io::start`]).
     start: Start,
+    /// The follow hub of each node, if any of this core's clients follows
+    /// it ([`super::follow`]); the last hub's serial; the follow gauges as
+    /// last counted (node follows, client follows, pinned blocks).
+    pub(super) hubs: RefCell<Vec<Option<Rc<RefCell<super::hub::Hub>>>>>,
+    pub(super) hub_serial: Cell<u64>,
+    pub(super) follow_census: Cell<[u64; 3]>,
 }
 
 /// How a connection's task is started (the connection's life is above
@@ -65,6 +71,8 @@ pub struct Settings {
     /// Requests outstanding this long with nothing read from the node: the
     /// connection is taken for lost (a hung node).
     pub request_timeout: Duration,
+    /// A client follow's pin bounds.
+    pub follow: super::hub::Limits,
 }
 
 /// What a session in shared mode needs besides its connection.
@@ -105,6 +113,9 @@ impl Shared {
             next_sub: Cell::new(0),
             hedging,
             start,
+            hubs: RefCell::new(vec![None; n]),
+            hub_serial: Cell::new(0),
+            follow_census: Cell::new([0; 3]),
         })
     }
 
@@ -192,7 +203,12 @@ impl Shared {
                 .iter()
                 .filter(|(_, w)| epoch.wrapping_sub(w.epoch) >= sweeps)
                 .filter(|(_, w)| {
-                    !matches!(w.call, conn::SubCall::Topic(_) | conn::SubCall::Fill(..))
+                    !matches!(
+                        w.call,
+                        conn::SubCall::Topic(_)
+                            | conn::SubCall::Fill(..)
+                            | conn::SubCall::Follow(..)
+                    )
                 })
                 .map(|(gid, _)| *gid)
                 .collect();

@@ -231,6 +231,8 @@ impl Shared {
         if let Some(fd) = conn.fd.get() {
             stop(fd, Stop::All);
         }
+        // Client follows on this connection's node follow end (`stop`).
+        super::follow::lost(self, conn);
         // Sessions whose node this is, or that own a subscription on it,
         // lose their node side: errors for all they wait for, then 1012.
         let subs: Vec<Weak<Session>> = conn.subs.borrow_mut().drain().map(|(_, s)| s).collect();

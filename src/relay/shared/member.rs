@@ -29,6 +29,8 @@ pub struct Member {
     pub(super) archive: RefCell<Option<Rc<Conn>>>,
     /// Merged subscriptions it is on: (connection, its id, topic key).
     pub(super) merged: RefCell<Vec<Merged>>,
+    /// Its client follows on this core's follow hubs ([`super::follow`]).
+    pub(super) follows: Cell<u32>,
 }
 
 impl Member {
@@ -39,6 +41,7 @@ impl Member {
             subs: RefCell::new(Vec::new()),
             archive: RefCell::new(None),
             merged: RefCell::new(Vec::new()),
+            follows: Cell::new(0),
         }
     }
 
@@ -54,7 +57,7 @@ impl Member {
 
 impl crate::relay::session::Slot for Member {
     fn subscriptions(&self) -> u32 {
-        (self.subs.borrow().len() + self.merged.borrow().len()) as u32
+        (self.subs.borrow().len() + self.merged.borrow().len()) as u32 + self.follows.get()
     }
 
     fn forget_waiting(&self, s: &Session) {

@@ -41,6 +41,8 @@
 //!  failover  a connection lost: its sessions and topics move, or close (1012)
 //!  request   a client's call out: admitted, each request on its way (cache,
 //!            its node, archive), a batch gathered back
+//!  follow    chainHead_v1 follows merged: one node follow per node, pins
+//!            held by the gateway, operations asked once
 //!  hedge     reads late on their node asked of another too
 //!  topics    merged subscriptions (one node subscription per stream), a head gap filled
 //!  core      a core's connections: which one, what a landed answer does,
@@ -48,6 +50,7 @@
 //!  member    a session's membership of the connections
 //!  conn      a connection as data, and requests written onto it
 //!  topic     a merged subscription as data
+//!  hub       a merged follow as data: the view, pins, operations, kept answers
 //! ```
 //!
 //! When a connection is lost (node gone, protocol error, failed health
@@ -60,7 +63,10 @@ mod answer;
 pub mod conn;
 mod core;
 mod failover;
+pub mod follow;
+mod follow_ops;
 mod hedge;
+mod hub;
 mod io;
 mod member;
 pub mod request;
@@ -74,6 +80,7 @@ use crate::relay::Session;
 
 pub use conn::Conn;
 pub use core::{Ctx, Settings, Shared};
+pub use hub::Limits as FollowLimits;
 pub use member::Member;
 pub use request::on_request;
 
@@ -103,7 +110,8 @@ pub fn join(s: &Rc<Session>) {
 }
 
 /// The session is over: end its subscriptions on the nodes, leave.
-pub fn leave(s: &Rc<Session>) {
+pub fn leave(sh: &Rc<Shared>, s: &Rc<Session>) {
+    follow::leave(sh, s);
     let m = member(s);
     for (c, sub, method) in m.subs.borrow_mut().drain(..) {
         if c.state() == State::Dead {

@@ -71,6 +71,17 @@ pub fn on_request(ctx: &Ctx<'_>, s: &Rc<Session>, msg: &[u8]) {
 fn single(ctx: &Ctx<'_>, s: &Rc<Session>, req: &Request<'_>, tag: u64) {
     let sh = &ctx.shared;
     let m = member(s);
+    // A follow, or a call on a client follow: the core's follow hub's.
+    if super::follow::claims(sh, req, tag) {
+        if let Some(answer) = refuse(ctx, s, req) {
+            crate::stats::request(s.cfg.chain, req, Outcome::Refused);
+            if let (Some(a), Some(id)) = (answer, req.id) {
+                s.reply(tag, id, &[a.as_bytes()]);
+            }
+            return;
+        }
+        return super::follow::on_call(sh, m.conn().node, s, req, tag);
+    }
     let archive = (ctx.route && sh.router.route_request(req, ctx.chain) == Target::Archive)
         .then(|| sh.archive_for(Some(s)))
         .flatten();

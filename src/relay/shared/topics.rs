@@ -34,7 +34,7 @@ use super::{member, Ctx};
 use crate::jsonrpc::offset_in;
 
 /// A subscription id for a session: unique on this core.
-fn new_sub_id(next: &Cell<u64>) -> Rc<[u8]> {
+pub(super) fn new_sub_id(next: &Cell<u64>) -> Rc<[u8]> {
     let n = next.get().wrapping_add(1);
     next.set(n);
     // Spread over the id space, as a node's random ids are.

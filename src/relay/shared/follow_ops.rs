@@ -1,0 +1,562 @@
+//! A client follow's calls on its blocks (see [`super::follow`]):
+//! `chainHead_v1_header`, the operations (`_body`, `_call`, `_storage`)
+//! and their events, `_unpin`; and the answers to them, each with the
+//! client's own ids.
+//!
+//! - A header is kept by hash while its block is pinned, asked once.
+//! - An operation asked while the same one runs joins it (its events so
+//!   far replayed); a finished one's events are kept with its block, a
+//!   `Metadata_*` call's by the block's runtime.
+//! - At most [`hub::NODE_OPERATIONS`] slots are used on the node follow
+//!   (a header read one, a storage operation one per item); the rest
+//!   wait in order, their clients' answers with them. A client has at
+//!   most [`hub::CLIENT_OPERATIONS`] at once (`limitReached` past them).
+
+use std::cell::RefCell;
+use std::rc::Rc;
+
+use crate::jsonrpc::error::{code, error};
+use crate::jsonrpc::{self, offset_in, Request};
+use crate::relay::Session;
+use crate::stats::Outcome;
+
+use super::conn::{send_own, FollowCall, State, SubCall};
+use super::hub::{self, Done, Header, Hub, OpWaiter, Open, Raw};
+
+pub(super) const EVENT: &[u8] = b"chainHead_v1_followEvent";
+pub(super) const LIMIT_REACHED: &[u8] = br#"{"result":"limitReached"}"#;
+
+/// The spec's errors (`sc-rpc-spec-v2`'s codes).
+pub(super) mod errors {
+    /// A block hash the follow does not hold pinned.
+    pub const INVALID_BLOCK: i32 = -32801;
+    /// A `chainHead_v1_unpin` naming a hash twice.
+    pub const DUPLICATE_HASHES: i32 = -32804;
+    /// `chainHead_v1_continue` for an operation that does not wait.
+    pub const INVALID_CONTINUE: i32 = -32803;
+    /// `chainHead_v1_call` on a follow without the runtime.
+    pub const NO_RUNTIME: i32 = -32802;
+}
+
+pub(super) type HubRef = Rc<RefCell<Hub>>;
+
+pub(super) fn param<'a>(req: &Request<'a>, i: usize) -> Option<&'a [u8]> {
+    req.params.and_then(|p| jsonrpc::param(p, i))
+}
+
+/// Answer `req` with `result` (raw JSON).
+pub(super) fn answer(s: &Session, req: &Request<'_>, tag: u64, result: &[u8]) {
+    answer_parts(s, req.reply_id(), tag, &[result]);
+}
+
+pub(super) fn answer_parts(s: &Session, id: &[u8], tag: u64, result: &[&[u8]]) {
+    let mut parts: Vec<&[u8]> = Vec::with_capacity(result.len() + 4);
+    parts.push(br#"{"jsonrpc":"2.0","id":"#);
+    parts.push(id);
+    parts.push(br#","result":"#);
+    parts.extend_from_slice(result);
+    parts.push(b"}");
+    s.reply(tag, id, &parts);
+}
+
+pub(super) fn reply_raw(s: &Session, req: &Request<'_>, tag: u64, msg: &[u8]) {
+    s.reply(tag, req.reply_id(), &[msg]);
+}
+
+pub(super) fn fail(s: &Session, req: &Request<'_>, tag: u64, code: i32, message: &str) {
+    reply_raw(
+        s,
+        req,
+        tag,
+        error(req.reply_id(), code, message, None).as_bytes(),
+    );
+}
+
+/// The hashes of a JSON array (or one hash).
+pub(super) fn hashes(raw: Option<&[u8]>) -> Vec<Raw> {
+    match raw {
+        Some(r) if r.first() == Some(&b'[') => jsonrpc::elements(r).map(Rc::from).collect(),
+        Some(r) => vec![Rc::from(r)],
+        None => Vec::new(),
+    }
+}
+
+/// Unpin `hashes` at the node (one call).
+pub(super) fn unpin_at_node(h: &Hub, hashes: &[Raw]) {
+    let Open::Live(sub) = &h.open else {
+        return;
+    };
+    if hashes.is_empty() || h.conn.state() == State::Dead {
+        return;
+    }
+    let mut params = Vec::with_capacity(sub.len() + hashes.len() * 70 + 4);
+    params.push(b'[');
+    params.extend_from_slice(sub);
+    params.extend_from_slice(b",[");
+    for (i, hash) in hashes.iter().enumerate() {
+        if i > 0 {
+            params.push(b',');
+        }
+        params.extend_from_slice(hash);
+    }
+    params.extend_from_slice(b"]]");
+    send_own(
+        &h.conn,
+        b"chainHead_v1_unpin",
+        &params,
+        SubCall::Follow(h.serial, FollowCall::Own),
+    );
+}
+
+/// The node's answer `msg`, given to `s` with its own id.
+pub(super) fn with_their_id(s: &Session, msg: &[u8], id: &[u8], tag: u64, ours: Option<&[u8]>) {
+    match ours {
+        Some(ours) => {
+            let at = offset_in(msg, ours);
+            s.reply(tag, id, &[&msg[..at], id, &msg[at + ours.len()..]]);
+        }
+        None => s.reply(tag, id, &[msg]),
+    }
+}
+
+/// `chainHead_v1_header`: kept by hash, asked once.
+pub(super) fn header(
+    hub: &HubRef,
+    s: &Rc<Session>,
+    req: &Request<'_>,
+    tag: u64,
+    sub: &Raw,
+) -> Outcome {
+    let Some(hash) = param(req, 1).map(Rc::<[u8]>::from) else {
+        fail(s, req, tag, code::INVALID_PARAMS, "Invalid params");
+        return Outcome::Refused;
+    };
+    let mut h = hub.borrow_mut();
+    if !h.clients[sub].pins.contains_key(&hash) {
+        drop(h);
+        fail(s, req, tag, errors::INVALID_BLOCK, "Invalid block hash");
+        return Outcome::Refused;
+    }
+    let id = Box::from(req.reply_id());
+    match h.headers.get_mut(&hash) {
+        Some(Header::Kept(header)) => {
+            let header = header.clone();
+            drop(h);
+            answer(s, req, tag, &header);
+            Outcome::Cached
+        }
+        Some(Header::Asked(waiters)) => {
+            waiters.push((Rc::downgrade(s), id, tag));
+            Outcome::Joined
+        }
+        None => {
+            h.headers.insert(
+                hash.clone(),
+                Header::Asked(vec![(Rc::downgrade(s), id, tag)]),
+            );
+            h.header_queue.push_back(hash);
+            dispatch(&mut h);
+            Outcome::Forwarded
+        }
+    }
+}
+
+/// `chainHead_v1_unpin`: the client's pins go; the node's where nobody else holds them.
+pub(super) fn unpin(
+    hub: &HubRef,
+    s: &Rc<Session>,
+    req: &Request<'_>,
+    tag: u64,
+    sub: &Raw,
+) -> Outcome {
+    let named = hashes(param(req, 1));
+    let mut h = hub.borrow_mut();
+    let twice = named
+        .iter()
+        .enumerate()
+        .any(|(i, x)| named[..i].contains(x));
+    match h.unpin(sub, &named) {
+        Ok(unpins) => {
+            unpin_at_node(&h, &unpins);
+            drop(h);
+            answer(s, req, tag, b"null");
+            Outcome::Cached
+        }
+        Err(_) => {
+            drop(h);
+            match twice {
+                true => fail(
+                    s,
+                    req,
+                    tag,
+                    errors::DUPLICATE_HASHES,
+                    "Received duplicate hashes",
+                ),
+                false => fail(s, req, tag, errors::INVALID_BLOCK, "Invalid block hash"),
+            }
+            Outcome::Refused
+        }
+    }
+}
+
+/// The key an operation's answer is kept under: the method and its
+/// params after the follow (so: the block); a `Metadata_*` call's by
+/// the block's runtime instead. And the block it belongs to (none:
+/// runtime-keyed).
+pub(super) fn op_key(h: &Hub, method: &str, rest: &[u8], hash: &Raw) -> (Box<[u8]>, Option<Raw>) {
+    let whole = rest_params(rest);
+    let function = jsonrpc::param(&whole, 2).and_then(jsonrpc::unquote);
+    let metadata =
+        method == "chainHead_v1_call" && function.is_some_and(|f| f.starts_with(b"Metadata_"));
+    if let (true, Some(rt)) = (metadata, h.block_runtime(hash)) {
+        let after_hash = &rest[1 + hash.len()..];
+        let mut key = b"rt\0".to_vec();
+        key.extend_from_slice(&rt);
+        key.push(0);
+        key.extend_from_slice(after_hash);
+        return (key.into_boxed_slice(), None);
+    }
+    let mut key = method.as_bytes().to_vec();
+    key.push(0);
+    key.extend_from_slice(rest);
+    (key.into_boxed_slice(), Some(hash.clone()))
+}
+
+/// `,"0x..",..]` (what follows the follow id) as an array of its own.
+pub(super) fn rest_params(rest: &[u8]) -> Vec<u8> {
+    let mut a = b"[null".to_vec();
+    a.extend_from_slice(rest);
+    a
+}
+
+/// `chainHead_v1_body`, `_call`, `_storage`: answered from what is kept,
+/// joined to the same one running, or started (now or when a slot frees).
+pub(super) fn operation(
+    hub: &HubRef,
+    s: &Rc<Session>,
+    req: &Request<'_>,
+    tag: u64,
+    sub: &Raw,
+    method: &'static str,
+) -> Outcome {
+    let params = crate::cache::rules::compact(req.params.unwrap_or(b"[]"));
+    let (Some(first), Some(hash)) = (jsonrpc::param(&params, 0), jsonrpc::param(&params, 1)) else {
+        fail(s, req, tag, code::INVALID_PARAMS, "Invalid params");
+        return Outcome::Refused;
+    };
+    let rest: Box<[u8]> = Box::from(&params[offset_in(&params, first) + first.len()..]);
+    let hash: Raw = Rc::from(hash);
+    let mut h = hub.borrow_mut();
+    if !h.clients[sub].pins.contains_key(&hash) {
+        drop(h);
+        fail(s, req, tag, errors::INVALID_BLOCK, "Invalid block hash");
+        return Outcome::Refused;
+    }
+    if !h.op_room(sub) {
+        drop(h);
+        answer(s, req, tag, LIMIT_REACHED);
+        return Outcome::Refused;
+    }
+    if method == "chainHead_v1_call" && !h.clients[sub].with_runtime {
+        drop(h);
+        fail(
+            s,
+            req,
+            tag,
+            errors::NO_RUNTIME,
+            "The `chainHead_follow` subscription was started with `withRuntime` set to `false`",
+        );
+        return Outcome::Refused;
+    }
+    let (key, block) = op_key(&h, method, &rest, &hash);
+    let op_id = h.clients.get_mut(sub).expect("checked").op_id();
+    if let Some(done) = h.done.get(&key).cloned() {
+        drop(h);
+        started_to(s, req.reply_id(), tag, &done.started, &op_id);
+        for e in &done.events {
+            op_event_to(s, sub, e, &op_id);
+        }
+        return Outcome::Cached;
+    }
+    let waiter = OpWaiter {
+        session: Rc::downgrade(s),
+        id: Box::from(req.reply_id()),
+        tag,
+        sub: sub.clone(),
+        op: op_id.clone(),
+    };
+    if let Some(lop) = h.by_key.get(&key).copied() {
+        h.clients
+            .get_mut(sub)
+            .expect("checked")
+            .ops
+            .insert(op_id.clone(), lop);
+        let op = h.ops.get_mut(&lop).expect("indexed");
+        let Some(started) = op.started.clone() else {
+            op.waiting.push(waiter);
+            return Outcome::Joined;
+        };
+        op.clients.push((sub.clone(), op_id.clone()));
+        let events = op.events.clone();
+        drop(h);
+        started_to(s, req.reply_id(), tag, &started, &op_id);
+        for e in &events {
+            op_event_to(s, sub, e, &op_id);
+        }
+        return Outcome::Joined;
+    }
+    let lop = h.add_op(Some(key), block);
+    h.clients
+        .get_mut(sub)
+        .expect("checked")
+        .ops
+        .insert(op_id, lop);
+    let op = h.ops.get_mut(&lop).expect("added");
+    op.waiting.push(waiter);
+    if method == "chainHead_v1_storage" {
+        let items =
+            jsonrpc::param(&rest_params(&rest), 2).map_or(1, |i| jsonrpc::elements(i).count());
+        op.slots = items.clamp(1, hub::NODE_OPERATIONS);
+    }
+    op.queued = Some((method, rest));
+    h.queue.push_back(lop);
+    dispatch(&mut h);
+    Outcome::Forwarded
+}
+
+/// Send waiting operations while the node follow has slots.
+pub(super) fn dispatch(h: &mut Hub) {
+    let Open::Live(node_sub) = &h.open else {
+        return;
+    };
+    let node_sub = node_sub.clone();
+    while h.running < hub::NODE_OPERATIONS {
+        let Some(hash) = h.header_queue.pop_front() else {
+            break;
+        };
+        h.running += 1;
+        let mut params = b"[".to_vec();
+        params.extend_from_slice(&node_sub);
+        params.push(b',');
+        params.extend_from_slice(&hash);
+        params.push(b']');
+        let call = SubCall::Follow(h.serial, FollowCall::Header(hash));
+        send_own(&h.conn, b"chainHead_v1_header", &params, call);
+    }
+    while h.running < hub::NODE_OPERATIONS {
+        let Some(lop) = h.queue.pop_front() else {
+            return;
+        };
+        let Some(op) = h.ops.get_mut(&lop) else {
+            continue;
+        };
+        let Some((method, rest)) = op.queued.take() else {
+            continue;
+        };
+        let slots = op.slots;
+        h.running += slots;
+        let mut params = b"[".to_vec();
+        params.extend_from_slice(&node_sub);
+        params.extend_from_slice(&rest);
+        let call = SubCall::Follow(h.serial, FollowCall::Op(lop));
+        send_own(&h.conn, method.as_bytes(), &params, call);
+    }
+}
+
+/// The client's `started` answer: the node's, with the client's operation id.
+pub(super) fn started_to(s: &Session, id: &[u8], tag: u64, started: &[u8], op_id: &[u8]) {
+    match jsonrpc::member(started, b"operationId") {
+        Some(theirs) => {
+            let at = offset_in(started, theirs);
+            let parts = [&started[..at], op_id, &started[at + theirs.len()..]];
+            answer_parts(s, id, tag, &parts);
+        }
+        None => answer_parts(s, id, tag, &[started]),
+    }
+}
+
+/// An operation event for a client, with its operation id.
+pub(super) fn op_event_to(s: &Session, sub: &[u8], result: &[u8], op_id: &[u8]) {
+    let Some(theirs) = jsonrpc::member(result, b"operationId") else {
+        return;
+    };
+    let at = offset_in(result, theirs);
+    let parts: [&[u8]; 9] = [
+        br#"{"jsonrpc":"2.0","method":""#,
+        EVENT,
+        br#"","params":{"subscription":"#,
+        sub,
+        br#","result":"#,
+        &result[..at],
+        op_id,
+        &result[at + theirs.len()..],
+        b"}}",
+    ];
+    s.send_notification(&parts);
+}
+
+/// The node answered an operation's call: `started` (its waiters become
+/// its clients), `limitReached` or an error (its waiters get it).
+pub(super) fn op_answered(hub: &HubRef, lop: u64, msg: &[u8], result: Option<&[u8]>) {
+    let started = result
+        .filter(|r| jsonrpc::member(r, b"result").and_then(jsonrpc::unquote) == Some(b"started"));
+    let mut h = hub.borrow_mut();
+    let Some(op) = h.ops.get_mut(&lop) else {
+        return;
+    };
+    let Some(started) = started else {
+        let op = h.finish(lop).expect("present");
+        dispatch(&mut h);
+        drop(h);
+        let ours = jsonrpc::peek(msg).and_then(|p| p.id);
+        for w in op.waiting {
+            if let Some(s) = w.session.upgrade() {
+                with_their_id(&s, msg, &w.id, w.tag, ours);
+            }
+        }
+        return;
+    };
+    let node_id: Box<[u8]> = jsonrpc::member(started, b"operationId")
+        .map(Box::from)
+        .unwrap_or_default();
+    op.started = Some(Box::from(started));
+    op.node_id = Some(node_id.clone());
+    let waiting = std::mem::take(&mut op.waiting);
+    op.clients
+        .extend(waiting.iter().map(|w| (w.sub.clone(), w.op.clone())));
+    h.by_node_id.insert(node_id.clone(), lop);
+    let early = h.early.remove(&node_id).unwrap_or_default();
+    drop(h);
+    for w in &waiting {
+        if let Some(s) = w.session.upgrade() {
+            started_to(&s, &w.id, w.tag, started, &w.op);
+        }
+    }
+    // Events the node sent before its answer to the call.
+    for e in early {
+        let kind = jsonrpc::member(&e, b"event")
+            .and_then(jsonrpc::unquote)
+            .unwrap_or_default()
+            .to_vec();
+        op_event(hub, &kind, &e);
+    }
+}
+
+/// An operation's event from the node: to its clients (kept while the
+/// operation may be asked again); the last one ends it.
+pub(super) fn op_event(hub: &HubRef, kind: &[u8], result: &[u8]) {
+    let Some(node_id) = jsonrpc::member(result, b"operationId") else {
+        return;
+    };
+    let mut h = hub.borrow_mut();
+    let Some(&lop) = h.by_node_id.get(node_id) else {
+        // Before the node's answer to the call (or for one stopped).
+        if h.early.len() < hub::EARLY_MAX {
+            h.early
+                .entry(Box::from(node_id))
+                .or_default()
+                .push(Box::from(result));
+        }
+        return;
+    };
+    if kind == b"operationWaitingForContinue" {
+        if let Open::Live(sub) = &h.open {
+            let mut params = b"[".to_vec();
+            params.extend_from_slice(sub);
+            params.push(b',');
+            params.extend_from_slice(node_id);
+            params.push(b']');
+            send_own(
+                &h.conn,
+                b"chainHead_v1_continue",
+                &params,
+                SubCall::Follow(h.serial, FollowCall::Own),
+            );
+        }
+        return;
+    }
+    let op = h.ops.get_mut(&lop).expect("indexed");
+    if op.key.is_some() {
+        op.bytes += result.len();
+        op.events.push(Box::from(result));
+        if op.bytes > hub::KEEP_OP_BYTES {
+            // Too large to keep: it goes on for its clients only.
+            op.events = Vec::new();
+            let key = op.key.take().expect("checked");
+            h.by_key.remove(&key);
+        }
+    }
+    let op = &h.ops[&lop];
+    let clients: Vec<(Raw, Raw, Rc<Session>)> = op
+        .clients
+        .iter()
+        .filter_map(|(sub, cop)| {
+            let s = h.clients.get(sub)?.session.upgrade()?;
+            Some((sub.clone(), cop.clone(), s))
+        })
+        .collect();
+    let last = matches!(
+        kind,
+        b"operationBodyDone"
+            | b"operationCallDone"
+            | b"operationStorageDone"
+            | b"operationInaccessible"
+            | b"operationError"
+    );
+    if last {
+        let op = h.finish(lop).expect("present");
+        let ok = !matches!(kind, b"operationInaccessible" | b"operationError");
+        if let (true, Some(key), Some(started)) = (ok, op.key, op.started) {
+            let done = Done {
+                started,
+                events: op.events,
+                bytes: op.bytes,
+                block: op.block,
+            };
+            h.keep(key, done);
+        }
+        dispatch(&mut h);
+    }
+    drop(h);
+    for (sub, cop, s) in clients {
+        op_event_to(&s, &sub, result, &cop);
+    }
+}
+
+/// A client stops its operation `op`: it leaves it; the node's stops when
+/// nobody else is on it.
+pub(super) fn stop_operation(hub: &HubRef, sub: &Raw, op: &[u8]) {
+    let mut h = hub.borrow_mut();
+    let Some(lop) = h.clients.get_mut(sub).and_then(|c| c.ops.remove(op)) else {
+        return;
+    };
+    let Some(o) = h.ops.get_mut(&lop) else {
+        return;
+    };
+    o.clients.retain(|(s, c)| !(s == sub && &**c == op));
+    o.waiting.retain(|w| !(&w.sub == sub && &*w.op == op));
+    if o.clients.is_empty() && o.waiting.is_empty() {
+        stop_node_op(&mut h, lop);
+    }
+}
+
+/// Stop an operation nobody wants any more (on the node if it started).
+pub(super) fn stop_node_op(h: &mut Hub, lop: u64) {
+    let Some(op) = h.finish(lop) else {
+        return;
+    };
+    if let (Some(node_id), Open::Live(sub)) = (op.node_id, &h.open) {
+        let mut params = b"[".to_vec();
+        params.extend_from_slice(sub);
+        params.push(b',');
+        params.extend_from_slice(&node_id);
+        params.push(b']');
+        send_own(
+            &h.conn,
+            b"chainHead_v1_stopOperation",
+            &params,
+            SubCall::Follow(h.serial, FollowCall::Own),
+        );
+    }
+    dispatch(h);
+}

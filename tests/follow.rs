@@ -1,0 +1,519 @@
+//! `chainHead_v1_follow` merged: many client follows, one node follow per
+//! core, against a mock node that enforces a Substrate node's limits
+//! ([`common::HeadNode`]: 4 follows per connection, 512 pins, 16
+//! operations per follow), in both session modes.
+
+mod common;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use common::*;
+use serde_json::Value;
+use tungstenite::Message;
+
+type Ws = tungstenite::WebSocket<TlsStream>;
+
+/// A client of the new JSON-RPC: its follow id, and what it was told.
+struct Follower {
+    ws: Ws,
+    sub: String,
+    /// Follow events, in order.
+    events: Vec<Value>,
+    /// Answers by id not read yet.
+    answers: HashMap<String, Value>,
+    next_id: u64,
+    /// Events before it were looked at by [`Follower::until`].
+    cursor: usize,
+}
+
+impl Follower {
+    fn new(gw: &Gateway, pki: &TestPki, with_runtime: bool) -> Follower {
+        let ws = ws_connect(gw, pki.client_config(), "/");
+        let mut f = Follower {
+            ws,
+            sub: String::new(),
+            events: Vec::new(),
+            answers: HashMap::new(),
+            next_id: 0,
+            cursor: 0,
+        };
+        let a = f.call("chainHead_v1_follow", &format!("[{with_runtime}]"));
+        f.sub = a["result"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{a}"))
+            .to_string();
+        f
+    }
+
+    fn read_one(&mut self) {
+        let m = match self.ws.read().expect("a message within the timeout") {
+            Message::Text(t) => t,
+            other => panic!("unexpected {other:?}"),
+        };
+        let v: Value = serde_json::from_str(&m).unwrap();
+        if v.get("method").is_some() {
+            assert_eq!(v["params"]["subscription"], self.sub.as_str(), "{m}");
+            self.events.push(v["params"]["result"].clone());
+        } else {
+            self.answers.insert(v["id"].to_string(), v);
+        }
+    }
+
+    /// Send `method(params)` and read until its answer.
+    fn call(&mut self, method: &str, params: &str) -> Value {
+        self.next_id += 1;
+        let id = self.next_id;
+        self.send(id, method, params);
+        self.answer(id)
+    }
+
+    fn send(&mut self, id: u64, method: &str, params: &str) {
+        self.ws
+            .send(Message::Text(format!(
+                r#"{{"jsonrpc":"2.0","id":{id},"method":"{method}","params":{params}}}"#
+            )))
+            .unwrap();
+    }
+
+    fn answer(&mut self, id: u64) -> Value {
+        loop {
+            if let Some(a) = self.answers.remove(&id.to_string()) {
+                return a;
+            }
+            self.read_one();
+        }
+    }
+
+    /// Read until an event after those looked at satisfies `f`; returns
+    /// its index in `events`.
+    fn until(&mut self, f: impl Fn(&Value) -> bool) -> usize {
+        loop {
+            if let Some(i) = self.events[self.cursor..].iter().position(&f) {
+                self.cursor += i + 1;
+                return self.cursor - 1;
+            }
+            self.cursor = self.events.len();
+            self.read_one();
+        }
+    }
+
+    fn until_event(&mut self, kind: &str) -> Value {
+        let i = self.until(|e| e["event"] == kind);
+        self.events[i].clone()
+    }
+
+    /// A call on its follow: `chainHead_v1_<what>` with the follow id first.
+    fn on_follow(&mut self, what: &str, rest: &str) -> Value {
+        let sub = self.sub.clone();
+        self.call(
+            &format!("chainHead_v1_{what}"),
+            &format!(r#"["{sub}",{rest}]"#),
+        )
+    }
+
+    /// An operation's last event (after its `started` answer).
+    fn operation(&mut self, what: &str, rest: &str) -> Value {
+        let a = self.on_follow(what, rest);
+        assert_eq!(a["result"]["result"], "started", "{a}");
+        let op = a["result"]["operationId"].clone();
+        let i = self.until(|e| {
+            e["operationId"] == op
+                && matches!(
+                    e["event"].as_str(),
+                    Some("operationCallDone" | "operationBodyDone" | "operationStorageDone")
+                )
+        });
+        self.events[i].clone()
+    }
+
+    fn finalized_hash(&self) -> String {
+        let init = self
+            .events
+            .iter()
+            .find(|e| e["event"] == "initialized")
+            .unwrap();
+        init["finalizedBlockHashes"]
+            .as_array()
+            .unwrap()
+            .last()
+            .unwrap()
+            .as_str()
+            .unwrap()
+            .into()
+    }
+}
+
+fn gateway(pki: &TestPki, nodes: &[&HeadNode], shared: bool, extra: &str) -> Gateway {
+    let cfg = write_config(
+        pki,
+        "follow.toml",
+        &format!("[pool]\nshared = {shared}\n{extra}"),
+    );
+    let urls: Vec<String> = nodes.iter().map(|n| n.url.clone()).collect();
+    Gateway::start(
+        pki,
+        &urls,
+        &[
+            "--config",
+            cfg.to_str().unwrap(),
+            "--workers",
+            "1",
+            "--health-probe",
+            "off",
+        ],
+    )
+}
+
+/// What a PAPI client does at its start, by hand: follow with the runtime,
+/// the finalized block's header, its `:code` hash, the metadata; then the
+/// next block and its finalization, letting go of the old finalized block.
+fn papi_start(f: &mut Follower) -> String {
+    f.until_event("initialized");
+    let fin = f.finalized_hash();
+    let header = f.on_follow("header", &format!("\"{fin}\""));
+    assert!(
+        header["result"].as_str().unwrap().starts_with("0x"),
+        "{header}"
+    );
+    let code = f.operation(
+        "storage",
+        &format!(r#""{fin}",[{{"key":"0x3a636f6465","type":"hash"}}],null"#),
+    );
+    assert_eq!(code["event"], "operationStorageDone");
+    let meta = f.operation(
+        "call",
+        &format!(r#""{fin}","Metadata_metadata_at_version","0x0f000000""#),
+    );
+    assert!(
+        meta["output"].as_str().unwrap().len() > 100_000,
+        "the metadata"
+    );
+    fin
+}
+
+fn many_clients_cost_the_node_one_client(shared: bool) {
+    let pki = TestPki::new();
+    let node = HeadNode::start();
+    let first = node.block();
+    let gw = gateway(&pki, &[&node], shared, "");
+    // One client's cost at the node, first.
+    let mut one = Follower::new(&gw, &pki, true);
+    let fin = papi_start(&mut one);
+    let alone = node.seen();
+    // Then 40 more, at once.
+    let mut many: Vec<Follower> = (0..40).map(|_| Follower::new(&gw, &pki, true)).collect();
+    for f in &mut many {
+        assert_eq!(papi_start(f), fin);
+    }
+    // The next block, finalized: every client sees it, and lets go of the old one.
+    let next = node.block();
+    node.finalize(&next);
+    for f in many.iter_mut().chain(std::iter::once(&mut one)) {
+        let e = f.until_event("finalized");
+        assert!(
+            e["finalizedBlockHashes"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|h| h == next.as_str()),
+            "{e}"
+        );
+        let unpin = f.on_follow("unpin", &format!(r#"["{fin}","{first}"]"#));
+        assert_eq!(unpin["result"], Value::Null, "{unpin}");
+    }
+    let seen = node.seen();
+    assert_eq!(seen.calls_of("chainHead_v1_follow"), 1, "{seen:?}");
+    assert_eq!(
+        seen.calls_of("chainHead_v1_call"),
+        1,
+        "the metadata, once: {seen:?}"
+    );
+    assert_eq!(seen.max_follows_on_a_connection, 1, "{seen:?}");
+    assert_eq!(
+        seen.follows_refused + seen.stopped + seen.limit_reached,
+        0,
+        "{seen:?}"
+    );
+    assert!(
+        seen.total_calls() <= 3 * alone.total_calls(),
+        "41 clients cost the node {} calls, one client {}: {seen:?}",
+        seen.total_calls(),
+        alone.total_calls()
+    );
+    // The old finalized block is unpinned at the node once the last client let go.
+    wait_for(TIMEOUT, "the node to hold only the finalized block", || {
+        node.pinned() == 1
+    });
+}
+
+#[test]
+fn forty_shared_sessions_following_cost_the_node_one_follow() {
+    many_clients_cost_the_node_one_client(true);
+}
+
+#[test]
+fn forty_pinned_sessions_following_cost_the_node_one_follow() {
+    many_clients_cost_the_node_one_client(false);
+}
+
+#[test]
+fn a_late_follower_starts_from_the_gateways_view() {
+    let pki = TestPki::new();
+    let node = HeadNode::start();
+    let gw = gateway(&pki, &[&node], true, "");
+    let mut early = Follower::new(&gw, &pki, true);
+    early.until_event("initialized");
+    let a = node.block();
+    let b = node.block();
+    early.until(|e| e["blockHash"] == b.as_str());
+    let mut late = Follower::new(&gw, &pki, false);
+    late.until(|e| e["event"] == "bestBlockChanged");
+    let kinds: Vec<&str> = late
+        .events
+        .iter()
+        .map(|e| e["event"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        kinds,
+        ["initialized", "newBlock", "newBlock", "bestBlockChanged"]
+    );
+    assert!(
+        late.events[0].get("finalizedBlockRuntime").is_none(),
+        "it did not ask for the runtime"
+    );
+    assert_eq!(late.events[1]["blockHash"], a.as_str());
+    assert_eq!(late.events[2]["parentBlockHash"], a.as_str());
+    assert_eq!(late.events[3]["bestBlockHash"], b.as_str());
+    // A follow without the runtime may not call it (as a node answers).
+    let call = late.on_follow("call", &format!(r#""{b}","Core_version","0x""#));
+    assert_eq!(call["error"]["code"], -32802, "{call}");
+    // Nor use a block it was not told of, nor another client's follow.
+    let header = late.on_follow("header", r#""0x1234""#);
+    assert_eq!(header["error"]["code"], -32801, "{header}");
+    let theirs = early.sub.clone();
+    let stolen = late.call("chainHead_v1_unfollow", &format!(r#"["{theirs}"]"#));
+    assert_eq!(stolen["error"]["code"], -32602, "{stolen}");
+    assert_eq!(node.seen().calls_of("chainHead_v1_follow"), 1);
+}
+
+#[test]
+fn a_reorg_reaches_every_client_in_the_nodes_order() {
+    let pki = TestPki::new();
+    let node = HeadNode::start();
+    let gw = gateway(&pki, &[&node], true, "");
+    let mut clients: Vec<Follower> = (0..3).map(|_| Follower::new(&gw, &pki, true)).collect();
+    for c in &mut clients {
+        c.until_event("initialized");
+    }
+    let genesis = clients[0].finalized_hash();
+    let a = node.block();
+    let x = node.block_on(&genesis);
+    node.set_best(&x);
+    node.finalize(&x);
+    for c in &mut clients {
+        let fin = c.until_event("finalized");
+        assert_eq!(fin["finalizedBlockHashes"], serde_json::json!([x]));
+        assert_eq!(fin["prunedBlockHashes"], serde_json::json!([a]));
+        let order: Vec<String> = c
+            .events
+            .iter()
+            .map(|e| {
+                format!(
+                    "{} {}",
+                    e["event"].as_str().unwrap(),
+                    e["blockHash"]
+                        .as_str()
+                        .or(e["bestBlockHash"].as_str())
+                        .unwrap_or("")
+                )
+            })
+            .collect();
+        assert_eq!(
+            order,
+            [
+                "initialized ".to_string(),
+                format!("bestBlockChanged {genesis}"),
+                format!("newBlock {a}"),
+                format!("bestBlockChanged {a}"),
+                format!("newBlock {x}"),
+                format!("bestBlockChanged {x}"),
+                "finalized ".to_string(),
+            ]
+        );
+        let unpin = c.on_follow("unpin", &format!(r#"["{genesis}","{a}"]"#));
+        assert_eq!(unpin["result"], Value::Null, "{unpin}");
+    }
+    // Genesis and the pruned block are let go of at the node with the last client.
+    wait_for(TIMEOUT, "the node to hold only x", || node.pinned() == 1);
+    // Unpinning twice, or a hash named twice, gets the node's errors.
+    let again = clients[0].on_follow("unpin", &format!(r#""{a}""#));
+    assert_eq!(again["error"]["code"], -32801, "{again}");
+    let twice = clients[0].on_follow("unpin", &format!(r#"["{x}","{x}"]"#));
+    assert_eq!(twice["error"]["code"], -32804, "{twice}");
+}
+
+#[test]
+fn a_client_that_never_unpins_is_stopped_alone() {
+    let pki = TestPki::new();
+    let node = HeadNode::start();
+    let gw = gateway(&pki, &[&node], true, "[limits]\nfollow_pin_age_ms = 300\n");
+    let mut good = Follower::new(&gw, &pki, true);
+    let mut bad = Follower::new(&gw, &pki, true);
+    good.until_event("initialized");
+    bad.until_event("initialized");
+    let mut held = vec![good.finalized_hash()];
+    // The bad client reads, and never unpins.
+    let (stopped_tx, stopped) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        bad.until_event("stop");
+        let _ = stopped_tx.send(());
+    });
+    node.tick(Duration::from_millis(50));
+    // The good client lets go of what each finalization releases.
+    let mut finalizations = 0;
+    let mut after_stop = None;
+    while after_stop.is_none_or(|n| finalizations < n + 5) {
+        let i = good.until(|e| e["event"] == "finalized" || e["event"] == "stop");
+        let e = good.events[i].clone();
+        assert_ne!(e["event"], "stop", "the good client was stopped");
+        let mut fin: Vec<String> = e["finalizedBlockHashes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|h| h.as_str().unwrap().to_string())
+            .collect();
+        let pruned = e["prunedBlockHashes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|h| h.as_str().unwrap().to_string());
+        let newest = fin.pop().unwrap();
+        held.extend(fin);
+        held.extend(pruned);
+        let list: Vec<String> = held.drain(..).map(|h| format!("\"{h}\"")).collect();
+        let unpin = good.on_follow("unpin", &format!("[{}]", list.join(",")));
+        assert_eq!(unpin["result"], Value::Null, "{unpin}");
+        held.push(newest);
+        finalizations += 1;
+        if after_stop.is_none() && stopped.try_recv().is_ok() {
+            after_stop = Some(finalizations);
+        }
+        assert!(finalizations < 400, "the bad client was never stopped");
+    }
+    let s = node.seen();
+    assert_eq!(
+        (s.stopped, s.calls_of("chainHead_v1_follow")),
+        (0, 1),
+        "{s:?}"
+    );
+    // The bad client's blocks were let go of at the node.
+    assert!(node.pinned() < 10, "{} pinned", node.pinned());
+}
+
+#[test]
+fn operations_beyond_the_nodes_sixteen_wait_for_a_slot() {
+    let pki = TestPki::new();
+    let node = HeadNode::start();
+    let gw = gateway(&pki, &[&node], true, "");
+    let mut clients: Vec<Follower> = (0..3).map(|_| Follower::new(&gw, &pki, true)).collect();
+    for c in &mut clients {
+        c.until_event("initialized");
+    }
+    let fin = clients[0].finalized_hash();
+    // 3 clients x 12 different calls at once: 36 operations, 16 slots at the node.
+    for (n, c) in clients.iter_mut().enumerate() {
+        for i in 0..12 {
+            let sub = c.sub.clone();
+            c.send(
+                100 + i,
+                "chainHead_v1_call",
+                &format!(r#"["{sub}","{fin}","Test_{n}_{i}","0x"]"#),
+            );
+        }
+    }
+    for c in &mut clients {
+        let mut ops = Vec::new();
+        for i in 0..12 {
+            let a = c.answer(100 + i);
+            assert_eq!(a["result"]["result"], "started", "{a}");
+            ops.push(a["result"]["operationId"].clone());
+        }
+        let mut unique = ops.clone();
+        unique.sort_by_key(|v| v.to_string());
+        unique.dedup();
+        assert_eq!(unique.len(), 12, "its own operation ids: {ops:?}");
+        for op in ops {
+            c.until(|e| e["event"] == "operationCallDone" && e["operationId"] == op);
+        }
+    }
+    let s = node.seen();
+    assert_eq!(
+        s.limit_reached, 0,
+        "the node never saw more than its 16: {s:?}"
+    );
+    assert_eq!(s.calls_of("chainHead_v1_call"), 36, "{s:?}");
+    // One client's own bound: 16 at once, then limitReached (as a node answers).
+    let c = &mut clients[0];
+    let sub = c.sub.clone();
+    for i in 0..17 {
+        c.send(
+            200 + i,
+            "chainHead_v1_body",
+            &format!(r#"["{sub}","{fin}"]"#),
+        );
+    }
+    let answers: Vec<Value> = (0..17).map(|i| c.answer(200 + i)).collect();
+    let started = answers
+        .iter()
+        .filter(|a| a["result"]["result"] == "started")
+        .count();
+    assert_eq!(started, 16, "{answers:?}");
+    assert_eq!(
+        answers[16]["result"]["result"], "limitReached",
+        "{answers:?}"
+    );
+    // The same body of the same block is asked of the node once.
+    assert_eq!(node.seen().calls_of("chainHead_v1_body"), 1);
+}
+
+#[test]
+fn node_loss_stops_the_follows_on_it_and_they_follow_again_on_another_node() {
+    let pki = TestPki::new();
+    let (a, b) = (HeadNode::start(), HeadNode::start());
+    let gw = gateway(&pki, &[&a, &b], true, "");
+    // Sessions spread over both nodes: one node follow on each.
+    let mut clients: Vec<Follower> = (0..6).map(|_| Follower::new(&gw, &pki, true)).collect();
+    for c in &mut clients {
+        c.until_event("initialized");
+    }
+    assert_eq!(
+        (a.follows(), b.follows()),
+        (1, 1),
+        "one node follow per node"
+    );
+    a.kill();
+    let fresh = b.block();
+    let mut stopped = 0;
+    for c in &mut clients {
+        let i = c.until(|e| e["event"] == "stop" || e["blockHash"] == fresh.as_str());
+        if c.events[i]["event"] != "stop" {
+            continue;
+        }
+        stopped += 1;
+        // As PAPI does: follow again on the same session (it moved to b).
+        let again = c.call("chainHead_v1_follow", "[true]");
+        c.sub = again["result"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{again}"))
+            .to_string();
+        c.events.clear();
+        c.cursor = 0;
+        let init = c.until_event("initialized");
+        assert!(init["finalizedBlockHashes"].is_array(), "{init}");
+        c.until(|e| e["blockHash"] == fresh.as_str());
+    }
+    assert!(stopped > 0, "some sessions were on a");
+    assert_eq!(b.follows(), 1, "they joined b's follow");
+    assert_eq!(b.seen().calls_of("chainHead_v1_follow"), 1);
+}
