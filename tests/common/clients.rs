@@ -127,6 +127,9 @@ pub const JS_CLIENTS: &[&str] = &[
     "viem@2.58.8",
 ];
 pub const ANVIL: &[&str] = &["@foundry-rs/anvil@1.7.1"];
+/// polkadot-api (the new JSON-RPC spec's client), apart from the others:
+/// its dependencies are many.
+pub const PAPI: &[&str] = &["polkadot-api@2.2.2", "ws@8.18.3"];
 
 /// `target/DIR` made ready once: when `present` says it is not yet, under a
 /// file lock (one test binary at a time; the others wait and find it
@@ -226,11 +229,13 @@ pub fn python_packages(dir: &str, packages: &[&str], module: &str) -> PathBuf {
 impl JsScript {
     /// A script from `tests/js`, with the real clients installed next to it.
     pub fn new(name: &str, pki: &TestPki) -> JsScript {
+        Self::with_packages(name, pki, "js", JS_CLIENTS)
+    }
+
+    /// A script that imports `packages`, installed in `target/DIR`.
+    pub fn with_packages(name: &str, pki: &TestPki, dir: &str, packages: &[&str]) -> JsScript {
         let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-        let js = npm_packages("js", JS_CLIENTS)
-            .parent()
-            .unwrap()
-            .to_path_buf();
+        let js = npm_packages(dir, packages).parent().unwrap().to_path_buf();
         // Run from a copy next to node_modules, so that `import` finds them.
         let path = js.join(name);
         std::fs::copy(root.join("tests/js").join(name), &path).unwrap();

@@ -7,6 +7,7 @@
 //!   with subscriptions for shared connections;
 //! - [`chainhead`]: a node's `chainHead_v1_*` with a real node's limits;
 //! - [`nodes`]: real nodes (anvil, chopsticks) from npm;
+//! - [`proxy`]: what a real node receives, counted;
 //! - [`clients`]: raw TLS, tungstenite, and real JavaScript clients;
 //! - [`wire`]: HTTP responses, upgrade requests and frames by hand.
 #![allow(dead_code)] // each test binary uses a different part of the harness
@@ -19,6 +20,7 @@ pub mod clients;
 pub mod gateway;
 pub mod nodes;
 pub mod pki;
+pub mod proxy;
 pub mod upstream;
 pub mod wire;
 
@@ -27,6 +29,7 @@ pub use clients::*;
 pub use gateway::*;
 pub use nodes::*;
 pub use pki::*;
+pub use proxy::*;
 pub use upstream::*;
 pub use wire::*;
 

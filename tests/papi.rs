@@ -1,0 +1,71 @@
+//! polkadot-api (PAPI 2.2, the client of the new JSON-RPC spec), unchanged,
+//! many at once through the gateway to a real runtime (chopsticks: Rococo
+//! Asset Hub), in both session modes. What reaches the node is counted by
+//! a proxy in front of it that also refuses a fifth follow on one
+//! connection, as a Substrate node does ([`common::CountingProxy`]).
+
+mod common;
+
+use common::*;
+
+/// Run `n` PAPI clients through `gw` (or straight to the node when `None`):
+/// what the script printed, and what the node received.
+fn papi(
+    pki: &TestPki,
+    gw: Option<&Gateway>,
+    proxy: &CountingProxy,
+    node: &Chopsticks,
+    n: usize,
+) -> (String, NodeLoad) {
+    proxy.reset();
+    let script = JsScript::with_packages("papi.mjs", pki, "papi", PAPI);
+    let url = match gw {
+        Some(gw) => format!("wss://localhost:{}/", gw.addr.port()),
+        None => proxy.url.clone(),
+    };
+    let (ok, stdout, stderr) = script.run(&[&url, &n.to_string(), &node.url]);
+    assert!(ok, "{stdout}\n{stderr}");
+    (stdout, proxy.load())
+}
+
+fn gateway(pki: &TestPki, proxy: &CountingProxy, shared: bool) -> Gateway {
+    let cfg = write_config(pki, "papi.toml", &format!("[pool]\nshared = {shared}\n"));
+    Gateway::start(
+        pki,
+        std::slice::from_ref(&proxy.url),
+        &["--config", cfg.to_str().unwrap(), "--workers", "1"],
+    )
+}
+
+fn forty_papi_clients_cost_the_node_what_one_costs(shared: bool) {
+    let pki = TestPki::new();
+    let node = chopsticks();
+    let proxy = CountingProxy::start(&node.url);
+    let gw = gateway(&pki, &proxy, shared);
+    let (_, one) = papi(&pki, Some(&gw), &proxy, &node, 1);
+    let (out, forty) = papi(&pki, Some(&gw), &proxy, &node, 40);
+    assert!(out.contains("papi 40 clients"), "{out}");
+    assert_eq!(forty.follows_refused, 0, "{forty:?}");
+    assert_eq!(forty.max_follows_on_a_connection, 1, "{forty:?}");
+    assert_eq!(forty.calls_of("chainHead_v1_follow"), 1, "{forty:?}");
+    // (This runtime offers metadata v14 only: `Metadata_metadata`.)
+    let metadata = forty.calls_of("chainHead_v1_call/Metadata_metadata")
+        + forty.calls_of("chainHead_v1_call/Metadata_metadata_at_version");
+    assert_eq!(metadata, 1, "the metadata once: {forty:?}");
+    assert!(
+        forty.total_calls() <= 3 * one.total_calls(),
+        "40 PAPI clients cost the node {} calls, one {}: {forty:?} against {one:?}",
+        forty.total_calls(),
+        one.total_calls()
+    );
+}
+
+#[test]
+fn forty_papi_clients_on_shared_connections_cost_the_node_what_one_costs() {
+    forty_papi_clients_cost_the_node_what_one_costs(true);
+}
+
+#[test]
+fn forty_papi_clients_on_pinned_sessions_cost_the_node_what_one_costs() {
+    forty_papi_clients_cost_the_node_what_one_costs(false);
+}
