@@ -517,3 +517,35 @@ fn node_loss_stops_the_follows_on_it_and_they_follow_again_on_another_node() {
     assert_eq!(b.follows(), 1, "they joined b's follow");
     assert_eq!(b.seen().calls_of("chainHead_v1_follow"), 1);
 }
+
+#[test]
+fn a_follow_the_node_refuses_gets_the_nodes_error_not_a_stop() {
+    let pki = TestPki::new();
+    let node = HeadNode::with(HeadLimits {
+        follows_per_connection: 0,
+        ..Default::default()
+    });
+    let gw = gateway(&pki, &[&node], true, "");
+    let mut ws = ws_connect(&gw, pki.client_config(), "/");
+    ws.send(Message::Text(
+        r#"{"jsonrpc":"2.0","id":"f","method":"chainHead_v1_follow","params":[true]}"#.into(),
+    ))
+    .unwrap();
+    let a: Value = match ws.read().unwrap() {
+        Message::Text(t) => serde_json::from_str(&t).unwrap(),
+        other => panic!("{other:?}"),
+    };
+    assert_eq!((a["id"].as_str(), a["error"]["code"].as_i64()), (Some("f"), Some(-32800)), "{a}");
+    // Inside a batch, a follow is refused with its id (its events could
+    // reach the client before the batch that names it).
+    ws.send(Message::Text(
+        r#"[{"jsonrpc":"2.0","id":1,"method":"chainHead_v1_follow","params":[true]},{"jsonrpc":"2.0","id":2,"method":"system_health","params":[]}]"#.into(),
+    ))
+    .unwrap();
+    let batch: Value = match ws.read().unwrap() {
+        Message::Text(t) => serde_json::from_str(&t).unwrap(),
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(batch[0]["error"]["code"], -32600, "{batch}");
+    assert_eq!(batch[1]["result"]["peers"], 3, "{batch}");
+}

@@ -207,7 +207,7 @@ fn client_message(s: &Session, asm: &Assembler, r: &Routed<'_>, raw: Vec<u8>) {
         }
         if let Some((side, node)) = &r.side {
             // Follows merged on this core's follow hub (its shared connection).
-            if crate::relay::shared::follow::claims(side, req, 0) {
+            if crate::relay::shared::follow::claims(side, req) {
                 return crate::relay::shared::follow::on_call(side, *node, &me, req, 0);
             }
             if side.plan(req, r.chain).is_some() {

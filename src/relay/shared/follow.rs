@@ -25,9 +25,14 @@
 //!   every client follow gets `stop` (the spec's way: the client follows
 //!   again, on another node if its session moved).
 //!
-//! Calls in a batch, and calls on a follow the node gave out itself (a
-//! follow sent inside a batch), are not the hub's: they go to the node as
-//! before.
+//! - A client follow asked while the node follow opens is answered with
+//!   the node's answer: its id, or the node's error (a node without the
+//!   new spec answers "method not found", not `stop` after an id).
+//!
+//! A follow inside a batch of a shared session is refused (`-32600`: its
+//! events could reach the client before the batch with its id); a pinned
+//! session's batch goes whole to its own node connection, as before, and
+//! calls on a follow the node gave out itself go to the node.
 
 use std::cell::RefCell;
 use std::rc::Rc;
@@ -46,9 +51,9 @@ use super::hub::{Block, Client, Header, Hub, Open, Raw};
 use super::topics::{new_sub_id, notify};
 
 const STOP: &[u8] = br#"{"event":"stop"}"#;
-/// Whether `req` is for the follow hubs: a single `chainHead_v1_follow`,
-/// or a `chainHead_v1_*` call naming a client follow of this core.
-pub fn claims(sh: &Shared, req: &Request<'_>, tag: u64) -> bool {
+/// Whether `req` is for the follow hubs: a `chainHead_v1_follow` (with an
+/// id), or a `chainHead_v1_*` call naming a client follow of this core.
+pub fn claims(sh: &Shared, req: &Request<'_>) -> bool {
     let Some(method) = req.method() else {
         return false;
     };
@@ -56,7 +61,7 @@ pub fn claims(sh: &Shared, req: &Request<'_>, tag: u64) -> bool {
         return false;
     };
     if rest == b"follow" {
-        return tag == 0 && req.id.is_some();
+        return req.id.is_some();
     }
     first_param(req).is_some_and(|sub| find(sh, sub).is_some())
 }
@@ -161,6 +166,12 @@ fn counted(s: &Session, up: bool, by_gateway: bool) {
 /// A client follows: it gets its id now, and the chain from the view once
 /// the node follow is initialized.
 fn follow(sh: &Rc<Shared>, node: usize, s: &Rc<Session>, req: &Request<'_>, tag: u64) {
+    if tag != 0 {
+        // Its events could reach the client before the batch with its id.
+        crate::stats::request(s.cfg.chain, req, Outcome::Refused);
+        let why = "chainHead_v1_follow must be sent on its own, not in a batch";
+        return fail(s, req, tag, code::INVALID_REQUEST, why);
+    }
     let with_runtime = param(req, 0) == Some(b"true");
     let existing = sh.hubs.borrow()[node].clone();
     let outcome = match existing {
@@ -174,6 +185,13 @@ fn follow(sh: &Rc<Shared>, node: usize, s: &Rc<Session>, req: &Request<'_>, tag:
         .insert(sub.clone(), Client::new(Rc::downgrade(s), with_runtime));
     counted(s, true, false);
     crate::stats::request(s.cfg.chain, req, outcome);
+    let mut h = hub.borrow_mut();
+    if h.open == Open::Opening {
+        // Answered with the node's answer: its id, or its error.
+        h.answering.push((sub, Box::from(req.reply_id()), tag));
+        return;
+    }
+    drop(h);
     answer(s, req, tag, &sub);
     let mut h = hub.borrow_mut();
     if h.initialized {
@@ -416,6 +434,7 @@ fn end_hub(sh: &Rc<Shared>, hub: &HubRef, unfollow: bool) {
             SubCall::Follow(h.serial, FollowCall::Own),
         );
     }
+    let answering = std::mem::take(&mut h.answering);
     let clients: Vec<(Raw, Client)> = h.clients.drain().collect();
     let ops: Vec<super::hub::Op> = h.ops.drain().map(|(_, op)| op).collect();
     let headers: Vec<Header> = h.headers.drain().map(|(_, w)| w).collect();
@@ -440,9 +459,17 @@ fn end_hub(sh: &Rc<Shared>, hub: &HubRef, unfollow: bool) {
         }
     }
     for (sub, c) in clients {
-        if let Some(s) = c.session.upgrade() {
-            notify(&s, EVENT, &sub, STOP);
-            counted(&s, false, true);
+        let Some(s) = c.session.upgrade() else {
+            continue;
+        };
+        counted(&s, false, true);
+        // A follow not answered yet gets an error; one that was, `stop`.
+        match answering.iter().find(|(x, _, _)| *x == sub) {
+            Some((_, id, tag)) => {
+                let e = error(id, code::INTERNAL_ERROR, why, None);
+                s.reply(*tag, id, &[e.as_bytes()]);
+            }
+            None => notify(&s, EVENT, &sub, STOP),
         }
     }
     recount(sh);
@@ -494,20 +521,43 @@ pub fn answered(sh: &Rc<Shared>, conn: &Rc<Conn>, serial: u64, call: FollowCall,
         return;
     };
     match call {
-        FollowCall::Open => match result.filter(|r| r.first() == Some(&b'"')) {
-            Some(sub) => {
-                hub.borrow_mut().open = Open::Live(Box::from(sub));
-                *conn.follow_sub.borrow_mut() = Some(Box::from(sub));
+        FollowCall::Open => {
+            let answering = std::mem::take(&mut hub.borrow_mut().answering);
+            let clients: Vec<_> = {
+                let h = hub.borrow();
+                answering
+                    .into_iter()
+                    .filter_map(|(sub, id, tag)| {
+                        let s = h.clients.get(&sub)?.session.upgrade()?;
+                        Some((sub, id, tag, s))
+                    })
+                    .collect()
+            };
+            match result.filter(|r| r.first() == Some(&b'"')) {
+                Some(node_sub) => {
+                    hub.borrow_mut().open = Open::Live(Box::from(node_sub));
+                    *conn.follow_sub.borrow_mut() = Some(Box::from(node_sub));
+                    for (sub, id, tag, s) in clients {
+                        ops::answer_parts(&s, &id, tag, &[&sub]);
+                    }
+                }
+                None => {
+                    crate::warn!(
+                        "{} refused this core's follow: {}",
+                        sh.pool.nodes()[conn.node].public_name(),
+                        String::from_utf8_lossy(&msg[..msg.len().min(200)])
+                    );
+                    // Each client that asked gets the node's answer, with its id.
+                    let ours = p.as_ref().and_then(|p| p.id);
+                    for (sub, id, tag, s) in clients {
+                        hub.borrow_mut().remove(&sub);
+                        counted(&s, false, true);
+                        ops::with_their_id(&s, msg, &id, tag, ours);
+                    }
+                    end_hub(sh, &hub, false);
+                }
             }
-            None => {
-                crate::warn!(
-                    "{} refused this core's follow: {}",
-                    sh.pool.nodes()[conn.node].public_name(),
-                    String::from_utf8_lossy(&msg[..msg.len().min(200)])
-                );
-                end_hub(sh, &hub, false);
-            }
-        },
+        }
         FollowCall::Header(hash) => {
             let waiters = {
                 let mut h = hub.borrow_mut();

@@ -451,7 +451,8 @@ pub(super) fn op_event(hub: &HubRef, kind: &[u8], result: &[u8]) {
     let mut h = hub.borrow_mut();
     let Some(&lop) = h.by_node_id.get(node_id) else {
         // Before the node's answer to the call (or for one stopped).
-        if h.early.len() < hub::EARLY_MAX {
+        let held: usize = h.early.values().map(Vec::len).sum();
+        if held < hub::EARLY_MAX {
             h.early
                 .entry(Box::from(node_id))
                 .or_default()

@@ -211,6 +211,10 @@ pub struct Hub {
     pub pins: AHashMap<Raw, Pin>,
     /// Client follows by their subscription id (raw JSON).
     pub clients: AHashMap<Raw, Client>,
+    /// Client follows asked while the node follow was opening: answered
+    /// with the node's answer (their id, or its error), with their
+    /// request's id and place in a batch.
+    pub answering: Vec<(Raw, Box<[u8]>, u64)>,
     pub ops: AHashMap<u64, Op>,
     pub next_op: u64,
     pub by_key: AHashMap<Box<[u8]>, u64>,
@@ -248,6 +252,7 @@ impl Hub {
             best: None,
             pins: AHashMap::new(),
             clients: AHashMap::new(),
+            answering: Vec::new(),
             ops: AHashMap::new(),
             next_op: 0,
             by_key: AHashMap::new(),

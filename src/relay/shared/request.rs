@@ -72,7 +72,7 @@ fn single(ctx: &Ctx<'_>, s: &Rc<Session>, req: &Request<'_>, tag: u64) {
     let sh = &ctx.shared;
     let m = member(s);
     // A follow, or a call on a client follow: the core's follow hub's.
-    if super::follow::claims(sh, req, tag) {
+    if super::follow::claims(sh, req) {
         if let Some(answer) = refuse(ctx, s, req) {
             crate::stats::request(s.cfg.chain, req, Outcome::Refused);
             if let (Some(a), Some(id)) = (answer, req.id) {
