@@ -53,8 +53,10 @@ impl Follower {
         };
         let v: Value = serde_json::from_str(&m).unwrap();
         if v.get("method").is_some() {
-            assert_eq!(v["params"]["subscription"], self.sub.as_str(), "{m}");
-            self.events.push(v["params"]["result"].clone());
+            // (A session's other follows' events are not this one's.)
+            if v["params"]["subscription"] == self.sub.as_str() {
+                self.events.push(v["params"]["result"].clone());
+            }
         } else {
             self.answers.insert(v["id"].to_string(), v);
         }
@@ -535,7 +537,11 @@ fn a_follow_the_node_refuses_gets_the_nodes_error_not_a_stop() {
         Message::Text(t) => serde_json::from_str(&t).unwrap(),
         other => panic!("{other:?}"),
     };
-    assert_eq!((a["id"].as_str(), a["error"]["code"].as_i64()), (Some("f"), Some(-32800)), "{a}");
+    assert_eq!(
+        (a["id"].as_str(), a["error"]["code"].as_i64()),
+        (Some("f"), Some(-32800)),
+        "{a}"
+    );
     // Inside a batch, a follow is refused with its id (its events could
     // reach the client before the batch that names it).
     ws.send(Message::Text(
@@ -548,4 +554,140 @@ fn a_follow_the_node_refuses_gets_the_nodes_error_not_a_stop() {
     };
     assert_eq!(batch[0]["error"]["code"], -32600, "{batch}");
     assert_eq!(batch[1]["result"]["peers"], 3, "{batch}");
+}
+
+#[test]
+fn transactions_pass_through_to_one_node_and_every_event_is_charged() {
+    let pki = TestPki::new();
+    let (a, b) = (HeadNode::start(), HeadNode::start());
+    const KEY: &str = "tx-customer-0123456789";
+    let keys = write_config(
+        &pki,
+        "keys.toml",
+        &format!("[[key]]\nname = \"tx\"\nkey = \"{KEY}\"\n"),
+    );
+    let extra = format!(
+        "[server]\nmetrics_listen = \"127.0.0.1:0\"\n[keys]\nfile = \"{}\"\n",
+        keys.display()
+    );
+    let gw = gateway(&pki, &[&a, &b], true, &extra);
+    let mut ws = ws_connect(&gw, pki.client_config(), &format!("/{KEY}"));
+    ws.send(Message::Text(
+        r#"{"jsonrpc":"2.0","id":1,"method":"transactionWatch_v1_submitAndWatch","params":["0x00"]}"#.into(),
+    ))
+    .unwrap();
+    let mut events = Vec::new();
+    let mut answer = None;
+    while events.len() < 4 || answer.is_none() {
+        let v: Value = match ws.read().unwrap() {
+            Message::Text(t) => serde_json::from_str(&t).unwrap(),
+            other => panic!("{other:?}"),
+        };
+        match v.get("method") {
+            Some(_) => events.push(v["params"]["result"]["event"].as_str().unwrap().to_string()),
+            None => answer = Some(v),
+        }
+    }
+    assert_eq!(
+        events,
+        [
+            "validated",
+            "broadcasted",
+            "bestChainBlockIncluded",
+            "finalized"
+        ]
+    );
+    for (id, method, params) in [
+        (2, "transaction_v1_broadcast", r#"["0x00"]"#.to_string()),
+        (
+            3,
+            "transaction_v1_stop",
+            r#"["mock-broadcast-2"]"#.to_string(),
+        ),
+    ] {
+        ws.send(Message::Text(format!(
+            r#"{{"jsonrpc":"2.0","id":{id},"method":"{method}","params":{params}}}"#
+        )))
+        .unwrap();
+        let v: Value = match ws.read().unwrap() {
+            Message::Text(t) => serde_json::from_str(&t).unwrap(),
+            other => panic!("{other:?}"),
+        };
+        assert!(v.get("result").is_some(), "{v}");
+    }
+    // All of it on one node, sent once (never hedged to the other).
+    let calls = |n: &HeadNode| {
+        let s = n.seen();
+        [
+            "transactionWatch_v1_submitAndWatch",
+            "transaction_v1_broadcast",
+            "transaction_v1_stop",
+        ]
+        .iter()
+        .map(|m| s.calls_of(m))
+        .collect::<Vec<_>>()
+    };
+    let (on_a, on_b) = (calls(&a), calls(&b));
+    assert!(
+        (on_a == [1, 1, 1] && on_b == [0, 0, 0]) || (on_b == [1, 1, 1] && on_a == [0, 0, 0]),
+        "{on_a:?} {on_b:?}"
+    );
+    // A follow on the same session: its events are notifications too.
+    let mut f = Follower {
+        ws,
+        sub: String::new(),
+        events: Vec::new(),
+        answers: HashMap::new(),
+        next_id: 10,
+        cursor: 0,
+    };
+    let a = f.call("chainHead_v1_follow", "[true]");
+    f.sub = a["result"].as_str().unwrap().to_string();
+    f.until_event("bestBlockChanged");
+    // Every watch and follow event is charged to the key, as any notification.
+    let metrics = printed_addr(&gw, "metrics on http://");
+    let usage: Value = serde_json::from_str(&plain_get(&metrics, "/usage").2).unwrap();
+    let n = usage["keys"]["tx"]["current"]["notifications"]
+        .as_u64()
+        .unwrap();
+    assert_eq!(
+        n,
+        4 + 2,
+        "four watch events, initialized, bestBlockChanged: {usage}"
+    );
+}
+
+fn follows_count_against_the_sessions_subscription_limit(shared: bool) {
+    let pki = TestPki::new();
+    let node = HeadNode::start();
+    let gw = gateway(
+        &pki,
+        &[&node],
+        shared,
+        "[admission]\nmax_subscriptions_per_connection = 2\n",
+    );
+    let mut f = Follower::new(&gw, &pki, true);
+    let first = f.sub.clone();
+    let second = f.call("chainHead_v1_follow", "[true]");
+    assert!(second["result"].is_string(), "{second}");
+    let third = f.call("chainHead_v1_follow", "[true]");
+    assert_eq!(third["error"]["code"], -32005, "{third}");
+    let unfollow = f.call("chainHead_v1_unfollow", &format!(r#"["{first}"]"#));
+    assert_eq!(unfollow["result"], Value::Null, "{unfollow}");
+    let again = f.call("chainHead_v1_follow", "[true]");
+    assert!(
+        again["result"].is_string(),
+        "room again after an unfollow: {again}"
+    );
+    assert_eq!(node.seen().calls_of("chainHead_v1_follow"), 1);
+}
+
+#[test]
+fn follows_count_against_a_shared_sessions_subscription_limit() {
+    follows_count_against_the_sessions_subscription_limit(true);
+}
+
+#[test]
+fn follows_count_against_a_pinned_sessions_subscription_limit() {
+    follows_count_against_the_sessions_subscription_limit(false);
 }

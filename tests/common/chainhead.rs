@@ -775,6 +775,33 @@ fn answer(c: &mut Chain, conn: u64, probe: bool, r: &serde_json::Value) -> Vec<S
                 r#"{{"result":"started","operationId":"{op}"{discarded}}}"#
             ))]
         }
+        // The transaction methods: a watch's events at once, a broadcast's id.
+        "transactionWatch_v1_submitAndWatch" => {
+            c.next_sub += 1;
+            let s = format!("mock-watch-{}", c.next_sub);
+            let best = c.best.clone();
+            let note = |result: String| {
+                format!(
+                    r#"{{"jsonrpc":"2.0","method":"transactionWatch_v1_watchEvent","params":{{"subscription":"{s}","result":{result}}}}}"#
+                )
+            };
+            vec![
+                ok(q(&s)),
+                note(r#"{"event":"validated"}"#.into()),
+                note(r#"{"event":"broadcasted"}"#.into()),
+                note(format!(
+                    r#"{{"event":"bestChainBlockIncluded","block":{{"hash":"{best}","index":0}}}}"#
+                )),
+                note(format!(
+                    r#"{{"event":"finalized","block":{{"hash":"{best}","index":0}}}}"#
+                )),
+            ]
+        }
+        "transaction_v1_broadcast" => {
+            c.next_sub += 1;
+            vec![ok(format!("\"mock-broadcast-{}\"", c.next_sub))]
+        }
+        "transaction_v1_stop" | "transactionWatch_v1_unwatch" => vec![ok("null".into())],
         "chainHead_v1_continue" => vec![ok("null".into())],
         "chainHead_v1_stopOperation" => vec![ok("null".into())],
         _ => vec![err(-32601, "Method not found")],
