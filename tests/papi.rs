@@ -69,3 +69,72 @@ fn forty_papi_clients_on_shared_connections_cost_the_node_what_one_costs() {
 fn forty_papi_clients_on_pinned_sessions_cost_the_node_what_one_costs() {
     forty_papi_clients_cost_the_node_what_one_costs(false);
 }
+
+/// A process's resident memory, KiB.
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+/// Not a test: the figures of BENCHMARKS.md's "polkadot-api at scale".
+/// `cargo test --release --test papi -- --ignored --nocapture papi_at_scale`
+/// 1, 40 and 400 PAPI clients straight to the node (through the counting
+/// proxy) and through each mode: the calls and bytes the node receives,
+/// the time to the first finalized block and to the next one, and the
+/// gateway's memory per client (session and follow) while they are on.
+#[test]
+#[ignore]
+fn papi_at_scale() {
+    use std::io::BufRead;
+    let pki = TestPki::new();
+    let node = chopsticks();
+    let proxy = CountingProxy::start(&node.url);
+    let script = JsScript::with_packages("papi.mjs", &pki, "papi", PAPI);
+    println!("| clients | path | node calls | node bytes | first finalized | next finalized | gateway KiB per client |");
+    println!("|---:|---|---:|---:|---:|---:|---:|");
+    for n in [1usize, 40, 400] {
+        for mode in ["direct", "pinned", "shared"] {
+            let gw = (mode != "direct").then(|| gateway(&pki, &proxy, mode == "shared"));
+            let url = match &gw {
+                Some(gw) => format!("wss://localhost:{}/", gw.addr.port()),
+                None => proxy.url.clone(),
+            };
+            let before = gw.as_ref().map(|g| rss_kib(g.pid()));
+            proxy.reset();
+            let mut child = script.spawn(&[&url, &n.to_string(), &node.url, "1500"]);
+            let out = std::io::BufReader::new(child.stdout.take().unwrap());
+            let mut during = None;
+            let mut summary = String::new();
+            for line in out.lines().map_while(Result::ok) {
+                if line == "holding" {
+                    during = gw.as_ref().map(|g| rss_kib(g.pid()));
+                } else {
+                    summary = line;
+                }
+            }
+            assert!(child.wait().unwrap().success(), "{mode} {n}: {summary}");
+            let load = proxy.load();
+            let ms = |label: &str| {
+                summary
+                    .split(label)
+                    .nth(1)
+                    .and_then(|r| r.split(" ms").next())
+                    .and_then(|r| r.rsplit(' ').next())
+                    .unwrap_or("?")
+                    .to_string()
+            };
+            let per_client = match (before, during) {
+                (Some(b), Some(d)) => format!("{:.0}", d.saturating_sub(b) as f64 / n as f64),
+                _ => "-".into(),
+            };
+            println!(
+                "| {n} | {mode} | {} | {} | {} ms | {} ms | {per_client} |",
+                load.total_calls(),
+                load.bytes_out,
+                ms("first finalized in"),
+                ms("next finalized #"),
+            );
+        }
+    }
+}

@@ -244,6 +244,18 @@ impl JsScript {
         JsScript { path, ca }
     }
 
+    /// Start it with `args`, its stdout piped (to watch it while it runs).
+    pub fn spawn(&self, args: &[&str]) -> Child {
+        Command::new("node")
+            .arg(&self.path)
+            .args(args)
+            .env("NODE_EXTRA_CA_CERTS", &self.ca)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("node")
+    }
+
     /// Run it with `args`: whether it succeeded, its stdout and its stderr.
     pub fn run(&self, args: &[&str]) -> (bool, String, String) {
         let out = Command::new("node")

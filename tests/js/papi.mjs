@@ -4,7 +4,10 @@
 // next finalized block, which this script asks chopsticks to make (on its
 // own URL) once every client is ready.
 //
-//   node tests/js/papi.mjs wss://localhost:PORT/ N ws://127.0.0.1:CHOPSTICKS
+//   node tests/js/papi.mjs wss://localhost:PORT/ N ws://127.0.0.1:CHOPSTICKS [HOLD_MS]
+//
+// With HOLD_MS, the clients stay connected that long once done (after
+// printing `holding`), for a benchmark to measure the gateway meanwhile.
 //
 // Prints one line: `papi N clients: first finalized in T ms, storage ok,
 // next finalized #H in U ms`; exits 1 on any failure.
@@ -12,7 +15,7 @@ import { createClient } from "polkadot-api";
 import { getWsProvider } from "polkadot-api/ws";
 import { WebSocket } from "ws";
 
-const [gateway, count, node] = process.argv.slice(2);
+const [gateway, count, node, hold] = process.argv.slice(2);
 const n = Number(count);
 const within = (ms, what, p) =>
   Promise.race([
@@ -71,6 +74,10 @@ try {
   const tNext = Date.now() - t1;
   if (!after.every((b) => b.hash === after[0].hash)) {
     throw new Error("clients saw different finalized blocks");
+  }
+  if (hold) {
+    console.log("holding");
+    await new Promise((r) => setTimeout(r, Number(hold)));
   }
   for (const c of clients) c.destroy();
   console.log(
