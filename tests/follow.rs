@@ -146,6 +146,15 @@ impl Follower {
     }
 }
 
+/// `n` clients following with the runtime, each told `initialized`.
+fn followers(gw: &Gateway, pki: &TestPki, n: usize) -> Vec<Follower> {
+    let mut clients: Vec<Follower> = (0..n).map(|_| Follower::new(gw, pki, true)).collect();
+    for c in &mut clients {
+        c.until_event("initialized");
+    }
+    clients
+}
+
 fn gateway(pki: &TestPki, nodes: &[&HeadNode], shared: bool, extra: &str) -> Gateway {
     let cfg = write_config(
         pki,
@@ -304,10 +313,7 @@ fn a_reorg_reaches_every_client_in_the_nodes_order() {
     let pki = TestPki::new();
     let node = HeadNode::start();
     let gw = gateway(&pki, &[&node], true, "");
-    let mut clients: Vec<Follower> = (0..3).map(|_| Follower::new(&gw, &pki, true)).collect();
-    for c in &mut clients {
-        c.until_event("initialized");
-    }
+    let mut clients = followers(&gw, &pki, 3);
     let genesis = clients[0].finalized_hash();
     let a = node.block();
     let x = node.block_on(&genesis);
@@ -418,10 +424,7 @@ fn operations_beyond_the_nodes_sixteen_wait_for_a_slot() {
     let pki = TestPki::new();
     let node = HeadNode::start();
     let gw = gateway(&pki, &[&node], true, "");
-    let mut clients: Vec<Follower> = (0..3).map(|_| Follower::new(&gw, &pki, true)).collect();
-    for c in &mut clients {
-        c.until_event("initialized");
-    }
+    let mut clients = followers(&gw, &pki, 3);
     let fin = clients[0].finalized_hash();
     // 3 clients x 12 different calls at once: 36 operations, 16 slots at the node.
     for (n, c) in clients.iter_mut().enumerate() {
@@ -485,10 +488,7 @@ fn node_loss_stops_the_follows_on_it_and_they_follow_again_on_another_node() {
     let (a, b) = (HeadNode::start(), HeadNode::start());
     let gw = gateway(&pki, &[&a, &b], true, "");
     // Sessions spread over both nodes: one node follow on each.
-    let mut clients: Vec<Follower> = (0..6).map(|_| Follower::new(&gw, &pki, true)).collect();
-    for c in &mut clients {
-        c.until_event("initialized");
-    }
+    let mut clients = followers(&gw, &pki, 6);
     assert_eq!(
         (a.follows(), b.follows()),
         (1, 1),

@@ -423,7 +423,9 @@ impl Drop for HeadNode {
     }
 }
 
-fn serve(stream: TcpStream, chain: Arc<Mutex<Chain>>, dead: Arc<AtomicBool>) {
+/// Accept a WebSocket upgrade: the socket, and whether it is the
+/// gateway's health probe (`User-Agent: ringway-health`).
+pub fn accept_noting_probe(stream: TcpStream) -> Option<(tungstenite::WebSocket<TcpStream>, bool)> {
     stream.set_nodelay(true).unwrap();
     let probe = std::cell::Cell::new(false);
     let callback = |req: &Request, resp: Response| {
@@ -434,10 +436,14 @@ fn serve(stream: TcpStream, chain: Arc<Mutex<Chain>>, dead: Arc<AtomicBool>) {
         );
         Ok(resp)
     };
-    let Ok(mut ws) = tungstenite::accept_hdr(stream, callback) else {
+    let ws = tungstenite::accept_hdr(stream, callback).ok()?;
+    Some((ws, probe.get()))
+}
+
+fn serve(stream: TcpStream, chain: Arc<Mutex<Chain>>, dead: Arc<AtomicBool>) {
+    let Some((mut ws, probe)) = accept_noting_probe(stream) else {
         return;
     };
-    let probe = probe.get();
     ws.get_ref()
         .set_read_timeout(Some(Duration::from_millis(5)))
         .unwrap();

@@ -11,7 +11,6 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::Duration;
 
-use tungstenite::handshake::server::{Request, Response};
 use tungstenite::Message;
 
 /// What the node behind the proxy received.
@@ -66,20 +65,9 @@ impl CountingProxy {
 }
 
 fn relay(stream: TcpStream, node: &str, load: Arc<Mutex<NodeLoad>>) {
-    stream.set_nodelay(true).unwrap();
-    let probe = std::cell::Cell::new(false);
-    let callback = |req: &Request, resp: Response| {
-        probe.set(
-            req.headers()
-                .get("user-agent")
-                .is_some_and(|v| v.as_bytes() == b"ringway-health"),
-        );
-        Ok(resp)
-    };
-    let Ok(mut client) = tungstenite::accept_hdr(stream, callback) else {
+    let Some((mut client, probe)) = super::chainhead::accept_noting_probe(stream) else {
         return;
     };
-    let probe = probe.get();
     let Ok((mut upstream, _)) = tungstenite::connect(node) else {
         return;
     };

@@ -424,14 +424,13 @@ fn end_hub(sh: &Rc<Shared>, hub: &HubRef, unfollow: bool) {
     conn.follows.set(conn.follows.get().saturating_sub(1));
     let sub = conn.follow_sub.borrow_mut().take();
     if let (true, Some(sub), true) = (unfollow, sub, conn.state() != State::Dead) {
-        let mut params = b"[".to_vec();
-        params.extend_from_slice(&sub);
-        params.push(b']');
-        send_own(
+        ops::ask(
             &conn,
+            h.serial,
             b"chainHead_v1_unfollow",
-            &params,
-            SubCall::Follow(h.serial, FollowCall::Own),
+            &sub,
+            &[],
+            FollowCall::Own,
         );
     }
     let answering = std::mem::take(&mut h.answering);
@@ -508,14 +507,13 @@ pub fn answered(sh: &Rc<Shared>, conn: &Rc<Conn>, serial: u64, call: FollowCall,
         // A hub that ended before its follow was answered: end that follow.
         if let (FollowCall::Open, Some(sub)) = (&call, result.filter(|r| r.first() == Some(&b'"')))
         {
-            let mut params = b"[".to_vec();
-            params.extend_from_slice(sub);
-            params.push(b']');
-            send_own(
+            ops::ask(
                 conn,
+                serial,
                 b"chainHead_v1_unfollow",
-                &params,
-                SubCall::Follow(serial, FollowCall::Own),
+                sub,
+                &[],
+                FollowCall::Own,
             );
         }
         return;

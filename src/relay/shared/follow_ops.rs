@@ -20,7 +20,7 @@ use crate::jsonrpc::{self, offset_in, Request};
 use crate::relay::Session;
 use crate::stats::Outcome;
 
-use super::conn::{send_own, FollowCall, State, SubCall};
+use super::conn::{send_own, Conn, FollowCall, State, SubCall};
 use super::hub::{self, Done, Header, Hub, OpWaiter, Open, Raw};
 
 pub(super) const EVENT: &[u8] = b"chainHead_v1_followEvent";
@@ -81,6 +81,27 @@ pub(super) fn hashes(raw: Option<&[u8]>) -> Vec<Raw> {
     }
 }
 
+/// Send `method([node_sub, args...])` on a hub's connection, for `call`.
+pub(super) fn ask(
+    conn: &Conn,
+    serial: u64,
+    method: &[u8],
+    sub: &[u8],
+    args: &[&[u8]],
+    call: FollowCall,
+) {
+    let len = sub.len() + args.iter().map(|a| a.len() + 1).sum::<usize>() + 2;
+    let mut params = Vec::with_capacity(len);
+    params.push(b'[');
+    params.extend_from_slice(sub);
+    for a in args {
+        params.push(b',');
+        params.extend_from_slice(a);
+    }
+    params.push(b']');
+    send_own(conn, method, &params, SubCall::Follow(serial, call));
+}
+
 /// Unpin `hashes` at the node (one call).
 pub(super) fn unpin_at_node(h: &Hub, hashes: &[Raw]) {
     let Open::Live(sub) = &h.open else {
@@ -89,23 +110,17 @@ pub(super) fn unpin_at_node(h: &Hub, hashes: &[Raw]) {
     if hashes.is_empty() || h.conn.state() == State::Dead {
         return;
     }
-    let mut params = Vec::with_capacity(sub.len() + hashes.len() * 70 + 4);
-    params.push(b'[');
-    params.extend_from_slice(sub);
-    params.extend_from_slice(b",[");
+    let mut list = Vec::with_capacity(hashes.len() * 70 + 2);
+    list.push(b'[');
     for (i, hash) in hashes.iter().enumerate() {
         if i > 0 {
-            params.push(b',');
+            list.push(b',');
         }
-        params.extend_from_slice(hash);
+        list.extend_from_slice(hash);
     }
-    params.extend_from_slice(b"]]");
-    send_own(
-        &h.conn,
-        b"chainHead_v1_unpin",
-        &params,
-        SubCall::Follow(h.serial, FollowCall::Own),
-    );
+    list.push(b']');
+    let (unpin, own) = (b"chainHead_v1_unpin", FollowCall::Own);
+    ask(&h.conn, h.serial, unpin, sub, &[&list], own);
 }
 
 /// The node's answer `msg`, given to `s` with its own id.
@@ -335,13 +350,15 @@ pub(super) fn dispatch(h: &mut Hub) {
             break;
         };
         h.running += 1;
-        let mut params = b"[".to_vec();
-        params.extend_from_slice(&node_sub);
-        params.push(b',');
-        params.extend_from_slice(&hash);
-        params.push(b']');
-        let call = SubCall::Follow(h.serial, FollowCall::Header(hash));
-        send_own(&h.conn, b"chainHead_v1_header", &params, call);
+        let call = FollowCall::Header(hash.clone());
+        ask(
+            &h.conn,
+            h.serial,
+            b"chainHead_v1_header",
+            &node_sub,
+            &[&hash],
+            call,
+        );
     }
     while h.running < hub::NODE_OPERATIONS {
         let Some(lop) = h.queue.pop_front() else {
@@ -462,17 +479,8 @@ pub(super) fn op_event(hub: &HubRef, kind: &[u8], result: &[u8]) {
     };
     if kind == b"operationWaitingForContinue" {
         if let Open::Live(sub) = &h.open {
-            let mut params = b"[".to_vec();
-            params.extend_from_slice(sub);
-            params.push(b',');
-            params.extend_from_slice(node_id);
-            params.push(b']');
-            send_own(
-                &h.conn,
-                b"chainHead_v1_continue",
-                &params,
-                SubCall::Follow(h.serial, FollowCall::Own),
-            );
+            let (method, own) = (b"chainHead_v1_continue", FollowCall::Own);
+            ask(&h.conn, h.serial, method, sub, &[node_id], own);
         }
         return;
     }
@@ -547,17 +555,8 @@ pub(super) fn stop_node_op(h: &mut Hub, lop: u64) {
         return;
     };
     if let (Some(node_id), Open::Live(sub)) = (op.node_id, &h.open) {
-        let mut params = b"[".to_vec();
-        params.extend_from_slice(sub);
-        params.push(b',');
-        params.extend_from_slice(&node_id);
-        params.push(b']');
-        send_own(
-            &h.conn,
-            b"chainHead_v1_stopOperation",
-            &params,
-            SubCall::Follow(h.serial, FollowCall::Own),
-        );
+        let (method, own) = (b"chainHead_v1_stopOperation", FollowCall::Own);
+        ask(&h.conn, h.serial, method, sub, &[&node_id], own);
     }
     dispatch(h);
 }
