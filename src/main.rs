@@ -9,132 +9,95 @@ use ringway::{info, warn};
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-const USAGE: &str = "\
-ringway: WSS gateway for JSON-RPC node pools
-
-USAGE:
-    ringway [--config FILE] [--check] [flags]
-    ringway import-nginx [--allow-open] FILE
-                         an nginx configuration (its includes, every server) as a ringway config
-                         (stdout); access rules on proxied locations stop it unless --allow-open
-
+/// What `--help` says after the flags.
+const AFTER_HELP: &str = "\
 With no flags and no file: listen on 127.0.0.1:8443 with a self-signed
-certificate, in front of the node at ws://127.0.0.1:9944.
+certificate, in front of the node at ws://127.0.0.1:9944. Flags override
+the file; every key of the file is in ringway.example.toml.
 
-FLAGS (override the file):
-    --config FILE        TOML config (every key: ringway.example.toml)
-    --check              validate the configuration and exit
-    --listen ADDR        address to listen on (server.listen)
-    --cert FILE          PEM certificate chain, e.g. fullchain.pem (tls.cert)
-    --key FILE           PEM private key, e.g. privkey.pem (tls.key)
-    --plaintext          serve ws:// without TLS, behind another proxy (tls.enabled = false)
-    --upstream URL       a pruned (or full) node, ws://host:port/path or unix:/path; repeat for a pool
-    --archive URL        an archive node; repeat for more
-    --chain NAME         substrate (default) or ethereum: method tables and health probes
-    --health-probe MODE  rpc (default), connect (upgrade only, for non-node backends) or off
-    --workers N          worker threads (default: one per core)
-    --no-pin             do not pin workers to cores (server.pin_workers = false)
-    --shared             sessions share one connection per node per core (pool.shared = true)
-    --log-level LEVEL    error, warn, info, debug
-    --log-format FORMAT  text (default) or json: one object per line (log.format)
-    --access-log         a line per WebSocket session and per HTTP request (log.access)
-    -h, --help           this text
-    -V, --version        version
+Signals:
+  SIGHUP           reload the configuration and certificate (like nginx -s reload):
+                   new connections get it, open sessions go on (those on a removed
+                   node close 1001 after pool.removed_grace_ms); a file with an
+                   error is refused, named in the log, and the old one stays
+  SIGTERM, SIGINT  stop accepting; answers in flight go out (up to 5 s), then
+                   clients get close 1001 and the process exits; twice: at once";
 
-SIGNALS:
-    SIGHUP               reload the configuration and certificate (like nginx -s reload):
-                         new connections get it, open sessions go on (those on a removed
-                         node close 1001 after pool.removed_grace_ms); a file with an
-                         error is refused, named in the log, and the old one stays
-    SIGTERM, SIGINT      stop accepting; answers in flight go out (up to 5 s), then
-                         clients get close 1001 and the process exits; twice: at once
-";
-
+/// ringway: WSS gateway for JSON-RPC node pools.
+#[derive(clap::Parser, Clone)]
+#[command(name = "ringway", version, after_help = AFTER_HELP, args_override_self = true)]
 struct Flags {
+    #[command(subcommand)]
+    command: Option<Command>,
+    /// TOML config (every key: ringway.example.toml)
+    #[arg(short = 'c', long, value_name = "FILE")]
     config: Option<PathBuf>,
+    /// Validate the configuration (and the cluster's Redis permissions) and exit
+    #[arg(long)]
     check: bool,
+    /// Address to listen on (server.listen)
+    #[arg(long, value_name = "ADDR")]
     listen: Option<String>,
+    /// PEM certificate chain, e.g. fullchain.pem (tls.cert)
+    #[arg(long, value_name = "FILE")]
     cert: Option<String>,
+    /// PEM private key, e.g. privkey.pem (tls.key)
+    #[arg(long, value_name = "FILE")]
     key: Option<String>,
+    /// Serve ws:// without TLS, behind another proxy (tls.enabled = false)
+    #[arg(long)]
     plaintext: bool,
+    /// A pruned (or full) node, ws://host:port/path or unix:/path; repeat for a pool
+    #[arg(long = "upstream", value_name = "URL")]
     upstreams: Vec<String>,
+    /// An archive node; repeat for more
+    #[arg(long = "archive", value_name = "URL")]
     archives: Vec<String>,
+    /// Method tables and health probes: substrate (default) or ethereum (routing.chain)
+    #[arg(long, value_name = "NAME")]
     chain: Option<String>,
+    /// How nodes are probed (health.probe): rpc, connect (the upgrade only), off
+    #[arg(long, value_name = "MODE", value_parser = ["rpc", "connect", "off"])]
     health_probe: Option<String>,
+    /// Worker threads (default: one per core)
+    #[arg(long, value_name = "N")]
     workers: Option<usize>,
+    /// Do not pin workers to cores (server.pin_workers = false)
+    #[arg(long)]
     no_pin: bool,
+    /// Sessions share one connection per node per core (pool.shared = true)
+    #[arg(long)]
     shared: bool,
+    /// Log level (log.level)
+    #[arg(long, value_name = "LEVEL", value_parser = ["error", "warn", "info", "debug"])]
     log_level: Option<String>,
+    /// text, or json: one object per line (log.format)
+    #[arg(long, value_name = "FORMAT", value_parser = ["text", "json"])]
     log_format: Option<String>,
+    /// A line per WebSocket session and per HTTP request (log.access)
+    #[arg(long)]
     access_log: bool,
 }
 
-fn parse_flags(args: Vec<String>) -> Result<Option<Flags>, String> {
-    let mut f = Flags {
-        config: None,
-        check: false,
-        listen: None,
-        cert: None,
-        key: None,
-        plaintext: false,
-        upstreams: Vec::new(),
-        archives: Vec::new(),
-        chain: None,
-        health_probe: None,
-        workers: None,
-        no_pin: false,
-        shared: false,
-        log_level: None,
-        log_format: None,
-        access_log: false,
-    };
-    let mut it = args.into_iter();
-    while let Some(arg) = it.next() {
-        let (name, inline) = match arg.split_once('=') {
-            Some((n, v)) if n.starts_with("--") => (n.to_string(), Some(v.to_string())),
-            _ => (arg.clone(), None),
-        };
-        let mut value = |flag: &str| -> Result<String, String> {
-            inline
-                .clone()
-                .or_else(|| it.next())
-                .ok_or_else(|| format!("flag {flag} needs a value"))
-        };
-        match name.as_str() {
-            "-h" | "--help" => {
-                print!("{USAGE}");
-                return Ok(None);
-            }
-            "-V" | "--version" => {
-                println!("ringway {}", env!("CARGO_PKG_VERSION"));
-                return Ok(None);
-            }
-            "--config" | "-c" => f.config = Some(PathBuf::from(value("--config")?)),
-            "--check" => f.check = true,
-            "--listen" => f.listen = Some(value("--listen")?),
-            "--cert" => f.cert = Some(value("--cert")?),
-            "--key" => f.key = Some(value("--key")?),
-            "--plaintext" => f.plaintext = true,
-            "--no-pin" => f.no_pin = true,
-            "--shared" => f.shared = true,
-            "--upstream" => f.upstreams.push(value("--upstream")?),
-            "--archive" => f.archives.push(value("--archive")?),
-            "--chain" => f.chain = Some(value("--chain")?),
-            "--health-probe" => f.health_probe = Some(value("--health-probe")?),
-            "--workers" => {
-                let v = value("--workers")?;
-                f.workers = Some(
-                    v.parse()
-                        .map_err(|_| format!("flag --workers: `{v}` is not a number"))?,
-                );
-            }
-            "--log-level" => f.log_level = Some(value("--log-level")?),
-            "--log-format" => f.log_format = Some(value("--log-format")?),
-            "--access-log" => f.access_log = true,
-            other => return Err(format!("unknown flag `{other}` (see --help)")),
-        }
-    }
-    Ok(Some(f))
+#[derive(clap::Subcommand, Clone)]
+enum Command {
+    /// An nginx configuration (its includes, every server block) as a ringway
+    /// config, on stdout; what is not carried over, on stderr
+    ImportNginx {
+        /// Carry over locations whose access rules (allow, deny, auth_basic)
+        /// would otherwise stop the import
+        #[arg(long)]
+        allow_open: bool,
+        /// nginx.conf, or a file of server blocks
+        file: PathBuf,
+    },
+    /// Shell completions for ringway, on stdout
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// The manual page (roff), on stdout: ringway man > ringway.1
+    Man,
 }
 
 fn load(flags: &Flags) -> Result<Config, String> {
@@ -224,13 +187,8 @@ fn probe_nodes(config: &Config) {
 
 /// `ringway import-nginx FILE`: the TOML on stdout, what was not carried
 /// over (and why) on stderr.
-fn import_nginx(args: &[String]) -> ExitCode {
-    let allow_open = args.iter().any(|a| a == "--allow-open");
-    let Some(path) = args.iter().find(|a| !a.starts_with("--")) else {
-        eprintln!("ringway: usage: ringway import-nginx [--allow-open] FILE > ringway.toml");
-        return ExitCode::from(2);
-    };
-    match ringway::config::nginx::import_file(std::path::Path::new(path), allow_open) {
+fn import_nginx(path: &std::path::Path, allow_open: bool) -> ExitCode {
+    match ringway::config::nginx::import_file(path, allow_open) {
         Ok(i) => {
             print!("{}", i.toml);
             for n in &i.notes {
@@ -246,18 +204,27 @@ fn import_nginx(args: &[String]) -> ExitCode {
 }
 
 fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    if args.first().map(String::as_str) == Some("import-nginx") {
-        return import_nginx(&args[1..]);
-    }
-    let flags = match parse_flags(args) {
-        Ok(Some(f)) => f,
-        Ok(None) => return ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("ringway: {e}");
-            return ExitCode::from(2);
+    use clap::{CommandFactory, Parser};
+    let flags = Flags::parse();
+    match &flags.command {
+        Some(Command::ImportNginx { allow_open, file }) => return import_nginx(file, *allow_open),
+        Some(Command::Completions { shell }) => {
+            let mut cmd = Flags::command();
+            clap_complete::generate(*shell, &mut cmd, "ringway", &mut std::io::stdout());
+            return ExitCode::SUCCESS;
         }
-    };
+        Some(Command::Man) => {
+            let page = clap_mangen::Man::new(Flags::command());
+            return match page.render(&mut std::io::stdout()) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("ringway: {e}");
+                    ExitCode::from(1)
+                }
+            };
+        }
+        None => {}
+    }
     let config = match load(&flags) {
         Ok(c) => c,
         Err(e) => {

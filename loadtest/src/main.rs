@@ -6,101 +6,154 @@ mod node;
 mod stats;
 mod ws;
 
-use std::collections::HashMap;
 use std::future::Future;
 use std::process::ExitCode;
 use std::time::Duration;
 
+use clap::{Arg, ArgAction, ArgMatches, Command};
+
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-const USAGE: &str = "\
-ringway-load: load generator and mock JSON-RPC node
-
-USAGE:
-  ringway-load run URL [--connections 100] [--duration 10] [--depth 1 | --rate MSGS_PER_S]
-                       [--separate] [--messages N] [--method NAME]... [--mix FILE] [--workers N]
-                       [--ca FILE | --insecure] [--bind IP] [--keys FILE] [--json] [--quiet]
-      N connections, closed loop (each keeps --depth requests in flight) or open
-      loop (--rate total messages/s, latency from the intended send time).
-      --separate: each request leaves in a write of its own (one TLS record and
-      one send each, as a browser's ws.send does), not with the others due.
-      --method NAME[:WEIGHT] picks methods (params []); --mix FILE has lines
-      'WEIGHT METHOD PARAMS_JSON'. Default: system_health.
-      --keys FILE: connections take the API keys of FILE in turn (X-Api-Key):
-      ringway's keys file (its `key = ` lines) or one key per line.
-  ringway-load flood URL --rate MSGS_PER_S [--connections 10] [--bind 127.0.0.2] [run options]
-      `run` for abuse tests: open loop from one client address (--bind picks the
-      local address, any 127.x.y.z on loopback); rate-limited answers (-32005)
-      are counted as rate_limited, apart from other errors.
-  ringway-load connect URL [--rate CONNS_PER_S] [--count N] [--concurrency 50]
-                       [--hold] [--duration 10] [--workers N] [--ca FILE | --insecure] [--json]
-      Connection setup rate and latency (TCP + TLS + upgrade). --hold keeps every
-      connection open, idle, until --duration ends (memory tests).
-  ringway-load subscribe URL [--connections 100] [--duration 20] [--method chain_subscribeNewHeads]
-      N subscriptions; notification latency (from the node's timestamp) and gaps.
-  ringway-load startup URL [--clients 10] [--workers N] [--ca FILE | --insecure] [--json]
-      N clients start at once as Polkadot-JS does: its start-up calls in one
-      burst (metadata included), subscriptions to new heads and runtime
-      version, until the first head. Time to ready per client.
-  ringway-load node [--listen 127.0.0.1:9944] [--block-ms 6000] [--archive | --pruning 256]
-                    [--delay-ms 0] [--delay-every 1] [--storage-bytes 32] [--metadata-bytes 307200] [--workers 1] [--report]
-      A mock Substrate-like node: JSON-RPC over WebSocket and HTTP on one port.
-  ringway-load compare --target NAME=URL --target NAME=URL [--rounds 3] [run options]
-      The same `run` against each target in turn (A B A B ...), medians and ratios.
-
-URLs are ws://host:port/path or wss://host:port/path. Progress goes to stderr
-once a second; the final table (or JSON with --json) to stdout.
-";
-
-/// Parsed `--key value` options (repeatable) and positional arguments.
-pub struct Args {
-    pub positional: Vec<String>,
-    opts: HashMap<String, Vec<String>>,
+/// The command line: every mode's flags (help and errors are clap's).
+fn cli() -> Command {
+    let value = |name: &'static str, v: &'static str, help: &'static str| {
+        Arg::new(name).long(name).value_name(v).help(help)
+    };
+    let flag = |name: &'static str, help: &'static str| {
+        Arg::new(name)
+            .long(name)
+            .action(ArgAction::SetTrue)
+            .help(help)
+    };
+    let url = || {
+        Arg::new("url")
+            .required(true)
+            .value_name("URL")
+            .help("ws://host:port/path or wss://host:port/path")
+    };
+    let client = || {
+        [
+            value("workers", "N", "client threads (default: one per core)"),
+            value("ca", "FILE", "trust this CA (PEM) for wss://"),
+            flag("insecure", "do not verify the server's certificate"),
+            value("bind", "IP", "connect from this local address (any 127.x.y.z on loopback)"),
+            value("keys", "FILE", "connections take these API keys in turn (X-Api-Key): a ringway keys file, or one key per line"),
+            flag("json", "the final figures as JSON"),
+            flag("quiet", "no progress on stderr"),
+        ]
+    };
+    let run = || {
+        [
+            value("connections", "N", "connections (default 100)"),
+            value("duration", "SECONDS", "how long (default 10)"),
+            value("depth", "N", "closed loop: requests each connection keeps in flight (default 1)"),
+            value("rate", "MSGS_PER_S", "open loop: total messages/s, latency from the intended send time"),
+            flag("separate", "each request in a write of its own (one TLS record and send each, as a browser's ws.send)"),
+            value("messages", "N", "stop after this many messages"),
+            value("method", "NAME[:WEIGHT]", "a method to call (params []); repeat to mix (default system_health)")
+                .action(ArgAction::Append),
+            value("mix", "FILE", "lines of `WEIGHT METHOD PARAMS_JSON`"),
+        ]
+    };
+    Command::new("ringway-load")
+        .version(env!("CARGO_PKG_VERSION"))
+        .about("ringway-load: load generator and mock JSON-RPC node")
+        .after_help(
+            "Progress goes to stderr once a second; the final table (or JSON with --json) to stdout.",
+        )
+        .subcommand_required(true)
+        .arg_required_else_help(true)
+        .args_override_self(true)
+        .subcommand(
+            Command::new("run")
+                .about("N connections, closed loop (--depth in flight each) or open loop (--rate)")
+                .arg(url())
+                .args(run())
+                .args(client()),
+        )
+        .subcommand(
+            Command::new("flood")
+                .about("`run` for abuse tests: open loop from one client address (--bind); -32005 answers counted as rate_limited")
+                .arg(url())
+                .args(run())
+                .args(client()),
+        )
+        .subcommand(
+            Command::new("connect")
+                .about("connection setup rate and latency (TCP + TLS + upgrade)")
+                .arg(url())
+                .arg(value("rate", "CONNS_PER_S", "new connections per second"))
+                .arg(value("count", "N", "connections in all"))
+                .arg(value("concurrency", "N", "setups at once (default 50)"))
+                .arg(flag("hold", "keep every connection open, idle, until --duration ends (memory tests)"))
+                .arg(value("duration", "SECONDS", "how long (default 10)"))
+                .args(client()),
+        )
+        .subcommand(
+            Command::new("subscribe")
+                .about("N subscriptions: notification latency (from the node's timestamp) and gaps")
+                .arg(url())
+                .arg(value("connections", "N", "subscriptions (default 100)"))
+                .arg(value("duration", "SECONDS", "how long (default 20)"))
+                .arg(value("method", "NAME", "the subscribe method (default chain_subscribeNewHeads)"))
+                .args(client()),
+        )
+        .subcommand(
+            Command::new("startup")
+                .about("N clients start at once as Polkadot-JS does (its start-up calls, metadata, subscriptions) until the first head")
+                .arg(url())
+                .arg(value("clients", "N", "clients (default 10)"))
+                .args(client()),
+        )
+        .subcommand(
+            Command::new("node")
+                .about("a mock Substrate-like node: JSON-RPC over WebSocket and HTTP on one port")
+                .arg(value("listen", "ADDR", "default 127.0.0.1:9944"))
+                .arg(value("block-ms", "MS", "a block this often (default 6000)"))
+                .arg(flag("archive", "keep all state (default: --pruning 256)"))
+                .arg(value("pruning", "BLOCKS", "blocks of state kept"))
+                .arg(value("delay-ms", "MS", "answer after this long"))
+                .arg(value("delay-every", "N", "delay every Nth answer (default 1)"))
+                .arg(value("storage-bytes", "N", "bytes of a storage value"))
+                .arg(value("metadata-bytes", "N", "bytes of the metadata"))
+                .arg(value("workers", "N", "threads (default 1)"))
+                .arg(value("start-height", "N", "the first block's number"))
+                .arg(flag("report", "print the calls it got from sessions (not health probes) at exit")),
+        )
+        .subcommand(
+            Command::new("compare")
+                .about("the same `run` against each target in turn (A B A B ...): medians and ratios")
+                .arg(
+                    value("target", "NAME=URL", "a target; two or more")
+                        .action(ArgAction::Append)
+                        .required(true),
+                )
+                .arg(value("rounds", "N", "rounds (default 3)"))
+                .args(run())
+                .args(client()),
+        )
 }
 
-const FLAGS: &[&str] = &[
-    "json", "quiet", "insecure", "hold", "archive", "help", "report",
-];
+/// A mode's parsed flags, read by name (each mode keeps its defaults).
+pub struct Args {
+    m: ArgMatches,
+}
 
 impl Args {
-    fn parse(args: impl Iterator<Item = String>) -> Result<Args, String> {
-        let mut positional = Vec::new();
-        let mut opts: HashMap<String, Vec<String>> = HashMap::new();
-        let mut it = args.peekable();
-        while let Some(a) = it.next() {
-            if let Some(name) = a.strip_prefix("--") {
-                let (name, inline) = match name.split_once('=') {
-                    Some((n, v)) => (n.to_string(), Some(v.to_string())),
-                    None => (name.to_string(), None),
-                };
-                if FLAGS.contains(&name.as_str()) {
-                    opts.entry(name).or_default().push("true".into());
-                } else {
-                    let v = inline
-                        .or_else(|| it.next())
-                        .ok_or_else(|| format!("--{name} needs a value"))?;
-                    opts.entry(name).or_default().push(v);
-                }
-            } else if a == "-h" {
-                opts.entry("help".into()).or_default().push("true".into());
-            } else {
-                positional.push(a);
-            }
-        }
-        Ok(Args { positional, opts })
-    }
-
     pub fn flag(&self, name: &str) -> bool {
-        self.opts.contains_key(name)
+        matches!(self.m.try_get_one::<bool>(name), Ok(Some(true)))
     }
 
     pub fn all(&self, name: &str) -> Vec<String> {
-        self.opts.get(name).cloned().unwrap_or_default()
+        match self.m.try_get_many::<String>(name) {
+            Ok(Some(v)) => v.cloned().collect(),
+            _ => Vec::new(),
+        }
     }
 
     pub fn str(&self, name: &str) -> Option<String> {
-        self.opts.get(name).and_then(|v| v.last().cloned())
+        self.m.try_get_one::<String>(name).ok().flatten().cloned()
     }
 
     pub fn num<T: std::str::FromStr>(&self, name: &str, default: T) -> Result<T, String> {
@@ -120,11 +173,9 @@ impl Args {
         Ok(Duration::from_secs_f64(v))
     }
 
-    /// The positional URL, or an error naming the mode.
+    /// The URL, or an error naming the mode.
     pub fn url(&self, mode: &str) -> Result<String, String> {
-        self.positional
-            .first()
-            .cloned()
+        self.str("url")
             .ok_or_else(|| format!("{mode}: a ws:// or wss:// URL is needed"))
     }
 }
@@ -147,22 +198,9 @@ pub fn cores() -> usize {
 }
 
 fn main() -> ExitCode {
-    let mut argv = std::env::args().skip(1);
-    let Some(mode) = argv.next() else {
-        eprint!("{USAGE}");
-        return ExitCode::from(2);
-    };
-    let args = match Args::parse(argv) {
-        Ok(a) => a,
-        Err(e) => {
-            eprintln!("ringway-load: {e}");
-            return ExitCode::from(2);
-        }
-    };
-    if args.flag("help") || mode == "help" || mode == "--help" || mode == "-h" {
-        print!("{USAGE}");
-        return ExitCode::SUCCESS;
-    }
+    let matches = cli().get_matches();
+    let (mode, m) = matches.subcommand().expect("a mode is required");
+    let (mode, args) = (mode.to_string(), Args { m: m.clone() });
     let result = match mode.as_str() {
         "run" => load::run(&args),
         "flood" => load::run(&args),
