@@ -30,7 +30,9 @@ pub use plausible::{plausible, MAX_JUMP};
 pub use crate::config::{HealthConfig, ProbeMode};
 
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 use std::time::Duration;
 
 /// Consecutive-result hysteresis for one node. Pure: feed it results.
@@ -373,7 +375,7 @@ impl Health {
             return;
         }
         node.finalized.store(n, Ordering::Release);
-        *node.finalized_hash.lock().expect("not poisoned") = hash.map(|h| (n, h.to_string()));
+        *node.finalized_hash.lock() = hash.map(|h| (n, h.to_string()));
         self.derive();
     }
 
@@ -386,11 +388,7 @@ impl Health {
     /// The highest finalized block among the nodes that are up, with its
     /// hash (when that node said it).
     pub fn finalized_hash(&self) -> Option<(u64, String)> {
-        self.common
-            .finalized_hash
-            .lock()
-            .expect("not poisoned")
-            .clone()
+        self.common.finalized_hash.lock().clone()
     }
 
     /// The highest finalized block among the nodes that are up (0:
@@ -402,12 +400,12 @@ impl Health {
 
     /// Node `i` says it is on chain `id` (its genesis hash or chain id).
     pub fn record_identity(&self, i: usize, id: &str) {
-        *self.nodes[i].identity.lock().expect("not poisoned") = Some(id.to_string());
+        *self.nodes[i].identity.lock() = Some(id.to_string());
     }
 
     /// Node `i`'s genesis block hash (Ethereum), recorded before its identity.
     pub fn record_genesis(&self, i: usize, hash: &str) {
-        *self.nodes[i].genesis.lock().expect("not poisoned") = Some(hash.to_string());
+        *self.nodes[i].genesis.lock() = Some(hash.to_string());
     }
 
     /// What names the pool's chain wherever its answers are shared (the
@@ -416,9 +414,8 @@ impl Health {
     pub fn namespace(&self) -> Option<String> {
         let chain = self.chain()?;
         let genesis = self.nodes.iter().find_map(|n| {
-            let same = n.identity.lock().expect("not poisoned").as_deref() == Some(&chain);
-            same.then(|| n.genesis.lock().expect("not poisoned").clone())
-                .flatten()
+            let same = n.identity.lock().as_deref() == Some(&chain);
+            same.then(|| n.genesis.lock().clone()).flatten()
         });
         Some(match genesis {
             Some(g) => format!("{chain}/{g}"),
@@ -435,7 +432,7 @@ impl Health {
         let ids: Vec<String> = self
             .nodes
             .iter()
-            .filter_map(|n| n.identity.lock().expect("not poisoned").clone())
+            .filter_map(|n| n.identity.lock().clone())
             .collect();
         let count = |id: &String| ids.iter().filter(|x| *x == id).count();
         ids.iter()
@@ -516,16 +513,12 @@ impl Health {
     /// The feed from which this worker takes new block hashes. Setup only.
     pub fn subscribe_hashes(&self) -> HashFeed {
         let feed = HashFeed::default();
-        self.common
-            .hash_feeds
-            .lock()
-            .expect("not poisoned")
-            .push(feed.clone());
+        self.common.hash_feeds.lock().push(feed.clone());
         feed
     }
 
     pub fn publish_hash(&self, hash: &str, height: u64) {
-        for feed in self.common.hash_feeds.lock().expect("not poisoned").iter() {
+        for feed in self.common.hash_feeds.lock().iter() {
             feed.push(hash, height);
         }
     }
@@ -547,7 +540,7 @@ impl Health {
         }
         // A node of another chain fails its checks, whatever it answers.
         let n = &self.nodes[i];
-        let mine = n.identity.lock().expect("not poisoned").clone();
+        let mine = n.identity.lock().clone();
         let other = match (mine, self.chain()) {
             (Some(mine), Some(pool)) => mine != pool,
             _ => false,
@@ -607,11 +600,11 @@ impl Health {
         let (finalized, hash) = match top {
             Some(n) => (
                 n.finalized.load(Ordering::Acquire),
-                n.finalized_hash.lock().expect("not poisoned").clone(),
+                n.finalized_hash.lock().clone(),
             ),
             None => (0, None),
         };
-        *self.common.finalized_hash.lock().expect("not poisoned") = hash;
+        *self.common.finalized_hash.lock() = hash;
         self.common.finalized.store(finalized, Ordering::Release);
     }
 

@@ -10,9 +10,9 @@
 //! - per node (the health view's node status): sessions and response times,
 //!   touched per session and per probe or HTTP request, never per message.
 
+use parking_lot::Mutex;
 use std::cell::Cell;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::Mutex;
 
 /// A counter written by one thread only.
 #[derive(Debug, Default)]
@@ -288,7 +288,7 @@ static CHAIN_NAMES: Mutex<Vec<String>> = Mutex::new(Vec::new());
 /// process's life (a chain keeps its counts across reloads). Taken when a
 /// core builds its state for a generation, never per call.
 pub fn chain_slot(name: &str) -> u8 {
-    let mut names = CHAIN_NAMES.lock().expect("not poisoned");
+    let mut names = CHAIN_NAMES.lock();
     if let Some(i) = names.iter().position(|n| n == name) {
         return i as u8;
     }
@@ -301,7 +301,7 @@ pub fn chain_slot(name: &str) -> u8 {
 
 /// The name of each slot taken so far.
 pub fn chain_names() -> Vec<String> {
-    let mut names = CHAIN_NAMES.lock().expect("not poisoned").clone();
+    let mut names = CHAIN_NAMES.lock().clone();
     if names.len() == MAX_CHAINS - 1 {
         names.push("other".into());
     }
@@ -403,7 +403,7 @@ pub struct Sums {
 impl Registry {
     /// The sum of every core's counters now.
     pub fn sum(&self) -> Sums {
-        let cores = self.cores.lock().expect("not poisoned");
+        let cores = self.cores.lock();
         let total = |f: &dyn Fn(&CoreStats) -> u64| cores.iter().map(|c| f(c)).sum::<u64>();
         let mut calls = Vec::new();
         let mut cache = Vec::new();
@@ -472,7 +472,7 @@ thread_local! {
 /// freed.
 pub fn install(registry: &Registry) {
     let stats: &'static CoreStats = Box::leak(Box::new(CoreStats::new()));
-    registry.cores.lock().expect("not poisoned").push(stats);
+    registry.cores.lock().push(stats);
     MINE.with(|m| m.set(Some(stats)));
 }
 
@@ -552,6 +552,31 @@ impl Histogram {
 
 #[cfg(test)]
 mod tests {
+
+    /// Guards the scrape after a panic caught under the cores' lock (it
+    /// poisoned the lock: every later scrape and every new worker panicked).
+    #[test]
+    fn a_panic_caught_under_the_registrys_lock_leaves_the_scrape_working() {
+        let registry = std::sync::Arc::new(Registry::default());
+        let r = registry.clone();
+        let caught = std::thread::spawn(move || {
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                let _held = r.cores.lock();
+                panic!("a bug under the lock");
+            }))
+        })
+        .join()
+        .unwrap();
+        assert!(caught.is_err());
+        std::thread::spawn({
+            let r = registry.clone();
+            move || install(&r)
+        })
+        .join()
+        .unwrap();
+        assert_eq!(registry.sum().messages, [0, 0]);
+    }
+
     use super::*;
 
     #[test]

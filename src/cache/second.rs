@@ -18,7 +18,9 @@ use std::collections::HashMap;
 use std::io::Write;
 use std::rc::Rc;
 use std::sync::mpsc::SyncSender;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 use std::time::Duration;
 
 /// Jobs queued towards the store's thread at most (past that a lookup is a
@@ -72,7 +74,7 @@ pub struct Mailbox {
 
 impl Mailbox {
     fn post(&self, token: u64, head: Option<Vec<u8>>) {
-        let mut answers = self.answers.lock().expect("not poisoned");
+        let mut answers = self.answers.lock();
         let first = answers.is_empty();
         answers.push((token, head));
         drop(answers);
@@ -276,8 +278,7 @@ fn listen(port: &Rc<Port>, ear: std::os::unix::net::UnixStream) -> bool {
                     }
                     return;
                 }
-                let answers =
-                    std::mem::take(&mut *port.mailbox.answers.lock().expect("not poisoned"));
+                let answers = std::mem::take(&mut *port.mailbox.answers.lock());
                 for (token, head) in answers {
                     let then = port.waiting.borrow_mut().remove(&token);
                     if let Some(then) = then {
@@ -313,7 +314,7 @@ mod tests {
             sent: false,
         }
         .send(Some(b"x".to_vec()));
-        let answers = mailbox.answers.lock().unwrap();
+        let answers = mailbox.answers.lock();
         assert_eq!(*answers, vec![(7, None), (8, Some(b"x".to_vec()))]);
     }
 

@@ -43,7 +43,9 @@ pub use link::open;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::Relaxed};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 use std::time::{Duration, Instant};
 
 use crate::config::cluster::ClusterConfig;
@@ -58,7 +60,7 @@ pub struct Cluster {
     pub config: ClusterConfig,
     commands: Mutex<Vec<Command>>,
     /// Rung when a command is asked: the sync thread sends it at once.
-    asked: std::sync::Condvar,
+    asked: parking_lot::Condvar,
     /// Redis answered the last sync.
     up: AtomicBool,
     /// Syncs that failed (`ringway_cluster_sync_failures_total`).
@@ -88,10 +90,10 @@ pub struct Cluster {
     draining: AtomicBool,
     /// A sync since the drain began is written (its sessions 0).
     drain_written: Mutex<bool>,
-    drain_wake: std::sync::Condvar,
+    drain_wake: parking_lot::Condvar,
     /// The drain asks for a last sync; the sync thread says it is done.
     leaving: Mutex<Option<bool>>,
-    left: std::sync::Condvar,
+    left: parking_lot::Condvar,
 }
 
 impl Cluster {
@@ -123,7 +125,7 @@ impl Cluster {
             cache_counts,
             config,
             commands: Mutex::default(),
-            asked: std::sync::Condvar::new(),
+            asked: parking_lot::Condvar::new(),
             up: AtomicBool::new(false),
             failures: AtomicU64::new(0),
             syncs: AtomicU64::new(0),
@@ -136,9 +138,9 @@ impl Cluster {
             missing: Mutex::new(missing),
             draining: AtomicBool::new(false),
             drain_written: Mutex::new(false),
-            drain_wake: std::sync::Condvar::new(),
+            drain_wake: parking_lot::Condvar::new(),
             leaving: Mutex::new(None),
-            left: std::sync::Condvar::new(),
+            left: parking_lot::Condvar::new(),
         });
         let (push, pushed) = (c.clone(), book.clone());
         let (subscribed, first) = std::sync::mpsc::channel();
@@ -188,17 +190,13 @@ impl Cluster {
         let until = Instant::now() + step;
         self.draining.store(true, Relaxed);
         self.asked.notify_one();
-        let mut written = self.drain_written.lock().expect("not poisoned");
+        let mut written = self.drain_written.lock();
         while !*written {
             let left = until.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 return;
             }
-            written = self
-                .drain_wake
-                .wait_timeout(written, left)
-                .expect("not poisoned")
-                .0;
+            self.drain_wake.wait_for(&mut written, left);
         }
         drop(written);
         // Each of the others syncs within its interval of the write.
@@ -208,7 +206,7 @@ impl Cluster {
     /// The drain: a last sync (this instance's sessions 0, its unused grant
     /// given back, its name released), waited for up to `within`.
     pub fn finish(&self, within: Duration) {
-        let mut leaving = self.leaving.lock().expect("not poisoned");
+        let mut leaving = self.leaving.lock();
         *leaving = Some(false);
         self.asked.notify_one();
         let until = Instant::now() + within;
@@ -218,17 +216,13 @@ impl Cluster {
                 crate::warn!("cluster: no last sync within {} ms; the others free this instance's sessions and grant after the alive window", within.as_millis());
                 return;
             }
-            leaving = self
-                .left
-                .wait_timeout(leaving, left)
-                .expect("not poisoned")
-                .0;
+            self.left.wait_for(&mut leaving, left);
         }
     }
 
     /// What `/health` says of pushes and permissions, if anything.
     pub fn problems(&self) -> Vec<String> {
-        let mut all = self.missing.lock().expect("not poisoned").clone();
+        let mut all = self.missing.lock().clone();
         all.extend(self.push.problem().map(String::from));
         if self.name_taken.load(Relaxed) {
             all.push(format!(
@@ -274,13 +268,13 @@ impl Cluster {
             Command::Enable(n) => (n.clone(), false),
         };
         usage.set_cluster_disabled(disabled);
-        let mut known = self.disabled.lock().expect("not poisoned");
+        let mut known = self.disabled.lock();
         if disabled {
             known.insert(name);
         } else {
             known.remove(&name);
         }
-        self.commands.lock().expect("not poisoned").push(command);
+        self.commands.lock().push(command);
         self.asked.notify_one();
     }
 
@@ -311,7 +305,7 @@ impl Cluster {
         let mut resumed = HashMap::new();
         loop {
             let started = Instant::now();
-            let leaving = *self.leaving.lock().expect("not poisoned") == Some(false);
+            let leaving = *self.leaving.lock() == Some(false);
             let draining = self.draining.load(Relaxed);
             if con.is_none() {
                 con = self
@@ -333,7 +327,7 @@ impl Cluster {
                             .fetch_add(started.elapsed().as_micros() as u64, Relaxed);
                         backoff = self.config.sync;
                         if draining {
-                            *self.drain_written.lock().expect("not poisoned") = true;
+                            *self.drain_written.lock() = true;
                             self.drain_wake.notify_all();
                         }
                     }
@@ -347,7 +341,7 @@ impl Cluster {
                 }
             }
             if leaving {
-                *self.leaving.lock().expect("not poisoned") = Some(true);
+                *self.leaving.lock() = Some(true);
                 self.left.notify_all();
                 return;
             }
@@ -358,10 +352,10 @@ impl Cluster {
                 backoff
             };
             // Until the next sync, or a command asked (sent at once).
-            let pending = self.commands.lock().expect("not poisoned");
+            let mut pending = self.commands.lock();
             let left = wait.saturating_sub(started.elapsed());
             if pending.is_empty() || con.is_none() {
-                drop(self.asked.wait_timeout(pending, left));
+                self.asked.wait_for(&mut pending, left);
             }
         }
     }
@@ -444,7 +438,7 @@ impl Cluster {
             ledger::resume(con, &self.names(round), &fresh)?;
             resumed.extend(fresh.iter().map(|(n, u)| (n.clone(), u.period_start())));
         }
-        let commands = std::mem::take(&mut *self.commands.lock().expect("not poisoned"));
+        let commands = std::mem::take(&mut *self.commands.lock());
         let mut pipe = redis::pipe();
         // The name first: a sync of a run that does not hold it writes no field.
         pipe.cmd("EVALSHA")
@@ -501,10 +495,7 @@ impl Cluster {
             Ok(r) => r,
             Err(e) => {
                 // Not sent: asked again at the next sync.
-                self.commands
-                    .lock()
-                    .expect("not poisoned")
-                    .splice(0..0, commands);
+                self.commands.lock().splice(0..0, commands);
                 return Err(e);
             }
         };
@@ -550,7 +541,7 @@ impl Cluster {
         fresh_epoch: bool,
     ) -> redis::RedisResult<()> {
         let disabled_set = self.key("disabled");
-        let mut known = self.disabled.lock().expect("not poisoned");
+        let mut known = self.disabled.lock();
         if fresh_epoch && !known.is_empty() {
             let mut again = redis::cmd("SADD");
             again.arg(&disabled_set);
@@ -561,7 +552,7 @@ impl Cluster {
         } else {
             *known = disabled.iter().cloned().collect();
             // Asked meanwhile, sent at the next sync: they stand.
-            for c in self.commands.lock().expect("not poisoned").iter() {
+            for c in self.commands.lock().iter() {
                 match c {
                     Command::Disable(n) => known.insert(n.clone()),
                     Command::Enable(n) => known.remove(n),

@@ -1,7 +1,9 @@
 //! New block hashes for each worker, from the health thread (the routers'
 //! window of recent hashes is filled from it).
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 
 /// New block hashes for one worker, newest kept: at most [`HashFeed::CAP`]
 /// wait (a worker that never routes by hash takes none; it was an
@@ -14,7 +16,7 @@ impl HashFeed {
     pub const CAP: usize = 4096;
 
     pub(super) fn push(&self, hash: &str, height: u64) {
-        let mut q = self.0.lock().expect("not poisoned");
+        let mut q = self.0.lock();
         if q.len() == Self::CAP {
             q.pop_front();
         }
@@ -23,11 +25,11 @@ impl HashFeed {
 
     /// What waits, oldest first.
     pub fn take(&self) -> std::collections::VecDeque<(String, u64)> {
-        std::mem::take(&mut *self.0.lock().expect("not poisoned"))
+        std::mem::take(&mut *self.0.lock())
     }
 
     pub fn len(&self) -> usize {
-        self.0.lock().expect("not poisoned").len()
+        self.0.lock().len()
     }
 
     pub fn is_empty(&self) -> bool {

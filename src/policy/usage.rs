@@ -16,7 +16,9 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering::Relaxed};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, OnceLock};
+
+use parking_lot::Mutex;
 use std::time::{Duration, Instant, SystemTime};
 
 use serde::{Deserialize, Serialize};
@@ -424,7 +426,7 @@ impl Usage {
             refused: refused_map(|i| self.refused[i].swap(0, Relaxed)),
         };
         if was != 0 {
-            *self.previous.lock().expect("not poisoned") = Some(ended);
+            *self.previous.lock() = Some(ended);
         }
         // A new period: reservations start again.
         self.grant.store(0, Relaxed);
@@ -443,11 +445,11 @@ impl Usage {
             let n = current.refused.get(r.name()).copied().unwrap_or(0);
             self.refused[i].store(n, Relaxed);
         }
-        *self.previous.lock().expect("not poisoned") = previous;
+        *self.previous.lock() = previous;
     }
 
     pub fn previous(&self) -> Option<Counts> {
-        self.previous.lock().expect("not poisoned").clone()
+        self.previous.lock().clone()
     }
 }
 
@@ -498,7 +500,7 @@ pub struct Book {
 impl Book {
     /// Key `name`'s usage (a new one starts at zero in the current period).
     pub fn usage(&self, name: &str, period: Period) -> Arc<Usage> {
-        let mut keys = self.keys.lock().expect("not poisoned");
+        let mut keys = self.keys.lock();
         let u = keys.entry(name.to_string()).or_default().clone();
         u.roll(period, unix_now());
         u
@@ -555,12 +557,12 @@ impl Book {
             }
             self.loaded.store(true, Relaxed);
         }
-        *self.state.lock().expect("not poisoned") = state;
+        *self.state.lock() = state;
         Ok(())
     }
 
     fn restore(&self, file: StateFile, now: u64) {
-        let mut keys = self.keys.lock().expect("not poisoned");
+        let mut keys = self.keys.lock();
         for (name, saved) in file.keys {
             let u = keys.entry(name).or_default();
             u.restore(&saved.current, saved.previous);
@@ -570,7 +572,7 @@ impl Book {
 
     /// Every key's usage, by name.
     pub fn all(&self) -> Vec<(String, Arc<Usage>)> {
-        let keys = self.keys.lock().expect("not poisoned");
+        let keys = self.keys.lock();
         keys.iter().map(|(n, u)| (n.clone(), u.clone())).collect()
     }
 
@@ -584,7 +586,7 @@ impl Book {
     /// Write the state file (a temporary file renamed over it: a crash
     /// mid-write leaves the last whole one).
     pub fn save(&self) -> std::io::Result<()> {
-        let Some((path, _)) = self.state.lock().expect("not poisoned").clone() else {
+        let Some((path, _)) = self.state.lock().clone() else {
             return Ok(());
         };
         let keys = self
@@ -610,11 +612,7 @@ impl Book {
 
     /// How often the state file is written, if there is one.
     pub fn interval(&self) -> Option<Duration> {
-        self.state
-            .lock()
-            .expect("not poisoned")
-            .as_ref()
-            .map(|s| s.1)
+        self.state.lock().as_ref().map(|s| s.1)
     }
 }
 
@@ -674,6 +672,28 @@ pub fn keep(book: Arc<Book>, stop: Arc<std::sync::atomic::AtomicBool>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Guards the locks every worker shares: a panic caught while one is
+    /// held (a task's, `crate::task`) used to poison it, and every later
+    /// lock on every worker panicked in turn.
+    #[test]
+    fn a_panic_caught_under_the_books_lock_leaves_every_worker_its_usage() {
+        let book = Arc::new(Book::default());
+        let b = book.clone();
+        let caught = std::thread::spawn(move || {
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                let _held = b.keys.lock();
+                panic!("a bug under the lock");
+            }))
+        })
+        .join()
+        .unwrap();
+        assert!(caught.is_err());
+        // Another worker goes on: its key's usage, counted.
+        let u = book.usage("customer", Period::Month);
+        u.calls.fetch_add(1, Relaxed);
+        assert_eq!(book.usage("customer", Period::Month).calls.load(Relaxed), 1);
+    }
 
     #[test]
     fn periods_are_utc_days_and_calendar_months() {

@@ -7,7 +7,9 @@
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
@@ -300,10 +302,7 @@ impl Certs {
         let named = load_named(chains, &self.provider)?;
         let chains_with_own = chains.iter().filter(|c| c.cert.is_some()).count();
         let set = CertSet { default, named };
-        *self
-            .current
-            .lock()
-            .map_err(|_| "certificate store poisoned")? = Arc::new(set);
+        *self.current.lock() = Arc::new(set);
         self.generation.fetch_add(1, Ordering::Release);
         Ok(match chains_with_own {
             0 => what,
@@ -312,10 +311,7 @@ impl Certs {
     }
 
     fn current(&self) -> Arc<CertSet> {
-        self.current
-            .lock()
-            .map(|c| c.clone())
-            .unwrap_or_else(|p| p.into_inner().clone())
+        self.current.lock().clone()
     }
 }
 
@@ -366,7 +362,7 @@ impl rustls::server::ResolvesServerCert for WorkerCert {
         &self,
         hello: rustls::server::ClientHello<'_>,
     ) -> Option<Arc<rustls::sign::CertifiedKey>> {
-        let mut mine = self.mine.lock().ok()?;
+        let mut mine = self.mine.lock();
         let generation = self.certs.generation.load(Ordering::Acquire);
         if mine.0 != generation {
             *mine = (generation, self.certs.current().copy());

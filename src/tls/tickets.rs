@@ -3,7 +3,7 @@
 //! SHA-256 every 6 hours (a key two periods old is gone), AES-256-GCM with
 //! the worker index and a counter as nonce. No shared cache, no lock.
 
-use std::sync::Mutex;
+use parking_lot::Mutex;
 
 /// How long one ticket key encrypts; a key decrypts for one period more.
 pub const TICKET_PERIOD_SECS: u64 = 6 * 3600;
@@ -151,7 +151,7 @@ impl rustls::server::ProducesTickets for Tickets {
     }
 
     fn encrypt(&self, plain: &[u8]) -> Option<Vec<u8>> {
-        let mut st = self.state.lock().ok()?;
+        let mut st = self.state.lock();
         st.advance(ticket_period());
         st.seal(self.worker, plain)
     }
@@ -162,7 +162,7 @@ impl rustls::server::ProducesTickets for Tickets {
         }
         let period = u64::from_be_bytes(ticket[..8].try_into().ok()?);
         let nonce: [u8; 12] = ticket[8..TICKET_HEAD].try_into().ok()?;
-        let mut st = self.state.lock().ok()?;
+        let mut st = self.state.lock();
         st.advance(ticket_period());
         let key = if period == st.period {
             &st.current
@@ -223,7 +223,7 @@ mod tests {
             period: now - 3,
         };
         let old = Tickets::new(&seed, 0);
-        let mut st = old.state.lock().unwrap();
+        let mut st = old.state.lock();
         st.advance(now - 2);
         let two_old = st.seal(0, b"two periods ago").unwrap();
         st.advance(now - 1);

@@ -21,7 +21,9 @@
 //! off) keeps its old value and is named in the log.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 
 use crate::config::{Config, TlsMode};
 use crate::health::Health;
@@ -223,7 +225,7 @@ impl Generations {
             c.finish(std::time::Duration::from_secs(2));
         }
         self.usage_stop.store(true, Ordering::Relaxed);
-        if let Some(h) = self.usage_keeper.lock().expect("not poisoned").take() {
+        if let Some(h) = self.usage_keeper.lock().take() {
             let _ = h.join();
         }
     }
@@ -234,7 +236,7 @@ impl Generations {
     }
 
     pub fn current(&self) -> Arc<Generation> {
-        self.current.lock().expect("not poisoned").clone()
+        self.current.lock().clone()
     }
 
     pub fn outcome(&self) -> Reloads {
@@ -260,7 +262,7 @@ impl Generations {
         mut new: Config,
         certs: Option<&crate::tls::Certs>,
     ) -> Result<Vec<String>, String> {
-        let mut current = self.current.lock().expect("not poisoned");
+        let mut current = self.current.lock();
         let old = current.clone();
         let mut notes = keep_fixed(&old.config, &mut new);
         read_state(&new, &self.usage)?;
