@@ -74,3 +74,7 @@ pub mod tls;
 pub mod upstream;
 pub mod worker;
 pub mod ws;
+
+/// The `log` facade, for the crate's logging macros (`crate::warn!`, ...).
+#[doc(hidden)]
+pub use ::log as __log;

@@ -1,13 +1,18 @@
-//! Minimal leveled logging to stderr, one line per event: text, or one JSON
-//! object per line (`log.format = "json"`) for log shippers. Timestamps are
-//! RFC 3339 in UTC with milliseconds (`2026-11-29T08:12:03.123Z`), what
-//! people, journald and log shippers read.
+//! Logging through the `log` facade, to stderr, one line per event: text,
+//! or one JSON object per line (`log.format = "json"`) for log shippers.
+//! The gateway's own lines and its dependencies' (rustls, the redis crate)
+//! go the same way, each at its level; a dependency's line names its
+//! module (`rustls::conn: ...`). Timestamps are RFC 3339 in UTC with
+//! milliseconds (`2026-11-29T08:12:03.123Z`), what people, journald and log
+//! shippers read; the calendar is the `time` crate's.
 //!
-//! The level is process-wide and set once at start; checking it is one
-//! relaxed atomic load, so disabled debug lines cost nothing on the hot path.
+//! The level is process-wide (`log::max_level`, set at start and by a
+//! reload); checking it is one relaxed atomic load, so disabled debug lines
+//! cost nothing on the hot path.
 
-use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 
+/// The levels a configuration names (`log.level`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Level {
     Error = 0,
@@ -27,35 +32,61 @@ impl Level {
         }
     }
 
-    fn label(self) -> &'static str {
+    fn filter(self) -> ::log::LevelFilter {
         match self {
-            Level::Error => "ERROR",
-            Level::Warn => "WARN",
-            Level::Info => "INFO",
-            Level::Debug => "DEBUG",
+            Level::Error => ::log::LevelFilter::Error,
+            Level::Warn => ::log::LevelFilter::Warn,
+            Level::Info => ::log::LevelFilter::Info,
+            Level::Debug => ::log::LevelFilter::Debug,
         }
     }
 }
 
-static LEVEL: AtomicU8 = AtomicU8::new(Level::Info as u8);
 static JSON: AtomicBool = AtomicBool::new(false);
+
+/// The process's logger: every record at or above the level, to stderr.
+struct Stderr;
+
+static LOGGER: Stderr = Stderr;
+
+impl ::log::Log for Stderr {
+    fn enabled(&self, m: &::log::Metadata<'_>) -> bool {
+        m.level() <= ::log::max_level()
+    }
+
+    fn log(&self, r: &::log::Record<'_>) {
+        if self.enabled(r.metadata()) {
+            write(r.level(), r.target(), r.args());
+        }
+    }
+
+    fn flush(&self) {}
+}
 
 /// One JSON object per line instead of text.
 pub fn set_json(json: bool) {
     JSON.store(json, Ordering::Relaxed);
 }
 
+/// The level from now on (the logger is installed the first time).
 pub fn set_level(level: Level) {
-    LEVEL.store(level as u8, Ordering::Relaxed);
+    // (Fails only when already installed.)
+    let _ = ::log::set_logger(&LOGGER);
+    ::log::set_max_level(level.filter());
 }
 
+/// Whether a record of this level is written.
 #[inline]
 pub fn enabled(level: Level) -> bool {
-    level as u8 <= LEVEL.load(Ordering::Relaxed)
+    level.filter() <= ::log::max_level()
 }
 
-#[doc(hidden)]
-pub fn write(level: Level, args: std::fmt::Arguments<'_>) {
+/// A record's module, named in its line unless it is the gateway's own.
+fn foreign(target: &str) -> Option<&str> {
+    (!target.starts_with("ringway")).then_some(target)
+}
+
+fn write(level: ::log::Level, target: &str, args: &std::fmt::Arguments<'_>) {
     use std::io::Write;
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -64,26 +95,36 @@ pub fn write(level: Level, args: std::fmt::Arguments<'_>) {
     let name = thread.name().unwrap_or("main");
     let mut err = std::io::stderr().lock();
     let _ = if JSON.load(Ordering::Relaxed) {
-        writeln!(err, "{}", json_line(now, level, name, &args.to_string()))
+        let line = json_line(now, level, name, foreign(target), &args.to_string());
+        writeln!(err, "{line}")
     } else {
-        writeln!(
-            err,
-            "{} {:5} [{}] {}",
-            rfc3339(now),
-            level.label(),
-            name,
-            args
-        )
+        match foreign(target) {
+            None => writeln!(err, "{} {:5} [{name}] {args}", rfc3339(now), level.as_str()),
+            Some(t) => writeln!(
+                err,
+                "{} {:5} [{name}] {t}: {args}",
+                rfc3339(now),
+                level.as_str()
+            ),
+        }
     };
 }
 
 /// `{"ts":"2026-11-29T08:12:03.123Z","level":"info","thread":"worker-0","msg":"..."}`
-fn json_line(now: std::time::Duration, level: Level, thread: &str, msg: &str) -> String {
+/// (and `"target"`: a dependency's module).
+fn json_line(
+    now: std::time::Duration,
+    level: ::log::Level,
+    thread: &str,
+    target: Option<&str>,
+    msg: &str,
+) -> String {
     let text = |s: &str| serde_json::to_string(s).unwrap_or_else(|_| "\"\"".into());
+    let target = target.map_or(String::new(), |t| format!(",\"target\":{}", text(t)));
     format!(
-        "{{\"ts\":\"{}\",\"level\":\"{}\",\"thread\":{},\"msg\":{}}}",
+        "{{\"ts\":\"{}\",\"level\":\"{}\",\"thread\":{}{target},\"msg\":{}}}",
         rfc3339(now),
-        level.label().to_ascii_lowercase(),
+        level.as_str().to_ascii_lowercase(),
         text(thread),
         text(msg)
     )
@@ -91,62 +132,27 @@ fn json_line(now: std::time::Duration, level: Level, thread: &str, msg: &str) ->
 
 /// A time since the Unix epoch as RFC 3339 in UTC with milliseconds.
 pub fn rfc3339(since_epoch: std::time::Duration) -> String {
-    let secs = since_epoch.as_secs();
-    let (days, rem) = (secs / 86_400, secs % 86_400);
-    let (y, m, d) = civil_from_days(days as i64);
+    let t = time::OffsetDateTime::UNIX_EPOCH + since_epoch;
     format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:03}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60,
-        since_epoch.subsec_millis()
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z",
+        t.year(),
+        u8::from(t.month()),
+        t.day(),
+        t.hour(),
+        t.minute(),
+        t.second(),
+        t.millisecond()
     )
 }
 
-/// (year, month, day) to days since 1970-01-01, proleptic Gregorian
-/// (Howard Hinnant's `days_from_civil`).
-pub fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
-    let y = y - i64::from(m <= 2);
-    let era = y.div_euclid(400);
-    let yoe = y.rem_euclid(400);
-    let mp = i64::from((m + 9) % 12);
-    let doy = (153 * mp + 2) / 5 + i64::from(d) - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
-}
-
-/// Days since 1970-01-01 to (year, month, day), proleptic Gregorian
-/// (Howard Hinnant's `civil_from_days`).
-pub fn civil_from_days(z: i64) -> (i64, u32, u32) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    (y, m, d)
-}
-
 #[macro_export]
-macro_rules! log {
-    ($level:expr, $($arg:tt)+) => {
-        if $crate::log::enabled($level) {
-            $crate::log::write($level, format_args!($($arg)+));
-        }
-    };
-}
-
+macro_rules! error { ($($arg:tt)+) => { $crate::__log::error!($($arg)+) }; }
 #[macro_export]
-macro_rules! error { ($($arg:tt)+) => { $crate::log!($crate::log::Level::Error, $($arg)+) }; }
+macro_rules! warn { ($($arg:tt)+) => { $crate::__log::warn!($($arg)+) }; }
 #[macro_export]
-macro_rules! warn { ($($arg:tt)+) => { $crate::log!($crate::log::Level::Warn, $($arg)+) }; }
+macro_rules! info { ($($arg:tt)+) => { $crate::__log::info!($($arg)+) }; }
 #[macro_export]
-macro_rules! info { ($($arg:tt)+) => { $crate::log!($crate::log::Level::Info, $($arg)+) }; }
-#[macro_export]
-macro_rules! debug { ($($arg:tt)+) => { $crate::log!($crate::log::Level::Debug, $($arg)+) }; }
+macro_rules! debug { ($($arg:tt)+) => { $crate::__log::debug!($($arg)+) }; }
 
 /// Log a panic as one line (where, and its message) instead of the
 /// standard hook's text and, under `RUST_BACKTRACE`, a backtrace of several
@@ -176,8 +182,9 @@ mod tests {
     fn json_lines_are_json() {
         let line = json_line(
             std::time::Duration::from_millis(1_795_291_045_445),
-            Level::Warn,
+            ::log::Level::Warn,
             "worker-0",
+            None,
             "node \"a\" is down\nnext line",
         );
         let v: serde_json::Value = serde_json::from_str(&line).unwrap();
@@ -186,6 +193,19 @@ mod tests {
         assert_eq!(v["msg"], "node \"a\" is down\nnext line");
         assert_eq!(v["ts"], "2026-11-21T19:57:25.445Z");
         assert!(!line.contains('\n'));
+        assert!(v.get("target").is_none(), "the gateway's own line");
+        let dep = json_line(
+            std::time::Duration::ZERO,
+            ::log::Level::Debug,
+            "w",
+            Some("rustls::conn"),
+            "x",
+        );
+        let v: serde_json::Value = serde_json::from_str(&dep).unwrap();
+        assert_eq!(
+            (v["target"].as_str(), v["level"].as_str()),
+            (Some("rustls::conn"), Some("debug"))
+        );
     }
 
     #[test]

@@ -150,21 +150,27 @@ pub fn unix_now() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
-/// When the period holding `t` (Unix seconds) starts, and when it ends.
+/// When the period holding `t` (Unix seconds) starts, and when it ends:
+/// UTC days, calendar months.
 pub fn period_bounds(period: Period, t: u64) -> (u64, u64) {
-    let day = (t / 86_400) as i64;
-    let (start, end) = match period {
-        Period::Day => (day, day + 1),
+    let day = t - t % 86_400;
+    match period {
+        Period::Day => (day, day + 86_400),
         Period::Month => {
-            let (y, m, _) = crate::log::civil_from_days(day);
-            let (ny, nm) = if m == 12 { (y + 1, 1) } else { (y, m + 1) };
-            (
-                crate::log::days_from_civil(y, m, 1),
-                crate::log::days_from_civil(ny, nm, 1),
-            )
+            let date = time::OffsetDateTime::UNIX_EPOCH + Duration::from_secs(day);
+            let first = date.replace_day(1).expect("every month has a first day");
+            let next = match first.month() {
+                time::Month::December => first
+                    .replace_year(first.year() + 1)
+                    .map(|d| d.replace_month(time::Month::January)),
+                m => Ok(first.replace_month(m.next())),
+            }
+            .and_then(|d| d)
+            .expect("the first of a month exists in every month");
+            let secs = |d: time::OffsetDateTime| d.unix_timestamp() as u64;
+            (secs(first), secs(next))
         }
-    };
-    (start as u64 * 86_400, end as u64 * 86_400)
+    }
 }
 
 /// Unix seconds as RFC 3339 (UTC, whole seconds).
