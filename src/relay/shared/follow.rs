@@ -46,7 +46,7 @@ use crate::stats::Outcome;
 use super::conn::{send_own, Conn, FollowCall, State, SubCall};
 use super::core::Shared;
 use super::follow_ops::{self as ops, answer, errors, fail, hashes, param, reply_raw, HubRef};
-use super::follow_ops::{unpin_at_node, EVENT};
+use super::follow_ops::{recount, unpin_at_node, EVENT};
 use super::hub::{Block, Client, Header, Hub, Open, Raw};
 use super::topics::{new_sub_id, notify};
 
@@ -582,23 +582,4 @@ pub fn answered(sh: &Rc<Shared>, conn: &Rc<Conn>, serial: u64, call: FollowCall,
         FollowCall::Op(lop) => ops::op_answered(&hub, lop, msg, result),
         FollowCall::Own => {}
     }
-}
-
-/// This core's follow gauges: node follows, client follows, blocks pinned at nodes.
-fn recount(sh: &Shared) {
-    let (mut hubs, mut clients, mut pins) = (0, 0, 0);
-    for h in sh.hubs.borrow().iter().flatten() {
-        let h = h.borrow();
-        hubs += 1;
-        clients += h.clients.len() as u64;
-        pins += h.pins.len() as u64;
-    }
-    let now = [hubs, clients, pins];
-    let was = sh.follow_census.replace(now);
-    crate::stats::count(|c| {
-        for (i, g) in c.follows.iter().enumerate() {
-            g.add(now[i]);
-            g.sub(was[i]);
-        }
-    });
 }

@@ -560,3 +560,22 @@ pub(super) fn stop_node_op(h: &mut Hub, lop: u64) {
     }
     dispatch(h);
 }
+
+/// This core's follow gauges: node follows, client follows, blocks pinned at nodes.
+pub(super) fn recount(sh: &super::core::Shared) {
+    let (mut hubs, mut clients, mut pins) = (0, 0, 0);
+    for h in sh.hubs.borrow().iter().flatten() {
+        let h = h.borrow();
+        hubs += 1;
+        clients += h.clients.len() as u64;
+        pins += h.pins.len() as u64;
+    }
+    let now = [hubs, clients, pins];
+    let was = sh.follow_census.replace(now);
+    crate::stats::count(|c| {
+        for (i, g) in c.follows.iter().enumerate() {
+            g.add(now[i]);
+            g.sub(was[i]);
+        }
+    });
+}
