@@ -482,6 +482,136 @@ fn operations_beyond_the_nodes_sixteen_wait_for_a_slot() {
     assert_eq!(node.seen().calls_of("chainHead_v1_body"), 1);
 }
 
+/// A mock node whose operations run for `secs` (long enough for what a
+/// test does meanwhile).
+fn slow_node(secs: u64) -> HeadNode {
+    HeadNode::with(HeadLimits {
+        op_time: Duration::from_secs(secs),
+        ..HeadLimits::default()
+    })
+}
+
+/// A storage query of `n` items from `from` on (descendants, as PAPI
+/// reads a map).
+fn storage_items(from: usize, n: usize) -> String {
+    let items: Vec<String> = (from..from + n)
+        .map(|i| format!(r#"{{"key":"0x{i:02x}","type":"descendantsValues"}}"#))
+        .collect();
+    format!("[{}]", items.join(","))
+}
+
+#[test]
+fn one_clients_large_storage_query_leaves_slots_for_the_others() {
+    let pki = TestPki::new();
+    let node = slow_node(6);
+    let gw = gateway(&pki, &[&node], true, "");
+    let mut c = followers(&gw, &pki, 2);
+    let fin = c[0].finalized_hash();
+    // 16 items would take every slot of the node follow for 6 s.
+    let a = c[0].on_follow(
+        "storage",
+        &format!(r#""{fin}",{},null"#, storage_items(0, 16)),
+    );
+    assert_eq!(a["result"]["result"], "started", "{a}");
+    let discarded = a["result"]["discardedItems"].as_u64().unwrap();
+    assert!(discarded >= 8, "one client takes at most half: {a}");
+    // Another client's header and operation go ahead meanwhile.
+    let h = c[1].on_follow("header", &format!("\"{fin}\""));
+    assert!(
+        h["result"].as_str().is_some_and(|x| x.starts_with("0x")),
+        "{h}"
+    );
+    let b = c[1].on_follow("body", &format!("\"{fin}\""));
+    assert_eq!(b["result"]["result"], "started", "{b}");
+    assert_eq!(node.running(), 2, "both run at the node at once");
+    assert_eq!(node.seen().limit_reached, 0, "{:?}", node.seen());
+    // The first client's query gives the items it was not told were discarded.
+    let op = a["result"]["operationId"].clone();
+    let mut items = 0;
+    loop {
+        let i = c[0].until(|e| e["operationId"] == op);
+        match c[0].events[i]["event"].as_str() {
+            Some("operationStorageItems") => items += 1,
+            Some("operationStorageDone") => break,
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(items, 16 - discarded, "{a}");
+}
+
+#[test]
+fn an_operation_abandoned_before_its_answer_is_stopped_at_the_node() {
+    let pki = TestPki::new();
+    let node = slow_node(30);
+    let gw = gateway(&pki, &[&node], true, "");
+    let mut c = followers(&gw, &pki, 3);
+    let fin = c[0].finalized_hash();
+    // The first client asks 8 items and is gone before the node answers.
+    let mut gone = c.remove(0);
+    let sub = gone.sub.clone();
+    gone.send(
+        50,
+        "chainHead_v1_storage",
+        &format!(r#"["{sub}","{fin}",{},null]"#, storage_items(0, 8)),
+    );
+    gone.ws.close(None).unwrap();
+    let _ = gone.ws.flush();
+    wait_for(Duration::from_secs(10), "the node told to stop it", || {
+        node.seen().calls_of("chainHead_v1_stopOperation") == 1
+    });
+    // Its slots are free: the others get all 16 between them.
+    for (i, f) in c.iter_mut().enumerate() {
+        let items = storage_items(8 * i, 8);
+        let a = f.on_follow("storage", &format!(r#""{fin}",{items},null"#));
+        assert_eq!(a["result"]["result"], "started", "{a}");
+        assert_eq!(a["result"]["discardedItems"], 0, "{a}");
+    }
+    assert_eq!(node.running(), 2);
+    assert_eq!(node.seen().limit_reached, 0, "{:?}", node.seen());
+}
+
+#[test]
+fn every_request_on_a_follow_is_answered_when_the_follow_ends_first() {
+    let pki = TestPki::new();
+    let node = slow_node(1);
+    let gw = gateway(&pki, &[&node], true, "");
+    let mut keep = Follower::new(&gw, &pki, true);
+    let mut f = Follower::new(&gw, &pki, true);
+    keep.until_event("initialized");
+    f.until_event("initialized");
+    let old = f.finalized_hash();
+    // A header asked, and the block let go of before the node answers.
+    let next = node.block();
+    node.finalize(&next);
+    f.until_event("finalized");
+    keep.until_event("finalized");
+    let unpin = keep.on_follow("unpin", &format!("[\"{old}\"]"));
+    assert_eq!(unpin["result"], Value::Null, "{unpin}");
+    let sub = f.sub.clone();
+    f.send(40, "chainHead_v1_header", &format!(r#"["{sub}","{old}"]"#));
+    f.send(41, "chainHead_v1_unpin", &format!(r#"["{sub}",["{old}"]]"#));
+    let header = f.answer(40);
+    assert!(
+        header.get("result").is_some() || header.get("error").is_some(),
+        "{header}"
+    );
+    assert_eq!(f.answer(41)["result"], Value::Null);
+    // An operation asked, and the follow ended before the node answers.
+    f.send(
+        42,
+        "chainHead_v1_call",
+        &format!(r#"["{sub}","{next}","Test_1","0x"]"#),
+    );
+    f.send(43, "chainHead_v1_unfollow", &format!(r#"["{sub}"]"#));
+    let call = f.answer(42);
+    assert!(call["result"]["result"].is_string(), "{call}");
+    assert_eq!(f.answer(43)["result"], Value::Null);
+    wait_for(Duration::from_secs(10), "the node told to stop it", || {
+        node.running() == 0
+    });
+    assert_eq!(node.seen().limit_reached, 0, "{:?}", node.seen());
+}
+
 #[test]
 fn node_loss_stops_the_follows_on_it_and_they_follow_again_on_another_node() {
     let pki = TestPki::new();

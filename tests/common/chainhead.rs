@@ -68,6 +68,7 @@ struct Follow {
 struct Due {
     at: Instant,
     sub: String,
+    op: String,
     slots: usize,
     events: Vec<String>,
 }
@@ -406,6 +407,11 @@ impl HeadNode {
         self.chain.lock().unwrap().pinned_total()
     }
 
+    /// Operations running now (started, not done or stopped).
+    pub fn running(&self) -> usize {
+        self.chain.lock().unwrap().due.len()
+    }
+
     /// Follows open now.
     pub fn follows(&self) -> usize {
         self.chain.lock().unwrap().follows.len()
@@ -709,7 +715,7 @@ fn answer(c: &mut Chain, conn: u64, probe: bool, r: &serde_json::Value) -> Vec<S
             if !pinned(c, &h) {
                 return vec![err(-32801, "Invalid block hash")];
             }
-            let items: Vec<String> = p[2]
+            let mut items: Vec<String> = p[2]
                 .as_array()
                 .map(|a| {
                     a.iter()
@@ -731,6 +737,10 @@ fn answer(c: &mut Chain, conn: u64, probe: bool, r: &serde_json::Value) -> Vec<S
                 return vec![ok(r#"{"result":"limitReached"}"#.into())];
             }
             f.slots += slots;
+            // A storage operation's items past the slots it got are
+            // discarded (the client asks them again).
+            let discarded = items.len().saturating_sub(slots);
+            items.truncate(slots);
             let op = f.next_op.to_string();
             f.next_op += 1;
             let events = match method {
@@ -770,12 +780,13 @@ fn answer(c: &mut Chain, conn: u64, probe: bool, r: &serde_json::Value) -> Vec<S
             c.due.push(Due {
                 at: Instant::now() + limits.op_time,
                 sub: sub.clone(),
+                op: op.clone(),
                 slots,
                 events,
             });
             let discarded = match method {
-                "chainHead_v1_storage" => r#","discardedItems":0"#,
-                _ => "",
+                "chainHead_v1_storage" => format!(r#","discardedItems":{discarded}"#),
+                _ => String::new(),
             };
             vec![ok(format!(
                 r#"{{"result":"started","operationId":"{op}"{discarded}}}"#
@@ -809,7 +820,18 @@ fn answer(c: &mut Chain, conn: u64, probe: bool, r: &serde_json::Value) -> Vec<S
         }
         "transaction_v1_stop" | "transactionWatch_v1_unwatch" => vec![ok("null".into())],
         "chainHead_v1_continue" => vec![ok("null".into())],
-        "chainHead_v1_stopOperation" => vec![ok("null".into())],
+        "chainHead_v1_stopOperation" => {
+            // The operation ends, its slots free.
+            let op = p[1].as_str().unwrap_or("");
+            let (stopped, left): (Vec<Due>, Vec<Due>) = std::mem::take(&mut c.due)
+                .into_iter()
+                .partition(|d| d.sub == sub && d.op == op);
+            c.due = left;
+            if let Some(f) = c.follows.get_mut(&sub) {
+                f.slots -= stopped.iter().map(|d| d.slots).sum::<usize>();
+            }
+            vec![ok("null".into())]
+        }
         _ => vec![err(-32601, "Method not found")],
     }
 }

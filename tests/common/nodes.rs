@@ -79,13 +79,21 @@ pub fn chopsticks() -> Chopsticks {
     let root = modules.parent().unwrap().to_path_buf();
     let spec = root.join("rococo-asset-hub.json");
     if !spec.exists() {
+        // Each writer its own part file (tests start chopsticks at once on
+        // a fresh clone), renamed into place whole.
+        let part = format!(
+            "rococo-asset-hub.json.{:?}.part",
+            std::thread::current().id()
+        );
         let write = Command::new("node")
             .current_dir(&root)
             .args([
                 "-e",
                 r#"const {chainSpec} = require("@substrate/connect-known-chains/rococo_v2_2_asset_hub");
-                   require("fs").writeFileSync("rococo-asset-hub.json.part", chainSpec);
-                   require("fs").renameSync("rococo-asset-hub.json.part", "rococo-asset-hub.json")"#,
+                   const part = process.argv[1];
+                   require("fs").writeFileSync(part, chainSpec);
+                   require("fs").renameSync(part, "rococo-asset-hub.json")"#,
+                &part,
             ])
             .status()
             .unwrap();

@@ -390,13 +390,14 @@ fn police(sh: &Rc<Shared>, hub: &HubRef, now: Instant) {
 fn stop_client(sh: &Rc<Shared>, hub: &HubRef, sub: &Raw, by_gateway: bool) {
     let mut h = hub.borrow_mut();
     let session = h.clients.get(sub).and_then(|c| c.session.upgrade());
-    let (unpins, orphans) = h.remove(sub);
-    unpin_at_node(&h, &unpins);
-    for lop in orphans {
+    let gone = h.remove(sub);
+    unpin_at_node(&h, &gone.unpins);
+    for lop in gone.orphans {
         ops::stop_node_op(&mut h, lop);
     }
     let empty = h.clients.is_empty();
     drop(h);
+    ops::unanswered(gone.unanswered);
     if let Some(s) = session {
         if by_gateway {
             notify(&s, EVENT, sub, STOP);
@@ -450,10 +451,10 @@ fn end_hub(sh: &Rc<Shared>, hub: &HubRef, unfollow: bool) {
         Header::Asked(w) => Some(w),
         Header::Kept(_) => None,
     }) {
-        for (s, id, tag) in waiters {
-            if let Some(s) = s.upgrade() {
-                let e = error(&id, code::INTERNAL_ERROR, why, None);
-                s.reply(tag, &id, &[e.as_bytes()]);
+        for w in waiters {
+            if let Some(s) = w.session.upgrade() {
+                let e = error(&w.id, code::INTERNAL_ERROR, why, None);
+                s.reply(w.tag, &w.id, &[e.as_bytes()]);
             }
         }
     }
@@ -568,14 +569,20 @@ pub fn answered(sh: &Rc<Shared>, conn: &Rc<Conn>, serial: u64, call: FollowCall,
                     (Some(k), true) => h.headers.insert(hash, Header::Kept(k.clone())),
                     _ => h.headers.remove(&hash),
                 };
-                match was {
+                let waiters = match was {
                     Some(Header::Asked(w)) => w,
                     _ => Vec::new(),
+                };
+                for w in &waiters {
+                    if let Some(c) = h.clients.get_mut(&w.sub) {
+                        c.headers = c.headers.saturating_sub(1);
+                    }
                 }
+                waiters
             };
-            for (s, id, tag) in waiters {
-                if let Some(s) = s.upgrade() {
-                    ops::with_their_id(&s, msg, &id, tag, p.as_ref().and_then(|p| p.id));
+            for w in waiters {
+                if let Some(s) = w.session.upgrade() {
+                    ops::with_their_id(&s, msg, &w.id, w.tag, p.as_ref().and_then(|p| p.id));
                 }
             }
         }

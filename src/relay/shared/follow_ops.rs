@@ -8,9 +8,11 @@
 //!   far replayed); a finished one's events are kept with its block, a
 //!   `Metadata_*` call's by the block's runtime.
 //! - At most [`hub::NODE_OPERATIONS`] slots are used on the node follow
-//!   (a header read one, a storage operation one per item); the rest
-//!   wait in order, their clients' answers with them. A client has at
-//!   most [`hub::CLIENT_OPERATIONS`] at once (`limitReached` past them).
+//!   (a header read one, a storage operation one per item sent); the rest
+//!   wait in order, their clients' answers with them, each client's
+//!   operations holding at most [`hub::CLIENT_SLOTS`]. A client has at
+//!   most [`hub::CLIENT_OPERATIONS`] operations and headers at once
+//!   (`limitReached`, or a `null` header, past them).
 
 use std::cell::RefCell;
 use std::rc::Rc;
@@ -21,7 +23,7 @@ use crate::relay::Session;
 use crate::stats::Outcome;
 
 use super::conn::{send_own, Conn, FollowCall, State, SubCall};
-use super::hub::{self, Done, Header, Hub, OpWaiter, Open, Raw};
+use super::hub::{self, Done, Header, HeaderWaiter, Hub, OpWaiter, Open, Raw};
 
 pub(super) const EVENT: &[u8] = b"chainHead_v1_followEvent";
 pub(super) const LIMIT_REACHED: &[u8] = br#"{"result":"limitReached"}"#;
@@ -152,23 +154,32 @@ pub(super) fn header(
         fail(s, req, tag, errors::INVALID_BLOCK, "Invalid block hash");
         return Outcome::Refused;
     }
-    let id = Box::from(req.reply_id());
+    if let Some(Header::Kept(header)) = h.headers.get(&hash) {
+        let header = header.clone();
+        drop(h);
+        answer(s, req, tag, &header);
+        return Outcome::Cached;
+    }
+    if !h.op_room(sub) || h.header_queue.len() >= hub::QUEUE_MAX {
+        // As a node answers a header past its operations.
+        drop(h);
+        answer(s, req, tag, b"null");
+        return Outcome::Refused;
+    }
+    h.clients.get_mut(sub).expect("checked").headers += 1;
+    let waiter = HeaderWaiter {
+        session: Rc::downgrade(s),
+        id: Box::from(req.reply_id()),
+        tag,
+        sub: sub.clone(),
+    };
     match h.headers.get_mut(&hash) {
-        Some(Header::Kept(header)) => {
-            let header = header.clone();
-            drop(h);
-            answer(s, req, tag, &header);
-            Outcome::Cached
-        }
         Some(Header::Asked(waiters)) => {
-            waiters.push((Rc::downgrade(s), id, tag));
+            waiters.push(waiter);
             Outcome::Joined
         }
-        None => {
-            h.headers.insert(
-                hash.clone(),
-                Header::Asked(vec![(Rc::downgrade(s), id, tag)]),
-            );
+        _ => {
+            h.headers.insert(hash.clone(), Header::Asked(vec![waiter]));
             h.header_queue.push_back(hash);
             dispatch(&mut h);
             Outcome::Forwarded
@@ -320,7 +331,12 @@ pub(super) fn operation(
         }
         return Outcome::Joined;
     }
-    let lop = h.add_op(Some(key), block);
+    if h.queue.len() >= hub::QUEUE_MAX {
+        drop(h);
+        answer(s, req, tag, LIMIT_REACHED);
+        return Outcome::Refused;
+    }
+    let lop = h.add_op(Some(key), block, sub.clone());
     h.clients
         .get_mut(sub)
         .expect("checked")
@@ -329,9 +345,8 @@ pub(super) fn operation(
     let op = h.ops.get_mut(&lop).expect("added");
     op.waiting.push(waiter);
     if method == "chainHead_v1_storage" {
-        let items =
+        op.items =
             jsonrpc::param(&rest_params(&rest), 2).map_or(1, |i| jsonrpc::elements(i).count());
-        op.slots = items.clamp(1, hub::NODE_OPERATIONS);
     }
     op.queued = Some((method, rest));
     h.queue.push_back(lop);
@@ -360,24 +375,91 @@ pub(super) fn dispatch(h: &mut Hub) {
             call,
         );
     }
-    while h.running < hub::NODE_OPERATIONS {
-        let Some(lop) = h.queue.pop_front() else {
-            return;
-        };
-        let Some(op) = h.ops.get_mut(&lop) else {
+    // The first waiting operation whose client holds fewer than its
+    // share, with as many of its items as fit.
+    let mut i = 0;
+    while h.running < hub::NODE_OPERATIONS && i < h.queue.len() {
+        let lop = h.queue[i];
+        let Some(op) = h.ops.get(&lop) else {
+            h.queue.remove(i);
             continue;
         };
+        let held = h.clients.get(&op.owner).map_or(0, |c| c.running);
+        let room = hub::CLIENT_SLOTS
+            .saturating_sub(held)
+            .min(hub::NODE_OPERATIONS - h.running);
+        if room == 0 {
+            i += 1;
+            continue;
+        }
+        h.queue.remove(i);
+        let op = h.ops.get_mut(&lop).expect("present");
         let Some((method, rest)) = op.queued.take() else {
             continue;
         };
-        let slots = op.slots;
+        let slots = op.items.clamp(1, room);
+        op.slots = slots;
+        op.withheld = op.items.saturating_sub(slots);
+        let rest = match op.withheld {
+            0 => rest,
+            _ => first_items(&rest, slots),
+        };
+        let owner = op.owner.clone();
         h.running += slots;
+        if let Some(c) = h.clients.get_mut(&owner) {
+            c.running += slots;
+        }
         let mut params = b"[".to_vec();
         params.extend_from_slice(&node_sub);
         params.extend_from_slice(&rest);
         let call = SubCall::Follow(h.serial, FollowCall::Op(lop));
         send_own(&h.conn, method.as_bytes(), &params, call);
     }
+}
+
+/// A storage query's params after the follow (`,"0x..",[items],..]`)
+/// with its first `n` items only.
+fn first_items(rest: &[u8], n: usize) -> Box<[u8]> {
+    let whole = rest_params(rest);
+    let Some(items) = jsonrpc::param(&whole, 2) else {
+        return Box::from(rest);
+    };
+    // `whole` is `[null` and then `rest`.
+    let at = offset_in(&whole, items) - 5;
+    let mut out = rest[..at].to_vec();
+    out.push(b'[');
+    for (i, item) in jsonrpc::elements(items).take(n).enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        out.extend_from_slice(item);
+    }
+    out.push(b']');
+    out.extend_from_slice(&rest[at + items.len()..]);
+    out.into_boxed_slice()
+}
+
+/// A `started` answer saying `n` items were discarded.
+fn with_discarded(started: &[u8], n: u64) -> Box<[u8]> {
+    let text = n.to_string();
+    match jsonrpc::member(started, b"discardedItems") {
+        Some(was) => {
+            let at = offset_in(started, was);
+            [&started[..at], text.as_bytes(), &started[at + was.len()..]].concat()
+        }
+        None => {
+            let end = started.len() - 1;
+            let field = format!(r#","discardedItems":{text}}}"#);
+            [&started[..end], field.as_bytes()].concat()
+        }
+    }
+    .into_boxed_slice()
+}
+
+fn discarded(started: &[u8]) -> u64 {
+    jsonrpc::member(started, b"discardedItems")
+        .and_then(|n| std::str::from_utf8(n).ok()?.parse().ok())
+        .unwrap_or(0)
 }
 
 /// The client's `started` answer: the node's, with the client's operation id.
@@ -421,6 +503,20 @@ pub(super) fn op_answered(hub: &HubRef, lop: u64, msg: &[u8], result: Option<&[u
     let Some(op) = h.ops.get_mut(&lop) else {
         return;
     };
+    if op.abandoned {
+        // Nobody wants it any more: stopped at the node, its slots free.
+        let node_id = started.and_then(|r| jsonrpc::member(r, b"operationId"));
+        if let (Some(node_id), Open::Live(sub)) = (node_id, &h.open) {
+            let (method, own) = (b"chainHead_v1_stopOperation", FollowCall::Own);
+            ask(&h.conn, h.serial, method, sub, &[node_id], own);
+        }
+        h.finish(lop);
+        if let Some(node_id) = node_id {
+            h.forget_early(node_id);
+        }
+        dispatch(&mut h);
+        return;
+    }
     let Some(started) = started else {
         let op = h.finish(lop).expect("present");
         dispatch(&mut h);
@@ -436,17 +532,33 @@ pub(super) fn op_answered(hub: &HubRef, lop: u64, msg: &[u8], result: Option<&[u
     let node_id: Box<[u8]> = jsonrpc::member(started, b"operationId")
         .map(Box::from)
         .unwrap_or_default();
-    op.started = Some(Box::from(started));
+    // Items the node discarded hold no slot; with those not sent, the
+    // client is told of them all (and asks them again).
+    let by_node = discarded(started) as usize;
+    let gone = by_node.min(op.slots.saturating_sub(1));
+    op.slots -= gone;
+    let told = op.withheld + by_node;
+    let started: Box<[u8]> = match told {
+        0 => Box::from(started),
+        n => with_discarded(started, n as u64),
+    };
+    op.partial = told > 0;
+    let owner = op.owner.clone();
+    op.started = Some(started.clone());
     op.node_id = Some(node_id.clone());
     let waiting = std::mem::take(&mut op.waiting);
     op.clients
         .extend(waiting.iter().map(|w| (w.sub.clone(), w.op.clone())));
     h.by_node_id.insert(node_id.clone(), lop);
-    let early = h.early.remove(&node_id).unwrap_or_default();
+    h.free_slots(&owner, gone);
+    let early = h.forget_early(&node_id);
+    if gone > 0 {
+        dispatch(&mut h);
+    }
     drop(h);
     for w in &waiting {
         if let Some(s) = w.session.upgrade() {
-            started_to(&s, &w.id, w.tag, started, &w.op);
+            started_to(&s, &w.id, w.tag, &started, &w.op);
         }
     }
     // Events the node sent before its answer to the call.
@@ -468,13 +580,7 @@ pub(super) fn op_event(hub: &HubRef, kind: &[u8], result: &[u8]) {
     let mut h = hub.borrow_mut();
     let Some(&lop) = h.by_node_id.get(node_id) else {
         // Before the node's answer to the call (or for one stopped).
-        let held: usize = h.early.values().map(Vec::len).sum();
-        if held < hub::EARLY_MAX {
-            h.early
-                .entry(Box::from(node_id))
-                .or_default()
-                .push(Box::from(result));
-        }
+        h.hold_early(node_id, result);
         return;
     };
     if kind == b"operationWaitingForContinue" {
@@ -514,7 +620,7 @@ pub(super) fn op_event(hub: &HubRef, kind: &[u8], result: &[u8]) {
     );
     if last {
         let op = h.finish(lop).expect("present");
-        let ok = !matches!(kind, b"operationInaccessible" | b"operationError");
+        let ok = !matches!(kind, b"operationInaccessible" | b"operationError") && !op.partial;
         if let (true, Some(key), Some(started)) = (ok, op.key, op.started) {
             let done = Done {
                 started,
@@ -533,7 +639,8 @@ pub(super) fn op_event(hub: &HubRef, kind: &[u8], result: &[u8]) {
 }
 
 /// A client stops its operation `op`: it leaves it; the node's stops when
-/// nobody else is on it.
+/// nobody else is on it. (Its request, if the node has not answered it
+/// yet, is answered `limitReached`.)
 pub(super) fn stop_operation(hub: &HubRef, sub: &Raw, op: &[u8]) {
     let mut h = hub.borrow_mut();
     let Some(lop) = h.clients.get_mut(sub).and_then(|c| c.ops.remove(op)) else {
@@ -543,14 +650,41 @@ pub(super) fn stop_operation(hub: &HubRef, sub: &Raw, op: &[u8]) {
         return;
     };
     o.clients.retain(|(s, c)| !(s == sub && &**c == op));
-    o.waiting.retain(|w| !(&w.sub == sub && &*w.op == op));
+    let (gone, stay): (Vec<OpWaiter>, Vec<OpWaiter>) = std::mem::take(&mut o.waiting)
+        .into_iter()
+        .partition(|w| &w.sub == sub && &*w.op == op);
+    o.waiting = stay;
     if o.clients.is_empty() && o.waiting.is_empty() {
         stop_node_op(&mut h, lop);
     }
+    drop(h);
+    unanswered(gone);
 }
 
-/// Stop an operation nobody wants any more (on the node if it started).
+/// Requests whose follow or operation ended before the node answered.
+pub(super) fn unanswered(waiters: Vec<OpWaiter>) {
+    for w in waiters {
+        if let Some(s) = w.session.upgrade() {
+            answer_parts(&s, &w.id, w.tag, &[LIMIT_REACHED]);
+        }
+    }
+}
+
+/// Stop an operation nobody wants any more (on the node if it started;
+/// one the node has not answered yet is stopped when it does).
 pub(super) fn stop_node_op(h: &mut Hub, lop: u64) {
+    let Some(op) = h.ops.get_mut(&lop) else {
+        return;
+    };
+    if op.queued.is_none() && op.node_id.is_none() {
+        op.abandoned = true;
+        if let Some(key) = op.key.take() {
+            if h.by_key.get(&key) == Some(&lop) {
+                h.by_key.remove(&key);
+            }
+        }
+        return;
+    }
     let Some(op) = h.finish(lop) else {
         return;
     };
@@ -578,4 +712,32 @@ pub(super) fn recount(sh: &super::core::Shared) {
             g.sub(was[i]);
         }
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_storage_query_cut_to_its_first_items_keeps_the_rest_of_its_params() {
+        let rest = br#","0xab",[{"key":"0x01","type":"value"},{"key":"0x02","type":"hash"},{"key":"0x03","type":"value"}],null]"#;
+        assert_eq!(
+            &*first_items(rest, 2),
+            br#","0xab",[{"key":"0x01","type":"value"},{"key":"0x02","type":"hash"}],null]"#
+        );
+    }
+
+    #[test]
+    fn discarded_items_are_told_whether_or_not_the_node_named_any() {
+        let node = br#"{"result":"started","operationId":"7","discardedItems":1}"#;
+        assert_eq!(discarded(node), 1);
+        assert_eq!(
+            &*with_discarded(node, 9),
+            br#"{"result":"started","operationId":"7","discardedItems":9}"#
+        );
+        assert_eq!(
+            &*with_discarded(br#"{"result":"started","operationId":"7"}"#, 3),
+            br#"{"result":"started","operationId":"7","discardedItems":3}"#
+        );
+    }
 }

@@ -17,6 +17,13 @@
 //!   than its limits (512 blocks, 60 s) because of one client.
 //! - At most [`NODE_OPERATIONS`] operations run on the node follow at once
 //!   (the node's limit per follow); more wait in [`Hub::queue`], bounded.
+//!   One client's take at most [`CLIENT_SLOTS`] of them: a large storage
+//!   query gets the rest of its items `discardedItems`, as from a busy
+//!   node, and the next waiting client's operation goes first.
+//! - Every request waiting on the node is answered: by the node, or (its
+//!   follow gone first) `limitReached`, as a node answers for a follow it
+//!   does not know. An operation whose clients left before the node
+//!   answered keeps its slots until that answer, then is stopped there.
 
 use std::collections::VecDeque;
 use std::rc::{Rc, Weak};
@@ -41,6 +48,10 @@ pub const NODE_OPERATIONS: usize = 16;
 /// it, `limitReached`, as a node answers.
 pub const CLIENT_OPERATIONS: usize = 16;
 
+/// Node slots one client's operations hold at most (half the node's): the
+/// others always find some.
+pub const CLIENT_SLOTS: usize = NODE_OPERATIONS / 2;
+
 /// Operations waiting for a free slot on the node follow, at most (past
 /// it, `limitReached`).
 pub const QUEUE_MAX: usize = 1024;
@@ -59,6 +70,9 @@ pub const RUNTIME_KEPT: usize = 8;
 /// Operation events held for operations whose `started` answer has not
 /// come yet, at most (per hub).
 pub const EARLY_MAX: usize = 64;
+
+/// And their bytes, at most.
+pub const EARLY_BYTES: usize = 1 << 20;
 
 /// Per-client pin bounds.
 #[derive(Debug, Clone, Copy)]
@@ -120,6 +134,10 @@ pub struct Client {
     pub next_op: u64,
     /// `initialized` was sent to it.
     pub ready: bool,
+    /// Node slots its operations hold.
+    pub running: usize,
+    /// Its header requests waiting for the node.
+    pub headers: usize,
 }
 
 impl Client {
@@ -131,6 +149,8 @@ impl Client {
             ops: AHashMap::new(),
             next_op: 0,
             ready: false,
+            running: 0,
+            headers: 0,
         }
     }
 
@@ -159,11 +179,24 @@ pub struct Op {
     /// The block it reads (its kept answer goes when the block is unpinned;
     /// none: runtime-keyed).
     pub block: Option<Raw>,
+    /// The client follow that asked it first (its slots count as that
+    /// client's).
+    pub owner: Raw,
+    /// Items asked (a storage query's; 1 for the others).
+    pub items: usize,
+    /// Items not sent (past the slots it got): added to the node's
+    /// `discardedItems`.
+    pub withheld: usize,
+    /// Some of its items were discarded: its answer is not kept.
+    pub partial: bool,
+    /// Sent, and its clients left before the node answered: stopped at
+    /// the node when it does.
+    pub abandoned: bool,
     /// What to send, while it waits for a slot: method and params after
     /// the follow subscription (`,"0x..",..]`).
     pub queued: Option<(&'static str, Box<[u8]>)>,
-    /// Slots it takes on the node follow while it runs (a storage
-    /// operation one per item, as a node reserves them).
+    /// Slots it holds on the node follow while it runs (a storage
+    /// operation one per item sent, as a node reserves them).
     pub slots: usize,
     /// The node's `started` answer (raw result), once it came.
     pub started: Option<Box<[u8]>>,
@@ -185,8 +218,17 @@ pub struct Done {
     pub block: Option<Raw>,
 }
 
+/// A client waiting for a header: its session, its request's id and
+/// place in a batch, its follow.
+pub struct HeaderWaiter {
+    pub session: Weak<Session>,
+    pub id: Box<[u8]>,
+    pub tag: u64,
+    pub sub: Raw,
+}
+
 /// A header asked of the node: who waits for it.
-pub type HeaderWaiters = Vec<(Weak<Session>, Box<[u8]>, u64)>;
+pub type HeaderWaiters = Vec<HeaderWaiter>;
 
 /// A kept or asked header.
 pub enum Header {
@@ -229,6 +271,7 @@ pub struct Hub {
     pub headers: AHashMap<Raw, Header>,
     /// Operation events that came before the node's answer to their call.
     pub early: AHashMap<Box<[u8]>, Vec<Box<[u8]>>>,
+    pub early_bytes: usize,
     pub done: AHashMap<Box<[u8]>, Rc<Done>>,
     /// Runtime-keyed answers, oldest first.
     pub runtime_done: VecDeque<Box<[u8]>>,
@@ -238,6 +281,17 @@ pub struct Hub {
 
 /// What a change of the view asks of the node: blocks to unpin there.
 pub type Unpins = Vec<Raw>;
+
+/// What a client follow's end leaves to do.
+#[derive(Default)]
+pub struct Removed {
+    /// Blocks the node may unpin.
+    pub unpins: Unpins,
+    /// Operations nobody else wants: to stop at the node.
+    pub orphans: Vec<u64>,
+    /// Its requests still waiting for the node's `started`: to answer.
+    pub unanswered: Vec<OpWaiter>,
+}
 
 impl Hub {
     pub fn new(serial: u64, conn: Rc<Conn>, limits: Limits) -> Hub {
@@ -262,6 +316,7 @@ impl Hub {
             running: 0,
             headers: AHashMap::new(),
             early: AHashMap::new(),
+            early_bytes: 0,
             done: AHashMap::new(),
             runtime_done: VecDeque::new(),
             kept_bytes: 0,
@@ -355,11 +410,14 @@ impl Hub {
         unpins
     }
 
-    /// Forget what is kept of blocks unpinned at the node.
+    /// Forget what is kept of blocks unpinned at the node (a header asked
+    /// of one stays, for its waiters: the node answers it).
     pub fn unpinned(&mut self, hashes: &[Raw]) {
         for h in hashes {
             self.pins.remove(h);
-            self.headers.remove(h);
+            if matches!(self.headers.get(h), Some(Header::Kept(_))) {
+                self.headers.remove(h);
+            }
         }
         if hashes.is_empty() {
             return;
@@ -424,26 +482,28 @@ impl Hub {
         unpins
     }
 
-    /// A client's follow ends: its pins go (what the node may unpin is
-    /// returned) and its operations lose it (those nobody else wants are
-    /// returned, to stop on the node).
-    pub fn remove(&mut self, sub: &[u8]) -> (Unpins, Vec<u64>) {
+    /// A client's follow ends: its pins go and its operations lose it.
+    pub fn remove(&mut self, sub: &[u8]) -> Removed {
+        let mut out = Removed::default();
         let Some(c) = self.clients.remove(sub) else {
-            return (Vec::new(), Vec::new());
+            return out;
         };
         let hashes: Vec<Raw> = c.pins.into_keys().collect();
-        let unpins = self.release(&hashes);
-        let mut orphans = Vec::new();
+        out.unpins = self.release(&hashes);
         for (_, lop) in c.ops {
             if let Some(op) = self.ops.get_mut(&lop) {
                 op.clients.retain(|(s, _)| &**s != sub);
-                op.waiting.retain(|w| &*w.sub != sub);
+                let (gone, stay) = std::mem::take(&mut op.waiting)
+                    .into_iter()
+                    .partition(|w| &*w.sub == sub);
+                op.waiting = stay;
+                out.unanswered.extend::<Vec<OpWaiter>>(gone);
                 if op.clients.is_empty() && op.waiting.is_empty() {
-                    orphans.push(lop);
+                    out.orphans.push(lop);
                 }
             }
         }
-        (unpins, orphans)
+        out
     }
 
     /// Clients to stop: those holding more than their share of pins, or a
@@ -483,16 +543,15 @@ impl Hub {
         stop
     }
 
-    /// Whether a client may start one more operation.
+    /// Whether a client may ask one more operation or header.
     pub fn op_room(&self, sub: &[u8]) -> bool {
         self.clients
             .get(sub)
-            .is_some_and(|c| c.ops.len() < CLIENT_OPERATIONS)
-            && self.queue.len() < QUEUE_MAX
+            .is_some_and(|c| c.ops.len() + c.headers < CLIENT_OPERATIONS)
     }
 
     /// A new operation (for the caller to fill in and send or queue).
-    pub fn add_op(&mut self, key: Option<Box<[u8]>>, block: Option<Raw>) -> u64 {
+    pub fn add_op(&mut self, key: Option<Box<[u8]>>, block: Option<Raw>, owner: Raw) -> u64 {
         self.next_op += 1;
         let lop = self.next_op;
         if let Some(k) = &key {
@@ -503,6 +562,11 @@ impl Hub {
             Op {
                 key,
                 block,
+                owner,
+                items: 1,
+                withheld: 0,
+                partial: false,
+                abandoned: false,
                 queued: None,
                 slots: 1,
                 started: None,
@@ -527,11 +591,12 @@ impl Hub {
         }
         if let Some(n) = &op.node_id {
             self.by_node_id.remove(n);
+            self.forget_early(n);
         }
         if op.queued.is_some() {
             self.queue.retain(|q| *q != lop);
         } else {
-            self.running = self.running.saturating_sub(op.slots);
+            self.free_slots(&op.owner, op.slots);
         }
         for (sub, cop) in &op.clients {
             if let Some(c) = self.clients.get_mut(sub) {
@@ -544,6 +609,51 @@ impl Hub {
             }
         }
         Some(op)
+    }
+
+    /// `n` slots of `owner`'s are free again.
+    pub fn free_slots(&mut self, owner: &[u8], n: usize) {
+        self.running = self.running.saturating_sub(n);
+        if let Some(c) = self.clients.get_mut(owner) {
+            c.running = c.running.saturating_sub(n);
+        }
+    }
+
+    /// Whether an operation was sent and the node has not answered it
+    /// (its events may come first).
+    pub fn awaiting_answer(&self) -> bool {
+        self.ops
+            .values()
+            .any(|o| o.queued.is_none() && o.node_id.is_none())
+    }
+
+    /// Hold an event for an operation the node has not answered yet
+    /// (within [`EARLY_MAX`] and [`EARLY_BYTES`]; nothing while no
+    /// operation awaits its answer: an event for one stopped).
+    pub fn hold_early(&mut self, node_id: &[u8], event: &[u8]) {
+        let held: usize = self.early.values().map(Vec::len).sum();
+        if held >= EARLY_MAX
+            || self.early_bytes + event.len() > EARLY_BYTES
+            || !self.awaiting_answer()
+        {
+            return;
+        }
+        self.early_bytes += event.len();
+        self.early
+            .entry(Box::from(node_id))
+            .or_default()
+            .push(Box::from(event));
+    }
+
+    /// The events held for `node_id` (gone from the buffer).
+    pub fn forget_early(&mut self, node_id: &[u8]) -> Vec<Box<[u8]>> {
+        let events = self.early.remove(node_id).unwrap_or_default();
+        self.early_bytes -= events.iter().map(|e| e.len()).sum::<usize>();
+        if !self.awaiting_answer() {
+            self.early.clear();
+            self.early_bytes = 0;
+        }
+        events
     }
 
     /// Keep a finished operation's answer (within [`KEEP_BYTES`]; a
@@ -648,7 +758,7 @@ mod tests {
         h.new_block(block("y", "f"), now);
         let unpins = h.finalized(&[raw("x")], &[raw("y")], now);
         assert!(unpins.is_empty(), "the client holds f and y");
-        let (unpins, _) = h.remove(&a);
+        let unpins = h.remove(&a).unpins;
         let mut unpins: Vec<String> = unpins
             .iter()
             .map(|u| String::from_utf8_lossy(u).into())
@@ -679,7 +789,7 @@ mod tests {
             parent = name;
         }
         assert_eq!(h.overdue(t0 + Duration::from_secs(20)), vec![bad.clone()]);
-        let (unpins, _) = h.remove(&bad);
+        let unpins = h.remove(&bad).unpins;
         assert_eq!(unpins.len(), 20, "f and b0..b18");
         assert!(h.overdue(t0 + Duration::from_secs(20)).is_empty());
     }
