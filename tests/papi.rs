@@ -33,7 +33,16 @@ fn gateway(pki: &TestPki, proxy: &CountingProxy, shared: bool) -> Gateway {
     Gateway::start(
         pki,
         std::slice::from_ref(&proxy.url),
-        &["--config", cfg.to_str().unwrap(), "--workers", "1"],
+        // (No health probe: its connection may become the core's shared
+        // one, which the proxy would then not count.)
+        &[
+            "--config",
+            cfg.to_str().unwrap(),
+            "--workers",
+            "1",
+            "--health-probe",
+            "off",
+        ],
     )
 }
 
